@@ -1,0 +1,13 @@
+//! Compiles `proto/monitor.proto` into Rust with a pure-Rust protobuf compiler
+//! (protox), so a fresh machine or a cross image needs no `protoc`.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/monitor.proto");
+    let fds = protox::compile(["monitor.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        // Generated clients take any tonic transport; the agent and
+        // monitorctl bring their own Channel, so no transport code here.
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! The wire contract of monitor (`proto/monitor.proto`, package `monitor.v1`)
+//! and the project's own types on either side of it.
+//!
+//! Everything protobuf stops here: the agent's collectors, the server's
+//! store and the command policy see [`metric::Metric`] and friends, never a
+//! prost struct. Conversions live in one place so a wire change is one edit.
+
+pub mod metric;
+
+/// Code generated from `proto/monitor.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("monitor.v1");
+}
