@@ -1,1 +1,11 @@
-//! monitor-agent
+//! monitor-agent: reads the kernel's counters, turns them into six rates,
+//! streams them to monitor-server over gRPC and runs the commands the server
+//! pushes, under a strict policy, on one single-threaded tokio runtime.
+//!
+//! See ARCHITECTURE.md at the repository root for the code map.
+
+pub mod collector;
+pub mod commands;
+pub mod proc;
+pub mod rates;
+pub mod sysfs;

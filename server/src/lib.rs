@@ -1,1 +1,6 @@
-//! monitor-server
+//! monitor-server: accepts agents, stores every sample in an embedded SQLite
+//! store, and serves the operator API that monitorctl uses.
+//!
+//! See ARCHITECTURE.md at the repository root for the code map.
+
+pub mod store;

@@ -1,0 +1,1 @@
+//! Commands pushed by the server (in progress).

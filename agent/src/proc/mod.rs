@@ -1,0 +1,1 @@
+//! Parsers for the /proc files the agent reads (in progress).
