@@ -5,7 +5,11 @@
 //! store and the command policy see [`metric::Metric`] and friends, never a
 //! prost struct. Conversions live in one place so a wire change is one edit.
 
+pub mod batch;
 pub mod metric;
+pub mod random;
+pub mod time;
+pub mod wire;
 
 /// Code generated from `proto/monitor.proto`.
 #[allow(clippy::all, missing_docs)]

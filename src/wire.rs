@@ -1,0 +1,386 @@
+//! The edge between protobuf and the project's own types, for batches.
+//!
+//! The agent turns a [`TickBatch`] into a [`pb::Batch`] only when it puts it
+//! on the wire; the server turns a [`pb::Batch`] into a [`ValidBatch`] or a
+//! [`InvalidBatch`] naming the first thing wrong. Nothing past this module
+//! looks at a prost struct for samples.
+
+use std::fmt;
+
+use crate::batch::TickBatch;
+use crate::metric::Metric;
+use crate::pb;
+
+/// Who produced a batch: constant for one run of an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentIdentity {
+    pub agent_id: String,
+    pub hostname: String,
+    pub agent_version: String,
+    /// New at every start of the agent process.
+    pub boot_id: u64,
+}
+
+/// Running totals an agent reports with every batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentCounters {
+    pub produced_batches_total: u64,
+    pub dropped_batches_total: u64,
+    pub parse_errors_total: u64,
+}
+
+/// Builds the wire form of a buffered batch.
+pub fn batch_to_pb(
+    id: &AgentIdentity,
+    batch: &TickBatch,
+    sent_unix_ms: i64,
+    counters: AgentCounters,
+) -> pb::Batch {
+    pb::Batch {
+        agent_id: id.agent_id.clone(),
+        boot_id: id.boot_id,
+        seq: batch.seq,
+        samples: batch
+            .values
+            .iter()
+            .map(|(metric, value)| pb::Sample {
+                time_unix_ms: batch.time_unix_ms,
+                hostname: id.hostname.clone(),
+                metric: metric.name().to_owned(),
+                value,
+            })
+            .collect(),
+        sent_unix_ms,
+        dropped_batches_total: counters.dropped_batches_total,
+        agent_version: id.agent_version.clone(),
+        hostname: id.hostname.clone(),
+        produced_batches_total: counters.produced_batches_total,
+        parse_errors_total: counters.parse_errors_total,
+    }
+}
+
+/// Most samples a batch may carry: six metrics per tick, with room to grow.
+pub const MAX_SAMPLES_PER_BATCH: usize = 64;
+/// Longest hostname (DNS limit).
+pub const MAX_HOSTNAME_BYTES: usize = 253;
+/// Longest agent id or version string.
+pub const MAX_ID_BYTES: usize = 256;
+/// A sample may not be taken more than this long after the batch was sent
+/// by the agent's own clock.
+pub const MAX_SAMPLE_AFTER_SEND_MS: i64 = 60_000;
+/// Samples dated before 2000-01-01 are a clock that was never set.
+pub const MIN_SAMPLE_UNIX_MS: i64 = 946_684_800_000;
+
+/// A batch that passed validation, with sample times corrected for the
+/// agent's clock offset where that offset exceeded the server's threshold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidBatch {
+    pub agent_id: String,
+    pub hostname: String,
+    pub agent_version: String,
+    pub boot_id: u64,
+    pub seq: u64,
+    /// Agent clock minus server clock at receipt, in milliseconds.
+    pub clock_offset_ms: i64,
+    /// Whether sample times were shifted by `-clock_offset_ms`.
+    pub time_corrected: bool,
+    pub counters: AgentCounters,
+    /// (time, metric, value); the hostname is `hostname` for every sample.
+    pub samples: Vec<(i64, Metric, f64)>,
+}
+
+/// Why a batch was refused.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InvalidBatch {
+    EmptyField(&'static str),
+    TooLong {
+        field: &'static str,
+        bytes: usize,
+    },
+    BadHostname(String),
+    ZeroSeq,
+    TooManySamples(usize),
+    HostnameMismatch {
+        sample: usize,
+        got: String,
+    },
+    UnknownMetric {
+        sample: usize,
+        name: String,
+    },
+    NotFinite {
+        sample: usize,
+        metric: Metric,
+    },
+    OutOfRange {
+        sample: usize,
+        metric: Metric,
+        value: f64,
+    },
+    TimeAfterSend {
+        sample: usize,
+        time_unix_ms: i64,
+        sent_unix_ms: i64,
+    },
+    TimeBeforeEpoch {
+        sample: usize,
+        time_unix_ms: i64,
+    },
+}
+
+impl fmt::Display for InvalidBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidBatch::EmptyField(field) => write!(f, "{field} is empty"),
+            InvalidBatch::TooLong { field, bytes } => {
+                write!(f, "{field} is {bytes} bytes long, above the limit")
+            }
+            InvalidBatch::BadHostname(h) => write!(
+                f,
+                "hostname {h:?} has characters outside letters, digits, '.', '-' and '_'"
+            ),
+            InvalidBatch::ZeroSeq => write!(f, "seq must start at 1"),
+            InvalidBatch::TooManySamples(n) => write!(
+                f,
+                "{n} samples in one batch (at most {MAX_SAMPLES_PER_BATCH})"
+            ),
+            InvalidBatch::HostnameMismatch { sample, got } => write!(
+                f,
+                "sample {sample}: hostname {got:?} differs from the batch's"
+            ),
+            InvalidBatch::UnknownMetric { sample, name } => {
+                write!(f, "sample {sample}: unknown metric {name:?}")
+            }
+            InvalidBatch::NotFinite { sample, metric } => {
+                write!(f, "sample {sample}: {metric} is not a finite number")
+            }
+            InvalidBatch::OutOfRange {
+                sample,
+                metric,
+                value,
+            } => write!(f, "sample {sample}: {metric} = {value} is out of range"),
+            InvalidBatch::TimeAfterSend {
+                sample,
+                time_unix_ms,
+                sent_unix_ms,
+            } => write!(
+                f,
+                "sample {sample}: time {} is after the batch was sent ({})",
+                crate::time::Rfc3339(*time_unix_ms),
+                crate::time::Rfc3339(*sent_unix_ms)
+            ),
+            InvalidBatch::TimeBeforeEpoch {
+                sample,
+                time_unix_ms,
+            } => write!(
+                f,
+                "sample {sample}: time {} is before 2000 even after clock correction",
+                crate::time::Rfc3339(*time_unix_ms)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for InvalidBatch {}
+
+/// Whether a hostname is acceptable: DNS-ish characters plus '_'.
+pub fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= MAX_HOSTNAME_BYTES
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// Validates a batch received at `received_unix_ms` (server clock). When
+/// the agent's clock is off by more than `max_clock_skew_ms`, sample times
+/// are shifted onto the server's clock, so a Pi that booted in 1970 still
+/// stores samples at the right time.
+pub fn validate_batch(
+    b: pb::Batch,
+    received_unix_ms: i64,
+    max_clock_skew_ms: i64,
+) -> Result<ValidBatch, InvalidBatch> {
+    for (field, value) in [
+        ("agent_id", &b.agent_id),
+        ("agent_version", &b.agent_version),
+    ] {
+        if value.len() > MAX_ID_BYTES {
+            return Err(InvalidBatch::TooLong {
+                field,
+                bytes: value.len(),
+            });
+        }
+    }
+    if b.agent_id.is_empty() {
+        return Err(InvalidBatch::EmptyField("agent_id"));
+    }
+    if b.hostname.is_empty() {
+        return Err(InvalidBatch::EmptyField("hostname"));
+    }
+    if !valid_hostname(&b.hostname) {
+        return Err(InvalidBatch::BadHostname(b.hostname));
+    }
+    if b.seq == 0 {
+        return Err(InvalidBatch::ZeroSeq);
+    }
+    if b.samples.len() > MAX_SAMPLES_PER_BATCH {
+        return Err(InvalidBatch::TooManySamples(b.samples.len()));
+    }
+    let clock_offset_ms = b.sent_unix_ms.saturating_sub(received_unix_ms);
+    let time_corrected = clock_offset_ms.saturating_abs() > max_clock_skew_ms;
+    let shift = if time_corrected { clock_offset_ms } else { 0 };
+    let mut samples = Vec::with_capacity(b.samples.len());
+    for (i, s) in b.samples.into_iter().enumerate() {
+        if s.hostname != b.hostname {
+            return Err(InvalidBatch::HostnameMismatch {
+                sample: i,
+                got: s.hostname,
+            });
+        }
+        let metric: Metric = s.metric.parse().map_err(|_| InvalidBatch::UnknownMetric {
+            sample: i,
+            name: s.metric.clone(),
+        })?;
+        if !s.value.is_finite() {
+            return Err(InvalidBatch::NotFinite { sample: i, metric });
+        }
+        let in_range = if metric.is_percent() {
+            (0.0..=100.0).contains(&s.value)
+        } else {
+            s.value >= 0.0
+        };
+        if !in_range {
+            return Err(InvalidBatch::OutOfRange {
+                sample: i,
+                metric,
+                value: s.value,
+            });
+        }
+        if s.time_unix_ms > b.sent_unix_ms.saturating_add(MAX_SAMPLE_AFTER_SEND_MS) {
+            return Err(InvalidBatch::TimeAfterSend {
+                sample: i,
+                time_unix_ms: s.time_unix_ms,
+                sent_unix_ms: b.sent_unix_ms,
+            });
+        }
+        let time = s.time_unix_ms.saturating_sub(shift);
+        if time < MIN_SAMPLE_UNIX_MS {
+            return Err(InvalidBatch::TimeBeforeEpoch {
+                sample: i,
+                time_unix_ms: time,
+            });
+        }
+        samples.push((time, metric, s.value));
+    }
+    Ok(ValidBatch {
+        agent_id: b.agent_id,
+        hostname: b.hostname,
+        agent_version: b.agent_version,
+        boot_id: b.boot_id,
+        seq: b.seq,
+        clock_offset_ms,
+        time_corrected,
+        counters: AgentCounters {
+            produced_batches_total: b.produced_batches_total,
+            dropped_batches_total: b.dropped_batches_total,
+            parse_errors_total: b.parse_errors_total,
+        },
+        samples,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::MetricValues;
+
+    const NOW: i64 = 1_795_608_000_000;
+
+    fn identity() -> AgentIdentity {
+        AgentIdentity {
+            agent_id: "pi-1".into(),
+            hostname: "pi-1".into(),
+            agent_version: "0.1.0".into(),
+            boot_id: 7,
+        }
+    }
+
+    fn batch(time: i64, values: &[(Metric, f64)]) -> pb::Batch {
+        let tick = TickBatch {
+            seq: 3,
+            time_unix_ms: time,
+            values: values.iter().copied().collect::<MetricValues>(),
+        };
+        batch_to_pb(&identity(), &tick, time + 5, AgentCounters::default())
+    }
+
+    #[test]
+    fn round_trip_keeps_the_handout_shape() {
+        let b = batch(NOW, &[(Metric::CpuPercent, 12.5), (Metric::NetInKbps, 3.0)]);
+        assert_eq!(b.samples.len(), 2);
+        assert_eq!(b.samples[0].hostname, "pi-1");
+        assert_eq!(b.samples[0].metric, "cpu_percent");
+        let v = validate_batch(b, NOW + 10, 30_000).unwrap();
+        assert_eq!(v.seq, 3);
+        assert_eq!(v.clock_offset_ms, -5);
+        assert!(!v.time_corrected);
+        assert_eq!(
+            v.samples,
+            vec![
+                (NOW, Metric::CpuPercent, 12.5),
+                (NOW, Metric::NetInKbps, 3.0)
+            ]
+        );
+    }
+
+    fn check_invalid(mutate: impl FnOnce(&mut pb::Batch), expected: &str) {
+        let mut b = batch(NOW, &[(Metric::CpuPercent, 1.0)]);
+        mutate(&mut b);
+        let err = validate_batch(b, NOW, 30_000).unwrap_err().to_string();
+        assert!(
+            err.contains(expected),
+            "{err:?} does not contain {expected:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_batches_are_named() {
+        check_invalid(|b| b.hostname.clear(), "hostname is empty");
+        check_invalid(|b| b.agent_id.clear(), "agent_id is empty");
+        check_invalid(|b| b.hostname = "a b".into(), "has characters");
+        check_invalid(|b| b.seq = 0, "seq must start at 1");
+        check_invalid(
+            |b| b.samples[0].metric = "cpu".into(),
+            "unknown metric \"cpu\"",
+        );
+        check_invalid(|b| b.samples[0].value = f64::NAN, "not a finite number");
+        check_invalid(|b| b.samples[0].value = 100.5, "out of range");
+        check_invalid(|b| b.samples[0].hostname = "other".into(), "differs");
+        check_invalid(
+            |b| b.samples[0].time_unix_ms = NOW + 3_600_000,
+            "after the batch was sent",
+        );
+        check_invalid(|b| b.samples = vec![b.samples[0].clone(); 65], "65 samples");
+        check_invalid(|b| b.agent_id = "x".repeat(300), "300 bytes");
+    }
+
+    #[test]
+    fn a_clock_far_off_is_corrected_onto_the_server_clock() {
+        // A Pi without an RTC that booted at 1970 + 1 day.
+        // The sample was taken 5 ms before the batch was sent (see `batch`).
+        let sample_time = 86_400_000;
+        let b = batch(sample_time, &[(Metric::MemPercent, 40.0)]);
+        let v = validate_batch(b, NOW, 30_000).unwrap();
+        assert!(v.time_corrected);
+        assert_eq!(v.clock_offset_ms, sample_time + 5 - NOW);
+        assert_eq!(v.samples[0].0, NOW - 5);
+    }
+
+    #[test]
+    fn a_small_offset_is_left_alone() {
+        let b = batch(NOW - 1000, &[(Metric::MemPercent, 40.0)]);
+        let v = validate_batch(b, NOW + 2000, 30_000).unwrap();
+        assert!(!v.time_corrected);
+        assert_eq!(v.samples[0].0, NOW - 1000);
+    }
+}
