@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod metric;
 pub mod random;
+pub mod sd_notify;
 pub mod time;
 pub mod wire;
 
