@@ -1,0 +1,522 @@
+//! The agent's configuration: flags (argh) override environment variables,
+//! which override defaults.
+//!
+//! Everything is validated here, once, into a [`Config`] whose fields are
+//! already typed (durations, URLs, paths). A bad value is a
+//! [`ConfigError`] naming the flag or variable and the value, and `main`
+//! exits with code 2 on it. The environment is passed in as a function so
+//! tests never touch the process environment.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+/// Reports this host's CPU, memory, disk and network rates to a
+/// monitor-server and runs the commands it pushes, under a strict policy.
+///
+/// Every option can also be set by the environment variable named in its
+/// description; the flag wins.
+#[derive(FromArgs, Debug, Default)]
+pub struct Args {
+    /// server URL (MONITOR_SERVER; default http://127.0.0.1:50051)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// seconds between samples, fractions allowed (MONITOR_INTERVAL; default 5)
+    #[argh(option)]
+    pub interval: Option<String>,
+    /// name samples are reported under (MONITOR_HOSTNAME; default: the
+    /// kernel hostname)
+    #[argh(option)]
+    pub hostname: Option<String>,
+    /// stable agent identity (MONITOR_AGENT_ID; default: the hostname)
+    #[argh(option)]
+    pub agent_id: Option<String>,
+    /// comma-separated interfaces to count for net_* (MONITOR_INTERFACES;
+    /// default: every physical interface)
+    #[argh(option)]
+    pub interfaces: Option<String>,
+    /// where procfs is mounted (MONITOR_PROC_ROOT; default /proc)
+    #[argh(option)]
+    pub proc_root: Option<PathBuf>,
+    /// where sysfs is mounted (MONITOR_SYS_ROOT; default /sys)
+    #[argh(option)]
+    pub sys_root: Option<PathBuf>,
+    /// print each sample as a JSON line on stdout instead of sending it
+    #[argh(switch)]
+    pub stdout: bool,
+    /// stop after this many ticks (for --stdout and benchmarks; default: run
+    /// until stopped)
+    #[argh(option)]
+    pub count: Option<u64>,
+    /// allowlist of commands the server may run (MONITOR_COMMANDS_FILE;
+    /// default /etc/monitor/commands.allow, optional)
+    #[argh(option)]
+    pub commands_file: Option<PathBuf>,
+    /// let the server run any program, not just allowlisted ones
+    /// (MONITOR_ALLOW_ANY_COMMAND=1). Dangerous
+    #[argh(switch)]
+    pub allow_any_command: bool,
+    /// commands that may run at once (MONITOR_MAX_COMMANDS; default 2)
+    #[argh(option)]
+    pub max_commands: Option<String>,
+    /// longest a command may run, whatever the server asks
+    /// (MONITOR_MAX_COMMAND_TIMEOUT; default 5m)
+    #[argh(option)]
+    pub max_command_timeout: Option<String>,
+    /// batches kept while the server is unreachable (MONITOR_BUFFER_BATCHES;
+    /// default 8192: 11 hours at 5 s in about 600 KiB)
+    #[argh(option)]
+    pub buffer_batches: Option<String>,
+    /// file that keeps unacknowledged batches across restarts
+    /// (MONITOR_SPOOL; default: none)
+    #[argh(option)]
+    pub spool: Option<PathBuf>,
+    /// largest size of the spool file (MONITOR_SPOOL_MAX_BYTES; default 4194304)
+    #[argh(option)]
+    pub spool_max_bytes: Option<String>,
+    /// how long to keep sending buffered batches after SIGTERM
+    /// (MONITOR_SHUTDOWN_TIMEOUT; default 5s)
+    #[argh(option)]
+    pub shutdown_timeout: Option<String>,
+    /// error, warn, info or debug (MONITOR_LOG; default info)
+    #[argh(option)]
+    pub log: Option<String>,
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
+}
+
+/// Validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// http:// URL of the server's agent listener.
+    pub server: String,
+    pub interval: Duration,
+    pub hostname: String,
+    pub agent_id: String,
+    /// `None`: every physical interface.
+    pub interfaces: Option<Vec<String>>,
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+    pub stdout: bool,
+    pub count: Option<u64>,
+    pub commands_file: PathBuf,
+    /// Whether `commands_file` was named explicitly (then it must exist).
+    pub commands_file_explicit: bool,
+    pub allow_any_command: bool,
+    pub max_commands: usize,
+    pub max_command_timeout: Duration,
+    pub buffer_batches: usize,
+    pub spool: Option<PathBuf>,
+    pub spool_max_bytes: u64,
+    pub shutdown_timeout: Duration,
+    pub log_level: log::LevelFilter,
+}
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_COMMANDS_FILE: &str = "/etc/monitor/commands.allow";
+/// Shortest interval accepted: below it the tick cost stops being small
+/// next to the interval.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest interval accepted (one day).
+pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// A flag or variable with a value the agent cannot use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// "--interval" or "MONITOR_INTERVAL".
+    pub source: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.source, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where a raw value came from, for error messages.
+struct Raw {
+    source: String,
+    value: String,
+}
+
+impl Raw {
+    fn error(&self, expected: &str) -> ConfigError {
+        ConfigError {
+            source: self.source.clone(),
+            message: format!("expected {expected}, got '{}'", self.value),
+        }
+    }
+}
+
+/// Picks the flag if given, else the environment variable.
+fn pick(
+    flag: Option<String>,
+    flag_name: &str,
+    var: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Raw> {
+    match flag {
+        Some(value) => Some(Raw {
+            source: format!("--{flag_name}"),
+            value,
+        }),
+        None => env(var).map(|value| Raw {
+            source: var.to_owned(),
+            value,
+        }),
+    }
+}
+
+fn parse_bool(raw: &Raw) -> Result<bool, ConfigError> {
+    match raw.value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(raw.error("1/true/yes or 0/false/no")),
+    }
+}
+
+fn parse_count(raw: &Raw, min: u64, max: u64) -> Result<u64, ConfigError> {
+    match raw.value.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(raw.error(&format!("a whole number from {min} to {max}"))),
+    }
+}
+
+fn parse_duration(raw: &Raw, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    match monitor::time::parse_duration(&raw.value) {
+        Ok(d) if d >= min && d <= max => Ok(d),
+        Ok(_) => Err(raw.error(&format!(
+            "a duration from {} to {}",
+            monitor::time::format_duration_short(min),
+            monitor::time::format_duration_short(max)
+        ))),
+        Err(_) => Err(raw.error("a duration like 5, 2.5, 500ms, 30s or 5m")),
+    }
+}
+
+/// Accepts `http://host:port`, or `host:port` (http is assumed).
+pub fn parse_server_url(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let url = if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err("an http:// URL (TLS is not supported yet)".into());
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains(char::is_whitespace) {
+        return Err("a URL like http://server:50051".into());
+    }
+    match tonic::transport::Endpoint::from_shared(url.clone()) {
+        Ok(_) => Ok(url),
+        Err(_) => Err("a URL like http://server:50051".into()),
+    }
+}
+
+fn kernel_hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+}
+
+impl Config {
+    /// Builds the configuration from parsed flags and an environment.
+    pub fn from_sources(
+        args: Args,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let server = match pick(args.server, "server", "MONITOR_SERVER", env) {
+            Some(raw) => parse_server_url(&raw.value).map_err(|e| raw.error(&e))?,
+            None => DEFAULT_SERVER.to_owned(),
+        };
+        let interval = match pick(args.interval, "interval", "MONITOR_INTERVAL", env) {
+            Some(raw) => parse_duration(&raw, MIN_INTERVAL, MAX_INTERVAL)?,
+            None => DEFAULT_INTERVAL,
+        };
+        let hostname = match pick(args.hostname, "hostname", "MONITOR_HOSTNAME", env) {
+            Some(raw) if monitor::wire::valid_hostname(raw.value.trim()) => {
+                raw.value.trim().to_owned()
+            }
+            Some(raw) => {
+                return Err(raw
+                    .error("a hostname of letters, digits, '.', '-' and '_' (at most 253 bytes)"));
+            }
+            None => kernel_hostname()
+                .filter(|h| monitor::wire::valid_hostname(h))
+                .ok_or_else(|| ConfigError {
+                    source: "hostname".into(),
+                    message: "the kernel hostname is empty or unusable: set MONITOR_HOSTNAME"
+                        .into(),
+                })?,
+        };
+        let agent_id = match pick(args.agent_id, "agent-id", "MONITOR_AGENT_ID", env) {
+            Some(raw) => {
+                let v = raw.value.trim();
+                if v.is_empty() || v.len() > monitor::wire::MAX_ID_BYTES {
+                    return Err(raw.error("a non-empty id of at most 256 bytes"));
+                }
+                v.to_owned()
+            }
+            None => hostname.clone(),
+        };
+        let interfaces = match pick(args.interfaces, "interfaces", "MONITOR_INTERFACES", env) {
+            Some(raw) => {
+                let names: Vec<String> = raw
+                    .value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                // Linux interface names are at most 15 bytes, no '/' or
+                // white space.
+                if names.is_empty()
+                    || names
+                        .iter()
+                        .any(|n| n.len() > 15 || n.contains(['/', ':', ' ']))
+                {
+                    return Err(raw.error("comma-separated interface names like eth0,wlan0"));
+                }
+                Some(names)
+            }
+            None => None,
+        };
+        let path_or = |flag: Option<PathBuf>, var: &str, default: &str| -> PathBuf {
+            flag.or_else(|| env(var).map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(default))
+        };
+        let proc_root = path_or(args.proc_root, "MONITOR_PROC_ROOT", "/proc");
+        let sys_root = path_or(args.sys_root, "MONITOR_SYS_ROOT", "/sys");
+        let explicit_commands = args.commands_file.or_else(|| {
+            env("MONITOR_COMMANDS_FILE")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        });
+        let commands_file_explicit = explicit_commands.is_some();
+        let commands_file =
+            explicit_commands.unwrap_or_else(|| PathBuf::from(DEFAULT_COMMANDS_FILE));
+        let allow_any_command = if args.allow_any_command {
+            true
+        } else {
+            match env("MONITOR_ALLOW_ANY_COMMAND") {
+                Some(value) => parse_bool(&Raw {
+                    source: "MONITOR_ALLOW_ANY_COMMAND".into(),
+                    value,
+                })?,
+                None => false,
+            }
+        };
+        let max_commands = match pick(
+            args.max_commands,
+            "max-commands",
+            "MONITOR_MAX_COMMANDS",
+            env,
+        ) {
+            Some(raw) => parse_count(&raw, 0, 64)? as usize,
+            None => 2,
+        };
+        let max_command_timeout = match pick(
+            args.max_command_timeout,
+            "max-command-timeout",
+            "MONITOR_MAX_COMMAND_TIMEOUT",
+            env,
+        ) {
+            Some(raw) => parse_duration(&raw, Duration::from_secs(1), Duration::from_secs(86_400))?,
+            None => Duration::from_secs(300),
+        };
+        let buffer_batches = match pick(
+            args.buffer_batches,
+            "buffer-batches",
+            "MONITOR_BUFFER_BATCHES",
+            env,
+        ) {
+            Some(raw) => parse_count(&raw, 1, 1_000_000)? as usize,
+            None => 8192,
+        };
+        let spool = args.spool.or_else(|| {
+            env("MONITOR_SPOOL")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        });
+        let spool_max_bytes = match pick(
+            args.spool_max_bytes,
+            "spool-max-bytes",
+            "MONITOR_SPOOL_MAX_BYTES",
+            env,
+        ) {
+            Some(raw) => parse_count(&raw, 4096, 1 << 34)?,
+            None => 4 << 20,
+        };
+        let shutdown_timeout = match pick(
+            args.shutdown_timeout,
+            "shutdown-timeout",
+            "MONITOR_SHUTDOWN_TIMEOUT",
+            env,
+        ) {
+            Some(raw) => parse_duration(&raw, Duration::ZERO, Duration::from_secs(600))?,
+            None => Duration::from_secs(5),
+        };
+        let log_level = match pick(args.log, "log", "MONITOR_LOG", env) {
+            Some(raw) => match raw.value.trim().to_ascii_lowercase().as_str() {
+                "error" => log::LevelFilter::Error,
+                "warn" => log::LevelFilter::Warn,
+                "info" => log::LevelFilter::Info,
+                "debug" => log::LevelFilter::Debug,
+                "trace" => log::LevelFilter::Trace,
+                "off" => log::LevelFilter::Off,
+                _ => return Err(raw.error("error, warn, info, debug, trace or off")),
+            },
+            None => log::LevelFilter::Info,
+        };
+        if args.count == Some(0) {
+            return Err(ConfigError {
+                source: "--count".into(),
+                message: "expected a whole number above 0, got '0'".into(),
+            });
+        }
+        Ok(Config {
+            server,
+            interval,
+            hostname,
+            agent_id,
+            interfaces,
+            proc_root,
+            sys_root,
+            stdout: args.stdout,
+            count: args.count,
+            commands_file,
+            commands_file_explicit,
+            allow_any_command,
+            max_commands,
+            max_command_timeout,
+            buffer_batches,
+            spool,
+            spool_max_bytes,
+            shutdown_timeout,
+            log_level,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn parse(
+        flags: &[&str],
+        env: &'static [(&'static str, &'static str)],
+    ) -> Result<Config, ConfigError> {
+        let args = Args::from_args(&["monitor-agent"], flags).expect("flags parse");
+        Config::from_sources(args, &env_of(env))
+    }
+
+    fn check_err(flags: &[&str], env: &'static [(&'static str, &'static str)], expected: &str) {
+        let err = parse(flags, env).expect_err("should fail").to_string();
+        assert_eq!(err, expected);
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--hostname", "h1"], &[]).unwrap();
+        assert_eq!(c.server, DEFAULT_SERVER);
+        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.agent_id, "h1");
+        assert_eq!(c.interfaces, None);
+        assert_eq!(c.proc_root, PathBuf::from("/proc"));
+        assert_eq!(c.commands_file, PathBuf::from(DEFAULT_COMMANDS_FILE));
+        assert!(!c.commands_file_explicit);
+        assert!(!c.allow_any_command);
+        assert_eq!(c.max_commands, 2);
+        assert_eq!(c.buffer_batches, 8192);
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn flags_override_environment() {
+        let env: &'static [(&'static str, &'static str)] = &[
+            ("MONITOR_INTERVAL", "2"),
+            ("MONITOR_SERVER", "10.0.0.1:7000"),
+            ("MONITOR_HOSTNAME", "from-env"),
+            ("MONITOR_INTERFACES", "eth0, wlan0"),
+        ];
+        let c = parse(&["--interval", "0.5"], env).unwrap();
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.server, "http://10.0.0.1:7000");
+        assert_eq!(c.hostname, "from-env");
+        assert_eq!(c.interfaces, Some(vec!["eth0".into(), "wlan0".into()]));
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        check_err(
+            &["--hostname", "h"],
+            &[("MONITOR_INTERVAL", "abc")],
+            "MONITOR_INTERVAL: expected a duration like 5, 2.5, 500ms, 30s or 5m, got 'abc'",
+        );
+        check_err(
+            &["--hostname", "h", "--interval", "0"],
+            &[],
+            "--interval: expected a duration from 100ms to 1d00h, got '0'",
+        );
+        check_err(
+            &["--hostname", "h"],
+            &[("MONITOR_SERVER", "https://x:1")],
+            "MONITOR_SERVER: expected an http:// URL (TLS is not supported yet), got 'https://x:1'",
+        );
+        check_err(
+            &["--hostname", "bad host"],
+            &[],
+            "--hostname: expected a hostname of letters, digits, '.', '-' and '_' (at most 253 bytes), got 'bad host'",
+        );
+        check_err(
+            &["--hostname", "h"],
+            &[("MONITOR_ALLOW_ANY_COMMAND", "maybe")],
+            "MONITOR_ALLOW_ANY_COMMAND: expected 1/true/yes or 0/false/no, got 'maybe'",
+        );
+        check_err(
+            &["--hostname", "h"],
+            &[("MONITOR_BUFFER_BATCHES", "0")],
+            "MONITOR_BUFFER_BATCHES: expected a whole number from 1 to 1000000, got '0'",
+        );
+        check_err(
+            &["--hostname", "h"],
+            &[("MONITOR_LOG", "loud")],
+            "MONITOR_LOG: expected error, warn, info, debug, trace or off, got 'loud'",
+        );
+        check_err(
+            &["--hostname", "h", "--interfaces", ","],
+            &[],
+            "--interfaces: expected comma-separated interface names like eth0,wlan0, got ','",
+        );
+    }
+
+    #[test]
+    fn server_urls() {
+        assert_eq!(parse_server_url("h:1").unwrap(), "http://h:1");
+        assert_eq!(
+            parse_server_url("http://[::1]:50051").unwrap(),
+            "http://[::1]:50051"
+        );
+        assert!(parse_server_url("http://").is_err());
+        assert!(parse_server_url("ftp://h:1").is_err());
+    }
+}

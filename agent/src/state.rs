@@ -1,0 +1,61 @@
+//! State shared by the agent's tasks on its single thread.
+//!
+//! Every task runs on one current-thread runtime (`spawn_local`), so sharing
+//! is `Rc` + `Cell`/`RefCell`. Invariant: no `RefCell` borrow is ever held
+//! across an `.await`, so a borrow can never fail at run time.
+
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+use monitor::wire::{AgentCounters, AgentIdentity};
+use tokio::sync::{Notify, watch};
+
+use crate::buffer::Buffer;
+
+pub struct Shared {
+    pub identity: AgentIdentity,
+    /// Batches not yet acknowledged by the server.
+    pub buffer: RefCell<Buffer>,
+    /// The sampler pushed a batch (wakes the sender).
+    pub batch_ready: Notify,
+    /// The buffer shrank (acks): wakes whoever waits for it to drain.
+    pub buffer_drained: Notify,
+    /// Current sampling interval; `set-interval` writes it.
+    pub interval: watch::Sender<Duration>,
+    /// `collect-now` asks the sampler for an extra tick.
+    pub collect_now: Notify,
+    /// /proc lines that failed to parse since start.
+    pub parse_errors_total: Cell<u64>,
+    /// When the sampler last ticked (the watchdog checks it).
+    pub last_tick: Cell<Option<Instant>>,
+    pub started: Instant,
+    /// Whether a session with the server is up.
+    pub connected: Cell<bool>,
+}
+
+impl Shared {
+    pub fn new(identity: AgentIdentity, buffer_batches: usize, interval: Duration) -> Shared {
+        Shared {
+            identity,
+            buffer: RefCell::new(Buffer::new(buffer_batches)),
+            batch_ready: Notify::new(),
+            buffer_drained: Notify::new(),
+            interval: watch::Sender::new(interval),
+            collect_now: Notify::new(),
+            parse_errors_total: Cell::new(0),
+            last_tick: Cell::new(None),
+            started: Instant::now(),
+            connected: Cell::new(false),
+        }
+    }
+
+    /// The running totals that travel with every batch.
+    pub fn counters(&self) -> AgentCounters {
+        let buffer = self.buffer.borrow();
+        AgentCounters {
+            produced_batches_total: buffer.produced_total(),
+            dropped_batches_total: buffer.dropped_total(),
+            parse_errors_total: self.parse_errors_total.get(),
+        }
+    }
+}
