@@ -9,3 +9,5 @@ pub mod commands;
 pub mod proc;
 pub mod rates;
 pub mod sysfs;
+#[doc(hidden)]
+pub mod testing;

@@ -1,1 +1,346 @@
-//! (in progress)
+//! Turning kernel counters into rates: deltas, 32-bit wraps, resets,
+//! per-device state and the aggregation rules of the rate metrics.
+//!
+//! Rules (the metric definitions of the agent):
+//! - A rate divides a delta by the real elapsed time between the two
+//!   readings of that device, from a monotonic clock passed in by the
+//!   caller, never by the configured interval.
+//! - A counter that goes backwards is a 32-bit wrap when both readings fit
+//!   in 32 bits and the wrapped delta is below [`MAX_PLAUSIBLE_WRAP_DELTA`]
+//!   (half the counter space, the usual SNMP convention: a counter cannot
+//!   be told apart from one that wrapped twice, so we assume the smaller
+//!   story); anything else is a reset (device re-created, counters
+//!   cleared) and the device's contribution for that interval is dropped.
+//!   Never a negative value, never a spike.
+//! - A rate metric is the sum over qualifying devices with a valid delta.
+//!   Devices exist but none has a valid delta (all new, or reset): the
+//!   metric is omitted. No qualifying device at all: the rate is 0.
+//! - A device that disappears from the file is forgotten, so hot-plugged
+//!   disks and short-lived interfaces do not grow state forever.
+//!
+//! Must never read a clock itself, do I/O, or allocate per tick for a device
+//! it already knows (state is looked up by `&str`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::proc::stat::CpuTimes;
+
+/// The largest delta accepted as a 32-bit wrap: 2^31, half the 32-bit
+/// counter space.
+pub const MAX_PLAUSIBLE_WRAP_DELTA: u64 = 1 << 31;
+
+/// How a counter moved between two readings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterDelta {
+    /// It grew by this much (or stayed put).
+    Advanced(u64),
+    /// It passed 2^32 and started again from 0; this much in total.
+    Wrapped(u64),
+    /// It went backwards in a way no wrap explains: no delta this interval.
+    Reset,
+}
+
+impl CounterDelta {
+    /// The delta, unless the counter was reset.
+    pub fn value(self) -> Option<u64> {
+        match self {
+            CounterDelta::Advanced(d) | CounterDelta::Wrapped(d) => Some(d),
+            CounterDelta::Reset => None,
+        }
+    }
+}
+
+/// Classifies the move of a counter from `previous` to `current`.
+pub fn counter_delta(previous: u64, current: u64) -> CounterDelta {
+    if current >= previous {
+        return CounterDelta::Advanced(current - previous);
+    }
+    let limit = u64::from(u32::MAX);
+    if previous <= limit && current <= limit {
+        let wrapped = (limit - previous) + current + 1;
+        if wrapped < MAX_PLAUSIBLE_WRAP_DELTA {
+            return CounterDelta::Wrapped(wrapped);
+        }
+    }
+    CounterDelta::Reset
+}
+
+/// Busy share of CPU time between two readings of /proc/stat, 0 to 100:
+/// 100 × Δbusy / Δtotal. `None` when no time passed (Δtotal = 0) or when the
+/// total or busy time went backwards (a counter reset or a kernel quirk:
+/// iowait is known to decrease on tickless kernels).
+pub fn cpu_percent(previous: &CpuTimes, current: &CpuTimes) -> Option<f64> {
+    let total = current.total_ticks().checked_sub(previous.total_ticks())?;
+    let busy = current.busy_ticks().checked_sub(previous.busy_ticks())?;
+    if total == 0 {
+        return None;
+    }
+    Some((busy as f64 / total as f64 * 100.0).clamp(0.0, 100.0))
+}
+
+/// KiB/s (1024 bytes per second) for `bytes` over `elapsed`.
+pub fn kib_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1024.0 / elapsed.as_secs_f64()
+}
+
+/// Accumulates one rate metric over the devices of one tick.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RateSum {
+    /// Qualifying devices seen this tick.
+    pub devices: u32,
+    /// Of those, devices with a valid delta.
+    pub valid_devices: u32,
+    /// Sum of the valid devices' rates.
+    pub kib_per_s: f64,
+}
+
+impl RateSum {
+    /// The metric under the aggregation rules: 0 without qualifying
+    /// devices, omitted when none had a valid delta, else the sum.
+    pub fn value(&self) -> Option<f64> {
+        if self.devices == 0 {
+            Some(0.0)
+        } else if self.valid_devices == 0 {
+            None
+        } else {
+            Some(self.kib_per_s)
+        }
+    }
+}
+
+/// What the tracker keeps per device name.
+#[derive(Clone, Copy, Debug)]
+struct DeviceState {
+    /// Whether the device counts towards the metrics (decided once).
+    qualifies: bool,
+    /// The counters at the last reading, in the file's own units.
+    counters: [u64; 2],
+    /// When they were read.
+    read_at: Instant,
+    /// The tick that last saw this device.
+    seen_in_tick: u64,
+}
+
+/// Per-device counters of one file (/proc/diskstats or /proc/net/dev), two
+/// counters per device (read/written, received/transmitted), turned into two
+/// rate metrics per tick.
+///
+/// Call [`begin_tick`](Self::begin_tick), then [`observe`](Self::observe)
+/// for each device line, then [`end_tick`](Self::end_tick), which forgets
+/// the devices that were not observed and returns the two metrics.
+#[derive(Debug)]
+pub struct DeviceTracker {
+    devices: HashMap<String, DeviceState>,
+    /// Bytes per unit of the counters (512 for sectors, 1 for bytes).
+    unit_bytes: u64,
+    tick: u64,
+    sums: [RateSum; 2],
+}
+
+impl DeviceTracker {
+    /// A tracker whose counters count units of `unit_bytes` bytes.
+    pub fn new(unit_bytes: u64) -> DeviceTracker {
+        DeviceTracker {
+            devices: HashMap::new(),
+            unit_bytes,
+            tick: 0,
+            sums: [RateSum::default(); 2],
+        }
+    }
+
+    /// Starts a tick (a successful read of the file).
+    pub fn begin_tick(&mut self) {
+        self.tick += 1;
+        self.sums = [RateSum::default(); 2];
+    }
+
+    /// Records the counters of device `name` read at `now`. `qualifies` is
+    /// called only the first time a name is seen (it may read /sys).
+    pub fn observe(
+        &mut self,
+        name: &str,
+        counters: [u64; 2],
+        now: Instant,
+        qualifies: impl FnOnce(&str) -> bool,
+    ) {
+        let tick = self.tick;
+        let Some(state) = self.devices.get_mut(name) else {
+            let qualifies = qualifies(name);
+            if qualifies {
+                for sum in &mut self.sums {
+                    sum.devices += 1;
+                }
+            }
+            self.devices.insert(
+                name.to_owned(),
+                DeviceState {
+                    qualifies,
+                    counters,
+                    read_at: now,
+                    seen_in_tick: tick,
+                },
+            );
+            return;
+        };
+        if state.seen_in_tick == tick {
+            // The same name twice in one file: keep the first line.
+            return;
+        }
+        state.seen_in_tick = tick;
+        let previous = std::mem::replace(&mut state.counters, counters);
+        let elapsed = now.checked_duration_since(state.read_at);
+        state.read_at = now;
+        if !state.qualifies {
+            return;
+        }
+        for ((sum, before), after) in self.sums.iter_mut().zip(previous).zip(counters) {
+            sum.devices += 1;
+            let (Some(delta), Some(elapsed)) = (counter_delta(before, after).value(), elapsed)
+            else {
+                continue;
+            };
+            if elapsed.is_zero() {
+                continue;
+            }
+            sum.valid_devices += 1;
+            sum.kib_per_s += kib_per_s(delta.saturating_mul(self.unit_bytes), elapsed);
+        }
+    }
+
+    /// Ends the tick: forgets devices not observed in it and returns the two
+    /// rate metrics (first counter, second counter).
+    pub fn end_tick(&mut self) -> [Option<f64>; 2] {
+        let tick = self.tick;
+        self.devices.retain(|_, state| state.seen_in_tick == tick);
+        [self.sums[0].value(), self.sums[1].value()]
+    }
+
+    /// Devices currently remembered (qualifying or not).
+    pub fn known_devices(&self) -> usize {
+        self.devices.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_delta_tells_wraps_from_resets() {
+        fn check(previous: u64, current: u64, expected: CounterDelta) {
+            assert_eq!(
+                counter_delta(previous, current),
+                expected,
+                "{previous} -> {current}"
+            );
+        }
+        let max32 = u64::from(u32::MAX);
+        check(10, 25, CounterDelta::Advanced(15));
+        check(7, 7, CounterDelta::Advanced(0));
+        // 2^32 − 100 → 50 on a 32-bit counter: 100 + 50 = 150.
+        check(max32 + 1 - 100, 50, CounterDelta::Wrapped(150));
+        check(max32, 0, CounterDelta::Wrapped(1));
+        // A wrap of 2^31 or more is not plausible: reset.
+        check(max32 + 1 - 100, (1 << 31) - 100, CounterDelta::Reset);
+        check(
+            max32 + 1 - 100,
+            (1 << 31) - 101,
+            CounterDelta::Wrapped((1 << 31) - 1),
+        );
+        // A small counter going backwards is a reset (interface re-created).
+        check(5_000, 100, CounterDelta::Reset);
+        // 64-bit counters never wrap in practice: going backwards is a reset.
+        check(max32 + 10, 5, CounterDelta::Reset);
+    }
+
+    fn cpu(user: u64, idle: u64, iowait: u64) -> CpuTimes {
+        CpuTimes {
+            user_ticks: user,
+            idle_ticks: idle,
+            iowait_ticks: Some(iowait),
+            ..CpuTimes::default()
+        }
+    }
+
+    #[test]
+    fn cpu_percent_is_busy_over_total_and_omitted_when_meaningless() {
+        fn check(previous: CpuTimes, current: CpuTimes, expected: Option<f64>) {
+            assert_eq!(cpu_percent(&previous, &current), expected);
+        }
+        check(cpu(100, 100, 0), cpu(125, 175, 0), Some(25.0));
+        // iowait is not busy: 10 busy of 40.
+        check(cpu(0, 0, 0), cpu(10, 20, 10), Some(25.0));
+        check(cpu(100, 100, 0), cpu(100, 100, 0), None);
+        check(cpu(100, 100, 0), cpu(50, 100, 0), None);
+        // Busy went backwards (iowait decreased by more than idle grew).
+        check(cpu(10, 10, 10), cpu(9, 20, 10), None);
+    }
+
+    #[test]
+    fn tracker_aggregates_and_forgets() {
+        let t0 = Instant::now();
+        let mut tracker = DeviceTracker::new(512);
+        let yes = |_: &str| true;
+
+        tracker.begin_tick();
+        tracker.observe("sda", [0, 0], t0, yes);
+        tracker.observe("sdb", [0, 0], t0, yes);
+        assert_eq!(
+            tracker.end_tick(),
+            [None, None],
+            "first sighting has no rate"
+        );
+
+        // 2 s later: sda read 4096 sectors (1 MiB → 512 KiB/s), sdb was reset.
+        tracker.begin_tick();
+        tracker.observe("sda", [4096, 0], t0 + Duration::from_secs(2), yes);
+        tracker.observe("sdb", [0, 0], t0 + Duration::from_secs(2), yes);
+        assert_eq!(tracker.end_tick(), [Some(512.0), Some(0.0)]);
+
+        // sdb vanishes and is forgotten; a classifier is not asked again for sda.
+        tracker.begin_tick();
+        tracker.observe("sda", [4096, 0], t0 + Duration::from_secs(3), |_| {
+            panic!("sda is already classified")
+        });
+        assert_eq!(tracker.end_tick(), [Some(0.0), Some(0.0)]);
+        assert_eq!(tracker.known_devices(), 1);
+
+        // No qualifying device at all: 0, not omitted.
+        tracker.begin_tick();
+        tracker.observe("loop0", [1, 1], t0 + Duration::from_secs(4), |_| false);
+        assert_eq!(tracker.end_tick(), [Some(0.0), Some(0.0)]);
+        assert_eq!(tracker.known_devices(), 1, "sda gone, loop0 remembered");
+    }
+
+    #[test]
+    fn a_reset_device_is_dropped_but_others_still_count() {
+        let t0 = Instant::now();
+        let mut tracker = DeviceTracker::new(1);
+        tracker.begin_tick();
+        tracker.observe("eth0", [10_000, 10_000], t0, |_| true);
+        tracker.observe("wlan0", [10_000, 10_000], t0, |_| true);
+        tracker.end_tick();
+        tracker.begin_tick();
+        let t1 = t0 + Duration::from_millis(500);
+        tracker.observe("eth0", [10_000 + 1024, 10_000 + 2048], t1, |_| true);
+        tracker.observe("wlan0", [3, 3], t1, |_| true);
+        assert_eq!(tracker.end_tick(), [Some(2.0), Some(4.0)]);
+    }
+
+    #[test]
+    fn zero_or_backwards_elapsed_time_gives_no_rate() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(1);
+        let mut tracker = DeviceTracker::new(1);
+        tracker.begin_tick();
+        tracker.observe("eth0", [0, 0], later, |_| true);
+        tracker.end_tick();
+        tracker.begin_tick();
+        tracker.observe("eth0", [10, 10], later, |_| true);
+        assert_eq!(tracker.end_tick(), [None, None]);
+        tracker.begin_tick();
+        tracker.observe("eth0", [20, 20], t0, |_| true);
+        assert_eq!(tracker.end_tick(), [None, None]);
+    }
+}

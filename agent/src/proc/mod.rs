@@ -1,1 +1,193 @@
-//! Parsers for the /proc files the agent reads (in progress).
+//! Pure parsers for the four /proc files the agent reads: `stat`, `meminfo`,
+//! `diskstats` and `net/dev`.
+//!
+//! Every parser takes the file's text and returns typed values whose field
+//! names carry their unit, converted once at this boundary (kB become
+//! `_bytes`, for instance). A line that cannot be read is a [`ParseError`]
+//! naming the file, the 1-based line and the field, so an operator can find
+//! it with `sed -n Np`.
+//!
+//! These modules must never do I/O, read globals or allocate on the success
+//! path: the collector calls them on every tick with text it has already
+//! read, and they are tested on captures from other machines.
+
+pub mod diskstats;
+pub mod meminfo;
+pub mod netdev;
+pub mod stat;
+
+use std::fmt;
+
+/// The longest excerpt of an offending value kept in a [`ParseError`], in
+/// characters; a garbage line must not turn into a huge log message.
+const MAX_GOT_CHARS: usize = 40;
+
+/// A line (or a whole file) that does not have the shape the kernel prints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseError {
+    /// The file as the kernel names it, e.g. `/proc/diskstats` (not the path
+    /// under an injected root: the reader adds that where it matters).
+    pub file: &'static str,
+    /// 1-based line number; `None` when the problem is the file as a whole
+    /// (a required line or key that never appears).
+    pub line: Option<usize>,
+    /// The field that was wrong, named as in the kernel's documentation.
+    pub field: &'static str,
+    /// What was wrong with it.
+    pub kind: ParseErrorKind,
+}
+
+/// What was wrong with a field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseErrorKind {
+    /// The field holds something other than a decimal unsigned integer that
+    /// fits in 64 bits (the offending text, shortened).
+    NotAnUnsignedInteger { got: String },
+    /// The line ends before this field.
+    Missing,
+    /// A required line or key is absent from the whole file.
+    NotFound,
+    /// The value overflows 64 bits once converted to the unit we store.
+    Overflow,
+    /// A unit other than the one the kernel prints for this field.
+    UnexpectedUnit { got: String },
+}
+
+impl ParseError {
+    pub(crate) fn new(
+        file: &'static str,
+        line: Option<usize>,
+        field: &'static str,
+        kind: ParseErrorKind,
+    ) -> ParseError {
+        ParseError {
+            file,
+            line,
+            field,
+            kind,
+        }
+    }
+
+    /// An error for a field that is not a number, keeping a short excerpt.
+    pub(crate) fn not_a_number(
+        file: &'static str,
+        line: usize,
+        field: &'static str,
+        got: &str,
+    ) -> ParseError {
+        ParseError::new(
+            file,
+            Some(line),
+            field,
+            ParseErrorKind::NotAnUnsignedInteger { got: excerpt(got) },
+        )
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.file)?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        write!(f, ": field {}: ", self.field)?;
+        match &self.kind {
+            ParseErrorKind::NotAnUnsignedInteger { got } => {
+                write!(f, "expected an unsigned integer, got '{got}'")
+            }
+            ParseErrorKind::Missing => f.write_str("missing (line too short)"),
+            ParseErrorKind::NotFound => f.write_str("not found in the file"),
+            ParseErrorKind::Overflow => f.write_str("value overflows 64 bits"),
+            ParseErrorKind::UnexpectedUnit { got } => {
+                write!(f, "expected unit 'kB', got '{got}'")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Parses a decimal unsigned integer the way the kernel prints one: ASCII
+/// digits only, no sign, no spaces, at most 64 bits. `str::parse` would also
+/// accept a leading `+`, which the kernel never prints.
+#[inline]
+pub(crate) fn parse_u64(s: &str) -> Option<u64> {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &b in bytes {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(digit))?;
+    }
+    Some(value)
+}
+
+/// Parses `s` as field `field` of `line`, or says why it is not a number.
+#[inline]
+pub(crate) fn field_u64(
+    file: &'static str,
+    line: usize,
+    field: &'static str,
+    s: &str,
+) -> Result<u64, ParseError> {
+    parse_u64(s).ok_or_else(|| ParseError::not_a_number(file, line, field, s))
+}
+
+/// The first [`MAX_GOT_CHARS`] characters of `s`, marked when cut.
+fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(MAX_GOT_CHARS) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_u64_accepts_only_what_the_kernel_prints() {
+        fn check(input: &str, expected: Option<u64>) {
+            assert_eq!(parse_u64(input), expected, "input {input:?}");
+        }
+        check("0", Some(0));
+        check("18446744073709551615", Some(u64::MAX));
+        check("18446744073709551616", None);
+        check("", None);
+        check("+1", None);
+        check("-1", None);
+        check("1x", None);
+        check("x1", None);
+        check("１", None);
+    }
+
+    #[test]
+    fn error_message_names_file_line_and_field() {
+        let err = ParseError::not_a_number("/proc/diskstats", 3, "sectors_read", "x1");
+        assert_eq!(
+            err.to_string(),
+            "/proc/diskstats line 3: field sectors_read: expected an unsigned integer, got 'x1'"
+        );
+        let whole = ParseError::new("/proc/stat", None, "cpu", ParseErrorKind::NotFound);
+        assert_eq!(
+            whole.to_string(),
+            "/proc/stat: field cpu: not found in the file"
+        );
+    }
+
+    #[test]
+    fn long_garbage_is_shortened_in_the_message() {
+        let garbage = "é".repeat(100);
+        let err = ParseError::not_a_number("/proc/stat", 1, "user", &garbage);
+        let ParseErrorKind::NotAnUnsignedInteger { got } = err.kind else {
+            panic!("wrong kind");
+        };
+        assert_eq!(got.chars().count(), MAX_GOT_CHARS + 3);
+        assert!(got.ends_with("..."));
+    }
+}

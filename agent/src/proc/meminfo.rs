@@ -1,0 +1,175 @@
+//! Parser for the few /proc/meminfo keys the agent needs to compute
+//! `mem_percent`, and that computation.
+//!
+//! The file prints sizes in "kB", which are KiB (1024 bytes); they are
+//! converted to bytes here, once. Lines for keys the agent does not use are
+//! never inspected, so a new or odd key in a future kernel cannot fail the
+//! parse, and the scan stops as soon as every wanted key has been seen.
+//!
+//! Must never do I/O and never allocate unless it returns an error.
+
+use super::{ParseError, ParseErrorKind, field_u64};
+
+const FILE: &str = "/proc/meminfo";
+
+/// The /proc/meminfo values behind `mem_percent`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meminfo {
+    /// Usable RAM (`MemTotal`).
+    pub mem_total_bytes: u64,
+    /// RAM nobody uses at all (`MemFree`).
+    pub mem_free_bytes: u64,
+    /// The kernel's estimate of memory available to start new programs
+    /// without swapping (`MemAvailable`, since Linux 3.14).
+    pub mem_available_bytes: Option<u64>,
+    /// Block-device buffers (`Buffers`).
+    pub buffers_bytes: u64,
+    /// Page cache, without swap cache (`Cached`).
+    pub cached_bytes: u64,
+    /// Reclaimable slab (`SReclaimable`, since Linux 2.6.19).
+    pub s_reclaimable_bytes: Option<u64>,
+}
+
+impl Meminfo {
+    /// Used memory as `free` (procps-ng 4) prints it, as a share of
+    /// `MemTotal`, 0 to 100: (MemTotal − MemAvailable) / MemTotal.
+    ///
+    /// Without `MemAvailable` (kernels before 3.14), used is
+    /// MemTotal − MemFree − Buffers − Cached − SReclaimable. When
+    /// `MemAvailable` exceeds `MemTotal` (seen in containers whose meminfo is
+    /// synthesised), `MemFree` stands in for it. `None` when `MemTotal` is 0.
+    pub fn used_percent(&self) -> Option<f64> {
+        let total = self.mem_total_bytes;
+        if total == 0 {
+            return None;
+        }
+        let used = match self.mem_available_bytes {
+            Some(available) if available <= total => total - available,
+            Some(_) => total.saturating_sub(self.mem_free_bytes),
+            None => total
+                .saturating_sub(self.mem_free_bytes)
+                .saturating_sub(self.buffers_bytes)
+                .saturating_sub(self.cached_bytes)
+                .saturating_sub(self.s_reclaimable_bytes.unwrap_or(0)),
+        };
+        Some((used as f64 / total as f64 * 100.0).clamp(0.0, 100.0))
+    }
+}
+
+/// The keys we read, their field names in errors, and whether a missing
+/// key is an error.
+const KEYS: [(&str, bool); 6] = [
+    ("MemTotal", true),
+    ("MemFree", true),
+    ("MemAvailable", false),
+    ("Buffers", true),
+    ("Cached", true),
+    ("SReclaimable", false),
+];
+
+/// Reads `MemTotal`, `MemFree`, `MemAvailable`, `Buffers`, `Cached` and
+/// `SReclaimable` from /proc/meminfo. `MemAvailable` and `SReclaimable` may
+/// be absent (old kernels); the others are required.
+pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
+    let mut values = [None::<u64>; 6];
+    let mut found = 0;
+    for (index, line) in text.lines().enumerate() {
+        let Some((key, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let Some(slot) = KEYS.iter().position(|(k, _)| *k == key) else {
+            continue;
+        };
+        if values[slot].is_none() {
+            found += 1;
+        }
+        values[slot] = Some(parse_kib(rest, index + 1, KEYS[slot].0)?);
+        if found == KEYS.len() {
+            break;
+        }
+    }
+    let mut out = [0u64; 6];
+    for (i, ((name, required), value)) in KEYS.iter().zip(values).enumerate() {
+        match value {
+            Some(v) => out[i] = v,
+            None if *required => {
+                return Err(ParseError::new(FILE, None, name, ParseErrorKind::NotFound));
+            }
+            None => {}
+        }
+    }
+    Ok(Meminfo {
+        mem_total_bytes: out[0],
+        mem_free_bytes: out[1],
+        mem_available_bytes: values[2],
+        buffers_bytes: out[3],
+        cached_bytes: out[4],
+        s_reclaimable_bytes: values[5],
+    })
+}
+
+/// `"   12345 kB"` → 12345 × 1024 bytes.
+fn parse_kib(rest: &str, line: usize, field: &'static str) -> Result<u64, ParseError> {
+    let mut tokens = rest.split_ascii_whitespace();
+    let Some(number) = tokens.next() else {
+        return Err(ParseError::new(
+            FILE,
+            Some(line),
+            field,
+            ParseErrorKind::Missing,
+        ));
+    };
+    let kib = field_u64(FILE, line, field, number)?;
+    match tokens.next() {
+        Some("kB") => {}
+        Some(other) => {
+            return Err(ParseError::new(
+                FILE,
+                Some(line),
+                field,
+                ParseErrorKind::UnexpectedUnit {
+                    got: other.chars().take(16).collect(),
+                },
+            ));
+        }
+        None => {
+            return Err(ParseError::new(
+                FILE,
+                Some(line),
+                field,
+                ParseErrorKind::UnexpectedUnit { got: String::new() },
+            ));
+        }
+    }
+    kib.checked_mul(1024)
+        .ok_or_else(|| ParseError::new(FILE, Some(line), field, ParseErrorKind::Overflow))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem(total: u64, free: u64, available: Option<u64>) -> Meminfo {
+        Meminfo {
+            mem_total_bytes: total,
+            mem_free_bytes: free,
+            mem_available_bytes: available,
+            buffers_bytes: 10,
+            cached_bytes: 20,
+            s_reclaimable_bytes: Some(5),
+        }
+    }
+
+    #[test]
+    fn used_percent_follows_the_three_rules() {
+        fn check(m: Meminfo, expected: Option<f64>) {
+            assert_eq!(m.used_percent(), expected, "{m:?}");
+        }
+        check(mem(200, 50, Some(150)), Some(25.0));
+        // MemAvailable above MemTotal: MemFree stands in.
+        check(mem(200, 50, Some(300)), Some(75.0));
+        // No MemAvailable: 200 − 50 − 10 − 20 − 5 = 115.
+        check(mem(200, 50, None), Some(57.5));
+        check(mem(0, 0, Some(0)), None);
+    }
+}

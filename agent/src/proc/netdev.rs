@@ -1,0 +1,112 @@
+//! Parser for /proc/net/dev, one result per interface line so that one bad
+//! line never hides the others.
+//!
+//! The file has two header lines, then one `name: 16 numbers` line per
+//! interface (eight receive counters, eight transmit counters). Old kernels
+//! print no space after the colon when the number is wide (`eth0:123 ...`),
+//! so the name ends at the first colon, not at whitespace; interface names
+//! cannot contain a colon (the kernel's `dev_valid_name` refuses it).
+//! Numbers beyond the sixteenth are ignored.
+//!
+//! Must never do I/O and never allocate unless it returns an error.
+
+use super::{ParseError, ParseErrorKind, field_u64};
+
+const FILE: &str = "/proc/net/dev";
+
+/// Lines before the first interface.
+const HEADER_LINES: usize = 2;
+
+/// Field names, for errors (the kernel's header, made unique).
+const FIELDS: [&str; 16] = [
+    "rx_bytes",
+    "rx_packets",
+    "rx_errs",
+    "rx_drop",
+    "rx_fifo",
+    "rx_frame",
+    "rx_compressed",
+    "rx_multicast",
+    "tx_bytes",
+    "tx_packets",
+    "tx_errs",
+    "tx_drop",
+    "tx_fifo",
+    "tx_colls",
+    "tx_carrier",
+    "tx_compressed",
+];
+
+/// The byte counters of one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetDevStat<'a> {
+    /// Interface name, e.g. `eth0`, `wlan0`, `lo`.
+    pub name: &'a str,
+    /// Bytes received since the interface appeared (may wrap at 2^32 on
+    /// 32-bit kernels with drivers that keep `unsigned long` counters).
+    pub rx_bytes: u64,
+    /// Bytes transmitted since the interface appeared (same caveat).
+    pub tx_bytes: u64,
+}
+
+/// Parses every interface line of /proc/net/dev (after the two header
+/// lines, blank lines skipped); line numbers in errors are 1-based.
+pub fn parse(text: &str) -> impl Iterator<Item = Result<NetDevStat<'_>, ParseError>> + '_ {
+    text.lines()
+        .enumerate()
+        .skip(HEADER_LINES)
+        .filter(|(_, line)| !line.trim_ascii().is_empty())
+        .map(|(index, line)| parse_line(line, index + 1))
+}
+
+/// Parses one interface line (`line_no` is 1-based, for errors).
+pub fn parse_line(line: &str, line_no: usize) -> Result<NetDevStat<'_>, ParseError> {
+    let Some((name, numbers)) = line.split_once(':') else {
+        return Err(ParseError::new(
+            FILE,
+            Some(line_no),
+            "interface",
+            ParseErrorKind::Missing,
+        ));
+    };
+    let mut tokens = numbers.split_ascii_whitespace();
+    let mut fields = [""; 16];
+    let mut count = 0;
+    for (slot, token) in fields.iter_mut().zip(tokens.by_ref()) {
+        *slot = token;
+        count += 1;
+    }
+    if count < fields.len() {
+        return Err(ParseError::new(
+            FILE,
+            Some(line_no),
+            FIELDS[count],
+            ParseErrorKind::Missing,
+        ));
+    }
+    Ok(NetDevStat {
+        name: name.trim_ascii(),
+        rx_bytes: field_u64(FILE, line_no, FIELDS[0], fields[0])?,
+        tx_bytes: field_u64(FILE, line_no, FIELDS[8], fields[8])?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_space_after_the_colon() {
+        let s = parse_line("  eth0:4294967295 1 0 0 0 0 0 0 77 1 0 0 0 0 0 0", 3).unwrap();
+        assert_eq!(
+            (s.name, s.rx_bytes, s.tx_bytes),
+            ("eth0", 4_294_967_295, 77)
+        );
+    }
+
+    #[test]
+    fn truncated_line_names_the_first_missing_field() {
+        let err = parse_line("eth0: 1 2 3 4 5 6 7 8 9", 5).unwrap_err();
+        assert_eq!((err.line, err.field), (Some(5), "tx_packets"));
+    }
+}
