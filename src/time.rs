@@ -123,7 +123,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, BadDuration> {
 }
 
 fn seconds(secs: f64) -> Option<Duration> {
-    if secs.is_finite() && secs >= 0.0 && secs < 1e12 {
+    if (0.0..1e12).contains(&secs) {
         Some(Duration::from_secs_f64(secs))
     } else {
         None
@@ -139,11 +139,20 @@ pub fn format_duration_short(d: Duration) -> String {
     } else if s < 60 {
         format!("{s}s")
     } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
+        match s % 60 {
+            0 => format!("{}m", s / 60),
+            r => format!("{}m{r:02}s", s / 60),
+        }
     } else if s < 86_400 {
-        format!("{}h{:02}m", s / 3600, (s / 60) % 60)
+        match (s / 60) % 60 {
+            0 => format!("{}h", s / 3600),
+            r => format!("{}h{r:02}m", s / 3600),
+        }
     } else {
-        format!("{}d{:02}h", s / 86_400, (s / 3600) % 24)
+        match (s / 3600) % 24 {
+            0 => format!("{}d", s / 86_400),
+            r => format!("{}d{r:02}h", s / 86_400),
+        }
     }
 }
 
@@ -198,5 +207,8 @@ mod tests {
         assert_eq!(format_duration_short(Duration::from_millis(850)), "850ms");
         assert_eq!(format_duration_short(Duration::from_secs(184)), "3m04s");
         assert_eq!(format_duration_short(Duration::from_secs(7500)), "2h05m");
+        assert_eq!(format_duration_short(Duration::from_secs(60)), "1m");
+        assert_eq!(format_duration_short(Duration::from_secs(86_400)), "1d");
+        assert_eq!(format_duration_short(Duration::from_secs(90_000)), "1d01h");
     }
 }

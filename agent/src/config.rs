@@ -475,7 +475,7 @@ mod tests {
         check_err(
             &["--hostname", "h", "--interval", "0"],
             &[],
-            "--interval: expected a duration from 100ms to 1d00h, got '0'",
+            "--interval: expected a duration from 100ms to 1d, got '0'",
         );
         check_err(
             &["--hostname", "h"],

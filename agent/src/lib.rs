@@ -4,10 +4,18 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the code map.
 
+pub mod backoff;
+pub mod buffer;
 pub mod collector;
+pub mod command_session;
 pub mod commands;
+pub mod config;
 pub mod proc;
 pub mod rates;
+pub mod run;
+pub mod sampler;
+pub mod session;
+pub mod state;
 pub mod sysfs;
 #[doc(hidden)]
 pub mod testing;

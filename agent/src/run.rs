@@ -1,0 +1,145 @@
+//! The agent's top level: wire the sampler, the connection and the command
+//! session together on the current thread, and stop them in order.
+//!
+//! Shutdown in three steps: notice (the `shutdown` future: SIGTERM/SIGINT
+//! from `main`, or a test's trigger), tell (stop the sampler), wait (keep the
+//! connection up until the buffer is acknowledged or `shutdown_timeout`
+//! passed), then return so `main` exits 0.
+
+use std::fmt;
+use std::future::Future;
+use std::rc::Rc;
+
+use monitor::wire::AgentIdentity;
+
+use crate::collector::{Collector, CollectorError};
+use crate::command_session::CommandContext;
+use crate::commands::{Allowlist, AllowlistError, Limits, Policy};
+use crate::config::Config;
+use crate::sampler::{self, Sink};
+use crate::session;
+use crate::state::Shared;
+
+/// Why the agent could not start.
+#[derive(Debug)]
+pub enum AgentError {
+    Collector(CollectorError),
+    Allowlist(AllowlistError),
+    Endpoint(tonic::transport::Error),
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentError::Collector(e) => write!(f, "{e}"),
+            AgentError::Allowlist(e) => write!(f, "{e}"),
+            AgentError::Endpoint(e) => write!(f, "server URL: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AgentError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AgentError::Collector(e) => Some(e),
+            AgentError::Allowlist(e) => Some(e),
+            AgentError::Endpoint(e) => Some(e),
+        }
+    }
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the agent until `shutdown` resolves (or `--count` ticks were sent).
+/// Must be called inside a `LocalSet`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let collector = Collector::open(
+        &config.proc_root,
+        &config.sys_root,
+        config.interfaces.clone(),
+    )
+    .map_err(AgentError::Collector)?;
+    let identity = AgentIdentity {
+        agent_id: config.agent_id.clone(),
+        hostname: config.hostname.clone(),
+        agent_version: VERSION.to_owned(),
+        boot_id: monitor::random::random_u64(),
+    };
+    let shared = Rc::new(Shared::new(
+        identity,
+        config.buffer_batches,
+        config.interval,
+    ));
+
+    if config.stdout {
+        tokio::select! {
+            () = sampler::run(Rc::clone(&shared), collector, Sink::Stdout, config.count) => {}
+            () = shutdown => {}
+        }
+        return Ok(());
+    }
+
+    let explicit = config
+        .commands_file_explicit
+        .then_some(config.commands_file.as_path());
+    let allowlist = Allowlist::load_configured(explicit).map_err(AgentError::Allowlist)?;
+    if config.allow_any_command {
+        log::warn!("--allow-any-command: the server may run any program as this agent's user");
+    }
+    log::info!(
+        "{} allowlisted commands from {}",
+        allowlist.len(),
+        allowlist.path().display()
+    );
+    let limits = Limits {
+        max_timeout: config.max_command_timeout,
+        max_running: config.max_commands,
+        ..Limits::default()
+    };
+    let ctx = Rc::new(CommandContext::new(
+        Policy::new(allowlist, config.allow_any_command),
+        limits,
+    ));
+    let endpoint = session::endpoint(&config.server).map_err(AgentError::Endpoint)?;
+    log::info!(
+        "monitor-agent {VERSION}: host {} reporting to {} every {}s",
+        config.hostname,
+        config.server,
+        config.interval.as_secs_f64()
+    );
+
+    let sampler = tokio::task::spawn_local(sampler::run(
+        Rc::clone(&shared),
+        collector,
+        Sink::Buffer,
+        config.count,
+    ));
+    let connection = tokio::task::spawn_local(session::run(endpoint, Rc::clone(&shared), ctx));
+
+    let mut sampler = sampler;
+    tokio::select! {
+        () = shutdown => log::info!("stopping"),
+        _ = &mut sampler => log::info!("--count ticks taken"),
+    }
+    sampler.abort();
+
+    // Give the connection a bounded time to deliver what is buffered.
+    let drained = tokio::time::timeout(config.shutdown_timeout, async {
+        loop {
+            let notified = shared.buffer_drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if shared.buffer.borrow().is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await;
+    connection.abort();
+    let left = shared.buffer.borrow().len();
+    if drained.is_err() && left > 0 {
+        log::warn!("{left} batches not acknowledged by the server at shutdown are lost");
+    }
+    Ok(())
+}
