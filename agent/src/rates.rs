@@ -76,7 +76,7 @@ pub fn cpu_percent(previous: &CpuTimes, current: &CpuTimes) -> Option<f64> {
     if total == 0 {
         return None;
     }
-    Some((busy as f64 / total as f64 * 100.0).clamp(0.0, 100.0))
+    Some((busy as f64 * 100.0 / total as f64).clamp(0.0, 100.0))
 }
 
 /// KiB/s (1024 bytes per second) for `bytes` over `elapsed`.
@@ -285,22 +285,23 @@ mod tests {
 
         tracker.begin_tick();
         tracker.observe("sda", [0, 0], t0, yes);
-        tracker.observe("sdb", [0, 0], t0, yes);
+        tracker.observe("sdb", [100, 0], t0, yes);
         assert_eq!(
             tracker.end_tick(),
             [None, None],
             "first sighting has no rate"
         );
 
-        // 2 s later: sda read 4096 sectors (1 MiB → 512 KiB/s), sdb was reset.
+        // 2 s later: sda read 2048 sectors (1 MiB → 512 KiB/s); sdb's read
+        // counter was reset (dropped), its write counter still counts.
         tracker.begin_tick();
-        tracker.observe("sda", [4096, 0], t0 + Duration::from_secs(2), yes);
+        tracker.observe("sda", [2048, 0], t0 + Duration::from_secs(2), yes);
         tracker.observe("sdb", [0, 0], t0 + Duration::from_secs(2), yes);
         assert_eq!(tracker.end_tick(), [Some(512.0), Some(0.0)]);
 
         // sdb vanishes and is forgotten; a classifier is not asked again for sda.
         tracker.begin_tick();
-        tracker.observe("sda", [4096, 0], t0 + Duration::from_secs(3), |_| {
+        tracker.observe("sda", [2048, 0], t0 + Duration::from_secs(3), |_| {
             panic!("sda is already classified")
         });
         assert_eq!(tracker.end_tick(), [Some(0.0), Some(0.0)]);

@@ -52,7 +52,7 @@ impl Meminfo {
                 .saturating_sub(self.cached_bytes)
                 .saturating_sub(self.s_reclaimable_bytes.unwrap_or(0)),
         };
-        Some((used as f64 / total as f64 * 100.0).clamp(0.0, 100.0))
+        Some((used as f64 * 100.0 / total as f64).clamp(0.0, 100.0))
     }
 }
 
