@@ -1,7 +1,7 @@
 //! One tick's worth of samples in the compact form the agent buffers.
 //!
-//! A batch is what the agent produced at one tick: a sequence number, the
-//! wall-clock time of the tick and up to six values. It is `Copy` and 72
+//! A batch is what the agent produced at one tick: the run's boot id, a sequence number,
+//! the wall-clock time of the tick and up to six values. It is `Copy` and 80
 //! bytes, so an hour of batches at a 5 s interval is about 50 KiB and the
 //! buffer never holds strings: hostname and agent id are added when a batch
 //! is put on the wire (see [`crate::wire`]).
@@ -57,6 +57,9 @@ impl FromIterator<(Metric, f64)> for MetricValues {
 /// A batch as the agent buffers it until the server acknowledges it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TickBatch {
+    /// The agent run that produced it (a batch restored from the spool
+    /// keeps the boot id of the run that took it).
+    pub boot_id: u64,
     /// Grows by one per batch within a boot id, starting at 1.
     pub seq: u64,
     /// Agent's wall clock at the tick, milliseconds since the Unix epoch.
@@ -85,6 +88,6 @@ mod tests {
 
     #[test]
     fn batch_stays_small() {
-        assert!(std::mem::size_of::<TickBatch>() <= 72);
+        assert!(std::mem::size_of::<TickBatch>() <= 80);
     }
 }

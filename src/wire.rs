@@ -38,7 +38,7 @@ pub fn batch_to_pb(
 ) -> pb::Batch {
     pb::Batch {
         agent_id: id.agent_id.clone(),
-        boot_id: id.boot_id,
+        boot_id: batch.boot_id,
         seq: batch.seq,
         samples: batch
             .values
@@ -307,6 +307,7 @@ mod tests {
 
     fn batch(time: i64, values: &[(Metric, f64)]) -> pb::Batch {
         let tick = TickBatch {
+            boot_id: 7,
             seq: 3,
             time_unix_ms: time,
             values: values.iter().copied().collect::<MetricValues>(),

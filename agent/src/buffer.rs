@@ -80,16 +80,23 @@ impl Buffer {
         self.in_flight = 0;
     }
 
-    /// Frees every batch with a sequence number up to `seq`; returns how
-    /// many were freed.
-    pub fn ack(&mut self, seq: u64) -> usize {
-        let mut freed = 0;
-        while self.queue.front().is_some_and(|b| b.seq <= seq) {
-            self.queue.pop_front();
-            freed += 1;
-        }
-        self.in_flight = self.in_flight.saturating_sub(freed);
-        freed
+    /// Frees the acknowledged batch `(boot_id, seq)` and every batch before
+    /// it (the server acknowledges in the order batches were sent, so an
+    /// acknowledgement covers all earlier ones). Returns how many were freed;
+    /// 0 for an acknowledgement of a batch no longer held (dropped, or
+    /// already freed).
+    pub fn ack(&mut self, boot_id: u64, seq: u64) -> usize {
+        let Some(pos) = self
+            .queue
+            .iter()
+            .take(self.in_flight)
+            .position(|b| b.boot_id == boot_id && b.seq == seq)
+        else {
+            return 0;
+        };
+        self.queue.drain(..=pos);
+        self.in_flight = self.in_flight.saturating_sub(pos + 1);
+        pos + 1
     }
 
     pub fn len(&self) -> usize {
@@ -131,6 +138,7 @@ mod tests {
 
     fn b(seq: u64) -> TickBatch {
         TickBatch {
+            boot_id: 1,
             seq,
             time_unix_ms: seq as i64 * 1000,
             values: MetricValues::default(),
@@ -150,12 +158,15 @@ mod tests {
         assert_eq!(buf.next_to_send().map(|b| b.seq), Some(1));
         assert_eq!(buf.next_to_send().map(|b| b.seq), Some(2));
         assert_eq!(buf.in_flight(), 2);
-        assert_eq!(buf.ack(1), 1);
+        assert_eq!(buf.ack(1, 1), 1);
         assert_eq!(buf.in_flight(), 1);
         // The connection drops: batch 2 was sent but never acknowledged.
         buf.rewind();
         assert_eq!(buf.next_to_send().map(|b| b.seq), Some(2));
-        assert_eq!(buf.ack(3), 2);
+        assert_eq!(buf.next_to_send().map(|b| b.seq), Some(3));
+        // An acknowledgement for a batch never sent frees nothing.
+        assert_eq!(buf.ack(1, 4), 0);
+        assert_eq!(buf.ack(1, 3), 2);
         assert_eq!(seqs(&buf), vec![4]);
         assert_eq!(buf.in_flight(), 0);
         assert_eq!(buf.next_to_send().map(|b| b.seq), Some(4));
@@ -184,7 +195,26 @@ mod tests {
         for s in 1..=4 {
             buf.push(b(s));
         }
-        assert_eq!(buf.ack(2), 0);
+        assert_eq!(buf.ack(1, 2), 0);
         assert_eq!(seqs(&buf), vec![3, 4]);
+    }
+
+    #[test]
+    fn batches_of_an_earlier_run_are_sent_first_and_acked_by_their_own_id() {
+        let mut buf = Buffer::new(10);
+        // Restored from the spool: run 7, seqs 40 and 41.
+        for s in [40, 41] {
+            buf.restore(TickBatch { boot_id: 7, ..b(s) });
+        }
+        buf.push(b(1));
+        let sent: Vec<(u64, u64)> = std::iter::from_fn(|| buf.next_to_send())
+            .map(|b| (b.boot_id, b.seq))
+            .collect();
+        assert_eq!(sent, vec![(7, 40), (7, 41), (1, 1)]);
+        assert_eq!(buf.ack(7, 40), 1);
+        // An ack for the current run's batch covers the older ones.
+        assert_eq!(buf.ack(1, 1), 2);
+        assert!(buf.is_empty());
+        assert_eq!(buf.produced_total(), 1);
     }
 }

@@ -40,6 +40,7 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
             .set(collector.parse_errors_total());
         seq += 1;
         let batch = TickBatch {
+            boot_id: shared.identity.boot_id,
             seq,
             time_unix_ms: monitor::time::now_unix_ms(),
             values: values_of(&readings),
@@ -153,6 +154,7 @@ mod tests {
         values.set(Metric::CpuPercent, 12.345_67);
         values.set(Metric::NetInKbps, 0.0);
         let batch = TickBatch {
+            boot_id: 1,
             seq: 1,
             time_unix_ms: 1_795_608_000_123,
             values,

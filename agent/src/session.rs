@@ -188,13 +188,6 @@ async fn report(
 }
 
 fn on_ack(shared: &Shared, ack: &pb::Ack) {
-    if ack.boot_id != shared.identity.boot_id {
-        log::warn!(
-            "ignoring an acknowledgement for another run (boot id {:016x})",
-            ack.boot_id
-        );
-        return;
-    }
     if ack.code != 0 {
         log::error!(
             "the server rejected batch {} (code {}): {}",
@@ -203,8 +196,14 @@ fn on_ack(shared: &Shared, ack: &pb::Ack) {
             ack.message
         );
     }
-    let freed = shared.buffer.borrow_mut().ack(ack.seq);
+    let freed = shared.buffer.borrow_mut().ack(ack.boot_id, ack.seq);
     if freed > 0 {
         shared.buffer_drained.notify_waiters();
+    } else {
+        log::debug!(
+            "acknowledgement for batch {:016x}/{} not held",
+            ack.boot_id,
+            ack.seq
+        );
     }
 }
