@@ -179,7 +179,13 @@ impl Source {
             log::info!("{} can be read again", self.path.display());
             self.failing = false;
         }
-        Some(String::from_utf8_lossy(&self.buf[..filled]))
+        let bytes = &self.buf[..filled];
+        // The kernel prints ASCII: take the fast validation, and pay for the
+        // replacing copy only when a file really holds garbage.
+        Some(match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(bytes),
+        })
     }
 }
 

@@ -15,6 +15,7 @@ pub mod rates;
 pub mod run;
 pub mod sampler;
 pub mod session;
+pub mod spool;
 pub mod state;
 pub mod sysfs;
 #[doc(hidden)]

@@ -18,6 +18,7 @@ use crate::commands::{Allowlist, AllowlistError, Limits, Policy};
 use crate::config::Config;
 use crate::sampler::{self, Sink};
 use crate::session;
+use crate::spool::{Spool, SpoolError};
 use crate::state::Shared;
 
 /// Why the agent could not start.
@@ -26,6 +27,7 @@ pub enum AgentError {
     Collector(CollectorError),
     Allowlist(AllowlistError),
     Endpoint(tonic::transport::Error),
+    Spool(SpoolError),
 }
 
 impl fmt::Display for AgentError {
@@ -34,6 +36,7 @@ impl fmt::Display for AgentError {
             AgentError::Collector(e) => write!(f, "{e}"),
             AgentError::Allowlist(e) => write!(f, "{e}"),
             AgentError::Endpoint(e) => write!(f, "server URL: {e}"),
+            AgentError::Spool(e) => write!(f, "{e}"),
         }
     }
 }
@@ -44,6 +47,7 @@ impl std::error::Error for AgentError {
             AgentError::Collector(e) => Some(e),
             AgentError::Allowlist(e) => Some(e),
             AgentError::Endpoint(e) => Some(e),
+            AgentError::Spool(e) => Some(e),
         }
     }
 }
@@ -101,6 +105,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         limits,
     ));
     let endpoint = session::endpoint(&config.server).map_err(AgentError::Endpoint)?;
+    if let Some(path) = &config.spool {
+        let (spool, recovered) =
+            Spool::open(path, config.spool_max_bytes).map_err(AgentError::Spool)?;
+        if let Some(aside) = &recovered.moved_aside {
+            log::warn!(
+                "spool {} was not a spool file: moved to {} and started empty",
+                path.display(),
+                aside.display()
+            );
+        }
+        if recovered.truncated_bytes > 0 {
+            log::warn!(
+                "spool {}: cut {} unreadable bytes at its end (a write torn by a crash)",
+                path.display(),
+                recovered.truncated_bytes
+            );
+        }
+        if !recovered.batches.is_empty() {
+            log::info!(
+                "{} batches from an earlier run recovered from the spool",
+                recovered.batches.len()
+            );
+        }
+        {
+            let mut buffer = shared.buffer.borrow_mut();
+            for b in recovered.batches {
+                buffer.restore(b);
+            }
+        }
+        *shared.spool.borrow_mut() = Some(spool);
+    }
     log::info!(
         "monitor-agent {VERSION}: host {} reporting to {} every {}s",
         config.hostname,
@@ -138,8 +173,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     .await;
     connection.abort();
     let left = shared.buffer.borrow().len();
+    let spooled = shared.spool.borrow().is_some();
+    shared.with_spool(|spool, _| spool.sync());
     if drained.is_err() && left > 0 {
-        log::warn!("{left} batches not acknowledged by the server at shutdown are lost");
+        if spooled {
+            log::info!("{left} unacknowledged batches kept in the spool for the next start");
+        } else {
+            log::warn!("{left} batches not acknowledged by the server at shutdown are lost");
+        }
     }
     Ok(())
 }

@@ -51,6 +51,7 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
                 if let Some(d) = dropped {
                     log::debug!("buffer full: dropped batch {}", d.seq);
                 }
+                shared.with_spool(|spool, buffer| spool.append(&batch, buffer.iter()));
                 shared.batch_ready.notify_one();
             }
             Sink::Stdout => {

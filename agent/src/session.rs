@@ -198,6 +198,9 @@ fn on_ack(shared: &Shared, ack: &pb::Ack) {
     }
     let freed = shared.buffer.borrow_mut().ack(ack.boot_id, ack.seq);
     if freed > 0 {
+        if shared.buffer.borrow().is_empty() {
+            shared.with_spool(|spool, _| spool.clear());
+        }
         shared.buffer_drained.notify_waiters();
     } else {
         log::debug!(

@@ -11,6 +11,7 @@ use monitor::wire::{AgentCounters, AgentIdentity};
 use tokio::sync::{Notify, watch};
 
 use crate::buffer::Buffer;
+use crate::spool::Spool;
 
 pub struct Shared {
     pub identity: AgentIdentity,
@@ -31,6 +32,10 @@ pub struct Shared {
     pub started: Instant,
     /// Whether a session with the server is up.
     pub connected: Cell<bool>,
+    /// The on-disk copy of `buffer`, when `--spool` is set.
+    pub spool: RefCell<Option<Spool>>,
+    /// Spool errors since start (logged once per burst, never fatal).
+    pub spool_errors_total: Cell<u64>,
 }
 
 impl Shared {
@@ -46,6 +51,33 @@ impl Shared {
             last_tick: Cell::new(None),
             started: Instant::now(),
             connected: Cell::new(false),
+            spool: RefCell::new(None),
+            spool_errors_total: Cell::new(0),
+        }
+    }
+
+    /// Runs `f` on the spool if there is one; an error is logged (the first
+    /// of a run of errors at warn level) and counted, never fatal: the
+    /// in-memory buffer still holds everything.
+    pub fn with_spool(
+        &self,
+        f: impl FnOnce(&mut Spool, &Buffer) -> Result<(), crate::spool::SpoolError>,
+    ) {
+        let mut spool = self.spool.borrow_mut();
+        let Some(spool) = spool.as_mut() else {
+            return;
+        };
+        match f(spool, &self.buffer.borrow()) {
+            Ok(()) => self.spool_errors_total.set(0),
+            Err(e) => {
+                let n = self.spool_errors_total.get() + 1;
+                self.spool_errors_total.set(n);
+                if n == 1 {
+                    log::warn!("{e} (batches stay in memory)");
+                } else {
+                    log::debug!("{e}");
+                }
+            }
         }
     }
 

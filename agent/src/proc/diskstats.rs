@@ -20,7 +20,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{ParseError, ParseErrorKind, field_u64};
+use super::{Fields, ParseError, ParseErrorKind, field_u64};
 
 const FILE: &str = "/proc/diskstats";
 
@@ -72,16 +72,14 @@ pub fn parse(text: &str) -> impl Iterator<Item = Result<DiskStat<'_>, ParseError
 
 /// Parses one line (`line_no` is 1-based, for errors).
 pub fn parse_line(line: &str, line_no: usize) -> Result<DiskStat<'_>, ParseError> {
-    let mut tokens = line.split_ascii_whitespace();
+    // Fields past the fourteenth are never scanned: only their presence
+    // or absence matters, and 14 already says "modern line".
+    let mut tokens = Fields::new(line);
     let mut fields = [""; 14];
     let mut count = 0;
     for (slot, token) in fields.iter_mut().zip(tokens.by_ref()) {
         *slot = token;
         count += 1;
-    }
-    if count == 14 {
-        // Only the count matters beyond this point, not the values.
-        count += tokens.count();
     }
     let (read_index, written_index) = match count {
         7 => (4, 6),

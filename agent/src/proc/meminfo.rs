@@ -8,7 +8,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{ParseError, ParseErrorKind, field_u64};
+use super::{Fields, ParseError, ParseErrorKind, field_u64};
 
 const FILE: &str = "/proc/meminfo";
 
@@ -110,7 +110,7 @@ pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
 
 /// `"   12345 kB"` → 12345 × 1024 bytes.
 fn parse_kib(rest: &str, line: usize, field: &'static str) -> Result<u64, ParseError> {
-    let mut tokens = rest.split_ascii_whitespace();
+    let mut tokens = Fields::new(rest);
     let Some(number) = tokens.next() else {
         return Err(ParseError::new(
             FILE,

@@ -10,7 +10,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{ParseError, ParseErrorKind, field_u64};
+use super::{Fields, ParseError, ParseErrorKind, field_u64};
 
 const FILE: &str = "/proc/net/dev";
 
@@ -69,7 +69,7 @@ pub fn parse_line(line: &str, line_no: usize) -> Result<NetDevStat<'_>, ParseErr
             ParseErrorKind::Missing,
         ));
     };
-    let mut tokens = numbers.split_ascii_whitespace();
+    let mut tokens = Fields::new(numbers);
     let mut fields = [""; 16];
     let mut count = 0;
     for (slot, token) in fields.iter_mut().zip(tokens.by_ref()) {

@@ -8,7 +8,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{ParseError, ParseErrorKind, field_u64};
+use super::{Fields, ParseError, ParseErrorKind, field_u64};
 
 const FILE: &str = "/proc/stat";
 
@@ -95,10 +95,7 @@ pub fn parse(text: &str) -> Result<CpuTimes, ParseError> {
 
 fn parse_cpu_line(rest: &str, line: usize) -> Result<CpuTimes, ParseError> {
     let mut values = [None::<u64>; 10];
-    for (slot, (name, token)) in values
-        .iter_mut()
-        .zip(FIELDS.iter().zip(rest.split_ascii_whitespace()))
-    {
+    for (slot, (name, token)) in values.iter_mut().zip(FIELDS.iter().zip(Fields::new(rest))) {
         *slot = Some(field_u64(FILE, line, name, token)?);
     }
     let required = |i: usize| {

@@ -1,0 +1,482 @@
+//! The optional on-disk spool: keeps unacknowledged batches across an agent
+//! restart (`--spool PATH`).
+//!
+//! SD-card friendly by construction: the file is append-only while batches
+//! wait, emptied with one `ftruncate` when the server has acknowledged
+//! everything, and rewritten (to a temporary file, then renamed) only when
+//! it outgrows its cap. It is fsynced at most once a minute and at
+//! shutdown, never per batch: an agent restart or crash loses nothing, a
+//! power cut may lose the last minute.
+//!
+//! Records are `[len u32][crc32 u32][payload]`, little-endian, after an
+//! 8-byte magic. A record that does not check out ends the readable part:
+//! the file is cut there (a torn last write after a crash) and the agent
+//! goes on. A file that is not a spool at all is renamed aside, never
+//! deleted, never a panic. Batches already acknowledged may come back after
+//! a crash; the server's de-duplication makes that harmless.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use monitor::batch::{MetricValues, TickBatch};
+use monitor::metric::Metric;
+
+const MAGIC: &[u8; 8] = b"MONSPL1\n";
+/// Largest payload a record may claim (a batch is at most 73 bytes).
+const MAX_PAYLOAD: usize = 1024;
+/// How often appended data is forced to the device.
+pub const SYNC_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct SpoolError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spool {}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for SpoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// What opening the spool found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub batches: Vec<TickBatch>,
+    /// Bytes cut off a torn or corrupt tail.
+    pub truncated_bytes: u64,
+    /// Where an unreadable file was moved, if it was.
+    pub moved_aside: Option<PathBuf>,
+}
+
+pub struct Spool {
+    path: PathBuf,
+    file: File,
+    /// Current length of the file.
+    len: u64,
+    max_bytes: u64,
+    last_sync: Instant,
+    /// Appended since the last fsync.
+    dirty: bool,
+    /// Encoding buffer, reused.
+    scratch: Vec<u8>,
+}
+
+/// CRC-32 (IEEE), bitwise: a spool record is under 100 bytes and written
+/// once per tick, so a table would buy nothing.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+fn encode(batch: &TickBatch, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&batch.boot_id.to_le_bytes());
+    out.extend_from_slice(&batch.seq.to_le_bytes());
+    out.extend_from_slice(&batch.time_unix_ms.to_le_bytes());
+    let mut present = 0u8;
+    for (i, m) in Metric::ALL.iter().enumerate() {
+        if batch.values.get(*m).is_some() {
+            present |= 1 << i;
+        }
+    }
+    out.push(present);
+    for (_, v) in batch.values.iter() {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    let payload_len = (out.len() - start - 8) as u32;
+    let crc = crc32(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn le_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+fn decode(payload: &[u8]) -> Option<TickBatch> {
+    let boot_id = le_u64(payload)?;
+    let seq = le_u64(payload.get(8..)?)?;
+    let time_unix_ms = le_u64(payload.get(16..)?)? as i64;
+    let present = *payload.get(24)?;
+    let mut values = MetricValues::default();
+    let mut rest = payload.get(25..)?;
+    for (i, m) in Metric::ALL.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            let v = f64::from_bits(le_u64(rest)?);
+            values.set(*m, v);
+            rest = &rest[8..];
+        }
+    }
+    if !rest.is_empty() || present >> Metric::ALL.len() != 0 {
+        return None;
+    }
+    Some(TickBatch {
+        boot_id,
+        seq,
+        time_unix_ms,
+        values,
+    })
+}
+
+/// Parses a whole spool file: the batches, and the length of the good
+/// prefix. `None` if it does not start with the magic.
+pub fn parse(data: &[u8]) -> Option<(Vec<TickBatch>, usize)> {
+    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+        return None;
+    }
+    let mut pos = MAGIC.len();
+    let mut batches = Vec::new();
+    while let Some(header) = data.get(pos..pos + 8) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > MAX_PAYLOAD {
+            break;
+        }
+        let Some(payload) = data.get(pos + 8..pos + 8 + len) else {
+            break;
+        };
+        if crc32(payload) != crc {
+            break;
+        }
+        let Some(batch) = decode(payload) else {
+            break;
+        };
+        batches.push(batch);
+        pos += 8 + len;
+    }
+    Some((batches, pos))
+}
+
+impl Spool {
+    /// Opens (or creates) the spool and returns what it held.
+    pub fn open(path: &Path, max_bytes: u64) -> Result<(Spool, Recovered), SpoolError> {
+        let err = |source| SpoolError {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut recovered = Recovered::default();
+        let mut data = Vec::new();
+        match File::open(path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut data).map_err(err)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let mut keep = 0u64;
+        if !data.is_empty() {
+            match parse(&data) {
+                Some((batches, good)) => {
+                    recovered.batches = batches;
+                    recovered.truncated_bytes = (data.len() - good) as u64;
+                    keep = good as u64;
+                }
+                None => {
+                    let aside = path.with_extension("corrupt");
+                    std::fs::rename(path, &aside).map_err(err)?;
+                    recovered.moved_aside = Some(aside);
+                }
+            }
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(err)?;
+        if keep == 0 {
+            file.set_len(0).map_err(err)?;
+            file.write_all(MAGIC).map_err(err)?;
+            keep = MAGIC.len() as u64;
+        } else {
+            file.set_len(keep).map_err(err)?;
+        }
+        file.seek(SeekFrom::Start(keep)).map_err(err)?;
+        Ok((
+            Spool {
+                path: path.to_path_buf(),
+                file,
+                len: keep,
+                max_bytes: max_bytes.max(4096),
+                last_sync: Instant::now(),
+                dirty: false,
+                scratch: Vec::with_capacity(128),
+            },
+            recovered,
+        ))
+    }
+
+    fn err(&self, source: io::Error) -> SpoolError {
+        SpoolError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub fn len_bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends one batch. When the file would outgrow its cap, it is
+    /// rewritten from `held` (the batches still unacknowledged, oldest
+    /// first, including this one), keeping the newest that fit.
+    pub fn append<'a>(
+        &mut self,
+        batch: &TickBatch,
+        held: impl Iterator<Item = &'a TickBatch>,
+    ) -> Result<(), SpoolError> {
+        self.scratch.clear();
+        encode(batch, &mut self.scratch);
+        if self.len + self.scratch.len() as u64 > self.max_bytes {
+            return self.rewrite(held);
+        }
+        self.file
+            .write_all(&self.scratch)
+            .map_err(|e| self.err(e))?;
+        self.len += self.scratch.len() as u64;
+        self.dirty = true;
+        self.maybe_sync()
+    }
+
+    /// Everything was acknowledged: empty the file.
+    pub fn clear(&mut self) -> Result<(), SpoolError> {
+        if self.len == MAGIC.len() as u64 {
+            return Ok(());
+        }
+        self.file
+            .set_len(MAGIC.len() as u64)
+            .map_err(|e| self.err(e))?;
+        self.file
+            .seek(SeekFrom::Start(MAGIC.len() as u64))
+            .map_err(|e| self.err(e))?;
+        self.len = MAGIC.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the file with `held` (newest that fit the cap).
+    pub fn rewrite<'a>(
+        &mut self,
+        held: impl Iterator<Item = &'a TickBatch>,
+    ) -> Result<(), SpoolError> {
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        for b in held {
+            let mut r = Vec::with_capacity(80);
+            encode(b, &mut r);
+            records.push(r);
+        }
+        // Keep the newest records that fit in half the cap, so the next
+        // rewrite is many ticks away.
+        let budget = (self.max_bytes / 2).saturating_sub(MAGIC.len() as u64);
+        let mut total = 0u64;
+        let mut first = records.len();
+        while first > 0 && total + records[first - 1].len() as u64 <= budget {
+            total += records[first - 1].len() as u64;
+            first -= 1;
+        }
+        let tmp = self.path.with_extension("tmp");
+        let write = || -> io::Result<File> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(MAGIC)?;
+            for r in &records[first..] {
+                f.write_all(r)?;
+            }
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            Ok(f)
+        };
+        let f = write().map_err(|e| self.err(e))?;
+        self.file = f;
+        self.len = MAGIC.len() as u64 + total;
+        self.file
+            .seek(SeekFrom::Start(self.len))
+            .map_err(|e| self.err(e))?;
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        if first > 0 {
+            log::warn!(
+                "spool {} full: kept the newest {} batches on disk",
+                self.path.display(),
+                records.len() - first
+            );
+        }
+        Ok(())
+    }
+
+    fn maybe_sync(&mut self) -> Result<(), SpoolError> {
+        if self.dirty && self.last_sync.elapsed() >= SYNC_EVERY {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Forces appended data to the device (at shutdown, and once a minute).
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if self.dirty {
+            self.file.sync_data().map_err(|e| self.err(e))?;
+            self.dirty = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(boot_id: u64, seq: u64, n: usize) -> TickBatch {
+        TickBatch {
+            boot_id,
+            seq,
+            time_unix_ms: 1_795_608_000_000 + seq as i64,
+            values: Metric::ALL
+                .iter()
+                .take(n)
+                .enumerate()
+                .map(|(i, m)| (*m, i as f64 + 0.5))
+                .collect(),
+        }
+    }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "monitor-spool-{tag}-{}-{}",
+            std::process::id(),
+            monitor::random::random_u64()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("spool")
+    }
+
+    #[test]
+    fn crc_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn batches_survive_a_reopen() {
+        let path = tmp("reopen");
+        let batches = [b(7, 1, 6), b(7, 2, 1), b(7, 3, 0)];
+        {
+            let (mut s, rec) = Spool::open(&path, 1 << 20).unwrap();
+            assert!(rec.batches.is_empty());
+            for (i, x) in batches.iter().enumerate() {
+                s.append(x, batches[..=i].iter()).unwrap();
+            }
+        }
+        let (_, rec) = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(rec.batches, batches);
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn clear_empties_and_appends_continue() {
+        let path = tmp("clear");
+        let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
+        s.append(&b(1, 1, 6), [b(1, 1, 6)].iter()).unwrap();
+        s.clear().unwrap();
+        s.append(&b(1, 2, 6), [b(1, 2, 6)].iter()).unwrap();
+        drop(s);
+        let (_, rec) = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(rec.batches, vec![b(1, 2, 6)]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_rest_kept() {
+        let path = tmp("torn");
+        let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
+        let all = [b(1, 1, 6), b(1, 2, 6)];
+        s.append(&all[0], all[..1].iter()).unwrap();
+        s.append(&all[1], all.iter()).unwrap();
+        drop(s);
+        let len = std::fs::metadata(&path).unwrap().len();
+        // A crash in the middle of the second record.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 5).unwrap();
+        drop(f);
+        let (mut s, rec) = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(rec.batches, vec![all[0]]);
+        assert!(rec.truncated_bytes > 0);
+        // Appending after the cut yields a clean file.
+        s.append(&b(1, 3, 2), [all[0], b(1, 3, 2)].iter()).unwrap();
+        drop(s);
+        let (_, rec) = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(rec.batches, vec![all[0], b(1, 3, 2)]);
+    }
+
+    #[test]
+    fn a_flipped_bit_ends_the_readable_part() {
+        let path = tmp("bitflip");
+        let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
+        let all = [b(1, 1, 6), b(1, 2, 6), b(1, 3, 6)];
+        for (i, x) in all.iter().enumerate() {
+            s.append(x, all[..=i].iter()).unwrap();
+        }
+        drop(s);
+        let mut data = std::fs::read(&path).unwrap();
+        let second = MAGIC.len() + (data.len() - MAGIC.len()) / 3 + 12;
+        data[second] ^= 0x40;
+        std::fs::write(&path, &data).unwrap();
+        let (_, rec) = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(rec.batches, vec![all[0]]);
+    }
+
+    #[test]
+    fn a_foreign_file_is_moved_aside_not_deleted() {
+        let path = tmp("foreign");
+        std::fs::write(&path, b"this is not a spool").unwrap();
+        let (_, rec) = Spool::open(&path, 1 << 20).unwrap();
+        let aside = rec.moved_aside.expect("moved aside");
+        assert_eq!(std::fs::read(aside).unwrap(), b"this is not a spool");
+        assert!(rec.batches.is_empty());
+    }
+
+    #[test]
+    fn the_cap_keeps_the_newest_batches() {
+        let path = tmp("cap");
+        let (mut s, _) = Spool::open(&path, 4096).unwrap();
+        let all: Vec<TickBatch> = (1..=200).map(|i| b(1, i, 6)).collect();
+        for i in 0..all.len() {
+            s.append(&all[i], all[..=i].iter()).unwrap();
+            assert!(s.len_bytes() <= 4096);
+        }
+        drop(s);
+        let (_, rec) = Spool::open(&path, 4096).unwrap();
+        assert!(!rec.batches.is_empty());
+        assert_eq!(rec.batches.last(), all.last());
+        let first = rec.batches[0].seq;
+        let expect: Vec<u64> = (first..=200).collect();
+        assert_eq!(
+            rec.batches.iter().map(|b| b.seq).collect::<Vec<_>>(),
+            expect
+        );
+    }
+
+    #[test]
+    fn parse_never_panics_on_garbage() {
+        let mut data = MAGIC.to_vec();
+        for i in 0..2000u32 {
+            data.push((i.wrapping_mul(2_654_435_761) >> 13) as u8);
+            let _ = parse(&data);
+        }
+        assert!(parse(b"MON").is_none());
+    }
+}
