@@ -20,6 +20,7 @@ use crate::sampler::{self, Sink};
 use crate::session;
 use crate::spool::{Spool, SpoolError};
 use crate::state::Shared;
+use monitor::sd_notify::Notifier;
 
 /// Why the agent could not start.
 #[derive(Debug)]
@@ -150,6 +151,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.count,
     ));
     let connection = tokio::task::spawn_local(session::run(endpoint, Rc::clone(&shared), ctx));
+    let notifier = Rc::new(Notifier::from_env());
+    notifier.ready();
+    let watchdog = notifier.watchdog_interval().map(|every| {
+        tokio::task::spawn_local(watchdog(Rc::clone(&shared), Rc::clone(&notifier), every))
+    });
 
     let mut sampler = sampler;
     tokio::select! {
@@ -157,6 +163,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         _ = &mut sampler => log::info!("--count ticks taken"),
     }
     sampler.abort();
+    notifier.stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
 
     // Give the connection a bounded time to deliver what is buffered.
     let drained = tokio::time::timeout(config.shutdown_timeout, async {
@@ -183,4 +193,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Pings systemd's watchdog while the sampler keeps its schedule: a wedged
+/// sampler stops the pings and systemd restarts the agent.
+async fn watchdog(shared: Rc<Shared>, notifier: Rc<Notifier>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let allowed = *shared.interval.borrow() + std::time::Duration::from_secs(10);
+        let on_time = shared
+            .last_tick
+            .get()
+            .is_some_and(|t| t.elapsed() <= allowed);
+        if on_time {
+            notifier.watchdog();
+        } else {
+            log::warn!("sampler overdue: not pinging the watchdog");
+        }
+    }
 }
