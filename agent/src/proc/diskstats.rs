@@ -20,7 +20,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{Fields, ParseError, ParseErrorKind, field_u64};
+use super::{Fields, Lines, ParseError, ParseErrorKind, field_u64};
 
 const FILE: &str = "/proc/diskstats";
 
@@ -64,10 +64,9 @@ pub struct DiskStat<'a> {
 /// Parses every non-blank line of /proc/diskstats; line numbers in errors
 /// are 1-based and count blank lines too.
 pub fn parse(text: &str) -> impl Iterator<Item = Result<DiskStat<'_>, ParseError>> + '_ {
-    text.lines()
-        .enumerate()
+    Lines::new(text)
         .filter(|(_, line)| !line.trim_ascii().is_empty())
-        .map(|(index, line)| parse_line(line, index + 1))
+        .map(|(line_no, line)| parse_line(line, line_no))
 }
 
 /// Parses one line (`line_no` is 1-based, for errors).

@@ -8,7 +8,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{Fields, ParseError, ParseErrorKind, field_u64};
+use super::{Fields, Lines, ParseError, ParseErrorKind, field_u64};
 
 const FILE: &str = "/proc/meminfo";
 
@@ -56,7 +56,7 @@ impl Meminfo {
     }
 }
 
-/// The keys we read, their field names in errors, and whether a missing
+/// The keys we read (in the slot order of `parse`), and whether a missing
 /// key is an error.
 const KEYS: [(&str, bool); 6] = [
     ("MemTotal", true),
@@ -73,17 +73,23 @@ const KEYS: [(&str, bool); 6] = [
 pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
     let mut values = [None::<u64>; 6];
     let mut found = 0;
-    for (index, line) in text.lines().enumerate() {
-        let Some((key, rest)) = line.split_once(':') else {
+    for (line_no, line) in Lines::new(text) {
+        let Some(colon) = line.bytes().position(|b| b == b':') else {
             continue;
         };
-        let Some(slot) = KEYS.iter().position(|(k, _)| *k == key) else {
-            continue;
+        let slot = match &line[..colon] {
+            "MemTotal" => 0,
+            "MemFree" => 1,
+            "MemAvailable" => 2,
+            "Buffers" => 3,
+            "Cached" => 4,
+            "SReclaimable" => 5,
+            _ => continue,
         };
         if values[slot].is_none() {
             found += 1;
         }
-        values[slot] = Some(parse_kib(rest, index + 1, KEYS[slot].0)?);
+        values[slot] = Some(parse_kib(&line[colon + 1..], line_no, KEYS[slot].0)?);
         if found == KEYS.len() {
             break;
         }

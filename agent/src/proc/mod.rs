@@ -178,6 +178,47 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
+/// Iterates the lines of a file as `(1-based line number, line)`, without
+/// the newline; a plain byte loop for the same reason as [`Fields`]. The
+/// kernel never prints `\r`, so unlike `str::lines` none is stripped.
+#[derive(Clone, Debug)]
+pub(crate) struct Lines<'a> {
+    text: &'a str,
+    pos: usize,
+    number: usize,
+}
+
+impl<'a> Lines<'a> {
+    #[inline]
+    pub(crate) fn new(text: &'a str) -> Lines<'a> {
+        Lines {
+            text,
+            pos: 0,
+            number: 0,
+        }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = (usize, &'a str);
+
+    #[inline]
+    fn next(&mut self) -> Option<(usize, &'a str)> {
+        let bytes = self.text.as_bytes();
+        let start = self.pos;
+        if start >= bytes.len() {
+            return None;
+        }
+        let mut end = start;
+        while end < bytes.len() && bytes[end] != b'\n' {
+            end += 1;
+        }
+        self.pos = end + 1;
+        self.number += 1;
+        Some((self.number, self.text.get(start..end)?))
+    }
+}
+
 /// The first [`MAX_GOT_CHARS`] characters of `s`, marked when cut.
 fn excerpt(s: &str) -> String {
     match s.char_indices().nth(MAX_GOT_CHARS) {
@@ -213,6 +254,14 @@ mod tests {
             let std: Vec<_> = input.split_ascii_whitespace().collect();
             assert_eq!(ours, std, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn lines_are_numbered_from_one_and_keep_empty_ones() {
+        let got: Vec<_> = Lines::new("a\n\nb c\nlast").collect();
+        assert_eq!(got, [(1, "a"), (2, ""), (3, "b c"), (4, "last")]);
+        assert_eq!(Lines::new("").count(), 0);
+        assert_eq!(Lines::new("x\n").collect::<Vec<_>>(), [(1, "x")]);
     }
 
     #[test]

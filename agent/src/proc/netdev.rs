@@ -10,7 +10,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{Fields, ParseError, ParseErrorKind, field_u64};
+use super::{Fields, Lines, ParseError, ParseErrorKind, field_u64};
 
 const FILE: &str = "/proc/net/dev";
 
@@ -52,16 +52,15 @@ pub struct NetDevStat<'a> {
 /// Parses every interface line of /proc/net/dev (after the two header
 /// lines, blank lines skipped); line numbers in errors are 1-based.
 pub fn parse(text: &str) -> impl Iterator<Item = Result<NetDevStat<'_>, ParseError>> + '_ {
-    text.lines()
-        .enumerate()
+    Lines::new(text)
         .skip(HEADER_LINES)
         .filter(|(_, line)| !line.trim_ascii().is_empty())
-        .map(|(index, line)| parse_line(line, index + 1))
+        .map(|(line_no, line)| parse_line(line, line_no))
 }
 
 /// Parses one interface line (`line_no` is 1-based, for errors).
 pub fn parse_line(line: &str, line_no: usize) -> Result<NetDevStat<'_>, ParseError> {
-    let Some((name, numbers)) = line.split_once(':') else {
+    let Some(colon) = line.bytes().position(|b| b == b':') else {
         return Err(ParseError::new(
             FILE,
             Some(line_no),
@@ -69,6 +68,7 @@ pub fn parse_line(line: &str, line_no: usize) -> Result<NetDevStat<'_>, ParseErr
             ParseErrorKind::Missing,
         ));
     };
+    let (name, numbers) = (&line[..colon], &line[colon + 1..]);
     let mut tokens = Fields::new(numbers);
     let mut fields = [""; 16];
     let mut count = 0;

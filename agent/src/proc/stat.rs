@@ -8,7 +8,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{Fields, ParseError, ParseErrorKind, field_u64};
+use super::{Fields, Lines, ParseError, ParseErrorKind, field_u64};
 
 const FILE: &str = "/proc/stat";
 
@@ -80,7 +80,7 @@ impl CpuTimes {
 /// are ignored; fields absent on old kernels are `None`; `user`, `nice`,
 /// `system` and `idle` are required.
 pub fn parse(text: &str) -> Result<CpuTimes, ParseError> {
-    for (index, line) in text.lines().enumerate() {
+    for (line_no, line) in Lines::new(text) {
         let Some(rest) = line.strip_prefix("cpu") else {
             continue;
         };
@@ -88,7 +88,7 @@ pub fn parse(text: &str) -> Result<CpuTimes, ParseError> {
         if !rest.starts_with([' ', '\t']) {
             continue;
         }
-        return parse_cpu_line(rest, index + 1);
+        return parse_cpu_line(rest, line_no);
     }
     Err(ParseError::new(FILE, None, "cpu", ParseErrorKind::NotFound))
 }
