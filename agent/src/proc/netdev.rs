@@ -6,7 +6,8 @@
 //! print no space after the colon when the number is wide (`eth0:123 ...`),
 //! so the name ends at the first colon, not at whitespace; interface names
 //! cannot contain a colon (the kernel's `dev_valid_name` refuses it).
-//! Numbers beyond the sixteenth are ignored.
+//! Numbers beyond the sixteenth are ignored; of the sixteen, only the two
+//! byte counters are validated, since no other is ever read.
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
