@@ -259,7 +259,9 @@ impl Collector {
         self.sample_mem(&mut readings);
         self.sample_disks(now, &mut readings);
         self.sample_nets(now, &mut readings);
-        self.parse_errors_total += u64::from(readings.parse_errors);
+        self.parse_errors_total = self
+            .parse_errors_total
+            .saturating_add(u64::from(readings.parse_errors));
         readings
     }
 
@@ -330,14 +332,14 @@ impl Collector {
                 ),
                 Err(err) => {
                     report_parse_error(was_bad || errors > 0, &err);
-                    errors += 1;
+                    errors = errors.saturating_add(1);
                 }
             }
         }
         drop(text);
         [readings.disk_read_kib_per_s, readings.disk_write_kib_per_s] = tracker.end_tick();
         source.had_parse_errors = errors > 0;
-        readings.parse_errors += errors;
+        readings.parse_errors = readings.parse_errors.saturating_add(errors);
     }
 
     fn sample_nets(&mut self, now: Instant, readings: &mut Readings) {
@@ -362,13 +364,13 @@ impl Collector {
                 }),
                 Err(err) => {
                     report_parse_error(was_bad || errors > 0, &err);
-                    errors += 1;
+                    errors = errors.saturating_add(1);
                 }
             }
         }
         drop(text);
         [readings.net_in_kib_per_s, readings.net_out_kib_per_s] = tracker.end_tick();
         source.had_parse_errors = errors > 0;
-        readings.parse_errors += errors;
+        readings.parse_errors = readings.parse_errors.saturating_add(errors);
     }
 }
