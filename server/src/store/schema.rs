@@ -1,0 +1,307 @@
+//! The database file: how it is opened and checked, its tables, and how the
+//! store's values are represented in it (metric ids, outcome names, argv).
+//!
+//! Layout, chosen for ≥ 60,000 sample inserts per second on two cores:
+//! - `samples` is a WITHOUT ROWID table clustered on
+//!   (host_id, metric_id, time_unix_ms, run_id): a query for one host and
+//!   metric in a time range is one range scan of the table itself, with no
+//!   secondary index to keep up to date (a rowid table plus an index would
+//!   write two b-trees per sample and store the key twice). `run_id` only
+//!   keeps two agents that claim the same hostname (or a clock stepped back)
+//!   from colliding; a collision within one run is the same measurement
+//!   twice and is ignored.
+//! - The receive time is stored per sample as `receive_lag_ms`
+//!   (received − sample time): a small varint of 1–3 bytes in a row that
+//!   exists anyway, where a per-batch table would cost a second b-tree write
+//!   per batch and a join on every read.
+//! - `agent_runs` holds the dedup state of each (agent_id, boot_id), updated
+//!   in the same transaction as the samples (see `dedup.rs`).
+//!
+//! Metric ids and outcome names are part of the file format: never renumber
+//! or rename them; add new ones instead. Nothing here may panic on what it
+//! reads from the file: an unknown id is an error naming the table.
+
+use std::path::Path;
+use std::time::Duration;
+
+use monitor::metric::Metric;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::error::{StoreError, code_of};
+
+/// Bumped on every incompatible change of the tables below.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// Page size of a new database file.
+const PAGE_SIZE_BYTES: u32 = 1024;
+
+/// How long a connection waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const CREATE_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS hosts (
+    host_id               INTEGER PRIMARY KEY,
+    hostname              TEXT NOT NULL UNIQUE,
+    agent_id              TEXT NOT NULL,
+    agent_version         TEXT NOT NULL,
+    peer                  TEXT NOT NULL,
+    first_seen_unix_ms    INTEGER NOT NULL,
+    last_seen_unix_ms     INTEGER NOT NULL,
+    clock_offset_ms       INTEGER NOT NULL,
+    dropped_batches_total INTEGER NOT NULL,
+    batches_stored_total  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agent_runs (
+    run_id             INTEGER PRIMARY KEY,
+    agent_id           TEXT NOT NULL,
+    boot_id            INTEGER NOT NULL, -- the u64 bit pattern as i64
+    high_seq           INTEGER NOT NULL,
+    gaps               BLOB NOT NULL,    -- see dedup.rs
+    first_seen_unix_ms INTEGER NOT NULL,
+    last_seen_unix_ms  INTEGER NOT NULL,
+    UNIQUE (agent_id, boot_id)
+);
+CREATE INDEX IF NOT EXISTS agent_runs_by_last_seen ON agent_runs (last_seen_unix_ms);
+CREATE TABLE IF NOT EXISTS samples (
+    host_id        INTEGER NOT NULL,
+    metric_id      INTEGER NOT NULL,
+    time_unix_ms   INTEGER NOT NULL,
+    run_id         INTEGER NOT NULL,
+    value          REAL NOT NULL,
+    receive_lag_ms INTEGER NOT NULL,
+    PRIMARY KEY (host_id, time_unix_ms, metric_id, run_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS commands (
+    command_row  INTEGER PRIMARY KEY,
+    command_id   TEXT NOT NULL UNIQUE,
+    time_unix_ms INTEGER NOT NULL,
+    argv         BLOB NOT NULL -- see encode_argv
+);
+CREATE TABLE IF NOT EXISTS command_results (
+    command_row       INTEGER NOT NULL,
+    hostname          TEXT NOT NULL,
+    target_index      INTEGER NOT NULL,
+    outcome           TEXT,             -- NULL until the result is in
+    exit_code         INTEGER,
+    signal            INTEGER,
+    duration_ms       INTEGER,
+    stdout_bytes      INTEGER,
+    stderr_bytes      INTEGER,
+    message           TEXT,
+    finished_unix_ms  INTEGER,
+    PRIMARY KEY (command_row, hostname)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS command_results_by_host ON command_results (hostname, command_row);
+";
+
+/// Opens the writer's connection: creates the file if needed, switches to
+/// WAL with `synchronous=FULL`, runs `quick_check` and creates the tables.
+pub(crate) fn open_writer(path: &Path, cache_size_kib: u32) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| open_error(path, source))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|source| open_error(path, source))?;
+    // Only takes effect while the file is new (before the first table).
+    conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE_BYTES}"))
+        .map_err(|source| open_error(path, source))?;
+    // The first statement that reads the file: a file that is not a
+    // database fails here.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|source| open_error(path, source))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("cannot switch to WAL journal mode (still '{mode}')"),
+        });
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = FULL;
+         PRAGMA cache_size = -{cache_size_kib};
+         PRAGMA temp_store = MEMORY;
+         PRAGMA journal_size_limit = 67108864;
+         PRAGMA wal_autocheckpoint = 0; -- see checkpoint.rs"
+    ))
+    .map_err(|source| open_error(path, source))?;
+    quick_check(&conn, path)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|source| open_error(path, source))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!(
+                "schema version {version} is newer than this server's ({SCHEMA_VERSION})"
+            ),
+        });
+    }
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {CREATE_TABLES} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+    ))
+    .map_err(|source| open_error(path, source))?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Opens a read-only connection for queries; the writer must have created
+/// the file already.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| open_error(path, source))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|source| open_error(path, source))?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// `PRAGMA quick_check`: the b-tree structure is sound (no full index
+/// verification, so it stays fast on a big file).
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check(5)")
+        .map_err(|source| open_error(path, source))?;
+    let lines: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|source| open_error(path, source))?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        path: path.to_owned(),
+        detail: format!("quick_check: {}", lines.join("; ")),
+    })
+}
+
+/// Errors at open: damage to the file is `Corrupt` (with SQLite's words),
+/// anything else is `Open` with its cause.
+fn open_error(path: &Path, source: rusqlite::Error) -> StoreError {
+    match code_of(&source) {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: source.to_string(),
+            }
+        }
+        _ => StoreError::Open {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+/// The id of a metric in `samples.metric_id`. Part of the file format.
+pub(crate) const fn metric_id(m: Metric) -> i64 {
+    match m {
+        Metric::CpuPercent => 0,
+        Metric::MemPercent => 1,
+        Metric::DiskReadKbps => 2,
+        Metric::DiskWriteKbps => 3,
+        Metric::NetInKbps => 4,
+        Metric::NetOutKbps => 5,
+    }
+}
+
+/// The metric stored under `id`, if any.
+#[cfg(test)]
+fn metric_from_id(id: i64) -> Option<Metric> {
+    Metric::ALL.into_iter().find(|&m| metric_id(m) == id)
+}
+
+/// u64 values (boot ids, counters) are stored as the i64 with the same
+/// bits: SQLite integers are signed 64-bit.
+pub(crate) const fn u64_to_sql(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// The inverse of [`u64_to_sql`].
+pub(crate) const fn u64_from_sql(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// argv as stored in `commands.argv`: each argument as a little-endian u32
+/// byte length followed by its UTF-8 bytes. Exact for any string (an
+/// operator's argument may contain anything, even NUL).
+pub(crate) fn encode_argv(argv: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(argv.iter().map(|a| a.len() + 4).sum());
+    for a in argv {
+        // An argument longer than 4 GiB never reaches the store: requests
+        // are a few KiB. Saturating keeps this total anyway.
+        let len = u32::try_from(a.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&a.as_bytes()[..len as usize]);
+    }
+    out
+}
+
+/// The inverse of [`encode_argv`]; `None` if the blob is not one.
+pub(crate) fn decode_argv(mut blob: &[u8]) -> Option<Vec<String>> {
+    let mut argv = Vec::new();
+    while !blob.is_empty() {
+        let (len, rest) = blob.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return None;
+        }
+        let (arg, rest) = rest.split_at(len);
+        argv.push(String::from_utf8(arg.to_vec()).ok()?);
+        blob = rest;
+    }
+    Some(argv)
+}
+
+/// Looks up a host's id.
+pub(crate) fn host_id(conn: &Connection, hostname: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT host_id FROM hosts WHERE hostname = ?1")?
+        .query_row([hostname], |r| r.get(0))
+        .optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_ids_are_stable_and_distinct() {
+        let ids: Vec<i64> = Metric::ALL.iter().map(|&m| metric_id(m)).collect();
+        assert_eq!(ids, [0, 1, 2, 3, 4, 5]);
+        for m in Metric::ALL {
+            assert_eq!(metric_from_id(metric_id(m)), Some(m));
+        }
+        assert_eq!(metric_from_id(6), None);
+    }
+
+    #[test]
+    fn u64_round_trips_through_i64() {
+        for v in [0, 1, u64::MAX, 1 << 63, 0xdead_beef_cafe_f00d] {
+            assert_eq!(u64_from_sql(u64_to_sql(v)), v);
+        }
+    }
+
+    fn check_argv(argv: &[&str]) {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        assert_eq!(decode_argv(&encode_argv(&argv)), Some(argv));
+    }
+
+    #[test]
+    fn argv_round_trips() {
+        check_argv(&[]);
+        check_argv(&["uptime"]);
+        check_argv(&["journal", "-u", "ssh service", "", "a\0b", "é"]);
+    }
+
+    #[test]
+    fn bad_argv_blobs_are_refused() {
+        assert_eq!(decode_argv(&[1, 0, 0]), None);
+        assert_eq!(decode_argv(&[5, 0, 0, 0, b'a']), None);
+        assert_eq!(decode_argv(&[1, 0, 0, 0, 0xff]), None);
+    }
+}

@@ -1,0 +1,688 @@
+//! The store's guarantees, tested through its public API on real files in
+//! the temp directory: round trips, exactly-once storage of re-sent
+//! batches, restart, retention, bad files, backpressure, command history,
+//! and a SIGKILLed writer process whose acknowledged batches must all be
+//! there afterwards.
+//!
+//! Waits poll a condition with a deadline; nothing sleeps a guessed time.
+
+// Helpers here are test code too: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use monitor::metric::Metric;
+use monitor_server::store::{
+    CommandOutcome, CommandRecord, CommandResultRecord, IncomingBatch, SampleQuery, Store,
+    StoreConfig, StoreError, StoredSample, SubmitOutcome,
+};
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "monitor-store-test-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn db(&self) -> PathBuf {
+        self.0.join("monitor.db")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An hour ago, so the default 7-day retention keeps everything.
+fn base_ms() -> i64 {
+    monitor::time::now_unix_ms() - 3_600_000
+}
+
+/// A batch of `hostname`'s agent with one sample per metric at
+/// `base + seq` seconds; values encode (seq, metric) so they can be checked.
+fn batch(hostname: &str, boot_id: u64, seq: u64, base: i64) -> IncomingBatch {
+    let time_unix_ms = base + seq as i64 * 1000;
+    IncomingBatch {
+        agent_id: format!("{hostname}-agent"),
+        hostname: hostname.into(),
+        agent_version: "0.1.0".into(),
+        boot_id,
+        seq,
+        received_unix_ms: time_unix_ms + 250,
+        clock_offset_ms: -40,
+        dropped_batches_total: seq / 10,
+        peer: "127.0.0.1:40000".into(),
+        samples: Metric::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &metric)| StoredSample {
+                time_unix_ms,
+                metric,
+                value: value_of(seq, i),
+            })
+            .collect(),
+    }
+}
+
+fn value_of(seq: u64, metric_index: usize) -> f64 {
+    seq as f64 + metric_index as f64 / 10.0
+}
+
+fn config(dir: &TempDir) -> StoreConfig {
+    let mut c = StoreConfig::new(dir.db());
+    c.flush_max_delay = Duration::from_millis(1);
+    c
+}
+
+fn all(hostname: &str) -> SampleQuery {
+    SampleQuery {
+        hostname: hostname.into(),
+        metric: None,
+        since_unix_ms: i64::MIN,
+        until_unix_ms: None,
+        limit: None,
+    }
+}
+
+/// Runs `q` and compares (time, metric, value) of every row with `expected`.
+async fn check(store: &Store, q: SampleQuery, expected: &[(i64, Metric, f64)]) {
+    let rows = store.query(q.clone()).await.unwrap();
+    let got: Vec<(i64, Metric, f64)> = rows
+        .iter()
+        .map(|r| (r.time_unix_ms, r.metric, r.value))
+        .collect();
+    assert_eq!(got, expected, "query {q:?}");
+    assert!(rows.iter().all(|r| r.hostname == q.hostname));
+}
+
+/// The rows `batch(_, _, seq, base)` stored, for the given metrics.
+fn rows_of(
+    seqs: impl IntoIterator<Item = u64>,
+    base: i64,
+    metrics: &[Metric],
+) -> Vec<(i64, Metric, f64)> {
+    let mut out = Vec::new();
+    for seq in seqs {
+        for (i, &m) in Metric::ALL.iter().enumerate() {
+            if metrics.contains(&m) {
+                out.push((base + seq as i64 * 1000, m, value_of(seq, i)));
+            }
+        }
+    }
+    out
+}
+
+async fn submit_all(
+    store: &Store,
+    host: &str,
+    boot: u64,
+    seqs: impl IntoIterator<Item = u64>,
+    base: i64,
+) -> Vec<SubmitOutcome> {
+    let mut out = Vec::new();
+    for seq in seqs {
+        out.push(store.submit(batch(host, boot, seq, base)).await.unwrap());
+    }
+    out
+}
+
+async fn stored_count(store: &Store, host: &str) -> usize {
+    store.query(all(host)).await.unwrap().len()
+}
+
+/// Polls `cond` until it holds or `deadline` passes.
+async fn eventually<F, Fut>(what: &str, deadline: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    while !cond().await {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn integrity_check(path: &Path) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn submit_then_query_round_trips() {
+    let dir = TempDir::new("round-trip");
+    let store = Store::open(config(&dir)).unwrap();
+    let base = base_ms();
+    assert_eq!(
+        submit_all(&store, "pi-1", 7, 1..=3, base).await,
+        [SubmitOutcome::Stored; 3]
+    );
+    submit_all(&store, "pi-2", 8, 1..=1, base).await;
+
+    let every = &Metric::ALL;
+    check(&store, all("pi-1"), &rows_of(1..=3, base, every)).await;
+    check(&store, all("pi-2"), &rows_of(1..=1, base, every)).await;
+    let cpu = SampleQuery {
+        metric: Some(Metric::CpuPercent),
+        ..all("pi-1")
+    };
+    check(
+        &store,
+        cpu.clone(),
+        &rows_of(1..=3, base, &[Metric::CpuPercent]),
+    )
+    .await;
+    // since is inclusive, until exclusive.
+    let range = SampleQuery {
+        since_unix_ms: base + 2000,
+        until_unix_ms: Some(base + 3000),
+        ..cpu.clone()
+    };
+    check(&store, range, &rows_of(2..=2, base, &[Metric::CpuPercent])).await;
+    let limited = SampleQuery {
+        limit: Some(8),
+        ..all("pi-1")
+    };
+    check(&store, limited, &rows_of(1..=2, base, every)[..8]).await;
+    let none = SampleQuery {
+        limit: Some(0),
+        ..all("pi-1")
+    };
+    check(&store, none, &[]).await;
+
+    let rows = store.query(all("pi-1")).await.unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.received_unix_ms == r.time_unix_ms + 250)
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_host_is_its_own_error() {
+    let dir = TempDir::new("unknown-host");
+    let store = Store::open(config(&dir)).unwrap();
+    match store.query(all("nope")).await {
+        Err(StoreError::UnknownHost(h)) => assert_eq!(h, "nope"),
+        other => panic!("expected UnknownHost, got {other:?}"),
+    }
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn re_sent_batches_are_acknowledged_and_stored_once() {
+    let dir = TempDir::new("dedup");
+    let store = Store::open(config(&dir)).unwrap();
+    let base = base_ms();
+    use SubmitOutcome::{Duplicate, Stored};
+    assert_eq!(submit_all(&store, "pi", 1, 1..=5, base).await, [Stored; 5]);
+    // The same batch again, then a re-send of an older range that runs on
+    // into new batches.
+    assert_eq!(submit_all(&store, "pi", 1, [5], base).await, [Duplicate]);
+    assert_eq!(
+        submit_all(&store, "pi", 1, 3..=7, base).await,
+        [Duplicate, Duplicate, Duplicate, Stored, Stored]
+    );
+    // A new boot of the same agent starts its seqs again at 1.
+    assert_eq!(submit_all(&store, "pi", 2, [1], base + 500).await, [Stored]);
+    // Concurrent copies of one batch (two streams of the same agent).
+    let (a, b) = tokio::join!(
+        store.submit(batch("pi", 1, 8, base)),
+        store.submit(batch("pi", 1, 8, base))
+    );
+    let mut both = [a.unwrap(), b.unwrap()];
+    both.sort_by_key(|o| *o == Duplicate);
+    assert_eq!(both, [Stored, Duplicate]);
+
+    assert_eq!(stored_count(&store, "pi").await, 9 * 6);
+    let hosts = store.hosts().await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].batches_stored_total, 9);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn data_and_dedup_state_survive_a_restart() {
+    let dir = TempDir::new("restart");
+    let base = base_ms();
+    let store = Store::open(config(&dir)).unwrap();
+    submit_all(&store, "pi", 42, 1..=4, base).await;
+    store.close().await.unwrap();
+
+    let store = Store::open(config(&dir)).unwrap();
+    check(&store, all("pi"), &rows_of(1..=4, base, &Metric::ALL)).await;
+    assert_eq!(
+        submit_all(&store, "pi", 42, 3..=5, base).await,
+        [
+            SubmitOutcome::Duplicate,
+            SubmitOutcome::Duplicate,
+            SubmitOutcome::Stored
+        ]
+    );
+    check(&store, all("pi"), &rows_of(1..=5, base, &Metric::ALL)).await;
+    store.close().await.unwrap();
+    assert_eq!(integrity_check(&dir.db()), "ok");
+}
+
+#[tokio::test]
+async fn dropping_the_store_without_close_loses_nothing_acknowledged() {
+    let dir = TempDir::new("drop");
+    let base = base_ms();
+    let store = Store::open(config(&dir)).unwrap();
+    submit_all(&store, "pi", 1, 1..=3, base).await;
+    drop(store);
+    // The old writer may still be finishing; the new one waits for its lock.
+    let store = Store::open(config(&dir)).unwrap();
+    check(&store, all("pi"), &rows_of(1..=3, base, &Metric::ALL)).await;
+    store.close().await.unwrap();
+    assert_eq!(integrity_check(&dir.db()), "ok");
+}
+
+#[tokio::test]
+async fn hosts_are_known_after_a_restart_with_their_latest_values() {
+    let dir = TempDir::new("hosts");
+    let base = base_ms();
+    let store = Store::open(config(&dir)).unwrap();
+    submit_all(&store, "pi-b", 1, 1..=12, base).await;
+    submit_all(&store, "pi-a", 1, 1..=2, base).await;
+    // Only one metric in the newest batch of pi-a: the others keep their
+    // older latest value.
+    let mut b = batch("pi-a", 1, 3, base);
+    b.samples.truncate(1);
+    b.peer = "127.0.0.1:50000".into();
+    b.agent_version = "0.2.0".into();
+    store.submit(b).await.unwrap();
+    store.close().await.unwrap();
+
+    let store = Store::open(config(&dir)).unwrap();
+    let hosts = store.hosts().await.unwrap();
+    let names: Vec<&str> = hosts.iter().map(|h| h.hostname.as_str()).collect();
+    assert_eq!(names, ["pi-a", "pi-b"]);
+    let a = &hosts[0];
+    assert_eq!(a.agent_id, "pi-a-agent");
+    assert_eq!(a.agent_version, "0.2.0");
+    assert_eq!(a.peer, "127.0.0.1:50000");
+    assert_eq!(a.first_seen_unix_ms, base + 1000 + 250);
+    assert_eq!(a.last_seen_unix_ms, base + 3000 + 250);
+    assert_eq!(a.clock_offset_ms, -40);
+    assert_eq!(a.batches_stored_total, 3);
+    let latest: Vec<(Metric, i64, f64)> = a
+        .latest
+        .iter()
+        .map(|l| (l.metric, l.time_unix_ms, l.value))
+        .collect();
+    let mut expected = vec![(Metric::CpuPercent, base + 3000, value_of(3, 0))];
+    for (i, &m) in Metric::ALL.iter().enumerate().skip(1) {
+        expected.push((m, base + 2000, value_of(2, i)));
+    }
+    assert_eq!(latest, expected);
+    let b = &hosts[1];
+    assert_eq!(b.batches_stored_total, 12);
+    assert_eq!(b.dropped_batches_total, 1);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_prunes_only_old_samples_in_small_chunks() {
+    let dir = TempDir::new("retention");
+    let mut c = config(&dir);
+    c.retention = Duration::from_secs(3600);
+    c.retention_interval = Duration::from_millis(20);
+    // Smaller than one host's old samples: the pass needs several steps.
+    c.retention_chunk_rows = 7;
+    let store = Store::open(c).unwrap();
+    let now = monitor::time::now_unix_ms();
+    let old = now - 2 * 3_600_000;
+    let recent = now - 60_000;
+    submit_all(&store, "pi", 1, 1..=5, old).await;
+    submit_all(&store, "pi", 1, 6..=8, recent - 6000).await;
+    submit_all(&store, "other", 1, 1..=2, old).await;
+    eventually("old samples pruned", Duration::from_secs(10), || async {
+        stored_count(&store, "pi").await == 3 * 6 && stored_count(&store, "other").await == 0
+    })
+    .await;
+    check(
+        &store,
+        all("pi"),
+        &rows_of(6..=8, recent - 6000, &Metric::ALL),
+    )
+    .await;
+    // The host itself stays known.
+    assert_eq!(store.hosts().await.unwrap().len(), 2);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_a_clear_error() {
+    let dir = TempDir::new("garbage");
+    std::fs::write(dir.db(), vec![0x5a; 64 * 1024]).unwrap();
+    match Store::open(config(&dir)) {
+        Err(e @ StoreError::Corrupt { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&dir.db().display().to_string()), "{msg}");
+            assert!(msg.contains("not a database"), "{msg}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_truncated_database_is_a_clear_error() {
+    let dir = TempDir::new("truncated");
+    let store = Store::open(config(&dir)).unwrap();
+    for host in 0..20 {
+        submit_all(&store, &format!("pi-{host}"), 1, 1..=20, base_ms()).await;
+    }
+    store.close().await.unwrap();
+    let len = std::fs::metadata(dir.db()).unwrap().len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.db())
+        .unwrap();
+    file.set_len(len / 2).unwrap();
+    drop(file);
+    match Store::open(config(&dir)) {
+        Err(e @ StoreError::Corrupt { .. }) => {
+            assert!(e.to_string().contains(&dir.db().display().to_string()));
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_an_open_error_naming_the_file() {
+    let dir = TempDir::new("missing");
+    let path = dir.0.join("no/such/dir/monitor.db");
+    match Store::open(StoreConfig::new(&path)) {
+        Err(e @ StoreError::Open { .. }) => {
+            assert!(e.to_string().contains("no/such/dir/monitor.db"));
+            assert!(std::error::Error::source(&e).is_some());
+        }
+        other => panic!("expected Open, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_config_is_refused() {
+    let dir = TempDir::new("config");
+    let mut c = config(&dir);
+    c.queue_capacity = 0;
+    assert!(matches!(
+        Store::open(c),
+        Err(StoreError::InvalidConfig {
+            field: "queue_capacity",
+            ..
+        })
+    ));
+}
+
+/// Polls `fut` once: whether it is still waiting.
+async fn is_pending<F: Future>(fut: std::pin::Pin<&mut F>) -> bool {
+    let mut fut = fut;
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx).is_pending())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_makes_submit_wait() {
+    let dir = TempDir::new("backpressure");
+    let mut c = config(&dir);
+    c.queue_capacity = 2;
+    c.flush_max_batches = 1;
+    let store = Store::open(c).unwrap();
+    let base = base_ms();
+    // Someone else holds the write lock: the writer blocks in its first
+    // flush (SQLite's busy timeout is 5 s), so the queue fills behind it.
+    let blocker = rusqlite::Connection::open(dir.db()).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    // One batch for the (blocked) writer, two for the queue; their order
+    // does not matter to the store.
+    let mut tasks = Vec::new();
+    for seq in 1..=3 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.submit(batch("pi", 1, seq, base)).await
+        }));
+    }
+    eventually("queue full", Duration::from_secs(5), || {
+        let s = store.clone();
+        async move { s.queued() == 2 }
+    })
+    .await;
+    let mut fourth = pin!(store.submit(batch("pi", 1, 4, base)));
+    assert!(
+        is_pending(fourth.as_mut()).await,
+        "submit must wait on a full queue"
+    );
+    assert_eq!(store.queued(), 2, "nothing queues beyond the capacity");
+
+    blocker.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(fourth.await.unwrap(), SubmitOutcome::Stored);
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), SubmitOutcome::Stored);
+    }
+    check(&store, all("pi"), &rows_of(1..=4, base, &Metric::ALL)).await;
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_is_idempotent_and_later_requests_fail_closed() {
+    let dir = TempDir::new("close");
+    let store = Store::open(config(&dir)).unwrap();
+    let base = base_ms();
+    submit_all(&store, "pi", 1, [1], base).await;
+    let clone = store.clone();
+    store.close().await.unwrap();
+    clone.close().await.unwrap();
+    assert!(matches!(
+        clone.submit(batch("pi", 1, 2, base)).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(clone.hosts().await, Err(StoreError::Closed)));
+}
+
+#[tokio::test]
+async fn command_history_round_trips_newest_first() {
+    let dir = TempDir::new("history");
+    let store = Store::open(config(&dir)).unwrap();
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let targets = argv(&["pi-1", "pi-2"]);
+    store
+        .record_command(CommandRecord {
+            command_id: "c1".into(),
+            time_unix_ms: 1_000,
+            targets: targets.clone(),
+            argv: argv(&["df", "-h"]),
+        })
+        .await
+        .unwrap();
+    let result = CommandResultRecord {
+        command_id: "c1".into(),
+        hostname: "pi-1".into(),
+        outcome: CommandOutcome::Exited,
+        exit_code: Some(0),
+        signal: None,
+        duration_ms: 12,
+        stdout_bytes: 345,
+        stderr_bytes: 0,
+        message: String::new(),
+        finished_unix_ms: 1_020,
+    };
+    store.record_command_result(result.clone()).await.unwrap();
+    store
+        .record_command(CommandRecord {
+            command_id: "c2".into(),
+            time_unix_ms: 2_000,
+            targets: argv(&["pi-2"]),
+            argv: argv(&["uptime"]),
+        })
+        .await
+        .unwrap();
+    store
+        .record_command_result(CommandResultRecord {
+            command_id: "c2".into(),
+            hostname: "pi-2".into(),
+            outcome: CommandOutcome::TimedOut,
+            exit_code: None,
+            signal: Some(9),
+            duration_ms: 30_000,
+            stdout_bytes: 0,
+            stderr_bytes: 10,
+            message: "timed out after 30 s".into(),
+            finished_unix_ms: 32_000,
+        })
+        .await
+        .unwrap();
+
+    let rows = store.history(None, 10).await.unwrap();
+    let summary: Vec<(&str, &str, Option<CommandOutcome>)> = rows
+        .iter()
+        .map(|r| (r.command_id.as_str(), r.hostname.as_str(), r.outcome))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("c2", "pi-2", Some(CommandOutcome::TimedOut)),
+            ("c1", "pi-1", Some(CommandOutcome::Exited)),
+            ("c1", "pi-2", None),
+        ]
+    );
+    let c1 = &rows[1];
+    assert_eq!(c1.argv, ["df", "-h"]);
+    assert_eq!(c1.targets, targets);
+    assert_eq!(c1.time_unix_ms, 1_000);
+    assert_eq!(
+        (c1.exit_code, c1.signal, c1.duration_ms),
+        (Some(0), None, 12)
+    );
+    assert_eq!((c1.stdout_bytes, c1.stderr_bytes), (345, 0));
+    assert_eq!(c1.finished_unix_ms, Some(1_020));
+    assert_eq!(rows[0].message, "timed out after 30 s");
+    assert_eq!(rows[0].signal, Some(9));
+    assert_eq!(rows[2].finished_unix_ms, None);
+
+    let pi2 = store.history(Some("pi-2".into()), 10).await.unwrap();
+    let ids: Vec<&str> = pi2.iter().map(|r| r.command_id.as_str()).collect();
+    assert_eq!(ids, ["c2", "c1"]);
+    assert_eq!(store.history(None, 1).await.unwrap().len(), 1);
+
+    match store
+        .record_command_result(CommandResultRecord {
+            command_id: "nope".into(),
+            ..result
+        })
+        .await
+    {
+        Err(StoreError::UnknownCommand(id)) => assert_eq!(id, "nope"),
+        other => panic!("expected UnknownCommand, got {other:?}"),
+    }
+    store.close().await.unwrap();
+    // And after a restart.
+    let store = Store::open(config(&dir)).unwrap();
+    assert_eq!(store.history(None, 10).await.unwrap(), rows);
+    store.close().await.unwrap();
+}
+
+/// Environment variable that turns [`crash_child`] into the ingesting
+/// child process of [`acknowledged_batches_survive_sigkill`].
+const CRASH_CHILD_DB: &str = "MONITOR_STORE_CRASH_CHILD_DB";
+
+/// In a normal run: nothing. As the child: ingests batches of 4 hosts as
+/// fast as it can, printing "acked HOST SEQ BASE" after each commit, until
+/// it is killed (or 60 s pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child() {
+    let Some(db) = std::env::var_os(CRASH_CHILD_DB) else {
+        return;
+    };
+    let mut c = StoreConfig::new(PathBuf::from(db));
+    c.flush_max_delay = Duration::from_millis(2);
+    let store = Store::open(c).unwrap();
+    let base = base_ms();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut tasks = Vec::new();
+    for h in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let host = format!("crash-{h}");
+            let mut seq = 0;
+            while Instant::now() < deadline {
+                seq += 1;
+                store.submit(batch(&host, 1, seq, base)).await.unwrap();
+                println!("acked {host} {seq} {base}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_batches_survive_sigkill() {
+    let dir = TempDir::new("sigkill");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env(CRASH_CHILD_DB, dir.db())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Read acks on a thread; kill the child mid-ingest after 400 of them.
+    let reader = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let ["acked", host, seq, base] = f[..] {
+                acked.push((
+                    host.to_string(),
+                    seq.parse::<u64>().unwrap(),
+                    base.parse::<i64>().unwrap(),
+                ));
+                if acked.len() == 400 {
+                    break;
+                }
+            }
+        }
+        acked
+    });
+    let acked = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert_eq!(acked.len(), 400, "the child stopped early");
+
+    assert_eq!(integrity_check(&dir.db()), "ok");
+    let store = Store::open(config(&dir)).unwrap();
+    for (host, seq, base) in &acked {
+        let q = SampleQuery {
+            since_unix_ms: base + *seq as i64 * 1000,
+            until_unix_ms: Some(base + *seq as i64 * 1000 + 1),
+            ..all(host)
+        };
+        check(&store, q, &rows_of([*seq], *base, &Metric::ALL)).await;
+    }
+    store.close().await.unwrap();
+}
