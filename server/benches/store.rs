@@ -13,8 +13,9 @@
 //!    every metric with a limit, and `hosts()` for all hosts.
 //!
 //! Knobs (environment): MONITOR_BENCH_AGENTS (10000), MONITOR_BENCH_SECS
-//! (15), MONITOR_BENCH_FLUSH_MAX_BATCHES, MONITOR_BENCH_FLUSH_DELAY_MS,
-//! MONITOR_BENCH_DIR. This program measures; it must never touch anything
+//! (15), MONITOR_BENCH_PREFILL_TICKS (300 s of history per agent, written
+//! directly before the run), MONITOR_BENCH_FLUSH_MAX_BATCHES,
+//! MONITOR_BENCH_FLUSH_DELAY_MS, MONITOR_BENCH_CHECKPOINT_S, MONITOR_BENCH_DIR. This program measures; it must never touch anything
 //! but its own temporary directory.
 
 use std::path::{Path, PathBuf};
@@ -250,11 +251,16 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         "MONITOR_BENCH_FLUSH_DELAY_MS",
         config.flush_max_delay.as_millis() as u64,
     ));
+    config.checkpoint_interval = Duration::from_secs(env_or(
+        "MONITOR_BENCH_CHECKPOINT_S",
+        config.checkpoint_interval.as_secs(),
+    ));
     println!(
         "store bench: {agents} agents, {secs} s per phase, flush_max_batches {}, \
-         flush_max_delay {:?}, queue_capacity {}, db {}",
+         flush_max_delay {:?}, checkpoint_interval {:?}, queue_capacity {}, db {}",
         config.flush_max_batches,
         config.flush_max_delay,
+        config.checkpoint_interval,
         config.queue_capacity,
         path.display()
     );

@@ -68,7 +68,7 @@ pub struct StoreConfig {
     /// thread of its own. Default 10 s.
     pub checkpoint_interval: Duration,
     /// SQLite page cache of the writer connection, in KiB. Default 64 MiB:
-    /// the hot pages are the newest page of each (host, metric).
+    /// the hot pages are the newest page of each host and the tree above.
     pub cache_size_kib: u32,
 }
 

@@ -10,11 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use monitor::metric::Metric;
-use rusqlite::{Connection, Rows};
+use rusqlite::Connection;
 
 use super::error::StoreError;
-use super::schema::{self, decode_argv, metric_id, u64_from_sql};
+use super::schema::{self, decode_argv, metric_column, metric_id, u64_from_sql};
 use super::{CommandOutcome, HistoryRow, HostRecord, LatestValue, SampleQuery, StoredSampleRow};
+
+/// How many of a host's newest samples `hosts()` looks at for the latest
+/// value of each metric (ten batches of six).
+const LATEST_SCAN_ROWS: i64 = 60;
 
 /// Idle read connections kept for reuse; more are opened on demand.
 const MAX_IDLE_READERS: usize = 4;
@@ -82,31 +86,10 @@ fn sql(during: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |e| StoreError::sqlite(during, e)
 }
 
-/// One row of one metric's range scan.
-struct Head {
-    time_unix_ms: i64,
-    run_id: i64,
-    metric_index: usize,
-    value: f64,
-    receive_lag_ms: i64,
-}
-
-fn next_head(rows: &mut Rows<'_>, metric_index: usize) -> rusqlite::Result<Option<Head>> {
-    let Some(r) = rows.next()? else {
-        return Ok(None);
-    };
-    Ok(Some(Head {
-        time_unix_ms: r.get(0)?,
-        run_id: r.get(1)?,
-        metric_index,
-        value: r.get(2)?,
-        receive_lag_ms: r.get(3)?,
-    }))
-}
-
-/// Samples of one host, oldest first. With every metric, the six range
-/// scans of the primary key are merged by time here, so a limit stops the
-/// work early instead of sorting the whole range.
+/// Samples of one host, oldest first: one range scan of the primary key
+/// (host, time, metric, run), which is already the order wanted, so a limit
+/// stops the scan early. With one metric, the other metrics' rows of the
+/// same pages are read and skipped.
 pub(crate) fn samples(
     conn: &mut Connection,
     q: &SampleQuery,
@@ -116,69 +99,35 @@ pub(crate) fn samples(
     let host_id = schema::host_id(&tx, &q.hostname)
         .map_err(sql(during))?
         .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
-    let limit = q.limit.unwrap_or(usize::MAX);
+    let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
     let until = q.until_unix_ms.unwrap_or(i64::MAX);
-    let metrics: Vec<usize> = match q.metric {
-        Some(m) => Metric::ALL
-            .iter()
-            .position(|&x| x == m)
-            .into_iter()
-            .collect(),
-        None => (0..Metric::ALL.len()).collect(),
-    };
-    let mut out = Vec::new();
-    if limit == 0 {
-        return Ok(out);
-    }
-    let mut stmts = Vec::with_capacity(metrics.len());
-    for _ in &metrics {
-        stmts.push(
-            tx.prepare(
-                "SELECT time_unix_ms, run_id, value, receive_lag_ms FROM samples
-                 WHERE host_id = ?1 AND metric_id = ?2
-                   AND time_unix_ms >= ?3 AND time_unix_ms < ?4
-                 ORDER BY time_unix_ms, run_id",
-            )
-            .map_err(sql(during))?,
-        );
-    }
-    let mut scans = Vec::with_capacity(metrics.len());
-    for (stmt, &mi) in stmts.iter_mut().zip(&metrics) {
-        let mut rows = stmt
-            .query(rusqlite::params![
-                host_id,
-                metric_id(Metric::ALL[mi]),
-                q.since_unix_ms,
-                until
-            ])
-            .map_err(sql(during))?;
-        let head = next_head(&mut rows, mi).map_err(sql(during))?;
-        scans.push((rows, head));
-    }
-    while out.len() < limit {
-        // The oldest head; ties go to the metric order, then the run.
-        let best = scans
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (_, h))| {
-                h.as_ref()
-                    .map(|h| ((h.time_unix_ms, h.metric_index, h.run_id), i))
-            })
-            .min();
-        let Some((_, i)) = best else { break };
-        let (rows, head) = &mut scans[i];
-        let next = next_head(rows, metrics[i]).map_err(sql(during))?;
-        if let Some(h) = std::mem::replace(head, next) {
-            out.push(StoredSampleRow {
-                time_unix_ms: h.time_unix_ms,
-                hostname: q.hostname.clone(),
-                metric: Metric::ALL[h.metric_index],
-                value: h.value,
-                received_unix_ms: h.time_unix_ms.saturating_add(h.receive_lag_ms),
-            });
-        }
-    }
-    Ok(out)
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT time_unix_ms, metric_id, value, receive_lag_ms FROM samples
+             WHERE host_id = ?1 AND time_unix_ms >= ?2 AND time_unix_ms < ?3
+               AND (?4 IS NULL OR metric_id = ?4)
+             ORDER BY time_unix_ms, metric_id, run_id
+             LIMIT ?5",
+        )
+        .map_err(sql(during))?;
+    let metric = q.metric.map(metric_id);
+    let rows = stmt
+        .query_map(
+            rusqlite::params![host_id, q.since_unix_ms, until, metric, limit],
+            |r| {
+                let time_unix_ms: i64 = r.get(0)?;
+                let lag_ms: i64 = r.get(3)?;
+                Ok(StoredSampleRow {
+                    time_unix_ms,
+                    hostname: q.hostname.clone(),
+                    metric: metric_column(r, 1)?,
+                    value: r.get(2)?,
+                    received_unix_ms: time_unix_ms.saturating_add(lag_ms),
+                })
+            },
+        )
+        .map_err(sql(during))?;
+    rows.collect::<Result<_, _>>().map_err(sql(during))
 }
 
 /// Every host, by hostname, with its newest value of each metric.
@@ -197,26 +146,35 @@ pub(crate) fn hosts(conn: &mut Connection) -> Result<Vec<HostRecord>, StoreError
             .map_err(sql(during))?;
         let mut latest = tx
             .prepare(
-                "SELECT time_unix_ms, value FROM samples WHERE host_id = ?1 AND metric_id = ?2
-                 ORDER BY time_unix_ms DESC LIMIT 1",
+                "SELECT time_unix_ms, metric_id, value FROM samples WHERE host_id = ?1
+                 ORDER BY time_unix_ms DESC, metric_id DESC, run_id DESC LIMIT ?2",
             )
             .map_err(sql(during))?;
         let mut rows = list.query([]).map_err(sql(during))?;
         while let Some(r) = rows.next().map_err(sql(during))? {
             let host_id: i64 = r.get(0).map_err(sql(during))?;
             let mut record = host_row(r).map_err(sql(during))?;
-            for m in Metric::ALL {
-                let mut l = latest
-                    .query(rusqlite::params![host_id, metric_id(m)])
-                    .map_err(sql(during))?;
-                if let Some(row) = l.next().map_err(sql(during))? {
-                    record.latest.push(LatestValue {
-                        metric: m,
+            // The newest rows of the host, newest first: the first row of
+            // each metric is its latest value. Bounded, so a metric a host
+            // stopped reporting long ago never costs a scan of its history.
+            let mut found: [Option<LatestValue>; Metric::ALL.len()] = [None; Metric::ALL.len()];
+            let mut l = latest
+                .query(rusqlite::params![host_id, LATEST_SCAN_ROWS])
+                .map_err(sql(during))?;
+            while let Some(row) = l.next().map_err(sql(during))? {
+                let metric = metric_column(row, 1).map_err(sql(during))?;
+                let Some(i) = Metric::ALL.iter().position(|&m| m == metric) else {
+                    continue;
+                };
+                if found[i].is_none() {
+                    found[i] = Some(LatestValue {
+                        metric,
                         time_unix_ms: row.get(0).map_err(sql(during))?,
-                        value: row.get(1).map_err(sql(during))?,
+                        value: row.get(2).map_err(sql(during))?,
                     });
                 }
             }
+            record.latest = found.into_iter().flatten().collect();
             out.push(record);
         }
     }

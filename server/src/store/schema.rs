@@ -1,19 +1,27 @@
 //! The database file: how it is opened and checked, its tables, and how the
 //! store's values are represented in it (metric ids, outcome names, argv).
 //!
-//! Layout, chosen for ≥ 60,000 sample inserts per second on two cores:
+//! Layout, chosen for 10,000 batches (60,000 samples) per second on two
+//! cores, and measured with `cargo bench -p monitor-server --bench store`:
 //! - `samples` is a WITHOUT ROWID table clustered on
-//!   (host_id, metric_id, time_unix_ms, run_id): a query for one host and
-//!   metric in a time range is one range scan of the table itself, with no
-//!   secondary index to keep up to date (a rowid table plus an index would
-//!   write two b-trees per sample and store the key twice). `run_id` only
-//!   keeps two agents that claim the same hostname (or a clock stepped back)
-//!   from colliding; a collision within one run is the same measurement
-//!   twice and is ignored.
+//!   (host_id, time_unix_ms, metric_id, run_id): one b-tree write per sample
+//!   and no secondary index (a rowid table plus an index on
+//!   (host, metric, time) writes two b-trees and stores the key twice). The
+//!   cost that dominates is pages dirtied per flush, each written whole to
+//!   the WAL: with time before metric, the six samples of a batch land in
+//!   the same page, one dirty page per host per flush; (host, metric, time)
+//!   dirties six, which on this disk halved the sustained rate once the
+//!   ranges outgrew a page. A query for one host is one range scan in time
+//!   order; one metric of it reads the other metrics' rows of the same pages.
+//! - Pages are 1 KiB: a flush rewrites a page to add ~150 bytes to it, so a
+//!   smaller page is a smaller WAL; reads pay a slightly deeper tree.
+//! - `run_id` in the key only keeps two agents that claim the same hostname
+//!   (or a clock stepped back) from colliding; a collision within one run is
+//!   the same measurement twice and is ignored.
 //! - The receive time is stored per sample as `receive_lag_ms`
-//!   (received − sample time): a small varint of 1–3 bytes in a row that
-//!   exists anyway, where a per-batch table would cost a second b-tree write
-//!   per batch and a join on every read.
+//!   (received − sample time): a varint of 1–3 bytes in a row that exists
+//!   anyway, where a per-batch table would cost a second b-tree write per
+//!   batch and a join on every read.
 //! - `agent_runs` holds the dedup state of each (agent_id, boot_id), updated
 //!   in the same transaction as the samples (see `dedup.rs`).
 //!
@@ -211,9 +219,21 @@ pub(crate) const fn metric_id(m: Metric) -> i64 {
 }
 
 /// The metric stored under `id`, if any.
-#[cfg(test)]
 fn metric_from_id(id: i64) -> Option<Metric> {
     Metric::ALL.into_iter().find(|&m| metric_id(m) == id)
+}
+
+/// Reads a metric id column, failing the row (not panicking) on an id this
+/// server does not know.
+pub(crate) fn metric_column(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Metric> {
+    let id: i64 = row.get(idx)?;
+    metric_from_id(id).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Integer,
+            format!("unknown metric id {id} in samples").into(),
+        )
+    })
 }
 
 /// u64 values (boot ids, counters) are stored as the i64 with the same

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use monitor::metric::Metric;
 use monitor::time::now_unix_ms;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
@@ -56,8 +55,8 @@ pub(crate) enum Request {
 /// A run's dedup state is dropped from memory after this long unused; it
 /// is reloaded from `agent_runs` if the run shows up again.
 const RUN_CACHE_IDLE: Duration = Duration::from_secs(3600);
-/// Most (host, metric) ranges one retention step looks at.
-const RETENTION_PAIRS_PER_STEP: usize = 512;
+/// Most hosts one retention step looks at.
+const RETENTION_HOSTS_PER_STEP: usize = 256;
 /// Most stale `agent_runs` rows one retention step deletes.
 const RETENTION_RUNS_PER_STEP: i64 = 1_000;
 /// While writes keep failing, how often the failure is logged again.
@@ -114,13 +113,13 @@ struct RunEntry {
     last_used: Instant,
 }
 
-/// Where retention is: a pass walks every (host, metric) range once.
+/// Where retention is: a pass walks every host's range once.
 struct Retention {
     /// When the next pass starts (if none is running).
     next_pass: Instant,
-    /// The (host_id, metric index) the running pass resumes at; `None`
-    /// when no pass is running.
-    cursor: Option<(i64, usize)>,
+    /// The host id the running pass resumes at; `None` when no pass is
+    /// running.
+    cursor: Option<i64>,
 }
 
 /// Consecutive failed flushes, to log a failure clearly but not 50 times a
@@ -358,9 +357,9 @@ impl Writer {
             if now < self.retention.next_pass {
                 return;
             }
-            self.retention.cursor = Some((i64::MIN, 0));
+            self.retention.cursor = Some(i64::MIN);
         }
-        let cursor = self.retention.cursor.unwrap_or((i64::MIN, 0));
+        let cursor = self.retention.cursor.unwrap_or(i64::MIN);
         let retention_ms = i64::try_from(self.config.retention.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_unix_ms().saturating_sub(retention_ms);
         match prune_step(
@@ -735,63 +734,50 @@ fn write_command_result(tx: &Connection, r: &CommandResultRecord) -> rusqlite::R
     Ok(true)
 }
 
-/// One retention transaction: from `cursor` = (host_id, metric index),
-/// deletes samples older than `cutoff` in each (host, metric) range until
-/// `chunk_rows` are deleted or [`RETENTION_PAIRS_PER_STEP`] ranges were
-/// looked at. Returns where to resume (`None`: the pass is complete) and
-/// how many samples were deleted.
+/// One retention transaction: from host id `cursor` on, deletes samples
+/// older than `cutoff`, host by host (the oldest rows of a host are the
+/// first of its range), until `chunk_rows` are deleted or
+/// [`RETENTION_HOSTS_PER_STEP`] hosts were looked at. Returns where to
+/// resume (`None`: the pass is complete) and how many samples were deleted.
 fn prune_step(
     conn: &mut Connection,
-    cursor: (i64, usize),
+    cursor: i64,
     cutoff: i64,
     chunk_rows: usize,
-) -> rusqlite::Result<(Option<(i64, usize)>, usize)> {
+) -> rusqlite::Result<(Option<i64>, usize)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut deleted = 0usize;
     let mut next = None;
     {
         let mut next_host =
             tx.prepare_cached("SELECT min(host_id) FROM hosts WHERE host_id >= ?1")?;
-        // Deletes at most ?4 rows: everything older than the ?4-th oldest
+        // Deletes at most ?3 rows: everything older than the ?3-th oldest
         // row below the cutoff (or than the cutoff, if fewer are that old).
         let mut delete = tx.prepare_cached(
-            "DELETE FROM samples WHERE host_id = ?1 AND metric_id = ?2 AND time_unix_ms <
+            "DELETE FROM samples WHERE host_id = ?1 AND time_unix_ms <
                  coalesce((SELECT time_unix_ms FROM samples
-                           WHERE host_id = ?1 AND metric_id = ?2 AND time_unix_ms < ?3
-                           ORDER BY time_unix_ms LIMIT 1 OFFSET ?4), ?3)",
+                           WHERE host_id = ?1 AND time_unix_ms < ?2
+                           ORDER BY time_unix_ms LIMIT 1 OFFSET ?3), ?2)",
         )?;
-        let (mut host_floor, mut metric_index) = cursor;
-        let mut pairs = 0;
-        'hosts: while let Some(host_id) =
-            next_host.query_row([host_floor], |r| r.get::<_, Option<i64>>(0))?
-        {
-            while metric_index < Metric::ALL.len() {
-                let budget = chunk_rows - deleted;
-                let n = delete.execute(params![
-                    host_id,
-                    metric_id(Metric::ALL[metric_index]),
-                    cutoff,
-                    budget as i64
-                ])?;
-                deleted += n;
-                pairs += 1;
-                if n < budget {
-                    metric_index += 1;
-                }
-                if deleted >= chunk_rows || pairs >= RETENTION_PAIRS_PER_STEP {
-                    next = if metric_index < Metric::ALL.len() {
-                        Some((host_id, metric_index))
-                    } else {
-                        host_id.checked_add(1).map(|h| (h, 0))
-                    };
-                    break 'hosts;
-                }
+        let mut floor = cursor;
+        let mut hosts = 0;
+        while let Some(host_id) = next_host.query_row([floor], |r| r.get::<_, Option<i64>>(0))? {
+            let budget = chunk_rows - deleted;
+            let n = delete.execute(params![host_id, cutoff, budget as i64])?;
+            deleted += n;
+            hosts += 1;
+            // A host that used its whole budget may have more to delete.
+            let resume = if n >= budget {
+                Some(host_id)
+            } else {
+                host_id.checked_add(1)
+            };
+            let Some(resume) = resume else { break };
+            if deleted >= chunk_rows || hosts >= RETENTION_HOSTS_PER_STEP {
+                next = Some(resume);
+                break;
             }
-            match host_id.checked_add(1) {
-                Some(h) => host_floor = h,
-                None => break,
-            }
-            metric_index = 0;
+            floor = resume;
         }
         if next.is_none() {
             // The pass is complete: forget runs not seen within the
