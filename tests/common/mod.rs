@@ -1,0 +1,375 @@
+//! Test harness for the end-to-end tests: start the real `monitor-server`
+//! and `monitor-agent` binaries on loopback, drive `monitorctl`, and poll
+//! for conditions with deadlines (never a guessed sleep).
+//!
+//! Every child process is killed when its handle drops, so a failing test
+//! leaves nothing running.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Directory holding the workspace's binaries (target/debug or the like):
+/// the test executable lives in its `deps/`.
+pub fn bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary is in target/<profile>/deps")
+            .to_path_buf();
+        let all_there = ["monitor-agent", "monitor-server", "monitorctl"]
+            .iter()
+            .all(|b| dir.join(b).exists());
+        if !all_there {
+            // `cargo test -p monitor` alone does not build the other
+            // packages' binaries: build them with the same cargo.
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "monitor-agent", "-p", "monitor-server", "--bins"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build of the binaries failed");
+        }
+        dir
+    })
+    .clone()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes (then panics with
+/// `what`). Polls every 50 ms.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "monitor-e2e-{tag}-{}-{n}-{}",
+            std::process::id(),
+            monitor::random::random_u64()
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Lines a child wrote to stderr, collected by a thread.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn follow(&self, stream: impl std::io::Read + Send + 'static, echo_prefix: String) {
+        let lines = Arc::clone(&self.0);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("MONITOR_TEST_ECHO").is_some() {
+                    eprintln!("{echo_prefix}{line}");
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.0.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    pub fn dump(&self) -> String {
+        self.lines().join("\n")
+    }
+}
+
+/// A running child process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub stderr: Log,
+    pub stdout: Log,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, name: &str) -> Proc {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stderr = Log::default();
+        let stdout = Log::default();
+        stderr.follow(child.stderr.take().expect("stderr"), format!("[{name}] "));
+        stdout.follow(child.stdout.take().expect("stdout"), format!("[{name} out] "));
+        Proc {
+            child,
+            stderr,
+            stdout,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL", "STOP", "CONT").
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig} {}", self.pid());
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_for("process exit", timeout, || self.child.try_wait().ok().flatten())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running monitor-server on loopback.
+pub struct Server {
+    pub proc: Proc,
+    pub agents_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub db: PathBuf,
+}
+
+impl Server {
+    /// Starts a server on kernel-chosen loopback ports.
+    pub fn start(db: &Path) -> Server {
+        Server::start_with(db, "127.0.0.1:0", &[])
+    }
+
+    /// Starts a server listening for agents on `listen` (e.g. the address
+    /// of a previous run, to restart in place).
+    pub fn start_with(db: &Path, listen: &str, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(bin("monitor-server"));
+        cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .args(extra)
+            .env("MONITOR_LOG", "debug");
+        let proc = Proc::spawn(cmd, "server");
+        let line = wait_for("the server to listen", Duration::from_secs(20), || {
+            proc.stderr
+                .lines()
+                .into_iter()
+                .find(|l| l.contains("listening for agents on"))
+        });
+        let addrs: Vec<SocketAddr> = line
+            .split_whitespace()
+            .filter_map(|w| w.trim_end_matches(',').parse().ok())
+            .collect();
+        assert_eq!(addrs.len(), 2, "cannot read addresses from {line:?}");
+        Server {
+            proc,
+            agents_addr: addrs[0],
+            admin_addr: addrs[1],
+            db: db.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.agents_addr)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// Runs monitorctl against this server.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl(&self.admin_url(), args)
+    }
+
+    /// Runs monitorctl and returns its stdout, panicking on failure.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "monitorctl {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Samples stored for `host` (all metrics, last `since`), parsed from
+    /// `monitorctl query --json`.
+    pub fn samples(&self, host: &str, since: &str) -> Vec<JsonSample> {
+        let out = self.ctl(&["query", host, "--since", since, "--json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| JsonSample::parse(l).unwrap_or_else(|| panic!("bad json line {l:?}")))
+            .collect()
+    }
+}
+
+pub fn ctl(admin_url: &str, args: &[&str]) -> Output {
+    Command::new(bin("monitorctl"))
+        .arg("--server")
+        .arg(admin_url)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run monitorctl")
+}
+
+/// One line of `monitorctl query --json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JsonSample {
+    pub time: String,
+    pub hostname: String,
+    pub metric: String,
+    pub value: f64,
+}
+
+impl JsonSample {
+    /// Parses `{"time":"…","hostname":"…","metric":"…","value":N}` (the
+    /// fixed shape monitorctl and the agent's --stdout print).
+    pub fn parse(line: &str) -> Option<JsonSample> {
+        let field = |name: &str| -> Option<&str> {
+            let key = format!("\"{name}\":");
+            let start = line.find(&key)? + key.len();
+            let rest = &line[start..];
+            if let Some(stripped) = rest.strip_prefix('"') {
+                let end = stripped.find('"')?;
+                Some(&stripped[..end])
+            } else {
+                let end = rest.find([',', '}'])?;
+                Some(&rest[..end])
+            }
+        };
+        Some(JsonSample {
+            time: field("time")?.to_owned(),
+            hostname: field("hostname")?.to_owned(),
+            metric: field("metric")?.to_owned(),
+            value: field("value")?.parse().ok()?,
+        })
+    }
+}
+
+/// Builder for a monitor-agent child.
+pub struct AgentCmd {
+    cmd: Command,
+    name: String,
+}
+
+impl AgentCmd {
+    pub fn new(server_url: &str, hostname: &str) -> AgentCmd {
+        let mut cmd = Command::new(bin("monitor-agent"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("MONITOR_SERVER", server_url)
+            .env("MONITOR_HOSTNAME", hostname)
+            .env("MONITOR_INTERVAL", "0.2")
+            .env("MONITOR_LOG", "debug")
+            // Never pick up the machine's real allowlist.
+            .env("MONITOR_COMMANDS_FILE", "/dev/null");
+        AgentCmd {
+            cmd,
+            name: hostname.to_owned(),
+        }
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> AgentCmd {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn env_remove(mut self, k: &str) -> AgentCmd {
+        self.cmd.env_remove(k);
+        self
+    }
+
+    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> AgentCmd {
+        self.cmd.arg(a);
+        self
+    }
+
+    pub fn spawn(self) -> Proc {
+        Proc::spawn(self.cmd, &format!("agent {}", self.name))
+    }
+}
+
+/// Writes an allowlist file and returns its path.
+pub fn allowlist(dir: &TempDir, text: &str) -> PathBuf {
+    let p = dir.join("commands.allow");
+    std::fs::write(&p, text).expect("write allowlist");
+    p
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // The state follows the ')' closing the command name.
+            let state = s.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}

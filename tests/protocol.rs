@@ -1,0 +1,318 @@
+//! Protocol-level checks at both ends, each against the real binary:
+//! - a scripted fake server drives the real agent's CommandStream (expired,
+//!   replayed and expiry-less requests, and a server clock far from the
+//!   agent's);
+//! - a raw gRPC client feeds the real server invalid and duplicate batches.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use monitor::pb;
+use monitor::pb::collector_client::CollectorClient;
+use monitor::pb::collector_server::{Collector, CollectorServer};
+use monitor::pb::command_request::Kind as Req;
+use monitor::pb::command_response::Kind as Resp;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// A fake server: acknowledges every batch; on the command stream it
+/// sends a hello with `clock_shift_ms` added to its clock, then whatever
+/// the test pushes through `commands`; it records every response.
+#[derive(Clone)]
+struct FakeServer {
+    clock_shift_ms: i64,
+    commands: Arc<Mutex<Option<mpsc::Receiver<pb::CommandRequest>>>>,
+    responses: Arc<Mutex<Vec<pb::CommandResponse>>>,
+}
+
+#[tonic::async_trait]
+impl Collector for FakeServer {
+    type ReportStream = ReceiverStream<Result<pb::Ack, Status>>;
+    type CommandStreamStream = ReceiverStream<Result<pb::CommandRequest, Status>>;
+
+    async fn report(
+        &self,
+        request: Request<Streaming<pb::Batch>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok(Some(b)) = inbound.message().await {
+                let ack = pb::Ack {
+                    boot_id: b.boot_id,
+                    seq: b.seq,
+                    ..Default::default()
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn command_stream(
+        &self,
+        request: Request<Streaming<pb::CommandResponse>>,
+    ) -> Result<Response<Self::CommandStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let hello = pb::CommandRequest {
+            kind: Some(Req::Hello(pb::ServerHello {
+                server_unix_ms: monitor::time::now_unix_ms() + self.clock_shift_ms,
+            })),
+        };
+        tx.send(Ok(hello)).await.ok();
+        let mut commands = self
+            .commands
+            .lock()
+            .unwrap()
+            .take()
+            .expect("one command stream");
+        tokio::spawn(async move {
+            while let Some(c) = commands.recv().await {
+                if tx.send(Ok(c)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let responses = Arc::clone(&self.responses);
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = inbound.message().await {
+                responses.lock().unwrap().push(r);
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn run(id: &str, argv: &[&str], expires_unix_ms: i64) -> pb::CommandRequest {
+    pb::CommandRequest {
+        kind: Some(Req::Run(pb::RunCommand {
+            command_id: id.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            timeout_ms: 5000,
+            expires_unix_ms,
+        })),
+    }
+}
+
+/// Starts the fake server and a real agent against it.
+async fn fake_and_agent(
+    clock_shift_ms: i64,
+) -> (FakeServer, mpsc::Sender<pb::CommandRequest>, Proc) {
+    let (tx, rx) = mpsc::channel(16);
+    let fake = FakeServer {
+        clock_shift_ms,
+        commands: Arc::new(Mutex::new(Some(rx))),
+        responses: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = CollectorServer::new(fake.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    let agent = AgentCmd::new(&format!("http://{addr}"), "proto-1").spawn();
+    (fake, tx, agent)
+}
+
+/// Waits (without blocking the runtime) for the final response of `id`.
+async fn finished(fake: &FakeServer, id: &str) -> (Vec<pb::CommandResponse>, pb::Finished) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got: Vec<pb::CommandResponse> = fake
+            .responses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.command_id == id)
+            .cloned()
+            .collect();
+        if let Some(f) = got.iter().find_map(|r| match &r.kind {
+            Some(Resp::Finished(f)) => Some(f.clone()),
+            _ => None,
+        }) {
+            return (got, f);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no result for {id}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rejection(responses: &[pb::CommandResponse]) -> Option<String> {
+    responses.iter().find_map(|r| match &r.kind {
+        Some(Resp::Rejected(x)) => Some(x.reason.clone()),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_expired_replayed_and_expiryless_requests() {
+    let (fake, commands, _agent) = fake_and_agent(0).await;
+    let now = monitor::time::now_unix_ms();
+
+    commands.send(run("c-expired", &["ping"], now - 5_000)).await.unwrap();
+    let (r, f) = finished(&fake, "c-expired").await;
+    assert_eq!(f.outcome, pb::Outcome::Rejected as i32);
+    assert!(rejection(&r).is_some_and(|m| m.starts_with("request expired")), "{r:?}");
+
+    commands.send(run("c-noexp", &["ping"], 0)).await.unwrap();
+    let (r, _) = finished(&fake, "c-noexp").await;
+    assert_eq!(rejection(&r).as_deref(), Some("the request has no expiry"));
+
+    commands
+        .send(run("c-ok", &["ping"], now + 30_000))
+        .await
+        .unwrap();
+    let (r, f) = finished(&fake, "c-ok").await;
+    assert_eq!(f.outcome, pb::Outcome::Exited as i32);
+    assert_eq!(f.exit_code, Some(0));
+    let out: Vec<u8> = r
+        .iter()
+        .filter_map(|x| match &x.kind {
+            Some(Resp::Output(o)) => Some(o.data.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(out, b"pong\n");
+
+    // The same id again (a replay): refused, not run twice.
+    let before = fake.responses.lock().unwrap().len();
+    commands
+        .send(run("c-ok", &["ping"], now + 30_000))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = fake.responses.lock().unwrap().clone();
+        if let Some(reason) = rejection(&all[before..]) {
+            assert_eq!(reason, "duplicate command id");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no answer to the replay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Not on the (empty) allowlist.
+    commands
+        .send(run("c-ls", &["ls"], now + 30_000))
+        .await
+        .unwrap();
+    let (r, _) = finished(&fake, "c-ls").await;
+    assert!(
+        rejection(&r).is_some_and(|m| m.contains("'ls' is not on the allowlist")),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_judged_on_the_servers_clock_not_the_agents() {
+    // The server's clock is an hour ahead of the agent's (a Pi that booted
+    // without a real-time clock): a request valid for 30 s on the server's
+    // clock must run, one that expired on it must not.
+    let shift = 3_600_000;
+    let (fake, commands, _agent) = fake_and_agent(shift).await;
+    let server_now = monitor::time::now_unix_ms() + shift;
+    commands
+        .send(run("s-ok", &["ping"], server_now + 30_000))
+        .await
+        .unwrap();
+    let (_, f) = finished(&fake, "s-ok").await;
+    assert_eq!(f.outcome, pb::Outcome::Exited as i32);
+    // Valid by the agent's own clock, expired by the server's.
+    commands
+        .send(run("s-late", &["ping"], server_now - 60_000))
+        .await
+        .unwrap();
+    let (_, f) = finished(&fake, "s-late").await;
+    assert_eq!(f.outcome, pb::Outcome::Rejected as i32);
+}
+
+fn batch(seq: u64, metric: &str, value: f64) -> pb::Batch {
+    let now = monitor::time::now_unix_ms();
+    pb::Batch {
+        agent_id: "raw-1".into(),
+        boot_id: 42,
+        seq,
+        samples: vec![pb::Sample {
+            time_unix_ms: now,
+            hostname: "raw-1".into(),
+            metric: metric.into(),
+            value,
+        }],
+        sent_unix_ms: now,
+        agent_version: "test".into(),
+        hostname: "raw-1".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
+    let dir = TempDir::new("raw");
+    let server = Server::start(&dir.join("m.db"));
+    let mut client = CollectorClient::connect(server.url()).await.unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let mut acks = client
+        .report(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let sends = [
+        batch(1, "cpu_percent", 10.0),
+        batch(2, "cpu_percent", f64::NAN),
+        batch(3, "bogus_metric", 1.0),
+        batch(4, "mem_percent", 250.0),
+        // Batch 1 again (a re-send after a lost ack): acknowledged, not
+        // stored twice.
+        batch(1, "cpu_percent", 10.0),
+        batch(5, "net_in_kbps", 3.5),
+    ];
+    for b in sends {
+        tx.send(b).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
+            .await
+            .expect("ack in time")
+            .expect("stream ok")
+            .expect("an ack");
+        got.push((ack.seq, ack.code, ack.message));
+    }
+    assert_eq!(got[0], (1, 0, String::new()));
+    assert_eq!(got[1].1, tonic::Code::InvalidArgument as i32);
+    assert!(got[1].2.contains("not a finite number"), "{got:?}");
+    assert!(got[2].2.contains("unknown metric \"bogus_metric\""), "{got:?}");
+    assert!(got[3].2.contains("out of range"), "{got:?}");
+    assert_eq!((got[4].0, got[4].1), (1, 0));
+    assert_eq!((got[5].0, got[5].1), (5, 0));
+    drop(tx);
+
+    let samples = tokio::task::spawn_blocking(move || {
+        let s = server.samples("raw-1", "10m");
+        let log = server.proc.stderr.dump();
+        (s, log)
+    })
+    .await
+    .unwrap();
+    let (samples, log) = samples;
+    let metrics: Vec<(&str, f64)> = samples
+        .iter()
+        .map(|s| (s.metric.as_str(), s.value))
+        .collect();
+    assert_eq!(metrics, vec![("cpu_percent", 10.0), ("net_in_kbps", 3.5)]);
+    assert!(log.contains("rejected batch 2"), "{log}");
+}
