@@ -1,6 +1,9 @@
 //! End to end, commands: monitorctl → server → agent's CommandStream →
 //! process → results back, with the real binaries on loopback.
 
+// Test support code panics on purpose when the harness cannot proceed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::process::{Command, Stdio};
@@ -10,7 +13,7 @@ use common::*;
 
 /// A server, one agent with an allowlist, and a temp dir.
 struct Rig {
-    dir: TempDir,
+    _dir: TempDir,
     server: Server,
     agents: Vec<Proc>,
 }
@@ -37,7 +40,7 @@ impl Rig {
             })
             .collect();
         let rig = Rig {
-            dir,
+            _dir: dir,
             server,
             agents,
         };
@@ -52,6 +55,17 @@ impl Rig {
             let out = self.server.ctl(&["exec", "--host", host, "--", "ping"]);
             out.status.success().then_some(())
         });
+    }
+
+    /// Waits until `monitorctl history --json` (results are recorded in
+    /// the background, a flush after the operator saw them) has every needle.
+    fn history_with(&self, args: &[&str], needles: &[&str]) -> String {
+        let mut full = vec!["history", "--json", "--limit", "1000"];
+        full.extend_from_slice(args);
+        wait_for("the history", Duration::from_secs(10), || {
+            let h = self.server.ctl_ok(&full);
+            needles.iter().all(|n| h.contains(n)).then_some(h)
+        })
     }
 
     fn exec(&self, args: &[&str]) -> (Option<i32>, String, String) {
@@ -104,7 +118,10 @@ fn allowed_refused_failing_and_capped_commands() {
     // Not on the allowlist: refused with the reason, nothing runs.
     let (code, _, err) = rig.exec(&["--host", "cmd-a", "--", "rm", "-rf", "/tmp/x"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("rejected: 'rm' is not on the allowlist"), "{err}");
+    assert!(
+        err.contains("rejected: 'rm' is not on the allowlist"),
+        "{err}"
+    );
 
     // Extra arguments only where the entry allows them.
     let (code, _, err) = rig.exec(&["--host", "cmd-a", "--", "hello", "extra"]);
@@ -134,15 +151,20 @@ fn allowed_refused_failing_and_capped_commands() {
     assert!(err.contains("set-interval: expected seconds"), "{err}");
 
     // Every command is in the history, with its outcome.
-    let hist = rig
-        .server
-        .ctl_ok(&["history", "--host", "cmd-a", "--json", "--limit", "100"]);
-    assert!(hist.contains("\"argv\":[\"fail\"]"), "{hist}");
-    assert!(hist.contains("\"exit_code\":3"), "{hist}");
-    assert!(hist.contains("\"outcome\":\"rejected\""), "{hist}");
-    assert!(hist.contains("\"stdout_bytes\":200000"), "{hist}");
+    rig.history_with(
+        &["--host", "cmd-a"],
+        &[
+            "\"argv\":[\"fail\"]",
+            "\"exit_code\":3",
+            "\"outcome\":\"rejected\"",
+            "\"stdout_bytes\":200000",
+        ],
+    );
     let table = rig.server.ctl_ok(&["history"]);
-    assert!(table.contains("cmd-a") && table.contains("hello"), "{table}");
+    assert!(
+        table.contains("cmd-a") && table.contains("hello"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -167,8 +189,7 @@ fn timeout_kills_the_whole_process_group() {
     wait_for("the grandchild to be gone", Duration::from_secs(10), || {
         (!pid_alive(pid)).then_some(())
     });
-    let hist = rig.server.ctl_ok(&["history", "--json"]);
-    assert!(hist.contains("\"outcome\":\"timed_out\""), "{hist}");
+    rig.history_with(&[], &["\"outcome\":\"timed_out\""]);
 }
 
 #[test]
@@ -187,7 +208,11 @@ fn cancel_by_id_and_by_ctrl_c() {
     assert!(out.contains("sent to 1 hosts: cmd-c"), "{out}");
     let status = exec.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(1));
-    assert!(exec.stderr.contains("cmd-c: cancelled"), "{}", exec.stderr.dump());
+    assert!(
+        exec.stderr.contains("cmd-c: cancelled"),
+        "{}",
+        exec.stderr.dump()
+    );
 
     // Cancelling again: nothing runs under that id any more.
     let out = rig.server.ctl(&["cancel", &id]);
@@ -205,10 +230,17 @@ fn cancel_by_id_and_by_ctrl_c() {
     exec.signal("INT");
     let status = exec.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(1));
-    assert!(exec.stderr.contains("cmd-c: cancelled"), "{}", exec.stderr.dump());
+    assert!(
+        exec.stderr.contains("cmd-c: cancelled"),
+        "{}",
+        exec.stderr.dump()
+    );
     // No sleep 301 left on the machine.
     wait_for("sleep 301 gone", Duration::from_secs(10), || {
-        let out = Command::new("pgrep").args(["-f", "sleep 301"]).output().ok()?;
+        let out = Command::new("pgrep")
+            .args(["-f", "sleep 301"])
+            .output()
+            .ok()?;
         (!out.status.success()).then_some(())
     });
 }
@@ -255,9 +287,13 @@ fn unknown_offline_and_lost_hosts_fail_at_once() {
         "{}",
         exec.stderr.dump()
     );
-    let hist = rig.server.ctl_ok(&["history", "--json"]);
-    assert!(hist.contains("\"outcome\":\"lost_connection\""), "{hist}");
-    assert!(hist.contains("\"outcome\":\"unreachable\""), "{hist}");
+    rig.history_with(
+        &[],
+        &[
+            "\"outcome\":\"lost_connection\"",
+            "\"outcome\":\"unreachable\"",
+        ],
+    );
 }
 
 #[test]
@@ -313,24 +349,37 @@ fn set_interval_changes_the_sampling_rate_and_long_commands_do_not_stall_it() {
         "only {} ticks in 3 s of command",
         mem_during.saturating_sub(mem_before)
     );
-    assert!(median_gap(&during).is_some_and(|g| g < 0.3), "{:?}", median_gap(&during));
+    assert!(
+        median_gap(&during).is_some_and(|g| g < 0.3),
+        "{:?}",
+        median_gap(&during)
+    );
 
     // set-interval 1: stored samples are now a second apart.
     let (code, out, _) = rig.exec(&["--host", "cmd-i", "--", "set-interval", "1"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("interval 0.2s -> 1s"), "{out}");
     let changed_at = monitor::time::now_unix_ms();
-    let after = wait_for("five ticks at the new interval", Duration::from_secs(20), || {
-        let s: Vec<JsonSample> = rig
-            .server
-            .samples("cmd-i", "10m")
-            .into_iter()
-            .filter(|s| rfc3339_secs(&s.time) * 1000.0 > (changed_at % 86_400_000) as f64 + 1100.0)
-            .collect();
-        (s.iter().filter(|x| x.metric == "mem_percent").count() >= 5).then_some(s)
-    });
+    let after = wait_for(
+        "five ticks at the new interval",
+        Duration::from_secs(20),
+        || {
+            let s: Vec<JsonSample> = rig
+                .server
+                .samples("cmd-i", "10m")
+                .into_iter()
+                .filter(|s| {
+                    rfc3339_secs(&s.time) * 1000.0 > (changed_at % 86_400_000) as f64 + 1100.0
+                })
+                .collect();
+            (s.iter().filter(|x| x.metric == "mem_percent").count() >= 5).then_some(s)
+        },
+    );
     let gap = median_gap(&after).expect("gaps");
-    assert!((0.9..1.2).contains(&gap), "median gap after set-interval 1: {gap}");
+    assert!(
+        (0.9..1.2).contains(&gap),
+        "median gap after set-interval 1: {gap}"
+    );
     let hosts = rig.server.ctl_ok(&["hosts", "--json"]);
     assert!(hosts.contains("\"interval_ms\":"), "{hosts}");
 }

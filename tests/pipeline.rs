@@ -2,6 +2,9 @@
 //! loopback; what was stored comes back through monitorctl; a restart keeps
 //! it; bad input gets a clear error and a meaningful exit code.
 
+// Test support code panics on purpose when the harness cannot proceed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,7 +51,11 @@ fn three_agents_six_metrics_stored_and_kept_across_a_server_restart() {
     for h in hosts {
         let samples = server.samples(h, "10m");
         assert!(samples.iter().all(|s| s.hostname == h));
-        assert!(samples.iter().all(|s| s.time.ends_with('Z') && s.time.len() == 24));
+        assert!(
+            samples
+                .iter()
+                .all(|s| s.time.ends_with('Z') && s.time.len() == 24)
+        );
         assert_eq!(
             metrics_of(&samples),
             METRICS.iter().map(|m| m.to_string()).collect()
@@ -74,14 +81,20 @@ fn three_agents_six_metrics_stored_and_kept_across_a_server_restart() {
         }
     }
     let table = server.ctl_ok(&["hosts"]);
-    assert!(table.contains("e2e-b") && table.contains("online"), "{table}");
+    assert!(
+        table.contains("e2e-b") && table.contains("online"),
+        "{table}"
+    );
     let top = server.ctl_ok(&["top", "--once"]);
     assert!(top.contains("3 hosts, 3 online"), "{top}");
 
     // One metric only.
     let out = server.ctl_ok(&["query", "e2e-a", "--metric", "cpu_percent", "--json"]);
     assert!(!out.is_empty());
-    assert!(out.lines().all(|l| l.contains("\"metric\":\"cpu_percent\"")));
+    assert!(
+        out.lines()
+            .all(|l| l.contains("\"metric\":\"cpu_percent\""))
+    );
 
     // Restart the server in place: stored samples survive, agents resume.
     let before: BTreeMap<&str, usize> = hosts
@@ -99,7 +112,11 @@ fn three_agents_six_metrics_stored_and_kept_across_a_server_restart() {
     let server = Server::start_with(&db, &listen, &[]);
     for h in hosts {
         let n = server.samples(h, "10m").len();
-        assert!(n >= before[h], "{h}: {n} samples after restart, {} before", before[h]);
+        assert!(
+            n >= before[h],
+            "{h}: {n} samples after restart, {} before",
+            before[h]
+        );
     }
     for h in hosts {
         wait_for(
@@ -194,20 +211,23 @@ fn agent_keeps_sampling_while_the_server_is_away_and_delivers_later() {
     wait_for("two failed attempts", Duration::from_secs(20), || {
         (agent.stderr.count("retry") >= 1 && agent.stderr.contains("retrying")).then_some(())
     });
-    assert!(agent.is_running(), "the agent must not exit when the server is away");
+    assert!(
+        agent.is_running(),
+        "the agent must not exit when the server is away"
+    );
     let server = Server::start_with(&dir.join("m.db"), &addr.to_string(), &[]);
     // Samples taken before the server existed arrive (the buffer held them).
     let first = wait_for("buffered samples", Duration::from_secs(30), || {
         let s = server.samples("late-1", "10m");
         (s.len() > 10).then_some(s)
     });
-    let server_started = server
-        .proc
-        .stderr
-        .lines()
-        .len();
+    let server_started = server.proc.stderr.lines().len();
     assert!(server_started > 0);
-    let earliest = first.iter().map(|s| s.time.clone()).min().unwrap_or_default();
+    let earliest = first
+        .iter()
+        .map(|s| s.time.clone())
+        .min()
+        .unwrap_or_default();
     let hosts = server.ctl_ok(&["hosts", "--json"]);
     assert!(hosts.contains("\"dropped_batches_total\":0"), "{hosts}");
     assert!(!earliest.is_empty());
@@ -227,7 +247,12 @@ fn agent_binary_computes_the_six_values_from_a_fixture_tree() {
         ..FakeCpu::default()
     });
     host.add_disk("sda", DiskKind::Physical)
-        .add_disk("sda1", DiskKind::Partition { parent: "sda".into() })
+        .add_disk(
+            "sda1",
+            DiskKind::Partition {
+                parent: "sda".into(),
+            },
+        )
         .add_disk("loop0", DiskKind::Virtual)
         .add_interface("eth0", InterfaceKind::Physical)
         .add_interface("lo", InterfaceKind::Virtual)
@@ -239,7 +264,15 @@ fn agent_binary_computes_the_six_values_from_a_fixture_tree() {
 
     let mut agent = std::process::Command::new(bin("monitor-agent"));
     agent
-        .args(["--stdout", "--interval", "1", "--count", "4", "--hostname", "fixture"])
+        .args([
+            "--stdout",
+            "--interval",
+            "1",
+            "--count",
+            "4",
+            "--hostname",
+            "fixture",
+        ])
         .arg("--proc-root")
         .arg(host.proc_root())
         .arg("--sys-root")
@@ -303,13 +336,19 @@ fn agent_binary_computes_the_six_values_from_a_fixture_tree() {
     let lines = tick_lines(3);
     let t3 = values_at(&lines, 3);
     assert!((t3["cpu_percent"] - 25.0).abs() < 0.001, "{t3:?}");
-    assert!(!t3.contains_key("disk_read_kbps"), "reset must drop the rate: {t3:?}");
+    assert!(
+        !t3.contains_key("disk_read_kbps"),
+        "reset must drop the rate: {t3:?}"
+    );
     assert!(!t3.contains_key("disk_write_kbps"), "{t3:?}");
     assert_eq!(t3["net_in_kbps"], 0.0);
 
     let mut agent = agent;
     let status = agent.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "--count 4 must end with exit 0, got {status}");
+    assert!(
+        status.success(),
+        "--count 4 must end with exit 0, got {status}"
+    );
 }
 
 /// mem_percent of FakeHost's default meminfo, computed independently.

@@ -4,6 +4,9 @@
 //!   agent's);
 //! - a raw gRPC client feeds the real server invalid and duplicate batches.
 
+// Test support code panics on purpose when the harness cannot proceed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -142,10 +145,7 @@ async fn finished(fake: &FakeServer, id: &str) -> (Vec<pb::CommandResponse>, pb:
         }) {
             return (got, f);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no result for {id}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "no result for {id}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -162,10 +162,16 @@ async fn agent_refuses_expired_replayed_and_expiryless_requests() {
     let (fake, commands, _agent) = fake_and_agent(0).await;
     let now = monitor::time::now_unix_ms();
 
-    commands.send(run("c-expired", &["ping"], now - 5_000)).await.unwrap();
+    commands
+        .send(run("c-expired", &["ping"], now - 5_000))
+        .await
+        .unwrap();
     let (r, f) = finished(&fake, "c-expired").await;
     assert_eq!(f.outcome, pb::Outcome::Rejected as i32);
-    assert!(rejection(&r).is_some_and(|m| m.starts_with("request expired")), "{r:?}");
+    assert!(
+        rejection(&r).is_some_and(|m| m.starts_with("request expired")),
+        "{r:?}"
+    );
 
     commands.send(run("c-noexp", &["ping"], 0)).await.unwrap();
     let (r, _) = finished(&fake, "c-noexp").await;
@@ -201,7 +207,10 @@ async fn agent_refuses_expired_replayed_and_expiryless_requests() {
             assert_eq!(reason, "duplicate command id");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no answer to the replay");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answer to the replay"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -263,7 +272,12 @@ fn batch(seq: u64, metric: &str, value: f64) -> pb::Batch {
 async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
     let dir = TempDir::new("raw");
     let server = Server::start(&dir.join("m.db"));
-    let mut client = CollectorClient::connect(server.url()).await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = CollectorClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     let mut acks = client
         .report(ReceiverStream::new(rx))
@@ -295,7 +309,10 @@ async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
     assert_eq!(got[0], (1, 0, String::new()));
     assert_eq!(got[1].1, tonic::Code::InvalidArgument as i32);
     assert!(got[1].2.contains("not a finite number"), "{got:?}");
-    assert!(got[2].2.contains("unknown metric \"bogus_metric\""), "{got:?}");
+    assert!(
+        got[2].2.contains("unknown metric \"bogus_metric\""),
+        "{got:?}"
+    );
     assert!(got[3].2.contains("out of range"), "{got:?}");
     assert_eq!((got[4].0, got[4].1), (1, 0));
     assert_eq!((got[5].0, got[5].1), (5, 0));

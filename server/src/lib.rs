@@ -3,4 +3,11 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the code map.
 
+pub mod admin;
+pub mod commands;
+pub mod config;
+pub mod ctl;
+pub mod ingest;
+pub mod registry;
+pub mod server;
 pub mod store;

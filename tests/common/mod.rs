@@ -5,7 +5,7 @@
 //! Every child process is killed when its handle drops, so a failing test
 //! leaves nothing running.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -33,7 +33,14 @@ pub fn bin_dir() -> PathBuf {
             // packages' binaries: build them with the same cargo.
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "-p", "monitor-agent", "-p", "monitor-server", "--bins"])
+                .args([
+                    "build",
+                    "-p",
+                    "monitor-agent",
+                    "-p",
+                    "monitor-server",
+                    "--bins",
+                ])
                 .status()
                 .expect("run cargo build");
             assert!(status.success(), "cargo build of the binaries failed");
@@ -149,7 +156,10 @@ impl Proc {
         let stderr = Log::default();
         let stdout = Log::default();
         stderr.follow(child.stderr.take().expect("stderr"), format!("[{name}] "));
-        stdout.follow(child.stdout.take().expect("stdout"), format!("[{name} out] "));
+        stdout.follow(
+            child.stdout.take().expect("stdout"),
+            format!("[{name} out] "),
+        );
         Proc {
             child,
             stderr,
@@ -172,7 +182,9 @@ impl Proc {
 
     /// Waits for the process to exit, up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        wait_for("process exit", timeout, || self.child.try_wait().ok().flatten())
+        wait_for("process exit", timeout, || {
+            self.child.try_wait().ok().flatten()
+        })
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -367,7 +379,10 @@ pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
             // The state follows the ')' closing the command name.
-            let state = s.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
             !matches!(state, Some("Z") | Some("X"))
         }
         Err(_) => false,

@@ -315,6 +315,25 @@ pub struct HistoryRow {
     pub finished_unix_ms: Option<i64>,
 }
 
+/// The answer to a queued request: resolves once the writer handled it
+/// (for a batch: committed, or known to be a duplicate).
+#[derive(Debug)]
+pub struct Ticket<T>(oneshot::Receiver<Result<T, StoreError>>);
+
+impl<T> std::future::Future for Ticket<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // A dropped reply means the writer stopped before answering.
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StoreError::Closed)))
+    }
+}
+
 /// Cheap to clone; every clone submits to the same single writer thread.
 #[derive(Clone)]
 pub struct Store {
@@ -376,8 +395,25 @@ impl Store {
     /// duplicate). Waits while the queue is full. On `Err` nothing of the
     /// batch was stored and it must not be acknowledged.
     pub async fn submit(&self, batch: IncomingBatch) -> Result<SubmitOutcome, StoreError> {
+        self.enqueue(batch).await?.await
+    }
+
+    /// Queues a batch (waiting while the queue is full: that is the
+    /// backpressure) and returns a [`Ticket`] that resolves like
+    /// [`Store::submit`]. Requests queued one after the other are handled in
+    /// that order, so a stream can keep many batches in flight and still
+    /// have them committed in sequence.
+    pub async fn enqueue(&self, batch: IncomingBatch) -> Result<Ticket<SubmitOutcome>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.request(Request::Batch { batch, reply }, answer).await
+        self.send(Request::Batch { batch, reply }, answer).await
+    }
+
+    /// Queues an operator command record; see [`Store::enqueue`]. A result
+    /// recorded after this returns is handled after the command.
+    pub async fn enqueue_command(&self, c: CommandRecord) -> Result<Ticket<()>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Command { record: c, reply }, answer)
+            .await
     }
 
     /// Samples of a host in a time range, oldest first, up to `q.limit`.
@@ -449,6 +485,22 @@ impl Store {
             );
         }
         result
+    }
+
+    async fn send<T>(
+        &self,
+        request: Request,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<Ticket<T>, StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.inner
+            .requests
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Ticket(answer))
     }
 
     async fn request<T>(

@@ -1,0 +1,433 @@
+//! Routes operator commands to agents and their results back.
+//!
+//! One operator command (one id) fans out to every target at once: each
+//! reachable host gets a `RunCommand` pushed on its command stream with no
+//! waiting on the others; unknown and offline hosts get an `Unreachable`
+//! result at once. Agents' responses come back through
+//! [`CommandRouter::on_agent_response`] and are forwarded to the operator's
+//! stream as they arrive; every final result is recorded in the store.
+//!
+//! Nothing here waits forever: a host that never answers gets a
+//! `LostConnection` result when the command's timeout plus a grace period
+//! has passed, an agent whose stream ends gets one at once, and an operator
+//! who goes away (Ctrl-C) has the command cancelled on every host.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use monitor::pb;
+use monitor::pb::command_response::Kind as AgentKind;
+use monitor::pb::exec_event::Kind as EventKind;
+use tokio::sync::{Notify, mpsc};
+use tonic::Status;
+
+use crate::registry::Registry;
+use crate::store::{CommandOutcome, CommandRecord, CommandResultRecord, Store};
+
+/// The operator's stream of events for one command.
+pub type EventSender = mpsc::Sender<Result<pb::ExecEvent, Status>>;
+
+/// Default command timeout when the operator names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest timeout an operator may ask for (agents cap it further).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How long past its timeout a command may take to report back (SIGTERM
+/// grace, output still in flight) before the server gives up on the host.
+pub const RESULT_GRACE: Duration = Duration::from_secs(15);
+/// How long a request stays valid for the agent to start it.
+pub const REQUEST_TTL: Duration = Duration::from_secs(30);
+/// Events buffered toward a slow operator before agents' streams wait.
+const EVENT_QUEUE: usize = 1024;
+const MAX_ARGS: usize = 256;
+const MAX_ARGV_BYTES: usize = 64 * 1024;
+
+struct Inflight {
+    /// Hosts that have not sent their final result: host → connection id.
+    pending: HashMap<String, u64>,
+    events: EventSender,
+    done: Arc<Notify>,
+}
+
+pub struct CommandRouter {
+    registry: Arc<Registry>,
+    store: Store,
+    inflight: Mutex<HashMap<String, Inflight>>,
+}
+
+fn finished_event(host: &str, id: &str, outcome: pb::Outcome, message: String) -> pb::ExecEvent {
+    pb::ExecEvent {
+        hostname: host.to_owned(),
+        command_id: id.to_owned(),
+        kind: Some(EventKind::Finished(pb::Finished {
+            outcome: outcome as i32,
+            message,
+            ..Default::default()
+        })),
+    }
+}
+
+fn outcome_of(code: i32) -> CommandOutcome {
+    match pb::Outcome::try_from(code).unwrap_or(pb::Outcome::Unspecified) {
+        pb::Outcome::Exited => CommandOutcome::Exited,
+        pb::Outcome::TimedOut => CommandOutcome::TimedOut,
+        pb::Outcome::Cancelled => CommandOutcome::Cancelled,
+        pb::Outcome::FailedToStart => CommandOutcome::FailedToStart,
+        pb::Outcome::Rejected => CommandOutcome::Rejected,
+        pb::Outcome::Unreachable => CommandOutcome::Unreachable,
+        pb::Outcome::LostConnection | pb::Outcome::Unspecified => CommandOutcome::LostConnection,
+    }
+}
+
+impl CommandRouter {
+    pub fn new(registry: Arc<Registry>, store: Store) -> CommandRouter {
+        CommandRouter {
+            registry,
+            store,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Inflight>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a command on its targets; events arrive on the returned
+    /// receiver, which closes after the last host's final result.
+    pub async fn exec(
+        self: &Arc<Self>,
+        req: pb::ExecRequest,
+    ) -> Result<(String, mpsc::Receiver<Result<pb::ExecEvent, Status>>), Status> {
+        if req.argv.is_empty() || req.argv[0].is_empty() {
+            return Err(Status::invalid_argument("empty command"));
+        }
+        if req.argv.len() > MAX_ARGS
+            || req.argv.iter().map(String::len).sum::<usize>() > MAX_ARGV_BYTES
+        {
+            return Err(Status::invalid_argument("command line too long"));
+        }
+        let timeout = match req.timeout_ms {
+            0 => DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        if timeout > MAX_TIMEOUT {
+            return Err(Status::invalid_argument("timeout longer than 24h"));
+        }
+        let targets: Vec<String> = if req.all {
+            let online = self.registry.online_hosts();
+            if online.is_empty() {
+                return Err(Status::failed_precondition("no host is online"));
+            }
+            online
+        } else {
+            let mut seen = std::collections::HashSet::new();
+            req.hosts
+                .into_iter()
+                .filter(|h| seen.insert(h.clone()))
+                .collect()
+        };
+        if targets.is_empty() {
+            return Err(Status::invalid_argument("name at least one host, or all"));
+        }
+        let id = monitor::random::random_id();
+        let now = monitor::time::now_unix_ms();
+        let (events, rx) = mpsc::channel(EVENT_QUEUE.max(targets.len() + 16));
+        let done = Arc::new(Notify::new());
+        // Queued before any command goes out, so every result is handled
+        // after it by the store's single writer; committed in the
+        // background so dispatch is not delayed by a flush.
+        let recorded = self
+            .store
+            .enqueue_command(CommandRecord {
+                command_id: id.clone(),
+                time_unix_ms: now,
+                targets: targets.clone(),
+                argv: req.argv.clone(),
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot record the command: {e}")))?;
+        let record_id = id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = recorded.await {
+                log::error!("command {record_id}: cannot record it: {e}");
+            }
+        });
+        let run = pb::CommandRequest {
+            kind: Some(pb::command_request::Kind::Run(pb::RunCommand {
+                command_id: id.clone(),
+                argv: req.argv.clone(),
+                timeout_ms: timeout.as_millis() as u32,
+                expires_unix_ms: now + REQUEST_TTL.as_millis() as i64,
+            })),
+        };
+        let mut unreachable = Vec::new();
+        {
+            let mut inflight = self.lock();
+            let entry = inflight.entry(id.clone()).or_insert(Inflight {
+                pending: HashMap::new(),
+                events: events.clone(),
+                done: Arc::clone(&done),
+            });
+            for host in &targets {
+                match self.registry.command_sender(host) {
+                    Ok((conn, sender)) => match sender.try_send(Ok(run.clone())) {
+                        Ok(()) => {
+                            entry.pending.insert(host.clone(), conn);
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => unreachable.push((
+                            host.clone(),
+                            pb::Outcome::Unreachable,
+                            "the agent's command queue is full".to_owned(),
+                        )),
+                        Err(mpsc::error::TrySendError::Closed(_)) => unreachable.push((
+                            host.clone(),
+                            pb::Outcome::LostConnection,
+                            "lost connection".to_owned(),
+                        )),
+                    },
+                    Err(why) => {
+                        unreachable.push((host.clone(), pb::Outcome::Unreachable, why.to_string()))
+                    }
+                }
+            }
+            if entry.pending.is_empty() {
+                inflight.remove(&id);
+            }
+        }
+        log::info!(
+            "command {id}: {:?} on {} hosts ({} unreachable)",
+            req.argv,
+            targets.len(),
+            unreachable.len()
+        );
+        for (host, outcome, message) in unreachable {
+            self.record_result(&id, &host, outcome, None, message.clone());
+            // The channel has room for every target's first event.
+            let _ = events.try_send(Ok(finished_event(&host, &id, outcome, message)));
+        }
+        let router = Arc::clone(self);
+        let watch_id = id.clone();
+        tokio::spawn(async move {
+            router
+                .watch(watch_id, events, done, timeout + RESULT_GRACE)
+                .await;
+        });
+        Ok((id, rx))
+    }
+
+    /// Ends a command: when every host answered, when the operator left
+    /// (cancel everywhere), or when hosts failed to answer in time.
+    async fn watch(&self, id: String, events: EventSender, done: Arc<Notify>, limit: Duration) {
+        if !self.lock().contains_key(&id) {
+            return;
+        }
+        tokio::select! {
+            () = done.notified() => {}
+            () = events.closed() => {
+                let hosts = self.cancel(&id);
+                if !hosts.is_empty() {
+                    log::info!("command {id}: the operator left; cancelled on {} hosts", hosts.len());
+                }
+                // Results still come back and are recorded; give them the
+                // same time limit.
+                tokio::select! {
+                    () = done.notified() => {}
+                    () = tokio::time::sleep(limit) => self.give_up(&id, limit),
+                }
+            }
+            () = tokio::time::sleep(limit) => {
+                self.cancel(&id);
+                self.give_up(&id, limit);
+            }
+        }
+    }
+
+    fn give_up(&self, id: &str, limit: Duration) {
+        let Some(entry) = self.lock().remove(id) else {
+            return;
+        };
+        for host in entry.pending.keys() {
+            let message = format!(
+                "no result from the agent within {}",
+                monitor::time::format_duration_short(limit)
+            );
+            self.record_result(id, host, pb::Outcome::LostConnection, None, message.clone());
+            let _ = entry.events.try_send(Ok(finished_event(
+                host,
+                id,
+                pb::Outcome::LostConnection,
+                message,
+            )));
+        }
+    }
+
+    /// Sends a cancel to every host still running `id`; returns them.
+    pub fn cancel(&self, id: &str) -> Vec<String> {
+        let hosts: Vec<String> = match self.lock().get(id) {
+            Some(entry) => entry.pending.keys().cloned().collect(),
+            None => return Vec::new(),
+        };
+        let cancel = pb::CommandRequest {
+            kind: Some(pb::command_request::Kind::Cancel(pb::CancelCommand {
+                command_id: id.to_owned(),
+            })),
+        };
+        let mut sent = Vec::new();
+        for host in hosts {
+            if let Ok((_, sender)) = self.registry.command_sender(&host)
+                && sender.try_send(Ok(cancel.clone())).is_ok()
+            {
+                sent.push(host);
+            }
+        }
+        sent.sort();
+        sent
+    }
+
+    /// Whether `id` is a command still running somewhere.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// A response from `hostname`'s agent on connection `conn`.
+    pub async fn on_agent_response(&self, hostname: &str, conn: u64, resp: pb::CommandResponse) {
+        let id = resp.command_id;
+        let Some(kind) = resp.kind else {
+            return;
+        };
+        let (events, finished_all) = {
+            let mut inflight = self.lock();
+            let Some(entry) = inflight.get_mut(&id) else {
+                log::debug!("{hostname}: response for unknown command {id}");
+                return;
+            };
+            if entry.pending.get(hostname) != Some(&conn) {
+                log::debug!("{hostname}: response for command {id} from a stale connection");
+                return;
+            }
+            let events = entry.events.clone();
+            let mut finished_all = None;
+            if let AgentKind::Finished(f) = &kind {
+                entry.pending.remove(hostname);
+                self.store_result(&id, hostname, f);
+                if entry.pending.is_empty() {
+                    finished_all = inflight.remove(&id).map(|e| e.done);
+                }
+            }
+            (events, finished_all)
+        };
+        let event_kind = match kind {
+            AgentKind::Accepted(a) => Some(EventKind::Accepted(a)),
+            AgentKind::Rejected(r) => Some(EventKind::Rejected(r)),
+            AgentKind::Output(o) => Some(EventKind::Output(o)),
+            AgentKind::Finished(f) => Some(EventKind::Finished(f)),
+            AgentKind::Hello(_) => None,
+        };
+        if let Some(k) = event_kind {
+            // The operator may be gone; the result is recorded regardless.
+            let _ = events
+                .send(Ok(pb::ExecEvent {
+                    hostname: hostname.to_owned(),
+                    command_id: id,
+                    kind: Some(k),
+                }))
+                .await;
+        }
+        if let Some(done) = finished_all {
+            done.notify_one();
+        }
+    }
+
+    /// `hostname`'s command stream `conn` ended: its pending commands are lost.
+    pub fn on_agent_gone(&self, hostname: &str, conn: u64) {
+        let mut lost = Vec::new();
+        {
+            let mut inflight = self.lock();
+            let mut finished = Vec::new();
+            for (id, entry) in inflight.iter_mut() {
+                if entry.pending.get(hostname) == Some(&conn) {
+                    entry.pending.remove(hostname);
+                    lost.push((id.clone(), entry.events.clone()));
+                    if entry.pending.is_empty() {
+                        finished.push(id.clone());
+                    }
+                }
+            }
+            for id in finished {
+                if let Some(e) = inflight.remove(&id) {
+                    e.done.notify_one();
+                }
+            }
+        }
+        for (id, events) in lost {
+            let message = "lost connection to the agent".to_owned();
+            self.record_result(
+                &id,
+                hostname,
+                pb::Outcome::LostConnection,
+                None,
+                message.clone(),
+            );
+            let _ = events.try_send(Ok(finished_event(
+                hostname,
+                &id,
+                pb::Outcome::LostConnection,
+                message,
+            )));
+        }
+    }
+
+    fn store_result(&self, id: &str, hostname: &str, f: &pb::Finished) {
+        self.record_result(
+            id,
+            hostname,
+            pb::Outcome::Unspecified,
+            Some(f),
+            String::new(),
+        );
+    }
+
+    /// Records a final result in the background (it never delays a stream).
+    fn record_result(
+        &self,
+        id: &str,
+        hostname: &str,
+        outcome: pb::Outcome,
+        finished: Option<&pb::Finished>,
+        message: String,
+    ) {
+        let record = match finished {
+            Some(f) => CommandResultRecord {
+                command_id: id.to_owned(),
+                hostname: hostname.to_owned(),
+                outcome: outcome_of(f.outcome),
+                exit_code: f.exit_code,
+                signal: f.signal,
+                duration_ms: f.duration_ms,
+                stdout_bytes: f.stdout_bytes,
+                stderr_bytes: f.stderr_bytes,
+                message: f.message.clone(),
+                finished_unix_ms: monitor::time::now_unix_ms(),
+            },
+            None => CommandResultRecord {
+                command_id: id.to_owned(),
+                hostname: hostname.to_owned(),
+                outcome: outcome_of(outcome as i32),
+                exit_code: None,
+                signal: None,
+                duration_ms: 0,
+                stdout_bytes: 0,
+                stderr_bytes: 0,
+                message,
+                finished_unix_ms: monitor::time::now_unix_ms(),
+            },
+        };
+        let store = self.store.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = store.record_command_result(record).await {
+                log::error!("command {id}: cannot record a result: {e}");
+            }
+        });
+    }
+}

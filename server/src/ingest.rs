@@ -1,0 +1,314 @@
+//! The agent-facing gRPC service: `Report` (batches in, acknowledgements
+//! out) and `CommandStream` (the handout's bidirectional command stream).
+//!
+//! `Report` validates each batch, queues it to the store in arrival order
+//! and acknowledges it only once it is committed (or known to be a
+//! duplicate, or rejected as invalid). At most [`MAX_PENDING`] batches per
+//! stream wait for their commit; beyond that the handler stops reading, so a
+//! slow disk becomes HTTP/2 flow control toward the agents rather than
+//! memory on the server.
+//!
+//! Both handlers end their response streams when the server shuts down, so
+//! a graceful stop never waits on an agent.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monitor::pb;
+use monitor::pb::collector_server::Collector;
+use monitor::wire::{ValidBatch, validate_batch};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::commands::CommandRouter;
+use crate::registry::{BatchSeen, Registry};
+use crate::store::{IncomingBatch, Store, StoreError, StoredSample, SubmitOutcome};
+
+/// Batches of one stream queued to the store and not yet acknowledged.
+pub const MAX_PENDING: usize = 64;
+/// How long an agent has to send its hello on a new command stream.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+type AckStream = ReceiverStream<Result<pb::Ack, Status>>;
+type CommandRequestStream = ReceiverStream<Result<pb::CommandRequest, Status>>;
+
+#[derive(Clone)]
+pub struct CollectorService {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub router: Arc<CommandRouter>,
+    pub max_clock_skew_ms: i64,
+    /// Turns true when the server stops; handlers end their streams.
+    pub stopping: watch::Receiver<bool>,
+}
+
+fn peer_of<T>(req: &Request<T>) -> String {
+    req.remote_addr()
+        .map(|a: SocketAddr| a.to_string())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Resolves when `stopping` turns true (or its sender is gone).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|s| *s).await;
+}
+
+type Pending = Pin<Box<dyn std::future::Future<Output = pb::Ack> + Send>>;
+
+impl CollectorService {
+    /// Queues a valid batch to the store (waiting while its queue is full:
+    /// that is the backpressure); the returned future resolves to its ack
+    /// once the batch is committed.
+    async fn submit(
+        &self,
+        batch: ValidBatch,
+        peer: &str,
+        received_unix_ms: i64,
+    ) -> Result<Pending, StoreError> {
+        let registry = Arc::clone(&self.registry);
+        let peer = peer.to_owned();
+        let (boot_id, seq) = (batch.boot_id, batch.seq);
+        let incoming = IncomingBatch {
+            agent_id: batch.agent_id.clone(),
+            hostname: batch.hostname.clone(),
+            agent_version: batch.agent_version.clone(),
+            boot_id,
+            seq,
+            received_unix_ms,
+            clock_offset_ms: batch.clock_offset_ms,
+            dropped_batches_total: batch.counters.dropped_batches_total,
+            peer: peer.clone(),
+            samples: batch
+                .samples
+                .iter()
+                .map(|&(time_unix_ms, metric, value)| StoredSample {
+                    time_unix_ms,
+                    metric,
+                    value,
+                })
+                .collect(),
+        };
+        let ticket = self.store.enqueue(incoming).await?;
+        Ok(Box::pin(async move {
+            match ticket.await {
+                Ok(outcome) => {
+                    registry.batch_seen(&BatchSeen {
+                        hostname: &batch.hostname,
+                        agent_id: &batch.agent_id,
+                        agent_version: &batch.agent_version,
+                        peer: &peer,
+                        now_unix_ms: monitor::time::now_unix_ms(),
+                        clock_offset_ms: batch.clock_offset_ms,
+                        dropped_batches_total: batch.counters.dropped_batches_total,
+                        parse_errors_total: batch.counters.parse_errors_total,
+                        samples: &batch.samples,
+                        stored: outcome == SubmitOutcome::Stored,
+                    });
+                    pb::Ack {
+                        boot_id,
+                        seq,
+                        code: 0,
+                        message: String::new(),
+                        server_unix_ms: monitor::time::now_unix_ms(),
+                    }
+                }
+                // Not stored: code UNAVAILABLE ends the stream (below) and
+                // the agent re-sends after reconnecting.
+                Err(e) => pb::Ack {
+                    boot_id,
+                    seq,
+                    code: tonic::Code::Unavailable as i32,
+                    message: e.to_string(),
+                    server_unix_ms: monitor::time::now_unix_ms(),
+                },
+            }
+        }))
+    }
+}
+
+/// The oldest pending ack, or never when there is none.
+async fn front(pending: &mut VecDeque<Pending>) -> pb::Ack {
+    match pending.front_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+#[tonic::async_trait]
+impl Collector for CollectorService {
+    type ReportStream = AckStream;
+    type CommandStreamStream = CommandRequestStream;
+
+    async fn report(
+        &self,
+        request: Request<Streaming<pb::Batch>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        let peer = peer_of(&request);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(MAX_PENDING);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut pending: VecDeque<Pending> = VecDeque::new();
+            let mut hostname: Option<String> = None;
+            let stop = stopped(service.stopping.clone());
+            tokio::pin!(stop);
+            let end: Result<(), Status> = loop {
+                tokio::select! {
+                    biased;
+                    () = &mut stop => break Ok(()),
+                    ack = front(&mut pending), if !pending.is_empty() => {
+                        pending.pop_front();
+                        let failed = ack.code == tonic::Code::Unavailable as i32;
+                        let msg = ack.message.clone();
+                        if failed {
+                            log::error!("{peer}: cannot store batch {}: {msg}", ack.seq);
+                            break Err(Status::unavailable(format!("cannot store the batch: {msg}")));
+                        }
+                        if tx.send(Ok(ack)).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    msg = inbound.message(), if pending.len() < MAX_PENDING => {
+                        let batch = match msg {
+                            Ok(Some(b)) => b,
+                            Ok(None) => break Ok(()),
+                            Err(status) => {
+                                log::debug!("{peer}: report stream: {status}");
+                                break Ok(());
+                            }
+                        };
+                        let received = monitor::time::now_unix_ms();
+                        let (boot_id, seq) = (batch.boot_id, batch.seq);
+                        match validate_batch(batch, received, service.max_clock_skew_ms) {
+                            Ok(valid) => {
+                                if hostname.as_deref() != Some(valid.hostname.as_str()) {
+                                    if let Some(old) = hostname.take() {
+                                        service.registry.report_closed(&old, received);
+                                    }
+                                    log::info!("{} ({peer}) reporting", valid.hostname);
+                                    service.registry.report_opened(&valid.hostname, &peer, received);
+                                    hostname = Some(valid.hostname.clone());
+                                }
+                                if valid.time_corrected {
+                                    log::warn!(
+                                        "{}: clock off by {:.1}s; sample times corrected onto the server's clock",
+                                        valid.hostname,
+                                        valid.clock_offset_ms as f64 / 1000.0
+                                    );
+                                }
+                                match service.submit(valid, &peer, received).await {
+                                    Ok(ack) => pending.push_back(ack),
+                                    Err(e) => {
+                                        log::error!("{peer}: cannot queue batch {seq}: {e}");
+                                        break Err(Status::unavailable(format!("cannot store the batch: {e}")));
+                                    }
+                                }
+                            }
+                            Err(invalid) => {
+                                log::warn!("{peer}: rejected batch {seq}: {invalid}");
+                                let ack = pb::Ack {
+                                    boot_id,
+                                    seq,
+                                    code: tonic::Code::InvalidArgument as i32,
+                                    message: invalid.to_string(),
+                                    server_unix_ms: received,
+                                };
+                                pending.push_back(Box::pin(std::future::ready(ack)));
+                            }
+                        }
+                    }
+                }
+            };
+            if let Err(status) = end {
+                let _ = tx.send(Err(status)).await;
+            }
+            if let Some(h) = hostname {
+                service
+                    .registry
+                    .report_closed(&h, monitor::time::now_unix_ms());
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn command_stream(
+        &self,
+        request: Request<Streaming<pb::CommandResponse>>,
+    ) -> Result<Response<Self::CommandStreamStream>, Status> {
+        let peer = peer_of(&request);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+                Ok(Ok(Some(pb::CommandResponse {
+                    kind: Some(pb::command_response::Kind::Hello(h)),
+                    ..
+                }))) if monitor::wire::valid_hostname(&h.hostname) => h,
+                Ok(Ok(Some(_))) => {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(
+                            "the first message must be a hello with a valid hostname",
+                        )))
+                        .await;
+                    return;
+                }
+                Ok(Ok(None) | Err(_)) => return,
+                Err(_) => {
+                    let _ = tx
+                        .send(Err(Status::deadline_exceeded("no hello within 10s")))
+                        .await;
+                    return;
+                }
+            };
+            let host = hello.hostname.clone();
+            let now = monitor::time::now_unix_ms();
+            let server_hello = pb::CommandRequest {
+                kind: Some(pb::command_request::Kind::Hello(pb::ServerHello {
+                    server_unix_ms: now,
+                })),
+            };
+            if tx.send(Ok(server_hello)).await.is_err() {
+                return;
+            }
+            let conn = service
+                .registry
+                .commands_opened(&hello, &peer, tx.clone(), now);
+            log::info!(
+                "{host} ({peer}) command stream open, agent {} {}",
+                hello.agent_id,
+                hello.agent_version
+            );
+            let stop = stopped(service.stopping.clone());
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    () = &mut stop => break,
+                    msg = inbound.message() => match msg {
+                        Ok(Some(resp)) => {
+                            if let Some(pb::command_response::Kind::Finished(f)) = &resp.kind {
+                                log::debug!("{host}: command {} finished: outcome {}", resp.command_id, f.outcome);
+                            }
+                            service.router.on_agent_response(&host, conn, resp).await;
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            log::debug!("{host}: command stream: {status}");
+                            break;
+                        }
+                    }
+                }
+            }
+            service
+                .registry
+                .commands_closed(&host, conn, monitor::time::now_unix_ms());
+            service.router.on_agent_gone(&host, conn);
+            log::info!("{host} ({peer}) command stream closed");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,208 @@
+//! Wires the store, the registry, the command router and the two gRPC
+//! listeners together, and stops them in order.
+//!
+//! [`run`] takes already-bound listeners and a shutdown future, so tests
+//! drive a real server in-process on `127.0.0.1:0`. Shutdown: notice (the
+//! future resolves), tell (`stopping` flips: every agent stream ends, the
+//! listeners stop accepting), wait (the servers finish, bounded by
+//! [`DRAIN_TIMEOUT`]; the store commits what it has and closes).
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monitor::pb::admin_server::AdminServer;
+use monitor::pb::collector_server::CollectorServer;
+use monitor::sd_notify::Notifier;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::admin::AdminService;
+use crate::commands::CommandRouter;
+use crate::config::Config;
+use crate::ingest::CollectorService;
+use crate::registry::Registry;
+use crate::store::{Store, StoreConfig, StoreError};
+
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a graceful stop waits for connections to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message an agent may send (a batch is well under 2 KiB; a
+/// command's output chunk at most 16 KiB).
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 256 * 1024;
+/// Streams one agent connection may open (an agent uses two).
+pub const MAX_STREAMS_PER_AGENT: u32 = 16;
+
+#[derive(Debug)]
+pub enum ServerError {
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    Store(StoreError),
+    Serve(tonic::transport::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Store(e) => write!(f, "{e}"),
+            ServerError::Serve(e) => write!(f, "serving: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Bind { source, .. } => Some(source),
+            ServerError::Store(e) => Some(e),
+            ServerError::Serve(e) => Some(e),
+        }
+    }
+}
+
+/// The two bound sockets.
+pub struct Listeners {
+    pub agents: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })
+        };
+        Ok(Listeners {
+            agents: bind(config.listen).await?,
+            admin: bind(config.admin_listen).await?,
+        })
+    }
+
+    pub fn agents_addr(&self) -> std::io::Result<SocketAddr> {
+        self.agents.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let store_config = StoreConfig {
+        retention: config.retention,
+        ..StoreConfig::new(&config.db)
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .map_err(|e| ServerError::Store(StoreError::Writer(std::io::Error::other(e.to_string()))))?
+        .map_err(ServerError::Store)?;
+    let hosts = store.hosts().await.map_err(ServerError::Store)?;
+    log::info!(
+        "store {} open: {} known hosts",
+        config.db.display(),
+        hosts.len()
+    );
+    let registry = Arc::new(Registry::load(hosts));
+    let router = Arc::new(CommandRouter::new(Arc::clone(&registry), store.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let collector = CollectorService {
+        store: store.clone(),
+        registry: Arc::clone(&registry),
+        router: Arc::clone(&router),
+        max_clock_skew_ms: config.max_clock_skew.as_millis() as i64,
+        stopping: stop_rx.clone(),
+    };
+    let admin = AdminService {
+        store: store.clone(),
+        registry: Arc::clone(&registry),
+        router: Arc::clone(&router),
+    };
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let agents_addr = listeners.agents_addr().ok();
+    let admin_addr = listeners.admin_addr().ok();
+    let agents = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_AGENT))
+        .add_service(
+            CollectorServer::new(collector).max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.agents),
+            stopped(stop_rx.clone()),
+        );
+    let admin = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(AdminServer::new(admin))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.admin),
+            stopped(stop_rx.clone()),
+        );
+    let mut agents = tokio::spawn(agents);
+    let mut admin = tokio::spawn(admin);
+    if let (Some(a), Some(b)) = (agents_addr, admin_addr) {
+        log::info!("listening for agents on {a}, operator API on {b}");
+    }
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.ready();
+    let watchdog = notifier.watchdog_interval().map(|every| {
+        let store = store.clone();
+        let notifier = Arc::clone(&notifier);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                // Only a server whose store still answers is alive.
+                if store.hosts().await.is_ok() {
+                    notifier.watchdog();
+                }
+            }
+        })
+    });
+
+    let mut serve_error = None;
+    tokio::select! {
+        () = shutdown => log::info!("stopping"),
+        r = &mut agents => serve_error = Some(r),
+        r = &mut admin => serve_error = Some(r),
+    }
+    notifier.stopping();
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let _ = (&mut agents).await;
+        let _ = (&mut admin).await;
+    })
+    .await;
+    if drained.is_err() {
+        log::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+        agents.abort();
+        admin.abort();
+    }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    store.close().await.map_err(ServerError::Store)?;
+    log::info!("store closed");
+    match serve_error {
+        Some(Ok(Err(e))) => Err(ServerError::Serve(e)),
+        _ => Ok(()),
+    }
+}
