@@ -141,6 +141,8 @@ pub enum CtlError {
     Failed(String),
     /// Already reported (e.g. per-host failures printed): exit 1.
     Reported,
+    /// Stdout was closed by the reader (`monitorctl ... | head`): exit 0.
+    StdoutClosed,
 }
 
 impl CtlError {
@@ -149,6 +151,7 @@ impl CtlError {
             CtlError::Usage(_) => 2,
             CtlError::Connect(_) => 3,
             CtlError::Failed(_) | CtlError::Reported => 1,
+            CtlError::StdoutClosed => 0,
         }
     }
 }
@@ -158,6 +161,7 @@ impl std::fmt::Display for CtlError {
         match self {
             CtlError::Usage(m) | CtlError::Connect(m) | CtlError::Failed(m) => f.write_str(m),
             CtlError::Reported => f.write_str("failed"),
+            CtlError::StdoutClosed => f.write_str("stdout closed"),
         }
     }
 }
@@ -271,8 +275,8 @@ fn print_out(text: &str) -> Result<(), CtlError> {
         .and_then(|()| stdout.flush())
     {
         Ok(()) => Ok(()),
-        // A closed pipe (monitorctl ... | head) is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        // A closed pipe (monitorctl ... | head) ends the output quietly.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CtlError::StdoutClosed),
         Err(e) => Err(CtlError::Failed(format!("stdout: {e}"))),
     }
 }

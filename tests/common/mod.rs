@@ -374,6 +374,30 @@ pub fn allowlist(dir: &TempDir, text: &str) -> PathBuf {
     p
 }
 
+/// Pids of live processes whose command line (arguments joined by spaces)
+/// contains `needle`. Reads /proc directly: no procps needed.
+pub fn processes_matching(needle: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let args: Vec<String> = c
+                        .split(|&b| b == 0)
+                        .filter(|a| !a.is_empty())
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect();
+                    args.join(" ").contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .filter(|pid| pid_alive(*pid))
+        .collect()
+}
+
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

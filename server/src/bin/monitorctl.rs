@@ -39,6 +39,7 @@ fn main() -> ExitCode {
     match runtime.block_on(ctl::run(args, &env)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ctl::CtlError::Reported) => ExitCode::from(1),
+        Err(ctl::CtlError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("monitorctl: {e}");
             ExitCode::from(e.exit_code())
