@@ -237,11 +237,7 @@ fn cancel_by_id_and_by_ctrl_c() {
     );
     // No sleep 301 left on the machine.
     wait_for("sleep 301 gone", Duration::from_secs(10), || {
-        let out = Command::new("pgrep")
-            .args(["-f", "sleep 301"])
-            .output()
-            .ok()?;
-        (!out.status.success()).then_some(())
+        processes_matching("sleep 301").is_empty().then_some(())
     });
 }
 
