@@ -9,7 +9,10 @@
 //! memory on the server.
 //!
 //! Both handlers end their response streams when the server shuts down, so
-//! a graceful stop never waits on an agent.
+//! a graceful stop never waits on an agent. A `Report` stream that ends for
+//! any reason first waits for the batches it already queued (they commit
+//! regardless), records them in the registry and acknowledges them if the
+//! agent still listens.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -223,6 +226,23 @@ impl Collector for CollectorService {
                     }
                 }
             };
+            // Batches already queued are committed (or fail) whatever
+            // happens to this stream: wait for each, so the registry counts
+            // what was stored (its `batches_stored_total` and latest values
+            // would otherwise miss them until a restart), and acknowledge
+            // it if the agent still listens, so a graceful stop leaves it
+            // nothing to re-send. After a failure nothing more is
+            // acknowledged: an ack covers every earlier batch. `try_send`:
+            // an agent that does not read its acks only gets them again as
+            // duplicates, it never holds this task.
+            let mut acking = end.is_ok();
+            while let Some(ack) = pending.pop_front() {
+                let ack = ack.await;
+                acking &= ack.code != tonic::Code::Unavailable as i32;
+                if acking && tx.try_send(Ok(ack)).is_err() {
+                    acking = false;
+                }
+            }
             if let Err(status) = end {
                 let _ = tx.send(Err(status)).await;
             }
