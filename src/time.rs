@@ -11,10 +11,28 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Milliseconds since the Unix epoch by the wall clock; negative before 1970
 /// (a Pi without a real-time clock can boot there).
 pub fn now_unix_ms() -> i64 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
+    let real = match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
-    }
+    };
+    real.saturating_add(test_clock_offset_ms())
+}
+
+/// For tests only: `MONITOR_TEST_CLOCK_OFFSET_MS` (whole milliseconds, may
+/// be negative) shifts this process's wall clock, so an end-to-end test can
+/// run an agent whose clock is wrong without touching the machine's clock.
+/// Read once; unset or unreadable means no shift. Never set it in
+/// production.
+pub const TEST_CLOCK_OFFSET_ENV: &str = "MONITOR_TEST_CLOCK_OFFSET_MS";
+
+fn test_clock_offset_ms() -> i64 {
+    static OFFSET_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET_MS.get_or_init(|| {
+        std::env::var(TEST_CLOCK_OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 UTC with milliseconds,
