@@ -102,20 +102,48 @@ impl Drop for TempDir {
 
 /// Lines a child wrote to stderr, collected by a thread.
 #[derive(Clone, Default)]
-pub struct Log(Arc<Mutex<Vec<String>>>);
+pub struct Log(Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<Instant>>>);
 
 impl Log {
     fn follow(&self, stream: impl std::io::Read + Send + 'static, echo_prefix: String) {
         let lines = Arc::clone(&self.0);
+        let times = Arc::clone(&self.1);
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
                 if std::env::var_os("MONITOR_TEST_ECHO").is_some() {
                     eprintln!("{echo_prefix}{line}");
                 }
-                lines.lock().unwrap().push(line);
+                // Lock order: lines, then times (here and in `timed`).
+                let mut l = lines.lock().unwrap();
+                l.push(line);
+                times.lock().unwrap().push(Instant::now());
             }
         });
+    }
+
+    /// When each line was read (by this process's clock), with the line.
+    pub fn timed(&self) -> Vec<(Instant, String)> {
+        let lines = self.0.lock().unwrap();
+        let times = self.1.lock().unwrap();
+        times.iter().copied().zip(lines.iter().cloned()).collect()
+    }
+
+    /// When the first line containing `needle` read at or after `since`
+    /// arrived.
+    pub fn first_after(&self, needle: &str, since: Instant) -> Option<Instant> {
+        self.timed()
+            .into_iter()
+            .find(|(t, l)| *t >= since && l.contains(needle))
+            .map(|(t, _)| t)
+    }
+
+    /// Lines containing `needle` read at or after `since`.
+    pub fn count_after(&self, needle: &str, since: Instant) -> usize {
+        self.timed()
+            .into_iter()
+            .filter(|(t, l)| *t >= since && l.contains(needle))
+            .count()
     }
 
     pub fn lines(&self) -> Vec<String> {
@@ -205,6 +233,29 @@ pub struct Server {
     pub agents_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub db: PathBuf,
+    /// The network namespace it runs in (`ip netns exec`), if not ours;
+    /// `ctl` runs monitorctl there too.
+    pub netns: Option<String>,
+}
+
+/// Where `ip` is (it lives in sbin, which a test's PATH may lack).
+pub fn ip_bin() -> Option<PathBuf> {
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// `program`, run inside the network namespace `netns` when one is given.
+pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(ns) => {
+            let mut cmd = Command::new(ip_bin().expect("ip(8) for a network namespace"));
+            cmd.args(["netns", "exec", ns]).arg(program);
+            cmd
+        }
+    }
 }
 
 impl Server {
@@ -216,11 +267,27 @@ impl Server {
     /// Starts a server listening for agents on `listen` (e.g. the address
     /// of a previous run, to restart in place).
     pub fn start_with(db: &Path, listen: &str, extra: &[&str]) -> Server {
-        let mut cmd = Command::new(bin("monitor-server"));
+        Server::start_opts(db, listen, extra, &[], None)
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables and,
+    /// optionally, inside a network namespace (`ip netns exec NS`; the
+    /// process keeps its pid, so signals reach the server itself).
+    pub fn start_opts(
+        db: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+    ) -> Server {
+        let mut cmd = command_in(netns, &bin("monitor-server"));
         cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0", "--db"])
             .arg(db)
             .args(extra)
             .env("MONITOR_LOG", "debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let proc = Proc::spawn(cmd, "server");
         let line = wait_for("the server to listen", Duration::from_secs(20), || {
             proc.stderr
@@ -238,6 +305,7 @@ impl Server {
             agents_addr: addrs[0],
             admin_addr: addrs[1],
             db: db.to_path_buf(),
+            netns: netns.map(str::to_owned),
         }
     }
 
@@ -251,7 +319,28 @@ impl Server {
 
     /// Runs monitorctl against this server.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        ctl(&self.admin_url(), args)
+        match &self.netns {
+            None => ctl(&self.admin_url(), args),
+            Some(ns) => command_in(Some(ns), &bin("monitorctl"))
+                .arg("--server")
+                .arg(self.admin_url())
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run monitorctl"),
+        }
+    }
+
+    /// What `monitorctl hosts --json` says about `host`, if it knows it.
+    pub fn host(&self, host: &str) -> Option<HostJson> {
+        let out = self.ctl(&["hosts", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(HostJson::parse)
+            .find(|h| h.hostname == host)
     }
 
     /// Runs monitorctl and returns its stdout, panicking on failure.
@@ -324,6 +413,36 @@ impl JsonSample {
     }
 }
 
+/// The counters of one line of `monitorctl hosts --json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostJson {
+    pub hostname: String,
+    pub online: bool,
+    pub clock_offset_ms: i64,
+    pub dropped_batches_total: u64,
+    pub batches_stored_total: u64,
+}
+
+impl HostJson {
+    /// Parses the fixed shape monitorctl prints.
+    pub fn parse(line: &str) -> Option<HostJson> {
+        let raw = |name: &str| -> Option<&str> {
+            let key = format!("\"{name}\":");
+            let start = line.find(&key)? + key.len();
+            let rest = &line[start..];
+            let end = rest.find([',', '}'])?;
+            Some(rest[..end].trim_matches('"'))
+        };
+        Some(HostJson {
+            hostname: raw("hostname")?.to_owned(),
+            online: raw("online")?.parse().ok()?,
+            clock_offset_ms: raw("clock_offset_ms")?.parse().ok()?,
+            dropped_batches_total: raw("dropped_batches_total")?.parse().ok()?,
+            batches_stored_total: raw("batches_stored_total")?.parse().ok()?,
+        })
+    }
+}
+
 /// Builder for a monitor-agent child.
 pub struct AgentCmd {
     cmd: Command,
@@ -332,7 +451,12 @@ pub struct AgentCmd {
 
 impl AgentCmd {
     pub fn new(server_url: &str, hostname: &str) -> AgentCmd {
-        let mut cmd = Command::new(bin("monitor-agent"));
+        AgentCmd::new_in(None, server_url, hostname)
+    }
+
+    /// An agent run inside the network namespace `netns` (if given).
+    pub fn new_in(netns: Option<&str>, server_url: &str, hostname: &str) -> AgentCmd {
+        let mut cmd = command_in(netns, &bin("monitor-agent"));
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("MONITOR_SERVER", server_url)
