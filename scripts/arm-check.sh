@@ -361,6 +361,7 @@ for t in $targets; do
 
     ctl exec --host "$host" -- ping >"$work/ping-$t.out" 2>&1 ||
         fail "monitorctl exec --host $host -- ping: $(cat "$work/ping-$t.out")"
+    grep -qw pong "$work/ping-$t.out" || fail "$host: ping did not answer pong: $(cat "$work/ping-$t.out")"
     log "$host: exec ping -> $(tr '\n' ' ' <"$work/ping-$t.out")"
 
     ctl exec --host "$host" -- uname -m >"$work/uname-$t.out" 2>&1 ||
@@ -373,7 +374,7 @@ for t in $targets; do
     if ctl exec --host "$host" -- rm -rf /tmp/x >"$work/refused-$t.out" 2>&1; then
         fail "$host: exec of a command missing from the allowlist succeeded: $(cat "$work/refused-$t.out")"
     fi
-    log "$host: exec rm (not allowlisted) -> refused"
+    log "$host: exec rm (not allowlisted) -> refused: $(tr '\n' ' ' <"$work/refused-$t.out")"
 done
 
 log "all checks passed"
