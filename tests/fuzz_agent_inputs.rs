@@ -1,0 +1,249 @@
+//! Fuzz: everything the agent reads that it did not write itself — the four
+//! /proc parsers, the command allowlist parser, the spool file parser — and
+//! the collector, which turns whatever /proc holds, tick after tick, into
+//! the six values.
+//!
+//! Checks, for every input: no panic; no allocation out of proportion to
+//! the input (an allocator that counts bytes wraps the system one); the
+//! spool's readable prefix parses to the same batches on its own; and the
+//! collector only ever produces values the server accepts (finite,
+//! percentages within 0–100, rates ≥ 0) — one bad value would make the
+//! server reject the whole batch.
+//!
+//! Seeds are the verbatim captures in agent/tests/fixtures (x86_64,
+//! aarch64 and armv7 machines), the example allowlist, and a spool written
+//! by the real `Spool`. One `#[test]` only: the allocation counter is
+//! process-wide.
+
+// Test support code panics on purpose when the harness cannot proceed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::TempDir;
+use common::fuzz::Fuzzer;
+use monitor::batch::TickBatch;
+use monitor::metric::Metric;
+use monitor_agent::collector::Collector;
+use monitor_agent::commands::policy::Allowlist;
+use monitor_agent::proc;
+use monitor_agent::spool::{self, Spool};
+use monitor_agent::testing::{DiskKind, FakeHost, InterfaceKind};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes a parse may allocate per input byte, plus a constant (see
+/// tests/fuzz_wire.rs for the reasoning).
+const ALLOC_PER_INPUT_BYTE: usize = 128;
+const ALLOC_BASE_BYTES: usize = 64 * 1024;
+/// Real /proc files of a small box are a few KiB.
+const MAX_INPUT_BYTES: usize = 16 * 1024;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agent/tests/fixtures")
+}
+
+fn read_all(relative: &str) -> Vec<Vec<u8>> {
+    ["x86_64", "aarch64", "armv7"]
+        .iter()
+        .map(|m| std::fs::read(fixtures().join(m).join("proc").join(relative)).expect("fixture"))
+        .collect()
+}
+
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
+/// A spool file written by the real writer: the seed for `spool::parse`.
+fn spool_seed(dir: &TempDir) -> Vec<u8> {
+    let path = dir.join("seed.spool");
+    let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
+    let batches: Vec<TickBatch> = (1..=4)
+        .map(|seq| TickBatch {
+            boot_id: 0xfeed,
+            seq,
+            time_unix_ms: 1_795_608_000_000 + seq as i64 * 5000,
+            values: Metric::ALL
+                .iter()
+                .take(seq as usize + 2)
+                .map(|m| (*m, seq as f64 * 1.5))
+                .collect(),
+        })
+        .collect();
+    for (i, b) in batches.iter().enumerate() {
+        s.append(b, batches[..=i].iter()).unwrap();
+    }
+    s.sync().unwrap();
+    drop(s);
+    std::fs::read(&path).unwrap()
+}
+
+/// The readable prefix of a spool is a spool with the same batches.
+fn spool_target(bytes: &[u8]) {
+    if let Some((batches, good)) = spool::parse(bytes) {
+        assert!(
+            (8..=bytes.len()).contains(&good),
+            "{good} of {}",
+            bytes.len()
+        );
+        let again = spool::parse(&bytes[..good]).expect("the good prefix is a spool");
+        assert_eq!(again, (batches, good));
+    }
+}
+
+fn stat_target(bytes: &[u8]) {
+    if let Ok(cpu) = proc::stat::parse(&text(bytes)) {
+        let _ = (cpu.total_ticks(), cpu.busy_ticks());
+    }
+}
+
+fn meminfo_target(bytes: &[u8]) {
+    if let Ok(m) = proc::meminfo::parse(&text(bytes))
+        && let Some(p) = m.used_percent()
+    {
+        assert!(p.is_finite() && (0.0..=100.0).contains(&p), "{p}");
+    }
+}
+
+fn diskstats_target(bytes: &[u8]) {
+    let t = text(bytes);
+    for line in proc::diskstats::parse(&t) {
+        let _ = line;
+    }
+}
+
+fn netdev_target(bytes: &[u8]) {
+    let t = text(bytes);
+    for line in proc::netdev::parse(&t) {
+        let _ = line;
+    }
+}
+
+fn allowlist_target(bytes: &[u8]) {
+    let _ = Allowlist::parse(&text(bytes), Path::new("/etc/monitor/commands.allow"));
+}
+
+/// The collector over a fake host whose files the fuzzer rewrites one per
+/// tick (the first byte picks which), with a second passing between ticks.
+struct CollectorRig {
+    host: FakeHost,
+    collector: Collector,
+    now: Instant,
+    values: usize,
+}
+
+const FILES: [&str; 4] = [
+    "proc/stat",
+    "proc/meminfo",
+    "proc/diskstats",
+    "proc/net/dev",
+];
+
+impl CollectorRig {
+    fn new() -> CollectorRig {
+        let mut host = FakeHost::new();
+        host.add_disk("sda", DiskKind::Physical)
+            .add_disk("mmcblk0", DiskKind::Physical)
+            .add_interface("eth0", InterfaceKind::Physical)
+            .add_interface("wlan0", InterfaceKind::Physical);
+        let collector = Collector::open(&host.proc_root(), &host.sys_root(), None).unwrap();
+        CollectorRig {
+            host,
+            collector,
+            now: Instant::now(),
+            values: 0,
+        }
+    }
+
+    /// The fake host's own files, tagged with their index, plus the
+    /// fixtures of the real machines.
+    fn seeds(&self) -> Vec<Vec<u8>> {
+        let mut seeds = Vec::new();
+        for (i, f) in FILES.iter().enumerate() {
+            let mut s = vec![i as u8];
+            s.extend(std::fs::read(self.host.root().join(f)).unwrap());
+            seeds.push(s);
+            for fixture in read_all(f.trim_start_matches("proc/")) {
+                let mut s = vec![i as u8];
+                s.extend(fixture);
+                seeds.push(s);
+            }
+        }
+        seeds
+    }
+
+    fn tick(&mut self, input: &[u8]) {
+        let Some((&which, contents)) = input.split_first() else {
+            return;
+        };
+        self.host
+            .write_raw(FILES[usize::from(which) % FILES.len()], contents);
+        self.now += Duration::from_secs(1);
+        let readings = self.collector.sample(self.now);
+        for (metric, value) in readings.iter() {
+            assert!(value.is_finite(), "{metric} = {value}");
+            if metric.is_percent() {
+                assert!((0.0..=100.0).contains(&value), "{metric} = {value}");
+            } else {
+                assert!(value >= 0.0, "{metric} = {value}");
+            }
+            self.values += 1;
+        }
+    }
+}
+
+#[test]
+fn fuzz_agent_parsers_spool_allowlist_and_collector() {
+    let dir = TempDir::new("fuzz-agent");
+    let mut fuzzer = Fuzzer::from_env(30_000);
+    let allowlist_seed = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agent/commands.allow.example"),
+    )
+    .unwrap();
+    type Target = (&'static str, Vec<Vec<u8>>, fn(&[u8]));
+    let targets: [Target; 6] = [
+        ("proc_stat", read_all("stat"), stat_target),
+        ("proc_meminfo", read_all("meminfo"), meminfo_target),
+        ("proc_diskstats", read_all("diskstats"), diskstats_target),
+        ("proc_net_dev", read_all("net/dev"), netdev_target),
+        ("allowlist", vec![allowlist_seed], allowlist_target),
+        ("spool", vec![spool_seed(&dir)], spool_target),
+    ];
+    let mut worst_ratio = 0f64;
+    for (name, seeds, target) in &targets {
+        fuzzer.run(name, seeds, MAX_INPUT_BYTES, |input| {
+            let region = Region::new(GLOBAL);
+            target(input);
+            let allocated = region.change().bytes_allocated;
+            let bound = ALLOC_PER_INPUT_BYTE * input.len() + ALLOC_BASE_BYTES;
+            assert!(
+                allocated <= bound,
+                "{name}: {allocated} bytes allocated for a {}-byte input",
+                input.len()
+            );
+            if input.len() >= 256 {
+                worst_ratio = worst_ratio.max(allocated as f64 / input.len() as f64);
+            }
+        });
+    }
+
+    // The collector does file I/O per tick: fewer inputs.
+    let mut rig = CollectorRig::new();
+    let seeds = rig.seeds();
+    fuzzer.iterations = (fuzzer.iterations / 10).max(100);
+    let ran = fuzzer.run("collector", &seeds, MAX_INPUT_BYTES, |input| {
+        rig.tick(input)
+    });
+    // Values came out: the rig really ran the collector's arithmetic.
+    assert!(rig.values > ran, "{} values from {ran} ticks", rig.values);
+    println!(
+        "fuzz agent inputs: worst allocation {worst_ratio:.1} bytes per input byte for inputs \
+         of 256 bytes or more; collector produced {} values in {ran} ticks, all in range",
+        rig.values
+    );
+}
