@@ -121,7 +121,7 @@ struct StoredHost {
     /// Distinct sample times: one per stored batch.
     batch_times: u64,
     rows: u64,
-    /// (time, metric) keys stored more than once (across runs).
+    /// Times (or (time, metric) keys) stored more than once, across runs.
     duplicate_keys: u64,
 }
 
@@ -138,31 +138,97 @@ fn stored(db: &Path) -> BTreeMap<String, StoredHost> {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(check, vec!["ok".to_string()], "integrity_check of {db:?}");
-    let mut stmt = c
-        .prepare(
+    let sql = match sample_table(&c) {
+        // One row per (host, time, metric, run).
+        "samples" => {
             "SELECT h.hostname, h.batches_stored_total, h.dropped_batches_total,
                     (SELECT COUNT(DISTINCT time_unix_ms) FROM samples s WHERE s.host_id = h.host_id),
                     (SELECT COUNT(*) FROM samples s WHERE s.host_id = h.host_id),
                     (SELECT COUNT(*) FROM (SELECT 1 FROM samples s WHERE s.host_id = h.host_id
                         GROUP BY time_unix_ms, metric_id HAVING COUNT(*) > 1))
-             FROM hosts h",
-        )
+             FROM hosts h"
+        }
+        // One row per (host, time, run), a nullable column per metric.
+        _ => {
+            "SELECT h.hostname, h.batches_stored_total, h.dropped_batches_total,
+                    (SELECT COUNT(DISTINCT time_unix_ms) FROM ticks t WHERE t.host_id = h.host_id),
+                    (SELECT COALESCE(SUM((cpu_percent IS NOT NULL) + (mem_percent IS NOT NULL)
+                        + (disk_read_kbps IS NOT NULL) + (disk_write_kbps IS NOT NULL)
+                        + (net_in_kbps IS NOT NULL) + (net_out_kbps IS NOT NULL)), 0)
+                     FROM ticks t WHERE t.host_id = h.host_id),
+                    (SELECT COUNT(*) FROM (SELECT 1 FROM ticks t WHERE t.host_id = h.host_id
+                        GROUP BY time_unix_ms HAVING COUNT(*) > 1))
+             FROM hosts h"
+        }
+    };
+    // The reworked store appends one `journal` row per stored batch and
+    // folds them into `hosts`/`agent_runs` every few seconds; the file's
+    // state is those rows plus the journal (see server/src/store/journal.rs).
+    let journal = has_table(&c, "journal");
+    let mut stmt = c.prepare(sql).unwrap();
+    let mut hosts = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                StoredHost {
+                    batches_stored_total: r.get::<_, i64>(1)? as u64,
+                    dropped_batches_total: r.get::<_, i64>(2)? as u64,
+                    batch_times: r.get::<_, i64>(3)? as u64,
+                    rows: r.get::<_, i64>(4)? as u64,
+                    duplicate_keys: r.get::<_, i64>(5)? as u64,
+                },
+            ))
+        })
+        .unwrap()
+        .collect::<Result<BTreeMap<String, StoredHost>, _>>()
         .unwrap();
-    stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            StoredHost {
-                batches_stored_total: r.get::<_, i64>(1)? as u64,
-                dropped_batches_total: r.get::<_, i64>(2)? as u64,
-                batch_times: r.get::<_, i64>(3)? as u64,
-                rows: r.get::<_, i64>(4)? as u64,
-                duplicate_keys: r.get::<_, i64>(5)? as u64,
-            },
-        ))
-    })
+    if journal {
+        let mut stmt = c
+            .prepare(
+                "SELECT h.hostname, COUNT(*), (SELECT j2.dropped_batches_total FROM journal j2
+                     WHERE j2.host_id = h.host_id ORDER BY j2.journal_id DESC LIMIT 1)
+                 FROM journal j JOIN hosts h USING (host_id) GROUP BY h.host_id",
+            )
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })
+            .unwrap();
+        for row in rows {
+            let (host, batches, dropped) = row.unwrap();
+            if let Some(h) = hosts.get_mut(&host) {
+                h.batches_stored_total += batches;
+                h.dropped_batches_total = dropped;
+            }
+        }
+    }
+    hosts
+}
+
+/// Which table holds the samples: `samples` (a row per metric) in the
+/// first schema, `ticks` (a row per tick) since the store's rework. The
+/// test reads either, so it checks the file whatever the layout.
+fn sample_table(c: &rusqlite::Connection) -> &'static str {
+    if has_table(c, "ticks") {
+        "ticks"
+    } else {
+        "samples"
+    }
+}
+
+fn has_table(c: &rusqlite::Connection, name: &str) -> bool {
+    c.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get::<_, i64>(0),
+    )
     .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
+        > 0
 }
 
 /// The sequence numbers the store holds for each run of `agent_id`, from
@@ -173,23 +239,44 @@ fn stored_seqs(db: &Path, agent_id: &str) -> Vec<BTreeSet<u64>> {
     let mut stmt = c
         .prepare("SELECT high_seq, gaps FROM agent_runs WHERE agent_id = ?1 ORDER BY run_id")
         .unwrap();
-    stmt.query_map([agent_id], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
-    })
-    .unwrap()
-    .map(|row| {
-        let (high, gaps) = row.unwrap();
-        let mut seqs: BTreeSet<u64> = (1..=high).collect();
-        for g in gaps.chunks_exact(16) {
-            let lo = u64::from_le_bytes(g[..8].try_into().unwrap());
-            let hi = u64::from_le_bytes(g[8..].try_into().unwrap());
-            for s in lo..=hi {
-                seqs.remove(&s);
+    let mut runs = stmt
+        .query_map([agent_id], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+        })
+        .unwrap()
+        .map(|row| {
+            let (high, gaps) = row.unwrap();
+            let mut seqs: BTreeSet<u64> = (1..=high).collect();
+            for g in gaps.chunks_exact(16) {
+                let lo = u64::from_le_bytes(g[..8].try_into().unwrap());
+                let hi = u64::from_le_bytes(g[8..].try_into().unwrap());
+                for s in lo..=hi {
+                    seqs.remove(&s);
+                }
             }
+            seqs
+        })
+        .collect::<Vec<_>>();
+    if has_table(&c, "journal") {
+        // Batches stored since the last fold (see `stored`).
+        let mut stmt = c
+            .prepare(
+                "SELECT (SELECT COUNT(*) FROM agent_runs r2 WHERE r2.agent_id = r.agent_id
+                             AND r2.run_id < r.run_id), j.seq
+                 FROM journal j JOIN agent_runs r USING (run_id) WHERE r.agent_id = ?1",
+            )
+            .unwrap();
+        let rows = stmt
+            .query_map([agent_id], |r| {
+                Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as u64))
+            })
+            .unwrap();
+        for row in rows {
+            let (run, seq) = row.unwrap();
+            runs[run].insert(seq);
         }
-        seqs
-    })
-    .collect()
+    }
+    runs
 }
 
 /// Waits for an agent started with `--count` to flush and exit; asserts a
@@ -1011,15 +1098,12 @@ fn a_far_off_agent_clock_is_corrected_and_a_near_one_kept() {
     assert!(table.contains("+10.") || table.contains("+9."), "{table}");
     // Newest stored sample time of each, against this process's clock.
     let c = rusqlite::Connection::open(&db).unwrap();
-    let newest = |h: &str| -> i64 {
-        c.query_row(
-            "SELECT MAX(s.time_unix_ms) FROM samples s JOIN hosts h USING (host_id)
-             WHERE h.hostname = ?1",
-            [h],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
+    let sql = format!(
+        "SELECT MAX(s.time_unix_ms) FROM {} s JOIN hosts h USING (host_id)
+         WHERE h.hostname = ?1",
+        sample_table(&c)
+    );
+    let newest = |h: &str| -> i64 { c.query_row(&sql, [h], |r| r.get(0)).unwrap() };
     let now = monitor::time::now_unix_ms();
     let behind_lag = now - newest("clk-behind");
     let ahead_lag = now - newest("clk-ahead");
