@@ -25,8 +25,8 @@ use monitor::pb::collector_server::CollectorServer;
 use monitor::sd_notify::Notifier;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
 use crate::commands::CommandRouter;
@@ -177,14 +177,18 @@ pub async fn run(
             CollectorServer::new(collector).max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.agents),
+            // tonic ignores .tcp_nodelay() for a caller's incoming stream:
+            // without it, small replies wait for the peer's delayed ACK (40 ms).
+            TcpIncoming::from(listeners.agents).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
     let admin = Server::builder()
         .tcp_nodelay(true)
         .add_service(AdminServer::new(admin))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.admin),
+            // tonic ignores .tcp_nodelay() for a caller's incoming stream:
+            // without it, small replies wait for the peer's delayed ACK (40 ms).
+            TcpIncoming::from(listeners.admin).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
     let mut agents = tokio::spawn(agents);
