@@ -205,6 +205,22 @@ userland() {
     fi
     echo "$dir/bin/busybox"
 }
+for t in $targets; do
+    userland "$t" >/dev/null
+done
+
+# A foreign architecture with no package installed is of no use, and while
+# its index on the mirror is stale it makes every `apt-get update` on this
+# machine fail: take it out again (the next run adds it back to look).
+installed_pkgs=$(dpkg-query -W -f='${binary:Package}\n')
+for t in $targets; do
+    a=${deb_arch[$t]}
+    if grep -qx "$a" <<<"$(dpkg --print-foreign-architectures)" &&
+        ! grep -q ":$a\$" <<<"$installed_pkgs"; then
+        dpkg --remove-architecture "$a"
+        log "dpkg --remove-architecture $a (no $a package needed)"
+    fi
+done
 
 # ---------------------------------------------------------------------------
 # 2. Builds.
@@ -248,7 +264,7 @@ done
 size_row x86_64-unknown-linux-gnu "$repo_dir/target/release/monitor-agent"
 echo
 for t in $targets; do
-    file -b "$cross_dir/${triple[$t]}/release/monitor-agent" | grep -q 'not stripped' &&
+    [[ $(file -b "$cross_dir/${triple[$t]}/release/monitor-agent") != *"not stripped"* ]] ||
         fail "${triple[$t]} agent is not stripped (release profile strip = true?)"
 done
 
