@@ -15,8 +15,13 @@
 //! Knobs (environment): MONITOR_BENCH_AGENTS (10000), MONITOR_BENCH_SECS
 //! (15), MONITOR_BENCH_PREFILL_TICKS (300 s of history per agent, written
 //! directly before the run), MONITOR_BENCH_FLUSH_MAX_BATCHES,
-//! MONITOR_BENCH_FLUSH_DELAY_MS, MONITOR_BENCH_CHECKPOINT_S, MONITOR_BENCH_DIR. This program measures; it must never touch anything
-//! but its own temporary directory.
+//! MONITOR_BENCH_FLUSH_DELAY_MS, MONITOR_BENCH_CHECKPOINT_S,
+//! MONITOR_BENCH_FOLD_S, MONITOR_BENCH_DIR, and MONITOR_BENCH_PREFILL_CACHE_DIR
+//! (keeps the prefilled file there, named by agents and ticks, and copies it
+//! instead of prefilling again: delete it after a schema change, and after
+//! a week, when its history falls out of the retention). This program
+//! measures; it must never touch anything but its own temporary directory
+//! and the prefill cache it is given.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -207,9 +212,10 @@ fn prefill_history(
                  first_seen_unix_ms, last_seen_unix_ms)
              VALUES (?1, ?2, 0, ?3, x'', ?4, ?4)",
         )?;
-        let mut sample = tx.prepare(
-            "INSERT INTO samples (host_id, metric_id, time_unix_ms, run_id, value,
-                 receive_lag_ms) VALUES (?1, ?2, ?3, ?1, ?4, 3)",
+        let mut tick = tx.prepare(
+            "INSERT INTO ticks (host_id, time_unix_ms, run_id, receive_lag_ms, cpu_percent,
+                 mem_percent, disk_read_kbps, disk_write_kbps, net_in_kbps, net_out_kbps)
+             VALUES (?1, ?2, ?1, 3, ?3, ?3, ?3, ?3, ?3, ?3)",
         )?;
         for a in 0..agents {
             let id = a as i64 + 1;
@@ -222,17 +228,14 @@ fn prefill_history(
                 ticks
             ])?;
             run.execute(rusqlite::params![id, format!("agent-{a:05}"), ticks, first])?;
-            // In the order of the samples' key (host, time, metric).
+            // In the order of the key (host, time, run).
             for t in 0..ticks {
-                for m in 0..6i64 {
-                    sample.execute(rusqlite::params![
-                        id,
-                        m,
-                        first + t * 1000,
-                        (t % 1000) as f64 / 10.0
-                    ])?;
-                    rows += 1;
-                }
+                tick.execute(rusqlite::params![
+                    id,
+                    first + t * 1000,
+                    (t % 1000) as f64 / 10.0
+                ])?;
+                rows += 6;
             }
         }
     }
@@ -255,18 +258,35 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         "MONITOR_BENCH_CHECKPOINT_S",
         config.checkpoint_interval.as_secs(),
     ));
+    config.journal_fold_interval = Duration::from_secs(env_or(
+        "MONITOR_BENCH_FOLD_S",
+        config.journal_fold_interval.as_secs(),
+    ));
     println!(
         "store bench: {agents} agents, {secs} s per phase, flush_max_batches {}, \
-         flush_max_delay {:?}, checkpoint_interval {:?}, queue_capacity {}, db {}",
+         flush_max_delay {:?}, checkpoint_interval {:?}, journal_fold_interval {:?}, \
+         queue_capacity {}, db {}",
         config.flush_max_batches,
         config.flush_max_delay,
         config.checkpoint_interval,
+        config.journal_fold_interval,
         config.queue_capacity,
         path.display()
     );
     let base_ms = monitor::time::now_unix_ms() - (secs as i64 + 5) * 2 * 1000;
     let prefill: i64 = env_or("MONITOR_BENCH_PREFILL_TICKS", 300);
-    if prefill > 0 {
+    let cached = std::env::var_os("MONITOR_BENCH_PREFILL_CACHE_DIR")
+        .map(|d| PathBuf::from(d).join(format!("prefill-{agents}-{prefill}.db")));
+    if let Some(c) = cached.as_ref().filter(|c| prefill > 0 && c.exists()) {
+        let t = Instant::now();
+        std::fs::copy(c, &path)?;
+        println!(
+            "prefill copied from {} in {:.1} s, {:.0} MiB",
+            c.display(),
+            t.elapsed().as_secs_f64(),
+            file_size_mib(&path)
+        );
+    } else if prefill > 0 {
         // Creates the tables, then fills them directly.
         Store::open(config.clone())?.close().await?;
         let t = Instant::now();
@@ -276,8 +296,13 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             t.elapsed().as_secs_f64(),
             file_size_mib(&path)
         );
+        if let Some(c) = &cached {
+            std::fs::copy(&path, c)?;
+        }
     }
+    let t = Instant::now();
     let store = Store::open(config)?;
+    println!("open (quick_check, load hosts): {:.0} ms", ms(t.elapsed()));
 
     // Phase 1: paced like real agents, 1 batch per agent per second.
     let interval = Duration::from_secs(1);

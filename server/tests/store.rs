@@ -227,8 +227,26 @@ async fn unknown_host_is_its_own_error() {
     store.close().await.unwrap();
 }
 
+/// `config` with the journal folded into the tables after every flush,
+/// for tests that run both ways.
+fn folding_config(dir: &TempDir) -> StoreConfig {
+    StoreConfig {
+        journal_fold_interval: Duration::ZERO,
+        ..config(dir)
+    }
+}
+
 #[tokio::test]
 async fn re_sent_batches_are_acknowledged_and_stored_once() {
+    check_dedup(config).await;
+}
+
+#[tokio::test]
+async fn re_sent_batches_are_acknowledged_and_stored_once_folding() {
+    check_dedup(folding_config).await;
+}
+
+async fn check_dedup(config: fn(&TempDir) -> StoreConfig) {
     let dir = TempDir::new("dedup");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
@@ -298,6 +316,15 @@ async fn dropping_the_store_without_close_loses_nothing_acknowledged() {
 
 #[tokio::test]
 async fn hosts_are_known_after_a_restart_with_their_latest_values() {
+    check_hosts(config).await;
+}
+
+#[tokio::test]
+async fn hosts_are_known_after_a_restart_with_their_latest_values_folding() {
+    check_hosts(folding_config).await;
+}
+
+async fn check_hosts(config: fn(&TempDir) -> StoreConfig) {
     let dir = TempDir::new("hosts");
     let base = base_ms();
     let store = Store::open(config(&dir)).unwrap();
@@ -342,12 +369,21 @@ async fn hosts_are_known_after_a_restart_with_their_latest_values() {
 
 #[tokio::test]
 async fn retention_prunes_only_old_samples_in_small_chunks() {
+    check_retention(config).await;
+}
+
+#[tokio::test]
+async fn retention_prunes_only_old_samples_in_small_chunks_folding() {
+    check_retention(folding_config).await;
+}
+
+async fn check_retention(config: fn(&TempDir) -> StoreConfig) {
     let dir = TempDir::new("retention");
     let mut c = config(&dir);
     c.retention = Duration::from_secs(3600);
     c.retention_interval = Duration::from_millis(20);
-    // Smaller than one host's old samples: the pass needs several steps.
-    c.retention_chunk_rows = 7;
+    // Fewer than one host's old ticks: the pass needs several steps.
+    c.retention_chunk_rows = 2;
     let store = Store::open(c).unwrap();
     let now = monitor::time::now_unix_ms();
     let old = now - 2 * 3_600_000;
@@ -365,8 +401,23 @@ async fn retention_prunes_only_old_samples_in_small_chunks() {
         &rows_of(6..=8, recent - 6000, &Metric::ALL),
     )
     .await;
-    // The host itself stays known.
-    assert_eq!(store.hosts().await.unwrap().len(), 2);
+    // The hosts stay known; a latest value goes with its samples.
+    eventually(
+        "old latest values dropped",
+        Duration::from_secs(10),
+        || async { store.hosts().await.unwrap()[0].latest.is_empty() },
+    )
+    .await;
+    let hosts = store.hosts().await.unwrap();
+    assert_eq!(hosts.len(), 2);
+    assert_eq!(hosts[0].hostname, "other");
+    assert_eq!(hosts[1].latest.len(), 6);
+    assert!(
+        hosts[1]
+            .latest
+            .iter()
+            .all(|l| l.time_unix_ms == recent - 6000 + 8000)
+    );
     store.close().await.unwrap();
 }
 
@@ -602,8 +653,10 @@ async fn command_history_round_trips_newest_first() {
 }
 
 /// Environment variable that turns [`crash_child`] into the ingesting
-/// child process of [`acknowledged_batches_survive_sigkill`].
+/// child process of the SIGKILL tests.
 const CRASH_CHILD_DB: &str = "MONITOR_STORE_CRASH_CHILD_DB";
+/// The child's `journal_fold_interval`, in ms.
+const CRASH_CHILD_FOLD_MS: &str = "MONITOR_STORE_CRASH_CHILD_FOLD_MS";
 
 /// In a normal run: nothing. As the child: ingests batches of 4 hosts as
 /// fast as it can, printing "acked HOST SEQ BASE" after each commit, until
@@ -615,6 +668,9 @@ async fn crash_child() {
     };
     let mut c = StoreConfig::new(PathBuf::from(db));
     c.flush_max_delay = Duration::from_millis(2);
+    if let Ok(ms) = std::env::var(CRASH_CHILD_FOLD_MS) {
+        c.journal_fold_interval = Duration::from_millis(ms.parse().unwrap());
+    }
     let store = Store::open(c).unwrap();
     let base = base_ms();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -636,12 +692,16 @@ async fn crash_child() {
     }
 }
 
-#[tokio::test]
-async fn acknowledged_batches_survive_sigkill() {
+/// Runs [`crash_child`] with the given fold interval, SIGKILLs it after
+/// 400 acknowledgements, and checks the file it left: intact, every
+/// acknowledged batch stored, and the hosts' counters and the dedup state
+/// in step with the samples (the journal replayed, not lost or doubled).
+async fn check_sigkill(fold_ms: u64) {
     let dir = TempDir::new("sigkill");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(CRASH_CHILD_DB, dir.db())
+        .env(CRASH_CHILD_FOLD_MS, fold_ms.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -684,5 +744,300 @@ async fn acknowledged_batches_survive_sigkill() {
         };
         check(&store, q, &rows_of([*seq], *base, &Metric::ALL)).await;
     }
+    // Batches committed but not yet acknowledged when the child died are
+    // stored too: each host's counter equals its batches in the file.
+    let hosts = store.hosts().await.unwrap();
+    assert_eq!(hosts.len(), 4);
+    for h in &hosts {
+        let stored = stored_count(&store, &h.hostname).await as u64 / 6;
+        assert_eq!(h.batches_stored_total, stored, "{}", h.hostname);
+        assert_eq!(
+            h.last_seen_unix_ms,
+            h.first_seen_unix_ms + (stored as i64 - 1) * 1000
+        );
+    }
+    for (host, seq, base) in acked.iter().step_by(7) {
+        assert_eq!(
+            store.submit(batch(host, 1, *seq, *base)).await.unwrap(),
+            SubmitOutcome::Duplicate,
+            "{host} seq {seq} was stored before the kill"
+        );
+    }
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn acknowledged_batches_survive_sigkill() {
+    // The default interval: the child dies before its first fold.
+    check_sigkill(10_000).await;
+}
+
+#[tokio::test]
+async fn acknowledged_batches_survive_sigkill_between_folds() {
+    check_sigkill(3).await;
+}
+
+/// The tables of schema 1 (one row per sample), as that server created
+/// them, to test the conversion at open.
+const SCHEMA_1: &str = "
+PRAGMA page_size = 1024;
+PRAGMA journal_mode = WAL;
+CREATE TABLE hosts (
+    host_id INTEGER PRIMARY KEY, hostname TEXT NOT NULL UNIQUE, agent_id TEXT NOT NULL,
+    agent_version TEXT NOT NULL, peer TEXT NOT NULL, first_seen_unix_ms INTEGER NOT NULL,
+    last_seen_unix_ms INTEGER NOT NULL, clock_offset_ms INTEGER NOT NULL,
+    dropped_batches_total INTEGER NOT NULL, batches_stored_total INTEGER NOT NULL
+);
+CREATE TABLE agent_runs (
+    run_id INTEGER PRIMARY KEY, agent_id TEXT NOT NULL, boot_id INTEGER NOT NULL,
+    high_seq INTEGER NOT NULL, gaps BLOB NOT NULL, first_seen_unix_ms INTEGER NOT NULL,
+    last_seen_unix_ms INTEGER NOT NULL, UNIQUE (agent_id, boot_id)
+);
+CREATE INDEX agent_runs_by_last_seen ON agent_runs (last_seen_unix_ms);
+CREATE TABLE samples (
+    host_id INTEGER NOT NULL, metric_id INTEGER NOT NULL, time_unix_ms INTEGER NOT NULL,
+    run_id INTEGER NOT NULL, value REAL NOT NULL, receive_lag_ms INTEGER NOT NULL,
+    PRIMARY KEY (host_id, time_unix_ms, metric_id, run_id)
+) WITHOUT ROWID;
+CREATE TABLE commands (
+    command_row INTEGER PRIMARY KEY, command_id TEXT NOT NULL UNIQUE,
+    time_unix_ms INTEGER NOT NULL, argv BLOB NOT NULL
+);
+CREATE TABLE command_results (
+    command_row INTEGER NOT NULL, hostname TEXT NOT NULL, target_index INTEGER NOT NULL,
+    outcome TEXT, exit_code INTEGER, signal INTEGER, duration_ms INTEGER,
+    stdout_bytes INTEGER, stderr_bytes INTEGER, message TEXT, finished_unix_ms INTEGER,
+    PRIMARY KEY (command_row, hostname)
+) WITHOUT ROWID;
+CREATE INDEX command_results_by_host ON command_results (hostname, command_row);
+PRAGMA user_version = 1;
+";
+
+/// A schema 1 file holding host pi with run 1 (boot 7: seqs 1, 3 and 4
+/// stored, 2 a gap; seq 4 with only four metrics) and run 2 (another
+/// agent claiming pi, one cpu sample at seq 4's time), and one command.
+/// Seq 1's cpu sample gets metric id `cpu_metric_id` (0 is right).
+fn write_schema_1(path: &Path, base: i64, cpu_metric_id: i64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(SCHEMA_1).unwrap();
+    conn.execute(
+        "INSERT INTO hosts VALUES (1, 'pi', 'pi-agent', '0.1.0', '127.0.0.1:40000', ?1, ?2, -40,
+             0, 4)",
+        [base + 1250, base + 4250],
+    )
+    .unwrap();
+    let gap: Vec<u8> = [2u64.to_le_bytes(), 2u64.to_le_bytes()].concat();
+    conn.execute(
+        "INSERT INTO agent_runs VALUES (1, 'pi-agent', 7, 4, ?1, ?2, ?3)",
+        rusqlite::params![gap, base + 1250, base + 4250],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO agent_runs VALUES (2, 'other-agent', 1, 1, x'', ?1, ?1)",
+        [base + 4250],
+    )
+    .unwrap();
+    let mut sample = conn
+        .prepare("INSERT INTO samples VALUES (1, ?1, ?2, ?3, ?4, 250)")
+        .unwrap();
+    for seq in [1u64, 3, 4] {
+        let metrics = if seq == 4 { 4 } else { 6 };
+        for i in 0..metrics {
+            let id = if seq == 1 && i == 0 {
+                cpu_metric_id
+            } else {
+                i as i64
+            };
+            sample
+                .execute(rusqlite::params![
+                    id,
+                    base + seq as i64 * 1000,
+                    1,
+                    value_of(seq, i)
+                ])
+                .unwrap();
+        }
+    }
+    sample
+        .execute(rusqlite::params![0, base + 4000, 2, 99.0])
+        .unwrap();
+    conn.execute(
+        "INSERT INTO commands VALUES (1, 'c1', 1000, x'06000000757074696d65')",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO command_results (command_row, hostname, target_index) VALUES (1, 'pi', 0)",
+        [],
+    )
+    .unwrap();
+}
+
+fn pragma(path: &Path, sql: &str) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
+    use SubmitOutcome::{Duplicate, Stored};
+    let dir = TempDir::new("migrate");
+    let base = base_ms();
+    write_schema_1(&dir.db(), base, 0);
+    let store = Store::open(config(&dir)).unwrap();
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 2);
+    assert_eq!(
+        pragma(
+            &dir.db(),
+            "SELECT count(*) FROM sqlite_schema WHERE name IN ('samples', 'agent_runs_by_last_seen')"
+        ),
+        0
+    );
+
+    // Every sample, in (time, metric, run) order: at seq 4's time run 1's
+    // cpu comes before run 2's.
+    let mut expected = rows_of([1, 3], base, &Metric::ALL);
+    expected.push((base + 4000, Metric::CpuPercent, value_of(4, 0)));
+    expected.push((base + 4000, Metric::CpuPercent, 99.0));
+    for (i, &m) in Metric::ALL.iter().enumerate().take(4).skip(1) {
+        expected.push((base + 4000, m, value_of(4, i)));
+    }
+    check(&store, all("pi"), &expected).await;
+    let rows = store.query(all("pi")).await.unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r.received_unix_ms == r.time_unix_ms + 250)
+    );
+
+    // The dedup state came along: stored seqs are duplicates, the gap is not.
+    let outcomes = [
+        store.submit(batch("pi", 7, 1, base)).await.unwrap(),
+        store.submit(batch("pi", 7, 4, base)).await.unwrap(),
+        store.submit(batch("pi", 7, 2, base)).await.unwrap(),
+    ];
+    assert_eq!(outcomes, [Duplicate, Duplicate, Stored]);
+    let hosts = store.hosts().await.unwrap();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].batches_stored_total, 5);
+    // The latest cpu value is run 2's: same time, the higher run.
+    assert_eq!(hosts[0].latest[0].value, 99.0);
+    assert_eq!(store.history(None, 10).await.unwrap()[0].argv, ["uptime"]);
+    store.close().await.unwrap();
+    assert_eq!(integrity_check(&dir.db()), "ok");
+}
+
+#[tokio::test]
+async fn a_failed_conversion_leaves_the_schema_1_file_as_it_was() {
+    let dir = TempDir::new("migrate-fail");
+    // Metric id 9 does not exist: the conversion must stop, not guess.
+    write_schema_1(&dir.db(), base_ms(), 9);
+    match Store::open(config(&dir)) {
+        Err(e @ StoreError::Sqlite { .. }) => {
+            let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+            assert!(chain.contains("upgrading the database schema"), "{chain}");
+            assert!(chain.contains("unknown metric id 9"), "{chain}");
+        }
+        other => panic!("expected Sqlite, got {other:?}"),
+    }
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 1);
+    assert_eq!(
+        pragma(&dir.db(), "SELECT count(*) FROM samples"),
+        6 + 6 + 4 + 1
+    );
+    assert_eq!(integrity_check(&dir.db()), "ok");
+}
+
+#[tokio::test]
+async fn a_clock_stepped_back_within_a_run_keeps_the_first_values() {
+    let dir = TempDir::new("same-time");
+    let store = Store::open(config(&dir)).unwrap();
+    let base = base_ms();
+    // seq 1 has cpu and mem; seq 2 (the clock stepped back to the same
+    // millisecond) repeats cpu with another value and adds disk_read.
+    let mut first = batch("pi", 1, 1, base);
+    first.samples.truncate(2);
+    let mut second = batch("pi", 1, 2, base);
+    second.samples.truncate(3);
+    for s in &mut second.samples {
+        s.time_unix_ms = base + 1000;
+    }
+    store.submit(first).await.unwrap();
+    assert_eq!(store.submit(second).await.unwrap(), SubmitOutcome::Stored);
+    check(
+        &store,
+        all("pi"),
+        &[
+            (base + 1000, Metric::CpuPercent, value_of(1, 0)),
+            (base + 1000, Metric::MemPercent, value_of(1, 1)),
+            (base + 1000, Metric::DiskReadKbps, value_of(2, 2)),
+        ],
+    )
+    .await;
+    let latest: Vec<(Metric, f64)> = store.hosts().await.unwrap()[0]
+        .latest
+        .iter()
+        .map(|l| (l.metric, l.value))
+        .collect();
+    assert_eq!(
+        latest,
+        [
+            (Metric::CpuPercent, value_of(1, 0)),
+            (Metric::MemPercent, value_of(1, 1)),
+            (Metric::DiskReadKbps, value_of(2, 2)),
+        ]
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn samples_of_one_batch_at_several_times_and_bad_values() {
+    let dir = TempDir::new("several-times");
+    let store = Store::open(config(&dir)).unwrap();
+    let base = base_ms();
+    let sample = |t: i64, metric, value| StoredSample {
+        time_unix_ms: base + t,
+        metric,
+        value,
+    };
+    let mut b = batch("pi", 1, 1, base);
+    b.samples = vec![
+        sample(2000, Metric::MemPercent, 1.0),
+        sample(1000, Metric::CpuPercent, 2.0),
+        sample(2000, Metric::CpuPercent, 3.0),
+        // A repeat of (time, metric) in the batch: the first one is kept.
+        sample(2000, Metric::MemPercent, 4.0),
+        // Not storable: skipped, the rest of the batch (and flush) is not.
+        sample(1000, Metric::NetInKbps, f64::NAN),
+        sample(3000, Metric::NetOutKbps, f64::INFINITY),
+    ];
+    assert_eq!(store.submit(b).await.unwrap(), SubmitOutcome::Stored);
+    check(
+        &store,
+        all("pi"),
+        &[
+            (base + 1000, Metric::CpuPercent, 2.0),
+            (base + 2000, Metric::CpuPercent, 3.0),
+            (base + 2000, Metric::MemPercent, 1.0),
+        ],
+    )
+    .await;
+    let mem = SampleQuery {
+        metric: Some(Metric::MemPercent),
+        ..all("pi")
+    };
+    check(&store, mem, &[(base + 2000, Metric::MemPercent, 1.0)]).await;
+    let first_two = SampleQuery {
+        limit: Some(2),
+        ..all("pi")
+    };
+    check(
+        &store,
+        first_two,
+        &[
+            (base + 1000, Metric::CpuPercent, 2.0),
+            (base + 2000, Metric::CpuPercent, 3.0),
+        ],
+    )
+    .await;
     store.close().await.unwrap();
 }

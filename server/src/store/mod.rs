@@ -5,8 +5,13 @@
 //! requests from a bounded queue; it groups them into one transaction per
 //! flush (up to `flush_max_batches` requests or `flush_max_delay` after the
 //! first, whichever comes first) and answers each request only after that
-//! transaction committed. Reads run on tokio's blocking pool against
-//! read-only connections (WAL lets them read while the writer writes).
+//! transaction committed. A batch is one row in `ticks` plus one row
+//! appended to `journal`; the hosts' and runs' bookkeeping is folded from
+//! the journal into their tables every `journal_fold_interval` (see
+//! `schema.rs` for why, `journal.rs` for how). Sample queries and history
+//! run on tokio's blocking pool against read-only connections (WAL lets
+//! them read while the writer writes); `hosts()` copies the writer's
+//! in-memory host table (`hosts.rs`).
 //!
 //! Invariants (the tests in `server/tests/store.rs` hold us to them):
 //! - `submit` resolves `Ok` only after the transaction holding the batch
@@ -20,14 +25,19 @@
 //!   and changes nothing, in the file or in the writer's memory.
 //!
 //! The store must never see protobuf types, never block the async runtime,
-//! and never delete more than `retention_chunk_rows` samples in one
+//! and never delete more than `retention_chunk_rows` rows in one
 //! transaction.
 
 mod checkpoint;
 mod dedup;
 mod error;
+mod hosts;
+mod journal;
+mod migrate;
 mod read;
+mod runs;
 mod schema;
+mod ticks;
 mod writer;
 
 use std::path::PathBuf;
@@ -41,6 +51,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use error::StoreError;
 
+use hosts::HostTable;
 use read::Readers;
 use writer::Request;
 
@@ -62,13 +73,20 @@ pub struct StoreConfig {
     pub flush_max_delay: Duration,
     /// How often a retention pass starts. Default 60 s.
     pub retention_interval: Duration,
-    /// Most samples one retention transaction deletes. Default 5,000.
+    /// Most rows (ticks of one host, up to six samples each) one retention
+    /// transaction deletes. Default 5,000.
     pub retention_chunk_rows: usize,
+    /// How often the writer folds the journal into the `hosts` and
+    /// `agent_runs` tables (see `journal.rs`). Longer: fewer pages
+    /// rewritten; shorter: a smaller journal to replay after a crash.
+    /// Default 10 s; zero folds after every flush.
+    pub journal_fold_interval: Duration,
     /// How often the WAL is copied back into the database file, by a
     /// thread of its own. Default 10 s.
     pub checkpoint_interval: Duration,
     /// SQLite page cache of the writer connection, in KiB. Default 64 MiB:
-    /// the hot pages are the newest page of each host and the tree above.
+    /// the hot pages are the newest page of each host's range of `ticks`
+    /// and the tree above.
     pub cache_size_kib: u32,
 }
 
@@ -83,6 +101,7 @@ impl StoreConfig {
             flush_max_delay: Duration::from_millis(20),
             retention_interval: Duration::from_secs(60),
             retention_chunk_rows: 5_000,
+            journal_fold_interval: Duration::from_secs(10),
             checkpoint_interval: Duration::from_secs(10),
             cache_size_kib: 64 * 1024,
         }
@@ -344,6 +363,8 @@ struct Inner {
     path: PathBuf,
     requests: mpsc::Sender<Request>,
     readers: Arc<Readers>,
+    /// The writer's host table, copied by `hosts()`.
+    hosts: Arc<HostTable>,
     /// Set by the first `close`; later requests fail with `Closed`.
     closed: AtomicBool,
     /// Taken (and joined) by the first `close`.
@@ -367,10 +388,11 @@ impl Store {
         config.validate()?;
         let (requests, rx) = mpsc::channel(config.queue_capacity);
         let path = config.path.clone();
-        let handle = writer::start(config, rx)?;
+        let (handle, hosts) = writer::start(config, rx)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 readers: Arc::new(Readers::new(path.clone())),
+                hosts,
                 path,
                 requests,
                 closed: AtomicBool::new(false),
@@ -422,9 +444,19 @@ impl Store {
         self.inner.readers.run(move |c| read::samples(c, &q)).await
     }
 
-    /// Every host ever stored, by hostname, with its latest value per metric.
+    /// Every host ever stored, by hostname, with its latest value per metric
+    /// (among what is stored: values older than the retention are gone; and
+    /// after a restart, a metric missing from a host's newest ten ticks
+    /// shows none). Reflects every batch acknowledged so far.
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
-        self.inner.readers.run(read::hosts).await
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        // On the blocking pool: the writer holds the table during a fold.
+        let hosts = Arc::clone(&self.inner.hosts);
+        tokio::task::spawn_blocking(move || hosts.snapshot())
+            .await
+            .map_err(StoreError::Reader)
     }
 
     /// Records an operator command and its targets (results pending).
@@ -527,6 +559,27 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         self.request(Request::SetMaxPageCount { pages, reply }, answer)
             .await
+    }
+
+    /// Test hook: stops the writer the way `kill -9` would, as far as the
+    /// file can tell (everything acknowledged is committed; the journal is
+    /// not folded, the WAL not checkpointed), and waits for its thread.
+    #[cfg(test)]
+    pub(crate) async fn abandon(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Request::Abandon { reply }, answer).await?;
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.readers.close();
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
-//! Reads: sample queries, the hosts table with latest values, command
-//! history. They run on tokio's blocking pool against read-only
-//! connections, each in one read transaction so it sees one snapshot.
+//! Reads from the file: sample queries and command history. They run on
+//! tokio's blocking pool against read-only connections, each in one read
+//! transaction so it sees one snapshot. (`hosts()` reads memory, see
+//! `hosts.rs`.)
 //!
 //! Reads must never touch the writer's connection or run on an async
 //! worker thread: a slow query may not delay an acknowledgement.
@@ -13,12 +14,9 @@ use monitor::metric::Metric;
 use rusqlite::Connection;
 
 use super::error::StoreError;
-use super::schema::{self, decode_argv, metric_column, metric_id, u64_from_sql};
-use super::{CommandOutcome, HistoryRow, HostRecord, LatestValue, SampleQuery, StoredSampleRow};
-
-/// How many of a host's newest samples `hosts()` looks at for the latest
-/// value of each metric (ten batches of six).
-const LATEST_SCAN_ROWS: i64 = 60;
+use super::schema::{self, METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
+use super::ticks::{METRICS, StoredTick, Unpacker};
+use super::{CommandOutcome, HistoryRow, SampleQuery, StoredSampleRow};
 
 /// Idle read connections kept for reuse; more are opened on demand.
 const MAX_IDLE_READERS: usize = 4;
@@ -87,9 +85,9 @@ fn sql(during: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 }
 
 /// Samples of one host, oldest first: one range scan of the primary key
-/// (host, time, metric, run), which is already the order wanted, so a limit
-/// stops the scan early. With one metric, the other metrics' rows of the
-/// same pages are read and skipped.
+/// (host, time, run) of `ticks`, which is already in time order, unpacked
+/// into samples (see `ticks.rs`); a limit stops the scan early. With one
+/// metric, rows lacking it are skipped by SQLite and the limit is SQL's.
 pub(crate) fn samples(
     conn: &mut Connection,
     q: &SampleQuery,
@@ -99,101 +97,65 @@ pub(crate) fn samples(
     let host_id = schema::host_id(&tx, &q.hostname)
         .map_err(sql(during))?
         .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
-    let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
     let until = q.until_unix_ms.unwrap_or(i64::MAX);
+    let metric_index = q.metric.map(|m| metric_id(m) as usize);
+    // Only with one metric is a row one sample, so only then can SQL apply
+    // the limit.
+    let (filter, sql_limit) = match metric_index.and_then(|i| METRIC_COLUMNS.get(i)) {
+        Some(column) => (
+            format!("AND {column} IS NOT NULL"),
+            q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+        ),
+        None => (String::new(), -1),
+    };
     let mut stmt = tx
-        .prepare_cached(
-            "SELECT time_unix_ms, metric_id, value, receive_lag_ms FROM samples
-             WHERE host_id = ?1 AND time_unix_ms >= ?2 AND time_unix_ms < ?3
-               AND (?4 IS NULL OR metric_id = ?4)
-             ORDER BY time_unix_ms, metric_id, run_id
-             LIMIT ?5",
-        )
+        .prepare_cached(&format!(
+            "SELECT time_unix_ms, run_id, receive_lag_ms, cpu_percent, mem_percent,
+                 disk_read_kbps, disk_write_kbps, net_in_kbps, net_out_kbps
+             FROM ticks
+             WHERE host_id = ?1 AND time_unix_ms >= ?2 AND time_unix_ms < ?3 {filter}
+             ORDER BY time_unix_ms, run_id
+             LIMIT ?4"
+        ))
         .map_err(sql(during))?;
-    let metric = q.metric.map(metric_id);
-    let rows = stmt
-        .query_map(
-            rusqlite::params![host_id, q.since_unix_ms, until, metric, limit],
-            |r| {
-                let time_unix_ms: i64 = r.get(0)?;
-                let lag_ms: i64 = r.get(3)?;
-                Ok(StoredSampleRow {
-                    time_unix_ms,
-                    hostname: q.hostname.clone(),
-                    metric: metric_column(r, 1)?,
-                    value: r.get(2)?,
-                    received_unix_ms: time_unix_ms.saturating_add(lag_ms),
-                })
-            },
-        )
+    let mut rows = stmt
+        .query(rusqlite::params![
+            host_id,
+            q.since_unix_ms,
+            until,
+            sql_limit
+        ])
         .map_err(sql(during))?;
-    rows.collect::<Result<_, _>>().map_err(sql(during))
-}
-
-/// Every host, by hostname, with its newest value of each metric.
-pub(crate) fn hosts(conn: &mut Connection) -> Result<Vec<HostRecord>, StoreError> {
-    let during = "listing hosts";
-    let tx = conn.transaction().map_err(sql(during))?;
-    let mut out = Vec::new();
-    {
-        let mut list = tx
-            .prepare(
-                "SELECT host_id, hostname, agent_id, agent_version, peer, first_seen_unix_ms,
-                     last_seen_unix_ms, clock_offset_ms, dropped_batches_total,
-                     batches_stored_total
-                 FROM hosts ORDER BY hostname",
-            )
-            .map_err(sql(during))?;
-        let mut latest = tx
-            .prepare(
-                "SELECT time_unix_ms, metric_id, value FROM samples WHERE host_id = ?1
-                 ORDER BY time_unix_ms DESC, metric_id DESC, run_id DESC LIMIT ?2",
-            )
-            .map_err(sql(during))?;
-        let mut rows = list.query([]).map_err(sql(during))?;
-        while let Some(r) = rows.next().map_err(sql(during))? {
-            let host_id: i64 = r.get(0).map_err(sql(during))?;
-            let mut record = host_row(r).map_err(sql(during))?;
-            // The newest rows of the host, newest first: the first row of
-            // each metric is its latest value. Bounded, so a metric a host
-            // stopped reporting long ago never costs a scan of its history.
-            let mut found: [Option<LatestValue>; Metric::ALL.len()] = [None; Metric::ALL.len()];
-            let mut l = latest
-                .query(rusqlite::params![host_id, LATEST_SCAN_ROWS])
-                .map_err(sql(during))?;
-            while let Some(row) = l.next().map_err(sql(during))? {
-                let metric = metric_column(row, 1).map_err(sql(during))?;
-                let Some(i) = Metric::ALL.iter().position(|&m| m == metric) else {
-                    continue;
-                };
-                if found[i].is_none() {
-                    found[i] = Some(LatestValue {
-                        metric,
-                        time_unix_ms: row.get(0).map_err(sql(during))?,
-                        value: row.get(2).map_err(sql(during))?,
-                    });
-                }
-            }
-            record.latest = found.into_iter().flatten().collect();
-            out.push(record);
+    let mut unpacker = Unpacker::new(metric_index, q.limit);
+    let mut unpacked = Vec::new();
+    while !unpacker.is_full() {
+        let Some(r) = rows.next().map_err(sql(during))? else {
+            break;
+        };
+        let mut tick = StoredTick {
+            time_unix_ms: r.get(0).map_err(sql(during))?,
+            run_id: r.get(1).map_err(sql(during))?,
+            receive_lag_ms: r.get(2).map_err(sql(during))?,
+            values: [None; METRICS],
+        };
+        for (i, v) in tick.values.iter_mut().enumerate() {
+            *v = r.get(3 + i).map_err(sql(during))?;
         }
+        unpacker.push(tick, &mut unpacked);
     }
-    Ok(out)
-}
-
-fn host_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HostRecord> {
-    Ok(HostRecord {
-        hostname: r.get(1)?,
-        agent_id: r.get(2)?,
-        agent_version: r.get(3)?,
-        peer: r.get(4)?,
-        first_seen_unix_ms: r.get(5)?,
-        last_seen_unix_ms: r.get(6)?,
-        clock_offset_ms: r.get(7)?,
-        dropped_batches_total: u64_from_sql(r.get(8)?),
-        batches_stored_total: u64_from_sql(r.get(9)?),
-        latest: Vec::new(),
-    })
+    unpacker.finish(&mut unpacked);
+    Ok(unpacked
+        .into_iter()
+        .filter_map(|u| {
+            Some(StoredSampleRow {
+                time_unix_ms: u.time_unix_ms,
+                hostname: q.hostname.clone(),
+                metric: *Metric::ALL.get(u.metric_index)?,
+                value: u.value,
+                received_unix_ms: u.received_unix_ms,
+            })
+        })
+        .collect())
 }
 
 /// Command history, newest command first; within a command, by hostname.

@@ -1,33 +1,39 @@
-//! The database file: how it is opened and checked, its tables, and how the
-//! store's values are represented in it (metric ids, outcome names, argv).
+//! The database file: how it is opened, checked and migrated, its tables,
+//! and how the store's values are represented in it (metric ids and
+//! columns, outcome names, argv).
 //!
 //! Layout, chosen for 10,000 batches (60,000 samples) per second on two
-//! cores, and measured with `cargo bench -p monitor-server --bench store`:
-//! - `samples` is a WITHOUT ROWID table clustered on
-//!   (host_id, time_unix_ms, metric_id, run_id): one b-tree write per sample
-//!   and no secondary index (a rowid table plus an index on
-//!   (host, metric, time) writes two b-trees and stores the key twice). The
-//!   cost that dominates is pages dirtied per flush, each written whole to
-//!   the WAL: with time before metric, the six samples of a batch land in
-//!   the same page, one dirty page per host per flush; (host, metric, time)
-//!   dirties six, which on this disk halved the sustained rate once the
-//!   ranges outgrew a page. A query for one host is one range scan in time
-//!   order; one metric of it reads the other metrics' rows of the same pages.
-//! - Pages are 1 KiB: a flush rewrites a page to add ~150 bytes to it, so a
-//!   smaller page is a smaller WAL; reads pay a slightly deeper tree.
+//! cores, and measured with `cargo bench -p monitor-server --bench store`.
+//! What limits ingest is the number of pages a flush dirties: SQLite writes
+//! each dirty page whole to the WAL and fsyncs it at every commit. So:
+//! - `ticks` holds one row per (host_id, time_unix_ms, run_id) with one
+//!   nullable REAL column per metric, WITHOUT ROWID and clustered on that
+//!   key (see `ticks.rs`): a batch is one b-tree insert into its host's
+//!   newest page, and a query for one host is one range scan in time order.
+//!   Schema 1 stored one row per sample: six inserts per batch, the key
+//!   stored six times.
+//! - What changes with every batch besides its samples (the host's last
+//!   seen, counters, the run's stored seqs) is NOT updated in `hosts` and
+//!   `agent_runs` per batch: those rows are scattered over the file, and
+//!   updating them dirtied about three more pages per batch, which made the
+//!   WAL several times larger than the samples. Instead each batch appends
+//!   one row to `journal` (a rowid table: appends fill its last page), and
+//!   the writer folds the journal into `hosts` and `agent_runs` every few
+//!   seconds (see `journal.rs`). The journal row is in the batch's
+//!   transaction, so the dedup state is as durable as the samples.
+//! - Pages are 1 KiB: adding a ~75-byte row rewrites a whole page in the
+//!   WAL, so a smaller page is a smaller WAL; reads pay a slightly deeper
+//!   tree.
 //! - `run_id` in the key only keeps two agents that claim the same hostname
 //!   (or a clock stepped back) from colliding; a collision within one run is
-//!   the same measurement twice and is ignored.
-//! - The receive time is stored per sample as `receive_lag_ms`
-//!   (received − sample time): a varint of 1–3 bytes in a row that exists
-//!   anyway, where a per-batch table would cost a second b-tree write per
-//!   batch and a join on every read.
-//! - `agent_runs` holds the dedup state of each (agent_id, boot_id), updated
-//!   in the same transaction as the samples (see `dedup.rs`).
+//!   the same measurement twice: the first value of each metric is kept.
+//! - The receive time is stored per row as `receive_lag_ms` (received −
+//!   sample time): a varint of 1–3 bytes.
 //!
-//! Metric ids and outcome names are part of the file format: never renumber
-//! or rename them; add new ones instead. Nothing here may panic on what it
-//! reads from the file: an unknown id is an error naming the table.
+//! Metric ids, metric columns and outcome names are part of the file format:
+//! never renumber or rename them; add new ones instead. Nothing here may
+//! panic on what it reads from the file: an unknown id is an error naming
+//! the table.
 
 use std::path::Path;
 use std::time::Duration;
@@ -36,9 +42,12 @@ use monitor::metric::Metric;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::error::{StoreError, code_of};
+use super::migrate;
+use super::ticks::METRICS;
 
-/// Bumped on every incompatible change of the tables below.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// Bumped on every incompatible change of the tables below; older files
+/// are migrated at open (see `migrate.rs`).
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// Page size of a new database file.
 const PAGE_SIZE_BYTES: u32 = 1024;
@@ -46,7 +55,20 @@ const PAGE_SIZE_BYTES: u32 = 1024;
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const CREATE_TABLES: &str = "
+/// The column of `ticks` holding each metric, indexed by metric id.
+pub(crate) const METRIC_COLUMNS: [&str; METRICS] = [
+    "cpu_percent",
+    "mem_percent",
+    "disk_read_kbps",
+    "disk_write_kbps",
+    "net_in_kbps",
+    "net_out_kbps",
+];
+
+/// `hosts` and `agent_runs` hold each host's and run's state as of the
+/// last journal fold; `journal` holds every stored batch since (see
+/// `journal.rs`).
+pub(crate) const CREATE_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS hosts (
     host_id               INTEGER PRIMARY KEY,
     hostname              TEXT NOT NULL UNIQUE,
@@ -69,16 +91,30 @@ CREATE TABLE IF NOT EXISTS agent_runs (
     last_seen_unix_ms  INTEGER NOT NULL,
     UNIQUE (agent_id, boot_id)
 );
-CREATE INDEX IF NOT EXISTS agent_runs_by_last_seen ON agent_runs (last_seen_unix_ms);
-CREATE TABLE IF NOT EXISTS samples (
-    host_id        INTEGER NOT NULL,
-    metric_id      INTEGER NOT NULL,
-    time_unix_ms   INTEGER NOT NULL,
-    run_id         INTEGER NOT NULL,
-    value          REAL NOT NULL,
-    receive_lag_ms INTEGER NOT NULL,
-    PRIMARY KEY (host_id, time_unix_ms, metric_id, run_id)
+CREATE TABLE IF NOT EXISTS ticks (
+    host_id         INTEGER NOT NULL,
+    time_unix_ms    INTEGER NOT NULL,
+    run_id          INTEGER NOT NULL,
+    receive_lag_ms  INTEGER NOT NULL,
+    cpu_percent     REAL,
+    mem_percent     REAL,
+    disk_read_kbps  REAL,
+    disk_write_kbps REAL,
+    net_in_kbps     REAL,
+    net_out_kbps    REAL,
+    PRIMARY KEY (host_id, time_unix_ms, run_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal (
+    journal_id            INTEGER PRIMARY KEY,
+    host_id               INTEGER NOT NULL,
+    run_id                INTEGER NOT NULL,
+    seq                   INTEGER NOT NULL, -- the u64 bit pattern as i64
+    received_unix_ms      INTEGER NOT NULL,
+    clock_offset_ms       INTEGER NOT NULL,
+    dropped_batches_total INTEGER NOT NULL,
+    agent_version         TEXT NOT NULL,
+    peer                  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS commands (
     command_row  INTEGER PRIMARY KEY,
     command_id   TEXT NOT NULL UNIQUE,
@@ -148,10 +184,9 @@ pub(crate) fn open_writer(path: &Path, cache_size_kib: u32) -> Result<Connection
             ),
         });
     }
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE; {CREATE_TABLES} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-    ))
-    .map_err(|source| open_error(path, source))?;
+    if version < SCHEMA_VERSION {
+        migrate::upgrade(&conn, path, version)?;
+    }
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
@@ -219,21 +254,8 @@ pub(crate) const fn metric_id(m: Metric) -> i64 {
 }
 
 /// The metric stored under `id`, if any.
-fn metric_from_id(id: i64) -> Option<Metric> {
+pub(crate) fn metric_from_id(id: i64) -> Option<Metric> {
     Metric::ALL.into_iter().find(|&m| metric_id(m) == id)
-}
-
-/// Reads a metric id column, failing the row (not panicking) on an id this
-/// server does not know.
-pub(crate) fn metric_column(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Metric> {
-    let id: i64 = row.get(idx)?;
-    metric_from_id(id).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            idx,
-            rusqlite::types::Type::Integer,
-            format!("unknown metric id {id} in samples").into(),
-        )
-    })
 }
 
 /// u64 values (boot ids, counters) are stored as the i64 with the same

@@ -1,5 +1,7 @@
 //! Unit tests that need the store's insides: a full disk, simulated with
-//! SQLite's `max_page_count` through the writer's test hook.
+//! SQLite's `max_page_count` through the writer's test hook; and an unclean
+//! stop (the writer abandoned without folding its journal), which must
+//! reopen to exactly the state that was acknowledged.
 
 use std::time::Duration;
 
@@ -25,17 +27,22 @@ impl Drop for TempDir {
 }
 
 fn batch(seq: u64, base: i64) -> IncomingBatch {
+    batch_of("pi", 9, seq, base)
+}
+
+/// A batch of `host`'s agent; values and counters derive from seq.
+fn batch_of(host: &str, boot_id: u64, seq: u64, base: i64) -> IncomingBatch {
     let time_unix_ms = base + seq as i64 * 1000;
     IncomingBatch {
-        agent_id: "pi-agent".into(),
-        hostname: "pi".into(),
-        agent_version: "0.1.0".into(),
-        boot_id: 9,
+        agent_id: format!("{host}-agent"),
+        hostname: host.into(),
+        agent_version: format!("0.{boot_id}.0"),
+        boot_id,
         seq,
         received_unix_ms: time_unix_ms + 5,
-        clock_offset_ms: 0,
-        dropped_batches_total: 0,
-        peer: "127.0.0.1:1".into(),
+        clock_offset_ms: seq as i64 % 7,
+        dropped_batches_total: seq / 3,
+        peer: format!("127.0.0.1:{seq}"),
         samples: Metric::ALL
             .iter()
             .map(|&metric| StoredSample {
@@ -131,5 +138,145 @@ async fn a_full_disk_fails_batches_unacknowledged_then_ingest_resumes() {
     let mut got = stored_seqs(&store).await;
     got.sort_unstable();
     assert_eq!(got, all, "nothing lost, nothing doubled");
+    store.close().await.unwrap();
+}
+
+/// Rows in the journal (read-only, beside the running store).
+fn journal_rows(path: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// (hostname, batches_stored_total, last_seen_unix_ms, peer) of every row
+/// of the `hosts` table, by hostname.
+fn hosts_table(path: &std::path::Path) -> Vec<(String, u64, i64, String)> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT hostname, batches_stored_total, last_seen_unix_ms, peer FROM hosts
+             ORDER BY hostname",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+fn summary(hosts: &[HostRecord]) -> Vec<(String, u64, i64, String)> {
+    hosts
+        .iter()
+        .map(|h| {
+            (
+                h.hostname.clone(),
+                h.batches_stored_total,
+                h.last_seen_unix_ms,
+                h.peer.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Submits (host, boot, seq) in order; returns the outcomes.
+async fn submit_each(store: &Store, batches: &[(&str, u64, u64)], base: i64) -> Vec<SubmitOutcome> {
+    let mut out = Vec::new();
+    for &(host, boot, seq) in batches {
+        out.push(store.submit(batch_of(host, boot, seq, base)).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_unclean_stop_is_replayed_from_the_journal() {
+    use SubmitOutcome::{Duplicate, Stored};
+    let dir = TempDir::new("replay");
+    let path = dir.0.join("monitor.db");
+    let mut config = StoreConfig::new(&path);
+    config.flush_max_delay = Duration::ZERO;
+    // No fold while the test runs: everything since open is in the journal.
+    config.journal_fold_interval = Duration::from_secs(3600);
+    let base = monitor::time::now_unix_ms() - 3_600_000;
+
+    let store = Store::open(config.clone()).unwrap();
+    // Folded part: stored, then the store closed cleanly.
+    submit_each(&store, &[("pi", 1, 1), ("pi", 1, 2)], base).await;
+    store.close().await.unwrap();
+    assert_eq!(journal_rows(&path), 0, "a clean close folds the journal");
+
+    let store = Store::open(config.clone()).unwrap();
+    // Journal part: pi leaves a gap (5, 6), a second run and host appear.
+    let sent = [
+        ("pi", 1, 3),
+        ("pi", 1, 4),
+        ("pi", 1, 7),
+        ("pi", 2, 1),
+        ("pj", 1, 1),
+    ];
+    assert_eq!(submit_each(&store, &sent, base).await, [Stored; 5]);
+    let before = store.hosts().await.unwrap();
+    assert_eq!(journal_rows(&path), 5);
+    store.abandon().await.unwrap();
+    // The tables lag behind: the journal holds the rest.
+    assert_eq!(
+        summary(&before)[0].1,
+        6,
+        "pi stored 6 batches, 4 of them only in the journal"
+    );
+    assert_eq!(hosts_table(&path)[0].1, 2);
+
+    let store = Store::open(config).unwrap();
+    assert_eq!(store.hosts().await.unwrap(), before);
+    assert_eq!(journal_rows(&path), 0, "replayed and folded at open");
+    assert_eq!(hosts_table(&path), summary(&before));
+    // Dedup state: every stored seq is known, the gap is not.
+    let again = [
+        ("pi", 1, 1),
+        ("pi", 1, 4),
+        ("pi", 1, 7),
+        ("pi", 2, 1),
+        ("pj", 1, 1),
+    ];
+    assert_eq!(submit_each(&store, &again, base).await, [Duplicate; 5]);
+    assert_eq!(
+        submit_each(&store, &[("pi", 1, 6), ("pi", 1, 5), ("pi", 1, 6)], base).await,
+        [Stored, Stored, Duplicate]
+    );
+    let mut seqs = stored_seqs(&store).await;
+    seqs.sort_unstable();
+    // Run 2's seq 1 has the same sample time as run 1's seq 1.
+    assert_eq!(seqs, [1, 1, 2, 3, 4, 5, 6, 7]);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn folding_after_every_flush_keeps_tables_and_memory_equal() {
+    let dir = TempDir::new("fold");
+    let path = dir.0.join("monitor.db");
+    let mut config = StoreConfig::new(&path);
+    config.flush_max_delay = Duration::ZERO;
+    config.journal_fold_interval = Duration::ZERO;
+    let base = monitor::time::now_unix_ms() - 3_600_000;
+    let store = Store::open(config).unwrap();
+    submit_each(
+        &store,
+        &[("pi", 1, 1), ("pj", 1, 1), ("pi", 1, 2), ("pi", 1, 2)],
+        base,
+    )
+    .await;
+    // The fold runs right after the flush that answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while journal_rows(&path) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the journal was never folded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let hosts = store.hosts().await.unwrap();
+    assert_eq!(hosts_table(&path), summary(&hosts));
+    assert_eq!(summary(&hosts)[0].1, 2);
     store.close().await.unwrap();
 }

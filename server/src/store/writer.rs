@@ -1,17 +1,19 @@
 //! The writer thread: the only connection that writes, one transaction per
-//! flush, answers sent only after COMMIT returned; and retention, pruned in
-//! small transactions between flushes.
+//! flush, answers sent only after COMMIT returned; retention, pruned in
+//! small transactions between flushes; and the journal fold (see
+//! `journal.rs`), every `journal_fold_interval`.
 //!
-//! Caches (host ids, the dedup state of recent runs) are changed only after
-//! a commit succeeded: a flush works on staged copies, so a failed
-//! transaction leaves memory exactly as the file is.
+//! Memory (host ids, the host table, the dedup state of recent runs) is
+//! changed only after a commit succeeded: a flush works on staged copies,
+//! so a failed transaction leaves memory exactly as the file is.
 //!
 //! This thread must never panic on anything the file, the disk or a batch
 //! can do, never answer a request before its transaction committed, and
 //! never hold more than `flush_max_batches` requests off the queue.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,9 +24,12 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::Checkpointer;
-use super::dedup::SeqSet;
 use super::error::{StoreError, code_of};
-use super::schema::{self, encode_argv, metric_id, u64_to_sql};
+use super::hosts::{BatchMeta, HostEntry, HostTable};
+use super::journal;
+use super::runs::{self, RunEntry, RunKey};
+use super::schema::{self, encode_argv, metric_id, u64_from_sql, u64_to_sql};
+use super::ticks::{self, METRICS, TickRow};
 use super::{CommandRecord, CommandResultRecord, IncomingBatch, StoreConfig, SubmitOutcome};
 
 /// What the writer thread is asked to do.
@@ -50,6 +55,12 @@ pub(crate) enum Request {
         pages: u64,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// Commit what came before, then stop without folding the journal or
+    /// checkpointing: the file is left as `kill -9` would leave it.
+    #[cfg(test)]
+    Abandon {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// A run's dedup state is dropped from memory after this long unused; it
@@ -61,16 +72,24 @@ const RETENTION_HOSTS_PER_STEP: usize = 256;
 const RETENTION_RUNS_PER_STEP: i64 = 1_000;
 /// While writes keep failing, how often the failure is logged again.
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+/// A fold starts early once the journal holds this many rows, which bounds
+/// the journal's size and the replay after a crash (~20 s at 10,000
+/// batches/s).
+const FOLD_MAX_JOURNAL_ROWS: u64 = 200_000;
+/// How many of a host's newest rows are read at open for its latest value
+/// of each metric (a metric not among them shows no latest value).
+const LATEST_SCAN_TICKS: i64 = 10;
 
-/// Opens the database and starts the writer thread. Returns once the file
+/// Opens the database, rebuilds the in-memory state (replaying the journal
+/// a crash left behind) and starts the writer thread. Returns once the file
 /// is open and checked, so open errors reach the caller of `Store::open`.
 pub(crate) fn start(
     config: StoreConfig,
     rx: mpsc::Receiver<Request>,
-) -> Result<JoinHandle<()>, StoreError> {
-    let conn = schema::open_writer(&config.path, config.cache_size_kib)?;
-    let hosts =
-        load_hosts(&conn).map_err(|e| StoreError::sqlite("loading the known hosts at open", e))?;
+) -> Result<(JoinHandle<()>, Arc<HostTable>), StoreError> {
+    let mut conn = schema::open_writer(&config.path, config.cache_size_kib)?;
+    let loaded = load_state(&mut conn, &config)
+        .map_err(|e| StoreError::sqlite("loading hosts and runs at open", e))?;
     // Timers for the flush delay and retention; the thread blocks on it
     // only while it waits for requests. Timer futures must be created
     // inside `block_on`, where the runtime's context is set.
@@ -79,38 +98,124 @@ pub(crate) fn start(
         .build()
         .map_err(StoreError::Writer)?;
     let checkpointer = Checkpointer::start(&config.path, config.checkpoint_interval)?;
+    let hosts = Arc::new(HostTable::new(loaded.hosts));
     let writer = Writer {
         checkpointer: Some(checkpointer),
         path: config.path.clone(),
         conn,
-        hosts,
-        runs: HashMap::new(),
+        host_ids: loaded.host_ids,
+        hosts: Arc::clone(&hosts),
+        runs: loaded.runs,
+        fold: Fold {
+            dirty_hosts: HashSet::new(),
+            journal_rows: 0,
+            next: Instant::now() + config.journal_fold_interval,
+            prune_runs_before: None,
+        },
         retention: Retention {
             next_pass: Instant::now(),
             cursor: None,
         },
         failures: Failures::default(),
         config,
+        #[cfg(test)]
+        abandon: None,
     };
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(&rt, rx))
-        .map_err(StoreError::Writer)
+        .map_err(StoreError::Writer)?;
+    Ok((handle, hosts))
 }
 
-fn load_hosts(conn: &Connection) -> rusqlite::Result<HashMap<String, i64>> {
-    let mut stmt = conn.prepare("SELECT hostname, host_id FROM hosts")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+/// The writer's memory as rebuilt from the file.
+struct Loaded {
+    host_ids: HashMap<String, i64>,
+    hosts: HashMap<i64, HostEntry>,
+    runs: HashMap<RunKey, RunEntry>,
+}
+
+/// Loads `hosts`, replays and folds the journal a crash left behind, and
+/// reads each host's latest values from its newest rows.
+fn load_state(conn: &mut Connection, config: &StoreConfig) -> rusqlite::Result<Loaded> {
+    let mut hosts = load_hosts(conn)?;
+    let mut runs = HashMap::new();
+    let replayed = journal::replay(conn, &mut hosts, &mut runs)?;
+    if replayed.rows > 0 {
+        journal::fold(conn, &hosts, &replayed.dirty_hosts, &runs, None)?;
+        for r in runs.values_mut() {
+            r.dirty = false;
+        }
+        log::info!(
+            "store: {}: replayed {} journal rows left by an unclean stop",
+            config.path.display(),
+            replayed.rows
+        );
+    }
+    load_latest(conn, &mut hosts)?;
+    let host_ids = hosts
+        .iter()
+        .map(|(&id, h)| (h.hostname.clone(), id))
+        .collect();
+    Ok(Loaded {
+        host_ids,
+        hosts,
+        runs,
+    })
+}
+
+fn load_hosts(conn: &Connection) -> rusqlite::Result<HashMap<i64, HostEntry>> {
+    let mut stmt = conn.prepare(
+        "SELECT host_id, hostname, agent_id, agent_version, peer, first_seen_unix_ms,
+             last_seen_unix_ms, clock_offset_ms, dropped_batches_total, batches_stored_total
+         FROM hosts",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            HostEntry {
+                hostname: r.get(1)?,
+                agent_id: r.get(2)?,
+                agent_version: r.get(3)?,
+                peer: r.get(4)?,
+                first_seen_unix_ms: r.get(5)?,
+                last_seen_unix_ms: r.get(6)?,
+                clock_offset_ms: r.get(7)?,
+                dropped_batches_total: u64_from_sql(r.get(8)?),
+                batches_stored_total: u64_from_sql(r.get(9)?),
+                latest: [None; METRICS],
+            },
+        ))
+    })?;
     rows.collect()
 }
 
-/// The dedup state of one agent run, as cached and staged.
-#[derive(Clone, Debug)]
-struct RunEntry {
-    run_id: i64,
-    seqs: SeqSet,
-    last_seen_unix_ms: i64,
-    last_used: Instant,
+/// Each host's latest value per metric, from its newest rows: one short
+/// range scan per host, once at open.
+fn load_latest(conn: &Connection, hosts: &mut HashMap<i64, HostEntry>) -> rusqlite::Result<()> {
+    let mut newest = conn.prepare(
+        "SELECT time_unix_ms, run_id, cpu_percent, mem_percent, disk_read_kbps,
+             disk_write_kbps, net_in_kbps, net_out_kbps
+         FROM ticks WHERE host_id = ?1 ORDER BY time_unix_ms DESC, run_id DESC LIMIT ?2",
+    )?;
+    for (&host_id, host) in hosts.iter_mut() {
+        let mut rows = newest.query(params![host_id, LATEST_SCAN_TICKS])?;
+        // Newest first: once every metric has a value, older rows cannot
+        // change it (normally after the first row).
+        while !host.latest.iter().all(Option::is_some)
+            && let Some(r) = rows.next()?
+        {
+            let mut row = TickRow {
+                time_unix_ms: r.get(0)?,
+                values: [None; METRICS],
+            };
+            for (i, v) in row.values.iter_mut().enumerate() {
+                *v = r.get(2 + i)?;
+            }
+            host.note_values(r.get(1)?, &row);
+        }
+    }
+    Ok(())
 }
 
 /// Where retention is: a pass walks every host's range once.
@@ -132,6 +237,19 @@ struct Failures {
     last_logged: Option<Instant>,
 }
 
+/// What the next journal fold has to write, and when it is due.
+struct Fold {
+    /// Hosts changed since the last fold.
+    dirty_hosts: HashSet<i64>,
+    /// Journal rows written since the last fold.
+    journal_rows: u64,
+    /// When the next fold is due (if there is anything to fold).
+    next: Instant,
+    /// Set when a retention pass completed: the fold also deletes runs not
+    /// seen since this server time (ms since the Unix epoch).
+    prune_runs_before: Option<i64>,
+}
+
 struct Writer {
     path: PathBuf,
     /// Copies the WAL into the file in the background; stopped at close.
@@ -139,24 +257,40 @@ struct Writer {
     config: StoreConfig,
     conn: Connection,
     /// hostname → host_id of every row of `hosts` (bounded by the table).
-    hosts: HashMap<String, i64>,
-    /// (agent_id, boot_id) → dedup state of recently seen runs.
-    runs: HashMap<(String, u64), RunEntry>,
+    host_ids: HashMap<String, i64>,
+    /// Every host's state, shared with `Store::hosts`.
+    hosts: Arc<HostTable>,
+    /// (agent_id, boot_id) → dedup state of recently seen runs, and of
+    /// every run changed since the last fold.
+    runs: HashMap<RunKey, RunEntry>,
+    fold: Fold,
     retention: Retention,
     failures: Failures,
+    /// Set by [`Request::Abandon`].
+    #[cfg(test)]
+    abandon: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 /// What a flush changed in memory, applied only after COMMIT succeeded.
 #[derive(Default)]
 struct Staged {
-    new_hosts: HashMap<String, i64>,
-    runs: HashMap<(String, u64), RunEntry>,
+    new_host_ids: HashMap<String, i64>,
+    new_hosts: Vec<(i64, HostEntry)>,
+    runs: HashMap<RunKey, RunEntry>,
+    /// The batches stored, in commit order.
+    stored: Vec<StoredBatch>,
+    /// The values each stored batch added, see [`StoredBatch::rows`].
+    rows: Vec<TickRow>,
 }
 
-/// The latest state of a host within one flush.
-struct HostUpdate<'a> {
-    batch: &'a IncomingBatch,
-    batches_stored: i64,
+/// A batch the flush stored.
+struct StoredBatch {
+    /// Index of its request in the flush.
+    request: usize,
+    host_id: i64,
+    run_id: i64,
+    /// Its rows in [`Staged::rows`], holding only the values it added.
+    rows: Range<usize>,
 }
 
 /// A request's answer before the flush committed.
@@ -171,23 +305,31 @@ impl Writer {
         let mut pending = Vec::with_capacity(self.config.flush_max_batches.min(4096));
         let mut closing = Vec::new();
         loop {
-            let wait = self.retention_wait();
+            let wait = self.retention_wait().min(self.fold_wait());
             let first = match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                Ok(Some(r)) => r,
+                Ok(Some(r)) => Some(r),
                 Ok(None) => break, // every Store handle is gone
-                Err(_) => {
-                    self.retention_step();
-                    continue;
-                }
+                Err(_) => None,
             };
-            if !self.gather(rt, &mut rx, first, &mut pending, &mut closing) {
+            if let Some(first) = first
+                && !self.gather(rt, &mut rx, first, &mut pending, &mut closing)
+            {
                 self.flush(std::mem::take(&mut pending));
                 if !closing.is_empty() {
                     break;
                 }
+                #[cfg(test)]
+                if let Some(reply) = self.abandon.take() {
+                    drop(self);
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
             }
             if self.retention.cursor.is_some() || Instant::now() >= self.retention.next_pass {
                 self.retention_step();
+            }
+            if self.fold_wait().is_zero() {
+                self.fold_journal();
             }
         }
         // Stop taking requests. What raced in behind the Close is still
@@ -241,6 +383,11 @@ impl Writer {
                         return true;
                     }
                 }
+                #[cfg(test)]
+                Some(Request::Abandon { reply }) => {
+                    self.abandon = Some(reply);
+                    return false;
+                }
                 Some(r) => pending.push(r),
                 None => {}
             }
@@ -270,11 +417,10 @@ impl Writer {
         if requests.is_empty() {
             return;
         }
-        let result = write_flush(&mut self.conn, &self.hosts, &self.runs, &requests);
+        let result = write_flush(&mut self.conn, &self.host_ids, &self.runs, &requests);
         match result {
             Ok((answers, staged)) => {
-                self.hosts.extend(staged.new_hosts);
-                self.runs.extend(staged.runs);
+                self.apply(&requests, staged);
                 self.note_success(requests.len());
                 for (request, answer) in requests.into_iter().zip(answers) {
                     answer_request(request, answer);
@@ -288,6 +434,97 @@ impl Writer {
                     answer_request(request, Answer::Failed(err));
                 }
             }
+        }
+    }
+
+    /// Brings memory up to a flush that committed.
+    fn apply(&mut self, requests: &[Request], staged: Staged) {
+        let mut hosts = self.hosts.lock();
+        for (id, entry) in staged.new_hosts {
+            self.host_ids.insert(entry.hostname.clone(), id);
+            hosts.insert(id, entry);
+        }
+        for stored in &staged.stored {
+            let Some(Request::Batch { batch, .. }) = requests.get(stored.request) else {
+                continue;
+            };
+            if let Some(host) = hosts.get_mut(&stored.host_id) {
+                host.count_batch(BatchMeta::of(batch));
+                for row in staged.rows.get(stored.rows.clone()).unwrap_or_default() {
+                    host.note_values(stored.run_id, row);
+                }
+            }
+            self.fold.dirty_hosts.insert(stored.host_id);
+        }
+        drop(hosts);
+        self.fold.journal_rows += staged.stored.len() as u64;
+        self.runs.extend(staged.runs);
+    }
+
+    /// How long until a journal fold is due; `Duration::MAX` when there is
+    /// nothing to fold.
+    fn fold_wait(&self) -> Duration {
+        let f = &self.fold;
+        if f.journal_rows == 0 && f.prune_runs_before.is_none() {
+            return Duration::MAX;
+        }
+        if f.journal_rows >= FOLD_MAX_JOURNAL_ROWS {
+            return Duration::ZERO;
+        }
+        f.next.saturating_duration_since(Instant::now())
+    }
+
+    /// Writes what changed since the last fold into `hosts` and
+    /// `agent_runs` and empties the journal (see `journal.rs`). On failure
+    /// everything stays dirty and the next fold retries: nothing is lost,
+    /// the journal only grows.
+    fn fold_journal(&mut self) {
+        let started = Instant::now();
+        self.fold.next = started + self.config.journal_fold_interval;
+        let prune = self
+            .fold
+            .prune_runs_before
+            .map(|cutoff| (cutoff, RETENTION_RUNS_PER_STEP));
+        // The host table stays locked for the fold (tens of ms): a
+        // `hosts()` call waits that long, which is cheaper than copying
+        // every dirty entry out first.
+        let result = {
+            let hosts = self.hosts.lock();
+            journal::fold(
+                &mut self.conn,
+                &hosts,
+                &self.fold.dirty_hosts,
+                &self.runs,
+                prune,
+            )
+        };
+        match result {
+            Ok(pruned_runs) => {
+                log::debug!(
+                    "store: folded {} journal rows ({} hosts) in {} ms; {pruned_runs} stale \
+                     runs deleted",
+                    self.fold.journal_rows,
+                    self.fold.dirty_hosts.len(),
+                    started.elapsed().as_millis()
+                );
+                self.fold.dirty_hosts.clear();
+                self.fold.journal_rows = 0;
+                for r in self.runs.values_mut() {
+                    r.dirty = false;
+                }
+                if let Some(cutoff) = self.fold.prune_runs_before.take() {
+                    // Their rows are current, so a run seen again is
+                    // reloaded exactly (or is new, if its row was deleted).
+                    self.runs.retain(|_, r| r.last_seen_unix_ms >= cutoff);
+                }
+            }
+            Err(e) => log::error!(
+                "store: folding the journal of {} into hosts and agent_runs failed: {e}; \
+                 {} journal rows kept, retrying in {:?}",
+                self.path.display(),
+                self.fold.journal_rows,
+                self.config.journal_fold_interval
+            ),
         }
     }
 
@@ -389,21 +626,37 @@ impl Writer {
         }
     }
 
-    /// Ends a pass; the cache forgets runs idle for an hour and runs whose
-    /// `agent_runs` row the pass may have deleted (last seen before
-    /// `cutoff`), so it never refers to a row that is gone.
+    /// Ends a pass: the cache forgets runs idle for an hour (unless a fold
+    /// still has to write them), the hosts forget latest values older than
+    /// the samples kept, and the next fold deletes runs not seen since
+    /// `cutoff` (`i64::MIN` after a failed pass: none).
     fn end_retention_pass(&mut self, now: Instant, cutoff: i64) {
         self.retention.cursor = None;
         self.retention.next_pass = now + self.config.retention_interval;
-        self.runs.retain(|_, r| {
-            now.duration_since(r.last_used) < RUN_CACHE_IDLE && r.last_seen_unix_ms >= cutoff
-        });
+        self.runs
+            .retain(|_, r| r.dirty || now.duration_since(r.last_used) < RUN_CACHE_IDLE);
+        if cutoff == i64::MIN {
+            return;
+        }
+        for host in self.hosts.lock().values_mut() {
+            for l in &mut host.latest {
+                if l.is_some_and(|l| l.time_unix_ms < cutoff) {
+                    *l = None;
+                }
+            }
+        }
+        self.fold.prune_runs_before = Some(cutoff);
     }
 
     /// Checkpoints the WAL into the file and closes the connection.
     fn shut_down(mut self) -> Result<(), StoreError> {
         if let Some(c) = self.checkpointer.take() {
             c.stop();
+        }
+        // Not needed for correctness (the next open replays the journal),
+        // but a cleanly closed file then opens without a replay.
+        if self.fold.journal_rows > 0 || self.fold.prune_runs_before.is_some() {
+            self.fold_journal();
         }
         if let Err(e) = self
             .conn
@@ -448,116 +701,59 @@ fn answer_request(request: Request, answer: Answer) {
         (Request::SetMaxPageCount { reply, .. }, _) => {
             let _ = reply.send(Err(StoreError::Closed));
         }
+        #[cfg(test)]
+        (Request::Abandon { reply }, _) => {
+            let _ = reply.send(Err(StoreError::Closed));
+        }
     }
 }
 
 /// Writes one flush in one IMMEDIATE transaction. Returns one answer per
-/// request and what to apply to the caches, or the error that rolled it all
+/// request and what to apply to memory, or the error that rolled it all
 /// back.
 fn write_flush(
     conn: &mut Connection,
-    hosts: &HashMap<String, i64>,
-    runs: &HashMap<(String, u64), RunEntry>,
+    host_ids: &HashMap<String, i64>,
+    runs: &HashMap<RunKey, RunEntry>,
     requests: &[Request],
 ) -> rusqlite::Result<(Vec<Answer>, Staged)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut staged = Staged::default();
     let mut answers = Vec::with_capacity(requests.len());
-    let mut host_updates: HashMap<i64, HostUpdate<'_>> = HashMap::new();
+    let mut grouped = Vec::new();
     let now = Instant::now();
-    {
-        let mut insert_sample = tx.prepare_cached(
-            "INSERT OR IGNORE INTO samples
-                 (host_id, metric_id, time_unix_ms, run_id, value, receive_lag_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for request in requests {
-            let answer = match request {
-                Request::Batch { batch, .. } => {
-                    let host_id = resolve_host(&tx, hosts, &mut staged, batch)?;
-                    let run = resolve_run(&tx, runs, &mut staged, batch, now)?;
-                    if !run.seqs.insert(batch.seq) {
-                        Answer::Batch(SubmitOutcome::Duplicate)
-                    } else {
-                        run.last_seen_unix_ms = run.last_seen_unix_ms.max(batch.received_unix_ms);
-                        let run_id = run.run_id;
-                        let mut ignored = 0usize;
-                        for s in &batch.samples {
-                            let n = insert_sample.execute(params![
-                                host_id,
-                                metric_id(s.metric),
-                                s.time_unix_ms,
-                                run_id,
-                                s.value,
-                                batch.received_unix_ms.saturating_sub(s.time_unix_ms),
-                            ])?;
-                            ignored += usize::from(n == 0);
-                        }
-                        if ignored > 0 {
-                            log::warn!(
-                                "store: {} {} seq {}: {ignored} samples repeat a (metric, time) \
-                                 already stored for this run; kept the first",
-                                batch.hostname,
-                                batch.agent_id,
-                                batch.seq
-                            );
-                        }
-                        let update = host_updates.entry(host_id).or_insert(HostUpdate {
-                            batch,
-                            batches_stored: 0,
-                        });
-                        update.batch = batch;
-                        update.batches_stored += 1;
-                        Answer::Batch(SubmitOutcome::Stored)
-                    }
+    for (index, request) in requests.iter().enumerate() {
+        let answer = match request {
+            Request::Batch { batch, .. } => {
+                let host_id = resolve_host(&tx, host_ids, &mut staged, batch)?;
+                let run = resolve_run(&tx, runs, &mut staged, batch, now)?;
+                let run_id = run.run_id;
+                if run.store(batch.seq, batch.received_unix_ms) {
+                    write_batch(&tx, host_id, run_id, batch, &mut grouped, &mut staged)?;
+                    staged.stored.push(StoredBatch {
+                        request: index,
+                        host_id,
+                        run_id,
+                        rows: staged.rows.len() - grouped.len()..staged.rows.len(),
+                    });
+                    Answer::Batch(SubmitOutcome::Stored)
+                } else {
+                    Answer::Batch(SubmitOutcome::Duplicate)
                 }
-                Request::Command { record, .. } => {
-                    write_command(&tx, record)?;
-                    Answer::Done
-                }
-                Request::CommandResult { record, .. } => match write_command_result(&tx, record)? {
-                    true => Answer::Done,
-                    false => Answer::Failed(StoreError::UnknownCommand(record.command_id.clone())),
-                },
-                Request::Close { .. } => Answer::Done,
-                #[cfg(test)]
-                Request::SetMaxPageCount { .. } => Answer::Done,
-            };
-            answers.push(answer);
-        }
-    }
-    {
-        let mut update_host = tx.prepare_cached(
-            "UPDATE hosts SET agent_id = ?2, agent_version = ?3, peer = ?4,
-                 last_seen_unix_ms = ?5, clock_offset_ms = ?6, dropped_batches_total = ?7,
-                 batches_stored_total = batches_stored_total + ?8
-             WHERE host_id = ?1",
-        )?;
-        for (host_id, u) in &host_updates {
-            let b = u.batch;
-            update_host.execute(params![
-                host_id,
-                b.agent_id,
-                b.agent_version,
-                b.peer,
-                b.received_unix_ms,
-                b.clock_offset_ms,
-                u64_to_sql(b.dropped_batches_total),
-                u.batches_stored,
-            ])?;
-        }
-        let mut update_run = tx.prepare_cached(
-            "UPDATE agent_runs SET high_seq = ?2, gaps = ?3, last_seen_unix_ms = ?4
-             WHERE run_id = ?1",
-        )?;
-        for run in staged.runs.values() {
-            update_run.execute(params![
-                run.run_id,
-                u64_to_sql(run.seqs.high_seq()),
-                run.seqs.encode_gaps(),
-                run.last_seen_unix_ms,
-            ])?;
-        }
+            }
+            Request::Command { record, .. } => {
+                write_command(&tx, record)?;
+                Answer::Done
+            }
+            Request::CommandResult { record, .. } => match write_command_result(&tx, record)? {
+                true => Answer::Done,
+                false => Answer::Failed(StoreError::UnknownCommand(record.command_id.clone())),
+            },
+            Request::Close { .. } => Answer::Done,
+            #[cfg(test)]
+            Request::SetMaxPageCount { .. } | Request::Abandon { .. } => Answer::Done,
+        };
+        answers.push(answer);
     }
     let written = now.elapsed();
     tx.commit()?;
@@ -570,17 +766,129 @@ fn write_flush(
     Ok((answers, staged))
 }
 
+/// Writes a new batch: its rows (normally one) and its journal row. Pushes
+/// the values it added to `staged.rows`, one row per row of `grouped`.
+fn write_batch(
+    tx: &Connection,
+    host_id: i64,
+    run_id: i64,
+    batch: &IncomingBatch,
+    grouped: &mut Vec<TickRow>,
+    staged: &mut Staged,
+) -> rusqlite::Result<()> {
+    let dropped = ticks::group_samples(&batch.samples, |m| metric_id(m) as usize, grouped);
+    let mut ignored = dropped.repeats;
+    for row in grouped.iter() {
+        let (added, n) = write_tick(tx, host_id, run_id, batch.received_unix_ms, row)?;
+        ignored += n;
+        staged.rows.push(added);
+    }
+    journal::append(tx, host_id, run_id, batch)?;
+    if ignored > 0 {
+        log::warn!(
+            "store: {} {} seq {}: {ignored} samples repeat a (metric, time) already stored \
+             for this run; kept the first",
+            batch.hostname,
+            batch.agent_id,
+            batch.seq
+        );
+    }
+    if dropped.not_finite > 0 {
+        log::warn!(
+            "store: {} {} seq {}: {} samples are not finite numbers; not stored",
+            batch.hostname,
+            batch.agent_id,
+            batch.seq,
+            dropped.not_finite
+        );
+    }
+    Ok(())
+}
+
+/// Inserts one row; if the run already has a row at that time (a clock
+/// stepped back within one agent run), fills only the metrics it lacks.
+/// Returns the values added and how many were ignored.
+fn write_tick(
+    tx: &Connection,
+    host_id: i64,
+    run_id: i64,
+    received_unix_ms: i64,
+    row: &TickRow,
+) -> rusqlite::Result<(TickRow, usize)> {
+    let v = row.values;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO ticks (host_id, time_unix_ms, run_id, receive_lag_ms, cpu_percent,
+                 mem_percent, disk_read_kbps, disk_write_kbps, net_in_kbps, net_out_kbps)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (host_id, time_unix_ms, run_id) DO NOTHING",
+        )?
+        .execute(params![
+            host_id,
+            row.time_unix_ms,
+            run_id,
+            received_unix_ms.saturating_sub(row.time_unix_ms),
+            v[0],
+            v[1],
+            v[2],
+            v[3],
+            v[4],
+            v[5]
+        ])?;
+    if inserted == 1 {
+        return Ok((*row, 0));
+    }
+    let key = params![host_id, row.time_unix_ms, run_id];
+    let mut existing = [None; METRICS];
+    tx.prepare_cached(
+        "SELECT cpu_percent, mem_percent, disk_read_kbps, disk_write_kbps, net_in_kbps,
+             net_out_kbps
+         FROM ticks WHERE host_id = ?1 AND time_unix_ms = ?2 AND run_id = ?3",
+    )?
+    .query_row(key, |r| {
+        for (i, slot) in existing.iter_mut().enumerate() {
+            *slot = r.get(i)?;
+        }
+        Ok(())
+    })?;
+    let filled = ticks::fill_missing(existing, row.values);
+    if filled.added.iter().any(Option::is_some) {
+        let m = filled.merged;
+        tx.prepare_cached(
+            "UPDATE ticks SET cpu_percent = ?4, mem_percent = ?5, disk_read_kbps = ?6,
+                 disk_write_kbps = ?7, net_in_kbps = ?8, net_out_kbps = ?9
+             WHERE host_id = ?1 AND time_unix_ms = ?2 AND run_id = ?3",
+        )?
+        .execute(params![
+            host_id,
+            row.time_unix_ms,
+            run_id,
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5]
+        ])?;
+    }
+    let added = TickRow {
+        time_unix_ms: row.time_unix_ms,
+        values: filled.added,
+    };
+    Ok((added, filled.ignored))
+}
+
 /// The host id of a batch's hostname, inserting the host on first sight.
 fn resolve_host(
     tx: &Connection,
-    hosts: &HashMap<String, i64>,
+    host_ids: &HashMap<String, i64>,
     staged: &mut Staged,
     batch: &IncomingBatch,
 ) -> rusqlite::Result<i64> {
-    if let Some(&id) = hosts.get(&batch.hostname) {
+    if let Some(&id) = host_ids.get(&batch.hostname) {
         return Ok(id);
     }
-    if let Some(&id) = staged.new_hosts.get(&batch.hostname) {
+    if let Some(&id) = staged.new_host_ids.get(&batch.hostname) {
         return Ok(id);
     }
     let id = tx
@@ -602,7 +910,8 @@ fn resolve_host(
             ],
             |r| r.get(0),
         )?;
-    staged.new_hosts.insert(batch.hostname.clone(), id);
+    staged.new_host_ids.insert(batch.hostname.clone(), id);
+    staged.new_hosts.push((id, HostEntry::first_seen(batch)));
     Ok(id)
 }
 
@@ -610,7 +919,7 @@ fn resolve_host(
 /// from `agent_runs`, or a new row.
 fn resolve_run<'s>(
     tx: &Connection,
-    runs: &HashMap<(String, u64), RunEntry>,
+    runs: &HashMap<RunKey, RunEntry>,
     staged: &'s mut Staged,
     batch: &IncomingBatch,
     now: Instant,
@@ -622,61 +931,10 @@ fn resolve_run<'s>(
     };
     let mut entry = match runs.get(slot.key()) {
         Some(e) => e.clone(),
-        None => load_or_create_run(tx, batch)?,
+        None => runs::load_or_create(tx, batch)?,
     };
     entry.last_used = now;
     Ok(slot.insert(entry))
-}
-
-fn load_or_create_run(tx: &Connection, batch: &IncomingBatch) -> rusqlite::Result<RunEntry> {
-    let boot_id = u64_to_sql(batch.boot_id);
-    let found = tx
-        .prepare_cached(
-            "SELECT run_id, high_seq, gaps, last_seen_unix_ms FROM agent_runs
-             WHERE agent_id = ?1 AND boot_id = ?2",
-        )?
-        .query_row(params![batch.agent_id, boot_id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })
-        .optional()?;
-    if let Some((run_id, high_seq, gaps, last_seen_unix_ms)) = found {
-        let high_seq = schema::u64_from_sql(high_seq);
-        let seqs = SeqSet::decode(high_seq, &gaps).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                2,
-                rusqlite::types::Type::Blob,
-                format!("agent_runs row {run_id}: invalid gaps blob").into(),
-            )
-        })?;
-        return Ok(RunEntry {
-            run_id,
-            seqs,
-            last_seen_unix_ms,
-            last_used: Instant::now(),
-        });
-    }
-    let run_id = tx
-        .prepare_cached(
-            "INSERT INTO agent_runs (agent_id, boot_id, high_seq, gaps, first_seen_unix_ms,
-                 last_seen_unix_ms)
-             VALUES (?1, ?2, 0, x'', ?3, ?3)
-             RETURNING run_id",
-        )?
-        .query_row(
-            params![batch.agent_id, boot_id, batch.received_unix_ms],
-            |r| r.get(0),
-        )?;
-    Ok(RunEntry {
-        run_id,
-        seqs: SeqSet::default(),
-        last_seen_unix_ms: batch.received_unix_ms,
-        last_used: Instant::now(),
-    })
 }
 
 fn write_command(tx: &Connection, c: &CommandRecord) -> rusqlite::Result<()> {
@@ -754,8 +1012,8 @@ fn prune_step(
         // Deletes at most ?3 rows: everything older than the ?3-th oldest
         // row below the cutoff (or than the cutoff, if fewer are that old).
         let mut delete = tx.prepare_cached(
-            "DELETE FROM samples WHERE host_id = ?1 AND time_unix_ms <
-                 coalesce((SELECT time_unix_ms FROM samples
+            "DELETE FROM ticks WHERE host_id = ?1 AND time_unix_ms <
+                 coalesce((SELECT time_unix_ms FROM ticks
                            WHERE host_id = ?1 AND time_unix_ms < ?2
                            ORDER BY time_unix_ms LIMIT 1 OFFSET ?3), ?2)",
         )?;
@@ -778,15 +1036,6 @@ fn prune_step(
                 break;
             }
             floor = resume;
-        }
-        if next.is_none() {
-            // The pass is complete: forget runs not seen within the
-            // retention (their samples are gone or going).
-            tx.prepare_cached(
-                "DELETE FROM agent_runs WHERE run_id IN (SELECT run_id FROM agent_runs
-                     WHERE last_seen_unix_ms < ?1 LIMIT ?2)",
-            )?
-            .execute(params![cutoff, RETENTION_RUNS_PER_STEP])?;
         }
     }
     tx.commit()?;

@@ -1,0 +1,144 @@
+//! The dedup state of agent runs as the writer holds it: a cache of
+//! [`RunEntry`] by (agent_id, boot_id), loaded from `agent_runs` on a miss,
+//! and the SQL that reads, creates and folds those rows.
+//!
+//! Between folds the `agent_runs` row of a run lags behind: the seqs stored
+//! since are in `journal` rows (see `journal.rs`) and in the cached entry,
+//! which is then `dirty`. A dirty entry must never leave the cache before a
+//! fold wrote it, or the next miss would reload a row that forgot batches
+//! and take their re-sends for new ones.
+
+use std::time::Instant;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::IncomingBatch;
+use super::dedup::SeqSet;
+use super::schema::{u64_from_sql, u64_to_sql};
+
+/// A run's identity: (agent_id, boot_id).
+pub(crate) type RunKey = (String, u64);
+
+/// The dedup state of one agent run, as cached and staged.
+#[derive(Clone, Debug)]
+pub(crate) struct RunEntry {
+    pub(crate) run_id: i64,
+    pub(crate) seqs: SeqSet,
+    /// Server time of the latest stored batch, ms since the Unix epoch.
+    pub(crate) last_seen_unix_ms: i64,
+    /// When a flush last used the entry (for evicting idle runs).
+    pub(crate) last_used: Instant,
+    /// Changed since the last fold: `agent_runs` does not show it yet.
+    pub(crate) dirty: bool,
+}
+
+impl RunEntry {
+    /// Marks `seq` (of a batch received at `received_unix_ms`) stored;
+    /// false when it already was.
+    pub(crate) fn store(&mut self, seq: u64, received_unix_ms: i64) -> bool {
+        if !self.seqs.insert(seq) {
+            return false;
+        }
+        self.last_seen_unix_ms = self.last_seen_unix_ms.max(received_unix_ms);
+        self.dirty = true;
+        true
+    }
+}
+
+fn invalid_gaps(run_id: i64) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        2,
+        rusqlite::types::Type::Blob,
+        format!("agent_runs row {run_id}: invalid gaps blob").into(),
+    )
+}
+
+/// Reads the columns (run_id, high_seq, gaps, last_seen_unix_ms).
+fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunEntry> {
+    let run_id: i64 = r.get(0)?;
+    let high_seq = u64_from_sql(r.get(1)?);
+    let gaps: Vec<u8> = r.get(2)?;
+    let seqs = SeqSet::decode(high_seq, &gaps).ok_or_else(|| invalid_gaps(run_id))?;
+    Ok(RunEntry {
+        run_id,
+        seqs,
+        last_seen_unix_ms: r.get(3)?,
+        last_used: Instant::now(),
+        dirty: false,
+    })
+}
+
+/// The run of `batch` from `agent_runs`, or a new row for it.
+pub(crate) fn load_or_create(tx: &Connection, batch: &IncomingBatch) -> rusqlite::Result<RunEntry> {
+    let boot_id = u64_to_sql(batch.boot_id);
+    let found = tx
+        .prepare_cached(
+            "SELECT run_id, high_seq, gaps, last_seen_unix_ms FROM agent_runs
+             WHERE agent_id = ?1 AND boot_id = ?2",
+        )?
+        .query_row(params![batch.agent_id, boot_id], entry_of)
+        .optional()?;
+    if let Some(entry) = found {
+        return Ok(entry);
+    }
+    let run_id = tx
+        .prepare_cached(
+            "INSERT INTO agent_runs (agent_id, boot_id, high_seq, gaps, first_seen_unix_ms,
+                 last_seen_unix_ms)
+             VALUES (?1, ?2, 0, x'', ?3, ?3)
+             RETURNING run_id",
+        )?
+        .query_row(
+            params![batch.agent_id, boot_id, batch.received_unix_ms],
+            |r| r.get(0),
+        )?;
+    Ok(RunEntry {
+        run_id,
+        seqs: SeqSet::default(),
+        last_seen_unix_ms: batch.received_unix_ms,
+        last_used: Instant::now(),
+        dirty: false,
+    })
+}
+
+/// The run stored under `run_id`, with its key; `None` if there is no
+/// such row.
+pub(crate) fn load_by_id(
+    conn: &Connection,
+    run_id: i64,
+) -> rusqlite::Result<Option<(RunKey, RunEntry)>> {
+    conn.prepare_cached(
+        "SELECT run_id, high_seq, gaps, last_seen_unix_ms, agent_id, boot_id FROM agent_runs
+         WHERE run_id = ?1",
+    )?
+    .query_row([run_id], |r| {
+        let key = (r.get::<_, String>(4)?, u64_from_sql(r.get(5)?));
+        Ok((key, entry_of(r)?))
+    })
+    .optional()
+}
+
+/// Writes a run's state into its `agent_runs` row (part of a fold).
+pub(crate) fn write(tx: &Connection, run: &RunEntry) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE agent_runs SET high_seq = ?2, gaps = ?3, last_seen_unix_ms = ?4
+         WHERE run_id = ?1",
+    )?
+    .execute(params![
+        run.run_id,
+        u64_to_sql(run.seqs.high_seq()),
+        run.seqs.encode_gaps(),
+        run.last_seen_unix_ms,
+    ])?;
+    Ok(())
+}
+
+/// Deletes at most `limit` runs not seen since `cutoff` (part of a fold,
+/// after every dirty run was written, so `last_seen_unix_ms` is current).
+pub(crate) fn prune(tx: &Connection, cutoff: i64, limit: i64) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "DELETE FROM agent_runs WHERE run_id IN (SELECT run_id FROM agent_runs
+             WHERE last_seen_unix_ms < ?1 LIMIT ?2)",
+    )?
+    .execute(params![cutoff, limit])
+}
