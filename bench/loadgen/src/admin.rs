@@ -1,0 +1,130 @@
+//! The few operator-API calls the benchmarks need: who is online, what the
+//! server says it stored, and one command's round trip, timed.
+//!
+//! Talks only to the server's admin listener given by the caller; never
+//! changes anything on the server beyond running `ping` and `true`.
+
+use std::time::{Duration, Instant};
+
+use monitor::pb;
+use monitor::pb::admin_client::AdminClient;
+use monitor::pb::exec_event::Kind as EventKind;
+use tonic::transport::{Channel, Endpoint};
+
+/// ListHosts for 10,000+ hosts is several MB; tonic's default limit is 4.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+pub type Admin = AdminClient<Channel>;
+
+/// Connects to the operator API at `url`.
+pub async fn connect(url: &str) -> Result<Admin, String> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("admin URL '{url}': {e}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to the operator API at {url}: {e}"))?;
+    Ok(AdminClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
+}
+
+/// Hosts whose name starts with `prefix`: (online, batches stored in total).
+pub async fn fleet_view(admin: &mut Admin, prefix: &str) -> Result<(usize, u64), String> {
+    let hosts = admin
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .map_err(|s| format!("ListHosts: {}: {}", s.code(), s.message()))?
+        .into_inner()
+        .hosts;
+    let ours = hosts.iter().filter(|h| h.hostname.starts_with(prefix));
+    let (mut online, mut stored) = (0, 0);
+    for h in ours {
+        online += usize::from(h.online);
+        stored += h.batches_stored_total;
+    }
+    Ok((online, stored))
+}
+
+/// Polls until `n` hosts with `prefix` are online or `deadline` passes;
+/// returns how many are.
+pub async fn wait_online(
+    admin: &mut Admin,
+    prefix: &str,
+    n: usize,
+    deadline: Duration,
+) -> Result<usize, String> {
+    let until = Instant::now() + deadline;
+    loop {
+        let (online, _) = fleet_view(admin, prefix).await?;
+        if online >= n || Instant::now() >= until {
+            return Ok(online);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How one `Exec` went.
+#[derive(Clone, Debug, Default)]
+pub struct ExecTiming {
+    /// Request sent → the stream's end (every host's final result back).
+    pub total: Duration,
+    /// Request sent → the first final result.
+    pub first_result: Option<Duration>,
+    /// Final results that were "exited 0".
+    pub ok: usize,
+    /// Final results of any other kind.
+    pub failed: usize,
+    /// Bytes of stdout received, over all hosts.
+    pub stdout_bytes: usize,
+    /// The first failure's description.
+    pub first_failure: Option<String>,
+}
+
+/// Runs `argv` on `hosts` (or every online host) and waits for every
+/// result.
+pub async fn exec(
+    admin: &mut Admin,
+    hosts: Vec<String>,
+    all: bool,
+    argv: &[&str],
+) -> Result<ExecTiming, String> {
+    let started = Instant::now();
+    let mut stream = admin
+        .exec(pb::ExecRequest {
+            hosts,
+            all,
+            argv: argv.iter().map(|&a| a.to_owned()).collect(),
+            timeout_ms: 10_000,
+        })
+        .await
+        .map_err(|s| format!("Exec: {}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut t = ExecTiming::default();
+    loop {
+        let event = stream
+            .message()
+            .await
+            .map_err(|s| format!("Exec stream: {}: {}", s.code(), s.message()))?;
+        let Some(event) = event else { break };
+        match event.kind {
+            Some(EventKind::Output(o)) => t.stdout_bytes += o.data.len(),
+            Some(EventKind::Finished(f)) => {
+                t.first_result.get_or_insert_with(|| started.elapsed());
+                if f.outcome == pb::Outcome::Exited as i32 && f.exit_code == Some(0) {
+                    t.ok += 1;
+                } else {
+                    t.failed += 1;
+                    t.first_failure.get_or_insert_with(|| {
+                        format!(
+                            "{}: outcome {} exit {:?}: {}",
+                            event.hostname, f.outcome, f.exit_code, f.message
+                        )
+                    });
+                }
+            }
+            Some(EventKind::Accepted(_) | EventKind::Rejected(_)) | None => {}
+        }
+    }
+    t.total = started.elapsed();
+    Ok(t)
+}

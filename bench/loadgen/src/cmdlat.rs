@@ -1,0 +1,293 @@
+//! Command latency with a fleet connected: `ping` and `true` round trips
+//! from the operator API to one agent and back, one at a time, and the
+//! fan-out of one `ping` to every connected agent (time until the last
+//! result is back).
+//!
+//! The round trip is what an operator waits for: `Exec` sent → the event
+//! stream's end, which comes after the agent's final result was routed
+//! back. It is timed with the gRPC client directly, so the figure is the
+//! server's and the agent's, not a process start; optionally a few calls
+//! through the real `monitorctl` binary show what a person at a shell
+//! waits. Every call must come back "exited 0": a failure is counted and
+//! reported, never timed as a success.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::sim::{Fleet, FleetConfig};
+use crate::{Results, admin, ms};
+
+#[derive(Clone, Debug)]
+pub struct CommandsConfig {
+    pub fleet: FleetConfig,
+    /// `http://127.0.0.1:PORT` of the server's operator API.
+    pub admin: String,
+    pub agents: usize,
+    /// Round trips timed per command.
+    pub calls: usize,
+    /// Fan-outs to every agent.
+    pub fanouts: usize,
+    /// The monitorctl binary to time a few calls through, if any.
+    pub monitorctl: Option<PathBuf>,
+    pub monitorctl_calls: usize,
+}
+
+/// Sorted round trips of one command.
+#[derive(Clone, Debug, Default)]
+pub struct RoundTrips {
+    pub sorted: Vec<Duration>,
+    pub failed: usize,
+    pub first_failure: Option<String>,
+}
+
+impl RoundTrips {
+    /// Exact quantile (nearest rank) of the measured calls.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.sorted.is_empty() {
+            return None;
+        }
+        let rank = ((q * self.sorted.len() as f64).ceil() as usize).clamp(1, self.sorted.len());
+        Some(self.sorted[rank - 1])
+    }
+
+    fn push(&mut self, d: Duration) {
+        self.sorted.push(d);
+    }
+
+    fn fail(&mut self, why: String) {
+        self.failed += 1;
+        self.first_failure.get_or_insert(why);
+    }
+
+    fn finish(&mut self) {
+        self.sorted.sort();
+    }
+}
+
+/// One fan-out to every agent.
+#[derive(Clone, Debug)]
+pub struct Fanout {
+    /// Exec sent → last result back.
+    pub last: Duration,
+    pub first: Option<Duration>,
+    pub ok: usize,
+    pub failed: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct CommandLatency {
+    pub agents_online: usize,
+    pub ping: RoundTrips,
+    pub true_: RoundTrips,
+    pub fanouts: Vec<Fanout>,
+    pub monitorctl: RoundTrips,
+}
+
+async fn round_trips(
+    admin: &mut admin::Admin,
+    cfg: &CommandsConfig,
+    argv: &[&str],
+    calls: usize,
+) -> RoundTrips {
+    let mut rt = RoundTrips::default();
+    for i in 0..calls {
+        let host = cfg.fleet.hostname(i % cfg.agents.max(1));
+        match admin::exec(admin, vec![host.clone()], false, argv).await {
+            Ok(t) if t.ok == 1 && t.failed == 0 => rt.push(t.total),
+            Ok(t) => rt.fail(
+                t.first_failure
+                    .unwrap_or_else(|| format!("{host}: no result")),
+            ),
+            Err(e) => rt.fail(e),
+        }
+    }
+    rt.finish();
+    rt
+}
+
+/// `monitorctl --server ADMIN exec --host H -- ping`, timed as a process.
+fn monitorctl_calls(cfg: &CommandsConfig, binary: &PathBuf) -> RoundTrips {
+    let mut rt = RoundTrips::default();
+    for i in 0..cfg.monitorctl_calls {
+        let host = cfg.fleet.hostname(i % cfg.agents.max(1));
+        let started = Instant::now();
+        let out = Command::new(binary)
+            .args([
+                "--server", &cfg.admin, "exec", "--host", &host, "--", "ping",
+            ])
+            .stdin(Stdio::null())
+            .output();
+        let elapsed = started.elapsed();
+        match out {
+            // monitorctl prefixes each output line with its host.
+            Ok(o) if o.status.success() && o.stdout == format!("{host}: pong\n").as_bytes() => {
+                rt.push(elapsed)
+            }
+            Ok(o) => rt.fail(format!(
+                "monitorctl exit {:?}: {}",
+                o.status.code(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => rt.fail(format!("cannot run {}: {e}", binary.display())),
+        }
+    }
+    rt.finish();
+    rt
+}
+
+/// Connects the fleet, measures, stops the fleet.
+pub async fn run(cfg: CommandsConfig) -> Result<CommandLatency, String> {
+    let mut admin = admin::connect(&cfg.admin).await?;
+    let mut fleet = Fleet::new(cfg.fleet.clone()).map_err(|e| e.to_string())?;
+    let connected = fleet
+        .grow_to(
+            cfg.agents,
+            Duration::from_secs(60) + Duration::from_millis(cfg.agents as u64 * 5),
+        )
+        .await;
+    let online = admin::wait_online(
+        &mut admin,
+        &cfg.fleet.hostname_prefix,
+        cfg.agents,
+        Duration::from_secs(60),
+    )
+    .await?;
+    if online < cfg.agents {
+        let why = fleet.stats().first_error().unwrap_or_default();
+        fleet.stop(Duration::from_secs(10)).await;
+        return Err(format!(
+            "only {online} of {} agents online ({connected} connected): {why}",
+            cfg.agents
+        ));
+    }
+    // Warm up: connections, the router's maps, the store's command tables.
+    let _ = round_trips(&mut admin, &cfg, &["ping"], 50.min(cfg.calls)).await;
+    let ping = round_trips(&mut admin, &cfg, &["ping"], cfg.calls).await;
+    let true_ = round_trips(&mut admin, &cfg, &["true"], cfg.calls).await;
+    let mut fanouts = Vec::new();
+    for _ in 0..cfg.fanouts {
+        let t = admin::exec(&mut admin, Vec::new(), true, &["ping"]).await?;
+        fanouts.push(Fanout {
+            last: t.total,
+            first: t.first_result,
+            ok: t.ok,
+            failed: t.failed,
+        });
+    }
+    let monitorctl = match &cfg.monitorctl {
+        Some(binary) => {
+            let c = cfg.clone();
+            let b = binary.clone();
+            tokio::task::spawn_blocking(move || monitorctl_calls(&c, &b))
+                .await
+                .map_err(|e| format!("monitorctl timing task: {e}"))?
+        }
+        None => RoundTrips::default(),
+    };
+    fleet.stop(Duration::from_secs(30)).await;
+    Ok(CommandLatency {
+        agents_online: online,
+        ping,
+        true_,
+        fanouts,
+        monitorctl,
+    })
+}
+
+impl CommandLatency {
+    /// Prints the human summary.
+    pub fn print(&self) {
+        println!(
+            "command round trips with {} agents online",
+            self.agents_online
+        );
+        let line = |name: &str, rt: &RoundTrips| {
+            let q = |x| rt.quantile(x).map_or_else(|| "-".to_owned(), ms);
+            println!(
+                "  {name:<22} n={:<5} p50 {:>8} ms  p99 {:>8} ms  max {:>8} ms  failed {}",
+                rt.sorted.len(),
+                q(0.5),
+                q(0.99),
+                q(1.0),
+                rt.failed
+            );
+            if let Some(f) = &rt.first_failure {
+                println!("    first failure: {f}");
+            }
+        };
+        line("ping (gRPC client)", &self.ping);
+        line("true (gRPC client)", &self.true_);
+        if !self.monitorctl.sorted.is_empty() || self.monitorctl.failed > 0 {
+            line("ping (monitorctl proc)", &self.monitorctl);
+        }
+        for (i, f) in self.fanouts.iter().enumerate() {
+            println!(
+                "  fan-out {} to all: last result {} ms, first {} ms, {} ok, {} failed",
+                i + 1,
+                ms(f.last),
+                f.first.map_or_else(|| "-".to_owned(), ms),
+                f.ok,
+                f.failed
+            );
+        }
+    }
+
+    /// The summary lines (`commands.*`) for bench/run.sh.
+    pub fn results(&self, r: &mut Results) {
+        r.put("commands.agents", self.agents_online);
+        for (name, rt) in [
+            ("ping", &self.ping),
+            ("true", &self.true_),
+            ("monitorctl_ping", &self.monitorctl),
+        ] {
+            r.put(&format!("commands.{name}.calls"), rt.sorted.len());
+            r.put(&format!("commands.{name}.failed"), rt.failed);
+            for (label, q) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+                if let Some(d) = rt.quantile(q) {
+                    r.put(&format!("commands.{name}.{label}_ms"), ms(d));
+                }
+            }
+        }
+        if !self.fanouts.is_empty() {
+            let mut last: Vec<Duration> = self.fanouts.iter().map(|f| f.last).collect();
+            last.sort();
+            r.put("commands.fanout.runs", last.len());
+            r.put("commands.fanout.median_ms", ms(last[last.len() / 2]));
+            r.put("commands.fanout.max_ms", ms(last[last.len() - 1]));
+            r.put(
+                "commands.fanout.ok_min",
+                self.fanouts.iter().map(|f| f.ok).min().unwrap_or(0),
+            );
+            r.put(
+                "commands.fanout.failed_total",
+                self.fanouts.iter().map(|f| f.failed).sum::<usize>(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(ms_values: &[u64], q: f64, expected_ms: Option<u64>) {
+        let mut rt = RoundTrips::default();
+        for &v in ms_values {
+            rt.push(Duration::from_millis(v));
+        }
+        rt.finish();
+        assert_eq!(rt.quantile(q), expected_ms.map(Duration::from_millis));
+    }
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let hundred: Vec<u64> = (1..=100).rev().collect();
+        check(&hundred, 0.5, Some(50));
+        check(&hundred, 0.99, Some(99));
+        check(&hundred, 1.0, Some(100));
+        check(&[5, 1], 0.5, Some(1));
+        check(&[3], 0.99, Some(3));
+        check(&[], 0.5, None);
+    }
+}

@@ -1,0 +1,344 @@
+//! `monitor-loadgen`: flags → validated settings → runtime → one of the
+//! library's tools. Exit codes: 0 when the measurement ran (whether or not
+//! a target was met: the figures say that), 1 when it could not run, 2 for
+//! a usage error.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use monitor_loadgen::capacity::{self, CapacityConfig};
+use monitor_loadgen::cmdlat::{self, CommandsConfig};
+use monitor_loadgen::procinfo::ProcSnapshot;
+use monitor_loadgen::sim::FleetConfig;
+use monitor_loadgen::{Results, is_loopback_url, scrape};
+
+/// Benchmark tools for monitor (see BENCHMARKS.md). Loopback only.
+#[derive(FromArgs, Debug)]
+struct Args {
+    #[argh(subcommand)]
+    command: Sub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Sub {
+    Capacity(CapacityArgs),
+    Commands(CommandsArgs),
+    Scrape(ScrapeArgs),
+    Proc(ProcArgs),
+}
+
+/// grow a fleet of simulated agents step by step; find how many the server
+/// holds with every sample stored and acknowledged
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "capacity")]
+struct CapacityArgs {
+    /// the server's agent listener, http://127.0.0.1:PORT
+    #[argh(option)]
+    server: String,
+    /// the server's operator API, http://127.0.0.1:PORT
+    #[argh(option)]
+    admin: String,
+    /// the server's pid, to measure its CPU and memory
+    #[argh(option)]
+    server_pid: Option<u32>,
+    /// fleet sizes, ascending (default 1000,2500,5000,7500,10000,12500,15000)
+    #[argh(
+        option,
+        default = "String::from(\"1000,2500,5000,7500,10000,12500,15000\")"
+    )]
+    steps: String,
+    /// seconds between batches per agent (default 1s)
+    #[argh(option, default = "String::from(\"1s\")")]
+    interval: String,
+    /// wait after the step's agents connected (default 5s)
+    #[argh(option, default = "String::from(\"5s\")")]
+    warmup: String,
+    /// measurement window per step (default 20s)
+    #[argh(option, default = "String::from(\"20s\")")]
+    hold: String,
+    /// longest p99 ingest-to-durable latency a held step may have
+    /// (default: the interval)
+    #[argh(option)]
+    max_p99: Option<String>,
+    #[argh(option, default = "String::from(\"lg-\")")]
+    /// hostname prefix of the simulated agents (default lg-)
+    prefix: String,
+    /// comma-separated loopback source addresses the agents bind to in
+    /// turn (default: the kernel's choice)
+    #[argh(option)]
+    sources: Option<String>,
+    /// connections set up at once (default 256)
+    #[argh(option, default = "256")]
+    connect_concurrency: usize,
+    /// runtime worker threads (default 2)
+    #[argh(option, default = "2")]
+    threads: usize,
+    /// append key=value results to this file
+    #[argh(option)]
+    results: Option<PathBuf>,
+}
+
+/// connect a fleet, then time ping/true round trips and fan-outs through
+/// the operator API
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "commands")]
+struct CommandsArgs {
+    /// the server's agent listener, http://127.0.0.1:PORT
+    #[argh(option)]
+    server: String,
+    /// the server's operator API, http://127.0.0.1:PORT
+    #[argh(option)]
+    admin: String,
+    /// simulated agents connected while measuring (default 1000)
+    #[argh(option, default = "1000")]
+    agents: usize,
+    /// round trips timed per command (default 1000)
+    #[argh(option, default = "1000")]
+    calls: usize,
+    /// fan-outs to every agent (default 10)
+    #[argh(option, default = "10")]
+    fanouts: usize,
+    /// seconds between batches per agent (default 1s)
+    #[argh(option, default = "String::from(\"1s\")")]
+    interval: String,
+    #[argh(option, default = "String::from(\"cmd-\")")]
+    /// hostname prefix of the simulated agents (default cmd-)
+    prefix: String,
+    /// comma-separated loopback source addresses (default: the kernel's)
+    #[argh(option)]
+    sources: Option<String>,
+    /// monitorctl binary to time a few calls through
+    #[argh(option)]
+    monitorctl: Option<PathBuf>,
+    /// calls through monitorctl (default 10)
+    #[argh(option, default = "10")]
+    monitorctl_calls: usize,
+    /// runtime worker threads (default 2)
+    #[argh(option, default = "2")]
+    threads: usize,
+    /// append key=value results to this file
+    #[argh(option)]
+    results: Option<PathBuf>,
+}
+
+/// scrape an exporter on loopback at a fixed pace, one line per scrape:
+/// UNIX_MS BYTES
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "scrape")]
+struct ScrapeArgs {
+    /// the exporter, 127.0.0.1:PORT
+    #[argh(option)]
+    addr: SocketAddr,
+    /// path to GET (default /metrics)
+    #[argh(option, default = "String::from(\"/metrics\")")]
+    path: String,
+    /// time between scrapes (default 1s)
+    #[argh(option, default = "String::from(\"1s\")")]
+    interval: String,
+    /// stop after this many scrapes (default: until killed)
+    #[argh(option)]
+    count: Option<u64>,
+}
+
+/// print a process's CPU, memory and threads as key=value, one line per pid
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "proc")]
+struct ProcArgs {
+    /// process ids
+    #[argh(positional)]
+    pids: Vec<u32>,
+}
+
+fn duration(flag: &str, value: &str) -> Result<Duration, String> {
+    match monitor::time::parse_duration(value) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "--{flag}: expected a duration like 1s or 500ms, got '{value}'"
+        )),
+    }
+}
+
+fn loopback_url(flag: &str, value: &str) -> Result<String, String> {
+    if is_loopback_url(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "--{flag}: expected http://127.0.0.1:PORT (loopback only), got '{value}'"
+        ))
+    }
+}
+
+fn sources(value: Option<&str>) -> Result<Vec<IpAddr>, String> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.parse::<IpAddr>() {
+            Ok(ip) if ip.is_loopback() => Ok(ip),
+            _ => Err(format!(
+                "--sources: expected loopback addresses like 127.0.0.2, got '{s}'"
+            )),
+        })
+        .collect()
+}
+
+fn steps(value: &str) -> Result<Vec<usize>, String> {
+    let steps: Vec<usize> = value
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("--steps: expected numbers like 1000,5000, got '{value}'"))?;
+    if steps.is_empty() || steps.contains(&0) || !steps.is_sorted() {
+        return Err(format!(
+            "--steps: expected ascending numbers above 0, got '{value}'"
+        ));
+    }
+    Ok(steps)
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn save(results: &Results, path: Option<&Path>) -> Result<(), String> {
+    if let Some(p) = path {
+        results
+            .append_to(p)
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Why `main` exits non-zero.
+enum Failure {
+    Usage(String),
+    Run(String),
+}
+
+fn capacity_cmd(a: CapacityArgs) -> Result<(), Failure> {
+    let interval = duration("interval", &a.interval).map_err(Failure::Usage)?;
+    let max_p99 = match &a.max_p99 {
+        Some(v) => duration("max-p99", v).map_err(Failure::Usage)?,
+        None => interval,
+    };
+    let config = CapacityConfig {
+        fleet: FleetConfig {
+            server: loopback_url("server", &a.server).map_err(Failure::Usage)?,
+            interval,
+            hostname_prefix: a.prefix,
+            sources: sources(a.sources.as_deref()).map_err(Failure::Usage)?,
+            connect_concurrency: a.connect_concurrency,
+        },
+        admin: loopback_url("admin", &a.admin).map_err(Failure::Usage)?,
+        server_pid: a.server_pid,
+        steps: steps(&a.steps).map_err(Failure::Usage)?,
+        warmup: duration("warmup", &a.warmup).map_err(Failure::Usage)?,
+        hold: duration("hold", &a.hold).map_err(Failure::Usage)?,
+        max_p99,
+    };
+    let rt = runtime(a.threads).map_err(Failure::Run)?;
+    let result = rt.block_on(capacity::run(config)).map_err(Failure::Run)?;
+    let mut r = Results::default();
+    result.results(&mut r);
+    println!(
+        "held: {} agents; acknowledged {} batches, server stored {}; drained: {}",
+        result.held().map_or(0, |s| s.agents),
+        result.acked_total,
+        result
+            .stored_total
+            .map_or_else(|| "?".to_owned(), |s| s.to_string()),
+        result.drained
+    );
+    if let Some(e) = &result.first_error {
+        println!("first error: {e}");
+    }
+    save(&r, a.results.as_deref()).map_err(Failure::Run)
+}
+
+fn commands_cmd(a: CommandsArgs) -> Result<(), Failure> {
+    let config = CommandsConfig {
+        fleet: FleetConfig {
+            server: loopback_url("server", &a.server).map_err(Failure::Usage)?,
+            interval: duration("interval", &a.interval).map_err(Failure::Usage)?,
+            hostname_prefix: a.prefix,
+            sources: sources(a.sources.as_deref()).map_err(Failure::Usage)?,
+            connect_concurrency: 256,
+        },
+        admin: loopback_url("admin", &a.admin).map_err(Failure::Usage)?,
+        agents: a.agents.max(1),
+        calls: a.calls.max(1),
+        fanouts: a.fanouts,
+        monitorctl: a.monitorctl,
+        monitorctl_calls: a.monitorctl_calls,
+    };
+    let rt = runtime(a.threads).map_err(Failure::Run)?;
+    let result = rt.block_on(cmdlat::run(config)).map_err(Failure::Run)?;
+    result.print();
+    let mut r = Results::default();
+    result.results(&mut r);
+    save(&r, a.results.as_deref()).map_err(Failure::Run)
+}
+
+fn scrape_cmd(a: ScrapeArgs) -> Result<(), Failure> {
+    if !a.addr.ip().is_loopback() {
+        return Err(Failure::Usage(format!(
+            "--addr: expected a loopback address, got '{}'",
+            a.addr
+        )));
+    }
+    let interval = duration("interval", &a.interval).map_err(Failure::Usage)?;
+    let mut out = std::io::stdout().lock();
+    let failed = scrape::run(a.addr, &a.path, interval, a.count, &mut out)
+        .map_err(|e| Failure::Run(format!("stdout: {e}")))?;
+    if failed > 0 {
+        eprintln!("{failed} scrapes failed");
+    }
+    Ok(())
+}
+
+fn proc_cmd(a: ProcArgs) -> Result<(), Failure> {
+    if a.pids.is_empty() {
+        return Err(Failure::Usage("name at least one pid".to_owned()));
+    }
+    for pid in a.pids {
+        let snap = ProcSnapshot::read(Path::new("/proc"), pid).map_err(|e| {
+            let cause =
+                std::error::Error::source(&e).map_or_else(String::new, |c| format!(": {c}"));
+            Failure::Run(format!("{e}{cause}"))
+        })?;
+        println!("{}", snap.to_kv());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    let result = match args.command {
+        Sub::Capacity(a) => capacity_cmd(a),
+        Sub::Commands(a) => commands_cmd(a),
+        Sub::Scrape(a) => scrape_cmd(a),
+        Sub::Proc(a) => proc_cmd(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("monitor-loadgen: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(e)) => {
+            eprintln!("monitor-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,564 @@
+#!/usr/bin/env bash
+# One command for every figure in BENCHMARKS.md: measures monitor-agent and
+# monitor-server on this machine, side by side with real peers in the same
+# run, and prints the issue's table.
+#
+#   1. agent tick cost next to the read-only floor (cargo bench, tick);
+#      syscalls per tick (strace -c over two --count runs, the difference);
+#   2. footprint at a 1 s interval, all at once for the same window: the
+#      agent reporting to a real server, prometheus-node-exporter (cpu,
+#      meminfo, diskstats, netdev only) scraped once a second, collectd (cpu,
+#      memory, disk, interface) sending to a UDP sink, and the course
+#      handout's shell loop (free, top, iostat, ifstat) as the baseline:
+#      CPU per sample, RSS/PSS/private, threads, then syscalls per sample
+#      with strace attached to all of them for the same seconds;
+#   3. stripped binary sizes (x86_64 built here; aarch64/armv7 only if
+#      scripts/arm-check.sh already built them under target/debian-cross);
+#   4. server capacity: monitor-loadgen grows a fleet of simulated agents
+#      (one HTTP/2 connection each, Report + CommandStream, 6-sample batches
+#      at 1 s) until a step is not held;
+#   5. command round trips (ping, true) with 1,000 agents connected, through
+#      the gRPC API and through monitorctl, and fan-out to all of them.
+#
+# Everything runs on loopback, on ports nobody listens on, with a fresh
+# database under the output directory; every wait is bounded and every
+# process started here is stopped on exit. Installs the peers with apt when
+# missing (idempotent).
+#
+# Usage: bench/run.sh [--quick] [--long] [--footprint-secs N]
+#                     [--steps LIST] [--only SECTIONS] [--out DIR]
+#   --quick             a short run (about 3 minutes): fewer ticks, a 15 s
+#                       footprint window, small fleets
+#   --long              a 600 s footprint window (the 10-minute RSS run)
+#   --footprint-secs N  footprint window in seconds (default 60)
+#   --steps LIST        capacity fleet sizes (default
+#                       1000,2500,5000,7500,10000,12500,15000)
+#   --only SECTIONS     comma-separated subset of
+#                       tick,syscalls,footprint,size,capacity,commands
+#   --out DIR           where logs and results go (default
+#                       target/bench/run-DATE)
+# Prints the table on stdout; raw key=value results are in DIR/results.txt.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+quick=0
+footprint_secs=60
+steps=1000,2500,5000,7500,10000,12500,15000
+only=tick,syscalls,footprint,size,capacity,commands
+out=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --long) footprint_secs=600 ;;
+        --footprint-secs) footprint_secs=${2:?--footprint-secs needs seconds}; shift ;;
+        --steps) steps=${2:?--steps needs a list}; shift ;;
+        --only) only=${2:?--only needs a list}; shift ;;
+        --out) out=${2:?--out needs a directory}; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [[ $quick -eq 1 ]]; then
+    [[ $footprint_secs -eq 60 ]] && footprint_secs=15
+    [[ $steps == 1000,2500,5000,7500,10000,12500,15000 ]] && steps=500,1000
+fi
+[[ $footprint_secs =~ ^[0-9]+$ && $footprint_secs -ge 5 ]] \
+    || { echo "bench: --footprint-secs: expected at least 5, got '$footprint_secs'" >&2; exit 2; }
+
+# Sizes of the quick and the full run.
+if [[ $quick -eq 1 ]]; then
+    sys_ticks_a=50 sys_ticks_b=150 strace_secs=5 hold=5s warmup=2s
+    cmd_agents=200 cmd_calls=200 cmd_fanouts=3 ctl_calls=3
+else
+    sys_ticks_a=100 sys_ticks_b=300 strace_secs=20 hold=20s warmup=5s
+    cmd_agents=1000 cmd_calls=1000 cmd_fanouts=10 ctl_calls=10
+fi
+
+out=${out:-$repo/target/bench/run-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+results=$out/results.txt
+: >"$results"
+
+log() { echo "bench: $*" >&2; }
+fail() {
+    echo "bench: FAIL: $*" >&2
+    exit 1
+}
+want() { [[ ",$only," == *",$1,"* ]]; }
+
+# key=value results; `get` prints "-" for a missing key.
+put() { echo "$1=$2" >>"$results"; }
+get() {
+    local v
+    v=$(grep -E "^$1=" "$results" 2>/dev/null | tail -n 1 | cut -d= -f2-)
+    echo "${v:--}"
+}
+# Floating point through awk: calc 'expr' with variables as -v pairs.
+calc() { awk "BEGIN { x = $1; if (x == int(x)) printf \"%d\", x; else printf \"%.${2:-2}f\", x }"; }
+# field NAME "k=v k=v ..." → v
+field() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k { print $2 }'; }
+
+# ---------------------------------------------------------------------------
+# Processes: started in the background, stopped on any exit (TERM, then
+# KILL after 5 s), never by name.
+# ---------------------------------------------------------------------------
+pids=()
+cleanup() {
+    local status=$? pid
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in the background, output to $out/NAME.log;
+# the pid is in $last_pid.
+start() {
+    local name=$1
+    shift
+    "$@" >"$out/$name.log" 2>&1 &
+    last_pid=$!
+    pids+=("$last_pid")
+}
+
+# stop PID: TERM, then KILL after 5 s.
+stop() {
+    kill -TERM "$1" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# wait_until WHAT SECONDS CMD...: polls CMD every 0.1 s.
+wait_until() {
+    local what=$1 secs=$2
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [[ $SECONDS -lt $deadline ]] || fail "timed out after ${secs}s waiting for $what"
+        sleep 0.1
+    done
+}
+
+listening_tcp() { [[ -n $(ss -Htln "sport = :$1") ]]; }
+
+# A loopback port nobody listens on (TCP and UDP).
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 12000))
+        if [[ -z $(ss -Htuln "sport = :$p") ]]; then
+            echo "$p"
+            return
+        fi
+    done
+    fail "no free port found"
+}
+
+# start_server NAME: a fresh monitor-server on free loopback ports; sets
+# server_pid, server_url, admin_url.
+start_server() {
+    local name=$1 sp ap
+    sp=$(free_port)
+    ap=$(free_port)
+    mkdir -p "$out/$name"
+    start "$name" "$server_bin" --listen "127.0.0.1:$sp" --admin-listen "127.0.0.1:$ap" \
+        --db "$out/$name/monitor.db" --log warn
+    server_pid=$last_pid
+    server_url=http://127.0.0.1:$sp
+    admin_url=http://127.0.0.1:$ap
+    wait_until "$name to listen" 30 listening_tcp "$ap"
+    wait_until "$name to listen" 30 listening_tcp "$sp"
+}
+
+proc() { "$loadgen" proc "$@"; }
+
+# ---------------------------------------------------------------------------
+# Machine, peers, build.
+# ---------------------------------------------------------------------------
+put machine.nproc "$(nproc)"
+put machine.cpu "$(lscpu | awk -F: '/^Model name/ { gsub(/^ +/, "", $2); print $2; exit }')"
+put machine.kernel "$(uname -sr)"
+put machine.arch "$(uname -m)"
+put machine.os "$(. /etc/os-release && echo "$PRETTY_NAME")"
+put machine.mem_mib "$(awk '/^MemTotal/ { printf "%d", $2 / 1024 }' /proc/meminfo)"
+put machine.load_at_start "$(cut -d' ' -f1-3 /proc/loadavg)"
+put machine.rustc "$(rustc --version)"
+put run.mode "$([[ $quick -eq 1 ]] && echo quick || echo full)"
+put run.date "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+load1=$(cut -d' ' -f1 /proc/loadavg)
+if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
+    log "load average is $load1: other work on this machine will show in the figures"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+needed=(strace socat sysstat ifstat procps prometheus-node-exporter collectd-core)
+missing=()
+for p in "${needed[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    log "installing ${missing[*]}"
+    apt-get install -y --no-install-recommends "${missing[@]}" >"$out/apt.log" 2>&1 \
+        || { apt-get update >>"$out/apt.log" 2>&1 \
+             && apt-get install -y --no-install-recommends "${missing[@]}" >>"$out/apt.log" 2>&1; } \
+        || fail "apt-get install ${missing[*]} (see $out/apt.log)"
+fi
+node_exporter_bin=/usr/bin/prometheus-node-exporter
+collectd_bin=/usr/sbin/collectd
+put peers.node_exporter "$($node_exporter_bin --version 2>&1 | head -n 1)"
+put peers.collectd "$($collectd_bin -h 2>&1 | awk '/^collectd [0-9]/ { print $1, $2; exit }')"
+
+log "building release binaries"
+cargo build --release -p monitor-agent -p monitor-server -p monitor-loadgen >"$out/build.log" 2>&1 \
+    || fail "cargo build --release (see $out/build.log)"
+agent_bin=$repo/target/release/monitor-agent
+server_bin=$repo/target/release/monitor-server
+ctl_bin=$repo/target/release/monitorctl
+loadgen=$repo/target/release/monitor-loadgen
+# Copies, so another build in the shared target directory cannot swap the
+# binaries under a running measurement.
+mkdir -p "$out/bin"
+cp "$agent_bin" "$server_bin" "$ctl_bin" "$loadgen" "$out/bin/"
+agent_bin=$out/bin/monitor-agent
+server_bin=$out/bin/monitor-server
+ctl_bin=$out/bin/monitorctl
+loadgen=$out/bin/monitor-loadgen
+
+# Many connections: the server and the load generator each need one
+# descriptor per simulated agent.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fd_limit=$(ulimit -n)
+put machine.fd_limit "$fd_limit"
+
+# ---------------------------------------------------------------------------
+# 1. Tick cost against the floor.
+# ---------------------------------------------------------------------------
+if want tick; then
+    log "tick benchmark"
+    tick_args=()
+    [[ $quick -eq 1 ]] && tick_args=(-- --quick)
+    cargo bench -p monitor-agent --bench tick "${tick_args[@]}" >"$out/tick.log" 2>&1 \
+        || fail "tick benchmark (see $out/tick.log)"
+    put tick.floor_us "$(awk '/^floor \(/ { print $(NF-1) }' "$out/tick.log")"
+    put tick.sample_us "$(awk '/^Collector::sample/ { print $(NF-1) }' "$out/tick.log")"
+    put tick.parse_us "$(awk '/^parsers alone/ { print $NF }' "$out/tick.log")"
+    put tick.ratio "$(awk '/^ratio/ { print $(NF-1) }' "$out/tick.log")"
+    put tick.bytes_per_tick "$(sed -n 's/.*, \([0-9]*\) bytes read per tick.*/\1/p' "$out/tick.log")"
+fi
+
+# ---------------------------------------------------------------------------
+# 1b. Syscalls per tick: the real agent against a real server, strace -c
+# over two runs of different lengths; the difference is the steady state.
+# ---------------------------------------------------------------------------
+if want syscalls; then
+    log "syscalls per tick ($sys_ticks_a and $sys_ticks_b ticks at 0.1 s)"
+    start_server server-syscalls
+    for n in "$sys_ticks_a" "$sys_ticks_b"; do
+        timeout 120 strace -c -f -o "$out/strace-count-$n.txt" \
+            "$agent_bin" --server "$server_url" --interval 0.1 --count "$n" \
+            --hostname "bench-strace-$n" --log warn >"$out/agent-count-$n.log" 2>&1 \
+            || fail "agent --count $n under strace (see $out/agent-count-$n.log)"
+    done
+    stop "$server_pid"
+    total_a=$(awk '$NF == "total" { print $4 }' "$out/strace-count-$sys_ticks_a.txt")
+    total_b=$(awk '$NF == "total" { print $4 }' "$out/strace-count-$sys_ticks_b.txt")
+    put syscalls.agent_per_tick "$(calc "($total_b - $total_a) / ($sys_ticks_b - $sys_ticks_a)" 1)"
+    put syscalls.agent_startup "$(calc "$total_a - $sys_ticks_a * ($total_b - $total_a) / ($sys_ticks_b - $sys_ticks_a)" 0)"
+    # Which calls a tick makes: per-call differences.
+    awk -v a="$sys_ticks_a" -v b="$sys_ticks_b" '
+        FNR == NR && $NF != "total" && $4 ~ /^[0-9]+$/ { first[$NF] = $4; next }
+        $NF != "total" && $4 ~ /^[0-9]+$/ { d = ($4 - first[$NF]) / (b - a); if (d >= 0.05) printf "%s %.2f\n", $NF, d }
+    ' "$out/strace-count-$sys_ticks_a.txt" "$out/strace-count-$sys_ticks_b.txt" \
+        | sort -k2 -rn >"$out/syscalls-per-tick.txt"
+    put syscalls.agent_breakdown "$(awk '{ printf "%s%s %s", sep, $1, $2; sep = ", " }' "$out/syscalls-per-tick.txt")"
+fi
+
+# ---------------------------------------------------------------------------
+# 2. Footprint, side by side, same window, 1 s interval.
+# ---------------------------------------------------------------------------
+if want footprint; then
+    log "footprint: agent, node_exporter, collectd, shell baseline for ${footprint_secs}s"
+    start_server server-footprint
+    footprint_server_pid=$server_pid
+    iface=$(ip route show default 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')
+    iface=${iface:-lo}
+
+    start agent "$agent_bin" --server "$server_url" --interval 1 --hostname bench-agent --log warn
+    agent_pid=$last_pid
+    # The same agent collecting only (--stdout into /dev/null, no network):
+    # what the collection costs without gRPC.
+    "$agent_bin" --stdout --interval 1 --hostname bench-collect-only --log warn >/dev/null 2>"$out/agent-stdout.log" &
+    stdout_agent_pid=$!
+    pids+=("$stdout_agent_pid")
+
+    ne_port=$(free_port)
+    start node-exporter "$node_exporter_bin" --web.listen-address="127.0.0.1:$ne_port" \
+        --collector.disable-defaults --collector.cpu --collector.meminfo \
+        --collector.diskstats --collector.netdev --web.disable-exporter-metrics
+    ne_pid=$last_pid
+    wait_until "node_exporter to listen" 30 listening_tcp "$ne_port"
+    "$loadgen" scrape --addr "127.0.0.1:$ne_port" --interval 1s >"$out/scrapes.txt" 2>"$out/scraper.log" &
+    scraper_pid=$!
+    pids+=("$scraper_pid")
+
+    cd_port=$(free_port)
+    start udp-sink socat -u "UDP-RECV:$cd_port,bind=127.0.0.1" /dev/null
+    mkdir -p "$out/collectd"
+    cat >"$out/collectd.conf" <<EOF
+# collectd as people run it for host metrics, limited to the agent's four
+# sources, sending every second to a listener on loopback.
+Hostname "bench-collectd"
+FQDNLookup false
+Interval 1
+BaseDir "$out/collectd"
+PIDFile "$out/collectd/collectd.pid"
+PluginDir "/usr/lib/collectd"
+TypesDB "/usr/share/collectd/types.db"
+LoadPlugin cpu
+LoadPlugin memory
+LoadPlugin disk
+LoadPlugin interface
+LoadPlugin network
+<Plugin network>
+  Server "127.0.0.1" "$cd_port"
+</Plugin>
+EOF
+    start collectd "$collectd_bin" -f -C "$out/collectd.conf"
+    collectd_pid=$last_pid
+
+    bash "$repo/bench/shell-baseline.sh" "$iface" >"$out/shell-samples.txt" 2>"$out/shell-baseline.log" &
+    shell_pid=$!
+    pids+=("$shell_pid")
+
+    sleep 10
+    for pid in "$agent_pid" "$stdout_agent_pid" "$ne_pid" "$collectd_pid" "$shell_pid"; do
+        kill -0 "$pid" 2>/dev/null || fail "a footprint process (pid $pid) died during warm-up (see $out/*.log)"
+    done
+
+    # Memory over time, every 10 s, for the flatness check.
+    (
+        echo "unix_s agent_rss_kib collectd_rss_kib node_exporter_rss_kib"
+        while kill -0 "$agent_pid" 2>/dev/null; do
+            line="$(date +%s)"
+            for pid in "$agent_pid" "$collectd_pid" "$ne_pid"; do
+                line+=" $(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo -)"
+            done
+            echo "$line"
+            sleep 10
+        done
+    ) >"$out/rss.tsv" &
+    pids+=("$!")
+
+    t0=$(date +%s%3N)
+    p0=$(proc "$agent_pid" "$stdout_agent_pid" "$ne_pid" "$collectd_pid" "$shell_pid")
+    sleep "$footprint_secs"
+    t1=$(date +%s%3N)
+    p1=$(proc "$agent_pid" "$stdout_agent_pid" "$ne_pid" "$collectd_pid" "$shell_pid")
+    echo "$p0" >"$out/footprint-start.txt"
+    echo "$p1" >"$out/footprint-end.txt"
+    window_s=$(calc "($t1 - $t0) / 1000" 3)
+    put footprint.window_s "$window_s"
+    # Lines of FILE stamped inside the window (UNIX_MS first): scrapes that
+    # succeeded (size > 0), shell samples with all six values.
+    scrapes_in() { awk -v a="$1" -v b="$2" '$1 >= a && $1 < b && $2 > 0' "$out/scrapes.txt" | wc -l; }
+    shell_in() { awk -v a="$1" -v b="$2" '$1 >= a && $1 < b && NF >= 7' "$out/shell-samples.txt" | wc -l; }
+
+    # CPU per sample. Threads' schedstat gives nanoseconds but forgets
+    # threads that ended; utime+stime counts them but in 10 ms ticks. Use
+    # the nanoseconds unless the ticks say more (then a thread ended).
+    footprint() {
+        local name=$1 pid=$2 samples=$3 children=$4 a b
+        a=$(grep "^pid=$pid " <<<"$p0")
+        b=$(grep "^pid=$pid " <<<"$p1")
+        local ns=$(( $(field cpu_ns "$b") - $(field cpu_ns "$a") ))
+        local ticks=$(( $(field cpu_ticks "$b") - $(field cpu_ticks "$a") ))
+        if [[ $children -eq 1 ]]; then
+            ticks=$(( ticks + $(field children_cpu_ticks "$b") - $(field children_cpu_ticks "$a") ))
+            ns=0
+        fi
+        local cpu_ms
+        cpu_ms=$(awk -v ns="$ns" -v t="$ticks" 'BEGIN { a = ns / 1e6; b = t * 10; printf "%.3f", (b > a + 20 ? b : a) }')
+        put "footprint.$name.samples" "$samples"
+        put "footprint.$name.cpu_ms" "$cpu_ms"
+        put "footprint.$name.cpu_ms_per_sample" "$(calc "$cpu_ms / ($samples > 0 ? $samples : 1)" 4)"
+        put "footprint.$name.cpu_percent" "$(calc "$cpu_ms / 10 / $window_s" 3)"
+        for k in threads rss_kib hwm_kib pss_kib private_kib anon_kib; do
+            put "footprint.$name.$k" "$(field "$k" "$b")"
+        done
+        put "footprint.$name.threads_at_start" "$(field threads "$a")"
+    }
+    secs=$(calc "($t1 - $t0) / 1000" 0)
+    footprint agent "$agent_pid" "$secs" 0
+    footprint agent_collect_only "$stdout_agent_pid" "$secs" 0
+    footprint collectd "$collectd_pid" "$secs" 0
+    footprint node_exporter "$ne_pid" "$(scrapes_in "$t0" "$t1")" 0
+    footprint shell "$shell_pid" "$(shell_in "$t0" "$t1")" 1
+    put footprint.agent.tasks "$(ls "/proc/$agent_pid/task" | tr '\n' ' ')"
+    put footprint.node_exporter.scrape_bytes "$(tail -n 1 "$out/scrapes.txt" | cut -d' ' -f2)"
+
+    # RSS drift of the agent after its first minute (or the warm-up).
+    put footprint.agent.rss_min_kib "$(awk 'NR > 1 && $2 != "-" { if (min == "" || $2 < min) min = $2 } END { print min }' "$out/rss.tsv")"
+    put footprint.agent.rss_max_kib "$(awk 'NR > 1 && $2 != "-" { if ($2 > max) max = $2 } END { print max }' "$out/rss.tsv")"
+    put footprint.agent.rss_after_60s_kib "$(awk -v t="$(( t0 / 1000 + 50 ))" 'NR > 1 && $1 >= t { print $2; exit }' "$out/rss.tsv")"
+
+    # Syscalls per sample: strace attached to all three for the same
+    # seconds (the shell baseline is left out: its cost is processes).
+    log "syscalls per sample of the agent and the peers (${strace_secs}s attached)"
+    s0=$(date +%s%3N)
+    tracers=()
+    for n in agent:$agent_pid collectd:$collectd_pid node_exporter:$ne_pid; do
+        timeout -s INT "$strace_secs" strace -c -f -p "${n#*:}" -o "$out/strace-attach-${n%%:*}.txt" \
+            >/dev/null 2>&1 &
+        tracers+=("$!")
+    done
+    # Bounded by timeout(1); strace prints its table when interrupted.
+    for t in "${tracers[@]}"; do
+        wait "$t" || true
+    done
+    s1=$(date +%s%3N)
+    ss_secs=$(calc "($s1 - $s0) / 1000" 3)
+    ne_scrapes=$(scrapes_in "$s0" "$s1")
+    for n in agent collectd node_exporter; do
+        total=$(awk '$NF == "total" { print $4 }' "$out/strace-attach-$n.txt" 2>/dev/null || true)
+        [[ -n $total ]] || { put "syscalls.$n.attached_per_sample" -; continue; }
+        samples=$ss_secs
+        [[ $n == node_exporter ]] && samples=$ne_scrapes
+        put "syscalls.$n.attached_per_sample" "$(calc "$total / $samples" 1)"
+    done
+
+    for pid in "$shell_pid" "$scraper_pid" "$collectd_pid" "$ne_pid" "$stdout_agent_pid" "$agent_pid" "$footprint_server_pid"; do
+        stop "$pid"
+    done
+fi
+
+# ---------------------------------------------------------------------------
+# 3. Binary sizes.
+# ---------------------------------------------------------------------------
+if want size; then
+    cp "$agent_bin" "$out/monitor-agent.x86_64"
+    strip --strip-all "$out/monitor-agent.x86_64"
+    put size.agent_x86_64_bytes "$(stat -c %s "$out/monitor-agent.x86_64")"
+    for t in aarch64:aarch64-unknown-linux-gnu:aarch64-linux-gnu armv7:armv7-unknown-linux-gnueabihf:arm-linux-gnueabihf; do
+        IFS=: read -r short triple gcc <<<"$t"
+        f=$repo/target/debian-cross/$triple/release/monitor-agent
+        if [[ -f $f ]]; then
+            cp "$f" "$out/monitor-agent.$short"
+            if ! file "$out/monitor-agent.$short" | grep -q ", stripped"; then
+                "$gcc-strip" --strip-all "$out/monitor-agent.$short" 2>/dev/null || true
+            fi
+            put "size.agent_${short}_bytes" "$(stat -c %s "$out/monitor-agent.$short")"
+            put "size.agent_${short}_built" "$(date -r "$f" -u +%Y-%m-%dT%H:%M:%SZ)"
+        else
+            put "size.agent_${short}_bytes" -
+        fi
+    done
+    put size.node_exporter_bytes "$(stat -c %s "$node_exporter_bin")"
+    put size.collectd_bytes "$(du -cb "$collectd_bin" /usr/lib/collectd/{cpu,memory,disk,interface,network}.so | awk 'END { print $1 }')"
+fi
+
+# ---------------------------------------------------------------------------
+# 4. Server capacity.
+# ---------------------------------------------------------------------------
+sources=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
+if want capacity; then
+    # Each simulated agent is one descriptor in the server and one in the
+    # load generator; keep the fleet under the per-process limit.
+    max_agents=$((fd_limit - 500))
+    capped=$(tr ',' '\n' <<<"$steps" | awk -v m="$max_agents" '$1 <= m' | paste -sd,)
+    [[ $capped == "$steps" ]] || log "steps above $max_agents agents dropped: the descriptor limit is $fd_limit"
+    put capacity.max_agents_by_fd_limit "$max_agents"
+    log "server capacity: steps $capped, ${hold} each"
+    start_server server-capacity
+    timeout 3600 "$loadgen" capacity --server "$server_url" --admin "$admin_url" \
+        --server-pid "$server_pid" --steps "$capped" --hold "$hold" --warmup "$warmup" \
+        --sources "$sources" --results "$results" >"$out/capacity.txt" 2>&1 \
+        || fail "capacity run (see $out/capacity.txt)"
+    cat "$out/capacity.txt" >&2
+    stop "$server_pid"
+fi
+
+# ---------------------------------------------------------------------------
+# 5. Command latency with a fleet connected.
+# ---------------------------------------------------------------------------
+if want commands; then
+    log "command round trips with $cmd_agents agents"
+    start_server server-commands
+    timeout 1800 "$loadgen" commands --server "$server_url" --admin "$admin_url" \
+        --agents "$cmd_agents" --calls "$cmd_calls" --fanouts "$cmd_fanouts" \
+        --monitorctl "$ctl_bin" --monitorctl-calls "$ctl_calls" \
+        --sources "$sources" --results "$results" >"$out/commands.txt" 2>&1 \
+        || fail "command latency run (see $out/commands.txt)"
+    cat "$out/commands.txt" >&2
+    stop "$server_pid"
+fi
+put machine.load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---------------------------------------------------------------------------
+# The table.
+# ---------------------------------------------------------------------------
+# verdict VALUE OP LIMIT → met / NOT met / -
+verdict() {
+    [[ $1 == - || -z $1 ]] && { echo "-"; return; }
+    awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN {
+        ok = (op == "<=") ? (v <= l) : (v >= l); print (ok ? "met" : "NOT met") }'
+}
+ratio() { [[ $1 == - || $2 == - || $2 == 0 ]] && echo "-" || calc "$1 / $2" 0; }
+mib() { [[ $1 == - || -z $1 ]] && echo "-" || calc "$1 / 1024" 2; }
+mb() { [[ $1 == - || -z $1 ]] && echo "-" || calc "$1 / 1000000" 2; }
+bytes_mib() { [[ $1 == - || -z $1 ]] && echo "-" || calc "$1 / 1048576" 2; }
+
+a_cpu=$(get footprint.agent.cpu_ms_per_sample)
+c_cpu=$(get footprint.collectd.cpu_ms_per_sample)
+n_cpu=$(get footprint.node_exporter.cpu_ms_per_sample)
+s_cpu=$(get footprint.shell.cpu_ms_per_sample)
+a_sys=$(get syscalls.agent_per_tick)
+a_rss=$(get footprint.agent.rss_kib)
+aarch64=$(get size.agent_aarch64_bytes)
+size_fig=$aarch64
+[[ $size_fig == - ]] && size_fig=$(get size.agent_x86_64_bytes)
+tick_ratio=$(get tick.ratio)
+held=$(get capacity.agents_held)
+per_agent=$(get capacity.server_kib_per_agent)
+p99=$(get commands.ping.p99_ms)
+true_p99=$(get commands.true.p99_ms)
+fan=$(get commands.fanout.max_ms)
+
+cat <<EOF
+
+## monitor benchmarks — $(get run.mode) run, $(get run.date)
+$(get machine.cpu), $(get machine.nproc) cores, $(get machine.mem_mib) MiB, $(get machine.kernel), $(get machine.os); load at start $(get machine.load_at_start), at end $(get machine.load_at_end)
+Peers in the same run: $(get peers.node_exporter); $(get peers.collectd); shell loop (free, top -bn1, iostat, ifstat)
+
+| figure | target | measured | peers, same run | |
+|---|---|---|---|---|
+| agent tick (read + parse + rates) | ≤ 1.5 × the read-only floor | $(get tick.sample_us) µs vs floor $(get tick.floor_us) µs = ${tick_ratio} × (parsers alone $(get tick.parse_us) µs) | | $(verdict "$tick_ratio" "<=" 1.5) |
+| agent CPU per sample incl. sending | ≤ 0.1 ms | $a_cpu ms ($(get footprint.agent.cpu_percent) % of a core); collecting only (--stdout) $(get footprint.agent_collect_only.cpu_ms_per_sample) ms | collectd $c_cpu ms ($(ratio "$c_cpu" "$a_cpu")×), node_exporter $n_cpu ms ($(ratio "$n_cpu" "$a_cpu")×), shell $s_cpu ms ($(ratio "$s_cpu" "$a_cpu")×) | $(verdict "$a_cpu" "<=" 0.1) |
+| agent syscalls per tick incl. sending | ≤ 20 | $a_sys ($(get syscalls.agent_breakdown)); attached at 1 s: $(get syscalls.agent.attached_per_sample) | collectd $(get syscalls.collectd.attached_per_sample), node_exporter $(get syscalls.node_exporter.attached_per_sample) per sample | $(verdict "$a_sys" "<=" 20) |
+| agent resident memory after $(calc "$(get footprint.window_s) / 60 + 10 / 60" 1) min | ≤ 3 MiB, flat | RSS $(mib "$a_rss") MiB (HWM $(mib "$(get footprint.agent.hwm_kib)"), PSS $(mib "$(get footprint.agent.pss_kib)"), private $(mib "$(get footprint.agent.private_kib)"), anon $(mib "$(get footprint.agent.anon_kib)") MiB); RSS range $(get footprint.agent.rss_min_kib)–$(get footprint.agent.rss_max_kib) KiB | collectd $(mib "$(get footprint.collectd.rss_kib)") MiB, node_exporter $(mib "$(get footprint.node_exporter.rss_kib)") MiB | $(verdict "$(mib "$a_rss")" "<=" 3) |
+| agent threads at steady state | 1 | $(get footprint.agent.threads) | collectd $(get footprint.collectd.threads), node_exporter $(get footprint.node_exporter.threads) | $(verdict "$(get footprint.agent.threads)" "<=" 1) |
+| agent stripped binary (aarch64) | ≤ 2 MiB | aarch64 $(bytes_mib "$aarch64") MiB, armv7 $(bytes_mib "$(get size.agent_armv7_bytes)") MiB, x86_64 $(bytes_mib "$(get size.agent_x86_64_bytes)") MiB | node_exporter $(mb "$(get size.node_exporter_bytes)") MB, collectd + 5 plugins $(mb "$(get size.collectd_bytes)") MB | $(verdict "$(bytes_mib "$size_fig")" "<=" 2) |
+| server: agents held at 1 s, all stored | ≥ 10,000 | $held (tried $(get capacity.steps_tried); first not held: $(get capacity.first_not_held) — $(get capacity.first_not_held_why)); stored = acked: $(get capacity.stored_matches_acked) | | $(verdict "$held" ">=" 10000) |
+| server memory per connected agent | ≤ 64 KiB | $per_agent KiB (RSS $(mib "$(get capacity.server_rss_kib)") MiB at $held agents) | | $(verdict "$per_agent" "<=" 64) |
+| command round trip p99, $(get commands.agents) agents | ≤ 5 ms | ping p99 $p99 ms (p50 $(get commands.ping.p50_ms)), true p99 $true_p99 ms (p50 $(get commands.true.p50_ms)); monitorctl process p50 $(get commands.monitorctl_ping.p50_ms) ms | | $(verdict "$p99" "<=" 5) |
+| fan-out to $(get commands.agents) agents, last result back | ≤ 500 ms | median $(get commands.fanout.median_ms) ms, max $fan ms ($(get commands.fanout.runs) runs, every agent ok: $([[ $(get commands.fanout.ok_min) == "$(get commands.agents)" ]] && echo yes || echo no)) | | $(verdict "$fan" "<=" 500) |
+
+At the capacity figure: $(get capacity.samples_per_s) samples stored/s, ingest→durable p50 $(get capacity.p50_ms) ms p99 $(get capacity.p99_ms) ms, server CPU $(get capacity.server_cpu_percent) % of a core ($(get capacity.server_threads) threads), load generator CPU $(get capacity.loadgen_cpu_percent) % of a core.
+Raw results: $results
+EOF
