@@ -103,6 +103,9 @@ for path in /etc/systemd/system/monitor-agent.service /etc/systemd/system/monito
     assert_file "$path"
     assert_mode "$path" 644
 done
+assert_file "$prefix/share/doc/monitor/deploy.md"
+grep -q "^Documentation=file://$prefix/share/doc/monitor/deploy.md$" "$root/etc/systemd/system/monitor-agent.service" ||
+    fail "install: monitor-agent.service Documentation= not pointed at the installed doc"
 grep -qx "ExecStart=$prefix/bin/monitor-agent" "$root/etc/systemd/system/monitor-agent.service" ||
     fail "install: monitor-agent.service ExecStart= not pointed at --prefix $prefix"
 grep -qx "MONITOR_SERVER=http://192.0.2.10:50051" "$root/etc/default/monitor-agent" ||
