@@ -125,8 +125,8 @@ install_unit() {
 check_binary() {
     local bin="$from/$1"
     [[ -f $bin && -x $bin ]] || die "binary '$bin' not found or not executable (build it first, or pass --from)"
-    if [[ -z $destdir ]] && ! "$bin" --version >/dev/null 2>&1; then
-        echo "install.sh: warning: '$bin --version' failed: built for another architecture?" >&2
+    if [[ -z $destdir ]] && ! "$bin" --help >/dev/null 2>&1; then
+        echo "install.sh: warning: '$bin --help' failed: built for another architecture?" >&2
     fi
 }
 
