@@ -6,6 +6,8 @@
 //! prost struct. Conversions live in one place so a wire change is one edit.
 
 pub mod batch;
+pub mod cli;
+pub mod keepalive;
 pub mod metric;
 pub mod random;
 pub mod sd_notify;

@@ -4,33 +4,18 @@
 
 use std::process::ExitCode;
 
-use argh::FromArgs;
 use monitor_agent::config::{Args, Config};
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args_os()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let strs: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (cmd, rest) = strs.split_first().unwrap_or((&"monitor-agent", &[]));
-    let args = match Args::from_args(&[cmd], rest) {
-        Ok(args) => args,
-        Err(early) => {
-            return if early.status.is_ok() {
-                println!("{}", early.output);
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("{}", early.output.trim_end());
-                eprintln!("Run monitor-agent --help for usage.");
-                ExitCode::from(2)
-            };
-        }
+    let args: Args = match monitor::cli::args_or_exit("monitor-agent") {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     if args.version {
         println!("monitor-agent {}", monitor_agent::run::VERSION);
         return ExitCode::SUCCESS;
     }
-    let env = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    let env = monitor::cli::env_var;
     let config = match Config::from_sources(args, &env) {
         Ok(c) => c,
         Err(e) => {
@@ -70,7 +55,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Some(e)) => {
-            log::error!("{}", error_chain(&e));
+            log::error!("{}", monitor::cli::error_chain(&e));
             ExitCode::FAILURE
         }
         Err(None) => ExitCode::FAILURE,
@@ -88,19 +73,4 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {}
         }
     })
-}
-
-/// "outer: inner: innermost", each cause once.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
 }

@@ -5,13 +5,8 @@
 //! commands down). When either ends, both are torn down and the agent
 //! reconnects after a backoff (1 s, ×1.6, ±20 %, capped at 2 min), forever;
 //! the backoff resets once a session proved healthy. HTTP/2 keepalive pings,
-//! sent while idle too, notice a dead or frozen server within
-//! `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT`.
-//!
-//! For tests only, `MONITOR_KEEPALIVE=2s` (any duration from 100ms to 30s)
-//! sets both the keepalive interval and its timeout, so the fault tests see
-//! a frozen peer in seconds rather than in 40 s. It is deliberately not a
-//! documented flag: production keeps the defaults.
+//! sent while idle too, notice a dead or frozen server within 40 s (see
+//! [`monitor::keepalive`], which also holds the tests' knob).
 //!
 //! Invariant: batches go out in sequence order, starting after a reconnect
 //! from the oldest unacknowledged one. The server's de-duplication relies on
@@ -38,10 +33,6 @@ use crate::state::Shared;
 /// bound what is re-sent after a drop.
 pub const SEND_WINDOW: usize = 64;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Test-only override of both keepalive settings (see the module doc).
-pub const KEEPALIVE_ENV: &str = "MONITOR_KEEPALIVE";
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -78,30 +69,9 @@ impl From<tonic::Status> for SessionError {
     }
 }
 
-/// The keepalive (interval, timeout) for a value of [`KEEPALIVE_ENV`]: the
-/// defaults when unset; an unusable value is logged and ignored (it is a
-/// test knob, not configuration the agent should refuse to start over).
-pub fn keepalive(env_value: Option<&str>) -> (Duration, Duration) {
-    let defaults = (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
-    let Some(raw) = env_value else {
-        return defaults;
-    };
-    match monitor::time::parse_duration(raw) {
-        Ok(d) if d >= Duration::from_millis(100) && d <= KEEPALIVE_INTERVAL => (d, d),
-        _ => {
-            log::warn!(
-                "{KEEPALIVE_ENV}: expected a duration from 100ms to 30s, got '{raw}'; \
-                 keeping the defaults"
-            );
-            defaults
-        }
-    }
-}
-
 /// The endpoint with the connection settings every session uses.
 pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let env = std::env::var(KEEPALIVE_ENV).ok();
-    let (interval, timeout) = keepalive(env.as_deref());
+    let (interval, timeout) = monitor::keepalive::from_env();
     Ok(Endpoint::from_shared(url.to_owned())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -237,29 +207,5 @@ fn on_ack(shared: &Shared, ack: &pb::Ack) {
             ack.boot_id,
             ack.seq
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(env_value: Option<&str>, expected: (u64, u64)) {
-        let (interval, timeout) = keepalive(env_value);
-        assert_eq!(
-            (interval.as_millis() as u64, timeout.as_millis() as u64),
-            expected,
-            "{env_value:?}"
-        );
-    }
-
-    #[test]
-    fn keepalive_test_knob() {
-        check(None, (30_000, 10_000));
-        check(Some("2s"), (2_000, 2_000));
-        check(Some("500ms"), (500, 500));
-        check(Some("0"), (30_000, 10_000));
-        check(Some("5m"), (30_000, 10_000));
-        check(Some("soon"), (30_000, 10_000));
     }
 }

@@ -7,12 +7,9 @@
 //! listeners stop accepting), wait (the servers finish, bounded by
 //! [`DRAIN_TIMEOUT`]; the store commits what it has and closes).
 //!
-//! HTTP/2 keepalive pings every [`KEEPALIVE_INTERVAL`] notice an agent that
+//! HTTP/2 keepalive pings (see [`monitor::keepalive`]) notice an agent that
 //! froze or vanished without closing its connection (a half-open TCP
-//! connection), so it is marked offline within a minute. For tests only,
-//! `MONITOR_KEEPALIVE=2s` (any duration from 100ms to 30s) sets both the
-//! interval and the timeout, so fault tests see a frozen agent in seconds;
-//! it is deliberately not a documented flag.
+//! connection), so it is marked offline within a minute.
 
 use std::fmt;
 use std::future::Future;
@@ -35,10 +32,6 @@ use crate::ingest::CollectorService;
 use crate::registry::Registry;
 use crate::store::{Store, StoreConfig, StoreError};
 
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Test-only override of both keepalive settings (see the module doc).
-pub const KEEPALIVE_ENV: &str = "MONITOR_KEEPALIVE";
 /// Longest a graceful stop waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message an agent may send (a batch is well under 2 KiB; a
@@ -105,26 +98,6 @@ impl Listeners {
     }
 }
 
-/// The keepalive (interval, timeout) for a value of [`KEEPALIVE_ENV`]: the
-/// defaults when unset; an unusable value is logged and ignored (it is a
-/// test knob, not configuration worth refusing to start over).
-pub fn keepalive(env_value: Option<&str>) -> (Duration, Duration) {
-    let defaults = (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
-    let Some(raw) = env_value else {
-        return defaults;
-    };
-    match monitor::time::parse_duration(raw) {
-        Ok(d) if d >= Duration::from_millis(100) && d <= KEEPALIVE_INTERVAL => (d, d),
-        _ => {
-            log::warn!(
-                "{KEEPALIVE_ENV}: expected a duration from 100ms to 30s, got '{raw}'; \
-                 keeping the defaults"
-            );
-            defaults
-        }
-    }
-}
-
 /// Runs the server until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -166,8 +139,7 @@ pub async fn run(
     };
     let agents_addr = listeners.agents_addr().ok();
     let admin_addr = listeners.admin_addr().ok();
-    let (keepalive_interval, keepalive_timeout) =
-        keepalive(std::env::var(KEEPALIVE_ENV).ok().as_deref());
+    let (keepalive_interval, keepalive_timeout) = monitor::keepalive::from_env();
     let agents = Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(keepalive_interval))
@@ -239,29 +211,5 @@ pub async fn run(
     match serve_error {
         Some(Ok(Err(e))) => Err(ServerError::Serve(e)),
         _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(env_value: Option<&str>, expected: (u64, u64)) {
-        let (interval, timeout) = keepalive(env_value);
-        assert_eq!(
-            (interval.as_millis() as u64, timeout.as_millis() as u64),
-            expected,
-            "{env_value:?}"
-        );
-    }
-
-    #[test]
-    fn keepalive_test_knob() {
-        check(None, (30_000, 10_000));
-        check(Some("2s"), (2_000, 2_000));
-        check(Some("100ms"), (100, 100));
-        check(Some("50ms"), (30_000, 10_000));
-        check(Some("1h"), (30_000, 10_000));
-        check(Some("x"), (30_000, 10_000));
     }
 }

@@ -4,34 +4,19 @@
 
 use std::process::ExitCode;
 
-use argh::FromArgs;
 use monitor_server::config::{Args, Config};
 use monitor_server::server::{self, Listeners};
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args_os()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let strs: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (cmd, rest) = strs.split_first().unwrap_or((&"monitor-server", &[]));
-    let args = match Args::from_args(&[cmd], rest) {
+    let args: Args = match monitor::cli::args_or_exit("monitor-server") {
         Ok(a) => a,
-        Err(early) => {
-            return if early.status.is_ok() {
-                println!("{}", early.output);
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("{}", early.output.trim_end());
-                eprintln!("Run monitor-server --help for usage.");
-                ExitCode::from(2)
-            };
-        }
+        Err(code) => return code,
     };
     if args.version {
         println!("monitor-server {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    let env = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    let env = monitor::cli::env_var;
     let config = match Config::from_sources(args, &env) {
         Ok(c) => c,
         Err(e) => {
@@ -64,7 +49,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{}", error_chain(&e));
+            log::error!("{}", monitor::cli::error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -89,18 +74,4 @@ async fn shutdown_signal() {
             std::future::pending::<()>().await;
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
 }

@@ -3,27 +3,12 @@
 
 use std::process::ExitCode;
 
-use argh::FromArgs;
 use monitor_server::ctl::{self, Args};
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args_os()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let strs: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let (cmd, rest) = strs.split_first().unwrap_or((&"monitorctl", &[]));
-    let args = match Args::from_args(&[cmd], rest) {
+    let args: Args = match monitor::cli::args_or_exit("monitorctl") {
         Ok(a) => a,
-        Err(early) => {
-            return if early.status.is_ok() {
-                println!("{}", early.output);
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("{}", early.output.trim_end());
-                eprintln!("Run monitorctl --help for usage.");
-                ExitCode::from(2)
-            };
-        }
+        Err(code) => return code,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -35,7 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let env = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+    let env = monitor::cli::env_var;
     match runtime.block_on(ctl::run(args, &env)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(ctl::CtlError::Reported) => ExitCode::from(1),
