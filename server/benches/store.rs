@@ -16,7 +16,8 @@
 //! (15), MONITOR_BENCH_PREFILL_TICKS (300 s of history per agent, written
 //! directly before the run), MONITOR_BENCH_FLUSH_MAX_BATCHES,
 //! MONITOR_BENCH_FLUSH_DELAY_MS, MONITOR_BENCH_CHECKPOINT_S,
-//! MONITOR_BENCH_FOLD_S, MONITOR_BENCH_DIR, and MONITOR_BENCH_PREFILL_CACHE_DIR
+//! MONITOR_BENCH_FOLD_S, MONITOR_BENCH_DIR, MONITOR_BENCH_LOG (a log level
+//! for the store's own log), and MONITOR_BENCH_PREFILL_CACHE_DIR
 //! (keeps the prefilled file there, named by agents and ticks, and copies it
 //! instead of prefilling again: delete it after a schema change, and after
 //! a week, when its history falls out of the retention). This program
@@ -105,38 +106,72 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Bytes this process has caused to be written to the block device so far
+/// (`write_bytes` of /proc/self/io: WAL appends and checkpoints alike).
+fn disk_written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 struct Phase {
     stored: u64,
     elapsed: Duration,
-    latencies: Vec<Duration>,
+    /// (when submitted, submit→commit latency) of every stored batch.
+    latencies: Vec<(Instant, Duration)>,
     cpu_process: f64,
     cpu_writer: f64,
+    written_bytes: u64,
 }
 
 fn report(name: &str, p: &mut Phase) {
-    p.latencies.sort();
+    // The worst latency of the batches submitted in each second of the
+    // phase: shows whether a spike is steady or one stall (a fold, a
+    // checkpoint, another process taking the CPU).
+    let first = p.latencies.iter().map(|&(at, _)| at).min();
+    let mut worst_ms = Vec::new();
+    for &(at, l) in &p.latencies {
+        let second = first.map_or(0, |f| at.duration_since(f).as_secs() as usize);
+        if worst_ms.len() <= second {
+            worst_ms.resize(second + 1, 0.0);
+        }
+        worst_ms[second] = f64::max(worst_ms[second], ms(l));
+    }
+    let mut latencies: Vec<Duration> = p.latencies.iter().map(|&(_, l)| l).collect();
+    latencies.sort();
     let secs = p.elapsed.as_secs_f64();
     println!(
         "{name}: {} batches in {secs:.1} s = {:.0} batches/s, {:.0} samples/s; \
          submit→commit p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
-         CPU: writer thread {:.0}%, whole process {:.0}% (of 200% on 2 cores)",
+         CPU: writer thread {:.0}%, whole process {:.0}% (of 200% on 2 cores); \
+         disk writes {:.1} MiB/s ({:.1} KiB per batch)",
         p.stored,
         p.stored as f64 / secs,
         p.stored as f64 * 6.0 / secs,
-        ms(percentile(&p.latencies, 0.50)),
-        ms(percentile(&p.latencies, 0.99)),
-        ms(percentile(&p.latencies, 1.0)),
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(percentile(&latencies, 1.0)),
         p.cpu_writer,
         p.cpu_process,
+        p.written_bytes as f64 / secs / (1024.0 * 1024.0),
+        p.written_bytes as f64 / 1024.0 / p.stored.max(1) as f64,
     );
+    let worst: Vec<String> = worst_ms.iter().map(|w| format!("{w:.0}")).collect();
+    println!("  worst latency per second, ms: {}", worst.join(" "));
 }
 
 async fn measure<F, Fut>(agents: usize, run: F) -> Phase
 where
     F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = (u64, Vec<Duration>)> + Send + 'static,
+    Fut: std::future::Future<Output = (u64, Vec<(Instant, Duration)>)> + Send + 'static,
 {
     let (p0, w0) = cpu_ticks();
+    let b0 = disk_written_bytes();
     let started = Instant::now();
     let tasks: Vec<_> = (0..agents).map(|a| tokio::spawn(run(a))).collect();
     let mut stored = 0;
@@ -152,6 +187,7 @@ where
     }
     let elapsed = started.elapsed();
     let (p1, w1) = cpu_ticks();
+    let written_bytes = disk_written_bytes().saturating_sub(b0);
     let pct = |t: u64| t as f64 / TICKS_PER_S / elapsed.as_secs_f64() * 100.0;
     Phase {
         stored,
@@ -159,14 +195,15 @@ where
         latencies,
         cpu_process: pct(p1 - p0),
         cpu_writer: pct(w1 - w0),
+        written_bytes,
     }
 }
 
-async fn submit_timed(store: &Store, b: IncomingBatch, lat: &mut Vec<Duration>) -> u64 {
+async fn submit_timed(store: &Store, b: IncomingBatch, lat: &mut Vec<(Instant, Duration)>) -> u64 {
     let t = Instant::now();
     match store.submit(b).await {
         Ok(SubmitOutcome::Stored) => {
-            lat.push(t.elapsed());
+            lat.push((t, t.elapsed()));
             1
         }
         Ok(SubmitOutcome::Duplicate) => {
@@ -391,6 +428,13 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() {
+    // MONITOR_BENCH_LOG=debug shows the store's own log (folds, checkpoints).
+    if let Some(level) = std::env::var("MONITOR_BENCH_LOG")
+        .ok()
+        .and_then(|l| l.parse::<log::LevelFilter>().ok())
+    {
+        let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+    }
     let dir = match std::env::var_os("MONITOR_BENCH_DIR") {
         Some(d) => PathBuf::from(d),
         None => std::env::temp_dir().join(format!("monitor-store-bench-{}", std::process::id())),

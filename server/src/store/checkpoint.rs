@@ -24,8 +24,10 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::error::StoreError;
 
-/// Above this WAL size a round ends with a RESTART checkpoint.
-const WAL_RESTART_BYTES: u64 = 256 * 1024 * 1024;
+/// Above this WAL size a round ends with a RESTART checkpoint. Also the
+/// WAL's `journal_size_limit` (see `schema.rs`): a restarted WAL keeps up
+/// to this much of its file to write over instead of growing it again.
+pub(crate) const WAL_RESTART_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The running checkpointer; stopped (and joined) by [`Checkpointer::stop`].
 pub(crate) struct Checkpointer {

@@ -28,20 +28,20 @@ use super::hosts::{BatchMeta, HostEntry};
 use super::runs::{self, RunEntry, RunKey};
 use super::schema::{u64_from_sql, u64_to_sql};
 
+/// Appends the journal row of a stored batch; prepared once per flush.
+pub(crate) const APPEND: &str = "INSERT INTO journal (host_id, run_id, seq, received_unix_ms,
+         clock_offset_ms, dropped_batches_total, agent_version, peer)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
 /// Appends the journal row of a stored batch (inside the flush's
-/// transaction).
+/// transaction) with the statement prepared from [`APPEND`].
 pub(crate) fn append(
-    tx: &Connection,
+    append: &mut rusqlite::Statement<'_>,
     host_id: i64,
     run_id: i64,
     batch: &IncomingBatch,
 ) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO journal (host_id, run_id, seq, received_unix_ms, clock_offset_ms,
-             dropped_batches_total, agent_version, peer)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
+    append.execute(params![
         host_id,
         run_id,
         u64_to_sql(batch.seq),

@@ -87,9 +87,18 @@ pub(crate) fn start(
     config: StoreConfig,
     rx: mpsc::Receiver<Request>,
 ) -> Result<(JoinHandle<()>, Arc<HostTable>), StoreError> {
+    let started = Instant::now();
     let mut conn = schema::open_writer(&config.path, config.cache_size_kib)?;
+    let checked = started.elapsed();
     let loaded = load_state(&mut conn, &config)
         .map_err(|e| StoreError::sqlite("loading hosts and runs at open", e))?;
+    log::info!(
+        "store: {} open: {} hosts; checked in {} ms, state loaded in {} ms",
+        config.path.display(),
+        loaded.hosts.len(),
+        checked.as_millis(),
+        (started.elapsed() - checked).as_millis()
+    );
     // Timers for the flush delay and retention; the thread blocks on it
     // only while it waits for requests. Timer futures must be created
     // inside `block_on`, where the runtime's context is set.
@@ -722,6 +731,12 @@ fn write_flush(
     let mut answers = Vec::with_capacity(requests.len());
     let mut grouped = Vec::new();
     let now = Instant::now();
+    // Prepared once per flush: a cache lookup per batch costs more than the
+    // b-tree insert it prepares.
+    let mut statements = BatchStatements {
+        insert_tick: tx.prepare_cached(INSERT_TICK)?,
+        append_journal: tx.prepare_cached(journal::APPEND)?,
+    };
     for (index, request) in requests.iter().enumerate() {
         let answer = match request {
             Request::Batch { batch, .. } => {
@@ -729,7 +744,8 @@ fn write_flush(
                 let run = resolve_run(&tx, runs, &mut staged, batch, now)?;
                 let run_id = run.run_id;
                 if run.store(batch.seq, batch.received_unix_ms) {
-                    write_batch(&tx, host_id, run_id, batch, &mut grouped, &mut staged)?;
+                    let ids = (host_id, run_id);
+                    write_batch(&tx, &mut statements, ids, batch, &mut grouped, &mut staged)?;
                     staged.stored.push(StoredBatch {
                         request: index,
                         host_id,
@@ -755,6 +771,7 @@ fn write_flush(
         };
         answers.push(answer);
     }
+    drop(statements);
     let written = now.elapsed();
     tx.commit()?;
     log::trace!(
@@ -766,24 +783,38 @@ fn write_flush(
     Ok((answers, staged))
 }
 
-/// Writes a new batch: its rows (normally one) and its journal row. Pushes
-/// the values it added to `staged.rows`, one row per row of `grouped`.
+/// Inserts a row of `ticks`, unless the run already has one at that time.
+const INSERT_TICK: &str = "INSERT INTO ticks (host_id, time_unix_ms, run_id, receive_lag_ms,
+         cpu_percent, mem_percent, disk_read_kbps, disk_write_kbps, net_in_kbps, net_out_kbps)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+     ON CONFLICT (host_id, time_unix_ms, run_id) DO NOTHING";
+
+/// The statements every stored batch runs, prepared once per flush.
+struct BatchStatements<'c> {
+    insert_tick: rusqlite::CachedStatement<'c>,
+    append_journal: rusqlite::CachedStatement<'c>,
+}
+
+/// Writes a new batch of (host_id, run_id) `ids`: its rows (normally one)
+/// and its journal row. Pushes the values it added to `staged.rows`, one
+/// row per row of `grouped`.
 fn write_batch(
     tx: &Connection,
-    host_id: i64,
-    run_id: i64,
+    statements: &mut BatchStatements<'_>,
+    ids: (i64, i64),
     batch: &IncomingBatch,
     grouped: &mut Vec<TickRow>,
     staged: &mut Staged,
 ) -> rusqlite::Result<()> {
+    let (host_id, run_id) = ids;
     let dropped = ticks::group_samples(&batch.samples, |m| metric_id(m) as usize, grouped);
     let mut ignored = dropped.repeats;
     for row in grouped.iter() {
-        let (added, n) = write_tick(tx, host_id, run_id, batch.received_unix_ms, row)?;
+        let (added, n) = write_tick(tx, &mut statements.insert_tick, ids, batch, row)?;
         ignored += n;
         staged.rows.push(added);
     }
-    journal::append(tx, host_id, run_id, batch)?;
+    journal::append(&mut statements.append_journal, host_id, run_id, batch)?;
     if ignored > 0 {
         log::warn!(
             "store: {} {} seq {}: {ignored} samples repeat a (metric, time) already stored \
@@ -810,31 +841,24 @@ fn write_batch(
 /// Returns the values added and how many were ignored.
 fn write_tick(
     tx: &Connection,
-    host_id: i64,
-    run_id: i64,
-    received_unix_ms: i64,
+    insert_tick: &mut rusqlite::Statement<'_>,
+    (host_id, run_id): (i64, i64),
+    batch: &IncomingBatch,
     row: &TickRow,
 ) -> rusqlite::Result<(TickRow, usize)> {
     let v = row.values;
-    let inserted = tx
-        .prepare_cached(
-            "INSERT INTO ticks (host_id, time_unix_ms, run_id, receive_lag_ms, cpu_percent,
-                 mem_percent, disk_read_kbps, disk_write_kbps, net_in_kbps, net_out_kbps)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (host_id, time_unix_ms, run_id) DO NOTHING",
-        )?
-        .execute(params![
-            host_id,
-            row.time_unix_ms,
-            run_id,
-            received_unix_ms.saturating_sub(row.time_unix_ms),
-            v[0],
-            v[1],
-            v[2],
-            v[3],
-            v[4],
-            v[5]
-        ])?;
+    let inserted = insert_tick.execute(params![
+        host_id,
+        row.time_unix_ms,
+        run_id,
+        batch.received_unix_ms.saturating_sub(row.time_unix_ms),
+        v[0],
+        v[1],
+        v[2],
+        v[3],
+        v[4],
+        v[5]
+    ])?;
     if inserted == 1 {
         return Ok((*row, 0));
     }
