@@ -280,3 +280,48 @@ async fn folding_after_every_flush_keeps_tables_and_memory_equal() {
     assert_eq!(summary(&hosts)[0].1, 2);
     store.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_failing_fold_loses_nothing_and_is_retried() {
+    let dir = TempDir::new("fold-fails");
+    let path = dir.0.join("monitor.db");
+    let mut config = StoreConfig::new(&path);
+    config.flush_max_delay = Duration::ZERO;
+    config.journal_fold_interval = Duration::ZERO;
+    let base = monitor::time::now_unix_ms() - 3_600_000;
+    let store = Store::open(config.clone()).unwrap();
+    // Emptying the journal fails from now on: every fold rolls back.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER fail_fold BEFORE DELETE ON journal
+         BEGIN SELECT RAISE(ABORT, 'injected fold failure'); END;",
+    )
+    .unwrap();
+    let sent: Vec<(&str, u64, u64)> = (1..=5).map(|seq| ("pi", 1, seq)).collect();
+    assert_eq!(
+        submit_each(&store, &sent, base).await,
+        [SubmitOutcome::Stored; 5],
+        "ingest goes on while folds fail"
+    );
+    assert_eq!(journal_rows(&path), 5);
+    assert_eq!(hosts_table(&path)[0].1, 0, "the table lags behind");
+    let before = store.hosts().await.unwrap();
+    assert_eq!(before[0].batches_stored_total, 5);
+
+    // Folds work again: the retry brings the table up to memory.
+    conn.execute_batch("DROP TRIGGER fail_fold").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while journal_rows(&path) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fold was never retried"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(hosts_table(&path), summary(&before));
+    assert_eq!(
+        submit_each(&store, &[("pi", 1, 3)], base).await,
+        [SubmitOutcome::Duplicate]
+    );
+    store.close().await.unwrap();
+}

@@ -76,6 +76,8 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 /// the journal's size and the replay after a crash (~20 s at 10,000
 /// batches/s).
 const FOLD_MAX_JOURNAL_ROWS: u64 = 200_000;
+/// After a failed fold, the next waits at least this long.
+const FOLD_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How many of a host's newest rows are read at open for its latest value
 /// of each metric (a metric not among them shows no latest value).
 const LATEST_SCAN_TICKS: i64 = 10;
@@ -116,10 +118,14 @@ pub(crate) fn start(
         hosts: Arc::clone(&hosts),
         runs: loaded.runs,
         fold: Fold {
-            dirty_hosts: HashSet::new(),
-            journal_rows: 0,
-            next: Instant::now() + config.journal_fold_interval,
+            next: match loaded.unfolded.rows {
+                0 => Instant::now() + config.journal_fold_interval,
+                _ => Instant::now(),
+            },
+            dirty_hosts: loaded.unfolded.dirty_hosts,
+            journal_rows: loaded.unfolded.rows,
             prune_runs_before: None,
+            failing: false,
         },
         retention: Retention {
             next_pass: Instant::now(),
@@ -142,6 +148,8 @@ struct Loaded {
     host_ids: HashMap<String, i64>,
     hosts: HashMap<i64, HostEntry>,
     runs: HashMap<RunKey, RunEntry>,
+    /// What the fold at open could not write (normally nothing).
+    unfolded: journal::Replayed,
 }
 
 /// Loads `hosts`, replays and folds the journal a crash left behind, and
@@ -149,17 +157,26 @@ struct Loaded {
 fn load_state(conn: &mut Connection, config: &StoreConfig) -> rusqlite::Result<Loaded> {
     let mut hosts = load_hosts(conn)?;
     let mut runs = HashMap::new();
-    let replayed = journal::replay(conn, &mut hosts, &mut runs)?;
+    let mut replayed = journal::replay(conn, &mut hosts, &mut runs)?;
     if replayed.rows > 0 {
-        journal::fold(conn, &hosts, &replayed.dirty_hosts, &runs, None)?;
-        for r in runs.values_mut() {
-            r.dirty = false;
-        }
         log::info!(
             "store: {}: replayed {} journal rows left by an unclean stop",
             config.path.display(),
             replayed.rows
         );
+        match journal::fold(conn, &hosts, &replayed.dirty_hosts, &runs, None) {
+            Ok(_) => {
+                for r in runs.values_mut() {
+                    r.dirty = false;
+                }
+                replayed = journal::Replayed::default();
+            }
+            // Memory is complete either way; the writer folds later.
+            Err(e) => log::warn!(
+                "store: folding the replayed journal of {} failed: {e}; retrying later",
+                config.path.display()
+            ),
+        }
     }
     load_latest(conn, &mut hosts)?;
     let host_ids = hosts
@@ -170,6 +187,7 @@ fn load_state(conn: &mut Connection, config: &StoreConfig) -> rusqlite::Result<L
         host_ids,
         hosts,
         runs,
+        unfolded: replayed,
     })
 }
 
@@ -257,6 +275,9 @@ struct Fold {
     /// Set when a retention pass completed: the fold also deletes runs not
     /// seen since this server time (ms since the Unix epoch).
     prune_runs_before: Option<i64>,
+    /// The last fold failed: the next waits for `next` even if the journal
+    /// is long, so a failing fold is not retried after every flush.
+    failing: bool,
 }
 
 struct Writer {
@@ -477,7 +498,7 @@ impl Writer {
         if f.journal_rows == 0 && f.prune_runs_before.is_none() {
             return Duration::MAX;
         }
-        if f.journal_rows >= FOLD_MAX_JOURNAL_ROWS {
+        if f.journal_rows >= FOLD_MAX_JOURNAL_ROWS && !f.failing {
             return Duration::ZERO;
         }
         f.next.saturating_duration_since(Instant::now())
@@ -490,6 +511,7 @@ impl Writer {
     fn fold_journal(&mut self) {
         let started = Instant::now();
         self.fold.next = started + self.config.journal_fold_interval;
+        self.fold.failing = false;
         let prune = self
             .fold
             .prune_runs_before
@@ -527,13 +549,17 @@ impl Writer {
                     self.runs.retain(|_, r| r.last_seen_unix_ms >= cutoff);
                 }
             }
-            Err(e) => log::error!(
-                "store: folding the journal of {} into hosts and agent_runs failed: {e}; \
-                 {} journal rows kept, retrying in {:?}",
-                self.path.display(),
-                self.fold.journal_rows,
-                self.config.journal_fold_interval
-            ),
+            Err(e) => {
+                self.fold.failing = true;
+                self.fold.next = started + self.config.journal_fold_interval.max(FOLD_RETRY_AFTER);
+                log::error!(
+                    "store: folding the journal of {} into hosts and agent_runs failed: {e}; \
+                     {} journal rows kept, retrying in {:?}",
+                    self.path.display(),
+                    self.fold.journal_rows,
+                    self.fold.next.saturating_duration_since(started)
+                );
+            }
         }
     }
 
