@@ -252,8 +252,9 @@ fn capacity_cmd(a: CapacityArgs) -> Result<(), Failure> {
     let mut r = Results::default();
     result.results(&mut r);
     println!(
-        "held: {} agents; acknowledged {} batches, server stored {}; drained: {}",
+        "held: {} agents (p99 within the limit); kept pace: {} agents; acknowledged {} batches, server stored {}; drained: {}",
         result.held().map_or(0, |s| s.agents),
+        result.kept_pace().map_or(0, |s| s.agents),
         result.acked_total,
         result
             .stored_total

@@ -108,7 +108,9 @@ async fn small_fleet_is_held_and_every_batch_is_stored() {
 
     assert_eq!(result.steps.len(), 2, "{result:?}");
     for step in &result.steps {
-        assert_eq!(step.verdict, Ok(()), "{step:?}");
+        assert_eq!(step.pace, Ok(()), "{step:?}");
+        assert_eq!(step.latency, Ok(()), "{step:?}");
+        assert!(step.held());
         assert_eq!(step.connected, step.agents as i64);
         // 20 agents at 5 batches/s each: about 100 acknowledged per second.
         let expected = step.agents as f64 * 5.0;
@@ -119,6 +121,7 @@ async fn small_fleet_is_held_and_every_batch_is_stored() {
         assert!(step.p99.is_some() && step.server.is_some());
     }
     assert_eq!(result.held().map(|s| s.agents), Some(20));
+    assert_eq!(result.kept_pace().map(|s| s.agents), Some(20));
     assert!(result.drained, "every batch acknowledged before the end");
     assert!(result.acked_total > 0);
     assert_eq!(result.stored_total, Some(result.acked_total));
