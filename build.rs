@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Generated clients take any tonic transport; the agent and
         // monitorctl bring their own Channel, so no transport code here.
         .build_transport(false)
+        // Small per-stream buffers: see src/codec.rs.
+        .codec_path("crate::codec::SmallCodec")
         .compile_fds(fds)?;
     Ok(())
 }

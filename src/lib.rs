@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod codec;
 pub mod keepalive;
 pub mod metric;
 pub mod random;
