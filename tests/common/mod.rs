@@ -102,14 +102,20 @@ impl Drop for TempDir {
     }
 }
 
-/// Lines a child wrote to stderr, collected by a thread.
+/// Lines a child wrote to stderr, collected by a thread. The third field
+/// turns true when the thread has read the stream to its end.
 #[derive(Clone, Default)]
-pub struct Log(Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<Instant>>>);
+pub struct Log(
+    Arc<Mutex<Vec<String>>>,
+    Arc<Mutex<Vec<Instant>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 impl Log {
     fn follow(&self, stream: impl std::io::Read + Send + 'static, echo_prefix: String) {
         let lines = Arc::clone(&self.0);
         let times = Arc::clone(&self.1);
+        let ended = Arc::clone(&self.2);
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
@@ -121,7 +127,13 @@ impl Log {
                 l.push(line);
                 times.lock().unwrap().push(Instant::now());
             }
+            ended.store(true, std::sync::atomic::Ordering::SeqCst);
         });
+    }
+
+    /// True once the stream has been read to its end (the writer closed it).
+    pub fn ended(&self) -> bool {
+        self.2.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// When each line was read (by this process's clock), with the line.
@@ -211,10 +223,20 @@ impl Proc {
     }
 
     /// Waits for the process to exit, up to `timeout`.
+    ///
+    /// Then waits (up to 5 s more) until everything the process wrote to
+    /// stdout and stderr has been collected, so assertions on its last lines
+    /// do not race the reader threads. A grandchild still holding the pipes
+    /// open only costs that wait.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        wait_for("process exit", timeout, || {
+        let status = wait_for("process exit", timeout, || {
             self.child.try_wait().ok().flatten()
-        })
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(self.stderr.ended() && self.stdout.ended()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        status
     }
 
     pub fn is_running(&mut self) -> bool {
