@@ -128,6 +128,14 @@ struct StoredHost {
 /// Opens the database read-write (so SQLite replays a WAL left by kill -9,
 /// as the server would), checks `PRAGMA integrity_check`, and reads every
 /// host's counts. Call it while no server runs on the file.
+///
+/// The file's state is the merged tables plus the journal rows above each
+/// host's `merged_journal_id` (see server/src/store/journal.rs): a stored
+/// batch is one journal row until its host is merged, then a `ticks` row
+/// (the journal row lingers until every host merged past it). This reads
+/// both, decoding the journal's `ticks` blob itself (per tick: time i64
+/// LE, a presence byte, the present values f64 LE), so it checks the file
+/// without the store's code.
 fn stored(db: &Path) -> BTreeMap<String, StoredHost> {
     let c = rusqlite::Connection::open(db).expect("open the database");
     let check: Vec<String> = c
@@ -138,97 +146,130 @@ fn stored(db: &Path) -> BTreeMap<String, StoredHost> {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(check, vec!["ok".to_string()], "integrity_check of {db:?}");
-    let sql = match sample_table(&c) {
-        // One row per (host, time, metric, run).
-        "samples" => {
-            "SELECT h.hostname, h.batches_stored_total, h.dropped_batches_total,
-                    (SELECT COUNT(DISTINCT time_unix_ms) FROM samples s WHERE s.host_id = h.host_id),
-                    (SELECT COUNT(*) FROM samples s WHERE s.host_id = h.host_id),
-                    (SELECT COUNT(*) FROM (SELECT 1 FROM samples s WHERE s.host_id = h.host_id
-                        GROUP BY time_unix_ms, metric_id HAVING COUNT(*) > 1))
-             FROM hosts h"
-        }
-        // One row per (host, time, run), a nullable column per metric.
-        _ => {
-            "SELECT h.hostname, h.batches_stored_total, h.dropped_batches_total,
-                    (SELECT COUNT(DISTINCT time_unix_ms) FROM ticks t WHERE t.host_id = h.host_id),
-                    (SELECT COALESCE(SUM((cpu_percent IS NOT NULL) + (mem_percent IS NOT NULL)
-                        + (disk_read_kbps IS NOT NULL) + (disk_write_kbps IS NOT NULL)
-                        + (net_in_kbps IS NOT NULL) + (net_out_kbps IS NOT NULL)), 0)
-                     FROM ticks t WHERE t.host_id = h.host_id),
-                    (SELECT COUNT(*) FROM (SELECT 1 FROM ticks t WHERE t.host_id = h.host_id
-                        GROUP BY time_unix_ms HAVING COUNT(*) > 1))
-             FROM hosts h"
-        }
-    };
-    // The reworked store appends one `journal` row per stored batch and
-    // folds them into `hosts`/`agent_runs` every few seconds; the file's
-    // state is those rows plus the journal (see server/src/store/journal.rs).
-    let journal = has_table(&c, "journal");
-    let mut stmt = c.prepare(sql).unwrap();
-    let mut hosts = stmt
+    read_hosts(&c)
+        .into_values()
+        .map(|h| {
+            let mut counts = h.counts;
+            counts.batch_times = h.times.len() as u64;
+            counts.rows = h.times.values().map(|&(_, v)| v).sum();
+            counts.duplicate_keys = h.times.values().filter(|&&(n, _)| n > 1).count() as u64;
+            (h.name, counts)
+        })
+        .collect()
+}
+
+/// A host as the file holds it (see `stored`).
+struct FileHost {
+    name: String,
+    merged_journal_id: i64,
+    /// The counters; the per-tick fields are left zero.
+    counts: StoredHost,
+    /// Sample time → (times stored, values stored).
+    times: BTreeMap<i64, (u64, u64)>,
+}
+
+/// Every host of the file by host id, merged tables and unmerged journal
+/// rows together (see `stored`). Works while a server writes the file: WAL
+/// gives this connection one consistent snapshot.
+fn read_hosts(c: &rusqlite::Connection) -> BTreeMap<i64, FileHost> {
+    let tx = c.unchecked_transaction().expect("a read transaction");
+    let c = &tx;
+    type Host = FileHost;
+    let mut hosts: BTreeMap<i64, Host> = c
+        .prepare(
+            "SELECT host_id, hostname, batches_stored_total, dropped_batches_total,
+                    merged_journal_id FROM hosts",
+        )
+        .unwrap()
         .query_map([], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                StoredHost {
-                    batches_stored_total: r.get::<_, i64>(1)? as u64,
-                    dropped_batches_total: r.get::<_, i64>(2)? as u64,
-                    batch_times: r.get::<_, i64>(3)? as u64,
-                    rows: r.get::<_, i64>(4)? as u64,
-                    duplicate_keys: r.get::<_, i64>(5)? as u64,
+                r.get::<_, i64>(0)?,
+                Host {
+                    name: r.get(1)?,
+                    counts: StoredHost {
+                        batches_stored_total: r.get::<_, i64>(2)? as u64,
+                        dropped_batches_total: r.get::<_, i64>(3)? as u64,
+                        ..StoredHost::default()
+                    },
+                    merged_journal_id: r.get(4)?,
+                    times: BTreeMap::new(),
                 },
             ))
         })
         .unwrap()
-        .collect::<Result<BTreeMap<String, StoredHost>, _>>()
+        .collect::<Result<_, _>>()
         .unwrap();
-    if journal {
-        let mut stmt = c
-            .prepare(
-                "SELECT h.hostname, COUNT(*), (SELECT j2.dropped_batches_total FROM journal j2
-                     WHERE j2.host_id = h.host_id ORDER BY j2.journal_id DESC LIMIT 1)
-                 FROM journal j JOIN hosts h USING (host_id) GROUP BY h.host_id",
-            )
-            .unwrap();
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, i64>(2)? as u64,
-                ))
-            })
-            .unwrap();
-        for row in rows {
-            let (host, batches, dropped) = row.unwrap();
-            if let Some(h) = hosts.get_mut(&host) {
-                h.batches_stored_total += batches;
-                h.dropped_batches_total = dropped;
-            }
+    let add = |hosts: &mut BTreeMap<i64, Host>, host_id: i64, time: i64, values: u64| {
+        let h = hosts.get_mut(&host_id).expect("a tick of a known host");
+        let e = h.times.entry(time).or_default();
+        e.0 += 1;
+        e.1 += values;
+    };
+    let mut stmt = c
+        .prepare(
+            "SELECT host_id, time_unix_ms,
+                    (cpu_percent IS NOT NULL) + (mem_percent IS NOT NULL)
+                    + (disk_read_kbps IS NOT NULL) + (disk_write_kbps IS NOT NULL)
+                    + (net_in_kbps IS NOT NULL) + (net_out_kbps IS NOT NULL)
+             FROM ticks",
+        )
+        .unwrap();
+    let ticks = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .unwrap();
+    for t in ticks {
+        let (host_id, time, values) = t.unwrap();
+        add(&mut hosts, host_id, time, values as u64);
+    }
+    let mut stmt = c
+        .prepare(
+            "SELECT host_id, journal_id, dropped_batches_total, ticks FROM journal
+             ORDER BY journal_id",
+        )
+        .unwrap();
+    let journal = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+            ))
+        })
+        .unwrap();
+    for row in journal {
+        let (host_id, journal_id, dropped, blob) = row.unwrap();
+        let merged = hosts
+            .get(&host_id)
+            .expect("journal row of a known host")
+            .merged_journal_id;
+        if journal_id <= merged {
+            continue; // already in `ticks` and `hosts`
+        }
+        let h = hosts.get_mut(&host_id).unwrap();
+        h.counts.batches_stored_total += 1;
+        h.counts.dropped_batches_total = dropped;
+        let mut blob = &blob.expect("an unmerged journal row holds its ticks")[..];
+        while !blob.is_empty() {
+            assert!(blob.len() >= 9, "journal row {journal_id}: torn ticks blob");
+            let time = i64::from_le_bytes(blob[..8].try_into().unwrap());
+            let present = blob[8];
+            let values = u64::from(present.count_ones());
+            assert!(
+                blob.len() >= 9 + 8 * values as usize,
+                "journal row {journal_id}"
+            );
+            blob = &blob[9 + 8 * values as usize..];
+            add(&mut hosts, host_id, time, values);
         }
     }
     hosts
-}
-
-/// Which table holds the samples: `samples` (a row per metric) in the
-/// first schema, `ticks` (a row per tick) since the store's rework. The
-/// test reads either, so it checks the file whatever the layout.
-fn sample_table(c: &rusqlite::Connection) -> &'static str {
-    if has_table(c, "ticks") {
-        "ticks"
-    } else {
-        "samples"
-    }
-}
-
-fn has_table(c: &rusqlite::Connection, name: &str) -> bool {
-    c.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |r| r.get::<_, i64>(0),
-    )
-    .unwrap()
-        > 0
 }
 
 /// The sequence numbers the store holds for each run of `agent_id`, from
@@ -257,8 +298,10 @@ fn stored_seqs(db: &Path, agent_id: &str) -> Vec<BTreeSet<u64>> {
             seqs
         })
         .collect::<Vec<_>>();
-    if has_table(&c, "journal") {
-        // Batches stored since the last fold (see `stored`).
+    {
+        // Batches stored since their host's last merge (see `stored`);
+        // merged rows that linger are already in the run's state, and a
+        // union takes them once.
         let mut stmt = c
             .prepare(
                 "SELECT (SELECT COUNT(*) FROM agent_runs r2 WHERE r2.agent_id = r.agent_id
@@ -341,7 +384,10 @@ fn kill_9_server_repeatedly_every_batch_stored_exactly_once() {
     let dir = TempDir::new("kill9");
     let db = dir.join("m.db");
     let host = fake_host();
-    let mut server = Server::start(&db);
+    // Hosts merged from the store's journal every 1.5 s (not 30 s), so the
+    // kills land with batches both merged and still in the journal.
+    let merge = [("MONITOR_TEST_MERGE_INTERVAL_MS", "1500")];
+    let mut server = Server::start_opts(&db, "127.0.0.1:0", &[], &merge, None);
     let listen = server.agents_addr.to_string();
     let names: Vec<String> = (0..agents_n).map(|i| format!("k9-{i}")).collect();
     let mut agents: Vec<Proc> = names
@@ -364,7 +410,7 @@ fn kill_9_server_repeatedly_every_batch_stored_exactly_once() {
         server.proc.signal("KILL");
         server.proc.wait_exit(Duration::from_secs(10));
         drop(server);
-        server = Server::start_with(&db, &listen, &[]);
+        server = Server::start_opts(&db, &listen, &[], &merge, None);
         restarts.push(Instant::now());
     }
     let kills = restarts.len();
@@ -400,9 +446,16 @@ fn kill_9_server_repeatedly_every_batch_stored_exactly_once() {
     for n in &names {
         assert_exactly_once(&all, n, ticks);
     }
+    // Both halves of the file took part: merged ticks and journal rows.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let merged = count("SELECT COUNT(*) FROM ticks");
+    let journal = count("SELECT COUNT(*) FROM journal");
+    assert!(merged > 0, "no host was ever merged");
     println!(
         "kill -9: {kills} kills in {:.0}s; {agents_n} agents × {ticks} batches produced, \
-         {} stored, {} rows, 0 duplicates, 0 dropped; integrity_check ok",
+         {} stored, {} rows, 0 duplicates, 0 dropped; integrity_check ok; \
+         file: {merged} merged ticks, {journal} journal rows",
         started.elapsed().as_secs_f64(),
         all.values().map(|h| h.batches_stored_total).sum::<u64>(),
         all.values().map(|h| h.rows).sum::<u64>(),
@@ -1098,12 +1151,14 @@ fn a_far_off_agent_clock_is_corrected_and_a_near_one_kept() {
     assert!(table.contains("+10.") || table.contains("+9."), "{table}");
     // Newest stored sample time of each, against this process's clock.
     let c = rusqlite::Connection::open(&db).unwrap();
-    let sql = format!(
-        "SELECT MAX(s.time_unix_ms) FROM {} s JOIN hosts h USING (host_id)
-         WHERE h.hostname = ?1",
-        sample_table(&c)
-    );
-    let newest = |h: &str| -> i64 { c.query_row(&sql, [h], |r| r.get(0)).unwrap() };
+    let file = read_hosts(&c);
+    let newest = |h: &str| -> i64 {
+        let host = file
+            .values()
+            .find(|x| x.name == h)
+            .expect("host in the file");
+        *host.times.keys().next_back().expect("a stored tick")
+    };
     let now = monitor::time::now_unix_ms();
     let behind_lag = now - newest("clk-behind");
     let ahead_lag = now - newest("clk-ahead");

@@ -16,7 +16,7 @@
 //! (15), MONITOR_BENCH_PREFILL_TICKS (300 s of history per agent, written
 //! directly before the run), MONITOR_BENCH_FLUSH_MAX_BATCHES,
 //! MONITOR_BENCH_FLUSH_DELAY_MS, MONITOR_BENCH_CHECKPOINT_S,
-//! MONITOR_BENCH_FOLD_S, MONITOR_BENCH_DIR, MONITOR_BENCH_LOG (a log level
+//! MONITOR_BENCH_MERGE_S, MONITOR_BENCH_DIR, MONITOR_BENCH_LOG (a log level
 //! for the store's own log), and MONITOR_BENCH_PREFILL_CACHE_DIR
 //! (keeps the prefilled file there, named by agents and ticks, and copies it
 //! instead of prefilling again: delete it after a schema change, and after
@@ -295,18 +295,18 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         "MONITOR_BENCH_CHECKPOINT_S",
         config.checkpoint_interval.as_secs(),
     ));
-    config.journal_fold_interval = Duration::from_secs(env_or(
-        "MONITOR_BENCH_FOLD_S",
-        config.journal_fold_interval.as_secs(),
+    config.merge_interval = Duration::from_secs(env_or(
+        "MONITOR_BENCH_MERGE_S",
+        config.merge_interval.as_secs(),
     ));
     println!(
         "store bench: {agents} agents, {secs} s per phase, flush_max_batches {}, \
-         flush_max_delay {:?}, checkpoint_interval {:?}, journal_fold_interval {:?}, \
+         flush_max_delay {:?}, checkpoint_interval {:?}, merge_interval {:?}, \
          queue_capacity {}, db {}",
         config.flush_max_batches,
         config.flush_max_delay,
         config.checkpoint_interval,
-        config.journal_fold_interval,
+        config.merge_interval,
         config.queue_capacity,
         path.display()
     );
@@ -337,6 +337,10 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             std::fs::copy(&path, c)?;
         }
     }
+    // Written without fsync: the kernel would flush it during the run, and
+    // the store's first checkpoint would wait for all of it. A server
+    // starting on its file finds nothing of the kind.
+    std::fs::File::open(&path)?.sync_all()?;
     let t = Instant::now();
     let store = Store::open(config)?;
     println!("open (quick_check, load hosts): {:.0} ms", ms(t.elapsed()));
@@ -428,7 +432,7 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() {
-    // MONITOR_BENCH_LOG=debug shows the store's own log (folds, checkpoints).
+    // MONITOR_BENCH_LOG=debug shows the store's own log (merges, checkpoints).
     if let Some(level) = std::env::var("MONITOR_BENCH_LOG")
         .ok()
         .and_then(|l| l.parse::<log::LevelFilter>().ok())

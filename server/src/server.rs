@@ -98,16 +98,28 @@ impl Listeners {
     }
 }
 
+/// Test knob: the store's merge interval in milliseconds (see `run`).
+pub const TEST_MERGE_INTERVAL_ENV: &str = "MONITOR_TEST_MERGE_INTERVAL_MS";
+
 /// Runs the server until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let store_config = StoreConfig {
+    let mut store_config = StoreConfig {
         retention: config.retention,
         ..StoreConfig::new(&config.db)
     };
+    // For tests only: how long batches wait in the store's journal before
+    // their host is merged (milliseconds), so fault tests can crash the
+    // server with both merged and unmerged batches in the file.
+    if let Some(ms) = std::env::var(TEST_MERGE_INTERVAL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        store_config.merge_interval = Duration::from_millis(ms);
+    }
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
         .map_err(|e| ServerError::Store(StoreError::Writer(std::io::Error::other(e.to_string()))))?

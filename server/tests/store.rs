@@ -227,11 +227,12 @@ async fn unknown_host_is_its_own_error() {
     store.close().await.unwrap();
 }
 
-/// `config` with the journal folded into the tables after every flush,
-/// for tests that run both ways.
-fn folding_config(dir: &TempDir) -> StoreConfig {
+/// `config` with batches merged from the journal into the tables at once,
+/// for tests that run both ways (with `config` they stay in the journal, in
+/// memory, for the whole test).
+fn merging_config(dir: &TempDir) -> StoreConfig {
     StoreConfig {
-        journal_fold_interval: Duration::ZERO,
+        merge_interval: Duration::ZERO,
         ..config(dir)
     }
 }
@@ -242,8 +243,8 @@ async fn re_sent_batches_are_acknowledged_and_stored_once() {
 }
 
 #[tokio::test]
-async fn re_sent_batches_are_acknowledged_and_stored_once_folding() {
-    check_dedup(folding_config).await;
+async fn re_sent_batches_are_acknowledged_and_stored_once_merging() {
+    check_dedup(merging_config).await;
 }
 
 async fn check_dedup(config: fn(&TempDir) -> StoreConfig) {
@@ -320,8 +321,8 @@ async fn hosts_are_known_after_a_restart_with_their_latest_values() {
 }
 
 #[tokio::test]
-async fn hosts_are_known_after_a_restart_with_their_latest_values_folding() {
-    check_hosts(folding_config).await;
+async fn hosts_are_known_after_a_restart_with_their_latest_values_merging() {
+    check_hosts(merging_config).await;
 }
 
 async fn check_hosts(config: fn(&TempDir) -> StoreConfig) {
@@ -373,8 +374,8 @@ async fn retention_prunes_only_old_samples_in_small_chunks() {
 }
 
 #[tokio::test]
-async fn retention_prunes_only_old_samples_in_small_chunks_folding() {
-    check_retention(folding_config).await;
+async fn retention_prunes_only_old_samples_in_small_chunks_merging() {
+    check_retention(merging_config).await;
 }
 
 async fn check_retention(config: fn(&TempDir) -> StoreConfig) {
@@ -655,8 +656,8 @@ async fn command_history_round_trips_newest_first() {
 /// Environment variable that turns [`crash_child`] into the ingesting
 /// child process of the SIGKILL tests.
 const CRASH_CHILD_DB: &str = "MONITOR_STORE_CRASH_CHILD_DB";
-/// The child's `journal_fold_interval`, in ms.
-const CRASH_CHILD_FOLD_MS: &str = "MONITOR_STORE_CRASH_CHILD_FOLD_MS";
+/// The child's `merge_interval`, in ms.
+const CRASH_CHILD_MERGE_MS: &str = "MONITOR_STORE_CRASH_CHILD_MERGE_MS";
 
 /// In a normal run: nothing. As the child: ingests batches of 4 hosts as
 /// fast as it can, printing "acked HOST SEQ BASE" after each commit, until
@@ -668,8 +669,8 @@ async fn crash_child() {
     };
     let mut c = StoreConfig::new(PathBuf::from(db));
     c.flush_max_delay = Duration::from_millis(2);
-    if let Ok(ms) = std::env::var(CRASH_CHILD_FOLD_MS) {
-        c.journal_fold_interval = Duration::from_millis(ms.parse().unwrap());
+    if let Ok(ms) = std::env::var(CRASH_CHILD_MERGE_MS) {
+        c.merge_interval = Duration::from_millis(ms.parse().unwrap());
     }
     let store = Store::open(c).unwrap();
     let base = base_ms();
@@ -692,16 +693,16 @@ async fn crash_child() {
     }
 }
 
-/// Runs [`crash_child`] with the given fold interval, SIGKILLs it after
+/// Runs [`crash_child`] with the given merge interval, SIGKILLs it after
 /// 400 acknowledgements, and checks the file it left: intact, every
 /// acknowledged batch stored, and the hosts' counters and the dedup state
 /// in step with the samples (the journal replayed, not lost or doubled).
-async fn check_sigkill(fold_ms: u64) {
+async fn check_sigkill(merge_ms: u64) {
     let dir = TempDir::new("sigkill");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(CRASH_CHILD_DB, dir.db())
-        .env(CRASH_CHILD_FOLD_MS, fold_ms.to_string())
+        .env(CRASH_CHILD_MERGE_MS, merge_ms.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -768,12 +769,12 @@ async fn check_sigkill(fold_ms: u64) {
 
 #[tokio::test]
 async fn acknowledged_batches_survive_sigkill() {
-    // The default interval: the child dies before its first fold.
+    // The default interval: the child dies before its first merge.
     check_sigkill(10_000).await;
 }
 
 #[tokio::test]
-async fn acknowledged_batches_survive_sigkill_between_folds() {
+async fn acknowledged_batches_survive_sigkill_between_merges() {
     check_sigkill(3).await;
 }
 
@@ -885,7 +886,7 @@ async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
     let base = base_ms();
     write_schema_1(&dir.db(), base, 0);
     let store = Store::open(config(&dir)).unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 2);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 3);
     assert_eq!(
         pragma(
             &dir.db(),
@@ -1040,4 +1041,176 @@ async fn samples_of_one_batch_at_several_times_and_bad_values() {
     )
     .await;
     store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn queries_merge_the_journal_with_stored_ticks() {
+    let dir = TempDir::new("mixed");
+    let base = base_ms();
+    // seq 1 (cpu, mem) and seq 2 (all six) merged into the tables.
+    let store = Store::open(merging_config(&dir)).unwrap();
+    let mut first = batch("pi", 1, 1, base);
+    first.samples.truncate(2);
+    store.submit(first).await.unwrap();
+    store.submit(batch("pi", 1, 2, base)).await.unwrap();
+    eventually("both merged", Duration::from_secs(10), || async {
+        pragma(&dir.db(), "SELECT count(*) FROM journal") == 0
+    })
+    .await;
+    assert_eq!(pragma(&dir.db(), "SELECT count(*) FROM ticks"), 2);
+    store.close().await.unwrap();
+    // Then, unmerged: seq 3 (the clock stepped back to seq 1's time:
+    // cpu again, and disk_read), seq 4 and a re-sent seq 2 (a duplicate).
+    let store = Store::open(config(&dir)).unwrap();
+    let mut third = batch("pi", 1, 3, base);
+    third.samples.truncate(3);
+    for s in &mut third.samples {
+        s.time_unix_ms = base + 1000;
+    }
+    store.submit(third).await.unwrap();
+    store.submit(batch("pi", 1, 4, base)).await.unwrap();
+    assert_eq!(
+        store.submit(batch("pi", 1, 2, base)).await.unwrap(),
+        SubmitOutcome::Duplicate
+    );
+    let mut expected = vec![
+        (base + 1000, Metric::CpuPercent, value_of(1, 0)),
+        (base + 1000, Metric::MemPercent, value_of(1, 1)),
+        (base + 1000, Metric::DiskReadKbps, value_of(3, 2)),
+    ];
+    expected.extend(rows_of([2, 4], base, &Metric::ALL));
+    check(&store, all("pi"), &expected).await;
+    for limit in [0, 2, 3, 4, 9, 15, 16] {
+        let q = SampleQuery {
+            limit: Some(limit),
+            ..all("pi")
+        };
+        check(&store, q, &expected[..limit.min(expected.len())]).await;
+    }
+    let disk = SampleQuery {
+        metric: Some(Metric::DiskReadKbps),
+        ..all("pi")
+    };
+    let disk_rows = [
+        (base + 1000, Metric::DiskReadKbps, value_of(3, 2)),
+        (base + 2000, Metric::DiskReadKbps, value_of(2, 2)),
+        (base + 4000, Metric::DiskReadKbps, value_of(4, 2)),
+    ];
+    check(&store, disk.clone(), &disk_rows).await;
+    let disk_two = SampleQuery {
+        limit: Some(2),
+        ..disk
+    };
+    check(&store, disk_two, &disk_rows[..2]).await;
+    let range = SampleQuery {
+        since_unix_ms: base + 2000,
+        until_unix_ms: Some(base + 4000),
+        ..all("pi")
+    };
+    check(&store, range, &rows_of([2], base, &Metric::ALL)).await;
+    assert_eq!(store.hosts().await.unwrap()[0].batches_stored_total, 4);
+    assert_eq!(
+        pragma(&dir.db(), "SELECT count(*) FROM ticks"),
+        2,
+        "seq 3 and 4 were still in the journal"
+    );
+    store.close().await.unwrap();
+}
+
+/// The tables of schema 2 (one row per tick, journal rows without ticks),
+/// as that server created them.
+const SCHEMA_2: &str = "
+PRAGMA page_size = 1024;
+PRAGMA journal_mode = WAL;
+CREATE TABLE hosts (
+    host_id INTEGER PRIMARY KEY, hostname TEXT NOT NULL UNIQUE, agent_id TEXT NOT NULL,
+    agent_version TEXT NOT NULL, peer TEXT NOT NULL, first_seen_unix_ms INTEGER NOT NULL,
+    last_seen_unix_ms INTEGER NOT NULL, clock_offset_ms INTEGER NOT NULL,
+    dropped_batches_total INTEGER NOT NULL, batches_stored_total INTEGER NOT NULL
+);
+CREATE TABLE agent_runs (
+    run_id INTEGER PRIMARY KEY, agent_id TEXT NOT NULL, boot_id INTEGER NOT NULL,
+    high_seq INTEGER NOT NULL, gaps BLOB NOT NULL, first_seen_unix_ms INTEGER NOT NULL,
+    last_seen_unix_ms INTEGER NOT NULL, UNIQUE (agent_id, boot_id)
+);
+CREATE TABLE ticks (
+    host_id INTEGER NOT NULL, time_unix_ms INTEGER NOT NULL, run_id INTEGER NOT NULL,
+    receive_lag_ms INTEGER NOT NULL, cpu_percent REAL, mem_percent REAL, disk_read_kbps REAL,
+    disk_write_kbps REAL, net_in_kbps REAL, net_out_kbps REAL,
+    PRIMARY KEY (host_id, time_unix_ms, run_id)
+) WITHOUT ROWID;
+CREATE TABLE journal (
+    journal_id INTEGER PRIMARY KEY, host_id INTEGER NOT NULL, run_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL, received_unix_ms INTEGER NOT NULL, clock_offset_ms INTEGER NOT NULL,
+    dropped_batches_total INTEGER NOT NULL, agent_version TEXT NOT NULL, peer TEXT NOT NULL
+);
+CREATE TABLE commands (
+    command_row INTEGER PRIMARY KEY, command_id TEXT NOT NULL UNIQUE,
+    time_unix_ms INTEGER NOT NULL, argv BLOB NOT NULL
+);
+CREATE TABLE command_results (
+    command_row INTEGER NOT NULL, hostname TEXT NOT NULL, target_index INTEGER NOT NULL,
+    outcome TEXT, exit_code INTEGER, signal INTEGER, duration_ms INTEGER,
+    stdout_bytes INTEGER, stderr_bytes INTEGER, message TEXT, finished_unix_ms INTEGER,
+    PRIMARY KEY (command_row, hostname)
+) WITHOUT ROWID;
+CREATE INDEX command_results_by_host ON command_results (hostname, command_row);
+PRAGMA user_version = 2;
+";
+
+#[tokio::test]
+async fn a_schema_2_file_is_converted_with_its_unfolded_journal() {
+    use SubmitOutcome::{Duplicate, Stored};
+    let dir = TempDir::new("migrate-2");
+    let base = base_ms();
+    {
+        // pi stored seqs 1 and 2 of boot 7, both in `ticks`; the hosts and
+        // agent_runs rows were folded after seq 1 only, seq 2 is in the
+        // journal (schema 2's crash state).
+        let conn = rusqlite::Connection::open(dir.db()).unwrap();
+        conn.execute_batch(SCHEMA_2).unwrap();
+        conn.execute(
+            "INSERT INTO hosts VALUES (1, 'pi', 'pi-agent', '0.1.0', '127.0.0.1:1', ?1, ?1, -40,
+                 0, 1)",
+            [base + 1250],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO agent_runs VALUES (1, 'pi-agent', 7, 1, x'', ?1, ?1)",
+            [base + 1250],
+        )
+        .unwrap();
+        for seq in [1u64, 2] {
+            let t = base + seq as i64 * 1000;
+            let v: Vec<f64> = (0..6).map(|i| value_of(seq, i)).collect();
+            conn.execute(
+                "INSERT INTO ticks VALUES (1, ?1, 1, 250, ?2, ?3, ?4, ?5, ?6, ?7)",
+                rusqlite::params![t, v[0], v[1], v[2], v[3], v[4], v[5]],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO journal VALUES (1, 1, 1, 2, ?1, -40, 0, '0.2.0', '127.0.0.1:2')",
+            [base + 2250],
+        )
+        .unwrap();
+    }
+    let store = Store::open(merging_config(&dir)).unwrap();
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 3);
+    check(&store, all("pi"), &rows_of(1..=2, base, &Metric::ALL)).await;
+    let hosts = store.hosts().await.unwrap();
+    assert_eq!(hosts[0].batches_stored_total, 2);
+    assert_eq!(hosts[0].agent_version, "0.2.0");
+    assert_eq!(hosts[0].last_seen_unix_ms, base + 2250);
+    let outcomes = [
+        store.submit(batch("pi", 7, 2, base)).await.unwrap(),
+        store.submit(batch("pi", 7, 3, base)).await.unwrap(),
+    ];
+    assert_eq!(outcomes, [Duplicate, Stored]);
+    check(&store, all("pi"), &rows_of(1..=3, base, &Metric::ALL)).await;
+    store.close().await.unwrap();
+    let store = Store::open(config(&dir)).unwrap();
+    assert_eq!(store.hosts().await.unwrap()[0].batches_stored_total, 3);
+    store.close().await.unwrap();
+    assert_eq!(integrity_check(&dir.db()), "ok");
 }

@@ -18,6 +18,12 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    /// The database file could not be opened outside SQLite (the store
+    /// keeps a descriptor of its own to fsync it, see `checkpoint.rs`).
+    OpenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file is not a database, is truncated, or failed `quick_check`.
     Corrupt {
         path: PathBuf,
@@ -61,6 +67,9 @@ impl fmt::Display for StoreError {
             StoreError::Open { path, .. } => {
                 write!(f, "cannot open database {}", path.display())
             }
+            StoreError::OpenFile { path, .. } => {
+                write!(f, "cannot open database file {}", path.display())
+            }
             StoreError::Corrupt { path, detail } => write!(
                 f,
                 "database {} is corrupt or not a monitor database: {detail}",
@@ -91,7 +100,7 @@ impl std::error::Error for StoreError {
             StoreError::Sqlite { source, .. } | StoreError::Full { source, .. } => {
                 Some(source.as_ref())
             }
-            StoreError::Writer(e) => Some(e),
+            StoreError::Writer(e) | StoreError::OpenFile { source: e, .. } => Some(e),
             StoreError::Reader(e) => Some(e),
             StoreError::Corrupt { .. }
             | StoreError::UnknownHost(_)

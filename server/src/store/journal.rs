@@ -1,47 +1,55 @@
-//! The journal: one small appended row per stored batch, in the batch's own
-//! transaction, instead of updating the host's `hosts` row and the run's
-//! `agent_runs` row with every batch; and the fold that writes the state the
-//! writer holds in memory into those tables every few seconds and empties
-//! the journal, in one transaction.
+//! The journal: what a flush writes. Each stored batch is one appended row
+//! holding its ticks and what it changes in its host's and its run's rows;
+//! the writer later merges a host's journal rows into `ticks`, `hosts` and
+//! `agent_runs` in one go, and deletes journal rows once every host has
+//! merged past them.
 //!
-//! Why: `hosts` and `agent_runs` rows of 10,000 hosts are spread over about
-//! 2,000 pages, so updating them per batch dirtied two to three pages per
-//! batch on top of the samples' page; each dirty page is written whole to
-//! the WAL at every commit. Journal rows are appended to the last page of a
-//! rowid table: a flush of 200 batches dirties about five journal pages.
-//! A fold rewrites each changed `hosts`/`agent_runs` row once per fold
-//! instead of once per batch.
+//! Why: written directly, a batch dirtied four to five pages scattered over
+//! the file (its host's newest leaf of `ticks`, often a split, its `hosts`
+//! row, its `agent_runs` row), each written whole to the WAL at every commit
+//! and copied back at every checkpoint. Journal rows are appended to the
+//! last page of a rowid table: a flush of 200 batches dirties about twenty
+//! journal pages, and a merge rewrites a host's pages once for all the
+//! batches it gathered (`merge_interval`, 30 s by default).
 //!
-//! Invariant, after every commit: the `hosts` and `agent_runs` rows plus the
-//! journal rows (applied in `journal_id` order) give exactly the state of
-//! every committed batch, which is also what the writer holds in memory. At
-//! open, [`replay`] rebuilds that memory state from the file after a crash.
-//! A journal row must never be deleted except by the fold that wrote its
-//! effect into `hosts` and `agent_runs` in the same transaction.
+//! Invariants, after every commit:
+//! - A host's `hosts` row includes exactly the journal rows of that host up
+//!   to its `merged_journal_id`, and `ticks` holds their ticks.
+//! - A journal row is deleted only once its host merged past it, which
+//!   wrote its ticks, its host's row and its run's `agent_runs` row (the
+//!   run's state at that time, which includes the row's seq).
+//! - Replaying the journal over the tables (rows above their host's
+//!   `merged_journal_id`; every row's seq, which is idempotent) gives
+//!   exactly the state the writer held in memory: [`replay`] does that at
+//!   open after a crash.
+//!
+//! Nothing here may apply a journal row to a host twice or drop one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::IncomingBatch;
 use super::hosts::{BatchMeta, HostEntry};
 use super::runs::{self, RunEntry, RunKey};
 use super::schema::{u64_from_sql, u64_to_sql};
+use super::ticks::{self, PendingTick, TickRow};
 
 /// Appends the journal row of a stored batch; prepared once per flush.
 pub(crate) const APPEND: &str = "INSERT INTO journal (host_id, run_id, seq, received_unix_ms,
-         clock_offset_ms, dropped_batches_total, agent_version, peer)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+         clock_offset_ms, dropped_batches_total, agent_version, peer, ticks)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
-/// Appends the journal row of a stored batch (inside the flush's
-/// transaction) with the statement prepared from [`APPEND`].
+/// Appends the journal row of a stored batch whose ticks are `rows`
+/// (inside the flush's transaction) with the statement prepared from
+/// [`APPEND`]. Returns the row's journal id.
 pub(crate) fn append(
     append: &mut rusqlite::Statement<'_>,
-    host_id: i64,
-    run_id: i64,
+    (host_id, run_id): (i64, i64),
     batch: &IncomingBatch,
-) -> rusqlite::Result<()> {
-    append.execute(params![
+    rows: &[TickRow],
+) -> rusqlite::Result<i64> {
+    append.insert(params![
         host_id,
         run_id,
         u64_to_sql(batch.seq),
@@ -50,17 +58,33 @@ pub(crate) fn append(
         u64_to_sql(batch.dropped_batches_total),
         batch.agent_version,
         batch.peer,
-    ])?;
-    Ok(())
+        ticks::encode_rows(rows),
+    ])
 }
 
-/// The state rebuilt at open.
+/// A host whose journal rows are not all merged, as replay found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Unmerged {
+    pub(crate) host_id: i64,
+    /// Its oldest journal row above its `merged_journal_id`.
+    pub(crate) first_journal_id: i64,
+    /// The runs of those rows.
+    pub(crate) runs: Vec<i64>,
+    /// The ticks of those rows.
+    pub(crate) ticks: usize,
+}
+
+/// What [`replay`] found.
 #[derive(Debug, Default)]
 pub(crate) struct Replayed {
-    /// Journal rows applied.
+    /// Journal rows applied to a host (above its `merged_journal_id`).
     pub(crate) rows: u64,
-    /// Hosts the journal changed (their `hosts` rows are behind).
-    pub(crate) dirty_hosts: HashSet<i64>,
+    /// In the order of their first such row.
+    pub(crate) unmerged: Vec<Unmerged>,
+    /// The oldest journal id, `None` if the journal is empty.
+    pub(crate) first_journal_id: Option<i64>,
+    /// The newest journal id ever used (0 if none).
+    pub(crate) last_journal_id: i64,
 }
 
 fn corrupt(journal_id: i64, what: String) -> rusqlite::Error {
@@ -71,8 +95,10 @@ fn corrupt(journal_id: i64, what: String) -> rusqlite::Error {
     )
 }
 
-/// Applies every journal row, in order, to `hosts` (loaded from the `hosts`
-/// table) and `runs` (loaded from `agent_runs` as the rows name them).
+/// Applies the journal, in order, to `hosts` (loaded from the `hosts`
+/// table) and `runs` (loaded from `agent_runs` as the rows name them):
+/// every row's seq to its run, and rows above their host's
+/// `merged_journal_id` to the host (counters, pending ticks).
 pub(crate) fn replay(
     conn: &Connection,
     hosts: &mut HashMap<i64, HostEntry>,
@@ -80,24 +106,34 @@ pub(crate) fn replay(
 ) -> rusqlite::Result<Replayed> {
     let mut out = Replayed::default();
     let mut keys: HashMap<i64, RunKey> = HashMap::new();
+    let mut index: HashMap<i64, usize> = HashMap::new();
+    // AUTOINCREMENT remembers the newest id even when the journal is empty.
+    out.last_journal_id = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'journal'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
     let mut stmt = conn.prepare(
         "SELECT journal_id, host_id, run_id, seq, received_unix_ms, clock_offset_ms,
-             dropped_batches_total, agent_version, peer
+             dropped_batches_total, agent_version, peer, ticks
          FROM journal ORDER BY journal_id",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let journal_id: i64 = r.get(0)?;
+        out.first_journal_id.get_or_insert(journal_id);
+        out.last_journal_id = out.last_journal_id.max(journal_id);
         let host_id: i64 = r.get(1)?;
         let run_id: i64 = r.get(2)?;
         let key = match keys.get(&run_id) {
             Some(k) => k.clone(),
             None => {
                 let Some((key, entry)) = runs::load_by_id(conn, run_id)? else {
-                    return Err(corrupt(
-                        journal_id,
-                        format!("names run {run_id}, which agent_runs lacks"),
-                    ));
+                    let what = format!("names run {run_id}, which agent_runs lacks");
+                    return Err(corrupt(journal_id, what));
                 };
                 keys.insert(run_id, key.clone());
                 runs.entry(key.clone()).or_insert(entry);
@@ -106,10 +142,9 @@ pub(crate) fn replay(
         };
         let received_unix_ms: i64 = r.get(4)?;
         if let Some(run) = runs.get_mut(&key) {
-            // Each journal row is one batch stored once, after the fold
-            // that wrote the run's row: its seq is new to the entry.
+            // Already in the run's row if its host merged past this row;
+            // storing a seq twice changes nothing.
             run.store(u64_from_sql(r.get(3)?), received_unix_ms);
-            run.dirty = true;
         }
         let Some(host) = hosts.get_mut(&host_id) else {
             return Err(corrupt(
@@ -117,6 +152,9 @@ pub(crate) fn replay(
                 format!("names host {host_id}, which hosts lacks"),
             ));
         };
+        if journal_id <= host.merged_journal_id {
+            continue;
+        }
         let agent_version: String = r.get(7)?;
         let peer: String = r.get(8)?;
         host.count_batch(BatchMeta {
@@ -127,59 +165,176 @@ pub(crate) fn replay(
             clock_offset_ms: r.get(5)?,
             dropped_batches_total: u64_from_sql(r.get(6)?),
         });
-        out.dirty_hosts.insert(host_id);
+        host.applied_journal_id = journal_id;
+        let pending_before = host.pending.len();
+        // NULL: a schema 2 row, whose ticks are in `ticks` already.
+        if let Some(blob) = r.get::<_, Option<Vec<u8>>>(9)? {
+            let rows = ticks::decode_rows(&blob)
+                .ok_or_else(|| corrupt(journal_id, "invalid ticks blob".into()))?;
+            for row in rows {
+                host.note_values(run_id, &row);
+                host.pending.push(PendingTick {
+                    journal_id,
+                    run_id,
+                    received_unix_ms,
+                    row,
+                });
+            }
+        }
+        let ticks = host.pending.len() - pending_before;
+        let i = *index.entry(host_id).or_insert_with(|| {
+            out.unmerged.push(Unmerged {
+                host_id,
+                first_journal_id: journal_id,
+                runs: Vec::new(),
+                ticks: 0,
+            });
+            out.unmerged.len() - 1
+        });
+        if let Some(u) = out.unmerged.get_mut(i) {
+            u.ticks += ticks;
+            if !u.runs.contains(&run_id) {
+                u.runs.push(run_id);
+            }
+        }
         out.rows += 1;
     }
     Ok(out)
 }
 
-/// Writes every dirty host and run into its row, empties the journal, and
-/// (when a retention pass asked for it) deletes runs not seen since
-/// `prune_runs_before`, all in one transaction. The caller clears its dirty
-/// marks only if this returns `Ok`. Returns the runs deleted.
-pub(crate) fn fold(
-    conn: &mut Connection,
-    hosts: &HashMap<i64, HostEntry>,
-    dirty_hosts: &HashSet<i64>,
-    runs: &HashMap<RunKey, RunEntry>,
-    prune_runs_before: Option<(i64, i64)>,
-) -> rusqlite::Result<usize> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut update_host = tx.prepare_cached(
-            "UPDATE hosts SET agent_id = ?2, agent_version = ?3, peer = ?4,
-                 last_seen_unix_ms = ?5, clock_offset_ms = ?6, dropped_batches_total = ?7,
-                 batches_stored_total = ?8
-             WHERE host_id = ?1",
-        )?;
-        // In host id order: neighbouring rows share pages.
-        let mut ids: Vec<i64> = dirty_hosts.iter().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let Some(h) = hosts.get(&id) else { continue };
-            update_host.execute(params![
-                id,
-                h.agent_id,
-                h.agent_version,
-                h.peer,
-                h.last_seen_unix_ms,
-                h.clock_offset_ms,
-                u64_to_sql(h.dropped_batches_total),
-                u64_to_sql(h.batches_stored_total),
-            ])?;
-        }
-        let mut dirty: Vec<&RunEntry> = runs.values().filter(|r| r.dirty).collect();
-        dirty.sort_unstable_by_key(|r| r.run_id);
-        for run in dirty {
-            runs::write(&tx, run)?;
-        }
+/// Counts of what one host's merge wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Merged {
+    pub(crate) ticks: usize,
+    /// Sample values ignored because `ticks` already had a value for that
+    /// (time, metric, run): a clock stepped back within one agent run.
+    pub(crate) ignored: usize,
+}
+
+/// Writes a host's pending ticks into `ticks` (in key order, combining
+/// those of one (time, run); none older than `retention_cutoff`, which
+/// retention would delete), its state into its `hosts` row with
+/// `merged_journal_id` = its `applied_journal_id`, and the state of `runs`
+/// into their `agent_runs` rows. Part of a flush's transaction.
+pub(crate) fn merge_host(
+    tx: &Connection,
+    insert_tick: &mut rusqlite::Statement<'_>,
+    (host_id, host): (i64, &HostEntry),
+    runs: &[&RunEntry],
+    retention_cutoff: i64,
+) -> rusqlite::Result<Merged> {
+    let mut merged = Merged::default();
+    let pending = ticks::combine_pending(
+        host.pending
+            .iter()
+            .filter(|p| p.row.time_unix_ms >= retention_cutoff)
+            .map(PendingTick::stored)
+            .collect(),
+    );
+    for t in &pending {
+        let row = TickRow {
+            time_unix_ms: t.time_unix_ms,
+            values: t.values,
+        };
+        let ignored = write_tick(tx, insert_tick, (host_id, t.run_id), t.receive_lag_ms, &row)?;
+        merged.ticks += 1;
+        merged.ignored += ignored;
     }
-    // Without a WHERE clause SQLite frees the table's pages wholesale.
-    tx.execute("DELETE FROM journal", [])?;
-    let pruned = match prune_runs_before {
-        Some((cutoff, limit)) => runs::prune(&tx, cutoff, limit)?,
-        None => 0,
-    };
-    tx.commit()?;
-    Ok(pruned)
+    tx.prepare_cached(
+        "UPDATE hosts SET agent_id = ?2, agent_version = ?3, peer = ?4,
+             last_seen_unix_ms = ?5, clock_offset_ms = ?6, dropped_batches_total = ?7,
+             batches_stored_total = ?8, merged_journal_id = ?9
+         WHERE host_id = ?1",
+    )?
+    .execute(params![
+        host_id,
+        host.agent_id,
+        host.agent_version,
+        host.peer,
+        host.last_seen_unix_ms,
+        host.clock_offset_ms,
+        u64_to_sql(host.dropped_batches_total),
+        u64_to_sql(host.batches_stored_total),
+        host.applied_journal_id,
+    ])?;
+    for run in runs {
+        runs::write(tx, run)?;
+    }
+    Ok(merged)
+}
+
+/// Inserts a row of `ticks`, unless the run already has one at that time.
+pub(crate) const INSERT_TICK: &str = "INSERT INTO ticks (host_id, time_unix_ms, run_id,
+         receive_lag_ms, cpu_percent, mem_percent, disk_read_kbps, disk_write_kbps,
+         net_in_kbps, net_out_kbps)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+     ON CONFLICT (host_id, time_unix_ms, run_id) DO NOTHING";
+
+/// Inserts one row; if the run already has a row at that time (a clock
+/// stepped back within one agent run), fills only the metrics it lacks.
+/// Returns how many values were ignored.
+fn write_tick(
+    tx: &Connection,
+    insert_tick: &mut rusqlite::Statement<'_>,
+    (host_id, run_id): (i64, i64),
+    receive_lag_ms: i64,
+    row: &TickRow,
+) -> rusqlite::Result<usize> {
+    let v = row.values;
+    let inserted = insert_tick.execute(params![
+        host_id,
+        row.time_unix_ms,
+        run_id,
+        receive_lag_ms,
+        v[0],
+        v[1],
+        v[2],
+        v[3],
+        v[4],
+        v[5]
+    ])?;
+    if inserted == 1 {
+        return Ok(0);
+    }
+    let key = params![host_id, row.time_unix_ms, run_id];
+    let mut existing = [None; ticks::METRICS];
+    tx.prepare_cached(
+        "SELECT cpu_percent, mem_percent, disk_read_kbps, disk_write_kbps, net_in_kbps,
+             net_out_kbps
+         FROM ticks WHERE host_id = ?1 AND time_unix_ms = ?2 AND run_id = ?3",
+    )?
+    .query_row(key, |r| {
+        for (i, slot) in existing.iter_mut().enumerate() {
+            *slot = r.get(i)?;
+        }
+        Ok(())
+    })?;
+    let filled = ticks::fill_missing(existing, row.values);
+    if filled.added.iter().any(Option::is_some) {
+        let m = filled.merged;
+        tx.prepare_cached(
+            "UPDATE ticks SET cpu_percent = ?4, mem_percent = ?5, disk_read_kbps = ?6,
+                 disk_write_kbps = ?7, net_in_kbps = ?8, net_out_kbps = ?9
+             WHERE host_id = ?1 AND time_unix_ms = ?2 AND run_id = ?3",
+        )?
+        .execute(params![
+            host_id,
+            row.time_unix_ms,
+            run_id,
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            m[4],
+            m[5]
+        ])?;
+    }
+    Ok(filled.ignored)
+}
+
+/// Deletes the journal rows up to `journal_id` (every host merged past
+/// them). Rows are deleted from the front of the table: whole pages free.
+pub(crate) fn delete_through(tx: &Connection, journal_id: i64) -> rusqlite::Result<usize> {
+    tx.prepare_cached("DELETE FROM journal WHERE journal_id <= ?1")?
+        .execute([journal_id])
 }

@@ -31,7 +31,28 @@ pub(crate) fn upgrade(conn: &Connection, path: &Path, version: i64) -> Result<()
                 path.display()
             );
         }
+        if version == 1 || version == 2 {
+            conn.execute_batch(
+                "ALTER TABLE hosts ADD COLUMN merged_journal_id INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
+        if version == 2 {
+            // Schema 2's journal rows carry no ticks (they were written to
+            // `ticks` at once): kept with NULL ticks, replayed for the
+            // hosts' and runs' rows only.
+            conn.execute_batch("ALTER TABLE journal RENAME TO journal_2")?;
+        }
         conn.execute_batch(CREATE_TABLES)?;
+        if version == 2 {
+            conn.execute_batch(
+                "INSERT INTO journal (journal_id, host_id, run_id, seq, received_unix_ms,
+                     clock_offset_ms, dropped_batches_total, agent_version, peer, ticks)
+                 SELECT journal_id, host_id, run_id, seq, received_unix_ms, clock_offset_ms,
+                     dropped_batches_total, agent_version, peer, NULL
+                 FROM journal_2;
+                 DROP TABLE journal_2;",
+            )?;
+        }
         if version == 1 {
             let ticks = samples_to_ticks(conn)?;
             conn.execute_batch(

@@ -5,13 +5,14 @@
 //! requests from a bounded queue; it groups them into one transaction per
 //! flush (up to `flush_max_batches` requests or `flush_max_delay` after the
 //! first, whichever comes first) and answers each request only after that
-//! transaction committed. A batch is one row in `ticks` plus one row
-//! appended to `journal`; the hosts' and runs' bookkeeping is folded from
-//! the journal into their tables every `journal_fold_interval` (see
+//! transaction committed. A batch is one row appended to `journal`; a
+//! host's journal rows are merged into `ticks`, `hosts` and `agent_runs`
+//! once they waited `merge_interval`, a few hosts per flush (see
 //! `schema.rs` for why, `journal.rs` for how). Sample queries and history
 //! run on tokio's blocking pool against read-only connections (WAL lets
-//! them read while the writer writes); `hosts()` copies the writer's
-//! in-memory host table (`hosts.rs`).
+//! them read while the writer writes); queries add the host's unmerged
+//! ticks from memory, and `hosts()` copies the writer's in-memory host
+//! table (`hosts.rs`).
 //!
 //! Invariants (the tests in `server/tests/store.rs` hold us to them):
 //! - `submit` resolves `Ok` only after the transaction holding the batch
@@ -76,11 +77,12 @@ pub struct StoreConfig {
     /// Most rows (ticks of one host, up to six samples each) one retention
     /// transaction deletes. Default 5,000.
     pub retention_chunk_rows: usize,
-    /// How often the writer folds the journal into the `hosts` and
-    /// `agent_runs` tables (see `journal.rs`). Longer: fewer pages
-    /// rewritten; shorter: a smaller journal to replay after a crash.
-    /// Default 10 s; zero folds after every flush.
-    pub journal_fold_interval: Duration,
+    /// How long a host's batches wait in the journal before the writer
+    /// merges them into the host's pages (see `journal.rs`). Longer: each
+    /// host's pages are rewritten less often, fewer pages per checkpoint;
+    /// shorter: less memory (the unmerged ticks are kept for queries) and a
+    /// shorter replay after a crash. Default 30 s; zero merges at once.
+    pub merge_interval: Duration,
     /// How often the WAL is copied back into the database file, by a
     /// thread of its own. Default 10 s.
     pub checkpoint_interval: Duration,
@@ -101,7 +103,7 @@ impl StoreConfig {
             flush_max_delay: Duration::from_millis(20),
             retention_interval: Duration::from_secs(60),
             retention_chunk_rows: 5_000,
-            journal_fold_interval: Duration::from_secs(10),
+            merge_interval: Duration::from_secs(30),
             checkpoint_interval: Duration::from_secs(10),
             cache_size_kib: 64 * 1024,
         }
@@ -363,7 +365,8 @@ struct Inner {
     path: PathBuf,
     requests: mpsc::Sender<Request>,
     readers: Arc<Readers>,
-    /// The writer's host table, copied by `hosts()`.
+    /// The writer's host table: copied by `hosts()`, unmerged ticks for
+    /// `query()`.
     hosts: Arc<HostTable>,
     /// Set by the first `close`; later requests fail with `Closed`.
     closed: AtomicBool,
@@ -441,7 +444,11 @@ impl Store {
     /// Samples of a host in a time range, oldest first, up to `q.limit`.
     /// A host that never sent a batch is `Err(StoreError::UnknownHost)`.
     pub async fn query(&self, q: SampleQuery) -> Result<Vec<StoredSampleRow>, StoreError> {
-        self.inner.readers.run(move |c| read::samples(c, &q)).await
+        let hosts = Arc::clone(&self.inner.hosts);
+        self.inner
+            .readers
+            .run(move |c| read::samples(c, &hosts, &q))
+            .await
     }
 
     /// Every host ever stored, by hostname, with its latest value per metric
@@ -563,7 +570,7 @@ impl Store {
 
     /// Test hook: stops the writer the way `kill -9` would, as far as the
     /// file can tell (everything acknowledged is committed; the journal is
-    /// not folded, the WAL not checkpointed), and waits for its thread.
+    /// not merged, the WAL not checkpointed), and waits for its thread.
     #[cfg(test)]
     pub(crate) async fn abandon(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();

@@ -1,7 +1,7 @@
-//! Reads from the file: sample queries and command history. They run on
-//! tokio's blocking pool against read-only connections, each in one read
-//! transaction so it sees one snapshot. (`hosts()` reads memory, see
-//! `hosts.rs`.)
+//! Reads from the file: sample queries (with the host's unmerged ticks from
+//! memory) and command history. They run on tokio's blocking pool against
+//! read-only connections, each in one read transaction so it sees one
+//! snapshot. (`hosts()` reads memory only, see `hosts.rs`.)
 //!
 //! Reads must never touch the writer's connection or run on an async
 //! worker thread: a slow query may not delay an acknowledgement.
@@ -14,8 +14,9 @@ use monitor::metric::Metric;
 use rusqlite::Connection;
 
 use super::error::StoreError;
+use super::hosts::HostTable;
 use super::schema::{self, METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
-use super::ticks::{METRICS, StoredTick, Unpacker};
+use super::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
 use super::{CommandOutcome, HistoryRow, SampleQuery, StoredSampleRow};
 
 /// Idle read connections kept for reuse; more are opened on demand.
@@ -85,22 +86,29 @@ fn sql(during: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
 }
 
 /// Samples of one host, oldest first: one range scan of the primary key
-/// (host, time, run) of `ticks`, which is already in time order, unpacked
-/// into samples (see `ticks.rs`); a limit stops the scan early. With one
-/// metric, rows lacking it are skipped by SQLite and the limit is SQL's.
+/// (host, time, run) of `ticks`, which is already in time order, merged
+/// with the host's ticks still in the journal (from memory), unpacked into
+/// samples (see `ticks.rs`); a limit stops the scan early. With one metric,
+/// rows lacking it are skipped by SQLite and the limit is SQL's.
 pub(crate) fn samples(
     conn: &mut Connection,
+    hosts: &HostTable,
     q: &SampleQuery,
 ) -> Result<Vec<StoredSampleRow>, StoreError> {
     let during = "querying samples";
-    let tx = conn.transaction().map_err(sql(during))?;
-    let host_id = schema::host_id(&tx, &q.hostname)
+    // A host's id never changes: looked up on its own, before the copy of
+    // its unmerged ticks, which must come before the snapshot the scan
+    // reads. Then a tick a merge moves meanwhile is in the copy, or in the
+    // snapshot, or both (the same values), never in neither.
+    let host_id = schema::host_id(conn, &q.hostname)
         .map_err(sql(during))?
         .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
     let until = q.until_unix_ms.unwrap_or(i64::MAX);
     let metric_index = q.metric.map(|m| metric_id(m) as usize);
+    let pending = hosts.pending_of(host_id, q.since_unix_ms, until, metric_index);
+    let tx = conn.transaction().map_err(sql(during))?;
     // Only with one metric is a row one sample, so only then can SQL apply
-    // the limit.
+    // the limit (the first n samples need at most n rows of the table).
     let (filter, sql_limit) = match metric_index.and_then(|i| METRIC_COLUMNS.get(i)) {
         Some(column) => (
             format!("AND {column} IS NOT NULL"),
@@ -126,11 +134,9 @@ pub(crate) fn samples(
             sql_limit
         ])
         .map_err(sql(during))?;
-    let mut unpacker = Unpacker::new(metric_index, q.limit);
-    let mut unpacked = Vec::new();
-    while !unpacker.is_full() {
+    let mut next_row = || -> Result<Option<StoredTick>, StoreError> {
         let Some(r) = rows.next().map_err(sql(during))? else {
-            break;
+            return Ok(None);
         };
         let mut tick = StoredTick {
             time_unix_ms: r.get(0).map_err(sql(during))?,
@@ -141,6 +147,45 @@ pub(crate) fn samples(
         for (i, v) in tick.values.iter_mut().enumerate() {
             *v = r.get(3 + i).map_err(sql(during))?;
         }
+        Ok(Some(tick))
+    };
+    let mut unpacker = Unpacker::new(metric_index, q.limit);
+    let mut unpacked = Vec::new();
+    let mut stored = next_row()?;
+    let mut pending = pending.into_iter().peekable();
+    // Both in (time, run) order: merged; a tick in both is the stored row
+    // with what the unmerged one adds (the first value stored wins).
+    while !unpacker.is_full() {
+        let key = |t: &StoredTick| (t.time_unix_ms, t.run_id);
+        let tick = match (stored, pending.peek().copied()) {
+            (None, None) => break,
+            (Some(s), None) => {
+                stored = next_row()?;
+                s
+            }
+            (None, Some(p)) => {
+                pending.next();
+                p
+            }
+            (Some(s), Some(p)) => match key(&s).cmp(&key(&p)) {
+                std::cmp::Ordering::Less => {
+                    stored = next_row()?;
+                    s
+                }
+                std::cmp::Ordering::Greater => {
+                    pending.next();
+                    p
+                }
+                std::cmp::Ordering::Equal => {
+                    stored = next_row()?;
+                    pending.next();
+                    StoredTick {
+                        values: fill_missing(s.values, p.values).merged,
+                        ..s
+                    }
+                }
+            },
+        };
         unpacker.push(tick, &mut unpacked);
     }
     unpacker.finish(&mut unpacked);

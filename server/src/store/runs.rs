@@ -2,11 +2,11 @@
 //! [`RunEntry`] by (agent_id, boot_id), loaded from `agent_runs` on a miss,
 //! and the SQL that reads, creates and folds those rows.
 //!
-//! Between folds the `agent_runs` row of a run lags behind: the seqs stored
-//! since are in `journal` rows (see `journal.rs`) and in the cached entry,
-//! which is then `dirty`. A dirty entry must never leave the cache before a
-//! fold wrote it, or the next miss would reload a row that forgot batches
-//! and take their re-sends for new ones.
+//! The `agent_runs` row of a run lags behind its cached entry until the
+//! hosts of its batches are merged: the seqs stored since are in `journal`
+//! rows (see `journal.rs`). An entry that unmerged journal rows name must
+//! never leave the cache, or the next miss would reload a row that forgot
+//! batches and take their re-sends for new ones.
 
 use std::time::Instant;
 
@@ -28,8 +28,6 @@ pub(crate) struct RunEntry {
     pub(crate) last_seen_unix_ms: i64,
     /// When a flush last used the entry (for evicting idle runs).
     pub(crate) last_used: Instant,
-    /// Changed since the last fold: `agent_runs` does not show it yet.
-    pub(crate) dirty: bool,
 }
 
 impl RunEntry {
@@ -40,7 +38,6 @@ impl RunEntry {
             return false;
         }
         self.last_seen_unix_ms = self.last_seen_unix_ms.max(received_unix_ms);
-        self.dirty = true;
         true
     }
 }
@@ -64,7 +61,6 @@ fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunEntry> {
         seqs,
         last_seen_unix_ms: r.get(3)?,
         last_used: Instant::now(),
-        dirty: false,
     })
 }
 
@@ -97,7 +93,6 @@ pub(crate) fn load_or_create(tx: &Connection, batch: &IncomingBatch) -> rusqlite
         seqs: SeqSet::default(),
         last_seen_unix_ms: batch.received_unix_ms,
         last_used: Instant::now(),
-        dirty: false,
     })
 }
 
@@ -118,7 +113,7 @@ pub(crate) fn load_by_id(
     .optional()
 }
 
-/// Writes a run's state into its `agent_runs` row (part of a fold).
+/// Writes a run's state into its `agent_runs` row (part of a merge).
 pub(crate) fn write(tx: &Connection, run: &RunEntry) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE agent_runs SET high_seq = ?2, gaps = ?3, last_seen_unix_ms = ?4
@@ -131,14 +126,4 @@ pub(crate) fn write(tx: &Connection, run: &RunEntry) -> rusqlite::Result<()> {
         run.last_seen_unix_ms,
     ])?;
     Ok(())
-}
-
-/// Deletes at most `limit` runs not seen since `cutoff` (part of a fold,
-/// after every dirty run was written, so `last_seen_unix_ms` is current).
-pub(crate) fn prune(tx: &Connection, cutoff: i64, limit: i64) -> rusqlite::Result<usize> {
-    tx.prepare_cached(
-        "DELETE FROM agent_runs WHERE run_id IN (SELECT run_id FROM agent_runs
-             WHERE last_seen_unix_ms < ?1 LIMIT ?2)",
-    )?
-    .execute(params![cutoff, limit])
 }

@@ -12,15 +12,15 @@
 //!   newest page, and a query for one host is one range scan in time order.
 //!   Schema 1 stored one row per sample: six inserts per batch, the key
 //!   stored six times.
-//! - What changes with every batch besides its samples (the host's last
-//!   seen, counters, the run's stored seqs) is NOT updated in `hosts` and
-//!   `agent_runs` per batch: those rows are scattered over the file, and
-//!   updating them dirtied about three more pages per batch, which made the
-//!   WAL several times larger than the samples. Instead each batch appends
-//!   one row to `journal` (a rowid table: appends fill its last page), and
-//!   the writer folds the journal into `hosts` and `agent_runs` every few
-//!   seconds (see `journal.rs`). The journal row is in the batch's
-//!   transaction, so the dedup state is as durable as the samples.
+//! - A flush writes nothing but appends: each stored batch is one row of
+//!   `journal` (a rowid table, so appends fill its last page) holding its
+//!   ticks and what it changes in its host's and run's rows. Writing the
+//!   ticks into their host's range and updating `hosts`/`agent_runs` per
+//!   batch dirtied four to five pages scattered over the file per batch,
+//!   each written whole to the WAL and again into the file at every
+//!   checkpoint. The writer merges each host's journal rows into `ticks`,
+//!   `hosts` and `agent_runs` every `merge_interval` (see `journal.rs`), so
+//!   a host's pages are rewritten once per merge, not once per batch.
 //! - Pages are 1 KiB: adding a ~75-byte row rewrites a whole page in the
 //!   WAL, so a smaller page is a smaller WAL; reads pay a slightly deeper
 //!   tree.
@@ -30,15 +30,14 @@
 //! - The receive time is stored per row as `receive_lag_ms` (received −
 //!   sample time): a varint of 1–3 bytes.
 //!
-//! What remains is about 2.5 pages of WAL per batch: the host's newest
-//! leaf, and every few batches a split that rewrites it, its neighbours and
-//! their parent. Considered and not done: appending batches to a staging
-//! table and merging it into `ticks` every N seconds. Simulated on the
-//! bench's filled file it cut the WAL to 0.7 KiB per batch at N = 10 s, for
-//! the same CPU, but the merge of 100,000 rows holds the write lock for
-//! ~0.8 s (a latency spike on every batch behind it) unless it is split up
-//! or moved to a second file, and every read must then look in both places.
-//! Worth it only if the disk, not the CPU, becomes the limit.
+//! Why not write ticks straight into `ticks` (schema 2): at 10,000 batches/s
+//! every host's newest leaf is rewritten every second, about 2.5 pages of
+//! WAL per batch, and every checkpoint round then has all 10,000 leaves to
+//! copy and fsync; the last part of that copy must run with the writer
+//! stopped (see `checkpoint.rs`), which over a minute gave a p99 of 0.3 s.
+//! Why not one big periodic merge of a staging table: simulated, merging
+//! 100,000 rows holds the write lock for ~0.8 s. Merging host by host, a
+//! few hosts per flush, keeps every transaction small.
 //!
 //! Metric ids, metric columns and outcome names are part of the file format:
 //! never renumber or rename them; add new ones instead. Nothing here may
@@ -51,14 +50,14 @@ use std::time::Duration;
 use monitor::metric::Metric;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::checkpoint::WAL_RESTART_BYTES;
+use super::checkpoint::WAL_KEEP_BYTES;
 use super::error::{StoreError, code_of};
 use super::migrate;
 use super::ticks::METRICS;
 
 /// Bumped on every incompatible change of the tables below; older files
 /// are migrated at open (see `migrate.rs`).
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// Page size of a new database file.
 const PAGE_SIZE_BYTES: u32 = 1024;
@@ -76,9 +75,9 @@ pub(crate) const METRIC_COLUMNS: [&str; METRICS] = [
     "net_out_kbps",
 ];
 
-/// `hosts` and `agent_runs` hold each host's and run's state as of the
-/// last journal fold; `journal` holds every stored batch since (see
-/// `journal.rs`).
+/// `hosts` rows hold each host's state up to `merged_journal_id`,
+/// `agent_runs` rows each run's as of its last merge; `journal` holds every
+/// stored batch not yet merged (see `journal.rs`).
 pub(crate) const CREATE_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS hosts (
     host_id               INTEGER PRIMARY KEY,
@@ -90,7 +89,8 @@ CREATE TABLE IF NOT EXISTS hosts (
     last_seen_unix_ms     INTEGER NOT NULL,
     clock_offset_ms       INTEGER NOT NULL,
     dropped_batches_total INTEGER NOT NULL,
-    batches_stored_total  INTEGER NOT NULL
+    batches_stored_total  INTEGER NOT NULL,
+    merged_journal_id     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS agent_runs (
     run_id             INTEGER PRIMARY KEY,
@@ -116,7 +116,9 @@ CREATE TABLE IF NOT EXISTS ticks (
     PRIMARY KEY (host_id, time_unix_ms, run_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal (
-    journal_id            INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT: ids never go back, even when the journal was emptied,
+    -- so merged_journal_id keeps meaning what it says.
+    journal_id            INTEGER PRIMARY KEY AUTOINCREMENT,
     host_id               INTEGER NOT NULL,
     run_id                INTEGER NOT NULL,
     seq                   INTEGER NOT NULL, -- the u64 bit pattern as i64
@@ -124,7 +126,8 @@ CREATE TABLE IF NOT EXISTS journal (
     clock_offset_ms       INTEGER NOT NULL,
     dropped_batches_total INTEGER NOT NULL,
     agent_version         TEXT NOT NULL,
-    peer                  TEXT NOT NULL
+    peer                  TEXT NOT NULL,
+    ticks                 BLOB -- see ticks.rs; NULL: already in ticks (schema 2)
 );
 CREATE TABLE IF NOT EXISTS commands (
     command_row  INTEGER PRIMARY KEY,
@@ -175,12 +178,12 @@ pub(crate) fn open_writer(path: &Path, cache_size_kib: u32) -> Result<Connection
             detail: format!("cannot switch to WAL journal mode (still '{mode}')"),
         });
     }
-    // A WAL that restarts after a checkpoint is truncated only beyond the
-    // size at which the checkpointer forces a restart anyway: under heavy
-    // ingest it grows back to that size every round, and re-allocating the
-    // truncated part costs the fsyncs of every commit (measured: saturation
-    // 30-31k batches/s with a 64 MiB limit, 33k/s without truncation).
-    let wal_limit_bytes = WAL_RESTART_BYTES;
+    // A WAL that restarts after a checkpoint is truncated only beyond
+    // 256 MiB: under heavy ingest it grows back every round, and
+    // re-allocating the truncated part costs the fsyncs of every commit
+    // (measured: saturation 30-31k batches/s with a 64 MiB limit, 33k/s
+    // without truncation).
+    let wal_limit_bytes = WAL_KEEP_BYTES;
     conn.execute_batch(&format!(
         "PRAGMA synchronous = FULL;
          PRAGMA cache_size = -{cache_size_kib};

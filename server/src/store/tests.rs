@@ -196,18 +196,18 @@ async fn an_unclean_stop_is_replayed_from_the_journal() {
     let path = dir.0.join("monitor.db");
     let mut config = StoreConfig::new(&path);
     config.flush_max_delay = Duration::ZERO;
-    // No fold while the test runs: everything since open is in the journal.
-    config.journal_fold_interval = Duration::from_secs(3600);
+    // Merged at once: the first two batches are in the tables.
+    config.merge_interval = Duration::ZERO;
     let base = monitor::time::now_unix_ms() - 3_600_000;
-
     let store = Store::open(config.clone()).unwrap();
-    // Folded part: stored, then the store closed cleanly.
     submit_each(&store, &[("pi", 1, 1), ("pi", 1, 2)], base).await;
+    journal_drains(&path, "the first batches were never merged").await;
     store.close().await.unwrap();
-    assert_eq!(journal_rows(&path), 0, "a clean close folds the journal");
 
+    // No merge while the next store runs: all it stores stays in the
+    // journal. pi leaves a gap (5, 6), a second run and host appear.
+    config.merge_interval = Duration::from_secs(3600);
     let store = Store::open(config.clone()).unwrap();
-    // Journal part: pi leaves a gap (5, 6), a second run and host appear.
     let sent = [
         ("pi", 1, 3),
         ("pi", 1, 4),
@@ -217,21 +217,20 @@ async fn an_unclean_stop_is_replayed_from_the_journal() {
     ];
     assert_eq!(submit_each(&store, &sent, base).await, [Stored; 5]);
     let before = store.hosts().await.unwrap();
-    assert_eq!(journal_rows(&path), 5);
     store.abandon().await.unwrap();
     // The tables lag behind: the journal holds the rest.
-    assert_eq!(
-        summary(&before)[0].1,
-        6,
-        "pi stored 6 batches, 4 of them only in the journal"
-    );
-    assert_eq!(hosts_table(&path)[0].1, 2);
+    assert_eq!(journal_rows(&path), 5);
+    assert_eq!(summary(&before)[0].1, 6, "pi stored 6 batches");
+    assert_eq!(hosts_table(&path)[0].1, 2, "4 of them only in the journal");
+    assert_eq!(ticks_rows(&path), 2);
 
-    let store = Store::open(config).unwrap();
+    // Replayed at open: memory is as before the crash, still unmerged.
+    let store = Store::open(config.clone()).unwrap();
     assert_eq!(store.hosts().await.unwrap(), before);
-    assert_eq!(journal_rows(&path), 0, "replayed and folded at open");
-    assert_eq!(hosts_table(&path), summary(&before));
-    // Dedup state: every stored seq is known, the gap is not.
+    let mut seqs = stored_seqs(&store).await;
+    seqs.sort_unstable();
+    // Run 2's seq 1 has the same sample time as run 1's seq 1.
+    assert_eq!(seqs, [1, 1, 2, 3, 4, 7]);
     let again = [
         ("pi", 1, 1),
         ("pi", 1, 4),
@@ -240,85 +239,104 @@ async fn an_unclean_stop_is_replayed_from_the_journal() {
         ("pj", 1, 1),
     ];
     assert_eq!(submit_each(&store, &again, base).await, [Duplicate; 5]);
+    store.abandon().await.unwrap();
+
+    // Replayed again and merged: the tables catch up exactly (nothing
+    // counted twice, though the seqs were replayed twice).
+    config.merge_interval = Duration::ZERO;
+    let store = Store::open(config).unwrap();
+    journal_drains(&path, "the replayed journal was never merged").await;
+    assert_eq!(store.hosts().await.unwrap(), before);
+    assert_eq!(hosts_table(&path), summary(&before));
+    assert_eq!(ticks_rows(&path), 7, "pi's 6 and pj's 1");
+    // Dedup state: every stored seq is known, the gap is not.
+    assert_eq!(submit_each(&store, &again, base).await, [Duplicate; 5]);
     assert_eq!(
         submit_each(&store, &[("pi", 1, 6), ("pi", 1, 5), ("pi", 1, 6)], base).await,
         [Stored, Stored, Duplicate]
     );
     let mut seqs = stored_seqs(&store).await;
     seqs.sort_unstable();
-    // Run 2's seq 1 has the same sample time as run 1's seq 1.
     assert_eq!(seqs, [1, 1, 2, 3, 4, 5, 6, 7]);
     store.close().await.unwrap();
 }
 
+/// Rows in `ticks` (read-only, beside the running store).
+fn ticks_rows(path: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT count(*) FROM ticks", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Polls until the journal is empty (every host merged), or panics after
+/// 10 s naming `what`.
+async fn journal_drains(path: &std::path::Path, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while journal_rows(path) != 0 {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
-async fn folding_after_every_flush_keeps_tables_and_memory_equal() {
-    let dir = TempDir::new("fold");
+async fn merging_at_once_keeps_tables_and_memory_equal() {
+    let dir = TempDir::new("merge");
     let path = dir.0.join("monitor.db");
     let mut config = StoreConfig::new(&path);
     config.flush_max_delay = Duration::ZERO;
-    config.journal_fold_interval = Duration::ZERO;
+    config.merge_interval = Duration::ZERO;
     let base = monitor::time::now_unix_ms() - 3_600_000;
     let store = Store::open(config).unwrap();
-    submit_each(
-        &store,
-        &[("pi", 1, 1), ("pj", 1, 1), ("pi", 1, 2), ("pi", 1, 2)],
-        base,
-    )
-    .await;
-    // The fold runs right after the flush that answered.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while journal_rows(&path) != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the journal was never folded"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let sent = [("pi", 1, 1), ("pj", 1, 1), ("pi", 1, 2), ("pi", 1, 2)];
+    submit_each(&store, &sent, base).await;
+    journal_drains(&path, "the journal was never merged").await;
     let hosts = store.hosts().await.unwrap();
     assert_eq!(hosts_table(&path), summary(&hosts));
     assert_eq!(summary(&hosts)[0].1, 2);
+    assert_eq!(ticks_rows(&path), 3);
+    assert_eq!(stored_seqs(&store).await, [1, 2]);
     store.close().await.unwrap();
 }
 
 #[tokio::test]
-async fn a_failing_fold_loses_nothing_and_is_retried() {
-    let dir = TempDir::new("fold-fails");
+async fn a_failing_merge_never_stops_ingest_and_is_retried() {
+    let dir = TempDir::new("merge-fails");
     let path = dir.0.join("monitor.db");
     let mut config = StoreConfig::new(&path);
     config.flush_max_delay = Duration::ZERO;
-    config.journal_fold_interval = Duration::ZERO;
+    config.merge_interval = Duration::ZERO;
     let base = monitor::time::now_unix_ms() - 3_600_000;
     let store = Store::open(config.clone()).unwrap();
-    // Emptying the journal fails from now on: every fold rolls back.
+    submit_each(&store, &[("pi", 1, 1)], base).await;
+    journal_drains(&path, "the first batch was never merged").await;
+    // Writing a host's row fails from now on: every merge rolls back.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "CREATE TRIGGER fail_fold BEFORE DELETE ON journal
-         BEGIN SELECT RAISE(ABORT, 'injected fold failure'); END;",
+        "CREATE TRIGGER fail_merge BEFORE UPDATE ON hosts
+         BEGIN SELECT RAISE(ABORT, 'injected merge failure'); END;",
     )
     .unwrap();
-    let sent: Vec<(&str, u64, u64)> = (1..=5).map(|seq| ("pi", 1, seq)).collect();
+    let sent: Vec<(&str, u64, u64)> = (2..=6).map(|seq| ("pi", 1, seq)).collect();
     assert_eq!(
         submit_each(&store, &sent, base).await,
         [SubmitOutcome::Stored; 5],
-        "ingest goes on while folds fail"
+        "ingest goes on while merges fail"
     );
     assert_eq!(journal_rows(&path), 5);
-    assert_eq!(hosts_table(&path)[0].1, 0, "the table lags behind");
+    assert_eq!(hosts_table(&path)[0].1, 1, "the table lags behind");
     let before = store.hosts().await.unwrap();
-    assert_eq!(before[0].batches_stored_total, 5);
+    assert_eq!(before[0].batches_stored_total, 6);
+    assert_eq!(
+        stored_seqs(&store).await,
+        [1, 2, 3, 4, 5, 6],
+        "queries see the journal"
+    );
 
-    // Folds work again: the retry brings the table up to memory.
-    conn.execute_batch("DROP TRIGGER fail_fold").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while journal_rows(&path) != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fold was never retried"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Merges work again: a later one brings the tables up to memory.
+    conn.execute_batch("DROP TRIGGER fail_merge").unwrap();
+    journal_drains(&path, "the merge was never retried").await;
     assert_eq!(hosts_table(&path), summary(&before));
+    assert_eq!(ticks_rows(&path), 6);
     assert_eq!(
         submit_each(&store, &[("pi", 1, 3)], base).await,
         [SubmitOutcome::Duplicate]

@@ -1,6 +1,8 @@
 //! The row-per-tick layout of samples: how a batch's samples become rows of
 //! the `ticks` table (one row per (host, sample time, run) holding up to six
-//! values) and how rows become samples again for a query.
+//! values), how those rows travel in a journal row until they are merged
+//! into `ticks` (see `journal.rs`), and how rows from both places become
+//! samples again for a query.
 //!
 //! Why one row per tick rather than one per sample: a batch is one tick of
 //! one host, so its six samples share host, time, run and receive time.
@@ -106,6 +108,94 @@ pub(crate) fn fill_missing(
         }
     }
     f
+}
+
+/// Encodes rows for `journal.ticks`: per row the sample time (i64 LE), a
+/// byte whose bit i says metric id i is present, then the present values
+/// (f64 LE) in metric id order. About 60 bytes for a full tick.
+pub(crate) fn encode_rows(rows: &[TickRow]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * (9 + 8 * METRICS));
+    for r in rows {
+        out.extend_from_slice(&r.time_unix_ms.to_le_bytes());
+        let mut present = 0u8;
+        for (i, v) in r.values.iter().enumerate() {
+            if v.is_some() {
+                present |= 1 << i;
+            }
+        }
+        out.push(present);
+        for v in r.values.iter().flatten() {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_rows`]; `None` if the blob is not one.
+pub(crate) fn decode_rows(mut blob: &[u8]) -> Option<Vec<TickRow>> {
+    let mut rows = Vec::new();
+    while !blob.is_empty() {
+        let (time, rest) = blob.split_first_chunk::<8>()?;
+        let (&present, mut rest) = rest.split_first()?;
+        if present >> METRICS != 0 {
+            return None;
+        }
+        let mut row = TickRow {
+            time_unix_ms: i64::from_le_bytes(*time),
+            values: [None; METRICS],
+        };
+        for (i, slot) in row.values.iter_mut().enumerate() {
+            if present & (1 << i) != 0 {
+                let (v, after) = rest.split_first_chunk::<8>()?;
+                *slot = Some(f64::from_le_bytes(*v));
+                rest = after;
+            }
+        }
+        rows.push(row);
+        blob = rest;
+    }
+    Some(rows)
+}
+
+/// A stored tick that is still in the journal, not yet in `ticks`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct PendingTick {
+    /// The journal row holding it.
+    pub(crate) journal_id: i64,
+    pub(crate) run_id: i64,
+    /// Server time its batch arrived, ms since the Unix epoch.
+    pub(crate) received_unix_ms: i64,
+    pub(crate) row: TickRow,
+}
+
+impl PendingTick {
+    /// As a query reads it.
+    pub(crate) fn stored(&self) -> StoredTick {
+        StoredTick {
+            time_unix_ms: self.row.time_unix_ms,
+            run_id: self.run_id,
+            receive_lag_ms: self.received_unix_ms.saturating_sub(self.row.time_unix_ms),
+            values: self.row.values,
+        }
+    }
+}
+
+/// Sorts pending ticks by (time, run) and combines those of the same
+/// (time, run) as storing them one after the other in journal order would
+/// have: the first value of each metric wins, the first receive time stays.
+pub(crate) fn combine_pending(mut ticks: Vec<StoredTick>) -> Vec<StoredTick> {
+    // Stable: ticks of one key keep their journal order.
+    ticks.sort_by_key(|t| (t.time_unix_ms, t.run_id));
+    let mut out: Vec<StoredTick> = Vec::with_capacity(ticks.len());
+    for t in ticks {
+        match out.last_mut() {
+            Some(last) if (last.time_unix_ms, last.run_id) == (t.time_unix_ms, t.run_id) => {
+                last.values = fill_missing(last.values, t.values).merged;
+            }
+            _ => out.push(t),
+        }
+    }
+    out
 }
 
 /// One stored row as a query reads it.
@@ -315,6 +405,62 @@ mod tests {
             .collect();
         assert_eq!(got, expected);
         assert!(out.iter().all(|u| u.received_unix_ms == u.time_unix_ms + 5));
+    }
+
+    fn check_rows(rows: &[TickRow]) {
+        let blob = encode_rows(rows);
+        assert_eq!(decode_rows(&blob).as_deref(), Some(rows));
+    }
+
+    #[test]
+    fn rows_round_trip_through_the_journal_blob() {
+        check_rows(&[]);
+        check_rows(&[row(
+            1000,
+            &[(0, 1.5), (1, -2.0), (2, 0.0), (3, 4e9), (4, 5.0), (5, 6.0)],
+        )]);
+        check_rows(&[
+            row(-5, &[]),
+            row(i64::MAX, &[(5, f64::MIN_POSITIVE)]),
+            row(7, &[(2, 3.0)]),
+        ]);
+        assert_eq!(
+            encode_rows(&[row(1, &[(0, 1.0), (4, 2.0)])]).len(),
+            8 + 1 + 16
+        );
+    }
+
+    #[test]
+    fn bad_journal_blobs_are_refused() {
+        let good = encode_rows(&[row(1, &[(0, 1.0), (4, 2.0)])]);
+        assert_eq!(
+            decode_rows(&good[..good.len() - 1]),
+            None,
+            "truncated value"
+        );
+        assert_eq!(decode_rows(&good[..8]), None, "no presence byte");
+        assert_eq!(decode_rows(&good[..5]), None, "truncated time");
+        let mut unknown = good.clone();
+        unknown[8] |= 1 << 6;
+        assert_eq!(decode_rows(&unknown), None, "a seventh metric");
+    }
+
+    #[test]
+    fn pending_ticks_of_one_key_combine_in_journal_order() {
+        let got = combine_pending(vec![
+            tick(2000, 1, &[(0, 1.0)]),
+            tick(1000, 2, &[(0, 2.0)]),
+            tick(2000, 1, &[(0, 3.0), (1, 4.0)]),
+            tick(1000, 1, &[(5, 5.0)]),
+        ]);
+        assert_eq!(
+            got,
+            [
+                tick(1000, 1, &[(5, 5.0)]),
+                tick(1000, 2, &[(0, 2.0)]),
+                tick(2000, 1, &[(0, 1.0), (1, 4.0)]),
+            ]
+        );
     }
 
     #[test]
