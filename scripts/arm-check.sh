@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Proves the Raspberry Pi builds work without a Pi and without a container
-# engine (so without `cross`): cross-compiles monitor-agent for aarch64 and
-# armv7 with Debian's packaged Rust and gcc cross compilers, runs each binary
-# under qemu-user, and checks it end to end against a native monitor-server
-# on loopback:
+# engine (so without `cross`): cross-compiles monitor-agent for aarch64,
+# armv7 and armv6 with Debian's packaged Rust and gcc cross compilers, runs
+# each binary under qemu-user, and checks it end to end against a native
+# monitor-server on loopback:
 #   1. --stdout: the ARM agent reads this machine's /proc and prints all six
 #      metrics (toolchain and collectors work on the target ABI);
 #   2. the ARM agent reports to the server: `monitorctl query pi-<arch>`
@@ -13,14 +13,21 @@
 #      armv7l.
 # It also prints the stripped release size of the agent for each target.
 #
+# armv6 (arm-unknown-linux-gnueabihf, Pi 1 and Zero): Debian has no ARMv6
+# userland, so the agent's own code is compiled for ARMv6 (std built from
+# source for that target) but linked against Debian's armhf (ARMv7) C
+# library and run on qemu's default ARMv7 CPU. That proves our code and its
+# build for the target; the binary for a real Pi Zero comes from `cross`,
+# whose image links against an ARMv6 glibc.
+#
 # Idempotent: installs only what is missing (apt), reuses build caches in
 # target/debian-cross (kept apart from rustup's target/ so the two
 # toolchains never share artifacts). Every wait is bounded; every process it
 # starts is stopped on exit. Exits non-zero on the first failure.
 #
-# Usage: scripts/arm-check.sh [--stdout-only] [--targets "aarch64 armv7"]
+# Usage: scripts/arm-check.sh [--stdout-only] [--targets "aarch64 armv7 armv6"]
 #   --stdout-only   build and run the agents with --stdout only (no server)
-#   --targets LIST  which of aarch64, armv7 to check (default: both)
+#   --targets LIST  which of aarch64, armv7, armv6 to check (default: all)
 # Environment: ARM_CHECK_TIMEOUT (seconds per wait, default 90).
 set -euo pipefail
 
@@ -28,7 +35,7 @@ repo_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_dir"
 
 stdout_only=0
-targets="aarch64 armv7"
+targets="aarch64 armv7 armv6"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --stdout-only) stdout_only=1 ;;
@@ -62,8 +69,14 @@ deb_arch[armv7]=armhf
 gcc_prefix[armv7]=arm-linux-gnueabihf
 qemu[armv7]=qemu-arm-static
 uname_m[armv7]=armv7l
+# See the header: ARMv6 code, Debian's armhf libc, qemu's ARMv7 CPU.
+triple[armv6]=arm-unknown-linux-gnueabihf
+deb_arch[armv6]=armhf
+gcc_prefix[armv6]=arm-linux-gnueabihf
+qemu[armv6]=qemu-arm-static
+uname_m[armv6]=armv7l
 for t in $targets; do
-    [[ -n ${triple[$t]:-} ]] || fail "--targets: unknown target '$t' (expected aarch64 or armv7)"
+    [[ -n ${triple[$t]:-} ]] || fail "--targets: unknown target '$t' (expected aarch64, armv7 or armv6)"
 done
 
 # ---------------------------------------------------------------------------
@@ -139,9 +152,8 @@ apt_install() {
         fail "apt-get install $*: $(tail -n 5 "$work/apt-install.log")"
 }
 
-foreign=$(dpkg --print-foreign-architectures)
 for t in $targets; do
-    if ! grep -qx "${deb_arch[$t]}" <<<"$foreign"; then
+    if ! grep -qx "${deb_arch[$t]}" <<<"$(dpkg --print-foreign-architectures)"; then
         log "dpkg --add-architecture ${deb_arch[$t]}"
         dpkg --add-architecture "${deb_arch[$t]}"
     fi
@@ -166,8 +178,15 @@ rust_version=$(installed_version rustc-web)
 # architecture (an index caught mid-sync has served 1.85 for armhf while
 # rustc-web was 1.96), build std from the same compiler's source instead
 # (rust-web-src, -Zbuild-std), which gives the same result, only slower.
+need_src=0
 for t in $targets; do
     pkg="libstd-rust-web-dev:${deb_arch[$t]}"
+    std_mode[$t]=build-std
+    if [[ $t == armv6 ]]; then
+        # Debian's armhf std is ARMv7 code: std for ARMv6 is always built.
+        need_src=1
+        continue
+    fi
     if [[ $(installed_version "$pkg") == "$rust_version" ]]; then
         std_mode[$t]=prebuilt
         continue
@@ -179,13 +198,14 @@ for t in $targets; do
         continue
     fi
     log "apt offers $pkg '$(candidate_version "$pkg")', not $rust_version: std for $t is built from rust-web-src"
-    if [[ $(installed_version rust-web-src) != "$rust_version" ]]; then
-        [[ $(candidate_version rust-web-src) == "$rust_version" ]] ||
-            fail "neither $pkg nor rust-web-src is available at $rust_version"
-        apt_install rust-web-src
-    fi
-    std_mode[$t]=build-std
+    need_src=1
 done
+if [[ $need_src == 1 && $(installed_version rust-web-src) != "$rust_version" ]]; then
+    apt_update
+    [[ $(candidate_version rust-web-src) == "$rust_version" ]] ||
+        fail "rust-web-src is not available at $rust_version (needed to build std for: $targets)"
+    apt_install rust-web-src
+fi
 log "toolchain: $(/usr/bin/rustc --version), $(qemu-aarch64-static --version | head -n 1)"
 
 # An ARM userland for the allowlisted command: Debian's static busybox,
