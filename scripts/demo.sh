@@ -36,12 +36,15 @@ mkdir -p "$state"
 
 pids=()
 cleanup() {
+    # Once: Ctrl-C runs it, then the exit that follows would again.
+    trap - EXIT INT TERM
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     echo >&2
     echo "stopped. Data kept in $state/monitor.db; logs in $state/*.log" >&2
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT TERM
 
 "$bin/monitor-server" \
     --listen "127.0.0.1:$agent_port" \
