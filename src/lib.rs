@@ -8,10 +8,12 @@
 pub mod batch;
 pub mod cli;
 pub mod codec;
+pub mod command;
 pub mod keepalive;
 pub mod metric;
 pub mod random;
 pub mod sd_notify;
+pub mod text;
 pub mod time;
 pub mod wire;
 

@@ -89,16 +89,19 @@ pub struct ValidBatch {
     pub samples: Vec<(i64, Metric, f64)>,
 }
 
-/// Why a batch was refused.
+/// Why a batch was refused. Each message names the field (as the proto
+/// spells it, `samples[i].field` for a sample) and the rule it broke.
 #[derive(Clone, Debug, PartialEq)]
 pub enum InvalidBatch {
     EmptyField(&'static str),
     TooLong {
         field: &'static str,
         bytes: usize,
+        limit: usize,
     },
     BadHostname(String),
     ZeroSeq,
+    MissingSentTime,
     TooManySamples(usize),
     HostnameMismatch {
         sample: usize,
@@ -130,52 +133,78 @@ pub enum InvalidBatch {
 
 impl fmt::Display for InvalidBatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::text::Escaped;
+        use crate::time::Rfc3339;
         match self {
-            InvalidBatch::EmptyField(field) => write!(f, "{field} is empty"),
-            InvalidBatch::TooLong { field, bytes } => {
-                write!(f, "{field} is {bytes} bytes long, above the limit")
-            }
+            InvalidBatch::EmptyField(field) => write!(f, "{field}: required, but empty"),
+            InvalidBatch::TooLong {
+                field,
+                bytes,
+                limit,
+            } => write!(f, "{field}: {bytes} bytes long, at most {limit}"),
             InvalidBatch::BadHostname(h) => write!(
                 f,
-                "hostname {h:?} has characters outside letters, digits, '.', '-' and '_'"
+                "hostname: '{}' has characters other than ASCII letters, digits, '.', '-' and '_'",
+                Escaped::capped(h)
             ),
-            InvalidBatch::ZeroSeq => write!(f, "seq must start at 1"),
+            InvalidBatch::ZeroSeq => f.write_str("seq: must be at least 1, got 0"),
+            InvalidBatch::MissingSentTime => f.write_str(
+                "sent_unix_ms: required (the agent's wall clock when it sent the batch, \
+                 ms since the Unix epoch), got 0",
+            ),
             InvalidBatch::TooManySamples(n) => write!(
                 f,
-                "{n} samples in one batch (at most {MAX_SAMPLES_PER_BATCH})"
+                "samples: {n} in one batch, at most {MAX_SAMPLES_PER_BATCH}"
             ),
             InvalidBatch::HostnameMismatch { sample, got } => write!(
                 f,
-                "sample {sample}: hostname {got:?} differs from the batch's"
+                "samples[{sample}].hostname: '{}' differs from the batch's hostname",
+                Escaped::capped(got)
             ),
-            InvalidBatch::UnknownMetric { sample, name } => {
-                write!(f, "sample {sample}: unknown metric {name:?}")
-            }
-            InvalidBatch::NotFinite { sample, metric } => {
-                write!(f, "sample {sample}: {metric} is not a finite number")
-            }
+            InvalidBatch::UnknownMetric { sample, name } => write!(
+                f,
+                "samples[{sample}].metric: {}",
+                crate::metric::UnknownMetric(Escaped::capped(name).to_string())
+            ),
+            InvalidBatch::NotFinite { sample, metric } => write!(
+                f,
+                "samples[{sample}].value: {metric} must be a finite number"
+            ),
             InvalidBatch::OutOfRange {
                 sample,
                 metric,
                 value,
-            } => write!(f, "sample {sample}: {metric} = {value} is out of range"),
+            } => {
+                let rule = if metric.is_percent() {
+                    "from 0 to 100"
+                } else {
+                    "at least 0"
+                };
+                write!(
+                    f,
+                    "samples[{sample}].value: {metric} = {value} is out of range (must be {rule})"
+                )
+            }
             InvalidBatch::TimeAfterSend {
                 sample,
                 time_unix_ms,
                 sent_unix_ms,
             } => write!(
                 f,
-                "sample {sample}: time {} is after the batch was sent ({})",
-                crate::time::Rfc3339(*time_unix_ms),
-                crate::time::Rfc3339(*sent_unix_ms)
+                "samples[{sample}].time_unix_ms: {} is more than {} s after the batch's \
+                 sent_unix_ms ({})",
+                Rfc3339(*time_unix_ms),
+                MAX_SAMPLE_AFTER_SEND_MS / 1000,
+                Rfc3339(*sent_unix_ms)
             ),
             InvalidBatch::TimeBeforeEpoch {
                 sample,
                 time_unix_ms,
             } => write!(
                 f,
-                "sample {sample}: time {} is before 2000 even after clock correction",
-                crate::time::Rfc3339(*time_unix_ms)
+                "samples[{sample}].time_unix_ms: {} is before 2000-01-01 even after the \
+                 clock correction",
+                Rfc3339(*time_unix_ms)
             ),
         }
     }
@@ -200,14 +229,16 @@ pub fn validate_batch(
     received_unix_ms: i64,
     max_clock_skew_ms: i64,
 ) -> Result<ValidBatch, InvalidBatch> {
-    for (field, value) in [
-        ("agent_id", &b.agent_id),
-        ("agent_version", &b.agent_version),
+    for (field, value, limit) in [
+        ("agent_id", &b.agent_id, MAX_ID_BYTES),
+        ("agent_version", &b.agent_version, MAX_ID_BYTES),
+        ("hostname", &b.hostname, MAX_HOSTNAME_BYTES),
     ] {
-        if value.len() > MAX_ID_BYTES {
+        if value.len() > limit {
             return Err(InvalidBatch::TooLong {
                 field,
                 bytes: value.len(),
+                limit,
             });
         }
     }
@@ -222,6 +253,9 @@ pub fn validate_batch(
     }
     if b.seq == 0 {
         return Err(InvalidBatch::ZeroSeq);
+    }
+    if b.sent_unix_ms == 0 {
+        return Err(InvalidBatch::MissingSentTime);
     }
     if b.samples.len() > MAX_SAMPLES_PER_BATCH {
         return Err(InvalidBatch::TooManySamples(b.samples.len()));
@@ -334,35 +368,244 @@ mod tests {
         );
     }
 
-    fn check_invalid(mutate: impl FnOnce(&mut pb::Batch), expected: &str) {
+    /// Validates the default batch changed by `mutate` at `NOW` and checks
+    /// the refusal and its whole message.
+    fn check_invalid(mutate: impl FnOnce(&mut pb::Batch), expected: InvalidBatch, message: &str) {
         let mut b = batch(NOW, &[(Metric::CpuPercent, 1.0)]);
         mutate(&mut b);
-        let err = validate_batch(b, NOW, 30_000).unwrap_err().to_string();
-        assert!(
-            err.contains(expected),
-            "{err:?} does not contain {expected:?}"
+        let err = validate_batch(b, NOW, 30_000).unwrap_err();
+        assert_eq!(err, expected);
+        assert_eq!(err.to_string(), message);
+    }
+
+    /// Validates the default batch changed by `mutate`; it must pass.
+    fn check_valid(mutate: impl FnOnce(&mut pb::Batch)) -> ValidBatch {
+        let mut b = batch(NOW, &[(Metric::CpuPercent, 1.0)]);
+        mutate(&mut b);
+        validate_batch(b, NOW, 30_000).unwrap()
+    }
+
+    #[test]
+    fn invalid_batches_are_named_by_field_and_rule() {
+        use InvalidBatch as I;
+        check_invalid(
+            |b| b.hostname.clear(),
+            I::EmptyField("hostname"),
+            "hostname: required, but empty",
+        );
+        check_invalid(
+            |b| b.agent_id.clear(),
+            I::EmptyField("agent_id"),
+            "agent_id: required, but empty",
+        );
+        check_invalid(
+            |b| b.hostname = "a b\n".into(),
+            I::BadHostname("a b\n".into()),
+            "hostname: 'a b\\n' has characters other than ASCII letters, digits, '.', '-' and '_'",
+        );
+        check_invalid(|b| b.seq = 0, I::ZeroSeq, "seq: must be at least 1, got 0");
+        check_invalid(
+            |b| b.sent_unix_ms = 0,
+            I::MissingSentTime,
+            "sent_unix_ms: required (the agent's wall clock when it sent the batch, ms since \
+             the Unix epoch), got 0",
+        );
+        check_invalid(
+            |b| b.samples[0].metric = "cpu".into(),
+            I::UnknownMetric {
+                sample: 0,
+                name: "cpu".into(),
+            },
+            "samples[0].metric: unknown metric 'cpu' (known: cpu_percent, mem_percent, \
+             disk_read_kbps, disk_write_kbps, net_in_kbps, net_out_kbps)",
+        );
+        check_invalid(
+            |b| b.samples[0].value = f64::NAN,
+            I::NotFinite {
+                sample: 0,
+                metric: Metric::CpuPercent,
+            },
+            "samples[0].value: cpu_percent must be a finite number",
+        );
+        check_invalid(
+            |b| b.samples[0].value = 100.5,
+            I::OutOfRange {
+                sample: 0,
+                metric: Metric::CpuPercent,
+                value: 100.5,
+            },
+            "samples[0].value: cpu_percent = 100.5 is out of range (must be from 0 to 100)",
+        );
+        check_invalid(
+            |b| {
+                b.samples[0].metric = "net_in_kbps".into();
+                b.samples[0].value = -0.5;
+            },
+            I::OutOfRange {
+                sample: 0,
+                metric: Metric::NetInKbps,
+                value: -0.5,
+            },
+            "samples[0].value: net_in_kbps = -0.5 is out of range (must be at least 0)",
+        );
+        check_invalid(
+            |b| b.samples[0].hostname = "other".into(),
+            I::HostnameMismatch {
+                sample: 0,
+                got: "other".into(),
+            },
+            "samples[0].hostname: 'other' differs from the batch's hostname",
+        );
+        check_invalid(
+            |b| b.samples[0].time_unix_ms = NOW + 3_600_000,
+            I::TimeAfterSend {
+                sample: 0,
+                time_unix_ms: NOW + 3_600_000,
+                sent_unix_ms: NOW + 5,
+            },
+            "samples[0].time_unix_ms: 2026-11-25T13:00:00.000Z is more than 60 s after the \
+             batch's sent_unix_ms (2026-11-25T12:00:00.005Z)",
+        );
+        check_invalid(
+            |b| b.samples = vec![b.samples[0].clone(); 65],
+            I::TooManySamples(65),
+            "samples: 65 in one batch, at most 64",
+        );
+        check_invalid(
+            |b| b.agent_id = "x".repeat(300),
+            I::TooLong {
+                field: "agent_id",
+                bytes: 300,
+                limit: MAX_ID_BYTES,
+            },
+            "agent_id: 300 bytes long, at most 256",
         );
     }
 
     #[test]
-    fn invalid_batches_are_named() {
-        check_invalid(|b| b.hostname.clear(), "hostname is empty");
-        check_invalid(|b| b.agent_id.clear(), "agent_id is empty");
-        check_invalid(|b| b.hostname = "a b".into(), "has characters");
-        check_invalid(|b| b.seq = 0, "seq must start at 1");
+    fn every_limit_holds_exactly_at_its_edge() {
+        use InvalidBatch as I;
+        // Lengths: the limit passes, one more byte fails.
+        check_valid(|b| b.agent_id = "a".repeat(MAX_ID_BYTES));
+        check_valid(|b| b.agent_version = "v".repeat(MAX_ID_BYTES));
         check_invalid(
-            |b| b.samples[0].metric = "cpu".into(),
-            "unknown metric \"cpu\"",
+            |b| b.agent_version = "v".repeat(MAX_ID_BYTES + 1),
+            I::TooLong {
+                field: "agent_version",
+                bytes: MAX_ID_BYTES + 1,
+                limit: MAX_ID_BYTES,
+            },
+            "agent_version: 257 bytes long, at most 256",
         );
-        check_invalid(|b| b.samples[0].value = f64::NAN, "not a finite number");
-        check_invalid(|b| b.samples[0].value = 100.5, "out of range");
-        check_invalid(|b| b.samples[0].hostname = "other".into(), "differs");
+        let long_host = "h".repeat(MAX_HOSTNAME_BYTES);
+        check_valid(|b| {
+            b.hostname = long_host.clone();
+            b.samples[0].hostname = long_host.clone();
+        });
         check_invalid(
-            |b| b.samples[0].time_unix_ms = NOW + 3_600_000,
-            "after the batch was sent",
+            |b| b.hostname = "h".repeat(MAX_HOSTNAME_BYTES + 1),
+            I::TooLong {
+                field: "hostname",
+                bytes: MAX_HOSTNAME_BYTES + 1,
+                limit: MAX_HOSTNAME_BYTES,
+            },
+            "hostname: 254 bytes long, at most 253",
         );
-        check_invalid(|b| b.samples = vec![b.samples[0].clone(); 65], "65 samples");
-        check_invalid(|b| b.agent_id = "x".repeat(300), "300 bytes");
+        // Sample count.
+        let v = check_valid(|b| b.samples = vec![b.samples[0].clone(); MAX_SAMPLES_PER_BATCH]);
+        assert_eq!(v.samples.len(), MAX_SAMPLES_PER_BATCH);
+        // Values: both ends of a percentage, and a rate of exactly 0 (an
+        // idle disk, the most common value there is).
+        for value in [0.0, 100.0] {
+            let v = check_valid(|b| b.samples[0].value = value);
+            assert_eq!(v.samples[0].2, value);
+        }
+        let v = check_valid(|b| {
+            b.samples[0].metric = "disk_write_kbps".into();
+            b.samples[0].value = 0.0;
+        });
+        assert_eq!(v.samples[0], (NOW, Metric::DiskWriteKbps, 0.0));
+        check_invalid(
+            |b| b.samples[0].value = -0.0001,
+            I::OutOfRange {
+                sample: 0,
+                metric: Metric::CpuPercent,
+                value: -0.0001,
+            },
+            "samples[0].value: cpu_percent = -0.0001 is out of range (must be from 0 to 100)",
+        );
+        // A sample exactly 60 s after the send time passes; 1 ms more fails.
+        let sent = NOW + 5;
+        check_valid(|b| b.samples[0].time_unix_ms = sent + MAX_SAMPLE_AFTER_SEND_MS);
+        check_invalid(
+            |b| b.samples[0].time_unix_ms = sent + MAX_SAMPLE_AFTER_SEND_MS + 1,
+            I::TimeAfterSend {
+                sample: 0,
+                time_unix_ms: sent + MAX_SAMPLE_AFTER_SEND_MS + 1,
+                sent_unix_ms: sent,
+            },
+            "samples[0].time_unix_ms: 2026-11-25T12:01:00.006Z is more than 60 s after the \
+             batch's sent_unix_ms (2026-11-25T12:00:00.005Z)",
+        );
+    }
+
+    #[test]
+    fn the_year_2000_floor_is_exact() {
+        // No clock correction (the batch was sent at the server's time):
+        // a sample at 2000-01-01T00:00:00Z passes, 1 ms earlier fails.
+        let at = |t: i64| {
+            let mut b = batch(t, &[(Metric::MemPercent, 1.0)]);
+            b.sent_unix_ms = NOW;
+            validate_batch(b, NOW, 30_000)
+        };
+        assert_eq!(
+            at(MIN_SAMPLE_UNIX_MS).unwrap().samples[0].0,
+            MIN_SAMPLE_UNIX_MS
+        );
+        let err = at(MIN_SAMPLE_UNIX_MS - 1).unwrap_err();
+        assert_eq!(
+            err,
+            InvalidBatch::TimeBeforeEpoch {
+                sample: 0,
+                time_unix_ms: MIN_SAMPLE_UNIX_MS - 1
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "samples[0].time_unix_ms: 1999-12-31T23:59:59.999Z is before 2000-01-01 even after \
+             the clock correction"
+        );
+    }
+
+    #[test]
+    fn the_skew_threshold_is_exact() {
+        // Offset exactly at the threshold: left alone; 1 ms more: corrected.
+        let at = |offset: i64| {
+            let mut b = batch(NOW, &[(Metric::MemPercent, 1.0)]);
+            b.sent_unix_ms = NOW + offset;
+            validate_batch(b, NOW, 30_000).unwrap()
+        };
+        let v = at(30_000);
+        assert!(!v.time_corrected);
+        assert_eq!(v.samples[0].0, NOW);
+        let v = at(30_001);
+        assert!(v.time_corrected);
+        assert_eq!(v.samples[0].0, NOW - 30_001);
+        let v = at(-30_001);
+        assert!(v.time_corrected);
+        assert_eq!(v.samples[0].0, NOW + 30_001);
+    }
+
+    #[test]
+    fn absurd_times_do_not_overflow() {
+        for sent in [i64::MIN, i64::MAX, -1] {
+            let mut b = batch(NOW, &[(Metric::MemPercent, 1.0)]);
+            b.sent_unix_ms = sent;
+            for received in [i64::MIN, 0, NOW, i64::MAX] {
+                // Either verdict is fine; what matters is no panic.
+                let _ = validate_batch(b.clone(), received, 30_000);
+            }
+        }
     }
 
     #[test]

@@ -1279,8 +1279,13 @@ async fn a_flood_without_reading_acks_is_held_back_not_buffered() {
     let mut tasks = Vec::new();
     let mut keep = Vec::new();
     for s in 0..streams {
+        // A small, known receive window for the acks, so what this client
+        // can absorb without reading is bounded by the settings, not by
+        // the machine's speed.
         let channel = tonic::transport::Endpoint::from_shared(server.url())
             .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
             .connect()
             .await
             .unwrap();
@@ -1323,11 +1328,14 @@ async fn a_flood_without_reading_acks_is_held_back_not_buffered() {
     }
     let rss_during = rss_kib(pid);
     let max_sent = *sent.iter().max().unwrap();
-    // Each stream gets stuck after what fits in: the server's pending
-    // commits (64) and ack queue (64), the unread acks in the response
-    // window (64 KiB of ~30-byte acks, plus what hyper buffers) and the
-    // request window: a few thousand batches (2.2k-6.1k seen), far from
-    // the 20k it tries.
+    // Each stream gets stuck after what fits in byte-bounded buffers: the
+    // server's pending commits (64) and ack queue (64); the acks tonic has
+    // encoded (up to 32 KiB) and this client's 64 KiB receive window
+    // (~35 bytes an ack); the server's 64 KiB receive window and what this
+    // client's encoder and HTTP/2 send buffer hold (~75 bytes a batch).
+    // With both windows fixed (above, and the server's
+    // AGENT_STREAM_WINDOW_BYTES) that is about 6,300 batches whatever the
+    // machine's speed, far from the 20,000 it tries.
     assert!(
         max_sent < attempts / 2,
         "a stream pushed {max_sent} of {attempts} batches without reading an ack"

@@ -126,8 +126,9 @@ fn seeds() -> Vec<Vec<u8>> {
     let ack = pb::Ack {
         boot_id: 7,
         seq: 42,
-        code: 3,
-        message: "sample 0: mem_percent = 250 is out of range".into(),
+        code: pb::AckCode::Invalid as i32,
+        message: "samples[0].value: mem_percent = 250 is out of range (must be from 0 to 100)"
+            .into(),
         server_unix_ms: NOW_UNIX_MS,
     };
     let mut seeds = vec![

@@ -307,13 +307,31 @@ async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
         got.push((ack.seq, ack.code, ack.message));
     }
     assert_eq!(got[0], (1, 0, String::new()));
-    assert_eq!(got[1].1, tonic::Code::InvalidArgument as i32);
-    assert!(got[1].2.contains("not a finite number"), "{got:?}");
+    let invalid = pb::AckCode::Invalid as i32;
+    assert_eq!(
+        got[1],
+        (
+            2,
+            invalid,
+            "samples[0].value: cpu_percent must be a finite number".to_owned()
+        )
+    );
+    assert_eq!((got[2].0, got[2].1), (3, invalid));
     assert!(
-        got[2].2.contains("unknown metric \"bogus_metric\""),
+        got[2]
+            .2
+            .starts_with("samples[0].metric: unknown metric 'bogus_metric' (known: "),
         "{got:?}"
     );
-    assert!(got[3].2.contains("out of range"), "{got:?}");
+    assert_eq!(
+        got[3],
+        (
+            4,
+            invalid,
+            "samples[0].value: mem_percent = 250 is out of range (must be from 0 to 100)"
+                .to_owned()
+        )
+    );
     assert_eq!((got[4].0, got[4].1), (1, 0));
     assert_eq!((got[5].0, got[5].1), (5, 0));
     drop(tx);

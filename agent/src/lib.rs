@@ -7,7 +7,6 @@
 pub mod backoff;
 pub mod buffer;
 pub mod collector;
-pub mod command_session;
 pub mod commands;
 pub mod config;
 pub mod proc;

@@ -13,11 +13,11 @@ use std::rc::Rc;
 use monitor::wire::AgentIdentity;
 
 use crate::collector::{Collector, CollectorError};
-use crate::command_session::CommandContext;
 use crate::commands::{Allowlist, AllowlistError, Limits, Policy};
 use crate::config::Config;
 use crate::sampler::{self, Sink};
 use crate::session;
+use crate::session::CommandContext;
 use crate::spool::{Spool, SpoolError};
 use crate::state::Shared;
 use monitor::sd_notify::Notifier;

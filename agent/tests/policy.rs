@@ -321,7 +321,7 @@ fn operator_argument_limits() {
     let over: Vec<&str> = std::iter::once("journal")
         .chain(std::iter::repeat_n("x", MAX_EXTRA_ARGS + 1))
         .collect();
-    check_resolve(&p, &over, Err("too many arguments: 65 (limit 64)"));
+    check_resolve(&p, &over, Err("too many arguments: 64 (limit 63)"));
 
     let fits = "x".repeat(MAX_ARGV_BYTES - "journal".len());
     assert!(p.resolve(&strings(&["journal", &fits])).is_ok());

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::commands::CommandRouter;
 use crate::registry::Registry;
-use crate::store::{CommandOutcome, SampleQuery, Store, StoreError};
+use crate::store::{SampleQuery, Store, StoreError};
 
 /// Samples per `QueryChunk` message (about 40 bytes each on the wire).
 const QUERY_CHUNK: usize = 4096;
@@ -31,18 +31,6 @@ pub fn status_of(e: StoreError) -> Status {
     match e {
         StoreError::UnknownHost(h) => Status::not_found(format!("unknown host '{h}'")),
         other => Status::internal(other.to_string()),
-    }
-}
-
-fn outcome_to_pb(o: CommandOutcome) -> pb::Outcome {
-    match o {
-        CommandOutcome::Exited => pb::Outcome::Exited,
-        CommandOutcome::TimedOut => pb::Outcome::TimedOut,
-        CommandOutcome::Cancelled => pb::Outcome::Cancelled,
-        CommandOutcome::FailedToStart => pb::Outcome::FailedToStart,
-        CommandOutcome::Rejected => pb::Outcome::Rejected,
-        CommandOutcome::LostConnection => pb::Outcome::LostConnection,
-        CommandOutcome::Unreachable => pb::Outcome::Unreachable,
     }
 }
 
@@ -180,10 +168,7 @@ impl Admin for AdminService {
                     time_unix_ms: r.time_unix_ms,
                     hostname: r.hostname,
                     argv: r.argv,
-                    outcome: r
-                        .outcome
-                        .map(outcome_to_pb)
-                        .unwrap_or(pb::Outcome::Unspecified) as i32,
+                    outcome: r.outcome.map_or(pb::Outcome::Unspecified, |o| o.to_pb()) as i32,
                     exit_code: r.exit_code,
                     signal: r.signal,
                     duration_ms: r.duration_ms,

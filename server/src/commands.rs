@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use monitor::command::{Finished, Outcome};
 use monitor::pb;
 use monitor::pb::command_response::Kind as AgentKind;
 use monitor::pb::exec_event::Kind as EventKind;
@@ -23,15 +24,11 @@ use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
 use crate::registry::Registry;
-use crate::store::{CommandOutcome, CommandRecord, CommandResultRecord, Store};
+use crate::store::{CommandRecord, CommandResultRecord, Store};
 
 /// The operator's stream of events for one command.
 pub type EventSender = mpsc::Sender<Result<pb::ExecEvent, Status>>;
 
-/// Default command timeout when the operator names none.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest timeout an operator may ask for (agents cap it further).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// How long past its timeout a command may take to report back (SIGTERM
 /// grace, output still in flight) before the server gives up on the host.
 pub const RESULT_GRACE: Duration = Duration::from_secs(15);
@@ -39,8 +36,6 @@ pub const RESULT_GRACE: Duration = Duration::from_secs(15);
 pub const REQUEST_TTL: Duration = Duration::from_secs(30);
 /// Events buffered toward a slow operator before agents' streams wait.
 const EVENT_QUEUE: usize = 1024;
-const MAX_ARGS: usize = 256;
-const MAX_ARGV_BYTES: usize = 64 * 1024;
 
 struct Inflight {
     /// Hosts that have not sent their final result: host → connection id.
@@ -55,27 +50,11 @@ pub struct CommandRouter {
     inflight: Mutex<HashMap<String, Inflight>>,
 }
 
-fn finished_event(host: &str, id: &str, outcome: pb::Outcome, message: String) -> pb::ExecEvent {
+fn finished_event(host: &str, id: &str, finished: &Finished) -> pb::ExecEvent {
     pb::ExecEvent {
         hostname: host.to_owned(),
         command_id: id.to_owned(),
-        kind: Some(EventKind::Finished(pb::Finished {
-            outcome: outcome as i32,
-            message,
-            ..Default::default()
-        })),
-    }
-}
-
-fn outcome_of(code: i32) -> CommandOutcome {
-    match pb::Outcome::try_from(code).unwrap_or(pb::Outcome::Unspecified) {
-        pb::Outcome::Exited => CommandOutcome::Exited,
-        pb::Outcome::TimedOut => CommandOutcome::TimedOut,
-        pb::Outcome::Cancelled => CommandOutcome::Cancelled,
-        pb::Outcome::FailedToStart => CommandOutcome::FailedToStart,
-        pb::Outcome::Rejected => CommandOutcome::Rejected,
-        pb::Outcome::Unreachable => CommandOutcome::Unreachable,
-        pb::Outcome::LostConnection | pb::Outcome::Unspecified => CommandOutcome::LostConnection,
+        kind: Some(EventKind::Finished(finished.to_pb())),
     }
 }
 
@@ -98,21 +77,10 @@ impl CommandRouter {
         self: &Arc<Self>,
         req: pb::ExecRequest,
     ) -> Result<(String, mpsc::Receiver<Result<pb::ExecEvent, Status>>), Status> {
-        if req.argv.is_empty() || req.argv[0].is_empty() {
-            return Err(Status::invalid_argument("empty command"));
-        }
-        if req.argv.len() > MAX_ARGS
-            || req.argv.iter().map(String::len).sum::<usize>() > MAX_ARGV_BYTES
-        {
-            return Err(Status::invalid_argument("command line too long"));
-        }
-        let timeout = match req.timeout_ms {
-            0 => DEFAULT_TIMEOUT,
-            ms => Duration::from_millis(u64::from(ms)),
-        };
-        if timeout > MAX_TIMEOUT {
-            return Err(Status::invalid_argument("timeout longer than 24h"));
-        }
+        monitor::command::check_argv(&req.argv)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let timeout = monitor::command::timeout_from_ms(req.timeout_ms)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let targets: Vec<String> = if req.all {
             let online = self.registry.online_hosts();
             if online.is_empty() {
@@ -132,6 +100,15 @@ impl CommandRouter {
         let id = monitor::random::random_id();
         let now = monitor::time::now_unix_ms();
         let (events, rx) = mpsc::channel(EVENT_QUEUE.max(targets.len() + 16));
+        // The id comes first, so the operator can cancel before any host
+        // answers. The channel is new and has room.
+        let _ = events.try_send(Ok(pb::ExecEvent {
+            hostname: String::new(),
+            command_id: id.clone(),
+            kind: Some(EventKind::Started(pb::Started {
+                targets: targets.clone(),
+            })),
+        }));
         let done = Arc::new(Notify::new());
         // Queued before any command goes out, so every result is handled
         // after it by the store's single writer; committed in the
@@ -176,18 +153,20 @@ impl CommandRouter {
                         }
                         Err(mpsc::error::TrySendError::Full(_)) => unreachable.push((
                             host.clone(),
-                            pb::Outcome::Unreachable,
-                            "the agent's command queue is full".to_owned(),
+                            Finished::without_process(
+                                Outcome::Unreachable,
+                                "the agent's command queue is full",
+                            ),
                         )),
                         Err(mpsc::error::TrySendError::Closed(_)) => unreachable.push((
                             host.clone(),
-                            pb::Outcome::LostConnection,
-                            "lost connection".to_owned(),
+                            Finished::without_process(Outcome::LostConnection, "lost connection"),
                         )),
                     },
-                    Err(why) => {
-                        unreachable.push((host.clone(), pb::Outcome::Unreachable, why.to_string()))
-                    }
+                    Err(why) => unreachable.push((
+                        host.clone(),
+                        Finished::without_process(Outcome::Unreachable, why.to_string()),
+                    )),
                 }
             }
             if entry.pending.is_empty() {
@@ -200,10 +179,10 @@ impl CommandRouter {
             targets.len(),
             unreachable.len()
         );
-        for (host, outcome, message) in unreachable {
-            self.record_result(&id, &host, outcome, None, message.clone());
+        for (host, finished) in unreachable {
             // The channel has room for every target's first event.
-            let _ = events.try_send(Ok(finished_event(&host, &id, outcome, message)));
+            let _ = events.try_send(Ok(finished_event(&host, &id, &finished)));
+            self.record_result(&id, &host, finished);
         }
         let router = Arc::clone(self);
         let watch_id = id.clone();
@@ -247,17 +226,17 @@ impl CommandRouter {
             return;
         };
         for host in entry.pending.keys() {
-            let message = format!(
-                "no result from the agent within {}",
-                monitor::time::format_duration_short(limit)
+            let finished = Finished::without_process(
+                Outcome::LostConnection,
+                format!(
+                    "no result from the agent within {}",
+                    monitor::time::format_duration_short(limit)
+                ),
             );
-            self.record_result(id, host, pb::Outcome::LostConnection, None, message.clone());
-            let _ = entry.events.try_send(Ok(finished_event(
-                host,
-                id,
-                pb::Outcome::LostConnection,
-                message,
-            )));
+            let _ = entry
+                .events
+                .try_send(Ok(finished_event(host, id, &finished)));
+            self.record_result(id, host, finished);
         }
     }
 
@@ -309,7 +288,7 @@ impl CommandRouter {
             let mut finished_all = None;
             if let AgentKind::Finished(f) = &kind {
                 entry.pending.remove(hostname);
-                self.store_result(&id, hostname, f);
+                self.record_result(&id, hostname, Finished::from_pb(f.clone()));
                 if entry.pending.is_empty() {
                     finished_all = inflight.remove(&id).map(|e| e.done);
                 }
@@ -321,6 +300,7 @@ impl CommandRouter {
             AgentKind::Rejected(r) => Some(EventKind::Rejected(r)),
             AgentKind::Output(o) => Some(EventKind::Output(o)),
             AgentKind::Finished(f) => Some(EventKind::Finished(f)),
+            // A hello in the middle of a stream means nothing.
             AgentKind::Hello(_) => None,
         };
         if let Some(k) = event_kind {
@@ -360,67 +340,20 @@ impl CommandRouter {
             }
         }
         for (id, events) in lost {
-            let message = "lost connection to the agent".to_owned();
-            self.record_result(
-                &id,
-                hostname,
-                pb::Outcome::LostConnection,
-                None,
-                message.clone(),
-            );
-            let _ = events.try_send(Ok(finished_event(
-                hostname,
-                &id,
-                pb::Outcome::LostConnection,
-                message,
-            )));
+            let finished =
+                Finished::without_process(Outcome::LostConnection, "lost connection to the agent");
+            let _ = events.try_send(Ok(finished_event(hostname, &id, &finished)));
+            self.record_result(&id, hostname, finished);
         }
     }
 
-    fn store_result(&self, id: &str, hostname: &str, f: &pb::Finished) {
-        self.record_result(
-            id,
-            hostname,
-            pb::Outcome::Unspecified,
-            Some(f),
-            String::new(),
-        );
-    }
-
     /// Records a final result in the background (it never delays a stream).
-    fn record_result(
-        &self,
-        id: &str,
-        hostname: &str,
-        outcome: pb::Outcome,
-        finished: Option<&pb::Finished>,
-        message: String,
-    ) {
-        let record = match finished {
-            Some(f) => CommandResultRecord {
-                command_id: id.to_owned(),
-                hostname: hostname.to_owned(),
-                outcome: outcome_of(f.outcome),
-                exit_code: f.exit_code,
-                signal: f.signal,
-                duration_ms: f.duration_ms,
-                stdout_bytes: f.stdout_bytes,
-                stderr_bytes: f.stderr_bytes,
-                message: f.message.clone(),
-                finished_unix_ms: monitor::time::now_unix_ms(),
-            },
-            None => CommandResultRecord {
-                command_id: id.to_owned(),
-                hostname: hostname.to_owned(),
-                outcome: outcome_of(outcome as i32),
-                exit_code: None,
-                signal: None,
-                duration_ms: 0,
-                stdout_bytes: 0,
-                stderr_bytes: 0,
-                message,
-                finished_unix_ms: monitor::time::now_unix_ms(),
-            },
+    fn record_result(&self, id: &str, hostname: &str, finished: Finished) {
+        let record = CommandResultRecord {
+            command_id: id.to_owned(),
+            hostname: hostname.to_owned(),
+            finished,
+            finished_unix_ms: monitor::time::now_unix_ms(),
         };
         let store = self.store.clone();
         let id = id.to_owned();

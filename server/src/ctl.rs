@@ -574,7 +574,7 @@ impl LineBuffers {
 fn exec_timeout_ms(a: &ExecArgs) -> Result<u32, CtlError> {
     match &a.timeout {
         Some(s) => match monitor::time::parse_duration(s) {
-            Ok(d) if d >= Duration::from_millis(1) && d <= Duration::from_secs(86_400) => {
+            Ok(d) if d >= Duration::from_millis(1) && d <= monitor::command::MAX_TIMEOUT => {
                 Ok(d.as_millis() as u32)
             }
             _ => Err(CtlError::Usage(format!(
@@ -596,15 +596,7 @@ async fn exec(client: &mut AdminClient<Channel>, a: ExecArgs) -> Result<(), CtlE
         })
         .await
         .map_err(from_status)?;
-    let id = response
-        .metadata()
-        .get("monitor-command-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    if !id.is_empty() {
-        eprintln!("command {id}");
-    }
+    let mut id = String::new();
     let mut stream = response.into_inner();
     let mut lines = LineBuffers::default();
     let mut results: Vec<(String, bool, String)> = Vec::new();
@@ -626,6 +618,10 @@ async fn exec(client: &mut AdminClient<Channel>, a: ExecArgs) -> Result<(), CtlE
         };
         let Some(ev) = event else { break };
         match ev.kind {
+            Some(pb::exec_event::Kind::Started(_)) => {
+                id = ev.command_id;
+                eprintln!("command {id}");
+            }
             Some(pb::exec_event::Kind::Output(o)) => {
                 let text = lines.push(&ev.hostname, o.stream, &o.data);
                 if o.stream == pb::OutputStream::Stderr as i32 {
@@ -706,8 +702,7 @@ async fn history(client: &mut AdminClient<Channel>, a: HistoryArgs) -> Result<()
                 json_str(&mut out, arg);
             }
             out.push_str("],\"outcome\":");
-            let outcome = pb::Outcome::try_from(e.outcome).unwrap_or(pb::Outcome::Unspecified);
-            json_str(&mut out, outcome_name(outcome));
+            json_str(&mut out, outcome_name(e.outcome));
             out.push_str(",\"exit_code\":");
             match e.exit_code {
                 Some(c) => {
@@ -738,7 +733,6 @@ async fn history(client: &mut AdminClient<Channel>, a: HistoryArgs) -> Result<()
         "TIME", "ID", "HOST", "OUTCOME", "EXIT", "TOOK", "OUT BYTES"
     );
     for e in &resp.entries {
-        let outcome = pb::Outcome::try_from(e.outcome).unwrap_or(pb::Outcome::Unspecified);
         let exit = match (e.exit_code, e.signal) {
             (Some(c), _) => c.to_string(),
             (None, Some(s)) => format!("sig{s}"),
@@ -750,7 +744,7 @@ async fn history(client: &mut AdminClient<Channel>, a: HistoryArgs) -> Result<()
             Rfc3339(e.time_unix_ms).to_string(),
             e.command_id,
             e.hostname,
-            outcome_name(outcome),
+            outcome_name(e.outcome),
             exit,
             format_duration_short(Duration::from_millis(e.duration_ms)),
             e.stdout_bytes + e.stderr_bytes,
@@ -760,17 +754,9 @@ async fn history(client: &mut AdminClient<Channel>, a: HistoryArgs) -> Result<()
     print_out(&out)
 }
 
-fn outcome_name(o: pb::Outcome) -> &'static str {
-    match o {
-        pb::Outcome::Unspecified => "pending",
-        pb::Outcome::Exited => "exited",
-        pb::Outcome::TimedOut => "timed_out",
-        pb::Outcome::Cancelled => "cancelled",
-        pb::Outcome::FailedToStart => "failed_to_start",
-        pb::Outcome::Rejected => "rejected",
-        pb::Outcome::LostConnection => "lost_connection",
-        pb::Outcome::Unreachable => "unreachable",
-    }
+/// The outcome's name, "pending" while the host has not answered.
+fn outcome_name(code: i32) -> &'static str {
+    monitor::command::Outcome::from_pb(code).map_or("pending", |o| o.name())
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ impl CollectorService {
                     pb::Ack {
                         boot_id,
                         seq,
-                        code: 0,
+                        code: pb::AckCode::Ok as i32,
                         message: String::new(),
                         server_unix_ms: monitor::time::now_unix_ms(),
                     }
@@ -124,7 +124,7 @@ impl CollectorService {
                 Err(e) => pb::Ack {
                     boot_id,
                     seq,
-                    code: tonic::Code::Unavailable as i32,
+                    code: pb::AckCode::Unavailable as i32,
                     message: e.to_string(),
                     server_unix_ms: monitor::time::now_unix_ms(),
                 },
@@ -165,7 +165,7 @@ impl Collector for CollectorService {
                     () = &mut stop => break Ok(()),
                     ack = front(&mut pending), if !pending.is_empty() => {
                         pending.pop_front();
-                        let failed = ack.code == tonic::Code::Unavailable as i32;
+                        let failed = ack.code == pb::AckCode::Unavailable as i32;
                         let msg = ack.message.clone();
                         if failed {
                             log::error!("{peer}: cannot store batch {}: {msg}", ack.seq);
@@ -216,7 +216,7 @@ impl Collector for CollectorService {
                                 let ack = pb::Ack {
                                     boot_id,
                                     seq,
-                                    code: tonic::Code::InvalidArgument as i32,
+                                    code: pb::AckCode::Invalid as i32,
                                     message: invalid.to_string(),
                                     server_unix_ms: received,
                                 };
@@ -238,7 +238,7 @@ impl Collector for CollectorService {
             let mut acking = end.is_ok();
             while let Some(ack) = pending.pop_front() {
                 let ack = ack.await;
-                acking &= ack.code != tonic::Code::Unavailable as i32;
+                acking &= ack.code != pb::AckCode::Unavailable as i32;
                 if acking && tx.try_send(Ok(ack)).is_err() {
                     acking = false;
                 }
@@ -287,17 +287,20 @@ impl Collector for CollectorService {
             };
             let host = hello.hostname.clone();
             let now = monitor::time::now_unix_ms();
+            // Registered before the hello goes out: once the agent has the
+            // hello, a command sent to it must find this stream.
+            let conn = service
+                .registry
+                .commands_opened(&hello, &peer, tx.clone(), now);
             let server_hello = pb::CommandRequest {
                 kind: Some(pb::command_request::Kind::Hello(pb::ServerHello {
                     server_unix_ms: now,
                 })),
             };
             if tx.send(Ok(server_hello)).await.is_err() {
+                service.registry.commands_closed(&host, conn, now);
                 return;
             }
-            let conn = service
-                .registry
-                .commands_opened(&hello, &peer, tx.clone(), now);
             log::info!(
                 "{host} ({peer}) command stream open, agent {} {}",
                 hello.agent_id,

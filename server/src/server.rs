@@ -39,6 +39,13 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_AGENT_MESSAGE_BYTES: usize = 256 * 1024;
 /// Streams one agent connection may open (an agent uses two).
 pub const MAX_STREAMS_PER_AGENT: u32 = 16;
+/// HTTP/2 receive window of one agent stream: what an agent may have sent
+/// that the server has not read yet. An agent keeps at most 64 batches of
+/// a few hundred bytes in flight, so 64 KiB never slows it; and a peer
+/// that floods without reading its acks is held back after this much.
+pub const AGENT_STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+/// HTTP/2 receive window of one agent connection (all its streams).
+pub const AGENT_CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
 
 #[derive(Debug)]
 pub enum ServerError {
@@ -157,6 +164,8 @@ pub async fn run(
         .http2_keepalive_interval(Some(keepalive_interval))
         .http2_keepalive_timeout(Some(keepalive_timeout))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_AGENT))
+        .initial_stream_window_size(Some(AGENT_STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(AGENT_CONNECTION_WINDOW_BYTES))
         .add_service(
             CollectorServer::new(collector).max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
         )

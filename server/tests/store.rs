@@ -18,10 +18,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use monitor::command::{Finished, Outcome};
 use monitor::metric::Metric;
 use monitor_server::store::{
-    CommandOutcome, CommandRecord, CommandResultRecord, IncomingBatch, SampleQuery, Store,
-    StoreConfig, StoreError, StoredSample, SubmitOutcome,
+    CommandRecord, CommandResultRecord, IncomingBatch, SampleQuery, Store, StoreConfig, StoreError,
+    StoredSample, SubmitOutcome,
 };
 
 /// A directory removed when dropped.
@@ -569,13 +570,12 @@ async fn command_history_round_trips_newest_first() {
     let result = CommandResultRecord {
         command_id: "c1".into(),
         hostname: "pi-1".into(),
-        outcome: CommandOutcome::Exited,
-        exit_code: Some(0),
-        signal: None,
-        duration_ms: 12,
-        stdout_bytes: 345,
-        stderr_bytes: 0,
-        message: String::new(),
+        finished: Finished {
+            exit_code: Some(0),
+            duration_ms: 12,
+            stdout_bytes: 345,
+            ..Finished::without_process(Outcome::Exited, "")
+        },
         finished_unix_ms: 1_020,
     };
     store.record_command_result(result.clone()).await.unwrap();
@@ -592,28 +592,27 @@ async fn command_history_round_trips_newest_first() {
         .record_command_result(CommandResultRecord {
             command_id: "c2".into(),
             hostname: "pi-2".into(),
-            outcome: CommandOutcome::TimedOut,
-            exit_code: None,
-            signal: Some(9),
-            duration_ms: 30_000,
-            stdout_bytes: 0,
-            stderr_bytes: 10,
-            message: "timed out after 30 s".into(),
+            finished: Finished {
+                signal: Some(9),
+                duration_ms: 30_000,
+                stderr_bytes: 10,
+                ..Finished::without_process(Outcome::TimedOut, "timed out after 30 s")
+            },
             finished_unix_ms: 32_000,
         })
         .await
         .unwrap();
 
     let rows = store.history(None, 10).await.unwrap();
-    let summary: Vec<(&str, &str, Option<CommandOutcome>)> = rows
+    let summary: Vec<(&str, &str, Option<Outcome>)> = rows
         .iter()
         .map(|r| (r.command_id.as_str(), r.hostname.as_str(), r.outcome))
         .collect();
     assert_eq!(
         summary,
         [
-            ("c2", "pi-2", Some(CommandOutcome::TimedOut)),
-            ("c1", "pi-1", Some(CommandOutcome::Exited)),
+            ("c2", "pi-2", Some(Outcome::TimedOut)),
+            ("c1", "pi-1", Some(Outcome::Exited)),
             ("c1", "pi-2", None),
         ]
     );

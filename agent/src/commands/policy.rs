@@ -47,13 +47,14 @@ use super::refusal::Refusal;
 pub const DEFAULT_ALLOWLIST_PATH: &str = "/etc/monitor/commands.allow";
 
 /// Names the agent answers itself; an allowlist may not define them.
-pub const RESERVED_NAMES: [&str; 4] = ["ping", "info", "set-interval", "collect-now"];
+pub const RESERVED_NAMES: [&str; 4] = monitor::command::BUILTINS;
 
-/// Most arguments an operator may give after the command name.
-pub const MAX_EXTRA_ARGS: usize = 64;
+/// Most arguments an operator may give after the command name (the
+/// contract's argv limit, name included: see `monitor::command`).
+pub const MAX_EXTRA_ARGS: usize = monitor::command::MAX_ARGS - 1;
 
 /// Most bytes the operator's whole argv may add up to (sum of the lengths).
-pub const MAX_ARGV_BYTES: usize = 8 * 1024;
+pub const MAX_ARGV_BYTES: usize = monitor::command::MAX_ARGV_BYTES;
 
 /// One allowlist line.
 #[derive(Debug, Clone, PartialEq, Eq)]

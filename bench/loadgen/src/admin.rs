@@ -122,7 +122,8 @@ pub async fn exec(
                     });
                 }
             }
-            Some(EventKind::Accepted(_) | EventKind::Rejected(_)) | None => {}
+            Some(EventKind::Started(_) | EventKind::Accepted(_) | EventKind::Rejected(_))
+            | None => {}
         }
     }
     t.total = started.elapsed();

@@ -47,6 +47,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use monitor::command::Finished;
+use monitor::command::Outcome;
 use monitor::metric::Metric;
 use tokio::sync::{mpsc, oneshot};
 
@@ -233,53 +235,6 @@ pub struct HostRecord {
     pub latest: Vec<LatestValue>,
 }
 
-/// How a command ended on one host; the store's own copy of the wire's
-/// `Outcome`, so the store never sees protobuf.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CommandOutcome {
-    /// Ran to the end; see exit code / signal.
-    Exited,
-    TimedOut,
-    Cancelled,
-    FailedToStart,
-    /// Refused by the agent before it started.
-    Rejected,
-    /// The agent went away before the result came back.
-    LostConnection,
-    /// The host was unknown or offline.
-    Unreachable,
-}
-
-impl CommandOutcome {
-    /// Every outcome.
-    pub const ALL: [CommandOutcome; 7] = [
-        CommandOutcome::Exited,
-        CommandOutcome::TimedOut,
-        CommandOutcome::Cancelled,
-        CommandOutcome::FailedToStart,
-        CommandOutcome::Rejected,
-        CommandOutcome::LostConnection,
-        CommandOutcome::Unreachable,
-    ];
-
-    /// The name stored in the file (part of the file format).
-    pub const fn name(self) -> &'static str {
-        match self {
-            CommandOutcome::Exited => "exited",
-            CommandOutcome::TimedOut => "timed_out",
-            CommandOutcome::Cancelled => "cancelled",
-            CommandOutcome::FailedToStart => "failed_to_start",
-            CommandOutcome::Rejected => "rejected",
-            CommandOutcome::LostConnection => "lost_connection",
-            CommandOutcome::Unreachable => "unreachable",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<CommandOutcome> {
-        CommandOutcome::ALL.into_iter().find(|o| o.name() == name)
-    }
-}
-
 /// An operator command, recorded when it is sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandRecord {
@@ -298,17 +253,8 @@ pub struct CommandRecord {
 pub struct CommandResultRecord {
     pub command_id: String,
     pub hostname: String,
-    pub outcome: CommandOutcome,
-    /// Set when the process exited normally.
-    pub exit_code: Option<i32>,
-    /// Set when the process was ended by a signal.
-    pub signal: Option<i32>,
-    pub duration_ms: u64,
-    /// Bytes the command wrote to stdout (including any not forwarded).
-    pub stdout_bytes: u64,
-    pub stderr_bytes: u64,
-    /// Human-readable detail (rejection reason, start error); may be empty.
-    pub message: String,
+    /// How it ended (the truncation flags are not stored).
+    pub finished: Finished,
     /// Server time the result arrived, ms since the Unix epoch.
     pub finished_unix_ms: i64,
 }
@@ -325,7 +271,7 @@ pub struct HistoryRow {
     /// Every host the command targeted, in the operator's order.
     pub targets: Vec<String>,
     /// `None` while the result is pending.
-    pub outcome: Option<CommandOutcome>,
+    pub outcome: Option<Outcome>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub duration_ms: u64,

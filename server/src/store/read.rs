@@ -17,7 +17,9 @@ use super::error::StoreError;
 use super::hosts::HostTable;
 use super::schema::{self, METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
 use super::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
-use super::{CommandOutcome, HistoryRow, SampleQuery, StoredSampleRow};
+use monitor::command::Outcome;
+
+use super::{HistoryRow, SampleQuery, StoredSampleRow};
 
 /// Idle read connections kept for reuse; more are opened on demand.
 const MAX_IDLE_READERS: usize = 4;
@@ -269,7 +271,7 @@ fn history_row(r: &rusqlite::Row<'_>, targets: Vec<String>) -> rusqlite::Result<
     let outcome = match r.get::<_, Option<String>>(5)? {
         None => None,
         Some(name) => Some(
-            CommandOutcome::from_name(&name)
+            Outcome::from_name(&name)
                 .ok_or_else(|| bad(5, format!("command {command_id}: unknown outcome '{name}'")))?,
         ),
     };

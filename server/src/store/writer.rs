@@ -1204,13 +1204,13 @@ fn write_command_result(tx: &Connection, r: &CommandResultRecord) -> rusqlite::R
     .execute(params![
         row,
         r.hostname,
-        r.outcome.name(),
-        r.exit_code,
-        r.signal,
-        u64_to_sql(r.duration_ms),
-        u64_to_sql(r.stdout_bytes),
-        u64_to_sql(r.stderr_bytes),
-        r.message,
+        r.finished.outcome.name(),
+        r.finished.exit_code,
+        r.finished.signal,
+        u64_to_sql(r.finished.duration_ms),
+        u64_to_sql(r.finished.stdout_bytes),
+        u64_to_sql(r.finished.stderr_bytes),
+        r.finished.message,
         r.finished_unix_ms,
     ])?;
     Ok(true)

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use monitor::command::{Finished, MAX_ID_BYTES, Outcome as Ending};
 use monitor::pb;
 use monitor::pb::collector_client::CollectorClient;
 use monitor::pb::command_request::Kind as RequestKind;
@@ -25,12 +26,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use super::SessionError;
 use crate::commands::{self, Canceller, ExecEvent, Limits, Outcome, Policy, Slots};
-use crate::session::SessionError;
 use crate::state::Shared;
 
-/// Longest command id accepted.
-const MAX_ID_BYTES: usize = 128;
 /// Command ids remembered to refuse replays (each until its expiry).
 const MAX_SEEN_IDS: usize = 4096;
 /// Responses queued for the server before the senders wait.
@@ -101,11 +100,7 @@ fn rejected(id: &str, reason: String) -> [pb::CommandResponse; 2] {
         ),
         response(
             id,
-            ResponseKind::Finished(pb::Finished {
-                outcome: pb::Outcome::Rejected as i32,
-                message: reason,
-                ..Default::default()
-            }),
+            ResponseKind::Finished(Finished::without_process(Ending::Rejected, reason).to_pb()),
         ),
     ]
 }
@@ -139,18 +134,20 @@ pub async fn run(
         };
         match request.kind {
             Some(RequestKind::Hello(h)) => {
-                offset_ms = h.server_unix_ms - monitor::time::now_unix_ms();
+                offset_ms = h
+                    .server_unix_ms
+                    .saturating_sub(monitor::time::now_unix_ms());
                 healthy.set(true);
-                if offset_ms.abs() > 30_000 {
+                if offset_ms.saturating_abs() > 30_000 {
                     log::warn!(
                         "this host's clock is {:.1}s {} the server's",
-                        offset_ms.abs() as f64 / 1000.0,
+                        offset_ms.saturating_abs() as f64 / 1000.0,
                         if offset_ms > 0 { "behind" } else { "ahead of" }
                     );
                 }
             }
             Some(RequestKind::Run(run)) => {
-                let server_now = monitor::time::now_unix_ms() + offset_ms;
+                let server_now = monitor::time::now_unix_ms().saturating_add(offset_ms);
                 on_run(run, server_now, shared, ctx, &tx).await;
             }
             Some(RequestKind::Cancel(c)) => {
@@ -198,7 +195,11 @@ async fn on_run(
         return;
     }
     if run.expires_unix_ms <= server_now_ms {
-        let late = Duration::from_millis((server_now_ms - run.expires_unix_ms) as u64);
+        let late = Duration::from_millis(
+            server_now_ms
+                .saturating_sub(run.expires_unix_ms)
+                .unsigned_abs(),
+        );
         log::warn!("command {id}: refused, expired {}ms ago", late.as_millis());
         send_all(
             tx,
@@ -226,9 +227,9 @@ async fn on_run(
         log::info!("command {id}: built-in {:?}", run.argv);
         let started = Instant::now();
         let mut msgs = vec![response(&id, ResponseKind::Accepted(pb::Accepted {}))];
-        let (outcome, code, out, message) = match result {
-            Ok(out) => (pb::Outcome::Exited, 0, out, String::new()),
-            Err(msg) => (pb::Outcome::Exited, 2, String::new(), msg),
+        let (code, out, message) = match result {
+            Ok(out) => (0, out, String::new()),
+            Err(msg) => (2, String::new(), msg),
         };
         let stderr = if message.is_empty() {
             String::new()
@@ -249,18 +250,14 @@ async fn on_run(
                 ));
             }
         }
-        msgs.push(response(
-            &id,
-            ResponseKind::Finished(pb::Finished {
-                outcome: outcome as i32,
-                exit_code: Some(code),
-                duration_ms: started.elapsed().as_millis() as u64,
-                stdout_bytes: out.len() as u64,
-                stderr_bytes: stderr.len() as u64,
-                message,
-                ..Default::default()
-            }),
-        ));
+        let finished = Finished {
+            exit_code: Some(code),
+            duration_ms: started.elapsed().as_millis() as u64,
+            stdout_bytes: out.len() as u64,
+            stderr_bytes: stderr.len() as u64,
+            ..Finished::without_process(Ending::Exited, message)
+        };
+        msgs.push(response(&id, ResponseKind::Finished(finished.to_pb())));
         send_all(tx, msgs).await;
         return;
     }
@@ -332,10 +329,10 @@ async fn forward(
     drop(slot);
     ctx.running.borrow_mut().remove(&id);
     let (outcome, exit_code, signal, message) = match &finished.outcome {
-        Outcome::Exited { code } => (pb::Outcome::Exited, Some(*code), None, String::new()),
-        Outcome::Signaled { signal } => (pb::Outcome::Exited, None, Some(*signal), String::new()),
+        Outcome::Exited { code } => (Ending::Exited, Some(*code), None, String::new()),
+        Outcome::Signaled { signal } => (Ending::Exited, None, Some(*signal), String::new()),
         Outcome::TimedOut => (
-            pb::Outcome::TimedOut,
+            Ending::TimedOut,
             None,
             None,
             format!(
@@ -343,43 +340,36 @@ async fn forward(
                 monitor::time::format_duration_short(timeout)
             ),
         ),
-        Outcome::Cancelled => (pb::Outcome::Cancelled, None, None, "cancelled".to_owned()),
+        Outcome::Cancelled => (Ending::Cancelled, None, None, "cancelled".to_owned()),
         // Only reached when the stream is gone: this result goes nowhere.
         Outcome::Abandoned => (
-            pb::Outcome::LostConnection,
+            Ending::LostConnection,
             None,
             None,
             "the server went away".to_owned(),
         ),
         Outcome::FailedToStart(e) => (
-            pb::Outcome::FailedToStart,
+            Ending::FailedToStart,
             None,
             None,
             format!("{e}: {}", e.source),
         ),
-        Outcome::StatusLost(e) => (
-            pb::Outcome::Exited,
-            None,
-            None,
-            format!("exit status lost: {e}"),
-        ),
+        Outcome::StatusLost(e) => (Ending::Exited, None, None, format!("exit status lost: {e}")),
     };
-    log::info!("command {id}: {outcome:?} exit {exit_code:?} signal {signal:?}");
+    log::info!("command {id}: {outcome} exit {exit_code:?} signal {signal:?}");
+    let finished = Finished {
+        outcome,
+        exit_code,
+        signal,
+        stdout_truncated: finished.stdout_truncated,
+        stderr_truncated: finished.stderr_truncated,
+        duration_ms: finished.duration.as_millis() as u64,
+        stdout_bytes: finished.stdout_bytes,
+        stderr_bytes: finished.stderr_bytes,
+        message,
+    };
     let _ = tx
-        .send(response(
-            &id,
-            ResponseKind::Finished(pb::Finished {
-                outcome: outcome as i32,
-                exit_code,
-                signal,
-                stdout_truncated: finished.stdout_truncated,
-                stderr_truncated: finished.stderr_truncated,
-                duration_ms: finished.duration.as_millis() as u64,
-                stdout_bytes: finished.stdout_bytes,
-                stderr_bytes: finished.stderr_bytes,
-                message,
-            }),
-        ))
+        .send(response(&id, ResponseKind::Finished(finished.to_pb())))
         .await;
 }
 

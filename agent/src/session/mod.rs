@@ -1,0 +1,103 @@
+//! The connection to the server: connect, run a session, back off, repeat.
+//!
+//! A session is one HTTP/2 connection carrying two streams: `Report`
+//! (batches up, acknowledgements down) and `CommandStream` (results up,
+//! commands down). When either ends, both are torn down and the agent
+//! reconnects after a backoff (1 s, ×1.6, ±20 %, capped at 2 min), forever;
+//! the backoff resets once a session proved healthy. HTTP/2 keepalive pings,
+//! sent while idle too, notice a dead or frozen server within 40 s (see
+//! [`monitor::keepalive`], which also holds the tests' knob).
+//!
+//! Invariant: batches go out in sequence order, starting after a reconnect
+//! from the oldest unacknowledged one. The server's de-duplication relies on
+//! it.
+
+mod commands;
+mod error;
+mod report;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monitor::pb::collector_client::CollectorClient;
+use tonic::transport::{Channel, Endpoint};
+
+pub use commands::CommandContext;
+pub use error::SessionError;
+
+use crate::backoff::{Backoff, unit_random};
+use crate::state::Shared;
+
+/// Most batches sent and not yet acknowledged on one session: enough to
+/// cover the round trip while catching up after an outage, small enough to
+/// bound what is re-sent after a drop.
+pub const SEND_WINDOW: usize = 64;
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The endpoint with the connection settings every session uses.
+pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    let (interval, timeout) = monitor::keepalive::from_env();
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(interval)
+        .keep_alive_timeout(timeout)
+        .keep_alive_while_idle(true))
+}
+
+/// Connects and reconnects forever; returns only if `endpoint` is unusable.
+pub async fn run(endpoint: Endpoint, shared: Rc<Shared>, commands: Rc<CommandContext>) {
+    let mut backoff = Backoff::default();
+    let mut failures = 0u32;
+    loop {
+        let healthy = Cell::new(false);
+        let result = match endpoint.connect().await {
+            Ok(channel) => session(channel, &shared, &commands, &healthy).await,
+            Err(e) => Err(SessionError::Connect(e)),
+        };
+        shared.connected.set(false);
+        if healthy.get() {
+            backoff.reset();
+            failures = 0;
+        }
+        failures += 1;
+        let delay = backoff.next_delay(unit_random());
+        let err = match &result {
+            Ok(()) => "session ended".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        // The first failure after a good session is news; the rest of a
+        // long outage is logged quietly once a minute or so by the backoff.
+        if failures == 1 {
+            log::warn!(
+                "{}: {err}; retrying in {:.1}s ({} batches buffered)",
+                endpoint.uri(),
+                delay.as_secs_f64(),
+                shared.buffer.borrow().len()
+            );
+        } else {
+            log::info!(
+                "{}: {err}; retry {failures} in {:.1}s ({} batches buffered, {} dropped)",
+                endpoint.uri(),
+                delay.as_secs_f64(),
+                shared.buffer.borrow().len(),
+                shared.buffer.borrow().dropped_total()
+            );
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn session(
+    channel: Channel,
+    shared: &Shared,
+    commands: &Rc<CommandContext>,
+    healthy: &Cell<bool>,
+) -> Result<(), SessionError> {
+    let client = CollectorClient::new(channel);
+    tokio::select! {
+        r = report::run(client.clone(), shared, healthy) => r,
+        r = commands::run(client, shared, commands, healthy) => r,
+    }
+}

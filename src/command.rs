@@ -1,0 +1,331 @@
+//! The command contract: what an operator's command may look like, how it
+//! ended, and the conversions to and from the wire, in one place.
+//!
+//! monitorctl checks a command before sending it, the server checks it
+//! again before fanning it out, the agent checks it a last time before its
+//! policy: all three use the limits here, so a command one accepts the
+//! others accept too. An outcome is named once ([`Outcome::name`], which is
+//! also what the store writes and `monitorctl history --json` prints) and
+//! converted to and from protobuf only by [`Outcome::to_pb`] /
+//! [`Outcome::from_pb`] and [`Finished::to_pb`] / [`Finished::from_pb`].
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::pb;
+
+/// Commands the agent runs itself, without starting a process.
+pub const BUILTINS: [&str; 4] = ["ping", "info", "set-interval", "collect-now"];
+/// Most argv entries one command may have, program name included.
+pub const MAX_ARGS: usize = 64;
+/// Most bytes of all argv entries together.
+pub const MAX_ARGV_BYTES: usize = 8 * 1024;
+/// Longest command id.
+pub const MAX_ID_BYTES: usize = 128;
+/// Timeout when the operator names none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest timeout an operator may ask for (each agent caps it further).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Why an argv is not a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArgvError {
+    /// No program name, or an empty one.
+    Empty,
+    /// More than [`MAX_ARGS`] entries.
+    TooMany { args: usize },
+    /// More than [`MAX_ARGV_BYTES`] bytes in all.
+    TooLong { bytes: usize },
+}
+
+impl fmt::Display for ArgvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgvError::Empty => f.write_str("argv: empty command"),
+            ArgvError::TooMany { args } => {
+                write!(f, "argv: {args} arguments (at most {MAX_ARGS})")
+            }
+            ArgvError::TooLong { bytes } => {
+                write!(f, "argv: {bytes} bytes (at most {MAX_ARGV_BYTES})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ArgvError {}
+
+/// Checks the limits every side applies to a command line.
+pub fn check_argv<S: AsRef<str>>(argv: &[S]) -> Result<(), ArgvError> {
+    match argv.first() {
+        None => return Err(ArgvError::Empty),
+        Some(p) if p.as_ref().is_empty() => return Err(ArgvError::Empty),
+        Some(_) => {}
+    }
+    if argv.len() > MAX_ARGS {
+        return Err(ArgvError::TooMany { args: argv.len() });
+    }
+    let bytes: usize = argv.iter().map(|a| a.as_ref().len()).sum();
+    if bytes > MAX_ARGV_BYTES {
+        return Err(ArgvError::TooLong { bytes });
+    }
+    Ok(())
+}
+
+/// A timeout above [`MAX_TIMEOUT`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeoutTooLong(pub Duration);
+
+impl fmt::Display for TimeoutTooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "timeout_ms: {} ms is longer than the limit of 24h",
+            self.0.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for TimeoutTooLong {}
+
+/// The timeout a request's `timeout_ms` means: 0 is [`DEFAULT_TIMEOUT`].
+pub fn timeout_from_ms(ms: u32) -> Result<Duration, TimeoutTooLong> {
+    let d = match ms {
+        0 => DEFAULT_TIMEOUT,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    if d > MAX_TIMEOUT {
+        return Err(TimeoutTooLong(d));
+    }
+    Ok(d)
+}
+
+/// How a command ended on one host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Ran to the end; see the exit code or signal.
+    Exited,
+    /// Killed after its timeout.
+    TimedOut,
+    /// Killed because the operator cancelled it.
+    Cancelled,
+    /// Could not be started (exec failed).
+    FailedToStart,
+    /// Refused before it started (policy, expiry, concurrency, argument).
+    Rejected,
+    /// The agent went away before the result came back (server side).
+    LostConnection,
+    /// The host was unknown or offline (server side).
+    Unreachable,
+}
+
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Exited,
+        Outcome::TimedOut,
+        Outcome::Cancelled,
+        Outcome::FailedToStart,
+        Outcome::Rejected,
+        Outcome::LostConnection,
+        Outcome::Unreachable,
+    ];
+
+    /// The name the store writes (part of its file format) and monitorctl
+    /// prints.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Exited => "exited",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
+            Outcome::FailedToStart => "failed_to_start",
+            Outcome::Rejected => "rejected",
+            Outcome::LostConnection => "lost_connection",
+            Outcome::Unreachable => "unreachable",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.name() == name)
+    }
+
+    pub const fn to_pb(self) -> pb::Outcome {
+        match self {
+            Outcome::Exited => pb::Outcome::Exited,
+            Outcome::TimedOut => pb::Outcome::TimedOut,
+            Outcome::Cancelled => pb::Outcome::Cancelled,
+            Outcome::FailedToStart => pb::Outcome::FailedToStart,
+            Outcome::Rejected => pb::Outcome::Rejected,
+            Outcome::LostConnection => pb::Outcome::LostConnection,
+            Outcome::Unreachable => pb::Outcome::Unreachable,
+        }
+    }
+
+    /// `None` for `OUTCOME_UNSPECIFIED` (a result still pending) and for a
+    /// number this version does not know.
+    pub fn from_pb(code: i32) -> Option<Outcome> {
+        match pb::Outcome::try_from(code).ok()? {
+            pb::Outcome::Unspecified => None,
+            pb::Outcome::Exited => Some(Outcome::Exited),
+            pb::Outcome::TimedOut => Some(Outcome::TimedOut),
+            pb::Outcome::Cancelled => Some(Outcome::Cancelled),
+            pb::Outcome::FailedToStart => Some(Outcome::FailedToStart),
+            pb::Outcome::Rejected => Some(Outcome::Rejected),
+            pb::Outcome::LostConnection => Some(Outcome::LostConnection),
+            pb::Outcome::Unreachable => Some(Outcome::Unreachable),
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a command ended on one host, as the agent reports it, the server
+/// records it and monitorctl shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub outcome: Outcome,
+    /// Set when the process exited normally.
+    pub exit_code: Option<i32>,
+    /// Set when the process was ended by a signal.
+    pub signal: Option<i32>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration_ms: u64,
+    /// Bytes the command wrote to stdout, including any not forwarded.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// Human-readable detail (rejection reason, start error); may be empty.
+    pub message: String,
+}
+
+impl Finished {
+    /// An ending with no process behind it (rejected, unreachable, lost).
+    pub fn without_process(outcome: Outcome, message: impl Into<String>) -> Finished {
+        Finished {
+            outcome,
+            exit_code: None,
+            signal: None,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration_ms: 0,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the command did what was asked: it ran and exited 0.
+    pub fn succeeded(&self) -> bool {
+        self.outcome == Outcome::Exited && self.exit_code == Some(0)
+    }
+
+    pub fn to_pb(&self) -> pb::Finished {
+        pb::Finished {
+            outcome: self.outcome.to_pb() as i32,
+            exit_code: self.exit_code,
+            signal: self.signal,
+            stdout_truncated: self.stdout_truncated,
+            stderr_truncated: self.stderr_truncated,
+            duration_ms: self.duration_ms,
+            stdout_bytes: self.stdout_bytes,
+            stderr_bytes: self.stderr_bytes,
+            message: self.message.clone(),
+        }
+    }
+
+    /// An agent's final result. An unspecified or unknown outcome is read
+    /// as [`Outcome::LostConnection`]: the agent's answer could not be
+    /// understood, so nothing is known of how the command ended.
+    pub fn from_pb(f: pb::Finished) -> Finished {
+        Finished {
+            outcome: Outcome::from_pb(f.outcome).unwrap_or(Outcome::LostConnection),
+            exit_code: f.exit_code,
+            signal: f.signal,
+            stdout_truncated: f.stdout_truncated,
+            stderr_truncated: f.stderr_truncated,
+            duration_ms: f.duration_ms,
+            stdout_bytes: f.stdout_bytes,
+            stderr_bytes: f.stderr_bytes,
+            message: f.message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_names_and_numbers_round_trip() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::from_name(o.name()), Some(o));
+            assert_eq!(Outcome::from_pb(o.to_pb() as i32), Some(o));
+        }
+        assert_eq!(Outcome::from_name("pending"), None);
+        assert_eq!(Outcome::from_pb(pb::Outcome::Unspecified as i32), None);
+        assert_eq!(Outcome::from_pb(99), None);
+    }
+
+    #[test]
+    fn finished_round_trips_and_reads_unknown_outcomes_as_lost() {
+        let f = Finished {
+            outcome: Outcome::Exited,
+            exit_code: Some(3),
+            signal: None,
+            stdout_truncated: true,
+            stderr_truncated: false,
+            duration_ms: 12,
+            stdout_bytes: 70_000,
+            stderr_bytes: 1,
+            message: "m".into(),
+        };
+        assert_eq!(Finished::from_pb(f.to_pb()), f);
+        assert!(!f.succeeded());
+        let unknown = pb::Finished {
+            outcome: 42,
+            ..Default::default()
+        };
+        assert_eq!(Finished::from_pb(unknown).outcome, Outcome::LostConnection);
+        let ok = Finished {
+            exit_code: Some(0),
+            ..Finished::without_process(Outcome::Exited, "")
+        };
+        assert!(ok.succeeded());
+        assert!(!Finished::without_process(Outcome::Rejected, "no").succeeded());
+    }
+
+    #[test]
+    fn argv_limits_are_exact() {
+        assert_eq!(check_argv::<&str>(&[]), Err(ArgvError::Empty));
+        assert_eq!(check_argv(&[""]), Err(ArgvError::Empty));
+        let max = vec!["a"; MAX_ARGS];
+        assert_eq!(check_argv(&max), Ok(()));
+        let over = vec!["a"; MAX_ARGS + 1];
+        assert_eq!(
+            check_argv(&over),
+            Err(ArgvError::TooMany { args: MAX_ARGS + 1 })
+        );
+        let long = ["x".repeat(MAX_ARGV_BYTES)];
+        assert_eq!(check_argv(&long), Ok(()));
+        let longer = ["x".repeat(MAX_ARGV_BYTES), "y".to_owned()];
+        assert_eq!(
+            check_argv(&longer),
+            Err(ArgvError::TooLong {
+                bytes: MAX_ARGV_BYTES + 1
+            })
+        );
+    }
+
+    #[test]
+    fn timeouts_default_and_cap() {
+        assert_eq!(timeout_from_ms(0), Ok(DEFAULT_TIMEOUT));
+        assert_eq!(timeout_from_ms(1), Ok(Duration::from_millis(1)));
+        let max = u32::try_from(MAX_TIMEOUT.as_millis()).unwrap();
+        assert_eq!(timeout_from_ms(max), Ok(MAX_TIMEOUT));
+        assert!(timeout_from_ms(max + 1).is_err());
+        assert!(timeout_from_ms(u32::MAX).is_err());
+    }
+}
