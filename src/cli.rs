@@ -1,6 +1,6 @@
 //! What the three binaries' `main`s share: reading flags with argh (help
-//! to stdout and exit 0; a usage error to stderr and exit 2) and printing
-//! an error with its whole chain of causes, once.
+//! to stdout and exit 0; a usage error to stderr and exit 2), printing an
+//! error with its whole chain of causes, once, and noticing SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 
@@ -24,6 +24,28 @@ pub fn args_or_exit<T: argh::FromArgs>(program: &str) -> Result<T, ExitCode> {
     })
 }
 
+/// The start of every `main`: flags (argh), then `--version` (printed as
+/// "PROGRAM VERSION", exit 0), then the validated configuration built from
+/// the flags and the process environment. `Err` carries the exit code after
+/// the message was printed: 0 for `--help` and `--version`, 2 for a usage
+/// error or a bad value.
+pub fn config_or_exit<A: argh::FromArgs, C>(
+    program: &str,
+    version: &str,
+    wants_version: impl FnOnce(&A) -> bool,
+    build: impl FnOnce(A, crate::config::Env<'_>) -> Result<C, crate::config::ConfigError>,
+) -> Result<C, ExitCode> {
+    let args: A = args_or_exit(program)?;
+    if wants_version(&args) {
+        println!("{program} {version}");
+        return Err(ExitCode::SUCCESS);
+    }
+    build(args, &env_var).map_err(|e| {
+        eprintln!("{program}: {e}");
+        ExitCode::from(2)
+    })
+}
+
 /// The process environment as the configs read it (a value that is not
 /// UTF-8 is passed on lossily, so validation names it rather than it
 /// silently counting as unset).
@@ -44,6 +66,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+/// Installs SIGTERM and SIGINT handlers now (so a failure is reported at
+/// start, and the daemon does not run unstoppable) and returns a future
+/// that resolves on the first of either. Call it inside a tokio runtime.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 #[cfg(test)]

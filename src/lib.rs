@@ -9,6 +9,7 @@ pub mod batch;
 pub mod cli;
 pub mod codec;
 pub mod command;
+pub mod config;
 pub mod keepalive;
 pub mod metric;
 pub mod random;

@@ -7,11 +7,12 @@
 //! exits with code 2 on it. The environment is passed in as a function so
 //! tests never touch the process environment.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use argh::FromArgs;
+pub use monitor::config::ConfigError;
+use monitor::config::{Env, pick};
 
 /// Reports this host's CPU, memory, disk and network rates to a
 /// monitor-server and runs the commands it pushes, under a strict policy.
@@ -124,83 +125,6 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest interval accepted (one day).
 pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
 
-/// A flag or variable with a value the agent cannot use.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    /// "--interval" or "MONITOR_INTERVAL".
-    pub source: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.source, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Where a raw value came from, for error messages.
-struct Raw {
-    source: String,
-    value: String,
-}
-
-impl Raw {
-    fn error(&self, expected: &str) -> ConfigError {
-        ConfigError {
-            source: self.source.clone(),
-            message: format!("expected {expected}, got '{}'", self.value),
-        }
-    }
-}
-
-/// Picks the flag if given, else the environment variable.
-fn pick(
-    flag: Option<String>,
-    flag_name: &str,
-    var: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<Raw> {
-    match flag {
-        Some(value) => Some(Raw {
-            source: format!("--{flag_name}"),
-            value,
-        }),
-        None => env(var).map(|value| Raw {
-            source: var.to_owned(),
-            value,
-        }),
-    }
-}
-
-fn parse_bool(raw: &Raw) -> Result<bool, ConfigError> {
-    match raw.value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err(raw.error("1/true/yes or 0/false/no")),
-    }
-}
-
-fn parse_count(raw: &Raw, min: u64, max: u64) -> Result<u64, ConfigError> {
-    match raw.value.trim().parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(raw.error(&format!("a whole number from {min} to {max}"))),
-    }
-}
-
-fn parse_duration(raw: &Raw, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
-    match monitor::time::parse_duration(&raw.value) {
-        Ok(d) if d >= min && d <= max => Ok(d),
-        Ok(_) => Err(raw.error(&format!(
-            "a duration from {} to {}",
-            monitor::time::format_duration_short(min),
-            monitor::time::format_duration_short(max)
-        ))),
-        Err(_) => Err(raw.error("a duration like 5, 2.5, 500ms, 30s or 5m")),
-    }
-}
-
 /// Accepts `http://host:port`, or `host:port` (http is assumed).
 pub fn parse_server_url(raw: &str) -> Result<String, String> {
     let raw = raw.trim();
@@ -231,16 +155,13 @@ fn kernel_hostname() -> Option<String> {
 
 impl Config {
     /// Builds the configuration from parsed flags and an environment.
-    pub fn from_sources(
-        args: Args,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_sources(args: Args, env: Env<'_>) -> Result<Config, ConfigError> {
         let server = match pick(args.server, "server", "MONITOR_SERVER", env) {
             Some(raw) => parse_server_url(&raw.value).map_err(|e| raw.error(&e))?,
             None => DEFAULT_SERVER.to_owned(),
         };
         let interval = match pick(args.interval, "interval", "MONITOR_INTERVAL", env) {
-            Some(raw) => parse_duration(&raw, MIN_INTERVAL, MAX_INTERVAL)?,
+            Some(raw) => raw.duration(MIN_INTERVAL, MAX_INTERVAL)?,
             None => DEFAULT_INTERVAL,
         };
         let hostname = match pick(args.hostname, "hostname", "MONITOR_HOSTNAME", env) {
@@ -308,11 +229,8 @@ impl Config {
         let allow_any_command = if args.allow_any_command {
             true
         } else {
-            match env("MONITOR_ALLOW_ANY_COMMAND") {
-                Some(value) => parse_bool(&Raw {
-                    source: "MONITOR_ALLOW_ANY_COMMAND".into(),
-                    value,
-                })?,
+            match pick(None, "", "MONITOR_ALLOW_ANY_COMMAND", env) {
+                Some(raw) => raw.bool()?,
                 None => false,
             }
         };
@@ -322,7 +240,7 @@ impl Config {
             "MONITOR_MAX_COMMANDS",
             env,
         ) {
-            Some(raw) => parse_count(&raw, 0, 64)? as usize,
+            Some(raw) => raw.count(0, 64)? as usize,
             None => 2,
         };
         let max_command_timeout = match pick(
@@ -331,7 +249,7 @@ impl Config {
             "MONITOR_MAX_COMMAND_TIMEOUT",
             env,
         ) {
-            Some(raw) => parse_duration(&raw, Duration::from_secs(1), Duration::from_secs(86_400))?,
+            Some(raw) => raw.duration(Duration::from_secs(1), Duration::from_secs(86_400))?,
             None => Duration::from_secs(300),
         };
         let buffer_batches = match pick(
@@ -340,7 +258,7 @@ impl Config {
             "MONITOR_BUFFER_BATCHES",
             env,
         ) {
-            Some(raw) => parse_count(&raw, 1, 1_000_000)? as usize,
+            Some(raw) => raw.count(1, 1_000_000)? as usize,
             None => 8192,
         };
         let spool = args.spool.or_else(|| {
@@ -354,7 +272,7 @@ impl Config {
             "MONITOR_SPOOL_MAX_BYTES",
             env,
         ) {
-            Some(raw) => parse_count(&raw, 4096, 1 << 34)?,
+            Some(raw) => raw.count(4096, 1 << 34)?,
             None => 4 << 20,
         };
         let shutdown_timeout = match pick(
@@ -363,19 +281,11 @@ impl Config {
             "MONITOR_SHUTDOWN_TIMEOUT",
             env,
         ) {
-            Some(raw) => parse_duration(&raw, Duration::ZERO, Duration::from_secs(600))?,
+            Some(raw) => raw.duration(Duration::ZERO, Duration::from_secs(600))?,
             None => Duration::from_secs(5),
         };
         let log_level = match pick(args.log, "log", "MONITOR_LOG", env) {
-            Some(raw) => match raw.value.trim().to_ascii_lowercase().as_str() {
-                "error" => log::LevelFilter::Error,
-                "warn" => log::LevelFilter::Warn,
-                "info" => log::LevelFilter::Info,
-                "debug" => log::LevelFilter::Debug,
-                "trace" => log::LevelFilter::Trace,
-                "off" => log::LevelFilter::Off,
-                _ => return Err(raw.error("error, warn, info, debug, trace or off")),
-            },
+            Some(raw) => raw.log_level()?,
             None => log::LevelFilter::Info,
         };
         if args.count == Some(0) {

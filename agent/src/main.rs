@@ -7,21 +7,14 @@ use std::process::ExitCode;
 use monitor_agent::config::{Args, Config};
 
 fn main() -> ExitCode {
-    let args: Args = match monitor::cli::args_or_exit("monitor-agent") {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    if args.version {
-        println!("monitor-agent {}", monitor_agent::run::VERSION);
-        return ExitCode::SUCCESS;
-    }
-    let env = monitor::cli::env_var;
-    let config = match Config::from_sources(args, &env) {
+    let config = match monitor::cli::config_or_exit(
+        "monitor-agent",
+        monitor_agent::run::VERSION,
+        |a: &Args| a.version,
+        Config::from_sources,
+    ) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("monitor-agent: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if let Err(e) = simple_logger::SimpleLogger::new()
         .with_level(config.log_level)
@@ -41,7 +34,7 @@ fn main() -> ExitCode {
     };
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(&runtime, async {
-        let shutdown = match shutdown_signal() {
+        let shutdown = match monitor::cli::shutdown_signal() {
             Ok(s) => s,
             Err(e) => {
                 log::error!("cannot install signal handlers: {e}");
@@ -60,17 +53,4 @@ fn main() -> ExitCode {
         }
         Err(None) => ExitCode::FAILURE,
     }
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
 }

@@ -2,12 +2,13 @@
 //! which override defaults. A bad value is a [`ConfigError`] naming the flag
 //! or variable; the binary exits 2 on it.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use argh::FromArgs;
+pub use monitor::config::ConfigError;
+use monitor::config::{Env, pick};
 
 /// Accepts monitor agents, stores their samples in an embedded SQLite
 /// store, and serves the operator API that monitorctl uses.
@@ -68,91 +69,26 @@ impl Config {
     }
 }
 
-/// A flag or variable with a value the server cannot use.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub source: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.source, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-fn pick(
-    flag: Option<String>,
-    flag_name: &str,
-    var: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<(String, String)> {
-    match flag {
-        Some(v) => Some((format!("--{flag_name}"), v)),
-        None => env(var).map(|v| (var.to_owned(), v)),
-    }
-}
-
-fn err(source: &str, expected: &str, got: &str) -> ConfigError {
-    ConfigError {
-        source: source.to_owned(),
-        message: format!("expected {expected}, got '{got}'"),
-    }
-}
-
-fn addr(raw: Option<(String, String)>, default: &str) -> Result<SocketAddr, ConfigError> {
-    match raw {
-        None => default
-            .parse()
-            .map_err(|_| err("default", "an address", default)),
-        Some((source, v)) => v
-            .trim()
-            .parse()
-            .map_err(|_| err(&source, "an address like 0.0.0.0:50051 or [::1]:50051", &v)),
-    }
-}
-
-fn duration(
-    raw: Option<(String, String)>,
-    default: Duration,
-    min: Duration,
-) -> Result<Duration, ConfigError> {
-    match raw {
-        None => Ok(default),
-        Some((source, v)) => match monitor::time::parse_duration(&v) {
-            Ok(d) if d >= min => Ok(d),
-            _ => Err(err(
-                &source,
-                &format!(
-                    "a duration like 30s, 12h or 7d, at least {}",
-                    monitor::time::format_duration_short(min)
-                ),
-                &v,
-            )),
-        },
-    }
-}
+/// Samples are kept at least this long.
+pub const MIN_RETENTION: Duration = Duration::from_secs(60);
+/// And at most this long (ten years).
+pub const MAX_RETENTION: Duration = Duration::from_secs(3650 * 86_400);
 
 impl Config {
-    pub fn from_sources(
-        args: Args,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        let listen = addr(
-            pick(args.listen, "listen", "MONITOR_LISTEN", env),
-            "0.0.0.0:50051",
-        )?;
-        let admin_listen = addr(
-            pick(
-                args.admin_listen,
-                "admin-listen",
-                "MONITOR_ADMIN_LISTEN",
-                env,
-            ),
-            "127.0.0.1:50052",
-        )?;
+    pub fn from_sources(args: Args, env: Env<'_>) -> Result<Config, ConfigError> {
+        let listen = match pick(args.listen, "listen", "MONITOR_LISTEN", env) {
+            Some(raw) => raw.socket_addr()?,
+            None => SocketAddr::from(([0, 0, 0, 0], 50051)),
+        };
+        let admin_listen = match pick(
+            args.admin_listen,
+            "admin-listen",
+            "MONITOR_ADMIN_LISTEN",
+            env,
+        ) {
+            Some(raw) => raw.socket_addr()?,
+            None => SocketAddr::from(([127, 0, 0, 1], 50052)),
+        };
         let db = args
             .db
             .or_else(|| {
@@ -170,32 +106,22 @@ impl Config {
                     None => PathBuf::from("monitor.db"),
                 }
             });
-        let retention = duration(
-            pick(args.retention, "retention", "MONITOR_RETENTION", env),
-            Duration::from_secs(7 * 86_400),
-            Duration::from_secs(60),
-        )?;
-        let max_clock_skew = duration(
-            pick(
-                args.max_clock_skew,
-                "max-clock-skew",
-                "MONITOR_MAX_CLOCK_SKEW",
-                env,
-            ),
-            Duration::from_secs(30),
-            Duration::from_secs(1),
-        )?;
+        let retention = match pick(args.retention, "retention", "MONITOR_RETENTION", env) {
+            Some(raw) => raw.duration(MIN_RETENTION, MAX_RETENTION)?,
+            None => Duration::from_secs(7 * 86_400),
+        };
+        let max_clock_skew = match pick(
+            args.max_clock_skew,
+            "max-clock-skew",
+            "MONITOR_MAX_CLOCK_SKEW",
+            env,
+        ) {
+            Some(raw) => raw.duration(Duration::from_secs(1), Duration::from_secs(86_400))?,
+            None => Duration::from_secs(30),
+        };
         let log_level = match pick(args.log, "log", "MONITOR_LOG", env) {
+            Some(raw) => raw.log_level()?,
             None => log::LevelFilter::Info,
-            Some((source, v)) => match v.trim().to_ascii_lowercase().as_str() {
-                "error" => log::LevelFilter::Error,
-                "warn" => log::LevelFilter::Warn,
-                "info" => log::LevelFilter::Info,
-                "debug" => log::LevelFilter::Debug,
-                "trace" => log::LevelFilter::Trace,
-                "off" => log::LevelFilter::Off,
-                _ => return Err(err(&source, "error, warn, info, debug, trace or off", &v)),
-            },
         };
         Ok(Config {
             listen,
@@ -259,7 +185,7 @@ mod tests {
         let e = parse(&["--retention", "5s"], &[]).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "--retention: expected a duration like 30s, 12h or 7d, at least 1m, got '5s'"
+            "--retention: expected a duration from 1m to 3650d, got '5s'"
         );
     }
 }

@@ -8,21 +8,14 @@ use monitor_server::config::{Args, Config};
 use monitor_server::server::{self, Listeners};
 
 fn main() -> ExitCode {
-    let args: Args = match monitor::cli::args_or_exit("monitor-server") {
-        Ok(a) => a,
-        Err(code) => return code,
-    };
-    if args.version {
-        println!("monitor-server {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
-    }
-    let env = monitor::cli::env_var;
-    let config = match Config::from_sources(args, &env) {
+    let config = match monitor::cli::config_or_exit(
+        "monitor-server",
+        env!("CARGO_PKG_VERSION"),
+        |a: &Args| a.version,
+        Config::from_sources,
+    ) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("monitor-server: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if let Err(e) = simple_logger::SimpleLogger::new()
         .with_level(config.log_level)
@@ -43,35 +36,22 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let listeners = Listeners::bind(&config).await?;
-        server::run(config, listeners, shutdown_signal()).await
+        let shutdown = match monitor::cli::shutdown_signal() {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot install signal handlers: {e}");
+                return Err(None);
+            }
+        };
+        let listeners = Listeners::bind(&config).await.map_err(Some)?;
+        server::run(config, listeners, shutdown).await.map_err(Some)
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Some(e)) => {
             log::error!("{}", monitor::cli::error_chain(&e));
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT (never, if they cannot be
-/// watched: then only SIGKILL stops the server, which the store survives).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            log::error!("cannot watch SIGTERM/SIGINT");
-            std::future::pending::<()>().await;
-        }
+        Err(None) => ExitCode::FAILURE,
     }
 }
