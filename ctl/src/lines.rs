@@ -156,7 +156,11 @@ impl LineBuffers {
             self.held_bytes += partial.held_bytes(host);
             self.partial.insert(key, partial);
         }
-        fed?;
+        if let Err(e) = fed {
+            // Nothing of this stream may be handed on later as another's.
+            self.out.clear();
+            return Err(e);
+        }
         self.hand_on(stream, emit)
     }
 
