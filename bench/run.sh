@@ -240,7 +240,7 @@ build() {
 build -p monitor-agent
 mkdir -p "$out/bin"
 cp "$repo/target/release/monitor-agent" "$out/bin/"
-build -p monitor-server -p monitor-loadgen
+build -p monitor-server -p monitorctl -p monitor-loadgen
 agent_bin=$repo/target/release/monitor-agent
 server_bin=$repo/target/release/monitor-server
 ctl_bin=$repo/target/release/monitorctl

@@ -350,8 +350,8 @@ fi
 # 4. Against a native server on loopback.
 # ---------------------------------------------------------------------------
 log "building monitor-server and monitorctl (x86_64)"
-cargo build -p monitor-server >"$work/build-server.log" 2>&1 ||
-    fail "cargo build -p monitor-server: $(tail -n 20 "$work/build-server.log")"
+cargo build -p monitor-server -p monitorctl >"$work/build-server.log" 2>&1 ||
+    fail "cargo build -p monitor-server -p monitorctl: $(tail -n 20 "$work/build-server.log")"
 server_bin="$repo_dir/target/debug/monitor-server"
 ctl_bin="$repo_dir/target/debug/monitorctl"
 

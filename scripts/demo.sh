@@ -30,7 +30,7 @@ flags=()
 [ "$profile" = release ] && flags+=(--release)
 
 echo "building ($profile)..." >&2
-cargo build "${flags[@]}" --quiet -p monitor-agent -p monitor-server --bins
+cargo build "${flags[@]}" --quiet -p monitor-agent -p monitor-server -p monitorctl --bins
 bin=target/$profile
 mkdir -p "$state"
 

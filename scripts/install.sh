@@ -82,7 +82,7 @@ if [[ -z $from ]]; then
         from="$repo_dir/target/release"
     fi
 fi
-[[ -d $from ]] || die "--from: no such directory '$from' (build first: cargo build --release -p monitor-agent, or -p monitor-server)"
+[[ -d $from ]] || die "--from: no such directory '$from' (build first: cargo build --release -p monitor-agent, or -p monitor-server -p monitorctl)"
 
 destdir=${DESTDIR:-}
 # Strip a trailing slash so "$destdir/etc" never has a double slash.

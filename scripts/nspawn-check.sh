@@ -100,7 +100,7 @@ fi
 # --- 2. Binaries ------------------------------------------------------------
 if [[ -z $from ]]; then
     log "building monitor-agent, monitor-server and monitorctl (release)"
-    cargo build --release -p monitor-agent -p monitor-server >"$work/build.log" 2>&1 ||
+    cargo build --release -p monitor-agent -p monitor-server -p monitorctl >"$work/build.log" 2>&1 ||
         fail "cargo build --release: $(grep -E '^error' -A 5 "$work/build.log" | head -n 20)"
     from="$repo_dir/target/release"
 fi

@@ -127,6 +127,11 @@ impl Utf8Tail {
         self.pending = bytes[bytes.len() - keep..].to_vec();
     }
 
+    /// Whether no incomplete character is held back.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     /// Escapes whatever is still pending (the stream ended inside a
     /// character).
     pub fn finish(&mut self, out: &mut String) {
@@ -205,6 +210,12 @@ mod tests {
         check_output(&[&euro[..1], &euro[1..2], &euro[2..]], "€");
         // The stream ends inside a character: its bytes are shown escaped.
         check_output(&[&euro[..2]], "\\xe2\\x82");
+        let mut tail = Utf8Tail::default();
+        let mut out = String::new();
+        tail.push(&mut out, &euro[..2]);
+        assert!(!tail.is_empty());
+        tail.push(&mut out, &euro[2..]);
+        assert!(tail.is_empty());
         assert_eq!(incomplete_tail(b"abc"), 0);
         assert_eq!(incomplete_tail(&euro[..1]), 1);
         assert_eq!(incomplete_tail(&euro[..2]), 2);

@@ -6,7 +6,6 @@
 pub mod admin;
 pub mod commands;
 pub mod config;
-pub mod ctl;
 pub mod ingest;
 pub mod registry;
 pub mod server;

@@ -41,6 +41,8 @@ pub fn bin_dir() -> PathBuf {
                     "monitor-agent",
                     "-p",
                     "monitor-server",
+                    "-p",
+                    "monitorctl",
                     "--bins",
                 ])
                 .status()

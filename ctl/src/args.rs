@@ -1,0 +1,481 @@
+//! monitorctl's flags (argh) and the typed configuration they become.
+//!
+//! Every flag is checked here, once, before anything touches the network:
+//! the commands receive a [`Config`] whose values are already durations,
+//! metrics and limits-checked command lines, so no command re-parses a
+//! flag. Nothing here connects, prints or reads the clock.
+
+use std::time::Duration;
+
+use argh::FromArgs;
+use monitor::command::{self, ArgvError};
+use monitor::metric::Metric;
+use monitor::time::parse_duration;
+use tonic::transport::Endpoint;
+
+/// The operator API when neither `--server` nor `MONITOR_ADMIN` names one.
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:50052";
+
+/// The environment variable naming the operator API.
+pub const ADMIN_ENV: &str = "MONITOR_ADMIN";
+
+/// How far back `query` looks without `--since`.
+const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
+/// How often `top` refreshes without `--interval`.
+const DEFAULT_TOP_INTERVAL: Duration = Duration::from_secs(2);
+/// The fastest `top` refresh: faster only loads the server.
+const MIN_TOP_INTERVAL: Duration = Duration::from_millis(200);
+/// The shortest `exec --timeout`.
+const MIN_EXEC_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// The operator's tool for monitor: hosts, samples, a live table, and
+/// commands on agents.
+#[derive(FromArgs, Debug)]
+pub struct Args {
+    /// operator API of the server (MONITOR_ADMIN; default
+    /// http://127.0.0.1:50052)
+    #[argh(option)]
+    pub server: Option<String>,
+    #[argh(subcommand)]
+    pub command: CommandArgs,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum CommandArgs {
+    Hosts(HostsArgs),
+    Query(QueryArgs),
+    Top(TopArgs),
+    Exec(ExecArgs),
+    Cancel(CancelArgs),
+    History(HistoryArgs),
+}
+
+/// every known host: online or offline, last seen, latest value of each metric
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "hosts")]
+pub struct HostsArgs {
+    /// one JSON object per host per line
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// stored samples of one host, oldest first
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "query")]
+pub struct QueryArgs {
+    /// the host
+    #[argh(positional)]
+    pub host: String,
+    /// only this metric (cpu_percent, mem_percent, disk_read_kbps,
+    /// disk_write_kbps, net_in_kbps, net_out_kbps)
+    #[argh(option)]
+    pub metric: Option<String>,
+    /// how far back, e.g. 10m, 2h, 7d (default 1h)
+    #[argh(option)]
+    pub since: Option<String>,
+    /// at most this many samples (the newest are cut)
+    #[argh(option)]
+    pub limit: Option<u64>,
+    /// one JSON object per sample per line: time, hostname, metric, value
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// a live, refreshing table of every host
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "top")]
+pub struct TopArgs {
+    /// refresh period (default 2s)
+    #[argh(option)]
+    pub interval: Option<String>,
+    /// print one table and exit
+    #[argh(switch)]
+    pub once: bool,
+}
+
+/// run a command on hosts: monitorctl exec --host H [--host H2] | --all [--timeout S] -- CMD [ARGS...]
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "exec")]
+pub struct ExecArgs {
+    /// a target host (repeatable)
+    #[argh(option)]
+    pub host: Vec<String>,
+    /// every online host
+    #[argh(switch)]
+    pub all: bool,
+    /// seconds before the agent kills the command (default 30)
+    #[argh(option)]
+    pub timeout: Option<String>,
+    /// the command: a built-in (ping, info, set-interval S, collect-now) or
+    /// a name from the agents' allowlist, then its arguments
+    #[argh(positional, greedy)]
+    pub argv: Vec<String>,
+}
+
+/// cancel a running command on every host it runs on
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "cancel")]
+pub struct CancelArgs {
+    /// the command id that exec printed
+    #[argh(positional)]
+    pub id: String,
+}
+
+/// commands sent, newest first, with each host's outcome
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "history")]
+pub struct HistoryArgs {
+    /// only this host
+    #[argh(option)]
+    pub host: Option<String>,
+    /// at most this many rows (default 50)
+    #[argh(option)]
+    pub limit: Option<u64>,
+    /// one JSON object per row per line
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// A flag or argument that is wrong, named with what was expected (exit 2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(message: impl Into<String>) -> UsageError {
+    UsageError(message.into())
+}
+
+/// One monitorctl invocation, every flag checked.
+#[derive(Debug)]
+pub struct Config {
+    /// The operator API to connect to.
+    pub server: Server,
+    pub command: Command,
+}
+
+/// The operator API's address.
+#[derive(Debug)]
+pub struct Server {
+    /// As the operator gave it (with `http://` added when no scheme was).
+    pub url: String,
+    pub endpoint: Endpoint,
+}
+
+/// What to do once connected.
+#[derive(Debug)]
+pub enum Command {
+    Hosts { json: bool },
+    Query(QueryConfig),
+    Top(TopConfig),
+    Exec(ExecConfig),
+    Cancel { id: String },
+    History(HistoryConfig),
+}
+
+#[derive(Debug)]
+pub struct QueryConfig {
+    pub host: String,
+    /// `None`: every metric.
+    pub metric: Option<Metric>,
+    /// How far back from now.
+    pub since: Duration,
+    /// At most this many samples; `None`: the server's default.
+    pub limit: Option<u64>,
+    pub json: bool,
+}
+
+#[derive(Debug)]
+pub struct TopConfig {
+    /// Time between two tables, at least [`MIN_TOP_INTERVAL`].
+    pub every: Duration,
+    /// Print one table and return.
+    pub once: bool,
+}
+
+/// Which hosts an exec targets.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Targets {
+    /// These hosts (at least one).
+    Hosts(Vec<String>),
+    /// Every online host.
+    All,
+}
+
+#[derive(Debug)]
+pub struct ExecConfig {
+    pub targets: Targets,
+    /// The agent's timeout in ms; 0 lets the server apply its default.
+    pub timeout_ms: u32,
+    /// Within [`monitor::command::check_argv`]'s limits.
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct HistoryConfig {
+    pub host: Option<String>,
+    /// At most this many rows; `None`: the server's default.
+    pub limit: Option<u64>,
+    pub json: bool,
+}
+
+impl Config {
+    /// Checks every flag; `env` reads the environment (injected for tests).
+    pub fn from_args(
+        args: Args,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, UsageError> {
+        let server = server_from(args.server, env)?;
+        let command = match args.command {
+            CommandArgs::Hosts(a) => Command::Hosts { json: a.json },
+            CommandArgs::Query(a) => Command::Query(QueryConfig::from_args(a)?),
+            CommandArgs::Top(a) => Command::Top(TopConfig::from_args(a)?),
+            CommandArgs::Exec(a) => Command::Exec(ExecConfig::from_args(a)?),
+            CommandArgs::Cancel(a) => Command::Cancel { id: a.id },
+            CommandArgs::History(a) => Command::History(HistoryConfig {
+                host: a.host,
+                limit: a.limit,
+                json: a.json,
+            }),
+        };
+        Ok(Config { server, command })
+    }
+}
+
+/// `--server`, else `MONITOR_ADMIN`, else [`DEFAULT_ADMIN`]; `http://` is
+/// assumed when no scheme is given.
+fn server_from(
+    flag: Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Server, UsageError> {
+    let url = flag
+        .or_else(|| env(ADMIN_ENV).filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
+    let url = if url.contains("://") {
+        url
+    } else {
+        format!("http://{url}")
+    };
+    match Endpoint::from_shared(url.clone()) {
+        Ok(endpoint) => Ok(Server { url, endpoint }),
+        Err(_) => Err(usage(format!(
+            "--server: expected a URL like {DEFAULT_ADMIN}, got '{url}'"
+        ))),
+    }
+}
+
+impl QueryConfig {
+    fn from_args(a: QueryArgs) -> Result<QueryConfig, UsageError> {
+        let metric = match &a.metric {
+            Some(m) => Some(
+                m.parse::<Metric>()
+                    .map_err(|e| usage(format!("--metric: {e}")))?,
+            ),
+            None => None,
+        };
+        let since = match &a.since {
+            Some(s) => parse_duration(s).map_err(|e| usage(format!("--since: {e}")))?,
+            None => DEFAULT_SINCE,
+        };
+        Ok(QueryConfig {
+            host: a.host,
+            metric,
+            since,
+            limit: a.limit,
+            json: a.json,
+        })
+    }
+}
+
+impl TopConfig {
+    fn from_args(a: TopArgs) -> Result<TopConfig, UsageError> {
+        let every = match &a.interval {
+            Some(s) => match parse_duration(s) {
+                Ok(d) if d >= MIN_TOP_INTERVAL => d,
+                _ => {
+                    return Err(usage(format!(
+                        "--interval: expected a duration of at least 200ms, got '{s}'"
+                    )));
+                }
+            },
+            None => DEFAULT_TOP_INTERVAL,
+        };
+        Ok(TopConfig {
+            every,
+            once: a.once,
+        })
+    }
+}
+
+impl ExecConfig {
+    fn from_args(a: ExecArgs) -> Result<ExecConfig, UsageError> {
+        match command::check_argv(&a.argv) {
+            Ok(()) => {}
+            Err(ArgvError::Empty) => {
+                return Err(usage(
+                    "exec: name a command after --, e.g. monitorctl exec --all -- ping",
+                ));
+            }
+            Err(e) => return Err(usage(format!("exec: {e}"))),
+        }
+        let targets = match (a.all, a.host.is_empty()) {
+            (true, true) => Targets::All,
+            (false, false) => Targets::Hosts(a.host),
+            _ => {
+                return Err(usage(
+                    "exec: name hosts with --host, or use --all (not both)",
+                ));
+            }
+        };
+        let timeout_ms = match &a.timeout {
+            Some(s) => exec_timeout_ms(s)?,
+            None => 0,
+        };
+        Ok(ExecConfig {
+            targets,
+            timeout_ms,
+            argv: a.argv,
+        })
+    }
+}
+
+/// `--timeout` in ms, between [`MIN_EXEC_TIMEOUT`] and the contract's
+/// [`monitor::command::MAX_TIMEOUT`].
+fn exec_timeout_ms(s: &str) -> Result<u32, UsageError> {
+    parse_duration(s)
+        .ok()
+        .filter(|d| (MIN_EXEC_TIMEOUT..=command::MAX_TIMEOUT).contains(d))
+        .and_then(|d| u32::try_from(d.as_millis()).ok())
+        .ok_or_else(|| {
+            usage(format!(
+                "--timeout: expected seconds from {} to {}, got '{s}'",
+                MIN_EXEC_TIMEOUT.as_secs_f64(),
+                command::MAX_TIMEOUT.as_secs()
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(argv: &[&str], env: &[(&str, &str)]) -> Result<Config, UsageError> {
+        let args = Args::from_args(&["monitorctl"], argv).map_err(|e| UsageError(e.output))?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        Config::from_args(args, &lookup)
+    }
+
+    fn usage_error(argv: &[&str]) -> String {
+        match config(argv, &[]) {
+            Ok(c) => panic!("{argv:?} accepted: {c:?}"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn server_comes_from_the_flag_then_the_environment_then_the_default() {
+        let c = config(&["hosts"], &[]).unwrap();
+        assert_eq!(c.server.url, "http://127.0.0.1:50052");
+        let c = config(&["hosts"], &[(ADMIN_ENV, "10.0.0.1:7")]).unwrap();
+        assert_eq!(c.server.url, "http://10.0.0.1:7");
+        let c = config(
+            &["--server", "https://[::1]:9", "hosts"],
+            &[(ADMIN_ENV, "10.0.0.1:7")],
+        )
+        .unwrap();
+        assert_eq!(c.server.url, "https://[::1]:9");
+        // An empty variable counts as unset.
+        let c = config(&["hosts"], &[(ADMIN_ENV, "")]).unwrap();
+        assert_eq!(c.server.url, "http://127.0.0.1:50052");
+        assert!(usage_error(&["--server", "a b", "hosts"]).starts_with("--server: expected a URL"));
+    }
+
+    #[test]
+    fn exec_flags_are_checked_once_into_a_typed_config() {
+        let Command::Exec(e) = config(&["exec", "--all", "--timeout", "1.5", "--", "ping"], &[])
+            .unwrap()
+            .command
+        else {
+            panic!("not exec");
+        };
+        assert_eq!(e.targets, Targets::All);
+        assert_eq!(e.timeout_ms, 1500);
+        assert_eq!(e.argv, ["ping"]);
+        let Command::Exec(e) = config(
+            &["exec", "--host", "a", "--host", "b", "--", "x", "-y"],
+            &[],
+        )
+        .unwrap()
+        .command
+        else {
+            panic!("not exec");
+        };
+        assert_eq!(e.targets, Targets::Hosts(vec!["a".into(), "b".into()]));
+        assert_eq!(e.timeout_ms, 0);
+        assert_eq!(e.argv, ["x", "-y"]);
+    }
+
+    #[test]
+    fn exec_usage_errors_name_the_problem() {
+        assert!(usage_error(&["exec", "--all"]).starts_with("exec: name a command after --"));
+        assert!(usage_error(&["exec", "--all", "--", ""]).starts_with("exec: name a command"));
+        assert!(usage_error(&["exec", "--", "ping"]).contains("--host, or use --all"));
+        assert!(usage_error(&["exec", "--all", "--host", "a", "--", "ping"]).contains("not both"));
+        let too_many: Vec<String> =
+            std::iter::repeat_n("a".to_owned(), command::MAX_ARGS + 1).collect();
+        let mut argv = vec!["exec", "--all", "--"];
+        argv.extend(too_many.iter().map(String::as_str));
+        assert_eq!(
+            usage_error(&argv),
+            format!(
+                "exec: argv: {} arguments (at most 64)",
+                command::MAX_ARGS + 1
+            )
+        );
+        for bad in ["soon", "0", "0s", "86401", "2d"] {
+            assert_eq!(
+                usage_error(&["exec", "--all", "--timeout", bad, "--", "ping"]),
+                format!("--timeout: expected seconds from 0.001 to 86400, got '{bad}'")
+            );
+        }
+        for good in ["0.001", "86400", "24h"] {
+            config(&["exec", "--all", "--timeout", good, "--", "ping"], &[]).unwrap();
+        }
+    }
+
+    #[test]
+    fn query_and_top_flags_become_values() {
+        let Command::Query(q) = config(&["query", "pi", "--metric", "cpu_percent"], &[])
+            .unwrap()
+            .command
+        else {
+            panic!("not query");
+        };
+        assert_eq!(q.metric, Some(Metric::CpuPercent));
+        assert_eq!(q.since, DEFAULT_SINCE);
+        assert!(usage_error(&["query", "pi", "--metric", "temp"]).starts_with("--metric: "));
+        assert!(usage_error(&["query", "pi", "--since", "yesterday"]).starts_with("--since: "));
+        let Command::Top(t) = config(&["top", "--interval", "200ms"], &[])
+            .unwrap()
+            .command
+        else {
+            panic!("not top");
+        };
+        assert_eq!(t.every, MIN_TOP_INTERVAL);
+        assert!(
+            usage_error(&["top", "--interval", "100ms"])
+                .starts_with("--interval: expected a duration of at least 200ms")
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! The `--json` outputs: one JSON object per line, for scripts and tests.
+//!
+//! These shapes are an interface (tests/, scripts/ and bench/ parse them):
+//! keys, their order and value formats must not change. Times are RFC 3339
+//! UTC with milliseconds, a time never set is `null`; sample values are
+//! written as Rust prints an `f64` (shortest form that reads back exactly,
+//! never an exponent: `12`, `0.5`, `0.0000001`) and a value that is not
+//! finite as `null`. Strings are JSON-escaped, so control characters reach
+//! the terminal only as `\u001b` and the like.
+
+use monitor::pb;
+use monitor::time::Rfc3339;
+use serde::ser::{Serialize, SerializeMap as _, Serializer};
+use serde_json::value::RawValue;
+
+use crate::outcome;
+
+/// A time in ms since the epoch, written as an RFC 3339 string.
+struct Time(i64);
+
+impl Serialize for Time {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&Rfc3339(self.0))
+    }
+}
+
+/// A value written as Rust's `Display` writes an `f64`; `null` when it is
+/// not finite (JSON has no NaN or infinity). serde_json's own float form
+/// would turn `12` into `12.0` and small values into exponents.
+struct Number(f64);
+
+impl Serialize for Number {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.0.is_finite() {
+            return s.serialize_none();
+        }
+        // A finite f64's Display is always a valid JSON number.
+        match RawValue::from_string(self.0.to_string()) {
+            Ok(raw) => raw.serialize(s),
+            Err(e) => Err(serde::ser::Error::custom(e)),
+        }
+    }
+}
+
+/// A host's latest values as one object, metric → value, in the order the
+/// server sent them.
+struct Latest<'a>(&'a [pb::MetricValue]);
+
+impl Serialize for Latest<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for v in self.0 {
+            map.serialize_entry(&v.metric, &Number(v.value))?;
+        }
+        map.end()
+    }
+}
+
+/// One line of `monitorctl hosts --json`.
+#[derive(serde::Serialize)]
+struct HostLine<'a> {
+    hostname: &'a str,
+    online: bool,
+    agent_id: &'a str,
+    agent_version: &'a str,
+    peer: &'a str,
+    /// `null` when the host never reported.
+    last_seen: Option<Time>,
+    clock_offset_ms: i64,
+    dropped_batches_total: u64,
+    batches_stored_total: u64,
+    parse_errors_total: u64,
+    interval_ms: u64,
+    latest: Latest<'a>,
+}
+
+/// One line of `monitorctl query --json`.
+#[derive(serde::Serialize)]
+struct SampleLine<'a> {
+    time: Time,
+    hostname: &'a str,
+    metric: &'a str,
+    value: Number,
+}
+
+/// One line of `monitorctl history --json`.
+#[derive(serde::Serialize)]
+struct HistoryLine<'a> {
+    id: &'a str,
+    time: Time,
+    hostname: &'a str,
+    argv: &'a [String],
+    /// [`outcome::name`]: "pending" until the host answered.
+    outcome: &'static str,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    duration_ms: u64,
+    stdout_bytes: u64,
+    stderr_bytes: u64,
+    message: &'a str,
+}
+
+fn line(out: &mut Vec<u8>, value: &impl Serialize) -> Result<(), serde_json::Error> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Appends the `hosts --json` line of `h`.
+pub fn host(out: &mut Vec<u8>, h: &pb::HostInfo) -> Result<(), serde_json::Error> {
+    line(
+        out,
+        &HostLine {
+            hostname: &h.hostname,
+            online: h.online,
+            agent_id: &h.agent_id,
+            agent_version: &h.agent_version,
+            peer: &h.peer,
+            last_seen: (h.last_seen_unix_ms > 0).then_some(Time(h.last_seen_unix_ms)),
+            clock_offset_ms: h.clock_offset_ms,
+            dropped_batches_total: h.dropped_batches_total,
+            batches_stored_total: h.batches_stored_total,
+            parse_errors_total: h.parse_errors_total,
+            interval_ms: h.interval_ms,
+            latest: Latest(&h.latest),
+        },
+    )
+}
+
+/// Appends the `query --json` line of `s`.
+pub fn sample(out: &mut Vec<u8>, s: &pb::Sample) -> Result<(), serde_json::Error> {
+    line(
+        out,
+        &SampleLine {
+            time: Time(s.time_unix_ms),
+            hostname: &s.hostname,
+            metric: &s.metric,
+            value: Number(s.value),
+        },
+    )
+}
+
+/// Appends the `history --json` line of `e`.
+pub fn history(out: &mut Vec<u8>, e: &pb::HistoryEntry) -> Result<(), serde_json::Error> {
+    line(
+        out,
+        &HistoryLine {
+            id: &e.command_id,
+            time: Time(e.time_unix_ms),
+            hostname: &e.hostname,
+            argv: &e.argv,
+            outcome: outcome::name(e.outcome),
+            exit_code: e.exit_code,
+            signal: e.signal,
+            duration_ms: e.duration_ms,
+            stdout_bytes: e.stdout_bytes,
+            stderr_bytes: e.stderr_bytes,
+            message: &e.message,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(write: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>) -> String {
+        let mut out = Vec::new();
+        write(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn query_lines_keep_their_shape() {
+        let s = pb::Sample {
+            time_unix_ms: 1_764_072_000_123,
+            hostname: "pi-1".into(),
+            metric: "cpu_percent".into(),
+            value: 12.0,
+        };
+        assert_eq!(
+            text(|o| sample(o, &s)),
+            "{\"time\":\"2025-11-25T12:00:00.123Z\",\"hostname\":\"pi-1\",\
+             \"metric\":\"cpu_percent\",\"value\":12}\n"
+        );
+    }
+
+    #[test]
+    fn values_are_written_as_before() {
+        for (value, expected) in [
+            (12.0, "12"),
+            (0.5, "0.5"),
+            (12.345, "12.345"),
+            (-0.25, "-0.25"),
+            (1e-7, "0.0000001"),
+            (1e21, "1000000000000000000000"),
+            (f64::NAN, "null"),
+            (f64::INFINITY, "null"),
+        ] {
+            let s = pb::Sample {
+                value,
+                ..Default::default()
+            };
+            let line = text(|o| sample(o, &s));
+            assert!(
+                line.ends_with(&format!(",\"value\":{expected}}}\n")),
+                "{value}: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_lines_keep_their_shape() {
+        let h = pb::HostInfo {
+            hostname: "pi-1".into(),
+            agent_id: "a1".into(),
+            online: true,
+            peer: "127.0.0.1:4000".into(),
+            agent_version: "0.1.0".into(),
+            connected_since_unix_ms: 5,
+            last_seen_unix_ms: 1_000,
+            latest: vec![
+                pb::MetricValue {
+                    metric: "mem_percent".into(),
+                    value: 40.5,
+                    time_unix_ms: 1_000,
+                },
+                pb::MetricValue {
+                    metric: "cpu_percent".into(),
+                    value: 3.0,
+                    time_unix_ms: 1_000,
+                },
+            ],
+            clock_offset_ms: -20,
+            dropped_batches_total: 1,
+            interval_ms: 1000,
+            batches_stored_total: 99,
+            parse_errors_total: 2,
+        };
+        assert_eq!(
+            text(|o| host(o, &h)),
+            "{\"hostname\":\"pi-1\",\"online\":true,\"agent_id\":\"a1\",\
+             \"agent_version\":\"0.1.0\",\"peer\":\"127.0.0.1:4000\",\
+             \"last_seen\":\"1970-01-01T00:00:01.000Z\",\"clock_offset_ms\":-20,\
+             \"dropped_batches_total\":1,\"batches_stored_total\":99,\
+             \"parse_errors_total\":2,\"interval_ms\":1000,\
+             \"latest\":{\"mem_percent\":40.5,\"cpu_percent\":3}}\n"
+        );
+        let never = pb::HostInfo {
+            hostname: "new".into(),
+            ..Default::default()
+        };
+        let line = text(|o| host(o, &never));
+        assert!(line.contains(",\"last_seen\":null,"), "{line}");
+        assert!(line.ends_with(",\"latest\":{}}\n"), "{line}");
+    }
+
+    #[test]
+    fn history_lines_keep_their_shape() {
+        let e = pb::HistoryEntry {
+            command_id: "c-1".into(),
+            time_unix_ms: 2_000,
+            hostname: "pi-1".into(),
+            argv: vec!["echo".into(), "a \"b\"".into()],
+            outcome: pb::Outcome::Exited as i32,
+            exit_code: Some(3),
+            signal: None,
+            duration_ms: 15,
+            stdout_bytes: 200_000,
+            stderr_bytes: 0,
+            message: String::new(),
+            targets: vec!["pi-1".into()],
+        };
+        assert_eq!(
+            text(|o| history(o, &e)),
+            "{\"id\":\"c-1\",\"time\":\"1970-01-01T00:00:02.000Z\",\"hostname\":\"pi-1\",\
+             \"argv\":[\"echo\",\"a \\\"b\\\"\"],\"outcome\":\"exited\",\"exit_code\":3,\
+             \"signal\":null,\"duration_ms\":15,\"stdout_bytes\":200000,\"stderr_bytes\":0,\
+             \"message\":\"\"}\n"
+        );
+        let pending = pb::HistoryEntry {
+            outcome: pb::Outcome::Unspecified as i32,
+            signal: Some(9),
+            message: "x\n\u{1b}]0;t\u{7}".into(),
+            ..Default::default()
+        };
+        let line = text(|o| history(o, &pending));
+        assert!(
+            line.contains("\"argv\":[],\"outcome\":\"pending\",\"exit_code\":null,\"signal\":9,"),
+            "{line}"
+        );
+        // Control characters leave only as JSON escapes.
+        assert!(
+            line.ends_with("\"message\":\"x\\n\\u001b]0;t\\u0007\"}\n"),
+            "{line}"
+        );
+    }
+}
