@@ -71,34 +71,39 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A temporary directory removed on drop.
-pub struct TempDir(PathBuf);
+/// A test's scratch directory, made and removed by `tempfile`, named after
+/// the test (`monitor-e2e-TAG-XXXXXX` under the system temp dir) so a
+/// leftover one says whose it was.
+///
+/// A test that passes leaves nothing behind. A test that fails keeps its
+/// directory (the database, spool and allowlist it ran with) and says where
+/// it is, so the failure can be looked into after the fact.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "monitor-e2e-{tag}-{}-{n}-{}",
-            std::process::id(),
-            monitor::random::random_u64()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("monitor-e2e-{tag}-"))
+            .tempdir()
+            .expect("create temp dir");
         TempDir(dir)
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 
     pub fn join(&self, p: &str) -> PathBuf {
-        self.0.join(p)
+        self.0.path().join(p)
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!("kept {} for the failed test", self.path().display());
+        }
     }
 }
 
