@@ -11,6 +11,19 @@ use std::time::Duration;
 use crate::common::*;
 use crate::db::{stored, stored_seqs};
 use crate::support::{agent, fake_host, free_addr, wait_flushed};
+use monitor_agent::testing::FakeHost;
+
+/// An agent over `host` that makes `ticks` batches, buffers at most
+/// `capacity` of them, and may take a minute to deliver them when it ends.
+fn small_buffer_agent(url: &str, name: &str, host: &FakeHost, ticks: u64, capacity: u64) -> Proc {
+    agent(url, name, host)
+        .arg("--count")
+        .arg(ticks.to_string())
+        .arg("--buffer-batches")
+        .arg(capacity.to_string())
+        .env("MONITOR_SHUTDOWN_TIMEOUT", "60s")
+        .spawn()
+}
 
 /// The agent fills its 20-batch buffer before any server exists: it must
 /// deliver exactly the newest 20 and report the other N − 20 as dropped.
@@ -21,13 +34,7 @@ fn buffer_overflow_while_server_away_drops_exactly_produced_minus_stored() {
     let dir = TempDir::new("overflow");
     let addr = free_addr();
     let host = fake_host();
-    let mut a = agent(&format!("http://{addr}"), "of-1", &host)
-        .arg("--count")
-        .arg(ticks.to_string())
-        .arg("--buffer-batches")
-        .arg(capacity.to_string())
-        .env("MONITOR_SHUTDOWN_TIMEOUT", "60s")
-        .spawn();
+    let mut a = small_buffer_agent(&format!("http://{addr}"), "of-1", &host, ticks, capacity);
     wait_for("all ticks taken", Duration::from_secs(30), || {
         a.stderr.contains("--count ticks taken").then_some(())
     });
@@ -72,13 +79,7 @@ fn buffer_overflow_across_a_kill_9_accounts_for_every_seq() {
     let host = fake_host();
     let mut server = Server::start(&db);
     let listen = server.agents_addr.to_string();
-    let mut a = agent(&server.url(), "ofk-1", &host)
-        .arg("--count")
-        .arg(ticks.to_string())
-        .arg("--buffer-batches")
-        .arg(capacity.to_string())
-        .env("MONITOR_SHUTDOWN_TIMEOUT", "60s")
-        .spawn();
+    let mut a = small_buffer_agent(&server.url(), "ofk-1", &host, ticks, capacity);
     wait_for("10 batches stored", Duration::from_secs(30), || {
         server
             .host("ofk-1")
