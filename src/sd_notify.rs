@@ -198,36 +198,17 @@ fn watchdog_timeout(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("monitor-sd-notify-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A fresh directory for sockets, removed on drop.
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("monitor-sd-notify-")
+            .tempdir()
+            .unwrap()
     }
 
     /// A bound "manager" socket plus a notifier pointed at it.
-    fn manager() -> (TempDir, UnixDatagram, Notifier) {
-        let dir = TempDir::new();
+    fn manager() -> (tempfile::TempDir, UnixDatagram, Notifier) {
+        let dir = temp_dir();
         let path = dir.path().join("notify");
         let listener = UnixDatagram::bind(&path).unwrap();
         // A deadline for recv, so a missing datagram fails the test instead
@@ -330,7 +311,7 @@ mod tests {
 
     #[test]
     fn send_to_a_vanished_manager_is_an_error_but_never_fatal() {
-        let dir = TempDir::new();
+        let dir = temp_dir();
         let path = dir.path().join("gone");
         let notifier = Notifier::with_socket(path.to_str().unwrap(), None).unwrap();
         assert!(notifier.notify("READY=1").is_err());
@@ -341,7 +322,7 @@ mod tests {
 
     #[test]
     fn watchdog_interval_is_half_the_timeout() {
-        let dir = TempDir::new();
+        let dir = temp_dir();
         let path = dir.path().join("notify");
         let path = path.to_str().unwrap();
         let notifier = Notifier::with_socket(path, Some(Duration::from_secs(20))).unwrap();

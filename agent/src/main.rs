@@ -22,9 +22,13 @@ fn main() -> ExitCode {
     {
         eprintln!("monitor-agent: cannot set up logging: {e}");
     }
+    // A `LocalRuntime`, not `build()`: `build()` can also start tokio's
+    // multi-thread scheduler, which a plain `cargo build` at the workspace
+    // root compiles in for the server. Linking it would cost the agent libm
+    // (0.3 MiB resident) and make its RSS depend on how it was built.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
+        .build_local(tokio::runtime::LocalOptions::default())
     {
         Ok(rt) => rt,
         Err(e) => {
@@ -33,7 +37,7 @@ fn main() -> ExitCode {
         }
     };
     let local = tokio::task::LocalSet::new();
-    let result = local.block_on(&runtime, async {
+    let result = runtime.block_on(local.run_until(async {
         let shutdown = match monitor::cli::shutdown_signal() {
             Ok(s) => s,
             Err(e) => {
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
         monitor_agent::run::run(config, shutdown)
             .await
             .map_err(Some)
-    });
+    }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Some(e)) => {

@@ -18,6 +18,13 @@ use std::time::{Duration, Instant};
 
 /// Directory holding the workspace's binaries (target/debug or the like):
 /// the test executable lives in its `deps/`.
+///
+/// The first call builds every binary of the workspace into it with the
+/// same cargo, profile and target dir. `cargo test -p monitor` or
+/// `cargo test --test faults` alone builds only this package, so without
+/// this the tests would find no binaries, or silently run stale ones built
+/// before the last change to the agent or the server. After a plain
+/// `cargo test` at the root (same features) the build is a no-op.
 pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -27,27 +34,29 @@ pub fn bin_dir() -> PathBuf {
             .and_then(Path::parent)
             .expect("test binary is in target/<profile>/deps")
             .to_path_buf();
-        let all_there = ["monitor-agent", "monitor-server", "monitorctl"]
-            .iter()
-            .all(|b| dir.join(b).exists());
-        if !all_there {
-            // `cargo test -p monitor` alone does not build the other
-            // packages' binaries: build them with the same cargo.
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args([
-                    "build",
-                    "-p",
-                    "monitor-agent",
-                    "-p",
-                    "monitor-server",
-                    "-p",
-                    "monitorctl",
-                    "--bins",
-                ])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build of the binaries failed");
+        let (Some(profile_dir), Some(target_dir)) = (dir.file_name(), dir.parent()) else {
+            panic!("test binary is not in target/<profile>/deps: {exe:?}");
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--workspace", "--bins", "--target-dir"])
+            .arg(target_dir);
+        // Cargo's output directory per profile: `dev` and `test` use debug/,
+        // `release` and `bench` release/, a custom profile its own name.
+        match profile_dir.to_str() {
+            Some("debug") => {}
+            Some("release") => {
+                cmd.arg("--release");
+            }
+            Some(custom) => {
+                cmd.args(["--profile", custom]);
+            }
+            None => panic!("profile directory {profile_dir:?} is not UTF-8"),
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        for b in ["monitor-agent", "monitor-server", "monitorctl"] {
+            assert!(dir.join(b).exists(), "{b} not built into {dir:?}");
         }
         dir
     })
@@ -73,34 +82,39 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A temporary directory removed on drop.
-pub struct TempDir(PathBuf);
+/// A test's scratch directory, made and removed by `tempfile`, named after
+/// the test (`monitor-e2e-TAG-XXXXXX` under the system temp dir) so a
+/// leftover one says whose it was.
+///
+/// A test that passes leaves nothing behind. A test that fails keeps its
+/// directory (the database, spool and allowlist it ran with) and says where
+/// it is, so the failure can be looked into after the fact.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "monitor-e2e-{tag}-{}-{n}-{}",
-            std::process::id(),
-            monitor::random::random_u64()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("monitor-e2e-{tag}-"))
+            .tempdir()
+            .expect("create temp dir");
         TempDir(dir)
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 
     pub fn join(&self, p: &str) -> PathBuf {
-        self.0.join(p)
+        self.0.path().join(p)
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!("kept {} for the failed test", self.path().display());
+        }
     }
 }
 

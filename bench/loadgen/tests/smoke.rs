@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use monitor_loadgen::capacity::{self, CapacityConfig};
@@ -15,26 +15,15 @@ use monitor_loadgen::cmdlat::{self, CommandsConfig};
 use monitor_loadgen::sim::FleetConfig;
 use monitor_server::config::Config;
 use monitor_server::server::{self, Listeners};
+use tempfile::TempDir;
 use tokio::sync::oneshot;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "monitor-loadgen-{tag}-{}-{:016x}",
-            std::process::id(),
-            monitor::random::random_u64()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory for the server's database, removed on drop.
+fn temp_dir(tag: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("monitor-loadgen-{tag}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// A running in-process server on loopback ports chosen by the kernel.
@@ -46,8 +35,8 @@ struct TestServer {
 }
 
 impl TestServer {
-    async fn start(dir: &TempDir) -> TestServer {
-        let config = Config::for_tests(dir.0.join("monitor.db"));
+    async fn start(dir: &Path) -> TestServer {
+        let config = Config::for_tests(dir.join("monitor.db"));
         let listeners = Listeners::bind(&config).await.unwrap();
         let agents = format!("http://{}", listeners.agents_addr().unwrap());
         let admin = format!("http://{}", listeners.admin_addr().unwrap());
@@ -89,8 +78,8 @@ fn fleet(server: &TestServer, prefix: &str) -> FleetConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_fleet_is_held_and_every_batch_is_stored() {
-    let dir = TempDir::new("capacity");
-    let server = TestServer::start(&dir).await;
+    let dir = temp_dir("capacity");
+    let server = TestServer::start(dir.path()).await;
     let result = capacity::run(CapacityConfig {
         fleet: fleet(&server, "smoke-"),
         admin: server.admin.clone(),
@@ -130,8 +119,8 @@ async fn small_fleet_is_held_and_every_batch_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_come_back_from_every_simulated_agent() {
-    let dir = TempDir::new("commands");
-    let server = TestServer::start(&dir).await;
+    let dir = temp_dir("commands");
+    let server = TestServer::start(dir.path()).await;
     let result = cmdlat::run(CommandsConfig {
         fleet: fleet(&server, "smokecmd-"),
         admin: server.admin.clone(),
