@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use monitor::metric::Metric;
 use monitor_server::store::{
-    IncomingBatch, SampleQuery, Store, StoreConfig, StoredSample, SubmitOutcome,
+    IncomingBatch, SampleQuery, SqliteConfig, Store, StoredSample, SubmitOutcome,
 };
 
 /// Linux reports CPU time in USER_HZ ticks, 100 per second on every
@@ -285,7 +285,7 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let agents: usize = env_or("MONITOR_BENCH_AGENTS", 10_000);
     let secs: u64 = env_or("MONITOR_BENCH_SECS", 15);
     let path = dir.join("bench.db");
-    let mut config = StoreConfig::new(&path);
+    let mut config = SqliteConfig::new(&path);
     config.flush_max_batches = env_or("MONITOR_BENCH_FLUSH_MAX_BATCHES", config.flush_max_batches);
     config.flush_max_delay = Duration::from_millis(env_or(
         "MONITOR_BENCH_FLUSH_DELAY_MS",

@@ -30,7 +30,7 @@ use crate::commands::CommandRouter;
 use crate::config::Config;
 use crate::ingest::CollectorService;
 use crate::registry::Registry;
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{SqliteConfig, Store, StoreError};
 
 /// Longest a graceful stop waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,9 +114,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let mut store_config = StoreConfig {
+    let mut store_config = SqliteConfig {
         retention: config.retention,
-        ..StoreConfig::new(&config.db)
+        ..SqliteConfig::new(&config.db)
     };
     // For tests only: how long batches wait in the store's journal before
     // their host is merged (milliseconds), so fault tests can crash the

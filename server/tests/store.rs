@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use monitor::command::{Finished, Outcome};
 use monitor::metric::Metric;
 use monitor_server::store::{
-    CommandRecord, CommandResultRecord, IncomingBatch, SampleQuery, Store, StoreConfig, StoreError,
-    StoredSample, SubmitOutcome,
+    CommandRecord, CommandResultRecord, IncomingBatch, SampleQuery, SqliteConfig, SqliteError,
+    Store, StoreError, StoredSample, SubmitOutcome,
 };
 
 /// A directory removed when dropped.
@@ -86,8 +86,8 @@ fn value_of(seq: u64, metric_index: usize) -> f64 {
     seq as f64 + metric_index as f64 / 10.0
 }
 
-fn config(dir: &TempDir) -> StoreConfig {
-    let mut c = StoreConfig::new(dir.db());
+fn config(dir: &TempDir) -> SqliteConfig {
+    let mut c = SqliteConfig::new(dir.db());
     c.flush_max_delay = Duration::from_millis(1);
     c
 }
@@ -231,8 +231,8 @@ async fn unknown_host_is_its_own_error() {
 /// `config` with batches merged from the journal into the tables at once,
 /// for tests that run both ways (with `config` they stay in the journal, in
 /// memory, for the whole test).
-fn merging_config(dir: &TempDir) -> StoreConfig {
-    StoreConfig {
+fn merging_config(dir: &TempDir) -> SqliteConfig {
+    SqliteConfig {
         merge_interval: Duration::ZERO,
         ..config(dir)
     }
@@ -248,7 +248,7 @@ async fn re_sent_batches_are_acknowledged_and_stored_once_merging() {
     check_dedup(merging_config).await;
 }
 
-async fn check_dedup(config: fn(&TempDir) -> StoreConfig) {
+async fn check_dedup(config: fn(&TempDir) -> SqliteConfig) {
     let dir = TempDir::new("dedup");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
@@ -326,7 +326,7 @@ async fn hosts_are_known_after_a_restart_with_their_latest_values_merging() {
     check_hosts(merging_config).await;
 }
 
-async fn check_hosts(config: fn(&TempDir) -> StoreConfig) {
+async fn check_hosts(config: fn(&TempDir) -> SqliteConfig) {
     let dir = TempDir::new("hosts");
     let base = base_ms();
     let store = Store::open(config(&dir)).unwrap();
@@ -379,7 +379,7 @@ async fn retention_prunes_only_old_samples_in_small_chunks_merging() {
     check_retention(merging_config).await;
 }
 
-async fn check_retention(config: fn(&TempDir) -> StoreConfig) {
+async fn check_retention(config: fn(&TempDir) -> SqliteConfig) {
     let dir = TempDir::new("retention");
     let mut c = config(&dir);
     c.retention = Duration::from_secs(3600);
@@ -428,7 +428,7 @@ async fn a_file_that_is_not_a_database_is_a_clear_error() {
     let dir = TempDir::new("garbage");
     std::fs::write(dir.db(), vec![0x5a; 64 * 1024]).unwrap();
     match Store::open(config(&dir)) {
-        Err(e @ StoreError::Corrupt { .. }) => {
+        Err(e @ StoreError::Sqlite(SqliteError::Corrupt { .. })) => {
             let msg = e.to_string();
             assert!(msg.contains(&dir.db().display().to_string()), "{msg}");
             assert!(msg.contains("not a database"), "{msg}");
@@ -453,7 +453,7 @@ async fn a_truncated_database_is_a_clear_error() {
     file.set_len(len / 2).unwrap();
     drop(file);
     match Store::open(config(&dir)) {
-        Err(e @ StoreError::Corrupt { .. }) => {
+        Err(e @ StoreError::Sqlite(SqliteError::Corrupt { .. })) => {
             assert!(e.to_string().contains(&dir.db().display().to_string()));
         }
         other => panic!("expected Corrupt, got {other:?}"),
@@ -464,8 +464,8 @@ async fn a_truncated_database_is_a_clear_error() {
 async fn a_missing_directory_is_an_open_error_naming_the_file() {
     let dir = TempDir::new("missing");
     let path = dir.0.join("no/such/dir/monitor.db");
-    match Store::open(StoreConfig::new(&path)) {
-        Err(e @ StoreError::Open { .. }) => {
+    match Store::open(SqliteConfig::new(&path)) {
+        Err(e @ StoreError::Sqlite(SqliteError::Open { .. })) => {
             assert!(e.to_string().contains("no/such/dir/monitor.db"));
             assert!(std::error::Error::source(&e).is_some());
         }
@@ -666,7 +666,7 @@ async fn crash_child() {
     let Some(db) = std::env::var_os(CRASH_CHILD_DB) else {
         return;
     };
-    let mut c = StoreConfig::new(PathBuf::from(db));
+    let mut c = SqliteConfig::new(PathBuf::from(db));
     c.flush_max_delay = Duration::from_millis(2);
     if let Ok(ms) = std::env::var(CRASH_CHILD_MERGE_MS) {
         c.merge_interval = Duration::from_millis(ms.parse().unwrap());
@@ -932,7 +932,7 @@ async fn a_failed_conversion_leaves_the_schema_1_file_as_it_was() {
     // Metric id 9 does not exist: the conversion must stop, not guess.
     write_schema_1(&dir.db(), base_ms(), 9);
     match Store::open(config(&dir)) {
-        Err(e @ StoreError::Sqlite { .. }) => {
+        Err(e @ StoreError::Sqlite(SqliteError::Sql { .. })) => {
             let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
             assert!(chain.contains("upgrading the database schema"), "{chain}");
             assert!(chain.contains("unknown metric id 9"), "{chain}");

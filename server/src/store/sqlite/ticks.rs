@@ -15,10 +15,10 @@
 
 use monitor::metric::Metric;
 
-use super::StoredSample;
+use crate::store::records::StoredSample;
 
 /// How many metrics a row holds: one column per metric, indexed by the
-/// metric's id (see `schema::metric_id`).
+/// metric's id (see `tables::metric_id`).
 pub(crate) const METRICS: usize = Metric::ALL.len();
 
 /// The samples of one batch that share a sample time.

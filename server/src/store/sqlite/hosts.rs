@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use monitor::metric::Metric;
 
 use super::ticks::{METRICS, PendingTick, StoredTick, TickRow};
-use super::{HostRecord, IncomingBatch, LatestValue};
+use crate::store::records::{HostRecord, IncomingBatch, LatestValue};
 
 /// The newest stored value of one metric of a host.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -29,11 +29,11 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::IncomingBatch;
 use super::hosts::{BatchMeta, HostEntry};
-use super::runs::{self, RunEntry, RunKey};
-use super::schema::{u64_from_sql, u64_to_sql};
+use super::runs::{self, RunCache, RunEntry, RunKey};
+use super::tables::{u64_from_sql, u64_to_sql};
 use super::ticks::{self, PendingTick, TickRow};
+use crate::store::records::IncomingBatch;
 
 /// Appends the journal row of a stored batch; prepared once per flush.
 pub(crate) const APPEND: &str = "INSERT INTO journal (host_id, run_id, seq, received_unix_ms,
@@ -102,7 +102,7 @@ fn corrupt(journal_id: i64, what: String) -> rusqlite::Error {
 pub(crate) fn replay(
     conn: &Connection,
     hosts: &mut HashMap<i64, HostEntry>,
-    runs: &mut HashMap<RunKey, RunEntry>,
+    runs: &mut RunCache,
 ) -> rusqlite::Result<Replayed> {
     let mut out = Replayed::default();
     let mut keys: HashMap<i64, RunKey> = HashMap::new();
@@ -136,7 +136,7 @@ pub(crate) fn replay(
                     return Err(corrupt(journal_id, what));
                 };
                 keys.insert(run_id, key.clone());
-                runs.entry(key.clone()).or_insert(entry);
+                runs.insert_if_absent(key.clone(), entry);
                 key
             }
         };
