@@ -14,7 +14,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -24,30 +23,26 @@ use monitor_server::store::{
     CommandRecord, CommandResultRecord, IncomingBatch, SampleQuery, SqliteConfig, SqliteError,
     Store, StoreError, StoredSample, SubmitOutcome,
 };
+use tempfile::TempDir;
 
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "monitor-store-test-{}-{}-{name}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("monitor.db")
-    }
+/// A directory of the test's own in the temp directory (removed when
+/// dropped), named after the test so a failed run's leftovers are easy to
+/// find.
+fn temp_dir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("monitor-store-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// The database file of a test's directory.
+trait Db {
+    fn db(&self) -> PathBuf;
+}
+
+impl Db for TempDir {
+    fn db(&self) -> PathBuf {
+        self.path().join("monitor.db")
     }
 }
 
@@ -169,7 +164,7 @@ fn integrity_check(path: &Path) -> String {
 
 #[tokio::test]
 async fn submit_then_query_round_trips() {
-    let dir = TempDir::new("round-trip");
+    let dir = temp_dir("round-trip");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
     assert_eq!(
@@ -219,7 +214,7 @@ async fn submit_then_query_round_trips() {
 
 #[tokio::test]
 async fn unknown_host_is_its_own_error() {
-    let dir = TempDir::new("unknown-host");
+    let dir = temp_dir("unknown-host");
     let store = Store::open(config(&dir)).unwrap();
     match store.query(all("nope")).await {
         Err(StoreError::UnknownHost(h)) => assert_eq!(h, "nope"),
@@ -249,7 +244,7 @@ async fn re_sent_batches_are_acknowledged_and_stored_once_merging() {
 }
 
 async fn check_dedup(config: fn(&TempDir) -> SqliteConfig) {
-    let dir = TempDir::new("dedup");
+    let dir = temp_dir("dedup");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
     use SubmitOutcome::{Duplicate, Stored};
@@ -281,7 +276,7 @@ async fn check_dedup(config: fn(&TempDir) -> SqliteConfig) {
 
 #[tokio::test]
 async fn data_and_dedup_state_survive_a_restart() {
-    let dir = TempDir::new("restart");
+    let dir = temp_dir("restart");
     let base = base_ms();
     let store = Store::open(config(&dir)).unwrap();
     submit_all(&store, "pi", 42, 1..=4, base).await;
@@ -304,7 +299,7 @@ async fn data_and_dedup_state_survive_a_restart() {
 
 #[tokio::test]
 async fn dropping_the_store_without_close_loses_nothing_acknowledged() {
-    let dir = TempDir::new("drop");
+    let dir = temp_dir("drop");
     let base = base_ms();
     let store = Store::open(config(&dir)).unwrap();
     submit_all(&store, "pi", 1, 1..=3, base).await;
@@ -327,7 +322,7 @@ async fn hosts_are_known_after_a_restart_with_their_latest_values_merging() {
 }
 
 async fn check_hosts(config: fn(&TempDir) -> SqliteConfig) {
-    let dir = TempDir::new("hosts");
+    let dir = temp_dir("hosts");
     let base = base_ms();
     let store = Store::open(config(&dir)).unwrap();
     submit_all(&store, "pi-b", 1, 1..=12, base).await;
@@ -380,7 +375,7 @@ async fn retention_prunes_only_old_samples_in_small_chunks_merging() {
 }
 
 async fn check_retention(config: fn(&TempDir) -> SqliteConfig) {
-    let dir = TempDir::new("retention");
+    let dir = temp_dir("retention");
     let mut c = config(&dir);
     c.retention = Duration::from_secs(3600);
     c.retention_interval = Duration::from_millis(20);
@@ -425,7 +420,7 @@ async fn check_retention(config: fn(&TempDir) -> SqliteConfig) {
 
 #[tokio::test]
 async fn a_file_that_is_not_a_database_is_a_clear_error() {
-    let dir = TempDir::new("garbage");
+    let dir = temp_dir("garbage");
     std::fs::write(dir.db(), vec![0x5a; 64 * 1024]).unwrap();
     match Store::open(config(&dir)) {
         Err(e @ StoreError::Sqlite(SqliteError::Corrupt { .. })) => {
@@ -439,7 +434,7 @@ async fn a_file_that_is_not_a_database_is_a_clear_error() {
 
 #[tokio::test]
 async fn a_truncated_database_is_a_clear_error() {
-    let dir = TempDir::new("truncated");
+    let dir = temp_dir("truncated");
     let store = Store::open(config(&dir)).unwrap();
     for host in 0..20 {
         submit_all(&store, &format!("pi-{host}"), 1, 1..=20, base_ms()).await;
@@ -462,8 +457,8 @@ async fn a_truncated_database_is_a_clear_error() {
 
 #[tokio::test]
 async fn a_missing_directory_is_an_open_error_naming_the_file() {
-    let dir = TempDir::new("missing");
-    let path = dir.0.join("no/such/dir/monitor.db");
+    let dir = temp_dir("missing");
+    let path = dir.path().join("no/such/dir/monitor.db");
     match Store::open(SqliteConfig::new(&path)) {
         Err(e @ StoreError::Sqlite(SqliteError::Open { .. })) => {
             assert!(e.to_string().contains("no/such/dir/monitor.db"));
@@ -475,7 +470,7 @@ async fn a_missing_directory_is_an_open_error_naming_the_file() {
 
 #[tokio::test]
 async fn bad_config_is_refused() {
-    let dir = TempDir::new("config");
+    let dir = temp_dir("config");
     let mut c = config(&dir);
     c.queue_capacity = 0;
     assert!(matches!(
@@ -495,7 +490,7 @@ async fn is_pending<F: Future>(fut: std::pin::Pin<&mut F>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_makes_submit_wait() {
-    let dir = TempDir::new("backpressure");
+    let dir = temp_dir("backpressure");
     let mut c = config(&dir);
     c.queue_capacity = 2;
     c.flush_max_batches = 1;
@@ -538,7 +533,7 @@ async fn a_full_queue_makes_submit_wait() {
 
 #[tokio::test]
 async fn close_is_idempotent_and_later_requests_fail_closed() {
-    let dir = TempDir::new("close");
+    let dir = temp_dir("close");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
     submit_all(&store, "pi", 1, [1], base).await;
@@ -554,7 +549,7 @@ async fn close_is_idempotent_and_later_requests_fail_closed() {
 
 #[tokio::test]
 async fn command_history_round_trips_newest_first() {
-    let dir = TempDir::new("history");
+    let dir = temp_dir("history");
     let store = Store::open(config(&dir)).unwrap();
     let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let targets = argv(&["pi-1", "pi-2"]);
@@ -697,7 +692,7 @@ async fn crash_child() {
 /// acknowledged batch stored, and the hosts' counters and the dedup state
 /// in step with the samples (the journal replayed, not lost or doubled).
 async fn check_sigkill(merge_ms: u64) {
-    let dir = TempDir::new("sigkill");
+    let dir = temp_dir("sigkill");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(CRASH_CHILD_DB, dir.db())
@@ -881,7 +876,7 @@ fn pragma(path: &Path, sql: &str) -> i64 {
 #[tokio::test]
 async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
     use SubmitOutcome::{Duplicate, Stored};
-    let dir = TempDir::new("migrate");
+    let dir = temp_dir("migrate");
     let base = base_ms();
     write_schema_1(&dir.db(), base, 0);
     let store = Store::open(config(&dir)).unwrap();
@@ -928,7 +923,7 @@ async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
 
 #[tokio::test]
 async fn a_failed_conversion_leaves_the_schema_1_file_as_it_was() {
-    let dir = TempDir::new("migrate-fail");
+    let dir = temp_dir("migrate-fail");
     // Metric id 9 does not exist: the conversion must stop, not guess.
     write_schema_1(&dir.db(), base_ms(), 9);
     match Store::open(config(&dir)) {
@@ -949,7 +944,7 @@ async fn a_failed_conversion_leaves_the_schema_1_file_as_it_was() {
 
 #[tokio::test]
 async fn a_clock_stepped_back_within_a_run_keeps_the_first_values() {
-    let dir = TempDir::new("same-time");
+    let dir = temp_dir("same-time");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
     // seq 1 has cpu and mem; seq 2 (the clock stepped back to the same
@@ -991,7 +986,7 @@ async fn a_clock_stepped_back_within_a_run_keeps_the_first_values() {
 
 #[tokio::test]
 async fn samples_of_one_batch_at_several_times_and_bad_values() {
-    let dir = TempDir::new("several-times");
+    let dir = temp_dir("several-times");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
     let sample = |t: i64, metric, value| StoredSample {
@@ -1044,7 +1039,7 @@ async fn samples_of_one_batch_at_several_times_and_bad_values() {
 
 #[tokio::test]
 async fn queries_merge_the_journal_with_stored_ticks() {
-    let dir = TempDir::new("mixed");
+    let dir = temp_dir("mixed");
     let base = base_ms();
     // seq 1 (cpu, mem) and seq 2 (all six) merged into the tables.
     let store = Store::open(merging_config(&dir)).unwrap();
@@ -1160,7 +1155,7 @@ PRAGMA user_version = 2;
 #[tokio::test]
 async fn a_schema_2_file_is_converted_with_its_unfolded_journal() {
     use SubmitOutcome::{Duplicate, Stored};
-    let dir = TempDir::new("migrate-2");
+    let dir = temp_dir("migrate-2");
     let base = base_ms();
     {
         // pi stored seqs 1 and 2 of boot 7, both in `ticks`; the hosts and
