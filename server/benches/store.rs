@@ -10,7 +10,8 @@
 //! 2. saturation: every agent submits its next batch as soon as the
 //!    previous one is acknowledged: the most the store can take;
 //! 3. reads on the filled database: one host's metric over the whole run,
-//!    every metric with a limit, and `hosts()` for all hosts.
+//!    every metric with a limit, `hosts()` for all hosts, and what
+//!    `ListHosts` does with them (joined with a registry of as many hosts).
 //!
 //! Knobs (environment): MONITOR_BENCH_AGENTS (10000), MONITOR_BENCH_SECS
 //! (15), MONITOR_BENCH_PREFILL_TICKS (300 s of history per agent, written
@@ -29,6 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monitor::metric::Metric;
+use monitor_server::admin::host_infos;
+use monitor_server::registry::Registry;
 use monitor_server::store::{
     IncomingBatch, SampleQuery, SqliteConfig, Store, StoredSample, SubmitOutcome,
 };
@@ -423,6 +426,19 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "hosts() with latest values: {} hosts in {:.0} ms",
         hosts.len(),
+        ms(t.elapsed())
+    );
+    // ListHosts: the store's hosts joined with the registry's, every host
+    // online (the join's worst case: both sides full).
+    let registry = Registry::default();
+    for h in &hosts {
+        registry.report_opened(&h.hostname, &h.peer, base_ms);
+    }
+    let t = Instant::now();
+    let infos = host_infos(store.hosts().await?, registry.snapshot());
+    println!(
+        "ListHosts (store hosts joined with the registry): {} hosts in {:.0} ms",
+        infos.len(),
         ms(t.elapsed())
     );
     let t = Instant::now();

@@ -174,6 +174,14 @@ impl Store {
         }
     }
 
+    /// What the store knows about one host; `None` if it never stored a
+    /// batch. Reflects every batch acknowledged so far.
+    pub async fn host(&self, hostname: &str) -> Result<Option<HostRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.host(hostname.to_owned()).await,
+        }
+    }
+
     /// Command history, newest command first (one row per targeted host),
     /// for every host or only `hostname`, at most `limit` rows.
     pub async fn history(

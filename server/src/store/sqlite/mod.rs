@@ -159,6 +159,17 @@ impl SqliteStore {
             .map_err(StoreError::Reader)
     }
 
+    pub(crate) async fn host(&self, hostname: String) -> Result<Option<HostRecord>, StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        // On the blocking pool, like `hosts()`.
+        let hosts = Arc::clone(&self.inner.hosts);
+        tokio::task::spawn_blocking(move || hosts.record_of(&hostname))
+            .await
+            .map_err(StoreError::Reader)
+    }
+
     pub(crate) async fn history(
         &self,
         hostname: Option<String>,
