@@ -2,7 +2,8 @@
 //! - a scripted fake server drives the real agent's CommandStream (expired,
 //!   replayed and expiry-less requests, and a server clock far from the
 //!   agent's);
-//! - a raw gRPC client feeds the real server invalid and duplicate batches.
+//! - a raw gRPC client feeds the real server invalid, duplicate and
+//!   conflicting batches.
 
 // Test support code panics on purpose when the harness cannot proceed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -350,4 +351,86 @@ async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
         .collect();
     assert_eq!(metrics, vec![("cpu_percent", 10.0), ("net_in_kbps", 3.5)]);
     assert!(log.contains("rejected batch 2"), "{log}");
+}
+
+/// One cpu sample of host "raw-c" at `time_unix_ms`, in run 7.
+fn cpu_at(seq: u64, time_unix_ms: i64, value: f64) -> pb::Batch {
+    pb::Batch {
+        agent_id: "raw-c".into(),
+        boot_id: 7,
+        seq,
+        samples: vec![pb::Sample {
+            time_unix_ms,
+            hostname: "raw-c".into(),
+            metric: "cpu_percent".into(),
+            value,
+        }],
+        sent_unix_ms: time_unix_ms,
+        agent_version: "test".into(),
+        hostname: "raw-c".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_refuses_a_batch_that_contradicts_a_stored_sample() {
+    let dir = TempDir::new("conflict");
+    let server = Server::start(&dir.join("m.db"));
+    let channel = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = CollectorClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    let mut acks = client
+        .report(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Three batches of one run with the same (time, metric): 10, then 20
+    // (a contradiction), then 10 again (the same measurement).
+    let t = monitor::time::now_unix_ms();
+    for b in [cpu_at(1, t, 10.0), cpu_at(2, t, 20.0), cpu_at(3, t, 10.0)] {
+        tx.send(b).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
+            .await
+            .expect("ack in time")
+            .expect("stream ok")
+            .expect("an ack");
+        got.push((ack.seq, ack.code, ack.message));
+    }
+    let ok = pb::AckCode::Ok as i32;
+    assert_eq!(got[0], (1, ok, String::new()));
+    assert_eq!(
+        got[1],
+        (
+            2,
+            pb::AckCode::Conflict as i32,
+            format!(
+                "sample cpu_percent at {}: stored value 10, sent value 20",
+                monitor::time::Rfc3339(t)
+            )
+        )
+    );
+    assert_eq!(got[2], (3, ok, String::new()));
+    drop(tx);
+
+    let (samples, log) = tokio::task::spawn_blocking(move || {
+        let s = server.samples("raw-c", "10m");
+        let log = server.proc.stderr.dump();
+        (s, log)
+    })
+    .await
+    .unwrap();
+    let values: Vec<(&str, &str, f64)> = samples
+        .iter()
+        .map(|s| (s.time.as_str(), s.metric.as_str(), s.value))
+        .collect();
+    let time = monitor::time::Rfc3339(t).to_string();
+    assert_eq!(values, vec![(time.as_str(), "cpu_percent", 10.0)]);
+    assert!(log.contains("raw-c: refused batch 2"), "{log}");
 }

@@ -209,8 +209,8 @@ async fn submit_timed(store: &Store, b: IncomingBatch, lat: &mut Vec<(Instant, D
             lat.push((t, t.elapsed()));
             1
         }
-        Ok(SubmitOutcome::Duplicate) => {
-            eprintln!("bench: unexpected duplicate");
+        Ok(other) => {
+            eprintln!("bench: unexpected outcome {other:?}");
             0
         }
         Err(e) => {

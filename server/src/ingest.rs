@@ -3,7 +3,8 @@
 //!
 //! `Report` validates each batch, queues it to the store in arrival order
 //! and acknowledges it only once it is committed (or known to be a
-//! duplicate, or rejected as invalid). At most [`MAX_PENDING`] batches per
+//! duplicate), or refuses it (invalid, or conflicting with stored samples:
+//! counted per host in the registry). At most [`MAX_PENDING`] batches per
 //! stream wait for their commit; beyond that the handler stops reading, so a
 //! slow disk becomes HTTP/2 flow control toward the agents rather than
 //! memory on the server.
@@ -116,6 +117,15 @@ impl CollectorService {
                 Ok(SubmitOutcome::Stored | SubmitOutcome::Duplicate) => {
                     registry.batch_acked(&hostname, clock_offset_ms, parse_errors_total);
                     ack(pb::AckCode::Ok, String::new())
+                }
+                // Refused for good: the agent frees it and logs why.
+                Ok(SubmitOutcome::Conflict(conflict)) => {
+                    let refused = registry.batch_conflicting(&hostname);
+                    log::warn!(
+                        "{hostname}: refused batch {seq} (boot {boot_id:016x}): {conflict}; \
+                         {refused} batches of this host refused so far"
+                    );
+                    ack(pb::AckCode::Conflict, conflict.to_string())
                 }
                 // Not stored: code UNAVAILABLE ends the stream (below) and
                 // the agent re-sends after reconnecting.

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use monitor::command::{Finished, Outcome};
 use monitor::metric::Metric;
 use monitor_server::store::{
-    CommandRecord, CommandResultRecord, IncomingBatch, SampleQuery, SqliteConfig, SqliteError,
-    Store, StoreError, StoredSample, SubmitOutcome,
+    CommandRecord, CommandResultRecord, Conflict, IncomingBatch, SampleQuery, SqliteConfig,
+    SqliteError, Store, StoreError, StoredSample, SubmitOutcome,
 };
 use tempfile::TempDir;
 
@@ -942,46 +942,152 @@ async fn a_failed_conversion_leaves_the_schema_1_file_as_it_was() {
     assert_eq!(integrity_check(&dir.db()), "ok");
 }
 
+/// `batch(host, boot, seq, base)` with only its first `metrics` samples,
+/// all at `time_unix_ms` (a clock stepped back to an earlier tick).
+fn batch_at(
+    (hostname, boot_id, seq): (&str, u64, u64),
+    base: i64,
+    metrics: usize,
+    time_unix_ms: i64,
+) -> IncomingBatch {
+    let mut b = batch(hostname, boot_id, seq, base);
+    b.samples.truncate(metrics);
+    for s in &mut b.samples {
+        s.time_unix_ms = time_unix_ms;
+    }
+    b
+}
+
+/// Waits until every journal row is merged into the tables, so lookups of
+/// stored samples go to `ticks` (with `config`, nothing is ever merged and
+/// they stay in memory).
+async fn merged(dir: &TempDir) {
+    eventually("the journal merged", Duration::from_secs(10), || async {
+        pragma(&dir.db(), "SELECT count(*) FROM journal") == 0
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn a_clock_stepped_back_within_a_run_keeps_the_first_values() {
-    let dir = temp_dir("same-time");
+async fn a_different_value_for_a_stored_sample_is_refused_whole() {
+    check_conflicts(config, false).await;
+}
+
+#[tokio::test]
+async fn a_different_value_for_a_stored_sample_is_refused_whole_merging() {
+    check_conflicts(merging_config, true).await;
+}
+
+async fn check_conflicts(config: fn(&TempDir) -> SqliteConfig, merging: bool) {
+    use SubmitOutcome::{Duplicate, Stored};
+    let dir = temp_dir("conflict");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
-    // seq 1 has cpu and mem; seq 2 (the clock stepped back to the same
-    // millisecond) repeats cpu with another value and adds disk_read.
-    let mut first = batch("pi", 1, 1, base);
-    first.samples.truncate(2);
-    let mut second = batch("pi", 1, 2, base);
-    second.samples.truncate(3);
-    for s in &mut second.samples {
-        s.time_unix_ms = base + 1000;
-    }
-    store.submit(first).await.unwrap();
-    assert_eq!(store.submit(second).await.unwrap(), SubmitOutcome::Stored);
-    check(
-        &store,
-        all("pi"),
-        &[
-            (base + 1000, Metric::CpuPercent, value_of(1, 0)),
-            (base + 1000, Metric::MemPercent, value_of(1, 1)),
-            (base + 1000, Metric::DiskReadKbps, value_of(2, 2)),
-        ],
-    )
-    .await;
-    let latest: Vec<(Metric, f64)> = store.hosts().await.unwrap()[0]
-        .latest
-        .iter()
-        .map(|l| (l.metric, l.value))
-        .collect();
+    let t1 = base + 1000;
+    let conflict = |metric, stored_value, sent_value| {
+        SubmitOutcome::Conflict(Conflict {
+            time_unix_ms: t1,
+            metric,
+            stored_value,
+            sent_value,
+            within_batch: false,
+        })
+    };
+    // seq 1: cpu and mem at t1.
     assert_eq!(
-        latest,
-        [
-            (Metric::CpuPercent, value_of(1, 0)),
-            (Metric::MemPercent, value_of(1, 1)),
-            (Metric::DiskReadKbps, value_of(2, 2)),
-        ]
+        store
+            .submit(batch_at(("pi", 1, 1), base, 2, t1))
+            .await
+            .unwrap(),
+        Stored
+    );
+    if merging {
+        merged(&dir).await;
+    }
+    // seq 2, the clock stepped back to t1: cpu and mem with other values,
+    // and a new disk_read. Refused whole, naming the first contradiction.
+    let cpu_conflict = conflict(Metric::CpuPercent, value_of(1, 0), value_of(2, 0));
+    let second = batch_at(("pi", 1, 2), base, 3, t1);
+    assert_eq!(store.submit(second.clone()).await.unwrap(), cpu_conflict);
+    // Its seq was not stored: sent again, it is refused again.
+    assert_eq!(store.submit(second).await.unwrap(), cpu_conflict);
+    // seq 3 at t1: cpu and mem as stored (the same measurement), and
+    // disk_read: acknowledged; only disk_read is new.
+    let mut third = batch_at(("pi", 1, 3), base, 3, t1);
+    third.samples[0].value = value_of(1, 0);
+    third.samples[1].value = value_of(1, 1);
+    assert_eq!(store.submit(third.clone()).await.unwrap(), Stored);
+    assert_eq!(store.submit(third).await.unwrap(), Duplicate);
+    // Another run of the host (its agent restarted) is held to the same
+    // samples: (host, time, metric) is what must not have two values.
+    let mut other_run = batch_at(("pi", 2, 1), base, 1, t1);
+    other_run.samples[0].value = value_of(1, 0);
+    assert_eq!(store.submit(other_run.clone()).await.unwrap(), Stored);
+    other_run.seq = 2;
+    other_run.samples[0].value = 99.0;
+    assert_eq!(
+        store.submit(other_run).await.unwrap(),
+        conflict(Metric::CpuPercent, value_of(1, 0), 99.0)
+    );
+    // Two batches queued back to back (one flush, most likely): the
+    // second contradicts the first.
+    let first_of_two = store.enqueue(batch("pi", 1, 4, base)).await.unwrap();
+    let mut clash = batch("pi", 1, 5, base);
+    for s in &mut clash.samples {
+        s.time_unix_ms = base + 4000;
+    }
+    let second_of_two = store.enqueue(clash).await.unwrap();
+    assert_eq!(first_of_two.await.unwrap(), Stored);
+    assert_eq!(
+        second_of_two.await.unwrap(),
+        SubmitOutcome::Conflict(Conflict {
+            time_unix_ms: base + 4000,
+            metric: Metric::CpuPercent,
+            stored_value: value_of(4, 0),
+            sent_value: value_of(5, 0),
+            within_batch: false,
+        })
+    );
+    let mut expected = vec![
+        (t1, Metric::CpuPercent, value_of(1, 0)),
+        (t1, Metric::MemPercent, value_of(1, 1)),
+        (t1, Metric::DiskReadKbps, value_of(3, 2)),
+    ];
+    expected.extend(rows_of([4], base, &Metric::ALL));
+    check(&store, all("pi"), &expected).await;
+    let host = &store.hosts().await.unwrap()[0];
+    assert_eq!(host.batches_stored_total, 4, "seqs 1, 3, 4 and run 2's 1");
+    assert!(
+        host.latest
+            .iter()
+            .all(|l| l.time_unix_ms == base + 4000 && l.value != value_of(5, 0)),
+        "{host:?}"
     );
     store.close().await.unwrap();
+
+    // After a restart (the samples replayed from the journal, or read
+    // from `ticks`), the same holds.
+    let store = Store::open(config(&dir)).unwrap();
+    if merging {
+        merged(&dir).await;
+    }
+    let mut again = batch_at(("pi", 1, 6), base, 2, t1);
+    assert_eq!(
+        store.submit(again.clone()).await.unwrap(),
+        conflict(Metric::CpuPercent, value_of(1, 0), value_of(6, 0))
+    );
+    again.samples[0].value = value_of(1, 0);
+    again.samples[1].value = value_of(1, 1);
+    assert_eq!(store.submit(again).await.unwrap(), Stored);
+    check(&store, all("pi"), &expected).await;
+    store.close().await.unwrap();
+    if merging {
+        assert_eq!(
+            pragma(&dir.db(), "SELECT count(*) FROM ticks"),
+            2,
+            "one row per tick, nothing written twice"
+        );
+    }
 }
 
 #[tokio::test]
@@ -999,8 +1105,8 @@ async fn samples_of_one_batch_at_several_times_and_bad_values() {
         sample(2000, Metric::MemPercent, 1.0),
         sample(1000, Metric::CpuPercent, 2.0),
         sample(2000, Metric::CpuPercent, 3.0),
-        // A repeat of (time, metric) in the batch: the first one is kept.
-        sample(2000, Metric::MemPercent, 4.0),
+        // The same (time, metric, value) twice in the batch: kept once.
+        sample(2000, Metric::MemPercent, 1.0),
         // Not storable: skipped, the rest of the batch (and flush) is not.
         sample(1000, Metric::NetInKbps, f64::NAN),
         sample(3000, Metric::NetOutKbps, f64::INFINITY),
@@ -1034,6 +1140,26 @@ async fn samples_of_one_batch_at_several_times_and_bad_values() {
         ],
     )
     .await;
+    // A batch that sends one (time, metric) with two values contradicts
+    // itself: refused whole, down to its host, which is new here.
+    let mut torn = batch("pj", 1, 1, base);
+    let cpu = torn.samples[0];
+    torn.samples.push(StoredSample { value: 50.0, ..cpu });
+    assert_eq!(
+        store.submit(torn).await.unwrap(),
+        SubmitOutcome::Conflict(Conflict {
+            time_unix_ms: cpu.time_unix_ms,
+            metric: Metric::CpuPercent,
+            stored_value: cpu.value,
+            sent_value: 50.0,
+            within_batch: true,
+        })
+    );
+    assert!(matches!(
+        store.query(all("pj")).await,
+        Err(StoreError::UnknownHost(_))
+    ));
+    assert_eq!(store.hosts().await.unwrap().len(), 1, "pi only");
     store.close().await.unwrap();
 }
 
@@ -1053,15 +1179,15 @@ async fn queries_merge_the_journal_with_stored_ticks() {
     .await;
     assert_eq!(pragma(&dir.db(), "SELECT count(*) FROM ticks"), 2);
     store.close().await.unwrap();
-    // Then, unmerged: seq 3 (the clock stepped back to seq 1's time:
-    // cpu again, and disk_read), seq 4 and a re-sent seq 2 (a duplicate).
+    // Then, unmerged: seq 3 (the clock stepped back to seq 1's time: cpu
+    // and mem again, and disk_read), seq 4 and a re-sent seq 2 (a
+    // duplicate).
     let store = Store::open(config(&dir)).unwrap();
-    let mut third = batch("pi", 1, 3, base);
-    third.samples.truncate(3);
-    for s in &mut third.samples {
-        s.time_unix_ms = base + 1000;
-    }
-    store.submit(third).await.unwrap();
+    let mut third = batch_at(("pi", 1, 3), base, 3, base + 1000);
+    // The same cpu and mem values (a different one would be refused).
+    third.samples[0].value = value_of(1, 0);
+    third.samples[1].value = value_of(1, 1);
+    assert_eq!(store.submit(third).await.unwrap(), SubmitOutcome::Stored);
     store.submit(batch("pi", 1, 4, base)).await.unwrap();
     assert_eq!(
         store.submit(batch("pi", 1, 2, base)).await.unwrap(),

@@ -37,6 +37,11 @@
 //!   of the server and a power cut.
 //! - A batch, identified by (agent_id, boot_id, seq), is stored at most
 //!   once whatever the order and number of re-sends.
+//! - A batch is stored whole or refused whole. A (host, time, metric) has
+//!   one value: a batch that gives a stored one another value (or sends
+//!   one twice with two values) is `SubmitOutcome::Conflict` and nothing of
+//!   it is stored; the same value again is acknowledged and not stored
+//!   twice.
 //! - Requests queued one after the other are handled in that order.
 //! - Nothing queues without bound: a full queue makes `enqueue` wait,
 //!   which slows the gRPC streams, which leaves batches in the agents'
@@ -55,8 +60,8 @@ mod ticket;
 
 pub use error::StoreError;
 pub use records::{
-    CommandRecord, CommandResultRecord, HistoryRow, HostRecord, IncomingBatch, LatestValue,
-    SampleQuery, StoredSample, StoredSampleRow, SubmitOutcome,
+    CommandRecord, CommandResultRecord, Conflict, HistoryRow, HostRecord, IncomingBatch,
+    LatestValue, SampleQuery, StoredSample, StoredSampleRow, SubmitOutcome,
 };
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;

@@ -6,8 +6,11 @@
 //! database type (those stay inside the backend's folder). This module
 //! holds data and its display only: no I/O, no clock.
 
+use std::fmt;
+
 use monitor::command::{Finished, Outcome};
 use monitor::metric::Metric;
+use monitor::time::Rfc3339;
 
 /// One batch as the ingest hands it over: validated, converted from the
 /// wire, sample times already corrected for the agent's clock where needed.
@@ -41,13 +44,52 @@ pub struct StoredSample {
 }
 
 /// What happened to a submitted batch. `Stored` and `Duplicate` mean
-/// "acknowledge it".
+/// "acknowledge it"; `Conflict` means "refuse it": it can never be stored.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SubmitOutcome {
     /// Committed by this submit.
     Stored,
     /// Already committed earlier (a re-send); nothing was written.
     Duplicate,
+    /// Refused whole: a sample contradicts a stored one. Nothing of the
+    /// batch was stored (a batch is stored whole or refused whole).
+    Conflict(Conflict),
+}
+
+/// A sample that names a (host, time, metric) already stored with another
+/// value, or that its own batch sends twice with two values. Sending the
+/// stored value again is not a conflict: it is acknowledged and not
+/// stored twice.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Conflict {
+    /// Sample time, ms since the Unix epoch.
+    pub time_unix_ms: i64,
+    pub metric: Metric,
+    /// The value stored (or sent first, when `within_batch`).
+    pub stored_value: f64,
+    /// The value the refused batch sent.
+    pub sent_value: f64,
+    /// Both values came in the refused batch itself.
+    pub within_batch: bool,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (time, metric) = (Rfc3339(self.time_unix_ms), self.metric);
+        if self.within_batch {
+            write!(
+                f,
+                "sample {metric} at {time}: sent twice in the batch, with values {} and {}",
+                self.stored_value, self.sent_value
+            )
+        } else {
+            write!(
+                f,
+                "sample {metric} at {time}: stored value {}, sent value {}",
+                self.stored_value, self.sent_value
+            )
+        }
+    }
 }
 
 /// Samples of one host in a time range, oldest first.
@@ -155,4 +197,33 @@ pub struct HistoryRow {
     pub message: String,
     /// When the result arrived, ms since the Unix epoch.
     pub finished_unix_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_names_the_sample_and_both_values() {
+        let c = Conflict {
+            time_unix_ms: 1_700_000_000_250,
+            metric: Metric::CpuPercent,
+            stored_value: 10.0,
+            sent_value: 20.5,
+            within_batch: false,
+        };
+        assert_eq!(
+            c.to_string(),
+            "sample cpu_percent at 2023-11-14T22:13:20.250Z: stored value 10, sent value 20.5"
+        );
+        let c = Conflict {
+            within_batch: true,
+            ..c
+        };
+        assert_eq!(
+            c.to_string(),
+            "sample cpu_percent at 2023-11-14T22:13:20.250Z: sent twice in the batch, with \
+             values 10 and 20.5"
+        );
+    }
 }

@@ -207,7 +207,8 @@ pub(crate) fn replay(
 pub(crate) struct Merged {
     pub(crate) ticks: usize,
     /// Sample values ignored because `ticks` already had a value for that
-    /// (time, metric, run): a clock stepped back within one agent run.
+    /// (time, metric, run). Conflicts are refused before a batch is
+    /// journaled, so only a file written before that can hold such.
     pub(crate) ignored: usize,
 }
 
@@ -270,9 +271,10 @@ pub(crate) const INSERT_TICK: &str = "INSERT INTO ticks (host_id, time_unix_ms, 
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
      ON CONFLICT (host_id, time_unix_ms, run_id) DO NOTHING";
 
-/// Inserts one row; if the run already has a row at that time (a clock
-/// stepped back within one agent run), fills only the metrics it lacks.
-/// Returns how many values were ignored.
+/// Inserts one row; if the run already has a row at that time (an earlier
+/// batch of the run with other metrics of that tick), fills only the
+/// metrics it lacks. Returns how many values were ignored (none, unless
+/// the file predates refusing conflicts).
 fn write_tick(
     tx: &Connection,
     insert_tick: &mut rusqlite::Statement<'_>,

@@ -25,9 +25,12 @@
 //! - Pages are 1 KiB: adding a ~75-byte row rewrites a whole page in the
 //!   WAL, so a smaller page is a smaller WAL; reads pay a slightly deeper
 //!   tree.
-//! - `run_id` in the key only keeps two agents that claim the same hostname
-//!   (or a clock stepped back) from colliding; a collision within one run is
-//!   the same measurement twice: the first value of each metric is kept.
+//! - `run_id` in the key only keeps the rows of two runs apart when they
+//!   share a sample time (an agent restarted with its clock stepped back,
+//!   or two agents claiming one hostname). Since refusing conflicts (see
+//!   `writer/conflicts.rs`), a (host, time, metric) holds one value across
+//!   runs: a different one is refused, the same one is not written again.
+//!   Two rows of one (host, time) can still hold different metrics.
 //! - The receive time is stored per row as `receive_lag_ms` (received −
 //!   sample time): a varint of 1–3 bytes.
 //!

@@ -1,6 +1,8 @@
 //! One flush: the merges that are due and a group of requests in one
 //! IMMEDIATE transaction ([`write`]), then memory brought up to what
-//! committed ([`apply`]).
+//! committed ([`apply`]). A batch is stored whole, or is a duplicate
+//! (its seq is stored already, see `dedup.rs`), or is refused whole as a
+//! conflict (see `conflicts.rs`).
 //!
 //! [`write`] reads memory but never changes it: what the flush changes (new
 //! hosts, run states, stored batches, merged hosts) is staged and applied
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::commands::{write_command, write_command_result};
+use super::conflicts;
 use super::memory::Memory;
 use super::merges::Merged;
 use super::requests::{Answer, Request};
@@ -44,6 +47,8 @@ pub(super) struct Staged {
     new_host_ids: HashMap<String, i64>,
     new_hosts: Vec<(i64, HostEntry)>,
     runs: HashMap<RunKey, RunEntry>,
+    /// host_id → the newest sample time stored so far, this flush included.
+    newest: HashMap<i64, i64>,
     merged: Merged,
     /// The batches stored, in commit order.
     stored: Vec<StoredBatch>,
@@ -89,43 +94,14 @@ pub(super) fn write(
         let mut append = tx.prepare_cached(journal::APPEND)?;
         for (index, request) in requests.iter().enumerate() {
             let answer = match request {
-                Request::Batch { batch, .. } => {
-                    let host_id = resolve_host(&tx, &memory.host_ids, &mut staged, batch)?;
-                    let run = resolve_run(&tx, &memory.runs, &mut staged, batch, now)?;
-                    let run_id = run.run_id;
-                    if run.store(batch.seq, batch.received_unix_ms) {
-                        let dropped = ticks::group_samples(
-                            &batch.samples,
-                            |m| metric_id(m) as usize,
-                            &mut grouped,
-                        );
-                        let journal_id =
-                            journal::append(&mut append, (host_id, run_id), batch, &grouped)?;
-                        if dropped.repeats > 0 || dropped.not_finite > 0 {
-                            log::warn!(
-                                "store: {} {} seq {}: {} samples repeat a (metric, time) of the \
-                                 batch, {} are not finite numbers; not stored",
-                                batch.hostname,
-                                batch.agent_id,
-                                batch.seq,
-                                dropped.repeats,
-                                dropped.not_finite
-                            );
-                        }
-                        let start = staged.rows.len();
-                        staged.rows.extend_from_slice(&grouped);
-                        staged.stored.push(StoredBatch {
-                            request: index,
-                            host_id,
-                            run_id,
-                            journal_id,
-                            rows: start..staged.rows.len(),
-                        });
-                        Answer::Batch(SubmitOutcome::Stored)
-                    } else {
-                        Answer::Batch(SubmitOutcome::Duplicate)
-                    }
-                }
+                Request::Batch { batch, .. } => Answer::Batch(write_batch(
+                    &tx,
+                    memory,
+                    &mut staged,
+                    (&mut append, &mut grouped),
+                    (index, batch),
+                    now,
+                )?),
                 Request::Command { record, .. } => {
                     write_command(&tx, record)?;
                     Answer::Done
@@ -171,6 +147,73 @@ pub(super) fn write(
     Ok((answers, staged))
 }
 
+/// Stores one batch (request `index` of the flush) unless it is a
+/// duplicate or a conflict: appends its journal row with `append` and
+/// stages what memory learns. `grouped` is a reused buffer.
+fn write_batch(
+    tx: &Connection,
+    memory: &Memory,
+    staged: &mut Staged,
+    (append, grouped): (&mut rusqlite::Statement<'_>, &mut Vec<TickRow>),
+    (index, batch): (usize, &IncomingBatch),
+    now: Instant,
+) -> rusqlite::Result<SubmitOutcome> {
+    // A batch that contradicts itself is refused before anything of it,
+    // even its host, is written.
+    let dropped = match ticks::group_samples(&batch.samples, |m| metric_id(m) as usize, grouped) {
+        Ok(dropped) => dropped,
+        Err(conflict) => return Ok(SubmitOutcome::Conflict(conflict)),
+    };
+    if dropped.not_finite > 0 {
+        log::warn!(
+            "store: {} {} seq {}: {} samples are not finite numbers; not stored",
+            batch.hostname,
+            batch.agent_id,
+            batch.seq,
+            dropped.not_finite
+        );
+    }
+    let host_id = resolve_host(tx, &memory.host_ids, staged, batch)?;
+    let run = resolve_run(tx, &memory.runs, &mut staged.runs, batch, now)?;
+    if run.seqs.contains(batch.seq) {
+        return Ok(SubmitOutcome::Duplicate);
+    }
+    let newest = staged
+        .newest
+        .get(&host_id)
+        .or_else(|| memory.newest_sample_unix_ms.get(&host_id))
+        .copied()
+        .unwrap_or(i64::MIN);
+    if grouped.iter().any(|r| r.time_unix_ms <= newest) {
+        let earlier: Vec<&TickRow> = staged
+            .stored
+            .iter()
+            .filter(|b| b.host_id == host_id)
+            .flat_map(|b| staged.rows.get(b.rows.clone()).unwrap_or_default())
+            .collect();
+        let checked = conflicts::check(tx, (host_id, newest), grouped, &earlier, &memory.hosts)?;
+        if let Err(conflict) = checked {
+            return Ok(SubmitOutcome::Conflict(conflict));
+        }
+    }
+    run.store(batch.seq, batch.received_unix_ms);
+    let run_id = run.run_id;
+    let journal_id = journal::append(append, (host_id, run_id), batch, grouped)?;
+    if let Some(t) = grouped.iter().map(|r| r.time_unix_ms).max() {
+        staged.newest.insert(host_id, newest.max(t));
+    }
+    let start = staged.rows.len();
+    staged.rows.extend_from_slice(grouped);
+    staged.stored.push(StoredBatch {
+        request: index,
+        host_id,
+        run_id,
+        journal_id,
+        rows: start..staged.rows.len(),
+    });
+    Ok(SubmitOutcome::Stored)
+}
+
 /// The host id of a batch's hostname, inserting the host on first sight.
 fn resolve_host(
     tx: &Connection,
@@ -213,12 +256,12 @@ fn resolve_host(
 fn resolve_run<'s>(
     tx: &Connection,
     runs: &RunCache,
-    staged: &'s mut Staged,
+    staged_runs: &'s mut HashMap<RunKey, RunEntry>,
     batch: &IncomingBatch,
     now: Instant,
 ) -> rusqlite::Result<&'s mut RunEntry> {
     let key = (batch.agent_id.clone(), batch.boot_id);
-    let slot = match staged.runs.entry(key) {
+    let slot = match staged_runs.entry(key) {
         Entry::Occupied(o) => return Ok(o.into_mut()),
         Entry::Vacant(v) => v,
     };
@@ -278,6 +321,10 @@ pub(super) fn apply(memory: &mut Memory, requests: &[Request], staged: Staged, n
         merges.last_journal_id = stored.journal_id;
     }
     drop(hosts);
+    for (host_id, t) in staged.newest {
+        let newest = memory.newest_sample_unix_ms.entry(host_id).or_insert(t);
+        *newest = (*newest).max(t);
+    }
     for (key, run) in staged.runs {
         memory.runs.insert(key, run);
     }

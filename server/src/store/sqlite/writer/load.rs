@@ -39,7 +39,14 @@ pub(super) fn load(conn: &Connection, now: Instant) -> rusqlite::Result<(Memory,
     let mut hosts = load_hosts(conn)?;
     let mut runs = RunCache::default();
     let replayed = journal::replay(conn, &mut hosts, &mut runs)?;
-    load_latest(conn, &mut hosts)?;
+    let mut newest_sample_unix_ms = load_latest(conn, &mut hosts)?;
+    // The replayed ticks are stored too (in the journal).
+    for (&host_id, host) in &hosts {
+        if let Some(t) = host.pending.iter().map(|p| p.row.time_unix_ms).max() {
+            let newest = newest_sample_unix_ms.entry(host_id).or_insert(t);
+            *newest = (*newest).max(t);
+        }
+    }
     let host_ids = hosts
         .iter()
         .map(|(&id, h)| (h.hostname.clone(), id))
@@ -63,6 +70,7 @@ pub(super) fn load(conn: &Connection, now: Instant) -> rusqlite::Result<(Memory,
     }
     let memory = Memory {
         host_ids,
+        newest_sample_unix_ms,
         hosts: Arc::new(HostTable::new(hosts)),
         runs,
         merges,
@@ -106,20 +114,24 @@ fn load_hosts(conn: &Connection) -> rusqlite::Result<HashMap<i64, HostEntry>> {
 }
 
 /// Each host's latest value per metric, from its newest rows: one short
-/// range scan per host, once at open.
-fn load_latest(conn: &Connection, hosts: &mut HashMap<i64, HostEntry>) -> rusqlite::Result<()> {
+/// range scan per host, once at open. Returns each host's newest sample
+/// time in `ticks`.
+fn load_latest(
+    conn: &Connection,
+    hosts: &mut HashMap<i64, HostEntry>,
+) -> rusqlite::Result<HashMap<i64, i64>> {
     let mut newest = conn.prepare(
         "SELECT time_unix_ms, run_id, cpu_percent, mem_percent, disk_read_kbps,
              disk_write_kbps, net_in_kbps, net_out_kbps
          FROM ticks WHERE host_id = ?1 ORDER BY time_unix_ms DESC, run_id DESC LIMIT ?2",
     )?;
+    let mut newest_times = HashMap::with_capacity(hosts.len());
     for (&host_id, host) in hosts.iter_mut() {
         let mut rows = newest.query(params![host_id, LATEST_SCAN_TICKS])?;
-        // Newest first: once every metric has a value, older rows cannot
-        // change it (normally after the first row).
-        while !host.latest.iter().all(Option::is_some)
-            && let Some(r) = rows.next()?
-        {
+        // Newest first: the first row is the host's newest, and once every
+        // metric has a value, older rows cannot change it (normally after
+        // the first row).
+        while let Some(r) = rows.next()? {
             let mut row = TickRow {
                 time_unix_ms: r.get(0)?,
                 values: [None; METRICS],
@@ -127,8 +139,12 @@ fn load_latest(conn: &Connection, hosts: &mut HashMap<i64, HostEntry>) -> rusqli
             for (i, v) in row.values.iter_mut().enumerate() {
                 *v = r.get(2 + i)?;
             }
+            newest_times.entry(host_id).or_insert(row.time_unix_ms);
             host.note_values(r.get(1)?, &row);
+            if host.latest.iter().all(Option::is_some) {
+                break;
+            }
         }
     }
-    Ok(())
+    Ok(newest_times)
 }

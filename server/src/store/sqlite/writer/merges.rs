@@ -212,7 +212,7 @@ impl Merges {
             if m.ignored > 0 {
                 log::warn!(
                     "store: {}: {} samples repeat a (metric, time) already stored for their \
-                     run; kept the first",
+                     run (journaled before conflicts were refused); kept the first",
                     host.hostname,
                     m.ignored
                 );

@@ -5,6 +5,7 @@
 //! flushes, and closing. Its jobs live beside it:
 //! - `requests.rs`: the [`Request`] queue, gathering a flush, answering;
 //! - `flush.rs`: one flush's transaction, and memory brought up to it;
+//! - `conflicts.rs`: refusing a batch that contradicts stored samples;
 //! - `merges.rs`: which hosts' journal rows are merged when, and the merge;
 //! - `retention.rs`: pruning old samples and runs between flushes;
 //! - `load.rs`: the writer's memory rebuilt from the file at open;
@@ -20,6 +21,7 @@
 //! never hold more than `flush_max_batches` requests off the queue.
 
 mod commands;
+mod conflicts;
 mod flush;
 mod load;
 mod memory;
