@@ -250,29 +250,43 @@ async fn expiry_is_judged_on_the_servers_clock_not_the_agents() {
     assert_eq!(f.outcome, pb::Outcome::Rejected as i32);
 }
 
-fn batch(seq: u64, metric: &str, value: f64) -> pb::Batch {
-    let now = monitor::time::now_unix_ms();
+/// A batch of one sample, of host `host` in run `boot_id`, sent at the
+/// sample's time.
+fn one_sample(
+    (host, boot_id, seq): (&str, u64, u64),
+    time_unix_ms: i64,
+    metric: &str,
+    value: f64,
+) -> pb::Batch {
     pb::Batch {
-        agent_id: "raw-1".into(),
-        boot_id: 42,
+        agent_id: host.into(),
+        boot_id,
         seq,
         samples: vec![pb::Sample {
-            time_unix_ms: now,
-            hostname: "raw-1".into(),
+            time_unix_ms,
+            hostname: host.into(),
             metric: metric.into(),
             value,
         }],
-        sent_unix_ms: now,
+        sent_unix_ms: time_unix_ms,
         agent_version: "test".into(),
-        hostname: "raw-1".into(),
+        hostname: host.into(),
         ..Default::default()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
-    let dir = TempDir::new("raw");
-    let server = Server::start(&dir.join("m.db"));
+fn batch(seq: u64, metric: &str, value: f64) -> pb::Batch {
+    let now = monitor::time::now_unix_ms();
+    one_sample(("raw-1", 42, seq), now, metric, value)
+}
+
+/// Sends `batches` on one Report stream to `server` and returns the
+/// stream's sender (the stream stays open while it lives) and the first
+/// `batches.len()` acks as (seq, code, message).
+async fn report(
+    server: &Server,
+    batches: Vec<pb::Batch>,
+) -> (mpsc::Sender<pb::Batch>, Vec<(u64, i32, String)>) {
     let channel = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
         .connect()
@@ -285,6 +299,26 @@ async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
         .await
         .unwrap()
         .into_inner();
+    let n = batches.len();
+    for b in batches {
+        tx.send(b).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
+            .await
+            .expect("ack in time")
+            .expect("stream ok")
+            .expect("an ack");
+        got.push((ack.seq, ack.code, ack.message));
+    }
+    (tx, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
+    let dir = TempDir::new("raw");
+    let server = Server::start(&dir.join("m.db"));
     let sends = [
         batch(1, "cpu_percent", 10.0),
         batch(2, "cpu_percent", f64::NAN),
@@ -295,18 +329,7 @@ async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
         batch(1, "cpu_percent", 10.0),
         batch(5, "net_in_kbps", 3.5),
     ];
-    for b in sends {
-        tx.send(b).await.unwrap();
-    }
-    let mut got = Vec::new();
-    for _ in 0..6 {
-        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
-            .await
-            .expect("ack in time")
-            .expect("stream ok")
-            .expect("an ack");
-        got.push((ack.seq, ack.code, ack.message));
-    }
+    let (tx, got) = report(&server, sends.to_vec()).await;
     assert_eq!(got[0], (1, 0, String::new()));
     let invalid = pb::AckCode::Invalid as i32;
     assert_eq!(
@@ -353,56 +376,15 @@ async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
     assert!(log.contains("rejected batch 2"), "{log}");
 }
 
-/// One cpu sample of host "raw-c" at `time_unix_ms`, in run 7.
-fn cpu_at(seq: u64, time_unix_ms: i64, value: f64) -> pb::Batch {
-    pb::Batch {
-        agent_id: "raw-c".into(),
-        boot_id: 7,
-        seq,
-        samples: vec![pb::Sample {
-            time_unix_ms,
-            hostname: "raw-c".into(),
-            metric: "cpu_percent".into(),
-            value,
-        }],
-        sent_unix_ms: time_unix_ms,
-        agent_version: "test".into(),
-        hostname: "raw-c".into(),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_refuses_a_batch_that_contradicts_a_stored_sample() {
     let dir = TempDir::new("conflict");
     let server = Server::start(&dir.join("m.db"));
-    let channel = tonic::transport::Endpoint::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = CollectorClient::new(channel);
-    let (tx, rx) = mpsc::channel(16);
-    let mut acks = client
-        .report(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
     // Three batches of one run with the same (time, metric): 10, then 20
     // (a contradiction), then 10 again (the same measurement).
     let t = monitor::time::now_unix_ms();
-    for b in [cpu_at(1, t, 10.0), cpu_at(2, t, 20.0), cpu_at(3, t, 10.0)] {
-        tx.send(b).await.unwrap();
-    }
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
-            .await
-            .expect("ack in time")
-            .expect("stream ok")
-            .expect("an ack");
-        got.push((ack.seq, ack.code, ack.message));
-    }
+    let cpu = |seq, value| one_sample(("raw-c", 7, seq), t, "cpu_percent", value);
+    let (tx, got) = report(&server, vec![cpu(1, 10.0), cpu(2, 20.0), cpu(3, 10.0)]).await;
     let ok = pb::AckCode::Ok as i32;
     assert_eq!(got[0], (1, ok, String::new()));
     assert_eq!(

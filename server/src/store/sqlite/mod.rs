@@ -182,13 +182,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn close(&self) -> Result<(), StoreError> {
-        let handle = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let Some(handle) = handle else {
+        let Some(handle) = self.take_writer() else {
             return Ok(());
         };
         self.inner.closed.store(true, Ordering::SeqCst);
@@ -209,6 +203,15 @@ impl SqliteStore {
             );
         }
         result
+    }
+
+    /// The writer thread's handle, for the first caller only.
+    fn take_writer(&self) -> Option<JoinHandle<()>> {
+        self.inner
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Queues a request, waiting while the queue is full.
@@ -248,13 +251,7 @@ impl SqliteStore {
         answer.await?;
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.readers.close();
-        let handle = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(h) = handle {
+        if let Some(h) = self.take_writer() {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
         Ok(())
