@@ -191,12 +191,6 @@ impl Registry {
         self.lock().contains_key(hostname)
     }
 
-    pub fn set_interval_ms(&self, hostname: &str, interval_ms: u64) {
-        if let Some(e) = self.lock().get_mut(hostname) {
-            e.interval_ms = interval_ms;
-        }
-    }
-
     /// Notes what an acknowledged batch (stored or a duplicate) tells about
     /// the agent's live state.
     pub fn batch_acked(&self, hostname: &str, clock_offset_ms: i64, parse_errors_total: u64) {
