@@ -127,7 +127,9 @@ pub struct LatestValue {
     pub value: f64,
 }
 
-/// Everything the store knows about a host, from the batches it stored.
+/// Everything the store knows about a host, from the batches it stored:
+/// the truth for the host's facts (the server's registry only knows which
+/// hosts are connected right now, see `registry.rs`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostRecord {
     pub hostname: String,
