@@ -2,7 +2,8 @@
 //! - a scripted fake server drives the real agent's CommandStream (expired,
 //!   replayed and expiry-less requests, and a server clock far from the
 //!   agent's);
-//! - a raw gRPC client feeds the real server invalid and duplicate batches.
+//! - a raw gRPC client feeds the real server invalid, duplicate and
+//!   conflicting batches.
 
 // Test support code panics on purpose when the harness cannot proceed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -249,29 +250,43 @@ async fn expiry_is_judged_on_the_servers_clock_not_the_agents() {
     assert_eq!(f.outcome, pb::Outcome::Rejected as i32);
 }
 
-fn batch(seq: u64, metric: &str, value: f64) -> pb::Batch {
-    let now = monitor::time::now_unix_ms();
+/// A batch of one sample, of host `host` in run `boot_id`, sent at the
+/// sample's time.
+fn one_sample(
+    (host, boot_id, seq): (&str, u64, u64),
+    time_unix_ms: i64,
+    metric: &str,
+    value: f64,
+) -> pb::Batch {
     pb::Batch {
-        agent_id: "raw-1".into(),
-        boot_id: 42,
+        agent_id: host.into(),
+        boot_id,
         seq,
         samples: vec![pb::Sample {
-            time_unix_ms: now,
-            hostname: "raw-1".into(),
+            time_unix_ms,
+            hostname: host.into(),
             metric: metric.into(),
             value,
         }],
-        sent_unix_ms: now,
+        sent_unix_ms: time_unix_ms,
         agent_version: "test".into(),
-        hostname: "raw-1".into(),
+        hostname: host.into(),
         ..Default::default()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
-    let dir = TempDir::new("raw");
-    let server = Server::start(&dir.join("m.db"));
+fn batch(seq: u64, metric: &str, value: f64) -> pb::Batch {
+    let now = monitor::time::now_unix_ms();
+    one_sample(("raw-1", 42, seq), now, metric, value)
+}
+
+/// Sends `batches` on one Report stream to `server` and returns the
+/// stream's sender (the stream stays open while it lives) and the first
+/// `batches.len()` acks as (seq, code, message).
+async fn report(
+    server: &Server,
+    batches: Vec<pb::Batch>,
+) -> (mpsc::Sender<pb::Batch>, Vec<(u64, i32, String)>) {
     let channel = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
         .connect()
@@ -284,6 +299,26 @@ async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
         .await
         .unwrap()
         .into_inner();
+    let n = batches.len();
+    for b in batches {
+        tx.send(b).await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
+            .await
+            .expect("ack in time")
+            .expect("stream ok")
+            .expect("an ack");
+        got.push((ack.seq, ack.code, ack.message));
+    }
+    (tx, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
+    let dir = TempDir::new("raw");
+    let server = Server::start(&dir.join("m.db"));
     let sends = [
         batch(1, "cpu_percent", 10.0),
         batch(2, "cpu_percent", f64::NAN),
@@ -294,18 +329,7 @@ async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
         batch(1, "cpu_percent", 10.0),
         batch(5, "net_in_kbps", 3.5),
     ];
-    for b in sends {
-        tx.send(b).await.unwrap();
-    }
-    let mut got = Vec::new();
-    for _ in 0..6 {
-        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
-            .await
-            .expect("ack in time")
-            .expect("stream ok")
-            .expect("an ack");
-        got.push((ack.seq, ack.code, ack.message));
-    }
+    let (tx, got) = report(&server, sends.to_vec()).await;
     assert_eq!(got[0], (1, 0, String::new()));
     let invalid = pb::AckCode::Invalid as i32;
     assert_eq!(
@@ -350,4 +374,45 @@ async fn server_rejects_invalid_batches_and_stores_duplicates_once() {
         .collect();
     assert_eq!(metrics, vec![("cpu_percent", 10.0), ("net_in_kbps", 3.5)]);
     assert!(log.contains("rejected batch 2"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_refuses_a_batch_that_contradicts_a_stored_sample() {
+    let dir = TempDir::new("conflict");
+    let server = Server::start(&dir.join("m.db"));
+    // Three batches of one run with the same (time, metric): 10, then 20
+    // (a contradiction), then 10 again (the same measurement).
+    let t = monitor::time::now_unix_ms();
+    let cpu = |seq, value| one_sample(("raw-c", 7, seq), t, "cpu_percent", value);
+    let (tx, got) = report(&server, vec![cpu(1, 10.0), cpu(2, 20.0), cpu(3, 10.0)]).await;
+    let ok = pb::AckCode::Ok as i32;
+    assert_eq!(got[0], (1, ok, String::new()));
+    assert_eq!(
+        got[1],
+        (
+            2,
+            pb::AckCode::Conflict as i32,
+            format!(
+                "sample cpu_percent at {}: stored value 10, sent value 20",
+                monitor::time::Rfc3339(t)
+            )
+        )
+    );
+    assert_eq!(got[2], (3, ok, String::new()));
+    drop(tx);
+
+    let (samples, log) = tokio::task::spawn_blocking(move || {
+        let s = server.samples("raw-c", "10m");
+        let log = server.proc.stderr.dump();
+        (s, log)
+    })
+    .await
+    .unwrap();
+    let values: Vec<(&str, &str, f64)> = samples
+        .iter()
+        .map(|s| (s.time.as_str(), s.metric.as_str(), s.value))
+        .collect();
+    let time = monitor::time::Rfc3339(t).to_string();
+    assert_eq!(values, vec![(time.as_str(), "cpu_percent", 10.0)]);
+    assert!(log.contains("raw-c: refused batch 2"), "{log}");
 }

@@ -10,7 +10,8 @@
 //! 2. saturation: every agent submits its next batch as soon as the
 //!    previous one is acknowledged: the most the store can take;
 //! 3. reads on the filled database: one host's metric over the whole run,
-//!    every metric with a limit, and `hosts()` for all hosts.
+//!    every metric with a limit, `hosts()` for all hosts, and what
+//!    `ListHosts` does with them (joined with a registry of as many hosts).
 //!
 //! Knobs (environment): MONITOR_BENCH_AGENTS (10000), MONITOR_BENCH_SECS
 //! (15), MONITOR_BENCH_PREFILL_TICKS (300 s of history per agent, written
@@ -29,8 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monitor::metric::Metric;
+use monitor_server::admin::host_infos;
+use monitor_server::registry::Registry;
 use monitor_server::store::{
-    IncomingBatch, SampleQuery, Store, StoreConfig, StoredSample, SubmitOutcome,
+    IncomingBatch, SampleQuery, SqliteConfig, Store, StoredSample, SubmitOutcome,
 };
 
 /// Linux reports CPU time in USER_HZ ticks, 100 per second on every
@@ -206,8 +209,8 @@ async fn submit_timed(store: &Store, b: IncomingBatch, lat: &mut Vec<(Instant, D
             lat.push((t, t.elapsed()));
             1
         }
-        Ok(SubmitOutcome::Duplicate) => {
-            eprintln!("bench: unexpected duplicate");
+        Ok(other) => {
+            eprintln!("bench: unexpected outcome {other:?}");
             0
         }
         Err(e) => {
@@ -285,7 +288,7 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let agents: usize = env_or("MONITOR_BENCH_AGENTS", 10_000);
     let secs: u64 = env_or("MONITOR_BENCH_SECS", 15);
     let path = dir.join("bench.db");
-    let mut config = StoreConfig::new(&path);
+    let mut config = SqliteConfig::new(&path);
     config.flush_max_batches = env_or("MONITOR_BENCH_FLUSH_MAX_BATCHES", config.flush_max_batches);
     config.flush_max_delay = Duration::from_millis(env_or(
         "MONITOR_BENCH_FLUSH_DELAY_MS",
@@ -424,6 +427,27 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         "hosts() with latest values: {} hosts in {:.0} ms",
         hosts.len(),
         ms(t.elapsed())
+    );
+    // ListHosts: the store's hosts joined with the registry's, every host
+    // online (the join's worst case: both sides full).
+    let registry = Registry::default();
+    for h in &hosts {
+        registry.report_opened(&h.hostname, &h.peer, base_ms);
+    }
+    let t = Instant::now();
+    let stored = store.hosts().await?;
+    let copied = t.elapsed();
+    let live = registry.snapshot();
+    let snapshot = t.elapsed() - copied;
+    let infos = host_infos(stored, live);
+    println!(
+        "ListHosts (store hosts joined with the registry): {} hosts in {:.0} ms \
+         (store copy {:.0} ms, registry copy {:.0} ms, join into messages {:.0} ms)",
+        infos.len(),
+        ms(t.elapsed()),
+        ms(copied),
+        ms(snapshot),
+        ms(t.elapsed() - copied - snapshot)
     );
     let t = Instant::now();
     store.close().await?;

@@ -1,7 +1,14 @@
 //! The operator API (`monitor.v1.Admin`), served on the admin listener
 //! (loopback by default: until authentication exists, only someone on the
 //! server box may use it). `monitorctl` is its client.
+//!
+//! `ListHosts` joins the two owners of what it shows: the store for a
+//! host's facts (agent, first and last seen, counters, latest values), the
+//! registry for its liveness (online, since when, peer, clock offset,
+//! interval). It must stay fast with 10,000 hosts: both sides come sorted
+//! by hostname and are joined in one pass.
 
+use std::cmp::Ordering;
 use std::sync::Arc;
 
 use monitor::metric::Metric;
@@ -11,8 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::commands::CommandRouter;
-use crate::registry::Registry;
-use crate::store::{SampleQuery, Store, StoreError};
+use crate::registry::{LiveHost, Registry};
+use crate::store::{HostRecord, SampleQuery, Store, StoreError};
 
 /// Samples per `QueryChunk` message (about 40 bytes each on the wire).
 const QUERY_CHUNK: usize = 4096;
@@ -35,8 +42,24 @@ pub fn status_of(e: StoreError) -> Status {
 }
 
 impl AdminService {
-    fn unknown_host(&self, hostname: &str) -> Status {
-        let known = self.registry.known_hosts();
+    /// Whether the store or the registry knows `hostname`.
+    async fn is_known(&self, hostname: &str) -> Result<bool, Status> {
+        if self.registry.has_connected(hostname) {
+            return Ok(true);
+        }
+        let stored = self.store.host(hostname).await.map_err(status_of)?;
+        Ok(stored.is_some())
+    }
+
+    /// Not-found naming the host and, when few, the hosts that exist.
+    async fn unknown_host(&self, hostname: &str) -> Status {
+        let mut known = self.registry.connected_hosts();
+        // On an error path only: copying every host record is fine here.
+        if let Ok(records) = self.store.hosts().await {
+            known.extend(records.into_iter().map(|r| r.hostname));
+        }
+        known.sort();
+        known.dedup();
         let list = if known.is_empty() {
             "no host has reported yet".to_owned()
         } else if known.len() <= 20 {
@@ -44,8 +67,76 @@ impl AdminService {
         } else {
             format!("{} hosts known; see monitorctl hosts", known.len())
         };
-        Status::not_found(format!("unknown host '{hostname}' ({list})"))
+        Status::not_found(format!(
+            "unknown host '{}' ({list})",
+            monitor::text::Escaped::capped(hostname)
+        ))
     }
+}
+
+/// Joins the store's hosts and the registry's (both sorted by hostname,
+/// as `Store::hosts` and `Registry::snapshot` return them) into what
+/// `ListHosts` shows, in one pass. A host's facts come from the store; its
+/// liveness from the registry. The peer and clock offset are the live
+/// connection's while the host is online, else those of its latest stored
+/// batch.
+pub fn host_infos(stored: Vec<HostRecord>, live: Vec<LiveHost>) -> Vec<pb::HostInfo> {
+    let mut out = Vec::with_capacity(stored.len().max(live.len()));
+    let mut stored = stored.into_iter().peekable();
+    let mut live = live.into_iter().peekable();
+    loop {
+        let order = match (stored.peek(), live.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(s), Some(l)) => s.hostname.cmp(&l.hostname),
+        };
+        let (s, l) = match order {
+            Ordering::Less => (stored.next(), None),
+            Ordering::Greater => (None, live.next()),
+            Ordering::Equal => (stored.next(), live.next()),
+        };
+        out.push(host_info(s, l));
+    }
+    out
+}
+
+fn host_info(stored: Option<HostRecord>, live: Option<LiveHost>) -> pb::HostInfo {
+    let online = live.as_ref().is_some_and(|l| l.online);
+    let mut info = pb::HostInfo {
+        online,
+        ..pb::HostInfo::default()
+    };
+    if let Some(l) = live {
+        info.hostname = l.hostname;
+        info.connected_since_unix_ms = l.connected_since_unix_ms;
+        info.interval_ms = l.interval_ms;
+        info.parse_errors_total = l.parse_errors_total;
+        info.peer = l.peer;
+        info.clock_offset_ms = l.clock_offset_ms;
+    }
+    if let Some(s) = stored {
+        info.hostname = s.hostname;
+        info.agent_id = s.agent_id;
+        info.agent_version = s.agent_version;
+        info.last_seen_unix_ms = s.last_seen_unix_ms;
+        info.dropped_batches_total = s.dropped_batches_total;
+        info.batches_stored_total = s.batches_stored_total;
+        info.latest = s
+            .latest
+            .iter()
+            .map(|v| pb::MetricValue {
+                metric: v.metric.name().to_owned(),
+                value: v.value,
+                time_unix_ms: v.time_unix_ms,
+            })
+            .collect();
+        if !online {
+            info.peer = s.peer;
+            info.clock_offset_ms = s.clock_offset_ms;
+        }
+    }
+    info
 }
 
 #[tonic::async_trait]
@@ -54,8 +145,9 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let stored = self.store.hosts().await.map_err(status_of)?;
         Ok(Response::new(pb::ListHostsResponse {
-            hosts: self.registry.snapshot(),
+            hosts: host_infos(stored, self.registry.snapshot()),
             server_unix_ms: monitor::time::now_unix_ms(),
         }))
     }
@@ -67,8 +159,8 @@ impl Admin for AdminService {
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
         let q = request.into_inner();
-        if !self.registry.is_known(&q.hostname) {
-            return Err(self.unknown_host(&q.hostname));
+        if !self.is_known(&q.hostname).await? {
+            return Err(self.unknown_host(&q.hostname).await);
         }
         let metric = if q.metric.is_empty() {
             None
@@ -79,7 +171,7 @@ impl Admin for AdminService {
                     .map_err(|e| Status::invalid_argument(e.to_string()))?,
             )
         };
-        let rows = self
+        let rows = match self
             .store
             .query(SampleQuery {
                 hostname: q.hostname.clone(),
@@ -89,10 +181,11 @@ impl Admin for AdminService {
                 limit: (q.limit != 0).then(|| usize::try_from(q.limit).unwrap_or(usize::MAX)),
             })
             .await
-            .map_err(|e| match e {
-                StoreError::UnknownHost(h) => self.unknown_host(&h),
-                other => status_of(other),
-            })?;
+        {
+            Ok(rows) => rows,
+            Err(StoreError::UnknownHost(h)) => return Err(self.unknown_host(&h).await),
+            Err(other) => return Err(status_of(other)),
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             for chunk in rows.chunks(QUERY_CHUNK) {
@@ -151,9 +244,9 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let host = (!req.hostname.is_empty()).then_some(req.hostname);
         if let Some(h) = &host
-            && !self.registry.is_known(h)
+            && !self.is_known(h).await?
         {
-            return Err(self.unknown_host(h));
+            return Err(self.unknown_host(h).await);
         }
         let limit = match req.limit {
             0 => DEFAULT_HISTORY,
@@ -179,5 +272,78 @@ impl Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LatestValue;
+
+    fn stored(hostname: &str, peer: &str) -> HostRecord {
+        HostRecord {
+            hostname: hostname.into(),
+            agent_id: format!("{hostname}-agent"),
+            agent_version: "1.0".into(),
+            peer: peer.into(),
+            first_seen_unix_ms: 10,
+            last_seen_unix_ms: 20,
+            clock_offset_ms: -5,
+            dropped_batches_total: 2,
+            batches_stored_total: 7,
+            latest: vec![LatestValue {
+                metric: Metric::CpuPercent,
+                time_unix_ms: 19,
+                value: 12.5,
+            }],
+        }
+    }
+
+    fn live(hostname: &str, online: bool) -> LiveHost {
+        LiveHost {
+            hostname: hostname.into(),
+            online,
+            peer: "live-peer".into(),
+            connected_since_unix_ms: if online { 15 } else { 0 },
+            clock_offset_ms: 40,
+            interval_ms: 1000,
+            parse_errors_total: 3,
+            batches_conflicting_total: 1,
+        }
+    }
+
+    #[test]
+    fn list_hosts_joins_store_facts_and_live_state() {
+        let infos = host_infos(
+            vec![
+                stored("a", "old-a"),
+                stored("b", "old-b"),
+                stored("c", "old-c"),
+            ],
+            vec![live("b", true), live("c", false), live("d", true)],
+        );
+        let names: Vec<&str> = infos.iter().map(|h| h.hostname.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+        let [a, b, c, d] = [&infos[0], &infos[1], &infos[2], &infos[3]];
+        // Only stored: offline, the latest batch's peer and offset.
+        assert!(!a.online);
+        assert_eq!((a.peer.as_str(), a.clock_offset_ms), ("old-a", -5));
+        assert_eq!((a.batches_stored_total, a.last_seen_unix_ms), (7, 20));
+        assert_eq!(a.latest.len(), 1);
+        assert_eq!(a.latest[0].metric, "cpu_percent");
+        // Stored and online: facts from the store, the rest live.
+        assert!(b.online);
+        assert_eq!(b.agent_id, "b-agent");
+        assert_eq!((b.peer.as_str(), b.clock_offset_ms), ("live-peer", 40));
+        assert_eq!((b.connected_since_unix_ms, b.interval_ms), (15, 1000));
+        assert_eq!(b.parse_errors_total, 3);
+        // Stored, connected earlier, offline now: the stored peer.
+        assert!(!c.online);
+        assert_eq!(c.peer, "old-c");
+        assert_eq!(c.interval_ms, 1000);
+        // Connected, nothing stored yet: no facts.
+        assert!(d.online);
+        assert_eq!((d.agent_id.as_str(), d.batches_stored_total), ("", 0));
+        assert!(d.latest.is_empty());
     }
 }

@@ -3,7 +3,8 @@
 //! One operator command (one id) fans out to every target at once: each
 //! reachable host gets a `RunCommand` pushed on its command stream with no
 //! waiting on the others; unknown and offline hosts get an `Unreachable`
-//! result at once. Agents' responses come back through
+//! result at once (the registry says who has a stream; the store says
+//! whether a host without one is known, and when it was last seen). Agents' responses come back through
 //! [`CommandRouter::on_agent_response`] and are forwarded to the operator's
 //! stream as they arrive; every final result is recorded in the store.
 //!
@@ -25,6 +26,32 @@ use tonic::Status;
 
 use crate::registry::Registry;
 use crate::store::{CommandRecord, CommandResultRecord, Store};
+
+/// Why a command cannot be sent to a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unreachable {
+    /// Neither connected since the server started nor ever stored.
+    Unknown,
+    /// Known but no command stream is open; when its latest batch was
+    /// stored (0: never).
+    Offline { last_seen_unix_ms: i64 },
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreachable::Unknown => f.write_str("unknown host"),
+            Unreachable::Offline { last_seen_unix_ms } if *last_seen_unix_ms > 0 => {
+                write!(
+                    f,
+                    "offline (last seen {})",
+                    monitor::time::Rfc3339(*last_seen_unix_ms)
+                )
+            }
+            Unreachable::Offline { .. } => f.write_str("offline"),
+        }
+    }
+}
 
 /// The operator's stream of events for one command.
 pub type EventSender = mpsc::Sender<Result<pb::ExecEvent, Status>>;
@@ -138,6 +165,7 @@ impl CommandRouter {
             })),
         };
         let mut unreachable = Vec::new();
+        let mut no_stream = Vec::new();
         {
             let mut inflight = self.lock();
             let entry = inflight.entry(id.clone()).or_insert(Inflight {
@@ -147,7 +175,7 @@ impl CommandRouter {
             });
             for host in &targets {
                 match self.registry.command_sender(host) {
-                    Ok((conn, sender)) => match sender.try_send(Ok(run.clone())) {
+                    Some((conn, sender)) => match sender.try_send(Ok(run.clone())) {
                         Ok(()) => {
                             entry.pending.insert(host.clone(), conn);
                         }
@@ -163,15 +191,19 @@ impl CommandRouter {
                             Finished::without_process(Outcome::LostConnection, "lost connection"),
                         )),
                     },
-                    Err(why) => unreachable.push((
-                        host.clone(),
-                        Finished::without_process(Outcome::Unreachable, why.to_string()),
-                    )),
+                    None => no_stream.push(host.clone()),
                 }
             }
             if entry.pending.is_empty() {
                 inflight.remove(&id);
             }
+        }
+        for host in no_stream {
+            let why = self.unreachable(&host).await;
+            unreachable.push((
+                host,
+                Finished::without_process(Outcome::Unreachable, why.to_string()),
+            ));
         }
         log::info!(
             "command {id}: {:?} on {} hosts ({} unreachable)",
@@ -192,6 +224,29 @@ impl CommandRouter {
                 .await;
         });
         Ok((id, rx))
+    }
+
+    /// Why `hostname`, which has no command stream, cannot be reached.
+    async fn unreachable(&self, hostname: &str) -> Unreachable {
+        let stored = match self.store.host(hostname).await {
+            Ok(record) => record,
+            Err(e) => {
+                log::warn!(
+                    "cannot look host '{}' up in the store: {e}",
+                    monitor::text::Escaped::capped(hostname)
+                );
+                None
+            }
+        };
+        match stored {
+            Some(record) => Unreachable::Offline {
+                last_seen_unix_ms: record.last_seen_unix_ms,
+            },
+            None if self.registry.has_connected(hostname) => Unreachable::Offline {
+                last_seen_unix_ms: 0,
+            },
+            None => Unreachable::Unknown,
+        }
     }
 
     /// Ends a command: when every host answered, when the operator left
@@ -253,7 +308,7 @@ impl CommandRouter {
         };
         let mut sent = Vec::new();
         for host in hosts {
-            if let Ok((_, sender)) = self.registry.command_sender(&host)
+            if let Some((_, sender)) = self.registry.command_sender(&host)
                 && sender.try_send(Ok(cancel.clone())).is_ok()
             {
                 sent.push(host);

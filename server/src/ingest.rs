@@ -3,7 +3,8 @@
 //!
 //! `Report` validates each batch, queues it to the store in arrival order
 //! and acknowledges it only once it is committed (or known to be a
-//! duplicate, or rejected as invalid). At most [`MAX_PENDING`] batches per
+//! duplicate), or refuses it (invalid, or conflicting with stored samples:
+//! counted per host in the registry). At most [`MAX_PENDING`] batches per
 //! stream wait for their commit; beyond that the handler stops reading, so a
 //! slow disk becomes HTTP/2 flow control toward the agents rather than
 //! memory on the server.
@@ -11,8 +12,12 @@
 //! Both handlers end their response streams when the server shuts down, so
 //! a graceful stop never waits on an agent. A `Report` stream that ends for
 //! any reason first waits for the batches it already queued (they commit
-//! regardless), records them in the registry and acknowledges them if the
-//! agent still listens.
+//! regardless) and acknowledges them if the agent still listens.
+//!
+//! What a batch says about its host is the store's to keep (it records it
+//! with the batch, in the same transaction); the registry only hears what
+//! the live connection tells: streams opening and closing, the clock
+//! offset and parse errors of the newest batch.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -28,7 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::commands::CommandRouter;
-use crate::registry::{BatchSeen, Registry};
+use crate::registry::Registry;
 use crate::store::{IncomingBatch, Store, StoreError, StoredSample, SubmitOutcome};
 
 /// Batches of one stream queued to the store and not yet acknowledged.
@@ -65,7 +70,7 @@ type Pending = Pin<Box<dyn std::future::Future<Output = pb::Ack> + Send>>;
 impl CollectorService {
     /// Queues a valid batch to the store (waiting while its queue is full:
     /// that is the backpressure); the returned future resolves to its ack
-    /// once the batch is committed.
+    /// once the batch is committed (or refused).
     async fn submit(
         &self,
         batch: ValidBatch,
@@ -73,18 +78,20 @@ impl CollectorService {
         received_unix_ms: i64,
     ) -> Result<Pending, StoreError> {
         let registry = Arc::clone(&self.registry);
-        let peer = peer.to_owned();
         let (boot_id, seq) = (batch.boot_id, batch.seq);
+        let clock_offset_ms = batch.clock_offset_ms;
+        let parse_errors_total = batch.counters.parse_errors_total;
+        let hostname = batch.hostname.clone();
         let incoming = IncomingBatch {
-            agent_id: batch.agent_id.clone(),
-            hostname: batch.hostname.clone(),
-            agent_version: batch.agent_version.clone(),
+            agent_id: batch.agent_id,
+            hostname: batch.hostname,
+            agent_version: batch.agent_version,
             boot_id,
             seq,
             received_unix_ms,
-            clock_offset_ms: batch.clock_offset_ms,
+            clock_offset_ms,
             dropped_batches_total: batch.counters.dropped_batches_total,
-            peer: peer.clone(),
+            peer: peer.to_owned(),
             samples: batch
                 .samples
                 .iter()
@@ -97,37 +104,32 @@ impl CollectorService {
         };
         let ticket = self.store.enqueue(incoming).await?;
         Ok(Box::pin(async move {
+            let ack = |code: pb::AckCode, message: String| pb::Ack {
+                boot_id,
+                seq,
+                code: code as i32,
+                message,
+                server_unix_ms: monitor::time::now_unix_ms(),
+            };
             match ticket.await {
-                Ok(outcome) => {
-                    registry.batch_seen(&BatchSeen {
-                        hostname: &batch.hostname,
-                        agent_id: &batch.agent_id,
-                        agent_version: &batch.agent_version,
-                        peer: &peer,
-                        now_unix_ms: monitor::time::now_unix_ms(),
-                        clock_offset_ms: batch.clock_offset_ms,
-                        dropped_batches_total: batch.counters.dropped_batches_total,
-                        parse_errors_total: batch.counters.parse_errors_total,
-                        samples: &batch.samples,
-                        stored: outcome == SubmitOutcome::Stored,
-                    });
-                    pb::Ack {
-                        boot_id,
-                        seq,
-                        code: pb::AckCode::Ok as i32,
-                        message: String::new(),
-                        server_unix_ms: monitor::time::now_unix_ms(),
-                    }
+                // The batch's facts are the store's now; the registry only
+                // keeps what the live connection tells.
+                Ok(SubmitOutcome::Stored | SubmitOutcome::Duplicate) => {
+                    registry.batch_acked(&hostname, clock_offset_ms, parse_errors_total);
+                    ack(pb::AckCode::Ok, String::new())
+                }
+                // Refused for good: the agent frees it and logs why.
+                Ok(SubmitOutcome::Conflict(conflict)) => {
+                    let refused = registry.batch_conflicting(&hostname);
+                    log::warn!(
+                        "{hostname}: refused batch {seq} (boot {boot_id:016x}): {conflict}; \
+                         {refused} batches of this host refused so far"
+                    );
+                    ack(pb::AckCode::Conflict, conflict.to_string())
                 }
                 // Not stored: code UNAVAILABLE ends the stream (below) and
                 // the agent re-sends after reconnecting.
-                Err(e) => pb::Ack {
-                    boot_id,
-                    seq,
-                    code: pb::AckCode::Unavailable as i32,
-                    message: e.to_string(),
-                    server_unix_ms: monitor::time::now_unix_ms(),
-                },
+                Err(e) => ack(pb::AckCode::Unavailable, e.to_string()),
             }
         }))
     }
@@ -190,7 +192,7 @@ impl Collector for CollectorService {
                             Ok(valid) => {
                                 if hostname.as_deref() != Some(valid.hostname.as_str()) {
                                     if let Some(old) = hostname.take() {
-                                        service.registry.report_closed(&old, received);
+                                        service.registry.report_closed(&old);
                                     }
                                     log::info!("{} ({peer}) reporting", valid.hostname);
                                     service.registry.report_opened(&valid.hostname, &peer, received);
@@ -227,11 +229,9 @@ impl Collector for CollectorService {
                 }
             };
             // Batches already queued are committed (or fail) whatever
-            // happens to this stream: wait for each, so the registry counts
-            // what was stored (its `batches_stored_total` and latest values
-            // would otherwise miss them until a restart), and acknowledge
-            // it if the agent still listens, so a graceful stop leaves it
-            // nothing to re-send. After a failure nothing more is
+            // happens to this stream: wait for each and acknowledge it if
+            // the agent still listens, so a graceful stop leaves it nothing
+            // to re-send. After a failure nothing more is
             // acknowledged: an ack covers every earlier batch. `try_send`:
             // an agent that does not read its acks only gets them again as
             // duplicates, it never holds this task.
@@ -247,9 +247,7 @@ impl Collector for CollectorService {
                 let _ = tx.send(Err(status)).await;
             }
             if let Some(h) = hostname {
-                service
-                    .registry
-                    .report_closed(&h, monitor::time::now_unix_ms());
+                service.registry.report_closed(&h);
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -289,16 +287,17 @@ impl Collector for CollectorService {
             let now = monitor::time::now_unix_ms();
             // Registered before the hello goes out: once the agent has the
             // hello, a command sent to it must find this stream.
-            let conn = service
-                .registry
-                .commands_opened(&hello, &peer, tx.clone(), now);
+            let conn =
+                service
+                    .registry
+                    .commands_opened(&host, &peer, hello.interval_ms, tx.clone(), now);
             let server_hello = pb::CommandRequest {
                 kind: Some(pb::command_request::Kind::Hello(pb::ServerHello {
                     server_unix_ms: now,
                 })),
             };
             if tx.send(Ok(server_hello)).await.is_err() {
-                service.registry.commands_closed(&host, conn, now);
+                service.registry.commands_closed(&host, conn);
                 return;
             }
             log::info!(
@@ -326,9 +325,7 @@ impl Collector for CollectorService {
                     }
                 }
             }
-            service
-                .registry
-                .commands_closed(&host, conn, monitor::time::now_unix_ms());
+            service.registry.commands_closed(&host, conn);
             service.router.on_agent_gone(&host, conn);
             log::info!("{host} ({peer}) command stream closed");
         });

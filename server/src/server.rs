@@ -1,5 +1,6 @@
 //! Wires the store, the registry, the command router and the two gRPC
-//! listeners together, and stops them in order.
+//! listeners together, and stops them in order. It opens the store through
+//! its face only (`store::Store`, with the backend's config).
 //!
 //! [`run`] takes already-bound listeners and a shutdown future, so tests
 //! drive a real server in-process on `127.0.0.1:0`. Shutdown: notice (the
@@ -30,7 +31,7 @@ use crate::commands::CommandRouter;
 use crate::config::Config;
 use crate::ingest::CollectorService;
 use crate::registry::Registry;
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{SqliteConfig, Store, StoreError};
 
 /// Longest a graceful stop waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,9 +115,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let mut store_config = StoreConfig {
+    let mut store_config = SqliteConfig {
         retention: config.retention,
-        ..StoreConfig::new(&config.db)
+        ..SqliteConfig::new(&config.db)
     };
     // For tests only: how long batches wait in the store's journal before
     // their host is merged (milliseconds), so fault tests can crash the
@@ -137,7 +138,9 @@ pub async fn run(
         config.db.display(),
         hosts.len()
     );
-    let registry = Arc::new(Registry::load(hosts));
+    // Every host starts offline: the registry only knows who connects
+    // from now on; what the store knows of each host stays in the store.
+    let registry = Arc::new(Registry::default());
     let router = Arc::new(CommandRouter::new(Arc::clone(&registry), store.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 

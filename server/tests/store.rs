@@ -14,40 +14,35 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monitor::command::{Finished, Outcome};
 use monitor::metric::Metric;
 use monitor_server::store::{
-    CommandRecord, CommandResultRecord, IncomingBatch, SampleQuery, Store, StoreConfig, StoreError,
-    StoredSample, SubmitOutcome,
+    CommandRecord, CommandResultRecord, Conflict, IncomingBatch, SampleQuery, SqliteConfig,
+    SqliteError, Store, StoreError, StoredSample, SubmitOutcome,
 };
+use tempfile::TempDir;
 
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "monitor-store-test-{}-{}-{name}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("monitor.db")
-    }
+/// A directory of the test's own in the temp directory (removed when
+/// dropped), named after the test so a failed run's leftovers are easy to
+/// find.
+fn temp_dir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("monitor-store-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// The database file of a test's directory.
+trait Db {
+    fn db(&self) -> PathBuf;
+}
+
+impl Db for TempDir {
+    fn db(&self) -> PathBuf {
+        self.path().join("monitor.db")
     }
 }
 
@@ -86,8 +81,8 @@ fn value_of(seq: u64, metric_index: usize) -> f64 {
     seq as f64 + metric_index as f64 / 10.0
 }
 
-fn config(dir: &TempDir) -> StoreConfig {
-    let mut c = StoreConfig::new(dir.db());
+fn config(dir: &TempDir) -> SqliteConfig {
+    let mut c = SqliteConfig::new(dir.db());
     c.flush_max_delay = Duration::from_millis(1);
     c
 }
@@ -169,7 +164,7 @@ fn integrity_check(path: &Path) -> String {
 
 #[tokio::test]
 async fn submit_then_query_round_trips() {
-    let dir = TempDir::new("round-trip");
+    let dir = temp_dir("round-trip");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
     assert_eq!(
@@ -219,7 +214,7 @@ async fn submit_then_query_round_trips() {
 
 #[tokio::test]
 async fn unknown_host_is_its_own_error() {
-    let dir = TempDir::new("unknown-host");
+    let dir = temp_dir("unknown-host");
     let store = Store::open(config(&dir)).unwrap();
     match store.query(all("nope")).await {
         Err(StoreError::UnknownHost(h)) => assert_eq!(h, "nope"),
@@ -231,8 +226,8 @@ async fn unknown_host_is_its_own_error() {
 /// `config` with batches merged from the journal into the tables at once,
 /// for tests that run both ways (with `config` they stay in the journal, in
 /// memory, for the whole test).
-fn merging_config(dir: &TempDir) -> StoreConfig {
-    StoreConfig {
+fn merging_config(dir: &TempDir) -> SqliteConfig {
+    SqliteConfig {
         merge_interval: Duration::ZERO,
         ..config(dir)
     }
@@ -248,8 +243,8 @@ async fn re_sent_batches_are_acknowledged_and_stored_once_merging() {
     check_dedup(merging_config).await;
 }
 
-async fn check_dedup(config: fn(&TempDir) -> StoreConfig) {
-    let dir = TempDir::new("dedup");
+async fn check_dedup(config: fn(&TempDir) -> SqliteConfig) {
+    let dir = temp_dir("dedup");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
     use SubmitOutcome::{Duplicate, Stored};
@@ -281,7 +276,7 @@ async fn check_dedup(config: fn(&TempDir) -> StoreConfig) {
 
 #[tokio::test]
 async fn data_and_dedup_state_survive_a_restart() {
-    let dir = TempDir::new("restart");
+    let dir = temp_dir("restart");
     let base = base_ms();
     let store = Store::open(config(&dir)).unwrap();
     submit_all(&store, "pi", 42, 1..=4, base).await;
@@ -304,7 +299,7 @@ async fn data_and_dedup_state_survive_a_restart() {
 
 #[tokio::test]
 async fn dropping_the_store_without_close_loses_nothing_acknowledged() {
-    let dir = TempDir::new("drop");
+    let dir = temp_dir("drop");
     let base = base_ms();
     let store = Store::open(config(&dir)).unwrap();
     submit_all(&store, "pi", 1, 1..=3, base).await;
@@ -326,8 +321,8 @@ async fn hosts_are_known_after_a_restart_with_their_latest_values_merging() {
     check_hosts(merging_config).await;
 }
 
-async fn check_hosts(config: fn(&TempDir) -> StoreConfig) {
-    let dir = TempDir::new("hosts");
+async fn check_hosts(config: fn(&TempDir) -> SqliteConfig) {
+    let dir = temp_dir("hosts");
     let base = base_ms();
     let store = Store::open(config(&dir)).unwrap();
     submit_all(&store, "pi-b", 1, 1..=12, base).await;
@@ -379,8 +374,8 @@ async fn retention_prunes_only_old_samples_in_small_chunks_merging() {
     check_retention(merging_config).await;
 }
 
-async fn check_retention(config: fn(&TempDir) -> StoreConfig) {
-    let dir = TempDir::new("retention");
+async fn check_retention(config: fn(&TempDir) -> SqliteConfig) {
+    let dir = temp_dir("retention");
     let mut c = config(&dir);
     c.retention = Duration::from_secs(3600);
     c.retention_interval = Duration::from_millis(20);
@@ -425,10 +420,10 @@ async fn check_retention(config: fn(&TempDir) -> StoreConfig) {
 
 #[tokio::test]
 async fn a_file_that_is_not_a_database_is_a_clear_error() {
-    let dir = TempDir::new("garbage");
+    let dir = temp_dir("garbage");
     std::fs::write(dir.db(), vec![0x5a; 64 * 1024]).unwrap();
     match Store::open(config(&dir)) {
-        Err(e @ StoreError::Corrupt { .. }) => {
+        Err(e @ StoreError::Sqlite(SqliteError::Corrupt { .. })) => {
             let msg = e.to_string();
             assert!(msg.contains(&dir.db().display().to_string()), "{msg}");
             assert!(msg.contains("not a database"), "{msg}");
@@ -439,7 +434,7 @@ async fn a_file_that_is_not_a_database_is_a_clear_error() {
 
 #[tokio::test]
 async fn a_truncated_database_is_a_clear_error() {
-    let dir = TempDir::new("truncated");
+    let dir = temp_dir("truncated");
     let store = Store::open(config(&dir)).unwrap();
     for host in 0..20 {
         submit_all(&store, &format!("pi-{host}"), 1, 1..=20, base_ms()).await;
@@ -453,7 +448,7 @@ async fn a_truncated_database_is_a_clear_error() {
     file.set_len(len / 2).unwrap();
     drop(file);
     match Store::open(config(&dir)) {
-        Err(e @ StoreError::Corrupt { .. }) => {
+        Err(e @ StoreError::Sqlite(SqliteError::Corrupt { .. })) => {
             assert!(e.to_string().contains(&dir.db().display().to_string()));
         }
         other => panic!("expected Corrupt, got {other:?}"),
@@ -462,10 +457,10 @@ async fn a_truncated_database_is_a_clear_error() {
 
 #[tokio::test]
 async fn a_missing_directory_is_an_open_error_naming_the_file() {
-    let dir = TempDir::new("missing");
-    let path = dir.0.join("no/such/dir/monitor.db");
-    match Store::open(StoreConfig::new(&path)) {
-        Err(e @ StoreError::Open { .. }) => {
+    let dir = temp_dir("missing");
+    let path = dir.path().join("no/such/dir/monitor.db");
+    match Store::open(SqliteConfig::new(&path)) {
+        Err(e @ StoreError::Sqlite(SqliteError::Open { .. })) => {
             assert!(e.to_string().contains("no/such/dir/monitor.db"));
             assert!(std::error::Error::source(&e).is_some());
         }
@@ -475,7 +470,7 @@ async fn a_missing_directory_is_an_open_error_naming_the_file() {
 
 #[tokio::test]
 async fn bad_config_is_refused() {
-    let dir = TempDir::new("config");
+    let dir = temp_dir("config");
     let mut c = config(&dir);
     c.queue_capacity = 0;
     assert!(matches!(
@@ -495,7 +490,7 @@ async fn is_pending<F: Future>(fut: std::pin::Pin<&mut F>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_makes_submit_wait() {
-    let dir = TempDir::new("backpressure");
+    let dir = temp_dir("backpressure");
     let mut c = config(&dir);
     c.queue_capacity = 2;
     c.flush_max_batches = 1;
@@ -538,7 +533,7 @@ async fn a_full_queue_makes_submit_wait() {
 
 #[tokio::test]
 async fn close_is_idempotent_and_later_requests_fail_closed() {
-    let dir = TempDir::new("close");
+    let dir = temp_dir("close");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
     submit_all(&store, "pi", 1, [1], base).await;
@@ -554,7 +549,7 @@ async fn close_is_idempotent_and_later_requests_fail_closed() {
 
 #[tokio::test]
 async fn command_history_round_trips_newest_first() {
-    let dir = TempDir::new("history");
+    let dir = temp_dir("history");
     let store = Store::open(config(&dir)).unwrap();
     let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let targets = argv(&["pi-1", "pi-2"]);
@@ -666,7 +661,7 @@ async fn crash_child() {
     let Some(db) = std::env::var_os(CRASH_CHILD_DB) else {
         return;
     };
-    let mut c = StoreConfig::new(PathBuf::from(db));
+    let mut c = SqliteConfig::new(PathBuf::from(db));
     c.flush_max_delay = Duration::from_millis(2);
     if let Ok(ms) = std::env::var(CRASH_CHILD_MERGE_MS) {
         c.merge_interval = Duration::from_millis(ms.parse().unwrap());
@@ -697,7 +692,7 @@ async fn crash_child() {
 /// acknowledged batch stored, and the hosts' counters and the dedup state
 /// in step with the samples (the journal replayed, not lost or doubled).
 async fn check_sigkill(merge_ms: u64) {
-    let dir = TempDir::new("sigkill");
+    let dir = temp_dir("sigkill");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(CRASH_CHILD_DB, dir.db())
@@ -881,7 +876,7 @@ fn pragma(path: &Path, sql: &str) -> i64 {
 #[tokio::test]
 async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
     use SubmitOutcome::{Duplicate, Stored};
-    let dir = TempDir::new("migrate");
+    let dir = temp_dir("migrate");
     let base = base_ms();
     write_schema_1(&dir.db(), base, 0);
     let store = Store::open(config(&dir)).unwrap();
@@ -928,11 +923,11 @@ async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
 
 #[tokio::test]
 async fn a_failed_conversion_leaves_the_schema_1_file_as_it_was() {
-    let dir = TempDir::new("migrate-fail");
+    let dir = temp_dir("migrate-fail");
     // Metric id 9 does not exist: the conversion must stop, not guess.
     write_schema_1(&dir.db(), base_ms(), 9);
     match Store::open(config(&dir)) {
-        Err(e @ StoreError::Sqlite { .. }) => {
+        Err(e @ StoreError::Sqlite(SqliteError::Sql { .. })) => {
             let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
             assert!(chain.contains("upgrading the database schema"), "{chain}");
             assert!(chain.contains("unknown metric id 9"), "{chain}");
@@ -947,51 +942,157 @@ async fn a_failed_conversion_leaves_the_schema_1_file_as_it_was() {
     assert_eq!(integrity_check(&dir.db()), "ok");
 }
 
+/// `batch(host, boot, seq, base)` with only its first `metrics` samples,
+/// all at `time_unix_ms` (a clock stepped back to an earlier tick).
+fn batch_at(
+    (hostname, boot_id, seq): (&str, u64, u64),
+    base: i64,
+    metrics: usize,
+    time_unix_ms: i64,
+) -> IncomingBatch {
+    let mut b = batch(hostname, boot_id, seq, base);
+    b.samples.truncate(metrics);
+    for s in &mut b.samples {
+        s.time_unix_ms = time_unix_ms;
+    }
+    b
+}
+
+/// Waits until every journal row is merged into the tables, so lookups of
+/// stored samples go to `ticks` (with `config`, nothing is ever merged and
+/// they stay in memory).
+async fn merged(dir: &TempDir) {
+    eventually("the journal merged", Duration::from_secs(10), || async {
+        pragma(&dir.db(), "SELECT count(*) FROM journal") == 0
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn a_clock_stepped_back_within_a_run_keeps_the_first_values() {
-    let dir = TempDir::new("same-time");
+async fn a_different_value_for_a_stored_sample_is_refused_whole() {
+    check_conflicts(config, false).await;
+}
+
+#[tokio::test]
+async fn a_different_value_for_a_stored_sample_is_refused_whole_merging() {
+    check_conflicts(merging_config, true).await;
+}
+
+async fn check_conflicts(config: fn(&TempDir) -> SqliteConfig, merging: bool) {
+    use SubmitOutcome::{Duplicate, Stored};
+    let dir = temp_dir("conflict");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
-    // seq 1 has cpu and mem; seq 2 (the clock stepped back to the same
-    // millisecond) repeats cpu with another value and adds disk_read.
-    let mut first = batch("pi", 1, 1, base);
-    first.samples.truncate(2);
-    let mut second = batch("pi", 1, 2, base);
-    second.samples.truncate(3);
-    for s in &mut second.samples {
-        s.time_unix_ms = base + 1000;
-    }
-    store.submit(first).await.unwrap();
-    assert_eq!(store.submit(second).await.unwrap(), SubmitOutcome::Stored);
-    check(
-        &store,
-        all("pi"),
-        &[
-            (base + 1000, Metric::CpuPercent, value_of(1, 0)),
-            (base + 1000, Metric::MemPercent, value_of(1, 1)),
-            (base + 1000, Metric::DiskReadKbps, value_of(2, 2)),
-        ],
-    )
-    .await;
-    let latest: Vec<(Metric, f64)> = store.hosts().await.unwrap()[0]
-        .latest
-        .iter()
-        .map(|l| (l.metric, l.value))
-        .collect();
+    let t1 = base + 1000;
+    let conflict = |metric, stored_value, sent_value| {
+        SubmitOutcome::Conflict(Conflict {
+            time_unix_ms: t1,
+            metric,
+            stored_value,
+            sent_value,
+            within_batch: false,
+        })
+    };
+    // seq 1: cpu and mem at t1.
     assert_eq!(
-        latest,
-        [
-            (Metric::CpuPercent, value_of(1, 0)),
-            (Metric::MemPercent, value_of(1, 1)),
-            (Metric::DiskReadKbps, value_of(2, 2)),
-        ]
+        store
+            .submit(batch_at(("pi", 1, 1), base, 2, t1))
+            .await
+            .unwrap(),
+        Stored
+    );
+    if merging {
+        merged(&dir).await;
+    }
+    // seq 2, the clock stepped back to t1: cpu and mem with other values,
+    // and a new disk_read. Refused whole, naming the first contradiction.
+    let cpu_conflict = conflict(Metric::CpuPercent, value_of(1, 0), value_of(2, 0));
+    let second = batch_at(("pi", 1, 2), base, 3, t1);
+    assert_eq!(store.submit(second.clone()).await.unwrap(), cpu_conflict);
+    // Its seq was not stored: sent again, it is refused again.
+    assert_eq!(store.submit(second).await.unwrap(), cpu_conflict);
+    // seq 3 at t1: cpu and mem as stored (the same measurement), and
+    // disk_read: acknowledged; only disk_read is new.
+    let mut third = batch_at(("pi", 1, 3), base, 3, t1);
+    third.samples[0].value = value_of(1, 0);
+    third.samples[1].value = value_of(1, 1);
+    assert_eq!(store.submit(third.clone()).await.unwrap(), Stored);
+    assert_eq!(store.submit(third).await.unwrap(), Duplicate);
+    // Another run of the host (its agent restarted) is held to the same
+    // samples: (host, time, metric) is what must not have two values.
+    let mut other_run = batch_at(("pi", 2, 1), base, 1, t1);
+    other_run.samples[0].value = value_of(1, 0);
+    assert_eq!(store.submit(other_run.clone()).await.unwrap(), Stored);
+    other_run.seq = 2;
+    other_run.samples[0].value = 99.0;
+    assert_eq!(
+        store.submit(other_run).await.unwrap(),
+        conflict(Metric::CpuPercent, value_of(1, 0), 99.0)
+    );
+    // Two batches queued back to back (one flush, most likely): the
+    // second contradicts the first.
+    let first_of_two = store.enqueue(batch("pi", 1, 4, base)).await.unwrap();
+    let mut clash = batch("pi", 1, 5, base);
+    for s in &mut clash.samples {
+        s.time_unix_ms = base + 4000;
+    }
+    let second_of_two = store.enqueue(clash).await.unwrap();
+    assert_eq!(first_of_two.await.unwrap(), Stored);
+    assert_eq!(
+        second_of_two.await.unwrap(),
+        SubmitOutcome::Conflict(Conflict {
+            time_unix_ms: base + 4000,
+            metric: Metric::CpuPercent,
+            stored_value: value_of(4, 0),
+            sent_value: value_of(5, 0),
+            within_batch: false,
+        })
+    );
+    let mut expected = vec![
+        (t1, Metric::CpuPercent, value_of(1, 0)),
+        (t1, Metric::MemPercent, value_of(1, 1)),
+        (t1, Metric::DiskReadKbps, value_of(3, 2)),
+    ];
+    expected.extend(rows_of([4], base, &Metric::ALL));
+    check(&store, all("pi"), &expected).await;
+    let host = &store.hosts().await.unwrap()[0];
+    assert_eq!(host.batches_stored_total, 4, "seqs 1, 3, 4 and run 2's 1");
+    assert!(
+        host.latest
+            .iter()
+            .all(|l| l.time_unix_ms == base + 4000 && l.value != value_of(5, 0)),
+        "{host:?}"
     );
     store.close().await.unwrap();
+
+    // After a restart (the samples replayed from the journal, or read
+    // from `ticks`), the same holds.
+    let store = Store::open(config(&dir)).unwrap();
+    if merging {
+        merged(&dir).await;
+    }
+    let mut again = batch_at(("pi", 1, 6), base, 2, t1);
+    assert_eq!(
+        store.submit(again.clone()).await.unwrap(),
+        conflict(Metric::CpuPercent, value_of(1, 0), value_of(6, 0))
+    );
+    again.samples[0].value = value_of(1, 0);
+    again.samples[1].value = value_of(1, 1);
+    assert_eq!(store.submit(again).await.unwrap(), Stored);
+    check(&store, all("pi"), &expected).await;
+    store.close().await.unwrap();
+    if merging {
+        assert_eq!(
+            pragma(&dir.db(), "SELECT count(*) FROM ticks"),
+            2,
+            "one row per tick, nothing written twice"
+        );
+    }
 }
 
 #[tokio::test]
 async fn samples_of_one_batch_at_several_times_and_bad_values() {
-    let dir = TempDir::new("several-times");
+    let dir = temp_dir("several-times");
     let store = Store::open(config(&dir)).unwrap();
     let base = base_ms();
     let sample = |t: i64, metric, value| StoredSample {
@@ -1004,8 +1105,8 @@ async fn samples_of_one_batch_at_several_times_and_bad_values() {
         sample(2000, Metric::MemPercent, 1.0),
         sample(1000, Metric::CpuPercent, 2.0),
         sample(2000, Metric::CpuPercent, 3.0),
-        // A repeat of (time, metric) in the batch: the first one is kept.
-        sample(2000, Metric::MemPercent, 4.0),
+        // The same (time, metric, value) twice in the batch: kept once.
+        sample(2000, Metric::MemPercent, 1.0),
         // Not storable: skipped, the rest of the batch (and flush) is not.
         sample(1000, Metric::NetInKbps, f64::NAN),
         sample(3000, Metric::NetOutKbps, f64::INFINITY),
@@ -1039,12 +1140,32 @@ async fn samples_of_one_batch_at_several_times_and_bad_values() {
         ],
     )
     .await;
+    // A batch that sends one (time, metric) with two values contradicts
+    // itself: refused whole, down to its host, which is new here.
+    let mut torn = batch("pj", 1, 1, base);
+    let cpu = torn.samples[0];
+    torn.samples.push(StoredSample { value: 50.0, ..cpu });
+    assert_eq!(
+        store.submit(torn).await.unwrap(),
+        SubmitOutcome::Conflict(Conflict {
+            time_unix_ms: cpu.time_unix_ms,
+            metric: Metric::CpuPercent,
+            stored_value: cpu.value,
+            sent_value: 50.0,
+            within_batch: true,
+        })
+    );
+    assert!(matches!(
+        store.query(all("pj")).await,
+        Err(StoreError::UnknownHost(_))
+    ));
+    assert_eq!(store.hosts().await.unwrap().len(), 1, "pi only");
     store.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn queries_merge_the_journal_with_stored_ticks() {
-    let dir = TempDir::new("mixed");
+    let dir = temp_dir("mixed");
     let base = base_ms();
     // seq 1 (cpu, mem) and seq 2 (all six) merged into the tables.
     let store = Store::open(merging_config(&dir)).unwrap();
@@ -1058,15 +1179,15 @@ async fn queries_merge_the_journal_with_stored_ticks() {
     .await;
     assert_eq!(pragma(&dir.db(), "SELECT count(*) FROM ticks"), 2);
     store.close().await.unwrap();
-    // Then, unmerged: seq 3 (the clock stepped back to seq 1's time:
-    // cpu again, and disk_read), seq 4 and a re-sent seq 2 (a duplicate).
+    // Then, unmerged: seq 3 (the clock stepped back to seq 1's time: cpu
+    // and mem again, and disk_read), seq 4 and a re-sent seq 2 (a
+    // duplicate).
     let store = Store::open(config(&dir)).unwrap();
-    let mut third = batch("pi", 1, 3, base);
-    third.samples.truncate(3);
-    for s in &mut third.samples {
-        s.time_unix_ms = base + 1000;
-    }
-    store.submit(third).await.unwrap();
+    let mut third = batch_at(("pi", 1, 3), base, 3, base + 1000);
+    // The same cpu and mem values (a different one would be refused).
+    third.samples[0].value = value_of(1, 0);
+    third.samples[1].value = value_of(1, 1);
+    assert_eq!(store.submit(third).await.unwrap(), SubmitOutcome::Stored);
     store.submit(batch("pi", 1, 4, base)).await.unwrap();
     assert_eq!(
         store.submit(batch("pi", 1, 2, base)).await.unwrap(),
@@ -1160,7 +1281,7 @@ PRAGMA user_version = 2;
 #[tokio::test]
 async fn a_schema_2_file_is_converted_with_its_unfolded_journal() {
     use SubmitOutcome::{Duplicate, Stored};
-    let dir = TempDir::new("migrate-2");
+    let dir = temp_dir("migrate-2");
     let base = base_ms();
     {
         // pi stored seqs 1 and 2 of boot 7, both in `ticks`; the hosts and

@@ -1,6 +1,11 @@
-//! Every host the store knows, in memory: what `Store::hosts` returns, what
-//! the writer merges into the `hosts` table, and the host's ticks that are
-//! still in the journal, which sample queries add to what `ticks` holds.
+//! Every host the store knows, in memory: what `Store::hosts` and
+//! `Store::host` return, what the writer merges into the `hosts` table, and
+//! the host's ticks that are still in the journal, which sample queries add
+//! to what `ticks` holds.
+//!
+//! The store is the one owner of a host's facts (agent id and version,
+//! first and last seen, batch counters, latest values); the server's
+//! registry only knows which hosts are connected right now.
 //!
 //! Why in memory: a host's row is written only when its journal rows are
 //! merged (see `journal.rs`), so the table lags behind; and reading the
@@ -20,7 +25,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use monitor::metric::Metric;
 
 use super::ticks::{METRICS, PendingTick, StoredTick, TickRow};
-use super::{HostRecord, IncomingBatch, LatestValue};
+use crate::store::records::{HostRecord, IncomingBatch, LatestValue};
 
 /// The newest stored value of one metric of a host.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,7 +38,9 @@ pub(crate) struct Latest {
     pub(crate) value: f64,
 }
 
-/// One host as the store knows it.
+/// One host as the store knows it: the truth for the host's facts, each
+/// as of the latest stored batch (the server's `registry::Live` only says
+/// who is connected).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct HostEntry {
     pub(crate) hostname: String,
@@ -164,24 +171,63 @@ fn set_if_changed(s: &mut String, v: &str) {
     }
 }
 
-/// host_id → host; shared by the writer (who changes it) and the readers.
+/// Every host by id, with an index by hostname; shared by the writer (who
+/// changes it) and the readers.
 #[derive(Debug, Default)]
 pub(crate) struct HostTable {
-    by_id: Mutex<HashMap<i64, HostEntry>>,
+    hosts: Mutex<Hosts>,
+}
+
+/// The table behind [`HostTable`]'s lock.
+#[derive(Debug, Default)]
+pub(crate) struct Hosts {
+    by_id: HashMap<i64, HostEntry>,
+    /// hostname → host_id of every entry of `by_id` (a host's id and name
+    /// never change).
+    ids: HashMap<String, i64>,
+}
+
+impl Hosts {
+    pub(crate) fn get(&self, host_id: &i64) -> Option<&HostEntry> {
+        self.by_id.get(host_id)
+    }
+
+    pub(crate) fn get_mut(&mut self, host_id: &i64) -> Option<&mut HostEntry> {
+        self.by_id.get_mut(host_id)
+    }
+
+    /// Adds a host (or replaces the entry of `host_id`).
+    pub(crate) fn insert(&mut self, host_id: i64, entry: HostEntry) {
+        self.ids.insert(entry.hostname.clone(), host_id);
+        self.by_id.insert(host_id, entry);
+    }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut HostEntry> {
+        self.by_id.values_mut()
+    }
+
+    /// The entry of `hostname`.
+    fn named(&self, hostname: &str) -> Option<&HostEntry> {
+        self.ids.get(hostname).and_then(|id| self.by_id.get(id))
+    }
 }
 
 impl HostTable {
-    pub(crate) fn new(hosts: HashMap<i64, HostEntry>) -> HostTable {
+    pub(crate) fn new(by_id: HashMap<i64, HostEntry>) -> HostTable {
+        let ids = by_id
+            .iter()
+            .map(|(&id, h)| (h.hostname.clone(), id))
+            .collect();
         HostTable {
-            by_id: Mutex::new(hosts),
+            hosts: Mutex::new(Hosts { by_id, ids }),
         }
     }
 
     /// The table, for the writer to change or fold. A panic while it was
     /// held cannot leave a half-applied update that matters: the writer
     /// thread is gone then, and with it every further change.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<i64, HostEntry>> {
-        self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Hosts> {
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The pending ticks of a host with a sample time in [since, until)
@@ -214,9 +260,14 @@ impl HostTable {
 
     /// Every host, by hostname.
     pub(crate) fn snapshot(&self) -> Vec<HostRecord> {
-        let mut out: Vec<HostRecord> = self.lock().values().map(HostEntry::record).collect();
+        let mut out: Vec<HostRecord> = self.lock().by_id.values().map(HostEntry::record).collect();
         out.sort_unstable_by(|a, b| a.hostname.cmp(&b.hostname));
         out
+    }
+
+    /// The host named `hostname`, if it ever stored a batch.
+    pub(crate) fn record_of(&self, hostname: &str) -> Option<HostRecord> {
+        self.lock().named(hostname).map(HostEntry::record)
     }
 }
 
@@ -329,5 +380,18 @@ mod tests {
             .map(|h| h.hostname)
             .collect();
         assert_eq!(names, ["Pi-c", "pi-a", "pi-b"]);
+    }
+
+    #[test]
+    fn hosts_are_found_by_name() {
+        let table = HostTable::new(HashMap::from([(7, entry())]));
+        assert_eq!(table.record_of("pi").map(|r| r.agent_id), Some("a".into()));
+        assert_eq!(table.record_of("nope"), None);
+        let added = HostEntry {
+            hostname: "pi-2".into(),
+            ..entry()
+        };
+        table.lock().insert(8, added);
+        assert!(table.record_of("pi-2").is_some());
     }
 }

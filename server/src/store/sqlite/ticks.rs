@@ -10,15 +10,17 @@
 //! six times, a batch costs one b-tree insert instead of six, and a row is
 //! about 75 bytes where six sample rows took about 190.
 //!
-//! This module is pure data: no SQL, no I/O. It must never invent a value:
-//! a metric absent from a tick stays absent (`None`, NULL in the file).
+//! This module is pure data: no SQL, no I/O. It must never invent a value
+//! (a metric absent from a tick stays absent: `None`, NULL in the file),
+//! and never keep one of two different values of a (time, metric) quietly:
+//! that is a conflict, and the batch is refused.
 
 use monitor::metric::Metric;
 
-use super::StoredSample;
+use crate::store::records::{Conflict, StoredSample};
 
 /// How many metrics a row holds: one column per metric, indexed by the
-/// metric's id (see `schema::metric_id`).
+/// metric's id (see `tables::metric_id`).
 pub(crate) const METRICS: usize = Metric::ALL.len();
 
 /// The samples of one batch that share a sample time.
@@ -34,8 +36,8 @@ pub(crate) struct TickRow {
 /// What [`group_samples`] left out of the rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Dropped {
-    /// Samples repeating a (time, metric) earlier in the same batch; the
-    /// first one is kept.
+    /// Samples repeating a (time, metric, value) earlier in the same batch:
+    /// the same measurement twice, kept once.
     pub(crate) repeats: usize,
     /// Samples whose value is NaN or infinite (SQLite cannot store them as
     /// REAL; the ingest refuses them, so only a direct caller can send one).
@@ -43,12 +45,14 @@ pub(crate) struct Dropped {
 }
 
 /// Groups a batch's samples into one row per distinct sample time, in the
-/// order the times first appear (a batch normally has exactly one).
+/// order the times first appear (a batch normally has exactly one). A
+/// batch that sends one (time, metric) twice with two values contradicts
+/// itself: that is the `Err`, and `rows` must then not be stored.
 pub(crate) fn group_samples(
     samples: &[StoredSample],
     metric_index: impl Fn(Metric) -> usize,
     rows: &mut Vec<TickRow>,
-) -> Dropped {
+) -> Result<Dropped, Conflict> {
     rows.clear();
     let mut dropped = Dropped::default();
     for s in samples {
@@ -68,11 +72,50 @@ pub(crate) fn group_samples(
             }
         };
         match &mut row.values[metric_index(s.metric)] {
-            Some(_) => dropped.repeats += 1,
+            Some(first) if *first == s.value => dropped.repeats += 1,
+            Some(first) => {
+                return Err(Conflict {
+                    time_unix_ms: s.time_unix_ms,
+                    metric: s.metric,
+                    stored_value: *first,
+                    sent_value: s.value,
+                    within_batch: true,
+                });
+            }
             slot @ None => *slot = Some(s.value),
         }
     }
-    dropped
+    Ok(dropped)
+}
+
+/// A value of a new tick that differs from the stored one of its (time,
+/// metric): (metric id, stored value, sent value).
+pub(crate) type Clash = (usize, f64, f64);
+
+/// Takes out of `new` the values already stored: `stored` are the stored
+/// ticks of the same host and time (one per run), and a value equal to one
+/// of theirs for its metric is the same measurement, not stored twice. A
+/// value that differs from every stored one of its metric is the `Err`
+/// (naming the first stored one); `new` is then partly changed and must
+/// not be stored. Values compare as numbers (`0.0 == -0.0`: SQLite may read
+/// a stored -0.0 back as 0).
+pub(crate) fn drop_stored(
+    new: &mut [Option<f64>; METRICS],
+    stored: &[[Option<f64>; METRICS]],
+) -> Result<(), Clash> {
+    for (i, slot) in new.iter_mut().enumerate() {
+        let Some(sent) = *slot else { continue };
+        let mut olds = stored.iter().filter_map(|s| s[i]);
+        let Some(first) = olds.clone().next() else {
+            continue;
+        };
+        if olds.any(|old| old == sent) {
+            *slot = None;
+        } else {
+            return Err((i, first, sent));
+        }
+    }
+    Ok(())
 }
 
 /// What merging a tick into a stored row of the same (host, time, run) gave.
@@ -317,7 +360,7 @@ mod tests {
 
     fn check_group(samples: &[StoredSample], expected: &[TickRow], dropped: Dropped) {
         let mut rows = vec![row(-1, &[(0, 9.0)])]; // cleared first
-        assert_eq!(group_samples(samples, index, &mut rows), dropped);
+        assert_eq!(group_samples(samples, index, &mut rows), Ok(dropped));
         assert_eq!(rows, expected);
     }
 
@@ -332,7 +375,7 @@ mod tests {
     }
 
     #[test]
-    fn grouping_keeps_times_apart_and_the_first_repeat() {
+    fn grouping_keeps_times_apart_and_an_identical_repeat_once() {
         use Metric::*;
         check_group(&[], &[], Dropped::default());
         check_group(
@@ -340,7 +383,7 @@ mod tests {
                 s(2000, MemPercent, 1.0),
                 s(1000, CpuPercent, 2.0),
                 s(2000, CpuPercent, 3.0),
-                s(2000, MemPercent, 4.0),
+                s(2000, MemPercent, 1.0),
                 s(1000, NetOutKbps, f64::NAN),
                 s(1000, NetInKbps, f64::INFINITY),
             ],
@@ -350,6 +393,64 @@ mod tests {
                 not_finite: 2,
             },
         );
+    }
+
+    #[test]
+    fn a_batch_that_contradicts_itself_is_a_conflict() {
+        use Metric::*;
+        let mut rows = Vec::new();
+        let got = group_samples(
+            &[
+                s(2000, MemPercent, 1.0),
+                s(2000, CpuPercent, 3.0),
+                s(2000, MemPercent, 4.0),
+            ],
+            index,
+            &mut rows,
+        );
+        assert_eq!(
+            got,
+            Err(Conflict {
+                time_unix_ms: 2000,
+                metric: MemPercent,
+                stored_value: 1.0,
+                sent_value: 4.0,
+                within_batch: true,
+            })
+        );
+    }
+
+    /// Drops from `new` what the `stored` ticks hold and compares the
+    /// outcome.
+    fn check_drop(
+        new: &[(usize, f64)],
+        stored: &[&[(usize, f64)]],
+        expected: Result<&[(usize, f64)], Clash>,
+    ) {
+        let mut values = row(0, new).values;
+        let stored: Vec<[Option<f64>; METRICS]> = stored.iter().map(|s| row(0, s).values).collect();
+        let got = drop_stored(&mut values, &stored);
+        match expected {
+            Ok(left) => {
+                assert_eq!(got, Ok(()));
+                assert_eq!(values, row(0, left).values);
+            }
+            Err(clash) => assert_eq!(got, Err(clash)),
+        }
+    }
+
+    #[test]
+    fn stored_values_are_dropped_and_different_ones_refused() {
+        check_drop(&[(0, 1.0), (1, 2.0)], &[], Ok(&[(0, 1.0), (1, 2.0)]));
+        check_drop(&[(0, 1.0), (1, 2.0)], &[&[(0, 1.0)]], Ok(&[(1, 2.0)]));
+        check_drop(&[(0, 1.0)], &[&[(0, 1.0), (5, 9.0)]], Ok(&[]));
+        check_drop(&[(0, 0.0)], &[&[(0, -0.0)]], Ok(&[]));
+        check_drop(&[(0, 1.0), (3, 4.0)], &[&[(3, 4.5)]], Err((3, 4.5, 4.0)));
+        // Two runs stored two values (before conflicts were refused): one
+        // of them, whichever run, is the same measurement.
+        let two_runs: &[&[(usize, f64)]] = &[&[(0, 2.0)], &[(0, 1.0)]];
+        check_drop(&[(0, 1.0)], two_runs, Ok(&[]));
+        check_drop(&[(0, 3.0)], two_runs, Err((0, 2.0, 3.0)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The database file: how it is opened, checked and migrated, its tables,
-//! and how the store's values are represented in it (metric ids and
-//! columns, outcome names, argv).
+//! The file format: the tables of the database file and how the store's
+//! values are represented in them (metric ids and columns, u64s, argv).
+//! Both `schema.rs` (opening a file) and `migrate.rs` (upgrading one) build
+//! on it; it depends on neither.
 //!
 //! Layout, chosen for 10,000 batches (60,000 samples) per second on two
 //! cores, and measured with `cargo bench -p monitor-server --bench store`.
@@ -24,9 +25,12 @@
 //! - Pages are 1 KiB: adding a ~75-byte row rewrites a whole page in the
 //!   WAL, so a smaller page is a smaller WAL; reads pay a slightly deeper
 //!   tree.
-//! - `run_id` in the key only keeps two agents that claim the same hostname
-//!   (or a clock stepped back) from colliding; a collision within one run is
-//!   the same measurement twice: the first value of each metric is kept.
+//! - `run_id` in the key only keeps the rows of two runs apart when they
+//!   share a sample time (an agent restarted with its clock stepped back,
+//!   or two agents claiming one hostname). Since refusing conflicts (see
+//!   `writer/conflicts.rs`), a (host, time, metric) holds one value across
+//!   runs: a different one is refused, the same one is not written again.
+//!   Two rows of one (host, time) can still hold different metrics.
 //! - The receive time is stored per row as `receive_lag_ms` (received −
 //!   sample time): a varint of 1–3 bytes.
 //!
@@ -44,26 +48,13 @@
 //! panic on what it reads from the file: an unknown id is an error naming
 //! the table.
 
-use std::path::Path;
-use std::time::Duration;
-
 use monitor::metric::Metric;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::checkpoint::WAL_KEEP_BYTES;
-use super::error::{StoreError, code_of};
-use super::migrate;
 use super::ticks::METRICS;
 
 /// Bumped on every incompatible change of the tables below; older files
 /// are migrated at open (see `migrate.rs`).
 pub(crate) const SCHEMA_VERSION: i64 = 3;
-
-/// Page size of a new database file.
-const PAGE_SIZE_BYTES: u32 = 1024;
-
-/// How long a connection waits for a lock held by another connection.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The column of `ticks` holding each metric, indexed by metric id.
 pub(crate) const METRIC_COLUMNS: [&str; METRICS] = [
@@ -152,115 +143,6 @@ CREATE TABLE IF NOT EXISTS command_results (
 CREATE INDEX IF NOT EXISTS command_results_by_host ON command_results (hostname, command_row);
 ";
 
-/// Opens the writer's connection: creates the file if needed, switches to
-/// WAL with `synchronous=FULL`, runs `quick_check` and creates the tables.
-pub(crate) fn open_writer(path: &Path, cache_size_kib: u32) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| open_error(path, source))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|source| open_error(path, source))?;
-    // Only takes effect while the file is new (before the first table).
-    conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE_BYTES}"))
-        .map_err(|source| open_error(path, source))?;
-    // The first statement that reads the file: a file that is not a
-    // database fails here.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(|source| open_error(path, source))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Corrupt {
-            path: path.to_owned(),
-            detail: format!("cannot switch to WAL journal mode (still '{mode}')"),
-        });
-    }
-    // A WAL that restarts after a checkpoint is truncated only beyond
-    // 256 MiB: under heavy ingest it grows back every round, and
-    // re-allocating the truncated part costs the fsyncs of every commit
-    // (measured: saturation 30-31k batches/s with a 64 MiB limit, 33k/s
-    // without truncation).
-    let wal_limit_bytes = WAL_KEEP_BYTES;
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = FULL;
-         PRAGMA cache_size = -{cache_size_kib};
-         PRAGMA temp_store = MEMORY;
-         PRAGMA journal_size_limit = {wal_limit_bytes};
-         PRAGMA wal_autocheckpoint = 0; -- see checkpoint.rs"
-    ))
-    .map_err(|source| open_error(path, source))?;
-    quick_check(&conn, path)?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|source| open_error(path, source))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Corrupt {
-            path: path.to_owned(),
-            detail: format!(
-                "schema version {version} is newer than this server's ({SCHEMA_VERSION})"
-            ),
-        });
-    }
-    if version < SCHEMA_VERSION {
-        migrate::upgrade(&conn, path, version)?;
-    }
-    conn.set_prepared_statement_cache_capacity(32);
-    Ok(conn)
-}
-
-/// Opens a read-only connection for queries; the writer must have created
-/// the file already.
-pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| open_error(path, source))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|source| open_error(path, source))?;
-    conn.set_prepared_statement_cache_capacity(32);
-    Ok(conn)
-}
-
-/// `PRAGMA quick_check`: the b-tree structure is sound (no full index
-/// verification, so it stays fast on a big file).
-fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let mut stmt = conn
-        .prepare("PRAGMA quick_check(5)")
-        .map_err(|source| open_error(path, source))?;
-    let lines: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .and_then(|rows| rows.collect())
-        .map_err(|source| open_error(path, source))?;
-    if lines.len() == 1 && lines[0] == "ok" {
-        return Ok(());
-    }
-    Err(StoreError::Corrupt {
-        path: path.to_owned(),
-        detail: format!("quick_check: {}", lines.join("; ")),
-    })
-}
-
-/// Errors at open: damage to the file is `Corrupt` (with SQLite's words),
-/// anything else is `Open` with its cause.
-fn open_error(path: &Path, source: rusqlite::Error) -> StoreError {
-    match code_of(&source) {
-        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
-            StoreError::Corrupt {
-                path: path.to_owned(),
-                detail: source.to_string(),
-            }
-        }
-        _ => StoreError::Open {
-            path: path.to_owned(),
-            source,
-        },
-    }
-}
-
 /// The id of a metric in `samples.metric_id`. Part of the file format.
 pub(crate) const fn metric_id(m: Metric) -> i64 {
     match m {
@@ -318,13 +200,6 @@ pub(crate) fn decode_argv(mut blob: &[u8]) -> Option<Vec<String>> {
         blob = rest;
     }
     Some(argv)
-}
-
-/// Looks up a host's id.
-pub(crate) fn host_id(conn: &Connection, hostname: &str) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT host_id FROM hosts WHERE hostname = ?1")?
-        .query_row([hostname], |r| r.get(0))
-        .optional()
 }
 
 #[cfg(test)]

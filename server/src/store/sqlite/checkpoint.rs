@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::error::StoreError;
+use super::error::SqliteError;
+use crate::store::error::StoreError;
 
 /// The WAL's `journal_size_limit` (see `schema.rs`): a restarted WAL keeps
 /// up to this much of its file to write over instead of growing it again.
@@ -64,10 +65,10 @@ pub(crate) type DbFile = Arc<std::fs::File>;
 
 /// Opens the database file for [`DbFile`]. Read-only is enough: Linux
 /// fsyncs a file's dirty pages whatever the descriptor's mode.
-pub(crate) fn open_db_file(path: &Path) -> Result<DbFile, StoreError> {
+pub(crate) fn open_db_file(path: &Path) -> Result<DbFile, SqliteError> {
     std::fs::File::open(path)
         .map(Arc::new)
-        .map_err(|source| StoreError::OpenFile {
+        .map_err(|source| SqliteError::OpenFile {
             path: path.to_owned(),
             source,
         })
@@ -98,7 +99,7 @@ impl Checkpointer {
             c.busy_timeout(Duration::from_secs(5))?;
             Ok(c)
         })
-        .map_err(|source| StoreError::Open {
+        .map_err(|source| SqliteError::Open {
             path: path.to_owned(),
             source,
         })?;

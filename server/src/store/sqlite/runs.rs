@@ -1,6 +1,7 @@
 //! The dedup state of agent runs as the writer holds it: a cache of
-//! [`RunEntry`] by (agent_id, boot_id), loaded from `agent_runs` on a miss,
-//! and the SQL that reads, creates and folds those rows.
+//! [`RunEntry`] by (agent_id, boot_id) ([`RunCache`]), loaded from
+//! `agent_runs` on a miss, and the SQL that reads, creates and folds those
+//! rows.
 //!
 //! The `agent_runs` row of a run lags behind its cached entry until the
 //! hosts of its batches are merged: the seqs stored since are in `journal`
@@ -8,13 +9,14 @@
 //! never leave the cache, or the next miss would reload a row that forgot
 //! batches and take their re-sends for new ones.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::IncomingBatch;
 use super::dedup::SeqSet;
-use super::schema::{u64_from_sql, u64_to_sql};
+use super::tables::{u64_from_sql, u64_to_sql};
+use crate::store::records::IncomingBatch;
 
 /// A run's identity: (agent_id, boot_id).
 pub(crate) type RunKey = (String, u64);
@@ -39,6 +41,61 @@ impl RunEntry {
         }
         self.last_seen_unix_ms = self.last_seen_unix_ms.max(received_unix_ms);
         true
+    }
+}
+
+/// The writer's cache of run states: by key for batches, by id for the
+/// journal rows that name runs. Bounded by the runs seen within the last
+/// hour plus those unmerged journal rows name (see the retention pass).
+#[derive(Debug, Default)]
+pub(crate) struct RunCache {
+    by_key: HashMap<RunKey, RunEntry>,
+    /// run_id → key of every entry of `by_key`.
+    keys: HashMap<i64, RunKey>,
+}
+
+impl RunCache {
+    pub(crate) fn get(&self, key: &RunKey) -> Option<&RunEntry> {
+        self.by_key.get(key)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &RunKey) -> Option<&mut RunEntry> {
+        self.by_key.get_mut(key)
+    }
+
+    pub(crate) fn by_id(&self, run_id: i64) -> Option<&RunEntry> {
+        self.keys.get(&run_id).and_then(|k| self.by_key.get(k))
+    }
+
+    /// Caches `entry` under `key`, replacing what was there.
+    pub(crate) fn insert(&mut self, key: RunKey, entry: RunEntry) {
+        self.keys.insert(entry.run_id, key.clone());
+        self.by_key.insert(key, entry);
+    }
+
+    /// Caches `entry` under `key` unless the key is cached already.
+    pub(crate) fn insert_if_absent(&mut self, key: RunKey, entry: RunEntry) {
+        if !self.by_key.contains_key(&key) {
+            self.insert(key, entry);
+        }
+    }
+
+    pub(crate) fn remove_id(&mut self, run_id: i64) {
+        if let Some(key) = self.keys.remove(&run_id) {
+            self.by_key.remove(&key);
+        }
+    }
+
+    /// Keeps only the entries `keep` says yes to.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&RunEntry) -> bool) {
+        let keys = &mut self.keys;
+        self.by_key.retain(|_, r| {
+            let kept = keep(r);
+            if !kept {
+                keys.remove(&r.run_id);
+            }
+            kept
+        });
     }
 }
 

@@ -35,7 +35,6 @@ pub(crate) struct SeqSet {
 
 impl SeqSet {
     /// Whether `seq` is stored.
-    #[cfg(test)]
     pub(crate) fn contains(&self, seq: u64) -> bool {
         seq <= self.high_seq && self.gap_index(seq).is_none()
     }

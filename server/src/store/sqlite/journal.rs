@@ -29,11 +29,11 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::IncomingBatch;
 use super::hosts::{BatchMeta, HostEntry};
-use super::runs::{self, RunEntry, RunKey};
-use super::schema::{u64_from_sql, u64_to_sql};
+use super::runs::{self, RunCache, RunEntry, RunKey};
+use super::tables::{u64_from_sql, u64_to_sql};
 use super::ticks::{self, PendingTick, TickRow};
+use crate::store::records::IncomingBatch;
 
 /// Appends the journal row of a stored batch; prepared once per flush.
 pub(crate) const APPEND: &str = "INSERT INTO journal (host_id, run_id, seq, received_unix_ms,
@@ -102,7 +102,7 @@ fn corrupt(journal_id: i64, what: String) -> rusqlite::Error {
 pub(crate) fn replay(
     conn: &Connection,
     hosts: &mut HashMap<i64, HostEntry>,
-    runs: &mut HashMap<RunKey, RunEntry>,
+    runs: &mut RunCache,
 ) -> rusqlite::Result<Replayed> {
     let mut out = Replayed::default();
     let mut keys: HashMap<i64, RunKey> = HashMap::new();
@@ -136,7 +136,7 @@ pub(crate) fn replay(
                     return Err(corrupt(journal_id, what));
                 };
                 keys.insert(run_id, key.clone());
-                runs.entry(key.clone()).or_insert(entry);
+                runs.insert_if_absent(key.clone(), entry);
                 key
             }
         };
@@ -207,7 +207,8 @@ pub(crate) fn replay(
 pub(crate) struct Merged {
     pub(crate) ticks: usize,
     /// Sample values ignored because `ticks` already had a value for that
-    /// (time, metric, run): a clock stepped back within one agent run.
+    /// (time, metric, run). Conflicts are refused before a batch is
+    /// journaled, so only a file written before that can hold such.
     pub(crate) ignored: usize,
 }
 
@@ -270,9 +271,10 @@ pub(crate) const INSERT_TICK: &str = "INSERT INTO ticks (host_id, time_unix_ms, 
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
      ON CONFLICT (host_id, time_unix_ms, run_id) DO NOTHING";
 
-/// Inserts one row; if the run already has a row at that time (a clock
-/// stepped back within one agent run), fills only the metrics it lacks.
-/// Returns how many values were ignored.
+/// Inserts one row; if the run already has a row at that time (an earlier
+/// batch of the run with other metrics of that tick), fills only the
+/// metrics it lacks. Returns how many values were ignored (none, unless
+/// the file predates refusing conflicts).
 fn write_tick(
     tx: &Connection,
     insert_tick: &mut rusqlite::Statement<'_>,

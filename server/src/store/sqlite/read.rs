@@ -13,13 +13,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use monitor::metric::Metric;
 use rusqlite::Connection;
 
-use super::error::StoreError;
-use super::hosts::HostTable;
-use super::schema::{self, METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
-use super::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
 use monitor::command::Outcome;
+use rusqlite::OptionalExtension;
 
-use super::{HistoryRow, SampleQuery, StoredSampleRow};
+use super::error::SqliteError;
+use super::hosts::HostTable;
+use super::schema;
+use super::tables::{METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
+use super::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
+use crate::store::error::StoreError;
+use crate::store::records::{HistoryRow, SampleQuery, StoredSampleRow};
 
 /// Idle read connections kept for reuse; more are opened on demand.
 const MAX_IDLE_READERS: usize = 4;
@@ -84,7 +87,7 @@ impl Readers {
 }
 
 fn sql(during: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
-    move |e| StoreError::sqlite(during, e)
+    move |e| SqliteError::sql(during, e).into()
 }
 
 /// Samples of one host, oldest first: one range scan of the primary key
@@ -102,7 +105,7 @@ pub(crate) fn samples(
     // its unmerged ticks, which must come before the snapshot the scan
     // reads. Then a tick a merge moves meanwhile is in the copy, or in the
     // snapshot, or both (the same values), never in neither.
-    let host_id = schema::host_id(conn, &q.hostname)
+    let host_id = host_id(conn, &q.hostname)
         .map_err(sql(during))?
         .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
     let until = q.until_unix_ms.unwrap_or(i64::MAX);
@@ -293,4 +296,11 @@ fn history_row(r: &rusqlite::Row<'_>, targets: Vec<String>) -> rusqlite::Result<
         finished_unix_ms: r.get(12)?,
         command_id,
     })
+}
+
+/// Looks up a host's id.
+pub(crate) fn host_id(conn: &Connection, hostname: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT host_id FROM hosts WHERE hostname = ?1")?
+        .query_row([hostname], |r| r.get(0))
+        .optional()
 }

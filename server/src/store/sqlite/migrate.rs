@@ -12,17 +12,17 @@ use std::time::Instant;
 
 use rusqlite::{Connection, params};
 
-use super::error::StoreError;
-use super::schema::{CREATE_TABLES, SCHEMA_VERSION, metric_from_id, metric_id};
+use super::error::SqliteError;
+use super::tables::{CREATE_TABLES, SCHEMA_VERSION, metric_from_id, metric_id};
 use super::ticks::METRICS;
 
 /// Upgrades the file from `version` (0 for a new file) to
 /// [`SCHEMA_VERSION`].
-pub(crate) fn upgrade(conn: &Connection, path: &Path, version: i64) -> Result<(), StoreError> {
+pub(crate) fn upgrade(conn: &Connection, path: &Path, version: i64) -> Result<(), SqliteError> {
     let during = "upgrading the database schema";
     let started = Instant::now();
     conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(|e| StoreError::sqlite(during, e))?;
+        .map_err(|e| SqliteError::sql(during, e))?;
     let result = (|| {
         if version == 1 {
             log::info!(
@@ -70,7 +70,7 @@ pub(crate) fn upgrade(conn: &Connection, path: &Path, version: i64) -> Result<()
     if let Err(e) = result {
         // Nothing of the upgrade stays; the file is as it was.
         let _ = conn.execute_batch("ROLLBACK");
-        return Err(StoreError::sqlite(during, e));
+        return Err(SqliteError::sql(during, e));
     }
     Ok(())
 }

@@ -1,0 +1,231 @@
+//! The plain records that cross the store's face: what the ingest, the
+//! command router and the operator API hand to the store and get back.
+//!
+//! They are the project's own types, shared by every backend: no protobuf
+//! (the wire stops at `ingest.rs`, `commands.rs` and `admin.rs`) and no
+//! database type (those stay inside the backend's folder). This module
+//! holds data and its display only: no I/O, no clock.
+
+use std::fmt;
+
+use monitor::command::{Finished, Outcome};
+use monitor::metric::Metric;
+use monitor::time::Rfc3339;
+
+/// One batch as the ingest hands it over: validated, converted from the
+/// wire, sample times already corrected for the agent's clock where needed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IncomingBatch {
+    pub agent_id: String,
+    pub hostname: String,
+    pub agent_version: String,
+    /// New at every start of the agent process.
+    pub boot_id: u64,
+    /// Unique within (agent_id, boot_id); starts at 1.
+    pub seq: u64,
+    /// Server wall clock when the batch arrived, ms since the Unix epoch.
+    pub received_unix_ms: i64,
+    /// Agent clock minus server clock, estimated from this batch, in ms.
+    pub clock_offset_ms: i64,
+    /// Batches the agent run dropped so far (a running total).
+    pub dropped_batches_total: u64,
+    /// The agent's address as the server saw it, e.g. "192.0.2.7:40312".
+    pub peer: String,
+    pub samples: Vec<StoredSample>,
+}
+
+/// One measurement of a batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StoredSample {
+    /// Sample time, ms since the Unix epoch (server-corrected if needed).
+    pub time_unix_ms: i64,
+    pub metric: Metric,
+    pub value: f64,
+}
+
+/// What happened to a submitted batch. `Stored` and `Duplicate` mean
+/// "acknowledge it"; `Conflict` means "refuse it": it can never be stored.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SubmitOutcome {
+    /// Committed by this submit.
+    Stored,
+    /// Already committed earlier (a re-send); nothing was written.
+    Duplicate,
+    /// Refused whole: a sample contradicts a stored one. Nothing of the
+    /// batch was stored (a batch is stored whole or refused whole).
+    Conflict(Conflict),
+}
+
+/// A sample that names a (host, time, metric) already stored with another
+/// value, or that its own batch sends twice with two values. Sending the
+/// stored value again is not a conflict: it is acknowledged and not
+/// stored twice.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Conflict {
+    /// Sample time, ms since the Unix epoch.
+    pub time_unix_ms: i64,
+    pub metric: Metric,
+    /// The value stored (or sent first, when `within_batch`).
+    pub stored_value: f64,
+    /// The value the refused batch sent.
+    pub sent_value: f64,
+    /// Both values came in the refused batch itself.
+    pub within_batch: bool,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (time, metric) = (Rfc3339(self.time_unix_ms), self.metric);
+        if self.within_batch {
+            write!(
+                f,
+                "sample {metric} at {time}: sent twice in the batch, with values {} and {}",
+                self.stored_value, self.sent_value
+            )
+        } else {
+            write!(
+                f,
+                "sample {metric} at {time}: stored value {}, sent value {}",
+                self.stored_value, self.sent_value
+            )
+        }
+    }
+}
+
+/// Samples of one host in a time range, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SampleQuery {
+    pub hostname: String,
+    /// `None`: every metric, merged by time.
+    pub metric: Option<Metric>,
+    /// Inclusive lower bound, ms since the Unix epoch.
+    pub since_unix_ms: i64,
+    /// Exclusive upper bound, ms since the Unix epoch; `None`: no bound.
+    pub until_unix_ms: Option<i64>,
+    /// At most this many rows; `None`: all of them.
+    pub limit: Option<usize>,
+}
+
+/// One stored sample as queries return it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredSampleRow {
+    /// Sample time, ms since the Unix epoch.
+    pub time_unix_ms: i64,
+    pub hostname: String,
+    pub metric: Metric,
+    pub value: f64,
+    /// Server wall clock when the batch holding it arrived, ms.
+    pub received_unix_ms: i64,
+}
+
+/// The newest stored value of one metric of a host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LatestValue {
+    pub metric: Metric,
+    /// Sample time, ms since the Unix epoch.
+    pub time_unix_ms: i64,
+    pub value: f64,
+}
+
+/// Everything the store knows about a host, from the batches it stored:
+/// the truth for the host's facts (the server's registry only knows which
+/// hosts are connected right now, see `registry.rs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostRecord {
+    pub hostname: String,
+    /// Of the agent that sent the latest stored batch.
+    pub agent_id: String,
+    pub agent_version: String,
+    /// Peer address of the latest stored batch.
+    pub peer: String,
+    /// Server time of the first stored batch, ms since the Unix epoch.
+    pub first_seen_unix_ms: i64,
+    /// Server time of the latest stored batch, ms since the Unix epoch.
+    pub last_seen_unix_ms: i64,
+    /// Agent clock minus server clock at the latest stored batch, ms.
+    pub clock_offset_ms: i64,
+    /// The running total reported by the latest stored batch (it restarts
+    /// at 0 with each agent run).
+    pub dropped_batches_total: u64,
+    /// Batches of this host ever stored (duplicates not counted).
+    pub batches_stored_total: u64,
+    /// Newest value of each metric that has samples, in [`Metric::ALL`]
+    /// order.
+    pub latest: Vec<LatestValue>,
+}
+
+/// An operator command, recorded when it is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandRecord {
+    /// Unique per operator command; recording the same id again is a no-op.
+    pub command_id: String,
+    /// Server time the operator asked, ms since the Unix epoch.
+    pub time_unix_ms: i64,
+    /// Every host the command targets.
+    pub targets: Vec<String>,
+    pub argv: Vec<String>,
+}
+
+/// How a recorded command ended on one host. Recording a result again for
+/// the same (command, host) replaces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandResultRecord {
+    pub command_id: String,
+    pub hostname: String,
+    /// How it ended (the truncation flags are not stored).
+    pub finished: Finished,
+    /// Server time the result arrived, ms since the Unix epoch.
+    pub finished_unix_ms: i64,
+}
+
+/// One (command, host) of the history. Result fields are `None`/0/empty
+/// while the host has not answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRow {
+    pub command_id: String,
+    /// When the operator asked, ms since the Unix epoch.
+    pub time_unix_ms: i64,
+    pub hostname: String,
+    pub argv: Vec<String>,
+    /// Every host the command targeted, in the operator's order.
+    pub targets: Vec<String>,
+    /// `None` while the result is pending.
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duration_ms: u64,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub message: String,
+    /// When the result arrived, ms since the Unix epoch.
+    pub finished_unix_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_names_the_sample_and_both_values() {
+        let c = Conflict {
+            time_unix_ms: 1_700_000_000_250,
+            metric: Metric::CpuPercent,
+            stored_value: 10.0,
+            sent_value: 20.5,
+            within_batch: false,
+        };
+        assert_eq!(
+            c.to_string(),
+            "sample cpu_percent at 2023-11-14T22:13:20.250Z: stored value 10, sent value 20.5"
+        );
+        let c = Conflict {
+            within_batch: true,
+            ..c
+        };
+        assert_eq!(
+            c.to_string(),
+            "sample cpu_percent at 2023-11-14T22:13:20.250Z: sent twice in the batch, with \
+             values 10 and 20.5"
+        );
+    }
+}

@@ -1,0 +1,33 @@
+//! The writer's memory: what it knows without reading the file. Host ids
+//! by name with their newest sample time, the host table it shares with
+//! readers, the dedup state of recent runs, and which hosts wait for a
+//! merge.
+//!
+//! Memory is changed only after a commit succeeded (a flush works on
+//! staged copies and applies them after COMMIT, see `flush.rs`), or from
+//! what the file holds at open (`load.rs`): a failed transaction leaves
+//! memory exactly as the file is.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::merges::Merges;
+use crate::store::sqlite::hosts::HostTable;
+use crate::store::sqlite::runs::RunCache;
+
+/// Everything the writer holds in memory.
+pub(super) struct Memory {
+    /// hostname → host_id of every row of `hosts` (bounded by the table).
+    pub(super) host_ids: HashMap<String, i64>,
+    /// host_id → no stored sample of the host is newer than this, ms since
+    /// the Unix epoch (an upper bound: never lowered, retention only
+    /// deletes). A batch with only newer samples cannot conflict with a
+    /// stored one (see `conflicts.rs`). Absent: nothing stored.
+    pub(super) newest_sample_unix_ms: HashMap<i64, i64>,
+    /// Every host's state and unmerged ticks, shared with the readers.
+    pub(super) hosts: Arc<HostTable>,
+    /// The dedup state of recently seen runs, and of every run an unmerged
+    /// journal row names.
+    pub(super) runs: RunCache,
+    pub(super) merges: Merges,
+}
