@@ -228,10 +228,9 @@ put peers.collectd "$($collectd_bin -h 2>&1 | awk '/^collectd [0-9]/ { print $1,
 log "building release binaries"
 # Once more after a pause on failure: the target directory is shared, and a
 # concurrent build can remove an rlib under this one's feet.
-# The agent is built on its own: built together with the server, cargo
-# would unify the features of their shared dependencies (tokio's
-# multi-threaded runtime, more of hyper) into the agent, which is then not
-# the binary users get from `cargo build -p monitor-agent`.
+# The agent is built on its own, the binary `cargo build -p monitor-agent`
+# gives (a workspace build gives the same RSS since the agent runs on a
+# LocalRuntime, but its binary differs by a few KB).
 build() {
     cargo build --release "$@" >>"$out/build.log" 2>&1 ||
         { sleep 30; cargo build --release "$@" >>"$out/build.log" 2>&1; } ||

@@ -46,6 +46,21 @@ pub fn config_or_exit<A: argh::FromArgs, C>(
     })
 }
 
+/// Logs to stderr (the journal under systemd) at `level`; the HTTP/2
+/// libraries' own chatter only from warnings up. A failure (a logger set
+/// already) is reported on stderr and otherwise ignored.
+pub fn init_logging(program: &str, level: log::LevelFilter) {
+    if let Err(e) = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .with_module_level("h2", log::LevelFilter::Warn)
+        .with_module_level("hyper", log::LevelFilter::Warn)
+        .with_module_level("rustls", log::LevelFilter::Warn)
+        .init()
+    {
+        eprintln!("{program}: cannot set up logging: {e}");
+    }
+}
+
 /// The process environment as the configs read it (a value that is not
 /// UTF-8 is passed on lossily, so validation names it rather than it
 /// silently counting as unset).

@@ -16,12 +16,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = simple_logger::SimpleLogger::new()
-        .with_level(config.log_level)
-        .init()
-    {
-        eprintln!("monitor-agent: cannot set up logging: {e}");
-    }
+    monitor::cli::init_logging("monitor-agent", config.log_level);
     // A `LocalRuntime`, not `build()`: `build()` can also start tokio's
     // multi-thread scheduler, which a plain `cargo build` at the workspace
     // root compiles in for the server. Linking it would cost the agent libm

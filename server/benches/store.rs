@@ -461,7 +461,7 @@ fn main() {
         .ok()
         .and_then(|l| l.parse::<log::LevelFilter>().ok())
     {
-        let _ = simple_logger::SimpleLogger::new().with_level(level).init();
+        monitor::cli::init_logging("store bench", level);
     }
     let dir = match std::env::var_os("MONITOR_BENCH_DIR") {
         Some(d) => PathBuf::from(d),

@@ -17,14 +17,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = simple_logger::SimpleLogger::new()
-        .with_level(config.log_level)
-        .with_module_level("h2", log::LevelFilter::Warn)
-        .with_module_level("hyper", log::LevelFilter::Warn)
-        .init()
-    {
-        eprintln!("monitor-server: cannot set up logging: {e}");
-    }
+    monitor::cli::init_logging("monitor-server", config.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
