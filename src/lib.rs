@@ -5,13 +5,20 @@
 //! store and the command policy see [`metric::Metric`] and friends, never a
 //! prost struct. Conversions live in one place so a wire change is one edit.
 
+pub mod base64;
 pub mod batch;
 pub mod cli;
 pub mod codec;
 pub mod command;
 pub mod config;
+pub mod credential;
+pub mod csr;
+pub mod digest;
+pub mod files;
+pub mod join;
 pub mod keepalive;
 pub mod metric;
+pub mod pem;
 pub mod random;
 pub mod sd_notify;
 pub mod text;

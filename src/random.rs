@@ -1,8 +1,10 @@
-//! Random identifiers (boot ids, command ids) without a dependency.
+//! Random values: identifiers (boot ids, command ids) and secrets (join
+//! token secrets, certificate serial numbers).
 //!
-//! std seeds `RandomState` from the operating system's randomness once per
-//! process; hashing a counter and the clock through fresh states gives
-//! unpredictable 64-bit values, which is all an id needs. Not for keys.
+//! Secrets and ids come from the operating system's randomness through ring
+//! (linked for TLS anyway). Boot ids only need to differ between runs:
+//! std seeds `RandomState` from the same source once per process, and
+//! hashing a counter and the clock through fresh states is cheap.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -19,9 +21,24 @@ pub fn random_u64() -> u64 {
     h.finish().max(1)
 }
 
+/// `N` bytes from the operating system's randomness (getrandom). Should
+/// the kernel refuse (it does not, once booted), the bytes come from the
+/// hashed source of [`random_u64`] instead of failing the caller.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; N];
+    if ring::rand::SystemRandom::new().fill(&mut out).is_err() {
+        for chunk in out.chunks_mut(8) {
+            let v = random_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+    out
+}
+
 /// A random 128-bit id as 32 lowercase hex digits.
 pub fn random_id() -> String {
-    format!("{:016x}{:016x}", random_u64(), random_u64())
+    crate::digest::hex(&random_bytes::<16>())
 }
 
 #[cfg(test)]

@@ -33,11 +33,7 @@ impl Rig {
         let server = Server::start(&dir.join("m.db"));
         let agents = hosts
             .iter()
-            .map(|h| {
-                AgentCmd::new(&server.url(), h)
-                    .env("MONITOR_COMMANDS_FILE", &allow)
-                    .spawn()
-            })
+            .map(|h| server.agent(h).env("MONITOR_COMMANDS_FILE", &allow).spawn())
             .collect();
         let rig = Rig {
             _dir: dir,
@@ -81,11 +77,8 @@ impl Rig {
 
     /// Starts `monitorctl exec ...` in the background.
     fn exec_bg(&self, args: &[&str]) -> Proc {
-        let mut cmd = Command::new(bin("monitorctl"));
-        cmd.arg("--server")
-            .arg(self.server.admin_url())
-            .arg("exec")
-            .args(args);
+        let mut cmd = self.server.ctl_command();
+        cmd.arg("exec").args(args);
         Proc::spawn(cmd, "monitorctl exec")
     }
 }

@@ -32,10 +32,7 @@ fn three_agents_six_metrics_stored_and_kept_across_a_server_restart() {
     let db = dir.join("monitor.db");
     let server = Server::start(&db);
     let hosts = ["e2e-a", "e2e-b", "e2e-c"];
-    let _agents: Vec<Proc> = hosts
-        .iter()
-        .map(|h| AgentCmd::new(&server.url(), h).spawn())
-        .collect();
+    let _agents: Vec<Proc> = hosts.iter().map(|h| server.agent(h).spawn()).collect();
 
     for h in hosts {
         wait_for(
@@ -133,7 +130,7 @@ fn three_agents_six_metrics_stored_and_kept_across_a_server_restart() {
 fn unknown_host_or_metric_is_a_clear_error() {
     let dir = TempDir::new("unknown");
     let server = Server::start(&dir.join("m.db"));
-    let _agent = AgentCmd::new(&server.url(), "known-1").spawn();
+    let _agent = server.agent("known-1").spawn();
     wait_for("known-1 stored", Duration::from_secs(20), || {
         (!server.samples("known-1", "10m").is_empty()).then_some(())
     });
@@ -171,7 +168,10 @@ fn bad_flags_and_environment_exit_2_naming_the_culprit() {
     check(c, "--interval: expected");
     let mut c = std::process::Command::new(bin("monitor-agent"));
     c.env("MONITOR_SERVER", "ftp://x");
-    check(c, "MONITOR_SERVER: expected an http:// URL");
+    check(
+        c,
+        "MONITOR_SERVER: expected a URL like https://server:50051",
+    );
     let mut c = std::process::Command::new(bin("monitor-agent"));
     c.arg("--no-such-flag");
     check(c, "Unrecognized argument: --no-such-flag");
@@ -196,7 +196,10 @@ fn monitorctl_without_a_server_exits_3() {
         .and_then(|l| l.local_addr())
         .expect("bind")
         .port();
-    let out = ctl(&format!("http://127.0.0.1:{port}"), &["hosts"]);
+    let out = ctl(
+        &format!("http://127.0.0.1:{port}"),
+        &["--insecure", "hosts"],
+    );
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"));
 }
@@ -207,7 +210,14 @@ fn agent_keeps_sampling_while_the_server_is_away_and_delivers_later() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
-    let mut agent = AgentCmd::new(&format!("http://{addr}"), "late-1").spawn();
+    // Enrolled beforehand (with TLS an agent needs its certificate, and
+    // the server that signs it keeps its CA beside the database), then the
+    // server goes away before the agent starts.
+    let server = Server::start_with(&dir.join("m.db"), &addr.to_string(), &[]);
+    let state = server.enrol_ahead("late-1");
+    let url = server.url();
+    drop(server);
+    let mut agent = AgentCmd::with_identity(&url, "late-1", &state).spawn();
     wait_for("two failed attempts", Duration::from_secs(20), || {
         (agent.stderr.count("retry") >= 1 && agent.stderr.contains("retrying")).then_some(())
     });

@@ -59,6 +59,20 @@ impl Collector for FakeServer {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    async fn enrol(
+        &self,
+        _: Request<pb::EnrolRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        Err(Status::unimplemented("the fake server speaks plain text"))
+    }
+
+    async fn renew(
+        &self,
+        _: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        Err(Status::unimplemented("the fake server speaks plain text"))
+    }
+
     async fn command_stream(
         &self,
         request: Request<Streaming<pb::CommandResponse>>,
@@ -124,7 +138,8 @@ async fn fake_and_agent(
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
     });
-    let agent = AgentCmd::new(&format!("http://{addr}"), "proto-1").spawn();
+    // The fake server speaks plain text.
+    let agent = AgentCmd::insecure(&format!("http://{addr}"), "proto-1").spawn();
     (fake, tx, agent)
 }
 
@@ -287,11 +302,9 @@ async fn report(
     server: &Server,
     batches: Vec<pb::Batch>,
 ) -> (mpsc::Sender<pb::Batch>, Vec<(u64, i32, String)>) {
-    let channel = tonic::transport::Endpoint::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    // A certificate for the host the batches name: the server takes the
+    // agent's identity from it.
+    let channel = server.channel(&batches[0].hostname).await;
     let mut client = CollectorClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     let mut acks = client

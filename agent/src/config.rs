@@ -21,9 +21,22 @@ use monitor::config::{Env, pick};
 /// description; the flag wins.
 #[derive(FromArgs, Debug, Default)]
 pub struct Args {
-    /// server URL (MONITOR_SERVER; default http://127.0.0.1:50051)
+    /// server URL (MONITOR_SERVER; default: the join token's, else
+    /// https://127.0.0.1:50051)
     #[argh(option)]
     pub server: Option<String>,
+    /// join token from 'monitorctl enrol HOSTNAME', used once to get this
+    /// agent's certificate (MONITOR_JOIN)
+    #[argh(option)]
+    pub join: Option<String>,
+    /// where the agent keeps its key and certificate (MONITOR_STATE_DIR;
+    /// default $STATE_DIRECTORY under systemd, else /var/lib/monitor-agent)
+    #[argh(option)]
+    pub state_dir: Option<PathBuf>,
+    /// talk to the server in plain text, with no certificates: anyone on
+    /// the path can read, forge and command (MONITOR_INSECURE=1)
+    #[argh(switch)]
+    pub insecure: bool,
     /// seconds between samples, fractions allowed (MONITOR_INTERVAL; default 5)
     #[argh(option)]
     pub interval: Option<String>,
@@ -92,8 +105,15 @@ pub struct Args {
 /// Validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// http:// URL of the server's agent listener.
+    /// URL of the server's agent listener: https://, or http:// with
+    /// `insecure`.
     pub server: String,
+    /// Plain text, no certificates (`--insecure`).
+    pub insecure: bool,
+    /// Where the identity (key, certificate, CA) lives.
+    pub state_dir: PathBuf,
+    /// A join token to enrol with (used once; see `identity.rs`).
+    pub join: Option<monitor::join::JoinToken>,
     pub interval: Duration,
     pub hostname: String,
     pub agent_id: String,
@@ -116,7 +136,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
 }
 
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:50051";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/monitor-agent";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_COMMANDS_FILE: &str = "/etc/monitor/commands.allow";
 /// Shortest interval accepted: below it the tick cost stops being small
@@ -125,24 +146,37 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest interval accepted (one day).
 pub const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
 
-/// Accepts `http://host:port`, or `host:port` (http is assumed).
-pub fn parse_server_url(raw: &str) -> Result<String, String> {
+/// Accepts `https://host:port` (or `http://` when `insecure`), or
+/// `host:port` with the scheme assumed.
+pub fn parse_server_url(raw: &str, insecure: bool) -> Result<String, String> {
     let raw = raw.trim();
+    let (scheme, other) = if insecure {
+        ("http://", "https://")
+    } else {
+        ("https://", "http://")
+    };
     let url = if raw.contains("://") {
         raw.to_owned()
     } else {
-        format!("http://{raw}")
+        format!("{scheme}{raw}")
     };
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err("an http:// URL (TLS is not supported yet)".into());
+    if url.starts_with(other) {
+        return Err(if insecure {
+            "an http:// URL (--insecure talks plain text)".into()
+        } else {
+            "an https:// URL (http:// is plain text: only with --insecure)".into()
+        });
+    }
+    let Some(rest) = url.strip_prefix(scheme) else {
+        return Err(format!("a URL like {scheme}server:50051"));
     };
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() || authority.contains(char::is_whitespace) {
-        return Err("a URL like http://server:50051".into());
+        return Err(format!("a URL like {scheme}server:50051"));
     }
     match tonic::transport::Endpoint::from_shared(url.clone()) {
         Ok(_) => Ok(url),
-        Err(_) => Err("a URL like http://server:50051".into()),
+        Err(_) => Err(format!("a URL like {scheme}server:50051")),
     }
 }
 
@@ -156,10 +190,48 @@ fn kernel_hostname() -> Option<String> {
 impl Config {
     /// Builds the configuration from parsed flags and an environment.
     pub fn from_sources(args: Args, env: Env<'_>) -> Result<Config, ConfigError> {
-        let server = match pick(args.server, "server", "MONITOR_SERVER", env) {
-            Some(raw) => parse_server_url(&raw.value).map_err(|e| raw.error(&e))?,
-            None => DEFAULT_SERVER.to_owned(),
+        let insecure = args.insecure
+            || match pick(None, "", "MONITOR_INSECURE", env) {
+                Some(raw) => raw.bool()?,
+                None => false,
+            };
+        let join = match pick(args.join, "join", "MONITOR_JOIN", env) {
+            Some(raw) if raw.value.trim().is_empty() => None,
+            Some(raw) => {
+                Some(
+                    monitor::join::JoinToken::decode(&raw.value).map_err(|e| ConfigError {
+                        source: raw.source.clone(),
+                        message: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
         };
+        let server = match pick(args.server, "server", "MONITOR_SERVER", env) {
+            Some(raw) => parse_server_url(&raw.value, insecure).map_err(|e| raw.error(&e))?,
+            None => match join.as_ref().filter(|t| !t.server_url.is_empty()) {
+                Some(t) => parse_server_url(&t.server_url, insecure).map_err(|e| ConfigError {
+                    source: "the join token's server URL".into(),
+                    message: format!("expected {e}, got '{}'", t.server_url),
+                })?,
+                None if insecure => "http://127.0.0.1:50051".to_owned(),
+                None => DEFAULT_SERVER.to_owned(),
+            },
+        };
+        let state_dir = args
+            .state_dir
+            .or_else(|| {
+                env("MONITOR_STATE_DIR")
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            })
+            .or_else(|| {
+                // systemd's StateDirectory= (the first of a colon list).
+                env("STATE_DIRECTORY")
+                    .filter(|s| !s.is_empty())
+                    .map(|d| PathBuf::from(d.split(':').next().unwrap_or(DEFAULT_STATE_DIR)))
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let interval = match pick(args.interval, "interval", "MONITOR_INTERVAL", env) {
             Some(raw) => raw.duration(MIN_INTERVAL, MAX_INTERVAL)?,
             None => DEFAULT_INTERVAL,
@@ -296,6 +368,9 @@ impl Config {
         }
         Ok(Config {
             server,
+            insecure,
+            state_dir,
+            join,
             interval,
             hostname,
             agent_id,
@@ -370,7 +445,7 @@ mod tests {
         ];
         let c = parse(&["--interval", "0.5"], env).unwrap();
         assert_eq!(c.interval, Duration::from_millis(500));
-        assert_eq!(c.server, "http://10.0.0.1:7000");
+        assert_eq!(c.server, "https://10.0.0.1:7000");
         assert_eq!(c.hostname, "from-env");
         assert_eq!(c.interfaces, Some(vec!["eth0".into(), "wlan0".into()]));
     }
@@ -389,8 +464,18 @@ mod tests {
         );
         check_err(
             &["--hostname", "h"],
+            &[("MONITOR_SERVER", "http://x:1")],
+            "MONITOR_SERVER: expected an https:// URL (http:// is plain text: only with --insecure), got 'http://x:1'",
+        );
+        check_err(
+            &["--hostname", "h", "--insecure"],
             &[("MONITOR_SERVER", "https://x:1")],
-            "MONITOR_SERVER: expected an http:// URL (TLS is not supported yet), got 'https://x:1'",
+            "MONITOR_SERVER: expected an http:// URL (--insecure talks plain text), got 'https://x:1'",
+        );
+        check_err(
+            &["--hostname", "h"],
+            &[("MONITOR_JOIN", "not-a-token")],
+            "MONITOR_JOIN: not a join token (it starts with 'monitor-join-1.'; get one from 'monitorctl enrol HOSTNAME')",
         );
         check_err(
             &["--hostname", "bad host"],
@@ -421,12 +506,46 @@ mod tests {
 
     #[test]
     fn server_urls() {
-        assert_eq!(parse_server_url("h:1").unwrap(), "http://h:1");
+        assert_eq!(parse_server_url("h:1", false).unwrap(), "https://h:1");
+        assert_eq!(parse_server_url("h:1", true).unwrap(), "http://h:1");
         assert_eq!(
-            parse_server_url("http://[::1]:50051").unwrap(),
+            parse_server_url("https://[::1]:50051", false).unwrap(),
+            "https://[::1]:50051"
+        );
+        assert_eq!(
+            parse_server_url("http://[::1]:50051", true).unwrap(),
             "http://[::1]:50051"
         );
-        assert!(parse_server_url("http://").is_err());
-        assert!(parse_server_url("ftp://h:1").is_err());
+        assert!(parse_server_url("https://", false).is_err());
+        assert!(parse_server_url("ftp://h:1", false).is_err());
+        assert!(parse_server_url("http://h:1", false).is_err());
+        assert!(parse_server_url("https://h:1", true).is_err());
+    }
+
+    #[test]
+    fn the_join_token_gives_the_server_url_and_systemd_the_state_dir() {
+        let token = monitor::join::JoinToken {
+            secret: [1; 16],
+            expires_unix_ms: 1,
+            hostname: "h".into(),
+            server_url: "https://monitor.lan:50051".into(),
+            ca_der: vec![1],
+            operator_keys: vec![],
+        }
+        .encode()
+        .unwrap();
+        let token: &'static str = Box::leak(token.into_boxed_str());
+        let env: &'static [(&'static str, &'static str)] = Box::leak(Box::new([
+            ("MONITOR_JOIN", token),
+            ("STATE_DIRECTORY", "/var/lib/x:/other"),
+        ]));
+        let c = parse(&["--hostname", "h"], env).unwrap();
+        assert_eq!(c.server, "https://monitor.lan:50051");
+        assert_eq!(c.join.unwrap().hostname, "h");
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/x"));
+        let c = parse(&["--hostname", "h", "--state-dir", "/s"], &[]).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/s"));
+        assert_eq!(c.join, None);
+        assert!(!c.insecure);
     }
 }

@@ -9,6 +9,8 @@ pub mod buffer;
 pub mod collector;
 pub mod commands;
 pub mod config;
+pub mod enrol;
+pub mod identity;
 pub mod proc;
 pub mod rates;
 pub mod run;

@@ -1,6 +1,7 @@
 //! `monitor-agent`: flags → validated config → logger → current-thread
 //! runtime → [`monitor_agent::run::run`]. Exit codes: 0 after a clean stop,
-//! 1 when the agent cannot start, 2 for a usage error.
+//! 1 when the agent cannot start, 2 for a usage error, 78 when it is not
+//! enrolled or its join token was refused (only an operator can fix that).
 
 use std::process::ExitCode;
 
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Some(e)) => {
             log::error!("{}", monitor::cli::error_chain(&e));
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
         Err(None) => ExitCode::FAILURE,
     }

@@ -17,7 +17,7 @@ use crate::commands::{Allowlist, AllowlistError, Limits, Policy};
 use crate::config::Config;
 use crate::sampler::{self, Sink};
 use crate::session;
-use crate::session::CommandContext;
+use crate::session::{CommandContext, Connector};
 use crate::spool::{Spool, SpoolError};
 use crate::state::Shared;
 use monitor::sd_notify::Notifier;
@@ -29,6 +29,22 @@ pub enum AgentError {
     Allowlist(AllowlistError),
     Endpoint(tonic::transport::Error),
     Spool(SpoolError),
+    Identity(crate::identity::IdentityError),
+    /// The agent cannot get or use a certificate, and retrying cannot
+    /// change that (not enrolled, join token refused).
+    NotEnrolled(String),
+}
+
+impl AgentError {
+    /// The process exit code: 78 (EX_CONFIG, which the unit's
+    /// `RestartPreventExitStatus=` keeps systemd from restarting in a loop)
+    /// when only an operator can fix it, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::NotEnrolled(_) | AgentError::Identity(_) => 78,
+            _ => 1,
+        }
+    }
 }
 
 impl fmt::Display for AgentError {
@@ -38,6 +54,8 @@ impl fmt::Display for AgentError {
             AgentError::Allowlist(e) => write!(f, "{e}"),
             AgentError::Endpoint(e) => write!(f, "server URL: {e}"),
             AgentError::Spool(e) => write!(f, "{e}"),
+            AgentError::Identity(e) => write!(f, "{e}"),
+            AgentError::NotEnrolled(why) => f.write_str(why),
         }
     }
 }
@@ -49,6 +67,8 @@ impl std::error::Error for AgentError {
             AgentError::Allowlist(e) => Some(e),
             AgentError::Endpoint(e) => Some(e),
             AgentError::Spool(e) => Some(e),
+            AgentError::Identity(e) => Some(e),
+            AgentError::NotEnrolled(_) => None,
         }
     }
 }
@@ -106,6 +126,31 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         limits,
     ));
     let endpoint = session::endpoint(&config.server).map_err(AgentError::Endpoint)?;
+    let connector = if config.insecure {
+        log::warn!(
+            "--insecure: talking to {} in plain text with no certificates; anyone on the \
+             network path can read and forge samples and commands",
+            config.server
+        );
+        Connector::insecure(endpoint)
+    } else {
+        Connector::tls(
+            endpoint,
+            config.state_dir.clone(),
+            config.join.clone(),
+            config.hostname.clone(),
+        )
+        .map_err(AgentError::Identity)?
+    };
+    if connector.needs_token() {
+        return Err(AgentError::NotEnrolled(format!(
+            "this agent is not enrolled (no identity in {}): run 'monitorctl enrol {}' where \
+             the server runs and start the agent with the token it prints, as MONITOR_JOIN or \
+             --join",
+            config.state_dir.display(),
+            config.hostname
+        )));
+    }
     if let Some(path) = &config.spool {
         let (spool, recovered) =
             Spool::open(path, config.spool_max_bytes).map_err(AgentError::Spool)?;
@@ -150,7 +195,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Sink::Buffer,
         config.count,
     ));
-    let connection = tokio::task::spawn_local(session::run(endpoint, Rc::clone(&shared), ctx));
+    let mut connection = tokio::task::spawn_local(session::run(connector, Rc::clone(&shared), ctx));
     let notifier = Rc::new(Notifier::from_env());
     notifier.ready();
     let watchdog = notifier.watchdog_interval().map(|every| {
@@ -158,9 +203,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     });
 
     let mut sampler = sampler;
-    tokio::select! {
-        () = shutdown => log::info!("stopping"),
-        _ = &mut sampler => log::info!("--count ticks taken"),
+    let fatal = tokio::select! {
+        () = shutdown => {
+            log::info!("stopping");
+            None
+        }
+        _ = &mut sampler => {
+            log::info!("--count ticks taken");
+            None
+        }
+        why = &mut connection => Some(why.unwrap_or_else(|e| format!("connection task: {e}"))),
+    };
+    if let Some(why) = fatal {
+        sampler.abort();
+        notifier.stopping();
+        return Err(AgentError::NotEnrolled(why));
     }
     sampler.abort();
     notifier.stopping();

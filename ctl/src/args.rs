@@ -5,19 +5,28 @@
 //! metrics and limits-checked command lines, so no command re-parses a
 //! flag. Nothing here connects, prints or reads the clock.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use argh::FromArgs;
 use monitor::command::{self, ArgvError};
 use monitor::metric::Metric;
 use monitor::time::parse_duration;
-use tonic::transport::Endpoint;
 
-/// The operator API when neither `--server` nor `MONITOR_ADMIN` names one.
-pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:50052";
+/// The operator API when neither `--server`, `MONITOR_ADMIN` nor the
+/// credential names one.
+pub const DEFAULT_ADMIN: &str = "https://127.0.0.1:50052";
 
 /// The environment variable naming the operator API.
 pub const ADMIN_ENV: &str = "MONITOR_ADMIN";
+/// The environment variable naming the operator credential file.
+pub const CREDENTIALS_ENV: &str = "MONITOR_CREDENTIALS";
+/// The environment variable that turns TLS off (`--insecure`).
+pub const INSECURE_ENV: &str = "MONITOR_INSECURE";
+/// How long a join token lives without `--ttl`.
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// The longest `--ttl` the server accepts.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// How far back `query` looks without `--since`.
 const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
@@ -32,10 +41,19 @@ const MIN_EXEC_TIMEOUT: Duration = Duration::from_millis(1);
 /// commands on agents.
 #[derive(FromArgs, Debug)]
 pub struct Args {
-    /// operator API of the server (MONITOR_ADMIN; default
-    /// http://127.0.0.1:50052)
+    /// operator API of the server (MONITOR_ADMIN; default: the
+    /// credential's, else https://127.0.0.1:50052)
     #[argh(option)]
     pub server: Option<String>,
+    /// operator credential file (MONITOR_CREDENTIALS; default
+    /// ~/.config/monitor/credentials, else the server's own
+    /// /var/lib/monitor-server/tls/admin.cred)
+    #[argh(option)]
+    pub credentials: Option<PathBuf>,
+    /// talk to a server started with --insecure: plain text, no
+    /// credential (MONITOR_INSECURE=1)
+    #[argh(switch)]
+    pub insecure: bool,
     #[argh(subcommand)]
     pub command: CommandArgs,
 }
@@ -49,7 +67,80 @@ pub enum CommandArgs {
     Exec(ExecArgs),
     Cancel(CancelArgs),
     History(HistoryArgs),
+    Enrol(EnrolArgs),
+    Revoke(RevokeArgs),
+    Operator(OperatorArgs),
 }
+
+/// make a join token for a new agent (prints one line: give it to the
+/// agent as MONITOR_JOIN or --join)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "enrol")]
+pub struct EnrolArgs {
+    /// the host the token enrols (the agent's hostname)
+    #[argh(positional)]
+    pub hostname: String,
+    /// how long the token may be used (default 1h, at most 7d)
+    #[argh(option)]
+    pub ttl: Option<String>,
+    /// instead of a token, make a key here and write it with its
+    /// certificate and the CA into this directory (for clients that cannot
+    /// enrol themselves; the key is then made off the box)
+    #[argh(option)]
+    pub files: Option<PathBuf>,
+}
+
+/// revoke every certificate of a host: its streams close at once and it
+/// cannot connect again without a new join token
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "revoke")]
+pub struct RevokeArgs {
+    /// the host
+    #[argh(positional)]
+    pub hostname: String,
+}
+
+/// operators: add one (writes their credential file), remove one, list
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "operator")]
+pub struct OperatorArgs {
+    #[argh(subcommand)]
+    pub command: OperatorCommandArgs,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum OperatorCommandArgs {
+    Add(OperatorAddArgs),
+    Remove(OperatorRemoveArgs),
+    List(OperatorListArgs),
+}
+
+/// make a credential for a new operator (its key is made here)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "add")]
+pub struct OperatorAddArgs {
+    /// the operator's name (letters, digits, '.', '-', '_')
+    #[argh(positional)]
+    pub name: String,
+    /// where to write the credential (mode 0600; must not exist yet)
+    #[argh(option)]
+    pub out: PathBuf,
+}
+
+/// revoke an operator's credentials
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "remove")]
+pub struct OperatorRemoveArgs {
+    /// the operator's name
+    #[argh(positional)]
+    pub name: String,
+}
+
+/// every operator the server knows
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+pub struct OperatorListArgs {}
 
 /// every known host: online or offline, last seen, latest value of each metric
 #[derive(FromArgs, Debug)]
@@ -161,12 +252,20 @@ pub struct Config {
     pub command: Command,
 }
 
-/// The operator API's address.
-#[derive(Debug)]
+/// How to reach the operator API; resolved (credential read, URL chosen)
+/// by `connect.rs`.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Server {
-    /// As the operator gave it (with `http://` added when no scheme was).
-    pub url: String,
-    pub endpoint: Endpoint,
+    /// `--server` or `MONITOR_ADMIN`, with the scheme added when none was
+    /// given; `None`: the credential's, else [`DEFAULT_ADMIN`].
+    pub url: Option<String>,
+    /// `--credentials` or `MONITOR_CREDENTIALS`; `None`: the default places.
+    pub credentials: Option<PathBuf>,
+    /// Plain text, no credential.
+    pub insecure: bool,
+    /// `HOME` and `XDG_CONFIG_HOME`, for the default credential place.
+    pub home: Option<PathBuf>,
+    pub xdg_config_home: Option<PathBuf>,
 }
 
 /// What to do once connected.
@@ -178,6 +277,19 @@ pub enum Command {
     Exec(ExecConfig),
     Cancel { id: String },
     History(HistoryConfig),
+    Enrol(EnrolConfig),
+    Revoke { hostname: String },
+    OperatorAdd { name: String, out: PathBuf },
+    OperatorRemove { name: String },
+    OperatorList,
+}
+
+#[derive(Debug)]
+pub struct EnrolConfig {
+    pub hostname: String,
+    pub ttl: Duration,
+    /// Write key, certificate and CA here instead of printing a token.
+    pub files: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -232,7 +344,7 @@ impl Config {
         args: Args,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, UsageError> {
-        let server = server_from(args.server, env)?;
+        let server = server_from((args.server, args.credentials, args.insecure), env)?;
         let command = match args.command {
             CommandArgs::Hosts(a) => Command::Hosts { json: a.json },
             CommandArgs::Query(a) => Command::Query(QueryConfig::from_args(a)?),
@@ -244,31 +356,125 @@ impl Config {
                 limit: a.limit,
                 json: a.json,
             }),
+            CommandArgs::Enrol(a) => Command::Enrol(EnrolConfig::from_args(a)?),
+            CommandArgs::Revoke(a) => Command::Revoke {
+                hostname: checked_name("revoke", a.hostname)?,
+            },
+            CommandArgs::Operator(o) => match o.command {
+                OperatorCommandArgs::Add(a) => Command::OperatorAdd {
+                    name: checked_name("operator add", a.name)?,
+                    out: a.out,
+                },
+                OperatorCommandArgs::Remove(a) => Command::OperatorRemove {
+                    name: checked_name("operator remove", a.name)?,
+                },
+                OperatorCommandArgs::List(_) => Command::OperatorList,
+            },
         };
         Ok(Config { server, command })
     }
 }
 
-/// `--server`, else `MONITOR_ADMIN`, else [`DEFAULT_ADMIN`]; `http://` is
-/// assumed when no scheme is given.
+/// A host or operator name: the wire's hostname rules.
+fn checked_name(what: &str, name: String) -> Result<String, UsageError> {
+    if monitor::wire::valid_hostname(&name) {
+        Ok(name)
+    } else {
+        Err(usage(format!(
+            "{what}: expected a name of letters, digits, '.', '-' and '_' (at most 253 bytes), \
+             got '{}'",
+            monitor::text::Escaped::capped(&name)
+        )))
+    }
+}
+
+impl EnrolConfig {
+    fn from_args(a: EnrolArgs) -> Result<EnrolConfig, UsageError> {
+        let ttl = match &a.ttl {
+            Some(s) => parse_duration(s)
+                .ok()
+                .filter(|d| (Duration::from_secs(1)..=MAX_TOKEN_TTL).contains(d))
+                .ok_or_else(|| {
+                    usage(format!(
+                        "--ttl: expected a duration from 1s to 7d, got '{}'",
+                        monitor::text::Escaped::capped(s)
+                    ))
+                })?,
+            None => DEFAULT_TOKEN_TTL,
+        };
+        Ok(EnrolConfig {
+            hostname: checked_name("enrol", a.hostname)?,
+            ttl,
+            files: a.files,
+        })
+    }
+}
+
+/// `--server` / `MONITOR_ADMIN` (the scheme added when none is given:
+/// https://, or http:// with `--insecure`), `--credentials` /
+/// `MONITOR_CREDENTIALS`, `--insecure` / `MONITOR_INSECURE`.
 fn server_from(
-    flag: Option<String>,
+    args: (Option<String>, Option<PathBuf>, bool),
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Server, UsageError> {
-    let url = flag
-        .or_else(|| env(ADMIN_ENV).filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
-    let url = if url.contains("://") {
-        url
+    let (flag, credentials, insecure_flag) = args;
+    let insecure = insecure_flag
+        || env(INSECURE_ENV).is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        });
+    let (scheme, other) = if insecure {
+        ("http://", "https://")
     } else {
-        format!("http://{url}")
+        ("https://", "http://")
     };
-    match Endpoint::from_shared(url.clone()) {
-        Ok(endpoint) => Ok(Server { url, endpoint }),
-        Err(_) => Err(usage(format!(
-            "--server: expected a URL like {DEFAULT_ADMIN}, got '{url}'"
-        ))),
-    }
+    let url = match flag.or_else(|| env(ADMIN_ENV).filter(|s| !s.is_empty())) {
+        None => None,
+        Some(url) => {
+            let url = if url.contains("://") {
+                url
+            } else {
+                format!("{scheme}{url}")
+            };
+            if url.starts_with(other) {
+                return Err(usage(if insecure {
+                    format!(
+                        "--server: --insecure talks plain text: expected an http:// URL, got '{url}'"
+                    )
+                } else {
+                    format!(
+                        "--server: http:// is plain text: expected an https:// URL (or \
+                         --insecure for a server started with --insecure), got '{url}'"
+                    )
+                }));
+            }
+            if tonic::transport::Endpoint::from_shared(url.clone()).is_err()
+                || !url.starts_with(scheme)
+            {
+                return Err(usage(format!(
+                    "--server: expected a URL like {scheme}127.0.0.1:50052, got '{}'",
+                    monitor::text::Escaped::capped(&url)
+                )));
+            }
+            Some(url)
+        }
+    };
+    let credentials = credentials.or_else(|| {
+        env(CREDENTIALS_ENV)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    });
+    Ok(Server {
+        url,
+        credentials,
+        insecure,
+        home: env("HOME").filter(|s| !s.is_empty()).map(PathBuf::from),
+        xdg_config_home: env("XDG_CONFIG_HOME")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+    })
 }
 
 impl QueryConfig {
@@ -384,21 +590,64 @@ mod tests {
     }
 
     #[test]
-    fn server_comes_from_the_flag_then_the_environment_then_the_default() {
+    fn server_comes_from_the_flag_then_the_environment() {
         let c = config(&["hosts"], &[]).unwrap();
-        assert_eq!(c.server.url, "http://127.0.0.1:50052");
+        assert_eq!(c.server.url, None);
+        assert!(!c.server.insecure);
         let c = config(&["hosts"], &[(ADMIN_ENV, "10.0.0.1:7")]).unwrap();
-        assert_eq!(c.server.url, "http://10.0.0.1:7");
+        assert_eq!(c.server.url.as_deref(), Some("https://10.0.0.1:7"));
         let c = config(
             &["--server", "https://[::1]:9", "hosts"],
             &[(ADMIN_ENV, "10.0.0.1:7")],
         )
         .unwrap();
-        assert_eq!(c.server.url, "https://[::1]:9");
+        assert_eq!(c.server.url.as_deref(), Some("https://[::1]:9"));
         // An empty variable counts as unset.
         let c = config(&["hosts"], &[(ADMIN_ENV, "")]).unwrap();
-        assert_eq!(c.server.url, "http://127.0.0.1:50052");
+        assert_eq!(c.server.url, None);
         assert!(usage_error(&["--server", "a b", "hosts"]).starts_with("--server: expected a URL"));
+        assert!(
+            usage_error(&["--server", "http://h:1", "hosts"])
+                .starts_with("--server: http:// is plain text")
+        );
+        let c = config(&["--insecure", "--server", "h:1", "hosts"], &[]).unwrap();
+        assert_eq!(c.server.url.as_deref(), Some("http://h:1"));
+        assert!(c.server.insecure);
+        let c = config(&["hosts"], &[(INSECURE_ENV, "1"), (ADMIN_ENV, "h:2")]).unwrap();
+        assert_eq!(c.server.url.as_deref(), Some("http://h:2"));
+        let c = config(
+            &["hosts"],
+            &[(CREDENTIALS_ENV, "/x/cred"), ("HOME", "/home/op")],
+        )
+        .unwrap();
+        assert_eq!(c.server.credentials, Some(PathBuf::from("/x/cred")));
+        assert_eq!(c.server.home, Some(PathBuf::from("/home/op")));
+    }
+
+    #[test]
+    fn trust_commands_check_their_names_and_durations() {
+        let Command::Enrol(e) = config(&["enrol", "pi-1", "--ttl", "2h"], &[])
+            .unwrap()
+            .command
+        else {
+            panic!("not enrol");
+        };
+        assert_eq!(
+            (e.hostname.as_str(), e.ttl),
+            ("pi-1", Duration::from_secs(7200))
+        );
+        assert!(usage_error(&["enrol", "bad name"]).starts_with("enrol: expected a name"));
+        assert_eq!(
+            usage_error(&["enrol", "pi", "--ttl", "8d"]),
+            "--ttl: expected a duration from 1s to 7d, got '8d'"
+        );
+        assert!(matches!(
+            config(&["operator", "add", "alice", "--out", "a.cred"], &[])
+                .unwrap()
+                .command,
+            Command::OperatorAdd { .. }
+        ));
+        assert!(usage_error(&["revoke", "x/y"]).starts_with("revoke: expected a name"));
     }
 
     #[test]

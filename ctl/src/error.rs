@@ -1,5 +1,6 @@
 //! How a monitorctl invocation ends: [`CtlError`] and its exit code (0 ok,
-//! 1 the operation failed, 2 usage error, 3 server unreachable).
+//! 1 the operation failed, 2 usage error, 3 server unreachable or no usable
+//! operator credential).
 //!
 //! The exit codes are decided here and only here. An error keeps its cause
 //! (a transport error, a gRPC status, an I/O error) so `main` can print
@@ -18,6 +19,10 @@ use crate::term::{MESSAGE_MAX_BYTES, WriteError};
 pub enum CtlError {
     /// Bad arguments: exit 2.
     Usage(UsageError),
+    /// No usable operator credential: exit 3 (the server cannot be used).
+    Credential(String),
+    /// A file monitorctl writes (a credential, a key) could not be: exit 1.
+    File(monitor::files::FileError),
     /// The server cannot be reached: exit 3.
     Connect {
         url: String,
@@ -42,7 +47,12 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::Usage(_) => 2,
-            CtlError::Connect { .. } => 3,
+            CtlError::Connect { .. } | CtlError::Credential(_) => 3,
+            CtlError::File(_) => 1,
+            // The connection broke under the call (a refused handshake, a
+            // plain-text client at a TLS port): the server is not usable
+            // from here.
+            CtlError::Status(s) if std::error::Error::source(s).is_some() => 3,
             CtlError::Status(s) => match s.code() {
                 tonic::Code::Unavailable => 3,
                 tonic::Code::InvalidArgument => 2,
@@ -66,12 +76,23 @@ impl fmt::Display for CtlError {
         match self {
             CtlError::Usage(e) => e.fmt(f),
             CtlError::Connect { url, .. } => write!(f, "cannot reach the server at {url}"),
+            CtlError::Credential(why) => f.write_str(why),
+            CtlError::File(e) => write!(f, "{e}"),
             CtlError::Status(s) => {
                 let message = Escaped::with_limit(s.message(), MESSAGE_MAX_BYTES);
                 match s.code() {
-                    tonic::Code::Unavailable => write!(f, "server unavailable: {message}"),
-                    _ => message.fmt(f),
+                    tonic::Code::Unavailable => write!(f, "server unavailable: {message}")?,
+                    _ => message.fmt(f)?,
                 }
+                if let Some(cause) = std::error::Error::source(s) {
+                    write!(
+                        f,
+                        ": {} (a server started with --insecure needs monitorctl --insecure, \
+                         and one with TLS needs it without)",
+                        monitor::cli::error_chain(cause)
+                    )?;
+                }
+                Ok(())
             }
             CtlError::Stdout(_) => f.write_str("cannot write to stdout"),
             CtlError::Json(_) => f.write_str("cannot encode the JSON output"),
@@ -86,6 +107,7 @@ impl std::error::Error for CtlError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             CtlError::Connect { source, .. } => Some(source),
+            CtlError::File(e) => Some(e),
             CtlError::Stdout(e) => Some(e),
             CtlError::Json(e) => Some(e),
             _ => None,

@@ -72,6 +72,9 @@ struct HostLine<'a> {
     parse_errors_total: u64,
     interval_ms: u64,
     latest: Latest<'a>,
+    /// Batches refused since the server started as contradicting stored
+    /// samples (added after the fields above; new fields go last).
+    batches_conflicting_total: u64,
 }
 
 /// One line of `monitorctl query --json`.
@@ -98,6 +101,8 @@ struct HistoryLine<'a> {
     stdout_bytes: u64,
     stderr_bytes: u64,
     message: &'a str,
+    /// Who ran it (added last, like every new field).
+    operator: &'a str,
 }
 
 fn line(out: &mut Vec<u8>, value: &impl Serialize) -> Result<(), serde_json::Error> {
@@ -123,6 +128,7 @@ pub fn host(out: &mut Vec<u8>, h: &pb::HostInfo) -> Result<(), serde_json::Error
             parse_errors_total: h.parse_errors_total,
             interval_ms: h.interval_ms,
             latest: Latest(&h.latest),
+            batches_conflicting_total: h.batches_conflicting_total,
         },
     )
 }
@@ -156,6 +162,7 @@ pub fn history(out: &mut Vec<u8>, e: &pb::HistoryEntry) -> Result<(), serde_json
             stdout_bytes: e.stdout_bytes,
             stderr_bytes: e.stderr_bytes,
             message: &e.message,
+            operator: &e.operator,
         },
     )
 }
@@ -236,6 +243,7 @@ mod tests {
             interval_ms: 1000,
             batches_stored_total: 99,
             parse_errors_total: 2,
+            batches_conflicting_total: 4,
         };
         assert_eq!(
             text(|o| host(o, &h)),
@@ -244,7 +252,8 @@ mod tests {
              \"last_seen\":\"1970-01-01T00:00:01.000Z\",\"clock_offset_ms\":-20,\
              \"dropped_batches_total\":1,\"batches_stored_total\":99,\
              \"parse_errors_total\":2,\"interval_ms\":1000,\
-             \"latest\":{\"mem_percent\":40.5,\"cpu_percent\":3}}\n"
+             \"latest\":{\"mem_percent\":40.5,\"cpu_percent\":3},\
+             \"batches_conflicting_total\":4}\n"
         );
         let never = pb::HostInfo {
             hostname: "new".into(),
@@ -252,7 +261,10 @@ mod tests {
         };
         let line = text(|o| host(o, &never));
         assert!(line.contains(",\"last_seen\":null,"), "{line}");
-        assert!(line.ends_with(",\"latest\":{}}\n"), "{line}");
+        assert!(
+            line.ends_with(",\"latest\":{},\"batches_conflicting_total\":0}\n"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -270,13 +282,14 @@ mod tests {
             stderr_bytes: 0,
             message: String::new(),
             targets: vec!["pi-1".into()],
+            operator: "alice".into(),
         };
         assert_eq!(
             text(|o| history(o, &e)),
             "{\"id\":\"c-1\",\"time\":\"1970-01-01T00:00:02.000Z\",\"hostname\":\"pi-1\",\
              \"argv\":[\"echo\",\"a \\\"b\\\"\"],\"outcome\":\"exited\",\"exit_code\":3,\
              \"signal\":null,\"duration_ms\":15,\"stdout_bytes\":200000,\"stderr_bytes\":0,\
-             \"message\":\"\"}\n"
+             \"message\":\"\",\"operator\":\"alice\"}\n"
         );
         let pending = pb::HistoryEntry {
             outcome: pb::Outcome::Unspecified as i32,
@@ -291,7 +304,7 @@ mod tests {
         );
         // Control characters leave only as JSON escapes.
         assert!(
-            line.ends_with("\"message\":\"x\\n\\u001b]0;t\\u0007\"}\n"),
+            line.ends_with("\"message\":\"x\\n\\u001b]0;t\\u0007\",\"operator\":\"\"}\n"),
             "{line}"
         );
     }

@@ -2,7 +2,8 @@
 //! table, run commands on agents, see what ran.
 //!
 //! It is a client of the server's operator API (`--server`, or
-//! `MONITOR_ADMIN`, default `http://127.0.0.1:50052`) and of nothing else:
+//! `MONITOR_ADMIN`, default: the credential's URL) as the operator its
+//! credential names (see [`connect`]), and of nothing else:
 //! it shares the wire contract (`monitor`) with the server, never the
 //! server's code. Exit codes: 0 on success, 1 when the operation failed
 //! (unknown host or metric, a command that failed on some host), 2 for a
@@ -25,19 +26,29 @@ pub mod query;
 pub mod table;
 pub mod term;
 pub mod top;
+pub mod trust;
 
 use args::{Command, Config};
 use error::CtlError;
 
 /// Runs one monitorctl invocation: connect, then the command.
 pub async fn run(config: Config) -> Result<(), CtlError> {
-    let mut client = connect::connect(config.server).await?;
+    let mut conn = connect::connect(config.server).await?;
+    let client = &mut conn.client;
     match config.command {
-        Command::Hosts { json } => hosts::hosts(&mut client, json).await,
-        Command::Query(q) => query::query(&mut client, q).await,
-        Command::Top(t) => top::top(&mut client, t).await,
-        Command::Exec(e) => exec::exec(&mut client, e).await,
-        Command::Cancel { id } => exec::cancel(&mut client, id).await,
-        Command::History(h) => history::history(&mut client, h).await,
+        Command::Hosts { json } => hosts::hosts(client, json).await,
+        Command::Query(q) => query::query(client, q).await,
+        Command::Top(t) => top::top(client, t).await,
+        Command::Exec(e) => exec::exec(client, e).await,
+        Command::Cancel { id } => exec::cancel(client, id).await,
+        Command::History(h) => history::history(client, h).await,
+        Command::Enrol(e) => match &e.files {
+            Some(dir) => trust::enrol_files(&mut conn, e.hostname, dir).await,
+            None => trust::enrol(&mut conn, e.hostname, e.ttl).await,
+        },
+        Command::Revoke { hostname } => trust::revoke(&mut conn, hostname).await,
+        Command::OperatorAdd { name, out } => trust::operator_add(&mut conn, name, &out).await,
+        Command::OperatorRemove { name } => trust::operator_remove(&mut conn, name).await,
+        Command::OperatorList => trust::operator_list(&mut conn).await,
     }
 }

@@ -118,6 +118,56 @@ impl Admin for Hostile {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         Err(Status::unavailable("\x1b[2Jgone"))
     }
+
+    async fn create_join_token(
+        &self,
+        _: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token: format!("{EVIL_HOST}\n{}", "y".repeat(100_000)),
+            expires_unix_ms: 0,
+        }))
+    }
+
+    async fn issue_agent_certificate(
+        &self,
+        _: Request<pb::IssueCertificateRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        Err(Status::permission_denied(EVIL_HOST))
+    }
+
+    async fn revoke(
+        &self,
+        _: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        Err(Status::permission_denied(EVIL_HOST))
+    }
+
+    async fn add_operator(
+        &self,
+        _: Request<pb::IssueCertificateRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        Err(Status::permission_denied(EVIL_HOST))
+    }
+
+    async fn remove_operator(
+        &self,
+        _: Request<pb::RemoveOperatorRequest>,
+    ) -> Result<Response<pb::RemoveOperatorResponse>, Status> {
+        Err(Status::permission_denied(EVIL_HOST))
+    }
+
+    async fn list_operators(
+        &self,
+        _: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        Ok(Response::new(pb::ListOperatorsResponse {
+            operators: vec![pb::OperatorInfo {
+                name: EVIL_HOST.into(),
+                ..Default::default()
+            }],
+        }))
+    }
 }
 
 /// Serves [`Hostile`] on a loopback port; returns its URL.
@@ -135,7 +185,9 @@ async fn serve() -> String {
 
 /// Runs monitorctl against `url`, killed if it takes longer than 120 s.
 async fn ctl(url: &str, args: &[&str]) -> Output {
+    // The fake API speaks plain text.
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_monitorctl"))
+        .arg("--insecure")
         .arg("--server")
         .arg(url)
         .args(args)
@@ -242,5 +294,29 @@ async fn tables_and_errors_show_server_strings_escaped() {
     assert_eq!(
         stdout,
         format!("cancel of c1 sent to 1 hosts: {EVIL_HOST_SHOWN}\n")
+    );
+}
+
+#[tokio::test]
+async fn trust_answers_are_escaped_and_capped() {
+    let url = serve().await;
+    let out = ctl(&url, &["enrol", "pi"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // One line: the newline the server slipped in is shown, not obeyed,
+    // and the text stops at a token's largest size.
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with(&format!("{EVIL_HOST_SHOWN}\\nyyy")));
+    assert!(stdout.len() < monitor::join::MAX_TOKEN_CHARS + 64);
+    let out = ctl(&url, &["revoke", "pi"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out.stderr.contains(&0x1b));
+    let out = ctl(&url, &["operator", "list"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!out.stdout.contains(&0x1b));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains(EVIL_HOST_SHOWN)
     );
 }

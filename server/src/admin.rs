@@ -1,6 +1,8 @@
-//! The operator API (`monitor.v1.Admin`), served on the admin listener
-//! (loopback by default: until authentication exists, only someone on the
-//! server box may use it). `monitorctl` is its client.
+//! The operator API (`monitor.v1.Admin`), served on the admin listener.
+//! `monitorctl` is its client. Every RPC needs an operator's client
+//! certificate (the listener's handshake requires one; each RPC checks the
+//! identity again and records who asked); only a server started with
+//! `--insecure` serves it to anyone, as the operator "insecure".
 //!
 //! `ListHosts` joins the two owners of what it shows: the store for a
 //! host's facts (agent, first and last seen, counters, latest values), the
@@ -18,8 +20,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::commands::CommandRouter;
+use crate::enrolment::Enrolment;
+use crate::listener::PeerInfo;
 use crate::registry::{LiveHost, Registry};
 use crate::store::{HostRecord, SampleQuery, Store, StoreError};
+use crate::tls::Role;
+
+/// The operator name commands are recorded under with `--insecure`.
+pub const INSECURE_OPERATOR: &str = "insecure";
 
 /// Samples per `QueryChunk` message (about 40 bytes each on the wire).
 const QUERY_CHUNK: usize = 4096;
@@ -31,6 +39,8 @@ pub struct AdminService {
     pub store: Store,
     pub registry: Arc<Registry>,
     pub router: Arc<CommandRouter>,
+    /// Certificates and tokens; `None` with `--insecure`.
+    pub enrolment: Option<Arc<Enrolment>>,
 }
 
 /// Maps a store error to a status the operator can act on.
@@ -42,6 +52,33 @@ pub fn status_of(e: StoreError) -> Status {
 }
 
 impl AdminService {
+    /// The operator a request comes from (its certificate's name), or
+    /// UNAUTHENTICATED.
+    fn operator<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let Some(enrolment) = &self.enrolment else {
+            return Ok(INSECURE_OPERATOR.to_owned());
+        };
+        match PeerInfo::of(request).identity {
+            Some(id)
+                if id.role == Role::Operator && !enrolment.trust.is_revoked(&id.fingerprint) =>
+            {
+                Ok(id.name)
+            }
+            _ => Err(Status::unauthenticated(
+                "an operator's client certificate is required (see monitorctl --credentials)",
+            )),
+        }
+    }
+
+    /// The trust RPCs' engine, or why there is none.
+    fn enrolment(&self) -> Result<&Enrolment, Status> {
+        self.enrolment.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this server runs with --insecure: it has no certificates to make or revoke",
+            )
+        })
+    }
+
     /// Whether the store or the registry knows `hostname`.
     async fn is_known(&self, hostname: &str) -> Result<bool, Status> {
         if self.registry.has_connected(hostname) {
@@ -112,6 +149,7 @@ fn host_info(stored: Option<HostRecord>, live: Option<LiveHost>) -> pb::HostInfo
         info.connected_since_unix_ms = l.connected_since_unix_ms;
         info.interval_ms = l.interval_ms;
         info.parse_errors_total = l.parse_errors_total;
+        info.batches_conflicting_total = l.batches_conflicting_total;
         info.peer = l.peer;
         info.clock_offset_ms = l.clock_offset_ms;
     }
@@ -141,10 +179,86 @@ fn host_info(stored: Option<HostRecord>, live: Option<LiveHost>) -> pb::HostInfo
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let operator = self.operator(&request)?;
+        let answer = self
+            .enrolment()?
+            .create_join_token(&operator, request.into_inner())
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn issue_agent_certificate(
+        &self,
+        request: Request<pb::IssueCertificateRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let operator = self.operator(&request)?;
+        let answer = self
+            .enrolment()?
+            .issue(&operator, Role::Agent, request.into_inner())
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let operator = self.operator(&request)?;
+        let hostname = request.into_inner().hostname;
+        let (certificates_revoked, was_connected) = self
+            .enrolment()?
+            .revoke(&operator, Role::Agent, &hostname)
+            .await?;
+        Ok(Response::new(pb::RevokeResponse {
+            certificates_revoked,
+            was_connected,
+        }))
+    }
+
+    async fn add_operator(
+        &self,
+        request: Request<pb::IssueCertificateRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let operator = self.operator(&request)?;
+        let answer = self
+            .enrolment()?
+            .issue(&operator, Role::Operator, request.into_inner())
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn remove_operator(
+        &self,
+        request: Request<pb::RemoveOperatorRequest>,
+    ) -> Result<Response<pb::RemoveOperatorResponse>, Status> {
+        let operator = self.operator(&request)?;
+        let name = request.into_inner().name;
+        let (certificates_revoked, _) = self
+            .enrolment()?
+            .revoke(&operator, Role::Operator, &name)
+            .await?;
+        Ok(Response::new(pb::RemoveOperatorResponse {
+            certificates_revoked,
+        }))
+    }
+
+    async fn list_operators(
+        &self,
+        request: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        self.operator(&request)?;
+        Ok(Response::new(self.enrolment()?.operators().await?))
+    }
+
     async fn list_hosts(
         &self,
-        _request: Request<pb::ListHostsRequest>,
+        request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        self.operator(&request)?;
         let stored = self.store.hosts().await.map_err(status_of)?;
         Ok(Response::new(pb::ListHostsResponse {
             hosts: host_infos(stored, self.registry.snapshot()),
@@ -158,6 +272,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
+        self.operator(&request)?;
         let q = request.into_inner();
         if !self.is_known(&q.hostname).await? {
             return Err(self.unknown_host(&q.hostname).await);
@@ -214,8 +329,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ExecRequest>,
     ) -> Result<Response<Self::ExecStream>, Status> {
+        let operator = self.operator(&request)?;
         let req = request.into_inner();
-        let (id, rx) = self.router.exec(req).await?;
+        let (id, rx) = self.router.exec(req, &operator).await?;
         let mut response = Response::new(ReceiverStream::new(rx));
         if let Ok(v) = id.parse() {
             response.metadata_mut().insert("monitor-command-id", v);
@@ -227,13 +343,16 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
+        let operator = self.operator(&request)?;
         let id = request.into_inner().command_id;
         if !self.router.is_running(&id) {
             return Err(Status::not_found(format!(
-                "no running command with id '{id}'"
+                "no running command with id '{}'",
+                monitor::text::Escaped::capped(&id)
             )));
         }
         let hosts = self.router.cancel(&id);
+        log::info!("operator {operator} cancelled command {id}");
         Ok(Response::new(pb::CancelResponse { hosts }))
     }
 
@@ -241,6 +360,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        self.operator(&request)?;
         let req = request.into_inner();
         let host = (!req.hostname.is_empty()).then_some(req.hostname);
         if let Some(h) = &host
@@ -269,6 +389,7 @@ impl Admin for AdminService {
                     stderr_bytes: r.stderr_bytes,
                     message: r.message,
                     targets: r.targets,
+                    operator: r.operator,
                 })
                 .collect(),
         }))

@@ -103,6 +103,7 @@ impl CommandRouter {
     pub async fn exec(
         self: &Arc<Self>,
         req: pb::ExecRequest,
+        operator: &str,
     ) -> Result<(String, mpsc::Receiver<Result<pb::ExecEvent, Status>>), Status> {
         monitor::command::check_argv(&req.argv)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -147,6 +148,7 @@ impl CommandRouter {
                 time_unix_ms: now,
                 targets: targets.clone(),
                 argv: req.argv.clone(),
+                operator: operator.to_owned(),
             })
             .await
             .map_err(|e| Status::unavailable(format!("cannot record the command: {e}")))?;
@@ -206,7 +208,7 @@ impl CommandRouter {
             ));
         }
         log::info!(
-            "command {id}: {:?} on {} hosts ({} unreachable)",
+            "command {id} from operator {operator}: {:?} on {} hosts ({} unreachable)",
             req.argv,
             targets.len(),
             unreachable.len()

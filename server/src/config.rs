@@ -35,6 +35,28 @@ pub struct Args {
     /// server's clock (MONITOR_MAX_CLOCK_SKEW; default 30s)
     #[argh(option)]
     pub max_clock_skew: Option<String>,
+    /// directory of the server's CA, certificate and the local operator
+    /// credential (MONITOR_TLS_DIR; default: tls/ beside the database)
+    #[argh(option)]
+    pub tls_dir: Option<PathBuf>,
+    /// a name (DNS name or IP address) agents and operators reach this
+    /// server by, for its certificate; repeat for several
+    /// (MONITOR_TLS_NAMES, comma-separated; default: this machine's
+    /// hostname, localhost, 127.0.0.1, ::1)
+    #[argh(option)]
+    pub tls_name: Vec<String>,
+    /// the agents' URL that join tokens carry (MONITOR_PUBLIC_URL; default
+    /// https://FIRST-TLS-NAME:LISTEN-PORT)
+    #[argh(option)]
+    pub public_url: Option<String>,
+    /// how long an agent's certificate is valid; agents renew at two
+    /// thirds of it (MONITOR_AGENT_CERT_LIFETIME; default 90d)
+    #[argh(option)]
+    pub agent_cert_lifetime: Option<String>,
+    /// serve both listeners in plain text with no authentication: anyone
+    /// who reaches them is an agent or an operator (MONITOR_INSECURE=1)
+    #[argh(switch)]
+    pub insecure: bool,
     /// error, warn, info or debug (MONITOR_LOG; default info)
     #[argh(option)]
     pub log: Option<String>,
@@ -51,7 +73,42 @@ pub struct Config {
     pub db: PathBuf,
     pub retention: Duration,
     pub max_clock_skew: Duration,
+    /// `None`: plain text, no authentication (`--insecure`).
+    pub tls: Option<TlsConfig>,
     pub log_level: log::LevelFilter,
+}
+
+/// Where the server's TLS material lives and what it says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsConfig {
+    pub dir: PathBuf,
+    /// DNS names and IP addresses in the server's certificate.
+    pub names: Vec<String>,
+    /// The agents' listener as join tokens give it.
+    pub public_url: String,
+    pub agent_cert_lifetime: Duration,
+}
+
+/// An agent's certificate lives this long by default.
+pub const DEFAULT_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
+
+/// This machine's hostname, from the kernel.
+fn machine_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && monitor::wire::valid_hostname(h))
+}
+
+/// Whether `name` can go in a certificate: an IP address, or a DNS name of
+/// letters, digits, '-' and '.'.
+fn valid_tls_name(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok()
+        || (!name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
 }
 
 impl Config {
@@ -64,6 +121,7 @@ impl Config {
             db: db.into(),
             retention: Duration::from_secs(7 * 86_400),
             max_clock_skew: Duration::from_secs(30),
+            tls: None,
             log_level: log::LevelFilter::Info,
         }
     }
@@ -123,12 +181,102 @@ impl Config {
             Some(raw) => raw.log_level()?,
             None => log::LevelFilter::Info,
         };
+        let insecure = args.insecure
+            || match pick(None, "", "MONITOR_INSECURE", env) {
+                Some(raw) => raw.bool()?,
+                None => false,
+            };
+        let tls = if insecure {
+            None
+        } else {
+            let dir = args
+                .tls_dir
+                .or_else(|| {
+                    env("MONITOR_TLS_DIR")
+                        .filter(|s| !s.is_empty())
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| match db.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.join("tls"),
+                    _ => PathBuf::from("tls"),
+                });
+            let names = if args.tls_name.is_empty() {
+                match env("MONITOR_TLS_NAMES").filter(|s| !s.trim().is_empty()) {
+                    Some(list) => {
+                        let raw = monitor::config::Raw {
+                            source: "MONITOR_TLS_NAMES".into(),
+                            value: list.clone(),
+                        };
+                        let names: Vec<String> = list
+                            .split(',')
+                            .map(|n| n.trim().to_owned())
+                            .filter(|n| !n.is_empty())
+                            .collect();
+                        if names.iter().any(|n| !valid_tls_name(n)) {
+                            return Err(raw.error("comma-separated DNS names or IP addresses"));
+                        }
+                        names
+                    }
+                    None => machine_hostname()
+                        .into_iter()
+                        .chain(["localhost", "127.0.0.1", "::1"].map(String::from))
+                        .collect(),
+                }
+            } else {
+                for n in &args.tls_name {
+                    if !valid_tls_name(n) {
+                        return Err(monitor::config::Raw {
+                            source: "--tls-name".into(),
+                            value: n.clone(),
+                        }
+                        .error("a DNS name or an IP address"));
+                    }
+                }
+                args.tls_name
+            };
+            let public_url = match pick(args.public_url, "public-url", "MONITOR_PUBLIC_URL", env) {
+                Some(raw) => {
+                    let v = raw.value.trim();
+                    if !v.starts_with("https://") || v.len() <= "https://".len() {
+                        return Err(raw.error("an https:// URL like https://monitor.lan:50051"));
+                    }
+                    v.to_owned()
+                }
+                None => {
+                    let host = names.first().map_or("localhost", String::as_str);
+                    let host = if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host.to_owned()
+                    };
+                    format!("https://{host}:{}", listen.port())
+                }
+            };
+            let agent_cert_lifetime = match pick(
+                args.agent_cert_lifetime,
+                "agent-cert-lifetime",
+                "MONITOR_AGENT_CERT_LIFETIME",
+                env,
+            ) {
+                Some(raw) => {
+                    raw.duration(Duration::from_secs(3), Duration::from_secs(3650 * 86_400))?
+                }
+                None => DEFAULT_AGENT_CERT_LIFETIME,
+            };
+            Some(TlsConfig {
+                dir,
+                names,
+                public_url,
+                agent_cert_lifetime,
+            })
+        };
         Ok(Config {
             listen,
             admin_listen,
             db,
             retention,
             max_clock_skew,
+            tls,
             log_level,
         })
     }
@@ -173,6 +321,44 @@ mod tests {
         assert_eq!(c.db, PathBuf::from("/var/lib/monitor-server/monitor.db"));
         assert_eq!(c.retention, Duration::from_secs(2 * 86_400));
         assert_eq!(c.listen, "[::1]:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn tls_is_on_by_default_beside_the_database() {
+        let c = parse(&["--db", "/var/lib/m/monitor.db"], &[]).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.dir, PathBuf::from("/var/lib/m/tls"));
+        assert!(tls.names.contains(&"localhost".to_owned()));
+        assert!(tls.names.contains(&"127.0.0.1".to_owned()));
+        assert_eq!(tls.agent_cert_lifetime, DEFAULT_AGENT_CERT_LIFETIME);
+        let c = parse(
+            &[
+                "--tls-name",
+                "mon.lan",
+                "--tls-name",
+                "10.0.0.5",
+                "--listen",
+                "0.0.0.0:7000",
+            ],
+            &[("MONITOR_TLS_DIR", "/etc/m/tls")],
+        )
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.names, ["mon.lan", "10.0.0.5"]);
+        assert_eq!(tls.public_url, "https://mon.lan:7000");
+        assert_eq!(tls.dir, PathBuf::from("/etc/m/tls"));
+        assert_eq!(parse(&["--insecure"], &[]).unwrap().tls, None);
+        assert_eq!(parse(&[], &[("MONITOR_INSECURE", "1")]).unwrap().tls, None);
+        let e = parse(&["--tls-name", "a b"], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--tls-name: expected a DNS name or an IP address, got 'a b'"
+        );
+        let e = parse(&["--public-url", "http://x:1"], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--public-url: expected an https:// URL like https://monitor.lan:50051, got 'http://x:1'"
+        );
     }
 
     #[test]

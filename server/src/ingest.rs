@@ -18,9 +18,17 @@
 //! with the batch, in the same transaction); the registry only hears what
 //! the live connection tells: streams opening and closing, the clock
 //! offset and parse errors of the newest batch.
+//!
+//! Who an agent is comes from its client certificate, never from a message
+//! field: a batch or hello naming another host ends the stream with
+//! PERMISSION_DENIED, and the de-duplication key uses the certificate's
+//! name as the agent id, so one agent can neither write as another nor
+//! poison another's de-duplication. A stream ends at once when its
+//! certificate is revoked. Only `Enrol` takes a connection without a
+//! certificate. With `--insecure` (no TLS) the message fields are trusted,
+//! as the flag's name says.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +41,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::commands::CommandRouter;
+use crate::enrolment::Enrolment;
+use crate::listener::PeerInfo;
 use crate::registry::Registry;
 use crate::store::{IncomingBatch, Store, StoreError, StoredSample, SubmitOutcome};
+use crate::tls::{Identity, Role, Trust};
 
 /// Batches of one stream queued to the store and not yet acknowledged.
 pub const MAX_PENDING: usize = 64;
@@ -52,12 +63,53 @@ pub struct CollectorService {
     pub max_clock_skew_ms: i64,
     /// Turns true when the server stops; handlers end their streams.
     pub stopping: watch::Receiver<bool>,
+    /// Certificates and tokens; `None` with `--insecure`.
+    pub enrolment: Option<Arc<Enrolment>>,
 }
 
-fn peer_of<T>(req: &Request<T>) -> String {
-    req.remote_addr()
-        .map(|a: SocketAddr| a.to_string())
-        .unwrap_or_else(|| "unknown".to_owned())
+/// The agent a request comes from, by its certificate.
+#[derive(Clone)]
+struct Caller {
+    peer: String,
+    /// `None` with `--insecure`: message fields are trusted.
+    identity: Option<(Identity, Arc<Trust>)>,
+}
+
+impl Caller {
+    /// Refuses a batch or hello that names a host other than the
+    /// certificate's.
+    fn check_host(&self, named: &str, what: &str) -> Result<(), Status> {
+        match &self.identity {
+            Some((id, _)) if id.name != named => Err(Status::permission_denied(format!(
+                "this agent's certificate is for '{}', the {what} names '{}'",
+                id.name,
+                monitor::text::Escaped::capped(named)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Resolves when this caller's certificate is revoked (never without
+    /// TLS).
+    async fn revoked(&self) {
+        let Some((id, trust)) = &self.identity else {
+            return std::future::pending().await;
+        };
+        let mut changes = trust.revocations();
+        loop {
+            if trust.is_revoked(&id.fingerprint) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Status for a stream whose certificate was revoked while it was open.
+fn revoked_status() -> Status {
+    Status::unauthenticated("this agent's certificate was revoked")
 }
 
 /// Resolves when `stopping` turns true (or its sender is gone).
@@ -68,6 +120,31 @@ async fn stopped(mut stopping: watch::Receiver<bool>) {
 type Pending = Pin<Box<dyn std::future::Future<Output = pb::Ack> + Send>>;
 
 impl CollectorService {
+    /// Who calls: with TLS, an enrolled, unrevoked agent, or
+    /// UNAUTHENTICATED.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let info = PeerInfo::of(request);
+        let peer = info.addr.to_string();
+        let Some(enrolment) = &self.enrolment else {
+            return Ok(Caller {
+                peer,
+                identity: None,
+            });
+        };
+        match info.identity {
+            Some(id) if id.role == Role::Agent && !enrolment.trust.is_revoked(&id.fingerprint) => {
+                Ok(Caller {
+                    peer,
+                    identity: Some((id, Arc::clone(&enrolment.trust))),
+                })
+            }
+            _ => Err(Status::unauthenticated(
+                "this RPC needs the agent's client certificate: enrol the agent with a join \
+                 token ('monitorctl enrol HOSTNAME' where the server runs)",
+            )),
+        }
+    }
+
     /// Queues a valid batch to the store (waiting while its queue is full:
     /// that is the backpressure); the returned future resolves to its ack
     /// once the batch is committed (or refused).
@@ -148,11 +225,40 @@ impl Collector for CollectorService {
     type ReportStream = AckStream;
     type CommandStreamStream = CommandRequestStream;
 
+    async fn enrol(
+        &self,
+        request: Request<pb::EnrolRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let Some(enrolment) = &self.enrolment else {
+            return Err(Status::failed_precondition(
+                "this server runs with --insecure: start the agent with --insecure too",
+            ));
+        };
+        let peer = PeerInfo::of(&request).addr.to_string();
+        let answer = enrolment.enrol(&peer, request.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let caller = self.caller(&request)?;
+        let (Some(enrolment), Some((id, _))) = (&self.enrolment, &caller.identity) else {
+            return Err(Status::failed_precondition(
+                "this server runs with --insecure: there is no certificate to renew",
+            ));
+        };
+        let answer = enrolment.renew(id, request.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
+
     async fn report(
         &self,
         request: Request<Streaming<pb::Batch>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
-        let peer = peer_of(&request);
+        let caller = self.caller(&request)?;
+        let peer = caller.peer.clone();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(MAX_PENDING);
         let service = self.clone();
@@ -161,10 +267,13 @@ impl Collector for CollectorService {
             let mut hostname: Option<String> = None;
             let stop = stopped(service.stopping.clone());
             tokio::pin!(stop);
+            let revoked = caller.revoked();
+            tokio::pin!(revoked);
             let end: Result<(), Status> = loop {
                 tokio::select! {
                     biased;
                     () = &mut stop => break Ok(()),
+                    () = &mut revoked => break Err(revoked_status()),
                     ack = front(&mut pending), if !pending.is_empty() => {
                         pending.pop_front();
                         let failed = ack.code == pb::AckCode::Unavailable as i32;
@@ -189,7 +298,16 @@ impl Collector for CollectorService {
                         let received = monitor::time::now_unix_ms();
                         let (boot_id, seq) = (batch.boot_id, batch.seq);
                         match validate_batch(batch, received, service.max_clock_skew_ms) {
-                            Ok(valid) => {
+                            Ok(mut valid) => {
+                                if let Err(status) = caller.check_host(&valid.hostname, "batch") {
+                                    log::warn!("{peer}: {}", status.message());
+                                    break Err(status);
+                                }
+                                if let Some((id, _)) = &caller.identity {
+                                    // De-duplication is keyed on who the
+                                    // certificate says, not on a field.
+                                    valid.agent_id.clone_from(&id.name);
+                                }
                                 if hostname.as_deref() != Some(valid.hostname.as_str()) {
                                     if let Some(old) = hostname.take() {
                                         service.registry.report_closed(&old);
@@ -214,7 +332,10 @@ impl Collector for CollectorService {
                                 }
                             }
                             Err(invalid) => {
-                                log::warn!("{peer}: rejected batch {seq}: {invalid}");
+                                log::warn!(
+                                    "{peer}: rejected batch {seq}: {}",
+                                    monitor::text::Escaped::capped(&invalid.to_string())
+                                );
                                 let ack = pb::Ack {
                                     boot_id,
                                     seq,
@@ -257,7 +378,8 @@ impl Collector for CollectorService {
         &self,
         request: Request<Streaming<pb::CommandResponse>>,
     ) -> Result<Response<Self::CommandStreamStream>, Status> {
-        let peer = peer_of(&request);
+        let caller = self.caller(&request)?;
+        let peer = caller.peer.clone();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let service = self.clone();
@@ -283,6 +405,11 @@ impl Collector for CollectorService {
                     return;
                 }
             };
+            if let Err(status) = caller.check_host(&hello.hostname, "hello") {
+                log::warn!("{peer}: {}", status.message());
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
             let host = hello.hostname.clone();
             let now = monitor::time::now_unix_ms();
             // Registered before the hello goes out: once the agent has the
@@ -302,18 +429,29 @@ impl Collector for CollectorService {
             }
             log::info!(
                 "{host} ({peer}) command stream open, agent {} {}",
-                hello.agent_id,
-                hello.agent_version
+                monitor::text::Escaped::capped(&hello.agent_id),
+                monitor::text::Escaped::capped(&hello.agent_version)
             );
             let stop = stopped(service.stopping.clone());
             tokio::pin!(stop);
+            let revoked = caller.revoked();
+            tokio::pin!(revoked);
             loop {
                 tokio::select! {
                     () = &mut stop => break,
+                    () = &mut revoked => {
+                        log::warn!("{host} ({peer}): certificate revoked; command stream closed");
+                        let _ = tx.try_send(Err(revoked_status()));
+                        break;
+                    }
                     msg = inbound.message() => match msg {
                         Ok(Some(resp)) => {
                             if let Some(pb::command_response::Kind::Finished(f)) = &resp.kind {
-                                log::debug!("{host}: command {} finished: outcome {}", resp.command_id, f.outcome);
+                                log::debug!(
+                                    "{host}: command {} finished: outcome {}",
+                                    monitor::text::Escaped::capped(&resp.command_id),
+                                    f.outcome
+                                );
                             }
                             service.router.on_agent_response(&host, conn, resp).await;
                         }

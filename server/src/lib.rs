@@ -6,7 +6,10 @@
 pub mod admin;
 pub mod commands;
 pub mod config;
+pub mod enrolment;
 pub mod ingest;
+pub mod listener;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -11,10 +11,14 @@
 //!
 //! A host is online while at least one of its streams (Report or
 //! CommandStream) is open. Several connections can claim one hostname (a
-//! reconnect racing a half-open old connection, or two boxes misconfigured
-//! with the same name): each command stream gets a connection id, the
-//! newest command stream wins, and a stream that ends only clears what it
-//! itself set.
+//! reconnect racing a half-open old connection, two boxes misconfigured
+//! with the same name, and without TLS a stranger): each command stream
+//! gets a connection id, commands go to the newest one still open, and a
+//! stream that ends removes only itself, so when the newest goes, the one
+//! before it (still open) takes the commands again: a host with an open
+//! command stream is always reachable. At most
+//! [`MAX_COMMAND_STREAMS_PER_HOST`] are kept per host; a newer one pushes
+//! the oldest out (it is told so and ends).
 //!
 //! Every method takes the one lock for a few map operations and never
 //! awaits or does I/O while holding it.
@@ -29,16 +33,18 @@ use tokio::sync::mpsc;
 /// Where to push a host's commands.
 pub type CommandSender = mpsc::Sender<Result<pb::CommandRequest, tonic::Status>>;
 
+/// Command streams kept per host (newest gets the commands).
+pub const MAX_COMMAND_STREAMS_PER_HOST: usize = 4;
+
 /// What this server process knows of one host's connections: the truth
 /// for liveness. Facts about the host are the store's `HostRecord`.
 #[derive(Debug, Default)]
 struct Live {
     /// Open Report streams.
     report_streams: u32,
-    /// The current command stream: (connection id, sender).
-    commands: Option<(u64, CommandSender)>,
-    /// Open command streams (the newest is in `commands`).
-    command_streams: u32,
+    /// Open command streams, oldest first: (connection id, sender). The
+    /// last one gets the commands.
+    commands: Vec<(u64, CommandSender)>,
     /// Peer address of the newest stream.
     peer: String,
     /// When the host came online (a stream opened while none was), server
@@ -59,7 +65,7 @@ struct Live {
 
 impl Live {
     fn online(&self) -> bool {
-        self.report_streams > 0 || self.command_streams > 0
+        self.report_streams > 0 || !self.commands.is_empty()
     }
 
     fn connect(&mut self, peer: &str, now_ms: i64) {
@@ -141,30 +147,40 @@ impl Registry {
         let mut hosts = self.lock();
         let e = hosts.entry(hostname.to_owned()).or_default();
         e.connect(peer, now_ms);
-        e.command_streams += 1;
-        e.commands = Some((conn, sender));
+        if e.commands.len() >= MAX_COMMAND_STREAMS_PER_HOST {
+            let (_, oldest) = e.commands.remove(0);
+            let _ = oldest.try_send(Err(tonic::Status::aborted(
+                "replaced by newer command streams of this host",
+            )));
+        }
+        e.commands.push((conn, sender));
         e.interval_ms = interval_ms;
         conn
     }
 
-    /// Command stream `conn` of `hostname` ended: it clears the host's
-    /// sender only if it is still the one it set.
+    /// Command stream `conn` of `hostname` ended: it removes only itself;
+    /// the newest stream still open gets the commands.
     pub fn commands_closed(&self, hostname: &str, conn: u64) {
         let mut hosts = self.lock();
         if let Some(e) = hosts.get_mut(hostname) {
-            e.command_streams = e.command_streams.saturating_sub(1);
-            if e.commands.as_ref().is_some_and(|(c, _)| *c == conn) {
-                e.commands = None;
-            }
+            e.commands.retain(|(c, _)| *c != conn);
             if !e.online() {
                 log::info!("{hostname} is offline");
             }
         }
     }
 
-    /// The open command stream of `hostname`, if it has one.
+    /// The command stream of `hostname` that gets its commands, if one is
+    /// open.
     pub fn command_sender(&self, hostname: &str) -> Option<(u64, CommandSender)> {
-        self.lock().get(hostname).and_then(|e| e.commands.clone())
+        self.lock()
+            .get(hostname)
+            .and_then(|e| e.commands.last().cloned())
+    }
+
+    /// Whether `hostname` has a stream open.
+    pub fn is_online(&self, hostname: &str) -> bool {
+        self.lock().get(hostname).is_some_and(Live::online)
     }
 
     /// Hosts with an open command stream, sorted.
@@ -172,7 +188,7 @@ impl Registry {
         let hosts = self.lock();
         let mut v: Vec<String> = hosts
             .iter()
-            .filter(|(_, e)| e.commands.is_some())
+            .filter(|(_, e)| !e.commands.is_empty())
             .map(|(h, _)| h.clone())
             .collect();
         v.sort();
@@ -245,6 +261,7 @@ mod tests {
         let c1 = r.commands_opened("a", "p1", 5000, tx1, 10);
         let c2 = r.commands_opened("a", "p2", 5000, tx2, 20);
         assert_eq!(r.online_hosts(), vec!["a".to_string()]);
+        assert_eq!(r.command_sender("a").map(|(c, _)| c), Some(c2));
         // The old connection ends late: the new one must stay.
         r.commands_closed("a", c1);
         assert_eq!(r.command_sender("a").map(|(c, _)| c), Some(c2));
@@ -257,6 +274,45 @@ mod tests {
         assert!(!snap[0].online);
         assert_eq!(snap[0].connected_since_unix_ms, 0);
         assert_eq!(snap[0].peer, "p2");
+    }
+
+    #[test]
+    fn when_the_newest_command_stream_ends_the_one_still_open_gets_the_commands() {
+        // Finding 1 of the security review: a second stream for the host
+        // (a stranger, or an agent restarted twice quickly) ended and the
+        // host's real, still open stream no longer got any command.
+        let r = Registry::default();
+        let (real, _rx1) = mpsc::channel(1);
+        let (other, _rx2) = mpsc::channel(1);
+        let c_real = r.commands_opened("pi", "p1", 5000, real, 10);
+        let c_other = r.commands_opened("pi", "p2", 5000, other, 20);
+        assert_eq!(r.command_sender("pi").map(|(c, _)| c), Some(c_other));
+        r.commands_closed("pi", c_other);
+        assert_eq!(r.command_sender("pi").map(|(c, _)| c), Some(c_real));
+        assert_eq!(r.online_hosts(), ["pi"]);
+        assert!(r.is_online("pi"));
+    }
+
+    #[test]
+    fn a_host_keeps_a_bounded_number_of_command_streams() {
+        let r = Registry::default();
+        let mut receivers = Vec::new();
+        let mut conns = Vec::new();
+        for i in 0..MAX_COMMAND_STREAMS_PER_HOST + 1 {
+            let (tx, rx) = mpsc::channel(1);
+            receivers.push(rx);
+            conns.push(r.commands_opened("pi", "p", 1000, tx, i as i64));
+        }
+        // The oldest was pushed out and told so.
+        let told = receivers[0].try_recv().expect("the oldest was told");
+        assert_eq!(told.unwrap_err().code(), tonic::Code::Aborted);
+        assert!(receivers[1].try_recv().is_err());
+        // Closing the pushed-out one changes nothing for the others.
+        r.commands_closed("pi", conns[0]);
+        assert_eq!(
+            r.command_sender("pi").map(|(c, _)| c),
+            conns.last().copied()
+        );
     }
 
     #[test]

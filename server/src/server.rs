@@ -24,14 +24,15 @@ use monitor::sd_notify::Notifier;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::admin::AdminService;
 use crate::commands::CommandRouter;
 use crate::config::Config;
 use crate::ingest::CollectorService;
+use crate::listener::{self, Limits};
 use crate::registry::Registry;
 use crate::store::{SqliteConfig, Store, StoreError};
+use crate::tls::setup::{self, SetupError};
 
 /// Longest a graceful stop waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +56,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     Store(StoreError),
+    Tls(SetupError),
     Serve(tonic::transport::Error),
 }
 
@@ -63,6 +65,7 @@ impl fmt::Display for ServerError {
         match self {
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServerError::Store(e) => write!(f, "{e}"),
+            ServerError::Tls(e) => write!(f, "{e}"),
             ServerError::Serve(e) => write!(f, "serving: {e}"),
         }
     }
@@ -73,6 +76,7 @@ impl std::error::Error for ServerError {
         match self {
             ServerError::Bind { source, .. } => Some(source),
             ServerError::Store(e) => Some(e),
+            ServerError::Tls(e) => Some(e),
             ServerError::Serve(e) => Some(e),
         }
     }
@@ -143,24 +147,57 @@ pub async fn run(
     let registry = Arc::new(Registry::default());
     let router = Arc::new(CommandRouter::new(Arc::clone(&registry), store.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
-
+    let agents_addr = listeners.agents_addr().ok();
+    let admin_addr = listeners.admin_addr().ok();
+    let secured = match &config.tls {
+        Some(tls) => {
+            let admin_at = admin_addr.unwrap_or(config.admin_listen);
+            Some(
+                setup::start(tls, &store, &registry, admin_at)
+                    .await
+                    .map_err(ServerError::Tls)?,
+            )
+        }
+        None => {
+            log::warn!(
+                "--insecure: both listeners speak plain text with no authentication; anyone \
+                 who reaches them is an agent or an operator"
+            );
+            None
+        }
+    };
+    let enrolment = secured.as_ref().map(|s| Arc::clone(&s.enrolment));
     let collector = CollectorService {
         store: store.clone(),
         registry: Arc::clone(&registry),
         router: Arc::clone(&router),
         max_clock_skew_ms: config.max_clock_skew.as_millis() as i64,
         stopping: stop_rx.clone(),
+        enrolment: enrolment.clone(),
     };
     let admin = AdminService {
         store: store.clone(),
         registry: Arc::clone(&registry),
         router: Arc::clone(&router),
+        enrolment: enrolment.clone(),
     };
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let agents_addr = listeners.agents_addr().ok();
-    let admin_addr = listeners.admin_addr().ok();
+    let agents_incoming = listener::incoming(
+        listeners.agents,
+        "agents",
+        secured.as_ref().map(|s| s.agents.clone()),
+        Limits::AGENTS,
+        stop_rx.clone(),
+    );
+    let admin_incoming = listener::incoming(
+        listeners.admin,
+        "operator API",
+        secured.as_ref().map(|s| s.admin.clone()),
+        Limits::OPERATORS,
+        stop_rx.clone(),
+    );
     let (keepalive_interval, keepalive_timeout) = monitor::keepalive::from_env();
     let agents = Server::builder()
         .tcp_nodelay(true)
@@ -172,26 +209,38 @@ pub async fn run(
         .add_service(
             CollectorServer::new(collector).max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            // tonic ignores .tcp_nodelay() for a caller's incoming stream:
-            // without it, small replies wait for the peer's delayed ACK (40 ms).
-            TcpIncoming::from(listeners.agents).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(agents_incoming, stopped(stop_rx.clone()));
     let admin = Server::builder()
         .tcp_nodelay(true)
         .add_service(AdminServer::new(admin))
-        .serve_with_incoming_shutdown(
-            // tonic ignores .tcp_nodelay() for a caller's incoming stream:
-            // without it, small replies wait for the peer's delayed ACK (40 ms).
-            TcpIncoming::from(listeners.admin).with_nodelay(Some(true)),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone()));
     let mut agents = tokio::spawn(agents);
     let mut admin = tokio::spawn(admin);
     if let (Some(a), Some(b)) = (agents_addr, admin_addr) {
-        log::info!("listening for agents on {a}, operator API on {b}");
+        let how = if secured.is_some() {
+            "TLS"
+        } else {
+            "plain text"
+        };
+        log::info!("listening for agents on {a}, operator API on {b} ({how})");
     }
+    if let Some(s) = &secured {
+        log::info!(
+            "operator credential for this box: {}",
+            s.admin_credential.display()
+        );
+    }
+    // Expired certificates leave the trust table (their handshakes fail
+    // on the date anyway), so it holds only what can still be used.
+    let pruner = enrolment.map(|e| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                e.trust.prune(monitor::time::now_unix_ms());
+            }
+        })
+    });
     let notifier = Arc::new(Notifier::from_env());
     notifier.ready();
     let watchdog = notifier.watchdog_interval().map(|every| {
@@ -229,6 +278,9 @@ pub async fn run(
     }
     if let Some(w) = watchdog {
         w.abort();
+    }
+    if let Some(p) = pruner {
+        p.abort();
     }
     store.close().await.map_err(ServerError::Store)?;
     log::info!("store closed");

@@ -556,6 +556,7 @@ async fn command_history_round_trips_newest_first() {
     store
         .record_command(CommandRecord {
             command_id: "c1".into(),
+            operator: "alice".into(),
             time_unix_ms: 1_000,
             targets: targets.clone(),
             argv: argv(&["df", "-h"]),
@@ -577,6 +578,7 @@ async fn command_history_round_trips_newest_first() {
     store
         .record_command(CommandRecord {
             command_id: "c2".into(),
+            operator: "alice".into(),
             time_unix_ms: 2_000,
             targets: argv(&["pi-2"]),
             argv: argv(&["uptime"]),
@@ -880,7 +882,7 @@ async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
     let base = base_ms();
     write_schema_1(&dir.db(), base, 0);
     let store = Store::open(config(&dir)).unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 3);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 4);
     assert_eq!(
         pragma(
             &dir.db(),
@@ -1316,7 +1318,7 @@ async fn a_schema_2_file_is_converted_with_its_unfolded_journal() {
         .unwrap();
     }
     let store = Store::open(merging_config(&dir)).unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 3);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 4);
     check(&store, all("pi"), &rows_of(1..=2, base, &Metric::ALL)).await;
     let hosts = store.hosts().await.unwrap();
     assert_eq!(hosts[0].batches_stored_total, 2);

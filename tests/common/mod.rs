@@ -267,7 +267,9 @@ impl Drop for Proc {
     }
 }
 
-/// A running monitor-server on loopback.
+/// A running monitor-server on loopback: with TLS (the default; its CA,
+/// certificate and the local operator's credential in `tls/` beside the
+/// database), or in plain text when started with `--insecure`.
 pub struct Server {
     pub proc: Proc,
     pub agents_addr: SocketAddr,
@@ -276,6 +278,8 @@ pub struct Server {
     /// The network namespace it runs in (`ip netns exec`), if not ours;
     /// `ctl` runs monitorctl there too.
     pub netns: Option<String>,
+    /// Whether it speaks TLS (started without `--insecure`).
+    pub tls: bool,
 }
 
 /// Where `ip` is (it lives in sbin, which a test's PATH may lack).
@@ -346,29 +350,158 @@ impl Server {
             admin_addr: addrs[1],
             db: db.to_path_buf(),
             netns: netns.map(str::to_owned),
+            tls: !extra.contains(&"--insecure"),
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
     pub fn url(&self) -> String {
-        format!("http://{}", self.agents_addr)
+        format!("{}://{}", self.scheme(), self.agents_addr)
     }
 
     pub fn admin_url(&self) -> String {
-        format!("http://{}", self.admin_addr)
+        format!("{}://{}", self.scheme(), self.admin_addr)
+    }
+
+    /// The directory the test's database (and the server's `tls/`) is in.
+    pub fn dir(&self) -> PathBuf {
+        self.db.parent().expect("the db is in a dir").to_path_buf()
+    }
+
+    /// The local operator's credential the server wrote.
+    pub fn credentials(&self) -> PathBuf {
+        self.dir().join("tls").join("admin.cred")
+    }
+
+    /// monitorctl with this server's address and credential (or
+    /// `--insecure`), in the server's network namespace if it has one.
+    pub fn ctl_command(&self) -> Command {
+        let mut cmd = command_in(self.netns.as_deref(), &bin("monitorctl"));
+        cmd.arg("--server").arg(self.admin_url());
+        if self.tls {
+            cmd.arg("--credentials").arg(self.credentials());
+        } else {
+            cmd.arg("--insecure");
+        }
+        cmd.stdin(Stdio::null());
+        cmd
     }
 
     /// Runs monitorctl against this server.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        match &self.netns {
-            None => ctl(&self.admin_url(), args),
-            Some(ns) => command_in(Some(ns), &bin("monitorctl"))
-                .arg("--server")
-                .arg(self.admin_url())
-                .args(args)
-                .stdin(Stdio::null())
-                .output()
-                .expect("run monitorctl"),
+        self.ctl_command()
+            .args(args)
+            .output()
+            .expect("run monitorctl")
+    }
+
+    /// A join token for `host` (`monitorctl enrol HOST`).
+    pub fn token(&self, host: &str) -> String {
+        self.ctl_ok(&["enrol", host]).trim().to_owned()
+    }
+
+    /// Where the test keeps `host`'s agent identity (its state directory).
+    pub fn agent_state_dir(&self, host: &str) -> PathBuf {
+        self.dir().join("agents").join(host)
+    }
+
+    /// An agent for `host` reporting to this server: with TLS, enrolling
+    /// with a fresh join token (state directory under the test's dir, kept
+    /// across restarts of the agent); with `--insecure`, in plain text.
+    pub fn agent(&self, host: &str) -> AgentCmd {
+        self.agent_in(None, host)
+    }
+
+    /// [`Server::agent`] run inside the network namespace `netns`.
+    pub fn agent_in(&self, netns: Option<&str>, host: &str) -> AgentCmd {
+        self.agent_at(netns, &self.url(), host)
+    }
+
+    /// [`Server::agent`] reporting to `url` (a proxy or a namespace's
+    /// address in front of this server).
+    pub fn agent_at(&self, netns: Option<&str>, url: &str, host: &str) -> AgentCmd {
+        let cmd = AgentCmd::new_in(netns, url, host);
+        if self.tls {
+            cmd.env("MONITOR_JOIN", self.token(host))
+                .env("MONITOR_STATE_DIR", self.agent_state_dir(host))
+        } else {
+            cmd.env("MONITOR_INSECURE", "1")
         }
+    }
+
+    /// A gRPC channel to the agents' listener that presents a certificate
+    /// for `host` (made by `monitorctl enrol HOST --files DIR`), for tests
+    /// that speak the protocol themselves; plain text with `--insecure`.
+    pub async fn channel(&self, host: &str) -> tonic::transport::Channel {
+        self.endpoint(host).connect().await.unwrap()
+    }
+
+    /// The endpoint [`Server::channel`] connects, for a test to adjust.
+    pub fn endpoint(&self, host: &str) -> tonic::transport::Endpoint {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url()).unwrap();
+        if self.tls {
+            let files = self.dir().join("files").join(host);
+            self.ctl_ok(&["enrol", host, "--files", files.to_str().unwrap()]);
+            let read = |name: String| std::fs::read_to_string(files.join(name)).unwrap();
+            endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                            "ca.pem".into(),
+                        )))
+                        .identity(tonic::transport::Identity::from_pem(
+                            read(format!("{host}.pem")),
+                            read(format!("{host}.key")),
+                        )),
+                )
+                .unwrap()
+        } else {
+            endpoint
+        }
+    }
+
+    /// Gives `host` an agent identity now, without running an agent (so
+    /// nothing is stored for it): a key and certificate from `monitorctl
+    /// enrol HOST --files`, written as the agent's `identity.pem`. Returns
+    /// the state directory: an agent started later with
+    /// `MONITOR_STATE_DIR` set to it needs no token and no server at start
+    /// (see [`AgentCmd::with_identity`]).
+    pub fn enrol_ahead(&self, host: &str) -> PathBuf {
+        let files = self.dir().join("files").join(host);
+        self.ctl_ok(&["enrol", host, "--files", files.to_str().unwrap()]);
+        let block = |name: String| {
+            let text = std::fs::read_to_string(files.join(name)).unwrap();
+            monitor::pem::decode_all(&text).unwrap().remove(0).der
+        };
+        let now = monitor::time::now_unix_ms();
+        let identity = monitor::credential::Credential {
+            facts: vec![
+                ("hostname".into(), host.into()),
+                (
+                    "not_after_unix_ms".into(),
+                    (now + 80 * 86_400_000).to_string(),
+                ),
+                (
+                    "renew_after_unix_ms".into(),
+                    (now + 60 * 86_400_000).to_string(),
+                ),
+                ("join_token_sha256".into(), String::new()),
+            ],
+            cert_der: block(format!("{host}.pem")),
+            key_pkcs8_der: block(format!("{host}.key")),
+            ca_der: block("ca.pem".into()),
+        };
+        let state = self.agent_state_dir(host);
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(
+            state.join("identity.pem"),
+            identity.encode("made by the test harness"),
+        )
+        .unwrap();
+        state
     }
 
     /// What `monitorctl hosts --json` says about `host`, if it knows it.
@@ -409,6 +542,8 @@ impl Server {
     }
 }
 
+/// monitorctl against `admin_url` with exactly `args` (no credential
+/// added: for tests of what happens without one).
 pub fn ctl(admin_url: &str, args: &[&str]) -> Output {
     Command::new(bin("monitorctl"))
         .arg("--server")
@@ -509,6 +644,18 @@ impl AgentCmd {
             cmd,
             name: hostname.to_owned(),
         }
+    }
+
+    /// An agent for `host` at `url` with the identity in `state_dir` (see
+    /// [`Server::enrol_ahead`]): no token, no server needed at start.
+    pub fn with_identity(url: &str, host: &str, state_dir: &Path) -> AgentCmd {
+        AgentCmd::new(url, host).env("MONITOR_STATE_DIR", state_dir)
+    }
+
+    /// A plain-text agent (for a server started with `--insecure`, or one
+    /// that never reaches any server).
+    pub fn insecure(url: &str, host: &str) -> AgentCmd {
+        AgentCmd::new(url, host).env("MONITOR_INSECURE", "1")
     }
 
     pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> AgentCmd {

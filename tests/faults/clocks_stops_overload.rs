@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::db::{read_hosts, stored};
-use crate::support::{agent, fake_host, free_url, wait_flushed};
+use crate::support::{agent, fake_host, free_url, lone_agent, wait_flushed};
 
 #[test]
 fn a_far_off_agent_clock_is_corrected_and_a_near_one_kept() {
@@ -16,10 +16,10 @@ fn a_far_off_agent_clock_is_corrected_and_a_near_one_kept() {
     let host = fake_host();
     let server = Server::start(&db);
     // One agent an hour behind (beyond the 30 s threshold), one 10 s ahead.
-    let _behind = agent(&server.url(), "clk-behind", &host)
+    let _behind = agent(&server, "clk-behind", &host)
         .env("MONITOR_TEST_CLOCK_OFFSET_MS", "-3600000")
         .spawn();
-    let _ahead = agent(&server.url(), "clk-ahead", &host)
+    let _ahead = agent(&server, "clk-ahead", &host)
         .env("MONITOR_TEST_CLOCK_OFFSET_MS", "10000")
         .spawn();
     for h in ["clk-behind", "clk-ahead"] {
@@ -69,7 +69,7 @@ fn sigterm_and_sigint_stop_cleanly_and_flush() {
     let server = Server::start(&db);
     // Connected agents: everything they hold is delivered, exit 0.
     for (name, sig) in [("st-term", "TERM"), ("st-int", "INT")] {
-        let mut a = agent(&server.url(), name, &host).spawn();
+        let mut a = agent(&server, name, &host).spawn();
         wait_for("some batches stored", Duration::from_secs(30), || {
             server.host(name).filter(|h| h.batches_stored_total >= 5)
         });
@@ -83,7 +83,7 @@ fn sigterm_and_sigint_stop_cleanly_and_flush() {
         );
     }
     // No server: the wait is bounded by --shutdown-timeout, then exit 0.
-    let mut a = agent(&free_url(), "st-alone", &host)
+    let mut a = lone_agent(&free_url(), "st-alone", &host)
         .env("MONITOR_SHUTDOWN_TIMEOUT", "1s")
         .spawn();
     wait_for("a failed connection", Duration::from_secs(20), || {
@@ -107,7 +107,7 @@ fn sigterm_and_sigint_stop_cleanly_and_flush() {
     // The server under load: SIGTERM → exit 0, store closed, file sound,
     // and every stored batch counted once.
     let agents: Vec<Proc> = (0..3)
-        .map(|i| agent(&server.url(), &format!("st-load-{i}"), &host).spawn())
+        .map(|i| agent(&server, &format!("st-load-{i}"), &host).spawn())
         .collect();
     for i in 0..3 {
         wait_for("load", Duration::from_secs(30), || {
@@ -167,11 +167,13 @@ async fn a_flood_without_reading_acks_is_held_back_not_buffered() {
     let mut tasks = Vec::new();
     let mut keep = Vec::new();
     for s in 0..streams {
-        // A small, known receive window for the acks, so what this client
+        let name = format!("flood-{s}");
+        // A certificate per stream (each floods as its own host), and a
+        // small, known receive window for the acks, so what this client
         // can absorb without reading is bounded by the settings, not by
         // the machine's speed.
-        let channel = tonic::transport::Endpoint::from_shared(server.url())
-            .unwrap()
+        let channel = server
+            .endpoint(&name)
             .initial_stream_window_size(65_535)
             .initial_connection_window_size(65_535)
             .connect()
@@ -182,7 +184,6 @@ async fn a_flood_without_reading_acks_is_held_back_not_buffered() {
         let acks = client.report(ReceiverStream::new(rx)).await.unwrap();
         // Held, never read.
         keep.push(acks);
-        let name = format!("flood-{s}");
         tasks.push(tokio::spawn(async move {
             let mut sent = 0u64;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(6);

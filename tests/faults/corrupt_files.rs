@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use crate::db::{assert_exactly_once, stored};
-use crate::support::{agent, fake_host, free_url, wait_flushed};
+use crate::support::{agent, fake_host, free_url, lone_agent, wait_flushed};
 
 #[test]
 fn corrupt_or_truncated_spool_is_recovered_or_moved_aside() {
@@ -22,7 +22,7 @@ fn corrupt_or_truncated_spool_is_recovered_or_moved_aside() {
     // Not a spool at all: moved aside (kept), the agent starts empty.
     let foreign = dir.join("foreign.spool");
     std::fs::write(&foreign, b"definitely not a spool\n").unwrap();
-    let mut a = agent(&server.url(), "bs-1", &host)
+    let mut a = agent(&server, "bs-1", &host)
         .arg("--spool")
         .arg(&foreign)
         .arg("--count")
@@ -37,7 +37,7 @@ fn corrupt_or_truncated_spool_is_recovered_or_moved_aside() {
 
     // A valid spool with a torn last record: the good prefix is delivered.
     let torn = dir.join("torn.spool");
-    let mut b = agent(&free_url(), "bs-2", &host)
+    let mut b = lone_agent(&free_url(), "bs-2", &host)
         .arg("--spool")
         .arg(&torn)
         .arg("--count")
@@ -51,7 +51,7 @@ fn corrupt_or_truncated_spool_is_recovered_or_moved_aside() {
     assert_eq!(held.len(), 12);
     assert_eq!(good, data.len());
     std::fs::write(&torn, &data[..data.len() - 7]).unwrap();
-    let mut c = agent(&server.url(), "bs-2", &host)
+    let mut c = agent(&server, "bs-2", &host)
         .arg("--spool")
         .arg(&torn)
         .arg("--count")
@@ -72,7 +72,7 @@ fn corrupt_or_truncated_spool_is_recovered_or_moved_aside() {
     assert_eq!(h.batches_stored_total, 11 + 3, "{h:?}");
 
     // A spool path that cannot be a file: a clear error and exit 1.
-    let out = agent(&server.url(), "bs-3", &host)
+    let out = agent(&server, "bs-3", &host)
         .arg("--spool")
         .arg(dir.path())
         .arg("--count")
@@ -130,7 +130,7 @@ fn corrupt_or_truncated_database_is_a_clear_error_never_a_panic() {
     let db = dir.join("real.db");
     let server = Server::start(&db);
     let host = fake_host();
-    let mut a = agent(&server.url(), "bd-1", &host)
+    let mut a = agent(&server, "bd-1", &host)
         .arg("--count")
         .arg("40")
         .spawn();

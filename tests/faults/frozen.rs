@@ -19,7 +19,7 @@ fn frozen_server_is_noticed_by_keepalive_and_the_agent_resends_after_resume() {
     let host = fake_host();
     let keepalive = [("MONITOR_KEEPALIVE", "1s")];
     let server = Server::start_opts(&db, "127.0.0.1:0", &[], &keepalive, None);
-    let mut a = agent(&server.url(), "fz-1", &host)
+    let mut a = agent(&server, "fz-1", &host)
         .arg("--count")
         .arg(ticks.to_string())
         .env("MONITOR_SHUTDOWN_TIMEOUT", "120s")
@@ -71,7 +71,7 @@ fn frozen_agent_is_marked_offline_by_server_keepalive_and_comes_back() {
     let host = fake_host();
     let keepalive = [("MONITOR_KEEPALIVE", "1s")];
     let server = Server::start_opts(&dir.join("m.db"), "127.0.0.1:0", &[], &keepalive, None);
-    let a = agent(&server.url(), "fa-1", &host).spawn();
+    let a = agent(&server, "fa-1", &host).spawn();
     wait_for("fa-1 online", Duration::from_secs(30), || {
         server
             .host("fa-1")

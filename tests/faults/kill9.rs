@@ -74,7 +74,7 @@ fn kill_9_server_repeatedly_every_batch_stored_exactly_once() {
     let mut agents: Vec<Proc> = names
         .iter()
         .map(|n| {
-            agent(&server.url(), n, &host)
+            agent(&server, n, &host)
                 .arg("--count")
                 .arg(ticks.to_string())
                 .env("MONITOR_SHUTDOWN_TIMEOUT", "120s")

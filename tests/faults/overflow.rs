@@ -10,14 +10,12 @@ use std::time::Duration;
 
 use crate::common::*;
 use crate::db::{stored, stored_seqs};
-use crate::support::{agent, fake_host, free_addr, wait_flushed};
-use monitor_agent::testing::FakeHost;
+use crate::support::{agent, fake_host, free_addr, lone_agent, wait_flushed};
 
 /// An agent over `host` that makes `ticks` batches, buffers at most
 /// `capacity` of them, and may take a minute to deliver them when it ends.
-fn small_buffer_agent(url: &str, name: &str, host: &FakeHost, ticks: u64, capacity: u64) -> Proc {
-    agent(url, name, host)
-        .arg("--count")
+fn small_buffer_agent(cmd: AgentCmd, ticks: u64, capacity: u64) -> Proc {
+    cmd.arg("--count")
         .arg(ticks.to_string())
         .arg("--buffer-batches")
         .arg(capacity.to_string())
@@ -34,12 +32,18 @@ fn buffer_overflow_while_server_away_drops_exactly_produced_minus_stored() {
     let dir = TempDir::new("overflow");
     let addr = free_addr();
     let host = fake_host();
-    let mut a = small_buffer_agent(&format!("http://{addr}"), "of-1", &host, ticks, capacity);
+    // Plain text on both sides: what is tested is the agent's buffer, and
+    // a TLS agent could not enrol before its server exists.
+    let mut a = small_buffer_agent(
+        lone_agent(&format!("http://{addr}"), "of-1", &host),
+        ticks,
+        capacity,
+    );
     wait_for("all ticks taken", Duration::from_secs(30), || {
         a.stderr.contains("--count ticks taken").then_some(())
     });
     let dropped_logged = a.stderr.count("buffer full: dropped batch");
-    let server = Server::start_with(&dir.join("m.db"), &addr, &[]);
+    let server = Server::start_with(&dir.join("m.db"), &addr, &["--insecure"]);
     wait_flushed(&mut a, "of-1", Duration::from_secs(60));
     let h = server.host("of-1").expect("of-1 known");
     assert_eq!(h.batches_stored_total, capacity, "{h:?}");
@@ -79,7 +83,7 @@ fn buffer_overflow_across_a_kill_9_accounts_for_every_seq() {
     let host = fake_host();
     let mut server = Server::start(&db);
     let listen = server.agents_addr.to_string();
-    let mut a = small_buffer_agent(&server.url(), "ofk-1", &host, ticks, capacity);
+    let mut a = small_buffer_agent(agent(&server, "ofk-1", &host), ticks, capacity);
     wait_for("10 batches stored", Duration::from_secs(30), || {
         server
             .host("ofk-1")

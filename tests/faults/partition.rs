@@ -32,11 +32,13 @@ fn network_partition_loses_nothing_and_reconnects_within_the_backoff() {
     let server = Server::start_opts(
         &db,
         &format!("{SERVER_IP}:50051"),
-        &[],
+        // Agents reach it at SERVER_IP, monitorctl (in its namespace) at
+        // loopback: its certificate names both.
+        &["--tls-name", SERVER_IP, "--tls-name", "127.0.0.1"],
         &keepalive,
         Some(&pair.server_ns),
     );
-    let mut a = agent_in(Some(&pair.agent_ns), &server.url(), "np-1", &host)
+    let mut a = agent_in(Some(&pair.agent_ns), &server, &server.url(), "np-1", &host)
         .arg("--count")
         .arg(ticks.to_string())
         .env("MONITOR_SHUTDOWN_TIMEOUT", "120s")

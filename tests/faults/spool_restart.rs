@@ -6,17 +6,24 @@ use std::time::Duration;
 
 use crate::common::*;
 use crate::db::{stored, stored_seqs};
-use crate::support::{agent, fake_host, free_addr, rows_for, wait_flushed};
+use crate::support::{fake_host, free_addr, over, rows_for, wait_flushed};
 
 #[test]
 fn spool_keeps_batches_across_an_agent_restart() {
     let dir = TempDir::new("spool");
     let spool = dir.join("agent.spool");
     let addr = free_addr();
-    let url = format!("http://{addr}");
     let host = fake_host();
+    // The agent's certificate first (the server that signs it keeps its CA
+    // beside the database, so the server started later trusts it); then
+    // no server while run 1 spools.
+    let server = Server::start_with(&dir.join("m.db"), &addr, &[]);
+    let state = server.enrol_ahead("sp-1");
+    let url = server.url();
+    drop(server);
+    let identity = || AgentCmd::with_identity(&url, "sp-1", &state);
     // Run 1: no server; SIGTERM after a while. Short shutdown wait.
-    let mut first = agent(&url, "sp-1", &host)
+    let mut first = over(identity(), &host)
         .arg("--spool")
         .arg(&spool)
         .env("MONITOR_SHUTDOWN_TIMEOUT", "500ms")
@@ -43,7 +50,7 @@ fn spool_keeps_batches_across_an_agent_restart() {
     );
     // Run 2: a new process (new boot id) on the same spool, then a server.
     let ticks2 = 30u64;
-    let mut second = agent(&url, "sp-1", &host)
+    let mut second = over(identity(), &host)
         .arg("--spool")
         .arg(&spool)
         .arg("--count")

@@ -21,7 +21,8 @@ pub fn free_addr() -> String {
     l.local_addr().expect("addr").to_string()
 }
 
-/// A loopback URL nothing listens on.
+/// A loopback URL nothing listens on (plain text: for agents that never
+/// reach a server).
 pub fn free_url() -> String {
     format!("http://{}", free_addr())
 }
@@ -43,19 +44,38 @@ pub fn rows_for(ticks: u64) -> u64 {
     5 * ticks - 4
 }
 
-/// An agent over `host`, ticking every 100 ms.
-pub fn agent_in(netns: Option<&str>, url: &str, name: &str, host: &FakeHost) -> AgentCmd {
-    AgentCmd::new_in(netns, url, name)
-        .env("MONITOR_INTERVAL", "0.1")
+/// `cmd` over `host`, ticking every 100 ms.
+pub fn over(cmd: AgentCmd, host: &FakeHost) -> AgentCmd {
+    cmd.env("MONITOR_INTERVAL", "0.1")
         .arg("--proc-root")
         .arg(host.proc_root())
         .arg("--sys-root")
         .arg(host.sys_root())
 }
 
-/// An agent over `host` in this process's network namespace.
-pub fn agent(url: &str, name: &str, host: &FakeHost) -> AgentCmd {
-    agent_in(None, url, name, host)
+/// An agent `name` over `host` reporting to `server` at `url` (the
+/// server's own, or an address in front of it), enrolled with a join token
+/// (or in plain text with an `--insecure` server), in `netns` if given.
+pub fn agent_in(
+    netns: Option<&str>,
+    server: &Server,
+    url: &str,
+    name: &str,
+    host: &FakeHost,
+) -> AgentCmd {
+    over(server.agent_at(netns, url, name), host)
+}
+
+/// An agent `name` over `host` reporting to `server`, in this process's
+/// network namespace.
+pub fn agent(server: &Server, name: &str, host: &FakeHost) -> AgentCmd {
+    over(server.agent(name), host)
+}
+
+/// A plain-text agent `name` over `host` for `url`, where no server is
+/// (the agent only buffers, spools or stops).
+pub fn lone_agent(url: &str, name: &str, host: &FakeHost) -> AgentCmd {
+    over(AgentCmd::insecure(url, name), host)
 }
 
 /// Waits for an agent started with `--count` to flush and exit; asserts a

@@ -6,6 +6,8 @@ use std::fmt;
 #[derive(Debug)]
 pub enum SessionError {
     Connect(tonic::transport::Error),
+    /// Enrolment could not reach the server (retried).
+    Enrol(String),
     Status(tonic::Status),
     /// The server closed a stream without an error.
     Closed(&'static str),
@@ -17,7 +19,21 @@ impl fmt::Display for SessionError {
             SessionError::Connect(e) => {
                 write!(f, "cannot connect: {}", monitor::cli::error_chain(e))
             }
-            SessionError::Status(s) => write!(f, "{}: {}", s.code(), s.message()),
+            SessionError::Enrol(why) => f.write_str(why),
+            SessionError::Status(s) => {
+                write!(
+                    f,
+                    "{}: {}",
+                    s.code(),
+                    monitor::text::Escaped::capped(s.message())
+                )?;
+                // A transport failure (a refused handshake, a reset) says
+                // what happened only in its causes.
+                if let Some(cause) = std::error::Error::source(s) {
+                    write!(f, ": {}", monitor::cli::error_chain(cause))?;
+                }
+                Ok(())
+            }
             SessionError::Closed(what) => write!(f, "the server closed the {what} stream"),
         }
     }

@@ -13,6 +13,7 @@
 //! it.
 
 mod commands;
+mod connector;
 mod error;
 mod report;
 
@@ -24,6 +25,7 @@ use monitor::pb::collector_client::CollectorClient;
 use tonic::transport::{Channel, Endpoint};
 
 pub use commands::CommandContext;
+pub use connector::{ConnectError, Connector};
 pub use error::SessionError;
 
 use crate::backoff::{Backoff, unit_random};
@@ -46,15 +48,21 @@ pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
         .keep_alive_while_idle(true))
 }
 
-/// Connects and reconnects forever; returns only if `endpoint` is unusable.
-pub async fn run(endpoint: Endpoint, shared: Rc<Shared>, commands: Rc<CommandContext>) {
+/// Connects and reconnects forever; returns only when the agent cannot go
+/// on (its join token was refused, its identity cannot be used): the
+/// caller stops the agent with that message.
+pub async fn run(connector: Connector, shared: Rc<Shared>, commands: Rc<CommandContext>) -> String {
     let mut backoff = Backoff::default();
     let mut failures = 0u32;
     loop {
         let healthy = Cell::new(false);
-        let result = match endpoint.connect().await {
-            Ok(channel) => session(channel, &shared, &commands, &healthy).await,
-            Err(e) => Err(SessionError::Connect(e)),
+        let result = match connector.endpoint().await {
+            Err(ConnectError::Fatal(why)) => return why,
+            Err(ConnectError::Retry(why)) => Err(SessionError::Enrol(why)),
+            Ok(endpoint) => match endpoint.connect().await {
+                Ok(channel) => session(channel, &connector, &shared, &commands, &healthy).await,
+                Err(e) => Err(SessionError::Connect(e)),
+            },
         };
         shared.connected.set(false);
         if healthy.get() {
@@ -72,14 +80,14 @@ pub async fn run(endpoint: Endpoint, shared: Rc<Shared>, commands: Rc<CommandCon
         if failures == 1 {
             log::warn!(
                 "{}: {err}; retrying in {:.1}s ({} batches buffered)",
-                endpoint.uri(),
+                connector.uri(),
                 delay.as_secs_f64(),
                 shared.buffer.borrow().len()
             );
         } else {
             log::info!(
                 "{}: {err}; retry {failures} in {:.1}s ({} batches buffered, {} dropped)",
-                endpoint.uri(),
+                connector.uri(),
                 delay.as_secs_f64(),
                 shared.buffer.borrow().len(),
                 shared.buffer.borrow().dropped_total()
@@ -89,15 +97,31 @@ pub async fn run(endpoint: Endpoint, shared: Rc<Shared>, commands: Rc<CommandCon
     }
 }
 
+/// One session: both streams until either ends, or until the certificate
+/// is due for renewal (renewed on this connection, then the session ends
+/// so the next one uses the new certificate).
 async fn session(
     channel: Channel,
+    connector: &Connector,
     shared: &Shared,
     commands: &Rc<CommandContext>,
     healthy: &Cell<bool>,
 ) -> Result<(), SessionError> {
-    let client = CollectorClient::new(channel);
+    let client = CollectorClient::new(channel.clone());
+    let renewal = async {
+        loop {
+            match connector.renew_in(monitor::time::now_unix_ms()) {
+                None => std::future::pending::<()>().await,
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
+            if connector.renew(channel.clone()).await {
+                return;
+            }
+        }
+    };
     tokio::select! {
         r = report::run(client.clone(), shared, healthy) => r,
         r = commands::run(client, shared, commands, healthy) => r,
+        () = renewal => Ok(()),
     }
 }

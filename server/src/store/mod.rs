@@ -60,12 +60,14 @@ mod ticket;
 
 pub use error::StoreError;
 pub use records::{
-    CommandRecord, CommandResultRecord, Conflict, HistoryRow, HostRecord, IncomingBatch,
-    LatestValue, SampleQuery, StoredSample, StoredSampleRow, SubmitOutcome,
+    CertificateRecord, CommandRecord, CommandResultRecord, Conflict, HistoryRow, HostRecord,
+    IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, StoredSample, StoredSampleRow,
+    SubmitOutcome, TokenRefusal,
 };
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
 
+use records::{TrustAnswer, TrustWrite};
 use sqlite::SqliteStore;
 
 /// Which backend the store runs on, and its settings.
@@ -196,6 +198,83 @@ impl Store {
     ) -> Result<Vec<HistoryRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.history(hostname, limit).await,
+        }
+    }
+
+    /// Records a join token (its secret only as a hash).
+    pub async fn create_join_token(&self, t: JoinTokenRecord) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.trust(TrustWrite::CreateJoinToken(t)).await.map(drop),
+        }
+    }
+
+    /// The join token whose secret hashes to `secret_sha256`, if any.
+    pub async fn join_token(
+        &self,
+        secret_sha256: [u8; 32],
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.join_token(secret_sha256).await,
+        }
+    }
+
+    /// Spends a join token and records the certificate it bought, in one
+    /// transaction: `Ok(Err(_))` (nothing written) if the token is
+    /// unknown, used, expired or for another host by then.
+    pub async fn redeem_join_token(
+        &self,
+        secret_sha256: [u8; 32],
+        hostname: String,
+        peer: String,
+        cert: CertificateRecord,
+    ) -> Result<Result<(), TokenRefusal>, StoreError> {
+        let write = TrustWrite::Redeem {
+            secret_sha256,
+            hostname,
+            peer,
+            cert,
+        };
+        match &self.backend {
+            Backend::Sqlite(s) => s.trust(write).await.map(|a| match a {
+                TrustAnswer::Refused(r) => Err(r),
+                _ => Ok(()),
+            }),
+        }
+    }
+
+    /// Records a certificate the server issued.
+    pub async fn record_certificate(&self, c: CertificateRecord) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.trust(TrustWrite::RecordCertificate(c)).await.map(drop),
+        }
+    }
+
+    /// Revokes every unrevoked certificate of (`role`, `name`); returns how
+    /// many.
+    pub async fn revoke_certificates(
+        &self,
+        role: String,
+        name: String,
+        now_unix_ms: i64,
+    ) -> Result<u32, StoreError> {
+        let write = TrustWrite::Revoke {
+            role,
+            name,
+            now_unix_ms,
+        };
+        match &self.backend {
+            Backend::Sqlite(s) => s.trust(write).await.map(|a| match a {
+                TrustAnswer::Revoked(n) => n,
+                _ => 0,
+            }),
+        }
+    }
+
+    /// Every certificate not expired more than a retention period ago,
+    /// revoked ones included.
+    pub async fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.certificates().await,
         }
     }
 

@@ -164,6 +164,9 @@ pub struct CommandRecord {
     /// Every host the command targets.
     pub targets: Vec<String>,
     pub argv: Vec<String>,
+    /// The operator who sent it (from their certificate; empty with
+    /// `--insecure`).
+    pub operator: String,
 }
 
 /// How a recorded command ended on one host. Recording a result again for
@@ -199,6 +202,101 @@ pub struct HistoryRow {
     pub message: String,
     /// When the result arrived, ms since the Unix epoch.
     pub finished_unix_ms: Option<i64>,
+    /// The operator who sent the command.
+    pub operator: String,
+}
+
+/// A join token as the store keeps it: its secret only as a hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinTokenRecord {
+    /// SHA-256 of the secret the token carries.
+    pub secret_sha256: [u8; 32],
+    /// The only hostname it enrols.
+    pub hostname: String,
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: i64,
+    /// The operator who made it.
+    pub created_by: String,
+    /// When it was spent; `None` while unused.
+    pub used_unix_ms: Option<i64>,
+    /// The peer address that spent it.
+    pub used_by: Option<String>,
+}
+
+/// Why a join token buys nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Unknown,
+    Used { at_unix_ms: i64, by: String },
+    Expired { at_unix_ms: i64 },
+    WrongHost { token_hostname: String },
+}
+
+impl JoinTokenRecord {
+    /// Why this token cannot enrol `hostname` at `now_unix_ms`, if it
+    /// cannot.
+    pub fn refusal(&self, hostname: &str, now_unix_ms: i64) -> Option<TokenRefusal> {
+        if let Some(at) = self.used_unix_ms {
+            return Some(TokenRefusal::Used {
+                at_unix_ms: at,
+                by: self.used_by.clone().unwrap_or_default(),
+            });
+        }
+        if now_unix_ms >= self.expires_unix_ms {
+            return Some(TokenRefusal::Expired {
+                at_unix_ms: self.expires_unix_ms,
+            });
+        }
+        if self.hostname != hostname {
+            return Some(TokenRefusal::WrongHost {
+                token_hostname: self.hostname.clone(),
+            });
+        }
+        None
+    }
+}
+
+/// A change to the trust tables (tokens, certificates), written through
+/// the backend's ordered writes like everything else.
+#[derive(Clone, Debug)]
+pub(crate) enum TrustWrite {
+    CreateJoinToken(JoinTokenRecord),
+    Redeem {
+        secret_sha256: [u8; 32],
+        hostname: String,
+        peer: String,
+        cert: CertificateRecord,
+    },
+    RecordCertificate(CertificateRecord),
+    Revoke {
+        role: String,
+        name: String,
+        now_unix_ms: i64,
+    },
+}
+
+/// What a [`TrustWrite`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TrustAnswer {
+    Done,
+    Refused(TokenRefusal),
+    Revoked(u32),
+}
+
+/// A client certificate the server issued: the truth behind the trust
+/// table the handshakes read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// SHA-256 of the certificate's DER.
+    pub fingerprint: [u8; 32],
+    /// "agent" or "operator".
+    pub role: String,
+    /// The hostname or operator name it names.
+    pub name: String,
+    pub issued_unix_ms: i64,
+    pub not_after_unix_ms: i64,
+    /// When it was revoked; `None` while good.
+    pub revoked_unix_ms: Option<i64>,
 }
 
 #[cfg(test)]

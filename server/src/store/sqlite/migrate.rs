@@ -36,6 +36,12 @@ pub(crate) fn upgrade(conn: &Connection, path: &Path, version: i64) -> Result<()
                 "ALTER TABLE hosts ADD COLUMN merged_journal_id INTEGER NOT NULL DEFAULT 0",
             )?;
         }
+        if (1..=3).contains(&version) {
+            // Schema 4: who ran each command (older rows: nobody known).
+            conn.execute_batch(
+                "ALTER TABLE commands ADD COLUMN operator TEXT NOT NULL DEFAULT ''",
+            )?;
+        }
         if version == 2 {
             // Schema 2's journal rows carry no ticks (they were written to
             // `ticks` at once): kept with NULL ticks, replayed for the

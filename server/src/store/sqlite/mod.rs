@@ -49,8 +49,8 @@ use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    CommandRecord, CommandResultRecord, HistoryRow, HostRecord, IncomingBatch, SampleQuery,
-    StoredSampleRow, SubmitOutcome,
+    CertificateRecord, CommandRecord, CommandResultRecord, HistoryRow, HostRecord, IncomingBatch,
+    JoinTokenRecord, SampleQuery, StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
 };
 use crate::store::ticket::Ticket;
 
@@ -178,6 +178,37 @@ impl SqliteStore {
         self.inner
             .readers
             .run(move |c| read::history(c, hostname.as_deref(), limit))
+            .await
+    }
+
+    /// A trust write, in order with everything else; resolves once
+    /// committed.
+    pub(crate) async fn trust(&self, write: TrustWrite) -> Result<TrustAnswer, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Trust { write, reply }).await?;
+        ticket.await
+    }
+
+    pub(crate) async fn join_token(
+        &self,
+        secret_sha256: [u8; 32],
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        self.inner
+            .readers
+            .run(move |c| {
+                writer::trust::join_token(c, &secret_sha256)
+                    .map_err(|e| StoreError::from(SqliteError::sql("reading a join token", e)))
+            })
+            .await
+    }
+
+    pub(crate) async fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        self.inner
+            .readers
+            .run(move |c| {
+                writer::trust::certificates(c)
+                    .map_err(|e| StoreError::from(SqliteError::sql("reading certificates", e)))
+            })
             .await
     }
 

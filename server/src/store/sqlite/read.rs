@@ -219,7 +219,7 @@ pub(crate) fn history(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     const COLUMNS: &str = "c.command_row, c.command_id, c.time_unix_ms, c.argv, r.hostname,
         r.outcome, r.exit_code, r.signal, r.duration_ms, r.stdout_bytes, r.stderr_bytes,
-        r.message, r.finished_unix_ms
+        r.message, r.finished_unix_ms, c.operator
         FROM command_results r JOIN commands c ON c.command_row = r.command_row";
     let mut out = Vec::new();
     {
@@ -294,6 +294,7 @@ fn history_row(r: &rusqlite::Row<'_>, targets: Vec<String>) -> rusqlite::Result<
         stderr_bytes: u(10)?,
         message: r.get::<_, Option<String>>(11)?.unwrap_or_default(),
         finished_unix_ms: r.get(12)?,
+        operator: r.get(13)?,
         command_id,
     })
 }

@@ -54,7 +54,7 @@ use super::ticks::METRICS;
 
 /// Bumped on every incompatible change of the tables below; older files
 /// are migrated at open (see `migrate.rs`).
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// The column of `ticks` holding each metric, indexed by metric id.
 pub(crate) const METRIC_COLUMNS: [&str; METRICS] = [
@@ -124,7 +124,8 @@ CREATE TABLE IF NOT EXISTS commands (
     command_row  INTEGER PRIMARY KEY,
     command_id   TEXT NOT NULL UNIQUE,
     time_unix_ms INTEGER NOT NULL,
-    argv         BLOB NOT NULL -- see encode_argv
+    argv         BLOB NOT NULL, -- see encode_argv
+    operator     TEXT NOT NULL DEFAULT '' -- schema 4
 );
 CREATE TABLE IF NOT EXISTS command_results (
     command_row       INTEGER NOT NULL,
@@ -141,6 +142,25 @@ CREATE TABLE IF NOT EXISTS command_results (
     PRIMARY KEY (command_row, hostname)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS command_results_by_host ON command_results (hostname, command_row);
+-- Schema 4: trust. A token's secret is kept only as its SHA-256.
+CREATE TABLE IF NOT EXISTS join_tokens (
+    secret_sha256   BLOB PRIMARY KEY,
+    hostname        TEXT NOT NULL,
+    created_unix_ms INTEGER NOT NULL,
+    expires_unix_ms INTEGER NOT NULL,
+    created_by      TEXT NOT NULL,
+    used_unix_ms    INTEGER,
+    used_by         TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS certificates (
+    fingerprint       BLOB PRIMARY KEY, -- SHA-256 of the DER
+    role              TEXT NOT NULL,    -- 'agent' or 'operator'
+    name              TEXT NOT NULL,
+    issued_unix_ms    INTEGER NOT NULL,
+    not_after_unix_ms INTEGER NOT NULL,
+    revoked_unix_ms   INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS certificates_by_name ON certificates (role, name);
 ";
 
 /// The id of a metric in `samples.metric_id`. Part of the file format.

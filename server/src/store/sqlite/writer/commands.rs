@@ -13,10 +13,15 @@ use crate::store::sqlite::tables::{encode_argv, u64_to_sql};
 /// Records a command and its targets; recording its id again is a no-op.
 pub(super) fn write_command(tx: &Connection, c: &CommandRecord) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO commands (command_id, time_unix_ms, argv) VALUES (?1, ?2, ?3)
+        "INSERT INTO commands (command_id, time_unix_ms, argv, operator) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (command_id) DO NOTHING",
     )?
-    .execute(params![c.command_id, c.time_unix_ms, encode_argv(&c.argv)])?;
+    .execute(params![
+        c.command_id,
+        c.time_unix_ms,
+        encode_argv(&c.argv),
+        c.operator
+    ])?;
     let row: i64 = tx
         .prepare_cached("SELECT command_row FROM commands WHERE command_id = ?1")?
         .query_row([&c.command_id], |r| r.get(0))?;

@@ -110,6 +110,11 @@ pub(super) fn write(
                     true => Answer::Done,
                     false => Answer::Failed(StoreError::UnknownCommand(record.command_id.clone())),
                 },
+                Request::Trust { write, .. } => Answer::Trust(super::trust::write(
+                    &tx,
+                    write,
+                    monitor::time::now_unix_ms(),
+                )?),
                 Request::Close { .. } => Answer::Done,
                 #[cfg(test)]
                 Request::SetMaxPageCount { pages, .. } => Answer::Pages(tx.query_row(

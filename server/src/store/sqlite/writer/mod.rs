@@ -28,6 +28,7 @@ mod memory;
 mod merges;
 mod requests;
 mod retention;
+pub(crate) mod trust;
 
 use std::path::PathBuf;
 use std::sync::Arc;

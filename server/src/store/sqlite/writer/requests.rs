@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
-use crate::store::records::{CommandRecord, CommandResultRecord, IncomingBatch, SubmitOutcome};
+use crate::store::records::{
+    CommandRecord, CommandResultRecord, IncomingBatch, SubmitOutcome, TrustAnswer, TrustWrite,
+};
 use crate::store::ticket::Reply;
 
 /// What the writer thread is asked to do.
@@ -29,6 +31,11 @@ pub(crate) enum Request {
     CommandResult {
         record: CommandResultRecord,
         reply: Reply<()>,
+    },
+    /// A join token, a certificate, a revocation.
+    Trust {
+        write: TrustWrite,
+        reply: Reply<TrustAnswer>,
     },
     /// Commit what came before, close the connection, stop.
     Close { reply: Reply<()> },
@@ -47,6 +54,7 @@ pub(crate) enum Request {
 /// it back).
 pub(super) enum Answer {
     Batch(SubmitOutcome),
+    Trust(TrustAnswer),
     Done,
     #[cfg(test)]
     Pages(u64),
@@ -72,6 +80,13 @@ pub(super) fn answer(request: Request, answer: Answer) {
             let _ = reply.send(match answer {
                 Answer::Failed(e) => Err(e),
                 _ => Ok(()),
+            });
+        }
+        (Request::Trust { reply, .. }, answer) => {
+            let _ = reply.send(match answer {
+                Answer::Trust(a) => Ok(a),
+                Answer::Failed(e) => Err(e),
+                _ => Err(StoreError::Closed),
             });
         }
         (Request::Close { reply }, _) => {

@@ -25,6 +25,9 @@ const RUN_CACHE_IDLE: Duration = Duration::from_secs(3600);
 const RETENTION_HOSTS_PER_STEP: usize = 256;
 /// Most stale `agent_runs` rows one retention pass deletes.
 const RETENTION_RUNS_PER_PASS: i64 = 1_000;
+/// Expired join tokens and certificates stay this long (30 days), so an
+/// agent told "expired" can still be told so, then go.
+const TRUST_KEPT_AFTER_EXPIRY_MS: i64 = 30 * 86_400_000;
 
 /// Where retention is: a pass walks every host's range once.
 #[derive(Debug)]
@@ -123,6 +126,21 @@ impl Retention {
                         *l = None;
                     }
                 }
+            }
+            // Tokens and certificates expired a month ago open nothing
+            // and are forgotten (the trust table forgets them at expiry).
+            let trust_cutoff =
+                monitor::time::now_unix_ms().saturating_sub(TRUST_KEPT_AFTER_EXPIRY_MS);
+            if let Err(e) = conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .and_then(|()| super::trust::prune(conn, trust_cutoff))
+                .and_then(|_| conn.execute_batch("COMMIT"))
+            {
+                let _ = conn.execute_batch("ROLLBACK");
+                log::error!(
+                    "store: pruning expired join tokens and certificates from {} failed: {e}",
+                    config.path.display()
+                );
             }
             match prune_runs(conn, cutoff, &referenced) {
                 Ok(deleted) => {

@@ -1,0 +1,354 @@
+//! Trust decisions: join tokens, certificates for agents and operators,
+//! revocation. The gRPC services (`ingest.rs` for Enrol and Renew,
+//! `admin.rs` for the operator's RPCs) delegate here.
+//!
+//! Order of every change: the store first (it is the truth), then the
+//! in-memory trust table the handshakes read. A join token is spent in the
+//! same transaction that records the certificate it bought, so two agents
+//! racing with one token get one certificate between them; a certificate
+//! the store did not record opens nothing (see `tls/trust.rs`).
+//!
+//! Never trusted from a request: the name in a certificate (it comes from
+//! the token or the operator's command), and the role.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use monitor::join::JoinToken;
+use monitor::pb;
+use monitor::text::Escaped;
+use monitor::time::Rfc3339;
+use tonic::Status;
+
+use crate::registry::Registry;
+use crate::store::{CertificateRecord, JoinTokenRecord, Store, TokenRefusal};
+use crate::tls::{Authority, Identity, Issued, KnownCert, Role, Trust};
+
+/// A join token lives this long unless the operator says otherwise.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// And at most this long.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 86_400);
+/// Operators' certificates live this long (a new one: `operator add`).
+pub const OPERATOR_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
+/// What the trust RPCs need.
+pub struct Enrolment {
+    pub authority: Arc<Authority>,
+    pub trust: Arc<Trust>,
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    /// The agents' URL join tokens carry.
+    pub public_url: String,
+    pub agent_cert_lifetime: Duration,
+}
+
+fn issued_to_pb(issued: &Issued, ca_der: &[u8]) -> pb::IssuedCertificate {
+    pb::IssuedCertificate {
+        certificate: issued.cert_der.clone(),
+        ca_certificate: ca_der.to_vec(),
+        not_after_unix_ms: issued.not_after_unix_ms,
+        renew_after_unix_ms: issued.renew_after_unix_ms,
+    }
+}
+
+fn record_of(issued: &Issued, now_unix_ms: i64) -> CertificateRecord {
+    CertificateRecord {
+        fingerprint: issued.fingerprint,
+        role: issued.role.name().to_owned(),
+        name: issued.name.clone(),
+        issued_unix_ms: now_unix_ms,
+        not_after_unix_ms: issued.not_after_unix_ms,
+        revoked_unix_ms: None,
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn checked_name<'a>(what: &str, name: &'a str) -> Result<&'a str, Status> {
+    if monitor::wire::valid_hostname(name) {
+        Ok(name)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{what}: '{}' has characters other than ASCII letters, digits, '.', '-' and '_' \
+             (or is empty or longer than 253 bytes)",
+            Escaped::capped(name)
+        )))
+    }
+}
+
+impl Enrolment {
+    fn remember(&self, issued: &Issued) {
+        self.trust.add(
+            issued.fingerprint,
+            KnownCert {
+                role: issued.role,
+                name: issued.name.clone(),
+                not_after_unix_ms: issued.not_after_unix_ms,
+                revoked: false,
+            },
+        );
+    }
+
+    /// `Collector.Enrol`: a join token and a certificate request from an
+    /// agent without a certificate yet.
+    pub async fn enrol(
+        &self,
+        peer: &str,
+        req: pb::EnrolRequest,
+    ) -> Result<pb::IssuedCertificate, Status> {
+        let hostname = checked_name("hostname", &req.hostname)?.to_owned();
+        let secret_sha256 = monitor::digest::sha256(&req.token_secret);
+        let now = monitor::time::now_unix_ms();
+        // Checked before the certificate is made, so a wrong token costs no
+        // signature; checked again when it is spent.
+        let token = self
+            .store
+            .join_token(secret_sha256)
+            .await
+            .map_err(internal)?;
+        let refusal = match &token {
+            None => Some(TokenRefusal::Unknown),
+            Some(t) => t.refusal(&hostname, now),
+        };
+        if let Some(r) = refusal {
+            log::warn!(
+                "{peer}: enrolment as '{hostname}' refused: {}",
+                Escaped::capped(&r.to_string())
+            );
+            return Err(status_of_refusal(&r));
+        }
+        let issued = self
+            .authority
+            .issue_from_request(
+                Role::Agent,
+                &hostname,
+                &req.certificate_request,
+                self.agent_cert_lifetime,
+                now,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match self
+            .store
+            .redeem_join_token(
+                secret_sha256,
+                hostname.clone(),
+                peer.to_owned(),
+                record_of(&issued, now),
+            )
+            .await
+            .map_err(internal)?
+        {
+            Ok(()) => {}
+            Err(r) => return Err(status_of_refusal(&r)),
+        }
+        self.remember(&issued);
+        log::info!(
+            "{hostname} ({peer}) enrolled: certificate valid until {}",
+            Rfc3339(issued.not_after_unix_ms)
+        );
+        Ok(issued_to_pb(&issued, self.authority.ca_der()))
+    }
+
+    /// `Collector.Renew`: a new certificate for an enrolled agent's new key.
+    pub async fn renew(
+        &self,
+        identity: &Identity,
+        req: pb::RenewRequest,
+    ) -> Result<pb::IssuedCertificate, Status> {
+        let now = monitor::time::now_unix_ms();
+        let issued = self
+            .authority
+            .issue_from_request(
+                Role::Agent,
+                &identity.name,
+                &req.certificate_request,
+                self.agent_cert_lifetime,
+                now,
+            )
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.store
+            .record_certificate(record_of(&issued, now))
+            .await
+            .map_err(internal)?;
+        self.remember(&issued);
+        log::info!(
+            "{}: certificate renewed, valid until {}",
+            identity.name,
+            Rfc3339(issued.not_after_unix_ms)
+        );
+        Ok(issued_to_pb(&issued, self.authority.ca_der()))
+    }
+
+    /// `Admin.CreateJoinToken`.
+    pub async fn create_join_token(
+        &self,
+        operator: &str,
+        req: pb::CreateJoinTokenRequest,
+    ) -> Result<pb::CreateJoinTokenResponse, Status> {
+        let hostname = checked_name("hostname", &req.hostname)?.to_owned();
+        let ttl = match req.ttl_ms {
+            0 => DEFAULT_TOKEN_TTL,
+            ms => Duration::from_millis(ms),
+        };
+        if ttl > MAX_TOKEN_TTL {
+            return Err(Status::invalid_argument(format!(
+                "ttl_ms: {} ms is longer than the limit of 7 days",
+                req.ttl_ms
+            )));
+        }
+        let now = monitor::time::now_unix_ms();
+        let expires = now.saturating_add(ttl.as_millis() as i64);
+        let secret = monitor::random::random_bytes::<{ monitor::join::SECRET_BYTES }>();
+        let token = JoinToken {
+            secret,
+            expires_unix_ms: expires,
+            hostname: hostname.clone(),
+            server_url: self.public_url.clone(),
+            ca_der: self.authority.ca_der().to_vec(),
+            operator_keys: Vec::new(),
+        };
+        let text = token.encode().map_err(internal)?;
+        self.store
+            .create_join_token(JoinTokenRecord {
+                secret_sha256: monitor::digest::sha256(&secret),
+                hostname: hostname.clone(),
+                created_unix_ms: now,
+                expires_unix_ms: expires,
+                created_by: operator.to_owned(),
+                used_unix_ms: None,
+                used_by: None,
+            })
+            .await
+            .map_err(internal)?;
+        log::info!(
+            "operator {operator} made a join token for {hostname}, valid until {}",
+            Rfc3339(expires)
+        );
+        Ok(pb::CreateJoinTokenResponse {
+            token: text,
+            expires_unix_ms: expires,
+        })
+    }
+
+    /// `Admin.IssueAgentCertificate` and `Admin.AddOperator`: a certificate
+    /// for a request made elsewhere.
+    pub async fn issue(
+        &self,
+        operator: &str,
+        role: Role,
+        req: pb::IssueCertificateRequest,
+    ) -> Result<pb::IssuedCertificate, Status> {
+        let name = checked_name("name", &req.name)?.to_owned();
+        let now = monitor::time::now_unix_ms();
+        let lifetime = match role {
+            Role::Agent => self.agent_cert_lifetime,
+            Role::Operator => OPERATOR_CERT_LIFETIME,
+        };
+        let issued = self
+            .authority
+            .issue_from_request(role, &name, &req.certificate_request, lifetime, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.store
+            .record_certificate(record_of(&issued, now))
+            .await
+            .map_err(internal)?;
+        self.remember(&issued);
+        log::info!(
+            "operator {operator} issued an {} certificate for {name}, valid until {}",
+            role.name(),
+            Rfc3339(issued.not_after_unix_ms)
+        );
+        Ok(issued_to_pb(&issued, self.authority.ca_der()))
+    }
+
+    /// Revokes every certificate of (`role`, `name`): recorded, then the
+    /// trust table, then (for an agent) its open streams end.
+    pub async fn revoke(
+        &self,
+        operator: &str,
+        role: Role,
+        name: &str,
+    ) -> Result<(u32, bool), Status> {
+        let name = checked_name("name", name)?;
+        let now = monitor::time::now_unix_ms();
+        let stored = self
+            .store
+            .revoke_certificates(role.name().to_owned(), name.to_owned(), now)
+            .await
+            .map_err(internal)?;
+        self.trust.revoke(role, name);
+        let was_connected = role == Role::Agent && self.registry.is_online(name);
+        log::warn!(
+            "operator {operator} revoked {stored} {} certificates of {name}{}",
+            role.name(),
+            if was_connected {
+                "; its streams were closed"
+            } else {
+                ""
+            }
+        );
+        Ok((stored, was_connected))
+    }
+
+    /// `Admin.ListOperators`: from the certificates the store keeps.
+    pub async fn operators(&self) -> Result<pb::ListOperatorsResponse, Status> {
+        let certs = self.store.certificates().await.map_err(internal)?;
+        let mut by_name: std::collections::BTreeMap<String, pb::OperatorInfo> = Default::default();
+        for c in certs.iter().filter(|c| c.role == Role::Operator.name()) {
+            let e = by_name.entry(c.name.clone()).or_insert(pb::OperatorInfo {
+                name: c.name.clone(),
+                created_unix_ms: c.issued_unix_ms,
+                not_after_unix_ms: c.not_after_unix_ms,
+                removed: true,
+            });
+            e.created_unix_ms = e.created_unix_ms.min(c.issued_unix_ms);
+            if c.revoked_unix_ms.is_none() {
+                e.removed = false;
+                e.not_after_unix_ms = e.not_after_unix_ms.max(c.not_after_unix_ms);
+            }
+        }
+        Ok(pb::ListOperatorsResponse {
+            operators: by_name.into_values().collect(),
+        })
+    }
+}
+
+/// The status a token refusal becomes (the agent names it and stops).
+pub fn status_of_refusal(r: &TokenRefusal) -> Status {
+    let message = r.to_string();
+    match r {
+        TokenRefusal::Unknown => Status::not_found(message),
+        TokenRefusal::Used { .. } | TokenRefusal::Expired { .. } => {
+            Status::failed_precondition(message)
+        }
+        TokenRefusal::WrongHost { .. } => Status::permission_denied(message),
+    }
+}
+
+impl std::fmt::Display for TokenRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenRefusal::Unknown => f.write_str(
+                "unknown join token (not made by this server, or older than its records)",
+            ),
+            TokenRefusal::Used { at_unix_ms, by } => write!(
+                f,
+                "join token already used at {} by {}: make a new one with 'monitorctl enrol'",
+                Rfc3339(*at_unix_ms),
+                Escaped::capped(by)
+            ),
+            TokenRefusal::Expired { at_unix_ms } => write!(
+                f,
+                "join token expired at {}: make a new one with 'monitorctl enrol'",
+                Rfc3339(*at_unix_ms)
+            ),
+            TokenRefusal::WrongHost { token_hostname } => write!(
+                f,
+                "join token is for host '{}', not this one",
+                Escaped::capped(token_hostname)
+            ),
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The server's own accept loop, in front of tonic: connection caps, the
+//! TLS handshake and the HTTP/2 preface within a deadline, and who the
+//! peer is.
+//!
+//! Every listener goes through here. A connection costs a descriptor from
+//! accept to close, so a stranger who opens sockets and sends nothing must
+//! not be able to take them all: connections that have not yet completed
+//! the handshake *and* sent the HTTP/2 preface are "pending", capped in
+//! total and per source address, and dropped after
+//! [`Limits::handshake_timeout`]; established connections are capped too.
+//! Each listener has its own caps, so a flood on the agents' port leaves
+//! the operator API (and the descriptors the store needs) alone. When a cap
+//! is hit the connection is closed at once and one log line per minute
+//! says so (with how many were refused).
+//!
+//! A connection handed to tonic carries a [`PeerInfo`] (its address and,
+//! with TLS, the identity its client certificate proved), which every RPC
+//! finds in its request's extensions.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::tls::{Identity, Role, Trust, fingerprint};
+
+/// What every HTTP/2 connection starts with (RFC 9113, 3.4).
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How many connections a listener takes, and how long a new one has to
+/// prove itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, pending ones included.
+    pub max_connections: usize,
+    /// Connections still in their TLS handshake or before the preface.
+    pub max_pending: usize,
+    /// Pending connections from one source address.
+    pub max_pending_per_ip: usize,
+    /// Time from accept to a complete handshake and preface.
+    pub handshake_timeout: Duration,
+}
+
+impl Limits {
+    /// The agents' listener: sized past the capacity figure (19,000 agents
+    /// held on 2 cores), under the unit's `LimitNOFILE=65536`.
+    pub const AGENTS: Limits = Limits {
+        max_connections: 30_000,
+        max_pending: 512,
+        max_pending_per_ip: 64,
+        handshake_timeout: Duration::from_secs(10),
+    };
+
+    /// The operator API and the HTTP listener: a few people and scrapers.
+    pub const OPERATORS: Limits = Limits {
+        max_connections: 256,
+        max_pending: 64,
+        max_pending_per_ip: 16,
+        handshake_timeout: Duration::from_secs(10),
+    };
+}
+
+/// TLS for a listener: the rustls configuration, and the table that maps a
+/// client certificate to an identity in `role`.
+#[derive(Clone)]
+pub struct TlsSetup {
+    pub config: Arc<rustls::ServerConfig>,
+    pub trust: Arc<Trust>,
+    pub role: Role,
+}
+
+/// Who is on the other end of a connection; in every request's extensions.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub addr: SocketAddr,
+    /// The identity a valid client certificate proved; `None` without TLS
+    /// (`--insecure`) or without a client certificate.
+    pub identity: Option<Identity>,
+}
+
+impl PeerInfo {
+    /// The peer of a request (an unknown address if the listener did not
+    /// set one, which only an in-process test does).
+    pub fn of<T>(request: &tonic::Request<T>) -> PeerInfo {
+        request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .unwrap_or(PeerInfo {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                identity: None,
+            })
+    }
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// An accepted connection: its first bytes (the preface, read to check
+/// it) are replayed to tonic before the rest of the stream.
+pub struct Conn {
+    io: Io,
+    replay: Vec<u8>,
+    replayed: usize,
+    info: PeerInfo,
+    /// Released when the connection closes.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.replayed < this.replay.len() {
+            let rest = &this.replay[this.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.replayed += n;
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Refusals of one kind, logged at most once a minute with a count.
+struct Throttled {
+    what: &'static str,
+    last: Option<Instant>,
+    since_last: u64,
+}
+
+impl Throttled {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn new(what: &'static str) -> Throttled {
+        Throttled {
+            what,
+            last: None,
+            since_last: 0,
+        }
+    }
+
+    fn hit(&mut self, listener: &str, detail: impl std::fmt::Display) {
+        self.since_last += 1;
+        let due = self.last.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if due {
+            log::warn!(
+                "{listener}: {} ({detail}); {} refused since the last such line",
+                self.what,
+                self.since_last
+            );
+            self.last = Some(Instant::now());
+            self.since_last = 0;
+        }
+    }
+}
+
+/// Pending connections per source address (bounded by `max_pending`).
+#[derive(Default)]
+struct Pending {
+    total: usize,
+    by_ip: HashMap<IpAddr, usize>,
+}
+
+/// Releases a pending slot when the handshake ends, however it ends.
+struct PendingGuard {
+    pending: Arc<Mutex<Pending>>,
+    ip: IpAddr,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.total = p.total.saturating_sub(1);
+        if let Some(n) = p.by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                p.by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts on `listener` until `stop` turns true, and hands each connection
+/// that completed its handshake and preface to the returned stream (give
+/// it to tonic's `serve_with_incoming_shutdown`).
+pub fn incoming(
+    listener: TcpListener,
+    name: &'static str,
+    tls: Option<TlsSetup>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) -> ReceiverStream<Result<Conn, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let acceptor = tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(Arc::clone(&t.config)));
+        let mut full = Throttled::new("connection limit reached");
+        let mut busy = Throttled::new("too many connections still in their handshake");
+        let mut errors = Throttled::new("accept failed");
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                a = listener.accept() => a,
+            };
+            let (tcp, addr) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors (EMFILE/ENFILE) or buffers: wait
+                    // a little instead of spinning on a listener that will
+                    // fail again at once.
+                    errors.hit(name, &e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                full.hit(name, format_args!("{} open", limits.max_connections));
+                continue;
+            };
+            let guard = {
+                let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                let from_ip = p.by_ip.get(&addr.ip()).copied().unwrap_or(0);
+                if p.total >= limits.max_pending || from_ip >= limits.max_pending_per_ip {
+                    drop(p);
+                    busy.hit(name, format_args!("last from {}", addr.ip()));
+                    continue;
+                }
+                p.total += 1;
+                *p.by_ip.entry(addr.ip()).or_insert(0) += 1;
+                PendingGuard {
+                    pending: Arc::clone(&pending),
+                    ip: addr.ip(),
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let tx = tx.clone();
+            let acceptor = acceptor.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let handshake = establish(tcp, addr, acceptor, tls.as_ref());
+                let conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+                    Ok(Ok((io, info))) => Conn {
+                        io,
+                        replay: H2_PREFACE.to_vec(),
+                        replayed: 0,
+                        info,
+                        _slot: slot,
+                    },
+                    Ok(Err(e)) => {
+                        log::debug!("{name}: {addr}: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        log::debug!("{name}: {addr}: no handshake and preface within the deadline");
+                        return;
+                    }
+                };
+                drop(guard);
+                let _ = tx.send(Ok(conn)).await;
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// The TLS handshake (if any), then the HTTP/2 preface.
+async fn establish(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    tls: Option<&TlsSetup>,
+) -> io::Result<(Io, PeerInfo)> {
+    let mut preface = [0u8; 24];
+    match (acceptor, tls) {
+        (Some(acceptor), Some(tls)) => {
+            let mut stream = acceptor.accept(tcp).await?;
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| tls.trust.identify(&fingerprint(c), tls.role).ok());
+            stream.read_exact(&mut preface).await?;
+            check_preface(&preface)?;
+            Ok((Io::Tls(Box::new(stream)), PeerInfo { addr, identity }))
+        }
+        _ => {
+            let mut tcp = tcp;
+            tcp.read_exact(&mut preface).await?;
+            check_preface(&preface)?;
+            Ok((
+                Io::Plain(tcp),
+                PeerInfo {
+                    addr,
+                    identity: None,
+                },
+            ))
+        }
+    }
+}
+
+fn check_preface(got: &[u8; 24]) -> io::Result<()> {
+    if got == H2_PREFACE {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not HTTP/2 (no client preface)",
+        ))
+    }
+}

@@ -1,0 +1,279 @@
+//! TLS at server start: the certificate authority and the server's
+//! certificate from the TLS directory (made on first start), the trust
+//! table from the store, the local operator's credential, and the rustls
+//! configuration of both listeners.
+//!
+//! The local operator credential (`admin.cred` in the TLS directory) is how
+//! the first operator, on the server box, reaches the operator API: it is
+//! made at first start and again when its certificate is revoked, unknown
+//! to the store, or has less than a third of its life left. Readable only
+//! by the server's user, or by its group too when that group is `monitor`
+//! (install.sh makes it so operators on the box can be added to it).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use monitor::credential::Credential;
+use monitor::files::{self, GROUP_SECRET_MODE, SECRET_MODE};
+
+use super::authority::{Authority, TlsError};
+use super::{ClientCert, KnownCert, Role, Trust, fingerprint, server_config};
+use crate::config::TlsConfig;
+use crate::enrolment::{Enrolment, OPERATOR_CERT_LIFETIME};
+use crate::listener::TlsSetup;
+use crate::registry::Registry;
+use crate::store::{CertificateRecord, Store, StoreError};
+
+/// The local operator's credential file, in the TLS directory.
+pub const ADMIN_CREDENTIAL_FILE: &str = "admin.cred";
+/// The local operator's name.
+pub const LOCAL_OPERATOR: &str = "admin";
+/// The group whose members may read the local operator's credential.
+pub const OPERATOR_GROUP: &str = "monitor";
+
+/// What TLS start-up produced.
+pub struct Secured {
+    pub enrolment: Arc<Enrolment>,
+    pub agents: TlsSetup,
+    pub admin: TlsSetup,
+    pub admin_credential: PathBuf,
+}
+
+/// Why TLS could not be set up.
+#[derive(Debug)]
+pub enum SetupError {
+    Tls(TlsError),
+    Store(StoreError),
+    Rustls(rustls::Error),
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetupError::Tls(e) => write!(f, "TLS: {e}"),
+            SetupError::Store(e) => write!(f, "TLS: {e}"),
+            SetupError::Rustls(e) => write!(f, "TLS settings: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SetupError::Tls(e) => Some(e),
+            SetupError::Store(e) => Some(e),
+            SetupError::Rustls(e) => Some(e),
+        }
+    }
+}
+
+/// The admin API's URL as the credential gives it: loopback when the API
+/// listens on every address or on loopback.
+pub fn admin_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("https://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// Sets TLS up; see the module doc.
+pub async fn start(
+    config: &TlsConfig,
+    store: &Store,
+    registry: &Arc<Registry>,
+    admin_addr: SocketAddr,
+) -> Result<Secured, SetupError> {
+    let now = monitor::time::now_unix_ms();
+    let authority = Arc::new(Authority::open(&config.dir, now).map_err(SetupError::Tls)?);
+    let identity = authority
+        .server_identity(&config.dir, &config.names, now)
+        .map_err(SetupError::Tls)?;
+    let known = store.certificates().await.map_err(SetupError::Store)?;
+    let trust = Arc::new(Trust::new(known.into_iter().filter_map(|c| {
+        Some((
+            c.fingerprint,
+            KnownCert {
+                role: Role::from_name(&c.role)?,
+                name: c.name,
+                not_after_unix_ms: c.not_after_unix_ms,
+                revoked: c.revoked_unix_ms.is_some(),
+            },
+        ))
+    })));
+    trust.prune(now);
+    let admin_credential = config.dir.join(ADMIN_CREDENTIAL_FILE);
+    ensure_admin_credential(
+        &admin_credential,
+        &authority,
+        store,
+        &trust,
+        &admin_url(admin_addr),
+        now,
+    )
+    .await?;
+    let ca = authority.ca_der().to_vec();
+    let agents = TlsSetup {
+        config: server_config(
+            &identity,
+            &ca,
+            Arc::clone(&trust),
+            Role::Agent,
+            ClientCert::Optional,
+        )
+        .map_err(SetupError::Rustls)?,
+        trust: Arc::clone(&trust),
+        role: Role::Agent,
+    };
+    let admin = TlsSetup {
+        config: server_config(
+            &identity,
+            &ca,
+            Arc::clone(&trust),
+            Role::Operator,
+            ClientCert::Required,
+        )
+        .map_err(SetupError::Rustls)?,
+        trust: Arc::clone(&trust),
+        role: Role::Operator,
+    };
+    log::info!(
+        "TLS on both listeners: CA {} in {}, server certificate for {}; {} client \
+         certificates known",
+        super::hex(&fingerprint(&ca)[..8]),
+        config.dir.display(),
+        config.names.join(", "),
+        trust.len()
+    );
+    Ok(Secured {
+        enrolment: Arc::new(Enrolment {
+            authority,
+            trust,
+            store: store.clone(),
+            registry: Arc::clone(registry),
+            public_url: config.public_url.clone(),
+            agent_cert_lifetime: config.agent_cert_lifetime,
+        }),
+        agents,
+        admin,
+        admin_credential,
+    })
+}
+
+/// Keeps `path` a working credential of the local operator: makes it anew
+/// when it is missing, unreadable, unknown to the store, revoked or has
+/// less than a third of its life left.
+async fn ensure_admin_credential(
+    path: &Path,
+    authority: &Authority,
+    store: &Store,
+    trust: &Trust,
+    url: &str,
+    now: i64,
+) -> Result<(), SetupError> {
+    let third = i64::try_from(OPERATOR_CERT_LIFETIME.as_millis() / 3).unwrap_or(i64::MAX);
+    if let Ok(text) = files::read_text(path)
+        && let Ok(c) = Credential::decode(&text)
+        && c.ca_der == authority.ca_der()
+        && c.fact("server") == Some(url)
+    {
+        let fp = fingerprint(&c.cert_der);
+        let still_good = trust.identify(&fp, Role::Operator).is_ok()
+            && store
+                .certificates()
+                .await
+                .map_err(SetupError::Store)?
+                .iter()
+                .any(|r| r.fingerprint == fp && r.not_after_unix_ms - now > third);
+        if still_good {
+            return Ok(());
+        }
+    }
+    let (issued, key) = authority
+        .issue_with_new_key(Role::Operator, LOCAL_OPERATOR, OPERATOR_CERT_LIFETIME, now)
+        .map_err(SetupError::Tls)?;
+    store
+        .record_certificate(CertificateRecord {
+            fingerprint: issued.fingerprint,
+            role: Role::Operator.name().to_owned(),
+            name: LOCAL_OPERATOR.to_owned(),
+            issued_unix_ms: now,
+            not_after_unix_ms: issued.not_after_unix_ms,
+            revoked_unix_ms: None,
+        })
+        .await
+        .map_err(SetupError::Store)?;
+    trust.add(
+        issued.fingerprint,
+        KnownCert {
+            role: Role::Operator,
+            name: LOCAL_OPERATOR.to_owned(),
+            not_after_unix_ms: issued.not_after_unix_ms,
+            revoked: false,
+        },
+    );
+    let credential = Credential {
+        facts: vec![
+            ("server".into(), url.to_owned()),
+            ("operator".into(), LOCAL_OPERATOR.to_owned()),
+        ],
+        cert_der: issued.cert_der,
+        key_pkcs8_der: key,
+        ca_der: authority.ca_der().to_vec(),
+    };
+    let text = credential.encode(&format!(
+        "monitor operator credential of \"{LOCAL_OPERATOR}\", the server box's own operator,\n\
+         for {url}. Whoever can read this file is this operator: keep it private."
+    ));
+    let mode = if our_group_is(OPERATOR_GROUP, path) {
+        GROUP_SECRET_MODE
+    } else {
+        SECRET_MODE
+    };
+    files::write_atomic(path, text.as_bytes(), mode)
+        .map_err(|e| SetupError::Tls(TlsError::File(e)))?;
+    log::info!(
+        "wrote the local operator's credential to {} (mode {mode:o}); monitorctl on this box \
+         finds it there, or with --credentials",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Whether this process's group (as files it creates in `path`'s directory
+/// get it) is named `group` in /etc/group.
+fn our_group_is(group: &str, path: &Path) -> bool {
+    let Some(dir) = path.parent() else {
+        return false;
+    };
+    let Ok(gid) = std::fs::metadata(dir).map(|m| m.gid()) else {
+        return false;
+    };
+    std::fs::read_to_string("/etc/group").is_ok_and(|text| {
+        text.lines().any(|line| {
+            let mut f = line.split(':');
+            f.next() == Some(group) && f.nth(1).and_then(|g| g.parse::<u32>().ok()) == Some(gid)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_url_is_loopback_for_wildcard_addresses() {
+        assert_eq!(
+            admin_url("0.0.0.0:50052".parse().unwrap()),
+            "https://127.0.0.1:50052"
+        );
+        assert_eq!(admin_url("[::]:7".parse().unwrap()), "https://[::1]:7");
+        assert_eq!(
+            admin_url("10.1.2.3:50052".parse().unwrap()),
+            "https://10.1.2.3:50052"
+        );
+    }
+}
