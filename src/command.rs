@@ -24,6 +24,16 @@ pub const MAX_ARGV_BYTES: usize = 8 * 1024;
 pub const MAX_ID_BYTES: usize = 128;
 /// Timeout when the operator names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Built-ins an agent runs without an operator's signature: they read,
+/// and change nothing.
+pub const UNSIGNED_BUILTINS: [&str; 2] = ["ping", "info"];
+/// Longest a signed grant may be valid for (from issue to expiry).
+pub const MAX_GRANT_TTL: Duration = Duration::from_secs(600);
+/// How long monitorctl makes its grants valid for.
+pub const DEFAULT_GRANT_TTL: Duration = Duration::from_secs(300);
+/// How far ahead of the agent's clock a grant's issue time may be (the
+/// operator's clock and the agent's are not the same clock).
+pub const MAX_GRANT_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// Longest timeout an operator may ask for (each agent caps it further).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -97,6 +107,95 @@ pub fn timeout_from_ms(ms: u32) -> Result<Duration, TimeoutTooLong> {
         return Err(TimeoutTooLong(d));
     }
     Ok(d)
+}
+
+/// Whether `argv` may run without an operator's signature: a read-only
+/// built-in with no argument.
+pub fn runs_unsigned<S: AsRef<str>>(argv: &[S]) -> bool {
+    argv.len() == 1 && UNSIGNED_BUILTINS.contains(&argv[0].as_ref())
+}
+
+/// Why a signed grant does not allow a command here and now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantRefusal {
+    /// Not for this host.
+    NotForThisHost,
+    /// Its id is empty or longer than [`MAX_ID_BYTES`].
+    BadId,
+    /// It expired (by the checker's clock), this long ago.
+    Expired { ago_ms: i64 },
+    /// Issued more than [`MAX_GRANT_CLOCK_SKEW`] in the checker's future.
+    NotYetValid { ahead_ms: i64 },
+    /// Valid for longer than [`MAX_GRANT_TTL`].
+    TooLong { ttl_ms: i64 },
+    /// Its argv breaks the limits.
+    Argv(ArgvError),
+    /// Its timeout is above the limit.
+    Timeout(TimeoutTooLong),
+}
+
+impl fmt::Display for GrantRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dur =
+            |ms: i64| crate::time::format_duration_short(Duration::from_millis(ms.unsigned_abs()));
+        match self {
+            GrantRefusal::NotForThisHost => {
+                f.write_str("the operator's grant is not for this host")
+            }
+            GrantRefusal::BadId => f.write_str("the grant's command id is empty or too long"),
+            GrantRefusal::Expired { ago_ms } => {
+                write!(f, "the operator's grant expired {} ago", dur(*ago_ms))
+            }
+            GrantRefusal::NotYetValid { ahead_ms } => write!(
+                f,
+                "the operator's grant was issued {} in this host's future (is its clock right?)",
+                dur(*ahead_ms)
+            ),
+            GrantRefusal::TooLong { ttl_ms } => write!(
+                f,
+                "the grant is valid for {}, longer than the limit of {}",
+                dur(*ttl_ms),
+                crate::time::format_duration_short(MAX_GRANT_TTL)
+            ),
+            GrantRefusal::Argv(e) => write!(f, "{e}"),
+            GrantRefusal::Timeout(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for GrantRefusal {}
+
+/// Checks a decoded grant for `hostname` at `now_unix_ms` (the checker's
+/// own clock): targeted here, fresh, not valid for too long, within the
+/// command limits. The signature is checked before (see
+/// `monitor::signing::verify`).
+pub fn check_grant(
+    grant: &pb::CommandGrant,
+    hostname: &str,
+    now_unix_ms: i64,
+) -> Result<(), GrantRefusal> {
+    if grant.command_id.is_empty() || grant.command_id.len() > MAX_ID_BYTES {
+        return Err(GrantRefusal::BadId);
+    }
+    if !grant.all_hosts && !grant.hosts.iter().any(|h| h == hostname) {
+        return Err(GrantRefusal::NotForThisHost);
+    }
+    let ttl_ms = grant.expires_unix_ms.saturating_sub(grant.issued_unix_ms);
+    if ttl_ms > MAX_GRANT_TTL.as_millis() as i64 || ttl_ms <= 0 {
+        return Err(GrantRefusal::TooLong { ttl_ms });
+    }
+    let ahead_ms = grant.issued_unix_ms.saturating_sub(now_unix_ms);
+    if ahead_ms > MAX_GRANT_CLOCK_SKEW.as_millis() as i64 {
+        return Err(GrantRefusal::NotYetValid { ahead_ms });
+    }
+    if now_unix_ms >= grant.expires_unix_ms {
+        return Err(GrantRefusal::Expired {
+            ago_ms: now_unix_ms.saturating_sub(grant.expires_unix_ms),
+        });
+    }
+    check_argv(&grant.argv).map_err(GrantRefusal::Argv)?;
+    timeout_from_ms(grant.timeout_ms).map_err(GrantRefusal::Timeout)?;
+    Ok(())
 }
 
 /// How a command ended on one host.
@@ -317,6 +416,128 @@ mod tests {
                 bytes: MAX_ARGV_BYTES + 1
             })
         );
+    }
+
+    fn grant(now: i64) -> pb::CommandGrant {
+        pb::CommandGrant {
+            command_id: "0123456789abcdef0123456789abcdef".into(),
+            argv: vec!["uptime".into()],
+            timeout_ms: 0,
+            issued_unix_ms: now,
+            expires_unix_ms: now + DEFAULT_GRANT_TTL.as_millis() as i64,
+            hosts: vec!["pi-1".into(), "pi-2".into()],
+            all_hosts: false,
+            operator: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn grants_are_checked_at_every_edge() {
+        const NOW: i64 = 1_795_608_000_000;
+        let g = grant(NOW);
+        assert_eq!(check_grant(&g, "pi-2", NOW), Ok(()));
+        assert_eq!(
+            check_grant(&g, "pi-3", NOW),
+            Err(GrantRefusal::NotForThisHost)
+        );
+        let all = pb::CommandGrant {
+            all_hosts: true,
+            hosts: vec![],
+            ..g.clone()
+        };
+        assert_eq!(check_grant(&all, "anyone", NOW), Ok(()));
+        // Expiry: the last millisecond before passes, the expiry refuses.
+        let exp = g.expires_unix_ms;
+        assert_eq!(check_grant(&g, "pi-1", exp - 1), Ok(()));
+        assert_eq!(
+            check_grant(&g, "pi-1", exp),
+            Err(GrantRefusal::Expired { ago_ms: 0 })
+        );
+        // Issued in the future: up to the skew allowed.
+        let skew = MAX_GRANT_CLOCK_SKEW.as_millis() as i64;
+        assert_eq!(check_grant(&g, "pi-1", NOW - skew), Ok(()));
+        assert_eq!(
+            check_grant(&g, "pi-1", NOW - skew - 1),
+            Err(GrantRefusal::NotYetValid { ahead_ms: skew + 1 })
+        );
+        // Valid for exactly the limit passes; 1 ms more does not.
+        let max = MAX_GRANT_TTL.as_millis() as i64;
+        let long = pb::CommandGrant {
+            expires_unix_ms: NOW + max,
+            ..g.clone()
+        };
+        assert_eq!(check_grant(&long, "pi-1", NOW), Ok(()));
+        let longer = pb::CommandGrant {
+            expires_unix_ms: NOW + max + 1,
+            ..g.clone()
+        };
+        assert_eq!(
+            check_grant(&longer, "pi-1", NOW),
+            Err(GrantRefusal::TooLong { ttl_ms: max + 1 })
+        );
+        let backwards = pb::CommandGrant {
+            expires_unix_ms: NOW,
+            ..g.clone()
+        };
+        assert_eq!(
+            check_grant(&backwards, "pi-1", NOW),
+            Err(GrantRefusal::TooLong { ttl_ms: 0 })
+        );
+        // Absurd times never overflow.
+        let absurd = pb::CommandGrant {
+            issued_unix_ms: i64::MIN,
+            expires_unix_ms: i64::MAX,
+            ..g.clone()
+        };
+        assert!(check_grant(&absurd, "pi-1", NOW).is_err());
+        let absurd = pb::CommandGrant {
+            issued_unix_ms: i64::MAX,
+            expires_unix_ms: i64::MIN,
+            ..g.clone()
+        };
+        assert!(check_grant(&absurd, "pi-1", i64::MIN).is_err());
+        let no_id = pb::CommandGrant {
+            command_id: String::new(),
+            ..g.clone()
+        };
+        assert_eq!(check_grant(&no_id, "pi-1", NOW), Err(GrantRefusal::BadId));
+        let long_id = pb::CommandGrant {
+            command_id: "x".repeat(MAX_ID_BYTES + 1),
+            ..g.clone()
+        };
+        assert_eq!(check_grant(&long_id, "pi-1", NOW), Err(GrantRefusal::BadId));
+        let id_at_limit = pb::CommandGrant {
+            command_id: "x".repeat(MAX_ID_BYTES),
+            ..g.clone()
+        };
+        assert_eq!(check_grant(&id_at_limit, "pi-1", NOW), Ok(()));
+        let empty = pb::CommandGrant {
+            argv: vec![],
+            ..g.clone()
+        };
+        assert_eq!(
+            check_grant(&empty, "pi-1", NOW),
+            Err(GrantRefusal::Argv(ArgvError::Empty))
+        );
+        let slow = pb::CommandGrant {
+            timeout_ms: u32::MAX,
+            ..g
+        };
+        assert!(matches!(
+            check_grant(&slow, "pi-1", NOW),
+            Err(GrantRefusal::Timeout(_))
+        ));
+    }
+
+    #[test]
+    fn only_bare_read_only_builtins_run_unsigned() {
+        assert!(runs_unsigned(&["ping"]));
+        assert!(runs_unsigned(&["info"]));
+        assert!(!runs_unsigned(&["ping", "x"]));
+        assert!(!runs_unsigned(&["collect-now"]));
+        assert!(!runs_unsigned(&["set-interval", "1"]));
+        assert!(!runs_unsigned(&["uptime"]));
+        assert!(!runs_unsigned::<&str>(&[]));
     }
 
     #[test]

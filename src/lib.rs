@@ -21,6 +21,7 @@ pub mod metric;
 pub mod pem;
 pub mod random;
 pub mod sd_notify;
+pub mod signing;
 pub mod text;
 pub mod time;
 pub mod wire;

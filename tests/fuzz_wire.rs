@@ -82,6 +82,11 @@ fn seeds() -> Vec<Vec<u8>> {
                 argv: vec!["df".into(), "-h".into(), "/".into()],
                 timeout_ms: 5_000,
                 expires_unix_ms: NOW_UNIX_MS + 30_000,
+                signed: Some(pb::SignedCommand {
+                    grant: vec![0x0a, 0x02, b'i', b'd'],
+                    signature: vec![7; 64],
+                    public_key: vec![9; 32],
+                }),
             })),
         },
         pb::CommandRequest {

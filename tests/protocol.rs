@@ -1,7 +1,8 @@
 //! Protocol-level checks at both ends, each against the real binary:
 //! - a scripted fake server drives the real agent's CommandStream (expired,
-//!   replayed and expiry-less requests, and a server clock far from the
-//!   agent's);
+//!   replayed, unsigned, badly signed and retargeted requests, and a server
+//!   clock far from the agent's, absurd ones included): the agent obeys
+//!   only what a key it trusts signed, for it, once, in time;
 //! - a raw gRPC client feeds the real server invalid, duplicate and
 //!   conflicting batches.
 
@@ -81,22 +82,31 @@ impl Collector for FakeServer {
         let (tx, rx) = mpsc::channel(16);
         let hello = pb::CommandRequest {
             kind: Some(Req::Hello(pb::ServerHello {
-                server_unix_ms: monitor::time::now_unix_ms() + self.clock_shift_ms,
+                server_unix_ms: monitor::time::now_unix_ms().saturating_add(self.clock_shift_ms),
             })),
         };
         tx.send(Ok(hello)).await.ok();
-        let mut commands = self
-            .commands
-            .lock()
-            .unwrap()
-            .take()
-            .expect("one command stream");
+        // One stream at a time holds the test's command channel; a stream
+        // that ends (the agent restarted) hands it back for the next.
+        let Some(mut commands) = self.commands.lock().unwrap().take() else {
+            return Err(Status::unavailable("another command stream is open"));
+        };
+        let slot = Arc::clone(&self.commands);
         tokio::spawn(async move {
-            while let Some(c) = commands.recv().await {
-                if tx.send(Ok(c)).await.is_err() {
-                    break;
+            loop {
+                tokio::select! {
+                    c = commands.recv() => match c {
+                        Some(c) => {
+                            if tx.send(Ok(c)).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    () = tx.closed() => break,
                 }
             }
+            *slot.lock().unwrap() = Some(commands);
         });
         let responses = Arc::clone(&self.responses);
         tokio::spawn(async move {
@@ -115,14 +125,73 @@ fn run(id: &str, argv: &[&str], expires_unix_ms: i64) -> pb::CommandRequest {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             timeout_ms: 5000,
             expires_unix_ms,
+            signed: None,
         })),
     }
 }
 
+/// A real agent `proto-1` in front of a fake server, trusting one
+/// operator key; its state directory outlives it (for restarts).
+struct Rig {
+    fake: FakeServer,
+    commands: mpsc::Sender<pb::CommandRequest>,
+    agent: Proc,
+    key: monitor::signing::SigningKey,
+    dir: TempDir,
+    url: String,
+}
+
+/// The agent of a rig, started (again) on the rig's state directory.
+fn start_agent(dir: &TempDir, url: &str) -> Proc {
+    AgentCmd::insecure(url, "proto-1")
+        .env("MONITOR_OPERATOR_KEYS", dir.join("operators"))
+        .env("MONITOR_STATE_DIR", dir.join("state"))
+        .spawn()
+}
+
+/// A request for `argv` signed by `key`, for `hosts`, valid from now for
+/// `ttl_ms`.
+fn signed_run(
+    key: &monitor::signing::SigningKey,
+    id: &str,
+    argv: &[&str],
+    hosts: &[&str],
+) -> pb::RunCommand {
+    use prost::Message;
+    let now = monitor::time::now_unix_ms();
+    let grant = pb::CommandGrant {
+        command_id: id.into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        timeout_ms: 5000,
+        issued_unix_ms: now,
+        expires_unix_ms: now + 60_000,
+        hosts: hosts.iter().map(|s| s.to_string()).collect(),
+        all_hosts: false,
+        operator: "tester".into(),
+    }
+    .encode_to_vec();
+    let signature = key.sign(&grant).unwrap().to_vec();
+    pb::RunCommand {
+        command_id: id.into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        timeout_ms: 5000,
+        expires_unix_ms: now + 60_000,
+        signed: Some(pb::SignedCommand {
+            grant,
+            signature,
+            public_key: key.public_key().to_vec(),
+        }),
+    }
+}
+
+fn req(run: pb::RunCommand) -> pb::CommandRequest {
+    pb::CommandRequest {
+        kind: Some(Req::Run(run)),
+    }
+}
+
 /// Starts the fake server and a real agent against it.
-async fn fake_and_agent(
-    clock_shift_ms: i64,
-) -> (FakeServer, mpsc::Sender<pb::CommandRequest>, Proc) {
+async fn fake_and_agent(clock_shift_ms: i64) -> Rig {
     let (tx, rx) = mpsc::channel(16);
     let fake = FakeServer {
         clock_shift_ms,
@@ -138,9 +207,25 @@ async fn fake_and_agent(
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
     });
-    // The fake server speaks plain text.
-    let agent = AgentCmd::insecure(&format!("http://{addr}"), "proto-1").spawn();
-    (fake, tx, agent)
+    // The fake server speaks plain text. The agent trusts one operator.
+    let dir = TempDir::new("proto-agent");
+    let key = monitor::signing::SigningKey::generate().unwrap();
+    let line = monitor::signing::OperatorKey {
+        name: "tester".into(),
+        key: key.public_key(),
+    }
+    .line();
+    std::fs::write(dir.join("operators"), format!("{line}\n")).unwrap();
+    let url = format!("http://{addr}");
+    let agent = start_agent(&dir, &url);
+    Rig {
+        fake,
+        commands: tx,
+        agent,
+        key,
+        dir,
+        url,
+    }
 }
 
 /// Waits (without blocking the runtime) for the final response of `id`.
@@ -173,31 +258,34 @@ fn rejection(responses: &[pb::CommandResponse]) -> Option<String> {
     })
 }
 
+/// Sends `run` and waits for its final result.
+async fn outcome_of(rig: &Rig, run: pb::RunCommand) -> (Vec<pb::CommandResponse>, pb::Finished) {
+    let id = run.command_id.clone();
+    rig.commands.send(req(run)).await.unwrap();
+    finished(&rig.fake, &id).await
+}
+
+/// The refusal reason of `run` (which must be refused).
+async fn refusal_of(rig: &Rig, run: pb::RunCommand) -> String {
+    let (r, f) = outcome_of(rig, run).await;
+    assert_eq!(f.outcome, pb::Outcome::Rejected as i32, "{r:?}");
+    rejection(&r).expect("a rejection")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_refuses_expired_replayed_and_expiryless_requests() {
-    let (fake, commands, _agent) = fake_and_agent(0).await;
+    let rig = fake_and_agent(0).await;
     let now = monitor::time::now_unix_ms();
+    let unsigned = |id: &str, expires| match run(id, &["ping"], expires).kind {
+        Some(Req::Run(r)) => r,
+        _ => unreachable!(),
+    };
+    let reason = refusal_of(&rig, unsigned("c-expired", now - 5_000)).await;
+    assert!(reason.starts_with("request expired"), "{reason}");
+    let reason = refusal_of(&rig, unsigned("c-noexp", 0)).await;
+    assert!(reason.starts_with("request expired"), "{reason}");
 
-    commands
-        .send(run("c-expired", &["ping"], now - 5_000))
-        .await
-        .unwrap();
-    let (r, f) = finished(&fake, "c-expired").await;
-    assert_eq!(f.outcome, pb::Outcome::Rejected as i32);
-    assert!(
-        rejection(&r).is_some_and(|m| m.starts_with("request expired")),
-        "{r:?}"
-    );
-
-    commands.send(run("c-noexp", &["ping"], 0)).await.unwrap();
-    let (r, _) = finished(&fake, "c-noexp").await;
-    assert_eq!(rejection(&r).as_deref(), Some("the request has no expiry"));
-
-    commands
-        .send(run("c-ok", &["ping"], now + 30_000))
-        .await
-        .unwrap();
-    let (r, f) = finished(&fake, "c-ok").await;
+    let (r, f) = outcome_of(&rig, unsigned("c-ok", now + 30_000)).await;
     assert_eq!(f.outcome, pb::Outcome::Exited as i32);
     assert_eq!(f.exit_code, Some(0));
     let out: Vec<u8> = r
@@ -211,16 +299,16 @@ async fn agent_refuses_expired_replayed_and_expiryless_requests() {
     assert_eq!(out, b"pong\n");
 
     // The same id again (a replay): refused, not run twice.
-    let before = fake.responses.lock().unwrap().len();
-    commands
-        .send(run("c-ok", &["ping"], now + 30_000))
+    let before = rig.fake.responses.lock().unwrap().len();
+    rig.commands
+        .send(req(unsigned("c-ok", now + 30_000)))
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let all = fake.responses.lock().unwrap().clone();
+        let all = rig.fake.responses.lock().unwrap().clone();
         if let Some(reason) = rejection(&all[before..]) {
-            assert_eq!(reason, "duplicate command id");
+            assert_eq!(reason, "this command id was seen before (a replay?)");
             break;
         }
         assert!(
@@ -230,39 +318,117 @@ async fn agent_refuses_expired_replayed_and_expiryless_requests() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // Not on the (empty) allowlist.
-    commands
-        .send(run("c-ls", &["ls"], now + 30_000))
-        .await
-        .unwrap();
-    let (r, _) = finished(&fake, "c-ls").await;
-    assert!(
-        rejection(&r).is_some_and(|m| m.contains("'ls' is not on the allowlist")),
-        "{r:?}"
-    );
+    // Signed, but not on the (empty) allowlist.
+    let reason = refusal_of(&rig, signed_run(&rig.key, "c-ls", &["ls"], &["proto-1"])).await;
+    assert!(reason.contains("'ls' is not on the allowlist"), "{reason}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expiry_is_judged_on_the_servers_clock_not_the_agents() {
-    // The server's clock is an hour ahead of the agent's (a Pi that booted
-    // without a real-time clock): a request valid for 30 s on the server's
-    // clock must run, one that expired on it must not.
-    let shift = 3_600_000;
-    let (fake, commands, _agent) = fake_and_agent(shift).await;
-    let server_now = monitor::time::now_unix_ms() + shift;
-    commands
-        .send(run("s-ok", &["ping"], server_now + 30_000))
-        .await
-        .unwrap();
-    let (_, f) = finished(&fake, "s-ok").await;
+async fn only_what_a_trusted_operator_signed_for_this_host_runs_once() {
+    let mut rig = fake_and_agent(0).await;
+    // Signed by the trusted key: runs.
+    let (_, f) = outcome_of(
+        &rig,
+        signed_run(&rig.key, "s-1", &["collect-now"], &["proto-1"]),
+    )
+    .await;
+    assert_eq!(
+        (f.outcome, f.exit_code),
+        (pb::Outcome::Exited as i32, Some(0))
+    );
+    // Unsigned: only ping and info run so.
+    let unsigned = pb::RunCommand {
+        signed: None,
+        ..signed_run(&rig.key, "s-2", &["collect-now"], &["proto-1"])
+    };
+    let reason = refusal_of(&rig, unsigned).await;
+    assert!(reason.starts_with("not signed by an operator"), "{reason}");
+    // A key the agent does not trust (a compromised server's own).
+    let stranger = monitor::signing::SigningKey::generate().unwrap();
+    let reason = refusal_of(
+        &rig,
+        signed_run(&stranger, "s-3", &["collect-now"], &["proto-1"]),
+    )
+    .await;
+    assert!(
+        reason.starts_with("signed by a key this host does not trust"),
+        "{reason}"
+    );
+    // One byte of the signed grant altered: refused.
+    let mut altered = signed_run(&rig.key, "s-4", &["collect-now"], &["proto-1"]);
+    if let Some(s) = altered.signed.as_mut() {
+        let last = s.grant.len() - 1;
+        s.grant[last] ^= 1;
+    }
+    let reason = refusal_of(&rig, altered).await;
+    assert_eq!(reason, "the signature does not match the command");
+    // Retargeted: signed for another host.
+    let reason = refusal_of(
+        &rig,
+        signed_run(&rig.key, "s-5", &["collect-now"], &["pi-9"]),
+    )
+    .await;
+    assert_eq!(reason, "the operator's grant is not for this host");
+    // The request's argv altered around an intact signature.
+    let mut swapped = signed_run(&rig.key, "s-6", &["collect-now"], &["proto-1"]);
+    swapped.argv = vec!["set-interval".into(), "0.1".into()];
+    let reason = refusal_of(&rig, swapped).await;
+    assert_eq!(
+        reason,
+        "the request's argv differs from what the operator signed"
+    );
+    // Replayed after the agent restarted: refused (the ids are kept on
+    // disk until their grant expires).
+    let replay = signed_run(&rig.key, "s-7", &["collect-now"], &["proto-1"]);
+    let (_, f) = outcome_of(&rig, replay.clone()).await;
     assert_eq!(f.outcome, pb::Outcome::Exited as i32);
-    // Valid by the agent's own clock, expired by the server's.
-    commands
-        .send(run("s-late", &["ping"], server_now - 60_000))
-        .await
-        .unwrap();
-    let (_, f) = finished(&fake, "s-late").await;
-    assert_eq!(f.outcome, pb::Outcome::Rejected as i32);
+    rig.agent.signal("TERM");
+    rig.agent.wait_exit(Duration::from_secs(15));
+    let before = rig.fake.responses.lock().unwrap().len();
+    rig.agent = start_agent(&rig.dir, &rig.url);
+    // The restarted agent opens a new command stream on the fake; commands
+    // pushed before it connects wait in the channel.
+    rig.commands.send(req(replay)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = rig.fake.responses.lock().unwrap().clone();
+        if let Some(reason) = rejection(&all[before..]) {
+            assert_eq!(reason, "this command id was seen before (a replay?)");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no answer to the replay: {}",
+            rig.agent.stderr.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_judged_on_the_agents_own_clock_whatever_the_server_says() {
+    // The server's hello says its clock is an hour ahead: a request valid
+    // for 30 s on the agent's own clock runs; one that expired on the
+    // agent's clock but would be valid on the server's is refused (the
+    // server is not trusted with the time).
+    for shift in [3_600_000, i64::MIN, i64::MAX] {
+        let rig = fake_and_agent(shift).await;
+        let now = monitor::time::now_unix_ms();
+        let unsigned = |id: &str, expires| match run(id, &["ping"], expires).kind {
+            Some(Req::Run(r)) => r,
+            _ => unreachable!(),
+        };
+        let (_, f) = outcome_of(&rig, unsigned("t-ok", now + 30_000)).await;
+        assert_eq!(f.outcome, pb::Outcome::Exited as i32, "shift {shift}");
+        let reason = refusal_of(&rig, unsigned("t-late", now - 60_000)).await;
+        assert!(
+            reason.starts_with("request expired"),
+            "shift {shift}: {reason}"
+        );
+        // The agent lives on: no overflow, no panic.
+        let mut agent = rig.agent;
+        assert!(agent.is_running(), "{}", agent.stderr.dump());
+    }
 }
 
 /// A batch of one sample, of host `host` in run `boot_id`, sent at the

@@ -72,6 +72,15 @@ pub struct Args {
     /// (MONITOR_ALLOW_ANY_COMMAND=1). Dangerous
     #[argh(switch)]
     pub allow_any_command: bool,
+    /// operators' public keys whose signed commands this agent runs
+    /// (MONITOR_OPERATOR_KEYS; default /etc/monitor/operators, optional;
+    /// the keys a join token carried are trusted too)
+    #[argh(option)]
+    pub operator_keys: Option<PathBuf>,
+    /// run commands nobody signed, from whoever controls the server
+    /// (MONITOR_ALLOW_UNSIGNED_COMMANDS=1). Dangerous
+    #[argh(switch)]
+    pub allow_unsigned_commands: bool,
     /// commands that may run at once (MONITOR_MAX_COMMANDS; default 2)
     #[argh(option)]
     pub max_commands: Option<String>,
@@ -127,6 +136,9 @@ pub struct Config {
     /// Whether `commands_file` was named explicitly (then it must exist).
     pub commands_file_explicit: bool,
     pub allow_any_command: bool,
+    /// The operators file (may be missing: then only enrolled keys).
+    pub operator_keys: PathBuf,
+    pub allow_unsigned_commands: bool,
     pub max_commands: usize,
     pub max_command_timeout: Duration,
     pub buffer_batches: usize,
@@ -306,6 +318,19 @@ impl Config {
                 None => false,
             }
         };
+        let operator_keys = args
+            .operator_keys
+            .or_else(|| {
+                env("MONITOR_OPERATOR_KEYS")
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(crate::operators::DEFAULT_OPERATOR_KEYS));
+        let allow_unsigned_commands = args.allow_unsigned_commands
+            || match pick(None, "", "MONITOR_ALLOW_UNSIGNED_COMMANDS", env) {
+                Some(raw) => raw.bool()?,
+                None => false,
+            };
         let max_commands = match pick(
             args.max_commands,
             "max-commands",
@@ -382,6 +407,8 @@ impl Config {
             commands_file,
             commands_file_explicit,
             allow_any_command,
+            operator_keys,
+            allow_unsigned_commands,
             max_commands,
             max_command_timeout,
             buffer_batches,

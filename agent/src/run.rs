@@ -15,8 +15,11 @@ use monitor::wire::AgentIdentity;
 use crate::collector::{Collector, CollectorError};
 use crate::commands::{Allowlist, AllowlistError, Limits, Policy};
 use crate::config::Config;
+use crate::operators::Operators;
+use crate::replay::ReplayCache;
 use crate::sampler::{self, Sink};
 use crate::session;
+use crate::session::gate::Gate;
 use crate::session::{CommandContext, Connector};
 use crate::spool::{Spool, SpoolError};
 use crate::state::Shared;
@@ -30,6 +33,7 @@ pub enum AgentError {
     Endpoint(tonic::transport::Error),
     Spool(SpoolError),
     Identity(crate::identity::IdentityError),
+    Operators(crate::operators::OperatorsError),
     /// The agent cannot get or use a certificate, and retrying cannot
     /// change that (not enrolled, join token refused).
     NotEnrolled(String),
@@ -41,7 +45,7 @@ impl AgentError {
     /// when only an operator can fix it, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AgentError::NotEnrolled(_) | AgentError::Identity(_) => 78,
+            AgentError::NotEnrolled(_) | AgentError::Identity(_) | AgentError::Operators(_) => 78,
             _ => 1,
         }
     }
@@ -55,6 +59,7 @@ impl fmt::Display for AgentError {
             AgentError::Endpoint(e) => write!(f, "server URL: {e}"),
             AgentError::Spool(e) => write!(f, "{e}"),
             AgentError::Identity(e) => write!(f, "{e}"),
+            AgentError::Operators(e) => write!(f, "operator keys: {e}"),
             AgentError::NotEnrolled(why) => f.write_str(why),
         }
     }
@@ -68,6 +73,7 @@ impl std::error::Error for AgentError {
             AgentError::Endpoint(e) => Some(e),
             AgentError::Spool(e) => Some(e),
             AgentError::Identity(e) => Some(e),
+            AgentError::Operators(e) => Some(e),
             AgentError::NotEnrolled(_) => None,
         }
     }
@@ -121,9 +127,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         max_running: config.max_commands,
         ..Limits::default()
     };
+    // The state directory keeps the identity and the command ids seen
+    // (replay protection across restarts): without it, no commands.
+    monitor::files::create_private_dir(&config.state_dir).map_err(|e| {
+        AgentError::NotEnrolled(format!(
+            "{e}: the agent keeps its identity and the command ids it has seen in its state \
+             directory (--state-dir, MONITOR_STATE_DIR)"
+        ))
+    })?;
+    let operators = Rc::new(
+        Operators::load(&config.operator_keys, &config.state_dir).map_err(AgentError::Operators)?,
+    );
+    if config.allow_unsigned_commands {
+        log::warn!(
+            "--allow-unsigned-commands: whoever controls the server may run commands here \
+             without an operator's signature"
+        );
+    }
+    log::info!(
+        "{} operator keys trusted for signed commands ({} and enrolment)",
+        operators.len(),
+        config.operator_keys.display()
+    );
+    let gate = Gate::new(
+        Rc::clone(&operators),
+        ReplayCache::open(&config.state_dir, monitor::time::now_unix_ms()),
+        config.hostname.clone(),
+        config.allow_unsigned_commands,
+    );
     let ctx = Rc::new(CommandContext::new(
         Policy::new(allowlist, config.allow_any_command),
         limits,
+        gate,
     ));
     let endpoint = session::endpoint(&config.server).map_err(AgentError::Endpoint)?;
     let connector = if config.insecure {
@@ -139,6 +174,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.state_dir.clone(),
             config.join.clone(),
             config.hostname.clone(),
+            Rc::clone(&operators),
         )
         .map_err(AgentError::Identity)?
     };

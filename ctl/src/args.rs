@@ -21,6 +21,8 @@ pub const DEFAULT_ADMIN: &str = "https://127.0.0.1:50052";
 pub const ADMIN_ENV: &str = "MONITOR_ADMIN";
 /// The environment variable naming the operator credential file.
 pub const CREDENTIALS_ENV: &str = "MONITOR_CREDENTIALS";
+/// The environment variable naming the operator's signing key.
+pub const SIGNING_KEY_ENV: &str = "MONITOR_SIGNING_KEY";
 /// The environment variable that turns TLS off (`--insecure`).
 pub const INSECURE_ENV: &str = "MONITOR_INSECURE";
 /// How long a join token lives without `--ttl`.
@@ -54,6 +56,10 @@ pub struct Args {
     /// credential (MONITOR_INSECURE=1)
     #[argh(switch)]
     pub insecure: bool,
+    /// the operator's private signing key for commands (MONITOR_SIGNING_KEY;
+    /// default ~/.config/monitor/signing.key, made on first use)
+    #[argh(option)]
+    pub signing_key: Option<PathBuf>,
     #[argh(subcommand)]
     pub command: CommandArgs,
 }
@@ -70,7 +76,36 @@ pub enum CommandArgs {
     Enrol(EnrolArgs),
     Revoke(RevokeArgs),
     Operator(OperatorArgs),
+    Key(KeyArgs),
 }
+
+/// the operator's signing key: show its line for agents' operators files,
+/// or register it with the server
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "key")]
+pub struct KeyArgs {
+    #[argh(subcommand)]
+    pub command: KeyCommandArgs,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum KeyCommandArgs {
+    Show(KeyShowArgs),
+    Register(KeyRegisterArgs),
+}
+
+/// print this operator's public key as a line for /etc/monitor/operators
+/// (the key is made if missing)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "show")]
+pub struct KeyShowArgs {}
+
+/// register this operator's public key with the server, so join tokens
+/// carry it to new agents (the key is made if missing)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "register")]
+pub struct KeyRegisterArgs {}
 
 /// make a join token for a new agent (prints one line: give it to the
 /// agent as MONITOR_JOIN or --join)
@@ -266,6 +301,8 @@ pub struct Server {
     /// `HOME` and `XDG_CONFIG_HOME`, for the default credential place.
     pub home: Option<PathBuf>,
     pub xdg_config_home: Option<PathBuf>,
+    /// `--signing-key` or `MONITOR_SIGNING_KEY`; `None`: the default place.
+    pub signing_key: Option<PathBuf>,
 }
 
 /// What to do once connected.
@@ -282,6 +319,8 @@ pub enum Command {
     OperatorAdd { name: String, out: PathBuf },
     OperatorRemove { name: String },
     OperatorList,
+    KeyShow,
+    KeyRegister,
 }
 
 #[derive(Debug)]
@@ -344,7 +383,12 @@ impl Config {
         args: Args,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, UsageError> {
-        let server = server_from((args.server, args.credentials, args.insecure), env)?;
+        let mut server = server_from((args.server, args.credentials, args.insecure), env)?;
+        server.signing_key = args.signing_key.or_else(|| {
+            env(SIGNING_KEY_ENV)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        });
         let command = match args.command {
             CommandArgs::Hosts(a) => Command::Hosts { json: a.json },
             CommandArgs::Query(a) => Command::Query(QueryConfig::from_args(a)?),
@@ -369,6 +413,10 @@ impl Config {
                     name: checked_name("operator remove", a.name)?,
                 },
                 OperatorCommandArgs::List(_) => Command::OperatorList,
+            },
+            CommandArgs::Key(k) => match k.command {
+                KeyCommandArgs::Show(_) => Command::KeyShow,
+                KeyCommandArgs::Register(_) => Command::KeyRegister,
             },
         };
         Ok(Config { server, command })
@@ -474,6 +522,7 @@ fn server_from(
         xdg_config_home: env("XDG_CONFIG_HOME")
             .filter(|s| !s.is_empty())
             .map(PathBuf::from),
+        signing_key: None,
     })
 }
 

@@ -71,7 +71,7 @@ fn read_credential(path: &Path) -> Result<Credential, CtlError> {
 
 /// The credential to use: the one named, else the first default place
 /// that exists.
-fn find_credential(server: &Server) -> Result<Credential, CtlError> {
+pub fn find_credential(server: &Server) -> Result<Credential, CtlError> {
     if let Some(path) = &server.credentials {
         return read_credential(path);
     }

@@ -29,7 +29,13 @@ fn note(text: std::fmt::Arguments<'_>) -> Result<(), CtlError> {
     Ok(term::write(Stream::Stderr, &format!("{text}\n"))?)
 }
 
-pub async fn exec(client: &mut Client, e: ExecConfig) -> Result<(), CtlError> {
+/// Runs `e` on its hosts, with the operator's signature `signed` (the
+/// server refuses anything but `ping` and `info` without one).
+pub async fn exec(
+    client: &mut Client,
+    e: ExecConfig,
+    signed: Option<pb::SignedCommand>,
+) -> Result<(), CtlError> {
     let (hosts, all) = match e.targets {
         Targets::Hosts(hosts) => (hosts, false),
         Targets::All => (Vec::new(), true),
@@ -40,6 +46,7 @@ pub async fn exec(client: &mut Client, e: ExecConfig) -> Result<(), CtlError> {
             all,
             argv: e.argv,
             timeout_ms: e.timeout_ms,
+            signed,
         })
         .await?
         .into_inner();

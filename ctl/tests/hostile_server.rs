@@ -157,6 +157,13 @@ impl Admin for Hostile {
         Err(Status::permission_denied(EVIL_HOST))
     }
 
+    async fn register_signing_key(
+        &self,
+        _: Request<pb::RegisterSigningKeyRequest>,
+    ) -> Result<Response<pb::RegisterSigningKeyResponse>, Status> {
+        Err(Status::permission_denied(EVIL_HOST))
+    }
+
     async fn list_operators(
         &self,
         _: Request<pb::ListOperatorsRequest>,

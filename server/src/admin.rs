@@ -246,6 +246,17 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn register_signing_key(
+        &self,
+        request: Request<pb::RegisterSigningKeyRequest>,
+    ) -> Result<Response<pb::RegisterSigningKeyResponse>, Status> {
+        let operator = self.operator(&request)?;
+        self.enrolment()?
+            .register_signing_key(&operator, &request.into_inner().public_key)
+            .await?;
+        Ok(Response::new(pb::RegisterSigningKeyResponse {}))
+    }
+
     async fn list_operators(
         &self,
         request: Request<pb::ListOperatorsRequest>,
@@ -331,6 +342,24 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::ExecStream>, Status> {
         let operator = self.operator(&request)?;
         let req = request.into_inner();
+        if let Some(signed) = &req.signed {
+            match &self.enrolment {
+                Some(e) => e.check_signed(&operator, signed)?,
+                // Without TLS there are no registered keys: only the
+                // agents judge the key (and the signature).
+                None => {
+                    if !monitor::signing::verify(
+                        &signed.public_key,
+                        &signed.grant,
+                        &signed.signature,
+                    ) {
+                        return Err(Status::invalid_argument(
+                            "signed: the signature does not match the grant",
+                        ));
+                    }
+                }
+            }
+        }
         let (id, rx) = self.router.exec(req, &operator).await?;
         let mut response = Response::new(ReceiverStream::new(rx));
         if let Ok(v) = id.parse() {

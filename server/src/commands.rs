@@ -64,6 +64,59 @@ pub const REQUEST_TTL: Duration = Duration::from_secs(30);
 /// Events buffered toward a slow operator before agents' streams wait.
 const EVENT_QUEUE: usize = 1024;
 
+/// What a request asks, once its signature (if any) is unpacked.
+struct Plan {
+    id: String,
+    argv: Vec<String>,
+    /// As asked: 0 is the default timeout (a signed grant's value is
+    /// forwarded as signed).
+    timeout_ms: u32,
+    all: bool,
+    hosts: Vec<String>,
+    expires_unix_ms: i64,
+}
+
+impl Plan {
+    /// The grant of a signed request (its signature checked by the caller).
+    fn signed(signed: &pb::SignedCommand) -> Result<Plan, Status> {
+        use prost::Message;
+        let grant = pb::CommandGrant::decode(signed.grant.as_slice()).map_err(|e| {
+            Status::invalid_argument(format!("signed.grant: not a CommandGrant: {e}"))
+        })?;
+        if grant.command_id.is_empty() || grant.command_id.len() > monitor::command::MAX_ID_BYTES {
+            return Err(Status::invalid_argument(
+                "signed.grant.command_id: empty or longer than 128 bytes",
+            ));
+        }
+        Ok(Plan {
+            id: grant.command_id,
+            argv: grant.argv,
+            timeout_ms: grant.timeout_ms,
+            all: grant.all_hosts,
+            hosts: grant.hosts,
+            expires_unix_ms: grant.expires_unix_ms,
+        })
+    }
+
+    /// An unsigned request: only a read-only built-in.
+    fn unsigned(req: &pb::ExecRequest, now_unix_ms: i64) -> Result<Plan, Status> {
+        if !monitor::command::runs_unsigned(&req.argv) {
+            return Err(Status::permission_denied(
+                "only ping and info run without an operator's signature: monitorctl signs \
+                 commands with the operator's key (see 'monitorctl key')",
+            ));
+        }
+        Ok(Plan {
+            id: monitor::random::random_id(),
+            argv: req.argv.clone(),
+            timeout_ms: req.timeout_ms,
+            all: req.all,
+            hosts: req.hosts.clone(),
+            expires_unix_ms: now_unix_ms + REQUEST_TTL.as_millis() as i64,
+        })
+    }
+}
+
 struct Inflight {
     /// Hosts that have not sent their final result: host → connection id.
     pending: HashMap<String, u64>,
@@ -100,16 +153,39 @@ impl CommandRouter {
 
     /// Starts a command on its targets; events arrive on the returned
     /// receiver, which closes after the last host's final result.
+    ///
+    /// A signed request runs exactly what its grant says (id, argv,
+    /// timeout, hosts, expiry), with the signature forwarded untouched for
+    /// the agents to check; the caller ([`crate::admin`]) checked that the
+    /// signature holds and whose key it is. An unsigned one may only be a
+    /// read-only built-in.
     pub async fn exec(
         self: &Arc<Self>,
         req: pb::ExecRequest,
         operator: &str,
     ) -> Result<(String, mpsc::Receiver<Result<pb::ExecEvent, Status>>), Status> {
-        monitor::command::check_argv(&req.argv)
+        let now = monitor::time::now_unix_ms();
+        let plan = match &req.signed {
+            Some(signed) => Plan::signed(signed)?,
+            None => Plan::unsigned(&req, now)?,
+        };
+        let Plan {
+            id,
+            argv,
+            timeout_ms,
+            all,
+            hosts,
+            expires_unix_ms,
+        } = plan;
+        monitor::command::check_argv(&argv).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let timeout = monitor::command::timeout_from_ms(timeout_ms)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let timeout = monitor::command::timeout_from_ms(req.timeout_ms)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let targets: Vec<String> = if req.all {
+        if self.lock().contains_key(&id) {
+            return Err(Status::already_exists(format!(
+                "command {id} is running already"
+            )));
+        }
+        let targets: Vec<String> = if all {
             let online = self.registry.online_hosts();
             if online.is_empty() {
                 return Err(Status::failed_precondition("no host is online"));
@@ -117,7 +193,7 @@ impl CommandRouter {
             online
         } else {
             let mut seen = std::collections::HashSet::new();
-            req.hosts
+            hosts
                 .into_iter()
                 .filter(|h| seen.insert(h.clone()))
                 .collect()
@@ -125,8 +201,6 @@ impl CommandRouter {
         if targets.is_empty() {
             return Err(Status::invalid_argument("name at least one host, or all"));
         }
-        let id = monitor::random::random_id();
-        let now = monitor::time::now_unix_ms();
         let (events, rx) = mpsc::channel(EVENT_QUEUE.max(targets.len() + 16));
         // The id comes first, so the operator can cancel before any host
         // answers. The channel is new and has room.
@@ -147,7 +221,7 @@ impl CommandRouter {
                 command_id: id.clone(),
                 time_unix_ms: now,
                 targets: targets.clone(),
-                argv: req.argv.clone(),
+                argv: argv.clone(),
                 operator: operator.to_owned(),
             })
             .await
@@ -161,9 +235,10 @@ impl CommandRouter {
         let run = pb::CommandRequest {
             kind: Some(pb::command_request::Kind::Run(pb::RunCommand {
                 command_id: id.clone(),
-                argv: req.argv.clone(),
-                timeout_ms: timeout.as_millis() as u32,
-                expires_unix_ms: now + REQUEST_TTL.as_millis() as i64,
+                argv: argv.clone(),
+                timeout_ms,
+                expires_unix_ms,
+                signed: req.signed.clone(),
             })),
         };
         let mut unreachable = Vec::new();
@@ -209,7 +284,7 @@ impl CommandRouter {
         }
         log::info!(
             "command {id} from operator {operator}: {:?} on {} hosts ({} unreachable)",
-            req.argv,
+            argv,
             targets.len(),
             unreachable.len()
         );

@@ -11,7 +11,8 @@
 //! Never trusted from a request: the name in a certificate (it comes from
 //! the token or the operator's command), and the role.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use monitor::join::JoinToken;
@@ -21,7 +22,7 @@ use monitor::time::Rfc3339;
 use tonic::Status;
 
 use crate::registry::Registry;
-use crate::store::{CertificateRecord, JoinTokenRecord, Store, TokenRefusal};
+use crate::store::{CertificateRecord, JoinTokenRecord, SigningKeyRecord, Store, TokenRefusal};
 use crate::tls::{Authority, Identity, Issued, KnownCert, Role, Trust};
 
 /// A join token lives this long unless the operator says otherwise.
@@ -40,6 +41,22 @@ pub struct Enrolment {
     /// The agents' URL join tokens carry.
     pub public_url: String,
     pub agent_cert_lifetime: Duration,
+    /// Operators' public signing keys → (operator, revoked), the store's
+    /// copy: join tokens carry the good ones, and a signed exec must be
+    /// signed by a key of the operator who sends it.
+    pub signing_keys: RwLock<HashMap<[u8; 32], (String, bool)>>,
+}
+
+/// The in-memory copy of the registered signing keys.
+pub fn signing_key_table(
+    records: Vec<SigningKeyRecord>,
+) -> RwLock<HashMap<[u8; 32], (String, bool)>> {
+    RwLock::new(
+        records
+            .into_iter()
+            .map(|r| (r.public_key, (r.operator, r.revoked_unix_ms.is_some())))
+            .collect(),
+    )
 }
 
 fn issued_to_pb(issued: &Issued, ca_der: &[u8]) -> pb::IssuedCertificate {
@@ -79,6 +96,84 @@ fn checked_name<'a>(what: &str, name: &'a str) -> Result<&'a str, Status> {
 }
 
 impl Enrolment {
+    fn keys(&self) -> std::sync::RwLockReadGuard<'_, HashMap<[u8; 32], (String, bool)>> {
+        self.signing_keys.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Admin.RegisterSigningKey`: the calling operator's public key.
+    pub async fn register_signing_key(&self, operator: &str, key: &[u8]) -> Result<(), Status> {
+        let key: [u8; 32] = key.try_into().map_err(|_| {
+            Status::invalid_argument(format!(
+                "public_key: {} bytes, an Ed25519 public key is 32",
+                key.len()
+            ))
+        })?;
+        match self.keys().get(&key) {
+            Some((owner, false)) if owner == operator => return Ok(()),
+            Some((owner, _)) => {
+                return Err(Status::permission_denied(format!(
+                    "this key is registered to operator '{owner}'"
+                )));
+            }
+            None => {}
+        }
+        self.store
+            .register_signing_key(SigningKeyRecord {
+                public_key: key,
+                operator: operator.to_owned(),
+                registered_unix_ms: monitor::time::now_unix_ms(),
+                revoked_unix_ms: None,
+            })
+            .await
+            .map_err(internal)?;
+        self.signing_keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (operator.to_owned(), false));
+        log::info!(
+            "operator {operator} registered signing key {}",
+            monitor::signing::short(&key)
+        );
+        Ok(())
+    }
+
+    /// A signed exec from `operator`: the signature holds and the key is
+    /// one `operator` registered (and was not revoked). The agents check
+    /// again, against keys the server does not control; this only refuses
+    /// early, with a clear message, what they would refuse.
+    pub fn check_signed(&self, operator: &str, signed: &pb::SignedCommand) -> Result<(), Status> {
+        if !monitor::signing::verify(&signed.public_key, &signed.grant, &signed.signature) {
+            return Err(Status::invalid_argument(
+                "signed: the signature does not match the grant",
+            ));
+        }
+        let key: [u8; 32] = signed.public_key.as_slice().try_into().unwrap_or([0; 32]);
+        match self.keys().get(&key) {
+            Some((owner, false)) if owner == operator => Ok(()),
+            Some((_, true)) => Err(Status::permission_denied(
+                "this signing key was revoked with its operator",
+            )),
+            _ => Err(Status::permission_denied(format!(
+                "signing key {} is not registered to operator {operator}: run 'monitorctl key \
+                 register'",
+                monitor::signing::short(&key)
+            ))),
+        }
+    }
+
+    /// The unrevoked signing keys, which join tokens carry.
+    fn token_keys(&self) -> Vec<[u8; 32]> {
+        let mut keys: Vec<[u8; 32]> = self
+            .keys()
+            .iter()
+            .filter(|(_, (_, revoked))| !revoked)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.sort_unstable();
+        keys.truncate(usize::from(u8::MAX));
+        keys
+    }
+
     fn remember(&self, issued: &Issued) {
         self.trust.add(
             issued.fingerprint,
@@ -207,7 +302,7 @@ impl Enrolment {
             hostname: hostname.clone(),
             server_url: self.public_url.clone(),
             ca_der: self.authority.ca_der().to_vec(),
-            operator_keys: Vec::new(),
+            operator_keys: self.token_keys(),
         };
         let text = token.encode().map_err(internal)?;
         self.store
@@ -279,6 +374,18 @@ impl Enrolment {
             .await
             .map_err(internal)?;
         self.trust.revoke(role, name);
+        if role == Role::Operator {
+            for (owner, revoked) in self
+                .signing_keys
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .values_mut()
+            {
+                if owner == name {
+                    *revoked = true;
+                }
+            }
+        }
         let was_connected = role == Role::Agent && self.registry.is_online(name);
         log::warn!(
             "operator {operator} revoked {stored} {} certificates of {name}{}",
@@ -302,11 +409,19 @@ impl Enrolment {
                 created_unix_ms: c.issued_unix_ms,
                 not_after_unix_ms: c.not_after_unix_ms,
                 removed: true,
+                signing_keys: Vec::new(),
             });
             e.created_unix_ms = e.created_unix_ms.min(c.issued_unix_ms);
             if c.revoked_unix_ms.is_none() {
                 e.removed = false;
                 e.not_after_unix_ms = e.not_after_unix_ms.max(c.not_after_unix_ms);
+            }
+        }
+        for (key, (owner, revoked)) in self.keys().iter() {
+            if let Some(e) = by_name.get_mut(owner)
+                && !revoked
+            {
+                e.signing_keys.push(key.to_vec());
             }
         }
         Ok(pb::ListOperatorsResponse {

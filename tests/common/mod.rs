@@ -203,6 +203,9 @@ pub struct Proc {
     pub child: Child,
     pub stderr: Log,
     pub stdout: Log,
+    /// A directory that lives as long as the process (an agent's default
+    /// state directory).
+    scratch: Option<tempfile::TempDir>,
 }
 
 impl Proc {
@@ -222,6 +225,7 @@ impl Proc {
             child,
             stderr,
             stdout,
+            scratch: None,
         }
     }
 
@@ -344,14 +348,34 @@ impl Server {
             .filter_map(|w| w.trim_end_matches(',').parse().ok())
             .collect();
         assert_eq!(addrs.len(), 2, "cannot read addresses from {line:?}");
-        Server {
+        let server = Server {
             proc,
             agents_addr: addrs[0],
             admin_addr: addrs[1],
             db: db.to_path_buf(),
             netns: netns.map(str::to_owned),
             tls: !extra.contains(&"--insecure"),
+        };
+        // The test's operator signs commands with a key of the test's
+        // dir: registered with a TLS server (join tokens then carry it to
+        // the agents), and written as an operators file for agents that do
+        // not enrol with a token.
+        if server.tls {
+            server.ctl_ok(&["key", "register"]);
         }
+        let line = server.ctl_ok(&["key", "show"]);
+        std::fs::write(server.operators_file(), line).unwrap();
+        server
+    }
+
+    /// The test operator's signing key (made by monitorctl on first use).
+    pub fn signing_key(&self) -> PathBuf {
+        self.dir().join("signing.key")
+    }
+
+    /// An operators file trusting the test operator's key.
+    pub fn operators_file(&self) -> PathBuf {
+        self.dir().join("operators")
     }
 
     fn scheme(&self) -> &'static str {
@@ -380,7 +404,9 @@ impl Server {
     /// `--insecure`), in the server's network namespace if it has one.
     pub fn ctl_command(&self) -> Command {
         let mut cmd = command_in(self.netns.as_deref(), &bin("monitorctl"));
-        cmd.arg("--server").arg(self.admin_url());
+        cmd.env("MONITOR_SIGNING_KEY", self.signing_key())
+            .arg("--server")
+            .arg(self.admin_url());
         if self.tls {
             cmd.arg("--credentials").arg(self.credentials());
         } else {
@@ -425,10 +451,14 @@ impl Server {
     pub fn agent_at(&self, netns: Option<&str>, url: &str, host: &str) -> AgentCmd {
         let cmd = AgentCmd::new_in(netns, url, host);
         if self.tls {
+            // The token carries the test operator's key (trust on
+            // enrolment).
             cmd.env("MONITOR_JOIN", self.token(host))
                 .env("MONITOR_STATE_DIR", self.agent_state_dir(host))
         } else {
             cmd.env("MONITOR_INSECURE", "1")
+                .env("MONITOR_OPERATOR_KEYS", self.operators_file())
+                .env("MONITOR_STATE_DIR", self.agent_state_dir(host))
         }
     }
 
@@ -501,6 +531,8 @@ impl Server {
             identity.encode("made by the test harness"),
         )
         .unwrap();
+        // What a token would have brought: the test operator's key.
+        std::fs::copy(self.operators_file(), state.join("operators.enrolled")).unwrap();
         state
     }
 
@@ -622,6 +654,8 @@ impl HostJson {
 pub struct AgentCmd {
     cmd: Command,
     name: String,
+    /// Its state directory unless the test names one (removed with it).
+    scratch: tempfile::TempDir,
 }
 
 impl AgentCmd {
@@ -638,11 +672,18 @@ impl AgentCmd {
             .env("MONITOR_HOSTNAME", hostname)
             .env("MONITOR_INTERVAL", "0.2")
             .env("MONITOR_LOG", "debug")
-            // Never pick up the machine's real allowlist.
-            .env("MONITOR_COMMANDS_FILE", "/dev/null");
+            // Never pick up the machine's real allowlist or operators.
+            .env("MONITOR_COMMANDS_FILE", "/dev/null")
+            .env("MONITOR_OPERATOR_KEYS", "/dev/null");
+        let scratch = tempfile::Builder::new()
+            .prefix("monitor-e2e-agent-state-")
+            .tempdir()
+            .expect("agent state dir");
+        cmd.env("MONITOR_STATE_DIR", scratch.path());
         AgentCmd {
             cmd,
             name: hostname.to_owned(),
+            scratch,
         }
     }
 
@@ -674,7 +715,9 @@ impl AgentCmd {
     }
 
     pub fn spawn(self) -> Proc {
-        Proc::spawn(self.cmd, &format!("agent {}", self.name))
+        let mut proc = Proc::spawn(self.cmd, &format!("agent {}", self.name));
+        proc.scratch = Some(self.scratch);
+        proc
     }
 }
 

@@ -1,12 +1,12 @@
 //! The agent's side of `CommandStream`: receive commands, decide, run,
 //! stream the results back.
 //!
-//! Every request is checked in this order, and a refusal names the reason:
-//! a usable id that was not seen before (a replay is refused), an expiry
-//! still in the future by the server's clock (the agent learns the offset
-//! from the server's hello, so a Pi whose clock is wrong still judges
-//! expiries right), then a built-in (`ping`, `info`, `set-interval`,
-//! `collect-now`: no process) or the command policy and a free slot.
+//! Whether a command may run is the gatekeeper's decision (`gate.rs`: an
+//! operator's signature, this host, fresh, once, at a bounded rate); a
+//! refusal names the reason and is logged at most once a minute in full.
+//! Then a built-in (`ping`, `info`, `set-interval`, `collect-now`: no
+//! process) runs at once, or the command policy (the allowlist) and a free
+//! slot decide whether a process starts.
 //!
 //! Processes run in their own `spawn_local` task; their output is forwarded
 //! as it comes. If the stream goes away, the tasks' event channels close and
@@ -22,16 +22,16 @@ use monitor::pb;
 use monitor::pb::collector_client::CollectorClient;
 use monitor::pb::command_request::Kind as RequestKind;
 use monitor::pb::command_response::Kind as ResponseKind;
+use monitor::text::Escaped;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::SessionError;
+use super::gate::{Gate, RefusalLog};
 use crate::commands::{self, Canceller, ExecEvent, Limits, Outcome, Policy, Slots};
 use crate::state::Shared;
 
-/// Command ids remembered to refuse replays (each until its expiry).
-const MAX_SEEN_IDS: usize = 4096;
 /// Responses queued for the server before the senders wait.
 const RESPONSE_QUEUE: usize = 64;
 
@@ -40,46 +40,23 @@ pub struct CommandContext {
     pub policy: Policy,
     pub limits: Limits,
     pub slots: Slots,
-    /// Ids already seen, with their expiry (server clock), to refuse replays.
-    seen: RefCell<HashMap<String, i64>>,
+    /// Signatures, validity, replays, rate.
+    pub gate: Gate,
+    refusals: RefCell<RefusalLog>,
     /// Running commands by id.
     running: RefCell<HashMap<String, Canceller>>,
 }
 
 impl CommandContext {
-    pub fn new(policy: Policy, limits: Limits) -> CommandContext {
+    pub fn new(policy: Policy, limits: Limits, gate: Gate) -> CommandContext {
         CommandContext {
             policy,
             slots: Slots::new(limits.max_running),
             limits,
-            seen: RefCell::new(HashMap::new()),
+            gate,
+            refusals: RefCell::new(RefusalLog::new()),
             running: RefCell::new(HashMap::new()),
         }
-    }
-
-    /// Records `id` as seen; false if it was seen before (a replay).
-    fn first_sighting(&self, id: &str, expires_unix_ms: i64, server_now_ms: i64) -> bool {
-        let mut seen = self.seen.borrow_mut();
-        if seen.contains_key(id) {
-            return false;
-        }
-        if seen.len() >= MAX_SEEN_IDS {
-            // Expired ids can no longer be replayed (the expiry check refuses
-            // them), so they need not be remembered.
-            seen.retain(|_, exp| *exp > server_now_ms);
-            if seen.len() >= MAX_SEEN_IDS {
-                // Still full of live ids: forget the one expiring first.
-                if let Some(oldest) = seen
-                    .iter()
-                    .min_by_key(|(_, exp)| **exp)
-                    .map(|(k, _)| k.clone())
-                {
-                    seen.remove(&oldest);
-                }
-            }
-        }
-        seen.insert(id.to_owned(), expires_unix_ms);
-        true
     }
 }
 
@@ -126,15 +103,15 @@ pub async fn run(
         .command_stream(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    // Server clock minus ours, from the server's hello.
-    let mut offset_ms: i64 = 0;
     loop {
         let Some(request) = inbound.message().await? else {
             return Err(SessionError::Closed("command"));
         };
         match request.kind {
             Some(RequestKind::Hello(h)) => {
-                offset_ms = h
+                // Only said: commands are judged by this host's own clock
+                // (the server is not trusted with the time).
+                let offset_ms = h
                     .server_unix_ms
                     .saturating_sub(monitor::time::now_unix_ms());
                 healthy.set(true);
@@ -146,18 +123,16 @@ pub async fn run(
                     );
                 }
             }
-            Some(RequestKind::Run(run)) => {
-                let server_now = monitor::time::now_unix_ms().saturating_add(offset_ms);
-                on_run(run, server_now, shared, ctx, &tx).await;
-            }
+            Some(RequestKind::Run(run)) => on_run(run, shared, ctx, &tx).await,
             Some(RequestKind::Cancel(c)) => {
                 let handle = ctx.running.borrow_mut().remove(&c.command_id);
+                let id = Escaped::with_limit(&c.command_id, MAX_ID_BYTES);
                 match handle {
                     Some(h) => {
-                        log::info!("command {}: cancel requested", c.command_id);
+                        log::info!("command {id}: cancel requested");
                         h.cancel();
                     }
-                    None => log::debug!("cancel for unknown command {}", c.command_id),
+                    None => log::debug!("cancel for unknown command {id}"),
                 }
             }
             None => log::debug!("empty command request ignored"),
@@ -179,52 +154,31 @@ async fn send_all(
 
 async fn on_run(
     run: pb::RunCommand,
-    server_now_ms: i64,
     shared: &Shared,
     ctx: &Rc<CommandContext>,
     tx: &mpsc::Sender<pb::CommandResponse>,
 ) {
-    let id = run.command_id;
-    if id.is_empty() || id.len() > MAX_ID_BYTES {
-        log::warn!("refused a command with an unusable id");
-        send_all(tx, rejected(&id, "unusable command id".into())).await;
-        return;
-    }
-    if run.expires_unix_ms <= 0 {
-        send_all(tx, rejected(&id, "the request has no expiry".into())).await;
-        return;
-    }
-    if run.expires_unix_ms <= server_now_ms {
-        let late = Duration::from_millis(
-            server_now_ms
-                .saturating_sub(run.expires_unix_ms)
-                .unsigned_abs(),
-        );
-        log::warn!("command {id}: refused, expired {}ms ago", late.as_millis());
-        send_all(
-            tx,
-            rejected(
-                &id,
-                format!(
-                    "request expired {} ago",
-                    monitor::time::format_duration_short(late)
-                ),
-            ),
-        )
-        .await;
-        return;
-    }
-    if !ctx.first_sighting(&id, run.expires_unix_ms, server_now_ms) {
-        log::warn!("command {id}: refused, id seen before (replay?)");
-        send_all(tx, rejected(&id, "duplicate command id".into())).await;
-        return;
-    }
+    let run = match ctx
+        .gate
+        .decide(&run, monitor::time::now_unix_ms(), Instant::now())
+    {
+        Ok(approved) => approved,
+        Err(refusal) => {
+            ctx.refusals
+                .borrow_mut()
+                .refused(&run.command_id, &refusal, Instant::now());
+            send_all(tx, rejected(&run.command_id, refusal.to_string())).await;
+            return;
+        }
+    };
+    let id = run.id;
     let Some(name) = run.argv.first() else {
         send_all(tx, rejected(&id, "empty command".into())).await;
         return;
     };
     if let Some(result) = builtin(name, &run.argv[1..], shared) {
-        log::info!("command {id}: built-in {:?}", run.argv);
+        // Debug: ping and info may come unsigned and often.
+        log::debug!("command {id}: built-in {:?}", run.argv);
         let started = Instant::now();
         let mut msgs = vec![response(&id, ResponseKind::Accepted(pb::Accepted {}))];
         let (code, out, message) = match result {
@@ -264,7 +218,11 @@ async fn on_run(
     let argv = match ctx.policy.resolve(&run.argv) {
         Ok(argv) => argv,
         Err(refusal) => {
-            log::warn!("command {id}: refused {:?}: {refusal}", run.argv);
+            log::warn!(
+                "command {id} signed by {}: refused {:?}: {refusal}",
+                run.signer.as_deref().unwrap_or("nobody"),
+                run.argv
+            );
             send_all(tx, rejected(&id, refusal.to_string())).await;
             return;
         }
@@ -283,7 +241,8 @@ async fn on_run(
     let (cancel_handle, cancel) = commands::cancel_pair();
     ctx.running.borrow_mut().insert(id.clone(), cancel_handle);
     log::info!(
-        "command {id}: running {argv:?} (timeout {}s)",
+        "command {id}: running {argv:?} (signed by {}, timeout {}s)",
+        run.signer.as_deref().unwrap_or("nobody"),
         timeout.as_secs_f64()
     );
     send_all(tx, [response(&id, ResponseKind::Accepted(pb::Accepted {}))]).await;

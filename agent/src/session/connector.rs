@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Duration;
 
 use monitor::join::JoinToken;
@@ -16,6 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::enrol;
 use crate::identity::{Identity, IdentityError, token_digest};
+use crate::operators::Operators;
 
 /// After a failed renewal, how long until the next try.
 const RENEW_RETRY: Duration = Duration::from_secs(600);
@@ -35,6 +37,8 @@ enum Mode {
 }
 
 struct Tls {
+    /// Where an enrolment's operator keys go.
+    operators: Rc<Operators>,
     state_dir: PathBuf,
     join: Option<JoinToken>,
     hostname: String,
@@ -64,6 +68,7 @@ impl Connector {
         state_dir: PathBuf,
         join: Option<JoinToken>,
         hostname: String,
+        operators: Rc<Operators>,
     ) -> Result<Connector, IdentityError> {
         let identity = Identity::load(&state_dir)?;
         if let Some(id) = &identity
@@ -79,6 +84,7 @@ impl Connector {
         Ok(Connector {
             base,
             mode: Mode::Tls(Box::new(Tls {
+                operators,
                 state_dir,
                 join,
                 hostname,
@@ -106,6 +112,7 @@ impl Connector {
             return Ok(self.base.clone());
         };
         let Tls {
+            operators,
             state_dir,
             join,
             hostname,
@@ -141,6 +148,12 @@ impl Connector {
                 }
                 Err(e) => return Err(ConnectError::Fatal(format!("enrolment: {e}"))),
             };
+            // The token's operator keys first: a crash between the two
+            // leaves keys without an identity (enrolment runs again), never
+            // an identity whose operators were forgotten.
+            operators
+                .add_enrolled(state_dir, &token.operator_keys)
+                .map_err(|e| ConnectError::Fatal(e.to_string()))?;
             id.save(state_dir)
                 .map_err(|e| ConnectError::Fatal(e.to_string()))?;
             log::info!(

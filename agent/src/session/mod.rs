@@ -15,6 +15,7 @@
 mod commands;
 mod connector;
 mod error;
+pub mod gate;
 mod report;
 
 use std::cell::Cell;

@@ -95,6 +95,7 @@ pub async fn exec(
             all,
             argv: argv.iter().map(|&a| a.to_owned()).collect(),
             timeout_ms: 10_000,
+            signed: None,
         })
         .await
         .map_err(|s| format!("Exec: {}: {}", s.code(), s.message()))?

@@ -61,8 +61,8 @@ mod ticket;
 pub use error::StoreError;
 pub use records::{
     CertificateRecord, CommandRecord, CommandResultRecord, Conflict, HistoryRow, HostRecord,
-    IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, StoredSample, StoredSampleRow,
-    SubmitOutcome, TokenRefusal,
+    IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, SigningKeyRecord, StoredSample,
+    StoredSampleRow, SubmitOutcome, TokenRefusal,
 };
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
@@ -249,8 +249,22 @@ impl Store {
         }
     }
 
-    /// Revokes every unrevoked certificate of (`role`, `name`); returns how
-    /// many.
+    /// Registers an operator's public signing key (again: no change).
+    pub async fn register_signing_key(&self, k: SigningKeyRecord) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.trust(TrustWrite::RegisterSigningKey(k)).await.map(drop),
+        }
+    }
+
+    /// Every registered signing key, revoked ones included.
+    pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.signing_keys().await,
+        }
+    }
+
+    /// Revokes every unrevoked certificate of (`role`, `name`) (and, for an
+    /// operator, their signing keys); returns how many certificates.
     pub async fn revoke_certificates(
         &self,
         role: String,

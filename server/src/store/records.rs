@@ -268,6 +268,7 @@ pub(crate) enum TrustWrite {
         cert: CertificateRecord,
     },
     RecordCertificate(CertificateRecord),
+    RegisterSigningKey(SigningKeyRecord),
     Revoke {
         role: String,
         name: String,
@@ -281,6 +282,17 @@ pub(crate) enum TrustAnswer {
     Done,
     Refused(TokenRefusal),
     Revoked(u32),
+}
+
+/// An operator's public signing key, as registered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    /// Ed25519, 32 bytes.
+    pub public_key: [u8; 32],
+    pub operator: String,
+    pub registered_unix_ms: i64,
+    /// When its operator was removed; `None` while good.
+    pub revoked_unix_ms: Option<i64>,
 }
 
 /// A client certificate the server issued: the truth behind the trust

@@ -148,8 +148,11 @@ pub async fn start(
         config.names.join(", "),
         trust.len()
     );
+    let signing_keys =
+        crate::enrolment::signing_key_table(store.signing_keys().await.map_err(SetupError::Store)?);
     Ok(Secured {
         enrolment: Arc::new(Enrolment {
+            signing_keys,
             authority,
             trust,
             store: store.clone(),

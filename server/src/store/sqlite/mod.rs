@@ -50,7 +50,8 @@ use tokio::sync::mpsc;
 use crate::store::error::StoreError;
 use crate::store::records::{
     CertificateRecord, CommandRecord, CommandResultRecord, HistoryRow, HostRecord, IncomingBatch,
-    JoinTokenRecord, SampleQuery, StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
+    JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer,
+    TrustWrite,
 };
 use crate::store::ticket::Ticket;
 
@@ -208,6 +209,16 @@ impl SqliteStore {
             .run(move |c| {
                 writer::trust::certificates(c)
                     .map_err(|e| StoreError::from(SqliteError::sql("reading certificates", e)))
+            })
+            .await
+    }
+
+    pub(crate) async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        self.inner
+            .readers
+            .run(move |c| {
+                writer::trust::signing_keys(c)
+                    .map_err(|e| StoreError::from(SqliteError::sql("reading signing keys", e)))
             })
             .await
     }

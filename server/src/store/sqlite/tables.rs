@@ -54,7 +54,7 @@ use super::ticks::METRICS;
 
 /// Bumped on every incompatible change of the tables below; older files
 /// are migrated at open (see `migrate.rs`).
-pub(crate) const SCHEMA_VERSION: i64 = 4;
+pub(crate) const SCHEMA_VERSION: i64 = 5;
 
 /// The column of `ticks` holding each metric, indexed by metric id.
 pub(crate) const METRIC_COLUMNS: [&str; METRICS] = [
@@ -161,6 +161,14 @@ CREATE TABLE IF NOT EXISTS certificates (
     revoked_unix_ms   INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS certificates_by_name ON certificates (role, name);
+-- Schema 5: operators' public signing keys (the private keys never come
+-- here); join tokens carry the unrevoked ones.
+CREATE TABLE IF NOT EXISTS operator_keys (
+    public_key         BLOB PRIMARY KEY, -- Ed25519, 32 bytes
+    operator           TEXT NOT NULL,
+    registered_unix_ms INTEGER NOT NULL,
+    revoked_unix_ms    INTEGER
+) WITHOUT ROWID;
 ";
 
 /// The id of a metric in `samples.metric_id`. Part of the file format.

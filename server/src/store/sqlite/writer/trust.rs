@@ -7,7 +7,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::records::{CertificateRecord, JoinTokenRecord, TrustAnswer, TrustWrite};
+use crate::store::records::{
+    CertificateRecord, JoinTokenRecord, SigningKeyRecord, TrustAnswer, TrustWrite,
+};
 
 /// Applies one trust write.
 pub(super) fn write(
@@ -57,6 +59,16 @@ pub(super) fn write(
             insert_certificate(tx, c)?;
             Ok(TrustAnswer::Done)
         }
+        TrustWrite::RegisterSigningKey(k) => {
+            tx.prepare_cached(
+                "INSERT INTO operator_keys (public_key, operator, registered_unix_ms,
+                     revoked_unix_ms)
+                 VALUES (?1, ?2, ?3, NULL)
+                 ON CONFLICT (public_key) DO NOTHING",
+            )?
+            .execute(params![&k.public_key[..], k.operator, k.registered_unix_ms])?;
+            Ok(TrustAnswer::Done)
+        }
         TrustWrite::Revoke {
             role,
             name,
@@ -68,6 +80,13 @@ pub(super) fn write(
                      WHERE role = ?1 AND name = ?2 AND revoked_unix_ms IS NULL",
                 )?
                 .execute(params![role, name, now_unix_ms])?;
+            if role == "operator" {
+                tx.prepare_cached(
+                    "UPDATE operator_keys SET revoked_unix_ms = ?2
+                     WHERE operator = ?1 AND revoked_unix_ms IS NULL",
+                )?
+                .execute(params![name, now_unix_ms])?;
+            }
             Ok(TrustAnswer::Revoked(u32::try_from(n).unwrap_or(u32::MAX)))
         }
     }
@@ -136,6 +155,31 @@ pub(crate) fn certificates(conn: &Connection) -> rusqlite::Result<Vec<Certificat
             issued_unix_ms: r.get(3)?,
             not_after_unix_ms: r.get(4)?,
             revoked_unix_ms: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Every registered signing key.
+pub(crate) fn signing_keys(conn: &Connection) -> rusqlite::Result<Vec<SigningKeyRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT public_key, operator, registered_unix_ms, revoked_unix_ms FROM operator_keys
+         ORDER BY registered_unix_ms",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let key: Vec<u8> = r.get(0)?;
+        let public_key = <[u8; 32]>::try_from(key.as_slice()).map_err(|_| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Blob,
+                "a signing key is not 32 bytes".into(),
+            )
+        })?;
+        Ok(SigningKeyRecord {
+            public_key,
+            operator: r.get(1)?,
+            registered_unix_ms: r.get(2)?,
+            revoked_unix_ms: r.get(3)?,
         })
     })?;
     rows.collect()
