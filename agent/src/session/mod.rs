@@ -37,6 +37,11 @@ use crate::state::Shared;
 /// bound what is re-sent after a drop.
 pub const SEND_WINDOW: usize = 64;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message the agent accepts from the server: a command is at most
+/// 8 KiB of argv plus its signed grant, an ack a few dozen bytes. A
+/// server that sends more (a security review saw 4 MiB requests fill a
+/// Pi's log) ends the session instead.
+pub const MAX_SERVER_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The endpoint with the connection settings every session uses.
 pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
@@ -108,7 +113,8 @@ async fn session(
     commands: &Rc<CommandContext>,
     healthy: &Cell<bool>,
 ) -> Result<(), SessionError> {
-    let client = CollectorClient::new(channel.clone());
+    let client =
+        CollectorClient::new(channel.clone()).max_decoding_message_size(MAX_SERVER_MESSAGE_BYTES);
     let renewal = async {
         loop {
             match connector.renew_in(monitor::time::now_unix_ms()) {
