@@ -3,61 +3,18 @@
 //! that are not files (a FIFO must not hang the agent), `/dev/null`, size
 //! and encoding limits, and the error chain each failure gives.
 
+mod scratch;
+
 use std::error::Error as _;
-use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use scratch::{Scratch, chmod};
 
 use monitor_agent::commands::allowfile::{
     self, AllowlistError, MAX_ALLOWLIST_BYTES, PermissionProblem, ProblemKind,
 };
 use monitor_agent::commands::{Allowlist, IfMissing, Policy};
-
-/// A scratch directory (mode 0700) removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("monitor-allowfile-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        if let Err(e) = std::fs::create_dir(&dir) {
-            panic!("{}: {e}", dir.display());
-        }
-        chmod(&dir, 0o700);
-        Scratch(dir)
-    }
-
-    /// Writes `text` at `name` with mode 0644 and returns its path.
-    fn file(&self, name: &str, text: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        if let Err(e) = std::fs::write(&path, text) {
-            panic!("{}: {e}", path.display());
-        }
-        chmod(&path, 0o644);
-        path
-    }
-
-    fn dir(&self, name: &str) -> PathBuf {
-        let path = self.0.join(name);
-        if let Err(e) = std::fs::create_dir(&path) {
-            panic!("{}: {e}", path.display());
-        }
-        chmod(&path, 0o755);
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn chmod(path: &Path, mode: u32) {
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
-        panic!("chmod {}: {e}", path.display());
-    }
-}
 
 fn load(path: &Path) -> Result<Allowlist, AllowlistError> {
     Allowlist::load(path, IfMissing::Error)
@@ -75,7 +32,7 @@ const GOOD: &[u8] = b"uptime = /usr/bin/uptime\ndf = /bin/df -h -- <path>*\n";
 #[test]
 fn a_safe_file_loads() {
     let scratch = Scratch::new("safe");
-    let path = scratch.file("commands.allow", GOOD);
+    let path = scratch.file("commands.allow", GOOD, 0o644);
     let list = match load(&path) {
         Ok(list) => list,
         Err(e) => panic!("{e}"),
@@ -148,7 +105,7 @@ fn missing_file_is_empty_only_when_not_explicit() {
 #[test]
 fn a_file_others_can_write_is_refused() {
     let scratch = Scratch::new("world");
-    let path = scratch.file("commands.allow", GOOD);
+    let path = scratch.file("commands.allow", GOOD, 0o644);
     chmod(&path, 0o646);
     let e = load_error(&path);
     assert_eq!(
@@ -168,7 +125,7 @@ fn a_file_others_can_write_is_refused() {
 #[test]
 fn a_file_its_group_can_write_is_refused() {
     let scratch = Scratch::new("group");
-    let path = scratch.file("commands.allow", GOOD);
+    let path = scratch.file("commands.allow", GOOD, 0o644);
     if allowfile::agent_uid() == 0
         && let Err(e) = std::os::unix::fs::chown(&path, None, Some(4242))
     {
@@ -205,7 +162,7 @@ fn a_file_owned_by_someone_else_is_refused() {
         return;
     }
     let scratch = Scratch::new("owner");
-    let path = scratch.file("commands.allow", GOOD);
+    let path = scratch.file("commands.allow", GOOD, 0o644);
     if let Err(e) = std::os::unix::fs::chown(&path, Some(4242), None) {
         panic!("chown: {e}");
     }
@@ -342,10 +299,10 @@ fn size_limit_at_its_edge() {
     let limit = MAX_ALLOWLIST_BYTES as usize;
     // One comment line of exactly the limit.
     let mut text = vec![b'#'; limit];
-    let path = scratch.file("big.allow", &text);
+    let path = scratch.file("big.allow", &text, 0o644);
     assert!(load(&path).is_ok());
     text.push(b'#');
-    let path = scratch.file("bigger.allow", &text);
+    let path = scratch.file("bigger.allow", &text, 0o644);
     assert_eq!(
         load_error(&path).to_string(),
         format!("allowlist {} is larger than 1048576 bytes", path.display())
@@ -355,12 +312,20 @@ fn size_limit_at_its_edge() {
 #[test]
 fn encoding_and_parse_errors_name_the_file_line_and_column() {
     let scratch = Scratch::new("parse");
-    let path = scratch.file("latin1.allow", b"ok = /bin/ok\nx = /bin/echo \"caf\xe9\"\n");
+    let path = scratch.file(
+        "latin1.allow",
+        b"ok = /bin/ok\nx = /bin/echo \"caf\xe9\"\n",
+        0o644,
+    );
     assert_eq!(
         load_error(&path).to_string(),
         format!("{}:2:19: not valid UTF-8", path.display())
     );
-    let path = scratch.file("broken.allow", b"ok = /bin/true\nbroken\nx = y # ...\n");
+    let path = scratch.file(
+        "broken.allow",
+        b"ok = /bin/true\nbroken\nx = y # ...\n",
+        0o644,
+    );
     let e = load_error(&path);
     assert_eq!(
         e.to_string(),
@@ -376,7 +341,7 @@ fn encoding_and_parse_errors_name_the_file_line_and_column() {
 #[test]
 fn inspection_lists_permissions_and_parse_errors_together() {
     let scratch = Scratch::new("inspect");
-    let path = scratch.file("commands.allow", b"broken\n");
+    let path = scratch.file("commands.allow", b"broken\n", 0o644);
     chmod(&path, 0o646);
     let inspection = match allowfile::inspect(&path, allowfile::agent_uid()) {
         Ok(inspection) => inspection,

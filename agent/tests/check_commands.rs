@@ -3,48 +3,14 @@
 //! with its line and column and exit 1 for a broken or unsafe one, exit 2
 //! for a usage error, and nothing of the agent started meanwhile.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+mod scratch;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use monitor_agent::commands::allowfile;
-
-/// A scratch directory (mode 0700) removed at the end of the test.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("monitor-check-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        if let Err(e) = std::fs::create_dir(&dir) {
-            panic!("{}: {e}", dir.display());
-        }
-        chmod(&dir, 0o700);
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str, text: &str, mode: u32) -> PathBuf {
-        let path = self.0.join(name);
-        if let Err(e) = std::fs::write(&path, text) {
-            panic!("{}: {e}", path.display());
-        }
-        chmod(&path, mode);
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn chmod(path: &Path, mode: u32) {
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
-        panic!("chmod {}: {e}", path.display());
-    }
-}
+use scratch::Scratch;
 
 /// Exit code, stdout and stderr of `monitor-agent ARGS`, which must end
 /// within a deadline (the check starts no runtime and no connection).

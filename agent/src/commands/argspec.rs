@@ -372,6 +372,15 @@ impl fmt::Display for ArgSpec {
     }
 }
 
+/// What a character set is called in messages, and what it allows.
+fn char_set(path: bool) -> (&'static str, &'static str) {
+    if path {
+        ("path", "A-Z a-z 0-9 . _ - + : @ , = /")
+    } else {
+        ("word", WORD_CHARS)
+    }
+}
+
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -390,13 +399,14 @@ impl fmt::Display for SpecError {
             }
             SpecError::UnexpectedParameter(kind) => write!(f, "'{kind}' takes no ':' parameter"),
             SpecError::EmptyGlob => f.write_str("empty pattern after ':'"),
-            SpecError::GlobChar { c, path } => write!(
-                f,
-                "'{}' cannot appear in a {} pattern (allowed: {WORD_CHARS}{} * ?)",
-                c.escape_debug(),
-                if *path { "path" } else { "word" },
-                if *path { " /" } else { "" }
-            ),
+            SpecError::GlobChar { c, path } => {
+                let (what, allowed) = char_set(*path);
+                write!(
+                    f,
+                    "'{}' cannot appear in a {what} pattern (allowed: {allowed} * ?)",
+                    c.escape_debug()
+                )
+            }
             SpecError::PathGlobNotAbsolute => f.write_str("a path pattern must begin with '/'"),
             SpecError::PathGlobComponent => {
                 f.write_str("a path pattern may not have '.', '..' or empty components")
@@ -429,13 +439,14 @@ impl fmt::Display for Mismatch {
                 "expected a whole number from {min} to {max} (digits only, no leading zero)"
             ),
             Mismatch::EmptyWord => f.write_str("expected a word, got nothing"),
-            Mismatch::BadChar { c, path } => write!(
-                f,
-                "'{}' is not allowed in a {} (allowed: {WORD_CHARS}{})",
-                c.escape_debug(),
-                if *path { "path" } else { "word" },
-                if *path { " /" } else { "" }
-            ),
+            Mismatch::BadChar { c, path } => {
+                let (what, allowed) = char_set(*path);
+                write!(
+                    f,
+                    "'{}' is not allowed in a {what} (allowed: {allowed})",
+                    c.escape_debug()
+                )
+            }
             Mismatch::NotAbsolute => f.write_str("expected an absolute path"),
             Mismatch::BadComponent => {
                 f.write_str("a path may not have '.', '..' or empty components")
