@@ -100,6 +100,17 @@ fn missing_file_is_empty_only_when_not_explicit() {
         Err(AllowlistError::Read { .. }) => {}
         other => panic!("explicit missing file: {other:?}"),
     }
+    // Without a path, the default one, missing on a test machine.
+    let default = Path::new(allowfile::DEFAULT_ALLOWLIST_PATH);
+    if !default.exists() {
+        match Allowlist::load_configured(None) {
+            Ok(list) => {
+                assert_eq!(list.path(), default);
+                assert!(!list.exists());
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 #[test]

@@ -110,6 +110,27 @@ fn a_valid_file_is_described_in_plain_words() {
 }
 
 #[test]
+fn one_entry() {
+    let scratch = Scratch::new("one");
+    let path = scratch.file("commands.allow", "up = /usr/bin/uptime -p\n", 0o600);
+    let (code, out, err) = check(&path);
+    let want = format!(
+        "{}: valid, 1 entry (owner and permissions checked for root and uid {}, the user \
+         running this check)\n\
+         \n\
+         up (line 1): /usr/bin/uptime -p\n  \
+           program /usr/bin/uptime, fixed arguments: -p\n  \
+           takes no operator arguments\n",
+        path.display(),
+        allowfile::agent_uid()
+    );
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (Some(0), want.as_str(), "")
+    );
+}
+
+#[test]
 fn every_error_is_listed_with_line_and_column() {
     let scratch = Scratch::new("broken");
     let path = scratch.file(

@@ -47,7 +47,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 fn parses_entries() {
     check("", Ok(&[]));
     check(
-        "# only a comment\n\n   \n  # indented comment\n\t\n",
+        "# only a comment\n\n   \n  # indented comment\n\t\n# a\ttab\n",
         Ok(&[]),
     );
     check(
@@ -706,6 +706,12 @@ fn argument_counts() {
         Err("'two' takes exactly 2 arguments, got 3"),
     );
     check_resolve(&p, &["two", "a", "b"], Ok(&["/bin/echo", "a", "b"]));
+    let single = policy_of("single = /bin/echo <word>", false);
+    check_resolve(
+        &single,
+        &["single"],
+        Err("'single' takes exactly 1 argument, got 0"),
+    );
     check_resolve(
         &p,
         &["journal"],

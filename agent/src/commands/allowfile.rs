@@ -80,7 +80,8 @@ pub struct PermissionProblem {
 /// What is wrong with an owner or a mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemKind {
-    /// A directory, device, FIFO or socket where a file should be.
+    /// A directory, device, FIFO or socket where a file should be (never
+    /// said of the directory holding the file).
     NotRegular,
     /// Owned by neither root nor the agent's user.
     Owner { uid: u32, agent_uid: u32 },
@@ -210,12 +211,8 @@ fn file_problems(
         directory,
         kind,
     };
-    let right_type = if directory {
-        meta.is_dir()
-    } else {
-        meta.file_type().is_file()
-    };
-    if !right_type {
+    // A directory holding a file that opened is a directory.
+    if !directory && !meta.file_type().is_file() {
         return vec![problem(ProblemKind::NotRegular)];
     }
     check_owner_and_mode(meta.uid(), meta.gid(), meta.mode(), directory, agent_uid)
@@ -302,12 +299,10 @@ impl fmt::Display for ProblemKind {
 
 impl fmt::Display for PermissionProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.directory, self.kind) {
-            (true, ProblemKind::NotRegular) => {
-                write!(f, "{} is not a directory", self.path.display())
-            }
-            (true, kind) => write!(f, "its directory {} {kind}", self.path.display()),
-            (false, kind) => write!(f, "it {kind}"),
+        if self.directory {
+            write!(f, "its directory {} {}", self.path.display(), self.kind)
+        } else {
+            write!(f, "it {}", self.kind)
         }
     }
 }

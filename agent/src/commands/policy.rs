@@ -587,10 +587,10 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
-/// A character outside quotes and comments must be printable ASCII (or a
-/// tab).
+/// A character of a name or an unquoted token (blanks never get here)
+/// must be printable ASCII.
 fn check_plain(c: char, column: usize) -> Result<(), LineError> {
-    if c.is_control() && c != '\t' {
+    if c.is_control() {
         return Err((column, ParseErrorKind::Control(c)));
     }
     if !c.is_ascii() {
