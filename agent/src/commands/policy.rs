@@ -23,7 +23,7 @@
 //! character in an entry (quote the argument that needs one; comments may
 //! hold any printable text). Errors are reported as `FILE:LINE:COLUMN:
 //! message`, columns counting characters from 1, and every bad line is
-//! reported, not just the first.
+//! reported (up to [`MAX_REPORTED_ERRORS`]), not just the first.
 //!
 //! **Comments.** `#` starts a comment, to the end of the line, when it is
 //! the first character of a token (at the start of the line, after a space
