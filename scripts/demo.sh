@@ -65,9 +65,9 @@ done
 
 # A small allowlist so `monitorctl exec` has something to run.
 cat > "$state/commands.allow" <<'ALLOW'
-# name = program [args...] [...]   (a trailing ... allows extra arguments)
+# name = /program [fixed args] [placeholders]   (see systemd/commands.allow)
 uptime = /usr/bin/uptime
-df     = /bin/df -h ...
+df     = /bin/df -h -- <path>*    # any number of paths, never an option
 uname  = /bin/uname -a
 ALLOW
 

@@ -721,10 +721,13 @@ impl AgentCmd {
     }
 }
 
-/// Writes an allowlist file and returns its path.
+/// Writes an allowlist file and returns its path. Mode 0644 whatever the
+/// umask: the agent refuses an allowlist others could write.
 pub fn allowlist(dir: &TempDir, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let p = dir.join("commands.allow");
     std::fs::write(&p, text).expect("write allowlist");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod allowlist");
     p
 }
 
