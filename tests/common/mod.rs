@@ -41,6 +41,28 @@ pub fn bin_dir() -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "--workspace", "--bins", "--target-dir"])
             .arg(target_dir);
+        // Cargo runs this test with the variables it sets for a crate
+        // (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). Build scripts that track
+        // them (ring's does) would see them change between this build and
+        // the next `cargo test` from a shell, and both would rebuild ring
+        // and everything above it (about 40 s each time): give the inner
+        // cargo the environment a shell would.
+        for (key, _) in std::env::vars_os() {
+            let Some(k) = key.to_str() else { continue };
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(&key);
+            }
+        }
         // Cargo's output directory per profile: `dev` and `test` use debug/,
         // `release` and `bench` release/, a custom profile its own name.
         match profile_dir.to_str() {
