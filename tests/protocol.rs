@@ -23,12 +23,21 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// What the fake server's hello says its clock reads.
+#[derive(Clone, Copy, Debug)]
+enum HelloClock {
+    /// Its real clock shifted by this many milliseconds.
+    Shifted(i64),
+    /// This value, whatever the time.
+    Fixed(i64),
+}
+
 /// A fake server: acknowledges every batch; on the command stream it
-/// sends a hello with `clock_shift_ms` added to its clock, then whatever
-/// the test pushes through `commands`; it records every response.
+/// sends a hello with the clock `clock` says, then whatever the test
+/// pushes through `commands`; it records every response.
 #[derive(Clone)]
 struct FakeServer {
-    clock_shift_ms: i64,
+    clock: HelloClock,
     commands: Arc<Mutex<Option<mpsc::Receiver<pb::CommandRequest>>>>,
     responses: Arc<Mutex<Vec<pb::CommandResponse>>>,
 }
@@ -81,7 +90,10 @@ impl Collector for FakeServer {
         let (tx, rx) = mpsc::channel(16);
         let hello = pb::CommandRequest {
             kind: Some(Req::Hello(pb::ServerHello {
-                server_unix_ms: monitor::time::now_unix_ms() + self.clock_shift_ms,
+                server_unix_ms: match self.clock {
+                    HelloClock::Shifted(ms) => monitor::time::now_unix_ms() + ms,
+                    HelloClock::Fixed(ms) => ms,
+                },
             })),
         };
         tx.send(Ok(hello)).await.ok();
@@ -120,12 +132,10 @@ fn run(id: &str, argv: &[&str], expires_unix_ms: i64) -> pb::CommandRequest {
 }
 
 /// Starts the fake server and a real agent against it.
-async fn fake_and_agent(
-    clock_shift_ms: i64,
-) -> (FakeServer, mpsc::Sender<pb::CommandRequest>, Proc) {
+async fn fake_and_agent(clock: HelloClock) -> (FakeServer, mpsc::Sender<pb::CommandRequest>, Proc) {
     let (tx, rx) = mpsc::channel(16);
     let fake = FakeServer {
-        clock_shift_ms,
+        clock,
         commands: Arc::new(Mutex::new(Some(rx))),
         responses: Arc::default(),
     };
@@ -175,7 +185,7 @@ fn rejection(responses: &[pb::CommandResponse]) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_refuses_expired_replayed_and_expiryless_requests() {
-    let (fake, commands, _agent) = fake_and_agent(0).await;
+    let (fake, commands, _agent) = fake_and_agent(HelloClock::Shifted(0)).await;
     let now = monitor::time::now_unix_ms();
 
     commands
@@ -248,7 +258,7 @@ async fn expiry_is_judged_on_the_servers_clock_not_the_agents() {
     // without a real-time clock): a request valid for 30 s on the server's
     // clock must run, one that expired on it must not.
     let shift = 3_600_000;
-    let (fake, commands, _agent) = fake_and_agent(shift).await;
+    let (fake, commands, _agent) = fake_and_agent(HelloClock::Shifted(shift)).await;
     let server_now = monitor::time::now_unix_ms() + shift;
     commands
         .send(run("s-ok", &["ping"], server_now + 30_000))
@@ -263,6 +273,51 @@ async fn expiry_is_judged_on_the_servers_clock_not_the_agents() {
         .unwrap();
     let (_, f) = finished(&fake, "s-late").await;
     assert_eq!(f.outcome, pb::Outcome::Rejected as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_server_clocks_neither_crash_the_agent_nor_revive_expired_commands() {
+    // A server whose hello says its clock is at either end of i64: the
+    // agent must not overflow (a debug build panics on it), and a command
+    // that expired by the real clock must still be refused.
+    for claimed in [i64::MIN, i64::MAX] {
+        let (fake, commands, mut agent) = fake_and_agent(HelloClock::Fixed(claimed)).await;
+        let now = monitor::time::now_unix_ms();
+        commands
+            .send(run("past", &["ping"], now - 5_000))
+            .await
+            .unwrap();
+        let (r, f) = finished(&fake, "past").await;
+        assert_eq!(
+            f.outcome,
+            pb::Outcome::Rejected as i32,
+            "server clock {claimed}: a command expired 5 s ago ran: {r:?}"
+        );
+        // Before 2000 the clock was never set: nothing is judged by it.
+        // Far ahead, everything has expired by it.
+        let reason = rejection(&r).unwrap_or_default();
+        let expected = if claimed < 0 {
+            "the server's clock is not set (it reads "
+        } else {
+            "request expired "
+        };
+        assert!(reason.starts_with(expected), "{claimed}: {reason}");
+        // The far ends of the expiry field: one final result each.
+        for (id, expires) in [("first-ms", 1), ("last-ms", i64::MAX)] {
+            commands.send(run(id, &["ping"], expires)).await.unwrap();
+            finished(&fake, id).await;
+        }
+        assert!(
+            agent.is_running(),
+            "server clock {claimed}: the agent stopped:\n{}",
+            agent.stderr.dump()
+        );
+        assert!(
+            !agent.stderr.contains("panicked"),
+            "{}",
+            agent.stderr.dump()
+        );
+    }
 }
 
 /// A batch of one sample, of host `host` in run `boot_id`, sent at the

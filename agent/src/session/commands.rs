@@ -5,8 +5,10 @@
 //! a usable id that was not seen before (a replay is refused), an expiry
 //! still in the future by the server's clock (the agent learns the offset
 //! from the server's hello, so a Pi whose clock is wrong still judges
-//! expiries right), then a built-in (`ping`, `info`, `set-interval`,
-//! `collect-now`: no process) or the command policy and a free slot.
+//! expiries right; a server whose clock reads before 2000 was never set,
+//! and nothing it sends runs until it is), then a built-in (`ping`,
+//! `info`, `set-interval`, `collect-now`: no process) or the command
+//! policy and a free slot.
 //!
 //! Processes run in their own `spawn_local` task; their output is forwarded
 //! as it comes. If the stream goes away, the tasks' event channels close and
@@ -128,6 +130,9 @@ pub async fn run(
         .into_inner();
     // Server clock minus ours, from the server's hello.
     let mut offset_ms: i64 = 0;
+    // What the hello said when it was no usable clock (before 2000): no
+    // expiry can be judged by it.
+    let mut unset_clock_ms: Option<i64> = None;
     loop {
         let Some(request) = inbound.message().await? else {
             return Err(SessionError::Closed("command"));
@@ -138,6 +143,16 @@ pub async fn run(
                     .server_unix_ms
                     .saturating_sub(monitor::time::now_unix_ms());
                 healthy.set(true);
+                unset_clock_ms = (h.server_unix_ms < monitor::wire::MIN_SAMPLE_UNIX_MS)
+                    .then_some(h.server_unix_ms);
+                if let Some(ms) = unset_clock_ms {
+                    log::warn!(
+                        "the server's clock reads {} (before 2000: never set); its commands are \
+                         refused until it is set",
+                        monitor::time::Rfc3339(ms)
+                    );
+                    continue;
+                }
                 if offset_ms.saturating_abs() > 30_000 {
                     log::warn!(
                         "this host's clock is {:.1}s {} the server's",
@@ -147,7 +162,10 @@ pub async fn run(
                 }
             }
             Some(RequestKind::Run(run)) => {
-                let server_now = monitor::time::now_unix_ms().saturating_add(offset_ms);
+                let server_now = match unset_clock_ms {
+                    None => Ok(monitor::time::now_unix_ms().saturating_add(offset_ms)),
+                    Some(ms) => Err(ms),
+                };
                 on_run(run, server_now, shared, ctx, &tx).await;
             }
             Some(RequestKind::Cancel(c)) => {
@@ -177,9 +195,11 @@ async fn send_all(
     }
 }
 
+/// `server_now` is the server's clock now, or `Err` with what its hello
+/// said when that was no usable clock.
 async fn on_run(
     run: pb::RunCommand,
-    server_now_ms: i64,
+    server_now: Result<i64, i64>,
     shared: &Shared,
     ctx: &Rc<CommandContext>,
     tx: &mpsc::Sender<pb::CommandResponse>,
@@ -194,6 +214,18 @@ async fn on_run(
         send_all(tx, rejected(&id, "the request has no expiry".into())).await;
         return;
     }
+    let server_now_ms = match server_now {
+        Ok(ms) => ms,
+        Err(unset) => {
+            log::warn!("command {id}: refused, the server's clock is not set");
+            let reason = format!(
+                "the server's clock is not set (it reads {}): the request's expiry cannot be judged",
+                monitor::time::Rfc3339(unset)
+            );
+            send_all(tx, rejected(&id, reason)).await;
+            return;
+        }
+    };
     if run.expires_unix_ms <= server_now_ms {
         let late = Duration::from_millis(
             server_now_ms
