@@ -346,6 +346,19 @@ impl Server {
         env: &[(&str, &str)],
         netns: Option<&str>,
     ) -> Server {
+        Server::start_wrapped(db, listen, extra, env, netns, |cmd| cmd)
+    }
+
+    /// Like [`Server::start_opts`], with the server's command passed
+    /// through `wrap` before it starts (e.g. [`under_umask`]).
+    pub fn start_wrapped(
+        db: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+        wrap: impl FnOnce(Command) -> Command,
+    ) -> Server {
         let mut cmd = command_in(netns, &bin("monitor-server"));
         cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0", "--db"])
             .arg(db)
@@ -354,7 +367,7 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let proc = Proc::spawn(cmd, "server");
+        let proc = Proc::spawn(wrap(cmd), "server");
         let line = wait_for("the server to listen", Duration::from_secs(20), || {
             proc.stderr
                 .lines()
@@ -695,9 +708,42 @@ impl AgentCmd {
         self
     }
 
+    /// The same agent started under the file-creation mask `mask` (see
+    /// [`under_umask`]).
+    pub fn umask(self, mask: &str) -> AgentCmd {
+        AgentCmd {
+            cmd: under_umask(&self.cmd, mask),
+            name: self.name,
+        }
+    }
+
     pub fn spawn(self) -> Proc {
         Proc::spawn(self.cmd, &format!("agent {}", self.name))
     }
+}
+
+/// `cmd` run through `sh -c 'umask MASK && exec ...'`: the same program,
+/// arguments and working directory under the file-creation mask `mask`
+/// (e.g. "000"), without touching this process's own umask (which every
+/// test thread shares). The wrapped command starts from an empty
+/// environment plus the variables `cmd` sets explicitly and PATH.
+pub fn under_umask(cmd: &Command, mask: &str) -> Command {
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            sh.env(k, v);
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    sh
 }
 
 /// Writes an allowlist file and returns its path.
