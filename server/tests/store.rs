@@ -460,11 +460,14 @@ async fn a_missing_directory_is_an_open_error_naming_the_file() {
     let dir = temp_dir("missing");
     let path = dir.path().join("no/such/dir/monitor.db");
     match Store::open(SqliteConfig::new(&path)) {
-        Err(e @ StoreError::Sqlite(SqliteError::Open { .. })) => {
+        // The store makes a new file itself (owner-only) before SQLite
+        // opens it: the missing directory shows there, with the OS's
+        // reason.
+        Err(e @ StoreError::Sqlite(SqliteError::OpenFile { .. })) => {
             assert!(e.to_string().contains("no/such/dir/monitor.db"));
             assert!(std::error::Error::source(&e).is_some());
         }
-        other => panic!("expected Open, got {other:?}"),
+        other => panic!("expected OpenFile, got {other:?}"),
     }
 }
 

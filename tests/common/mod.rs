@@ -41,6 +41,28 @@ pub fn bin_dir() -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "--workspace", "--bins", "--target-dir"])
             .arg(target_dir);
+        // Cargo runs this test with the variables it sets for a crate
+        // (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). Build scripts that track
+        // them (ring's does) would see them change between this build and
+        // the next `cargo test` from a shell, and both would rebuild ring
+        // and everything above it (about 40 s each time): give the inner
+        // cargo the environment a shell would.
+        for (key, _) in std::env::vars_os() {
+            let Some(k) = key.to_str() else { continue };
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(&key);
+            }
+        }
         // Cargo's output directory per profile: `dev` and `test` use debug/,
         // `release` and `bench` release/, a custom profile its own name.
         match profile_dir.to_str() {
@@ -328,6 +350,19 @@ impl Server {
         env: &[(&str, &str)],
         netns: Option<&str>,
     ) -> Server {
+        Server::start_wrapped(db, listen, extra, env, netns, |cmd| cmd)
+    }
+
+    /// Like [`Server::start_opts`], with the server's command passed
+    /// through `wrap` before it starts (e.g. [`under_umask`]).
+    pub fn start_wrapped(
+        db: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+        wrap: impl FnOnce(Command) -> Command,
+    ) -> Server {
         let mut cmd = command_in(netns, &bin("monitor-server"));
         cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0", "--db"])
             .arg(db)
@@ -336,7 +371,7 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let proc = Proc::spawn(cmd, "server");
+        let proc = Proc::spawn(wrap(cmd), "server");
         let line = wait_for("the server to listen", Duration::from_secs(20), || {
             proc.stderr
                 .lines()
@@ -714,11 +749,45 @@ impl AgentCmd {
         self
     }
 
+    /// The same agent started under the file-creation mask `mask` (see
+    /// [`under_umask`]).
+    pub fn umask(self, mask: &str) -> AgentCmd {
+        AgentCmd {
+            cmd: under_umask(&self.cmd, mask),
+            name: self.name,
+            scratch: self.scratch,
+        }
+    }
+
     pub fn spawn(self) -> Proc {
         let mut proc = Proc::spawn(self.cmd, &format!("agent {}", self.name));
         proc.scratch = Some(self.scratch);
         proc
     }
+}
+
+/// `cmd` run through `sh -c 'umask MASK && exec ...'`: the same program,
+/// arguments and working directory under the file-creation mask `mask`
+/// (e.g. "000"), without touching this process's own umask (which every
+/// test thread shares). The wrapped command starts from an empty
+/// environment plus the variables `cmd` sets explicitly and PATH.
+pub fn under_umask(cmd: &Command, mask: &str) -> Command {
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            sh.env(k, v);
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    sh
 }
 
 /// Writes an allowlist file and returns its path. Mode 0644 whatever the
