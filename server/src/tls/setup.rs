@@ -69,15 +69,37 @@ impl std::error::Error for SetupError {
     }
 }
 
-/// The admin API's URL as the credential gives it: loopback when the API
-/// listens on every address or on loopback.
-pub fn admin_url(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
+/// The address the local operator's credential names for the admin API
+/// listening on `addr`: loopback when it listens on every address.
+fn credential_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
-    };
-    format!("https://{}", SocketAddr::new(ip, addr.port()))
+    }
+}
+
+/// The admin API's URL as the credential gives it: loopback when the API
+/// listens on every address or on loopback.
+pub fn admin_url(addr: SocketAddr) -> String {
+    format!(
+        "https://{}",
+        SocketAddr::new(credential_ip(addr), addr.port())
+    )
+}
+
+/// The names in the server's certificate: the configured ones, plus the
+/// address the local operator's credential names when they lack it, so that
+/// monitorctl on this box reaches the operator API whatever `--tls-name`
+/// says (with only `--tls-name monitor.lan` it could not: its URL is
+/// https://127.0.0.1:50052).
+pub fn certificate_names(configured: &[String], admin_addr: SocketAddr) -> Vec<String> {
+    let ip = credential_ip(admin_addr);
+    let mut names = configured.to_vec();
+    if !names.iter().any(|n| n.parse::<IpAddr>() == Ok(ip)) {
+        names.push(ip.to_string());
+    }
+    names
 }
 
 /// Sets TLS up; see the module doc.
@@ -89,8 +111,9 @@ pub async fn start(
 ) -> Result<Secured, SetupError> {
     let now = monitor::time::now_unix_ms();
     let authority = Arc::new(Authority::open(&config.dir, now).map_err(SetupError::Tls)?);
+    let names = certificate_names(&config.names, admin_addr);
     let identity = authority
-        .server_identity(&config.dir, &config.names, now)
+        .server_identity(&config.dir, &names, now)
         .map_err(SetupError::Tls)?;
     let known = store.certificates().await.map_err(SetupError::Store)?;
     let trust = Arc::new(Trust::new(known.into_iter().filter_map(|c| {
@@ -145,7 +168,7 @@ pub async fn start(
          certificates known",
         super::hex(&fingerprint(&ca)[..8]),
         config.dir.display(),
-        config.names.join(", "),
+        names.join(", "),
         trust.len()
     );
     Ok(Secured {
@@ -275,5 +298,24 @@ mod tests {
             admin_url("10.1.2.3:50052".parse().unwrap()),
             "https://10.1.2.3:50052"
         );
+    }
+
+    #[test]
+    fn the_certificate_always_names_the_credentials_address() {
+        let names = |configured: &[&str], admin: &str| {
+            let configured: Vec<String> = configured.iter().map(|n| n.to_string()).collect();
+            certificate_names(&configured, admin.parse().unwrap())
+        };
+        assert_eq!(
+            names(&["monitor.lan"], "127.0.0.1:50052"),
+            ["monitor.lan", "127.0.0.1"]
+        );
+        assert_eq!(names(&["mon", "::1"], "[::]:7"), ["mon", "::1"]);
+        assert_eq!(names(&["mon"], "[::]:7"), ["mon", "::1"]);
+        assert_eq!(
+            names(&["localhost", "127.0.0.1"], "0.0.0.0:50052"),
+            ["localhost", "127.0.0.1"]
+        );
+        assert_eq!(names(&["mon"], "10.1.2.3:50052"), ["mon", "10.1.2.3"]);
     }
 }
