@@ -48,8 +48,8 @@ Options:
   --hostname NAME     agent: the name it reports and was enrolled as
                       (MONITOR_HOSTNAME; default: the kernel hostname)
   --tls-name NAME     server: a DNS name or IP address agents reach it by, for
-                      its certificate (repeatable; MONITOR_TLS_NAMES, with
-                      localhost, 127.0.0.1 and ::1 added for monitorctl)
+                      its certificate (repeatable; MONITOR_TLS_NAMES; the
+                      first is the host in the URL join tokens carry)
   -h, --help          this text
 
 Environment:
@@ -353,13 +353,8 @@ if [[ $want_server == 1 ]]; then
     install_unit monitor-server
     install_config 0644 "$unit_src/monitor-server.env" /etc/default/monitor-server
     if [[ ${#tls_names[@]} -gt 0 ]]; then
-        # monitorctl on this box reaches the operator API at 127.0.0.1 (the
-        # URL in admin.cred), so the loopback names stay in the certificate.
-        names=$(IFS=,; echo "${tls_names[*]}")
-        for n in localhost 127.0.0.1 ::1; do
-            [[ ,$names, == *",$n,"* ]] || names+=",$n"
-        done
-        set_env /etc/default/monitor-server MONITOR_TLS_NAMES "$names"
+        # The server adds the address admin.cred names (127.0.0.1) itself.
+        set_env /etc/default/monitor-server MONITOR_TLS_NAMES "$(IFS=,; echo "${tls_names[*]}")"
     fi
 fi
 
