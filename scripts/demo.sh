@@ -10,8 +10,10 @@
 # Needs only the Rust toolchain (cargo + a C compiler for SQLite and ring,
 # which rustup's linker requirement already implies). Listens on loopback
 # only: agents on 127.0.0.1:50051, the operator API on 127.0.0.1:50052
-# (override with MONITOR_DEMO_AGENT_PORT / MONITOR_DEMO_ADMIN_PORT). Running
-# it again with the same --state keeps the data and enrols the agent anew.
+# (override with MONITOR_DEMO_AGENT_PORT / MONITOR_DEMO_ADMIN_PORT); the agent
+# reports as this machine's hostname (MONITOR_DEMO_HOSTNAME overrides it).
+# Running it again with the same --state keeps the data and enrols the agent
+# anew.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +23,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --release) profile=release ;;
         --state) state=${2:?--state needs a directory}; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "demo.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
     shift
