@@ -212,7 +212,7 @@ async fn ensure_admin_credential(
                 .iter()
                 .any(|r| r.fingerprint == fp && r.not_after_unix_ms - now > third);
         if still_good {
-            return Ok(());
+            return keep_mode(path);
         }
     }
     let (issued, key) = authority
@@ -251,11 +251,7 @@ async fn ensure_admin_credential(
         "monitor operator credential of \"{LOCAL_OPERATOR}\", the server box's own operator,\n\
          for {url}. Whoever can read this file is this operator: keep it private."
     ));
-    let mode = if our_group_is(OPERATOR_GROUP, path) {
-        GROUP_SECRET_MODE
-    } else {
-        SECRET_MODE
-    };
+    let mode = credential_mode(path);
     files::write_atomic(path, text.as_bytes(), mode)
         .map_err(|e| SetupError::Tls(TlsError::File(e)))?;
     log::info!(
@@ -263,6 +259,44 @@ async fn ensure_admin_credential(
          finds it there, or with --credentials",
         path.display()
     );
+    Ok(())
+}
+
+/// The mode `admin.cred` at `path` should have: readable by the group too
+/// when that group is `monitor`.
+fn credential_mode(path: &Path) -> u32 {
+    if our_group_is(OPERATOR_GROUP, path) {
+        GROUP_SECRET_MODE
+    } else {
+        SECRET_MODE
+    }
+}
+
+/// Gives a credential that is kept its mode for the group it has now: one
+/// written 0600 before the server's group was `monitor` (an install from
+/// before the unit had `Group=monitor`, under `DynamicUser=`) becomes
+/// readable by the group, and one whose directory left the group `monitor`
+/// becomes private.
+fn keep_mode(path: &Path) -> Result<(), SetupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = credential_mode(path);
+    let file_error = |what, source| {
+        SetupError::Tls(TlsError::File(files::FileError {
+            path: path.to_owned(),
+            what,
+            source,
+        }))
+    };
+    let now = std::fs::metadata(path)
+        .map_err(|e| file_error("read the mode of", e))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if now != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| file_error("set the mode of", e))?;
+        log::info!("{}: mode {now:o} changed to {mode:o}", path.display());
+    }
     Ok(())
 }
 
@@ -298,6 +332,31 @@ mod tests {
             admin_url("10.1.2.3:50052".parse().unwrap()),
             "https://10.1.2.3:50052"
         );
+    }
+
+    #[test]
+    fn a_kept_credential_gets_the_mode_for_its_group() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ADMIN_CREDENTIAL_FILE);
+        files::write_atomic(&path, b"x", GROUP_SECRET_MODE).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // A temporary directory's group is the test user's, not `monitor`
+        // (unless a machine names it so: then 0640 is right and stays).
+        let want = credential_mode(&path);
+        keep_mode(&path).unwrap();
+        assert_eq!(mode(&path), want);
+        if !our_group_is(OPERATOR_GROUP, &path) {
+            assert_eq!(
+                mode(&path),
+                SECRET_MODE,
+                "a credential outside the group is private"
+            );
+        }
+        let e = keep_mode(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read the mode of"), "{e}");
     }
 
     #[test]
