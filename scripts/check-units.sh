@@ -209,6 +209,24 @@ expect_env /etc/default/monitor-agent MONITOR_HOSTNAME pi-kitchen
 grep -q "echo new" "$root$prefix/bin/monitor-agent" || fail "install: second run did not replace the binary"
 pass "install.sh run again replaces binaries, keeps existing settings and sets only the given values"
 
+# An agent settings file from before TLS: its http:// URL is warned about,
+# and replaced (once) when --server-url is given.
+printf 'MONITOR_SERVER=http://old:50051\nMONITOR_LOG=debug\n' >"$root/etc/default/monitor-agent"
+DESTDIR=$root "$repo_dir/scripts/install.sh" --agent --from "$from" --prefix "$prefix" \
+    >"$work/install3.log" 2>&1 || fail "install.sh third run: $(cat "$work/install3.log")"
+grep -q "warning: /etc/default/monitor-agent has MONITOR_SERVER=http://old:50051" "$work/install3.log" ||
+    fail "install.sh does not warn about an http:// MONITOR_SERVER: $(cat "$work/install3.log")"
+DESTDIR=$root "$repo_dir/scripts/install.sh" --agent --from "$from" --prefix "$prefix" \
+    --server-url https://new:50051 --join "$token2" >"$work/install4.log" 2>&1 ||
+    fail "install.sh fourth run: $(cat "$work/install4.log")"
+expect_env /etc/default/monitor-agent MONITOR_SERVER https://new:50051
+expect_env /etc/default/monitor-agent MONITOR_JOIN "$token2"
+expect_env /etc/default/monitor-agent MONITOR_LOG debug
+[[ $(grep -c '^MONITOR_SERVER=' "$root/etc/default/monitor-agent") == 1 ]] ||
+    fail "install: --server-url left two MONITOR_SERVER lines"
+! grep -q "warning" "$work/install4.log" || fail "install.sh warned after the URL was replaced: $(cat "$work/install4.log")"
+pass "install.sh upgrades a settings file from before TLS (http:// warned about, replaced by --server-url)"
+
 # Bad input is refused with a message naming it.
 if DESTDIR=$root "$repo_dir/scripts/install.sh" --from "$from" >/dev/null 2>"$work/err.log"; then
     fail "install.sh with neither --agent nor --server succeeded"
