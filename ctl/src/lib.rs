@@ -74,10 +74,13 @@ async fn run_other(
         Command::Exec(e) => exec::exec(client, e, None).await,
         Command::Cancel { id } => exec::cancel(client, id).await,
         Command::History(h) => history::history(client, h).await,
-        Command::Enrol(e) => match &e.files {
-            Some(dir) => trust::enrol_files(conn, e.hostname, dir).await,
-            None => trust::enrol(conn, e.hostname, e.ttl).await,
-        },
+        Command::Enrol(e) => {
+            signing::ensure_registered(conn, key_path).await?;
+            match &e.files {
+                Some(dir) => trust::enrol_files(conn, e.hostname, dir).await,
+                None => trust::enrol(conn, e.hostname, e.ttl).await,
+            }
+        }
         Command::Revoke { hostname } => trust::revoke(conn, hostname).await,
         Command::OperatorAdd { name, out } => trust::operator_add(conn, name, &out).await,
         Command::OperatorRemove { name } => trust::operator_remove(conn, name).await,

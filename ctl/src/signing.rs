@@ -85,24 +85,57 @@ pub async fn key_for_exec(
     })?;
     let (key, made) = load_or_create(&path)?;
     if made {
-        let line = OperatorKey {
-            name: operator_name(conn.credential.as_ref()),
-            key: key.public_key(),
-        }
-        .line();
-        term::write(
-            Stream::Stderr,
-            &format!(
-                "made a new signing key in {}; agents enrolled from now on trust it, others once \
-                 this line is in their /etc/monitor/operators:\n  {line}\n",
-                path.display()
-            ),
-        )?;
+        announce_new_key(conn, &key, &path)?;
         if conn.credential.is_some() {
             register(conn, &key).await?;
         }
     }
     Ok(key)
+}
+
+/// Before `monitorctl enrol`: the operator's key, made if missing, is
+/// registered, so the join token carries it and the new agent runs this
+/// operator's signed commands from its first connection. Without a place
+/// for a key the token is still made; the note says what that means.
+pub async fn ensure_registered(
+    conn: &mut Connection,
+    server_path: Option<PathBuf>,
+) -> Result<(), CtlError> {
+    if conn.credential.is_none() {
+        return Ok(()); // --insecure: no tokens, no registry of keys
+    }
+    let Some(path) = server_path else {
+        term::write(
+            Stream::Stderr,
+            "note: no signing key (set HOME, --signing-key or MONITOR_SIGNING_KEY): \
+             the token carries only keys already registered\n",
+        )?;
+        return Ok(());
+    };
+    let (key, made) = load_or_create(&path)?;
+    if made {
+        announce_new_key(conn, &key, &path)?;
+    }
+    register(conn, &key).await
+}
+
+/// Tells the operator a key was just made, and the line for agents
+/// enrolled before it.
+fn announce_new_key(conn: &Connection, key: &SigningKey, path: &Path) -> Result<(), CtlError> {
+    let line = OperatorKey {
+        name: operator_name(conn.credential.as_ref()),
+        key: key.public_key(),
+    }
+    .line();
+    term::write(
+        Stream::Stderr,
+        &format!(
+            "made a new signing key in {}; agents enrolled from now on trust it, others once \
+             this line is in their /etc/monitor/operators:\n  {line}\n",
+            path.display()
+        ),
+    )?;
+    Ok(())
 }
 
 /// A signed grant for `argv` with `timeout_ms` on `targets`.

@@ -92,10 +92,14 @@ pub struct TlsConfig {
 /// An agent's certificate lives this long by default.
 pub const DEFAULT_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 
-/// This machine's hostname, from the kernel.
+/// This machine's hostname, from the kernel by uname(2): not from
+/// /proc/sys/kernel/hostname, which the unit's `ProcSubset=pid` hides (the
+/// certificate then lacked the hostname, and join tokens carried
+/// https://localhost:50051).
 fn machine_hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    nix::unistd::gethostname()
         .ok()
+        .and_then(|h| h.into_string().ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty() && monitor::wire::valid_hostname(h))
 }
