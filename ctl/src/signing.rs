@@ -12,12 +12,11 @@
 
 use std::path::{Path, PathBuf};
 
-use monitor::command::DEFAULT_GRANT_TTL;
+use monitor::command::GrantTargets;
 use monitor::credential::Credential;
 use monitor::files::{self, SECRET_MODE};
 use monitor::pb;
 use monitor::signing::{OperatorKey, SigningKey};
-use prost::Message;
 
 use crate::args::{Server, Targets};
 use crate::connect::Connection;
@@ -146,30 +145,12 @@ pub fn sign(
     timeout_ms: u32,
     targets: &Targets,
 ) -> Result<pb::SignedCommand, CtlError> {
-    let issued = monitor::time::now_unix_ms();
-    let (hosts, all_hosts) = match targets {
-        Targets::Hosts(h) => (h.clone(), false),
-        Targets::All => (Vec::new(), true),
+    let targets = match targets {
+        Targets::Hosts(h) => GrantTargets::Hosts(h.clone()),
+        Targets::All => GrantTargets::All,
     };
-    let grant = pb::CommandGrant {
-        command_id: monitor::random::random_id(),
-        argv: argv.to_vec(),
-        timeout_ms,
-        issued_unix_ms: issued,
-        expires_unix_ms: issued + DEFAULT_GRANT_TTL.as_millis() as i64,
-        hosts,
-        all_hosts,
-        operator: operator.to_owned(),
-    }
-    .encode_to_vec();
-    let signature = key
-        .sign(&grant)
-        .map_err(|e| CtlError::Credential(e.to_string()))?;
-    Ok(pb::SignedCommand {
-        grant,
-        signature: signature.to_vec(),
-        public_key: key.public_key().to_vec(),
-    })
+    monitor::command::sign_grant(key, operator, argv, timeout_ms, &targets)
+        .map_err(|e| CtlError::Credential(e.to_string()))
 }
 
 /// The operator's name as grants give it.
@@ -196,6 +177,8 @@ pub fn show(path: Option<PathBuf>, credential: Option<&Credential>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use monitor::command::DEFAULT_GRANT_TTL;
+    use prost::Message;
 
     #[test]
     fn a_grant_is_signed_for_exactly_what_was_asked() {
