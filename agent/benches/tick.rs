@@ -28,7 +28,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use monitor_agent::collector::Collector;
+use monitor_agent::collector::{Collector, CollectorConfig};
 
 /// The ratio the collector aims for.
 const TARGET_RATIO: f64 = 1.5;
@@ -162,7 +162,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut collector = match Collector::open(proc_root, sys_root, None) {
+    let mut collector = match Collector::open(CollectorConfig::new(proc_root, sys_root)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tick bench: cannot open the collector: {e}");
