@@ -2,7 +2,8 @@
 //! `root_inodes_used_percent`, from the mount table and `statvfs`.
 //!
 //! The mount table (`PROC_ROOT/self/mounts`, or `PROC_ROOT/1/mounts` when
-//! a root prefix is given, as node_exporter does with `--path.rootfs`)
+//! a root prefix is given, as node_exporter does with `--path.rootfs`, and
+//! `self/mounts` again where PID 1's cannot be read)
 //! stays open and is re-read only when it changes: on procfs the kernel
 //! flags a change of the mount namespace with POLLPRI, so a tick pays one
 //! zero-timeout `poll` for it; on anything else (test fixtures) the file is
@@ -138,6 +139,30 @@ pub fn statvfs(path: &Path) -> io::Result<FsUsage> {
     })
 }
 
+/// The mount table to read: `PROC_ROOT/self/mounts` for the agent's own
+/// root; under a root prefix, the host's as PID 1 sees it
+/// (`PROC_ROOT/1/mounts`, as node_exporter reads it), falling back to
+/// `self/mounts` where PID 1's cannot be opened (reading it needs ptrace
+/// access to PID 1, which an unprivileged agent lacks).
+fn table_path(proc_root: &Path, rootfs: &Path) -> PathBuf {
+    let own = proc_root.join("self/mounts");
+    if rootfs == Path::new("/") {
+        return own;
+    }
+    let init = proc_root.join("1/mounts");
+    match File::open(&init) {
+        Ok(_) => init,
+        Err(err) => {
+            log::info!(
+                "cannot open {} ({err}); reading {} instead",
+                init.display(),
+                own.display()
+            );
+            own
+        }
+    }
+}
+
 /// One file system read every tick.
 #[derive(Debug)]
 struct Selected {
@@ -186,11 +211,7 @@ impl Filesystems {
     /// Opens the mount table under `proc_root` and selects the file systems
     /// to read. `rootfs` is the root prefix (`/` for the agent's own).
     pub fn open(proc_root: &Path, rootfs: &Path, choice: FsChoice, statfs: StatFs) -> Filesystems {
-        let table_path = if rootfs == Path::new("/") {
-            proc_root.join("self/mounts")
-        } else {
-            proc_root.join("1/mounts")
-        };
+        let table_path = table_path(proc_root, rootfs);
         let mut fs = Filesystems {
             rootfs: rootfs.to_path_buf(),
             choice,
