@@ -5,6 +5,9 @@
 #
 #   1. agent tick cost next to the read-only floor (cargo bench, tick);
 #      syscalls per tick (strace -c over two --count runs, the difference);
+#   1c. CPU per sample at 0.1 s and 1 s against bench/floor.c, a C program
+#      that only preads the same files on the same schedule
+#      (bench/cpu-per-sample.sh; the ratio is printed in every run);
 #   2. footprint at a 1 s interval, all at once for the same window: the
 #      agent reporting to a real server, prometheus-node-exporter (cpu,
 #      meminfo, diskstats, netdev only) scraped once a second, collectd (cpu,
@@ -34,7 +37,7 @@
 #   --steps LIST        capacity fleet sizes (default
 #                       1000,2500,5000,7500,10000,12500,15000)
 #   --only SECTIONS     comma-separated subset of
-#                       tick,syscalls,footprint,size,capacity,commands
+#                       tick,syscalls,cpu,footprint,size,capacity,commands
 #   --out DIR           where logs and results go (default
 #                       target/bench/run-DATE)
 # Prints the table on stdout; raw key=value results are in DIR/results.txt.
@@ -46,7 +49,7 @@ cd "$repo"
 quick=0
 footprint_secs=60
 steps=1000,2500,5000,7500,10000,12500,15000
-only=tick,syscalls,footprint,size,capacity,commands
+only=tick,syscalls,cpu,footprint,size,capacity,commands
 out=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -299,6 +302,18 @@ if want syscalls; then
     ' "$out/strace-count-$sys_ticks_a.txt" "$out/strace-count-$sys_ticks_b.txt" \
         | sort -k2 -rn >"$out/syscalls-per-tick.txt"
     put syscalls.agent_breakdown "$(awk '{ printf "%s%s %s", sep, $1, $2; sep = ", " }' "$out/syscalls-per-tick.txt")"
+fi
+
+# ---------------------------------------------------------------------------
+# 1c. CPU per sample against the C floor, at 0.1 s and 1 s, same windows.
+# ---------------------------------------------------------------------------
+if want cpu; then
+    log "CPU per sample against bench/floor.c"
+    cpu_args=()
+    [[ $quick -eq 1 ]] && cpu_args=(--secs-per-interval 0.1=10,1=20 --rounds 1)
+    bench/cpu-per-sample.sh "$agent_bin" "$server_bin" "$out/cpu" "${cpu_args[@]}" \
+        >"$out/cpu.txt" 2>"$out/cpu.log" || fail "CPU per sample (see $out/cpu.log)"
+    cat "$out/cpu.txt" >>"$results"
 fi
 
 # ---------------------------------------------------------------------------
@@ -562,7 +577,8 @@ Peers in the same run: $(get peers.node_exporter); $(get peers.collectd); shell 
 |---|---|---|---|---|
 | agent tick (read + parse + rates) | ≤ 1.5 × the read-only floor | $(get tick.sample_us) µs vs floor $(get tick.floor_us) µs = ${tick_ratio} × (parsers alone $(get tick.parse_us) µs) | | $(verdict "$tick_ratio" "<=" 1.5) |
 | agent CPU per sample incl. sending | ≤ 0.1 ms | $a_cpu ms ($(get footprint.agent.cpu_percent) % of a core); collecting only (--stdout) $(get footprint.agent_collect_only.cpu_ms_per_sample) ms | collectd $c_cpu ms ($(ratio "$c_cpu" "$a_cpu")×), node_exporter $n_cpu ms ($(ratio "$n_cpu" "$a_cpu")×), shell $s_cpu ms ($(ratio "$s_cpu" "$a_cpu")×) | $(verdict "$a_cpu" "<=" 0.1) |
-| agent syscalls per tick incl. sending | ≤ 20 | $a_sys ($(get syscalls.agent_breakdown)); attached at 1 s: $(get syscalls.agent.attached_per_sample) | collectd $(get syscalls.collectd.attached_per_sample), node_exporter $(get syscalls.node_exporter.attached_per_sample) per sample | $(verdict "$a_sys" "<=" 20) |
+| agent CPU per sample vs bench/floor.c (same files, same schedule) | ≤ 2 × the floor | 0.1 s: $(get cpu.0.1.agent_ms_per_sample) ms vs $(get cpu.0.1.floor_ms_per_sample) ms = $(get cpu.0.1.ratio) × (collecting only $(get cpu.0.1.collect_only_ratio) ×); 1 s: $(get cpu.1.agent_ms_per_sample) ms vs $(get cpu.1.floor_ms_per_sample) ms = $(get cpu.1.ratio) × (collecting only $(get cpu.1.collect_only_ratio) ×) | | $(verdict "$(get cpu.1.ratio)" "<=" 2) |
+| agent syscalls per tick incl. sending | ≤ 24 | $a_sys ($(get syscalls.agent_breakdown)); attached at 1 s: $(get syscalls.agent.attached_per_sample) | collectd $(get syscalls.collectd.attached_per_sample), node_exporter $(get syscalls.node_exporter.attached_per_sample) per sample | $(verdict "$a_sys" "<=" 24) |
 | agent resident memory after $(calc "$(get footprint.window_s) / 60 + 10 / 60" 1) min | ≤ 3 MiB, flat | RSS $(mib "$a_rss") MiB (HWM $(mib "$(get footprint.agent.hwm_kib)"), PSS $(mib "$(get footprint.agent.pss_kib)"), private $(mib "$(get footprint.agent.private_kib)"), anon $(mib "$(get footprint.agent.anon_kib)") MiB); RSS range $(get footprint.agent.rss_min_kib)–$(get footprint.agent.rss_max_kib) KiB | collectd $(mib "$(get footprint.collectd.rss_kib)") MiB, node_exporter $(mib "$(get footprint.node_exporter.rss_kib)") MiB | $(verdict "$(mib "$a_rss")" "<=" 3) |
 | agent threads at steady state | 1 | $(get footprint.agent.threads) | collectd $(get footprint.collectd.threads), node_exporter $(get footprint.node_exporter.threads) | $(verdict "$(get footprint.agent.threads)" "<=" 1) |
 | agent stripped binary (aarch64) | ≤ 2 MiB | aarch64 $(bytes_mib "$aarch64") MiB, armv7 $(bytes_mib "$(get size.agent_armv7_bytes)") MiB, armv6 $(bytes_mib "$(get size.agent_armv6_bytes)") MiB, x86_64 $(bytes_mib "$(get size.agent_x86_64_bytes)") MiB | node_exporter $(mb "$(get size.node_exporter_bytes)") MB, collectd + 5 plugins $(mb "$(get size.collectd_bytes)") MB | $(verdict "$(bytes_mib "$size_fig")" "<=" 2) |

@@ -237,11 +237,28 @@ impl Collector {
         &self.readings
     }
 
-    /// How many files and file systems a tick reads, for the benchmark's
-    /// floor: `(kept-open files, statvfs calls)`.
-    pub fn tick_reads(&self) -> (usize, usize) {
-        let files = 6 + self.thermal.zone_count() + self.throttling.file_count();
-        (files, self.filesystems.mount_points().count())
+    /// The files a tick reads and how (for the benchmark's floor, which
+    /// reads exactly these).
+    pub fn tick_files(&self) -> Vec<(&Path, Shape)> {
+        let mut files: Vec<(&Path, Shape)> = [
+            &self.stat,
+            &self.meminfo,
+            &self.diskstats,
+            &self.netdev,
+            &self.loadavg,
+            &self.uptime,
+        ]
+        .into_iter()
+        .map(|s| (s.path(), s.shape()))
+        .collect();
+        files.extend(self.thermal.paths().map(|p| (p, Shape::Whole)));
+        files.extend(self.throttling.paths().map(|p| (p, Shape::Whole)));
+        files
+    }
+
+    /// The paths a tick measures with `statvfs`.
+    pub fn statfs_paths(&self) -> Vec<&Path> {
+        self.filesystems.paths()
     }
 
     /// The mount points measured each tick.

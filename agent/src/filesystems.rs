@@ -227,6 +227,16 @@ impl Filesystems {
         fs
     }
 
+    /// The paths measured each tick (the root prefix too when `/` is not
+    /// among the selected).
+    pub fn paths(&self) -> Vec<&Path> {
+        let mut paths: Vec<&Path> = self.selected.iter().map(|s| s.path.as_path()).collect();
+        if self.root.is_none() {
+            paths.push(&self.rootfs);
+        }
+        paths
+    }
+
     /// The mount points read each tick, as labelled.
     pub fn mount_points(&self) -> impl Iterator<Item = &str> {
         self.selected.iter().map(|s| &*s.label)

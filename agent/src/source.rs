@@ -84,6 +84,11 @@ impl Source {
         &self.path
     }
 
+    /// How its end is found.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
     fn reopen(&mut self) {
         match File::open(&self.path) {
             Ok(file) => {

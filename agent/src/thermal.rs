@@ -81,8 +81,8 @@ impl Thermal {
         hottest
     }
 
-    /// How many zones are read each tick.
-    pub fn zone_count(&self) -> usize {
-        self.zones.len()
+    /// The `temp` files read each tick.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.zones.iter().map(Source::path)
     }
 }

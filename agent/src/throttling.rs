@@ -78,9 +78,9 @@ impl Throttling {
         }
     }
 
-    /// How many files are read each tick (0, 1 or 2).
-    pub fn file_count(&self) -> usize {
-        usize::from(self.alarm.is_some()) + usize::from(self.firmware.is_some())
+    /// The files read each tick (none, one or two).
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.alarm.iter().chain(&self.firmware).map(Source::path)
     }
 }
 
