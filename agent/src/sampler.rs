@@ -30,6 +30,16 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
     let mut interval_rx = shared.interval.subscribe();
     let mut interval = *interval_rx.borrow_and_update();
     let mut next = Instant::now();
+    // Two timers, one armed a tick ahead of the other. Tokio wakes its I/O
+    // driver (an eventfd write, then an epoll_wait that returns at once)
+    // whenever a timer is armed earlier than every timer already armed,
+    // which a tick's timer always is once the previous tick's has fired: a
+    // write, a wasted wake-up and a second trip through the scheduler per
+    // tick, measured with strace. Armed while the tick before it is still
+    // pending, it never is.
+    let mut timer = Box::pin(tokio::time::sleep_until(next));
+    let mut ahead = Box::pin(tokio::time::sleep_until(next + interval));
+    let mut ahead_at = next + interval;
     let mut seq = 0u64;
     let mut stdout_line = String::with_capacity(512);
     loop {
@@ -85,10 +95,18 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
             // missed ticks rather than bursting.
             next = now + interval;
         }
+        if ahead_at == next {
+            // The usual case: the timer armed a tick ago is the one to await.
+            std::mem::swap(&mut timer, &mut ahead);
+        } else {
+            timer.as_mut().reset(next);
+        }
+        ahead_at = next + interval;
+        ahead.as_mut().reset(ahead_at);
         // Wait for the next tick; an interval change re-plans the wait.
         loop {
             tokio::select! {
-                () = tokio::time::sleep_until(next) => break,
+                () = timer.as_mut() => break,
                 () = shared.collect_now.notified() => {
                     next = Instant::now();
                     break;
@@ -97,7 +115,7 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
                     if changed.is_err() {
                         // Cannot happen (the sender lives in `shared`, which
                         // we hold); never spin on a closed channel anyway.
-                        tokio::time::sleep_until(next).await;
+                        timer.as_mut().await;
                         break;
                     }
                     let new_interval = *interval_rx.borrow_and_update();
@@ -105,6 +123,9 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
                     // The tick already planned moves to last tick + new interval.
                     next = next - interval + new_interval;
                     interval = new_interval;
+                    timer.as_mut().reset(next);
+                    ahead_at = next + interval;
+                    ahead.as_mut().reset(ahead_at);
                 }
             }
         }
