@@ -448,6 +448,7 @@ fn one_sample(
             hostname: host.into(),
             metric: metric.into(),
             value,
+            ..Default::default()
         }],
         sent_unix_ms: time_unix_ms,
         agent_version: "test".into(),

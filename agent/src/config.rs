@@ -242,6 +242,15 @@ pub fn parse_server_url(raw: &str, insecure: bool) -> Result<String, String> {
     }
 }
 
+/// The non-empty items of a comma-separated list, trimmed.
+fn comma_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 fn kernel_hostname() -> Option<String> {
     nix::unistd::gethostname()
         .ok()
@@ -326,13 +335,7 @@ impl Config {
         };
         let interfaces = match pick(args.interfaces, "interfaces", "MONITOR_INTERFACES", env) {
             Some(raw) => {
-                let names: Vec<String> = raw
-                    .value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
+                let names = comma_list(&raw.value);
                 // Linux interface names are at most 15 bytes, no '/' or
                 // white space.
                 if names.is_empty()
@@ -380,13 +383,7 @@ impl Config {
         };
         let filesystems = match pick(args.filesystems, "filesystems", "MONITOR_FILESYSTEMS", env) {
             Some(raw) => {
-                let points: Vec<String> = raw
-                    .value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
+                let points = comma_list(&raw.value);
                 if points.is_empty()
                     || points.iter().any(|p| {
                         !p.starts_with('/') || p.len() > 4096 || p.split('/').any(|c| c == "..")

@@ -184,6 +184,7 @@ mod tests {
             hostname: "pi-1".into(),
             metric: "cpu_percent".into(),
             value: 12.0,
+            device: String::new(),
         };
         assert_eq!(
             text(|o| sample(o, &s)),

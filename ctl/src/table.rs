@@ -199,6 +199,7 @@ mod tests {
                 hostname: "h\r".into(),
                 metric: "m\x1b[2J".into(),
                 value: 1.0,
+                device: String::new(),
             },
         );
         assert!(rows.starts_with("1970-01-01T00:00:00.000Z "), "{rows}");

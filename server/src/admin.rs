@@ -323,6 +323,7 @@ impl Admin for AdminService {
                             hostname: r.hostname.clone(),
                             metric: r.metric.name().to_owned(),
                             value: r.value,
+                            device: String::new(),
                         })
                         .collect(),
                 };

@@ -8,7 +8,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{Fields, ParseError, ParseErrorKind, malformed, parse_decimal};
+use super::{Fields, ParseError, malformed, parse_decimal};
 
 const FILE: &str = "/proc/loadavg";
 
@@ -17,25 +17,11 @@ const FILE: &str = "/proc/loadavg";
 /// 4-core Pi is saturated at 4.0.
 pub fn parse(text: &str) -> Result<f64, ParseError> {
     let mut fields = Fields::new(text.lines().next().unwrap_or(""));
-    let Some(load1) = fields.next() else {
-        return Err(ParseError::new(
-            FILE,
-            Some(1),
-            "load1",
-            ParseErrorKind::Missing,
-        ));
-    };
+    let load1 = fields.required(FILE, 1, "load1")?;
     let value = parse_decimal(load1)
         .ok_or_else(|| malformed(FILE, Some(1), "load1", "a decimal like 0.52", load1))?;
     for field in ["load5", "load15", "running/total"] {
-        let Some(text) = fields.next() else {
-            return Err(ParseError::new(
-                FILE,
-                Some(1),
-                field,
-                ParseErrorKind::Missing,
-            ));
-        };
+        let text = fields.required(FILE, 1, field)?;
         let shaped = if field == "running/total" {
             text.contains('/')
         } else {

@@ -198,6 +198,18 @@ impl<'a> Fields<'a> {
     pub(crate) fn new(text: &'a str) -> Fields<'a> {
         Fields { text, pos: 0 }
     }
+
+    /// The next field of line `line` of `file`, or an error naming `field`
+    /// as missing.
+    pub(crate) fn required(
+        &mut self,
+        file: &'static str,
+        line: usize,
+        field: &'static str,
+    ) -> Result<&'a str, ParseError> {
+        self.next()
+            .ok_or_else(|| ParseError::new(file, Some(line), field, ParseErrorKind::Missing))
+    }
 }
 
 impl<'a> Iterator for Fields<'a> {

@@ -7,7 +7,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{Fields, ParseError, ParseErrorKind, malformed, parse_decimal};
+use super::{Fields, ParseError, malformed, parse_decimal};
 
 const FILE: &str = "/proc/uptime";
 
@@ -15,14 +15,7 @@ const FILE: &str = "/proc/uptime";
 pub fn parse(text: &str) -> Result<f64, ParseError> {
     let mut fields = Fields::new(text.lines().next().unwrap_or(""));
     let mut next = |field: &'static str| -> Result<f64, ParseError> {
-        let Some(text) = fields.next() else {
-            return Err(ParseError::new(
-                FILE,
-                Some(1),
-                field,
-                ParseErrorKind::Missing,
-            ));
-        };
+        let text = fields.required(FILE, 1, field)?;
         parse_decimal(text)
             .ok_or_else(|| malformed(FILE, Some(1), field, "seconds like 10365.01", text))
     };
