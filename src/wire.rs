@@ -58,7 +58,17 @@ pub fn batch_to_pb(
         hostname: id.hostname.clone(),
         produced_batches_total: counters.produced_batches_total,
         parse_errors_total: counters.parse_errors_total,
-        health_samples: Vec::new(),
+        health_samples: batch
+            .health
+            .iter()
+            .map(|h| pb::Sample {
+                time_unix_ms: batch.time_unix_ms,
+                hostname: id.hostname.clone(),
+                metric: h.metric.name().to_owned(),
+                value: h.value,
+                device: h.device.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -541,6 +551,7 @@ mod tests {
             seq: 3,
             time_unix_ms: time,
             values: values.iter().copied().collect::<MetricValues>(),
+            health: Box::default(),
         };
         batch_to_pb(&identity(), &tick, time + 5, AgentCounters::default())
     }

@@ -75,6 +75,18 @@ fn spool_seed(dir: &TempDir) -> Vec<u8> {
                 .take(seq as usize + 2)
                 .map(|m| (*m, seq as f64 * 1.5))
                 .collect(),
+            // Every other record with a health section, so the fuzzer
+            // mutates both shapes.
+            health: if seq % 2 == 0 {
+                vec![monitor::batch::HealthValue {
+                    metric: monitor::health::HealthMetric::FsUsedPercent,
+                    device: "/media/pi/USB SSD".into(),
+                    value: seq as f64,
+                }]
+                .into_boxed_slice()
+            } else {
+                Box::default()
+            },
         })
         .collect();
     for (i, b) in batches.iter().enumerate() {

@@ -23,19 +23,25 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
-use monitor::batch::MetricValues;
+use monitor::batch::{HealthValue, MetricValues};
+use monitor::health::HealthMetric;
+use monitor::wire::MAX_HEALTH_SAMPLES_PER_BATCH;
 
 use crate::filesystems::{Filesystems, FsChoice, FsReading, StatFs};
-use crate::metrics::AgentMetric;
+use crate::metrics::{AgentMetric, Wire};
 use crate::proc::{self};
 use crate::rates::{self, DeviceTracker};
 use crate::source::{Shape, Source, report_parse_error};
 use crate::sysfs;
 use crate::thermal::{Thermal, ZoneChoice};
 use crate::throttling::Throttling;
+
+/// The empty device of one-per-host health values, shared so a tick does
+/// not allocate one per value.
+static NO_DEVICE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
 /// One tick's values; a metric is absent where it could not be computed
 /// this tick (first tick for rates, unreadable file, counters reset…) or
@@ -69,22 +75,51 @@ impl Readings {
     }
 
     /// `(mount point, fs_used_percent)` for each file system measured.
-    pub fn filesystems(&self) -> &[(Rc<str>, f64)] {
+    pub fn filesystems(&self) -> &[(Arc<str>, f64)] {
         &self.filesystems.used_percent
     }
 
     /// Adds a file system's `fs_used_percent` (the collector's own path goes
     /// through `Filesystems::sample`; this is for tests and tools).
-    pub fn add_filesystem(&mut self, mount_point: Rc<str>, used_percent: f64) {
+    pub fn add_filesystem(&mut self, mount_point: Arc<str>, used_percent: f64) {
         self.filesystems
             .used_percent
             .push((mount_point, used_percent));
     }
 
-    /// The values the wire carries today, in wire order.
+    /// The six, in wire order.
     pub fn wire_values(&self) -> MetricValues {
         self.iter()
-            .filter_map(|(m, v)| m.spec().wire.map(|w| (w, v)))
+            .filter_map(|(m, v)| match m.spec().wire {
+                Wire::Six(w) => Some((w, v)),
+                Wire::Health(_) => None,
+            })
+            .collect()
+    }
+
+    /// The health values, one-per-host ones in table order, then each file
+    /// system's; at most `MAX_HEALTH_SAMPLES_PER_BATCH` (file systems past
+    /// that are left out). One allocation per tick; labels are shared.
+    pub fn health_values(&self) -> Box<[HealthValue]> {
+        let one_per_host = self.iter().filter_map(|(m, value)| match m.spec().wire {
+            Wire::Health(metric) => Some(HealthValue {
+                metric,
+                device: Arc::clone(&NO_DEVICE),
+                value,
+            }),
+            Wire::Six(_) => None,
+        });
+        let per_fs = self
+            .filesystems()
+            .iter()
+            .map(|(mount_point, value)| HealthValue {
+                metric: HealthMetric::FsUsedPercent,
+                device: Arc::clone(mount_point),
+                value: *value,
+            });
+        one_per_host
+            .chain(per_fs)
+            .take(MAX_HEALTH_SAMPLES_PER_BATCH)
             .collect()
     }
 }

@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::proc::mounts;
 use crate::source::{Shape, Source, report_parse_error};
@@ -167,7 +167,7 @@ fn table_path(proc_root: &Path, rootfs: &Path) -> PathBuf {
 #[derive(Debug)]
 struct Selected {
     /// The mount point as the mount table names it (the label).
-    label: Rc<str>,
+    label: Arc<str>,
     /// The mount point under the root prefix.
     path: PathBuf,
     /// Whether the last `statvfs` failed (warn on changes only).
@@ -202,7 +202,7 @@ pub struct Filesystems {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FsReading {
     /// `(mount point, used percent)` per selected file system read.
-    pub used_percent: Vec<(Rc<str>, f64)>,
+    pub used_percent: Vec<(Arc<str>, f64)>,
     /// The root file system's inodes used percent.
     pub root_inodes_used_percent: Option<f64>,
 }
@@ -260,7 +260,7 @@ impl Filesystems {
                         fs.failing = false;
                     }
                     if let Some(p) = usage.used_percent() {
-                        out.used_percent.push((Rc::clone(&fs.label), p));
+                        out.used_percent.push((Arc::clone(&fs.label), p));
                     }
                     if self.root == Some(i) {
                         out.root_inodes_used_percent = usage.inodes_used_percent();
@@ -360,7 +360,7 @@ impl Filesystems {
             };
             labels.insert(mount_point.clone().into_owned());
             selected.push(Selected {
-                label: Rc::from(&*mount_point),
+                label: Arc::from(&*mount_point),
                 path,
                 failing: false,
             });

@@ -56,6 +56,7 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
             seq,
             time_unix_ms: monitor::time::now_unix_ms(),
             values: readings.wire_values(),
+            health: readings.health_values(),
         };
         match sink {
             Sink::Buffer => {
@@ -63,7 +64,10 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
                 if let Some(d) = dropped {
                     log::debug!("buffer full: dropped batch {}", d.seq);
                 }
-                shared.with_spool(|spool, buffer| spool.append(&batch, buffer.iter()));
+                shared.with_spool(|spool, buffer| match buffer.newest() {
+                    Some(batch) => spool.append(batch, buffer.iter()),
+                    None => Ok(()),
+                });
                 shared.batch_ready.notify_one();
             }
             Sink::Stdout => {

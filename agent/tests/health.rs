@@ -560,3 +560,66 @@ fn the_real_mount_table_is_not_reread_while_it_does_not_change() {
     );
     assert_eq!(errors, 0);
 }
+
+// ------------------------------------------------------------- to the wire
+
+#[test]
+fn a_pi4_tick_goes_on_the_wire_with_its_mount_points_and_comes_back_valid() {
+    use monitor::batch::TickBatch;
+    use monitor::health::HealthMetric as H;
+    use monitor::wire::{AgentCounters, AgentIdentity, batch_to_pb, validate_batch};
+
+    let dir = fixture_dir("aarch64");
+    let mut config =
+        monitor_agent::collector::CollectorConfig::new(&dir.join("proc"), &dir.join("sys"));
+    config.rootfs = dir.join("rootfs");
+    config.statfs = testing::fake_statfs;
+    let mut collector = Collector::open(config).expect("open");
+    let readings = collector.sample(Instant::now());
+    let now = 1_795_608_000_000;
+    let batch = TickBatch {
+        boot_id: 1,
+        seq: 1,
+        time_unix_ms: now,
+        values: readings.wire_values(),
+        health: readings.health_values(),
+    };
+    let id = AgentIdentity {
+        agent_id: "pi4".into(),
+        hostname: "pi4".into(),
+        agent_version: "test".into(),
+        boot_id: 1,
+    };
+    let pb = batch_to_pb(&id, &batch, now, AgentCounters::default());
+    // The six travel as before; nothing of the health metrics among them.
+    assert!(pb.samples.iter().all(|s| s.device.is_empty()));
+    let valid = validate_batch(pb, now, 30_000).expect("valid");
+    let got: Vec<(H, String, f64)> = valid
+        .health
+        .iter()
+        .map(|h| (h.metric, h.device.clone(), h.value))
+        .collect();
+    // The fixture's values: 62.322 °C, no under-voltage, the firmware's
+    // 0x50005, and its three real file systems (empty under fake_statfs);
+    // load, uptime, swap and the root's inodes from its /proc and statvfs.
+    let find = |m: H, device: &str| {
+        got.iter()
+            .find(|(gm, gd, _)| *gm == m && gd == device)
+            .map(|(_, _, v)| *v)
+    };
+    assert_eq!(find(H::TempCelsius, ""), Some(62.322));
+    assert_eq!(find(H::UnderVoltage, ""), Some(0.0));
+    assert_eq!(find(H::ThrottledFlags, ""), Some(f64::from(0x50005u32)));
+    assert!(find(H::Load1, "").is_some());
+    assert!(find(H::UptimeSeconds, "").is_some());
+    assert_eq!(find(H::RootInodesUsedPercent, ""), Some(0.0));
+    for mount_point in ["/", "/boot", "/media/pi/USB SSD"] {
+        assert_eq!(
+            find(H::FsUsedPercent, mount_point),
+            Some(0.0),
+            "{mount_point}"
+        );
+    }
+    assert_eq!(valid.health_skipped, 0);
+    assert!(valid.health.iter().all(|h| h.time_unix_ms == now));
+}

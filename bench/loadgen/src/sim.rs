@@ -520,6 +520,7 @@ async fn agent(index: usize, shared: Arc<Shared>) {
                     seq: seq + 1,
                     time_unix_ms,
                     values: values(index, seq + 1),
+                    health: Box::default(),
                 };
                 let counters = AgentCounters {
                     produced_batches_total: seq + 1,
@@ -606,6 +607,7 @@ mod tests {
                 seq,
                 time_unix_ms: now,
                 values: values(1, seq),
+                health: Box::default(),
             };
             let pb = monitor::wire::batch_to_pb(&identity, &batch, now, AgentCounters::default());
             assert_eq!(pb.samples.len(), 6);
