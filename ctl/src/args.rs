@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use monitor::command::{self, ArgvError};
+use monitor::health::HealthMetric;
 use monitor::metric::Metric;
 use monitor::time::parse_duration;
 
@@ -334,8 +335,9 @@ pub struct EnrolConfig {
 #[derive(Debug)]
 pub struct QueryConfig {
     pub host: String,
-    /// `None`: every metric.
-    pub metric: Option<Metric>,
+    /// The metric's wire name, one of the six or a health metric; `None`:
+    /// every one of the six.
+    pub metric: Option<&'static str>,
     /// How far back from now.
     pub since: Duration,
     /// At most this many samples; `None`: the server's default.
@@ -529,10 +531,17 @@ fn server_from(
 impl QueryConfig {
     fn from_args(a: QueryArgs) -> Result<QueryConfig, UsageError> {
         let metric = match &a.metric {
-            Some(m) => Some(
-                m.parse::<Metric>()
-                    .map_err(|e| usage(format!("--metric: {e}")))?,
-            ),
+            Some(m) => Some(match (m.parse::<Metric>(), m.parse::<HealthMetric>()) {
+                (Ok(six), _) => six.name(),
+                (_, Ok(health)) => health.name(),
+                (Err(e), Err(_)) => {
+                    let health: Vec<&str> = HealthMetric::ALL.iter().map(|h| h.name()).collect();
+                    return Err(usage(format!(
+                        "--metric: {e}; health metrics: {}",
+                        health.join(", ")
+                    )));
+                }
+            }),
             None => None,
         };
         let since = match &a.since {
@@ -760,7 +769,14 @@ mod tests {
         else {
             panic!("not query");
         };
-        assert_eq!(q.metric, Some(Metric::CpuPercent));
+        assert_eq!(q.metric, Some("cpu_percent"));
+        let Command::Query(q) = config(&["query", "pi", "--metric", "fs_used_percent"], &[])
+            .unwrap()
+            .command
+        else {
+            panic!("not query");
+        };
+        assert_eq!(q.metric, Some("fs_used_percent"));
         assert_eq!(q.since, DEFAULT_SINCE);
         assert!(usage_error(&["query", "pi", "--metric", "temp"]).starts_with("--metric: "));
         assert!(usage_error(&["query", "pi", "--since", "yesterday"]).starts_with("--since: "));

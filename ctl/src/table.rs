@@ -100,12 +100,19 @@ pub fn samples_header(out: &mut String) {
 
 /// One row of the samples table.
 pub fn sample_row(out: &mut String, s: &pb::Sample) {
+    // A labelled metric shows its device the way Prometheus writes labels:
+    // fs_used_percent{mountpoint="/boot"}.
+    let metric = if s.device.is_empty() {
+        cell(&s.metric)
+    } else {
+        format!("{}{{mountpoint=\"{}\"}}", cell(&s.metric), cell(&s.device))
+    };
     let _ = writeln!(
         out,
         "{:<24} {:<20} {:<16} {:>12.3}",
         Rfc3339(s.time_unix_ms).to_string(),
         cell(&s.hostname),
-        cell(&s.metric),
+        metric,
         s.value
     );
 }

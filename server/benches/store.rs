@@ -67,6 +67,7 @@ fn batch(agent: usize, boot_id: u64, seq: u64, time_unix_ms: i64) -> IncomingBat
                 value: ((seq as usize * 7 + agent + i) % 1000) as f64 / 10.0,
             })
             .collect(),
+        health: Vec::new(),
     }
 }
 

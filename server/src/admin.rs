@@ -13,6 +13,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
+use monitor::health::HealthMetric;
 use monitor::metric::Metric;
 use monitor::pb;
 use monitor::pb::admin_server::Admin;
@@ -23,7 +24,7 @@ use crate::commands::CommandRouter;
 use crate::enrolment::Enrolment;
 use crate::listener::PeerInfo;
 use crate::registry::{LiveHost, Registry};
-use crate::store::{HostRecord, SampleQuery, Store, StoreError};
+use crate::store::{HealthQuery, HostRecord, SampleQuery, Store, StoreError};
 use crate::tls::Role;
 
 /// The operator name commands are recorded under with `--insecure`.
@@ -288,44 +289,69 @@ impl Admin for AdminService {
         if !self.is_known(&q.hostname).await? {
             return Err(self.unknown_host(&q.hostname).await);
         }
-        let metric = if q.metric.is_empty() {
-            None
-        } else {
-            Some(
-                q.metric
-                    .parse::<Metric>()
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            )
-        };
-        let rows = match self
-            .store
-            .query(SampleQuery {
+        let until_unix_ms = (q.until_unix_ms != 0).then_some(q.until_unix_ms);
+        let limit = (q.limit != 0).then(|| usize::try_from(q.limit).unwrap_or(usize::MAX));
+        // A health metric's values (issue 14) come from their own table,
+        // with their device; the six as before.
+        let samples: Vec<pb::Sample> = if let Ok(metric) = q.metric.parse::<HealthMetric>() {
+            let query = HealthQuery {
                 hostname: q.hostname.clone(),
                 metric,
                 since_unix_ms: q.since_unix_ms,
-                until_unix_ms: (q.until_unix_ms != 0).then_some(q.until_unix_ms),
-                limit: (q.limit != 0).then(|| usize::try_from(q.limit).unwrap_or(usize::MAX)),
-            })
-            .await
-        {
-            Ok(rows) => rows,
-            Err(StoreError::UnknownHost(h)) => return Err(self.unknown_host(&h).await),
-            Err(other) => return Err(status_of(other)),
+                until_unix_ms,
+                limit,
+            };
+            match self.store.query_health(query).await {
+                Ok(rows) => rows
+                    .into_iter()
+                    .map(|r| pb::Sample {
+                        time_unix_ms: r.time_unix_ms,
+                        hostname: r.hostname,
+                        metric: r.metric.name().to_owned(),
+                        value: r.value,
+                        device: r.device,
+                    })
+                    .collect(),
+                Err(StoreError::UnknownHost(h)) => return Err(self.unknown_host(&h).await),
+                Err(other) => return Err(status_of(other)),
+            }
+        } else {
+            let metric = if q.metric.is_empty() {
+                None
+            } else {
+                Some(
+                    q.metric
+                        .parse::<Metric>()
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                )
+            };
+            let query = SampleQuery {
+                hostname: q.hostname.clone(),
+                metric,
+                since_unix_ms: q.since_unix_ms,
+                until_unix_ms,
+                limit,
+            };
+            match self.store.query(query).await {
+                Ok(rows) => rows
+                    .into_iter()
+                    .map(|r| pb::Sample {
+                        time_unix_ms: r.time_unix_ms,
+                        hostname: r.hostname,
+                        metric: r.metric.name().to_owned(),
+                        value: r.value,
+                        device: String::new(),
+                    })
+                    .collect(),
+                Err(StoreError::UnknownHost(h)) => return Err(self.unknown_host(&h).await),
+                Err(other) => return Err(status_of(other)),
+            }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            for chunk in rows.chunks(QUERY_CHUNK) {
+            for chunk in samples.chunks(QUERY_CHUNK) {
                 let msg = pb::QueryChunk {
-                    samples: chunk
-                        .iter()
-                        .map(|r| pb::Sample {
-                            time_unix_ms: r.time_unix_ms,
-                            hostname: r.hostname.clone(),
-                            metric: r.metric.name().to_owned(),
-                            value: r.value,
-                            device: String::new(),
-                        })
-                        .collect(),
+                    samples: chunk.to_vec(),
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;

@@ -60,9 +60,9 @@ mod ticket;
 
 pub use error::StoreError;
 pub use records::{
-    CertificateRecord, CommandRecord, CommandResultRecord, Conflict, HistoryRow, HostRecord,
-    IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, SigningKeyRecord, StoredSample,
-    StoredSampleRow, SubmitOutcome, TokenRefusal,
+    CertificateRecord, CommandRecord, CommandResultRecord, Conflict, HealthQuery, HealthRow,
+    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery,
+    SigningKeyRecord, StoredHealth, StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
 };
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
@@ -168,6 +168,15 @@ impl Store {
     pub async fn query(&self, q: SampleQuery) -> Result<Vec<StoredSampleRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.query(q).await,
+        }
+    }
+
+    /// The values of one health metric of a host in a time range, oldest
+    /// first (then by device), up to `q.limit`. A host that never sent a
+    /// batch is `Err(StoreError::UnknownHost)`.
+    pub async fn query_health(&self, q: HealthQuery) -> Result<Vec<HealthRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.query_health(q).await,
         }
     }
 

@@ -9,6 +9,7 @@
 use std::fmt;
 
 use monitor::command::{Finished, Outcome};
+use monitor::health::HealthMetric;
 use monitor::metric::Metric;
 use monitor::time::Rfc3339;
 
@@ -32,6 +33,44 @@ pub struct IncomingBatch {
     /// The agent's address as the server saw it, e.g. "192.0.2.7:40312".
     pub peer: String,
     pub samples: Vec<StoredSample>,
+    /// The health values (issue 14): stored beside the six, never in
+    /// conflict with them.
+    pub health: Vec<StoredHealth>,
+}
+
+/// One health value of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredHealth {
+    /// Sample time, ms since the Unix epoch (server-corrected if needed).
+    pub time_unix_ms: i64,
+    pub metric: HealthMetric,
+    /// The mount point of a labelled metric; empty for one-per-host ones.
+    pub device: String,
+    pub value: f64,
+}
+
+/// One stored health value as queries return it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthRow {
+    /// Sample time, ms since the Unix epoch.
+    pub time_unix_ms: i64,
+    pub hostname: String,
+    pub metric: HealthMetric,
+    pub device: String,
+    pub value: f64,
+}
+
+/// Which health values of a host a query wants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthQuery {
+    pub hostname: String,
+    pub metric: HealthMetric,
+    /// Inclusive lower bound, ms since the Unix epoch.
+    pub since_unix_ms: i64,
+    /// Exclusive upper bound; `None`: no bound.
+    pub until_unix_ms: Option<i64>,
+    /// At most this many rows; `None`: all of them.
+    pub limit: Option<usize>,
 }
 
 /// One measurement of a batch.

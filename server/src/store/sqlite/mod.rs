@@ -30,6 +30,7 @@ mod checkpoint;
 mod config;
 mod dedup;
 pub(super) mod error;
+mod health;
 mod hosts;
 mod journal;
 mod migrate;
@@ -49,9 +50,9 @@ use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    CertificateRecord, CommandRecord, CommandResultRecord, HistoryRow, HostRecord, IncomingBatch,
-    JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer,
-    TrustWrite,
+    CertificateRecord, CommandRecord, CommandResultRecord, HealthQuery, HealthRow, HistoryRow,
+    HostRecord, IncomingBatch, JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow,
+    SubmitOutcome, TrustAnswer, TrustWrite,
 };
 use crate::store::ticket::Ticket;
 
@@ -145,6 +146,20 @@ impl SqliteStore {
         self.inner
             .readers
             .run(move |c| read::samples(c, &hosts, &q))
+            .await
+    }
+
+    pub(crate) async fn query_health(&self, q: HealthQuery) -> Result<Vec<HealthRow>, StoreError> {
+        self.inner
+            .readers
+            .run(move |c| {
+                let during = "querying health values";
+                let sql = |e| StoreError::from(SqliteError::sql(during, e));
+                let host_id = read::host_id(c, &q.hostname)
+                    .map_err(sql)?
+                    .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
+                health::query(c, host_id, &q).map_err(sql)
+            })
             .await
     }
 
