@@ -12,4 +12,5 @@ pub mod listener;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;

@@ -33,6 +33,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::throttle::LogThrottle;
 use crate::tls::{Identity, Role, Trust, fingerprint};
 
 /// What every HTTP/2 connection starts with (RFC 9113, 3.4).
@@ -197,32 +198,23 @@ impl AsyncWrite for Conn {
 /// Refusals of one kind, logged at most once a minute with a count.
 struct Throttled {
     what: &'static str,
-    last: Option<Instant>,
-    since_last: u64,
+    log: LogThrottle,
 }
 
 impl Throttled {
-    const EVERY: Duration = Duration::from_secs(60);
-
     fn new(what: &'static str) -> Throttled {
         Throttled {
             what,
-            last: None,
-            since_last: 0,
+            log: LogThrottle::default(),
         }
     }
 
     fn hit(&mut self, listener: &str, detail: impl std::fmt::Display) {
-        self.since_last += 1;
-        let due = self.last.is_none_or(|t| t.elapsed() >= Self::EVERY);
-        if due {
+        if let Some(n) = self.log.hit(Instant::now()) {
             log::warn!(
-                "{listener}: {} ({detail}); {} refused since the last such line",
-                self.what,
-                self.since_last
+                "{listener}: {} ({detail}); {n} refused since the last such line",
+                self.what
             );
-            self.last = Some(Instant::now());
-            self.since_last = 0;
         }
     }
 }
@@ -271,7 +263,10 @@ pub fn incoming(
             .as_ref()
             .map(|t| TlsAcceptor::from(Arc::clone(&t.config)));
         let mut full = Throttled::new("connection limit reached");
-        let mut busy = Throttled::new("too many connections still in their handshake");
+        let mut busy = Throttled::new(
+            "handshake limit reached: too many connections still in their TLS handshake or \
+             before the HTTP/2 preface",
+        );
         let mut errors = Throttled::new("accept failed");
         loop {
             let accepted = tokio::select! {

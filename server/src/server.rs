@@ -30,15 +30,18 @@ use crate::commands::CommandRouter;
 use crate::config::Config;
 use crate::ingest::CollectorService;
 use crate::listener::{self, Limits};
-use crate::registry::Registry;
+use crate::registry::{INGEST_RATE, Registry, TEST_INGEST_RATE_ENV};
 use crate::store::{SqliteConfig, Store, StoreError};
+use crate::throttle::Rate;
 use crate::tls::setup::{self, SetupError};
 
 /// Longest a graceful stop waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest message an agent may send (a batch is well under 2 KiB; a
-/// command's output chunk at most 16 KiB).
-pub const MAX_AGENT_MESSAGE_BYTES: usize = 256 * 1024;
+/// Largest message an agent may send (a batch is well under 2 KiB, a hello
+/// or a certificate request under 2 KiB, a command's output chunk at most
+/// 16 KiB). What a stream holds while decoding one message, so kept small:
+/// a hello flood of 256 KiB messages once took the server to 996 MiB.
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 64 * 1024;
 /// Streams one agent connection may open (an agent uses two).
 pub const MAX_STREAMS_PER_AGENT: u32 = 16;
 /// HTTP/2 receive window of one agent stream: what an agent may have sent
@@ -144,7 +147,13 @@ pub async fn run(
     );
     // Every host starts offline: the registry only knows who connects
     // from now on; what the store knows of each host stays in the store.
-    let registry = Arc::new(Registry::default());
+    // For tests only: a smaller ingest budget per host (`RATE,BURST`), so
+    // a real agent meets it within seconds.
+    let ingest_rate = std::env::var(TEST_INGEST_RATE_ENV)
+        .ok()
+        .and_then(|v| Rate::parse(&v))
+        .unwrap_or(INGEST_RATE);
+    let registry = Arc::new(Registry::with_ingest_rate(ingest_rate));
     let router = Arc::new(CommandRouter::new(Arc::clone(&registry), store.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let agents_addr = listeners.agents_addr().ok();
@@ -212,7 +221,9 @@ pub async fn run(
         .serve_with_incoming_shutdown(agents_incoming, stopped(stop_rx.clone()));
     let admin = Server::builder()
         .tcp_nodelay(true)
-        .add_service(AdminServer::new(admin))
+        .add_service(
+            AdminServer::new(admin).max_decoding_message_size(crate::admin::MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone()));
     let mut agents = tokio::spawn(agents);
     let mut admin = tokio::spawn(admin);
