@@ -637,3 +637,58 @@ impl CommandRouter {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_goes_through_up_to_the_stream_cap_then_the_command_cap() {
+        let cap = MAX_OUTPUT_PER_STREAM_BYTES;
+        // Room for all of it, for part of it, for none.
+        assert_eq!(output_room(100, 0, 0), 100);
+        assert_eq!(output_room(100, cap - 10, 0), 10);
+        assert_eq!(output_room(100, cap, 0), 0);
+        assert_eq!(output_room(100, cap + 5, 0), 0);
+        // The command's total binds before the host's own cap.
+        let total = MAX_OUTPUT_PER_COMMAND_BYTES;
+        assert_eq!(output_room(100, 0, total - 30), 30);
+        assert_eq!(output_room(100, 0, total), 0);
+        assert_eq!(output_room(0, 0, 0), 0);
+    }
+
+    #[test]
+    fn messages_are_cut_at_a_character_and_say_how_much_went() {
+        let check = |input: &str, max: usize, expected: &str| {
+            let mut s = input.to_owned();
+            cap_message(&mut s, max);
+            assert_eq!(s, expected);
+        };
+        check("short", 10, "short");
+        check("exactly10!", 10, "exactly10!");
+        check("0123456789abc", 10, "0123456789…(3 more bytes)");
+        check("ééé", 5, "éé…(2 more bytes)");
+        let mut huge = "x".repeat(10 << 20);
+        cap_message(&mut huge, MAX_MESSAGE_BYTES);
+        assert!(huge.len() < MAX_MESSAGE_BYTES + 32);
+    }
+
+    #[test]
+    fn targets_are_hostnames_and_bounded() {
+        let ok = vec!["pi-1".to_owned(), "pi.lan".to_owned()];
+        assert!(check_targets("hosts", &ok).is_ok());
+        let bad = vec!["pi-1".to_owned(), "pi\n2".to_owned()];
+        let e = check_targets("hosts", &bad).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "hosts[1]: 'pi\\n2' has characters other than ASCII letters, digits, '.', '-' and '_'"
+        );
+        let many = vec!["h".to_owned(); MAX_TARGETS + 1];
+        let e = check_targets("signed.grant.hosts", &many).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "signed.grant.hosts: 30001 entries, at most 30000"
+        );
+    }
+}

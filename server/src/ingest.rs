@@ -339,7 +339,7 @@ impl Collector for CollectorService {
                             Err(invalid) => {
                                 if let Some(n) = logs.invalid.hit(Instant::now()) {
                                     log::warn!(
-                                        "{peer}: refused batch {seq}: {} ({n} refused on this \
+                                        "{peer}: rejected batch {seq}: {} ({n} rejected on this \
                                          stream since the last such line)",
                                         monitor::text::Escaped::capped(&invalid.to_string())
                                     );
@@ -465,7 +465,18 @@ impl Collector for CollectorService {
                         .await;
                     return;
                 }
-                Ok(Ok(None) | Err(_)) => return,
+                Ok(Ok(None)) => return,
+                // Undecodable, or larger than the message limit.
+                Ok(Err(status)) => {
+                    log::debug!("{peer}: hello refused: {}", status.message());
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "hello: {}",
+                            status.message()
+                        ))))
+                        .await;
+                    return;
+                }
                 Err(_) => {
                     let _ = tx
                         .send(Err(Status::deadline_exceeded("no hello within 10s")))
