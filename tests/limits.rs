@@ -37,6 +37,8 @@ use tokio_stream::wrappers::ReceiverStream;
 /// The agents' listener's pending connections per source address
 /// (`Limits::AGENTS.max_pending_per_ip` in server/src/listener.rs).
 const PENDING_PER_IP: usize = 64;
+/// Connections one certificate may hold (`Limits::AGENTS.max_per_identity`).
+const PER_IDENTITY: usize = 8;
 /// Its handshake deadline (`Limits::AGENTS.handshake_timeout`).
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// A host's ingest budget (`registry::INGEST_RATE`).
@@ -343,6 +345,50 @@ fn idle_sockets_cannot_take_the_server_down() {
     if limited {
         assert!(!log.contains("Too many open files"), "{log}");
     }
+}
+
+#[test]
+fn one_certificate_cannot_hold_every_connection() {
+    // An enrolled agent gone bad could otherwise open connections up to
+    // the listener's total (30,000) and lock every other agent out.
+    let dir = TempDir::new("greedy");
+    let server = Server::start(&dir.join("m.db"));
+    let rt = runtime();
+    let endpoint = server.endpoint("greedy");
+    let (worked, channels) = rt.block_on(async {
+        let mut channels = Vec::new();
+        let mut worked = 0;
+        for _ in 0..12 {
+            // A refused connection is closed after its preface; the client
+            // may not notice before its first call, which then fails or
+            // hangs: either is a refusal.
+            let open = tokio::time::timeout(Duration::from_secs(3), async {
+                let channel = endpoint.connect().await.ok()?;
+                let mut client = CollectorClient::new(channel.clone());
+                let (tx, rx) = mpsc::channel::<pb::Batch>(1);
+                client.report(ReceiverStream::new(rx)).await.ok()?;
+                Some((channel, tx))
+            })
+            .await;
+            if let Ok(Some(held)) = open {
+                worked += 1;
+                channels.push(held);
+            }
+        }
+        (worked, channels)
+    });
+    assert_eq!(worked, PER_IDENTITY, "connections of one certificate");
+    // Everyone else still connects.
+    let _steady = server.agent("steady").spawn();
+    wait_stored(&server, "steady", 1, Duration::from_secs(20));
+    assert_eq!(
+        server
+            .proc
+            .stderr
+            .count("per-peer connection limit reached"),
+        1
+    );
+    drop(channels);
 }
 
 // ---------------------------------------------------------------------------
