@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use common::*;
 use monitor::pb;
-use monitor::pb::collector_client::CollectorClient;
 use monitor::pb::collector_server::{Collector, CollectorServer};
 use monitor::pb::command_request::Kind as Req;
 use monitor::pb::command_response::Kind as Resp;
@@ -431,67 +430,9 @@ async fn expiry_is_judged_on_the_agents_own_clock_whatever_the_server_says() {
     }
 }
 
-/// A batch of one sample, of host `host` in run `boot_id`, sent at the
-/// sample's time.
-fn one_sample(
-    (host, boot_id, seq): (&str, u64, u64),
-    time_unix_ms: i64,
-    metric: &str,
-    value: f64,
-) -> pb::Batch {
-    pb::Batch {
-        agent_id: host.into(),
-        boot_id,
-        seq,
-        samples: vec![pb::Sample {
-            time_unix_ms,
-            hostname: host.into(),
-            metric: metric.into(),
-            value,
-        }],
-        sent_unix_ms: time_unix_ms,
-        agent_version: "test".into(),
-        hostname: host.into(),
-        ..Default::default()
-    }
-}
-
 fn batch(seq: u64, metric: &str, value: f64) -> pb::Batch {
     let now = monitor::time::now_unix_ms();
     one_sample(("raw-1", 42, seq), now, metric, value)
-}
-
-/// Sends `batches` on one Report stream to `server` and returns the
-/// stream's sender (the stream stays open while it lives) and the first
-/// `batches.len()` acks as (seq, code, message).
-async fn report(
-    server: &Server,
-    batches: Vec<pb::Batch>,
-) -> (mpsc::Sender<pb::Batch>, Vec<(u64, i32, String)>) {
-    // A certificate for the host the batches name: the server takes the
-    // agent's identity from it.
-    let channel = server.channel(&batches[0].hostname).await;
-    let mut client = CollectorClient::new(channel);
-    let (tx, rx) = mpsc::channel(16);
-    let mut acks = client
-        .report(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let n = batches.len();
-    for b in batches {
-        tx.send(b).await.unwrap();
-    }
-    let mut got = Vec::new();
-    for _ in 0..n {
-        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
-            .await
-            .expect("ack in time")
-            .expect("stream ok")
-            .expect("an ack");
-        got.push((ack.seq, ack.code, ack.message));
-    }
-    (tx, got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

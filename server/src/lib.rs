@@ -9,6 +9,7 @@ pub mod config;
 pub mod enrolment;
 pub mod ingest;
 pub mod listener;
+pub mod pages;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -69,8 +69,9 @@ pub struct Limits {
 impl Limits {
     /// The agents' listener: sized past the capacity figure (19,000 agents
     /// held on 2 cores), under the unit's `LimitNOFILE=65536`.
-    /// An agent holds one connection (two for a moment when it reconnects
-    /// before the server noticed the old one gone); a connection without a
+    /// An agent holds one connection (a few for up to a minute when it
+    /// reconnects over a flapping link before keepalives reap the old,
+    /// half-open ones); a connection without a
     /// certificate only enrols, one request, so 16 at once from one address
     /// is a fleet booting behind one NAT.
     pub const AGENTS: Limits = Limits {
@@ -78,7 +79,7 @@ impl Limits {
         max_pending: 512,
         max_pending_per_ip: 64,
         handshake_timeout: Duration::from_secs(10),
-        max_per_identity: 8,
+        max_per_identity: 16,
         max_anonymous: 256,
         max_anonymous_per_ip: 16,
     };

@@ -341,34 +341,28 @@ impl Registry {
     /// of all.
     pub fn page(&self, after: Option<&str>, limit: usize) -> Vec<LiveHost> {
         let hosts = self.lock();
-        let mut names: Vec<&String> = hosts
-            .keys()
-            .filter(|name| after.is_none_or(|a| name.as_str() > a))
-            .collect();
-        if names.len() > limit {
-            names.select_nth_unstable(limit);
-            names.truncate(limit);
-        }
-        names.sort_unstable();
-        names
-            .into_iter()
-            .filter_map(|name| hosts.get(name).map(|e| (name, e)))
-            .map(|(name, e)| LiveHost {
-                hostname: name.clone(),
-                online: e.online(),
-                peer: e.peer.clone(),
-                connected_since_unix_ms: if e.online() {
-                    e.connected_since_unix_ms
-                } else {
-                    0
-                },
-                clock_offset_ms: e.clock_offset_ms,
-                interval_ms: e.interval_ms,
-                parse_errors_total: e.parse_errors_total,
-                batches_conflicting_total: e.batches_conflicting_total,
-                batches_rate_limited_total: e.batches_rate_limited_total,
-            })
-            .collect()
+        crate::pages::first_after(
+            hosts.iter().map(|(name, e)| (name.as_str(), (name, e))),
+            after,
+            limit,
+        )
+        .into_iter()
+        .map(|(name, e)| LiveHost {
+            hostname: name.clone(),
+            online: e.online(),
+            peer: e.peer.clone(),
+            connected_since_unix_ms: if e.online() {
+                e.connected_since_unix_ms
+            } else {
+                0
+            },
+            clock_offset_ms: e.clock_offset_ms,
+            interval_ms: e.interval_ms,
+            parse_errors_total: e.parse_errors_total,
+            batches_conflicting_total: e.batches_conflicting_total,
+            batches_rate_limited_total: e.batches_rate_limited_total,
+        })
+        .collect()
     }
 }
 
@@ -530,21 +524,5 @@ mod tests {
                 log: Some(1)
             }
         );
-    }
-
-    #[test]
-    fn pages_are_sorted_slices_after_a_name() {
-        let r = Registry::default();
-        for name in ["d", "b", "e", "a", "c"] {
-            r.report_opened(name, "p", 1);
-        }
-        let names =
-            |v: Vec<LiveHost>| -> Vec<String> { v.into_iter().map(|h| h.hostname).collect() };
-        assert_eq!(names(r.page(None, 2)), ["a", "b"]);
-        assert_eq!(names(r.page(Some("b"), 2)), ["c", "d"]);
-        assert_eq!(names(r.page(Some("d"), 2)), ["e"]);
-        assert_eq!(names(r.page(Some("e"), 2)), Vec::<String>::new());
-        assert_eq!(names(r.page(Some("bb"), 10)), ["c", "d", "e"]);
-        assert_eq!(names(r.snapshot()), ["a", "b", "c", "d", "e"]);
     }
 }

@@ -766,3 +766,71 @@ pub fn pid_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A batch of one sample, of host `host` in run `boot_id`, sent now (its
+/// `produced_batches_total` is its seq, as an agent's would be).
+pub fn one_sample(
+    (host, boot_id, seq): (&str, u64, u64),
+    time_unix_ms: i64,
+    metric: &str,
+    value: f64,
+) -> monitor::pb::Batch {
+    monitor::pb::Batch {
+        agent_id: host.into(),
+        boot_id,
+        seq,
+        samples: vec![monitor::pb::Sample {
+            time_unix_ms,
+            hostname: host.into(),
+            metric: metric.into(),
+            value,
+        }],
+        sent_unix_ms: monitor::time::now_unix_ms(),
+        agent_version: "test".into(),
+        hostname: host.into(),
+        produced_batches_total: seq,
+        ..Default::default()
+    }
+}
+
+/// Sends `batches` on one Report stream to `server` (with a certificate for
+/// the host the first one names: the server takes the agent's identity
+/// from it; plain text with `--insecure`) and returns the stream's sender
+/// (the stream stays open while it lives) and the first `batches.len()`
+/// acks as (seq, code, message). Any number of batches: they are sent
+/// while the acks are read.
+pub async fn report(
+    server: &Server,
+    batches: Vec<monitor::pb::Batch>,
+) -> (
+    tokio::sync::mpsc::Sender<monitor::pb::Batch>,
+    Vec<(u64, i32, String)>,
+) {
+    let channel = server.channel(&batches[0].hostname).await;
+    let mut client = monitor::pb::collector_client::CollectorClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut acks = client
+        .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let n = batches.len();
+    let sender = tx.clone();
+    tokio::spawn(async move {
+        for b in batches {
+            if sender.send(b).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let ack = tokio::time::timeout(Duration::from_secs(20), acks.message())
+            .await
+            .expect("ack in time")
+            .expect("stream ok")
+            .expect("an ack");
+        got.push((ack.seq, ack.code, ack.message));
+    }
+    (tx, got)
+}

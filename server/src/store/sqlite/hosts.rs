@@ -273,20 +273,14 @@ impl HostTable {
     /// those hosts.
     pub(crate) fn page(&self, after: Option<&str>, limit: usize) -> Vec<HostRecord> {
         let hosts = self.lock();
-        let mut names: Vec<(&String, &i64)> = hosts
-            .ids
-            .iter()
-            .filter(|(name, _)| after.is_none_or(|a| name.as_str() > a))
-            .collect();
-        if names.len() > limit {
-            names.select_nth_unstable(limit);
-            names.truncate(limit);
-        }
-        names.sort_unstable();
-        names
-            .into_iter()
-            .filter_map(|(_, id)| hosts.by_id.get(id).map(HostEntry::record))
-            .collect()
+        crate::pages::first_after(
+            hosts.ids.iter().map(|(name, id)| (name.as_str(), id)),
+            after,
+            limit,
+        )
+        .into_iter()
+        .filter_map(|id| hosts.by_id.get(id).map(HostEntry::record))
+        .collect()
     }
 
     /// The host named `hostname`, if it ever stored a batch.
