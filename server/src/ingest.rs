@@ -220,11 +220,14 @@ impl CollectorService {
                 }
                 // Refused for good: the agent frees it and logs why.
                 Ok(SubmitOutcome::Conflict(conflict)) => {
-                    let refused = registry.batch_conflicting(&hostname);
-                    log::warn!(
-                        "{hostname}: refused batch {seq} (boot {boot_id:016x}): {conflict}; \
-                         {refused} batches of this host refused so far"
-                    );
+                    let (refused, log) = registry.batch_conflicting(&hostname, Instant::now());
+                    if let Some(n) = log {
+                        log::warn!(
+                            "{hostname}: refused batch {seq} (boot {boot_id:016x}): {conflict}; \
+                             {refused} batches of this host refused so far ({n} since the last \
+                             such line)"
+                        );
+                    }
                     ack(pb::AckCode::Conflict, conflict.to_string())
                 }
                 // Not stored: code UNAVAILABLE ends the stream (below) and

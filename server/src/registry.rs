@@ -114,6 +114,8 @@ struct Live {
     batches_rate_limited_total: u64,
     /// Paces the "over its budget" log line of this host.
     rate_log: LogThrottle,
+    /// Paces the "refused as conflicting" log line of this host.
+    conflict_log: LogThrottle,
 }
 
 impl Live {
@@ -322,12 +324,14 @@ impl Registry {
         e.parse_errors_total = parse_errors_total;
     }
 
-    /// Counts a batch refused as conflicting; returns the host's count.
-    pub fn batch_conflicting(&self, hostname: &str) -> u64 {
+    /// Counts a batch refused as conflicting at `now`; returns the host's
+    /// count, and `Some(n)` when a log line is due (once a minute per host)
+    /// standing for `n` refusals.
+    pub fn batch_conflicting(&self, hostname: &str, now: Instant) -> (u64, Option<u64>) {
         let mut hosts = self.lock();
         let e = hosts.entry(hostname.to_owned()).or_default();
         e.batches_conflicting_total = e.batches_conflicting_total.saturating_add(1);
-        e.batches_conflicting_total
+        (e.batches_conflicting_total, e.conflict_log.hit(now))
     }
 
     /// Every host that connected since this server started, sorted by name.
@@ -458,8 +462,9 @@ mod tests {
         r.report_opened("h", "p", 10);
         r.batch_acked("h", -40, 1);
         r.batch_acked("h", 25, 3);
-        assert_eq!(r.batch_conflicting("h"), 1);
-        assert_eq!(r.batch_conflicting("h"), 2);
+        let now = Instant::now();
+        assert_eq!(r.batch_conflicting("h", now), (1, Some(1)));
+        assert_eq!(r.batch_conflicting("h", now), (2, None));
         let live = &r.snapshot()[0];
         assert_eq!((live.clock_offset_ms, live.parse_errors_total), (25, 3));
         assert_eq!(live.batches_conflicting_total, 2);

@@ -182,7 +182,7 @@ fn write_batch(
         log::warn!(
             "store: {} {} seq {}: {} samples are not finite numbers; not stored",
             batch.hostname,
-            batch.agent_id,
+            monitor::text::Escaped::capped(&batch.agent_id),
             batch.seq,
             dropped.not_finite
         );
@@ -362,6 +362,8 @@ pub(super) fn apply(memory: &mut Memory, requests: &[Request], staged: Staged, n
         };
         host.batches_checked_by_value_total = host.batches_checked_by_value_total.saturating_add(n);
         if let Some(left_out) = memory.checked_by_value_log.hit(now) {
+            // Without TLS the agent id is the batch's field: shown escaped.
+            let agent_id = monitor::text::Escaped::capped(&agent_id);
             log::warn!(
                 "store: {hostname} (agent {agent_id}) batch {seq}: its run left more than {} \
                  separate gaps, so the store no longer knows whether this seq is stored; \
