@@ -29,7 +29,7 @@ use super::Stats;
 use super::client::{Client, Sent};
 use super::destination::Destination;
 use super::proto;
-use crate::store::{ForwardRow, Store, StoreError};
+use crate::store::{CursorRecord, ForwardRow, Store, StoreError};
 
 /// Most samples in one request (Prometheus' own sender sends 2,000 by
 /// default; receivers take far more; fewer requests cost less CPU).
@@ -67,6 +67,23 @@ impl Quiet {
     }
 }
 
+/// The forwarder's throttled log lines.
+struct Logs {
+    read_errors: Quiet,
+    refusals: Quiet,
+    too_old: Quiet,
+}
+
+impl Default for Logs {
+    fn default() -> Logs {
+        Logs {
+            read_errors: Quiet::new(),
+            refusals: Quiet::new(),
+            too_old: Quiet::new(),
+        }
+    }
+}
+
 /// One destination's forwarding task.
 pub struct Forwarder {
     pub store: Store,
@@ -89,8 +106,9 @@ enum Delivery {
 }
 
 impl Forwarder {
-    /// Runs until the server stops, starting after journal id `cursor`.
-    pub async fn run(mut self, mut cursor: i64) {
+    /// Runs until the server stops, starting at the cursor `start` (and
+    /// the request in flight when the server last stopped, if any).
+    pub async fn run(mut self, start: CursorRecord) {
         let url = self.destination.url.clone();
         let mut client = match Client::new(self.destination.clone()) {
             Ok(c) => c,
@@ -99,19 +117,32 @@ impl Forwarder {
                 return;
             }
         };
+        let mut cursor = start.journal_id;
         self.stats.cursor.store(cursor, Ordering::Relaxed);
-        let mut read_errors = Quiet::new();
-        let mut refusals = Quiet::new();
-        let mut too_old = Quiet::new();
+        let mut logs = Logs::default();
+        // Exactly the request in flight at the last stop, alone: a receiver
+        // that applies requests whole then has each sample once (or
+        // refuses this one as already had: logged, counted as refused).
+        let mut until = (start.sending_through > cursor).then_some(start.sending_through);
+        if let Some(u) = until {
+            log::info!(
+                "remote-write {url}: sending again the request in flight when the server                  stopped (journal ids {} to {u})",
+                cursor + 1
+            );
+        }
         loop {
             if *self.stop.borrow() {
                 break;
             }
-            let batch = match self.store.forward_batch(cursor, MAX_SAMPLES_PER_REQUEST).await {
+            let read = self
+                .store
+                .forward_batch(cursor, until, MAX_SAMPLES_PER_REQUEST)
+                .await;
+            let batch = match read {
                 Ok(b) => b,
                 Err(StoreError::Closed) => break,
                 Err(e) => {
-                    if let Some(n) = read_errors.due() {
+                    if let Some(n) = logs.read_errors.due() {
                         log::error!("remote-write {url}: cannot read the store: {e} ({n} more)");
                     }
                     if self.pause(IDLE_POLL).await {
@@ -121,6 +152,14 @@ impl Forwarder {
                 }
             };
             self.stats.newest.store(batch.newest, Ordering::Relaxed);
+            if let Some(u) = until.take() {
+                // Rows the journal no longer holds were dropped already.
+                match self.forward(&mut client, batch.rows, u, &mut logs).await {
+                    Some(c) => cursor = c,
+                    None => break,
+                }
+                continue;
+            }
             if batch.rows.is_empty() {
                 self.stats.oldest_unsent_unix_ms.store(0, Ordering::Relaxed);
                 if batch.through > cursor {
@@ -131,26 +170,53 @@ impl Forwarder {
                 }
                 continue;
             }
-            let first_received = batch.rows.first().map_or(0, |r| r.received_unix_ms);
-            self.stats
-                .oldest_unsent_unix_ms
-                .store(first_received.max(1), Ordering::Relaxed);
-            let cutoff = self.cutoff();
-            let (old, fresh): (Vec<ForwardRow>, Vec<ForwardRow>) = batch
-                .rows
-                .into_iter()
-                .partition(|r| r.received_unix_ms < cutoff);
-            if !old.is_empty() {
-                self.drop_too_old(&old, &mut too_old);
+            match self.forward(&mut client, batch.rows, batch.through, &mut logs).await {
+                Some(c) => cursor = c,
+                None => break,
             }
-            if !fresh.is_empty() {
-                match self.deliver(&mut client, &fresh, &mut refusals, &mut too_old).await {
-                    Delivery::Accepted | Delivery::Dropped => {}
-                    Delivery::Stopped => break,
+        }
+    }
+
+    /// Sends `rows` (the batches after the cursor up to `through`) or drops
+    /// them, then moves the cursor to `through`. `None`: the server stops
+    /// (the cursor stays).
+    async fn forward(
+        &mut self,
+        client: &mut Client,
+        rows: Vec<ForwardRow>,
+        through: i64,
+        logs: &mut Logs,
+    ) -> Option<i64> {
+        let first_received = rows.first().map_or(0, |r| r.received_unix_ms);
+        self.stats
+            .oldest_unsent_unix_ms
+            .store(first_received.max(1), Ordering::Relaxed);
+        let cutoff = self.cutoff();
+        let (old, fresh): (Vec<ForwardRow>, Vec<ForwardRow>) =
+            rows.into_iter().partition(|r| r.received_unix_ms < cutoff);
+        if !old.is_empty() {
+            self.drop_too_old(&old, &mut logs.too_old);
+        }
+        if !fresh.is_empty() {
+            // The request is noted before it leaves, so a restart sends
+            // exactly it again, never a mix of it and newer batches.
+            while let Err(e) = self.store.set_sending(&self.destination.url, through).await {
+                if matches!(e, StoreError::Closed) || self.pause(IDLE_POLL).await {
+                    return None;
+                }
+                if let Some(n) = logs.read_errors.due() {
+                    log::error!(
+                        "remote-write {}: cannot note a request in the store: {e} ({n} more)",
+                        self.destination.url
+                    );
                 }
             }
-            cursor = self.advance(batch.through).await;
+            match self.deliver(client, &fresh, logs).await {
+                Delivery::Accepted | Delivery::Dropped => {}
+                Delivery::Stopped => return None,
+            }
         }
+        Some(self.advance(through).await)
     }
 
     /// Sends `rows` until the receiver takes them, refuses them, they grow
@@ -159,8 +225,7 @@ impl Forwarder {
         &mut self,
         client: &mut Client,
         rows: &[ForwardRow],
-        refusals: &mut Quiet,
-        too_old: &mut Quiet,
+        logs: &mut Logs,
     ) -> Delivery {
         let url = self.destination.url.clone();
         let samples: u64 = rows.iter().map(|r| r.samples.len() as u64).sum();
@@ -189,7 +254,7 @@ impl Forwarder {
                     self.stats
                         .refused_samples
                         .fetch_add(samples, Ordering::Relaxed);
-                    if let Some(n) = refusals.due() {
+                    if let Some(n) = logs.refusals.due() {
                         log::warn!(
                             "remote-write {url}: the receiver refused {samples} samples with \
                              HTTP {status}: {}; dropped ({n} more refusals since the last such line)",
@@ -226,7 +291,7 @@ impl Forwarder {
             // Still down past the maximum lag: give these up, go on with
             // newer batches (which the receiver may still take).
             if rows.first().is_some_and(|r| r.received_unix_ms < self.cutoff()) {
-                self.drop_too_old(rows, too_old);
+                self.drop_too_old(rows, &mut logs.too_old);
                 return Delivery::Dropped;
             }
         }

@@ -12,10 +12,13 @@
 //!
 //! Guarantees: nothing stored is skipped unless it is older than the
 //! maximum lag or a receiver refused it (both counted and logged); a
-//! server restart resumes at the cursor. A sample can reach a receiver
-//! twice only if the server dies between the receiver's answer and the
-//! cursor's commit (at-least-once): Prometheus and Mimir drop such exact
-//! duplicates themselves, VictoriaMetrics with `-dedup.minScrapeInterval`.
+//! server restart resumes at the cursor. Each request is noted in the
+//! store before it is sent (`sending_through`), and after a crash exactly
+//! that request is sent again, alone: a receiver that applies a request
+//! whole (Prometheus, Mimir) then holds each sample once (it refuses the
+//! repeat as out of order, which is logged and counted as refused); one
+//! that appends everything (VictoriaMetrics) may hold that one request's
+//! samples twice, which its `-dedup.minScrapeInterval` removes.
 //! Ingest never waits on a destination: a slow or dead one only lets its
 //! cursor fall behind, and holds journal rows on disk (not memory) for at
 //! most the maximum lag.
@@ -118,10 +121,9 @@ pub async fn start(
         let s = Arc::new(Stats::new(&destination.url));
         stats.push(Arc::clone(&s));
         log::info!(
-            "remote-write to {} from journal id {} (max lag {:?})",
+            "remote-write to {} from journal id {} (max lag {max_lag:?})",
             destination.url,
-            cursor.journal_id,
-            max_lag
+            cursor.journal_id
         );
         let forwarder = Forwarder {
             store: store.clone(),
@@ -131,7 +133,7 @@ pub async fn start(
             stored: stored.clone(),
             stop: stop.clone(),
         };
-        tasks.push(tokio::spawn(forwarder.run(cursor.journal_id)));
+        tasks.push(tokio::spawn(forwarder.run(cursor)));
     }
     Ok(Started {
         stats: Arc::new(stats),

@@ -301,15 +301,30 @@ impl Store {
     }
 
     /// Stored batches after `after` (a cursor: a journal id, 0 for the
-    /// beginning), in commit order, whole, up to `max_samples` samples (at
-    /// least one batch). Pass `through` of the answer as the next `after`.
+    /// beginning) and up to `until` (if given), in commit order, whole, up
+    /// to `max_samples` samples (at least one batch). Pass `through` of the
+    /// answer as the next `after`.
     pub async fn forward_batch(
         &self,
         after: i64,
+        until: Option<i64>,
         max_samples: usize,
     ) -> Result<ForwardBatch, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.forward_batch(after, max_samples).await,
+            Backend::Sqlite(s) => s.forward_batch((after, until), max_samples).await,
+        }
+    }
+
+    /// Records that `destination` is about to send the batches after its
+    /// cursor up to `through` (see [`CursorRecord::sending_through`]);
+    /// [`Store::set_cursor`] clears it.
+    pub async fn set_sending(&self, destination: &str, through: i64) -> Result<(), StoreError> {
+        let write = CursorWrite::Sending {
+            destination: destination.to_owned(),
+            through,
+        };
+        match &self.backend {
+            Backend::Sqlite(s) => s.cursors(write).await.map(drop),
         }
     }
 

@@ -372,6 +372,11 @@ pub struct CursorRecord {
     pub destination: String,
     /// Every stored batch up to this journal id was sent (or dropped).
     pub journal_id: i64,
+    /// A request holding the batches after `journal_id` up to this one
+    /// was being sent when the server last stopped (0: none): send exactly
+    /// those again first, so a receiver that applies a request whole (as
+    /// Prometheus does) has each of them once.
+    pub sending_through: i64,
 }
 
 /// A change to the forwarding cursors (one writer request).
@@ -386,6 +391,9 @@ pub(crate) enum CursorWrite {
         destination: String,
         journal_id: i64,
     },
+    /// `destination` is about to send the batches after its cursor up to
+    /// `through`.
+    Sending { destination: String, through: i64 },
 }
 
 /// What one committed flush did, for the server's own metrics.

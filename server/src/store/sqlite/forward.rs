@@ -21,12 +21,13 @@ use super::tables::metric_from_id;
 use super::ticks::{self, METRICS};
 use crate::store::records::{CursorRecord, ForwardBatch, ForwardRow, StoredSample};
 
-/// Journal rows read after `after`, oldest first, as many whole rows as fit
-/// in `max_samples` samples (at least one row). Rows of schema 2 (no ticks
-/// blob: their ticks went to `ticks` directly) are passed over.
+/// Journal rows read after `after` (up to `until`, if given), oldest
+/// first, as many whole rows as fit in `max_samples` samples (at least one
+/// row). Rows of schema 2 (no ticks blob: their ticks went to `ticks`
+/// directly) are passed over.
 pub(crate) fn read_after(
     conn: &Connection,
-    after: i64,
+    (after, until): (i64, Option<i64>),
     max_samples: usize,
 ) -> rusqlite::Result<ForwardBatch> {
     let newest: i64 = conn
@@ -48,9 +49,9 @@ pub(crate) fn read_after(
     let mut stmt = conn.prepare_cached(
         "SELECT j.journal_id, h.hostname, j.received_unix_ms, j.ticks
          FROM journal j JOIN hosts h ON h.host_id = j.host_id
-         WHERE j.journal_id > ?1 ORDER BY j.journal_id LIMIT ?2",
+         WHERE j.journal_id > ?1 AND j.journal_id <= ?3 ORDER BY j.journal_id LIMIT ?2",
     )?;
-    let mut rows = stmt.query(params![after, row_limit])?;
+    let mut rows = stmt.query(params![after, row_limit, until.unwrap_or(i64::MAX)])?;
     let mut samples = 0usize;
     while let Some(r) = rows.next()? {
         let journal_id: i64 = r.get(0)?;
@@ -118,22 +119,37 @@ pub(crate) fn register(
     }
     let mut out = Vec::with_capacity(destinations.len());
     for d in destinations {
-        let journal_id = match current.get(d) {
-            Some(&id) => id,
+        let (journal_id, sending_through) = match current.get(d) {
+            Some(&id) => {
+                let sending: i64 = tx
+                    .prepare_cached(
+                        "SELECT sending_through FROM forward_cursors WHERE destination = ?1",
+                    )?
+                    .query_row([d], |r| r.get(0))?;
+                (id, sending)
+            }
             None => {
                 set(tx, d, start, now_unix_ms)?;
-                start
+                (start, 0)
             }
         };
         out.push(CursorRecord {
             destination: d.clone(),
             journal_id,
+            sending_through,
         });
     }
     Ok(out)
 }
 
-/// Stores a cursor (inside a flush's transaction).
+/// Notes a request in flight (inside a flush's transaction).
+pub(crate) fn set_sending(tx: &Connection, destination: &str, through: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE forward_cursors SET sending_through = ?2 WHERE destination = ?1")?
+        .execute(params![destination, through])?;
+    Ok(())
+}
+
+/// Stores a cursor, no request in flight (inside a flush's transaction).
 pub(crate) fn set(
     tx: &Connection,
     destination: &str,
@@ -141,9 +157,10 @@ pub(crate) fn set(
     now_unix_ms: i64,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO forward_cursors (destination, journal_id, updated_unix_ms)
-         VALUES (?1, ?2, ?3)
-         ON CONFLICT (destination) DO UPDATE SET journal_id = ?2, updated_unix_ms = ?3",
+        "INSERT INTO forward_cursors (destination, journal_id, sending_through, updated_unix_ms)
+         VALUES (?1, ?2, 0, ?3)
+         ON CONFLICT (destination) DO UPDATE SET journal_id = ?2, sending_through = 0,
+             updated_unix_ms = ?3",
     )?
     .execute(params![destination, journal_id, now_unix_ms])?;
     Ok(())

@@ -195,7 +195,7 @@ impl SqliteStore {
     /// `max_samples` samples (whole batches, at least one).
     pub(crate) async fn forward_batch(
         &self,
-        after: i64,
+        after: (i64, Option<i64>),
         max_samples: usize,
     ) -> Result<ForwardBatch, StoreError> {
         self.inner

@@ -174,6 +174,7 @@ CREATE TABLE IF NOT EXISTS operator_keys (
 CREATE TABLE IF NOT EXISTS forward_cursors (
     destination     TEXT PRIMARY KEY, -- its URL without credentials
     journal_id      INTEGER NOT NULL, -- every row up to it was sent or dropped
+    sending_through INTEGER NOT NULL DEFAULT 0, -- a request in flight: rows up to it
     updated_unix_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";

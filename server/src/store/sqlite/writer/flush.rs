@@ -199,13 +199,23 @@ fn write_cursors(
         } => {
             let old = cursors.get(destination).copied().unwrap_or(i64::MIN);
             let journal_id = old.max(*journal_id);
-            if journal_id != old {
-                forward::set(tx, destination, journal_id, now_unix_ms)?;
-                cursors.insert(destination.clone(), journal_id);
-            }
+            forward::set(tx, destination, journal_id, now_unix_ms)?;
+            cursors.insert(destination.clone(), journal_id);
             Ok(vec![CursorRecord {
                 destination: destination.clone(),
                 journal_id,
+                sending_through: 0,
+            }])
+        }
+        CursorWrite::Sending {
+            destination,
+            through,
+        } => {
+            forward::set_sending(tx, destination, *through)?;
+            Ok(vec![CursorRecord {
+                destination: destination.clone(),
+                journal_id: cursors.get(destination).copied().unwrap_or(0),
+                sending_through: *through,
             }])
         }
     }
