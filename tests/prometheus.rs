@@ -67,7 +67,11 @@ fn url_encode(s: &str) -> String {
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw);
@@ -91,7 +95,10 @@ impl Prometheus {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(bin);
         cmd.arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn");
         if receiver {
@@ -283,13 +290,17 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
     let (status, _) = https_get(&server, "/metrics", Some("not-the-token-at-all"), None);
     assert_eq!(status, 401);
     // The text format passes promtool without a word; OpenMetrics when asked.
-    let (status, text) = wait_for("every host's values in /metrics", Duration::from_secs(20), || {
-        let (status, body) = https_get(&server, "/metrics", Some(&token), None);
-        HOSTS
-            .iter()
-            .all(|h| body.contains(&format!("monitor_host_cpu_ratio{{hostname=\"{h}\"}}")))
-            .then_some((status, body))
-    });
+    let (status, text) = wait_for(
+        "every host's values in /metrics",
+        Duration::from_secs(20),
+        || {
+            let (status, body) = https_get(&server, "/metrics", Some(&token), None);
+            HOSTS
+                .iter()
+                .all(|h| body.contains(&format!("monitor_host_cpu_ratio{{hostname=\"{h}\"}}")))
+                .then_some((status, body))
+        },
+    );
     assert_eq!(status, 200);
     let (code, said) = promtool_check(&promtool, &text);
     assert_eq!((code, said.as_str()), (0, ""), "promtool on:\n{text}");
@@ -320,14 +331,18 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
         tok = token_file.display()
     );
     let prom = Prometheus::start(&prometheus, &dir.join("prometheus"), &config, false);
-    wait_for("a few scrapes of every host", Duration::from_secs(60), || {
-        let counts = prom.query("count_over_time(monitor_host_cpu_ratio[5m])");
-        (counts.len() == 3
-            && counts
-                .iter()
-                .all(|s| s["value"][1].as_str().unwrap().parse::<f64>().unwrap() >= 3.0))
-        .then_some(())
-    });
+    wait_for(
+        "a few scrapes of every host",
+        Duration::from_secs(60),
+        || {
+            let counts = prom.query("count_over_time(monitor_host_cpu_ratio[5m])");
+            (counts.len() == 3
+                && counts
+                    .iter()
+                    .all(|s| s["value"][1].as_str().unwrap().parse::<f64>().unwrap() >= 3.0))
+            .then_some(())
+        },
+    );
     assert_eq!(prom.scalar("up{job=\"monitor\"}"), Some(1.0));
     assert_eq!(prom.scalar("up{job=\"monitor-no-token\"}"), Some(0.0));
     assert_eq!(prom.scalar("sum(monitor_host_up)"), Some(3.0));
@@ -335,7 +350,10 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
     // Every sample Prometheus holds is the one the store holds for that
     // host, metric and time, in exported units, exactly.
     for h in HOSTS {
-        let scraped = prometheus_samples(&prom, &format!("{{__name__=~\"monitor_host_.*_(ratio|per_second)\",hostname=\"{h}\"}}"));
+        let scraped = prometheus_samples(
+            &prom,
+            &format!("{{__name__=~\"monitor_host_.*_(ratio|per_second)\",hostname=\"{h}\"}}"),
+        );
         let names: BTreeSet<&str> = scraped.keys().map(|k| k.0.as_str()).collect();
         assert_eq!(names.len(), 6, "{h}: {names:?}");
         let store = stored(&server, h);
@@ -350,8 +368,14 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
         (prom.scalar("monitor_host_up{hostname=\"prom-c\"}") == Some(0.0)).then_some(())
     });
     let (_, text) = https_get(&server, "/metrics", Some(&token), None);
-    assert!(!text.contains("monitor_host_cpu_ratio{hostname=\"prom-c\"}"), "{text}");
-    assert!(text.contains("monitor_host_up{hostname=\"prom-c\"} 0"), "{text}");
+    assert!(
+        !text.contains("monitor_host_cpu_ratio{hostname=\"prom-c\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("monitor_host_up{hostname=\"prom-c\"} 0"),
+        "{text}"
+    );
 
     // Every query of the shipped dashboard parses and returns series.
     let dashboard: serde_json::Value = serde_json::from_str(
@@ -419,9 +443,8 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
         stream
     });
     server.proc.signal("TERM");
-    let next = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), watch.message()).await
-    });
+    let next =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), watch.message()).await });
     match next {
         Ok(Ok(Some(m))) => assert_eq!(m.status, 2, "NOT_SERVING"),
         other => panic!("expected NOT_SERVING before the stream ended, got {other:?}"),
@@ -435,10 +458,10 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
 fn health_and_reflection(server: &Server) {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let ca_pem = std::fs::read_to_string(server.dir().join("tls").join("ca.pem")).unwrap();
     let no_cert = tonic::transport::Endpoint::from_shared(server.url())
@@ -527,7 +550,10 @@ fn python_health(server: &Server, ca_pem: &str) {
         ca = ca_pem,
         addr = server.agents_addr
     );
-    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "python health check: {}",
@@ -551,10 +577,19 @@ impl Victoria {
             .arg("-search.latencyOffset=0s")
             .arg("-loggerLevel=ERROR");
         let proc = Proc::spawn(cmd, "victoria-metrics");
-        wait_for("victoria-metrics to answer", Duration::from_secs(60), || {
-            http_get(addr, "/health").filter(|(s, _)| *s == 200)
-        });
+        wait_for(
+            "victoria-metrics to answer",
+            Duration::from_secs(60),
+            || http_get(addr, "/health").filter(|(s, _)| *s == 200),
+        );
         Victoria { _proc: proc, addr }
+    }
+
+    /// Stops it as an operator would (SIGTERM: it flushes what it
+    /// acknowledged; SIGKILL would lose its last second, by its design).
+    fn stop(mut self) {
+        self._proc.signal("TERM");
+        assert!(self._proc.wait_exit(Duration::from_secs(30)).success());
     }
 
     /// Every raw sample of `host`, repeats kept: (name, host, time) →
@@ -576,6 +611,19 @@ impl Victoria {
             }
         }
         out
+    }
+}
+
+/// [`wait_for`], saying `why()` when it times out.
+fn wait_for_or<T>(
+    what: &str,
+    timeout: Duration,
+    f: impl FnMut() -> Option<T>,
+    why: impl FnOnce() -> String,
+) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_for(what, timeout, f))) {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what}: {}", why()),
     }
 }
 
@@ -627,18 +675,28 @@ fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash()
 
     // VictoriaMetrics goes away: its cursor falls behind, requests fail and
     // are retried; Prometheus goes on.
-    drop(vm);
-    let failed = |s: &Server| remote_write_status(s)[&vm_url]["failed_samples"].as_u64().unwrap();
-    wait_for("failed requests to VictoriaMetrics", Duration::from_secs(30), || {
-        (failed(&server) > 0).then_some(())
-    });
+    vm.stop();
+    let failed = |s: &Server| {
+        remote_write_status(s)[&vm_url]["failed_samples"]
+            .as_u64()
+            .unwrap()
+    };
+    wait_for(
+        "failed requests to VictoriaMetrics",
+        Duration::from_secs(30),
+        || (failed(&server) > 0).then_some(()),
+    );
     let prom_before = sent(&server, &prom_url);
-    wait_for("lag behind the stopped receiver", Duration::from_secs(30), || {
-        let s = remote_write_status(&server);
-        (s[&vm_url]["lag_seconds"].as_f64().unwrap() >= 3.0
-            && s[&prom_url]["sent_samples"].as_u64().unwrap() > prom_before)
-            .then_some(())
-    });
+    wait_for(
+        "lag behind the stopped receiver",
+        Duration::from_secs(30),
+        || {
+            let s = remote_write_status(&server);
+            (s[&vm_url]["lag_seconds"].as_f64().unwrap() >= 3.0
+                && s[&prom_url]["sent_samples"].as_u64().unwrap() > prom_before)
+                .then_some(())
+        },
+    );
 
     // The server dies mid-stream and comes back on the same port; agents
     // reconnect and re-send what was not acknowledged.
@@ -646,15 +704,21 @@ fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash()
     server.proc.wait_exit(Duration::from_secs(10));
     let listen = server.agents_addr.to_string();
     server = Server::start_with(&db, &listen, &flags);
-    wait_for("agents back after the restart", Duration::from_secs(30), || {
-        HOSTS
-            .iter()
-            .all(|h| server.host(h).is_some_and(|j| j.online))
-            .then_some(())
-    });
-    wait_for("Prometheus fed again after the restart", Duration::from_secs(30), || {
-        (sent(&server, &prom_url) > 0).then_some(())
-    });
+    wait_for(
+        "agents back after the restart",
+        Duration::from_secs(30),
+        || {
+            HOSTS
+                .iter()
+                .all(|h| server.host(h).is_some_and(|j| j.online))
+                .then_some(())
+        },
+    );
+    wait_for(
+        "Prometheus fed again after the restart",
+        Duration::from_secs(30),
+        || (sent(&server, &prom_url) > 0).then_some(()),
+    );
 
     // VictoriaMetrics comes back with its data; the backlog drains.
     vm = Victoria::start(&victoria, &vm_data, vm_addr);
@@ -662,12 +726,16 @@ fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash()
         (sent(&server, &vm_url) > 0).then_some(())
     });
     drop(agents);
-    wait_for("both destinations caught up", Duration::from_secs(60), || {
-        let s = remote_write_status(&server);
-        s.values()
-            .all(|d| d["cursor"] == d["newest"] && d["lag_seconds"].as_f64() == Some(0.0))
-            .then_some(())
-    });
+    wait_for(
+        "both destinations caught up",
+        Duration::from_secs(60),
+        || {
+            let s = remote_write_status(&server);
+            s.values()
+                .all(|d| d["cursor"] == d["newest"] && d["lag_seconds"].as_f64() == Some(0.0))
+                .then_some(())
+        },
+    );
     let status = remote_write_status(&server);
     assert_eq!(status[&vm_url]["too_old_samples"], 0);
 
@@ -675,29 +743,59 @@ fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash()
     for h in HOSTS {
         let store = stored(&server, h);
         assert!(store.len() > 100, "{h}: {} samples stored", store.len());
-        let at_prom = wait_for(&format!("{h} complete in Prometheus"), Duration::from_secs(30), || {
-            let got = prometheus_samples(&prom, &format!("{{hostname=\"{h}\"}}"));
-            (got.len() >= store.len()).then_some(got)
-        });
+        let at_prom = wait_for(
+            &format!("{h} complete in Prometheus"),
+            Duration::from_secs(30),
+            || {
+                let got = prometheus_samples(&prom, &format!("{{hostname=\"{h}\"}}"));
+                (got.len() >= store.len()).then_some(got)
+            },
+        );
         assert_eq!(at_prom, store, "{h}: Prometheus differs from the store");
-        let at_vm = wait_for(&format!("{h} complete in VictoriaMetrics"), Duration::from_secs(30), || {
-            let got = vm.samples(h);
-            (got.len() >= store.len()).then_some(got)
-        });
+        let at_vm = wait_for_or(
+            &format!("{h} complete in VictoriaMetrics"),
+            Duration::from_secs(30),
+            || {
+                let got = vm.samples(h);
+                (got.len() >= store.len()).then_some(got)
+            },
+            || {
+                let got = vm.samples(h);
+                let missing: Vec<_> = store
+                    .keys()
+                    .filter(|k| !got.contains_key(*k))
+                    .take(20)
+                    .collect();
+                format!(
+                    "{} of {} there; missing e.g. {missing:?}",
+                    got.len(),
+                    store.len()
+                )
+            },
+        );
         let keys: BTreeSet<_> = at_vm.keys().collect();
-        assert_eq!(keys, store.keys().collect(), "{h}: VictoriaMetrics' samples");
+        assert_eq!(
+            keys,
+            store.keys().collect(),
+            "{h}: VictoriaMetrics' samples"
+        );
         for (key, values) in &at_vm {
             let want = store[key];
             // VictoriaMetrics keeps 12 significant decimal digits (its
             // documented precision), Prometheus the f64 exactly.
             assert!(
-                values.iter().all(|v| (v - want).abs() <= want.abs() * 1e-11),
+                values
+                    .iter()
+                    .all(|v| (v - want).abs() <= want.abs() * 1e-11),
                 "{key:?}: VictoriaMetrics has {values:?}, the store {want}"
             );
             assert!(values.len() <= 2, "{key:?}: {values:?}");
         }
         let repeats = at_vm.values().filter(|v| v.len() > 1).count();
-        println!("{h}: {} samples; VictoriaMetrics holds {repeats} twice (the request in flight at the crash)", store.len());
+        println!(
+            "{h}: {} samples; VictoriaMetrics holds {repeats} twice (the request in flight at the crash)",
+            store.len()
+        );
     }
     drop(vm);
 }

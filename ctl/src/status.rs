@@ -35,7 +35,11 @@ pub fn text(s: &pb::StatusResponse) -> String {
         uptime_s % 60,
         monitor::time::Rfc3339(s.started_unix_ms)
     );
-    let _ = writeln!(t, "agents connected  {} of {} hosts known", s.agents_connected, s.hosts_known);
+    let _ = writeln!(
+        t,
+        "agents connected  {} of {} hosts known",
+        s.agents_connected, s.hosts_known
+    );
     let _ = writeln!(t, "store queue       {} requests", s.store_queued);
     let _ = writeln!(
         t,

@@ -313,13 +313,22 @@ async fn tables_and_errors_show_server_strings_escaped() {
     let out = ctl(&url, &["status"]).await;
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains(&format!("version           {EVIL_HOST_SHOWN}\n")), "{text}");
-    assert!(text.contains(&format!("remote-write      {EVIL_HOST_SHOWN}: ")), "{text}");
+    assert!(
+        text.contains(&format!("version           {EVIL_HOST_SHOWN}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("remote-write      {EVIL_HOST_SHOWN}: ")),
+        "{text}"
+    );
     assert!(!text.contains('\x1b'), "{text}");
     let out = ctl(&url, &["status", "--json"]).await;
     assert_eq!(out.status.code(), Some(0));
     let line = String::from_utf8(out.stdout).unwrap();
-    assert!(line.starts_with("{\"version\":\"evil\\u001b[2J\","), "{line}");
+    assert!(
+        line.starts_with("{\"version\":\"evil\\u001b[2J\","),
+        "{line}"
+    );
     assert!(!line.contains('\x1b'), "{line}");
 
     let out = ctl(&url, &["cancel", "c1"]).await;

@@ -24,8 +24,8 @@ use crate::enrolment::Enrolment;
 use crate::listener::PeerInfo;
 use crate::registry::{LiveHost, Registry};
 use crate::remote_write::AllStats;
-use crate::telemetry::Telemetry;
 use crate::store::{HostRecord, SampleQuery, Store, StoreError};
+use crate::telemetry::Telemetry;
 use crate::tls::Role;
 
 /// The operator name commands are recorded under with `--insecure`.

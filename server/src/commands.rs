@@ -25,8 +25,8 @@ use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
 use crate::registry::Registry;
-use crate::telemetry::Telemetry;
 use crate::store::{CommandRecord, CommandResultRecord, Store};
+use crate::telemetry::Telemetry;
 
 /// Why a command cannot be sent to a host.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -337,7 +337,10 @@ impl Config {
                     "URL[;bearer-token-file=F][;basic-auth-file=F][;ca-file=F] ({why})"
                 ))
             })?;
-            if remote_write.iter().any(|d: &DestinationSpec| d.url == spec.url) {
+            if remote_write
+                .iter()
+                .any(|d: &DestinationSpec| d.url == spec.url)
+            {
                 return Err(raw.error("each remote-write URL once"));
             }
             remote_write.push(spec);
@@ -453,7 +456,12 @@ mod tests {
         assert!(c.remote_write.is_empty());
         assert_eq!(c.remote_write_max_lag, remote_write::DEFAULT_MAX_LAG);
         let c = parse(
-            &["--http-listen", "off", "--remote-write", "http://a:1/w;ca-file=/c"],
+            &[
+                "--http-listen",
+                "off",
+                "--remote-write",
+                "http://a:1/w;ca-file=/c",
+            ],
             &[("MONITOR_REMOTE_WRITE", "http://ignored:1/w")],
         )
         .unwrap();
@@ -463,7 +471,10 @@ mod tests {
         let c = parse(
             &[],
             &[
-                ("MONITOR_REMOTE_WRITE", "http://a:1/w, https://b:2/w;bearer-token-file=/t"),
+                (
+                    "MONITOR_REMOTE_WRITE",
+                    "http://a:1/w, https://b:2/w;bearer-token-file=/t",
+                ),
                 ("MONITOR_REMOTE_WRITE_MAX_LAG", "10m"),
             ],
         )
@@ -471,9 +482,20 @@ mod tests {
         assert_eq!(c.remote_write.len(), 2);
         assert_eq!(c.remote_write_max_lag, Duration::from_secs(600));
         let e = parse(&["--remote-write", "ftp://x/y"], &[]).unwrap_err();
-        assert!(e.to_string().starts_with("--remote-write: expected URL["), "{e}");
-        let e = parse(&["--remote-write", "http://a/w", "--remote-write", "http://a/w"], &[])
-            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("--remote-write: expected URL["),
+            "{e}"
+        );
+        let e = parse(
+            &[
+                "--remote-write",
+                "http://a/w",
+                "--remote-write",
+                "http://a/w",
+            ],
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("each remote-write URL once"), "{e}");
     }
 

@@ -81,7 +81,10 @@ mod tests {
         assert_eq!(unique.len(), names.len());
         for n in names {
             assert!(n.starts_with("monitor_host_"), "{n}");
-            assert!(n.ends_with("_ratio") || n.ends_with("_bytes_per_second"), "{n}");
+            assert!(
+                n.ends_with("_ratio") || n.ends_with("_bytes_per_second"),
+                "{n}"
+            );
         }
         assert_eq!(value(Metric::CpuPercent, 50.0), 0.5);
         assert_eq!(value(Metric::DiskReadKbps, 2.0), 2048.0);

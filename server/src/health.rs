@@ -58,7 +58,10 @@ pub async fn watch(
                 reporter.set_service_status(name, status).await;
             }
             if last.is_some() {
-                log::warn!("health: {}", if serving { "SERVING" } else { "NOT_SERVING" });
+                log::warn!(
+                    "health: {}",
+                    if serving { "SERVING" } else { "NOT_SERVING" }
+                );
             }
             last = Some(serving);
         }

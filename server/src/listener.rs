@@ -357,7 +357,9 @@ pub fn incoming(
                         return;
                     }
                     Err(_) => {
-                        log::debug!("{name}: {addr}: no handshake and first bytes within the deadline");
+                        log::debug!(
+                            "{name}: {addr}: no handshake and first bytes within the deadline"
+                        );
                         return;
                     }
                 };
@@ -388,7 +390,11 @@ async fn establish(
                 .and_then(|c| c.first())
                 .and_then(|c| tls.trust.identify(&fingerprint(c), tls.role).ok());
             let first = read_preface(&mut stream, preface).await?;
-            Ok((Io::Tls(Box::new(stream)), PeerInfo { addr, identity }, first))
+            Ok((
+                Io::Tls(Box::new(stream)),
+                PeerInfo { addr, identity },
+                first,
+            ))
         }
         _ => {
             let mut tcp = tcp;

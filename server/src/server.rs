@@ -29,14 +29,14 @@ use tonic::transport::Server;
 use crate::admin::AdminService;
 use crate::commands::CommandRouter;
 use crate::config::Config;
-use crate::ingest::CollectorService;
 use crate::health::{self, ReflectionGate};
 use crate::http;
+use crate::ingest::CollectorService;
 use crate::listener::{self, Limits, Preface};
-use crate::remote_write;
-use crate::telemetry::Telemetry;
 use crate::registry::Registry;
+use crate::remote_write;
 use crate::store::{SqliteConfig, Store, StoreError};
+use crate::telemetry::Telemetry;
 use crate::tls::setup::{self, SetupError};
 
 /// Longest a graceful stop waits for connections to finish.
@@ -242,9 +242,8 @@ pub async fn run(
     let gate = |t: Option<&listener::TlsSetup>| ReflectionGate {
         trust: t.map(|t| Arc::clone(&t.trust)),
     };
-    let reflection_error = |e: tonic_reflection::server::Error| {
-        ServerError::Setup(format!("gRPC reflection: {e}"))
-    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| ServerError::Setup(format!("gRPC reflection: {e}"));
     let agent_routes = health::add_reflection(
         Routes::new(
             CollectorServer::new(collector).max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
@@ -394,7 +393,10 @@ pub async fn run(
     // The forwarders stop at their next wait; one in the middle of a
     // request is cut off (its batches are sent again after a restart).
     let forwarders = futures_join(forwarding.tasks);
-    if tokio::time::timeout(DRAIN_TIMEOUT, forwarders).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, forwarders)
+        .await
+        .is_err()
+    {
         log::warn!("remote-write still sending after {DRAIN_TIMEOUT:?}; stopped");
     }
     if let Some(h) = http {

@@ -125,7 +125,11 @@ impl Auth {
 
     /// Whether a request with `headers`, on a connection from `peer`, may
     /// go on, and as whom.
-    pub fn check(&self, headers: &HeaderMap, peer: Option<&PeerInfo>) -> Result<Principal, Refused> {
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerInfo>,
+    ) -> Result<Principal, Refused> {
         let Mode::Required {
             token_digests,
             trust,
@@ -252,7 +256,10 @@ mod tests {
             auth.check(&HeaderMap::new(), None),
             Err(Refused::NoCredentials)
         );
-        assert_eq!(Auth::open().check(&HeaderMap::new(), None), Ok(Principal::Anyone));
+        assert_eq!(
+            Auth::open().check(&HeaderMap::new(), None),
+            Ok(Principal::Anyone)
+        );
     }
 
     #[test]

@@ -82,7 +82,13 @@ impl Writer {
 
     /// A gauge's sample with the time it was measured (ms since the Unix
     /// epoch): the text format writes ms, OpenMetrics seconds.
-    pub fn sample_at(&mut self, name: &str, labels: &[(&str, &str)], value: f64, time_unix_ms: i64) {
+    pub fn sample_at(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+        time_unix_ms: i64,
+    ) {
         self.out.push_str(name);
         self.labels(labels, None);
         let _ = match self.format {

@@ -105,7 +105,11 @@ fn hosts(w: &mut Writer, snap: &Snapshot) {
         "1 while the host's agent has a stream open to this server, else 0",
     );
     for &n in &names {
-        w.sample("monitor_host_up", &[(HOSTNAME_LABEL, n)], f64::from(u8::from(online(n))));
+        w.sample(
+            "monitor_host_up",
+            &[(HOSTNAME_LABEL, n)],
+            f64::from(u8::from(online(n))),
+        );
     }
     w.family(
         "monitor_host_last_seen_timestamp_seconds",
@@ -192,7 +196,11 @@ fn server(w: &mut Writer, snap: &Snapshot, t: &Telemetry) {
         Kind::Gauge,
         "Requests waiting for the store's writer",
     );
-    w.sample("monitor_server_store_queue_requests", &[], snap.queued as f64);
+    w.sample(
+        "monitor_server_store_queue_requests",
+        &[],
+        snap.queued as f64,
+    );
     w.family(
         "monitor_server_commands",
         Kind::Counter,
@@ -224,12 +232,18 @@ fn forwarding(w: &mut Writer, all: &[std::sync::Arc<Stats>], now_unix_ms: i64) {
         "Age of the oldest stored batch not yet sent to the destination (0: caught up)",
     );
     for s in all {
-        w.sample("monitor_remote_write_lag_seconds", &label(s), s.lag_seconds(now_unix_ms));
+        w.sample(
+            "monitor_remote_write_lag_seconds",
+            &label(s),
+            s.lag_seconds(now_unix_ms),
+        );
     }
     let counters: [(&str, &str, fn(&Stats) -> u64); 4] = [
-        ("monitor_remote_write_sent_samples", "Samples the destination accepted", |s| {
-            s.sent_samples.load(Ordering::Relaxed)
-        }),
+        (
+            "monitor_remote_write_sent_samples",
+            "Samples the destination accepted",
+            |s| s.sent_samples.load(Ordering::Relaxed),
+        ),
         (
             "monitor_remote_write_failed_samples",
             "Samples of requests that failed and were retried (once per attempt)",
@@ -285,7 +299,11 @@ fn process(w: &mut Writer, p: &ProcessStats) {
     }
     if let Some(cpu) = p.cpu_seconds {
         // A counter of seconds (fractional): written as a float sample.
-        w.family("process_cpu_seconds", Kind::Counter, "Total user and system CPU time spent in seconds");
+        w.family(
+            "process_cpu_seconds",
+            Kind::Counter,
+            "Total user and system CPU time spent in seconds",
+        );
         w.sample("process_cpu_seconds_total", &[], cpu);
     }
 }

@@ -148,24 +148,22 @@ pub async fn serve(
         let peer = conn.peer().clone();
         let router = router.clone();
         // Each request carries who the connection is (its certificate).
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(peer.clone());
-            let router = router.clone();
-            async move {
-                let response = tower::ServiceExt::oneshot(router, req.map(Body::new)).await;
-                Ok::<_, Infallible>(response.unwrap_or_else(|e| match e {}))
-            }
-        });
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(peer.clone());
+                let router = router.clone();
+                async move {
+                    let response = tower::ServiceExt::oneshot(router, req.map(Body::new)).await;
+                    Ok::<_, Infallible>(response.unwrap_or_else(|e| match e {}))
+                }
+            });
         connections.spawn(async move {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(conn), service)
-                .await
-            {
+            if let Err(e) = builder.serve_connection(TokioIo::new(conn), service).await {
                 log::debug!("HTTP connection: {e}");
             }
         });

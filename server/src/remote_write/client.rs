@@ -96,10 +96,16 @@ impl Client {
         let uri = &self.destination.uri;
         let host = uri.host().unwrap_or_default();
         let mut builder = hyper::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
-            .header(hyper::header::HOST, uri.authority().map_or(host, |a| a.as_str()))
+            .header(
+                hyper::header::HOST,
+                uri.authority().map_or(host, |a| a.as_str()),
+            )
             .header(hyper::header::CONTENT_ENCODING, "snappy")
             .header(hyper::header::CONTENT_TYPE, "application/x-protobuf")
-            .header(hyper::header::USER_AGENT, concat!("monitor-server/", env!("CARGO_PKG_VERSION")))
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("monitor-server/", env!("CARGO_PKG_VERSION")),
+            )
             .header("X-Prometheus-Remote-Write-Version", "0.1.0");
         if let Credentials::Header(h) = &self.destination.credentials {
             builder = builder.header(hyper::header::AUTHORIZATION, h);

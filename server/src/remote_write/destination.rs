@@ -41,7 +41,11 @@ pub fn parse(spec: &str) -> Result<DestinationSpec, String> {
         .map_err(|_| format!("'{url}' is not a URL like http://host:9090/api/v1/write"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        _ => return Err(format!("'{url}': the URL must start with http:// or https://")),
+        _ => {
+            return Err(format!(
+                "'{url}': the URL must start with http:// or https://"
+            ));
+        }
     }
     let Some(authority) = uri.authority() else {
         return Err(format!("'{url}': the URL names no host"));
@@ -134,7 +138,8 @@ impl Destination {
                 if !pair.contains(':') {
                     return Err(format!("{}: expected user:password", f.display()));
                 }
-                let b64 = monitor::base64::encode(pair.as_bytes(), monitor::base64::Alphabet::Standard);
+                let b64 =
+                    monitor::base64::encode(pair.as_bytes(), monitor::base64::Alphabet::Standard);
                 Credentials::Header(format!("Basic {b64}"))
             }
             (None, None) => Credentials::None,
@@ -146,8 +151,8 @@ impl Destination {
                 .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("{}: cannot read the CA file: {e}", path.display()))?;
-            let blocks = monitor::pem::decode_all(&text)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let blocks =
+                monitor::pem::decode_all(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             let ders: Vec<Vec<u8>> = blocks
                 .into_iter()
                 .filter(|b| b.label == "CERTIFICATE")
@@ -187,7 +192,11 @@ mod tests {
     #[test]
     fn bad_specs_say_why() {
         let e = |s: &str| parse(s).unwrap_err();
-        assert!(e("ftp://x/y").contains("http:// or https://"), "{}", e("ftp://x/y"));
+        assert!(
+            e("ftp://x/y").contains("http:// or https://"),
+            "{}",
+            e("ftp://x/y")
+        );
         assert!(e("http://u:p@x/y").contains("no credentials in the URL"));
         assert!(e("http://x/y;color=red").contains("unknown option 'color'"));
         assert!(e("http://x/y;ca-file").contains("expected key=value"));

@@ -170,7 +170,10 @@ impl Forwarder {
                 }
                 continue;
             }
-            match self.forward(&mut client, batch.rows, batch.through, &mut logs).await {
+            match self
+                .forward(&mut client, batch.rows, batch.through, &mut logs)
+                .await
+            {
                 Some(c) => cursor = c,
                 None => break,
             }
@@ -246,7 +249,9 @@ impl Forwarder {
         loop {
             match client.post(body.clone()).await {
                 Sent::Accepted => {
-                    self.stats.sent_samples.fetch_add(samples, Ordering::Relaxed);
+                    self.stats
+                        .sent_samples
+                        .fetch_add(samples, Ordering::Relaxed);
                     self.stats.sent_requests.fetch_add(1, Ordering::Relaxed);
                     return Delivery::Accepted;
                 }
@@ -290,7 +295,10 @@ impl Forwarder {
             backoff = (backoff * 2).min(BACKOFF_MAX);
             // Still down past the maximum lag: give these up, go on with
             // newer batches (which the receiver may still take).
-            if rows.first().is_some_and(|r| r.received_unix_ms < self.cutoff()) {
+            if rows
+                .first()
+                .is_some_and(|r| r.received_unix_ms < self.cutoff())
+            {
                 self.drop_too_old(rows, &mut logs.too_old);
                 return Delivery::Dropped;
             }

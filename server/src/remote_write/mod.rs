@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use destination::{Destination, DestinationSpec};
-pub use forwarder::{MAX_SAMPLES_PER_REQUEST, Forwarder};
+pub use forwarder::{Forwarder, MAX_SAMPLES_PER_REQUEST};
 
 /// Default `--remote-write-max-lag`: Prometheus refuses samples older than
 /// about an hour (its head block's lower bound) anyway.

@@ -136,7 +136,13 @@ mod tests {
             .iter()
             .find(|t| t.labels[0].value == "monitor_host_cpu_ratio")
             .unwrap();
-        assert_eq!(cpu.labels[1], Label { name: "hostname".into(), value: "b".into() });
+        assert_eq!(
+            cpu.labels[1],
+            Label {
+                name: "hostname".into(),
+                value: "b".into()
+            }
+        );
         let times: Vec<i64> = cpu.samples.iter().map(|s| s.timestamp).collect();
         assert_eq!(times, [1000, 2000]);
         assert_eq!(cpu.samples[0].value, 0.25);

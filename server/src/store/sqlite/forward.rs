@@ -143,7 +143,11 @@ pub(crate) fn register(
 }
 
 /// Notes a request in flight (inside a flush's transaction).
-pub(crate) fn set_sending(tx: &Connection, destination: &str, through: i64) -> rusqlite::Result<()> {
+pub(crate) fn set_sending(
+    tx: &Connection,
+    destination: &str,
+    through: i64,
+) -> rusqlite::Result<()> {
     tx.prepare_cached("UPDATE forward_cursors SET sending_through = ?2 WHERE destination = ?1")?
         .execute(params![destination, through])?;
     Ok(())

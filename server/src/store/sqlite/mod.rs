@@ -50,9 +50,9 @@ use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    CertificateRecord, CommandRecord, CommandResultRecord, CursorRecord, CursorWrite,
-    ForwardBatch, HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, SampleQuery,
-    SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
+    CertificateRecord, CommandRecord, CommandResultRecord, CursorRecord, CursorWrite, ForwardBatch,
+    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, SampleQuery, SigningKeyRecord,
+    StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
 };
 use crate::store::ticket::Ticket;
 
@@ -212,7 +212,10 @@ impl SqliteStore {
 
     /// A change to the forwarding cursors, in order with everything else;
     /// resolves once committed.
-    pub(crate) async fn cursors(&self, write: CursorWrite) -> Result<Vec<CursorRecord>, StoreError> {
+    pub(crate) async fn cursors(
+        &self,
+        write: CursorWrite,
+    ) -> Result<Vec<CursorRecord>, StoreError> {
         let (reply, ticket) = Ticket::new();
         self.send(Request::Cursors { write, reply }).await?;
         ticket.await

@@ -24,10 +24,10 @@ use super::requests::{Answer, Request};
 use crate::store::error::StoreError;
 use crate::store::records::{CursorRecord, CursorWrite, IncomingBatch, SubmitOutcome};
 use crate::store::sqlite::hosts::{BatchMeta, HostEntry};
-use crate::store::sqlite::{forward, journal};
 use crate::store::sqlite::runs::{self, RunCache, RunEntry, RunKey};
 use crate::store::sqlite::tables::{metric_id, u64_to_sql};
 use crate::store::sqlite::ticks::{self, PendingTick, TickRow};
+use crate::store::sqlite::{forward, journal};
 
 /// A flush that takes longer is logged at debug level.
 const SLOW_FLUSH: Duration = Duration::from_millis(100);
@@ -180,9 +180,7 @@ fn write_cursors(
     write: &CursorWrite,
 ) -> rusqlite::Result<Vec<CursorRecord>> {
     let now_unix_ms = monitor::time::now_unix_ms();
-    let cursors = staged
-        .cursors
-        .get_or_insert_with(|| memory.cursors.clone());
+    let cursors = staged.cursors.get_or_insert_with(|| memory.cursors.clone());
     match write {
         CursorWrite::Register(destinations) => {
             let start = memory.merges.deleted_through;
