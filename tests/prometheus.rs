@@ -16,6 +16,8 @@
 //! A machine without a program prints `skipped: <test> needs <package>
 //! (apt install <package>)` and the test passes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -238,7 +238,9 @@ fn forwarding(w: &mut Writer, all: &[std::sync::Arc<Stats>], now_unix_ms: i64) {
             s.lag_seconds(now_unix_ms),
         );
     }
-    let counters: [(&str, &str, fn(&Stats) -> u64); 4] = [
+    /// A counter family: name, help, how to read it.
+    type CounterOf = (&'static str, &'static str, fn(&Stats) -> u64);
+    let counters: [CounterOf; 4] = [
         (
             "monitor_remote_write_sent_samples",
             "Samples the destination accepted",
