@@ -7,6 +7,9 @@
 //! `HOSTS` (10000), `SCRAPES` (20), `TICKS` (12, stored per host before the
 //! remote-write pass).
 
+// A benchmark on fixtures it makes itself: a failure should stop it loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
