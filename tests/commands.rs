@@ -21,7 +21,7 @@ struct Rig {
 const ALLOW: &str = r#"
 hello   = /bin/echo hello from the agent
 fail    = /bin/sh -c "echo to-stderr >&2; exit 3"
-sleep   = /bin/sleep ...
+sleep   = /bin/sleep <int:0-3600>
 big     = /bin/sh -c "head -c 200000 /dev/zero | tr '\0' x"
 arch    = /bin/uname -m
 "#;

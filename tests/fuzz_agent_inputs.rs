@@ -11,7 +11,8 @@
 //! server reject the whole batch.
 //!
 //! Seeds are the verbatim captures in agent/tests/fixtures (x86_64,
-//! aarch64 and armv7 machines), the example allowlist, and a spool written
+//! aarch64 and armv7 machines), the shipped allowlist and hand-made ones
+//! (every placeholder, and broken forms), and a spool written
 //! by the real `Spool`. One `#[test]` only: the allocation counter is
 //! process-wide.
 
@@ -28,7 +29,7 @@ use common::fuzz::Fuzzer;
 use monitor::batch::TickBatch;
 use monitor::metric::Metric;
 use monitor_agent::collector::Collector;
-use monitor_agent::commands::policy::Allowlist;
+use monitor_agent::commands::policy::{Allowlist, Policy};
 use monitor_agent::proc;
 use monitor_agent::spool::{self, Spool};
 use monitor_agent::testing::{DiskKind, FakeHost, InterfaceKind};
@@ -124,8 +125,43 @@ fn netdev_target(bytes: &[u8]) {
     }
 }
 
+/// Hand-made allowlists beside the shipped one: every placeholder type and
+/// count, comments, quotes, CRLF, and the broken forms (lone CR, control
+/// and non-ASCII characters, bad placeholders, misplaced ones).
+const ALLOWLIST_SEEDS: &[&str] = &[
+    "journal = /bin/journalctl --no-pager -n <int:1-500> -u <word:*.service> # see also ...\r\n\
+     logs = /usr/bin/find <path:/var/log/*> -maxdepth 1 -name <word:*.log>\n\
+     uname = /bin/uname <one-of:-a|-m|-r>*\n\
+     echo = /bin/echo \"a \\\"q\\\" #b\" a#b <any> <any>? ...\n",
+    "# comment\n\tdf=/bin/df -h -- <path>? <path:/>*\nx = /bin/x <word:-?>\n",
+    "uname = /bin/uname\rdf = /bin/df -h ...\r",
+    "a = /bin/a <int:6-5> <word>? b <one-of:a||b> <path:/x/../y>\n\
+     b = /bin/b \"unterminated\nc = /bin/c caf\u{e9} \u{1b} <x\n",
+];
+
+/// Parses, and when the text is an allowlist, resolves a few operator
+/// argvs made from the input's own words (short, so the work stays in
+/// proportion to the input) against its first entries.
 fn allowlist_target(bytes: &[u8]) {
-    let _ = Allowlist::parse(&text(bytes), Path::new("/etc/monitor/commands.allow"));
+    let Ok(list) = Allowlist::parse(&text(bytes), Path::new("/etc/monitor/commands.allow")) else {
+        return;
+    };
+    let words: Vec<String> = text(bytes)
+        .split([' ', '\n'])
+        .take(8)
+        .map(|w| w.chars().take(32).collect())
+        .collect();
+    let policy = Policy::new(list, false);
+    for entry in policy.allowlist().entries().take(16) {
+        let _ = entry.describe();
+        for n in 0..=words.len().min(4) {
+            let mut argv = vec![entry.name.clone()];
+            argv.extend_from_slice(&words[..n]);
+            if let Ok(out) = policy.resolve(&argv) {
+                assert_eq!(out[0], entry.program);
+            }
+        }
+    }
 }
 
 /// The collector over a fake host whose files the fuzzer rewrites one per
@@ -201,17 +237,18 @@ impl CollectorRig {
 fn fuzz_agent_parsers_spool_allowlist_and_collector() {
     let dir = TempDir::new("fuzz-agent");
     let mut fuzzer = Fuzzer::from_env(30_000);
-    let allowlist_seed = std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("agent/commands.allow.example"),
-    )
-    .unwrap();
+    let mut allowlist_seeds = vec![
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/commands.allow"))
+            .unwrap(),
+    ];
+    allowlist_seeds.extend(ALLOWLIST_SEEDS.iter().map(|s| s.as_bytes().to_vec()));
     type Target = (&'static str, Vec<Vec<u8>>, fn(&[u8]));
     let targets: [Target; 6] = [
         ("proc_stat", read_all("stat"), stat_target),
         ("proc_meminfo", read_all("meminfo"), meminfo_target),
         ("proc_diskstats", read_all("diskstats"), diskstats_target),
         ("proc_net_dev", read_all("net/dev"), netdev_target),
-        ("allowlist", vec![allowlist_seed], allowlist_target),
+        ("allowlist", allowlist_seeds, allowlist_target),
         ("spool", vec![spool_seed(&dir)], spool_target),
     ];
     let mut worst_ratio = 0f64;

@@ -106,9 +106,39 @@ pub struct Args {
     /// error, warn, info or debug (MONITOR_LOG; default info)
     #[argh(option)]
     pub log: Option<String>,
+    /// check an allowlist file (format, owner, permissions), say what each
+    /// entry allows, and exit: 0 valid, 1 invalid, 2 usage. Nothing else
+    /// starts, and every other option is ignored
+    #[argh(option)]
+    pub check_commands: Option<PathBuf>,
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
+}
+
+/// What the binary was asked to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// Run the agent.
+    Run(Box<Config>),
+    /// `--check-commands FILE`: check the allowlist and exit.
+    CheckCommands(PathBuf),
+}
+
+impl Mode {
+    /// `--check-commands` alone decides (nothing else is read, so a bad
+    /// value elsewhere cannot get in the way of checking a file); otherwise
+    /// the agent's [`Config`].
+    pub fn from_sources(args: Args, env: Env<'_>) -> Result<Mode, ConfigError> {
+        match args.check_commands {
+            Some(path) if path.as_os_str().is_empty() => Err(ConfigError {
+                source: "--check-commands".into(),
+                message: "expected the path of an allowlist file, got ''".into(),
+            }),
+            Some(path) => Ok(Mode::CheckCommands(path)),
+            None => Config::from_sources(args, env).map(|c| Mode::Run(Box::new(c))),
+        }
+    }
 }
 
 /// Validated configuration.
@@ -151,7 +181,7 @@ pub struct Config {
 pub const DEFAULT_SERVER: &str = "https://127.0.0.1:50051";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/monitor-agent";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-pub const DEFAULT_COMMANDS_FILE: &str = "/etc/monitor/commands.allow";
+pub const DEFAULT_COMMANDS_FILE: &str = crate::commands::DEFAULT_ALLOWLIST_PATH;
 /// Shortest interval accepted: below it the tick cost stops being small
 /// next to the interval.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -528,6 +558,34 @@ mod tests {
             &["--hostname", "h", "--interfaces", ","],
             &[],
             "--interfaces: expected comma-separated interface names like eth0,wlan0, got ','",
+        );
+    }
+
+    #[test]
+    fn check_commands_is_a_mode_of_its_own() {
+        let mode = |flags: &[&str], env| {
+            let args = Args::from_args(&["monitor-agent"], flags).expect("flags parse");
+            Mode::from_sources(args, &env_of(env))
+        };
+        // Other flags and variables, even bad ones, do not matter.
+        assert_eq!(
+            mode(
+                &["--check-commands", "/x/commands.allow", "--interval", "0"],
+                &[("MONITOR_LOG", "loud")]
+            ),
+            Ok(Mode::CheckCommands(PathBuf::from("/x/commands.allow")))
+        );
+        assert_eq!(
+            mode(&["--check-commands", ""], &[]).map_err(|e| e.to_string()),
+            Err("--check-commands: expected the path of an allowlist file, got ''".to_owned())
+        );
+        match mode(&["--hostname", "h1"], &[]) {
+            Ok(Mode::Run(c)) => assert_eq!(c.hostname, "h1"),
+            other => panic!("expected the agent's config, got {other:?}"),
+        }
+        assert_eq!(
+            mode(&["--hostname", "h1", "--interval", "0"], &[]).map_err(|e| e.to_string()),
+            Err("--interval: expected a duration from 100ms to 1d, got '0'".to_owned())
         );
     }
 

@@ -2,20 +2,26 @@
 //! runtime → [`monitor_agent::run::run`]. Exit codes: 0 after a clean stop,
 //! 1 when the agent cannot start, 2 for a usage error, 78 when it is not
 //! enrolled or its join token was refused (only an operator can fix that).
+//! `--check-commands FILE` checks an allowlist instead and exits 0 (valid),
+//! 1 (invalid) or 2 (usage), starting nothing else.
 
 use std::process::ExitCode;
 
-use monitor_agent::config::{Args, Config};
+use monitor_agent::config::{Args, Mode};
 
 fn main() -> ExitCode {
-    let config = match monitor::cli::config_or_exit(
+    let mode = match monitor::cli::config_or_exit(
         "monitor-agent",
         monitor_agent::run::VERSION,
         |a: &Args| a.version,
-        Config::from_sources,
+        Mode::from_sources,
     ) {
-        Ok(c) => c,
+        Ok(m) => m,
         Err(code) => return code,
+    };
+    let config = match mode {
+        Mode::Run(config) => *config,
+        Mode::CheckCommands(path) => return check_commands(&path),
     };
     monitor::cli::init_logging("monitor-agent", config.log_level);
     // A `LocalRuntime`, not `build()`: `build()` can also start tokio's
@@ -52,5 +58,18 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
         Err(None) => ExitCode::FAILURE,
+    }
+}
+
+/// `--check-commands`: the report on stdout, errors on stderr.
+fn check_commands(path: &std::path::Path) -> ExitCode {
+    use monitor_agent::commands::{allowfile, check};
+    let uid = allowfile::agent_uid();
+    match check::check(path, uid, &mut std::io::stdout(), &mut std::io::stderr()) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("monitor-agent: cannot write the report: {e}");
+            ExitCode::from(check::INVALID)
+        }
     }
 }

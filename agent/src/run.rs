@@ -81,6 +81,37 @@ impl std::error::Error for AgentError {
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The allowlist the policy uses. A file someone else could change is
+/// refused: the agent still starts (samples and built-ins go on) but runs
+/// no process, says so in its log, and gives the reason with each refusal.
+/// A file that cannot be read or parsed stops the agent.
+fn load_allowlist(config: &Config) -> Result<Allowlist, AgentError> {
+    let explicit = config
+        .commands_file_explicit
+        .then_some(config.commands_file.as_path());
+    match Allowlist::load_configured(explicit) {
+        Ok(list) => {
+            let missing = if list.exists() {
+                ""
+            } else {
+                " (the file does not exist: no processes)"
+            };
+            log::info!(
+                "{} allowlisted commands from {}{missing}",
+                list.entries().count(),
+                list.path().display()
+            );
+            Ok(list)
+        }
+        Err(e @ AllowlistError::Unsafe { .. }) => {
+            let why = e.to_string();
+            log::error!("{why}: no process will run until it is fixed and the agent restarted");
+            Ok(Allowlist::refused(&config.commands_file, why))
+        }
+        Err(e) => Err(AgentError::Allowlist(e)),
+    }
+}
+
 /// Runs the agent until `shutdown` resolves (or `--count` ticks were sent).
 /// Must be called inside a `LocalSet`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
@@ -110,18 +141,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         return Ok(());
     }
 
-    let explicit = config
-        .commands_file_explicit
-        .then_some(config.commands_file.as_path());
-    let allowlist = Allowlist::load_configured(explicit).map_err(AgentError::Allowlist)?;
+    let allowlist = load_allowlist(&config)?;
     if config.allow_any_command {
         log::warn!("--allow-any-command: the server may run any program as this agent's user");
     }
-    log::info!(
-        "{} allowlisted commands from {}",
-        allowlist.len(),
-        allowlist.path().display()
-    );
     let limits = Limits {
         max_timeout: config.max_command_timeout,
         max_running: config.max_commands,

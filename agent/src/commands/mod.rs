@@ -8,6 +8,9 @@
 //! - [`policy`]: processes are denied unless an allowlist entry (or the
 //!   explicit `--allow-any-command` opt-in) allows them; [`Policy::resolve`]
 //!   turns the operator's argv into the argv to execute or a [`Refusal`].
+//!   [`argspec`] checks each operator argument against its placeholder;
+//!   [`allowfile`] reads the file and refuses one others could change;
+//!   [`check`] is `monitor-agent --check-commands`.
 //! - [`slots`]: at most [`Limits::max_running`] commands at once, refused
 //!   rather than queued.
 //! - [`exec`]: [`run`] starts the argv without a shell in its own process
@@ -20,18 +23,23 @@
 //!
 //! Nothing under this module may see protobuf types or block the runtime.
 
+pub mod allowfile;
+pub mod argspec;
+pub mod check;
 pub mod exec;
 pub mod policy;
 pub mod refusal;
 pub mod slots;
 
+pub use allowfile::{AllowlistError, DEFAULT_ALLOWLIST_PATH, IfMissing};
+pub use argspec::{ArgSpec, Count, Mismatch, Placeholder};
 pub use exec::{
     CHILD_ENV, CHILD_WORKING_DIR, CancelSignal, Canceller, ExecEvent, Finished, Limits, Outcome,
     StartError, cancel_pair, run,
 };
 pub use policy::{
-    Allowlist, AllowlistError, DEFAULT_ALLOWLIST_PATH, Entry, IfMissing, MAX_ARGV_BYTES,
-    MAX_EXTRA_ARGS, ParseError, ParseErrorKind, Policy, RESERVED_NAMES,
+    Allowlist, Arg, Entry, MAX_ARGV_BYTES, MAX_EXTRA_ARGS, ParseError, ParseErrorKind, ParseErrors,
+    Policy, RESERVED_NAMES,
 };
 pub use refusal::Refusal;
 pub use slots::{Slot, Slots};

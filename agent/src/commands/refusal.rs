@@ -3,13 +3,21 @@
 //!
 //! Every message names the thing that was wrong and reads well after
 //! "rejected: ", because it travels to the operator verbatim. Names the
-//! operator typed are shown with `escape_debug`, so a control character in
-//! a request cannot forge lines in a log or a terminal. This module
+//! operator typed are shown with `escape_debug`, and arguments escaped and
+//! capped (`monitor::text::Escaped`), so a control character in a request
+//! cannot forge lines in a log or a terminal. This module
 //! must never hold anything but the facts needed to say so: no protobuf, no
 //! process state.
 
 use std::fmt;
 use std::path::PathBuf;
+
+use monitor::text::Escaped;
+
+use super::argspec::Mismatch;
+
+/// Most bytes of an operator's argument repeated in a refusal.
+const SHOWN_ARG_MAX_BYTES: usize = 80;
 
 /// A command refused before it started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,9 +32,29 @@ pub enum Refusal {
         /// False when that file did not exist, so the allowlist was empty.
         allowlist_exists: bool,
     },
-    /// The allowlist entry has no trailing `...`, yet the operator gave
-    /// arguments after the name.
-    ExtraArgs { name: String },
+    /// The operator gave fewer or more arguments than the allowlist entry's
+    /// placeholders take.
+    ArgCount {
+        name: String,
+        given: usize,
+        min: usize,
+        /// `None`: no upper bound (a `*` placeholder or `...`).
+        max: Option<usize>,
+    },
+    /// An operator argument does not fit its placeholder.
+    BadArgument {
+        name: String,
+        /// Position in the operator's argv (0 is the command name).
+        index: usize,
+        arg: String,
+        why: Mismatch,
+    },
+    /// The allowlist file was refused when the agent started (for example
+    /// it is writable by another user), so no process runs at all.
+    AllowlistRefused {
+        /// The reason given at start, naming the file.
+        why: String,
+    },
     /// The name is one of the agent's built-in commands; those are answered
     /// by the agent itself and never reach the process runner.
     Builtin { name: String },
@@ -70,7 +98,36 @@ impl fmt::Display for Refusal {
                 }
                 Ok(())
             }
-            Refusal::ExtraArgs { name } => write!(f, "'{name}' takes no extra arguments"),
+            Refusal::ArgCount {
+                name,
+                given,
+                min,
+                max,
+            } => {
+                let noun = |n: usize| if n == 1 { "argument" } else { "arguments" };
+                match (*min, *max) {
+                    (_, Some(0)) => return write!(f, "'{name}' takes no extra arguments"),
+                    (min, Some(max)) if min == max => {
+                        write!(f, "'{name}' takes exactly {min} {}", noun(min))?
+                    }
+                    (min, Some(max)) => write!(f, "'{name}' takes {min} to {max} arguments")?,
+                    (min, None) => write!(f, "'{name}' takes at least {min} {}", noun(min))?,
+                }
+                write!(f, ", got {given}")
+            }
+            Refusal::BadArgument {
+                name,
+                index,
+                arg,
+                why,
+            } => write!(
+                f,
+                "argument {index} of '{name}' is '{}': {why}",
+                Escaped::with_limit(arg, SHOWN_ARG_MAX_BYTES)
+            ),
+            Refusal::AllowlistRefused { why } => {
+                write!(f, "this agent runs no processes: {why}")
+            }
             Refusal::Builtin { name } => {
                 write!(f, "'{name}' is a built-in command, not a program")
             }

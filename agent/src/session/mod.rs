@@ -37,6 +37,11 @@ use crate::state::Shared;
 /// bound what is re-sent after a drop.
 pub const SEND_WINDOW: usize = 64;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message the agent accepts from the server: a command is at most
+/// 8 KiB of argv plus its signed grant, an ack a few dozen bytes. A
+/// server that sends more (a security review saw 4 MiB requests fill a
+/// Pi's log) ends the session instead.
+pub const MAX_SERVER_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The endpoint with the connection settings every session uses.
 pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
@@ -66,6 +71,13 @@ pub async fn run(connector: Connector, shared: Rc<Shared>, commands: Rc<CommandC
             },
         };
         shared.connected.set(false);
+        if let Ok(Ended::Renewed) = result {
+            // A new certificate: reconnect with it at once, no backoff.
+            log::info!("reconnecting with the renewed certificate");
+            backoff.reset();
+            failures = 0;
+            continue;
+        }
         if healthy.get() {
             backoff.reset();
             failures = 0;
@@ -73,7 +85,7 @@ pub async fn run(connector: Connector, shared: Rc<Shared>, commands: Rc<CommandC
         failures += 1;
         let delay = backoff.next_delay(unit_random());
         let err = match &result {
-            Ok(()) => "session ended".to_owned(),
+            Ok(_) => "session ended".to_owned(),
             Err(e) => e.to_string(),
         };
         // The first failure after a good session is news; the rest of a
@@ -98,6 +110,14 @@ pub async fn run(connector: Connector, shared: Rc<Shared>, commands: Rc<CommandC
     }
 }
 
+/// How a session ended without an error.
+enum Ended {
+    /// A stream closed.
+    Closed,
+    /// The certificate was renewed: reconnect with it.
+    Renewed,
+}
+
 /// One session: both streams until either ends, or until the certificate
 /// is due for renewal (renewed on this connection, then the session ends
 /// so the next one uses the new certificate).
@@ -107,8 +127,9 @@ async fn session(
     shared: &Shared,
     commands: &Rc<CommandContext>,
     healthy: &Cell<bool>,
-) -> Result<(), SessionError> {
-    let client = CollectorClient::new(channel.clone());
+) -> Result<Ended, SessionError> {
+    let client =
+        CollectorClient::new(channel.clone()).max_decoding_message_size(MAX_SERVER_MESSAGE_BYTES);
     let renewal = async {
         loop {
             match connector.renew_in(monitor::time::now_unix_ms()) {
@@ -121,8 +142,8 @@ async fn session(
         }
     };
     tokio::select! {
-        r = report::run(client.clone(), shared, healthy) => r,
-        r = commands::run(client, shared, commands, healthy) => r,
-        () = renewal => Ok(()),
+        r = report::run(client.clone(), shared, healthy) => r.map(|()| Ended::Closed),
+        r = commands::run(client, shared, commands, healthy) => r.map(|()| Ended::Closed),
+        () = renewal => Ok(Ended::Renewed),
     }
 }

@@ -34,4 +34,7 @@ pub(super) struct Memory {
     /// Paces the line about batches told apart by their samples (see
     /// `flush.rs`): a forging client sends them by the thousand.
     pub(super) checked_by_value_log: LogThrottle,
+    /// destination → its forwarding cursor (see `forward.rs`); the lowest
+    /// holds the journal back (`Merges::forward_hold`).
+    pub(super) cursors: HashMap<String, i64>,
 }
