@@ -9,7 +9,8 @@
 //!   listed page by page;
 //! - one host flooding batches while a real agent reports beside it, and a
 //!   real agent catching up that meets the limit;
-//! - a forged seq jump meant to poison the de-duplication state;
+//! - a forged seq jump meant to poison the de-duplication state, and
+//!   metric values beyond any physical bound;
 //! - a fake agent answering a command with 10 MiB of output.
 //!
 //! Figures are printed (run with `--nocapture` to see them; BENCHMARKS.md
@@ -190,6 +191,18 @@ impl Drop for Watch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// `monitor_server_batches_refused_total{reason}` as the server's
+/// `/metrics` says it.
+fn refused_total(server: &Server, reason: &str) -> u64 {
+    let (status, body) = https_get(server, "/metrics", Some(&server.metrics_token()), None);
+    assert_eq!(status, 200, "{body}");
+    let series = format!("monitor_server_batches_refused_total{{reason=\"{reason}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in /metrics:\n{body}"))
 }
 
 /// One line of figures for BENCHMARKS.md.
@@ -815,28 +828,8 @@ fn a_host_flooding_batches_is_held_to_its_budget_and_others_keep_reporting() {
     assert_eq!(
         json_u64(&host_line(server, "steady"), "batches_rate_limited_total"),
         0
-    );
-}
-
-/// Milliseconds since the epoch of an RFC 3339 time as monitorctl prints
-/// it (`2026-11-25T12:00:00.005Z`).
-fn rfc3339_ms(t: &str) -> i64 {
-    let (date, time) = t.trim_end_matches('Z').split_once('T').unwrap();
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
-    let (hms, ms) = time.split_once('.').unwrap();
-    let hms: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 24 + hms[0]) * 60 + hms[1]) * 60_000 + hms[2] * 1000 + ms.parse::<i64>().unwrap()
+    ); // Counted among the server's refusals too.
+    assert_eq!(refused_total(server, "rate_limited"), limited as u64);
 }
 
 #[test]
@@ -914,6 +907,7 @@ fn a_forged_seq_jump_is_refused_and_cannot_poison_de_duplication() {
         got[1].2.starts_with("seq: 1000000000000 is more than"),
         "{got:?}"
     );
+    assert_eq!(refused_total(&server, "sequence_out_of_range"), 1);
     // Within the bound, the same attack: a jump, then 256 more gaps, then
     // the real agent's next batches.
     let mut batches: Vec<pb::Batch> = (2..=5).map(|s| b(s, s as i64 * 1000)).collect();
@@ -942,6 +936,78 @@ fn a_forged_seq_jump_is_refused_and_cannot_poison_de_duplication() {
             .contains("no longer knows whether this seq is stored"),
         "{}",
         server.proc.stderr.dump()
+    );
+}
+
+#[test]
+fn absurd_metric_values_are_refused_with_the_bound_they_break() {
+    // Finding 7: rates up to 1e308 were stored, and broke the table that
+    // printed them.
+    let dir = TempDir::new("bounds");
+    let server = Server::start(&dir.join("m.db"));
+    let host = "forger";
+    let base = monitor::time::now_unix_ms() - 600_000;
+    let rt = runtime();
+    let max_rate = monitor::wire::MAX_RATE_KIB_PER_S;
+    let cases: [(&str, f64, bool); 7] = [
+        ("net_in_kbps", 1e308, false),
+        ("disk_read_kbps", max_rate * 2.0, false),
+        ("net_out_kbps", -1.0, false),
+        ("mem_percent", 100.5, false),
+        ("cpu_percent", -0.1, false),
+        ("net_in_kbps", max_rate, true),
+        ("mem_percent", 100.0, true),
+    ];
+    let batches = cases
+        .iter()
+        .enumerate()
+        .map(|(i, &(metric, value, _))| {
+            one_sample((host, 5, i as u64 + 1), base + i as i64, metric, value)
+        })
+        .collect();
+    let (_open, got) = rt.block_on(report(&server, batches));
+    for (&(metric, value, ok), (_, code, message)) in cases.iter().zip(&got) {
+        if ok {
+            assert_eq!(
+                *code,
+                pb::AckCode::Ok as i32,
+                "{metric} = {value}: {message}"
+            );
+            continue;
+        }
+        assert_eq!(*code, pb::AckCode::Invalid as i32, "{metric} = {value}");
+        let bound = if metric.ends_with("_percent") {
+            "(must be from 0 to 100)".to_owned()
+        } else {
+            format!("(must be from 0 to {max_rate} KiB/s)")
+        };
+        assert!(
+            message.starts_with(&format!("samples[0].value: {metric} = "))
+                && message.ends_with(&format!("is out of range {bound}")),
+            "{metric} = {value}: {message}"
+        );
+    }
+    // Only the two values within their bounds were stored, and the table
+    // that prints them still works.
+    let mut stored: Vec<(String, f64)> = server
+        .samples(host, "1h")
+        .into_iter()
+        .map(|s| (s.metric, s.value))
+        .collect();
+    stored.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        stored,
+        vec![
+            ("mem_percent".to_owned(), 100.0),
+            ("net_in_kbps".to_owned(), max_rate)
+        ]
+    );
+    assert_eq!(refused_total(&server, "invalid"), 5);
+    let table = server.ctl(&["hosts"]);
+    assert!(table.status.success(), "{table:?}");
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains(host),
+        "{table:?}"
     );
 }
 

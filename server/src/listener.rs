@@ -406,7 +406,7 @@ pub fn incoming(
         let mut full = Throttled::new("connection limit reached");
         let mut busy = Throttled::new(
             "handshake limit reached: too many connections still in their TLS handshake or \
-             before the HTTP/2 preface",
+             before their first bytes",
         );
         let mut errors = Throttled::new("accept failed");
         loop {
