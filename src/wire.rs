@@ -209,6 +209,17 @@ pub struct ValidBatch {
     pub samples: Vec<(i64, Metric, f64)>,
 }
 
+impl ValidBatch {
+    /// Its ticks: the distinct times of its samples, each a row the store
+    /// writes (a real agent's batch is one tick).
+    pub fn ticks(&self) -> usize {
+        let mut times: Vec<i64> = self.samples.iter().map(|s| s.0).collect();
+        times.sort_unstable();
+        times.dedup();
+        times.len()
+    }
+}
+
 /// Why a batch was refused. Each message names the field (as the proto
 /// spells it, `samples[i].field` for a sample) and the rule it broke.
 #[derive(Clone, Debug, PartialEq)]

@@ -833,6 +833,50 @@ fn a_host_flooding_batches_is_held_to_its_budget_and_others_keep_reporting() {
 }
 
 #[test]
+fn a_host_packing_ticks_into_its_batches_is_charged_per_tick() {
+    // Finding 3's row budget: 64 ticks in one batch write 64 rows, so they
+    // cost 64 of the host's budget, not one.
+    let dir = TempDir::new("packed");
+    let server = Server::start(&dir.join("m.db"));
+    let host = "packer";
+    let ticks = monitor::wire::MAX_SAMPLES_PER_BATCH;
+    let base = monitor::time::now_unix_ms() - 3_600_000;
+    let batches: Vec<pb::Batch> = (1..=30u64)
+        .map(|seq| {
+            let first = base + seq as i64 * 1000;
+            let mut b = one_sample((host, 3, seq), first, "cpu_percent", 1.0);
+            let sample = b.samples[0].clone();
+            b.samples = (0..ticks as i64)
+                .map(|i| pb::Sample {
+                    time_unix_ms: first + i,
+                    ..sample.clone()
+                })
+                .collect();
+            b
+        })
+        .collect();
+    let rt = runtime();
+    let started = Instant::now();
+    let (_open, got) = rt.block_on(report(&server, batches));
+    let elapsed = started.elapsed().as_secs_f64();
+    let stored = got.iter().filter(|a| a.1 == pb::AckCode::Ok as i32).count();
+    let limited = got
+        .iter()
+        .filter(|a| a.1 == pb::AckCode::RateLimited as i32)
+        .count();
+    assert_eq!(stored + limited, got.len(), "{got:?}");
+    // The burst holds nine such batches; a tick per batch it would be all.
+    let budget = INGEST_BURST + INGEST_PER_SECOND * (elapsed + 1.0);
+    assert!(stored >= 9, "{got:?}");
+    assert!(
+        (stored * ticks) as f64 <= budget,
+        "{stored} batches of {ticks} ticks stored in {elapsed:.1} s, budget {budget:.0} ticks"
+    );
+    assert!(limited > 0, "{got:?}");
+    assert_eq!(server.samples(host, "2h").len(), stored * ticks);
+}
+
+#[test]
 fn a_real_agent_catching_up_meets_the_limit_and_loses_nothing() {
     // The agent's side of finding 3: a batch refused as rate limited is
     // kept and sent again, never freed. A small budget (3 a second, bursts

@@ -402,7 +402,7 @@ impl Collector for CollectorService {
                         let admission = if limited && follows {
                             service.registry.refuse_batch(&valid.hostname, now)
                         } else {
-                            service.registry.admit_batch(&valid.hostname, now)
+                            service.registry.admit_batch(&valid.hostname, valid.ticks(), now)
                         };
                         limited = false;
                         if let Admission::Refuse { refused_total, log } = admission {
@@ -410,7 +410,7 @@ impl Collector for CollectorService {
                             service.telemetry.refused(Refusal::RateLimited);
                             if let Some(n) = log {
                                 log::warn!(
-                                    "{} ({peer}): over its ingest budget ({} batches/s, bursts of \
+                                    "{} ({peer}): over its ingest budget ({} ticks/s, bursts of \
                                      {}): batches refused with ACK_CODE_RATE_LIMITED, to be sent \
                                      again ({n} since the last such line, {refused_total} since \
                                      the server started)",

@@ -45,7 +45,11 @@ pub type CommandSender = mpsc::Sender<Result<pb::CommandRequest, tonic::Status>>
 /// Command streams kept per host (newest gets the commands).
 pub const MAX_COMMAND_STREAMS_PER_HOST: usize = 4;
 
-/// Batches one host may send: 50 a second sustained, bursts of 600.
+/// Batches one host may send: 50 a second sustained, bursts of 600. A
+/// batch costs one per tick it holds (its distinct sample times: the rows
+/// it writes), so a forger packing 64 ticks into a batch is held to the
+/// same 50 rows a second as one sending a tick per batch; a real agent's
+/// batch is one tick.
 ///
 /// Why these: a real agent produces at most 10 batches a second (its
 /// shortest interval is 100 ms; 0.2 a second by default), so 50 leaves it
@@ -56,7 +60,7 @@ pub const MAX_COMMAND_STREAMS_PER_HOST: usize = 4;
 /// and a full buffer drains in about three minutes ((8,192 − 600) / (50 −
 /// 10) s at 100 ms; 2.5 minutes at the default interval). A flooding host
 /// is held to 1/60 of the 2,945 batches a second one client managed (15 GiB
-/// of database an hour), about 300 samples a second; the fleet's capacity
+/// of database an hour), at most 300 samples a second; the fleet's capacity
 /// (19,000 agents at one batch a second) is not dented by one such host.
 pub const INGEST_RATE: Rate = Rate {
     per_second: 50.0,
@@ -193,13 +197,14 @@ impl Registry {
         self.ingest_rate
     }
 
-    /// Takes a batch of `hostname` against its budget at `now`: all its
-    /// streams draw on the one bucket.
-    pub fn admit_batch(&self, hostname: &str, now: Instant) -> Admission {
+    /// Takes a batch of `hostname` holding `ticks` ticks (the rows it
+    /// would write, see [`INGEST_RATE`]) against its budget at `now`: all
+    /// its streams draw on the one bucket.
+    pub fn admit_batch(&self, hostname: &str, ticks: usize, now: Instant) -> Admission {
         let rate = self.ingest_rate;
         let mut hosts = self.lock();
         let e = hosts.entry(hostname.to_owned()).or_default();
-        if e.ingest.take(rate, now) {
+        if e.ingest.take_n(rate, ticks as f64, now) {
             return Admission::Take;
         }
         Live::refuse(e, now)
@@ -482,12 +487,12 @@ mod tests {
         });
         let t0 = Instant::now();
         let taken = (0..100)
-            .filter(|_| r.admit_batch("flood", t0) == Admission::Take)
+            .filter(|_| r.admit_batch("flood", 1, t0) == Admission::Take)
             .count();
         assert_eq!(taken, 20);
-        assert_eq!(r.admit_batch("quiet", t0), Admission::Take);
+        assert_eq!(r.admit_batch("quiet", 1, t0), Admission::Take);
         // The first refusal logs; the rest of the minute is counted only.
-        let refused = r.admit_batch("flood", t0);
+        let refused = r.admit_batch("flood", 1, t0);
         assert_eq!(
             refused,
             Admission::Refuse {
@@ -497,7 +502,7 @@ mod tests {
         );
         let later = t0 + std::time::Duration::from_millis(500);
         let taken = (0..100)
-            .filter(|_| r.admit_batch("flood", later) == Admission::Take)
+            .filter(|_| r.admit_batch("flood", 1, later) == Admission::Take)
             .count();
         assert_eq!(taken, 5);
         // Refusing without the budget counts too, and takes nothing.
@@ -508,10 +513,29 @@ mod tests {
                 log: Some(1)
             }
         ));
-        assert_eq!(r.admit_batch("quiet", later), Admission::Take);
+        assert_eq!(r.admit_batch("quiet", 1, later), Admission::Take);
         let flood = r.page(Some("a"), 1);
         assert_eq!(flood[0].hostname, "flood");
         assert_eq!(flood[0].batches_rate_limited_total, 81 + 95);
+    }
+
+    #[test]
+    fn a_batch_costs_one_per_tick() {
+        let r = Registry::with_ingest_rate(Rate {
+            per_second: 10.0,
+            burst: 20.0,
+        });
+        let t0 = Instant::now();
+        assert_eq!(r.admit_batch("packed", 16, t0), Admission::Take);
+        assert!(matches!(
+            r.admit_batch("packed", 16, t0),
+            Admission::Refuse { .. }
+        ));
+        // What the refusal left: four single ticks.
+        let taken = (0..10)
+            .filter(|_| r.admit_batch("packed", 1, t0) == Admission::Take)
+            .count();
+        assert_eq!(taken, 4);
     }
 
     #[test]
@@ -521,9 +545,9 @@ mod tests {
             burst: 1.0,
         });
         let t0 = Instant::now();
-        assert_eq!(r.admit_batch("h", t0), Admission::Take);
+        assert_eq!(r.admit_batch("h", 1, t0), Admission::Take);
         assert_eq!(
-            r.admit_batch("h", t0),
+            r.admit_batch("h", 1, t0),
             Admission::Refuse {
                 refused_total: 1,
                 log: Some(1)

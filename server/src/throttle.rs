@@ -44,6 +44,14 @@ impl TokenBucket {
     /// Takes one token at `now` if there is one; false when the bucket is
     /// empty (the caller refuses, and nothing is taken).
     pub fn take(&mut self, rate: Rate, now: Instant) -> bool {
+        self.take_n(rate, 1.0, now)
+    }
+
+    /// Takes `cost` tokens at `now` if there are that many; false, taking
+    /// nothing, when there are not. A cost above the burst is charged as
+    /// the burst, so nothing waits for a bucket that can never hold it.
+    pub fn take_n(&mut self, rate: Rate, cost: f64, now: Instant) -> bool {
+        let cost = cost.clamp(0.0, rate.burst);
         let tokens = match self.last {
             None => rate.burst,
             Some(last) => {
@@ -52,8 +60,8 @@ impl TokenBucket {
             }
         };
         self.last = Some(now);
-        if tokens >= 1.0 {
-            self.tokens = tokens - 1.0;
+        if tokens >= cost {
+            self.tokens = tokens - cost;
             true
         } else {
             self.tokens = tokens;
@@ -141,6 +149,20 @@ mod tests {
             allowed += takes(&mut b, RATE, t0 + Duration::from_millis(ms), 3);
         }
         assert!((1099..=1101).contains(&allowed), "allowed {allowed}");
+    }
+
+    #[test]
+    fn a_costly_take_needs_all_its_tokens_and_takes_none_when_refused() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::default();
+        // 600 tokens: nine takes of 64, then 24 left, not enough for 64.
+        let nine = (0..20).filter(|_| b.take_n(RATE, 64.0, t0)).count();
+        assert_eq!(nine, 9);
+        // The refusal took nothing: the 24 left still serve 24 takes of one.
+        assert_eq!(takes(&mut b, RATE, t0, 100), 24);
+        // A cost above the burst is charged as the burst, once it is full.
+        assert!(b.take_n(RATE, 1e9, t0 + Duration::from_secs(60)));
+        assert!(!b.take(RATE, t0 + Duration::from_secs(60)));
     }
 
     #[test]
