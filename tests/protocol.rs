@@ -536,3 +536,162 @@ async fn server_refuses_a_batch_that_contradicts_a_stored_sample() {
     assert_eq!(values, vec![(time.as_str(), "cpu_percent", 10.0)]);
     assert!(log.contains("raw-c: refused batch 2"), "{log}");
 }
+
+/// The rogue-server findings of the hostile-input review, replayed against
+/// the real agent: a server that floods it with `collect-now` (which it
+/// cannot sign: only what an operator signed runs, at a bounded rate) and
+/// with large refused requests gets a bounded amount of work and of log
+/// out of it. Prints the agent's CPU and log growth for BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_server_flooding_commands_gets_bounded_work_and_log() {
+    use monitor_agent::session::gate::{BURST, REFILL};
+    const SIGNED: usize = 3_000;
+    const UNSIGNED: usize = 3_000;
+    const LARGE: usize = 300;
+    let rig = fake_and_agent(0).await;
+    // The agent is up and answering before the flood starts.
+    let (_, f) = outcome_of(&rig, signed_run(&rig.key, "warm", &["ping"], &["proto-1"])).await;
+    assert_eq!(f.outcome, pb::Outcome::Exited as i32);
+    let lines_before = rig.agent.stderr.lines().len();
+    let cpu_before = cpu_seconds(rig.agent.pid());
+    let started = std::time::Instant::now();
+
+    // Signed collect-now (a replayed capture of one operator's session,
+    // each id fresh): the gate's rate decides how many run. Unsigned ones
+    // with long ids, and ~56 KiB requests (just under the agent's 64 KiB
+    // message limit), are refused outright.
+    let mut ids = Vec::with_capacity(SIGNED + UNSIGNED + LARGE);
+    let big_arg = "x".repeat(1000);
+    for i in 0..SIGNED.max(UNSIGNED) {
+        if i < SIGNED {
+            let id = format!("flood-signed-{i}");
+            rig.commands
+                .send(req(signed_run(
+                    &rig.key,
+                    &id,
+                    &["collect-now"],
+                    &["proto-1"],
+                )))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        if i < UNSIGNED {
+            let id = format!("flood-unsigned-{i}-{}", "\u{1b}]0;owned\u{7}".repeat(8));
+            rig.commands
+                .send(run(
+                    &id,
+                    &["collect-now"],
+                    monitor::time::now_unix_ms() + 60_000,
+                ))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        if i < LARGE {
+            let id = format!("flood-large-{i}");
+            let argv: Vec<&str> = std::iter::once("cat")
+                .chain(std::iter::repeat_n(big_arg.as_str(), 56))
+                .collect();
+            rig.commands
+                .send(run(&id, &argv, monitor::time::now_unix_ms() + 60_000))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+    }
+
+    // Every request gets its final answer: refused or run, none left
+    // hanging.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let finals = loop {
+        let finals: std::collections::HashMap<String, pb::Finished> = rig
+            .fake
+            .responses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| match &r.kind {
+                Some(Resp::Finished(f)) if r.command_id.starts_with("flood-") => {
+                    Some((r.command_id.clone(), f.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if finals.len() == ids.len() {
+            break finals;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} requests answered: {}",
+            finals.len(),
+            ids.len(),
+            rig.agent.stderr.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds(rig.agent.pid()) - cpu_before;
+    let ran = finals
+        .iter()
+        .filter(|(_, f)| f.outcome == pb::Outcome::Exited as i32)
+        .count();
+    let ran_unsigned = finals
+        .iter()
+        .filter(|(id, f)| {
+            !id.starts_with("flood-signed-") && f.outcome != pb::Outcome::Rejected as i32
+        })
+        .count();
+    assert_eq!(
+        ran_unsigned, 0,
+        "an unsigned or oversized request was not refused"
+    );
+    // The burst, then one per REFILL for as long as the flood lasted.
+    let allowed =
+        BURST as usize + (elapsed.as_secs_f64() / REFILL.as_secs_f64()).ceil() as usize + 1;
+    assert!(
+        (BURST as usize..=allowed).contains(&ran),
+        "{ran} collect-now ran in {elapsed:?}: the rate allows {BURST} at once and one per {REFILL:?}"
+    );
+    let refused_rate = finals
+        .values()
+        .filter(|f| f.message.starts_with("too many collect-now"))
+        .count();
+    assert!(
+        refused_rate >= SIGNED - allowed,
+        "{refused_rate} refused for the rate"
+    );
+
+    // The log: the first refusal of the minute in full, escaped; the rest
+    // counted. Nothing of the 56 KiB requests reaches it.
+    // The harness runs agents at debug level; what the default level (info)
+    // would write is what fills an SD card.
+    let new_lines: Vec<String> = rig.agent.stderr.lines()[lines_before..]
+        .iter()
+        .filter(|l| !l.starts_with("DEBUG") && !l.starts_with("TRACE"))
+        .cloned()
+        .collect();
+    let grown: usize = new_lines.iter().map(|l| l.len() + 1).sum();
+    assert!(
+        new_lines.len() <= 4 && grown <= 4096,
+        "{} log lines ({grown} bytes) for {} hostile requests:\n{}",
+        new_lines.len(),
+        ids.len(),
+        new_lines.join("\n")
+    );
+    assert!(
+        new_lines
+            .iter()
+            .all(|l| !l.contains('\u{1b}') && !l.contains(&big_arg)),
+        "raw escape or a whole argument in the log: {new_lines:?}"
+    );
+    println!(
+        "hostile server: {} requests in {:.1} s; {ran} collect-now ran (rate {BURST} then 1/s), \
+         the rest refused; agent CPU {:.2} s ({:.0} us per request); log +{grown} bytes in {} lines at info level",
+        ids.len(),
+        elapsed.as_secs_f64(),
+        cpu,
+        cpu * 1e6 / ids.len() as f64,
+        new_lines.len()
+    );
+}
