@@ -114,6 +114,33 @@ impl AdminService {
         })
     }
 
+    /// A certificate for an agent or an operator, made for the calling
+    /// operator.
+    async fn issue(
+        &self,
+        request: Request<pb::IssueCertificateRequest>,
+        role: Role,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let operator = self.operator(&request)?;
+        let answer = self
+            .enrolment()?
+            .issue(&operator, role, request.into_inner())
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Revokes `name`'s certificates of `role` for the calling operator:
+    /// how many, and whether it was connected.
+    async fn revoke_as<T>(
+        &self,
+        request: &Request<T>,
+        role: Role,
+        name: &str,
+    ) -> Result<(u32, bool), Status> {
+        let operator = self.operator(request)?;
+        self.enrolment()?.revoke(&operator, role, name).await
+    }
+
     /// Whether the store or the registry knows `hostname`.
     async fn is_known(&self, hostname: &str) -> Result<bool, Status> {
         if self.registry.has_connected(hostname) {
@@ -237,23 +264,15 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
-        let operator = self.operator(&request)?;
-        let answer = self
-            .enrolment()?
-            .issue(&operator, Role::Agent, request.into_inner())
-            .await?;
-        Ok(Response::new(answer))
+        self.issue(request, Role::Agent).await
     }
 
     async fn revoke(
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let operator = self.operator(&request)?;
-        let hostname = request.into_inner().hostname;
         let (certificates_revoked, was_connected) = self
-            .enrolment()?
-            .revoke(&operator, Role::Agent, &hostname)
+            .revoke_as(&request, Role::Agent, &request.get_ref().hostname)
             .await?;
         Ok(Response::new(pb::RevokeResponse {
             certificates_revoked,
@@ -265,23 +284,15 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
-        let operator = self.operator(&request)?;
-        let answer = self
-            .enrolment()?
-            .issue(&operator, Role::Operator, request.into_inner())
-            .await?;
-        Ok(Response::new(answer))
+        self.issue(request, Role::Operator).await
     }
 
     async fn remove_operator(
         &self,
         request: Request<pb::RemoveOperatorRequest>,
     ) -> Result<Response<pb::RemoveOperatorResponse>, Status> {
-        let operator = self.operator(&request)?;
-        let name = request.into_inner().name;
         let (certificates_revoked, _) = self
-            .enrolment()?
-            .revoke(&operator, Role::Operator, &name)
+            .revoke_as(&request, Role::Operator, &request.get_ref().name)
             .await?;
         Ok(Response::new(pb::RemoveOperatorResponse {
             certificates_revoked,
