@@ -75,6 +75,12 @@ struct HostLine<'a> {
     /// Batches refused since the server started as contradicting stored
     /// samples (added after the fields above; new fields go last).
     batches_conflicting_total: u64,
+    /// Batches refused since the server started as over the host's ingest
+    /// budget (to be sent again).
+    batches_rate_limited_total: u64,
+    /// Batches since the server started told apart from duplicates by
+    /// their samples (their run's gap memory was exhausted).
+    batches_checked_by_value_total: u64,
 }
 
 /// One line of `monitorctl query --json`.
@@ -133,6 +139,8 @@ pub fn host(out: &mut Vec<u8>, h: &pb::HostInfo) -> Result<(), serde_json::Error
             interval_ms: h.interval_ms,
             latest: Latest(&h.latest),
             batches_conflicting_total: h.batches_conflicting_total,
+            batches_rate_limited_total: h.batches_rate_limited_total,
+            batches_checked_by_value_total: h.batches_checked_by_value_total,
         },
     )
 }
@@ -250,6 +258,8 @@ mod tests {
             batches_stored_total: 99,
             parse_errors_total: 2,
             batches_conflicting_total: 4,
+            batches_rate_limited_total: 5,
+            batches_checked_by_value_total: 6,
         };
         assert_eq!(
             text(|o| host(o, &h)),
@@ -259,7 +269,8 @@ mod tests {
              \"dropped_batches_total\":1,\"batches_stored_total\":99,\
              \"parse_errors_total\":2,\"interval_ms\":1000,\
              \"latest\":{\"mem_percent\":40.5,\"cpu_percent\":3},\
-             \"batches_conflicting_total\":4}\n"
+             \"batches_conflicting_total\":4,\"batches_rate_limited_total\":5,\
+             \"batches_checked_by_value_total\":6}\n"
         );
         let never = pb::HostInfo {
             hostname: "new".into(),
@@ -268,7 +279,10 @@ mod tests {
         let line = text(|o| host(o, &never));
         assert!(line.contains(",\"last_seen\":null,"), "{line}");
         assert!(
-            line.ends_with(",\"latest\":{},\"batches_conflicting_total\":0}\n"),
+            line.ends_with(
+                ",\"latest\":{},\"batches_conflicting_total\":0,\"batches_rate_limited_total\":0,\
+                 \"batches_checked_by_value_total\":0}\n"
+            ),
             "{line}"
         );
     }
@@ -314,4 +328,66 @@ mod tests {
             "{line}"
         );
     }
+}
+
+/// One remote-write destination in `status --json`.
+#[derive(serde::Serialize)]
+struct RemoteWriteLine<'a> {
+    url: &'a str,
+    lag_seconds: Number,
+    sent_samples: u64,
+    failed_samples: u64,
+    dropped_samples: u64,
+    refused_samples: u64,
+    too_old_samples: u64,
+    cursor: i64,
+    newest: i64,
+}
+
+/// The line of `monitorctl status --json`.
+#[derive(serde::Serialize)]
+struct StatusLine<'a> {
+    version: &'a str,
+    started: Time,
+    uptime_seconds: Number,
+    agents_connected: u32,
+    hosts_known: u32,
+    store_queued: u64,
+    batches_ingested: u64,
+    samples_ingested: u64,
+    http_listen: Option<&'a str>,
+    remote_write: Vec<RemoteWriteLine<'a>>,
+}
+
+/// Appends the `status --json` line of `s`.
+pub fn status(out: &mut Vec<u8>, s: &pb::StatusResponse) -> Result<(), serde_json::Error> {
+    line(
+        out,
+        &StatusLine {
+            version: &s.version,
+            started: Time(s.started_unix_ms),
+            uptime_seconds: Number((s.server_unix_ms - s.started_unix_ms).max(0) as f64 / 1000.0),
+            agents_connected: s.agents_connected,
+            hosts_known: s.hosts_known,
+            store_queued: s.store_queued,
+            batches_ingested: s.batches_ingested,
+            samples_ingested: s.samples_ingested,
+            http_listen: (!s.http_listen.is_empty()).then_some(s.http_listen.as_str()),
+            remote_write: s
+                .remote_write
+                .iter()
+                .map(|r| RemoteWriteLine {
+                    url: &r.url,
+                    lag_seconds: Number(r.lag_seconds),
+                    sent_samples: r.sent_samples,
+                    failed_samples: r.failed_samples,
+                    dropped_samples: r.dropped_samples,
+                    refused_samples: r.refused_samples,
+                    too_old_samples: r.too_old_samples,
+                    cursor: r.cursor,
+                    newest: r.newest,
+                })
+                .collect(),
+        },
+    )
 }

@@ -179,6 +179,14 @@ CREATE TABLE IF NOT EXISTS operator_keys (
     registered_unix_ms INTEGER NOT NULL,
     revoked_unix_ms    INTEGER
 ) WITHOUT ROWID;
+-- Schema 6: how far each remote-write destination has forwarded the
+-- journal (see forward.rs); journal rows above the lowest are kept.
+CREATE TABLE IF NOT EXISTS forward_cursors (
+    destination     TEXT PRIMARY KEY, -- its URL without credentials
+    journal_id      INTEGER NOT NULL, -- every row up to it was sent or dropped
+    sending_through INTEGER NOT NULL DEFAULT 0, -- a request in flight: rows up to it
+    updated_unix_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// The id of a metric in `samples.metric_id`. Part of the file format.

@@ -2,7 +2,11 @@
 //! IMMEDIATE transaction ([`write`]), then memory brought up to what
 //! committed ([`apply`]). A batch is stored whole, or is a duplicate
 //! (its seq is stored already, see `dedup.rs`), or is refused whole as a
-//! conflict (see `conflicts.rs`).
+//! conflict (see `conflicts.rs`). A batch whose seq the run's state can no
+//! longer place (its gaps were forgotten) is told apart by its samples:
+//! every one already stored with the same value makes it a duplicate,
+//! anything new is stored; either way it is counted and logged (at most a
+//! line a minute), never dropped in silence.
 //!
 //! [`write`] reads memory but never changes it: what the flush changes (new
 //! hosts, run states, stored batches, merged hosts) is staged and applied
@@ -22,12 +26,13 @@ use super::memory::Memory;
 use super::merges::Merged;
 use super::requests::{Answer, Request};
 use crate::store::error::StoreError;
-use crate::store::records::{IncomingBatch, SubmitOutcome};
+use crate::store::records::{CursorRecord, CursorWrite, IncomingBatch, SubmitOutcome};
+use crate::store::sqlite::dedup::Seen;
 use crate::store::sqlite::hosts::{BatchMeta, HostEntry};
-use crate::store::sqlite::journal;
 use crate::store::sqlite::runs::{self, RunCache, RunEntry, RunKey};
 use crate::store::sqlite::tables::{metric_id, u64_to_sql};
 use crate::store::sqlite::ticks::{self, PendingTick, TickRow};
+use crate::store::sqlite::{forward, journal};
 
 /// A flush that takes longer is logged at debug level.
 const SLOW_FLUSH: Duration = Duration::from_millis(100);
@@ -54,6 +59,26 @@ pub(super) struct Staged {
     stored: Vec<StoredBatch>,
     /// The ticks of the stored batches, see [`StoredBatch::rows`].
     rows: Vec<TickRow>,
+    /// host_id → batches told apart from duplicates by their samples (see
+    /// `dedup.rs`), with the last one's (hostname, agent id, seq) for the
+    /// log.
+    checked_by_value: HashMap<i64, (u64, (String, String, u64))>,
+    /// Every forwarding cursor after this flush, if it changed any.
+    cursors: Option<HashMap<String, i64>>,
+    /// How long COMMIT took.
+    pub(super) commit: Duration,
+}
+
+impl Staged {
+    /// Batches and samples this flush stored.
+    pub(super) fn stored_counts(&self) -> (usize, usize) {
+        let samples = self
+            .rows
+            .iter()
+            .map(|r| r.values.iter().flatten().count())
+            .sum();
+        (self.stored.len(), samples)
+    }
 }
 
 /// A batch the flush stored.
@@ -115,6 +140,9 @@ pub(super) fn write(
                     write,
                     monitor::time::now_unix_ms(),
                 )?),
+                Request::Cursors { write, .. } => {
+                    Answer::Cursors(write_cursors(&tx, memory, &mut staged, write)?)
+                }
                 Request::Close { .. } => Answer::Done,
                 #[cfg(test)]
                 Request::SetMaxPageCount { pages, .. } => Answer::Pages(tx.query_row(
@@ -131,6 +159,7 @@ pub(super) fn write(
     let written = now.elapsed();
     tx.commit()?;
     let committed = now.elapsed() - written;
+    staged.commit = committed;
     // A slow flush delays every batch in it and behind it: say why.
     let level = if now.elapsed() >= SLOW_FLUSH {
         log::Level::Debug
@@ -150,6 +179,53 @@ pub(super) fn write(
         committed.as_micros()
     );
     Ok((answers, staged))
+}
+
+/// Writes a change of the forwarding cursors; a cursor never moves back.
+fn write_cursors(
+    tx: &Connection,
+    memory: &Memory,
+    staged: &mut Staged,
+    write: &CursorWrite,
+) -> rusqlite::Result<Vec<CursorRecord>> {
+    let now_unix_ms = monitor::time::now_unix_ms();
+    let cursors = staged.cursors.get_or_insert_with(|| memory.cursors.clone());
+    match write {
+        CursorWrite::Register(destinations) => {
+            let start = memory.merges.deleted_through;
+            let out = forward::register(tx, cursors, destinations, start, now_unix_ms)?;
+            *cursors = out
+                .iter()
+                .map(|c| (c.destination.clone(), c.journal_id))
+                .collect();
+            Ok(out)
+        }
+        CursorWrite::Set {
+            destination,
+            journal_id,
+        } => {
+            let old = cursors.get(destination).copied().unwrap_or(i64::MIN);
+            let journal_id = old.max(*journal_id);
+            forward::set(tx, destination, journal_id, now_unix_ms)?;
+            cursors.insert(destination.clone(), journal_id);
+            Ok(vec![CursorRecord {
+                destination: destination.clone(),
+                journal_id,
+                sending_through: 0,
+            }])
+        }
+        CursorWrite::Sending {
+            destination,
+            through,
+        } => {
+            forward::set_sending(tx, destination, *through)?;
+            Ok(vec![CursorRecord {
+                destination: destination.clone(),
+                journal_id: cursors.get(destination).copied().unwrap_or(0),
+                sending_through: *through,
+            }])
+        }
+    }
 }
 
 /// Stores one batch (request `index` of the flush) unless it is a
@@ -173,23 +249,32 @@ fn write_batch(
         log::warn!(
             "store: {} {} seq {}: {} samples are not finite numbers; not stored",
             batch.hostname,
-            batch.agent_id,
+            monitor::text::Escaped::capped(&batch.agent_id),
             batch.seq,
             dropped.not_finite
         );
     }
     let host_id = resolve_host(tx, &memory.host_ids, staged, batch)?;
     let run = resolve_run(tx, &memory.runs, &mut staged.runs, batch, now)?;
-    if run.seqs.contains(batch.seq) {
-        return Ok(SubmitOutcome::Duplicate);
-    }
+    let by_value = match run.seqs.seen(batch.seq) {
+        Seen::Stored => return Ok(SubmitOutcome::Duplicate),
+        Seen::Missing => false,
+        Seen::Forgotten => true,
+    };
     let newest = staged
         .newest
         .get(&host_id)
         .or_else(|| memory.newest_sample_unix_ms.get(&host_id))
         .copied()
         .unwrap_or(i64::MIN);
-    if grouped.iter().any(|r| r.time_unix_ms <= newest) {
+    if by_value {
+        let counted = staged.checked_by_value.entry(host_id).or_default();
+        counted.0 += 1;
+        counted.1 = (batch.hostname.clone(), batch.agent_id.clone(), batch.seq);
+    }
+    // A batch told apart by value is checked whatever its times: its
+    // samples already stored must go, so that nothing is stored twice.
+    if by_value || grouped.iter().any(|r| r.time_unix_ms <= newest) {
         let earlier: Vec<&TickRow> = staged
             .stored
             .iter()
@@ -200,6 +285,10 @@ fn write_batch(
         if let Err(conflict) = checked {
             return Ok(SubmitOutcome::Conflict(conflict));
         }
+    }
+    if by_value && grouped.is_empty() {
+        // Every sample is stored already: the batch was.
+        return Ok(SubmitOutcome::Duplicate);
     }
     run.store(batch.seq, batch.received_unix_ms);
     let run_id = run.run_id;
@@ -282,6 +371,10 @@ fn resolve_run<'s>(
 /// Brings memory up to a flush of `requests` that committed at `now`.
 pub(super) fn apply(memory: &mut Memory, requests: &[Request], staged: Staged, now: Instant) {
     let merges = &mut memory.merges;
+    if let Some(cursors) = staged.cursors {
+        merges.forward_hold = cursors.values().copied().min();
+        memory.cursors = cursors;
+    }
     let mut hosts = memory.hosts.lock();
     for &(host_id, through) in &staged.merged.hosts {
         if let Some(h) = hosts.get_mut(&host_id) {
@@ -333,5 +426,24 @@ pub(super) fn apply(memory: &mut Memory, requests: &[Request], staged: Staged, n
     }
     for (key, run) in staged.runs {
         memory.runs.insert(key, run);
+    }
+    let mut hosts = memory.hosts.lock();
+    for (host_id, (n, (hostname, agent_id, seq))) in staged.checked_by_value {
+        let Some(host) = hosts.get_mut(&host_id) else {
+            continue;
+        };
+        host.batches_checked_by_value_total = host.batches_checked_by_value_total.saturating_add(n);
+        if let Some(left_out) = memory.checked_by_value_log.hit(now) {
+            // Without TLS the agent id is the batch's field: shown escaped.
+            let agent_id = monitor::text::Escaped::capped(&agent_id);
+            log::warn!(
+                "store: {hostname} (agent {agent_id}) batch {seq}: its run left more than {} \
+                 separate gaps, so the store no longer knows whether this seq is stored; \
+                 compared its samples with the stored ones instead ({} such batches of this \
+                 host so far; {left_out} of all hosts since the last such line)",
+                crate::store::sqlite::dedup::MAX_GAPS,
+                host.batches_checked_by_value_total
+            );
+        }
     }
 }
