@@ -51,7 +51,9 @@ trap 'exit 130' INT TERM
 
 cc -O2 -Wall -o "$out/floor" "$repo/bench/floor.c" || fail "cc bench/floor.c"
 # What the collector reads on this machine, as floor arguments.
-floor_args_line=$(cd "$repo" && TICK_BENCH_FLOOR_ARGS=1 cargo bench -q -p monitor-agent --bench tick 2>"$out/floor-args.log" | tail -n 1)
+# CPU_BENCH_FLOOR_ARGS (the same line, from an earlier run's
+# floor-args.txt) skips building the bench.
+floor_args_line=${CPU_BENCH_FLOOR_ARGS:-$(cd "$repo" && TICK_BENCH_FLOOR_ARGS=1 cargo bench -q -p monitor-agent --bench tick 2>"$out/floor-args.log" | tail -n 1)}
 read -r -a floor_args <<<"$floor_args_line"
 [[ ${#floor_args[@]} -gt 0 ]] || fail "no floor arguments (see $out/floor-args.log)"
 echo "${floor_args[*]}" >"$out/floor-args.txt"

@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use monitor::metric::Metric;
 
 const OLD_DIR_VAR: &str = "MONITOR_COMPAT_OLD_BIN_DIR";
 
@@ -37,18 +38,8 @@ fn start_server(binary: &Path, db: &Path) -> (Proc, SocketAddr, SocketAddr) {
     .arg(db)
     .env("MONITOR_LOG", "info");
     let proc = Proc::spawn(cmd, &format!("server {}", binary.display()));
-    let line = wait_for("the server to listen", Duration::from_secs(20), || {
-        proc.stderr
-            .lines()
-            .into_iter()
-            .find(|l| l.contains("listening for agents on"))
-    });
-    let addrs: Vec<SocketAddr> = line
-        .split_whitespace()
-        .filter_map(|w| w.trim_end_matches(',').parse().ok())
-        .collect();
-    assert_eq!(addrs.len(), 2, "cannot read addresses from {line:?}");
-    (proc, addrs[0], addrs[1])
+    let (agents, admin) = listening_addrs(&proc);
+    (proc, agents, admin)
 }
 
 /// Runs `agent` for six ticks at 0.2 s against `agents`, to completion
@@ -98,14 +89,7 @@ fn stored(ctl: &Path, admin: SocketAddr, host: &str) -> BTreeMap<String, usize> 
 }
 
 fn check_six(counts: &BTreeMap<String, usize>, what: &str) {
-    for metric in [
-        "cpu_percent",
-        "mem_percent",
-        "disk_read_kbps",
-        "disk_write_kbps",
-        "net_in_kbps",
-        "net_out_kbps",
-    ] {
+    for metric in Metric::ALL.map(Metric::name) {
         // The first tick has no rates; five ticks of each, six of memory.
         assert!(
             counts.get(metric).copied().unwrap_or(0) >= 5,

@@ -51,15 +51,16 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
             .parse_errors_total
             .set(parse_errors_before.saturating_add(u64::from(readings.parse_errors)));
         seq += 1;
-        let batch = TickBatch {
-            boot_id: shared.identity.boot_id,
-            seq,
-            time_unix_ms: monitor::time::now_unix_ms(),
-            values: readings.wire_values(),
-            health: readings.health_values(),
-        };
+        let time_unix_ms = monitor::time::now_unix_ms();
         match sink {
             Sink::Buffer => {
+                let batch = TickBatch {
+                    boot_id: shared.identity.boot_id,
+                    seq,
+                    time_unix_ms,
+                    values: readings.wire_values(),
+                    health: readings.health_values(),
+                };
                 let dropped = shared.buffer.borrow_mut().push(batch);
                 if let Some(d) = dropped {
                     log::debug!("buffer full: dropped batch {}", d.seq);
@@ -75,7 +76,7 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
                 write_json_lines(
                     &mut stdout_line,
                     &shared.identity.hostname,
-                    batch.time_unix_ms,
+                    time_unix_ms,
                     readings,
                 );
                 let mut out = std::io::stdout().lock();

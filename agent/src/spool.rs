@@ -439,24 +439,25 @@ mod tests {
         assert_eq!(rec.truncated_bytes, 0);
     }
 
+    fn health(values: &[(HealthMetric, &str, f64)]) -> Box<[HealthValue]> {
+        values
+            .iter()
+            .map(|&(metric, device, value)| HealthValue {
+                metric,
+                device: Arc::from(device),
+                value,
+            })
+            .collect()
+    }
+
     #[test]
     fn health_values_survive_a_reopen_beside_records_without_them() {
-        use monitor::batch::HealthValue;
         let path = tmp("health");
         let mut with_health = b(7, 2, 6);
-        with_health.health = vec![
-            HealthValue {
-                metric: HealthMetric::TempCelsius,
-                device: Arc::from(""),
-                value: 61.3,
-            },
-            HealthValue {
-                metric: HealthMetric::FsUsedPercent,
-                device: Arc::from("/media/pi/USB SSD"),
-                value: 97.5,
-            },
-        ]
-        .into_boxed_slice();
+        with_health.health = health(&[
+            (HealthMetric::TempCelsius, "", 61.3),
+            (HealthMetric::FsUsedPercent, "/media/pi/USB SSD", 97.5),
+        ]);
         let batches = [b(7, 1, 6), with_health, b(7, 3, 2)];
         {
             let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
@@ -473,12 +474,7 @@ mod tests {
     fn a_health_section_that_does_not_check_out_is_not_a_batch() {
         let mut record = Vec::new();
         let mut x = b(1, 1, 1);
-        x.health = vec![monitor::batch::HealthValue {
-            metric: HealthMetric::Load1,
-            device: Arc::from("d"),
-            value: 1.0,
-        }]
-        .into_boxed_slice();
+        x.health = health(&[(HealthMetric::Load1, "d", 1.0)]);
         encode(&x, &mut record);
         let payload = &record[8..];
         assert_eq!(decode(payload), Some(x));

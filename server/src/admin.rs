@@ -376,7 +376,7 @@ impl Admin for AdminService {
         let limit = (q.limit != 0).then(|| usize::try_from(q.limit).unwrap_or(usize::MAX));
         // A health metric's values (issue 14) come from their own table,
         // with their device; the six as before.
-        let samples: Vec<pb::Sample> = if let Ok(metric) = q.metric.parse::<HealthMetric>() {
+        let samples = if let Ok(metric) = q.metric.parse::<HealthMetric>() {
             let query = HealthQuery {
                 hostname: q.hostname.clone(),
                 metric,
@@ -384,20 +384,19 @@ impl Admin for AdminService {
                 until_unix_ms,
                 limit,
             };
-            match self.store.query_health(query).await {
-                Ok(rows) => rows
-                    .into_iter()
-                    .map(|r| pb::Sample {
-                        time_unix_ms: r.time_unix_ms,
-                        hostname: r.hostname,
-                        metric: r.metric.name().to_owned(),
-                        value: r.value,
-                        device: r.device,
+            self.store.query_health(query).await.map(|rows| {
+                rows.into_iter()
+                    .map(|r| {
+                        sample_pb(
+                            r.time_unix_ms,
+                            r.hostname,
+                            r.metric.name(),
+                            r.value,
+                            r.device,
+                        )
                     })
-                    .collect(),
-                Err(StoreError::UnknownHost(h)) => return Err(self.unknown_host(&h).await),
-                Err(other) => return Err(status_of(other)),
-            }
+                    .collect::<Vec<_>>()
+            })
         } else {
             let metric = if q.metric.is_empty() {
                 None
@@ -415,20 +414,24 @@ impl Admin for AdminService {
                 until_unix_ms,
                 limit,
             };
-            match self.store.query(query).await {
-                Ok(rows) => rows
-                    .into_iter()
-                    .map(|r| pb::Sample {
-                        time_unix_ms: r.time_unix_ms,
-                        hostname: r.hostname,
-                        metric: r.metric.name().to_owned(),
-                        value: r.value,
-                        device: String::new(),
+            self.store.query(query).await.map(|rows| {
+                rows.into_iter()
+                    .map(|r| {
+                        sample_pb(
+                            r.time_unix_ms,
+                            r.hostname,
+                            r.metric.name(),
+                            r.value,
+                            String::new(),
+                        )
                     })
-                    .collect(),
-                Err(StoreError::UnknownHost(h)) => return Err(self.unknown_host(&h).await),
-                Err(other) => return Err(status_of(other)),
-            }
+                    .collect()
+            })
+        };
+        let samples = match samples {
+            Ok(samples) => samples,
+            Err(StoreError::UnknownHost(h)) => return Err(self.unknown_host(&h).await),
+            Err(other) => return Err(status_of(other)),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
@@ -573,6 +576,24 @@ impl Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+}
+
+/// A stored sample (one of the six, or a health value with its device) as
+/// the Query stream carries it.
+fn sample_pb(
+    time_unix_ms: i64,
+    hostname: String,
+    metric: &str,
+    value: f64,
+    device: String,
+) -> pb::Sample {
+    pb::Sample {
+        time_unix_ms,
+        hostname,
+        metric: metric.to_owned(),
+        value,
+        device,
     }
 }
 

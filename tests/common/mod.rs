@@ -377,21 +377,11 @@ impl Server {
             cmd.env(k, v);
         }
         let proc = Proc::spawn(wrap(cmd), "server");
-        let line = wait_for("the server to listen", Duration::from_secs(20), || {
-            proc.stderr
-                .lines()
-                .into_iter()
-                .find(|l| l.contains("listening for agents on"))
-        });
-        let addrs: Vec<SocketAddr> = line
-            .split_whitespace()
-            .filter_map(|w| w.trim_end_matches(',').parse().ok())
-            .collect();
-        assert_eq!(addrs.len(), 2, "cannot read addresses from {line:?}");
+        let (agents_addr, admin_addr) = listening_addrs(&proc);
         let server = Server {
             proc,
-            agents_addr: addrs[0],
-            admin_addr: addrs[1],
+            agents_addr,
+            admin_addr,
             db: db.to_path_buf(),
             netns: netns.map(str::to_owned),
             tls: !extra.contains(&"--insecure"),
@@ -636,6 +626,23 @@ impl Server {
             .map(|l| JsonSample::parse(l).unwrap_or_else(|| panic!("bad json line {l:?}")))
             .collect()
     }
+}
+
+/// The (agents, admin) addresses a starting server process logs once it
+/// listens (any build of monitor-server: tests/compat.rs runs older ones).
+pub fn listening_addrs(proc: &Proc) -> (SocketAddr, SocketAddr) {
+    let line = wait_for("the server to listen", Duration::from_secs(20), || {
+        proc.stderr
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("listening for agents on"))
+    });
+    let addrs: Vec<SocketAddr> = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+        .collect();
+    assert_eq!(addrs.len(), 2, "cannot read addresses from {line:?}");
+    (addrs[0], addrs[1])
 }
 
 /// monitorctl against `admin_url` with exactly `args` (no credential
