@@ -107,5 +107,7 @@ mod tests {
     fn batch_stays_small() {
         // 80 bytes of the six and the ids, 16 of the health slice's pointer.
         assert!(std::mem::size_of::<TickBatch>() <= 96);
+        // README's buffer size counts 32 bytes per health value.
+        assert!(std::mem::size_of::<HealthValue>() <= 32);
     }
 }
