@@ -148,6 +148,7 @@ fn main() {
             telemetry: Arc::new(Telemetry::new(0)),
             remote_write: Arc::new(Vec::new()),
             auth: Arc::new(Auth::open()),
+            sessions: Default::default(),
             proc_root: "/proc".into(),
         };
         let mut times = Vec::with_capacity(scrapes);

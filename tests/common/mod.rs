@@ -451,6 +451,45 @@ impl Server {
             .ok()
     }
 
+    /// An HTTPS GET of the server's HTTP listener (HTTP/1.0, one
+    /// connection), trusting the server's CA, with `headers`.
+    pub fn https(&self, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
+        let addr = self.http_addr().expect("the server's HTTP listener");
+        let ca_pem = std::fs::read_to_string(self.dir().join("tls").join("ca.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for block in monitor::pem::decode_all(&ca_pem).unwrap() {
+            roots.add(block.der.into()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let raw = rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+            for (k, v) in headers {
+                req.push_str(&format!("{k}: {v}\r\n"));
+            }
+            req.push_str("\r\n");
+            tls.write_all(req.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            // The server may close without a TLS close_notify: keep what came.
+            let _ = tls.read_to_end(&mut raw).await;
+            raw
+        });
+        HttpAnswer::parse(&raw)
+    }
+
     /// The bearer token `/metrics` accepts (`tls/metrics.token`).
     pub fn metrics_token(&self) -> String {
         std::fs::read_to_string(self.dir().join("tls").join("metrics.token"))
@@ -866,4 +905,67 @@ pub fn pid_alive(pid: i32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// An HTTP/1.x answer: status, headers (names lowercased), body bytes.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn parse(raw: &[u8]) -> HttpAnswer {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(raw.len());
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let body = raw.get(split + 4..).unwrap_or_default().to_vec();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status line in {head:?}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        HttpAnswer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The first header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// "2024-05-01T10:00:00.123Z" → ms since the epoch (the shape monitorctl
+/// prints).
+pub fn rfc3339_ms(s: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+    let (y, mo, d) = (n(0..4), n(5..7), n(8..10));
+    let (h, mi, sec, ms) = (n(11..13), n(14..16), n(17..19), n(20..23));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 86_400 + h * 3600 + mi * 60 + sec) * 1000) + ms
 }
