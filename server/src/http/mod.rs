@@ -80,9 +80,9 @@ pub struct HttpState {
 pub fn router(state: HttpState) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/", get(pages::fleet))
-        .route("/host/{name}", get(pages::host))
-        .route("/commands", get(pages::commands))
+        .route("/", get(pages::page))
+        .route("/host/{name}", get(pages::page))
+        .route("/commands", get(pages::page))
         .route("/api/metrics", get(api::metrics))
         .route("/api/hosts", get(api::hosts))
         .route("/api/hosts/{name}", get(api::host))

@@ -1,6 +1,7 @@
-//! The dashboard's pages and files: three static HTML pages (fleet `/`,
-//! host `/host/NAME`, commands `/commands`) that fetch everything they
-//! show from `/api/` with one script, plus uPlot and a stylesheet, all
+//! The dashboard's pages and files: three pages (fleet `/`, host
+//! `/host/NAME`, commands `/commands`) that are one static HTML document
+//! whose script tells them apart by the path and fetches everything they
+//! show from `/api/`, plus uPlot and a stylesheet, all
 //! compiled into the binary (`include_bytes!`, no build step beyond cargo,
 //! no request ever leaves the server) and `/login`, where a one-time token
 //! from `monitorctl dashboard` becomes a session cookie.
@@ -67,19 +68,9 @@ const ASSETS: &[Asset] = &[
         bytes: include_bytes!("assets/favicon.svg"),
     },
     Asset {
-        name: "fleet.html",
+        name: "page.html",
         content_type: "text/html; charset=utf-8",
-        bytes: include_bytes!("assets/fleet.html"),
-    },
-    Asset {
-        name: "host.html",
-        content_type: "text/html; charset=utf-8",
-        bytes: include_bytes!("assets/host.html"),
-    },
-    Asset {
-        name: "commands.html",
-        content_type: "text/html; charset=utf-8",
-        bytes: include_bytes!("assets/commands.html"),
+        bytes: include_bytes!("assets/page.html"),
     },
 ];
 
@@ -151,20 +142,10 @@ pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     serve(&name, &headers)
 }
 
-/// `GET /`: the fleet page.
-pub async fn fleet(headers: HeaderMap) -> Response {
-    serve("fleet.html", &headers)
-}
-
-/// `GET /host/NAME`: the host page (the script reads the name from the
-/// path).
-pub async fn host(headers: HeaderMap) -> Response {
-    serve("host.html", &headers)
-}
-
-/// `GET /commands`: the command history page.
-pub async fn commands(headers: HeaderMap) -> Response {
-    serve("commands.html", &headers)
+/// `GET /`, `/host/NAME`, `/commands`: the page (its script reads which
+/// one, and the host's name, from the path).
+pub async fn page(headers: HeaderMap) -> Response {
+    serve("page.html", &headers)
 }
 
 /// `GET /login?token=…`: spends a one-time login token for a session
@@ -224,17 +205,26 @@ mod tests {
     }
 
     #[test]
-    fn pages_load_only_local_files_and_no_inline_script() {
-        for page in ["fleet.html", "host.html", "commands.html"] {
-            let a = ASSETS.iter().find(|a| a.name == page).unwrap();
-            let text = std::str::from_utf8(a.bytes).unwrap();
-            assert!(
-                !text.contains("http://") && !text.contains("https://"),
-                "{page}"
-            );
-            assert!(!text.contains("<script>"), "{page}: inline script");
-            assert!(!text.contains("style="), "{page}: inline style");
-            assert!(text.contains("src=\"/assets/dashboard.js\""), "{page}");
+    fn the_page_loads_only_local_files_and_the_script_never_writes_html() {
+        let text = |name: &str| {
+            let a = ASSETS.iter().find(|a| a.name == name).unwrap();
+            std::str::from_utf8(a.bytes).unwrap()
+        };
+        let page = text("page.html");
+        assert!(!page.contains("http://") && !page.contains("https://"));
+        assert!(!page.contains("<script>"), "inline script");
+        assert!(!page.contains("style="), "inline style");
+        assert!(page.contains("src=\"/assets/dashboard.js\""));
+        let script = text("dashboard.js");
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!script.contains(sink), "dashboard.js uses {sink}");
         }
+        assert!(!script.contains("http://") && !script.contains("https://"));
     }
 }

@@ -1,7 +1,7 @@
-// monitor's dashboard: one script for the three pages (the <body>'s
-// data-page says which). Everything shown comes from /api/ on this origin.
+// monitor's dashboard: one script for the three pages (one HTML document;
+// the path says which page it is). Everything shown comes from /api/ on this origin.
 // Rules: strings from agents only ever go into the page with textContent
-// (never innerHTML); no metric is hard-coded (/api/metrics lists them);
+// (never as HTML); no metric is hard-coded (/api/metrics lists them);
 // no request leaves this server.
 "use strict";
 
@@ -376,10 +376,10 @@
       main.append(el("p", { class: "bad", text: e.message + hint }));
       return;
     }
-    const page = document.body.dataset.page;
-    if (page === "fleet") fleetPage(main);
-    else if (page === "host") hostPage(main);
-    else if (page === "commands") commandsPage(main);
+    const path = location.pathname;
+    if (path.startsWith("/host/")) hostPage(main);
+    else if (path === "/commands") { document.title = "monitor: commands"; commandsPage(main); }
+    else { document.title = "monitor: fleet"; fleetPage(main); }
   }
 
   start();
