@@ -189,7 +189,13 @@ fn the_api_serves_the_store_downsampled_to_anyone_with_a_way_in_and_nobody_else(
             .status,
         404
     );
-    for bad in ["range=soon", "since=10&until=5", "points=0", "since=abc"] {
+    for bad in [
+        "range=soon",
+        "since=10&until=5",
+        "points=0",
+        "since=abc",
+        "since=-9223372036854775808&until=5",
+    ] {
         let a = server.https(&format!("/api/hosts/dash-a/series?{bad}"), &auth);
         assert_eq!(a.status, 400, "{bad}: {}", a.text());
         assert!(json(&a)["error"].as_str().is_some());

@@ -216,9 +216,12 @@ pub async fn series(
                 monitor::time::parse_duration(r).map_err(|e| bad_request(format!("range: {e}")))?;
             until.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         }
-        (None, None) => until - 3_600_000,
+        (None, None) => until.saturating_sub(3_600_000),
     };
-    if until <= since || until - since > MAX_RANGE_MS {
+    if until
+        .checked_sub(since)
+        .is_none_or(|span| span <= 0 || span > MAX_RANGE_MS)
+    {
         return Err(bad_request(format!(
             "the range must be non-empty and at most 400 days: since {since}, until {until}"
         )));

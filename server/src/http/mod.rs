@@ -223,3 +223,33 @@ pub async fn serve(
     }
     connections.abort_all();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dashboard_url_uses_a_name_the_certificate_holds() {
+        let names: Vec<String> = ["pi-server", "localhost", "127.0.0.1", "::1"]
+            .map(String::from)
+            .to_vec();
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(
+            base_url(at("127.0.0.1:50053"), Some(&names)),
+            "https://127.0.0.1:50053/"
+        );
+        assert_eq!(base_url(at("[::1]:7"), Some(&names)), "https://[::1]:7/");
+        assert_eq!(
+            base_url(at("0.0.0.0:50053"), Some(&names)),
+            "https://pi-server:50053/"
+        );
+        assert_eq!(
+            base_url(at("192.0.2.9:50053"), Some(&names)),
+            "https://pi-server:50053/"
+        );
+        assert_eq!(
+            base_url(at("127.0.0.1:8080"), None),
+            "http://127.0.0.1:8080/"
+        );
+    }
+}
