@@ -38,7 +38,7 @@ fn stored_samples(server: &Server, host: &str) -> BTreeMap<String, Vec<(i64, f64
 
 /// Checks a series answer against the store: every bucket that closed at
 /// least `settle_ms` before the answer's end holds exactly the min, max
-/// and mean (to the answer's 0.001 rounding) of the stored samples in it,
+/// and mean (to the answer's 4 significant digits) of the stored samples in it,
 /// and every such bucket with samples is in the answer. Returns how many
 /// buckets were compared.
 fn check_series_against_store(
@@ -90,8 +90,9 @@ fn check_series_against_store(
             let avg = values.iter().sum::<f64>() / values.len() as f64;
             let close = |got: Option<f64>, want: f64, what: &str| {
                 let got = got.unwrap_or_else(|| panic!("{metric} {what} at {start} is null"));
+                // The answer keeps 4 significant digits.
                 assert!(
-                    (got - want).abs() <= 0.0005 + want.abs() * 1e-12,
+                    (got - want).abs() <= want.abs() * 5e-4 + 1e-9,
                     "{metric} {what} at {start}: answer {got}, store {want} ({values:?})"
                 );
             };
@@ -259,6 +260,27 @@ fn the_api_serves_the_store_downsampled_to_anyone_with_a_way_in_and_nobody_else(
     let compared = check_series_against_store(&answer, &stored_samples(&server, "dash-a"), 2000);
     // At least 20 s of closed 3 s buckets, six metrics each.
     assert!(compared >= 6 * 5, "only {compared} buckets compared");
+
+    // Sparklines: every host, every metric, levels 0..=100 over 15 min.
+    let sparks = json(&server.https("/api/sparklines", &auth));
+    assert_eq!(sparks["step_ms"], 30_000);
+    for h in hosts {
+        let per = sparks["hosts"][h].as_object().unwrap();
+        assert_eq!(per.len(), 6, "{h}: {per:?}");
+        for (metric, levels) in per {
+            let levels = levels.as_array().unwrap();
+            assert!(
+                (30..=32).contains(&levels.len()),
+                "{metric}: {}",
+                levels.len()
+            );
+            let known: Vec<u64> = levels.iter().filter_map(Value::as_u64).collect();
+            assert!(
+                !known.is_empty() && known.iter().all(|&l| l <= 100),
+                "{metric}"
+            );
+        }
+    }
 
     // Gzip when asked: much smaller than the identity answer.
     let path = "/api/hosts/dash-a/series?range=10m";

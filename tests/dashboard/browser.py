@@ -6,7 +6,7 @@ tests/dashboard.rs started. One JSON argument:
    "out_dir": ...}
 
 It logs in with the one-time URL, then checks: the fleet page lists every
-host with values; a host page draws one plot per series with the line
+host with values and a sparkline per metric; a host page draws one plot per series with the line
 actually drawn (pixels of the line colour on every canvas); the killed
 agent's row turns offline on the open fleet page without a reload; the
 commands page loads; phone width needs no sideways scrolling; dark mode
@@ -136,6 +136,11 @@ def run(browser, args, out, report):
         const cells = row ? [...row.querySelectorAll('td.num')] : [];
         return cells.length >= 6 && cells.slice(0, 6).every((c) => /\\d/.test(c.textContent));
     })""", arg=args["hosts"], timeout=WAIT_MS)
+    # A sparkline per metric (the last 15 minutes, from /api/sparklines).
+    for h in args["hosts"]:
+        page.wait_for_function(
+            f"""() => document.querySelectorAll('tr[data-host="{h}"] svg.spark polyline').length >= 6""",
+            timeout=WAIT_MS)
     shot(page, out, "fleet.png", report)
 
     # A host page: one plot per series the API gave, each with its line drawn.

@@ -8,6 +8,8 @@
 //!   (`admin::host_infos`: store facts, registry liveness) as JSON;
 //! - `/api/hosts/NAME/series?range=1h` (or `since`/`until` in ms, and
 //!   `points`): downsampled min/max/mean (`plot.rs`);
+//! - `/api/sparklines`: every host's last 15 minutes per series, as shapes
+//!   for the fleet page's sparklines (computed at most every 15 s, shared);
 //! - `/api/commands?host=NAME&limit=N`: the command history.
 //!
 //! Every string an agent sent goes out as a JSON string (serde escapes it)
@@ -37,6 +39,17 @@ const MAX_COMMANDS: usize = 1000;
 const MAX_RANGE_MS: i64 = 400 * 86_400_000;
 /// Bytes of an agent's message kept in a history row.
 const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// What the sparklines cover, in how many points, and how long one
+/// computation serves every page.
+const SPARK_RANGE_MS: i64 = 15 * 60_000;
+const SPARK_POINTS: i64 = 30;
+const SPARK_CACHE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The last sparklines answer and when it was made: one computation at a
+/// time (the lock is held while computing), shared by every page.
+#[derive(Default)]
+pub struct SparkCache(tokio::sync::Mutex<Option<(std::time::Instant, axum::body::Bytes)>>);
 
 /// An error answer: `{"error": "..."}` with its status.
 pub struct ApiError(StatusCode, String);
@@ -263,6 +276,82 @@ pub async fn series(
         answer,
     )
         .into_response())
+}
+
+#[derive(Serialize)]
+pub struct SparklinesAnswer {
+    pub since_unix_ms: i64,
+    pub step_ms: i64,
+    /// Hostname → series key (metric, or metric{label=value}) → one level
+    /// per bucket from `since`: 0 (the series' lowest mean in the range) to
+    /// 100 (its highest), `null` without samples. Shapes, not values.
+    pub hosts: BTreeMap<String, BTreeMap<&'static str, Vec<Option<u8>>>>,
+}
+
+/// `GET /api/sparklines`.
+pub async fn sparklines(State(state): State<HttpState>) -> Result<Response, ApiError> {
+    let mut slot = state.sparklines.0.lock().await;
+    if let Some((at, body)) = &*slot
+        && at.elapsed() < SPARK_CACHE
+    {
+        return Ok(json_bytes(body.clone()));
+    }
+    let now = monitor::time::now_unix_ms();
+    let grid = plot::query("", now - SPARK_RANGE_MS, now, SPARK_POINTS);
+    let buckets = usize::try_from((now - grid.since_unix_ms) / grid.step_ms + 1).unwrap_or(0);
+    let mut hosts = BTreeMap::new();
+    for h in state.store.hosts().await? {
+        let q = crate::store::SeriesQuery {
+            hostname: h.hostname.clone(),
+            ..grid.clone()
+        };
+        let series = match state.store.series(q).await {
+            Ok(s) => s,
+            Err(StoreError::UnknownHost(_)) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut per = BTreeMap::new();
+        for s in series {
+            let means: Vec<(usize, f64)> = s
+                .buckets
+                .iter()
+                .filter_map(|b| {
+                    let k = usize::try_from((b.start_unix_ms - grid.since_unix_ms) / grid.step_ms);
+                    Some((k.ok()?, b.sum / f64::from(b.count.max(1))))
+                })
+                .collect();
+            let lo = means.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
+            let hi = means.iter().map(|m| m.1).fold(f64::NEG_INFINITY, f64::max);
+            let mut levels = vec![None; buckets];
+            for (k, m) in means {
+                if let Some(l) = levels.get_mut(k) {
+                    let level = if hi > lo {
+                        (m - lo) / (hi - lo) * 100.0
+                    } else {
+                        50.0
+                    };
+                    *l = Some(level.round().clamp(0.0, 100.0) as u8);
+                }
+            }
+            per.insert(s.metric.name(), levels);
+        }
+        hosts.insert(h.hostname, per);
+    }
+    let answer = SparklinesAnswer {
+        since_unix_ms: grid.since_unix_ms,
+        step_ms: grid.step_ms,
+        hosts,
+    };
+    let body = axum::body::Bytes::from(
+        serde_json::to_vec(&answer)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    );
+    *slot = Some((std::time::Instant::now(), body.clone()));
+    Ok(json_bytes(body))
+}
+
+fn json_bytes(body: axum::body::Bytes) -> Response {
+    ([(http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[derive(Serialize)]

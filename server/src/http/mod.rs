@@ -71,6 +71,8 @@ pub struct HttpState {
     /// Dashboard login tokens and sessions (shared with the admin API,
     /// which issues the tokens).
     pub sessions: Arc<Sessions>,
+    /// The fleet page's sparklines, shared by every page for a while.
+    pub sparklines: Arc<api::SparkCache>,
     /// `/proc` (a test may point elsewhere).
     pub proc_root: PathBuf,
 }
@@ -87,6 +89,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/hosts", get(api::hosts))
         .route("/api/hosts/{name}", get(api::host))
         .route("/api/hosts/{name}/series", get(api::series))
+        .route("/api/sparklines", get(api::sparklines))
         .route("/api/commands", get(api::commands))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

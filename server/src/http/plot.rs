@@ -4,9 +4,9 @@
 //! data or ticks are missing, so a plot shows an outage as a gap and not
 //! as a line across it.
 //!
-//! Values are rounded to 0.001 of their unit (a thousandth of a percent,
-//! about a byte per second): far below what a plot shows, and it keeps a
-//! 7-day answer small.
+//! Values are rounded to 4 significant digits (a relative error of at most
+//! 0.05 %): far below what a plot shows, and it keeps a 7-day answer
+//! small.
 
 use serde::Serialize;
 
@@ -121,9 +121,21 @@ pub fn plot(q: &SeriesQuery, series: Vec<Series>) -> Plot {
     }
 }
 
-/// To 0.001 of the unit.
+/// To 4 significant digits (dividing or multiplying by an exact power of
+/// ten, so the shortest decimal form is at most 4 digits long).
 fn round(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let e = v.abs().log10().floor() as i32;
+    let k = 3 - e;
+    if k >= 0 {
+        let scale = 10f64.powi(k.min(22));
+        (v * scale).round() / scale
+    } else {
+        let scale = 10f64.powi((-k).min(22));
+        (v / scale).round() * scale
+    }
 }
 
 #[cfg(test)]
@@ -182,13 +194,28 @@ mod tests {
         assert_eq!(cpu.max[1], Some(3.123));
         assert_eq!(cpu.mean[1], Some(2.623));
         assert_eq!(cpu.mean[5], None, "the outage is a gap");
-        assert_eq!(cpu.mean[6], Some(30.623));
+        assert_eq!(cpu.mean[6], Some(30.62));
         let net = &p.series[1];
         assert_eq!(net.unit, "KiB/s");
         assert_eq!(net.mean[0], Some(2.0));
         assert_eq!(net.mean[5], None);
         let json = serde_json::to_string(&p).unwrap();
         assert!(json.contains(r#""labels":{}"#), "{json}");
+    }
+
+    #[test]
+    fn values_keep_four_significant_digits_and_print_short() {
+        for (v, want, text) in [
+            (53.123456, 53.12, "53.12"),
+            (0.000123456, 0.0001235, "0.0001235"),
+            (123456.7, 123500.0, "123500.0"),
+            (-7.77777, -7.778, "-7.778"),
+            (0.0, 0.0, "0.0"),
+            (99.99999, 100.0, "100.0"),
+        ] {
+            assert_eq!(round(v), want, "{v}");
+            assert_eq!(serde_json::to_string(&round(v)).unwrap(), text);
+        }
     }
 
     #[test]

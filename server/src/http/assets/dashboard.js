@@ -8,11 +8,13 @@
 (function () {
   const POLL_HOSTS_MS = 3000;
   const POLL_SERIES_MS = 30000;
+  const POLL_SPARKS_MS = 15000;
+  const SVG = "http://www.w3.org/2000/svg"; // a namespace name, never fetched
   const RANGES = [["15m", "15 min"], ["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"]];
   const HOT_PERCENT = 90;
 
   // What the tests and a curious person can look at.
-  const state = { metrics: [], hosts: null, plot: null, plots: [], errors: 0 };
+  const state = { metrics: [], hosts: null, sparks: null, plot: null, plots: [], errors: 0 };
   window.monitorDashboard = state;
 
   function el(tag, attrs, ...children) {
@@ -85,6 +87,38 @@
 
   // ---- fleet page ----
 
+  // A sparkline: levels 0..100 (null: no data, a break in the line).
+  function sparkline(levels) {
+    const w = 60, h = 16;
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("class", "spark");
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    svg.setAttribute("width", String(w));
+    svg.setAttribute("height", String(h));
+    svg.setAttribute("aria-hidden", "true");
+    const step = levels.length > 1 ? w / (levels.length - 1) : w;
+    let run = [];
+    const flush = () => {
+      // A lone point is a short dash, so it shows.
+      if (run.length === 1) {
+        const [x, y] = run[0].split(",").map(Number);
+        run.push((x + 2).toFixed(1) + "," + y.toFixed(1));
+      }
+      if (run.length > 1) {
+        const line = document.createElementNS(SVG, "polyline");
+        line.setAttribute("points", run.join(" "));
+        svg.append(line);
+      }
+      run = [];
+    };
+    levels.forEach((l, i) => {
+      if (l === null) flush();
+      else run.push((i * step).toFixed(1) + "," + (h - 1 - (l / 100) * (h - 2)).toFixed(1));
+    });
+    flush();
+    return svg;
+  }
+
   function fleetPage(main) {
     const sort = { key: "hostname", dir: 1 };
     const filter = el("input", {
@@ -151,7 +185,9 @@
             td.className = "state";
           } else if (c.metric) {
             const v = latest(h, c.key);
-            td.textContent = fmtValue(v, c.metric.unit);
+            const levels = state.sparks && state.sparks[h.hostname] && state.sparks[h.hostname][c.key];
+            if (levels) td.append(sparkline(levels));
+            td.append(el("span", { text: fmtValue(v, c.metric.unit) }));
             td.className = "num";
             if (c.metric.percent && v !== null && v > HOT_PERCENT) td.classList.add("hot");
           } else {
@@ -180,7 +216,19 @@
       }
       setTimeout(poll, POLL_HOSTS_MS);
     }
+
+    async function pollSparks() {
+      try {
+        state.sparks = (await getJson("/api/sparklines")).hosts;
+        render();
+      } catch (e) {
+        state.errors++;
+        setStatus("cannot load the sparklines: " + e.message, true);
+      }
+      setTimeout(pollSparks, POLL_SPARKS_MS);
+    }
     poll();
+    pollSparks();
   }
 
   // ---- host page ----
@@ -269,7 +317,9 @@
 
     async function loadSeries() {
       markRange();
-      const q = zoom ? "since=" + zoom[0] + "&until=" + zoom[1] : "range=" + range;
+      // About one point per pixel of the plot (the server allows 2,000).
+      const points = "&points=" + Math.min(2000, Math.round(width()));
+      const q = (zoom ? "since=" + zoom[0] + "&until=" + zoom[1] : "range=" + range) + points;
       try {
         const answer = await getJson("/api/hosts/" + encodeURIComponent(hostname) + "/series?" + q);
         state.plot = answer;
