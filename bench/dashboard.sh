@@ -28,6 +28,8 @@ if [[ ! -x /usr/bin/chromium ]] || ! "$python" -c 'import playwright.sync_api' 2
     exit 1
 fi
 log() { echo "== $*" >&2; }
+# Several loopback sources: the listener caps handshakes per source address.
+sources=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
 
 log "7-day series answer"
 cargo bench -q -p monitor-server --bench dashboard
@@ -79,7 +81,7 @@ start_server() {
 log "fleet page with 1,000 hosts"
 start_server render
 "$loadgen" capacity --server "http://127.0.0.1:$sp" --admin "http://127.0.0.1:$ap" \
-    --steps 1000 --hold 60s --warmup 5s >"$out/render-fleet.txt" 2>&1 &
+    --steps 1000 --hold 120s --warmup 5s --sources "$sources" >"$out/render-fleet.txt" 2>&1 &
 pids+=($!)
 wait_until "1,000 hosts in /api/hosts" 120 hosts_listed 1000
 "$python" bench/dashboard_render.py "http://127.0.0.1:$hp/" 1000
@@ -96,6 +98,6 @@ for pages in 0 10; do
         wait_until "the pages" 60 grep -q holding "$out/pages-$pages.txt"
     fi
     "$loadgen" capacity --server "http://127.0.0.1:$sp" --admin "http://127.0.0.1:$ap" \
-        --server-pid "$server_pid" --steps "$steps" --hold "$hold" --warmup 5s
+        --server-pid "$server_pid" --steps "$steps" --hold "$hold" --warmup 5s --sources "$sources"
     kill "$server_pid"
 done
