@@ -172,25 +172,6 @@ fn stored(server: &Server, host: &str) -> BTreeMap<(String, String, i64), f64> {
     out
 }
 
-/// An HTTPS GET of the server's HTTP listener, trusting its CA.
-fn https_get(
-    server: &Server,
-    path: &str,
-    token: Option<&str>,
-    accept: Option<&str>,
-) -> (u16, String) {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = Vec::new();
-    if let Some(a) = &auth {
-        headers.push(("Authorization", a.as_str()));
-    }
-    if let Some(a) = accept {
-        headers.push(("Accept", a));
-    }
-    let answer = server.https(path, &headers);
-    (answer.status, answer.text())
-}
-
 /// Runs `promtool check metrics` on `body`: its exit code and output.
 fn promtool_check(promtool: &Path, body: &str) -> (i32, String) {
     let mut child = Command::new(promtool)

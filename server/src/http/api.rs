@@ -182,7 +182,7 @@ pub async fn hosts(State(state): State<HttpState>) -> Result<Json<HostsAnswer>, 
     let live = state.registry.snapshot();
     Ok(Json(HostsAnswer {
         server_unix_ms: monitor::time::now_unix_ms(),
-        hosts: host_infos(stored, live)
+        hosts: host_infos(stored, live, usize::MAX)
             .into_iter()
             .map(host_json)
             .collect(),
@@ -202,7 +202,7 @@ pub async fn host(
         .into_iter()
         .filter(|l| l.hostname == hostname)
         .collect();
-    host_infos(stored, live)
+    host_infos(stored, live, 1)
         .into_iter()
         .next()
         .map(|h| Json(host_json(h)))
