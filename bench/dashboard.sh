@@ -9,6 +9,7 @@
 #      (each polling /api/hosts every 3 s), same server build, same steps.
 # Needs Debian's chromium and Playwright from PyPI (see .ci/run); loopback
 # only. Usage: bench/dashboard.sh [--steps 2500,5000] [--hold 20s]
+# (SKIP_SERIES=1 skips the first part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=2500,5000
@@ -31,11 +32,13 @@ log() { echo "== $*" >&2; }
 # Several loopback sources: the listener caps handshakes per source address.
 sources=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
 
-log "7-day series answer"
-cargo bench -q -p monitor-server --bench dashboard
+if [[ -z ${SKIP_SERIES:-} ]]; then
+    log "7-day series answer"
+    cargo bench -q -p monitor-server --bench dashboard
+fi
 
 cargo build -q --profile bench -p monitor-server -p monitor-loadgen
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 server_bin=$bin/monitor-server
 loadgen=$bin/monitor-loadgen
 out=$(mktemp -d /tmp/monitor-dashboard-bench-XXXXXX)
