@@ -10,6 +10,9 @@
 // A benchmark on fixtures it makes itself: a failure should stop it loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
+use common::env_or;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,13 +22,6 @@ use monitor_server::http::{self, Auth, HttpState};
 use monitor_server::registry::Registry;
 use monitor_server::store::{IncomingBatch, SqliteConfig, Store, StoredSample};
 use monitor_server::telemetry::Telemetry;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Values that look like an agent's (noisy, many decimals), so gzip gets
 /// no easier job than in real life.
