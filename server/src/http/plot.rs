@@ -1,8 +1,9 @@
 //! The series answer of `/api/hosts/NAME/series`, built from the store's
 //! buckets (pure code, no I/O): which step a range gets, one time axis all
 //! series share (uPlot's aligned data), and nulls where a series has no
-//! data or ticks are missing, so a plot shows an outage as a gap and not
-//! as a line across it.
+//! data or ticks are missing (for more than two intervals and at least a
+//! bucket's width), so a plot shows an outage as a gap and not as a line
+//! across it.
 //!
 //! Values are rounded to 4 significant digits (a relative error of at most
 //! 0.05 %): far below what a plot shows, and it keeps a 7-day answer
@@ -18,7 +19,8 @@ use crate::store::{Series, SeriesQuery};
 pub const MAX_POINTS: i64 = 2000;
 /// The smallest bucket: agents tick once a second at most.
 const MIN_STEP_MS: i64 = 1000;
-/// Ticks further apart than this many intervals mean some are missing.
+/// Ticks further apart than this many intervals (and than a bucket) mean
+/// some are missing.
 const GAP_INTERVALS: i64 = 2;
 
 /// The store query for `[since, until)` in at most `points` buckets: the
@@ -74,7 +76,9 @@ pub fn plot(q: &SeriesQuery, series: Vec<Series>) -> Plot {
     let mut rows: Vec<i64> = Vec::new();
     let mut gaps: Vec<i64> = Vec::new();
     for s in &series {
-        let threshold = s.interval_ms.map(|i| i * GAP_INTERVALS);
+        // A hole shorter than a bucket cannot be seen at this resolution:
+        // only one of at least a bucket's width breaks the line.
+        let threshold = s.interval_ms.map(|i| (i * GAP_INTERVALS).max(q.step_ms));
         for b in &s.buckets {
             rows.push(b.start_unix_ms);
             if threshold.is_some_and(|t| b.max_gap_ms > t) {
@@ -216,6 +220,27 @@ mod tests {
             assert_eq!(round(v), want, "{v}");
             assert_eq!(serde_json::to_string(&round(v)).unwrap(), text);
         }
+    }
+
+    #[test]
+    fn a_hole_narrower_than_a_bucket_is_no_gap() {
+        let q = SeriesQuery {
+            hostname: "pi".into(),
+            since_unix_ms: 0,
+            until_unix_ms: 60_000,
+            step_ms: 3000,
+        };
+        let mut d = Downsampler::new(&q, &[Metric::CpuPercent]).unwrap();
+        // 200 ms ticks with one 600 ms stall: three intervals, but a fifth
+        // of a bucket.
+        let mut t = 0;
+        while t < 12_000 {
+            d.push(0, t, 1.0);
+            t += if t == 5000 { 600 } else { 200 };
+        }
+        let p = plot(&q, d.finish());
+        assert_eq!(p.times, vec![0.0, 3.0, 6.0, 9.0]);
+        assert!(p.series[0].mean.iter().all(Option::is_some));
     }
 
     #[test]

@@ -274,6 +274,7 @@
       charts = [];
       plots.replaceChildren();
       const fg = cssVar("--fg"), grid = cssVar("--grid"), line = cssVar("--line"), band = cssVar("--band");
+      const x0 = answer.times.length ? answer.times[0] : answer.since_unix_ms / 1000;
       for (const s of answer.series) {
         const m = metricOf(seriesKey(s));
         const title = seriesKey(s) + " (" + unitShort(s.unit) + ")";
@@ -284,8 +285,14 @@
           title,
           width: width(),
           height: 180,
-          cursor: { sync: { key: "host" }, drag: { x: true, y: false } },
-          scales: { x: { time: true }, y: m && m.percent ? { range: [0, 100] } : {} },
+          // A drag asks the server for that range (setSelect below).
+          cursor: { sync: { key: "host" }, drag: { x: true, y: false, setScale: false } },
+          // From the first data (a new host is not a flat empty hour) to
+          // the end asked for, so a host that went quiet shows it.
+          scales: {
+            x: { time: true, range: () => [x0, answer.until_unix_ms / 1000] },
+            y: m && m.percent ? { range: [0, 100] } : {},
+          },
           axes: [
             { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid } },
             { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid }, size: 84,
