@@ -53,8 +53,9 @@ use crate::store::error::StoreError;
 use crate::store::records::{
     CertificateRecord, CommandRecord, CommandResultRecord, CursorRecord, CursorWrite, ForwardBatch,
     HealthQuery, HealthRow, HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, SampleQuery,
-    SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
+    Series, SeriesQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
 };
+use crate::store::series::Downsampler;
 use crate::store::ticket::Ticket;
 
 pub use config::SqliteConfig;
@@ -161,6 +162,18 @@ impl SqliteStore {
                     .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
                 health::query(c, host_id, &q).map_err(sql)
             })
+            .await
+    }
+
+    pub(crate) async fn series(
+        &self,
+        q: SeriesQuery,
+        down: Downsampler,
+    ) -> Result<Vec<Series>, StoreError> {
+        let hosts = Arc::clone(&self.inner.hosts);
+        self.inner
+            .readers
+            .run(move |c| read::series(c, &hosts, &q, down))
             .await
     }
 
