@@ -302,6 +302,45 @@ async fn health_values_are_stored_with_their_batch_and_queried_by_metric() {
 }
 
 #[tokio::test]
+async fn a_schema_6_file_gains_the_health_table_and_keeps_its_samples() {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::HealthQuery;
+    let dir = temp_dir("schema-6");
+    let base = base_ms();
+    {
+        let store = Store::open(config(&dir)).unwrap();
+        submit_all(&store, "pi-6", 1, 1..=2, base).await;
+        store.close().await.unwrap();
+    }
+    // What a server of schema 6 (forwarding cursors, no health values)
+    // leaves behind.
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    conn.execute_batch("DROP TABLE health; PRAGMA user_version = 6;")
+        .unwrap();
+    drop(conn);
+    let store = Store::open(config(&dir)).unwrap();
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
+    check(&store, all("pi-6"), &rows_of(1..=2, base, &Metric::ALL)).await;
+    let outcome = store
+        .submit(health_batch("pi-6", 1, 3, base))
+        .await
+        .unwrap();
+    assert_eq!(outcome, SubmitOutcome::Stored);
+    let load = store
+        .query_health(HealthQuery {
+            hostname: "pi-6".into(),
+            metric: HealthMetric::Load1,
+            since_unix_ms: i64::MIN,
+            until_unix_ms: None,
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(load.len(), 1);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn unknown_host_is_its_own_error() {
     let dir = temp_dir("unknown-host");
     let store = Store::open(config(&dir)).unwrap();
@@ -1053,7 +1092,7 @@ async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
     let base = base_ms();
     write_schema_1(&dir.db(), base, 0);
     let store = Store::open(config(&dir)).unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 6);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
     assert_eq!(
         pragma(
             &dir.db(),
@@ -1489,7 +1528,7 @@ async fn a_schema_2_file_is_converted_with_its_unfolded_journal() {
         .unwrap();
     }
     let store = Store::open(merging_config(&dir)).unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 6);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
     check(&store, all("pi"), &rows_of(1..=2, base, &Metric::ALL)).await;
     let hosts = store.hosts().await.unwrap();
     assert_eq!(hosts[0].batches_stored_total, 2);
