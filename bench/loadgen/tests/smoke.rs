@@ -114,24 +114,31 @@ fn fleet(server: &TestServer, prefix: &str) -> FleetConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_fleet_is_held_and_every_batch_is_stored() {
-    let dir = temp_dir("capacity");
-    let server = TestServer::start(dir.path()).await;
-    let result = capacity::run(CapacityConfig {
-        fleet: fleet(&server, "smoke-"),
+/// A short capacity search on `server` (with its operator credential when
+/// it runs TLS).
+fn small_capacity(server: &TestServer, prefix: &str, steps: Vec<usize>) -> CapacityConfig {
+    CapacityConfig {
+        fleet: fleet(server, prefix),
         admin: server.admin.clone(),
-        credential: None,
+        credential: server.config.tls.as_ref().map(|_| server.credential()),
+        // The test process is the server's.
         server_pid: Some(std::process::id()),
-        steps: vec![5, 20],
+        steps,
         warmup: Duration::from_millis(500),
         hold: Duration::from_secs(2),
         // A debug build on a busy 2-core box: the latency target is
         // bench/run.sh's business, not this smoke test's.
         max_p99: Duration::from_secs(30),
-    })
-    .await
-    .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_fleet_is_held_and_every_batch_is_stored() {
+    let dir = temp_dir("capacity");
+    let server = TestServer::start(dir.path()).await;
+    let result = capacity::run(small_capacity(&server, "smoke-", vec![5, 20]))
+        .await
+        .unwrap();
     server.stop().await;
 
     assert_eq!(result.steps.len(), 2, "{result:?}");
@@ -190,18 +197,9 @@ async fn commands_come_back_from_every_simulated_agent() {
 async fn tls_fleet_is_held_with_a_certificate_per_agent() {
     let dir = temp_dir("tls");
     let server = TestServer::start_with(tls_config(dir.path())).await;
-    let result = capacity::run(CapacityConfig {
-        fleet: fleet(&server, "smoketls-"),
-        admin: server.admin.clone(),
-        credential: Some(server.credential()),
-        server_pid: None,
-        steps: vec![5, 10],
-        warmup: Duration::from_millis(500),
-        hold: Duration::from_secs(2),
-        max_p99: Duration::from_secs(30),
-    })
-    .await
-    .unwrap();
+    let result = capacity::run(small_capacity(&server, "smoketls-", vec![5, 10]))
+        .await
+        .unwrap();
     server.stop().await;
 
     let issued = result.issuance.expect("certificates were issued");
