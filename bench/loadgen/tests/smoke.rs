@@ -77,6 +77,20 @@ impl TestServer {
             .await
             .unwrap();
         });
+        // With TLS the server makes its material as it starts: wait for
+        // the operator credential, written last (atomically).
+        if let Some(tls) = &config.tls {
+            let cred = tls.dir.join("admin.cred");
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            while !cred.exists() {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "no {} after 30 s",
+                    cred.display()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         TestServer {
             config,
             agents,
