@@ -51,9 +51,10 @@ use tokio::sync::mpsc;
 use crate::store::error::StoreError;
 use crate::store::records::{
     CertificateRecord, CommandRecord, CommandResultRecord, CursorRecord, CursorWrite, ForwardBatch,
-    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, SampleQuery, SigningKeyRecord,
-    StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
+    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, SampleQuery, Series, SeriesQuery,
+    SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
 };
+use crate::store::series::Downsampler;
 use crate::store::ticket::Ticket;
 
 pub use config::SqliteConfig;
@@ -146,6 +147,18 @@ impl SqliteStore {
         self.inner
             .readers
             .run(move |c| read::samples(c, &hosts, &q))
+            .await
+    }
+
+    pub(crate) async fn series(
+        &self,
+        q: SeriesQuery,
+        down: Downsampler,
+    ) -> Result<Vec<Series>, StoreError> {
+        let hosts = Arc::clone(&self.inner.hosts);
+        self.inner
+            .readers
+            .run(move |c| read::series(c, &hosts, &q, down))
             .await
     }
 
