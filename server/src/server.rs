@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::ingest::CollectorService;
 use crate::listener::{self, Limits};
 use crate::registry::Registry;
-use crate::store::{SqliteConfig, Store, StoreError};
+use crate::store::{Store, StoreConfig, StoreError};
 use crate::tls::setup::{self, SetupError};
 
 /// Longest a graceful stop waits for connections to finish.
@@ -119,27 +119,26 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let mut store_config = SqliteConfig {
-        retention: config.retention,
-        ..SqliteConfig::new(&config.db)
-    };
+    let mut store_config = config.db.store_config(config.retention);
     // For tests only: how long batches wait in the store's journal before
     // their host is merged (milliseconds), so fault tests can crash the
     // server with both merged and unmerged batches in the file.
-    if let Some(ms) = std::env::var(TEST_MERGE_INTERVAL_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        store_config.merge_interval = Duration::from_millis(ms);
+    if let (StoreConfig::Sqlite(c), Some(ms)) = (
+        &mut store_config,
+        std::env::var(TEST_MERGE_INTERVAL_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok()),
+    ) {
+        c.merge_interval = Duration::from_millis(ms);
     }
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+    let store = Store::open(store_config)
         .await
-        .map_err(|e| ServerError::Store(StoreError::Writer(std::io::Error::other(e.to_string()))))?
         .map_err(ServerError::Store)?;
     let hosts = store.hosts().await.map_err(ServerError::Store)?;
     log::info!(
-        "store {} open: {} known hosts",
-        config.db.display(),
+        "store {} ({}) open: {} known hosts",
+        config.db,
+        store.backend_name(),
         hosts.len()
     );
     // Every host starts offline: the registry only knows who connects

@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use super::postgres::error::PostgresError;
 use super::sqlite::error::SqliteError;
 
 /// Everything that can go wrong in the store.
@@ -16,6 +17,10 @@ pub enum StoreError {
     /// The SQLite backend failed: its file could not be opened, is
     /// corrupt, is full, or a statement failed (see [`SqliteError`]).
     Sqlite(SqliteError),
+    /// The PostgreSQL backend failed: the database is unreachable, a
+    /// statement failed, or its tables are not this server's (see
+    /// [`PostgresError`]).
+    Postgres(PostgresError),
     /// A query named a host that never sent a batch.
     UnknownHost(String),
     /// A command result named a command id that was never recorded.
@@ -40,6 +45,7 @@ impl fmt::Display for StoreError {
             // Transparent: the backend's error says what happened, and its
             // source is the next link of the chain.
             StoreError::Sqlite(e) => e.fmt(f),
+            StoreError::Postgres(e) => e.fmt(f),
             StoreError::UnknownHost(h) => write!(f, "unknown host '{h}'"),
             StoreError::UnknownCommand(id) => write!(f, "unknown command id '{id}'"),
             StoreError::Closed => write!(f, "the store is closed"),
@@ -56,6 +62,7 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StoreError::Sqlite(e) => e.source(),
+            StoreError::Postgres(e) => e.source(),
             StoreError::Writer(e) => Some(e),
             StoreError::Reader(e) => Some(e),
             StoreError::UnknownHost(_)
@@ -72,12 +79,19 @@ impl From<SqliteError> for StoreError {
     }
 }
 
+impl From<PostgresError> for StoreError {
+    fn from(e: PostgresError) -> StoreError {
+        StoreError::Postgres(e)
+    }
+}
+
 impl StoreError {
     /// Whether the agent should simply re-send later (the failure is on
     /// the server's side and nothing was stored).
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Sqlite(e) => e.is_transient(),
+            StoreError::Postgres(e) => e.is_transient(),
             StoreError::Closed => true,
             _ => false,
         }

@@ -53,10 +53,15 @@
 //! The store must never see protobuf types and never block the async
 //! runtime (blocking work runs on its own threads or tokio's blocking pool).
 
+mod dedup;
+mod encoding;
 mod error;
+mod postgres;
 mod records;
+mod requests;
 mod sqlite;
 mod ticket;
+mod ticks;
 
 pub use error::StoreError;
 pub use records::{
@@ -64,17 +69,32 @@ pub use records::{
     IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, SigningKeyRecord, StoredSample,
     StoredSampleRow, SubmitOutcome, TokenRefusal,
 };
+pub use postgres::{PostgresConfig, PostgresError};
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
 
 use records::{TrustAnswer, TrustWrite};
+use postgres::PostgresStore;
 use sqlite::SqliteStore;
+
+/// Expired join tokens and certificates stay this long (30 days) in every
+/// backend, so an agent told "expired" can still be told so, then go.
+pub(crate) const TRUST_KEPT_AFTER_EXPIRY_MS: i64 = 30 * 86_400_000;
 
 /// Which backend the store runs on, and its settings.
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
     /// One SQLite file on this server (see `sqlite/mod.rs`).
     Sqlite(SqliteConfig),
+    /// A PostgreSQL database, shared by several server replicas (see
+    /// `postgres/mod.rs`).
+    Postgres(PostgresConfig),
+}
+
+impl From<PostgresConfig> for StoreConfig {
+    fn from(c: PostgresConfig) -> StoreConfig {
+        StoreConfig::Postgres(c)
+    }
 }
 
 impl From<SqliteConfig> for StoreConfig {
@@ -93,17 +113,43 @@ pub struct Store {
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 impl Store {
-    /// Opens the backend (for SQLite: creates the file if needed, checks
-    /// it, starts the writer thread). Blocks for as long as opening takes:
-    /// call it before serving, or from `spawn_blocking`.
-    pub fn open(config: impl Into<StoreConfig>) -> Result<Store, StoreError> {
+    /// Opens the backend: for SQLite, creates the file if needed, checks
+    /// it and starts the writer thread (on the blocking pool, as long as
+    /// that takes); for PostgreSQL, connects, brings the tables up to date
+    /// and starts the writer task.
+    pub async fn open(config: impl Into<StoreConfig>) -> Result<Store, StoreError> {
         let backend = match config.into() {
-            StoreConfig::Sqlite(c) => Backend::Sqlite(SqliteStore::open(c)?),
+            StoreConfig::Sqlite(c) => Backend::Sqlite(
+                tokio::task::spawn_blocking(move || SqliteStore::open(c))
+                    .await
+                    .map_err(StoreError::Reader)??,
+            ),
+            StoreConfig::Postgres(c) => Backend::Postgres(PostgresStore::open(c).await?),
         };
         Ok(Store { backend })
+    }
+
+    /// When the backend stopped answering, if it did (ms since the Unix
+    /// epoch): a PostgreSQL database that is down or restarting. Batches
+    /// are not acknowledged meanwhile. An embedded SQLite file is always
+    /// there (its failures are per flush).
+    pub fn unavailable_since_unix_ms(&self) -> Option<i64> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(s) => s.unavailable_since_unix_ms(),
+        }
+    }
+
+    /// Which backend this is, for logs ("SQLite" or "PostgreSQL").
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "SQLite",
+            Backend::Postgres(_) => "PostgreSQL",
+        }
     }
 
     /// Requests waiting for the writer right now (for the server's own
@@ -111,6 +157,7 @@ impl Store {
     pub fn queued(&self) -> usize {
         match &self.backend {
             Backend::Sqlite(s) => s.queued(),
+            Backend::Postgres(s) => s.queued(),
         }
     }
 
@@ -124,6 +171,7 @@ impl Store {
     pub async fn enqueue(&self, batch: IncomingBatch) -> Result<Ticket<SubmitOutcome>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.enqueue(batch).await,
+            Backend::Postgres(s) => s.enqueue(batch).await,
         }
     }
 
@@ -138,6 +186,7 @@ impl Store {
     pub async fn enqueue_command(&self, c: CommandRecord) -> Result<Ticket<()>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.enqueue_command(c).await,
+            Backend::Postgres(s) => s.enqueue_command(c).await,
         }
     }
 
@@ -154,6 +203,7 @@ impl Store {
     ) -> Result<Ticket<()>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.enqueue_command_result(r).await,
+            Backend::Postgres(s) => s.enqueue_command_result(r).await,
         }
     }
 
@@ -168,6 +218,7 @@ impl Store {
     pub async fn query(&self, q: SampleQuery) -> Result<Vec<StoredSampleRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.query(q).await,
+            Backend::Postgres(s) => s.query(q).await,
         }
     }
 
@@ -178,6 +229,7 @@ impl Store {
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.hosts().await,
+            Backend::Postgres(s) => s.hosts().await,
         }
     }
 
@@ -186,6 +238,7 @@ impl Store {
     pub async fn host(&self, hostname: &str) -> Result<Option<HostRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.host(hostname.to_owned()).await,
+            Backend::Postgres(s) => s.host(hostname.to_owned()).await,
         }
     }
 
@@ -198,14 +251,13 @@ impl Store {
     ) -> Result<Vec<HistoryRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.history(hostname, limit).await,
+            Backend::Postgres(s) => s.history(hostname, limit).await,
         }
     }
 
     /// Records a join token (its secret only as a hash).
     pub async fn create_join_token(&self, t: JoinTokenRecord) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.trust(TrustWrite::CreateJoinToken(t)).await.map(drop),
-        }
+        self.trust(TrustWrite::CreateJoinToken(t)).await.map(drop)
     }
 
     /// The join token whose secret hashes to `secret_sha256`, if any.
@@ -215,6 +267,7 @@ impl Store {
     ) -> Result<Option<JoinTokenRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.join_token(secret_sha256).await,
+            Backend::Postgres(s) => s.join_token(secret_sha256).await,
         }
     }
 
@@ -234,32 +287,27 @@ impl Store {
             peer,
             cert,
         };
-        match &self.backend {
-            Backend::Sqlite(s) => s.trust(write).await.map(|a| match a {
-                TrustAnswer::Refused(r) => Err(r),
-                _ => Ok(()),
-            }),
-        }
+        Ok(match self.trust(write).await? {
+            TrustAnswer::Refused(r) => Err(r),
+            _ => Ok(()),
+        })
     }
 
     /// Records a certificate the server issued.
     pub async fn record_certificate(&self, c: CertificateRecord) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.trust(TrustWrite::RecordCertificate(c)).await.map(drop),
-        }
+        self.trust(TrustWrite::RecordCertificate(c)).await.map(drop)
     }
 
     /// Registers an operator's public signing key (again: no change).
     pub async fn register_signing_key(&self, k: SigningKeyRecord) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.trust(TrustWrite::RegisterSigningKey(k)).await.map(drop),
-        }
+        self.trust(TrustWrite::RegisterSigningKey(k)).await.map(drop)
     }
 
     /// Every registered signing key, revoked ones included.
     pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.signing_keys().await,
+            Backend::Postgres(s) => s.signing_keys().await,
         }
     }
 
@@ -276,12 +324,10 @@ impl Store {
             name,
             now_unix_ms,
         };
-        match &self.backend {
-            Backend::Sqlite(s) => s.trust(write).await.map(|a| match a {
-                TrustAnswer::Revoked(n) => n,
-                _ => 0,
-            }),
-        }
+        Ok(match self.trust(write).await? {
+            TrustAnswer::Revoked(n) => n,
+            _ => 0,
+        })
     }
 
     /// Every certificate not expired more than a retention period ago,
@@ -289,6 +335,16 @@ impl Store {
     pub async fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.certificates().await,
+            Backend::Postgres(s) => s.certificates().await,
+        }
+    }
+
+    /// A trust write, in order with everything else; resolves once
+    /// committed.
+    async fn trust(&self, write: TrustWrite) -> Result<TrustAnswer, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.trust(write).await,
+            Backend::Postgres(s) => s.trust(write).await,
         }
     }
 
@@ -297,6 +353,7 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(s) => s.close().await,
         }
     }
 }

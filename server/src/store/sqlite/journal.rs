@@ -31,8 +31,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::hosts::{BatchMeta, HostEntry};
 use super::runs::{self, RunCache, RunEntry, RunKey};
-use super::tables::{u64_from_sql, u64_to_sql};
-use super::ticks::{self, PendingTick, TickRow};
+use crate::store::encoding::{u64_from_sql, u64_to_sql};
+use crate::store::ticks::{self, PendingTick, TickRow};
 use crate::store::records::IncomingBatch;
 
 /// Appends the journal row of a stored batch; prepared once per flush.

@@ -28,7 +28,6 @@
 
 mod checkpoint;
 mod config;
-mod dedup;
 pub(super) mod error;
 mod hosts;
 mod journal;
@@ -37,7 +36,6 @@ mod read;
 mod runs;
 mod schema;
 mod tables;
-mod ticks;
 mod writer;
 
 use std::path::PathBuf;

@@ -19,8 +19,8 @@ use rusqlite::OptionalExtension;
 use super::error::SqliteError;
 use super::hosts::HostTable;
 use super::schema;
-use super::tables::{METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
-use super::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
+use crate::store::encoding::{METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
+use crate::store::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
 use crate::store::error::StoreError;
 use crate::store::records::{HistoryRow, SampleQuery, StoredSampleRow};
 

@@ -18,8 +18,8 @@ use rusqlite::Connection;
 
 use crate::store::records::Conflict;
 use crate::store::sqlite::hosts::HostTable;
-use crate::store::sqlite::tables::metric_from_id;
-use crate::store::sqlite::ticks::{self, METRICS, TickRow};
+use crate::store::encoding::metric_from_id;
+use crate::store::ticks::{self, METRICS, TickRow};
 
 /// Checks the ticks `rows` of one batch of host `host_id` against what is
 /// stored at their times, for the rows not newer than `newest_unix_ms`

@@ -26,8 +26,8 @@ use crate::store::records::{IncomingBatch, SubmitOutcome};
 use crate::store::sqlite::hosts::{BatchMeta, HostEntry};
 use crate::store::sqlite::journal;
 use crate::store::sqlite::runs::{self, RunCache, RunEntry, RunKey};
-use crate::store::sqlite::tables::{metric_id, u64_to_sql};
-use crate::store::sqlite::ticks::{self, PendingTick, TickRow};
+use crate::store::encoding::{metric_id, u64_to_sql};
+use crate::store::ticks::{self, PendingTick, TickRow};
 
 /// A flush that takes longer is logged at debug level.
 const SLOW_FLUSH: Duration = Duration::from_millis(100);

@@ -20,7 +20,7 @@ use monitor::metric::Metric;
 use crate::store::records::{Conflict, StoredSample};
 
 /// How many metrics a row holds: one column per metric, indexed by the
-/// metric's id (see `tables::metric_id`).
+/// metric's id (see `encoding::metric_id`).
 pub(crate) const METRICS: usize = Metric::ALL.len();
 
 /// The samples of one batch that share a sample time.

@@ -1,0 +1,273 @@
+//! The PostgreSQL backend of the store: every sample, the hosts that sent
+//! them, the command history and the trust tables in one PostgreSQL
+//! database that several `monitor-server` replicas share.
+//!
+//! Shape: ONE writer task per replica (`writer.rs`) owns a connection of
+//! its own and receives requests from a bounded queue; it groups them into
+//! one transaction per flush and answers each request only after that
+//! transaction committed (`flush.rs`). Reads (`read.rs`, `trust.rs`) run on
+//! a small pool of other connections. Nothing is kept in memory between
+//! flushes except which partitions exist: the database is the truth, and
+//! what another replica committed is seen at once.
+//!
+//! Files, from the bottom: `text.rs` (text without NUL), `config.rs`,
+//! `error.rs`, `schema.rs` (tables, migration under an advisory lock),
+//! `partitions.rs` (time partitions of `ticks`, retention by dropping
+//! them), `trust.rs`, `flush.rs`, `read.rs`, `writer.rs`, and this handle.
+//!
+//! On top of the face's contract (see `store/mod.rs`): the de-duplication
+//! state of a run commits in the same transaction as its samples, with
+//! its row locked, so an agent that re-sends its buffer to another replica
+//! after a failover stores nothing twice; retention drops whole partitions
+//! (samples live between `retention` and `retention` plus one partition
+//! width); and the database's password never reaches a log.
+
+mod config;
+pub(super) mod error;
+mod flush;
+mod partitions;
+mod read;
+mod schema;
+mod text;
+mod trust;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+use crate::store::error::StoreError;
+use crate::store::records::{
+    CertificateRecord, CommandRecord, CommandResultRecord, HistoryRow, HostRecord, IncomingBatch,
+    JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer,
+    TrustWrite,
+};
+use crate::store::requests::Request;
+use crate::store::ticket::Ticket;
+
+pub use config::PostgresConfig;
+pub use error::PostgresError;
+
+use writer::{Health, Writer};
+
+/// Cheap to clone; every clone submits to the same writer task.
+#[derive(Clone)]
+pub(crate) struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The URL without its password.
+    target: String,
+    requests: mpsc::Sender<Request>,
+    reads: Pool,
+    health: Arc<Health>,
+    /// Set by the first `close`; later requests fail with `Closed`.
+    closed: AtomicBool,
+    /// Taken (and awaited) by the first `close`.
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("target", &self.inner.target)
+            .field("queued", &self.queued())
+            .finish()
+    }
+}
+
+impl PostgresStore {
+    /// Connects, brings the tables up to date (one replica at a time),
+    /// starts the writer task.
+    pub(crate) async fn open(config: PostgresConfig) -> Result<PostgresStore, StoreError> {
+        let pg = config.validate()?;
+        let target = config.target();
+        let mut client = writer::connect(&pg, &target).await?;
+        let schema = schema::migrate(
+            &mut client,
+            &target,
+            partitions::width_for(config.retention_ms()),
+        )
+        .await?;
+        let existing = partitions::existing(&client)
+            .await
+            .map_err(|e| PostgresError::of("listing partitions", &target, e))?;
+        let hosts: i64 = client
+            .query_one("SELECT count(*) FROM hosts", &[])
+            .await
+            .map_err(|e| PostgresError::of("counting hosts", &target, e))?
+            .get(0);
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let reads = Pool::builder(manager)
+            .max_size(config.read_connections)
+            .build()
+            .map_err(|e| StoreError::Writer(std::io::Error::other(e.to_string())))?;
+        log::info!(
+            "store: PostgreSQL at {target}: {hosts} hosts, {} partitions of {} s",
+            existing.len(),
+            schema.partition_width_ms / 1000
+        );
+        let (requests, rx) = mpsc::channel(config.queue_capacity);
+        let health = Arc::new(Health::default());
+        let writer = Writer {
+            pg,
+            target: target.clone(),
+            config,
+            schema,
+            client: Some(client),
+            partitions: existing,
+            health: Arc::clone(&health),
+            down_since: None,
+        };
+        let handle = tokio::spawn(writer.run(rx));
+        Ok(PostgresStore {
+            inner: Arc::new(Inner {
+                target,
+                requests,
+                reads,
+                health,
+                closed: AtomicBool::new(false),
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        let tx = &self.inner.requests;
+        tx.max_capacity() - tx.capacity()
+    }
+
+    /// Whether the database answered the last flush; when not, since when
+    /// (ms since the Unix epoch).
+    pub(crate) fn unavailable_since_unix_ms(&self) -> Option<i64> {
+        self.inner.health.down_since_unix_ms()
+    }
+
+    pub(crate) async fn enqueue(
+        &self,
+        batch: IncomingBatch,
+    ) -> Result<Ticket<SubmitOutcome>, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Batch { batch, reply }).await?;
+        Ok(ticket)
+    }
+
+    pub(crate) async fn enqueue_command(&self, c: CommandRecord) -> Result<Ticket<()>, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Command { record: c, reply }).await?;
+        Ok(ticket)
+    }
+
+    pub(crate) async fn enqueue_command_result(
+        &self,
+        r: CommandResultRecord,
+    ) -> Result<Ticket<()>, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::CommandResult { record: r, reply })
+            .await?;
+        Ok(ticket)
+    }
+
+    /// A trust write, in order with everything else; resolves once
+    /// committed.
+    pub(crate) async fn trust(&self, write: TrustWrite) -> Result<TrustAnswer, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Trust { write, reply }).await?;
+        ticket.await
+    }
+
+    /// A read connection from the pool.
+    async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.inner.reads.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => {
+                PostgresError::of("connecting", &self.inner.target, e).into()
+            }
+            other => StoreError::Writer(std::io::Error::other(other.to_string())),
+        })
+    }
+
+    pub(crate) async fn query(&self, q: SampleQuery) -> Result<Vec<StoredSampleRow>, StoreError> {
+        let mut c = self.reader().await?;
+        read::samples(&mut **c, &self.inner.target, &q).await
+    }
+
+    pub(crate) async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        let mut c = self.reader().await?;
+        read::hosts(&mut **c, &self.inner.target).await
+    }
+
+    pub(crate) async fn host(&self, hostname: String) -> Result<Option<HostRecord>, StoreError> {
+        let mut c = self.reader().await?;
+        read::host(&mut **c, &self.inner.target, &hostname).await
+    }
+
+    pub(crate) async fn history(
+        &self,
+        hostname: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        let mut c = self.reader().await?;
+        read::history(&mut **c, &self.inner.target, hostname.as_deref(), limit).await
+    }
+
+    pub(crate) async fn join_token(
+        &self,
+        secret_sha256: [u8; 32],
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let c = self.reader().await?;
+        Ok(trust::join_token(&**c, &self.inner.target, &secret_sha256).await?)
+    }
+
+    pub(crate) async fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
+        let c = self.reader().await?;
+        Ok(trust::certificates(&**c, &self.inner.target).await?)
+    }
+
+    pub(crate) async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        let c = self.reader().await?;
+        Ok(trust::signing_keys(&**c, &self.inner.target).await?)
+    }
+
+    pub(crate) async fn close(&self) -> Result<(), StoreError> {
+        let Some(handle) = self.inner.writer.lock().await.take() else {
+            return Ok(());
+        };
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let (reply, answer) = Ticket::new();
+        let result = match self.inner.requests.send(Request::Close { reply }).await {
+            Ok(()) => answer.await,
+            Err(_) => Ok(()),
+        };
+        if handle.await.is_err() {
+            log::error!("store: the writer task of {} panicked", self.inner.target);
+        }
+        self.inner.reads.close();
+        result
+    }
+
+    /// Queues a request, waiting while the queue is full.
+    async fn send(&self, request: Request) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        self.inner
+            .requests
+            .send(request)
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+}
