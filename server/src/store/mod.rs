@@ -64,17 +64,17 @@ mod ticket;
 mod ticks;
 
 pub use error::StoreError;
+pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
     CertificateRecord, CommandRecord, CommandResultRecord, Conflict, HistoryRow, HostRecord,
     IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, SigningKeyRecord, StoredSample,
     StoredSampleRow, SubmitOutcome, TokenRefusal,
 };
-pub use postgres::{PostgresConfig, PostgresError};
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
 
-use records::{TrustAnswer, TrustWrite};
 use postgres::PostgresStore;
+use records::{TrustAnswer, TrustWrite};
 use sqlite::SqliteStore;
 
 /// Expired join tokens and certificates stay this long (30 days) in every
@@ -300,7 +300,9 @@ impl Store {
 
     /// Registers an operator's public signing key (again: no change).
     pub async fn register_signing_key(&self, k: SigningKeyRecord) -> Result<(), StoreError> {
-        self.trust(TrustWrite::RegisterSigningKey(k)).await.map(drop)
+        self.trust(TrustWrite::RegisterSigningKey(k))
+            .await
+            .map(drop)
     }
 
     /// Every registered signing key, revoked ones included.

@@ -100,4 +100,3 @@ pub(crate) fn answer(request: Request, answer: Answer) {
         }
     }
 }
-

@@ -153,9 +153,15 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         let check = |url: &str, shown: &str| assert_eq!(redact(url), shown, "{url}");
-        check("postgres://u:secret@db:5432/m", "postgres://u:***@db:5432/m");
+        check(
+            "postgres://u:secret@db:5432/m",
+            "postgres://u:***@db:5432/m",
+        );
         check("postgres://u@db/m", "postgres://u@db/m");
-        check("postgresql://db/m?sslmode=disable", "postgresql://db/m?sslmode=disable");
+        check(
+            "postgresql://db/m?sslmode=disable",
+            "postgresql://db/m?sslmode=disable",
+        );
         check("postgres://u:p@ss@db/m", "postgres://u:***@db/m");
         check("host=db password=x user=u", "host=db password=*** user=u");
     }
@@ -165,7 +171,11 @@ mod tests {
         assert!(PostgresConfig::is_url("postgres://db/m"));
         assert!(PostgresConfig::is_url("postgresql://db/m"));
         assert!(!PostgresConfig::is_url("/var/lib/monitor.db"));
-        assert!(PostgresConfig::new("postgres://u@127.0.0.1:5/m").validate().is_ok());
+        assert!(
+            PostgresConfig::new("postgres://u@127.0.0.1:5/m")
+                .validate()
+                .is_ok()
+        );
         assert!(matches!(
             PostgresConfig::new("postgres://u@[::1:5/m").validate(),
             Err(StoreError::InvalidConfig { field: "url", .. })
@@ -174,7 +184,10 @@ mod tests {
         c.queue_capacity = 0;
         assert!(matches!(
             c.validate(),
-            Err(StoreError::InvalidConfig { field: "queue_capacity", .. })
+            Err(StoreError::InvalidConfig {
+                field: "queue_capacity",
+                ..
+            })
         ));
     }
 }

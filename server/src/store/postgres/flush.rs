@@ -27,7 +27,9 @@ use super::trust;
 use crate::store::dedup::SeqSet;
 use crate::store::encoding::{encode_argv, metric_from_id, metric_id, u64_from_sql, u64_to_sql};
 use crate::store::error::StoreError;
-use crate::store::records::{CommandRecord, CommandResultRecord, Conflict, IncomingBatch, SubmitOutcome};
+use crate::store::records::{
+    CommandRecord, CommandResultRecord, Conflict, IncomingBatch, SubmitOutcome,
+};
 use crate::store::requests::{Answer, Request};
 use crate::store::ticks::{self, METRICS, TickRow, drop_stored, fill_missing};
 
@@ -56,6 +58,9 @@ struct Run {
     changed: bool,
 }
 
+/// The flush's locked runs by (agent_id, boot_id).
+type Runs = HashMap<(String, u64), Run>;
+
 /// What the flush stages for the tables, written after the requests.
 #[derive(Default)]
 struct Writes {
@@ -74,14 +79,15 @@ pub(crate) async fn write(
 ) -> Result<Vec<Answer>, tokio_postgres::Error> {
     // Pure work first: a batch that contradicts itself is refused before
     // anything of it, even its host, is written.
-    let mut grouped: Vec<Option<Result<Vec<TickRow>, Conflict>>> = Vec::with_capacity(requests.len());
+    let mut grouped: Vec<Option<Result<Vec<TickRow>, Conflict>>> =
+        Vec::with_capacity(requests.len());
     for r in requests {
         grouped.push(match r {
             Request::Batch { batch, .. } => {
                 let mut rows = Vec::new();
                 Some(
-                    ticks::group_samples(&batch.samples, |m| metric_id(m) as usize, &mut rows)
-                        .map(|dropped| {
+                    ticks::group_samples(&batch.samples, |m| metric_id(m) as usize, &mut rows).map(
+                        |dropped| {
                             if dropped.not_finite > 0 {
                                 log::warn!(
                                     "store: {} {} seq {}: {} samples are not finite numbers; \
@@ -93,7 +99,8 @@ pub(crate) async fn write(
                                 );
                             }
                             rows
-                        }),
+                        },
+                    ),
                 )
             }
             _ => None,
@@ -110,8 +117,14 @@ pub(crate) async fn write(
                 let rows = grouped.get_mut(index).and_then(Option::take);
                 match rows {
                     Some(Ok(rows)) => Answer::Batch(
-                        write_batch(&tx, (index, batch), rows, (&mut hosts, &mut runs), &mut writes)
-                            .await?,
+                        write_batch(
+                            &tx,
+                            (index, batch),
+                            rows,
+                            (&mut hosts, &mut runs),
+                            &mut writes,
+                        )
+                        .await?,
                     ),
                     Some(Err(conflict)) => Answer::Batch(SubmitOutcome::Conflict(conflict)),
                     None => Answer::Failed(StoreError::Closed),
@@ -121,7 +134,8 @@ pub(crate) async fn write(
                 write_command(&tx, record).await?;
                 Answer::Done
             }
-            Request::CommandResult { record, .. } => match write_command_result(&tx, record).await? {
+            Request::CommandResult { record, .. } => match write_command_result(&tx, record).await?
+            {
                 true => Answer::Done,
                 false => Answer::Failed(StoreError::UnknownCommand(record.command_id.clone())),
             },
@@ -138,7 +152,7 @@ pub(crate) async fn write(
     write_ticks(&tx, &writes, horizon_unix_ms).await?;
     write_runs(&tx, &runs).await?;
     write_hosts(&tx, requests, &hosts).await?;
-    write_latest(&tx, &writes).await?;
+    write_latest(&tx, &writes, horizon_unix_ms).await?;
     tx.commit().await?;
     Ok(answers)
 }
@@ -179,7 +193,14 @@ async fn lock_hosts(
          ORDER BY n
          ON CONFLICT (hostname) DO NOTHING",
         &[
-            &names, &agent_ids, &versions, &peers, &received, &offsets, &dropped, &i64::MIN,
+            &names,
+            &agent_ids,
+            &versions,
+            &peers,
+            &received,
+            &offsets,
+            &dropped,
+            &i64::MIN,
         ],
     )
     .await?;
@@ -211,7 +232,7 @@ async fn lock_runs(
     tx: &Transaction<'_>,
     requests: &[Request],
     grouped: &[Option<Result<Vec<TickRow>, Conflict>>],
-) -> Result<HashMap<(String, u64), Run>, tokio_postgres::Error> {
+) -> Result<Runs, tokio_postgres::Error> {
     let mut first: BTreeMap<(&str, u64), i64> = BTreeMap::new();
     for (r, g) in requests.iter().zip(grouped) {
         if let (Request::Batch { batch, .. }, Some(Ok(_))) = (r, g) {
@@ -276,7 +297,7 @@ async fn write_batch(
     tx: &Transaction<'_>,
     (index, batch): (usize, &IncomingBatch),
     mut rows: Vec<TickRow>,
-    (hosts, runs): (&mut HashMap<String, Host>, &mut HashMap<(String, u64), Run>),
+    (hosts, runs): (&mut HashMap<String, Host>, &mut Runs),
     writes: &mut Writes,
 ) -> Result<SubmitOutcome, tokio_postgres::Error> {
     // Both exist: lock_hosts and lock_runs made every one of the flush.
@@ -415,7 +436,9 @@ async fn write_ticks(
         return Ok(());
     }
     let names = crate::store::encoding::METRIC_COLUMNS;
-    let casts: Vec<String> = (0..METRICS).map(|i| format!("${}::float8[]", i + 5)).collect();
+    let casts: Vec<String> = (0..METRICS)
+        .map(|i| format!("${}::float8[]", i + 5))
+        .collect();
     let fills: Vec<String> = names
         .iter()
         .map(|c| format!("{c} = COALESCE(ticks.{c}, EXCLUDED.{c})"))
@@ -437,10 +460,7 @@ async fn write_ticks(
     Ok(())
 }
 
-async fn write_runs(
-    tx: &Transaction<'_>,
-    runs: &HashMap<(String, u64), Run>,
-) -> Result<(), tokio_postgres::Error> {
+async fn write_runs(tx: &Transaction<'_>, runs: &Runs) -> Result<(), tokio_postgres::Error> {
     let changed: Vec<&Run> = runs.values().filter(|r| r.changed).collect();
     if changed.is_empty() {
         return Ok(());
@@ -507,10 +527,12 @@ async fn write_hosts(
     Ok(())
 }
 
-async fn write_latest(tx: &Transaction<'_>, writes: &Writes) -> Result<(), tokio_postgres::Error> {
-    if writes.latest.is_empty() {
-        return Ok(());
-    }
+/// The newest values; one in a dropped partition went with its samples.
+async fn write_latest(
+    tx: &Transaction<'_>,
+    writes: &Writes,
+    horizon_unix_ms: i64,
+) -> Result<(), tokio_postgres::Error> {
     let n = writes.latest.len();
     let (mut host, mut metric, mut time, mut run, mut value) = (
         Vec::with_capacity(n),
@@ -520,11 +542,17 @@ async fn write_latest(tx: &Transaction<'_>, writes: &Writes) -> Result<(), tokio
         Vec::with_capacity(n),
     );
     for (&(h, m), &(t, r, v)) in &writes.latest {
+        if t < horizon_unix_ms {
+            continue;
+        }
         host.push(h);
         metric.push(m as i16);
         time.push(t);
         run.push(r);
         value.push(v);
+    }
+    if host.is_empty() {
+        return Ok(());
     }
     tx.execute(
         "INSERT INTO host_latest (host_id, metric_id, time_unix_ms, run_id, value)
@@ -542,7 +570,10 @@ async fn write_latest(tx: &Transaction<'_>, writes: &Writes) -> Result<(), tokio
 }
 
 /// Records a command and its targets; recording its id again is a no-op.
-async fn write_command(tx: &Transaction<'_>, c: &CommandRecord) -> Result<(), tokio_postgres::Error> {
+async fn write_command(
+    tx: &Transaction<'_>,
+    c: &CommandRecord,
+) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "INSERT INTO commands (command_id, time_unix_ms, argv, operator) VALUES ($1, $2, $3, $4)
          ON CONFLICT (command_id) DO NOTHING",

@@ -159,7 +159,10 @@ pub(crate) async fn samples(
     let during = sql("querying samples", target);
     let tx = c.transaction().await.map_err(&during)?;
     let host_id: i64 = match tx
-        .query_opt("SELECT host_id FROM hosts WHERE hostname = $1", &[&q.hostname])
+        .query_opt(
+            "SELECT host_id FROM hosts WHERE hostname = $1",
+            &[&q.hostname],
+        )
         .await
         .map_err(&during)?
     {

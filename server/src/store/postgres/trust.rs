@@ -75,7 +75,11 @@ pub(crate) async fn write(
                 "INSERT INTO operator_keys (public_key, operator, registered_unix_ms)
                  VALUES ($1, $2, $3)
                  ON CONFLICT (public_key) DO NOTHING",
-                &[&&k.public_key[..], &pg_text(&k.operator), &k.registered_unix_ms],
+                &[
+                    &&k.public_key[..],
+                    &pg_text(&k.operator),
+                    &k.registered_unix_ms,
+                ],
             )
             .await?;
             Ok(TrustAnswer::Done)
@@ -163,7 +167,9 @@ pub(crate) async fn join_token(
         )
         .await
         .map_err(sql)?;
-    row.map(|r| token_of(*secret_sha256, &r)).transpose().map_err(sql)
+    row.map(|r| token_of(*secret_sha256, &r))
+        .transpose()
+        .map_err(sql)
 }
 
 /// Every certificate the table holds.
@@ -225,7 +231,10 @@ pub(crate) async fn prune(
     cutoff_unix_ms: i64,
 ) -> Result<u64, tokio_postgres::Error> {
     let tokens = c
-        .execute("DELETE FROM join_tokens WHERE expires_unix_ms < $1", &[&cutoff_unix_ms])
+        .execute(
+            "DELETE FROM join_tokens WHERE expires_unix_ms < $1",
+            &[&cutoff_unix_ms],
+        )
         .await?;
     let certs = c
         .execute(

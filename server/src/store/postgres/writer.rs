@@ -26,10 +26,10 @@ use super::flush;
 use super::partitions;
 use super::schema::Schema;
 use super::trust;
+use crate::store::TRUST_KEPT_AFTER_EXPIRY_MS;
 use crate::store::error::StoreError;
 use crate::store::requests::{Answer, Request, answer};
 use crate::store::ticket::Reply;
-use crate::store::TRUST_KEPT_AFTER_EXPIRY_MS;
 
 /// Attempts of one flush that fail only because of a concurrent
 /// transaction (deadlock, serialization) or a partition dropped meanwhile.
@@ -103,7 +103,8 @@ impl Writer {
             };
             let mut pending = Vec::new();
             let mut closing = Vec::new();
-            self.gather(&mut rx, first, &mut pending, &mut closing).await;
+            self.gather(&mut rx, first, &mut pending, &mut closing)
+                .await;
             if !closing.is_empty() {
                 // What raced in behind the Close is still committed.
                 rx.close();
@@ -268,7 +269,11 @@ impl Writer {
                 }
                 let again = missing_partition || is_retryable(&e);
                 let e = flush::failed(&self.target, e);
-                Err(if again { Attempt::Again(e) } else { Attempt::Failed(e) })
+                Err(if again {
+                    Attempt::Again(e)
+                } else {
+                    Attempt::Failed(e)
+                })
             }
         }
     }
@@ -325,7 +330,8 @@ impl Writer {
                     &[&cutoff, &RETENTION_RUNS_PER_PASS],
                 )
                 .await?;
-            let trust = trust::prune(&*client, now.saturating_sub(TRUST_KEPT_AFTER_EXPIRY_MS)).await?;
+            let trust =
+                trust::prune(&*client, now.saturating_sub(TRUST_KEPT_AFTER_EXPIRY_MS)).await?;
             Ok::<_, tokio_postgres::Error>((dropped, runs, trust))
         };
         match pass.await {

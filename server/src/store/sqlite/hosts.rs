@@ -24,8 +24,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use monitor::metric::Metric;
 
-use crate::store::ticks::{METRICS, PendingTick, StoredTick, TickRow};
 use crate::store::records::{HostRecord, IncomingBatch, LatestValue};
+use crate::store::ticks::{METRICS, PendingTick, StoredTick, TickRow};
 
 /// The newest stored value of one metric of a host.
 #[derive(Clone, Copy, Debug, PartialEq)]

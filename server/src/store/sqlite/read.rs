@@ -20,9 +20,9 @@ use super::error::SqliteError;
 use super::hosts::HostTable;
 use super::schema;
 use crate::store::encoding::{METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
-use crate::store::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
 use crate::store::error::StoreError;
 use crate::store::records::{HistoryRow, SampleQuery, StoredSampleRow};
+use crate::store::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
 
 /// Idle read connections kept for reuse; more are opened on demand.
 const MAX_IDLE_READERS: usize = 4;

@@ -16,9 +16,9 @@
 
 use rusqlite::Connection;
 
+use crate::store::encoding::metric_from_id;
 use crate::store::records::Conflict;
 use crate::store::sqlite::hosts::HostTable;
-use crate::store::encoding::metric_from_id;
 use crate::store::ticks::{self, METRICS, TickRow};
 
 /// Checks the ticks `rows` of one batch of host `host_id` against what is

@@ -21,12 +21,12 @@ use super::conflicts;
 use super::memory::Memory;
 use super::merges::Merged;
 use super::requests::{Answer, Request};
+use crate::store::encoding::{metric_id, u64_to_sql};
 use crate::store::error::StoreError;
 use crate::store::records::{IncomingBatch, SubmitOutcome};
 use crate::store::sqlite::hosts::{BatchMeta, HostEntry};
 use crate::store::sqlite::journal;
 use crate::store::sqlite::runs::{self, RunCache, RunEntry, RunKey};
-use crate::store::encoding::{metric_id, u64_to_sql};
 use crate::store::ticks::{self, PendingTick, TickRow};
 
 /// A flush that takes longer is logged at debug level.

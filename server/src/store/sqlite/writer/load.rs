@@ -15,10 +15,10 @@ use rusqlite::{Connection, params};
 
 use super::memory::Memory;
 use super::merges::Merges;
+use crate::store::encoding::u64_from_sql;
 use crate::store::sqlite::hosts::{HostEntry, HostTable};
 use crate::store::sqlite::journal;
 use crate::store::sqlite::runs::RunCache;
-use crate::store::encoding::u64_from_sql;
 use crate::store::ticks::{METRICS, TickRow};
 
 /// How many of a host's newest rows are read at open for its latest value
