@@ -34,6 +34,10 @@ use crate::registry::Registry;
 use crate::store::{Store, StoreConfig, StoreError};
 use crate::tls::setup::{self, SetupError};
 
+/// On a store several servers share, how often each reloads the
+/// certificates and signing keys the others recorded (an agent enrolled
+/// through one replica is accepted by the others this long after).
+pub const TRUST_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest a graceful stop waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message an agent may send (a batch is well under 2 KiB; a
@@ -231,12 +235,25 @@ pub async fn run(
     }
     // Expired certificates leave the trust table (their handshakes fail
     // on the date anyway), so it holds only what can still be used.
-    let pruner = enrolment.map(|e| {
+    let pruner = enrolment.clone().map(|e| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 tick.tick().await;
                 e.trust.prune(monitor::time::now_unix_ms());
+            }
+        })
+    });
+    // On a store several servers share, what the others enrolled, revoked
+    // or registered reaches this one within TRUST_RELOAD_INTERVAL.
+    let trust_reloader = enrolment.filter(|_| store.is_shared()).map(|e| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRUST_RELOAD_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(err) = setup::reload_trust(&e).await {
+                    log::debug!("trust: cannot reload from the store: {err}");
+                }
             }
         })
     });
@@ -280,6 +297,9 @@ pub async fn run(
     }
     if let Some(p) = pruner {
         p.abort();
+    }
+    if let Some(r) = trust_reloader {
+        r.abort();
     }
     store.close().await.map_err(ServerError::Store)?;
     log::info!("store closed");

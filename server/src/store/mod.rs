@@ -66,9 +66,9 @@ mod ticks;
 pub use error::StoreError;
 pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
-    CertificateRecord, CommandRecord, CommandResultRecord, Conflict, HistoryRow, HostRecord,
-    IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, SigningKeyRecord, StoredSample,
-    StoredSampleRow, SubmitOutcome, TokenRefusal,
+    AuthorityRecord, CertificateRecord, CommandRecord, CommandResultRecord, Conflict, HistoryRow,
+    HostRecord, IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, SigningKeyRecord,
+    StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
 };
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
@@ -141,6 +141,27 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => None,
             Backend::Postgres(s) => s.unavailable_since_unix_ms(),
+        }
+    }
+
+    /// Whether several servers share this store (PostgreSQL): then the
+    /// certificate authority, the trust tables and the hosts are the
+    /// fleet's, and each server reloads what the others wrote.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The certificate authority of every server on this store: the first
+    /// one offered is kept and returned to every later caller, so replicas
+    /// starting at once agree on one. A store of one server (SQLite) keeps
+    /// none: the TLS directory holds it, and `candidate` comes back.
+    pub async fn share_authority(
+        &self,
+        candidate: AuthorityRecord,
+    ) -> Result<AuthorityRecord, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(candidate),
+            Backend::Postgres(s) => s.share_authority(candidate).await,
         }
     }
 

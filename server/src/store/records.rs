@@ -295,6 +295,23 @@ pub struct SigningKeyRecord {
     pub revoked_unix_ms: Option<i64>,
 }
 
+/// The certificate authority every replica sharing a store signs with:
+/// its private key (PKCS#8 DER) and certificate (DER). Whoever can read
+/// the store's `authority` table can sign certificates: the database is
+/// as secret as the TLS directory's `ca.key`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthorityRecord {
+    pub key_der: Vec<u8>,
+    pub cert_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for AuthorityRecord {
+    /// The key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthorityRecord(..)")
+    }
+}
+
 /// A client certificate the server issued: the truth behind the trust
 /// table the handshakes read.
 #[derive(Clone, Debug, PartialEq, Eq)]

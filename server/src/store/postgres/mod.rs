@@ -42,9 +42,9 @@ use tokio_postgres::NoTls;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    CertificateRecord, CommandRecord, CommandResultRecord, HistoryRow, HostRecord, IncomingBatch,
-    JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer,
-    TrustWrite,
+    AuthorityRecord, CertificateRecord, CommandRecord, CommandResultRecord, HistoryRow, HostRecord,
+    IncomingBatch, JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome,
+    TrustAnswer, TrustWrite,
 };
 use crate::store::requests::Request;
 use crate::store::ticket::Ticket;
@@ -235,6 +235,14 @@ impl PostgresStore {
     pub(crate) async fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
         let c = self.reader().await?;
         Ok(trust::certificates(&**c, &self.inner.target).await?)
+    }
+
+    pub(crate) async fn share_authority(
+        &self,
+        candidate: AuthorityRecord,
+    ) -> Result<AuthorityRecord, StoreError> {
+        let c = self.reader().await?;
+        Ok(trust::share_authority(&**c, &self.inner.target, &candidate).await?)
     }
 
     pub(crate) async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {

@@ -15,6 +15,8 @@
 //! - `ticks` is one row per (host, sample time, run) with one column per
 //!   metric (as in SQLite), partitioned by range of sample time; retention
 //!   drops whole partitions (see `partitions.rs`).
+//! - `authority` holds the certificate authority all replicas sign with
+//!   (its private key too: the database is as secret as a `ca.key`).
 //! - `host_latest` keeps each host's newest value per metric, so `hosts()`
 //!   never scans samples.
 //!
@@ -124,6 +126,12 @@ CREATE TABLE certificates (
     revoked_unix_ms   bigint
 );
 CREATE INDEX certificates_by_name ON certificates (role, name);
+-- The one certificate authority of every replica (see trust.rs).
+CREATE TABLE authority (
+    id       smallint PRIMARY KEY CHECK (id = 1),
+    key_der  bytea NOT NULL,
+    cert_der bytea NOT NULL
+);
 CREATE TABLE operator_keys (
     public_key         bytea PRIMARY KEY,
     operator           text NOT NULL,

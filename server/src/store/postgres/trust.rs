@@ -13,7 +13,8 @@ use tokio_postgres::{GenericClient, Row, Transaction};
 use super::error::PostgresError;
 use super::text::pg_text;
 use crate::store::records::{
-    CertificateRecord, JoinTokenRecord, SigningKeyRecord, TokenRefusal, TrustAnswer, TrustWrite,
+    AuthorityRecord, CertificateRecord, JoinTokenRecord, SigningKeyRecord, TokenRefusal,
+    TrustAnswer, TrustWrite,
 };
 
 /// Applies one trust write.
@@ -197,6 +198,33 @@ pub(crate) async fn certificates(
             })
         })
         .collect()
+}
+
+/// Keeps `candidate` as the fleet's certificate authority unless one is
+/// kept already; returns the one kept. Two statements on purpose: the
+/// insert waits for a replica inserting at the same moment, and the
+/// select that follows (a new snapshot) sees whichever row won.
+pub(crate) async fn share_authority(
+    c: &impl GenericClient,
+    target: &str,
+    candidate: &AuthorityRecord,
+) -> Result<AuthorityRecord, PostgresError> {
+    let sql = |e| PostgresError::of("sharing the certificate authority", target, e);
+    c.execute(
+        "INSERT INTO authority (id, key_der, cert_der) VALUES (1, $1, $2)
+         ON CONFLICT (id) DO NOTHING",
+        &[&candidate.key_der, &candidate.cert_der],
+    )
+    .await
+    .map_err(sql)?;
+    let row = c
+        .query_one("SELECT key_der, cert_der FROM authority WHERE id = 1", &[])
+        .await
+        .map_err(sql)?;
+    Ok(AuthorityRecord {
+        key_der: row.get(0),
+        cert_der: row.get(1),
+    })
 }
 
 /// Every registered signing key, oldest first.

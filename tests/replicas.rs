@@ -1,0 +1,194 @@
+//! End to end, several server replicas on one PostgreSQL database (issue
+//! 15): the real binaries on loopback, and a PostgreSQL server of the
+//! tests' own (`common/pg.rs`: initdb in a temp dir, 127.0.0.1, stopped at
+//! the end; without PostgreSQL installed each test prints one `skipped:`
+//! line naming the package and returns).
+//!
+//! What is proved: replicas started on one database share one certificate
+//! authority (kept in the store), so a join token made through one replica
+//! enrols through another and an agent's certificate opens every replica;
+//! agents given every replica's URL spread across them; and when a replica
+//! is killed with SIGKILL, its agents fail over to the others and every
+//! batch is stored exactly once, which the test reads from the database
+//! itself (not from what a server says).
+//!
+//! Waits poll with deadlines; nothing sleeps a guessed time.
+
+// Test support code panics on purpose when the harness cannot proceed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::pg::Postgres;
+use common::{Proc, Server, TempDir, wait_for};
+
+/// What the database holds for one host, read with psql.
+#[derive(Debug, PartialEq, Eq)]
+struct Stored {
+    /// Batches the writers counted as new (a batch stored twice would
+    /// count twice).
+    batches_stored_total: i64,
+    /// Distinct sample times: one per batch (one tick per batch).
+    times: i64,
+    /// Rows of `ticks`: one per (host, time, run).
+    rows: i64,
+    /// Agent runs (one per agent process).
+    runs: i64,
+}
+
+/// Every host's counts, from the database.
+fn stored(pg: &Postgres, url: &str) -> BTreeMap<String, Stored> {
+    let out = pg.psql(
+        url,
+        "SELECT h.hostname, h.batches_stored_total,
+                (SELECT count(DISTINCT time_unix_ms) FROM ticks t WHERE t.host_id = h.host_id),
+                (SELECT count(*) FROM ticks t WHERE t.host_id = h.host_id),
+                (SELECT count(DISTINCT run_id) FROM ticks t WHERE t.host_id = h.host_id)
+         FROM hosts h ORDER BY 1",
+    );
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            let n = |i: usize| f[i].parse::<i64>().unwrap();
+            (
+                f[0].to_owned(),
+                Stored {
+                    batches_stored_total: n(1),
+                    times: n(2),
+                    rows: n(3),
+                    runs: n(4),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Which of `servers` shows `host` online (holds its stream), if one does.
+fn holder(servers: &[&Server], host: &str) -> Option<usize> {
+    servers
+        .iter()
+        .position(|s| s.host(host).is_some_and(|h| h.online))
+}
+
+/// Waits for an agent started with `--count` to deliver everything and
+/// exit 0.
+fn wait_flushed(agent: &mut Proc, name: &str, timeout: Duration) {
+    let status = agent.wait_exit(timeout);
+    assert!(
+        status.success(),
+        "{name}: {status}\n{}",
+        agent.stderr.dump()
+    );
+    assert!(
+        !agent.stderr.contains("not acknowledged by the server"),
+        "{name} lost batches:\n{}",
+        agent.stderr.dump()
+    );
+}
+
+#[test]
+fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
+    let test = "agents_fail_over_when_a_replica_is_killed";
+    let Some(pg) = Postgres::shared(test) else {
+        return;
+    };
+    let dir = TempDir::new("replicas-failover");
+    let url = pg.database("failover");
+    let a = Server::start_replica(&dir.join("a"), &url, &[]);
+    let mut b = Server::start_replica(&dir.join("b"), &url, &[]);
+
+    // One certificate authority for both, though each has its own TLS
+    // directory: the second took the first's from the store.
+    let ca = |s: &Server| std::fs::read(s.dir().join("tls").join("ca.pem")).unwrap();
+    assert_eq!(ca(&a), ca(&b), "the replicas have different CAs");
+    assert!(
+        b.proc
+            .stderr
+            .contains("took the certificate authority the store shares")
+    );
+
+    // Tokens all made through A; each agent enrols with whichever replica
+    // it tries first (the hash of its name picks; these names spread).
+    let ticks: u64 = 80;
+    let names: Vec<String> = (0..6).map(|i| format!("fo-{i}")).collect();
+    let urls = format!("{},{}", a.url(), b.url());
+    let mut agents: Vec<Proc> = names
+        .iter()
+        .map(|n| {
+            a.agent(n)
+                .env("MONITOR_SERVER", &urls)
+                .env("MONITOR_INTERVAL", "0.1")
+                .env("MONITOR_SHUTDOWN_TIMEOUT", "90s")
+                .arg("--count")
+                .arg(ticks.to_string())
+                .spawn()
+        })
+        .collect();
+    let servers = [&a, &b];
+    let held: Vec<usize> = names
+        .iter()
+        .map(|n| {
+            wait_for(
+                &format!("{n} online somewhere"),
+                Duration::from_secs(30),
+                || holder(&servers, n),
+            )
+        })
+        .collect();
+    assert!(
+        held.contains(&0) && held.contains(&1),
+        "the agents did not spread over both replicas: {held:?}"
+    );
+
+    // Kill B once every agent has a good part of its batches stored.
+    wait_for(
+        "a third of the batches stored",
+        Duration::from_secs(60),
+        || {
+            let s = stored(pg, &url);
+            (s.len() == names.len()
+                && s.values()
+                    .all(|h| h.batches_stored_total >= (ticks / 3) as i64))
+            .then_some(())
+        },
+    );
+    b.proc.signal("KILL");
+    b.proc.wait_exit(Duration::from_secs(10));
+    let killed_at = Instant::now();
+    let moved: Vec<&String> = names
+        .iter()
+        .zip(&held)
+        .filter(|&(_, &h)| h == 1)
+        .map(|(n, _)| n)
+        .collect();
+    for n in &moved {
+        wait_for(
+            &format!("{n} to fail over to A"),
+            Duration::from_secs(30),
+            || a.host(n).is_some_and(|h| h.online).then_some(()),
+        );
+    }
+    println!(
+        "failover: {} agents of the killed replica report through the other after {:.1} s",
+        moved.len(),
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    for (agent, n) in agents.iter_mut().zip(&names) {
+        wait_flushed(agent, n, Duration::from_secs(120));
+    }
+    let all = stored(pg, &url);
+    for n in &names {
+        let want = Stored {
+            batches_stored_total: ticks as i64,
+            times: ticks as i64,
+            rows: ticks as i64,
+            runs: 1,
+        };
+        assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
+    }
+}
