@@ -75,6 +75,7 @@ pub use ticket::Ticket;
 
 use postgres::PostgresStore;
 use records::{TrustAnswer, TrustWrite};
+use requests::Request;
 use sqlite::SqliteStore;
 
 /// Expired join tokens and certificates stay this long (30 days) in every
@@ -190,10 +191,9 @@ impl Store {
     /// sequence. On `Err` nothing of the batch was stored and it must not
     /// be acknowledged.
     pub async fn enqueue(&self, batch: IncomingBatch) -> Result<Ticket<SubmitOutcome>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.enqueue(batch).await,
-            Backend::Postgres(s) => s.enqueue(batch).await,
-        }
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Batch { batch, reply }).await?;
+        Ok(ticket)
     }
 
     /// [`Store::enqueue`], then waits for the ticket.
@@ -205,10 +205,9 @@ impl Store {
     /// [`Store::enqueue`]. A result queued after this returns is handled
     /// after the command.
     pub async fn enqueue_command(&self, c: CommandRecord) -> Result<Ticket<()>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.enqueue_command(c).await,
-            Backend::Postgres(s) => s.enqueue_command(c).await,
-        }
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Command { record: c, reply }).await?;
+        Ok(ticket)
     }
 
     /// Records an operator command and its targets (results pending).
@@ -222,10 +221,10 @@ impl Store {
         &self,
         r: CommandResultRecord,
     ) -> Result<Ticket<()>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.enqueue_command_result(r).await,
-            Backend::Postgres(s) => s.enqueue_command_result(r).await,
-        }
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::CommandResult { record: r, reply })
+            .await?;
+        Ok(ticket)
     }
 
     /// Records how a command ended on one host; see
@@ -365,9 +364,17 @@ impl Store {
     /// A trust write, in order with everything else; resolves once
     /// committed.
     async fn trust(&self, write: TrustWrite) -> Result<TrustAnswer, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Trust { write, reply }).await?;
+        ticket.await
+    }
+
+    /// Queues a request for the backend's writer, waiting while its queue
+    /// is full (the backpressure); `Closed` once the store is closed.
+    async fn send(&self, request: Request) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.trust(write).await,
-            Backend::Postgres(s) => s.trust(write).await,
+            Backend::Sqlite(s) => s.send(request).await,
+            Backend::Postgres(s) => s.send(request).await,
         }
     }
 

@@ -6,6 +6,8 @@
 //! The test-only requests are the SQLite backend's hooks; another backend
 //! answers them `Closed`.
 
+use std::time::Duration;
+
 use crate::store::error::StoreError;
 use crate::store::records::{
     CommandRecord, CommandResultRecord, IncomingBatch, SubmitOutcome, TrustAnswer, TrustWrite,
@@ -99,4 +101,30 @@ pub(crate) fn answer(request: Request, answer: Answer) {
             let _ = reply.send(Err(StoreError::Closed));
         }
     }
+}
+
+/// Refuses writer settings no backend can work with, naming the field:
+/// the queue, the flush size and the retention every backend has.
+pub(crate) fn check_settings(
+    queue_capacity: usize,
+    flush_max_batches: usize,
+    retention: Duration,
+) -> Result<(), StoreError> {
+    let bad = |field, detail| Err(StoreError::InvalidConfig { field, detail });
+    if queue_capacity == 0 {
+        return bad("queue_capacity", "must be at least 1");
+    }
+    if queue_capacity > tokio::sync::Semaphore::MAX_PERMITS {
+        return bad("queue_capacity", "is too large");
+    }
+    if flush_max_batches == 0 {
+        return bad("flush_max_batches", "must be at least 1");
+    }
+    if retention.is_zero() {
+        return bad("retention", "must be longer than zero");
+    }
+    if i64::try_from(retention.as_millis()).is_err() {
+        return bad("retention", "is too long");
+    }
+    Ok(())
 }

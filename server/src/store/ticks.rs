@@ -118,6 +118,29 @@ pub(crate) fn drop_stored(
     Ok(())
 }
 
+/// [`drop_stored`] for one row of a batch, a clash given as the batch's
+/// [`Conflict`]; `metric_of` names a column (one that names no metric
+/// clashes with nothing).
+pub(crate) fn check_stored(
+    row: &mut TickRow,
+    stored: &[[Option<f64>; METRICS]],
+    metric_of: impl Fn(usize) -> Option<Metric>,
+) -> Result<(), Conflict> {
+    match drop_stored(&mut row.values, stored) {
+        Err((i, stored_value, sent_value)) => match metric_of(i) {
+            Some(metric) => Err(Conflict {
+                time_unix_ms: row.time_unix_ms,
+                metric,
+                stored_value,
+                sent_value,
+                within_batch: false,
+            }),
+            None => Ok(()),
+        },
+        Ok(()) => Ok(()),
+    }
+}
+
 /// What merging a tick into a stored row of the same (host, time, run) gave.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Filled {

@@ -31,7 +31,7 @@ use crate::store::records::{
     CommandRecord, CommandResultRecord, Conflict, IncomingBatch, SubmitOutcome,
 };
 use crate::store::requests::{Answer, Request};
-use crate::store::ticks::{self, METRICS, TickRow, drop_stored, fill_missing};
+use crate::store::ticks::{self, METRICS, TickRow, check_stored, fill_missing};
 
 /// A row of `ticks` as the flush stages it.
 #[derive(Clone, Copy)]
@@ -390,16 +390,8 @@ async fn check_conflicts(
         let Some(olds) = stored.get(&row.time_unix_ms) else {
             continue;
         };
-        if let Err((i, stored_value, sent_value)) = drop_stored(&mut row.values, olds)
-            && let Some(metric) = metric_from_id(i as i64)
-        {
-            return Ok(Err(Conflict {
-                time_unix_ms: row.time_unix_ms,
-                metric,
-                stored_value,
-                sent_value,
-                within_batch: false,
-            }));
+        if let Err(conflict) = check_stored(row, olds, |i| metric_from_id(i as i64)) {
+            return Ok(Err(conflict));
         }
     }
     rows.retain(|r| r.values.iter().any(Option::is_some));

@@ -42,9 +42,8 @@ use tokio_postgres::NoTls;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    AuthorityRecord, CertificateRecord, CommandRecord, CommandResultRecord, HistoryRow, HostRecord,
-    IncomingBatch, JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome,
-    TrustAnswer, TrustWrite,
+    AuthorityRecord, CertificateRecord, HistoryRow, HostRecord, JoinTokenRecord, SampleQuery,
+    SigningKeyRecord, StoredSampleRow,
 };
 use crate::store::requests::Request;
 use crate::store::ticket::Ticket;
@@ -154,39 +153,6 @@ impl PostgresStore {
         self.inner.health.down_since_unix_ms()
     }
 
-    pub(crate) async fn enqueue(
-        &self,
-        batch: IncomingBatch,
-    ) -> Result<Ticket<SubmitOutcome>, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::Batch { batch, reply }).await?;
-        Ok(ticket)
-    }
-
-    pub(crate) async fn enqueue_command(&self, c: CommandRecord) -> Result<Ticket<()>, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::Command { record: c, reply }).await?;
-        Ok(ticket)
-    }
-
-    pub(crate) async fn enqueue_command_result(
-        &self,
-        r: CommandResultRecord,
-    ) -> Result<Ticket<()>, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::CommandResult { record: r, reply })
-            .await?;
-        Ok(ticket)
-    }
-
-    /// A trust write, in order with everything else; resolves once
-    /// committed.
-    pub(crate) async fn trust(&self, write: TrustWrite) -> Result<TrustAnswer, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::Trust { write, reply }).await?;
-        ticket.await
-    }
-
     /// A read connection from the pool.
     async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
         if self.inner.closed.load(Ordering::SeqCst) {
@@ -268,7 +234,7 @@ impl PostgresStore {
     }
 
     /// Queues a request, waiting while the queue is full.
-    async fn send(&self, request: Request) -> Result<(), StoreError> {
+    pub(crate) async fn send(&self, request: Request) -> Result<(), StoreError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }

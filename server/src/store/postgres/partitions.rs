@@ -141,7 +141,9 @@ mod tests {
 
     #[test]
     fn widths_are_an_eighth_of_retention_within_bounds() {
-        assert_eq!(width_for(7 * 86_400_000), 86_400_000);
+        // A week: 21 h partitions.
+        assert_eq!(width_for(7 * 86_400_000), 75_600_000);
+        assert_eq!(width_for(30 * 86_400_000), 86_400_000);
         assert_eq!(width_for(3_600_000), 420_000);
         assert_eq!(width_for(60_000), 60_000);
         assert_eq!(width_for(3650 * 86_400_000), 86_400_000);

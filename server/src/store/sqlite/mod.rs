@@ -47,9 +47,8 @@ use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    CertificateRecord, CommandRecord, CommandResultRecord, HistoryRow, HostRecord, IncomingBatch,
-    JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer,
-    TrustWrite,
+    CertificateRecord, HistoryRow, HostRecord, JoinTokenRecord, SampleQuery, SigningKeyRecord,
+    StoredSampleRow,
 };
 use crate::store::ticket::Ticket;
 
@@ -113,31 +112,6 @@ impl SqliteStore {
         tx.max_capacity() - tx.capacity()
     }
 
-    pub(crate) async fn enqueue(
-        &self,
-        batch: IncomingBatch,
-    ) -> Result<Ticket<SubmitOutcome>, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::Batch { batch, reply }).await?;
-        Ok(ticket)
-    }
-
-    pub(crate) async fn enqueue_command(&self, c: CommandRecord) -> Result<Ticket<()>, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::Command { record: c, reply }).await?;
-        Ok(ticket)
-    }
-
-    pub(crate) async fn enqueue_command_result(
-        &self,
-        r: CommandResultRecord,
-    ) -> Result<Ticket<()>, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::CommandResult { record: r, reply })
-            .await?;
-        Ok(ticket)
-    }
-
     pub(crate) async fn query(&self, q: SampleQuery) -> Result<Vec<StoredSampleRow>, StoreError> {
         let hosts = Arc::clone(&self.inner.hosts);
         self.inner
@@ -178,14 +152,6 @@ impl SqliteStore {
             .readers
             .run(move |c| read::history(c, hostname.as_deref(), limit))
             .await
-    }
-
-    /// A trust write, in order with everything else; resolves once
-    /// committed.
-    pub(crate) async fn trust(&self, write: TrustWrite) -> Result<TrustAnswer, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::Trust { write, reply }).await?;
-        ticket.await
     }
 
     pub(crate) async fn join_token(
@@ -255,7 +221,7 @@ impl SqliteStore {
     }
 
     /// Queues a request, waiting while the queue is full.
-    async fn send(&self, request: Request) -> Result<(), StoreError> {
+    pub(crate) async fn send(&self, request: Request) -> Result<(), StoreError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
@@ -266,10 +232,15 @@ impl SqliteStore {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// For tests: [`SqliteStore::enqueue`], then waits for the ticket.
+    /// For tests: queues a batch, then waits for its ticket.
     #[cfg(test)]
-    pub(crate) async fn submit(&self, batch: IncomingBatch) -> Result<SubmitOutcome, StoreError> {
-        self.enqueue(batch).await?.await
+    pub(crate) async fn submit(
+        &self,
+        batch: crate::store::IncomingBatch,
+    ) -> Result<crate::store::SubmitOutcome, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Batch { batch, reply }).await?;
+        ticket.await
     }
 
     /// Test hook: caps the database at `pages` pages (SQLite's
