@@ -334,14 +334,14 @@ pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
 /// (see `pg.rs`) instead of the SQLite file `db`: one database per `db`
 /// path, so a server restarted on the same path finds its data. Its URL is
 /// kept in a file beside `db` (which [`Server::start_replica`] writes
-/// itself). Tests that read the SQLite file themselves (`tests/faults/`)
-/// stay on SQLite.
+/// itself). Tests that read the SQLite file themselves stay on SQLite:
+/// `tests/faults/` all, others through [`sqlite_only`].
 pub fn postgres_for(db: &Path) -> Option<String> {
     let kept = db.with_extension("pg-url");
     if let Ok(url) = std::fs::read_to_string(&kept) {
         return Some(url);
     }
-    if !on_postgres() {
+    if !on_postgres() || db.with_extension("sqlite-only").exists() || in_faults() {
         return None;
     }
     let pg = pg::Postgres::shared("MONITOR_TEST_DB=postgres")
@@ -354,6 +354,25 @@ pub fn postgres_for(db: &Path) -> Option<String> {
     let url = pg.database(&name);
     std::fs::write(&kept, &url).unwrap();
     Some(url)
+}
+
+/// Keeps a test that reads the server's SQLite file itself on SQLite
+/// whatever `MONITOR_TEST_DB` says; returns `db`.
+pub fn sqlite_only(db: &Path) -> &Path {
+    std::fs::write(db.with_extension("sqlite-only"), "").unwrap();
+    db
+}
+
+/// Whether this is the fault tests' binary: they judge "stored exactly
+/// once" from the SQLite file itself, so they always run on SQLite.
+fn in_faults() -> bool {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().starts_with("faults"))
+        })
+        .unwrap_or(false)
 }
 
 /// Whether the end-to-end tests run on PostgreSQL (see [`postgres_for`]).

@@ -17,7 +17,7 @@
 
 use monitor::metric::Metric;
 
-use crate::store::records::{Conflict, StoredSample};
+use crate::store::records::{Conflict, StoredSample, StoredSampleRow};
 
 /// How many metrics a row holds: one column per metric, indexed by the
 /// metric's id (see `encoding::metric_id`).
@@ -327,6 +327,28 @@ impl Unpacker {
     /// Emits what is still buffered; call after the last row.
     pub(crate) fn finish(mut self, out: &mut Vec<Unpacked>) {
         self.emit(out);
+    }
+
+    /// Emits what is still buffered and gives every sample as a query's
+    /// row of `hostname`.
+    pub(crate) fn into_rows(
+        self,
+        mut unpacked: Vec<Unpacked>,
+        hostname: &str,
+    ) -> Vec<StoredSampleRow> {
+        self.finish(&mut unpacked);
+        unpacked
+            .into_iter()
+            .filter_map(|u| {
+                Some(StoredSampleRow {
+                    time_unix_ms: u.time_unix_ms,
+                    hostname: hostname.to_owned(),
+                    metric: *Metric::ALL.get(u.metric_index)?,
+                    value: u.value,
+                    received_unix_ms: u.received_unix_ms,
+                })
+            })
+            .collect()
     }
 
     fn emit(&mut self, out: &mut Vec<Unpacked>) {

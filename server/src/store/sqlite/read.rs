@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use monitor::metric::Metric;
 use rusqlite::Connection;
 
 use monitor::command::Outcome;
@@ -193,19 +192,7 @@ pub(crate) fn samples(
         };
         unpacker.push(tick, &mut unpacked);
     }
-    unpacker.finish(&mut unpacked);
-    Ok(unpacked
-        .into_iter()
-        .filter_map(|u| {
-            Some(StoredSampleRow {
-                time_unix_ms: u.time_unix_ms,
-                hostname: q.hostname.clone(),
-                metric: *Metric::ALL.get(u.metric_index)?,
-                value: u.value,
-                received_unix_ms: u.received_unix_ms,
-            })
-        })
-        .collect())
+    Ok(unpacker.into_rows(unpacked, &q.hostname))
 }
 
 /// Command history, newest command first; within a command, by hostname.
