@@ -24,6 +24,7 @@ pub mod lines;
 pub mod outcome;
 pub mod query;
 pub mod signing;
+pub mod status;
 pub mod table;
 pub mod term;
 pub mod top;
@@ -69,6 +70,7 @@ async fn run_other(
     let client = &mut conn.client;
     match command {
         Command::Hosts { json } => hosts::hosts(client, json).await,
+        Command::Status { json } => status::status(client, json).await,
         Command::Query(q) => query::query(client, q).await,
         Command::Top(t) => top::top(client, t).await,
         Command::Exec(e) => exec::exec(client, e, None).await,

@@ -1083,7 +1083,7 @@ async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
     let base = base_ms();
     write_schema_1(&dir.db(), base, 0);
     let store = Store::open(config(&dir)).await.unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 5);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 6);
     assert_eq!(
         pragma(
             &dir.db(),
@@ -1519,7 +1519,7 @@ async fn a_schema_2_file_is_converted_with_its_unfolded_journal() {
         .unwrap();
     }
     let store = Store::open(merging_config(&dir)).await.unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 5);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 6);
     check(&store, all("pi"), &rows_of(1..=2, base, &Metric::ALL)).await;
     let hosts = store.hosts().await.unwrap();
     assert_eq!(hosts[0].batches_stored_total, 2);

@@ -426,6 +426,11 @@ impl Server {
         wrap: impl FnOnce(Command) -> Command,
     ) -> Server {
         let mut cmd = command_in(netns, &bin("monitor-server"));
+        // The HTTP listener on a free port unless the test names one (its
+        // default port would clash between tests running at once).
+        if !extra.contains(&"--http-listen") {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
+        }
         cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0"]);
         match postgres_for(db) {
             // The TLS directory stays beside the test's (unused) file.
@@ -497,6 +502,30 @@ impl Server {
     /// The directory the test's database (and the server's `tls/`) is in.
     pub fn dir(&self) -> PathBuf {
         self.db.parent().expect("the db is in a dir").to_path_buf()
+    }
+
+    /// The HTTP listener's address (from its log line), if it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        let line = self
+            .proc
+            .stderr
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("HTTP listener on "))?;
+        line.split("HTTP listener on ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// The bearer token `/metrics` accepts (`tls/metrics.token`).
+    pub fn metrics_token(&self) -> String {
+        std::fs::read_to_string(self.dir().join("tls").join("metrics.token"))
+            .expect("the server wrote tls/metrics.token")
+            .trim()
+            .to_owned()
     }
 
     /// The local operator's credential the server wrote.

@@ -37,6 +37,11 @@ pub enum StoreError {
     Writer(std::io::Error),
     /// A read on the blocking pool panicked or was cancelled at shutdown.
     Reader(tokio::task::JoinError),
+    /// What was asked is not available on this backend.
+    Unsupported {
+        what: &'static str,
+        backend: &'static str,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -54,6 +59,9 @@ impl fmt::Display for StoreError {
             }
             StoreError::Writer(_) => write!(f, "cannot start the store's writer thread"),
             StoreError::Reader(_) => write!(f, "a store read did not complete"),
+            StoreError::Unsupported { what, backend } => {
+                write!(f, "{what} is not available with the {backend} store yet")
+            }
         }
     }
 }
@@ -68,7 +76,8 @@ impl std::error::Error for StoreError {
             StoreError::UnknownHost(_)
             | StoreError::UnknownCommand(_)
             | StoreError::Closed
-            | StoreError::InvalidConfig { .. } => None,
+            | StoreError::InvalidConfig { .. }
+            | StoreError::Unsupported { .. } => None,
         }
     }
 }

@@ -11,6 +11,10 @@
 //! - read: [`Store::query`] samples, [`Store::hosts`] / [`Store::host`]
 //!   (the host facts: the store is their one owner, the registry only
 //!   knows who is connected), [`Store::history`];
+//! - forward (remote-write): [`Store::forward_batch`] reads stored batches
+//!   in commit order after a cursor, [`Store::register_forwarders`] and
+//!   [`Store::set_cursor`] keep each destination's cursor in the store, so
+//!   a restart resumes where it stopped;
 //! - [`Store::close`].
 //!
 //! Records crossing it are plain structs of `records.rs`; errors are
@@ -49,6 +53,9 @@
 //! - A failed transaction (disk full, I/O error) fails every request in it
 //!   and changes nothing, in the database or in the backend's memory.
 //! - `hosts()` reflects every batch acknowledged so far.
+//! - `forward_batch` returns every stored batch exactly once across calls
+//!   that pass on the previous `through`, in commit order, and nothing a
+//!   registered destination's cursor has not passed is discarded.
 //!
 //! The store must never see protobuf types and never block the async
 //! runtime (blocking work runs on its own threads or tokio's blocking pool).
@@ -66,21 +73,30 @@ mod ticks;
 pub use error::StoreError;
 pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
-    AuthorityRecord, CertificateRecord, CommandRecord, CommandResultRecord, Conflict, HistoryRow,
-    HostRecord, IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, SigningKeyRecord,
-    StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
+    AuthorityRecord, CertificateRecord, CommandRecord, CommandResultRecord, Conflict, CursorRecord,
+    FlushObserver, FlushStats, ForwardBatch, ForwardRow, HistoryRow, HostRecord, IncomingBatch,
+    JoinTokenRecord, LatestValue, SampleQuery, SigningKeyRecord, StoredSample, StoredSampleRow,
+    SubmitOutcome, TokenRefusal,
 };
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
 
 use postgres::PostgresStore;
-use records::{TrustAnswer, TrustWrite};
+use records::{CursorWrite, TrustAnswer, TrustWrite};
 use requests::Request;
 use sqlite::SqliteStore;
 
 /// Expired join tokens and certificates stay this long (30 days) in every
 /// backend, so an agent told "expired" can still be told so, then go.
 pub(crate) const TRUST_KEPT_AFTER_EXPIRY_MS: i64 = 30 * 86_400_000;
+
+/// Remote-write reads the batches back in commit order from SQLite's
+/// journal; the PostgreSQL backend keeps no such journal yet, so a server
+/// on PostgreSQL refuses `--remote-write` at start with this error.
+pub(crate) const NO_FORWARDING: StoreError = StoreError::Unsupported {
+    what: "remote-write forwarding",
+    backend: "PostgreSQL",
+};
 
 /// Which backend the store runs on, and its settings.
 #[derive(Clone, Debug)]
@@ -95,6 +111,17 @@ pub enum StoreConfig {
 impl From<PostgresConfig> for StoreConfig {
     fn from(c: PostgresConfig) -> StoreConfig {
         StoreConfig::Postgres(c)
+    }
+}
+
+impl StoreConfig {
+    /// Told after every flush what it stored (or that it failed), on the
+    /// writer's thread or task.
+    pub fn set_observer(&mut self, observer: FlushObserver) {
+        match self {
+            StoreConfig::Sqlite(c) => c.observer = Some(observer),
+            StoreConfig::Postgres(c) => c.observer = Some(observer),
+        }
     }
 }
 
@@ -375,6 +402,66 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => s.send(request).await,
             Backend::Postgres(s) => s.send(request).await,
+        }
+    }
+
+    /// Stored batches after `after` (a cursor: a journal id, 0 for the
+    /// beginning) and up to `until` (if given), in commit order, whole, up
+    /// to `max_samples` samples (at least one batch). Pass `through` of the
+    /// answer as the next `after`.
+    pub async fn forward_batch(
+        &self,
+        after: i64,
+        until: Option<i64>,
+        max_samples: usize,
+    ) -> Result<ForwardBatch, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.forward_batch((after, until), max_samples).await,
+            Backend::Postgres(_) => Err(NO_FORWARDING),
+        }
+    }
+
+    /// Records that `destination` is about to send the batches after its
+    /// cursor up to `through` (see [`CursorRecord::sending_through`]);
+    /// [`Store::set_cursor`] clears it.
+    pub async fn set_sending(&self, destination: &str, through: i64) -> Result<(), StoreError> {
+        let write = CursorWrite::Sending {
+            destination: destination.to_owned(),
+            through,
+        };
+        match &self.backend {
+            Backend::Sqlite(s) => s.cursors(write).await.map(drop),
+            Backend::Postgres(_) => Err(NO_FORWARDING),
+        }
+    }
+
+    /// Makes `destinations` the forwarding destinations: their cursors are
+    /// kept (a new one starts at the oldest batch still held), any other
+    /// destination's cursor is deleted so it holds nothing back. Returns
+    /// every destination's cursor, in the order given.
+    pub async fn register_forwarders(
+        &self,
+        destinations: Vec<String>,
+    ) -> Result<Vec<CursorRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.cursors(CursorWrite::Register(destinations)).await,
+            // Nothing to forward: no cursor to keep.
+            Backend::Postgres(_) if destinations.is_empty() => Ok(Vec::new()),
+            Backend::Postgres(_) => Err(NO_FORWARDING),
+        }
+    }
+
+    /// Records that `destination` sent (or dropped) every batch up to
+    /// `journal_id`; a cursor never moves back. Batches every destination
+    /// passed may then be deleted.
+    pub async fn set_cursor(&self, destination: &str, journal_id: i64) -> Result<(), StoreError> {
+        let write = CursorWrite::Set {
+            destination: destination.to_owned(),
+            journal_id,
+        };
+        match &self.backend {
+            Backend::Sqlite(s) => s.cursors(write).await.map(drop),
+            Backend::Postgres(_) => Err(NO_FORWARDING),
         }
     }
 

@@ -38,6 +38,9 @@ pub struct Secured {
     pub enrolment: Arc<Enrolment>,
     pub agents: TlsSetup,
     pub admin: TlsSetup,
+    /// The HTTP listener: operator certificates optional (a bearer token
+    /// does too), ALPN h2 and http/1.1.
+    pub http: TlsSetup,
     pub admin_credential: PathBuf,
 }
 
@@ -153,8 +156,23 @@ pub async fn start(
         trust: Arc::clone(&trust),
         role: Role::Operator,
     };
+    let mut http = (*server_config(
+        &identity,
+        &ca,
+        Arc::clone(&trust),
+        Role::Operator,
+        ClientCert::Optional,
+    )
+    .map_err(SetupError::Rustls)?)
+    .clone();
+    http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let http = TlsSetup {
+        config: Arc::new(http),
+        trust: Arc::clone(&trust),
+        role: Role::Operator,
+    };
     log::info!(
-        "TLS on both listeners: CA {} in {}, server certificate for {}; {} client \
+        "TLS on every listener: CA {} in {}, server certificate for {}; {} client \
          certificates known",
         super::hex(&fingerprint(&ca)[..8]),
         config.dir.display(),
@@ -175,6 +193,7 @@ pub async fn start(
         }),
         agents,
         admin,
+        http,
         admin_credential,
     })
 }

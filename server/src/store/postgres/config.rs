@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::store::error::StoreError;
+use crate::store::records::FlushObserver;
 use crate::store::requests::check_settings;
 
 /// How the store reaches its database and how its writer batches and
@@ -36,6 +37,9 @@ pub struct PostgresConfig {
     pub read_connections: usize,
     /// How long connecting to the database may take. Default 5 s.
     pub connect_timeout: Duration,
+    /// Told after every flush what it stored (the server's telemetry and
+    /// remote-write wake-ups). Default none.
+    pub observer: Option<FlushObserver>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -62,6 +66,7 @@ impl PostgresConfig {
             retention_interval: Duration::from_secs(60),
             read_connections: 4,
             connect_timeout: Duration::from_secs(5),
+            observer: None,
         }
     }
 

@@ -76,7 +76,7 @@ pub(crate) async fn write(
     client: &mut Client,
     requests: &[Request],
     horizon_unix_ms: i64,
-) -> Result<Vec<Answer>, tokio_postgres::Error> {
+) -> Result<(Vec<Answer>, std::time::Duration), tokio_postgres::Error> {
     // Pure work first: a batch that contradicts itself is refused before
     // anything of it, even its host, is written.
     let mut grouped: Vec<Option<Result<Vec<TickRow>, Conflict>>> =
@@ -142,6 +142,8 @@ pub(crate) async fn write(
             Request::Trust { write, .. } => {
                 Answer::Trust(trust::write(&tx, write, monitor::time::now_unix_ms()).await?)
             }
+            // The face never queues these for PostgreSQL.
+            Request::Cursors { .. } => Answer::Failed(crate::store::NO_FORWARDING),
             // Handled by the writer: nothing to write.
             Request::Close { .. } => Answer::Done,
             #[cfg(test)]
@@ -153,8 +155,9 @@ pub(crate) async fn write(
     write_runs(&tx, &runs).await?;
     write_hosts(&tx, requests, &hosts).await?;
     write_latest(&tx, &writes, horizon_unix_ms).await?;
+    let committing = std::time::Instant::now();
     tx.commit().await?;
-    Ok(answers)
+    Ok((answers, committing.elapsed()))
 }
 
 /// Inserts the flush's new hosts and locks every host row it writes.

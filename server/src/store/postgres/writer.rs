@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, NoTls};
@@ -28,6 +28,7 @@ use super::schema::Schema;
 use super::trust;
 use crate::store::TRUST_KEPT_AFTER_EXPIRY_MS;
 use crate::store::error::StoreError;
+use crate::store::records::{FlushStats, SubmitOutcome};
 use crate::store::requests::{Answer, Request, answer};
 use crate::store::ticket::Reply;
 
@@ -227,8 +228,9 @@ impl Writer {
             }
         };
         match result {
-            Ok(answers) => {
+            Ok((answers, commit)) => {
                 self.up();
+                self.observe(&requests, Some((&answers, commit)));
                 log::trace!(
                     "store: flush of {} requests committed in {} µs",
                     requests.len(),
@@ -240,6 +242,7 @@ impl Writer {
             }
             Err(e) => {
                 self.down(&e);
+                self.observe(&requests, None);
                 for r in requests {
                     answer(r, Answer::Failed(StoreError::Postgres(e.clone())));
                 }
@@ -247,7 +250,10 @@ impl Writer {
         }
     }
 
-    async fn try_flush(&mut self, requests: &[Request]) -> Result<Vec<Answer>, Attempt> {
+    async fn try_flush(
+        &mut self,
+        requests: &[Request],
+    ) -> Result<(Vec<Answer>, Duration), Attempt> {
         let horizon = self.horizon();
         self.client().await.map_err(Attempt::Failed)?;
         self.ensure_partitions(requests, horizon)
@@ -259,7 +265,7 @@ impl Writer {
             )));
         };
         match flush::write(client, requests, horizon).await {
-            Ok(answers) => Ok(answers),
+            Ok(done) => Ok(done),
             Err(e) => {
                 // "No partition for the row": another replica dropped one
                 // this writer thought it had; learn them again.
@@ -276,6 +282,31 @@ impl Writer {
                 })
             }
         }
+    }
+
+    /// Tells the observer what a flush stored (`None`: it failed).
+    fn observe(&self, requests: &[Request], done: Option<(&[Answer], Duration)>) {
+        let Some(observer) = &self.config.observer else {
+            return;
+        };
+        let mut stats = FlushStats {
+            failed: done.is_none(),
+            commit: Duration::ZERO,
+            requests: requests.len(),
+            batches_stored: 0,
+            samples_stored: 0,
+        };
+        if let Some((answers, commit)) = done {
+            stats.commit = commit;
+            for (r, a) in requests.iter().zip(answers) {
+                if let (Request::Batch { batch, .. }, Answer::Batch(SubmitOutcome::Stored)) = (r, a)
+                {
+                    stats.batches_stored += 1;
+                    stats.samples_stored += batch.samples.len();
+                }
+            }
+        }
+        (observer.0)(&stats);
     }
 
     fn up(&mut self) {

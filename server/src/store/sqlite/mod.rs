@@ -29,6 +29,7 @@
 mod checkpoint;
 mod config;
 pub(super) mod error;
+mod forward;
 mod hosts;
 mod journal;
 mod migrate;
@@ -47,8 +48,8 @@ use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    CertificateRecord, HistoryRow, HostRecord, JoinTokenRecord, SampleQuery, SigningKeyRecord,
-    StoredSampleRow,
+    CertificateRecord, CursorRecord, CursorWrite, ForwardBatch, HistoryRow, HostRecord,
+    JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow,
 };
 use crate::store::ticket::Ticket;
 
@@ -152,6 +153,36 @@ impl SqliteStore {
             .readers
             .run(move |c| read::history(c, hostname.as_deref(), limit))
             .await
+    }
+
+    /// Stored batches after journal id `after`, in commit order, up to
+    /// `max_samples` samples (whole batches, at least one).
+    pub(crate) async fn forward_batch(
+        &self,
+        after: (i64, Option<i64>),
+        max_samples: usize,
+    ) -> Result<ForwardBatch, StoreError> {
+        self.inner
+            .readers
+            .run(move |c| {
+                let tx = c
+                    .transaction()
+                    .map_err(|e| SqliteError::sql("reading the journal", e))?;
+                forward::read_after(&tx, after, max_samples)
+                    .map_err(|e| StoreError::from(SqliteError::sql("reading the journal", e)))
+            })
+            .await
+    }
+
+    /// A change to the forwarding cursors, in order with everything else;
+    /// resolves once committed.
+    pub(crate) async fn cursors(
+        &self,
+        write: CursorWrite,
+    ) -> Result<Vec<CursorRecord>, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Cursors { write, reply }).await?;
+        ticket.await
     }
 
     pub(crate) async fn join_token(
