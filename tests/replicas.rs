@@ -192,3 +192,135 @@ fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
         assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
     }
 }
+
+/// Commands the agents in `commands_across_replicas` allow.
+const ALLOW: &str = "hello = /bin/echo hello from the agent\nsleep = /bin/sleep <int:0-3600>\n";
+
+/// How many results `command_id` has in the database.
+fn results_of(pg: &Postgres, url: &str, command_id: &str) -> Vec<String> {
+    pg.psql(
+        url,
+        &format!(
+            "SELECT r.hostname || '|' || COALESCE(r.outcome, 'pending') FROM command_results r
+             JOIN commands c USING (command_row) WHERE c.command_id = '{command_id}'"
+        ),
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// The id `monitorctl exec` printed on stderr.
+fn command_id(p: &Proc) -> String {
+    wait_for("the command id", Duration::from_secs(10), || {
+        p.stderr
+            .lines()
+            .iter()
+            .find_map(|l| l.strip_prefix("command ").map(str::to_owned))
+    })
+}
+
+#[test]
+fn a_command_through_one_replica_reaches_an_agent_held_by_another() {
+    let test = "a_command_through_one_replica_reaches_an_agent_held_by_another";
+    let Some(pg) = Postgres::shared(test) else {
+        return;
+    };
+    let dir = TempDir::new("replicas-commands");
+    let url = pg.database("commands");
+    let a = Server::start_replica(&dir.join("a"), &url, &[]);
+    let b = Server::start_replica(&dir.join("b"), &url, &[]);
+    let allow = common::allowlist(&dir, ALLOW);
+    // Enrolled with a token of A (it carries A's operator key), connected
+    // to B only.
+    let agent = a
+        .agent("x-1")
+        .env("MONITOR_SERVER", b.url())
+        .env("MONITOR_COMMANDS_FILE", &allow)
+        .spawn();
+    wait_for("x-1 held by B, known to A", Duration::from_secs(30), || {
+        let out = a.ctl(&["exec", "--host", "x-1", "--", "ping"]);
+        out.status.success().then_some(())
+    });
+
+    // Through A: the output streams back, and history has it once.
+    let started = Instant::now();
+    let out = a.ctl(&["exec", "--host", "x-1", "--", "hello"]);
+    let round_trip = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "x-1: hello from the agent\n"
+    );
+    println!(
+        "command through replica A to an agent on replica B: {} ms round trip",
+        round_trip.as_millis()
+    );
+    let id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("command "))
+        .expect("the command id")
+        .to_owned();
+    let results = wait_for("the result recorded", Duration::from_secs(10), || {
+        let r = results_of(pg, &url, &id);
+        (!r.is_empty() && r.iter().all(|l| !l.ends_with("pending"))).then_some(r)
+    });
+    assert_eq!(results, ["x-1|exited"], "history of {id}");
+
+    // B killed while the agent runs a command sent through A: the
+    // operator hears "lost connection" within the lease, never a hang.
+    let mut cmd = a.ctl_command();
+    cmd.args(["exec", "--host", "x-1", "--", "sleep", "300"]);
+    let mut exec = Proc::spawn(cmd, "monitorctl exec");
+    let id = command_id(&exec);
+    wait_for("the sleep to start", Duration::from_secs(15), || {
+        agent
+            .stderr
+            .contains(&format!("command {id}: running"))
+            .then_some(())
+    });
+    b.proc.signal("KILL");
+    let killed = Instant::now();
+    let status = exec.wait_exit(Duration::from_secs(30));
+    let noticed = killed.elapsed();
+    assert_eq!(status.code(), Some(1), "{}", exec.stderr.dump());
+    assert!(
+        exec.stderr.contains("x-1: lost connection"),
+        "{}",
+        exec.stderr.dump()
+    );
+    assert!(
+        noticed <= lease_of(&a) + Duration::from_secs(5),
+        "lost connection after {noticed:?}"
+    );
+    println!(
+        "replica killed mid-command: the operator told after {:.1} s",
+        noticed.as_secs_f64()
+    );
+    let results = wait_for("the lost result recorded", Duration::from_secs(10), || {
+        let r = results_of(pg, &url, &id);
+        (!r.is_empty() && r.iter().all(|l| !l.ends_with("pending"))).then_some(r)
+    });
+    assert_eq!(results, ["x-1|lost_connection"], "history of {id}");
+    agent.signal("KILL");
+}
+
+/// The replicas' lease, as `server` logged it at start ("... on a shared
+/// store: lease 10 s").
+fn lease_of(server: &Server) -> Duration {
+    let line = wait_for("the lease line", Duration::from_secs(10), || {
+        server
+            .proc
+            .stderr
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("on a shared store: lease"))
+    });
+    let secs = line
+        .rsplit("lease ")
+        .next()
+        .and_then(|l| l.trim_end_matches(" s").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lease in {line:?}"));
+    Duration::from_secs(secs)
+}

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod listener;
 pub mod registry;
 pub mod remote_write;
+pub mod replicas;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -35,6 +35,7 @@ use crate::ingest::CollectorService;
 use crate::listener::{self, Limits, Preface};
 use crate::registry::Registry;
 use crate::remote_write;
+use crate::replicas;
 use crate::store::{Store, StoreConfig, StoreError};
 use crate::telemetry::Telemetry;
 use crate::tls::setup::{self, SetupError};
@@ -170,10 +171,16 @@ pub async fn run(
     // Every host starts offline: the registry only knows who connects
     // from now on; what the store knows of each host stays in the store.
     let registry = Arc::new(Registry::default());
-    let router = Arc::new(
-        CommandRouter::new(Arc::clone(&registry), store.clone())
-            .with_telemetry(Arc::clone(&telemetry)),
-    );
+    // Replicas on a shared store reach each other's agents through it.
+    let relay = store
+        .is_shared()
+        .then(|| Arc::new(replicas::Relay::new(store.clone())));
+    let mut router = CommandRouter::new(Arc::clone(&registry), store.clone())
+        .with_telemetry(Arc::clone(&telemetry));
+    if let Some(r) = &relay {
+        router = router.with_relay(Arc::clone(r));
+    }
+    let router = Arc::new(router);
     let (stop_tx, stop_rx) = watch::channel(false);
     let forwarding = remote_write::start(
         &store,
@@ -354,6 +361,14 @@ pub async fn run(
     });
     // On a store several servers share, what the others enrolled, revoked
     // or registered reaches this one within TRUST_RELOAD_INTERVAL.
+    let replica = relay.map(|r| {
+        tokio::spawn(replicas::run(
+            r,
+            Arc::clone(&router),
+            Arc::clone(&registry),
+            stop_rx.clone(),
+        ))
+    });
     let trust_reloader = enrolment.filter(|_| store.is_shared()).map(|e| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(TRUST_RELOAD_INTERVAL);
@@ -408,6 +423,12 @@ pub async fn run(
     }
     if let Some(r) = trust_reloader {
         r.abort();
+    }
+    // Its sessions released, so other replicas stop routing here at once.
+    if let Some(r) = replica
+        && tokio::time::timeout(DRAIN_TIMEOUT, r).await.is_err()
+    {
+        log::warn!("the replica's sessions not released after {DRAIN_TIMEOUT:?}");
     }
     // The forwarders stop at their next wait; one in the middle of a
     // request is cut off (its batches are sent again after a restart).

@@ -75,8 +75,8 @@ pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
     AuthorityRecord, CertificateRecord, CommandRecord, CommandResultRecord, Conflict, CursorRecord,
     FlushObserver, FlushStats, ForwardBatch, ForwardRow, HistoryRow, HostRecord, IncomingBatch,
-    JoinTokenRecord, LatestValue, SampleQuery, SigningKeyRecord, StoredSample, StoredSampleRow,
-    SubmitOutcome, TokenRefusal,
+    JoinTokenRecord, LatestValue, RelayKind, RelayRecord, SampleQuery, SessionRecord,
+    SigningKeyRecord, StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
 };
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
@@ -190,6 +190,81 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => Ok(candidate),
             Backend::Postgres(s) => s.share_authority(candidate).await,
+        }
+    }
+
+    /// Renews this replica's lease on a shared store (its sessions count
+    /// as live until it runs out); a store of one server has no replicas.
+    pub async fn heartbeat(
+        &self,
+        replica: &str,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(s) => {
+                let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+                s.heartbeat(replica, lease_ms).await
+            }
+        }
+    }
+
+    /// Records that `replica` holds `hostname`'s command stream now;
+    /// returns the claim's epoch (0 on a store of one server).
+    pub async fn claim_session(&self, hostname: &str, replica: &str) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(0),
+            Backend::Postgres(s) => s.claim_session(hostname, replica).await,
+        }
+    }
+
+    /// Ends a claim made by [`Store::claim_session`], unless a later one
+    /// replaced it.
+    pub async fn release_session(
+        &self,
+        hostname: &str,
+        replica: &str,
+        epoch: i64,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(s) => s.release_session(hostname, replica, epoch).await,
+        }
+    }
+
+    /// Which replica holds each host's command stream (empty on a store
+    /// of one server).
+    pub async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(s) => s.sessions().await,
+        }
+    }
+
+    /// Leaves `message` for replica `to` (and rings its bell).
+    pub async fn relay(&self, to: &str, message: &RelayRecord) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(StoreError::Unsupported {
+                what: "relaying between replicas",
+                backend: "SQLite",
+            }),
+            Backend::Postgres(s) => s.relay(to, message).await,
+        }
+    }
+
+    /// Takes the messages other replicas left for `replica`, oldest first.
+    pub async fn take_relayed(&self, replica: &str) -> Result<Vec<RelayRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(s) => s.take_relayed(replica).await,
+        }
+    }
+
+    /// Rings `doorbell` when a message is left for `replica` (never on a
+    /// store of one server).
+    pub fn listen_relay(&self, replica: &str, doorbell: tokio::sync::mpsc::Sender<()>) {
+        if let Backend::Postgres(s) = &self.backend {
+            s.listen_relay(replica.to_owned(), doorbell);
         }
     }
 

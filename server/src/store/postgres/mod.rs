@@ -27,6 +27,7 @@ pub(super) mod error;
 mod flush;
 mod partitions;
 mod read;
+mod replicas;
 mod schema;
 mod text;
 mod trust;
@@ -42,8 +43,8 @@ use tokio_postgres::NoTls;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    AuthorityRecord, CertificateRecord, HistoryRow, HostRecord, JoinTokenRecord, SampleQuery,
-    SigningKeyRecord, StoredSampleRow,
+    AuthorityRecord, CertificateRecord, HistoryRow, HostRecord, JoinTokenRecord, RelayRecord,
+    SampleQuery, SessionRecord, SigningKeyRecord, StoredSampleRow,
 };
 use crate::store::requests::Request;
 use crate::store::ticket::Ticket;
@@ -52,6 +53,44 @@ pub use config::PostgresConfig;
 pub use error::PostgresError;
 
 use writer::{Health, Writer};
+
+/// How long the relay's listener waits before connecting again.
+const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One listening connection, until it fails or nobody listens.
+async fn listen_once(
+    pg: &tokio_postgres::Config,
+    replica: &str,
+    doorbell: &mpsc::Sender<()>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = pg.connect(NoTls).await?;
+    let (notes_tx, mut notes) = mpsc::channel::<String>(64);
+    // The connection must be polled for LISTEN to complete, and for the
+    // notifications after it.
+    let driver = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    // Full: a ring is pending already, which is enough.
+                    let _ = notes_tx.try_send(n.payload().to_owned());
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", replicas::RELAY_CHANNEL))
+        .await?;
+    while let Some(to) = notes.recv().await {
+        if to == replica && doorbell.try_send(()).is_err() && doorbell.is_closed() {
+            break;
+        }
+    }
+    driver.abort();
+    Ok(())
+}
 
 /// Cheap to clone; every clone submits to the same writer task.
 #[derive(Clone)]
@@ -62,6 +101,8 @@ pub(crate) struct PostgresStore {
 struct Inner {
     /// The URL without its password.
     target: String,
+    /// How to connect (for the relay's listening connection).
+    pg: tokio_postgres::Config,
     requests: mpsc::Sender<Request>,
     reads: Pool,
     health: Arc<Health>,
@@ -85,6 +126,7 @@ impl PostgresStore {
     /// starts the writer task.
     pub(crate) async fn open(config: PostgresConfig) -> Result<PostgresStore, StoreError> {
         let pg = config.validate()?;
+        let pg_config = pg.clone();
         let target = config.target();
         let mut client = writer::connect(&pg, &target).await?;
         let schema = schema::migrate(
@@ -132,6 +174,7 @@ impl PostgresStore {
         let handle = tokio::spawn(writer.run(rx));
         Ok(PostgresStore {
             inner: Arc::new(Inner {
+                pg: pg_config,
                 target,
                 requests,
                 reads,
@@ -209,6 +252,63 @@ impl PostgresStore {
     ) -> Result<AuthorityRecord, StoreError> {
         let c = self.reader().await?;
         Ok(trust::share_authority(&**c, &self.inner.target, &candidate).await?)
+    }
+
+    pub(crate) async fn heartbeat(&self, replica: &str, lease_ms: i64) -> Result<(), StoreError> {
+        let c = self.reader().await?;
+        Ok(replicas::heartbeat(&**c, &self.inner.target, replica, lease_ms).await?)
+    }
+
+    pub(crate) async fn claim_session(
+        &self,
+        hostname: &str,
+        replica: &str,
+    ) -> Result<i64, StoreError> {
+        let c = self.reader().await?;
+        Ok(replicas::claim(&**c, &self.inner.target, hostname, replica).await?)
+    }
+
+    pub(crate) async fn release_session(
+        &self,
+        hostname: &str,
+        replica: &str,
+        epoch: i64,
+    ) -> Result<(), StoreError> {
+        let c = self.reader().await?;
+        Ok(replicas::release(&**c, &self.inner.target, hostname, replica, epoch).await?)
+    }
+
+    pub(crate) async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let c = self.reader().await?;
+        Ok(replicas::sessions(&**c, &self.inner.target).await?)
+    }
+
+    pub(crate) async fn relay(&self, to: &str, message: &RelayRecord) -> Result<(), StoreError> {
+        let c = self.reader().await?;
+        Ok(replicas::send(&**c, &self.inner.target, to, message).await?)
+    }
+
+    pub(crate) async fn take_relayed(&self, replica: &str) -> Result<Vec<RelayRecord>, StoreError> {
+        let c = self.reader().await?;
+        Ok(replicas::take(&**c, &self.inner.target, replica).await?)
+    }
+
+    /// Rings `doorbell` whenever a message is left for `replica`: a
+    /// connection of its own that `LISTEN`s, connecting again (after
+    /// [`LISTEN_RETRY`]) whenever it is lost. Ends when `doorbell`'s
+    /// receiver is dropped. A ring can be missed while it reconnects: the
+    /// caller also looks on its own now and then.
+    pub(crate) fn listen_relay(&self, replica: String, doorbell: mpsc::Sender<()>) {
+        let pg = self.inner.pg.clone();
+        let target = self.inner.target.clone();
+        tokio::spawn(async move {
+            while !doorbell.is_closed() {
+                if let Err(e) = listen_once(&pg, &replica, &doorbell).await {
+                    log::debug!("store: listening for relayed messages at {target}: {e}");
+                }
+                tokio::time::sleep(LISTEN_RETRY).await;
+            }
+        });
     }
 
     pub(crate) async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {

@@ -17,6 +17,10 @@
 //!   drops whole partitions (see `partitions.rs`).
 //! - `authority` holds the certificate authority all replicas sign with
 //!   (its private key too: the database is as secret as a `ca.key`).
+//! - `replicas` (each replica's lease), `sessions` (which replica holds
+//!   each host's command stream, with an epoch) and `relay` (commands and
+//!   their output between replicas; `LISTEN/NOTIFY` rings the bell, the
+//!   table is the truth): see `replicas.rs`.
 //! - `host_latest` keeps each host's newest value per metric, so `hosts()`
 //!   never scans samples.
 //!
@@ -126,6 +130,27 @@ CREATE TABLE certificates (
     revoked_unix_ms   bigint
 );
 CREATE INDEX certificates_by_name ON certificates (role, name);
+-- Replicas, their sessions and the messages between them (replicas.rs).
+CREATE TABLE replicas (
+    replica_id          text PRIMARY KEY,
+    lease_until_unix_ms bigint NOT NULL
+);
+CREATE TABLE sessions (
+    hostname      text PRIMARY KEY,
+    replica_id    text NOT NULL,
+    epoch         bigint NOT NULL,
+    since_unix_ms bigint NOT NULL
+);
+CREATE TABLE relay (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    to_replica text NOT NULL,
+    kind       smallint NOT NULL,
+    from_replica text NOT NULL,
+    hostname   text NOT NULL,
+    command_id text NOT NULL,
+    body       bytea NOT NULL
+);
+CREATE INDEX relay_by_replica ON relay (to_replica, id);
 -- The one certificate authority of every replica (see trust.rs).
 CREATE TABLE authority (
     id       smallint PRIMARY KEY CHECK (id = 1),
