@@ -67,11 +67,29 @@ fn stored(pg: &Postgres, url: &str) -> BTreeMap<String, Stored> {
         .collect()
 }
 
-/// Which of `servers` shows `host` online (holds its stream), if one does.
+/// The replica id `server` logged at start.
+fn replica_id(server: &Server) -> String {
+    let line = wait_for("the replica line", Duration::from_secs(10), || {
+        server
+            .proc
+            .stderr
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("on a shared store: lease"))
+    });
+    line.split("replica ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no replica id in {line:?}"))
+        .to_owned()
+}
+
+/// Which of `servers` holds `host`'s stream, as the first one's
+/// fleet-wide hosts view says.
 fn holder(servers: &[&Server], host: &str) -> Option<usize> {
-    servers
-        .iter()
-        .position(|s| s.host(host).is_some_and(|h| h.online))
+    let ids: Vec<String> = servers.iter().map(|s| replica_id(s)).collect();
+    let h = servers[0].host(host).filter(|h| h.online)?;
+    ids.iter().position(|id| *id == h.replica)
 }
 
 /// Waits for an agent started with `--count` to deliver everything and
@@ -129,6 +147,7 @@ fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
         })
         .collect();
     let servers = [&a, &b];
+    let a_id = replica_id(&a);
     let held: Vec<usize> = names
         .iter()
         .map(|n| {
@@ -169,7 +188,11 @@ fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
         wait_for(
             &format!("{n} to fail over to A"),
             Duration::from_secs(30),
-            || a.host(n).is_some_and(|h| h.online).then_some(()),
+            || {
+                a.host(n)
+                    .is_some_and(|h| h.online && h.replica == a_id)
+                    .then_some(())
+            },
         );
     }
     println!(

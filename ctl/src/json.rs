@@ -75,6 +75,8 @@ struct HostLine<'a> {
     /// Batches refused since the server started as contradicting stored
     /// samples (added after the fields above; new fields go last).
     batches_conflicting_total: u64,
+    /// The replica holding the host, with several servers ("" otherwise).
+    replica: &'a str,
 }
 
 /// One line of `monitorctl query --json`.
@@ -129,6 +131,7 @@ pub fn host(out: &mut Vec<u8>, h: &pb::HostInfo) -> Result<(), serde_json::Error
             interval_ms: h.interval_ms,
             latest: Latest(&h.latest),
             batches_conflicting_total: h.batches_conflicting_total,
+            replica: &h.replica,
         },
     )
 }
@@ -244,6 +247,7 @@ mod tests {
             batches_stored_total: 99,
             parse_errors_total: 2,
             batches_conflicting_total: 4,
+            replica: "r-2".into(),
         };
         assert_eq!(
             text(|o| host(o, &h)),
@@ -253,7 +257,7 @@ mod tests {
              \"dropped_batches_total\":1,\"batches_stored_total\":99,\
              \"parse_errors_total\":2,\"interval_ms\":1000,\
              \"latest\":{\"mem_percent\":40.5,\"cpu_percent\":3},\
-             \"batches_conflicting_total\":4}\n"
+             \"batches_conflicting_total\":4,\"replica\":\"r-2\"}\n"
         );
         let never = pb::HostInfo {
             hostname: "new".into(),
@@ -262,7 +266,7 @@ mod tests {
         let line = text(|o| host(o, &never));
         assert!(line.contains(",\"last_seen\":null,"), "{line}");
         assert!(
-            line.ends_with(",\"latest\":{},\"batches_conflicting_total\":0}\n"),
+            line.ends_with(",\"latest\":{},\"batches_conflicting_total\":0,\"replica\":\"\"}\n"),
             "{line}"
         );
     }

@@ -214,6 +214,11 @@ impl CommandRouter {
         self
     }
 
+    /// This replica's id, when it shares its store with others.
+    pub fn replica_id(&self) -> Option<&str> {
+        self.relay.as_deref().map(|r| r.id.as_str())
+    }
+
     fn relayed(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (String, u64)>> {
         self.relayed.lock().unwrap_or_else(|p| p.into_inner())
     }

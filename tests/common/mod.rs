@@ -761,6 +761,8 @@ pub struct HostJson {
     pub clock_offset_ms: i64,
     pub dropped_batches_total: u64,
     pub batches_stored_total: u64,
+    /// The replica holding it, with several servers on one database.
+    pub replica: String,
 }
 
 impl HostJson {
@@ -779,6 +781,7 @@ impl HostJson {
             clock_offset_ms: raw("clock_offset_ms")?.parse().ok()?,
             dropped_batches_total: raw("dropped_batches_total")?.parse().ok()?,
             batches_stored_total: raw("batches_stored_total")?.parse().ok()?,
+            replica: raw("replica").unwrap_or_default().to_owned(),
         })
     }
 }
