@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::pg::Postgres;
-use common::{Proc, Server, TempDir, wait_for};
+use common::{Proc, Server, TempDir, command_id, wait_for};
 
 /// What the database holds for one host, read with psql.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,16 +67,22 @@ fn stored(pg: &Postgres, url: &str) -> BTreeMap<String, Stored> {
         .collect()
 }
 
-/// The replica id `server` logged at start.
-fn replica_id(server: &Server) -> String {
-    let line = wait_for("the replica line", Duration::from_secs(10), || {
+/// The line a replica logs at start: "replica ID on a shared store:
+/// lease N s".
+fn replica_line(server: &Server) -> String {
+    wait_for("the replica line", Duration::from_secs(10), || {
         server
             .proc
             .stderr
             .lines()
             .into_iter()
             .find(|l| l.contains("on a shared store: lease"))
-    });
+    })
+}
+
+/// The replica id `server` logged at start.
+fn replica_id(server: &Server) -> String {
+    let line = replica_line(server);
     line.split("replica ")
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
@@ -233,16 +239,6 @@ fn results_of(pg: &Postgres, url: &str, command_id: &str) -> Vec<String> {
     .collect()
 }
 
-/// The id `monitorctl exec` printed on stderr.
-fn command_id(p: &Proc) -> String {
-    wait_for("the command id", Duration::from_secs(10), || {
-        p.stderr
-            .lines()
-            .iter()
-            .find_map(|l| l.strip_prefix("command ").map(str::to_owned))
-    })
-}
-
 #[test]
 fn a_command_through_one_replica_reaches_an_agent_held_by_another() {
     let test = "a_command_through_one_replica_reaches_an_agent_held_by_another";
@@ -329,17 +325,9 @@ fn a_command_through_one_replica_reaches_an_agent_held_by_another() {
     agent.signal("KILL");
 }
 
-/// The replicas' lease, as `server` logged it at start ("... on a shared
-/// store: lease 10 s").
+/// The replicas' lease, as `server` logged it at start.
 fn lease_of(server: &Server) -> Duration {
-    let line = wait_for("the lease line", Duration::from_secs(10), || {
-        server
-            .proc
-            .stderr
-            .lines()
-            .into_iter()
-            .find(|l| l.contains("on a shared store: lease"))
-    });
+    let line = replica_line(server);
     let secs = line
         .rsplit("lease ")
         .next()

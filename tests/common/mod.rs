@@ -786,6 +786,16 @@ impl HostJson {
     }
 }
 
+/// The command id a background `monitorctl exec` printed on stderr.
+pub fn command_id(p: &Proc) -> String {
+    wait_for("the command id", Duration::from_secs(10), || {
+        p.stderr
+            .lines()
+            .iter()
+            .find_map(|l| l.strip_prefix("command ").map(str::to_owned))
+    })
+}
+
 /// Builder for a monitor-agent child.
 pub struct AgentCmd {
     cmd: Command,
