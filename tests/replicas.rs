@@ -335,3 +335,106 @@ fn lease_of(server: &Server) -> Duration {
         .unwrap_or_else(|| panic!("no lease in {line:?}"));
     Duration::from_secs(secs)
 }
+
+/// The gRPC health status of `server` (1 SERVING, 2 NOT_SERVING), asked
+/// on the agents' listener without a client certificate.
+fn health_of(server: &Server) -> i32 {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let ca_pem = std::fs::read_to_string(server.dir().join("tls").join("ca.pem")).unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+        )
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = endpoint.connect().await.unwrap();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    })
+}
+
+#[test]
+fn postgres_restarted_under_load_loses_nothing_and_stores_nothing_twice() {
+    let test = "postgres_restarted_under_load";
+    let Some(pg) = Postgres::dedicated(test) else {
+        return;
+    };
+    let dir = TempDir::new("replicas-pg-restart");
+    let url = pg.database("restart");
+    let server = Server::start_replica(&dir.join("a"), &url, &[]);
+    let ticks: u64 = 120;
+    let names: Vec<String> = (0..3).map(|i| format!("pr-{i}")).collect();
+    let mut agents: Vec<Proc> = names
+        .iter()
+        .map(|n| {
+            server
+                .agent(n)
+                .env("MONITOR_INTERVAL", "0.1")
+                .env("MONITOR_SHUTDOWN_TIMEOUT", "120s")
+                .arg("--count")
+                .arg(ticks.to_string())
+                .spawn()
+        })
+        .collect();
+    wait_for(
+        "a fifth of the batches stored",
+        Duration::from_secs(60),
+        || {
+            let s = stored(&pg, &url);
+            (s.len() == names.len()
+                && s.values()
+                    .all(|h| h.batches_stored_total >= (ticks / 5) as i64))
+            .then_some(())
+        },
+    );
+    assert_eq!(health_of(&server), 1, "SERVING before");
+
+    // Down: nothing acknowledged, one clear line, health says so.
+    let down_at = Instant::now();
+    pg.stop("fast");
+    wait_for("the server to say so", Duration::from_secs(30), || {
+        server
+            .proc
+            .stderr
+            .contains("batches are not acknowledged (agents keep them) until it is back")
+            .then_some(())
+    });
+    wait_for("NOT_SERVING", Duration::from_secs(30), || {
+        (health_of(&server) == 2).then_some(())
+    });
+    // Back: acknowledged again, every batch stored once.
+    pg.start();
+    wait_for("the server to see it back", Duration::from_secs(60), || {
+        server.proc.stderr.contains("is back after").then_some(())
+    });
+    println!(
+        "PostgreSQL down and back: acknowledging again {:.1} s after the stop",
+        down_at.elapsed().as_secs_f64()
+    );
+    wait_for("SERVING again", Duration::from_secs(30), || {
+        (health_of(&server) == 1).then_some(())
+    });
+    for (agent, n) in agents.iter_mut().zip(&names) {
+        wait_flushed(agent, n, Duration::from_secs(180));
+    }
+    let all = stored(&pg, &url);
+    for n in &names {
+        let want = Stored {
+            batches_stored_total: ticks as i64,
+            times: ticks as i64,
+            rows: ticks as i64,
+            runs: 1,
+        };
+        assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
+    }
+}
