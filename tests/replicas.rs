@@ -90,12 +90,16 @@ fn replica_id(server: &Server) -> String {
         .to_owned()
 }
 
-/// Which of `servers` holds `host`'s stream, as the first one's
-/// fleet-wide hosts view says.
-fn holder(servers: &[&Server], host: &str) -> Option<usize> {
-    let ids: Vec<String> = servers.iter().map(|s| replica_id(s)).collect();
-    let h = servers[0].host(host).filter(|h| h.online)?;
-    ids.iter().position(|id| *id == h.replica)
+/// Every host online in `server`'s fleet-wide view, with the replica
+/// holding it.
+fn holders(server: &Server) -> BTreeMap<String, String> {
+    let out = server.ctl(&["hosts", "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(common::HostJson::parse)
+        .filter(|h| h.online && !h.replica.is_empty())
+        .map(|h| (h.hostname, h.replica))
+        .collect()
 }
 
 /// Waits for an agent started with `--count` to deliver everything and
@@ -122,29 +126,35 @@ fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
     };
     let dir = TempDir::new("replicas-failover");
     let url = pg.database("failover");
-    let a = Server::start_replica(&dir.join("a"), &url, &[]);
-    let mut b = Server::start_replica(&dir.join("b"), &url, &[]);
+    let mut servers: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|r| Server::start_replica(&dir.join(r), &url, &[]))
+        .collect();
+    let ids: Vec<String> = servers.iter().map(replica_id).collect();
 
-    // One certificate authority for both, though each has its own TLS
-    // directory: the second took the first's from the store.
+    // One certificate authority for all, though each has its own TLS
+    // directory: the later ones took the first's from the store.
     let ca = |s: &Server| std::fs::read(s.dir().join("tls").join("ca.pem")).unwrap();
-    assert_eq!(ca(&a), ca(&b), "the replicas have different CAs");
-    assert!(
-        b.proc
-            .stderr
-            .contains("took the certificate authority the store shares")
-    );
+    for s in &servers[1..] {
+        assert_eq!(ca(&servers[0]), ca(s), "the replicas have different CAs");
+        assert!(
+            s.proc
+                .stderr
+                .contains("took the certificate authority the store shares")
+        );
+    }
 
-    // Tokens all made through A; each agent enrols with whichever replica
-    // it tries first (the hash of its name picks; these names spread).
-    let ticks: u64 = 80;
-    let names: Vec<String> = (0..6).map(|i| format!("fo-{i}")).collect();
-    let urls = format!("{},{}", a.url(), b.url());
+    // Tokens all made through the first replica; each agent enrols with
+    // whichever replica it tries first (its name's hash picks).
+    let ticks: u64 = 150;
+    let names: Vec<String> = (0..30).map(|i| format!("fo-{i}")).collect();
+    let urls: Vec<String> = servers.iter().map(Server::url).collect();
     let mut agents: Vec<Proc> = names
         .iter()
         .map(|n| {
-            a.agent(n)
-                .env("MONITOR_SERVER", &urls)
+            servers[0]
+                .agent(n)
+                .env("MONITOR_SERVER", urls.join(","))
                 .env("MONITOR_INTERVAL", "0.1")
                 .env("MONITOR_SHUTDOWN_TIMEOUT", "90s")
                 .arg("--count")
@@ -152,24 +162,20 @@ fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
                 .spawn()
         })
         .collect();
-    let servers = [&a, &b];
-    let a_id = replica_id(&a);
-    let held: Vec<usize> = names
-        .iter()
-        .map(|n| {
-            wait_for(
-                &format!("{n} online somewhere"),
-                Duration::from_secs(30),
-                || holder(&servers, n),
-            )
-        })
-        .collect();
-    assert!(
-        held.contains(&0) && held.contains(&1),
-        "the agents did not spread over both replicas: {held:?}"
-    );
+    // Where each agent is, as the first replica's fleet-wide view says.
+    let held = wait_for("every agent online", Duration::from_secs(60), || {
+        let h = holders(&servers[0]);
+        names.iter().all(|n| h.contains_key(n)).then_some(h)
+    });
+    for id in &ids {
+        assert!(
+            held.values().any(|r| r == id),
+            "the agents did not spread over every replica: {held:?}"
+        );
+    }
 
-    // Kill B once every agent has a good part of its batches stored.
+    // Kill the last replica once every agent has a good part of its
+    // batches stored.
     wait_for(
         "a third of the batches stored",
         Duration::from_secs(60),
@@ -181,34 +187,46 @@ fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
             .then_some(())
         },
     );
-    b.proc.signal("KILL");
-    b.proc.wait_exit(Duration::from_secs(10));
+    let mut killed = servers.pop().unwrap();
+    let killed_id = ids.last().unwrap();
+    let before = stored(pg, &url);
+    killed.proc.signal("KILL");
+    killed.proc.wait_exit(Duration::from_secs(10));
     let killed_at = Instant::now();
-    let moved: Vec<&String> = names
-        .iter()
-        .zip(&held)
-        .filter(|&(_, &h)| h == 1)
-        .map(|(n, _)| n)
-        .collect();
-    for n in &moved {
-        wait_for(
-            &format!("{n} to fail over to A"),
-            Duration::from_secs(30),
-            || {
-                a.host(n)
-                    .is_some_and(|h| h.online && h.replica == a_id)
-                    .then_some(())
-            },
-        );
-    }
+    // Its agents report through the others: their stored batches grow
+    // (the killed replica stores nothing any more).
+    let moved: Vec<&String> = names.iter().filter(|n| &held[*n] == killed_id).collect();
+    wait_for(
+        "the killed replica's agents to report through the others",
+        Duration::from_secs(60),
+        || {
+            let now = stored(pg, &url);
+            moved
+                .iter()
+                .all(|n| {
+                    now[n.as_str()].batches_stored_total
+                        > before[n.as_str()].batches_stored_total + 1
+                })
+                .then_some(())
+        },
+    );
+    // And the fleet-wide view has them at the replica they moved to.
+    wait_for("the hosts view to follow", Duration::from_secs(20), || {
+        let h = holders(&servers[0]);
+        moved
+            .iter()
+            .all(|n| h.get(*n).is_some_and(|r| r != killed_id))
+            .then_some(())
+    });
     println!(
-        "failover: {} agents of the killed replica report through the other after {:.1} s",
+        "failover: the {} agents of the killed replica (of 3, 30 agents) report through the \
+         others after {:.1} s",
         moved.len(),
         killed_at.elapsed().as_secs_f64()
     );
 
     for (agent, n) in agents.iter_mut().zip(&names) {
-        wait_flushed(agent, n, Duration::from_secs(120));
+        wait_flushed(agent, n, Duration::from_secs(180));
     }
     let all = stored(pg, &url);
     for n in &names {
