@@ -305,6 +305,25 @@ fn a_command_through_one_replica_reaches_an_agent_held_by_another() {
     });
     assert_eq!(results, ["x-1|exited"], "history of {id}");
 
+    // The operator's Ctrl-C on A cancels it on the agent B holds.
+    let mut cmd = a.ctl_command();
+    cmd.args(["exec", "--host", "x-1", "--", "sleep", "301"]);
+    let mut exec = Proc::spawn(cmd, "monitorctl exec");
+    let id = command_id(&exec);
+    wait_for("the sleep to start", Duration::from_secs(15), || {
+        agent
+            .stderr
+            .contains(&format!("command {id}: running"))
+            .then_some(())
+    });
+    exec.signal("INT");
+    exec.wait_exit(Duration::from_secs(15));
+    let results = wait_for("the cancel recorded", Duration::from_secs(15), || {
+        let r = results_of(pg, &url, &id);
+        (!r.is_empty() && r.iter().all(|l| !l.ends_with("pending"))).then_some(r)
+    });
+    assert_eq!(results, ["x-1|cancelled"], "history of {id}");
+
     // B killed while the agent runs a command sent through A: the
     // operator hears "lost connection" within the lease, never a hang.
     let mut cmd = a.ctl_command();
