@@ -271,3 +271,40 @@ impl Connector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_spreads_over_the_servers_and_each_agent_keeps_its_first() {
+        assert_eq!(first_server("pi-1", 1), 0);
+        assert_eq!(first_server("pi-1", 0), 0);
+        // The same name, the same server, every time (a restart comes back).
+        assert_eq!(first_server("pi-1", 3), first_server("pi-1", 3));
+        let mut per_server = [0usize; 3];
+        for i in 0..300 {
+            per_server[first_server(&format!("pi-{i}"), 3)] += 1;
+        }
+        for n in per_server {
+            assert!((70..=130).contains(&n), "uneven spread: {per_server:?}");
+        }
+    }
+
+    #[test]
+    fn after_a_failure_the_next_server_is_tried_then_the_first_again() {
+        let bases: Vec<Endpoint> = ["http://a:1", "http://b:2", "http://c:3"]
+            .iter()
+            .map(|u| Endpoint::from_static(u))
+            .collect();
+        let c = Connector::insecure(bases, 2);
+        assert_eq!(c.uri().to_string(), "http://c:3/");
+        assert!(c.next_server());
+        assert_eq!(c.uri().to_string(), "http://a:1/");
+        assert!(c.next_server());
+        assert_eq!(c.uri().to_string(), "http://b:2/");
+        let one = Connector::insecure(vec![Endpoint::from_static("http://a:1")], 5);
+        assert!(!one.next_server());
+        assert_eq!(one.uri().to_string(), "http://a:1/");
+    }
+}
