@@ -24,7 +24,7 @@ use tokio_postgres::{Client, Transaction};
 use super::error::PostgresError;
 use super::text::pg_text;
 use super::trust;
-use crate::store::dedup::SeqSet;
+use crate::store::dedup::{Seen, SeqSet};
 use crate::store::encoding::{encode_argv, metric_from_id, metric_id, u64_from_sql, u64_to_sql};
 use crate::store::error::StoreError;
 use crate::store::records::{
@@ -67,6 +67,21 @@ struct Writes {
     ticks: BTreeMap<(i64, i64, i64), Staged>,
     /// (host_id, metric id) → (time, run, value) of the newest value.
     latest: HashMap<(i64, usize), (i64, i64, f64)>,
+    /// Batches whose seq fell where their run's gaps were forgotten, told
+    /// apart by their samples (see `store/dedup.rs`).
+    checked_by_value: Vec<CheckedByValue>,
+}
+
+/// A batch the flush told apart by its samples: (hostname, agent id, seq).
+pub(crate) type CheckedByValue = (String, String, u64);
+
+/// What a committed flush did.
+pub(crate) struct Flushed {
+    /// One per request, in order.
+    pub(crate) answers: Vec<Answer>,
+    /// How long COMMIT took.
+    pub(crate) commit: std::time::Duration,
+    pub(crate) checked_by_value: Vec<CheckedByValue>,
 }
 
 /// Writes `requests` in one transaction of `client`; returns one answer
@@ -76,7 +91,7 @@ pub(crate) async fn write(
     client: &mut Client,
     requests: &[Request],
     horizon_unix_ms: i64,
-) -> Result<(Vec<Answer>, std::time::Duration), tokio_postgres::Error> {
+) -> Result<Flushed, tokio_postgres::Error> {
     // Pure work first: a batch that contradicts itself is refused before
     // anything of it, even its host, is written.
     let mut grouped: Vec<Option<Result<Vec<TickRow>, Conflict>>> =
@@ -157,7 +172,11 @@ pub(crate) async fn write(
     write_latest(&tx, &writes, horizon_unix_ms).await?;
     let committing = std::time::Instant::now();
     tx.commit().await?;
-    Ok((answers, committing.elapsed()))
+    Ok(Flushed {
+        answers,
+        commit: committing.elapsed(),
+        checked_by_value: writes.checked_by_value,
+    })
 }
 
 /// Inserts the flush's new hosts and locks every host row it writes.
@@ -310,13 +329,27 @@ async fn write_batch(
     ) else {
         return Ok(SubmitOutcome::Duplicate);
     };
-    if run.seqs.contains(batch.seq) {
-        return Ok(SubmitOutcome::Duplicate);
+    let by_value = match run.seqs.seen(batch.seq) {
+        Seen::Stored => return Ok(SubmitOutcome::Duplicate),
+        Seen::Missing => false,
+        Seen::Forgotten => true,
+    };
+    if by_value {
+        writes
+            .checked_by_value
+            .push((batch.hostname.clone(), batch.agent_id.clone(), batch.seq));
     }
-    if rows.iter().any(|r| r.time_unix_ms <= host.newest)
+    // A batch told apart by value is checked whatever its times (rows
+    // newer than the host's newest cannot be stored yet): its samples
+    // already stored must go, so that nothing is stored twice.
+    if (by_value || rows.iter().any(|r| r.time_unix_ms <= host.newest))
         && let Err(conflict) = check_conflicts(tx, host, &mut rows, writes).await?
     {
         return Ok(SubmitOutcome::Conflict(conflict));
+    }
+    if by_value && rows.is_empty() {
+        // Every sample is stored already: the batch was.
+        return Ok(SubmitOutcome::Duplicate);
     }
     run.seqs.insert(batch.seq);
     run.last_seen_unix_ms = run.last_seen_unix_ms.max(batch.received_unix_ms);

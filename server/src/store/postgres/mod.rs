@@ -54,6 +54,8 @@ pub use error::PostgresError;
 
 use writer::{Health, Writer};
 
+use crate::throttle::LogThrottle;
+
 /// How long the relay's listener waits before connecting again.
 const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -170,6 +172,7 @@ impl PostgresStore {
             partitions: existing,
             health: Arc::clone(&health),
             down_since: None,
+            checked_by_value_log: LogThrottle::default(),
         };
         let handle = tokio::spawn(writer.run(rx));
         Ok(PostgresStore {
@@ -215,13 +218,26 @@ impl PostgresStore {
     }
 
     pub(crate) async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.hosts_page(None, usize::MAX).await
+    }
+
+    pub(crate) async fn hosts_page(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<HostRecord>, StoreError> {
         let mut c = self.reader().await?;
-        read::hosts(&mut **c, &self.inner.target).await
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut hosts = read::hosts(&mut **c, &self.inner.target, after.as_deref(), limit).await?;
+        self.inner.health.add_counts(&mut hosts);
+        Ok(hosts)
     }
 
     pub(crate) async fn host(&self, hostname: String) -> Result<Option<HostRecord>, StoreError> {
         let mut c = self.reader().await?;
-        read::host(&mut **c, &self.inner.target, &hostname).await
+        let mut host = read::host(&mut **c, &self.inner.target, &hostname).await?;
+        self.inner.health.add_counts(host.as_mut_slice());
+        Ok(host)
     }
 
     pub(crate) async fn history(

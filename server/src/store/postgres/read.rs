@@ -40,6 +40,8 @@ fn host_of(r: &Row) -> Result<(i64, HostRecord), tokio_postgres::Error> {
             clock_offset_ms: r.try_get(7)?,
             dropped_batches_total: u64_from_sql(r.try_get(8)?),
             batches_stored_total: u64_from_sql(r.try_get(9)?),
+            // Counted in the handle's memory (see `writer.rs`).
+            batches_checked_by_value_total: 0,
             latest: Vec::new(),
         },
     ))
@@ -49,13 +51,13 @@ fn host_of(r: &Row) -> Result<(i64, HostRecord), tokio_postgres::Error> {
 async fn add_latest(
     c: &impl GenericClient,
     hosts: &mut [(i64, HostRecord)],
-    only: Option<i64>,
 ) -> Result<(), tokio_postgres::Error> {
+    let ids: Vec<i64> = hosts.iter().map(|(id, _)| *id).collect();
     let rows = c
         .query(
             "SELECT host_id, metric_id, time_unix_ms, value FROM host_latest
-             WHERE $1::bigint IS NULL OR host_id = $1",
-            &[&only],
+             WHERE host_id = ANY($1)",
+            &[&ids],
         )
         .await?;
     let mut by_host: HashMap<i64, [Option<(i64, f64)>; METRICS]> = HashMap::new();
@@ -84,15 +86,26 @@ async fn add_latest(
     Ok(())
 }
 
-/// Every host, by hostname (byte order, as `String` sorts).
+/// The first `limit` hosts whose hostname sorts after `after` (every
+/// host when `None`), by hostname in byte order (as `String` sorts: the
+/// "C" collation, whatever the database's).
 pub(crate) async fn hosts(
     c: &mut impl GenericClient,
     target: &str,
+    after: Option<&str>,
+    limit: i64,
 ) -> Result<Vec<HostRecord>, StoreError> {
     let during = sql("reading hosts", target);
     let tx = c.transaction().await.map_err(&during)?;
     let rows = tx
-        .query(&format!("SELECT {HOST_COLUMNS} FROM hosts"), &[])
+        .query(
+            &format!(
+                "SELECT {HOST_COLUMNS} FROM hosts
+                 WHERE $1::text IS NULL OR hostname COLLATE \"C\" > $1
+                 ORDER BY hostname COLLATE \"C\" LIMIT $2"
+            ),
+            &[&after, &limit],
+        )
         .await
         .map_err(&during)?;
     let mut hosts = rows
@@ -100,11 +113,9 @@ pub(crate) async fn hosts(
         .map(host_of)
         .collect::<Result<Vec<_>, _>>()
         .map_err(&during)?;
-    add_latest(&tx, &mut hosts, None).await.map_err(&during)?;
+    add_latest(&tx, &mut hosts).await.map_err(&during)?;
     tx.commit().await.map_err(&during)?;
-    let mut out: Vec<HostRecord> = hosts.into_iter().map(|(_, h)| h).collect();
-    out.sort_unstable_by(|a, b| a.hostname.cmp(&b.hostname));
-    Ok(out)
+    Ok(hosts.into_iter().map(|(_, h)| h).collect())
 }
 
 /// One host, if it ever stored a batch.
@@ -126,8 +137,7 @@ pub(crate) async fn host(
         return Ok(None);
     };
     let mut one = [host_of(&row).map_err(&during)?];
-    let id = one[0].0;
-    add_latest(&tx, &mut one, Some(id)).await.map_err(&during)?;
+    add_latest(&tx, &mut one).await.map_err(&during)?;
     tx.commit().await.map_err(&during)?;
     let [(_, h)] = one;
     Ok(Some(h))

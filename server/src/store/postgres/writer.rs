@@ -12,7 +12,7 @@
 //! It must never answer a request before its transaction committed, and
 //! never keep a request's answer from a flush that rolled back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,9 +28,10 @@ use super::schema::Schema;
 use super::trust;
 use crate::store::TRUST_KEPT_AFTER_EXPIRY_MS;
 use crate::store::error::StoreError;
-use crate::store::records::{FlushStats, SubmitOutcome};
+use crate::store::records::{FlushStats, HostRecord, SubmitOutcome};
 use crate::store::requests::{Answer, Request, answer};
 use crate::store::ticket::Reply;
+use crate::throttle::LogThrottle;
 
 /// Attempts of one flush that fail only because of a concurrent
 /// transaction (deadlock, serialization) or a partition dropped meanwhile.
@@ -38,12 +39,16 @@ const FLUSH_ATTEMPTS: usize = 3;
 /// Most stale `agent_runs` rows one retention pass deletes.
 const RETENTION_RUNS_PER_PASS: i64 = 10_000;
 
-/// Whether the database answers, as the writer last saw it.
+/// What the writer tells the handle: whether the database answers, as
+/// it last saw it, and the per-host counts this store keeps in memory.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     down: AtomicBool,
     /// When the current outage began, ms since the Unix epoch (0: none).
     down_since_unix_ms: AtomicI64,
+    /// Batches told apart by their samples since the store opened, by
+    /// hostname (one entry per host that sent one: bounded by the hosts).
+    checked_by_value: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl Health {
@@ -54,6 +59,20 @@ impl Health {
     pub(crate) fn down_since_unix_ms(&self) -> Option<i64> {
         let t = self.down_since_unix_ms.load(Ordering::SeqCst);
         (!self.is_up() && t != 0).then_some(t)
+    }
+
+    /// Sets each host's count of batches told apart by value.
+    pub(crate) fn add_counts(&self, hosts: &mut [HostRecord]) {
+        let counts = self
+            .checked_by_value
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if counts.is_empty() {
+            return;
+        }
+        for h in hosts {
+            h.batches_checked_by_value_total = counts.get(&h.hostname).copied().unwrap_or(0);
+        }
     }
 }
 
@@ -68,6 +87,8 @@ pub(crate) struct Writer {
     pub(crate) health: Arc<Health>,
     /// When the current outage began (for the "back" line).
     pub(crate) down_since: Option<Instant>,
+    /// At most one line a minute about batches told apart by value.
+    pub(crate) checked_by_value_log: LogThrottle,
 }
 
 /// Connects a client whose connection runs on its own task.
@@ -228,9 +249,11 @@ impl Writer {
             }
         };
         match result {
-            Ok((answers, commit)) => {
+            Ok(flushed) => {
                 self.up();
-                self.observe(&requests, Some((&answers, commit)));
+                self.observe(&requests, Some((&flushed.answers, flushed.commit)));
+                self.count_checked_by_value(flushed.checked_by_value);
+                let answers = flushed.answers;
                 log::trace!(
                     "store: flush of {} requests committed in {} µs",
                     requests.len(),
@@ -250,10 +273,7 @@ impl Writer {
         }
     }
 
-    async fn try_flush(
-        &mut self,
-        requests: &[Request],
-    ) -> Result<(Vec<Answer>, Duration), Attempt> {
+    async fn try_flush(&mut self, requests: &[Request]) -> Result<flush::Flushed, Attempt> {
         let horizon = self.horizon();
         self.client().await.map_err(Attempt::Failed)?;
         self.ensure_partitions(requests, horizon)
@@ -280,6 +300,34 @@ impl Writer {
                 } else {
                     Attempt::Failed(e)
                 })
+            }
+        }
+    }
+
+    /// Counts (and logs, at most once a minute) the batches a committed
+    /// flush told apart by their samples.
+    fn count_checked_by_value(&mut self, checked: Vec<flush::CheckedByValue>) {
+        if checked.is_empty() {
+            return;
+        }
+        let mut counts = self
+            .health
+            .checked_by_value
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (hostname, agent_id, seq) in checked {
+            let n = counts.entry(hostname.clone()).or_default();
+            *n = n.saturating_add(1);
+            if let Some(left_out) = self.checked_by_value_log.hit(Instant::now()) {
+                // Without TLS the agent id is the batch's field: shown escaped.
+                let agent_id = monitor::text::Escaped::capped(&agent_id);
+                log::warn!(
+                    "store: {hostname} (agent {agent_id}) batch {seq}: its run left more than {} \
+                     separate gaps, so the store no longer knows whether this seq is stored; \
+                     compared its samples with the stored ones instead ({n} such batches of \
+                     this host so far; {left_out} of all hosts since the last such line)",
+                    crate::store::dedup::MAX_GAPS,
+                );
             }
         }
     }
