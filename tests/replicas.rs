@@ -135,6 +135,16 @@ fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
     // One certificate authority for all, though each has its own TLS
     // directory: the later ones took the first's from the store.
     let ca = |s: &Server| std::fs::read(s.dir().join("tls").join("ca.pem")).unwrap();
+    // The CA's key went through the database, never through a log (the
+    // servers log at debug level here).
+    let key = std::fs::read_to_string(servers[0].dir().join("tls").join("ca.key")).unwrap();
+    let key_line = key.lines().nth(1).unwrap();
+    for s in &servers {
+        assert!(
+            !s.proc.stderr.contains("with parameters") && !s.proc.stderr.contains(key_line),
+            "a statement's parameters in the log"
+        );
+    }
     for s in &servers[1..] {
         assert_eq!(ca(&servers[0]), ca(s), "the replicas have different CAs");
         assert!(
