@@ -267,6 +267,30 @@ fn results_of(pg: &Postgres, url: &str, command_id: &str) -> Vec<String> {
     .collect()
 }
 
+/// The results of `command_id` once none is pending any more.
+fn recorded(pg: &Postgres, url: &str, command_id: &str) -> Vec<String> {
+    wait_for("the results recorded", Duration::from_secs(15), || {
+        let r = results_of(pg, url, command_id);
+        (!r.is_empty() && r.iter().all(|l| !l.ends_with("pending"))).then_some(r)
+    })
+}
+
+/// `monitorctl exec --host HOST -- sleep SECS` through `server` in the
+/// background, once `agent` runs it; and its command id.
+fn sleep_through(server: &Server, agent: &Proc, host: &str, secs: u32) -> (Proc, String) {
+    let mut cmd = server.ctl_command();
+    cmd.args(["exec", "--host", host, "--", "sleep", &secs.to_string()]);
+    let exec = Proc::spawn(cmd, "monitorctl exec");
+    let id = command_id(&exec);
+    wait_for("the sleep to start", Duration::from_secs(15), || {
+        agent
+            .stderr
+            .contains(&format!("command {id}: running"))
+            .then_some(())
+    });
+    (exec, id)
+}
+
 #[test]
 fn a_command_through_one_replica_reaches_an_agent_held_by_another() {
     let test = "a_command_through_one_replica_reaches_an_agent_held_by_another";
@@ -309,43 +333,21 @@ fn a_command_through_one_replica_reaches_an_agent_held_by_another() {
         .find_map(|l| l.strip_prefix("command "))
         .expect("the command id")
         .to_owned();
-    let results = wait_for("the result recorded", Duration::from_secs(10), || {
-        let r = results_of(pg, &url, &id);
-        (!r.is_empty() && r.iter().all(|l| !l.ends_with("pending"))).then_some(r)
-    });
-    assert_eq!(results, ["x-1|exited"], "history of {id}");
+    assert_eq!(recorded(pg, &url, &id), ["x-1|exited"], "history of {id}");
 
     // The operator's Ctrl-C on A cancels it on the agent B holds.
-    let mut cmd = a.ctl_command();
-    cmd.args(["exec", "--host", "x-1", "--", "sleep", "301"]);
-    let mut exec = Proc::spawn(cmd, "monitorctl exec");
-    let id = command_id(&exec);
-    wait_for("the sleep to start", Duration::from_secs(15), || {
-        agent
-            .stderr
-            .contains(&format!("command {id}: running"))
-            .then_some(())
-    });
+    let (mut exec, id) = sleep_through(&a, &agent, "x-1", 301);
     exec.signal("INT");
     exec.wait_exit(Duration::from_secs(15));
-    let results = wait_for("the cancel recorded", Duration::from_secs(15), || {
-        let r = results_of(pg, &url, &id);
-        (!r.is_empty() && r.iter().all(|l| !l.ends_with("pending"))).then_some(r)
-    });
-    assert_eq!(results, ["x-1|cancelled"], "history of {id}");
+    assert_eq!(
+        recorded(pg, &url, &id),
+        ["x-1|cancelled"],
+        "history of {id}"
+    );
 
     // B killed while the agent runs a command sent through A: the
     // operator hears "lost connection" within the lease, never a hang.
-    let mut cmd = a.ctl_command();
-    cmd.args(["exec", "--host", "x-1", "--", "sleep", "300"]);
-    let mut exec = Proc::spawn(cmd, "monitorctl exec");
-    let id = command_id(&exec);
-    wait_for("the sleep to start", Duration::from_secs(15), || {
-        agent
-            .stderr
-            .contains(&format!("command {id}: running"))
-            .then_some(())
-    });
+    let (mut exec, id) = sleep_through(&a, &agent, "x-1", 300);
     b.proc.signal("KILL");
     let killed = Instant::now();
     let status = exec.wait_exit(Duration::from_secs(30));
@@ -364,11 +366,11 @@ fn a_command_through_one_replica_reaches_an_agent_held_by_another() {
         "replica killed mid-command: the operator told after {:.1} s",
         noticed.as_secs_f64()
     );
-    let results = wait_for("the lost result recorded", Duration::from_secs(10), || {
-        let r = results_of(pg, &url, &id);
-        (!r.is_empty() && r.iter().all(|l| !l.ends_with("pending"))).then_some(r)
-    });
-    assert_eq!(results, ["x-1|lost_connection"], "history of {id}");
+    assert_eq!(
+        recorded(pg, &url, &id),
+        ["x-1|lost_connection"],
+        "history of {id}"
+    );
     agent.signal("KILL");
 }
 
