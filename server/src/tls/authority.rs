@@ -280,15 +280,11 @@ impl Authority {
             .map_err(|e| bad_file(&key_path, format!("the store's CA key: {e}")))?;
         Issuer::from_ca_cert_der(&shared.cert_der.clone().into(), key)
             .map_err(|e| bad_file(&key_path, format!("the store's CA certificate: {e}")))?;
-        files::write_atomic(
+        write_pair(
             &key_path,
-            pem::encode("PRIVATE KEY", &shared.key_der).as_bytes(),
-            SECRET_MODE,
-        )?;
-        files::write_atomic(
+            &shared.key_der,
             &dir.join(CA_CERT_FILE),
-            pem::encode("CERTIFICATE", &shared.cert_der).as_bytes(),
-            PUBLIC_MODE,
+            &shared.cert_der,
         )?;
         log::info!(
             "took the certificate authority the store shares (fingerprint {}) into {}",
