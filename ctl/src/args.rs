@@ -78,7 +78,14 @@ pub enum CommandArgs {
     Operator(OperatorArgs),
     Key(KeyArgs),
     Status(StatusArgs),
+    Dashboard(DashboardArgs),
 }
+
+/// a one-time URL that logs a browser into the server's web dashboard
+/// (valid 60 seconds, used once) as this operator
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "dashboard")]
+pub struct DashboardArgs {}
 
 /// the server's own state: version, uptime, store queue, ingest counters,
 /// remote-write destinations
@@ -333,6 +340,7 @@ pub enum Command {
     KeyShow,
     KeyRegister,
     Status { json: bool },
+    Dashboard,
 }
 
 #[derive(Debug)]
@@ -404,6 +412,7 @@ impl Config {
         let command = match args.command {
             CommandArgs::Hosts(a) => Command::Hosts { json: a.json },
             CommandArgs::Status(a) => Command::Status { json: a.json },
+            CommandArgs::Dashboard(_) => Command::Dashboard,
             CommandArgs::Query(a) => Command::Query(QueryConfig::from_args(a)?),
             CommandArgs::Top(a) => Command::Top(TopConfig::from_args(a)?),
             CommandArgs::Exec(a) => Command::Exec(ExecConfig::from_args(a)?),

@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 
 use crate::commands::CommandRouter;
 use crate::enrolment::Enrolment;
+use crate::http::Sessions;
 use crate::listener::PeerInfo;
 use crate::registry::{LiveHost, Registry};
 use crate::remote_write::AllStats;
@@ -71,6 +72,11 @@ pub struct AdminService {
     pub remote_write: AllStats,
     /// The HTTP listener's address, if on (for `Status`).
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Dashboard login tokens, shared with the HTTP listener.
+    pub sessions: Arc<Sessions>,
+    /// Where a browser finds the dashboard (`http::base_url`); `None` with
+    /// the HTTP listener off.
+    pub dashboard_url: Option<String>,
 }
 
 /// A request field that breaks its rule, as INVALID_ARGUMENT.
@@ -314,6 +320,8 @@ impl Admin for AdminService {
         let (certificates_revoked, _) = self
             .revoke_as(&request, Role::Operator, &request.get_ref().name)
             .await?;
+        // Their dashboard sessions end with their certificates.
+        self.sessions.end_all_of(&request.get_ref().name);
         Ok(Response::new(pb::RemoveOperatorResponse {
             certificates_revoked,
         }))
@@ -529,6 +537,36 @@ impl Admin for AdminService {
                 })
                 .collect(),
             http_listen: self.http_listen.map(|a| a.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn dashboard_login(
+        &self,
+        request: Request<pb::DashboardLoginRequest>,
+    ) -> Result<Response<pb::DashboardLoginResponse>, Status> {
+        let operator = self.operator(&request)?;
+        let Some(base) = &self.dashboard_url else {
+            return Err(Status::failed_precondition(
+                "the HTTP listener is off (--http-listen off): there is no dashboard",
+            ));
+        };
+        if self.enrolment.is_none() {
+            // --insecure: the dashboard is open, no token needed.
+            return Ok(Response::new(pb::DashboardLoginResponse {
+                url: base.clone(),
+                expires_unix_ms: 0,
+            }));
+        }
+        let (token, expires_unix_ms) = self
+            .sessions
+            .issue_login(&operator, monitor::time::now_unix_ms());
+        log::info!(
+            "dashboard login URL issued to operator {}",
+            monitor::text::Escaped::capped(&operator)
+        );
+        Ok(Response::new(pb::DashboardLoginResponse {
+            url: format!("{base}login?token={token}"),
+            expires_unix_ms,
         }))
     }
 

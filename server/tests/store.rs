@@ -1724,3 +1724,47 @@ async fn an_unreachable_database_is_a_clear_error() {
     }
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+on_every_backend!(series_downsample_every_metric:
+    series_downsample_every_metric_sqlite => Sqlite,
+    series_downsample_every_metric_merging => SqliteMerging,
+    series_downsample_every_metric_postgres => Postgres,
+);
+
+/// The dashboard's downsampled series, the same on every backend: six
+/// ticks a second apart in two buckets of 3 s, every metric, their values
+/// as sent; an unknown host is its own error.
+async fn series_downsample_every_metric(db: TestDb) {
+    use monitor_server::store::SeriesQuery;
+    let store = db.open().await;
+    let base = base_ms() - base_ms() % 3000;
+    submit_all(&store, "pi", 1, 1..=6, base - 1000).await;
+    let q = SeriesQuery {
+        hostname: "pi".into(),
+        since_unix_ms: base,
+        until_unix_ms: base + 6000,
+        step_ms: 3000,
+    };
+    let series = store.series(q.clone()).await.unwrap();
+    assert_eq!(series.len(), Metric::ALL.len());
+    for (i, s) in series.iter().enumerate() {
+        assert_eq!(s.metric, Metric::ALL[i]);
+        assert_eq!(s.interval_ms, Some(1000), "{s:?}");
+        let counts: Vec<u32> = s.buckets.iter().map(|b| b.count).collect();
+        assert_eq!(counts, [3, 3], "{s:?}");
+        let sum: f64 = (1..=6).map(|seq| value_of(seq, i)).sum();
+        let got: f64 = s.buckets.iter().map(|b| b.sum).sum();
+        assert!((got - sum).abs() < 1e-9, "{s:?}: sum {got}, sent {sum}");
+    }
+    match store
+        .series(SeriesQuery {
+            hostname: "nope".into(),
+            ..q
+        })
+        .await
+    {
+        Err(StoreError::UnknownHost(h)) => assert_eq!(h, "nope"),
+        other => panic!("expected UnknownHost, got {other:?}"),
+    }
+    store.close().await.unwrap();
+}

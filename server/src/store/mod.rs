@@ -8,7 +8,8 @@
 //!   [`Store::enqueue_command_result`]) and get a [`Ticket`] that resolves
 //!   once the request is durable (or refused); [`Store::submit`] and the
 //!   `record_*` methods do both steps;
-//! - read: [`Store::query`] samples, [`Store::hosts`] /
+//! - read: [`Store::query`] samples, [`Store::series`] (samples
+//!   downsampled per bucket, for plots), [`Store::hosts`] /
 //!   [`Store::hosts_page`] / [`Store::host`]
 //!   (the host facts: the store is their one owner, the registry only
 //!   knows who is connected), [`Store::history`];
@@ -54,6 +55,12 @@
 //! - A failed transaction (disk full, I/O error) fails every request in it
 //!   and changes nothing, in the database or in the backend's memory.
 //! - `hosts()` reflects every batch acknowledged so far.
+//! - `series` gives what `query` over the same range would, summarised by
+//!   the shared pure code of `series.rs`: a backend scans the host's
+//!   samples in the range oldest first (per metric) and pushes each one
+//!   into the [`Downsampler`] it is handed, nothing more (PostgreSQL can
+//!   do the same over one `SELECT ... ORDER BY time`, or aggregate in SQL
+//!   if it keeps `Bucket`'s meaning, `max_gap_ms` included).
 //! - `forward_batch` returns every stored batch exactly once across calls
 //!   that pass on the previous `through`, in commit order, and nothing a
 //!   registered destination's cursor has not passed is discarded.
@@ -67,6 +74,7 @@ mod error;
 mod postgres;
 mod records;
 mod requests;
+pub mod series;
 mod sqlite;
 mod ticket;
 mod ticks;
@@ -74,14 +82,17 @@ mod ticks;
 pub use error::StoreError;
 pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
-    AuthorityRecord, CertificateRecord, CommandRecord, CommandResultRecord, Conflict, CursorRecord,
-    FlushObserver, FlushStats, ForwardBatch, ForwardRow, HistoryRow, HostRecord, IncomingBatch,
-    JoinTokenRecord, LatestValue, RelayKind, RelayRecord, SampleQuery, SessionRecord,
-    SigningKeyRecord, StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
+    AuthorityRecord, Bucket, CertificateRecord, CommandRecord, CommandResultRecord, Conflict,
+    CursorRecord, FlushObserver, FlushStats, ForwardBatch, ForwardRow, HistoryRow, HostRecord,
+    IncomingBatch, JoinTokenRecord, LatestValue, RelayKind, RelayRecord, SampleQuery, Series,
+    SeriesQuery, SessionRecord, SigningKeyRecord, StoredSample, StoredSampleRow, SubmitOutcome,
+    TokenRefusal,
 };
+pub use series::Downsampler;
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
 
+use monitor::metric::Metric;
 use postgres::PostgresStore;
 use records::{CursorWrite, TrustAnswer, TrustWrite};
 use requests::Request;
@@ -342,6 +353,20 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => s.query(q).await,
             Backend::Postgres(s) => s.query(q).await,
+        }
+    }
+
+    /// Every metric's samples of a host in `[since, until)`, downsampled
+    /// into buckets of `step_ms` (min, max, sum, count and the longest gap
+    /// per bucket holding data; see `series.rs`), in [`Metric::ALL`]
+    /// order. A host that never sent a batch is
+    /// `Err(StoreError::UnknownHost)`; an empty range or more than
+    /// [`series::MAX_BUCKETS`] buckets is `Err(StoreError::BadSeriesQuery)`.
+    pub async fn series(&self, q: SeriesQuery) -> Result<Vec<Series>, StoreError> {
+        let down = Downsampler::new(&q, &Metric::ALL).map_err(StoreError::BadSeriesQuery)?;
+        match &self.backend {
+            Backend::Sqlite(s) => s.series(q, down).await,
+            Backend::Postgres(s) => s.series(q, down).await,
         }
     }
 

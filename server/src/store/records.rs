@@ -106,6 +106,53 @@ pub struct SampleQuery {
     pub limit: Option<usize>,
 }
 
+/// Samples of one host in a time range, summarised per time bucket: what
+/// a plot can show at its width, without moving every sample (see
+/// [`crate::store::Store::series`] for the contract).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeriesQuery {
+    pub hostname: String,
+    /// Inclusive lower bound, ms since the Unix epoch: the first bucket
+    /// starts here.
+    pub since_unix_ms: i64,
+    /// Exclusive upper bound, ms since the Unix epoch.
+    pub until_unix_ms: i64,
+    /// Width of every bucket, ms (at least 1): bucket k holds the samples
+    /// with time in `[since + k·step, since + (k+1)·step)`.
+    pub step_ms: i64,
+}
+
+/// The buckets of one series (today: one metric; a labelled metric will
+/// add its label here, as a new field).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub metric: Metric,
+    /// The most frequent time between two consecutive samples of the
+    /// series in the range (the agent's interval, as stored), ms; `None`
+    /// with fewer than two samples.
+    pub interval_ms: Option<i64>,
+    /// The buckets holding at least one sample, oldest first.
+    pub buckets: Vec<Bucket>,
+}
+
+/// What one bucket of a series holds: enough for min, max and mean, and
+/// for telling an outage from a quiet moment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bucket {
+    /// Where the bucket starts, ms since the Unix epoch.
+    pub start_unix_ms: i64,
+    /// Samples in it (at least 1).
+    pub count: u32,
+    pub min: f64,
+    pub max: f64,
+    /// Of the samples' values (mean = sum / count).
+    pub sum: f64,
+    /// The longest time between two consecutive samples of the series
+    /// whose later one is in this bucket, ms (0 for the range's first
+    /// sample): more than two intervals means ticks are missing.
+    pub max_gap_ms: i64,
+}
+
 /// One stored sample as queries return it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredSampleRow {

@@ -44,7 +44,7 @@ use tokio_postgres::NoTls;
 use crate::store::error::StoreError;
 use crate::store::records::{
     AuthorityRecord, CertificateRecord, HistoryRow, HostRecord, JoinTokenRecord, RelayRecord,
-    SampleQuery, SessionRecord, SigningKeyRecord, StoredSampleRow,
+    SampleQuery, Series, SeriesQuery, SessionRecord, SigningKeyRecord, StoredSampleRow,
 };
 use crate::store::requests::Request;
 use crate::store::ticket::Ticket;
@@ -215,6 +215,15 @@ impl PostgresStore {
     pub(crate) async fn query(&self, q: SampleQuery) -> Result<Vec<StoredSampleRow>, StoreError> {
         let mut c = self.reader().await?;
         read::samples(&mut **c, &self.inner.target, &q).await
+    }
+
+    pub(crate) async fn series(
+        &self,
+        q: SeriesQuery,
+        down: crate::store::series::Downsampler,
+    ) -> Result<Vec<Series>, StoreError> {
+        let mut c = self.reader().await?;
+        read::series(&mut **c, &self.inner.target, &q, down).await
     }
 
     pub(crate) async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {

@@ -15,7 +15,10 @@ use tokio_postgres::{GenericClient, Row};
 use super::error::PostgresError;
 use crate::store::encoding::{METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
 use crate::store::error::StoreError;
-use crate::store::records::{HistoryRow, HostRecord, LatestValue, SampleQuery, StoredSampleRow};
+use crate::store::records::{
+    HistoryRow, HostRecord, LatestValue, SampleQuery, Series, SeriesQuery, StoredSampleRow,
+};
+use crate::store::series::Downsampler;
 use crate::store::ticks::{METRICS, StoredTick, Unpacker};
 
 /// Turns a driver error met while doing `during` into the store's.
@@ -234,6 +237,57 @@ pub(crate) async fn samples(
         unpacker.push(t, &mut unpacked);
     }
     Ok(unpacker.into_rows(unpacked, &q.hostname))
+}
+
+/// Every metric of one host in a range, downsampled: the host's ticks in
+/// the range streamed in (time, run) order (never all held at once), each
+/// value pushed into `down` (whose series `i` is `Metric::ALL[i]`, the
+/// metric id, as the store's face builds it).
+pub(crate) async fn series(
+    c: &mut impl GenericClient,
+    target: &str,
+    q: &SeriesQuery,
+    mut down: Downsampler,
+) -> Result<Vec<Series>, StoreError> {
+    use tokio_stream::StreamExt;
+    let during = sql("querying a series", target);
+    let tx = c.transaction().await.map_err(&during)?;
+    let host_id: i64 = match tx
+        .query_opt(
+            "SELECT host_id FROM hosts WHERE hostname = $1",
+            &[&q.hostname],
+        )
+        .await
+        .map_err(&during)?
+    {
+        Some(r) => r.try_get(0).map_err(&during)?,
+        None => return Err(StoreError::UnknownHost(q.hostname.clone())),
+    };
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&host_id, &q.since_unix_ms, &q.until_unix_ms];
+    let rows = tx
+        .query_raw(
+            &format!(
+                "SELECT time_unix_ms, run_id, receive_lag_ms, {} FROM ticks
+                 WHERE host_id = $1 AND time_unix_ms >= $2 AND time_unix_ms < $3
+                 ORDER BY time_unix_ms, run_id",
+                METRIC_COLUMNS.join(", ")
+            ),
+            params,
+        )
+        .await
+        .map_err(&during)?;
+    tokio::pin!(rows);
+    while let Some(row) = rows.next().await {
+        let tick = tick_of(&row.map_err(&during)?).map_err(&during)?;
+        for (i, v) in tick.values.iter().enumerate() {
+            if let Some(v) = v {
+                down.push(i, tick.time_unix_ms, *v);
+            }
+        }
+    }
+    tx.commit().await.map_err(&during)?;
+    Ok(down.finish())
 }
 
 /// Command history, newest command first; within a command, by hostname.

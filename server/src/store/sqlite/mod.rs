@@ -49,8 +49,9 @@ use tokio::sync::mpsc;
 use crate::store::error::StoreError;
 use crate::store::records::{
     CertificateRecord, CursorRecord, CursorWrite, ForwardBatch, HistoryRow, HostRecord,
-    JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow,
+    JoinTokenRecord, SampleQuery, Series, SeriesQuery, SigningKeyRecord, StoredSampleRow,
 };
+use crate::store::series::Downsampler;
 use crate::store::ticket::Ticket;
 
 pub use config::SqliteConfig;
@@ -118,6 +119,18 @@ impl SqliteStore {
         self.inner
             .readers
             .run(move |c| read::samples(c, &hosts, &q))
+            .await
+    }
+
+    pub(crate) async fn series(
+        &self,
+        q: SeriesQuery,
+        down: Downsampler,
+    ) -> Result<Vec<Series>, StoreError> {
+        let hosts = Arc::clone(&self.inner.hosts);
+        self.inner
+            .readers
+            .run(move |c| read::series(c, &hosts, &q, down))
             .await
     }
 
