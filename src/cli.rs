@@ -55,6 +55,10 @@ pub fn init_logging(program: &str, level: log::LevelFilter) {
         .with_module_level("h2", log::LevelFilter::Warn)
         .with_module_level("hyper", log::LevelFilter::Warn)
         .with_module_level("rustls", log::LevelFilter::Warn)
+        // Its debug lines print every statement's parameters: the CA's
+        // key the server keeps in a shared store, agents' strings unescaped.
+        .with_module_level("tokio_postgres", log::LevelFilter::Warn)
+        .with_module_level("deadpool", log::LevelFilter::Warn)
         .init()
     {
         eprintln!("{program}: cannot set up logging: {e}");

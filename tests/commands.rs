@@ -83,15 +83,6 @@ impl Rig {
     }
 }
 
-fn command_id(p: &Proc) -> String {
-    wait_for("the command id", Duration::from_secs(10), || {
-        p.stderr
-            .lines()
-            .iter()
-            .find_map(|l| l.strip_prefix("command ").map(str::to_owned))
-    })
-}
-
 #[test]
 fn allowed_refused_failing_and_capped_commands() {
     let rig = Rig::new("cmd-basic", &["cmd-a"], "");

@@ -651,7 +651,7 @@ fn an_agent_cannot_write_as_another_host_nor_take_its_commands() {
     let dir = TempDir::new("identity");
     // Merged often, so the test can read pi-b's run from the file.
     let server = Server::start_opts(
-        &dir.join("m.db"),
+        common::sqlite_only(&dir.join("m.db")),
         "127.0.0.1:0",
         &[],
         &[("MONITOR_TEST_MERGE_INTERVAL_MS", "200")],
@@ -1300,9 +1300,14 @@ fn operators_need_a_credential_of_their_own_and_history_names_them() {
 fn secret_files_are_private_whatever_the_umask() {
     let dir = TempDir::new("umask");
     let db = dir.join("m.db");
-    let server = Server::start_wrapped(&db, "127.0.0.1:0", &[], &[], None, |cmd| {
-        under_umask(&cmd, "000")
-    });
+    let server = Server::start_wrapped(
+        common::sqlite_only(&db),
+        "127.0.0.1:0",
+        &[],
+        &[],
+        None,
+        |cmd| under_umask(&cmd, "000"),
+    );
     let _agent = server.agent("um-1").umask("000").spawn();
     wait_for("um-1 to report", Duration::from_secs(30), || {
         (!server.samples("um-1", "10m").is_empty()).then_some(())

@@ -21,7 +21,8 @@ use monitor::config::{Env, pick};
 /// description; the flag wins.
 #[derive(FromArgs, Debug, Default)]
 pub struct Args {
-    /// server URL (MONITOR_SERVER; default: the join token's, else
+    /// server URL, or several replicas' URLs separated by commas
+    /// (MONITOR_SERVER; default: the join token's, else
     /// https://127.0.0.1:50051)
     #[argh(option)]
     pub server: Option<String>,
@@ -157,9 +158,10 @@ impl Mode {
 /// Validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// URL of the server's agent listener: https://, or http:// with
-    /// `insecure`.
-    pub server: String,
+    /// URLs of the servers' agent listeners (replicas sharing one store):
+    /// https://, or http:// with `insecure`. At least one, at most
+    /// [`MAX_SERVERS`].
+    pub servers: Vec<String>,
     /// Plain text, no certificates (`--insecure`).
     pub insecure: bool,
     /// Where the identity (key, certificate, CA) lives.
@@ -199,6 +201,8 @@ pub struct Config {
 }
 
 pub const DEFAULT_SERVER: &str = "https://127.0.0.1:50051";
+/// Most servers MONITOR_SERVER may list.
+pub const MAX_SERVERS: usize = 16;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/monitor-agent";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_COMMANDS_FILE: &str = crate::commands::DEFAULT_ALLOWLIST_PATH;
@@ -251,6 +255,19 @@ fn comma_list(raw: &str) -> Vec<String> {
         .collect()
 }
 
+/// A comma-separated list of server URLs, each as [`parse_server_url`]
+/// takes it (replicas of one server on a shared store).
+pub fn parse_server_urls(raw: &str, insecure: bool) -> Result<Vec<String>, String> {
+    let urls = raw
+        .split(',')
+        .map(|u| parse_server_url(u, insecure))
+        .collect::<Result<Vec<String>, String>>()?;
+    if urls.len() > MAX_SERVERS {
+        return Err(format!("at most {MAX_SERVERS} comma-separated URLs"));
+    }
+    Ok(urls)
+}
+
 fn kernel_hostname() -> Option<String> {
     nix::unistd::gethostname()
         .ok()
@@ -278,17 +295,20 @@ impl Config {
             }
             None => None,
         };
-        let server = match pick(args.server, "server", "MONITOR_SERVER", env) {
-            Some(raw) => parse_server_url(&raw.value, insecure).map_err(|e| raw.error(&e))?,
-            None => match join.as_ref().filter(|t| !t.server_url.is_empty()) {
-                Some(t) => parse_server_url(&t.server_url, insecure).map_err(|e| ConfigError {
-                    source: "the join token's server URL".into(),
-                    message: format!("expected {e}, got '{}'", t.server_url),
-                })?,
-                None if insecure => "http://127.0.0.1:50051".to_owned(),
-                None => DEFAULT_SERVER.to_owned(),
-            },
-        };
+        let servers =
+            match pick(args.server, "server", "MONITOR_SERVER", env) {
+                Some(raw) => parse_server_urls(&raw.value, insecure).map_err(|e| raw.error(&e))?,
+                None => match join.as_ref().filter(|t| !t.server_url.is_empty()) {
+                    Some(t) => vec![parse_server_url(&t.server_url, insecure).map_err(|e| {
+                        ConfigError {
+                            source: "the join token's server URL".into(),
+                            message: format!("expected {e}, got '{}'", t.server_url),
+                        }
+                    })?],
+                    None if insecure => vec!["http://127.0.0.1:50051".to_owned()],
+                    None => vec![DEFAULT_SERVER.to_owned()],
+                },
+            };
         let state_dir = args
             .state_dir
             .or_else(|| {
@@ -487,7 +507,7 @@ impl Config {
             });
         }
         Ok(Config {
-            server,
+            servers,
             insecure,
             state_dir,
             join,
@@ -547,7 +567,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse(&["--hostname", "h1"], &[]).unwrap();
-        assert_eq!(c.server, DEFAULT_SERVER);
+        assert_eq!(c.servers, [DEFAULT_SERVER]);
         assert_eq!(c.interval, Duration::from_secs(5));
         assert_eq!(c.agent_id, "h1");
         assert_eq!(c.interfaces, None);
@@ -570,7 +590,7 @@ mod tests {
         ];
         let c = parse(&["--interval", "0.5"], env).unwrap();
         assert_eq!(c.interval, Duration::from_millis(500));
-        assert_eq!(c.server, "https://10.0.0.1:7000");
+        assert_eq!(c.servers, ["https://10.0.0.1:7000"]);
         assert_eq!(c.hostname, "from-env");
         assert_eq!(c.interfaces, Some(vec!["eth0".into(), "wlan0".into()]));
     }
@@ -673,6 +693,17 @@ mod tests {
         assert!(parse_server_url("ftp://h:1", false).is_err());
         assert!(parse_server_url("http://h:1", false).is_err());
         assert!(parse_server_url("https://h:1", true).is_err());
+        assert_eq!(
+            parse_server_urls("a:1, https://b:2", false).unwrap(),
+            ["https://a:1", "https://b:2"]
+        );
+        assert!(parse_server_urls("a:1,,b:2", false).is_err());
+        assert!(parse_server_urls("a:1,http://b:2", false).is_err());
+        let too_many = vec!["h:1"; MAX_SERVERS + 1].join(",");
+        assert_eq!(
+            parse_server_urls(&too_many, false).unwrap_err(),
+            format!("at most {MAX_SERVERS} comma-separated URLs")
+        );
     }
 
     #[test]
@@ -693,7 +724,7 @@ mod tests {
             ("STATE_DIRECTORY", "/var/lib/x:/other"),
         ]));
         let c = parse(&["--hostname", "h"], env).unwrap();
-        assert_eq!(c.server, "https://monitor.lan:50051");
+        assert_eq!(c.servers, ["https://monitor.lan:50051"]);
         assert_eq!(c.join.unwrap().hostname, "h");
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/x"));
         let c = parse(&["--hostname", "h", "--state-dir", "/s"], &[]).unwrap();

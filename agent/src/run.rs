@@ -21,7 +21,7 @@ use crate::replay::ReplayCache;
 use crate::sampler::{self, Sink};
 use crate::session;
 use crate::session::gate::Gate;
-use crate::session::{CommandContext, Connector};
+use crate::session::{CommandContext, Connector, first_server};
 use crate::spool::{Spool, SpoolError};
 use crate::state::Shared;
 use crate::thermal::ZoneChoice;
@@ -194,17 +194,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         limits,
         gate,
     ));
-    let endpoint = session::endpoint(&config.server).map_err(AgentError::Endpoint)?;
+    let endpoints = config
+        .servers
+        .iter()
+        .map(|url| session::endpoint(url))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(AgentError::Endpoint)?;
+    let servers = config.servers.join(", ");
+    let first = first_server(&config.hostname, endpoints.len());
     let connector = if config.insecure {
         log::warn!(
-            "--insecure: talking to {} in plain text with no certificates; anyone on the \
-             network path can read and forge samples and commands",
-            config.server
+            "--insecure: talking to {servers} in plain text with no certificates; anyone on \
+             the network path can read and forge samples and commands"
         );
-        Connector::insecure(endpoint)
+        Connector::insecure(endpoints, first)
     } else {
         Connector::tls(
-            endpoint,
+            endpoints,
+            first,
             config.state_dir.clone(),
             config.join.clone(),
             config.hostname.clone(),
@@ -255,7 +262,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     log::info!(
         "monitor-agent {VERSION}: host {} reporting to {} every {}s",
         config.hostname,
-        config.server,
+        servers,
         config.interval.as_secs_f64()
     );
 

@@ -81,6 +81,8 @@ struct HostLine<'a> {
     /// Batches since the server started told apart from duplicates by
     /// their samples (their run's gap memory was exhausted).
     batches_checked_by_value_total: u64,
+    /// The replica holding the host, with several servers ("" otherwise).
+    replica: &'a str,
 }
 
 /// One line of `monitorctl query --json`.
@@ -141,6 +143,7 @@ pub fn host(out: &mut Vec<u8>, h: &pb::HostInfo) -> Result<(), serde_json::Error
             batches_conflicting_total: h.batches_conflicting_total,
             batches_rate_limited_total: h.batches_rate_limited_total,
             batches_checked_by_value_total: h.batches_checked_by_value_total,
+            replica: &h.replica,
         },
     )
 }
@@ -260,6 +263,7 @@ mod tests {
             batches_conflicting_total: 4,
             batches_rate_limited_total: 5,
             batches_checked_by_value_total: 6,
+            replica: "r-2".into(),
         };
         assert_eq!(
             text(|o| host(o, &h)),
@@ -270,7 +274,7 @@ mod tests {
              \"parse_errors_total\":2,\"interval_ms\":1000,\
              \"latest\":{\"mem_percent\":40.5,\"cpu_percent\":3},\
              \"batches_conflicting_total\":4,\"batches_rate_limited_total\":5,\
-             \"batches_checked_by_value_total\":6}\n"
+             \"batches_checked_by_value_total\":6,\"replica\":\"r-2\"}\n"
         );
         let never = pb::HostInfo {
             hostname: "new".into(),
@@ -281,7 +285,7 @@ mod tests {
         assert!(
             line.ends_with(
                 ",\"latest\":{},\"batches_conflicting_total\":0,\"batches_rate_limited_total\":0,\
-                 \"batches_checked_by_value_total\":0}\n"
+                 \"batches_checked_by_value_total\":0,\"replica\":\"\"}\n"
             ),
             "{line}"
         );

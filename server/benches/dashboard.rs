@@ -52,7 +52,9 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let store = Store::open(SqliteConfig::new(dir.path().join("bench.db"))).expect("store");
+        let store = Store::open(SqliteConfig::new(dir.path().join("bench.db")))
+            .await
+            .expect("store");
         let until = monitor::time::now_unix_ms();
         let since = until - days * 86_400_000;
         let ticks = (until - since) / interval_ms;

@@ -59,7 +59,9 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let store = Store::open(SqliteConfig::new(dir.path().join("bench.db"))).expect("store");
+        let store = Store::open(SqliteConfig::new(dir.path().join("bench.db")))
+            .await
+            .expect("store");
         let registry = Arc::new(Registry::default());
         // A destination holds the journal, as remote-write does.
         store

@@ -325,7 +325,7 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         );
     } else if prefill > 0 {
         // Creates the tables, then fills them directly.
-        Store::open(config.clone())?.close().await?;
+        Store::open(config.clone()).await?.close().await?;
         let t = Instant::now();
         let rows = prefill_history(&path, agents, prefill, base_ms)?;
         println!(
@@ -342,7 +342,7 @@ async fn bench(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     // starting on its file finds nothing of the kind.
     std::fs::File::open(&path)?.sync_all()?;
     let t = Instant::now();
-    let store = Store::open(config)?;
+    let store = Store::open(config).await?;
     println!("open (quick_check, load hosts): {:.0} ms", ms(t.elapsed()));
 
     // Phase 1: paced like real agents, 1 batch per agent per second.

@@ -36,7 +36,7 @@ use crate::http::Sessions;
 use crate::listener::PeerInfo;
 use crate::registry::{LiveHost, Registry};
 use crate::remote_write::AllStats;
-use crate::store::{HealthQuery, HostRecord, SampleQuery, Store, StoreError};
+use crate::store::{HealthQuery, HostRecord, SampleQuery, SessionRecord, Store, StoreError};
 use crate::telemetry::Telemetry;
 use crate::tls::Role;
 
@@ -212,6 +212,26 @@ pub fn host_infos(stored: Vec<HostRecord>, live: Vec<LiveHost>, limit: usize) ->
     out
 }
 
+/// Fleet-wide liveness on a store several replicas share: a host another
+/// live replica holds is online there; a host this one (`me`) holds names
+/// it.
+pub fn with_replicas(hosts: &mut [pb::HostInfo], me: &str, sessions: Vec<SessionRecord>) {
+    let mut held: std::collections::HashMap<String, String> = sessions
+        .into_iter()
+        .filter(|s| s.live)
+        .map(|s| (s.hostname, s.replica))
+        .collect();
+    for h in hosts.iter_mut() {
+        let elsewhere = held.remove(&h.hostname);
+        if h.online {
+            h.replica = me.to_owned();
+        } else if let Some(replica) = elsewhere {
+            h.online = true;
+            h.replica = replica;
+        }
+    }
+}
+
 fn host_info(stored: Option<HostRecord>, live: Option<LiveHost>) -> pb::HostInfo {
     let online = live.as_ref().is_some_and(|l| l.online);
     let mut info = pb::HostInfo {
@@ -360,6 +380,10 @@ impl Admin for AdminService {
         } else {
             String::new()
         };
+        if let Some(me) = self.router.replica_id() {
+            let sessions = self.store.sessions().await.map_err(status_of)?;
+            with_replicas(&mut hosts, me, sessions);
+        }
         Ok(Response::new(pb::ListHostsResponse {
             hosts,
             server_unix_ms: monitor::time::now_unix_ms(),
@@ -672,6 +696,48 @@ mod tests {
             batches_conflicting_total: 1,
             batches_rate_limited_total: 4,
         }
+    }
+
+    #[test]
+    fn with_several_replicas_a_host_is_online_where_a_live_replica_holds_it() {
+        let info = |h: &str, online: bool| pb::HostInfo {
+            hostname: h.into(),
+            online,
+            ..pb::HostInfo::default()
+        };
+        let session = |h: &str, r: &str, live: bool| SessionRecord {
+            hostname: h.into(),
+            replica: r.into(),
+            live,
+        };
+        let mut hosts = vec![
+            info("a", true),
+            info("b", false),
+            info("c", false),
+            info("d", false),
+        ];
+        with_replicas(
+            &mut hosts,
+            "me",
+            vec![
+                session("a", "me", true),
+                session("b", "r2", true),
+                session("c", "dead", false),
+            ],
+        );
+        let seen: Vec<(&str, bool, &str)> = hosts
+            .iter()
+            .map(|h| (h.hostname.as_str(), h.online, h.replica.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", true, "me"),
+                ("b", true, "r2"),
+                ("c", false, ""),
+                ("d", false, "")
+            ]
+        );
     }
 
     #[test]

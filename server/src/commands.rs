@@ -8,6 +8,13 @@
 //! [`CommandRouter::on_agent_response`] and are forwarded to the operator's
 //! stream as they arrive; every final result is recorded in the store.
 //!
+//! With several replicas on a shared store (see `replicas.rs`), a target
+//! held by another replica is reached through the store: the request is
+//! relayed to that replica, which pushes it to the agent and relays the
+//! agent's answers back; this replica (the one the operator called) streams
+//! them and records the final result, so history has it once. A relayed
+//! target whose replica's lease runs out ends as "lost connection".
+//!
 //! Nothing here waits forever: a host that never answers gets a
 //! `LostConnection` result when the command's timeout plus a grace period
 //! has passed, an agent whose stream ends gets one at once, and an operator
@@ -29,10 +36,13 @@ use monitor::command::{Finished, Outcome};
 use monitor::pb;
 use monitor::pb::command_response::Kind as AgentKind;
 use monitor::pb::exec_event::Kind as EventKind;
+use prost::Message;
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
 use crate::registry::Registry;
+use crate::replicas::Relay;
+use crate::store::RelayKind;
 use crate::store::{CommandRecord, CommandResultRecord, Store};
 use crate::telemetry::Telemetry;
 
@@ -72,6 +82,14 @@ pub const RESULT_GRACE: Duration = Duration::from_secs(15);
 pub const REQUEST_TTL: Duration = Duration::from_secs(30);
 /// Events buffered toward a slow operator before agents' streams wait.
 const EVENT_QUEUE: usize = 1024;
+/// The connection id of a target another replica holds (no local stream
+/// has it: ids count up from 1).
+const RELAYED: u64 = u64::MAX;
+/// Commands other replicas relayed here that are running at once, at most;
+/// more are refused (as unreachable) rather than kept without bound.
+const MAX_RELAYED: usize = 4096;
+/// How often a command with relayed targets checks their replicas' leases.
+const LEASE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Output forwarded per stream (stdout, stderr) per host of one command:
 /// the agent's own default cap, so a well-behaved agent never meets it; a
 /// modified or buggy one cannot push more through the server.
@@ -152,8 +170,11 @@ impl Plan {
 }
 
 struct Inflight {
-    /// Hosts that have not sent their final result: host → connection id.
+    /// Hosts that have not sent their final result: host → connection id
+    /// ([`RELAYED`] for a host another replica holds).
     pending: HashMap<String, u64>,
+    /// The replica holding each relayed target.
+    remote: HashMap<String, String>,
     /// Output of each host so far (hosts with output only).
     output: HashMap<String, HostOutput>,
     /// Output forwarded so far, every host together.
@@ -215,6 +236,53 @@ pub struct CommandRouter {
     inflight: Mutex<HashMap<String, Inflight>>,
     /// Final results counted by outcome, if the server keeps counters.
     telemetry: Option<Arc<Telemetry>>,
+    /// This replica, when it shares its store with others.
+    relay: Option<Arc<Relay>>,
+    /// Commands other replicas relayed to agents here: (command id, host)
+    /// → (the replica to answer, the agent's connection id).
+    relayed: Mutex<HashMap<(String, String), Relayed>>,
+}
+
+/// The agent's kind of answer saying `id` ended as `finished`.
+fn finished_response(id: &str, finished: &Finished) -> pb::CommandResponse {
+    pb::CommandResponse {
+        command_id: id.to_owned(),
+        kind: Some(AgentKind::Finished(finished.to_pb())),
+    }
+}
+
+/// The request that cancels `id` on an agent.
+fn cancel_request(id: &str) -> pb::CommandRequest {
+    pb::CommandRequest {
+        kind: Some(pb::command_request::Kind::Cancel(pb::CancelCommand {
+            command_id: id.to_owned(),
+        })),
+    }
+}
+
+/// A command another replica relayed to an agent here.
+struct Relayed {
+    /// The replica to answer (the one the operator called).
+    origin: String,
+    /// The agent's command stream it went out on.
+    conn: u64,
+    /// Output relayed back so far, per stream (stdout, stderr): capped as
+    /// the origin caps it, so the relay carries no more than it forwards.
+    forwarded: [u64; 2],
+    /// Whether output was dropped, per stream.
+    dropped: [bool; 2],
+}
+
+/// Tells replica `to`, which relayed `id` for `hostname` here, that it
+/// ended as `finished` without the agent's word.
+async fn answer_relayed(relay: &Relay, to: &str, hostname: &str, id: &str, finished: &Finished) {
+    let body = finished_response(id, finished).encode_to_vec();
+    if let Err(e) = relay
+        .send(to, RelayKind::Response, hostname, id, body)
+        .await
+    {
+        log::warn!("command {id}: cannot tell replica {to} how it ended on {hostname}: {e}");
+    }
 }
 
 fn finished_event(host: &str, id: &str, finished: &Finished) -> pb::ExecEvent {
@@ -232,7 +300,24 @@ impl CommandRouter {
             store,
             inflight: Mutex::new(HashMap::new()),
             telemetry: None,
+            relay: None,
+            relayed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reaches hosts held by other replicas through the shared store.
+    pub fn with_relay(mut self, relay: Arc<Relay>) -> CommandRouter {
+        self.relay = Some(relay);
+        self
+    }
+
+    /// This replica's id, when it shares its store with others.
+    pub fn replica_id(&self) -> Option<&str> {
+        self.relay.as_deref().map(|r| r.id.as_str())
+    }
+
+    fn relayed(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Relayed>> {
+        self.relayed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts every final result by outcome in `telemetry`.
@@ -280,7 +365,18 @@ impl CommandRouter {
             )));
         }
         let targets: Vec<String> = if all {
-            let online = self.registry.online_hosts();
+            let mut online = self.registry.online_hosts();
+            // Fleet-wide: the hosts other replicas hold too.
+            if let Some(relay) = &self.relay {
+                let mut elsewhere: Vec<String> = relay
+                    .holders()
+                    .await
+                    .map(|h| h.into_keys().collect())
+                    .unwrap_or_default();
+                elsewhere.retain(|h| !online.contains(h));
+                online.extend(elsewhere);
+                online.sort();
+            }
             if online.is_empty() {
                 return Err(Status::failed_precondition("no host is online"));
             }
@@ -341,6 +437,7 @@ impl CommandRouter {
             let mut inflight = self.lock();
             let entry = inflight.entry(id.clone()).or_insert(Inflight {
                 pending: HashMap::new(),
+                remote: HashMap::new(),
                 output: HashMap::new(),
                 forwarded_total: 0,
                 events: events.clone(),
@@ -367,7 +464,11 @@ impl CommandRouter {
                     None => no_stream.push(host.clone()),
                 }
             }
-            if entry.pending.is_empty() {
+        }
+        let no_stream = self.relay_to_holders(&id, &run, no_stream).await;
+        {
+            let mut inflight = self.lock();
+            if inflight.get(&id).is_some_and(|e| e.pending.is_empty()) {
                 inflight.remove(&id);
             }
         }
@@ -429,7 +530,7 @@ impl CommandRouter {
             return;
         }
         tokio::select! {
-            () = done.notified() => {}
+            () = self.finished(&id, &done) => {}
             () = events.closed() => {
                 let hosts = self.cancel(&id);
                 if !hosts.is_empty() {
@@ -438,7 +539,7 @@ impl CommandRouter {
                 // Results still come back and are recorded; give them the
                 // same time limit.
                 tokio::select! {
-                    () = done.notified() => {}
+                    () = self.finished(&id, &done) => {}
                     () = tokio::time::sleep(limit) => self.give_up(&id, limit),
                 }
             }
@@ -447,6 +548,238 @@ impl CommandRouter {
                 self.give_up(&id, limit);
             }
         }
+    }
+
+    /// Resolves once every target answered; meanwhile a relayed target
+    /// whose replica stopped holding its agent (died: its lease ran out;
+    /// or the agent left it) ends as lost.
+    async fn finished(&self, id: &str, done: &Notify) {
+        let leases = async {
+            let mut tick = tokio::time::interval(LEASE_CHECK_EVERY);
+            loop {
+                tick.tick().await;
+                self.check_leases(id).await;
+            }
+        };
+        tokio::select! {
+            () = done.notified() => {}
+            () = leases => {}
+        }
+    }
+
+    /// Ends the relayed targets of `id` whose replica no longer holds
+    /// their agent.
+    async fn check_leases(&self, id: &str) {
+        let Some(relay) = &self.relay else {
+            return;
+        };
+        let remote: Vec<(String, String)> = match self.lock().get(id) {
+            Some(e) => e
+                .remote
+                .iter()
+                .filter(|(h, _)| e.pending.get(*h) == Some(&RELAYED))
+                .map(|(h, r)| (h.clone(), r.clone()))
+                .collect(),
+            None => return,
+        };
+        if remote.is_empty() {
+            return;
+        }
+        let holders = match relay.holders().await {
+            Ok(h) => h,
+            // The store is away: nobody can tell; the time limit still holds.
+            Err(_) => return,
+        };
+        for (host, replica) in remote {
+            if holders.get(&host) != Some(&replica) {
+                let finished = Finished::without_process(
+                    Outcome::LostConnection,
+                    format!("lost connection: replica {replica} no longer holds the agent"),
+                );
+                self.on_agent_response(&host, RELAYED, finished_response(id, &finished))
+                    .await;
+            }
+        }
+    }
+
+    /// Sends `run` to the targets `hosts` another live replica holds;
+    /// returns the hosts no replica holds.
+    async fn relay_to_holders(
+        &self,
+        id: &str,
+        run: &pb::CommandRequest,
+        hosts: Vec<String>,
+    ) -> Vec<String> {
+        let Some(relay) = &self.relay else {
+            return hosts;
+        };
+        if hosts.is_empty() {
+            return hosts;
+        }
+        let holders = match relay.holders().await {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("command {id}: cannot look up which replica holds its targets: {e}");
+                return hosts;
+            }
+        };
+        let body = run.encode_to_vec();
+        let mut left = Vec::new();
+        for host in hosts {
+            let Some(replica) = holders.get(&host) else {
+                left.push(host);
+                continue;
+            };
+            // Pending before the request goes out: the answer may come
+            // back at once.
+            if let Some(e) = self.lock().get_mut(id) {
+                e.pending.insert(host.clone(), RELAYED);
+                e.remote.insert(host.clone(), replica.clone());
+            }
+            if let Err(e) = relay
+                .send(replica, RelayKind::Run, &host, id, body.clone())
+                .await
+            {
+                log::warn!("command {id}: cannot relay to replica {replica} for {host}: {e}");
+                if let Some(e) = self.lock().get_mut(id) {
+                    e.pending.remove(&host);
+                    e.remote.remove(&host);
+                }
+                left.push(host);
+            }
+        }
+        left
+    }
+
+    /// Another replica (`from`) relayed a command for `hostname`, whose
+    /// agent is connected here: pushes it to the agent, whose answers go
+    /// back to `from`.
+    pub async fn run_relayed(&self, from: &str, hostname: &str, id: &str, body: &[u8]) {
+        let Some(relay) = &self.relay else {
+            return;
+        };
+        let request = match pb::CommandRequest::decode(body) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("command {id}: replica {from} relayed an unreadable request: {e}");
+                return;
+            }
+        };
+        let key = (id.to_owned(), hostname.to_owned());
+        let refused = match self.registry.command_sender(hostname) {
+            _ if self.relayed().len() >= MAX_RELAYED => Some(Finished::without_process(
+                Outcome::Unreachable,
+                "too many commands relayed to this replica at once",
+            )),
+            Some((conn, sender)) => {
+                self.relayed().insert(
+                    key.clone(),
+                    Relayed {
+                        origin: from.to_owned(),
+                        conn,
+                        forwarded: [0, 0],
+                        dropped: [false, false],
+                    },
+                );
+                match sender.try_send(Ok(request)) {
+                    Ok(()) => None,
+                    Err(_) => {
+                        self.relayed().remove(&key);
+                        Some(Finished::without_process(
+                            Outcome::Unreachable,
+                            "the agent's command queue is full or closed",
+                        ))
+                    }
+                }
+            }
+            None => Some(Finished::without_process(
+                Outcome::LostConnection,
+                "lost connection: the agent left the replica that held it",
+            )),
+        };
+        if let Some(finished) = refused {
+            answer_relayed(relay, from, hostname, id, &finished).await;
+        }
+    }
+
+    /// Another replica cancels a command it relayed here.
+    pub fn cancel_relayed(&self, hostname: &str, id: &str) {
+        let key = (id.to_owned(), hostname.to_owned());
+        if !self.relayed().contains_key(&key) {
+            return;
+        }
+        if let Some((_, sender)) = self.registry.command_sender(hostname) {
+            let _ = sender.try_send(Ok(cancel_request(id)));
+        }
+    }
+
+    /// An agent's answer to a command this replica relayed, from the
+    /// replica that holds the agent.
+    pub async fn on_relayed_response(&self, hostname: &str, id: &str, body: &[u8]) {
+        match pb::CommandResponse::decode(body) {
+            Ok(mut resp) => {
+                resp.command_id = id.to_owned();
+                self.on_agent_response(hostname, RELAYED, resp).await;
+            }
+            Err(e) => log::warn!("command {id}: an unreadable relayed answer for {hostname}: {e}"),
+        }
+    }
+
+    /// Sends an agent's answer to a command another replica relayed here
+    /// back to it; false when the command was not relayed.
+    async fn forward_relayed(&self, hostname: &str, conn: u64, resp: &pb::CommandResponse) -> bool {
+        let (Some(relay), false) = (&self.relay, self.relayed().is_empty()) else {
+            return false;
+        };
+        let key = (resp.command_id.clone(), hostname.to_owned());
+        let mut resp = resp.clone();
+        let origin = {
+            let mut relayed = self.relayed();
+            let Some(r) = relayed.get_mut(&key).filter(|r| r.conn == conn) else {
+                return false;
+            };
+            let origin = r.origin.clone();
+            match &mut resp.kind {
+                Some(AgentKind::Output(o)) => {
+                    let stream = usize::from(o.stream == pb::OutputStream::Stderr as i32);
+                    let room = MAX_OUTPUT_PER_STREAM_BYTES.saturating_sub(r.forwarded[stream]);
+                    let room = usize::try_from(room)
+                        .unwrap_or(usize::MAX)
+                        .min(o.data.len());
+                    if room < o.data.len() {
+                        r.dropped[stream] = true;
+                        o.data.truncate(room);
+                    }
+                    r.forwarded[stream] += room as u64;
+                    if room == 0 {
+                        return true;
+                    }
+                }
+                Some(AgentKind::Finished(f)) => {
+                    f.stdout_truncated |= r.dropped[0];
+                    f.stderr_truncated |= r.dropped[1];
+                    relayed.remove(&key);
+                }
+                _ => {}
+            }
+            origin
+        };
+        if let Err(e) = relay
+            .send(
+                &origin,
+                RelayKind::Response,
+                hostname,
+                &key.0,
+                resp.encode_to_vec(),
+            )
+            .await
+        {
+            log::warn!(
+                "command {}: cannot relay {hostname}'s answer to replica {origin}: {e}",
+                key.0
+            );
+        }
+        true
     }
 
     fn give_up(&self, id: &str, limit: Duration) {
@@ -468,17 +801,27 @@ impl CommandRouter {
         }
     }
 
-    /// Sends a cancel to every host still running `id`; returns them.
+    /// Sends a cancel to every host still running `id` (through their
+    /// replica for relayed ones); returns them.
     pub fn cancel(&self, id: &str) -> Vec<String> {
-        let hosts: Vec<String> = match self.lock().get(id) {
-            Some(entry) => entry.pending.keys().cloned().collect(),
+        let (hosts, remote): (Vec<String>, Vec<(String, String)>) = match self.lock().get(id) {
+            Some(entry) => (
+                entry
+                    .pending
+                    .iter()
+                    .filter(|(_, c)| **c != RELAYED)
+                    .map(|(h, _)| h.clone())
+                    .collect(),
+                entry
+                    .pending
+                    .iter()
+                    .filter(|(_, c)| **c == RELAYED)
+                    .filter_map(|(h, _)| Some((h.clone(), entry.remote.get(h)?.clone())))
+                    .collect(),
+            ),
             None => return Vec::new(),
         };
-        let cancel = pb::CommandRequest {
-            kind: Some(pb::command_request::Kind::Cancel(pb::CancelCommand {
-                command_id: id.to_owned(),
-            })),
-        };
+        let cancel = cancel_request(id);
         let mut sent = Vec::new();
         for host in hosts {
             if let Some((_, sender)) = self.registry.command_sender(&host)
@@ -486,6 +829,25 @@ impl CommandRouter {
             {
                 sent.push(host);
             }
+        }
+        if let Some(relay) = &self.relay
+            && !remote.is_empty()
+        {
+            sent.extend(remote.iter().map(|(h, _)| h.clone()));
+            let relay = Arc::clone(relay);
+            let id = id.to_owned();
+            tokio::spawn(async move {
+                for (host, replica) in remote {
+                    if let Err(e) = relay
+                        .send(&replica, RelayKind::Cancel, &host, &id, Vec::new())
+                        .await
+                    {
+                        log::warn!(
+                            "command {id}: cannot relay the cancel to replica {replica}: {e}"
+                        );
+                    }
+                }
+            });
         }
         sent.sort();
         sent
@@ -499,6 +861,9 @@ impl CommandRouter {
     /// A response from `hostname`'s agent on connection `conn`: forwarded
     /// to the operator within the output caps, its strings capped.
     pub async fn on_agent_response(&self, hostname: &str, conn: u64, resp: pb::CommandResponse) {
+        if self.forward_relayed(hostname, conn, &resp).await {
+            return;
+        }
         let id = resp.command_id;
         let Some(mut kind) = resp.kind else {
             return;
@@ -628,6 +993,30 @@ impl CommandRouter {
             let _ = events.try_send(Ok(finished_event(hostname, &id, &finished)));
             self.record_result(&id, hostname, finished);
         }
+        // Commands other replicas relayed to this stream: they are told.
+        let Some(relay) = &self.relay else {
+            return;
+        };
+        let mut told = Vec::new();
+        self.relayed().retain(|(id, host), r| {
+            let gone = host == hostname && r.conn == conn;
+            if gone {
+                told.push((id.clone(), r.origin.clone()));
+            }
+            !gone
+        });
+        if told.is_empty() {
+            return;
+        }
+        let relay = Arc::clone(relay);
+        let hostname = hostname.to_owned();
+        tokio::spawn(async move {
+            let finished =
+                Finished::without_process(Outcome::LostConnection, "lost connection to the agent");
+            for (id, origin) in told {
+                answer_relayed(&relay, &origin, &hostname, &id, &finished).await;
+            }
+        });
     }
 
     /// Records a final result in the background (it never delays a stream).

@@ -2,8 +2,9 @@
 //! which override defaults. A bad value is a [`ConfigError`] naming the flag
 //! or variable; the binary exits 2 on it.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use argh::FromArgs;
@@ -11,6 +12,8 @@ pub use monitor::config::ConfigError;
 use monitor::config::{Env, Raw, pick};
 
 use crate::remote_write::{self, DestinationSpec};
+
+use crate::store::{PostgresConfig, SqliteConfig, StoreConfig};
 
 /// Accepts monitor agents, stores their samples in an embedded SQLite
 /// store, and serves the operator API that monitorctl uses.
@@ -26,8 +29,10 @@ pub struct Args {
     /// 127.0.0.1:50052, loopback only until authentication exists)
     #[argh(option)]
     pub admin_listen: Option<String>,
-    /// database file (MONITOR_DB; default $STATE_DIRECTORY/monitor.db under
-    /// systemd, else ./monitor.db)
+    /// the store: an SQLite file (a path, or sqlite:PATH), or a PostgreSQL
+    /// database shared by several servers (postgres://user@host/db)
+    /// (MONITOR_DB; default $STATE_DIRECTORY/monitor.db under systemd, else
+    /// ./monitor.db)
     #[argh(option)]
     pub db: Option<PathBuf>,
     /// how long samples are kept (MONITOR_RETENTION; default 7d)
@@ -89,7 +94,7 @@ pub struct Args {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    pub db: PathBuf,
+    pub db: Database,
     pub retention: Duration,
     pub max_clock_skew: Duration,
     /// `None`: plain text, no authentication (`--insecure`).
@@ -102,6 +107,72 @@ pub struct Config {
     pub remote_write: Vec<DestinationSpec>,
     pub remote_write_max_lag: Duration,
     pub log_level: log::LevelFilter,
+}
+
+/// Where the store lives.
+#[derive(Clone, PartialEq)]
+pub enum Database {
+    /// An embedded SQLite file on this server (`--db PATH` or
+    /// `--db sqlite:PATH`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database that several server replicas share
+    /// (`--db postgres://user@host/db`). May hold a password: shown only
+    /// through `Debug`/`Display`, which leave it out.
+    Postgres(String),
+}
+
+impl Database {
+    /// Reads a `--db` / `MONITOR_DB` value.
+    pub fn parse(raw: PathBuf) -> Database {
+        match raw.to_str() {
+            Some(s) if PostgresConfig::is_url(s) => Database::Postgres(s.to_owned()),
+            Some(s) if s.starts_with("sqlite:") => {
+                Database::Sqlite(PathBuf::from(&s["sqlite:".len()..]))
+            }
+            _ => Database::Sqlite(raw),
+        }
+    }
+
+    /// The store's settings for this database, with `retention`.
+    pub fn store_config(&self, retention: Duration) -> StoreConfig {
+        match self {
+            Database::Sqlite(path) => StoreConfig::Sqlite(SqliteConfig {
+                retention,
+                ..SqliteConfig::new(path)
+            }),
+            Database::Postgres(url) => StoreConfig::Postgres(PostgresConfig {
+                retention,
+                ..PostgresConfig::new(url.clone())
+            }),
+        }
+    }
+
+    /// The directory the server keeps its state in beside this database,
+    /// when it is a file; `None` for PostgreSQL.
+    fn directory(&self) -> Option<&Path> {
+        match self {
+            Database::Sqlite(path) => path.parent().filter(|p| !p.as_os_str().is_empty()),
+            Database::Postgres(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&PostgresConfig::new(url.clone()).target()),
+        }
+    }
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(_) => f.debug_tuple("Postgres").field(&self.to_string()).finish(),
+        }
+    }
 }
 
 /// Where the server's TLS material lives and what it says.
@@ -148,7 +219,7 @@ impl Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            db: db.into(),
+            db: Database::parse(db.into()),
             retention: Duration::from_secs(7 * 86_400),
             max_clock_skew: Duration::from_secs(30),
             tls: None,
@@ -181,6 +252,9 @@ impl Config {
             Some(raw) => raw.socket_addr()?,
             None => SocketAddr::from(([127, 0, 0, 1], 50052)),
         };
+        let state_directory = env("STATE_DIRECTORY")
+            .filter(|s| !s.is_empty())
+            .map(|dirs| PathBuf::from(dirs.split(':').next().unwrap_or(".")));
         let db = args
             .db
             .or_else(|| {
@@ -188,16 +262,13 @@ impl Config {
                     .filter(|s| !s.is_empty())
                     .map(PathBuf::from)
             })
-            .unwrap_or_else(|| {
-                // systemd's StateDirectory= sets it (possibly several,
-                // colon-separated: the first is ours).
-                match env("STATE_DIRECTORY").filter(|s| !s.is_empty()) {
-                    Some(dirs) => {
-                        PathBuf::from(dirs.split(':').next().unwrap_or(".")).join("monitor.db")
-                    }
-                    None => PathBuf::from("monitor.db"),
-                }
+            // systemd's StateDirectory= sets it (possibly several,
+            // colon-separated: the first is ours).
+            .unwrap_or_else(|| match &state_directory {
+                Some(dir) => dir.join("monitor.db"),
+                None => PathBuf::from("monitor.db"),
             });
+        let db = Database::parse(db);
         let retention = match pick(args.retention, "retention", "MONITOR_RETENTION", env) {
             Some(raw) => raw.duration(MIN_RETENTION, MAX_RETENTION)?,
             None => Duration::from_secs(7 * 86_400),
@@ -230,9 +301,11 @@ impl Config {
                         .filter(|s| !s.is_empty())
                         .map(PathBuf::from)
                 })
-                .unwrap_or_else(|| match db.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.join("tls"),
-                    _ => PathBuf::from("tls"),
+                // Beside the database file; with PostgreSQL in the state
+                // directory (replicas share the CA through the database).
+                .unwrap_or_else(|| match db.directory().or(state_directory.as_deref()) {
+                    Some(p) => p.join("tls"),
+                    None => PathBuf::from("tls"),
                 });
             let names = if args.tls_name.is_empty() {
                 match env("MONITOR_TLS_NAMES").filter(|s| !s.trim().is_empty()) {
@@ -395,7 +468,7 @@ mod tests {
         let c = parse(&[], &[]).unwrap();
         assert_eq!(c.listen, "0.0.0.0:50051".parse().unwrap());
         assert_eq!(c.admin_listen, "127.0.0.1:50052".parse().unwrap());
-        assert_eq!(c.db, PathBuf::from("monitor.db"));
+        assert_eq!(c.db, Database::Sqlite(PathBuf::from("monitor.db")));
         assert_eq!(c.retention, Duration::from_secs(7 * 86_400));
     }
 
@@ -410,7 +483,10 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.db, PathBuf::from("/var/lib/monitor-server/monitor.db"));
+        assert_eq!(
+            c.db,
+            Database::Sqlite(PathBuf::from("/var/lib/monitor-server/monitor.db"))
+        );
         assert_eq!(c.retention, Duration::from_secs(2 * 86_400));
         assert_eq!(c.listen, "[::1]:7000".parse().unwrap());
     }
@@ -451,6 +527,35 @@ mod tests {
             e.to_string(),
             "--public-url: expected an https:// URL like https://monitor.lan:50051, got 'http://x:1'"
         );
+    }
+
+    #[test]
+    fn the_database_is_a_file_or_a_postgres_url() {
+        let c = parse(&["--db", "sqlite:/srv/m.db"], &[]).unwrap();
+        assert_eq!(c.db, Database::Sqlite(PathBuf::from("/srv/m.db")));
+        assert_eq!(c.tls.unwrap().dir, PathBuf::from("/srv/tls"));
+        let c = parse(
+            &[],
+            &[
+                ("MONITOR_DB", "postgres://mon:s3cret@db.lan/monitor"),
+                ("STATE_DIRECTORY", "/var/lib/monitor-server"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.db,
+            Database::Postgres("postgres://mon:s3cret@db.lan/monitor".into())
+        );
+        assert_eq!(c.db.to_string(), "postgres://mon:***@db.lan/monitor");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(
+            c.tls.unwrap().dir,
+            PathBuf::from("/var/lib/monitor-server/tls")
+        );
+        assert!(matches!(
+            c.db.store_config(Duration::from_secs(60)),
+            StoreConfig::Postgres(p) if p.retention == Duration::from_secs(60)
+        ));
     }
 
     #[test]

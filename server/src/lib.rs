@@ -15,6 +15,7 @@ pub mod listener;
 pub mod pages;
 pub mod registry;
 pub mod remote_write;
+pub mod replicas;
 pub mod server;
 pub mod store;
 pub mod telemetry;

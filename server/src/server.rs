@@ -35,11 +35,16 @@ use crate::ingest::CollectorService;
 use crate::listener::{self, Limits, Preface};
 use crate::registry::{INGEST_RATE, Registry, TEST_INGEST_RATE_ENV};
 use crate::remote_write;
-use crate::store::{SqliteConfig, Store, StoreError};
+use crate::replicas;
+use crate::store::{Store, StoreConfig, StoreError};
 use crate::telemetry::Telemetry;
 use crate::throttle::Rate;
 use crate::tls::setup::{self, SetupError};
 
+/// On a store several servers share, how often each reloads the
+/// certificates and signing keys the others recorded (an agent enrolled
+/// through one replica is accepted by the others this long after).
+pub const TRUST_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest a graceful stop waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message an agent may send (a batch is well under 2 KiB, a hello
@@ -141,30 +146,29 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let mut store_config = SqliteConfig {
-        retention: config.retention,
-        ..SqliteConfig::new(&config.db)
-    };
+    let mut store_config = config.db.store_config(config.retention);
     // For tests only: how long batches wait in the store's journal before
     // their host is merged (milliseconds), so fault tests can crash the
     // server with both merged and unmerged batches in the file.
-    if let Some(ms) = std::env::var(TEST_MERGE_INTERVAL_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        store_config.merge_interval = Duration::from_millis(ms);
+    if let (StoreConfig::Sqlite(c), Some(ms)) = (
+        &mut store_config,
+        std::env::var(TEST_MERGE_INTERVAL_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok()),
+    ) {
+        c.merge_interval = Duration::from_millis(ms);
     }
     let telemetry = Arc::new(Telemetry::new(monitor::time::now_unix_ms()));
     let (stored_tx, stored_rx) = watch::channel(0u64);
-    store_config.observer = Some(telemetry.flush_observer(stored_tx));
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+    store_config.set_observer(telemetry.flush_observer(stored_tx));
+    let store = Store::open(store_config)
         .await
-        .map_err(|e| ServerError::Store(StoreError::Writer(std::io::Error::other(e.to_string()))))?
         .map_err(ServerError::Store)?;
     let hosts = store.hosts().await.map_err(ServerError::Store)?;
     log::info!(
-        "store {} open: {} known hosts",
-        config.db.display(),
+        "store {} ({}) open: {} known hosts",
+        config.db,
+        store.backend_name(),
         hosts.len()
     );
     // Every host starts offline: the registry only knows who connects
@@ -176,10 +180,16 @@ pub async fn run(
         .and_then(|v| Rate::parse(&v))
         .unwrap_or(INGEST_RATE);
     let registry = Arc::new(Registry::with_ingest_rate(ingest_rate));
-    let router = Arc::new(
-        CommandRouter::new(Arc::clone(&registry), store.clone())
-            .with_telemetry(Arc::clone(&telemetry)),
-    );
+    // Replicas on a shared store reach each other's agents through it.
+    let relay = store
+        .is_shared()
+        .then(|| Arc::new(replicas::Relay::new(store.clone())));
+    let mut router = CommandRouter::new(Arc::clone(&registry), store.clone())
+        .with_telemetry(Arc::clone(&telemetry));
+    if let Some(r) = &relay {
+        router = router.with_relay(Arc::clone(r));
+    }
+    let router = Arc::new(router);
     let (stop_tx, stop_rx) = watch::channel(false);
     let forwarding = remote_write::start(
         &store,
@@ -363,12 +373,33 @@ pub async fn run(
     }
     // Expired certificates leave the trust table (their handshakes fail
     // on the date anyway), so it holds only what can still be used.
-    let pruner = enrolment.map(|e| {
+    let pruner = enrolment.clone().map(|e| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(3600));
             loop {
                 tick.tick().await;
                 e.trust.prune(monitor::time::now_unix_ms());
+            }
+        })
+    });
+    // On a store several servers share, what the others enrolled, revoked
+    // or registered reaches this one within TRUST_RELOAD_INTERVAL.
+    let replica = relay.map(|r| {
+        tokio::spawn(replicas::run(
+            r,
+            Arc::clone(&router),
+            Arc::clone(&registry),
+            stop_rx.clone(),
+        ))
+    });
+    let trust_reloader = enrolment.filter(|_| store.is_shared()).map(|e| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRUST_RELOAD_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(err) = setup::reload_trust(&e).await {
+                    log::debug!("trust: cannot reload from the store: {err}");
+                }
             }
         })
     });
@@ -412,6 +443,15 @@ pub async fn run(
     }
     if let Some(p) = pruner {
         p.abort();
+    }
+    if let Some(r) = trust_reloader {
+        r.abort();
+    }
+    // Its sessions released, so other replicas stop routing here at once.
+    if let Some(r) = replica
+        && tokio::time::timeout(DRAIN_TIMEOUT, r).await.is_err()
+    {
+        log::warn!("the replica's sessions not released after {DRAIN_TIMEOUT:?}");
     }
     // The forwarders stop at their next wait; one in the middle of a
     // request is cut off (its batches are sent again after a restart).

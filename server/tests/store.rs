@@ -1,8 +1,13 @@
-//! The store's guarantees, tested through its public API on real files in
-//! the temp directory: round trips, exactly-once storage of re-sent
-//! batches, restart, retention, bad files, backpressure, command history,
-//! and a SIGKILLed writer process whose acknowledged batches must all be
-//! there afterwards.
+//! The store's guarantees, tested through its public API, one test body
+//! for each backend: on SQLite files in the temp directory (with the
+//! journal merged at once and not), and on databases of a PostgreSQL
+//! server the tests start themselves (see `tests/common/pg.rs`; without
+//! PostgreSQL installed those print a `skipped:` line). Round trips,
+//! exactly-once storage of re-sent batches (also from two replicas at
+//! once), restart, retention, backpressure, command history, and a
+//! SIGKILLed writer process whose acknowledged batches must all be there
+//! afterwards; then what only one backend has (SQLite's files and their
+//! conversions, PostgreSQL's URL and migrations).
 //!
 //! Waits poll a condition with a deadline; nothing sleeps a guessed time.
 
@@ -20,10 +25,14 @@ use std::time::{Duration, Instant};
 use monitor::command::{Finished, Outcome};
 use monitor::metric::Metric;
 use monitor_server::store::{
-    CommandRecord, CommandResultRecord, Conflict, IncomingBatch, SampleQuery, SqliteConfig,
-    SqliteError, Store, StoreError, StoredSample, SubmitOutcome,
+    CommandRecord, CommandResultRecord, Conflict, IncomingBatch, PostgresConfig, SampleQuery,
+    SqliteConfig, SqliteError, Store, StoreConfig, StoreError, StoredSample, SubmitOutcome,
 };
 use tempfile::TempDir;
+
+#[path = "../../tests/common/pg.rs"]
+mod pg;
+use pg::Postgres;
 
 /// A directory of the test's own in the temp directory (removed when
 /// dropped), named after the test so a failed run's leftovers are easy to
@@ -86,6 +95,156 @@ fn config(dir: &TempDir) -> SqliteConfig {
     let mut c = SqliteConfig::new(dir.db());
     c.flush_max_delay = Duration::from_millis(1);
     c
+}
+
+/// Which backend a test body runs on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// SQLite, batches left in the journal (in memory) for the whole test.
+    Sqlite,
+    /// SQLite, batches merged from the journal into the tables at once.
+    SqliteMerging,
+    /// A database of the tests' own PostgreSQL server.
+    Postgres,
+}
+
+/// A test's store, wherever it lives; opening it again (a restart) finds
+/// the same data.
+struct TestDb {
+    kind: Kind,
+    dir: TempDir,
+    /// The PostgreSQL database's URL.
+    url: Option<String>,
+}
+
+/// The settings a test body may change, whatever the backend.
+struct Knobs {
+    retention: Duration,
+    retention_interval: Duration,
+    queue_capacity: usize,
+    flush_max_batches: usize,
+    flush_max_delay: Duration,
+}
+
+impl TestDb {
+    /// `None` (after a `skipped:` line) for PostgreSQL where it is not
+    /// installed.
+    fn new(kind: Kind, name: &str) -> Option<TestDb> {
+        let url = match kind {
+            Kind::Postgres => Some(Postgres::shared(name)?.database(name)),
+            Kind::Sqlite | Kind::SqliteMerging => None,
+        };
+        Some(TestDb {
+            kind,
+            dir: temp_dir(name),
+            url,
+        })
+    }
+
+    fn config(&self) -> StoreConfig {
+        self.tuned(|_| {})
+    }
+
+    fn tuned(&self, tune: impl FnOnce(&mut Knobs)) -> StoreConfig {
+        let mut k = Knobs {
+            retention: Duration::from_secs(7 * 86_400),
+            retention_interval: Duration::from_secs(60),
+            queue_capacity: 16_384,
+            flush_max_batches: 2_048,
+            flush_max_delay: Duration::from_millis(1),
+        };
+        tune(&mut k);
+        match (self.kind, &self.url) {
+            (Kind::Postgres, Some(url)) => StoreConfig::Postgres(PostgresConfig {
+                retention: k.retention,
+                retention_interval: k.retention_interval,
+                queue_capacity: k.queue_capacity,
+                flush_max_batches: k.flush_max_batches,
+                flush_max_delay: k.flush_max_delay,
+                ..PostgresConfig::new(url.clone())
+            }),
+            _ => StoreConfig::Sqlite(SqliteConfig {
+                retention: k.retention,
+                retention_interval: k.retention_interval,
+                queue_capacity: k.queue_capacity,
+                flush_max_batches: k.flush_max_batches,
+                flush_max_delay: k.flush_max_delay,
+                // Fewer than one host's old ticks: a pass needs several steps.
+                retention_chunk_rows: 2,
+                merge_interval: match self.kind {
+                    Kind::SqliteMerging => Duration::ZERO,
+                    _ => SqliteConfig::new(self.dir.db()).merge_interval,
+                },
+                ..SqliteConfig::new(self.dir.db())
+            }),
+        }
+    }
+
+    async fn open(&self) -> Store {
+        Store::open(self.config()).await.unwrap()
+    }
+
+    /// SQLite's `integrity_check` of the file (PostgreSQL keeps its own).
+    fn check_integrity(&self) {
+        if self.kind != Kind::Postgres {
+            assert_eq!(integrity_check(&self.dir.db()), "ok");
+        }
+    }
+
+    /// Holds a lock that stops the store's writer in its next flush, until
+    /// [`Blocker::release`].
+    async fn block_writes(&self) -> Blocker {
+        match &self.url {
+            None => {
+                // The writer waits for SQLite's write lock (busy timeout 5 s).
+                let c = rusqlite::Connection::open(self.dir.db()).unwrap();
+                c.execute_batch("BEGIN IMMEDIATE").unwrap();
+                Blocker::Sqlite(c)
+            }
+            Some(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                // Every flush of a batch inserts into hosts first.
+                client
+                    .batch_execute("BEGIN; LOCK TABLE hosts IN ACCESS EXCLUSIVE MODE")
+                    .await
+                    .unwrap();
+                Blocker::Postgres(client)
+            }
+        }
+    }
+}
+
+/// Someone else holding the database's write lock.
+enum Blocker {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio_postgres::Client),
+}
+
+impl Blocker {
+    async fn release(self) {
+        match self {
+            Blocker::Sqlite(c) => c.execute_batch("ROLLBACK").unwrap(),
+            Blocker::Postgres(c) => c.batch_execute("ROLLBACK").await.unwrap(),
+        }
+    }
+}
+
+/// One test per backend running `body`: `NAME_sqlite`, `NAME_merging`
+/// (SQLite, journal merged at once) and `NAME_postgres`.
+macro_rules! on_every_backend {
+    ($body:ident: $($name:ident => $kind:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(db) = TestDb::new(Kind::$kind, stringify!($name)) {
+                    $body(db).await;
+                }
+            }
+        )+
+    };
 }
 
 fn all(hostname: &str) -> SampleQuery {
@@ -163,10 +322,13 @@ fn integrity_check(path: &Path) -> String {
         .unwrap()
 }
 
-#[tokio::test]
-async fn submit_then_query_round_trips() {
-    let dir = temp_dir("round-trip");
-    let store = Store::open(config(&dir)).unwrap();
+on_every_backend!(submit_then_query_round_trips:
+    submit_then_query_round_trips_sqlite => Sqlite,
+    submit_then_query_round_trips_postgres => Postgres,
+);
+
+async fn submit_then_query_round_trips(db: TestDb) {
+    let store = db.open().await;
     let base = base_ms();
     assert_eq!(
         submit_all(&store, "pi-1", 7, 1..=3, base).await,
@@ -257,7 +419,7 @@ async fn health_values_are_stored_with_their_batch_and_queried_by_metric() {
         (store, rows)
     };
     {
-        let store = Store::open(config(&dir)).unwrap();
+        let store = Store::open(config(&dir)).await.unwrap();
         for seq in 1..=2 {
             let outcome = store
                 .submit(health_batch("pi-h", 3, seq, base))
@@ -274,7 +436,7 @@ async fn health_values_are_stored_with_their_batch_and_queried_by_metric() {
         store.close().await.unwrap();
     }
     // After a restart, from the file.
-    let store = Store::open(config(&dir)).unwrap();
+    let store = Store::open(config(&dir)).await.unwrap();
     let (store, fs) = rows(store, query(HealthMetric::FsUsedPercent, None)).await;
     assert_eq!(
         fs,
@@ -308,7 +470,7 @@ async fn a_schema_6_file_gains_the_health_table_and_keeps_its_samples() {
     let dir = temp_dir("schema-6");
     let base = base_ms();
     {
-        let store = Store::open(config(&dir)).unwrap();
+        let store = Store::open(config(&dir)).await.unwrap();
         submit_all(&store, "pi-6", 1, 1..=2, base).await;
         store.close().await.unwrap();
     }
@@ -318,7 +480,7 @@ async fn a_schema_6_file_gains_the_health_table_and_keeps_its_samples() {
     conn.execute_batch("DROP TABLE health; PRAGMA user_version = 6;")
         .unwrap();
     drop(conn);
-    let store = Store::open(config(&dir)).unwrap();
+    let store = Store::open(config(&dir)).await.unwrap();
     assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
     check(&store, all("pi-6"), &rows_of(1..=2, base, &Metric::ALL)).await;
     let outcome = store
@@ -340,10 +502,13 @@ async fn a_schema_6_file_gains_the_health_table_and_keeps_its_samples() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn unknown_host_is_its_own_error() {
-    let dir = temp_dir("unknown-host");
-    let store = Store::open(config(&dir)).unwrap();
+on_every_backend!(unknown_host_is_its_own_error:
+    unknown_host_is_its_own_error_sqlite => Sqlite,
+    unknown_host_is_its_own_error_postgres => Postgres,
+);
+
+async fn unknown_host_is_its_own_error(db: TestDb) {
+    let store = db.open().await;
     match store.query(all("nope")).await {
         Err(StoreError::UnknownHost(h)) => assert_eq!(h, "nope"),
         other => panic!("expected UnknownHost, got {other:?}"),
@@ -361,19 +526,14 @@ fn merging_config(dir: &TempDir) -> SqliteConfig {
     }
 }
 
-#[tokio::test]
-async fn re_sent_batches_are_acknowledged_and_stored_once() {
-    check_dedup(config).await;
-}
+on_every_backend!(check_dedup:
+    re_sent_batches_are_acknowledged_and_stored_once_sqlite => Sqlite,
+    re_sent_batches_are_acknowledged_and_stored_once_merging => SqliteMerging,
+    re_sent_batches_are_acknowledged_and_stored_once_postgres => Postgres,
+);
 
-#[tokio::test]
-async fn re_sent_batches_are_acknowledged_and_stored_once_merging() {
-    check_dedup(merging_config).await;
-}
-
-async fn check_dedup(config: fn(&TempDir) -> SqliteConfig) {
-    let dir = temp_dir("dedup");
-    let store = Store::open(config(&dir)).unwrap();
+async fn check_dedup(db: TestDb) {
+    let store = db.open().await;
     let base = base_ms();
     use SubmitOutcome::{Duplicate, Stored};
     assert_eq!(submit_all(&store, "pi", 1, 1..=5, base).await, [Stored; 5]);
@@ -402,15 +562,11 @@ async fn check_dedup(config: fn(&TempDir) -> SqliteConfig) {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_forged_seq_jump_cannot_make_real_batches_vanish() {
-    check_forgotten_gaps(config).await;
-}
-
-#[tokio::test]
-async fn a_forged_seq_jump_cannot_make_real_batches_vanish_merging() {
-    check_forgotten_gaps(merging_config).await;
-}
+on_every_backend!(check_forgotten_gaps:
+    a_forged_seq_jump_cannot_make_real_batches_vanish_sqlite => Sqlite,
+    a_forged_seq_jump_cannot_make_real_batches_vanish_merging => SqliteMerging,
+    a_forged_seq_jump_cannot_make_real_batches_vanish_postgres => Postgres,
+);
 
 /// Finding 4 of the hostile-input review: a batch with a far seq opened a
 /// gap, 257 more pushed it out of the 256-gap memory, and from then on
@@ -418,11 +574,10 @@ async fn a_forged_seq_jump_cannot_make_real_batches_vanish_merging() {
 /// counted nowhere. Now such a batch is told apart by its samples (new
 /// ones stored, known ones a duplicate, different ones a conflict) and
 /// counted, before and after a restart.
-async fn check_forgotten_gaps(config: fn(&TempDir) -> SqliteConfig) {
+async fn check_forgotten_gaps(db: TestDb) {
     use SubmitOutcome::{Duplicate, Stored};
-    let dir = temp_dir("forgotten");
     let base = base_ms();
-    let store = Store::open(config(&dir)).unwrap();
+    let store = db.open().await;
     assert_eq!(
         submit_all(&store, "pi", 7, 1..=10, base).await,
         [Stored; 10]
@@ -463,7 +618,7 @@ async fn check_forgotten_gaps(config: fn(&TempDir) -> SqliteConfig) {
 
     // After a restart the store still knows it forgot: nothing below the
     // forgotten gaps reads as stored.
-    let store = Store::open(config(&dir)).unwrap();
+    let store = db.open().await;
     assert_eq!(
         submit_all(&store, "pi", 7, [21, 12], base).await,
         [Stored, Duplicate]
@@ -478,18 +633,21 @@ async fn check_forgotten_gaps(config: fn(&TempDir) -> SqliteConfig) {
         "counted since the store opened"
     );
     store.close().await.unwrap();
-    assert_eq!(integrity_check(&dir.db()), "ok");
+    db.check_integrity();
 }
 
-#[tokio::test]
-async fn data_and_dedup_state_survive_a_restart() {
-    let dir = temp_dir("restart");
+on_every_backend!(data_and_dedup_state_survive_a_restart:
+    data_and_dedup_state_survive_a_restart_sqlite => Sqlite,
+    data_and_dedup_state_survive_a_restart_postgres => Postgres,
+);
+
+async fn data_and_dedup_state_survive_a_restart(db: TestDb) {
     let base = base_ms();
-    let store = Store::open(config(&dir)).unwrap();
+    let store = db.open().await;
     submit_all(&store, "pi", 42, 1..=4, base).await;
     store.close().await.unwrap();
 
-    let store = Store::open(config(&dir)).unwrap();
+    let store = db.open().await;
     check(&store, all("pi"), &rows_of(1..=4, base, &Metric::ALL)).await;
     assert_eq!(
         submit_all(&store, "pi", 42, 3..=5, base).await,
@@ -501,37 +659,35 @@ async fn data_and_dedup_state_survive_a_restart() {
     );
     check(&store, all("pi"), &rows_of(1..=5, base, &Metric::ALL)).await;
     store.close().await.unwrap();
-    assert_eq!(integrity_check(&dir.db()), "ok");
+    db.check_integrity();
 }
 
-#[tokio::test]
-async fn dropping_the_store_without_close_loses_nothing_acknowledged() {
-    let dir = temp_dir("drop");
+on_every_backend!(dropping_the_store_without_close_loses_nothing_acknowledged:
+    dropping_the_store_without_close_loses_nothing_acknowledged_sqlite => Sqlite,
+    dropping_the_store_without_close_loses_nothing_acknowledged_postgres => Postgres,
+);
+
+async fn dropping_the_store_without_close_loses_nothing_acknowledged(db: TestDb) {
     let base = base_ms();
-    let store = Store::open(config(&dir)).unwrap();
+    let store = db.open().await;
     submit_all(&store, "pi", 1, 1..=3, base).await;
     drop(store);
     // The old writer may still be finishing; the new one waits for its lock.
-    let store = Store::open(config(&dir)).unwrap();
+    let store = db.open().await;
     check(&store, all("pi"), &rows_of(1..=3, base, &Metric::ALL)).await;
     store.close().await.unwrap();
-    assert_eq!(integrity_check(&dir.db()), "ok");
+    db.check_integrity();
 }
 
-#[tokio::test]
-async fn hosts_are_known_after_a_restart_with_their_latest_values() {
-    check_hosts(config).await;
-}
+on_every_backend!(check_hosts:
+    hosts_are_known_after_a_restart_with_their_latest_values_sqlite => Sqlite,
+    hosts_are_known_after_a_restart_with_their_latest_values_merging => SqliteMerging,
+    hosts_are_known_after_a_restart_with_their_latest_values_postgres => Postgres,
+);
 
-#[tokio::test]
-async fn hosts_are_known_after_a_restart_with_their_latest_values_merging() {
-    check_hosts(merging_config).await;
-}
-
-async fn check_hosts(config: fn(&TempDir) -> SqliteConfig) {
-    let dir = temp_dir("hosts");
+async fn check_hosts(db: TestDb) {
     let base = base_ms();
-    let store = Store::open(config(&dir)).unwrap();
+    let store = db.open().await;
     submit_all(&store, "pi-b", 1, 1..=12, base).await;
     submit_all(&store, "pi-a", 1, 1..=2, base).await;
     // Only one metric in the newest batch of pi-a: the others keep their
@@ -543,7 +699,7 @@ async fn check_hosts(config: fn(&TempDir) -> SqliteConfig) {
     store.submit(b).await.unwrap();
     store.close().await.unwrap();
 
-    let store = Store::open(config(&dir)).unwrap();
+    let store = db.open().await;
     let hosts = store.hosts().await.unwrap();
     let names: Vec<&str> = hosts.iter().map(|h| h.hostname.as_str()).collect();
     assert_eq!(names, ["pi-a", "pi-b"]);
@@ -571,24 +727,21 @@ async fn check_hosts(config: fn(&TempDir) -> SqliteConfig) {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn retention_prunes_only_old_samples_in_small_chunks() {
-    check_retention(config).await;
-}
+on_every_backend!(check_retention:
+    retention_prunes_only_old_samples_sqlite => Sqlite,
+    retention_prunes_only_old_samples_merging => SqliteMerging,
+    retention_prunes_only_old_samples_postgres => Postgres,
+);
 
-#[tokio::test]
-async fn retention_prunes_only_old_samples_in_small_chunks_merging() {
-    check_retention(merging_config).await;
-}
-
-async fn check_retention(config: fn(&TempDir) -> SqliteConfig) {
-    let dir = temp_dir("retention");
-    let mut c = config(&dir);
-    c.retention = Duration::from_secs(3600);
-    c.retention_interval = Duration::from_millis(20);
-    // Fewer than one host's old ticks: the pass needs several steps.
-    c.retention_chunk_rows = 2;
-    let store = Store::open(c).unwrap();
+/// (SQLite deletes in chunks smaller than one host's old ticks, so a pass
+/// takes several steps; PostgreSQL drops whole partitions.)
+async fn check_retention(db: TestDb) {
+    let store = Store::open(db.tuned(|k| {
+        k.retention = Duration::from_secs(3600);
+        k.retention_interval = Duration::from_millis(20);
+    }))
+    .await
+    .unwrap();
     let now = monitor::time::now_unix_ms();
     let old = now - 2 * 3_600_000;
     let recent = now - 60_000;
@@ -629,7 +782,7 @@ async fn check_retention(config: fn(&TempDir) -> SqliteConfig) {
 async fn a_file_that_is_not_a_database_is_a_clear_error() {
     let dir = temp_dir("garbage");
     std::fs::write(dir.db(), vec![0x5a; 64 * 1024]).unwrap();
-    match Store::open(config(&dir)) {
+    match Store::open(config(&dir)).await {
         Err(e @ StoreError::Sqlite(SqliteError::Corrupt { .. })) => {
             let msg = e.to_string();
             assert!(msg.contains(&dir.db().display().to_string()), "{msg}");
@@ -642,7 +795,7 @@ async fn a_file_that_is_not_a_database_is_a_clear_error() {
 #[tokio::test]
 async fn a_truncated_database_is_a_clear_error() {
     let dir = temp_dir("truncated");
-    let store = Store::open(config(&dir)).unwrap();
+    let store = Store::open(config(&dir)).await.unwrap();
     for host in 0..20 {
         submit_all(&store, &format!("pi-{host}"), 1, 1..=20, base_ms()).await;
     }
@@ -654,7 +807,7 @@ async fn a_truncated_database_is_a_clear_error() {
         .unwrap();
     file.set_len(len / 2).unwrap();
     drop(file);
-    match Store::open(config(&dir)) {
+    match Store::open(config(&dir)).await {
         Err(e @ StoreError::Sqlite(SqliteError::Corrupt { .. })) => {
             assert!(e.to_string().contains(&dir.db().display().to_string()));
         }
@@ -666,7 +819,7 @@ async fn a_truncated_database_is_a_clear_error() {
 async fn a_missing_directory_is_an_open_error_naming_the_file() {
     let dir = temp_dir("missing");
     let path = dir.path().join("no/such/dir/monitor.db");
-    match Store::open(SqliteConfig::new(&path)) {
+    match Store::open(SqliteConfig::new(&path)).await {
         // The store makes a new file itself (owner-only) before SQLite
         // opens it: the missing directory shows there, with the OS's
         // reason.
@@ -678,13 +831,14 @@ async fn a_missing_directory_is_an_open_error_naming_the_file() {
     }
 }
 
-#[tokio::test]
-async fn bad_config_is_refused() {
-    let dir = temp_dir("config");
-    let mut c = config(&dir);
-    c.queue_capacity = 0;
+on_every_backend!(bad_config_is_refused:
+    bad_config_is_refused_sqlite => Sqlite,
+    bad_config_is_refused_postgres => Postgres,
+);
+
+async fn bad_config_is_refused(db: TestDb) {
     assert!(matches!(
-        Store::open(c),
+        Store::open(db.tuned(|k| k.queue_capacity = 0)).await,
         Err(StoreError::InvalidConfig {
             field: "queue_capacity",
             ..
@@ -698,18 +852,22 @@ async fn is_pending<F: Future>(fut: std::pin::Pin<&mut F>) -> bool {
     std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx).is_pending())).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_makes_submit_wait() {
-    let dir = temp_dir("backpressure");
-    let mut c = config(&dir);
-    c.queue_capacity = 2;
-    c.flush_max_batches = 1;
-    let store = Store::open(c).unwrap();
+on_every_backend!(a_full_queue_makes_submit_wait:
+    a_full_queue_makes_submit_wait_sqlite => Sqlite,
+    a_full_queue_makes_submit_wait_postgres => Postgres,
+);
+
+async fn a_full_queue_makes_submit_wait(db: TestDb) {
+    let store = Store::open(db.tuned(|k| {
+        k.queue_capacity = 2;
+        k.flush_max_batches = 1;
+    }))
+    .await
+    .unwrap();
     let base = base_ms();
     // Someone else holds the write lock: the writer blocks in its first
-    // flush (SQLite's busy timeout is 5 s), so the queue fills behind it.
-    let blocker = rusqlite::Connection::open(dir.db()).unwrap();
-    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // flush, so the queue fills behind it.
+    let blocker = db.block_writes().await;
 
     // One batch for the (blocked) writer, two for the queue; their order
     // does not matter to the store.
@@ -732,7 +890,7 @@ async fn a_full_queue_makes_submit_wait() {
     );
     assert_eq!(store.queued(), 2, "nothing queues beyond the capacity");
 
-    blocker.execute_batch("ROLLBACK").unwrap();
+    blocker.release().await;
     assert_eq!(fourth.await.unwrap(), SubmitOutcome::Stored);
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), SubmitOutcome::Stored);
@@ -741,10 +899,13 @@ async fn a_full_queue_makes_submit_wait() {
     store.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn close_is_idempotent_and_later_requests_fail_closed() {
-    let dir = temp_dir("close");
-    let store = Store::open(config(&dir)).unwrap();
+on_every_backend!(close_is_idempotent_and_later_requests_fail_closed:
+    close_is_idempotent_and_later_requests_fail_closed_sqlite => Sqlite,
+    close_is_idempotent_and_later_requests_fail_closed_postgres => Postgres,
+);
+
+async fn close_is_idempotent_and_later_requests_fail_closed(db: TestDb) {
+    let store = db.open().await;
     let base = base_ms();
     submit_all(&store, "pi", 1, [1], base).await;
     let clone = store.clone();
@@ -757,10 +918,13 @@ async fn close_is_idempotent_and_later_requests_fail_closed() {
     assert!(matches!(clone.hosts().await, Err(StoreError::Closed)));
 }
 
-#[tokio::test]
-async fn command_history_round_trips_newest_first() {
-    let dir = temp_dir("history");
-    let store = Store::open(config(&dir)).unwrap();
+on_every_backend!(command_history_round_trips_newest_first:
+    command_history_round_trips_newest_first_sqlite => Sqlite,
+    command_history_round_trips_newest_first_postgres => Postgres,
+);
+
+async fn command_history_round_trips_newest_first(db: TestDb) {
+    let store = db.open().await;
     let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let targets = argv(&["pi-1", "pi-2"]);
     store
@@ -854,7 +1018,7 @@ async fn command_history_round_trips_newest_first() {
     }
     store.close().await.unwrap();
     // And after a restart.
-    let store = Store::open(config(&dir)).unwrap();
+    let store = db.open().await;
     assert_eq!(store.history(None, 10).await.unwrap(), rows);
     store.close().await.unwrap();
 }
@@ -864,21 +1028,33 @@ async fn command_history_round_trips_newest_first() {
 const CRASH_CHILD_DB: &str = "MONITOR_STORE_CRASH_CHILD_DB";
 /// The child's `merge_interval`, in ms.
 const CRASH_CHILD_MERGE_MS: &str = "MONITOR_STORE_CRASH_CHILD_MERGE_MS";
+/// The child's database when it is PostgreSQL (a URL).
+const CRASH_CHILD_PG: &str = "MONITOR_STORE_CRASH_CHILD_PG";
 
 /// In a normal run: nothing. As the child: ingests batches of 4 hosts as
 /// fast as it can, printing "acked HOST SEQ BASE" after each commit, until
 /// it is killed (or 60 s pass).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_child() {
-    let Some(db) = std::env::var_os(CRASH_CHILD_DB) else {
-        return;
+    let c = match (
+        std::env::var_os(CRASH_CHILD_DB),
+        std::env::var(CRASH_CHILD_PG),
+    ) {
+        (Some(db), _) => {
+            let mut c = SqliteConfig::new(PathBuf::from(db));
+            c.flush_max_delay = Duration::from_millis(2);
+            if let Ok(ms) = std::env::var(CRASH_CHILD_MERGE_MS) {
+                c.merge_interval = Duration::from_millis(ms.parse().unwrap());
+            }
+            StoreConfig::Sqlite(c)
+        }
+        (None, Ok(url)) => StoreConfig::Postgres(PostgresConfig {
+            flush_max_delay: Duration::from_millis(2),
+            ..PostgresConfig::new(url)
+        }),
+        (None, Err(_)) => return,
     };
-    let mut c = SqliteConfig::new(PathBuf::from(db));
-    c.flush_max_delay = Duration::from_millis(2);
-    if let Ok(ms) = std::env::var(CRASH_CHILD_MERGE_MS) {
-        c.merge_interval = Duration::from_millis(ms.parse().unwrap());
-    }
-    let store = Store::open(c).unwrap();
+    let store = Store::open(c).await.unwrap();
     let base = base_ms();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut tasks = Vec::new();
@@ -899,16 +1075,21 @@ async fn crash_child() {
     }
 }
 
-/// Runs [`crash_child`] with the given merge interval, SIGKILLs it after
-/// 400 acknowledgements, and checks the file it left: intact, every
-/// acknowledged batch stored, and the hosts' counters and the dedup state
-/// in step with the samples (the journal replayed, not lost or doubled).
-async fn check_sigkill(merge_ms: u64) {
-    let dir = temp_dir("sigkill");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env(CRASH_CHILD_DB, dir.db())
-        .env(CRASH_CHILD_MERGE_MS, merge_ms.to_string())
+/// Runs [`crash_child`] on `db` (SQLite: with the given merge interval),
+/// SIGKILLs it after 400 acknowledgements, and checks what it left: intact,
+/// every acknowledged batch stored, and the hosts' counters and the dedup
+/// state in step with the samples (SQLite's journal replayed, not lost or
+/// doubled).
+async fn check_sigkill(db: TestDb, merge_ms: u64) {
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child.args(["--exact", "crash_child", "--nocapture", "--test-threads=1"]);
+    match &db.url {
+        None => child
+            .env(CRASH_CHILD_DB, db.dir.db())
+            .env(CRASH_CHILD_MERGE_MS, merge_ms.to_string()),
+        Some(url) => child.env(CRASH_CHILD_PG, url),
+    };
+    let mut child = child
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -941,8 +1122,13 @@ async fn check_sigkill(merge_ms: u64) {
     assert!(!status.success());
     assert_eq!(acked.len(), 400, "the child stopped early");
 
-    assert_eq!(integrity_check(&dir.db()), "ok");
-    let store = Store::open(config(&dir)).unwrap();
+    db.check_integrity();
+    let store = Store::open(match db.kind {
+        Kind::Postgres => db.config(),
+        _ => config(&db.dir).into(),
+    })
+    .await
+    .unwrap();
     for (host, seq, base) in &acked {
         let q = SampleQuery {
             since_unix_ms: base + *seq as i64 * 1000,
@@ -976,12 +1162,19 @@ async fn check_sigkill(merge_ms: u64) {
 #[tokio::test]
 async fn acknowledged_batches_survive_sigkill() {
     // The default interval: the child dies before its first merge.
-    check_sigkill(10_000).await;
+    check_sigkill(TestDb::new(Kind::Sqlite, "sigkill").unwrap(), 10_000).await;
 }
 
 #[tokio::test]
 async fn acknowledged_batches_survive_sigkill_between_merges() {
-    check_sigkill(3).await;
+    check_sigkill(TestDb::new(Kind::Sqlite, "sigkill-merges").unwrap(), 3).await;
+}
+
+#[tokio::test]
+async fn acknowledged_batches_survive_sigkill_postgres() {
+    if let Some(db) = TestDb::new(Kind::Postgres, "sigkill_postgres") {
+        check_sigkill(db, 0).await;
+    }
 }
 
 /// The tables of schema 1 (one row per sample), as that server created
@@ -1091,7 +1284,7 @@ async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
     let dir = temp_dir("migrate");
     let base = base_ms();
     write_schema_1(&dir.db(), base, 0);
-    let store = Store::open(config(&dir)).unwrap();
+    let store = Store::open(config(&dir)).await.unwrap();
     assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
     assert_eq!(
         pragma(
@@ -1138,7 +1331,7 @@ async fn a_failed_conversion_leaves_the_schema_1_file_as_it_was() {
     let dir = temp_dir("migrate-fail");
     // Metric id 9 does not exist: the conversion must stop, not guess.
     write_schema_1(&dir.db(), base_ms(), 9);
-    match Store::open(config(&dir)) {
+    match Store::open(config(&dir)).await {
         Err(e @ StoreError::Sqlite(SqliteError::Sql { .. })) => {
             let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
             assert!(chain.contains("upgrading the database schema"), "{chain}");
@@ -1180,20 +1373,17 @@ async fn merged(dir: &TempDir) {
     .await;
 }
 
-#[tokio::test]
-async fn a_different_value_for_a_stored_sample_is_refused_whole() {
-    check_conflicts(config, false).await;
-}
+on_every_backend!(check_conflicts:
+    a_different_value_for_a_stored_sample_is_refused_whole_sqlite => Sqlite,
+    a_different_value_for_a_stored_sample_is_refused_whole_merging => SqliteMerging,
+    a_different_value_for_a_stored_sample_is_refused_whole_postgres => Postgres,
+);
 
-#[tokio::test]
-async fn a_different_value_for_a_stored_sample_is_refused_whole_merging() {
-    check_conflicts(merging_config, true).await;
-}
-
-async fn check_conflicts(config: fn(&TempDir) -> SqliteConfig, merging: bool) {
+async fn check_conflicts(db: TestDb) {
     use SubmitOutcome::{Duplicate, Stored};
-    let dir = temp_dir("conflict");
-    let store = Store::open(config(&dir)).unwrap();
+    let merging = db.kind == Kind::SqliteMerging;
+    let dir = &db.dir;
+    let store = db.open().await;
     let base = base_ms();
     let t1 = base + 1000;
     let conflict = |metric, stored_value, sent_value| {
@@ -1214,7 +1404,7 @@ async fn check_conflicts(config: fn(&TempDir) -> SqliteConfig, merging: bool) {
         Stored
     );
     if merging {
-        merged(&dir).await;
+        merged(dir).await;
     }
     // seq 2, the clock stepped back to t1: cpu and mem with other values,
     // and a new disk_read. Refused whole, naming the first contradiction.
@@ -1279,9 +1469,9 @@ async fn check_conflicts(config: fn(&TempDir) -> SqliteConfig, merging: bool) {
 
     // After a restart (the samples replayed from the journal, or read
     // from `ticks`), the same holds.
-    let store = Store::open(config(&dir)).unwrap();
+    let store = db.open().await;
     if merging {
-        merged(&dir).await;
+        merged(dir).await;
     }
     let mut again = batch_at(("pi", 1, 6), base, 2, t1);
     assert_eq!(
@@ -1302,10 +1492,13 @@ async fn check_conflicts(config: fn(&TempDir) -> SqliteConfig, merging: bool) {
     }
 }
 
-#[tokio::test]
-async fn samples_of_one_batch_at_several_times_and_bad_values() {
-    let dir = temp_dir("several-times");
-    let store = Store::open(config(&dir)).unwrap();
+on_every_backend!(samples_of_one_batch_at_several_times_and_bad_values:
+    samples_of_one_batch_at_several_times_and_bad_values_sqlite => Sqlite,
+    samples_of_one_batch_at_several_times_and_bad_values_postgres => Postgres,
+);
+
+async fn samples_of_one_batch_at_several_times_and_bad_values(db: TestDb) {
+    let store = db.open().await;
     let base = base_ms();
     let sample = |t: i64, metric, value| StoredSample {
         time_unix_ms: base + t,
@@ -1380,7 +1573,7 @@ async fn queries_merge_the_journal_with_stored_ticks() {
     let dir = temp_dir("mixed");
     let base = base_ms();
     // seq 1 (cpu, mem) and seq 2 (all six) merged into the tables.
-    let store = Store::open(merging_config(&dir)).unwrap();
+    let store = Store::open(merging_config(&dir)).await.unwrap();
     let mut first = batch("pi", 1, 1, base);
     first.samples.truncate(2);
     store.submit(first).await.unwrap();
@@ -1394,7 +1587,7 @@ async fn queries_merge_the_journal_with_stored_ticks() {
     // Then, unmerged: seq 3 (the clock stepped back to seq 1's time: cpu
     // and mem again, and disk_read), seq 4 and a re-sent seq 2 (a
     // duplicate).
-    let store = Store::open(config(&dir)).unwrap();
+    let store = Store::open(config(&dir)).await.unwrap();
     let mut third = batch_at(("pi", 1, 3), base, 3, base + 1000);
     // The same cpu and mem values (a different one would be refused).
     third.samples[0].value = value_of(1, 0);
@@ -1527,7 +1720,7 @@ async fn a_schema_2_file_is_converted_with_its_unfolded_journal() {
         )
         .unwrap();
     }
-    let store = Store::open(merging_config(&dir)).unwrap();
+    let store = Store::open(merging_config(&dir)).await.unwrap();
     assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
     check(&store, all("pi"), &rows_of(1..=2, base, &Metric::ALL)).await;
     let hosts = store.hosts().await.unwrap();
@@ -1541,8 +1734,165 @@ async fn a_schema_2_file_is_converted_with_its_unfolded_journal() {
     assert_eq!(outcomes, [Duplicate, Stored]);
     check(&store, all("pi"), &rows_of(1..=3, base, &Metric::ALL)).await;
     store.close().await.unwrap();
-    let store = Store::open(config(&dir)).unwrap();
+    let store = Store::open(config(&dir)).await.unwrap();
     assert_eq!(store.hosts().await.unwrap()[0].batches_stored_total, 3);
     store.close().await.unwrap();
     assert_eq!(integrity_check(&dir.db()), "ok");
+}
+
+/// Two replicas (two stores on one database) sent the same batches at once,
+/// as an agent re-sending its buffer to another replica after a failover
+/// while the first still commits: each batch is stored exactly once,
+/// counted once, and answered `Stored` by exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_store_each_batch_once_postgres() {
+    let Some(db) = TestDb::new(Kind::Postgres, "two_replicas") else {
+        return;
+    };
+    let (a, b) = tokio::join!(db.open(), db.open());
+    let base = base_ms();
+    let mut tasks = Vec::new();
+    for store in [a.clone(), b.clone()] {
+        tasks.push(tokio::spawn(async move {
+            let mut tickets = Vec::new();
+            for host in ["pi-1", "pi-2", "pi-3"] {
+                for seq in 1..=40 {
+                    tickets.push(store.enqueue(batch(host, 9, seq, base)).await.unwrap());
+                }
+            }
+            let mut stored = 0;
+            for t in tickets {
+                match t.await.unwrap() {
+                    SubmitOutcome::Stored => stored += 1,
+                    SubmitOutcome::Duplicate => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            stored
+        }));
+    }
+    let mut stored_total = 0;
+    for t in tasks {
+        stored_total += t.await.unwrap();
+    }
+    assert_eq!(stored_total, 3 * 40, "each batch Stored by one replica");
+    let pg = Postgres::shared("two_replicas").unwrap();
+    let url = db.url.as_deref().unwrap();
+    assert_eq!(pg.psql(url, "SELECT count(*) FROM ticks").trim(), "120");
+    assert_eq!(
+        pg.psql(
+            url,
+            "SELECT count(*) FROM (SELECT host_id, time_unix_ms FROM ticks
+             GROUP BY 1, 2 HAVING count(*) > 1) d"
+        )
+        .trim(),
+        "0"
+    );
+    for store in [&a, &b] {
+        let hosts = store.hosts().await.unwrap();
+        assert_eq!(hosts.len(), 3);
+        assert!(
+            hosts.iter().all(|h| h.batches_stored_total == 40),
+            "{hosts:?}"
+        );
+        check(store, all("pi-2"), &rows_of(1..=40, base, &Metric::ALL)).await;
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+/// Several replicas starting at once on a new database: one makes the
+/// tables, the others wait for it (an advisory lock) and find them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_at_once_make_the_tables_once_postgres() {
+    let Some(db) = TestDb::new(Kind::Postgres, "start_at_once") else {
+        return;
+    };
+    let (a, b, c) = tokio::join!(
+        Store::open(db.config()),
+        Store::open(db.config()),
+        Store::open(db.config())
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    let base = base_ms();
+    assert_eq!(
+        a.submit(batch("pi", 1, 1, base)).await.unwrap(),
+        SubmitOutcome::Stored
+    );
+    assert_eq!(
+        b.submit(batch("pi", 1, 1, base)).await.unwrap(),
+        SubmitOutcome::Duplicate
+    );
+    assert_eq!(c.hosts().await.unwrap()[0].batches_stored_total, 1);
+    for s in [a, b, c] {
+        s.close().await.unwrap();
+    }
+}
+
+/// A database that is not there: a clear error naming it, without its
+/// password, and no hang.
+#[tokio::test]
+async fn an_unreachable_database_is_a_clear_error() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://monitor:s3cret@127.0.0.1:{port}/monitor");
+    let started = Instant::now();
+    match Store::open(PostgresConfig::new(url)).await {
+        Err(e @ StoreError::Postgres(monitor_server::store::PostgresError::Unreachable { .. })) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("127.0.0.1:{port}/monitor")), "{msg}");
+            assert!(!msg.contains("s3cret"), "{msg}");
+            assert!(std::error::Error::source(&e).is_some());
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+on_every_backend!(series_downsample_every_metric:
+    series_downsample_every_metric_sqlite => Sqlite,
+    series_downsample_every_metric_merging => SqliteMerging,
+    series_downsample_every_metric_postgres => Postgres,
+);
+
+/// The dashboard's downsampled series, the same on every backend: six
+/// ticks a second apart in two buckets of 3 s, every metric, their values
+/// as sent; an unknown host is its own error.
+async fn series_downsample_every_metric(db: TestDb) {
+    use monitor_server::store::SeriesQuery;
+    let store = db.open().await;
+    let base = base_ms() - base_ms() % 3000;
+    submit_all(&store, "pi", 1, 1..=6, base - 1000).await;
+    let q = SeriesQuery {
+        hostname: "pi".into(),
+        since_unix_ms: base,
+        until_unix_ms: base + 6000,
+        step_ms: 3000,
+    };
+    let series = store.series(q.clone()).await.unwrap();
+    assert_eq!(series.len(), Metric::ALL.len());
+    for (i, s) in series.iter().enumerate() {
+        assert_eq!(s.metric, Metric::ALL[i]);
+        assert_eq!(s.interval_ms, Some(1000), "{s:?}");
+        let counts: Vec<u32> = s.buckets.iter().map(|b| b.count).collect();
+        assert_eq!(counts, [3, 3], "{s:?}");
+        let sum: f64 = (1..=6).map(|seq| value_of(seq, i)).sum();
+        let got: f64 = s.buckets.iter().map(|b| b.sum).sum();
+        assert!((got - sum).abs() < 1e-9, "{s:?}: sum {got}, sent {sum}");
+    }
+    match store
+        .series(SeriesQuery {
+            hostname: "nope".into(),
+            ..q
+        })
+        .await
+    {
+        Err(StoreError::UnknownHost(h)) => assert_eq!(h, "nope"),
+        other => panic!("expected UnknownHost, got {other:?}"),
+    }
+    store.close().await.unwrap();
 }

@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fuzz;
+pub mod pg;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -328,10 +329,71 @@ pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
     }
 }
 
+/// The backend switch of the end-to-end tests: `MONITOR_TEST_DB=postgres`
+/// runs every server on a PostgreSQL database of the tests' own server
+/// (see `pg.rs`) instead of the SQLite file `db`: one database per `db`
+/// path, so a server restarted on the same path finds its data. Its URL is
+/// kept in a file beside `db` (which [`Server::start_replica`] writes
+/// itself). Tests that read the SQLite file themselves stay on SQLite:
+/// `tests/faults/` all, others through [`sqlite_only`].
+pub fn postgres_for(db: &Path) -> Option<String> {
+    let kept = db.with_extension("pg-url");
+    if let Ok(url) = std::fs::read_to_string(&kept) {
+        return Some(url);
+    }
+    if !on_postgres() || db.with_extension("sqlite-only").exists() || in_faults() {
+        return None;
+    }
+    let pg = pg::Postgres::shared("MONITOR_TEST_DB=postgres")
+        .unwrap_or_else(|| panic!("MONITOR_TEST_DB=postgres {}", pg::INSTALL_HINT));
+    let name = db
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let url = pg.database(&name);
+    std::fs::write(&kept, &url).unwrap();
+    Some(url)
+}
+
+/// Keeps a test that reads the server's SQLite file itself on SQLite
+/// whatever `MONITOR_TEST_DB` says; returns `db`.
+pub fn sqlite_only(db: &Path) -> &Path {
+    std::fs::write(db.with_extension("sqlite-only"), "").unwrap();
+    db
+}
+
+/// Whether this is the fault tests' binary: they judge "stored exactly
+/// once" from the SQLite file itself, so they always run on SQLite.
+fn in_faults() -> bool {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().starts_with("faults"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the end-to-end tests run on PostgreSQL (see [`postgres_for`]).
+pub fn on_postgres() -> bool {
+    std::env::var("MONITOR_TEST_DB").as_deref() == Ok("postgres")
+}
+
 impl Server {
     /// Starts a server on kernel-chosen loopback ports.
     pub fn start(db: &Path) -> Server {
         Server::start_with(db, "127.0.0.1:0", &[])
+    }
+
+    /// A replica: a server on the PostgreSQL database `url` that other
+    /// replicas share, with its own TLS directory (and test files) in
+    /// `dir`.
+    pub fn start_replica(dir: &Path, url: &str, extra: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
+        let db = dir.join("monitor.db");
+        std::fs::write(db.with_extension("pg-url"), url).unwrap();
+        Server::start_with(&db, "127.0.0.1:0", extra)
     }
 
     /// Starts a server listening for agents on `listen` (e.g. the address
@@ -369,10 +431,17 @@ impl Server {
         if !extra.contains(&"--http-listen") {
             cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
-        cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .args(extra)
-            .env("MONITOR_LOG", "debug");
+        cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0"]);
+        match postgres_for(db) {
+            // The TLS directory stays beside the test's (unused) file.
+            Some(url) => cmd
+                .arg("--db")
+                .arg(url)
+                .arg("--tls-dir")
+                .arg(db.parent().expect("the db is in a dir").join("tls")),
+            None => cmd.arg("--db").arg(db),
+        };
+        cmd.args(extra).env("MONITOR_LOG", "debug");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -738,6 +807,8 @@ pub struct HostJson {
     pub clock_offset_ms: i64,
     pub dropped_batches_total: u64,
     pub batches_stored_total: u64,
+    /// The replica holding it, with several servers on one database.
+    pub replica: String,
 }
 
 impl HostJson {
@@ -756,8 +827,19 @@ impl HostJson {
             clock_offset_ms: raw("clock_offset_ms")?.parse().ok()?,
             dropped_batches_total: raw("dropped_batches_total")?.parse().ok()?,
             batches_stored_total: raw("batches_stored_total")?.parse().ok()?,
+            replica: raw("replica").unwrap_or_default().to_owned(),
         })
     }
+}
+
+/// The command id a background `monitorctl exec` printed on stderr.
+pub fn command_id(p: &Proc) -> String {
+    wait_for("the command id", Duration::from_secs(10), || {
+        p.stderr
+            .lines()
+            .iter()
+            .find_map(|l| l.strip_prefix("command ").map(str::to_owned))
+    })
 }
 
 /// Builder for a monitor-agent child.

@@ -7,7 +7,7 @@
 //! (retried with the session's backoff, sampling goes on into the buffer),
 //! and the token was refused (final: the agent stops, see `run.rs`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -44,27 +44,45 @@ struct Tls {
     hostname: String,
     identity: RefCell<Option<Identity>>,
     /// Wall clock (ms) before which no renewal is tried again.
-    renew_not_before: std::cell::Cell<i64>,
+    renew_not_before: Cell<i64>,
 }
 
 pub struct Connector {
-    base: Endpoint,
+    /// The servers (replicas sharing one store), tried in turn.
+    bases: Vec<Endpoint>,
+    /// The one the next session connects to.
+    current: Cell<usize>,
     mode: Mode,
 }
 
+/// Which of `n` servers the agent named `hostname` tries first: a hash of
+/// the name, so a fleet spreads evenly across replicas and one agent
+/// comes back to the same one after a restart.
+pub fn first_server(hostname: &str, n: usize) -> usize {
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let hash = hostname.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    usize::try_from(hash % n.max(1) as u64).unwrap_or(0)
+}
+
 impl Connector {
-    /// Plain text to `base`'s URL.
-    pub fn insecure(base: Endpoint) -> Connector {
+    /// Plain text to the servers `bases` (at least one), starting at
+    /// `first`.
+    pub fn insecure(bases: Vec<Endpoint>, first: usize) -> Connector {
         Connector {
-            base,
+            current: Cell::new(first % bases.len().max(1)),
+            bases,
             mode: Mode::Insecure,
         }
     }
 
-    /// TLS to `base`'s URL with the identity in `state_dir` (enrolling
-    /// with `join` first if needed).
+    /// TLS to the servers `bases` (at least one), starting at `first`,
+    /// with the identity in `state_dir` (enrolling with `join` first if
+    /// needed).
     pub fn tls(
-        base: Endpoint,
+        bases: Vec<Endpoint>,
+        first: usize,
         state_dir: PathBuf,
         join: Option<JoinToken>,
         hostname: String,
@@ -82,20 +100,35 @@ impl Connector {
             );
         }
         Ok(Connector {
-            base,
+            current: Cell::new(first % bases.len().max(1)),
+            bases,
             mode: Mode::Tls(Box::new(Tls {
                 operators,
                 state_dir,
                 join,
                 hostname,
                 identity: RefCell::new(identity),
-                renew_not_before: std::cell::Cell::new(0),
+                renew_not_before: Cell::new(0),
             })),
         })
     }
 
+    /// The server the next session connects to.
+    fn base(&self) -> &Endpoint {
+        // In range: `current` is always taken modulo the length.
+        &self.bases[self.current.get() % self.bases.len()]
+    }
+
     pub fn uri(&self) -> &tonic::codegen::http::Uri {
-        self.base.uri()
+        self.base().uri()
+    }
+
+    /// After a failed or ended session: the next server in the list
+    /// (failover to another replica); `false` when there is only one.
+    pub fn next_server(&self) -> bool {
+        let n = self.bases.len();
+        self.current.set((self.current.get() + 1) % n.max(1));
+        n > 1
     }
 
     /// Whether a start without a token would have nothing to connect with.
@@ -109,7 +142,7 @@ impl Connector {
     /// The endpoint for the next session.
     pub async fn endpoint(&self) -> Result<Endpoint, ConnectError> {
         let Mode::Tls(tls) = &self.mode else {
-            return Ok(self.base.clone());
+            return Ok(self.base().clone());
         };
         let Tls {
             operators,
@@ -141,7 +174,7 @@ impl Connector {
                 )));
             }
             log::info!("enrolling as '{hostname}' with the join token");
-            let id = match enrol::enrol(self.base.clone(), token, hostname).await {
+            let id = match enrol::enrol(self.base().clone(), token, hostname).await {
                 Ok(id) => id,
                 Err(e) if e.is_retryable() => {
                     return Err(ConnectError::Retry(format!("enrolment: {e}")));
@@ -166,7 +199,7 @@ impl Connector {
         let Some(id) = identity.as_ref() else {
             return Err(ConnectError::Fatal("no identity".into()));
         };
-        self.base
+        self.base()
             .clone()
             .tls_config(enrol::client_tls(&id.ca_der, Some(id)))
             .map_err(|e| ConnectError::Fatal(format!("TLS settings: {e}")))
@@ -236,5 +269,42 @@ impl Connector {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_spreads_over_the_servers_and_each_agent_keeps_its_first() {
+        assert_eq!(first_server("pi-1", 1), 0);
+        assert_eq!(first_server("pi-1", 0), 0);
+        // The same name, the same server, every time (a restart comes back).
+        assert_eq!(first_server("pi-1", 3), first_server("pi-1", 3));
+        let mut per_server = [0usize; 3];
+        for i in 0..300 {
+            per_server[first_server(&format!("pi-{i}"), 3)] += 1;
+        }
+        for n in per_server {
+            assert!((70..=130).contains(&n), "uneven spread: {per_server:?}");
+        }
+    }
+
+    #[test]
+    fn after_a_failure_the_next_server_is_tried_then_the_first_again() {
+        let bases: Vec<Endpoint> = ["http://a:1", "http://b:2", "http://c:3"]
+            .iter()
+            .map(|u| Endpoint::from_static(u))
+            .collect();
+        let c = Connector::insecure(bases, 2);
+        assert_eq!(c.uri().to_string(), "http://c:3/");
+        assert!(c.next_server());
+        assert_eq!(c.uri().to_string(), "http://a:1/");
+        assert!(c.next_server());
+        assert_eq!(c.uri().to_string(), "http://b:2/");
+        let one = Connector::insecure(vec![Endpoint::from_static("http://a:1")], 5);
+        assert!(!one.next_server());
+        assert_eq!(one.uri().to_string(), "http://a:1/");
     }
 }

@@ -26,7 +26,7 @@ use monitor::pb::collector_client::CollectorClient;
 use tonic::transport::{Channel, Endpoint};
 
 pub use commands::CommandContext;
-pub use connector::{ConnectError, Connector};
+pub use connector::{ConnectError, Connector, first_server};
 pub use error::SessionError;
 
 use crate::backoff::{Backoff, unit_random};
@@ -105,6 +105,11 @@ pub async fn run(connector: Connector, shared: Rc<Shared>, commands: Rc<CommandC
                 shared.buffer.borrow().len(),
                 shared.buffer.borrow().dropped_total()
             );
+        }
+        // With several servers (replicas), the next try goes to the next
+        // one: an agent whose server died fails over after one backoff.
+        if connector.next_server() {
+            log::info!("next server: {}", connector.uri());
         }
         tokio::time::sleep(delay).await;
     }

@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use super::postgres::error::PostgresError;
 use super::series::BadSeriesQuery;
 use super::sqlite::error::SqliteError;
 
@@ -17,6 +18,10 @@ pub enum StoreError {
     /// The SQLite backend failed: its file could not be opened, is
     /// corrupt, is full, or a statement failed (see [`SqliteError`]).
     Sqlite(SqliteError),
+    /// The PostgreSQL backend failed: the database is unreachable, a
+    /// statement failed, or its tables are not this server's (see
+    /// [`PostgresError`]).
+    Postgres(PostgresError),
     /// A query named a host that never sent a batch.
     UnknownHost(String),
     /// A command result named a command id that was never recorded.
@@ -35,6 +40,11 @@ pub enum StoreError {
     Writer(std::io::Error),
     /// A read on the blocking pool panicked or was cancelled at shutdown.
     Reader(tokio::task::JoinError),
+    /// What was asked is not available on this backend.
+    Unsupported {
+        what: &'static str,
+        backend: &'static str,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -43,6 +53,7 @@ impl fmt::Display for StoreError {
             // Transparent: the backend's error says what happened, and its
             // source is the next link of the chain.
             StoreError::Sqlite(e) => e.fmt(f),
+            StoreError::Postgres(e) => e.fmt(f),
             StoreError::UnknownHost(h) => write!(f, "unknown host '{h}'"),
             StoreError::UnknownCommand(id) => write!(f, "unknown command id '{id}'"),
             StoreError::Closed => write!(f, "the store is closed"),
@@ -52,6 +63,9 @@ impl fmt::Display for StoreError {
             }
             StoreError::Writer(_) => write!(f, "cannot start the store's writer thread"),
             StoreError::Reader(_) => write!(f, "a store read did not complete"),
+            StoreError::Unsupported { what, backend } => {
+                write!(f, "{what} is not available with the {backend} store yet")
+            }
         }
     }
 }
@@ -60,13 +74,15 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StoreError::Sqlite(e) => e.source(),
+            StoreError::Postgres(e) => e.source(),
             StoreError::Writer(e) => Some(e),
             StoreError::Reader(e) => Some(e),
             StoreError::UnknownHost(_)
             | StoreError::UnknownCommand(_)
             | StoreError::Closed
             | StoreError::BadSeriesQuery(_)
-            | StoreError::InvalidConfig { .. } => None,
+            | StoreError::InvalidConfig { .. }
+            | StoreError::Unsupported { .. } => None,
         }
     }
 }
@@ -77,12 +93,19 @@ impl From<SqliteError> for StoreError {
     }
 }
 
+impl From<PostgresError> for StoreError {
+    fn from(e: PostgresError) -> StoreError {
+        StoreError::Postgres(e)
+    }
+}
+
 impl StoreError {
     /// Whether the agent should simply re-send later (the failure is on
     /// the server's side and nothing was stored).
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Sqlite(e) => e.is_transient(),
+            StoreError::Postgres(e) => e.is_transient(),
             StoreError::Closed => true,
             _ => false,
         }

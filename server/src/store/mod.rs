@@ -68,32 +68,73 @@
 //! The store must never see protobuf types and never block the async
 //! runtime (blocking work runs on its own threads or tokio's blocking pool).
 
+mod dedup;
+mod encoding;
 mod error;
+mod postgres;
 mod records;
+mod requests;
 pub mod series;
 mod sqlite;
 mod ticket;
+mod ticks;
 
 pub use error::StoreError;
+pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
-    Bucket, CertificateRecord, CommandRecord, CommandResultRecord, Conflict, CursorRecord,
-    FlushObserver, FlushStats, ForwardBatch, ForwardRow, HealthQuery, HealthRow, HistoryRow,
-    HostRecord, IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, Series, SeriesQuery,
-    SigningKeyRecord, StoredHealth, StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
+    AuthorityRecord, Bucket, CertificateRecord, CommandRecord, CommandResultRecord, Conflict,
+    CursorRecord, FlushObserver, FlushStats, ForwardBatch, ForwardRow, HealthQuery, HealthRow,
+    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, LatestValue, RelayKind, RelayRecord,
+    SampleQuery, Series, SeriesQuery, SessionRecord, SigningKeyRecord, StoredHealth, StoredSample,
+    StoredSampleRow, SubmitOutcome, TokenRefusal,
 };
 pub use series::Downsampler;
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
 
 use monitor::metric::Metric;
+use postgres::PostgresStore;
 use records::{CursorWrite, TrustAnswer, TrustWrite};
+use requests::Request;
 use sqlite::SqliteStore;
+
+/// Expired join tokens and certificates stay this long (30 days) in every
+/// backend, so an agent told "expired" can still be told so, then go.
+pub(crate) const TRUST_KEPT_AFTER_EXPIRY_MS: i64 = 30 * 86_400_000;
+
+/// Remote-write reads the batches back in commit order from SQLite's
+/// journal; the PostgreSQL backend keeps no such journal yet, so a server
+/// on PostgreSQL refuses `--remote-write` at start with this error.
+pub(crate) const NO_FORWARDING: StoreError = StoreError::Unsupported {
+    what: "remote-write forwarding",
+    backend: "PostgreSQL",
+};
 
 /// Which backend the store runs on, and its settings.
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
     /// One SQLite file on this server (see `sqlite/mod.rs`).
     Sqlite(SqliteConfig),
+    /// A PostgreSQL database, shared by several server replicas (see
+    /// `postgres/mod.rs`).
+    Postgres(PostgresConfig),
+}
+
+impl From<PostgresConfig> for StoreConfig {
+    fn from(c: PostgresConfig) -> StoreConfig {
+        StoreConfig::Postgres(c)
+    }
+}
+
+impl StoreConfig {
+    /// Told after every flush what it stored (or that it failed), on the
+    /// writer's thread or task.
+    pub fn set_observer(&mut self, observer: FlushObserver) {
+        match self {
+            StoreConfig::Sqlite(c) => c.observer = Some(observer),
+            StoreConfig::Postgres(c) => c.observer = Some(observer),
+        }
+    }
 }
 
 impl From<SqliteConfig> for StoreConfig {
@@ -112,17 +153,139 @@ pub struct Store {
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 impl Store {
-    /// Opens the backend (for SQLite: creates the file if needed, checks
-    /// it, starts the writer thread). Blocks for as long as opening takes:
-    /// call it before serving, or from `spawn_blocking`.
-    pub fn open(config: impl Into<StoreConfig>) -> Result<Store, StoreError> {
+    /// Opens the backend: for SQLite, creates the file if needed, checks
+    /// it and starts the writer thread (on the blocking pool, as long as
+    /// that takes); for PostgreSQL, connects, brings the tables up to date
+    /// and starts the writer task.
+    pub async fn open(config: impl Into<StoreConfig>) -> Result<Store, StoreError> {
         let backend = match config.into() {
-            StoreConfig::Sqlite(c) => Backend::Sqlite(SqliteStore::open(c)?),
+            StoreConfig::Sqlite(c) => Backend::Sqlite(
+                tokio::task::spawn_blocking(move || SqliteStore::open(c))
+                    .await
+                    .map_err(StoreError::Reader)??,
+            ),
+            StoreConfig::Postgres(c) => Backend::Postgres(PostgresStore::open(c).await?),
         };
         Ok(Store { backend })
+    }
+
+    /// When the backend stopped answering, if it did (ms since the Unix
+    /// epoch): a PostgreSQL database that is down or restarting. Batches
+    /// are not acknowledged meanwhile. An embedded SQLite file is always
+    /// there (its failures are per flush).
+    pub fn unavailable_since_unix_ms(&self) -> Option<i64> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(s) => s.unavailable_since_unix_ms(),
+        }
+    }
+
+    /// Whether several servers share this store (PostgreSQL): then the
+    /// certificate authority, the trust tables and the hosts are the
+    /// fleet's, and each server reloads what the others wrote.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The certificate authority of every server on this store: the first
+    /// one offered is kept and returned to every later caller, so replicas
+    /// starting at once agree on one. A store of one server (SQLite) keeps
+    /// none: the TLS directory holds it, and `candidate` comes back.
+    pub async fn share_authority(
+        &self,
+        candidate: AuthorityRecord,
+    ) -> Result<AuthorityRecord, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(candidate),
+            Backend::Postgres(s) => s.share_authority(candidate).await,
+        }
+    }
+
+    /// Renews this replica's lease on a shared store (its sessions count
+    /// as live until it runs out); a store of one server has no replicas.
+    pub async fn heartbeat(
+        &self,
+        replica: &str,
+        lease: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(s) => {
+                let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+                s.heartbeat(replica, lease_ms).await
+            }
+        }
+    }
+
+    /// Records that `replica` holds `hostname`'s command stream now;
+    /// returns the claim's epoch (0 on a store of one server).
+    pub async fn claim_session(&self, hostname: &str, replica: &str) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(0),
+            Backend::Postgres(s) => s.claim_session(hostname, replica).await,
+        }
+    }
+
+    /// Ends a claim made by [`Store::claim_session`], unless a later one
+    /// replaced it.
+    pub async fn release_session(
+        &self,
+        hostname: &str,
+        replica: &str,
+        epoch: i64,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(s) => s.release_session(hostname, replica, epoch).await,
+        }
+    }
+
+    /// Which replica holds each host's command stream (empty on a store
+    /// of one server).
+    pub async fn sessions(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(s) => s.sessions().await,
+        }
+    }
+
+    /// Leaves `message` for replica `to` (and rings its bell).
+    pub async fn relay(&self, to: &str, message: &RelayRecord) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Err(StoreError::Unsupported {
+                what: "relaying between replicas",
+                backend: "SQLite",
+            }),
+            Backend::Postgres(s) => s.relay(to, message).await,
+        }
+    }
+
+    /// Takes the messages other replicas left for `replica`, oldest first.
+    pub async fn take_relayed(&self, replica: &str) -> Result<Vec<RelayRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(s) => s.take_relayed(replica).await,
+        }
+    }
+
+    /// Rings `doorbell` when a message is left for `replica` (never on a
+    /// store of one server).
+    pub fn listen_relay(&self, replica: &str, doorbell: tokio::sync::mpsc::Sender<()>) {
+        if let Backend::Postgres(s) = &self.backend {
+            s.listen_relay(replica.to_owned(), doorbell);
+        }
+    }
+
+    /// Which backend this is, for logs ("SQLite" or "PostgreSQL").
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "SQLite",
+            Backend::Postgres(_) => "PostgreSQL",
+        }
     }
 
     /// Requests waiting for the writer right now (for the server's own
@@ -130,6 +293,7 @@ impl Store {
     pub fn queued(&self) -> usize {
         match &self.backend {
             Backend::Sqlite(s) => s.queued(),
+            Backend::Postgres(s) => s.queued(),
         }
     }
 
@@ -141,9 +305,9 @@ impl Store {
     /// sequence. On `Err` nothing of the batch was stored and it must not
     /// be acknowledged.
     pub async fn enqueue(&self, batch: IncomingBatch) -> Result<Ticket<SubmitOutcome>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.enqueue(batch).await,
-        }
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Batch { batch, reply }).await?;
+        Ok(ticket)
     }
 
     /// [`Store::enqueue`], then waits for the ticket.
@@ -155,9 +319,9 @@ impl Store {
     /// [`Store::enqueue`]. A result queued after this returns is handled
     /// after the command.
     pub async fn enqueue_command(&self, c: CommandRecord) -> Result<Ticket<()>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.enqueue_command(c).await,
-        }
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Command { record: c, reply }).await?;
+        Ok(ticket)
     }
 
     /// Records an operator command and its targets (results pending).
@@ -171,9 +335,10 @@ impl Store {
         &self,
         r: CommandResultRecord,
     ) -> Result<Ticket<()>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.enqueue_command_result(r).await,
-        }
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::CommandResult { record: r, reply })
+            .await?;
+        Ok(ticket)
     }
 
     /// Records how a command ended on one host; see
@@ -187,6 +352,7 @@ impl Store {
     pub async fn query(&self, q: SampleQuery) -> Result<Vec<StoredSampleRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.query(q).await,
+            Backend::Postgres(s) => s.query(q).await,
         }
     }
 
@@ -196,6 +362,10 @@ impl Store {
     pub async fn query_health(&self, q: HealthQuery) -> Result<Vec<HealthRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.query_health(q).await,
+            Backend::Postgres(_) => Err(StoreError::Unsupported {
+                what: "the health metrics (temperature, throttling, file systems, load)",
+                backend: "PostgreSQL",
+            }),
         }
     }
 
@@ -209,6 +379,7 @@ impl Store {
         let down = Downsampler::new(&q, &Metric::ALL).map_err(StoreError::BadSeriesQuery)?;
         match &self.backend {
             Backend::Sqlite(s) => s.series(q, down).await,
+            Backend::Postgres(s) => s.series(q, down).await,
         }
     }
 
@@ -219,6 +390,7 @@ impl Store {
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.hosts().await,
+            Backend::Postgres(s) => s.hosts().await,
         }
     }
 
@@ -231,6 +403,7 @@ impl Store {
     ) -> Result<Vec<HostRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.hosts_page(after, limit).await,
+            Backend::Postgres(s) => s.hosts_page(after, limit).await,
         }
     }
 
@@ -239,6 +412,7 @@ impl Store {
     pub async fn host(&self, hostname: &str) -> Result<Option<HostRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.host(hostname.to_owned()).await,
+            Backend::Postgres(s) => s.host(hostname.to_owned()).await,
         }
     }
 
@@ -251,14 +425,13 @@ impl Store {
     ) -> Result<Vec<HistoryRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.history(hostname, limit).await,
+            Backend::Postgres(s) => s.history(hostname, limit).await,
         }
     }
 
     /// Records a join token (its secret only as a hash).
     pub async fn create_join_token(&self, t: JoinTokenRecord) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.trust(TrustWrite::CreateJoinToken(t)).await.map(drop),
-        }
+        self.trust(TrustWrite::CreateJoinToken(t)).await.map(drop)
     }
 
     /// The join token whose secret hashes to `secret_sha256`, if any.
@@ -268,6 +441,7 @@ impl Store {
     ) -> Result<Option<JoinTokenRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.join_token(secret_sha256).await,
+            Backend::Postgres(s) => s.join_token(secret_sha256).await,
         }
     }
 
@@ -287,32 +461,29 @@ impl Store {
             peer,
             cert,
         };
-        match &self.backend {
-            Backend::Sqlite(s) => s.trust(write).await.map(|a| match a {
-                TrustAnswer::Refused(r) => Err(r),
-                _ => Ok(()),
-            }),
-        }
+        Ok(match self.trust(write).await? {
+            TrustAnswer::Refused(r) => Err(r),
+            _ => Ok(()),
+        })
     }
 
     /// Records a certificate the server issued.
     pub async fn record_certificate(&self, c: CertificateRecord) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.trust(TrustWrite::RecordCertificate(c)).await.map(drop),
-        }
+        self.trust(TrustWrite::RecordCertificate(c)).await.map(drop)
     }
 
     /// Registers an operator's public signing key (again: no change).
     pub async fn register_signing_key(&self, k: SigningKeyRecord) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.trust(TrustWrite::RegisterSigningKey(k)).await.map(drop),
-        }
+        self.trust(TrustWrite::RegisterSigningKey(k))
+            .await
+            .map(drop)
     }
 
     /// Every registered signing key, revoked ones included.
     pub async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.signing_keys().await,
+            Backend::Postgres(s) => s.signing_keys().await,
         }
     }
 
@@ -329,12 +500,10 @@ impl Store {
             name,
             now_unix_ms,
         };
-        match &self.backend {
-            Backend::Sqlite(s) => s.trust(write).await.map(|a| match a {
-                TrustAnswer::Revoked(n) => n,
-                _ => 0,
-            }),
-        }
+        Ok(match self.trust(write).await? {
+            TrustAnswer::Revoked(n) => n,
+            _ => 0,
+        })
     }
 
     /// Every certificate not expired more than a retention period ago,
@@ -342,6 +511,24 @@ impl Store {
     pub async fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.certificates().await,
+            Backend::Postgres(s) => s.certificates().await,
+        }
+    }
+
+    /// A trust write, in order with everything else; resolves once
+    /// committed.
+    async fn trust(&self, write: TrustWrite) -> Result<TrustAnswer, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Trust { write, reply }).await?;
+        ticket.await
+    }
+
+    /// Queues a request for the backend's writer, waiting while its queue
+    /// is full (the backpressure); `Closed` once the store is closed.
+    async fn send(&self, request: Request) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.send(request).await,
+            Backend::Postgres(s) => s.send(request).await,
         }
     }
 
@@ -357,6 +544,7 @@ impl Store {
     ) -> Result<ForwardBatch, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.forward_batch((after, until), max_samples).await,
+            Backend::Postgres(_) => Err(NO_FORWARDING),
         }
     }
 
@@ -370,6 +558,7 @@ impl Store {
         };
         match &self.backend {
             Backend::Sqlite(s) => s.cursors(write).await.map(drop),
+            Backend::Postgres(_) => Err(NO_FORWARDING),
         }
     }
 
@@ -383,6 +572,9 @@ impl Store {
     ) -> Result<Vec<CursorRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.cursors(CursorWrite::Register(destinations)).await,
+            // Nothing to forward: no cursor to keep.
+            Backend::Postgres(_) if destinations.is_empty() => Ok(Vec::new()),
+            Backend::Postgres(_) => Err(NO_FORWARDING),
         }
     }
 
@@ -396,6 +588,7 @@ impl Store {
         };
         match &self.backend {
             Backend::Sqlite(s) => s.cursors(write).await.map(drop),
+            Backend::Postgres(_) => Err(NO_FORWARDING),
         }
     }
 
@@ -404,6 +597,7 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(s) => s.close().await,
         }
     }
 }

@@ -386,6 +386,58 @@ pub struct SigningKeyRecord {
     pub revoked_unix_ms: Option<i64>,
 }
 
+/// Which replica of a shared store holds a host's command stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub hostname: String,
+    pub replica: String,
+    /// Whether that replica renewed its lease in time (a dead replica's
+    /// sessions stop being live within the lease).
+    pub live: bool,
+}
+
+/// What one replica asks another about a command, through the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayKind {
+    /// Run the command (body: the request for the agent) on `hostname`.
+    Run = 1,
+    /// Cancel the command on `hostname`.
+    Cancel = 2,
+    /// What `hostname`'s agent answered (body: its response), for the
+    /// replica the operator called.
+    Response = 3,
+}
+
+/// One message between replicas: kept in the store until its addressee
+/// takes it (the store is the truth; a notification only rings the bell).
+/// The body is opaque bytes: the store never sees protobuf types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayRecord {
+    pub kind: RelayKind,
+    /// The replica that sent it.
+    pub from: String,
+    pub hostname: String,
+    pub command_id: String,
+    pub body: Vec<u8>,
+}
+
+/// The certificate authority every replica sharing a store signs with:
+/// its private key (PKCS#8 DER) and certificate (DER). Whoever can read
+/// the store's `authority` table can sign certificates: the database is
+/// as secret as the TLS directory's `ca.key`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthorityRecord {
+    pub key_der: Vec<u8>,
+    pub cert_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for AuthorityRecord {
+    /// The key never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthorityRecord(..)")
+    }
+}
+
 /// A client certificate the server issued: the truth behind the trust
 /// table the handshakes read.
 #[derive(Clone, Debug, PartialEq, Eq)]

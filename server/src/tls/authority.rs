@@ -27,6 +27,7 @@ use rcgen::{
 };
 
 use super::{Fingerprint, Role, fingerprint};
+use crate::store::AuthorityRecord;
 
 pub const CA_KEY_FILE: &str = "ca.key";
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -250,6 +251,47 @@ impl Authority {
     /// The CA certificate, DER.
     pub fn ca_der(&self) -> &[u8] {
         &self.ca_der
+    }
+
+    /// The CA's key and certificate, for a store that several servers
+    /// share (see `setup.rs`).
+    pub fn record(&self) -> AuthorityRecord {
+        AuthorityRecord {
+            key_der: self.issuer.key().serialized_der().to_vec(),
+            cert_der: self.ca_der.clone(),
+        }
+    }
+
+    /// Takes `shared` (the CA every server on a shared store signs with) as
+    /// this server's: writes it into `dir` in place of the one there (the
+    /// server certificate and the local operator's credential, signed by
+    /// the old one, are made again since they no longer fit), then loads
+    /// it from there as [`Authority::open`] does.
+    pub fn adopt(
+        dir: &Path,
+        shared: &AuthorityRecord,
+        now_unix_ms: i64,
+    ) -> Result<Authority, TlsError> {
+        files::create_private_dir(dir)?;
+        let key_path = dir.join(CA_KEY_FILE);
+        // Checked before anything is written: a bad row never replaces a
+        // working CA.
+        let key = KeyPair::try_from(shared.key_der.as_slice())
+            .map_err(|e| bad_file(&key_path, format!("the store's CA key: {e}")))?;
+        Issuer::from_ca_cert_der(&shared.cert_der.clone().into(), key)
+            .map_err(|e| bad_file(&key_path, format!("the store's CA certificate: {e}")))?;
+        write_pair(
+            &key_path,
+            &shared.key_der,
+            &dir.join(CA_CERT_FILE),
+            &shared.cert_der,
+        )?;
+        log::info!(
+            "took the certificate authority the store shares (fingerprint {}) into {}",
+            super::hex(&fingerprint(&shared.cert_der)),
+            dir.display()
+        );
+        Authority::open(dir, now_unix_ms)
     }
 
     /// The server's certificate for `names` (DNS names or IP addresses),

@@ -19,7 +19,7 @@ use monitor::credential::Credential;
 use monitor::files::{self, GROUP_SECRET_MODE, SECRET_MODE};
 
 use super::authority::{Authority, TlsError};
-use super::{ClientCert, KnownCert, Role, Trust, fingerprint, server_config};
+use super::{ClientCert, Fingerprint, KnownCert, Role, Trust, fingerprint, server_config};
 use crate::config::TlsConfig;
 use crate::enrolment::{Enrolment, OPERATOR_CERT_LIFETIME};
 use crate::listener::TlsSetup;
@@ -113,23 +113,13 @@ pub async fn start(
     admin_addr: SocketAddr,
 ) -> Result<Secured, SetupError> {
     let now = monitor::time::now_unix_ms();
-    let authority = Arc::new(Authority::open(&config.dir, now).map_err(SetupError::Tls)?);
+    let authority = Arc::new(open_authority(&config.dir, store, now).await?);
     let names = certificate_names(&config.names, admin_addr);
     let identity = authority
         .server_identity(&config.dir, &names, now)
         .map_err(SetupError::Tls)?;
     let known = store.certificates().await.map_err(SetupError::Store)?;
-    let trust = Arc::new(Trust::new(known.into_iter().filter_map(|c| {
-        Some((
-            c.fingerprint,
-            KnownCert {
-                role: Role::from_name(&c.role)?,
-                name: c.name,
-                not_after_unix_ms: c.not_after_unix_ms,
-                revoked: c.revoked_unix_ms.is_some(),
-            },
-        ))
-    })));
+    let trust = Arc::new(Trust::new(known_certs(known)));
     trust.prune(now);
     let admin_credential = config.dir.join(ADMIN_CREDENTIAL_FILE);
     ensure_admin_credential(
@@ -206,6 +196,66 @@ pub async fn start(
         http,
         admin_credential,
     })
+}
+
+/// The certificate authority: the TLS directory's (made there on first
+/// start); on a store several servers share, the store's, so that every
+/// replica signs and accepts the same certificates. The first replica
+/// offers its own and every later one takes it (into its directory too).
+async fn open_authority(dir: &Path, store: &Store, now: i64) -> Result<Authority, SetupError> {
+    let local = Authority::open(dir, now).map_err(SetupError::Tls)?;
+    if !store.is_shared() {
+        return Ok(local);
+    }
+    let mine = local.record();
+    let shared = store
+        .share_authority(mine.clone())
+        .await
+        .map_err(SetupError::Store)?;
+    if shared == mine {
+        return Ok(local);
+    }
+    Authority::adopt(dir, &shared, now).map_err(SetupError::Tls)
+}
+
+/// The trust table's entries for the store's certificates (a role this
+/// server does not know opens nothing).
+fn known_certs(records: Vec<CertificateRecord>) -> impl Iterator<Item = (Fingerprint, KnownCert)> {
+    records.into_iter().filter_map(|c| {
+        Some((
+            c.fingerprint,
+            KnownCert {
+                role: Role::from_name(&c.role)?,
+                name: c.name,
+                not_after_unix_ms: c.not_after_unix_ms,
+                revoked: c.revoked_unix_ms.is_some(),
+            },
+        ))
+    })
+}
+
+/// On a store several servers share: takes in the certificates and the
+/// operators' signing keys the other servers recorded or revoked since
+/// the last call, so an agent enrolled through one replica is accepted by
+/// every other, and a revocation through one holds on all.
+pub async fn reload_trust(enrolment: &Enrolment) -> Result<(), StoreError> {
+    let certs = enrolment.store.certificates().await?;
+    let keys = enrolment.store.signing_keys().await?;
+    let now = monitor::time::now_unix_ms();
+    // Expired ones stay pruned (their handshakes fail on the date anyway).
+    let live = known_certs(certs).filter(|(_, c)| c.not_after_unix_ms >= now);
+    let (added, revoked) = enrolment.trust.sync(live);
+    if added + revoked > 0 {
+        log::debug!("trust: {added} certificates from other servers, {revoked} revoked there");
+    }
+    let table = crate::enrolment::signing_key_table(keys)
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    *enrolment
+        .signing_keys
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = table;
+    Ok(())
 }
 
 /// Keeps `path` a working credential of the local operator: makes it anew

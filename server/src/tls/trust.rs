@@ -124,6 +124,38 @@ impl Trust {
         n
     }
 
+    /// Takes in what the store knows now (certificates other servers on a
+    /// shared store issued or revoked since this one started); returns how
+    /// many were new and how many newly revoked. Open streams hear of the
+    /// revocations as with [`Trust::revoke`].
+    pub fn sync(
+        &self,
+        known: impl IntoIterator<Item = (Fingerprint, KnownCert)>,
+    ) -> (usize, usize) {
+        let (mut added, mut revoked) = (0, 0);
+        {
+            let mut certs = self.write();
+            for (fp, cert) in known {
+                match certs.get_mut(&fp) {
+                    Some(have) => {
+                        if cert.revoked && !have.revoked {
+                            have.revoked = true;
+                            revoked += 1;
+                        }
+                    }
+                    None => {
+                        certs.insert(fp, cert);
+                        added += 1;
+                    }
+                }
+            }
+        }
+        if revoked > 0 {
+            self.revocations.send_modify(|g| *g += 1);
+        }
+        (added, revoked)
+    }
+
     pub fn is_revoked(&self, fp: &Fingerprint) -> bool {
         self.read().get(fp).is_none_or(|c| c.revoked)
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::store::error::StoreError;
 use crate::store::records::FlushObserver;
+use crate::store::requests::check_settings;
 
 /// How the store is opened and how its writer batches and prunes.
 #[derive(Clone, Debug)]
@@ -69,24 +70,12 @@ impl SqliteConfig {
 
     /// Refuses values the writer cannot work with, naming the field.
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
-        let bad = |field, detail| Err(StoreError::InvalidConfig { field, detail });
-        if self.queue_capacity == 0 {
-            return bad("queue_capacity", "must be at least 1");
-        }
-        if self.queue_capacity > tokio::sync::Semaphore::MAX_PERMITS {
-            return bad("queue_capacity", "is too large");
-        }
-        if self.flush_max_batches == 0 {
-            return bad("flush_max_batches", "must be at least 1");
-        }
+        check_settings(self.queue_capacity, self.flush_max_batches, self.retention)?;
         if self.retention_chunk_rows == 0 {
-            return bad("retention_chunk_rows", "must be at least 1");
-        }
-        if self.retention.is_zero() {
-            return bad("retention", "must be longer than zero");
-        }
-        if i64::try_from(self.retention.as_millis()).is_err() {
-            return bad("retention", "is too long");
+            return Err(StoreError::InvalidConfig {
+                field: "retention_chunk_rows",
+                detail: "must be at least 1",
+            });
         }
         Ok(())
     }

@@ -17,9 +17,9 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::tables::metric_from_id;
-use super::ticks::{self, METRICS};
+use crate::store::encoding::metric_from_id;
 use crate::store::records::{CursorRecord, ForwardBatch, ForwardRow, StoredSample};
+use crate::store::ticks::{self, METRICS};
 
 /// Journal rows read after `after` (up to `until`, if given), oldest
 /// first, as many whole rows as fit in `max_samples` samples (at least one

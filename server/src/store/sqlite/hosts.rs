@@ -24,8 +24,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use monitor::metric::Metric;
 
-use super::ticks::{METRICS, PendingTick, StoredTick, TickRow};
 use crate::store::records::{HostRecord, IncomingBatch, LatestValue};
+use crate::store::ticks::{METRICS, PendingTick, StoredTick, TickRow};
 
 /// The newest stored value of one metric of a host.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -237,7 +237,7 @@ impl HostTable {
 
     /// The pending ticks of a host with a sample time in [since, until)
     /// and (if given) a value of metric id `metric_index`, as a query reads
-    /// them, sorted and combined (see [`super::ticks::combine_pending`]).
+    /// them, sorted and combined (see [`crate::store::ticks::combine_pending`]).
     pub(crate) fn pending_of(
         &self,
         host_id: i64,
@@ -256,7 +256,7 @@ impl HostTable {
                     .collect()
             })
             .unwrap_or_default();
-        let mut ticks = super::ticks::combine_pending(ticks);
+        let mut ticks = crate::store::ticks::combine_pending(ticks);
         if let Some(i) = metric_index {
             ticks.retain(|t| t.values.get(i).is_some_and(Option::is_some));
         }

@@ -31,9 +31,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::hosts::{BatchMeta, HostEntry};
 use super::runs::{self, RunCache, RunEntry, RunKey};
-use super::tables::{u64_from_sql, u64_to_sql};
-use super::ticks::{self, PendingTick, TickRow};
+use crate::store::encoding::{u64_from_sql, u64_to_sql};
 use crate::store::records::IncomingBatch;
+use crate::store::ticks::{self, PendingTick, TickRow};
 
 /// Appends the journal row of a stored batch; prepared once per flush.
 pub(crate) const APPEND: &str = "INSERT INTO journal (host_id, run_id, seq, received_unix_ms,

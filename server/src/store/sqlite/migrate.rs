@@ -13,8 +13,9 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 
 use super::error::SqliteError;
-use super::tables::{CREATE_TABLES, SCHEMA_VERSION, metric_from_id, metric_id};
-use super::ticks::METRICS;
+use super::tables::{CREATE_TABLES, SCHEMA_VERSION};
+use crate::store::encoding::{metric_from_id, metric_id};
+use crate::store::ticks::METRICS;
 
 /// Upgrades the file from `version` (0 for a new file) to
 /// [`SCHEMA_VERSION`].

@@ -28,7 +28,6 @@
 
 mod checkpoint;
 mod config;
-mod dedup;
 pub(super) mod error;
 mod forward;
 mod health;
@@ -39,7 +38,6 @@ mod read;
 mod runs;
 mod schema;
 mod tables;
-mod ticks;
 mod writer;
 
 use std::path::PathBuf;
@@ -51,9 +49,9 @@ use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    CertificateRecord, CommandRecord, CommandResultRecord, CursorRecord, CursorWrite, ForwardBatch,
-    HealthQuery, HealthRow, HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, SampleQuery,
-    Series, SeriesQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
+    CertificateRecord, CursorRecord, CursorWrite, ForwardBatch, HealthQuery, HealthRow, HistoryRow,
+    HostRecord, JoinTokenRecord, SampleQuery, Series, SeriesQuery, SigningKeyRecord,
+    StoredSampleRow,
 };
 use crate::store::series::Downsampler;
 use crate::store::ticket::Ticket;
@@ -116,31 +114,6 @@ impl SqliteStore {
     pub(crate) fn queued(&self) -> usize {
         let tx = &self.inner.requests;
         tx.max_capacity() - tx.capacity()
-    }
-
-    pub(crate) async fn enqueue(
-        &self,
-        batch: IncomingBatch,
-    ) -> Result<Ticket<SubmitOutcome>, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::Batch { batch, reply }).await?;
-        Ok(ticket)
-    }
-
-    pub(crate) async fn enqueue_command(&self, c: CommandRecord) -> Result<Ticket<()>, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::Command { record: c, reply }).await?;
-        Ok(ticket)
-    }
-
-    pub(crate) async fn enqueue_command_result(
-        &self,
-        r: CommandResultRecord,
-    ) -> Result<Ticket<()>, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::CommandResult { record: r, reply })
-            .await?;
-        Ok(ticket)
     }
 
     pub(crate) async fn query(&self, q: SampleQuery) -> Result<Vec<StoredSampleRow>, StoreError> {
@@ -224,14 +197,6 @@ impl SqliteStore {
             .readers
             .run(move |c| read::history(c, hostname.as_deref(), limit))
             .await
-    }
-
-    /// A trust write, in order with everything else; resolves once
-    /// committed.
-    pub(crate) async fn trust(&self, write: TrustWrite) -> Result<TrustAnswer, StoreError> {
-        let (reply, ticket) = Ticket::new();
-        self.send(Request::Trust { write, reply }).await?;
-        ticket.await
     }
 
     /// Stored batches after journal id `after`, in commit order, up to
@@ -331,7 +296,7 @@ impl SqliteStore {
     }
 
     /// Queues a request, waiting while the queue is full.
-    async fn send(&self, request: Request) -> Result<(), StoreError> {
+    pub(crate) async fn send(&self, request: Request) -> Result<(), StoreError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
@@ -342,10 +307,15 @@ impl SqliteStore {
             .map_err(|_| StoreError::Closed)
     }
 
-    /// For tests: [`SqliteStore::enqueue`], then waits for the ticket.
+    /// For tests: queues a batch, then waits for its ticket.
     #[cfg(test)]
-    pub(crate) async fn submit(&self, batch: IncomingBatch) -> Result<SubmitOutcome, StoreError> {
-        self.enqueue(batch).await?.await
+    pub(crate) async fn submit(
+        &self,
+        batch: crate::store::IncomingBatch,
+    ) -> Result<crate::store::SubmitOutcome, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Batch { batch, reply }).await?;
+        ticket.await
     }
 
     /// Test hook: caps the database at `pages` pages (SQLite's

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use monitor::metric::Metric;
 use rusqlite::Connection;
 
 use monitor::command::Outcome;
@@ -19,11 +18,11 @@ use rusqlite::OptionalExtension;
 use super::error::SqliteError;
 use super::hosts::HostTable;
 use super::schema;
-use super::tables::{METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
-use super::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
+use crate::store::encoding::{METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
 use crate::store::error::StoreError;
 use crate::store::records::{HistoryRow, SampleQuery, Series, SeriesQuery, StoredSampleRow};
 use crate::store::series::Downsampler;
+use crate::store::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
 
 /// Idle read connections kept for reuse; more are opened on demand.
 const MAX_IDLE_READERS: usize = 4;
@@ -115,19 +114,7 @@ pub(crate) fn samples(
         unpacker.push(tick, &mut unpacked);
         !unpacker.is_full()
     })?;
-    unpacker.finish(&mut unpacked);
-    Ok(unpacked
-        .into_iter()
-        .filter_map(|u| {
-            Some(StoredSampleRow {
-                time_unix_ms: u.time_unix_ms,
-                hostname: q.hostname.clone(),
-                metric: *Metric::ALL.get(u.metric_index)?,
-                value: u.value,
-                received_unix_ms: u.received_unix_ms,
-            })
-        })
-        .collect())
+    Ok(unpacker.into_rows(unpacked, &q.hostname))
 }
 
 /// Every metric of one host in a range, downsampled: the same scan as

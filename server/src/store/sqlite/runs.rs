@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::dedup::SeqSet;
-use super::tables::{u64_from_sql, u64_to_sql};
+use crate::store::dedup::SeqSet;
+use crate::store::encoding::{u64_from_sql, u64_to_sql};
 use crate::store::records::IncomingBatch;
 
 /// A run's identity: (agent_id, boot_id).

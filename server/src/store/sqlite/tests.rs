@@ -8,7 +8,7 @@ use std::time::Duration;
 use monitor::metric::Metric;
 
 use super::*;
-use crate::store::records::StoredSample;
+use crate::store::records::{IncomingBatch, StoredSample, SubmitOutcome};
 use crate::store::sqlite::error::SqliteError;
 
 /// A directory of its own in the temp directory, removed when dropped.

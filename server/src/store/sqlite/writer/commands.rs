@@ -7,8 +7,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::store::encoding::{encode_argv, u64_to_sql};
 use crate::store::records::{CommandRecord, CommandResultRecord};
-use crate::store::sqlite::tables::{encode_argv, u64_to_sql};
 
 /// Records a command and its targets; recording its id again is a no-op.
 pub(super) fn write_command(tx: &Connection, c: &CommandRecord) -> rusqlite::Result<()> {

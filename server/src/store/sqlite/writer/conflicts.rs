@@ -16,10 +16,10 @@
 
 use rusqlite::Connection;
 
+use crate::store::encoding::metric_from_id;
 use crate::store::records::Conflict;
 use crate::store::sqlite::hosts::HostTable;
-use crate::store::sqlite::tables::metric_from_id;
-use crate::store::sqlite::ticks::{self, METRICS, TickRow};
+use crate::store::ticks::{self, METRICS, TickRow};
 
 /// Checks the ticks `rows` of one batch of host `host_id` against what is
 /// stored at their times, for the rows not newer than `newest_unix_ms`
@@ -67,17 +67,8 @@ pub(super) fn check(
             }
             stored.push(values);
         }
-        if let Err((i, stored_value, sent_value)) = ticks::drop_stored(&mut row.values, &stored) {
-            // The index is a column of a tick: always a metric id.
-            if let Some(metric) = metric_from_id(i as i64) {
-                return Ok(Err(Conflict {
-                    time_unix_ms: time,
-                    metric,
-                    stored_value,
-                    sent_value,
-                    within_batch: false,
-                }));
-            }
+        if let Err(conflict) = ticks::check_stored(row, &stored, |i| metric_from_id(i as i64)) {
+            return Ok(Err(conflict));
         }
     }
     rows.retain(|r| r.values.iter().any(Option::is_some));

@@ -25,14 +25,14 @@ use super::conflicts;
 use super::memory::Memory;
 use super::merges::Merged;
 use super::requests::{Answer, Request};
+use crate::store::dedup::Seen;
+use crate::store::encoding::{metric_id, u64_to_sql};
 use crate::store::error::StoreError;
 use crate::store::records::{CursorRecord, CursorWrite, IncomingBatch, SubmitOutcome};
-use crate::store::sqlite::dedup::Seen;
 use crate::store::sqlite::hosts::{BatchMeta, HostEntry};
 use crate::store::sqlite::runs::{self, RunCache, RunEntry, RunKey};
-use crate::store::sqlite::tables::{metric_id, u64_to_sql};
-use crate::store::sqlite::ticks::{self, PendingTick, TickRow};
 use crate::store::sqlite::{forward, journal};
+use crate::store::ticks::{self, PendingTick, TickRow};
 
 /// A flush that takes longer is logged at debug level.
 const SLOW_FLUSH: Duration = Duration::from_millis(100);
@@ -441,7 +441,7 @@ pub(super) fn apply(memory: &mut Memory, requests: &[Request], staged: Staged, n
                  separate gaps, so the store no longer knows whether this seq is stored; \
                  compared its samples with the stored ones instead ({} such batches of this \
                  host so far; {left_out} of all hosts since the last such line)",
-                crate::store::sqlite::dedup::MAX_GAPS,
+                crate::store::dedup::MAX_GAPS,
                 host.batches_checked_by_value_total
             );
         }

@@ -15,11 +15,11 @@ use rusqlite::{Connection, params};
 
 use super::memory::Memory;
 use super::merges::Merges;
+use crate::store::encoding::u64_from_sql;
 use crate::store::sqlite::hosts::{HostEntry, HostTable};
 use crate::store::sqlite::runs::RunCache;
-use crate::store::sqlite::tables::u64_from_sql;
-use crate::store::sqlite::ticks::{METRICS, TickRow};
 use crate::store::sqlite::{forward, journal};
+use crate::store::ticks::{METRICS, TickRow};
 
 /// How many of a host's newest rows are read at open for its latest value
 /// of each metric (a metric not among them shows no latest value).

@@ -1,6 +1,5 @@
-//! The writer's queue: what the writer can be asked ([`Request`]), how it
-//! gathers queued requests into one flush ([`gather`]), and how each
-//! request gets its answer ([`answer`]).
+//! The writer's queue: how the writer thread gathers queued requests
+//! (`store/requests.rs`) into one flush ([`gather`]).
 //!
 //! Requests are taken off the queue in the order they were queued and
 //! answered in that order, which is what lets a stream keep many batches in
@@ -12,114 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::store::error::StoreError;
-use crate::store::records::{
-    CommandRecord, CommandResultRecord, CursorRecord, CursorWrite, IncomingBatch, SubmitOutcome,
-    TrustAnswer, TrustWrite,
-};
+pub(crate) use crate::store::requests::{Answer, Request, answer};
 use crate::store::ticket::Reply;
-
-/// What the writer thread is asked to do.
-pub(crate) enum Request {
-    Batch {
-        batch: IncomingBatch,
-        reply: Reply<SubmitOutcome>,
-    },
-    Command {
-        record: CommandRecord,
-        reply: Reply<()>,
-    },
-    CommandResult {
-        record: CommandResultRecord,
-        reply: Reply<()>,
-    },
-    /// A join token, a certificate, a revocation.
-    Trust {
-        write: TrustWrite,
-        reply: Reply<TrustAnswer>,
-    },
-    /// A forwarding cursor moved, or the set of destinations changed.
-    Cursors {
-        write: CursorWrite,
-        reply: Reply<Vec<CursorRecord>>,
-    },
-    /// Commit what came before, close the connection, stop.
-    Close { reply: Reply<()> },
-    /// Sets SQLite's `max_page_count` (within a flush of its own or with
-    /// the requests around it) and answers the count in force.
-    #[cfg(test)]
-    SetMaxPageCount { pages: u64, reply: Reply<u64> },
-    /// Commit what came before, then stop without merging the journal or
-    /// checkpointing: the file is left as `kill -9` would leave it.
-    #[cfg(test)]
-    Abandon { reply: Reply<()> },
-}
-
-/// A request's answer, decided inside the flush's transaction and sent
-/// only once that transaction committed (or with the failure that rolled
-/// it back).
-pub(super) enum Answer {
-    Batch(SubmitOutcome),
-    Trust(TrustAnswer),
-    Cursors(Vec<CursorRecord>),
-    Done,
-    #[cfg(test)]
-    Pages(u64),
-    Failed(StoreError),
-}
-
-/// Sends `answer` to whoever queued `request`.
-pub(super) fn answer(request: Request, answer: Answer) {
-    // A send fails only if the submitter stopped waiting (its stream is
-    // gone): the batch is committed all the same, and a re-send is a
-    // duplicate.
-    match (request, answer) {
-        (Request::Batch { reply, .. }, Answer::Batch(o)) => {
-            let _ = reply.send(Ok(o));
-        }
-        (Request::Batch { reply, .. }, Answer::Failed(e)) => {
-            let _ = reply.send(Err(e));
-        }
-        (Request::Batch { reply, .. }, _) => {
-            let _ = reply.send(Err(StoreError::Closed));
-        }
-        (Request::Command { reply, .. } | Request::CommandResult { reply, .. }, answer) => {
-            let _ = reply.send(match answer {
-                Answer::Failed(e) => Err(e),
-                _ => Ok(()),
-            });
-        }
-        (Request::Trust { reply, .. }, answer) => {
-            let _ = reply.send(match answer {
-                Answer::Trust(a) => Ok(a),
-                Answer::Failed(e) => Err(e),
-                _ => Err(StoreError::Closed),
-            });
-        }
-        (Request::Cursors { reply, .. }, answer) => {
-            let _ = reply.send(match answer {
-                Answer::Cursors(c) => Ok(c),
-                Answer::Failed(e) => Err(e),
-                _ => Err(StoreError::Closed),
-            });
-        }
-        (Request::Close { reply }, _) => {
-            let _ = reply.send(Ok(()));
-        }
-        #[cfg(test)]
-        (Request::SetMaxPageCount { reply, .. }, answer) => {
-            let _ = reply.send(match answer {
-                Answer::Pages(n) => Ok(n),
-                Answer::Failed(e) => Err(e),
-                _ => Err(StoreError::Closed),
-            });
-        }
-        #[cfg(test)]
-        (Request::Abandon { reply }, _) => {
-            let _ = reply.send(Err(StoreError::Closed));
-        }
-    }
-}
 
 /// How many requests one flush takes, and how long it waits for them.
 #[derive(Clone, Copy, Debug)]

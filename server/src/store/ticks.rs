@@ -17,10 +17,10 @@
 
 use monitor::metric::Metric;
 
-use crate::store::records::{Conflict, StoredSample};
+use crate::store::records::{Conflict, StoredSample, StoredSampleRow};
 
 /// How many metrics a row holds: one column per metric, indexed by the
-/// metric's id (see `tables::metric_id`).
+/// metric's id (see `encoding::metric_id`).
 pub(crate) const METRICS: usize = Metric::ALL.len();
 
 /// The samples of one batch that share a sample time.
@@ -116,6 +116,29 @@ pub(crate) fn drop_stored(
         }
     }
     Ok(())
+}
+
+/// [`drop_stored`] for one row of a batch, a clash given as the batch's
+/// [`Conflict`]; `metric_of` names a column (one that names no metric
+/// clashes with nothing).
+pub(crate) fn check_stored(
+    row: &mut TickRow,
+    stored: &[[Option<f64>; METRICS]],
+    metric_of: impl Fn(usize) -> Option<Metric>,
+) -> Result<(), Conflict> {
+    match drop_stored(&mut row.values, stored) {
+        Err((i, stored_value, sent_value)) => match metric_of(i) {
+            Some(metric) => Err(Conflict {
+                time_unix_ms: row.time_unix_ms,
+                metric,
+                stored_value,
+                sent_value,
+                within_batch: false,
+            }),
+            None => Ok(()),
+        },
+        Ok(()) => Ok(()),
+    }
 }
 
 /// What merging a tick into a stored row of the same (host, time, run) gave.
@@ -304,6 +327,28 @@ impl Unpacker {
     /// Emits what is still buffered; call after the last row.
     pub(crate) fn finish(mut self, out: &mut Vec<Unpacked>) {
         self.emit(out);
+    }
+
+    /// Emits what is still buffered and gives every sample as a query's
+    /// row of `hostname`.
+    pub(crate) fn into_rows(
+        self,
+        mut unpacked: Vec<Unpacked>,
+        hostname: &str,
+    ) -> Vec<StoredSampleRow> {
+        self.finish(&mut unpacked);
+        unpacked
+            .into_iter()
+            .filter_map(|u| {
+                Some(StoredSampleRow {
+                    time_unix_ms: u.time_unix_ms,
+                    hostname: hostname.to_owned(),
+                    metric: *Metric::ALL.get(u.metric_index)?,
+                    value: u.value,
+                    received_unix_ms: u.received_unix_ms,
+                })
+            })
+            .collect()
     }
 
     fn emit(&mut self, out: &mut Vec<Unpacked>) {

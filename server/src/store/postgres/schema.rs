@@ -1,0 +1,234 @@
+//! The database's tables and bringing them up to this server's version at
+//! start, safely when several replicas start at once: the whole migration
+//! runs in one transaction holding a transaction-level advisory lock, so
+//! one replica creates or upgrades the tables and the others wait, then
+//! find them done.
+//!
+//! Layout, for several replicas writing at once:
+//! - `hosts` rows are locked (`FOR UPDATE`) by the flush that writes a
+//!   host's batches, so two replicas storing batches of one host (an agent
+//!   that failed over while its old replica was still committing) take
+//!   turns: the conflict check and the counters see each other's commits.
+//! - `agent_runs` holds each run's de-duplication state (high seq and gaps,
+//!   see `store/dedup.rs`), locked and updated in the same transaction as
+//!   the samples: exactly once across replicas.
+//! - `ticks` is one row per (host, sample time, run) with one column per
+//!   metric (as in SQLite), partitioned by range of sample time; retention
+//!   drops whole partitions (see `partitions.rs`).
+//! - `authority` holds the certificate authority all replicas sign with
+//!   (its private key too: the database is as secret as a `ca.key`).
+//! - `replicas` (each replica's lease), `sessions` (which replica holds
+//!   each host's command stream, with an epoch) and `relay` (commands and
+//!   their output between replicas; `LISTEN/NOTIFY` rings the bell, the
+//!   table is the truth): see `replicas.rs`.
+//! - `host_latest` keeps each host's newest value per metric, so `hosts()`
+//!   never scans samples.
+//!
+//! Metric ids and columns come from `store/encoding.rs`. Never change a
+//! table below in place: add a migration step and bump [`SCHEMA_VERSION`].
+
+use tokio_postgres::Client;
+
+use super::error::PostgresError;
+use crate::store::encoding::METRIC_COLUMNS;
+
+/// The version of the tables below.
+pub(crate) const SCHEMA_VERSION: i32 = 1;
+
+/// The advisory lock keys of this schema (one namespace: "monitor" in
+/// ASCII, then a number per purpose).
+pub(crate) const LOCK_MIGRATE: i64 = 0x6d6f_6e69_746f_7201;
+/// Taken while partitions are created or dropped.
+pub(crate) const LOCK_PARTITIONS: i64 = 0x6d6f_6e69_746f_7202;
+
+/// The tables of version 1. `{METRICS}` is replaced by one nullable
+/// `double precision` column per metric.
+const CREATE_V1: &str = "
+CREATE TABLE monitor_schema (
+    version            integer NOT NULL,
+    partition_width_ms bigint NOT NULL
+);
+CREATE TABLE hosts (
+    host_id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    hostname              text NOT NULL UNIQUE,
+    agent_id              text NOT NULL,
+    agent_version         text NOT NULL,
+    peer                  text NOT NULL,
+    first_seen_unix_ms    bigint NOT NULL,
+    last_seen_unix_ms     bigint NOT NULL,
+    clock_offset_ms       bigint NOT NULL,
+    dropped_batches_total bigint NOT NULL,   -- the u64 bit pattern
+    batches_stored_total  bigint NOT NULL,
+    -- The newest sample time stored for the host: batches with only newer
+    -- samples cannot conflict and skip the lookup.
+    newest_sample_unix_ms bigint NOT NULL
+);
+CREATE TABLE host_latest (
+    host_id      bigint NOT NULL,
+    metric_id    smallint NOT NULL,
+    time_unix_ms bigint NOT NULL,
+    run_id       bigint NOT NULL,
+    value        double precision NOT NULL,
+    PRIMARY KEY (host_id, metric_id)
+);
+CREATE TABLE agent_runs (
+    run_id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    agent_id           text NOT NULL,
+    boot_id            bigint NOT NULL,  -- the u64 bit pattern
+    high_seq           bigint NOT NULL,
+    gaps               bytea NOT NULL,   -- see store/dedup.rs
+    first_seen_unix_ms bigint NOT NULL,
+    last_seen_unix_ms  bigint NOT NULL,
+    UNIQUE (agent_id, boot_id)
+);
+CREATE INDEX agent_runs_by_last_seen ON agent_runs (last_seen_unix_ms);
+CREATE TABLE ticks (
+    host_id        bigint NOT NULL,
+    time_unix_ms   bigint NOT NULL,
+    run_id         bigint NOT NULL,
+    receive_lag_ms bigint NOT NULL,
+    {METRICS},
+    PRIMARY KEY (host_id, time_unix_ms, run_id)
+) PARTITION BY RANGE (time_unix_ms);
+CREATE TABLE commands (
+    command_row  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    command_id   text NOT NULL UNIQUE,
+    time_unix_ms bigint NOT NULL,
+    argv         bytea NOT NULL, -- see encoding::encode_argv
+    operator     text NOT NULL
+);
+CREATE TABLE command_results (
+    command_row      bigint NOT NULL,
+    hostname         text NOT NULL,
+    target_index     integer NOT NULL,
+    outcome          text,
+    exit_code        integer,
+    signal           integer,
+    duration_ms      bigint,
+    stdout_bytes     bigint,
+    stderr_bytes     bigint,
+    message          text,
+    finished_unix_ms bigint,
+    PRIMARY KEY (command_row, hostname)
+);
+CREATE INDEX command_results_by_host ON command_results (hostname, command_row);
+CREATE TABLE join_tokens (
+    secret_sha256   bytea PRIMARY KEY,
+    hostname        text NOT NULL,
+    created_unix_ms bigint NOT NULL,
+    expires_unix_ms bigint NOT NULL,
+    created_by      text NOT NULL,
+    used_unix_ms    bigint,
+    used_by         text
+);
+CREATE TABLE certificates (
+    fingerprint       bytea PRIMARY KEY,
+    role              text NOT NULL,
+    name              text NOT NULL,
+    issued_unix_ms    bigint NOT NULL,
+    not_after_unix_ms bigint NOT NULL,
+    revoked_unix_ms   bigint
+);
+CREATE INDEX certificates_by_name ON certificates (role, name);
+-- Replicas, their sessions and the messages between them (replicas.rs).
+CREATE TABLE replicas (
+    replica_id          text PRIMARY KEY,
+    lease_until_unix_ms bigint NOT NULL
+);
+CREATE TABLE sessions (
+    hostname      text PRIMARY KEY,
+    replica_id    text NOT NULL,
+    epoch         bigint NOT NULL,
+    since_unix_ms bigint NOT NULL
+);
+CREATE TABLE relay (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    to_replica text NOT NULL,
+    kind       smallint NOT NULL,
+    from_replica text NOT NULL,
+    hostname   text NOT NULL,
+    command_id text NOT NULL,
+    body       bytea NOT NULL
+);
+CREATE INDEX relay_by_replica ON relay (to_replica, id);
+-- The one certificate authority of every replica (see trust.rs).
+CREATE TABLE authority (
+    id       smallint PRIMARY KEY CHECK (id = 1),
+    key_der  bytea NOT NULL,
+    cert_der bytea NOT NULL
+);
+CREATE TABLE operator_keys (
+    public_key         bytea PRIMARY KEY,
+    operator           text NOT NULL,
+    registered_unix_ms bigint NOT NULL,
+    revoked_unix_ms    bigint
+);
+";
+
+/// What the schema says once it is up to date.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Schema {
+    /// Width of one `ticks` partition, fixed when the tables were made.
+    pub(crate) partition_width_ms: i64,
+}
+
+/// Creates the tables (with `partition_width_ms` for a new database) or
+/// checks their version, in one transaction under [`LOCK_MIGRATE`].
+pub(crate) async fn migrate(
+    client: &mut Client,
+    target: &str,
+    partition_width_ms: i64,
+) -> Result<Schema, PostgresError> {
+    let sql = |e| PostgresError::of("creating or upgrading the tables", target, e);
+    let tx = client.transaction().await.map_err(sql)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_MIGRATE])
+        .await
+        .map_err(sql)?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('monitor_schema') IS NOT NULL", &[])
+        .await
+        .map_err(sql)?
+        .get(0);
+    if !exists {
+        let columns: Vec<String> = METRIC_COLUMNS
+            .iter()
+            .map(|c| format!("{c} double precision"))
+            .collect();
+        tx.batch_execute(&CREATE_V1.replace("{METRICS}", &columns.join(",\n    ")))
+            .await
+            .map_err(sql)?;
+        tx.execute(
+            "INSERT INTO monitor_schema (version, partition_width_ms) VALUES ($1, $2)",
+            &[&SCHEMA_VERSION, &partition_width_ms],
+        )
+        .await
+        .map_err(sql)?;
+        log::info!(
+            "store: made the tables (schema {SCHEMA_VERSION}, partitions of {} s)",
+            partition_width_ms / 1000
+        );
+    }
+    let row = tx
+        .query_one(
+            "SELECT version, partition_width_ms FROM monitor_schema",
+            &[],
+        )
+        .await
+        .map_err(sql)?;
+    let (version, width): (i32, i64) = (row.get(0), row.get(1));
+    if version > SCHEMA_VERSION {
+        return Err(PostgresError::SchemaTooNew {
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if width <= 0 {
+        return Err(PostgresError::BadValue(format!(
+            "monitor_schema.partition_width_ms is {width}"
+        )));
+    }
+    tx.commit().await.map_err(sql)?;
+    Ok(Schema {
+        partition_width_ms: width,
+    })
+}

@@ -1,0 +1,489 @@
+//! End to end, several server replicas on one PostgreSQL database (issue
+//! 15): the real binaries on loopback, and a PostgreSQL server of the
+//! tests' own (`common/pg.rs`: initdb in a temp dir, 127.0.0.1, stopped at
+//! the end; without PostgreSQL installed each test prints one `skipped:`
+//! line naming the package and returns).
+//!
+//! What is proved: replicas started on one database share one certificate
+//! authority (kept in the store), so a join token made through one replica
+//! enrols through another and an agent's certificate opens every replica;
+//! agents given every replica's URL spread across them; and when a replica
+//! is killed with SIGKILL, its agents fail over to the others and every
+//! batch is stored exactly once, which the test reads from the database
+//! itself (not from what a server says).
+//!
+//! Waits poll with deadlines; nothing sleeps a guessed time.
+
+// Test support code panics on purpose when the harness cannot proceed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::pg::Postgres;
+use common::{Proc, Server, TempDir, command_id, wait_for};
+
+/// What the database holds for one host, read with psql.
+#[derive(Debug, PartialEq, Eq)]
+struct Stored {
+    /// Batches the writers counted as new (a batch stored twice would
+    /// count twice).
+    batches_stored_total: i64,
+    /// Distinct sample times: one per batch (one tick per batch).
+    times: i64,
+    /// Rows of `ticks`: one per (host, time, run).
+    rows: i64,
+    /// Agent runs (one per agent process).
+    runs: i64,
+}
+
+/// Every host's counts, from the database.
+fn stored(pg: &Postgres, url: &str) -> BTreeMap<String, Stored> {
+    let out = pg.psql(
+        url,
+        "SELECT h.hostname, h.batches_stored_total,
+                (SELECT count(DISTINCT time_unix_ms) FROM ticks t WHERE t.host_id = h.host_id),
+                (SELECT count(*) FROM ticks t WHERE t.host_id = h.host_id),
+                (SELECT count(DISTINCT run_id) FROM ticks t WHERE t.host_id = h.host_id)
+         FROM hosts h ORDER BY 1",
+    );
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            let n = |i: usize| f[i].parse::<i64>().unwrap();
+            (
+                f[0].to_owned(),
+                Stored {
+                    batches_stored_total: n(1),
+                    times: n(2),
+                    rows: n(3),
+                    runs: n(4),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The line a replica logs at start: "replica ID on a shared store:
+/// lease N s".
+fn replica_line(server: &Server) -> String {
+    wait_for("the replica line", Duration::from_secs(10), || {
+        server
+            .proc
+            .stderr
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("on a shared store: lease"))
+    })
+}
+
+/// The replica id `server` logged at start.
+fn replica_id(server: &Server) -> String {
+    let line = replica_line(server);
+    line.split("replica ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no replica id in {line:?}"))
+        .to_owned()
+}
+
+/// Every host online in `server`'s fleet-wide view, with the replica
+/// holding it.
+fn holders(server: &Server) -> BTreeMap<String, String> {
+    let out = server.ctl(&["hosts", "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(common::HostJson::parse)
+        .filter(|h| h.online && !h.replica.is_empty())
+        .map(|h| (h.hostname, h.replica))
+        .collect()
+}
+
+/// Waits for an agent started with `--count` to deliver everything and
+/// exit 0.
+fn wait_flushed(agent: &mut Proc, name: &str, timeout: Duration) {
+    let status = agent.wait_exit(timeout);
+    assert!(
+        status.success(),
+        "{name}: {status}\n{}",
+        agent.stderr.dump()
+    );
+    assert!(
+        !agent.stderr.contains("not acknowledged by the server"),
+        "{name} lost batches:\n{}",
+        agent.stderr.dump()
+    );
+}
+
+#[test]
+fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
+    let test = "agents_fail_over_when_a_replica_is_killed";
+    let Some(pg) = Postgres::shared(test) else {
+        return;
+    };
+    let dir = TempDir::new("replicas-failover");
+    let url = pg.database("failover");
+    let mut servers: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|r| Server::start_replica(&dir.join(r), &url, &[]))
+        .collect();
+    let ids: Vec<String> = servers.iter().map(replica_id).collect();
+
+    // One certificate authority for all, though each has its own TLS
+    // directory: the later ones took the first's from the store.
+    let ca = |s: &Server| std::fs::read(s.dir().join("tls").join("ca.pem")).unwrap();
+    // The CA's key went through the database, never through a log (the
+    // servers log at debug level here).
+    let key = std::fs::read_to_string(servers[0].dir().join("tls").join("ca.key")).unwrap();
+    let key_line = key.lines().nth(1).unwrap();
+    for s in &servers {
+        assert!(
+            !s.proc.stderr.contains("with parameters") && !s.proc.stderr.contains(key_line),
+            "a statement's parameters in the log"
+        );
+    }
+    for s in &servers[1..] {
+        assert_eq!(ca(&servers[0]), ca(s), "the replicas have different CAs");
+        assert!(
+            s.proc
+                .stderr
+                .contains("took the certificate authority the store shares")
+        );
+    }
+
+    // Tokens all made through the first replica; each agent enrols with
+    // whichever replica it tries first (its name's hash picks).
+    let ticks: u64 = 150;
+    let names: Vec<String> = (0..30).map(|i| format!("fo-{i}")).collect();
+    let urls: Vec<String> = servers.iter().map(Server::url).collect();
+    let mut agents: Vec<Proc> = names
+        .iter()
+        .map(|n| {
+            servers[0]
+                .agent(n)
+                .env("MONITOR_SERVER", urls.join(","))
+                .env("MONITOR_INTERVAL", "0.1")
+                .env("MONITOR_SHUTDOWN_TIMEOUT", "90s")
+                .arg("--count")
+                .arg(ticks.to_string())
+                .spawn()
+        })
+        .collect();
+    // Where each agent is, as the first replica's fleet-wide view says.
+    let held = wait_for("every agent online", Duration::from_secs(60), || {
+        let h = holders(&servers[0]);
+        names.iter().all(|n| h.contains_key(n)).then_some(h)
+    });
+    for id in &ids {
+        assert!(
+            held.values().any(|r| r == id),
+            "the agents did not spread over every replica: {held:?}"
+        );
+    }
+
+    // Kill the last replica once every agent has a good part of its
+    // batches stored.
+    wait_for(
+        "a third of the batches stored",
+        Duration::from_secs(60),
+        || {
+            let s = stored(pg, &url);
+            (s.len() == names.len()
+                && s.values()
+                    .all(|h| h.batches_stored_total >= (ticks / 3) as i64))
+            .then_some(())
+        },
+    );
+    let mut killed = servers.pop().unwrap();
+    let killed_id = ids.last().unwrap();
+    let before = stored(pg, &url);
+    killed.proc.signal("KILL");
+    killed.proc.wait_exit(Duration::from_secs(10));
+    let killed_at = Instant::now();
+    // Its agents report through the others: their stored batches grow
+    // (the killed replica stores nothing any more).
+    let moved: Vec<&String> = names.iter().filter(|n| &held[*n] == killed_id).collect();
+    wait_for(
+        "the killed replica's agents to report through the others",
+        Duration::from_secs(60),
+        || {
+            let now = stored(pg, &url);
+            moved
+                .iter()
+                .all(|n| {
+                    now[n.as_str()].batches_stored_total
+                        > before[n.as_str()].batches_stored_total + 1
+                })
+                .then_some(())
+        },
+    );
+    // And the fleet-wide view has them at the replica they moved to.
+    wait_for("the hosts view to follow", Duration::from_secs(20), || {
+        let h = holders(&servers[0]);
+        moved
+            .iter()
+            .all(|n| h.get(*n).is_some_and(|r| r != killed_id))
+            .then_some(())
+    });
+    println!(
+        "failover: the {} agents of the killed replica (of 3, 30 agents) report through the \
+         others after {:.1} s",
+        moved.len(),
+        killed_at.elapsed().as_secs_f64()
+    );
+
+    for (agent, n) in agents.iter_mut().zip(&names) {
+        wait_flushed(agent, n, Duration::from_secs(180));
+    }
+    let all = stored(pg, &url);
+    for n in &names {
+        let want = Stored {
+            batches_stored_total: ticks as i64,
+            times: ticks as i64,
+            rows: ticks as i64,
+            runs: 1,
+        };
+        assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
+    }
+}
+
+/// Commands the agents in `commands_across_replicas` allow.
+const ALLOW: &str = "hello = /bin/echo hello from the agent\nsleep = /bin/sleep <int:0-3600>\n";
+
+/// How many results `command_id` has in the database.
+fn results_of(pg: &Postgres, url: &str, command_id: &str) -> Vec<String> {
+    pg.psql(
+        url,
+        &format!(
+            "SELECT r.hostname || '|' || COALESCE(r.outcome, 'pending') FROM command_results r
+             JOIN commands c USING (command_row) WHERE c.command_id = '{command_id}'"
+        ),
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// The results of `command_id` once none is pending any more.
+fn recorded(pg: &Postgres, url: &str, command_id: &str) -> Vec<String> {
+    wait_for("the results recorded", Duration::from_secs(15), || {
+        let r = results_of(pg, url, command_id);
+        (!r.is_empty() && r.iter().all(|l| !l.ends_with("pending"))).then_some(r)
+    })
+}
+
+/// `monitorctl exec --host HOST -- sleep SECS` through `server` in the
+/// background, once `agent` runs it; and its command id.
+fn sleep_through(server: &Server, agent: &Proc, host: &str, secs: u32) -> (Proc, String) {
+    let mut cmd = server.ctl_command();
+    cmd.args(["exec", "--host", host, "--", "sleep", &secs.to_string()]);
+    let exec = Proc::spawn(cmd, "monitorctl exec");
+    let id = command_id(&exec);
+    wait_for("the sleep to start", Duration::from_secs(15), || {
+        agent
+            .stderr
+            .contains(&format!("command {id}: running"))
+            .then_some(())
+    });
+    (exec, id)
+}
+
+#[test]
+fn a_command_through_one_replica_reaches_an_agent_held_by_another() {
+    let test = "a_command_through_one_replica_reaches_an_agent_held_by_another";
+    let Some(pg) = Postgres::shared(test) else {
+        return;
+    };
+    let dir = TempDir::new("replicas-commands");
+    let url = pg.database("commands");
+    let a = Server::start_replica(&dir.join("a"), &url, &[]);
+    let b = Server::start_replica(&dir.join("b"), &url, &[]);
+    let allow = common::allowlist(&dir, ALLOW);
+    // Enrolled with a token of A (it carries A's operator key), connected
+    // to B only.
+    let agent = a
+        .agent("x-1")
+        .env("MONITOR_SERVER", b.url())
+        .env("MONITOR_COMMANDS_FILE", &allow)
+        .spawn();
+    wait_for("x-1 held by B, known to A", Duration::from_secs(30), || {
+        let out = a.ctl(&["exec", "--host", "x-1", "--", "ping"]);
+        out.status.success().then_some(())
+    });
+
+    // Through A: the output streams back, and history has it once.
+    let started = Instant::now();
+    let out = a.ctl(&["exec", "--host", "x-1", "--", "hello"]);
+    let round_trip = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "x-1: hello from the agent\n"
+    );
+    println!(
+        "command through replica A to an agent on replica B: {} ms round trip",
+        round_trip.as_millis()
+    );
+    let id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("command "))
+        .expect("the command id")
+        .to_owned();
+    assert_eq!(recorded(pg, &url, &id), ["x-1|exited"], "history of {id}");
+
+    // The operator's Ctrl-C on A cancels it on the agent B holds.
+    let (mut exec, id) = sleep_through(&a, &agent, "x-1", 301);
+    exec.signal("INT");
+    exec.wait_exit(Duration::from_secs(15));
+    assert_eq!(
+        recorded(pg, &url, &id),
+        ["x-1|cancelled"],
+        "history of {id}"
+    );
+
+    // B killed while the agent runs a command sent through A: the
+    // operator hears "lost connection" within the lease, never a hang.
+    let (mut exec, id) = sleep_through(&a, &agent, "x-1", 300);
+    b.proc.signal("KILL");
+    let killed = Instant::now();
+    let status = exec.wait_exit(Duration::from_secs(30));
+    let noticed = killed.elapsed();
+    assert_eq!(status.code(), Some(1), "{}", exec.stderr.dump());
+    assert!(
+        exec.stderr.contains("x-1: lost connection"),
+        "{}",
+        exec.stderr.dump()
+    );
+    assert!(
+        noticed <= lease_of(&a) + Duration::from_secs(5),
+        "lost connection after {noticed:?}"
+    );
+    println!(
+        "replica killed mid-command: the operator told after {:.1} s",
+        noticed.as_secs_f64()
+    );
+    assert_eq!(
+        recorded(pg, &url, &id),
+        ["x-1|lost_connection"],
+        "history of {id}"
+    );
+    agent.signal("KILL");
+}
+
+/// The replicas' lease, as `server` logged it at start.
+fn lease_of(server: &Server) -> Duration {
+    let line = replica_line(server);
+    let secs = line
+        .rsplit("lease ")
+        .next()
+        .and_then(|l| l.trim_end_matches(" s").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no lease in {line:?}"));
+    Duration::from_secs(secs)
+}
+
+/// The gRPC health status of `server` (1 SERVING, 2 NOT_SERVING), asked
+/// on the agents' listener without a client certificate.
+fn health_of(server: &Server) -> i32 {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let ca_pem = std::fs::read_to_string(server.dir().join("tls").join("ca.pem")).unwrap();
+    let endpoint = tonic::transport::Endpoint::from_shared(server.url())
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+        )
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = endpoint.connect().await.unwrap();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    })
+}
+
+#[test]
+fn postgres_restarted_under_load_loses_nothing_and_stores_nothing_twice() {
+    let test = "postgres_restarted_under_load";
+    let Some(pg) = Postgres::dedicated(test) else {
+        return;
+    };
+    let dir = TempDir::new("replicas-pg-restart");
+    let url = pg.database("restart");
+    let server = Server::start_replica(&dir.join("a"), &url, &[]);
+    let ticks: u64 = 120;
+    let names: Vec<String> = (0..3).map(|i| format!("pr-{i}")).collect();
+    let mut agents: Vec<Proc> = names
+        .iter()
+        .map(|n| {
+            server
+                .agent(n)
+                .env("MONITOR_INTERVAL", "0.1")
+                .env("MONITOR_SHUTDOWN_TIMEOUT", "120s")
+                .arg("--count")
+                .arg(ticks.to_string())
+                .spawn()
+        })
+        .collect();
+    wait_for(
+        "a fifth of the batches stored",
+        Duration::from_secs(60),
+        || {
+            let s = stored(&pg, &url);
+            (s.len() == names.len()
+                && s.values()
+                    .all(|h| h.batches_stored_total >= (ticks / 5) as i64))
+            .then_some(())
+        },
+    );
+    assert_eq!(health_of(&server), 1, "SERVING before");
+
+    // Down: nothing acknowledged, one clear line, health says so.
+    let down_at = Instant::now();
+    pg.stop("fast");
+    wait_for("the server to say so", Duration::from_secs(30), || {
+        server
+            .proc
+            .stderr
+            .contains("batches are not acknowledged (agents keep them) until it is back")
+            .then_some(())
+    });
+    wait_for("NOT_SERVING", Duration::from_secs(30), || {
+        (health_of(&server) == 2).then_some(())
+    });
+    // Back: acknowledged again, every batch stored once.
+    pg.start();
+    wait_for("the server to see it back", Duration::from_secs(60), || {
+        server.proc.stderr.contains("is back after").then_some(())
+    });
+    println!(
+        "PostgreSQL down and back: acknowledging again {:.1} s after the stop",
+        down_at.elapsed().as_secs_f64()
+    );
+    wait_for("SERVING again", Duration::from_secs(30), || {
+        (health_of(&server) == 1).then_some(())
+    });
+    for (agent, n) in agents.iter_mut().zip(&names) {
+        wait_flushed(agent, n, Duration::from_secs(180));
+    }
+    let all = stored(&pg, &url);
+    for n in &names {
+        let want = Stored {
+            batches_stored_total: ticks as i64,
+            times: ticks as i64,
+            rows: ticks as i64,
+            runs: 1,
+        };
+        assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
+    }
+}
