@@ -39,7 +39,7 @@ tests[parsers]="--lib --test parsers --test collector"
 
 package[allowlist]=monitor-agent
 files[allowlist]="agent/src/commands/policy.rs agent/src/commands/argspec.rs agent/src/commands/allowfile.rs"
-tests[allowlist]="--lib --test policy --test allowfile"
+tests[allowlist]="--lib --test policy --test allowfile --test check_commands"
 
 package[agent-state]=monitor-agent
 files[agent-state]="agent/src/spool.rs agent/src/replay.rs agent/src/session/gate.rs"
