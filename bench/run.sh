@@ -179,6 +179,7 @@ start_server() {
     ap=$(free_port)
     mkdir -p "$out/$name"
     start "$name" "$server_bin" --listen "127.0.0.1:$sp" --admin-listen "127.0.0.1:$ap" \
+        --http-listen 127.0.0.1:0 \
         --db "$out/$name/monitor.db" --log warn
     server_pid=$last_pid
     server_url=http://127.0.0.1:$sp

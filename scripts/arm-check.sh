@@ -6,12 +6,20 @@
 # monitor-server on loopback:
 #   1. --stdout: the ARM agent reads this machine's /proc and prints all six
 #      metrics (toolchain and collectors work on the target ABI);
-#   2. the ARM agent reports to the server: `monitorctl query pi-<arch>`
-#      returns its samples under its MONITOR_HOSTNAME;
+#   2. the ARM agent enrols with a join token (`monitorctl enrol pi-<arch>`)
+#      over TLS, keeps its identity in its state directory, and reports to
+#      the server: `monitorctl query pi-<arch>` returns its samples under its
+#      MONITOR_HOSTNAME;
 #   3. commands reach it and come back: `monitorctl exec -- ping`, and an
 #      allowlisted `uname -m` that runs an ARM busybox and prints aarch64 or
 #      armv7l.
-# It also prints the stripped release size of the agent for each target.
+# It also prints the stripped release size of the agent for each target and
+# fails when one is above ARM_CHECK_MAX_AGENT_BYTES (default 2.5 MiB, the
+# budget for the agent with TLS).
+#
+# TLS comes from rustls on ring, whose C and assembly parts are compiled by
+# the cc crate: the target's Debian cross gcc is named for it (CC_<target>,
+# AR_<target>) as well as for the linker.
 #
 # armv6 (arm-unknown-linux-gnueabihf, Pi 1 and Zero): Debian has no ARMv6
 # userland, so the agent's own code is compiled for ARMv6 (std built from
@@ -28,7 +36,8 @@
 # Usage: scripts/arm-check.sh [--stdout-only] [--targets "aarch64 armv7 armv6"]
 #   --stdout-only   build and run the agents with --stdout only (no server)
 #   --targets LIST  which of aarch64, armv7, armv6 to check (default: all)
-# Environment: ARM_CHECK_TIMEOUT (seconds per wait, default 90).
+# Environment: ARM_CHECK_TIMEOUT (seconds per wait, default 90),
+# ARM_CHECK_MAX_AGENT_BYTES (default 2621440).
 set -euo pipefail
 
 repo_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,6 +56,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 timeout_s=${ARM_CHECK_TIMEOUT:-90}
+max_agent_bytes=${ARM_CHECK_MAX_AGENT_BYTES:-2621440}
 cross_dir="$repo_dir/target/debian-cross"
 export DEBIAN_FRONTEND=noninteractive
 
@@ -247,10 +257,13 @@ done
 # ---------------------------------------------------------------------------
 build_arm() {
     local t=$1 tr=${triple[$1]}
-    local linker_var
+    local linker_var cc_suffix
     linker_var="CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$tr")_LINKER"
+    cc_suffix=$(tr '-' '_' <<<"$tr")
     local extra=()
-    local envs=(RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$cross_dir" "$linker_var=${gcc_prefix[$t]}-gcc")
+    # The same cross gcc links the agent and compiles ring's C and assembly.
+    local envs=(RUSTC=/usr/bin/rustc CARGO_TARGET_DIR="$cross_dir" "$linker_var=${gcc_prefix[$t]}-gcc"
+        "CC_$cc_suffix=${gcc_prefix[$t]}-gcc" "AR_$cc_suffix=${gcc_prefix[$t]}-ar")
     if [[ ${std_mode[$t]} == build-std ]]; then
         # Debian's rustc accepts -Z flags with RUSTC_BOOTSTRAP; std comes
         # from the same version's source, panic_abort for the release profile.
@@ -284,8 +297,11 @@ done
 size_row x86_64-unknown-linux-gnu "$repo_dir/target/release/monitor-agent"
 echo
 for t in $targets; do
-    [[ $(file -b "$cross_dir/${triple[$t]}/release/monitor-agent") != *"not stripped"* ]] ||
+    bin="$cross_dir/${triple[$t]}/release/monitor-agent"
+    [[ $(file -b "$bin") != *"not stripped"* ]] ||
         fail "${triple[$t]} agent is not stripped (release profile strip = true?)"
+    (($(stat -c %s "$bin") <= max_agent_bytes)) ||
+        fail "${triple[$t]} agent is $(stat -c %s "$bin") bytes, above the budget of $max_agent_bytes"
 done
 
 # run_arm TARGET ARGS...: the target's agent under qemu-user.
@@ -361,23 +377,32 @@ free_port() {
 agent_port=$(free_port)
 admin_port=$(free_port)
 [[ $agent_port != "$admin_port" ]] || admin_port=$(free_port)
-export MONITOR_ADMIN="http://127.0.0.1:$admin_port"
+# The server makes its CA, its certificate and the local operator's
+# credential in $work/tls (beside the database) on start; monitorctl uses
+# that credential, which also names the operator API.
+export MONITOR_CREDENTIALS="$work/tls/admin.cred"
+# The operator's signing key: `monitorctl enrol` makes and registers it, so
+# the join tokens carry it and the agents run the commands it signs.
+export MONITOR_SIGNING_KEY="$work/signing.key"
 ctl() { "$ctl_bin" "$@"; }
 
-log "starting monitor-server on 127.0.0.1:$agent_port (admin 127.0.0.1:$admin_port)"
+log "starting monitor-server with TLS on 127.0.0.1:$agent_port (admin 127.0.0.1:$admin_port)"
 MONITOR_LOG=info "$server_bin" --listen "127.0.0.1:$agent_port" --admin-listen "127.0.0.1:$admin_port" \
     --db "$work/monitor.db" >"$work/server.log" 2>&1 &
 pids+=($!)
-wait_until "monitorctl hosts to answer" ctl hosts
+wait_until "the server's admin.cred and monitorctl hosts to answer" ctl hosts
 
 for t in $targets; do
     busybox=$(userland "$t")
     # The agent runs under qemu-user, which cannot turn the agent's exec of
     # an ARM program into another emulated process by itself (no binfmt_misc
     # here), so the allowlist names qemu as the program.
-    printf 'uname = /usr/bin/%s %s uname ...\n' "${qemu[$t]}" "$busybox" >"$work/commands-$t.allow"
-    log "starting the ${triple[$t]} agent under ${qemu[$t]} as pi-$t"
-    MONITOR_SERVER="http://127.0.0.1:$agent_port" MONITOR_HOSTNAME="pi-$t" MONITOR_INTERVAL=0.5 \
+    printf 'uname = /usr/bin/%s %s uname <one-of:-m|-a>*\n' "${qemu[$t]}" "$busybox" >"$work/commands-$t.allow"
+    ctl enrol "pi-$t" >"$work/token-$t" 2>"$work/enrol-$t.log" ||
+        fail "monitorctl enrol pi-$t: $(cat "$work/enrol-$t.log")"
+    log "starting the ${triple[$t]} agent under ${qemu[$t]} as pi-$t, enrolling with a join token"
+    MONITOR_JOIN="$(cat "$work/token-$t")" MONITOR_STATE_DIR="$work/state-$t" \
+        MONITOR_SERVER="https://127.0.0.1:$agent_port" MONITOR_HOSTNAME="pi-$t" MONITOR_INTERVAL=0.5 \
         MONITOR_COMMANDS_FILE="$work/commands-$t.allow" MONITOR_LOG=info \
         "${qemu[$t]}" -L "/usr/${gcc_prefix[$t]}" "$cross_dir/${triple[$t]}/release/monitor-agent" \
         >"$work/agent-$t.log" 2>&1 &
@@ -392,6 +417,10 @@ query_ok() {
 
 for t in $targets; do
     host="pi-$t"
+    wait_until "$host to enrol (its identity.pem)" test -f "$work/state-$t/identity.pem"
+    [[ $(stat -c %a "$work/state-$t/identity.pem") == 600 ]] ||
+        fail "$host: identity.pem has mode $(stat -c %a "$work/state-$t/identity.pem"), expected 600"
+    log "$host: $(grep -m 1 'enrolled:' "$work/agent-$t.log" | sed 's/^.*\] //')"
     wait_until "samples of all six metrics from $host in the server" query_ok "$host"
     log "$(json_samples "$host" 6 <"$work/query-$host.json")"
 

@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Proves the hardened units work under a real systemd: boots a debootstrap'd
-# Debian (bookworm, what Raspberry Pi OS is built on) with systemd-nspawn,
-# with monitor-server and monitor-agent installed by scripts/install.sh and
-# enabled, and checks from inside the container that
-#   - both Type=notify units become active (so READY=1 arrived) and stay
-#     active past a short watchdog (so WATCHDOG=1 keeps arriving);
+# Proves the hardened units work under a real systemd, with TLS, the way
+# docs/deploy.md deploys them: boots a debootstrap'd Debian (bookworm, what
+# Raspberry Pi OS is built on) with systemd-nspawn, and from inside the
+# container runs scripts/install.sh live and checks that
+#   - install.sh --server makes the user monitor-server and the group
+#     monitor; the server starts (Type=notify: READY=1 arrived) with
+#     LimitNOFILE=65536, its TLS directory under its StateDirectory, keys and
+#     database 0600, admin.cred 0640 group monitor: root and a member of the
+#     group run monitorctl, another user is refused (exit 3);
+#   - an agent installed without a join token exits 78 and systemd does not
+#     restart it (RestartPreventExitStatus=78);
+#   - `monitorctl enrol` + install.sh --agent --join: the agent enrols over
+#     TLS (identity.pem 0600 in its StateDirectory) with the default
+#     hostname and the token's URL, reports all six metrics and runs an
+#     allowlisted command (`uname -m`) inside its sandbox;
+#   - both stay active past a short watchdog (WATCHDOG=1 keeps arriving);
 #   - the sandbox is in force: non-root uid, no capabilities, no_new_privs,
 #     a seccomp filter;
-#   - the agent, with the default hostname, reports all six metrics to the
-#     server and runs an allowlisted command (`uname -m`) inside its sandbox;
-#   - after `kill -9` of the agent, Restart=on-failure brings it back and it
-#     reports again;
+#   - after `kill -9` of the agent, Restart=on-failure brings it back, it
+#     reports again and does not spend the used token again;
+#   - `monitorctl revoke` keeps it offline; a new token brings it back;
 #   - `systemctl stop` ends both cleanly (no SIGKILL needed).
 # The container has its own network namespace with only a loopback
 # (--private-network): nothing it does leaves the machine.
@@ -24,7 +33,7 @@
 # Usage: scripts/nspawn-check.sh [--from DIR]
 #   --from DIR   x86_64 binaries to install (default: builds target/release)
 # Environment: NSPAWN_CACHE, NSPAWN_TIMEOUT (seconds for the boot and all
-# checks, default 300), DEBIAN_MIRROR (default http://deb.debian.org/debian).
+# checks, default 420), DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
 
 repo_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,7 +50,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 cache=${NSPAWN_CACHE:-/var/cache/monitor-nspawn}
-timeout_s=${NSPAWN_TIMEOUT:-300}
+timeout_s=${NSPAWN_TIMEOUT:-420}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
 export DEBIAN_FRONTEND=noninteractive
@@ -105,23 +114,29 @@ if [[ -z $from ]]; then
     from="$repo_dir/target/release"
 fi
 
-# --- 3. A throwaway copy with everything installed and enabled -------------
+# --- 3. A throwaway copy, with what an operator would copy to the box ------
 root="$work/root"
 log "copying the base tree"
 cp -a --reflink=auto "$base" "$root"
-DESTDIR=$root scripts/install.sh --agent --server --from "$from" \
-    --server-url http://127.0.0.1:50051 >"$work/install.log" ||
-    fail "install.sh: $(cat "$work/install.log")"
-systemctl --root="$root" enable monitor-server.service monitor-agent.service >/dev/null 2>&1 ||
-    fail "systemctl --root enable"
+# What docs/deploy.md has the operator rsync to a box: the binaries,
+# scripts/, systemd/ and docs/. install.sh runs inside the container, live
+# (systemd-sysusers, daemon-reload), as it does on a Pi.
+kit="$root/root/monitor"
+mkdir -p "$kit/bin"
+cp -a scripts systemd docs "$kit/"
+for bin in monitor-agent monitor-server monitorctl; do
+    install -m 0755 "$from/$bin" "$kit/bin/$bin"
+done
 # debootstrap copied this machine's /etc/hostname; the agent must report
-# under the container's own name (its default: the kernel hostname).
+# under the container's own name (its default: the kernel hostname). The
+# server's certificate and the URL in its join tokens name it too, so it
+# resolves as on a Debian install (127.0.1.1).
 echo pi-nspawn >"$root/etc/hostname"
-# The spool lives in the agent's StateDirectory, the one path it may write.
-echo "MONITOR_SPOOL=/var/lib/monitor-agent/spool" >>"$root/etc/default/monitor-agent"
+printf '127.0.0.1 localhost\n127.0.1.1 pi-nspawn\n::1 localhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 
 # A short watchdog for the test only: the unit's 30 s would make "the
 # daemon keeps pinging" a slow check. Both daemons must ping every 1.5 s.
+# (Drop-ins before the units: install.sh's daemon-reload picks them up.)
 for unit in monitor-agent monitor-server; do
     mkdir -p "$root/etc/systemd/system/$unit.service.d"
     printf '[Service]\nWatchdogSec=3s\n' >"$root/etc/systemd/system/$unit.service.d/nspawn-check.conf"
@@ -130,11 +145,15 @@ done
 cat >"$root/usr/local/sbin/monitor-nspawn-test" <<'EOF'
 #!/bin/bash
 # Runs inside the container as a oneshot unit; writes its findings to
-# /var/log/monitor-nspawn-test.log and powers the container off.
+# /var/log/monitor-nspawn-test.log and powers the container off. Follows
+# docs/deploy.md: server install, its credential for the group monitor, an
+# agent without a token (refused, not restarted), `monitorctl enrol`, the
+# agent installed with --join, then the units' behaviour, revoke, re-enrol.
 set -uo pipefail
 out=/var/log/monitor-nspawn-test.log
 exec >"$out" 2>&1
 host=$(hostname)
+kit=/root/monitor
 say() { echo "$(date +%T) $*"; }
 finish() {
     say "RESULT: $1"
@@ -165,12 +184,95 @@ six_metrics() {
 sample_count() {
     monitorctl query "$host" --since 10m --json 2>/dev/null | grep -oE '"(metric)"' | wc -l
 }
+online() { monitorctl hosts --json 2>/dev/null | grep -qF "{\"hostname\":\"$host\",\"online\":$1"; }
+# mode_group PATH: "MODE GROUP".
+mode_group() { stat -c '%a %G' "$1"; }
 
 say "booted: $(systemctl is-system-running), host '$host', $(systemd --version | head -n 1)"
-for unit in monitor-server monitor-agent; do
-    until_ok 60 "$unit to become active (READY=1)" systemctl is-active --quiet "$unit"
-    say "$unit active, Type=$(prop $unit Type), WatchdogUSec=$(prop $unit WatchdogUSec)"
+[[ $host == pi-nspawn ]] || finish "FAIL: container hostname is '$host', expected pi-nspawn"
+
+# --- The server: install.sh --server, enable --now --------------------------
+"$kit/scripts/install.sh" --server --from "$kit/bin" >/tmp/install-server.log 2>&1 ||
+    finish "FAIL: install.sh --server: $(cat /tmp/install-server.log)"
+grep -q "monitorctl enrol HOSTNAME" /tmp/install-server.log ||
+    finish "FAIL: install.sh --server does not say how to make a join token"
+systemctl enable --now monitor-server || finish "FAIL: systemctl enable --now monitor-server"
+until_ok 60 "monitor-server to become active (READY=1)" systemctl is-active --quiet monitor-server
+say "monitor-server active, Type=$(prop monitor-server Type), WatchdogUSec=$(prop monitor-server WatchdogUSec), LimitNOFILE=$(prop monitor-server LimitNOFILE), MemoryMax=$(prop monitor-server MemoryMax)"
+[[ $(prop monitor-server LimitNOFILE) == 65536 ]] || finish "FAIL: LimitNOFILE is $(prop monitor-server LimitNOFILE)"
+# LimitNOFILE=65536 reaches the process, unless the machine the container
+# runs on caps it lower: systemd cannot raise it past PID 1's hard limit.
+pid=$(prop monitor-server MainPID)
+cap=$(awk '/^Max open files/ { print $5 }' /proc/1/limits)
+want=65536
+[[ $cap == unlimited ]] || ((cap >= want)) || want=$cap
+[[ $(awk '/^Max open files/ { print $4 }' "/proc/$pid/limits") == "$want" ]] ||
+    finish "FAIL: the server's open-file limit is not $want: $(grep 'open files' "/proc/$pid/limits")"
+say "monitor-server open-file limit: $want (LimitNOFILE=65536; PID 1's hard limit here: $cap)"
+
+# Its files: the TLS directory under its StateDirectory, group monitor, the
+# keys private, admin.cred readable by the group.
+tls=/var/lib/monitor-server/tls
+until_ok 30 "$tls/admin.cred" test -f "$tls/admin.cred"
+[[ ! -L /var/lib/monitor-server ]] || finish "FAIL: /var/lib/monitor-server is a symlink (DynamicUser= still on?)"
+for f in /var/lib/monitor-server "$tls" "$tls/admin.cred" "$tls/ca.key" "$tls/server.key" "$tls/ca.pem" /var/lib/monitor-server/monitor.db; do
+    say "$f: $(stat -c '%A %U:%G' "$f")"
 done
+[[ $(mode_group /var/lib/monitor-server) == "750 monitor" ]] || finish "FAIL: /var/lib/monitor-server is $(mode_group /var/lib/monitor-server), expected 750 monitor"
+[[ $(mode_group "$tls") == "750 monitor" ]] || finish "FAIL: $tls is $(mode_group "$tls"), expected 750 monitor"
+[[ $(mode_group "$tls/admin.cred") == "640 monitor" ]] || finish "FAIL: admin.cred is $(mode_group "$tls/admin.cred"), expected 640 monitor"
+for f in "$tls/ca.key" "$tls/server.key" /var/lib/monitor-server/monitor.db; do
+    [[ $(stat -c %a "$f") == 600 ]] || finish "FAIL: $f has mode $(stat -c %a "$f"), expected 600"
+done
+
+# monitorctl: root finds the server's credential by itself; a member of the
+# group monitor too; anyone else is refused (exit 3, no usable credential).
+until_ok 30 "monitorctl hosts (as root)" monitorctl hosts
+useradd --create-home --groups monitor alice || finish "FAIL: useradd alice"
+useradd --create-home bob || finish "FAIL: useradd bob"
+alice_out=$(runuser -u alice -- env HOME=/home/alice monitorctl hosts 2>&1) ||
+    finish "FAIL: alice (group monitor) cannot run monitorctl hosts: $alice_out"
+say "alice (group monitor): monitorctl hosts works"
+bob_status=0
+bob_out=$(runuser -u bob -- env HOME=/home/bob monitorctl hosts 2>&1) || bob_status=$?
+[[ $bob_status == 3 ]] || finish "FAIL: bob (not in group monitor) ran monitorctl hosts: exit $bob_status: $bob_out"
+say "bob (not in group monitor): refused, exit 3: $bob_out"
+
+# --- The agent without a token: exits 78, and is not restarted -------------
+"$kit/scripts/install.sh" --agent --from "$kit/bin" >/tmp/install-agent1.log 2>&1 ||
+    finish "FAIL: install.sh --agent: $(cat /tmp/install-agent1.log)"
+# The spool lives in the agent's StateDirectory, the one path it may write.
+echo "MONITOR_SPOOL=/var/lib/monitor-agent/spool" >>/etc/default/monitor-agent
+systemctl enable --now monitor-agent && finish "FAIL: monitor-agent started without being enrolled"
+until_ok 30 "monitor-agent to fail" systemctl is-failed --quiet monitor-agent
+sleep 8 # RestartSec=5s: a restart would have happened by now.
+[[ $(prop monitor-agent ExecMainStatus) == 78 ]] || finish "FAIL: unenrolled agent exited with $(prop monitor-agent ExecMainStatus), expected 78"
+[[ $(prop monitor-agent NRestarts) == 0 ]] && systemctl is-failed --quiet monitor-agent ||
+    finish "FAIL: unenrolled agent was restarted (NRestarts=$(prop monitor-agent NRestarts))"
+why=$(journalctl --no-pager -u monitor-agent -o cat | grep -m 1 'not enrolled')
+[[ -n $why ]] || finish "FAIL: the journal does not say the agent is not enrolled"
+say "agent without a token: exit 78, not restarted after 8 s; journal: $why"
+
+# --- Enrol: a token from the server, install.sh --agent --join ---------------
+# The default TLS names start with the machine's hostname, so tokens carry
+# https://pi-nspawn:50051, which the agent below uses (no --server-url).
+grep -q "server certificate for $host, " <(journalctl --no-pager -u monitor-server -o cat) ||
+    finish "FAIL: the server's certificate does not name $host: $(journalctl --no-pager -u monitor-server -o cat | grep -m 1 'server certificate for')"
+token=$(monitorctl enrol "$host" 2>/tmp/enrol.err) || finish "FAIL: monitorctl enrol $host: $(cat /tmp/enrol.err)"
+[[ $token == monitor-join-1.* ]] || finish "FAIL: monitorctl enrol printed '$token'"
+say "monitorctl enrol $host: $(cat /tmp/enrol.err)"
+"$kit/scripts/install.sh" --agent --from "$kit/bin" --join "$token" >/tmp/install-agent2.log 2>&1 ||
+    finish "FAIL: install.sh --agent --join: $(cat /tmp/install-agent2.log)"
+[[ $(stat -c %a /etc/default/monitor-agent) == 600 ]] || finish "FAIL: /etc/default/monitor-agent is not 0600"
+systemctl restart monitor-agent || finish "FAIL: systemctl restart monitor-agent (enrolled with the token)"
+until_ok 60 "monitor-agent to become active (READY=1)" systemctl is-active --quiet monitor-agent
+say "monitor-agent active, Type=$(prop monitor-agent Type), WatchdogUSec=$(prop monitor-agent WatchdogUSec)"
+say "agent: $(journalctl --no-pager -u monitor-agent -o cat | grep -m 1 'reporting to')"
+until_ok 60 "the agent's identity.pem" test -f /var/lib/monitor-agent/identity.pem
+identity=/var/lib/monitor-agent/identity.pem
+say "$identity: $(stat -L -c '%A' "$identity"), in $(readlink -f /var/lib/monitor-agent)"
+[[ $(stat -L -c %a "$identity") == 600 ]] || finish "FAIL: $identity has mode $(stat -L -c %a "$identity")"
+identity_sum=$(md5sum <"$identity")
 
 for unit in monitor-server monitor-agent; do
     pid=$(prop $unit MainPID)
@@ -188,10 +290,9 @@ for unit in monitor-server monitor-agent; do
     say "$(systemd-analyze security --no-pager "$unit" | tail -n 1)"
 done
 
-[[ $host == pi-nspawn ]] || finish "FAIL: container hostname is '$host', expected pi-nspawn"
 until_ok 60 "all six metrics from $host in the server" six_metrics
 say "server has all six metrics from $host ($(sample_count) samples)"
-for f in /var/lib/monitor-server/monitor.db /var/lib/monitor-agent/spool; do
+for f in /var/lib/monitor-agent/spool; do
     [[ -f $f ]] || finish "FAIL: $f missing (StateDirectory= not writable?)"
     say "$f: $(stat -L -c '%s bytes, owner uid %u, mode %a' "$f")"
 done
@@ -215,6 +316,9 @@ sleep 8
     finish "FAIL: monitor-server was restarted within 8 s (watchdog not pinged?)"
 say "both daemons kept their pid for 8 s under WatchdogSec=3s"
 
+# kill -9: Restart=on-failure brings the agent back; the token still in
+# /etc/default/monitor-agent is known as used, so it reconnects with the
+# identity it has (no new enrolment, identity.pem unchanged).
 before=$(sample_count)
 kill -9 "$agent_pid"
 say "sent SIGKILL to monitor-agent pid $agent_pid"
@@ -229,6 +333,24 @@ say "monitor-agent restarted: pid $(prop monitor-agent MainPID), NRestarts=$(pro
 more_samples() { [[ $(sample_count) -gt $before ]]; }
 until_ok 30 "new samples after the restart" more_samples
 say "samples after the restart: $before -> $(sample_count)"
+[[ $(md5sum <"$identity") == "$identity_sum" ]] || finish "FAIL: the restart enrolled again with the used token"
+say "the restart kept identity.pem (the used token in the settings was not spent again)"
+
+# Revoke: the server closes the agent's streams and refuses its certificate;
+# the agent stays offline until it enrols again with a new token.
+revoke_out=$(monitorctl revoke "$host" 2>&1) || finish "FAIL: monitorctl revoke $host: $revoke_out"
+say "monitorctl revoke $host: $revoke_out"
+until_ok 30 "$host to be offline after revoke" online false
+sleep 5
+online false || finish "FAIL: $host came back online with a revoked certificate"
+say "$host offline 5 s after the revoke"
+token=$(monitorctl enrol "$host" 2>/dev/null) || finish "FAIL: monitorctl enrol $host (again)"
+"$kit/scripts/install.sh" --agent --from "$kit/bin" --join "$token" >/tmp/install-agent3.log 2>&1 ||
+    finish "FAIL: install.sh --agent --join (again): $(cat /tmp/install-agent3.log)"
+systemctl restart monitor-agent || finish "FAIL: systemctl restart monitor-agent (new token)"
+until_ok 60 "$host online again after enrolling anew" online true
+[[ $(md5sum <"$identity") != "$identity_sum" ]] || finish "FAIL: the new token did not give a new identity"
+say "$host enrolled again with a new token and is online"
 
 for unit in monitor-agent monitor-server; do
     systemctl stop "$unit"
@@ -242,11 +364,12 @@ chmod 0755 "$root/usr/local/sbin/monitor-nspawn-test"
 cat >"$root/etc/systemd/system/monitor-nspawn-test.service" <<'EOF'
 [Unit]
 Description=monitor nspawn check
-After=monitor-server.service monitor-agent.service
 
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/monitor-nspawn-test
+# The script bounds each of its waits; NSPAWN_TIMEOUT bounds the whole run.
+TimeoutStartSec=infinity
 
 [Install]
 WantedBy=multi-user.target

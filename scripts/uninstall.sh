@@ -3,9 +3,13 @@
 # removes binaries, units and the installed doc.
 #
 # Like `apt remove`, it keeps the operator's settings (/etc/default/monitor-*,
-# /etc/monitor) and the server's database (/var/lib/monitor-server) unless
-# --purge is given, so a reinstall picks up where it left off. With DESTDIR=
-# it works on a staged tree and runs no systemctl.
+# /etc/monitor) and the state: the server's database and TLS directory (its
+# CA: without it every agent must enrol again) in /var/lib/monitor-server,
+# the agent's identity in /var/lib/monitor-agent, unless --purge is given, so
+# a reinstall picks up where it left off. Like a Debian package it never
+# deletes the user monitor-server or the group monitor (files elsewhere may
+# still carry their ids); it says how. With DESTDIR= it works on a staged
+# tree and runs no systemctl.
 set -euo pipefail
 
 usage() {
@@ -16,6 +20,7 @@ Usage: scripts/uninstall.sh [--agent] [--server] [--purge] [--prefix DIR]
   --server         remove monitor-server and monitorctl
                    (neither flag: both)
   --purge          also delete settings, the allowlist and stored data
+                   (the server's database and CA, the agent's identity)
   --prefix DIR     the --prefix given to install.sh (default /usr/local)
   -h, --help       this text
 
@@ -94,16 +99,23 @@ echo "Uninstalling from ${destdir:-/} (prefix $prefix)"
 if [[ $want_agent == 1 ]]; then
     stop_unit monitor-agent
     remove "$bin_dir/monitor-agent" /etc/systemd/system/monitor-agent.service
-    # DynamicUser= keeps state under /var/lib/private with a symlink.
+    # DynamicUser= keeps state (identity.pem, the spool) under
+    # /var/lib/private with a symlink.
     agent_data=(/etc/default/monitor-agent /etc/monitor /var/lib/monitor-agent /var/lib/private/monitor-agent)
     if [[ $purge == 1 ]]; then remove "${agent_data[@]}"; else keep "${agent_data[@]}"; fi
 fi
 
 if [[ $want_server == 1 ]]; then
     stop_unit monitor-server
-    remove "$bin_dir/monitor-server" "$bin_dir/monitorctl" /etc/systemd/system/monitor-server.service
+    remove "$bin_dir/monitor-server" "$bin_dir/monitorctl" /etc/systemd/system/monitor-server.service \
+        /etc/sysusers.d/monitor-server.conf
+    # /var/lib/private/monitor-server: left by an install from before the
+    # unit had a static user (DynamicUser=).
     server_data=(/etc/default/monitor-server /var/lib/monitor-server /var/lib/private/monitor-server)
     if [[ $purge == 1 ]]; then remove "${server_data[@]}"; else keep "${server_data[@]}"; fi
+    if grep -q '^monitor-server:' "$destdir/etc/passwd" 2>/dev/null; then
+        echo "  kept    the user monitor-server and the group monitor (userdel monitor-server; groupdel monitor)"
+    fi
 fi
 
 # The doc is shared: remove it once neither daemon is left.

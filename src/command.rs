@@ -198,6 +198,48 @@ pub fn check_grant(
     Ok(())
 }
 
+/// Who a grant is for: named hosts, or every host (`all_hosts`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantTargets {
+    Hosts(Vec<String>),
+    All,
+}
+
+/// Makes and signs a grant for `argv` with `timeout_ms` on `targets`, by
+/// `operator`, issued now and valid for [`DEFAULT_GRANT_TTL`], with a fresh
+/// command id: what an operator's client sends as `ExecRequest.signed`.
+pub fn sign_grant(
+    key: &crate::signing::SigningKey,
+    operator: &str,
+    argv: &[String],
+    timeout_ms: u32,
+    targets: &GrantTargets,
+) -> Result<pb::SignedCommand, crate::signing::KeyError> {
+    use prost::Message;
+    let issued = crate::time::now_unix_ms();
+    let (hosts, all_hosts) = match targets {
+        GrantTargets::Hosts(h) => (h.clone(), false),
+        GrantTargets::All => (Vec::new(), true),
+    };
+    let grant = pb::CommandGrant {
+        command_id: crate::random::random_id(),
+        argv: argv.to_vec(),
+        timeout_ms,
+        issued_unix_ms: issued,
+        expires_unix_ms: issued + DEFAULT_GRANT_TTL.as_millis() as i64,
+        hosts,
+        all_hosts,
+        operator: operator.to_owned(),
+    }
+    .encode_to_vec();
+    let signature = key.sign(&grant)?;
+    Ok(pb::SignedCommand {
+        grant,
+        signature: signature.to_vec(),
+        public_key: key.public_key().to_vec(),
+    })
+}
+
 /// How a command ended on one host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Outcome {

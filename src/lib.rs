@@ -31,3 +31,9 @@ pub mod wire;
 pub mod pb {
     tonic::include_proto!("monitor.v1");
 }
+
+/// `proto/monitor.proto` as an encoded `FileDescriptorSet` (what protox
+/// compiled at build time), for gRPC server reflection: `grpcurl list`
+/// works without a copy of the proto file.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/monitor_descriptor.bin"));

@@ -77,6 +77,17 @@ pub enum CommandArgs {
     Revoke(RevokeArgs),
     Operator(OperatorArgs),
     Key(KeyArgs),
+    Status(StatusArgs),
+}
+
+/// the server's own state: version, uptime, store queue, ingest counters,
+/// remote-write destinations
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "status")]
+pub struct StatusArgs {
+    /// one JSON object on one line
+    #[argh(switch)]
+    pub json: bool,
 }
 
 /// the operator's signing key: show its line for agents' operators files,
@@ -321,6 +332,7 @@ pub enum Command {
     OperatorList,
     KeyShow,
     KeyRegister,
+    Status { json: bool },
 }
 
 #[derive(Debug)]
@@ -391,6 +403,7 @@ impl Config {
         });
         let command = match args.command {
             CommandArgs::Hosts(a) => Command::Hosts { json: a.json },
+            CommandArgs::Status(a) => Command::Status { json: a.json },
             CommandArgs::Query(a) => Command::Query(QueryConfig::from_args(a)?),
             CommandArgs::Top(a) => Command::Top(TopConfig::from_args(a)?),
             CommandArgs::Exec(a) => Command::Exec(ExecConfig::from_args(a)?),

@@ -85,12 +85,19 @@ impl fmt::Display for CtlError {
                     _ => message.fmt(f)?,
                 }
                 if let Some(cause) = std::error::Error::source(s) {
-                    write!(
-                        f,
-                        ": {} (a server started with --insecure needs monitorctl --insecure, \
-                         and one with TLS needs it without)",
-                        monitor::cli::error_chain(cause)
-                    )?;
+                    let chain = monitor::cli::error_chain(cause);
+                    write!(f, ": {chain}")?;
+                    // A refused certificate says so in its alert; anything
+                    // else below the call is most often a plain-text client
+                    // at a TLS server or the reverse.
+                    if chain.contains("Certificate") || chain.contains("certificate") {
+                        f.write_str(" (the server refused this credential: revoked or expired?)")?;
+                    } else {
+                        f.write_str(
+                            " (a server started with --insecure needs monitorctl --insecure, \
+                             and one with TLS needs it without)",
+                        )?;
+                    }
                 }
                 Ok(())
             }

@@ -309,3 +309,65 @@ mod tests {
         );
     }
 }
+
+/// One remote-write destination in `status --json`.
+#[derive(serde::Serialize)]
+struct RemoteWriteLine<'a> {
+    url: &'a str,
+    lag_seconds: Number,
+    sent_samples: u64,
+    failed_samples: u64,
+    dropped_samples: u64,
+    refused_samples: u64,
+    too_old_samples: u64,
+    cursor: i64,
+    newest: i64,
+}
+
+/// The line of `monitorctl status --json`.
+#[derive(serde::Serialize)]
+struct StatusLine<'a> {
+    version: &'a str,
+    started: Time,
+    uptime_seconds: Number,
+    agents_connected: u32,
+    hosts_known: u32,
+    store_queued: u64,
+    batches_ingested: u64,
+    samples_ingested: u64,
+    http_listen: Option<&'a str>,
+    remote_write: Vec<RemoteWriteLine<'a>>,
+}
+
+/// Appends the `status --json` line of `s`.
+pub fn status(out: &mut Vec<u8>, s: &pb::StatusResponse) -> Result<(), serde_json::Error> {
+    line(
+        out,
+        &StatusLine {
+            version: &s.version,
+            started: Time(s.started_unix_ms),
+            uptime_seconds: Number((s.server_unix_ms - s.started_unix_ms).max(0) as f64 / 1000.0),
+            agents_connected: s.agents_connected,
+            hosts_known: s.hosts_known,
+            store_queued: s.store_queued,
+            batches_ingested: s.batches_ingested,
+            samples_ingested: s.samples_ingested,
+            http_listen: (!s.http_listen.is_empty()).then_some(s.http_listen.as_str()),
+            remote_write: s
+                .remote_write
+                .iter()
+                .map(|r| RemoteWriteLine {
+                    url: &r.url,
+                    lag_seconds: Number(r.lag_seconds),
+                    sent_samples: r.sent_samples,
+                    failed_samples: r.failed_samples,
+                    dropped_samples: r.dropped_samples,
+                    refused_samples: r.refused_samples,
+                    too_old_samples: r.too_old_samples,
+                    cursor: r.cursor,
+                    newest: r.newest,
+                })
+                .collect(),
+        },
+    )
+}

@@ -24,6 +24,7 @@ pub mod lines;
 pub mod outcome;
 pub mod query;
 pub mod signing;
+pub mod status;
 pub mod table;
 pub mod term;
 pub mod top;
@@ -69,15 +70,19 @@ async fn run_other(
     let client = &mut conn.client;
     match command {
         Command::Hosts { json } => hosts::hosts(client, json).await,
+        Command::Status { json } => status::status(client, json).await,
         Command::Query(q) => query::query(client, q).await,
         Command::Top(t) => top::top(client, t).await,
         Command::Exec(e) => exec::exec(client, e, None).await,
         Command::Cancel { id } => exec::cancel(client, id).await,
         Command::History(h) => history::history(client, h).await,
-        Command::Enrol(e) => match &e.files {
-            Some(dir) => trust::enrol_files(conn, e.hostname, dir).await,
-            None => trust::enrol(conn, e.hostname, e.ttl).await,
-        },
+        Command::Enrol(e) => {
+            signing::ensure_registered(conn, key_path).await?;
+            match &e.files {
+                Some(dir) => trust::enrol_files(conn, e.hostname, dir).await,
+                None => trust::enrol(conn, e.hostname, e.ttl).await,
+            }
+        }
         Command::Revoke { hostname } => trust::revoke(conn, hostname).await,
         Command::OperatorAdd { name, out } => trust::operator_add(conn, name, &out).await,
         Command::OperatorRemove { name } => trust::operator_remove(conn, name).await,

@@ -12,12 +12,11 @@
 
 use std::path::{Path, PathBuf};
 
-use monitor::command::DEFAULT_GRANT_TTL;
+use monitor::command::GrantTargets;
 use monitor::credential::Credential;
 use monitor::files::{self, SECRET_MODE};
 use monitor::pb;
 use monitor::signing::{OperatorKey, SigningKey};
-use prost::Message;
 
 use crate::args::{Server, Targets};
 use crate::connect::Connection;
@@ -85,24 +84,57 @@ pub async fn key_for_exec(
     })?;
     let (key, made) = load_or_create(&path)?;
     if made {
-        let line = OperatorKey {
-            name: operator_name(conn.credential.as_ref()),
-            key: key.public_key(),
-        }
-        .line();
-        term::write(
-            Stream::Stderr,
-            &format!(
-                "made a new signing key in {}; agents enrolled from now on trust it, others once \
-                 this line is in their /etc/monitor/operators:\n  {line}\n",
-                path.display()
-            ),
-        )?;
+        announce_new_key(conn, &key, &path)?;
         if conn.credential.is_some() {
             register(conn, &key).await?;
         }
     }
     Ok(key)
+}
+
+/// Before `monitorctl enrol`: the operator's key, made if missing, is
+/// registered, so the join token carries it and the new agent runs this
+/// operator's signed commands from its first connection. Without a place
+/// for a key the token is still made; the note says what that means.
+pub async fn ensure_registered(
+    conn: &mut Connection,
+    server_path: Option<PathBuf>,
+) -> Result<(), CtlError> {
+    if conn.credential.is_none() {
+        return Ok(()); // --insecure: no tokens, no registry of keys
+    }
+    let Some(path) = server_path else {
+        term::write(
+            Stream::Stderr,
+            "note: no signing key (set HOME, --signing-key or MONITOR_SIGNING_KEY): \
+             the token carries only keys already registered\n",
+        )?;
+        return Ok(());
+    };
+    let (key, made) = load_or_create(&path)?;
+    if made {
+        announce_new_key(conn, &key, &path)?;
+    }
+    register(conn, &key).await
+}
+
+/// Tells the operator a key was just made, and the line for agents
+/// enrolled before it.
+fn announce_new_key(conn: &Connection, key: &SigningKey, path: &Path) -> Result<(), CtlError> {
+    let line = OperatorKey {
+        name: operator_name(conn.credential.as_ref()),
+        key: key.public_key(),
+    }
+    .line();
+    term::write(
+        Stream::Stderr,
+        &format!(
+            "made a new signing key in {}; agents enrolled from now on trust it, others once \
+             this line is in their /etc/monitor/operators:\n  {line}\n",
+            path.display()
+        ),
+    )?;
+    Ok(())
 }
 
 /// A signed grant for `argv` with `timeout_ms` on `targets`.
@@ -113,30 +145,12 @@ pub fn sign(
     timeout_ms: u32,
     targets: &Targets,
 ) -> Result<pb::SignedCommand, CtlError> {
-    let issued = monitor::time::now_unix_ms();
-    let (hosts, all_hosts) = match targets {
-        Targets::Hosts(h) => (h.clone(), false),
-        Targets::All => (Vec::new(), true),
+    let targets = match targets {
+        Targets::Hosts(h) => GrantTargets::Hosts(h.clone()),
+        Targets::All => GrantTargets::All,
     };
-    let grant = pb::CommandGrant {
-        command_id: monitor::random::random_id(),
-        argv: argv.to_vec(),
-        timeout_ms,
-        issued_unix_ms: issued,
-        expires_unix_ms: issued + DEFAULT_GRANT_TTL.as_millis() as i64,
-        hosts,
-        all_hosts,
-        operator: operator.to_owned(),
-    }
-    .encode_to_vec();
-    let signature = key
-        .sign(&grant)
-        .map_err(|e| CtlError::Credential(e.to_string()))?;
-    Ok(pb::SignedCommand {
-        grant,
-        signature: signature.to_vec(),
-        public_key: key.public_key().to_vec(),
-    })
+    monitor::command::sign_grant(key, operator, argv, timeout_ms, &targets)
+        .map_err(|e| CtlError::Credential(e.to_string()))
 }
 
 /// The operator's name as grants give it.
@@ -163,6 +177,8 @@ pub fn show(path: Option<PathBuf>, credential: Option<&Credential>) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use monitor::command::DEFAULT_GRANT_TTL;
+    use prost::Message;
 
     #[test]
     fn a_grant_is_signed_for_exactly_what_was_asked() {

@@ -119,6 +119,21 @@ impl Admin for Hostile {
         Err(Status::unavailable("\x1b[2Jgone"))
     }
 
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(pb::StatusResponse {
+            version: EVIL_HOST.into(),
+            http_listen: EVIL_HOST.into(),
+            remote_write: vec![pb::RemoteWriteStatus {
+                url: EVIL_HOST.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }))
+    }
+
     async fn create_join_token(
         &self,
         _: Request<pb::CreateJoinTokenRequest>,
@@ -294,6 +309,27 @@ async fn tables_and_errors_show_server_strings_escaped() {
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr, "monitorctl: server unavailable: \\x1b[2Jgone\n");
+
+    let out = ctl(&url, &["status"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("version           {EVIL_HOST_SHOWN}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("remote-write      {EVIL_HOST_SHOWN}: ")),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "{text}");
+    let out = ctl(&url, &["status", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        line.starts_with("{\"version\":\"evil\\u001b[2J\","),
+        "{line}"
+    );
+    assert!(!line.contains('\x1b'), "{line}");
 
     let out = ctl(&url, &["cancel", "c1"]).await;
     assert_eq!(out.status.code(), Some(0));

@@ -23,7 +23,9 @@ use crate::commands::CommandRouter;
 use crate::enrolment::Enrolment;
 use crate::listener::PeerInfo;
 use crate::registry::{LiveHost, Registry};
+use crate::remote_write::AllStats;
 use crate::store::{HostRecord, SampleQuery, Store, StoreError};
+use crate::telemetry::Telemetry;
 use crate::tls::Role;
 
 /// The operator name commands are recorded under with `--insecure`.
@@ -41,6 +43,12 @@ pub struct AdminService {
     pub router: Arc<CommandRouter>,
     /// Certificates and tokens; `None` with `--insecure`.
     pub enrolment: Option<Arc<Enrolment>>,
+    /// The server's own counters (for `Status`).
+    pub telemetry: Arc<Telemetry>,
+    /// Each remote-write destination's counters (for `Status`).
+    pub remote_write: AllStats,
+    /// The HTTP listener's address, if on (for `Status`).
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// Maps a store error to a status the operator can act on.
@@ -383,6 +391,44 @@ impl Admin for AdminService {
         let hosts = self.router.cancel(&id);
         log::info!("operator {operator} cancelled command {id}");
         Ok(Response::new(pb::CancelResponse { hosts }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.operator(&request)?;
+        let hosts_known = self.store.hosts().await.map_err(status_of)?.len();
+        let agents_connected = self.registry.snapshot().iter().filter(|l| l.online).count();
+        let now = monitor::time::now_unix_ms();
+        let t = &self.telemetry;
+        Ok(Response::new(pb::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_unix_ms: t.started_unix_ms,
+            server_unix_ms: now,
+            agents_connected: u32::try_from(agents_connected).unwrap_or(u32::MAX),
+            hosts_known: u32::try_from(hosts_known).unwrap_or(u32::MAX),
+            store_queued: self.store.queued() as u64,
+            batches_ingested: t.batches_stored.load(Relaxed),
+            samples_ingested: t.samples_stored.load(Relaxed),
+            remote_write: self
+                .remote_write
+                .iter()
+                .map(|s| pb::RemoteWriteStatus {
+                    url: s.url.clone(),
+                    lag_seconds: s.lag_seconds(now),
+                    sent_samples: s.sent_samples.load(Relaxed),
+                    failed_samples: s.failed_samples.load(Relaxed),
+                    dropped_samples: s.dropped_samples(),
+                    refused_samples: s.refused_samples.load(Relaxed),
+                    too_old_samples: s.too_old_samples.load(Relaxed),
+                    cursor: s.cursor.load(Relaxed),
+                    newest: s.newest.load(Relaxed),
+                })
+                .collect(),
+            http_listen: self.http_listen.map(|a| a.to_string()).unwrap_or_default(),
+        }))
     }
 
     async fn history(

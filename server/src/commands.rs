@@ -26,6 +26,7 @@ use tonic::Status;
 
 use crate::registry::Registry;
 use crate::store::{CommandRecord, CommandResultRecord, Store};
+use crate::telemetry::Telemetry;
 
 /// Why a command cannot be sent to a host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,6 +129,8 @@ pub struct CommandRouter {
     registry: Arc<Registry>,
     store: Store,
     inflight: Mutex<HashMap<String, Inflight>>,
+    /// Final results counted by outcome, if the server keeps counters.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 fn finished_event(host: &str, id: &str, finished: &Finished) -> pb::ExecEvent {
@@ -144,7 +147,14 @@ impl CommandRouter {
             registry,
             store,
             inflight: Mutex::new(HashMap::new()),
+            telemetry: None,
         }
+    }
+
+    /// Counts every final result by outcome in `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<Telemetry>) -> CommandRouter {
+        self.telemetry = Some(telemetry);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Inflight>> {
@@ -481,6 +491,9 @@ impl CommandRouter {
 
     /// Records a final result in the background (it never delays a stream).
     fn record_result(&self, id: &str, hostname: &str, finished: Finished) {
+        if let Some(t) = &self.telemetry {
+            t.command_finished(finished.outcome);
+        }
         let record = CommandResultRecord {
             command_id: id.to_owned(),
             hostname: hostname.to_owned(),

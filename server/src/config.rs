@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use argh::FromArgs;
 pub use monitor::config::ConfigError;
-use monitor::config::{Env, pick};
+use monitor::config::{Env, Raw, pick};
+
+use crate::remote_write::{self, DestinationSpec};
 
 /// Accepts monitor agents, stores their samples in an embedded SQLite
 /// store, and serves the operator API that monitorctl uses.
@@ -53,7 +55,24 @@ pub struct Args {
     /// thirds of it (MONITOR_AGENT_CERT_LIFETIME; default 90d)
     #[argh(option)]
     pub agent_cert_lifetime: Option<String>,
-    /// serve both listeners in plain text with no authentication: anyone
+    /// address of the HTTP listener: /metrics for Prometheus
+    /// (MONITOR_HTTP_LISTEN; default 127.0.0.1:50053; "off" for none)
+    #[argh(option)]
+    pub http_listen: Option<String>,
+    /// a file whose first line is a bearer token /metrics accepts, besides
+    /// metrics.token in the TLS directory (MONITOR_METRICS_TOKEN_FILE)
+    #[argh(option)]
+    pub metrics_token_file: Option<PathBuf>,
+    /// send every stored sample to this Prometheus remote-write receiver:
+    /// URL[;bearer-token-file=F][;basic-auth-file=F][;ca-file=F]; repeat
+    /// for several (MONITOR_REMOTE_WRITE, comma-separated)
+    #[argh(option)]
+    pub remote_write: Vec<String>,
+    /// how far remote-write may fall behind before older samples are
+    /// dropped, counted and logged (MONITOR_REMOTE_WRITE_MAX_LAG; default 1h)
+    #[argh(option)]
+    pub remote_write_max_lag: Option<String>,
+    /// serve every listener in plain text with no authentication: anyone
     /// who reaches them is an agent or an operator (MONITOR_INSECURE=1)
     #[argh(switch)]
     pub insecure: bool,
@@ -75,6 +94,13 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// `None`: plain text, no authentication (`--insecure`).
     pub tls: Option<TlsConfig>,
+    /// The HTTP listener (`/metrics`); `None`: off.
+    pub http_listen: Option<SocketAddr>,
+    /// Another bearer token file `/metrics` accepts.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Remote-write receivers, in the order given.
+    pub remote_write: Vec<DestinationSpec>,
+    pub remote_write_max_lag: Duration,
     pub log_level: log::LevelFilter,
 }
 
@@ -92,10 +118,14 @@ pub struct TlsConfig {
 /// An agent's certificate lives this long by default.
 pub const DEFAULT_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 
-/// This machine's hostname, from the kernel.
+/// This machine's hostname, from the kernel by uname(2): not from
+/// /proc/sys/kernel/hostname, which the unit's `ProcSubset=pid` hides (the
+/// certificate then lacked the hostname, and join tokens carried
+/// https://localhost:50051).
 fn machine_hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    nix::unistd::gethostname()
         .ok()
+        .and_then(|h| h.into_string().ok())
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty() && monitor::wire::valid_hostname(h))
 }
@@ -122,6 +152,10 @@ impl Config {
             retention: Duration::from_secs(7 * 86_400),
             max_clock_skew: Duration::from_secs(30),
             tls: None,
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            metrics_token_file: None,
+            remote_write: Vec::new(),
+            remote_write_max_lag: remote_write::DEFAULT_MAX_LAG,
             log_level: log::LevelFilter::Info,
         }
     }
@@ -270,6 +304,60 @@ impl Config {
                 agent_cert_lifetime,
             })
         };
+        let http_listen = match pick(args.http_listen, "http-listen", "MONITOR_HTTP_LISTEN", env) {
+            Some(raw) if raw.value.trim() == "off" => None,
+            Some(raw) => Some(raw.socket_addr()?),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 50053))),
+        };
+        let metrics_token_file = args.metrics_token_file.or_else(|| {
+            env("MONITOR_METRICS_TOKEN_FILE")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        });
+        let specs: Vec<Raw> = if args.remote_write.is_empty() {
+            env("MONITOR_REMOTE_WRITE")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Raw {
+                    source: "MONITOR_REMOTE_WRITE".into(),
+                    value: s.to_owned(),
+                })
+                .collect()
+        } else {
+            args.remote_write
+                .into_iter()
+                .map(|value| Raw {
+                    source: "--remote-write".into(),
+                    value,
+                })
+                .collect()
+        };
+        let mut remote_write = Vec::with_capacity(specs.len());
+        for raw in specs {
+            let spec = remote_write::destination::parse(&raw.value).map_err(|why| {
+                raw.error(&format!(
+                    "URL[;bearer-token-file=F][;basic-auth-file=F][;ca-file=F] ({why})"
+                ))
+            })?;
+            if remote_write
+                .iter()
+                .any(|d: &DestinationSpec| d.url == spec.url)
+            {
+                return Err(raw.error("each remote-write URL once"));
+            }
+            remote_write.push(spec);
+        }
+        let remote_write_max_lag = match pick(
+            args.remote_write_max_lag,
+            "remote-write-max-lag",
+            "MONITOR_REMOTE_WRITE_MAX_LAG",
+            env,
+        ) {
+            Some(raw) => raw.duration(Duration::from_secs(10), Duration::from_secs(30 * 86_400))?,
+            None => remote_write::DEFAULT_MAX_LAG,
+        };
         Ok(Config {
             listen,
             admin_listen,
@@ -277,6 +365,10 @@ impl Config {
             retention,
             max_clock_skew,
             tls,
+            http_listen,
+            metrics_token_file,
+            remote_write,
+            remote_write_max_lag,
             log_level,
         })
     }
@@ -359,6 +451,56 @@ mod tests {
             e.to_string(),
             "--public-url: expected an https:// URL like https://monitor.lan:50051, got 'http://x:1'"
         );
+    }
+
+    #[test]
+    fn http_and_remote_write() {
+        let c = parse(&[], &[]).unwrap();
+        assert_eq!(c.http_listen, Some("127.0.0.1:50053".parse().unwrap()));
+        assert!(c.remote_write.is_empty());
+        assert_eq!(c.remote_write_max_lag, remote_write::DEFAULT_MAX_LAG);
+        let c = parse(
+            &[
+                "--http-listen",
+                "off",
+                "--remote-write",
+                "http://a:1/w;ca-file=/c",
+            ],
+            &[("MONITOR_REMOTE_WRITE", "http://ignored:1/w")],
+        )
+        .unwrap();
+        assert_eq!(c.http_listen, None);
+        assert_eq!(c.remote_write.len(), 1);
+        assert_eq!(c.remote_write[0].url, "http://a:1/w");
+        let c = parse(
+            &[],
+            &[
+                (
+                    "MONITOR_REMOTE_WRITE",
+                    "http://a:1/w, https://b:2/w;bearer-token-file=/t",
+                ),
+                ("MONITOR_REMOTE_WRITE_MAX_LAG", "10m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.remote_write.len(), 2);
+        assert_eq!(c.remote_write_max_lag, Duration::from_secs(600));
+        let e = parse(&["--remote-write", "ftp://x/y"], &[]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("--remote-write: expected URL["),
+            "{e}"
+        );
+        let e = parse(
+            &[
+                "--remote-write",
+                "http://a/w",
+                "--remote-write",
+                "http://a/w",
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("each remote-write URL once"), "{e}");
     }
 
     #[test]

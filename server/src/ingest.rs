@@ -45,6 +45,7 @@ use crate::enrolment::Enrolment;
 use crate::listener::PeerInfo;
 use crate::registry::Registry;
 use crate::store::{IncomingBatch, Store, StoreError, StoredSample, SubmitOutcome};
+use crate::telemetry::{Enrolled, Refusal, Telemetry};
 use crate::tls::{Identity, Role, Trust};
 
 /// Batches of one stream queued to the store and not yet acknowledged.
@@ -65,6 +66,8 @@ pub struct CollectorService {
     pub stopping: watch::Receiver<bool>,
     /// Certificates and tokens; `None` with `--insecure`.
     pub enrolment: Option<Arc<Enrolment>>,
+    /// Refusals and enrolments, counted for `/metrics`.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// The agent a request comes from, by its certificate.
@@ -155,6 +158,7 @@ impl CollectorService {
         received_unix_ms: i64,
     ) -> Result<Pending, StoreError> {
         let registry = Arc::clone(&self.registry);
+        let telemetry = Arc::clone(&self.telemetry);
         let (boot_id, seq) = (batch.boot_id, batch.seq);
         let clock_offset_ms = batch.clock_offset_ms;
         let parse_errors_total = batch.counters.parse_errors_total;
@@ -197,6 +201,7 @@ impl CollectorService {
                 }
                 // Refused for good: the agent frees it and logs why.
                 Ok(SubmitOutcome::Conflict(conflict)) => {
+                    telemetry.refused(Refusal::Conflict);
                     let refused = registry.batch_conflicting(&hostname);
                     log::warn!(
                         "{hostname}: refused batch {seq} (boot {boot_id:016x}): {conflict}; \
@@ -206,7 +211,10 @@ impl CollectorService {
                 }
                 // Not stored: code UNAVAILABLE ends the stream (below) and
                 // the agent re-sends after reconnecting.
-                Err(e) => ack(pb::AckCode::Unavailable, e.to_string()),
+                Err(e) => {
+                    telemetry.refused(Refusal::Unavailable);
+                    ack(pb::AckCode::Unavailable, e.to_string())
+                }
             }
         }))
     }
@@ -235,8 +243,12 @@ impl Collector for CollectorService {
             ));
         };
         let peer = PeerInfo::of(&request).addr.to_string();
-        let answer = enrolment.enrol(&peer, request.into_inner()).await?;
-        Ok(Response::new(answer))
+        let answer = enrolment.enrol(&peer, request.into_inner()).await;
+        self.telemetry.enrolment(match answer {
+            Ok(_) => Enrolled::Enrolled,
+            Err(_) => Enrolled::Refused,
+        });
+        Ok(Response::new(answer?))
     }
 
     async fn renew(
@@ -249,15 +261,21 @@ impl Collector for CollectorService {
                 "this server runs with --insecure: there is no certificate to renew",
             ));
         };
-        let answer = enrolment.renew(id, request.into_inner()).await?;
-        Ok(Response::new(answer))
+        let answer = enrolment.renew(id, request.into_inner()).await;
+        self.telemetry.enrolment(match answer {
+            Ok(_) => Enrolled::Renewed,
+            Err(_) => Enrolled::Refused,
+        });
+        Ok(Response::new(answer?))
     }
 
     async fn report(
         &self,
         request: Request<Streaming<pb::Batch>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self
+            .caller(&request)
+            .inspect_err(|_| self.telemetry.refused(Refusal::Unauthenticated))?;
         let peer = caller.peer.clone();
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(MAX_PENDING);
@@ -300,6 +318,7 @@ impl Collector for CollectorService {
                         match validate_batch(batch, received, service.max_clock_skew_ms) {
                             Ok(mut valid) => {
                                 if let Err(status) = caller.check_host(&valid.hostname, "batch") {
+                                    service.telemetry.refused(Refusal::WrongHost);
                                     log::warn!("{peer}: {}", status.message());
                                     break Err(status);
                                 }
@@ -332,6 +351,7 @@ impl Collector for CollectorService {
                                 }
                             }
                             Err(invalid) => {
+                                service.telemetry.refused(Refusal::Invalid);
                                 log::warn!(
                                     "{peer}: rejected batch {seq}: {}",
                                     monitor::text::Escaped::capped(&invalid.to_string())

@@ -1,11 +1,12 @@
-//! The server's own accept loop, in front of tonic: connection caps, the
-//! TLS handshake and the HTTP/2 preface within a deadline, and who the
-//! peer is.
+//! The server's own accept loop, in front of tonic and the HTTP listener:
+//! connection caps, the TLS handshake and the first bytes (the HTTP/2
+//! preface on the gRPC listeners, any request on the HTTP one) within a
+//! deadline, and who the peer is.
 //!
 //! Every listener goes through here. A connection costs a descriptor from
 //! accept to close, so a stranger who opens sockets and sends nothing must
 //! not be able to take them all: connections that have not yet completed
-//! the handshake *and* sent the HTTP/2 preface are "pending", capped in
+//! the handshake *and* sent their first bytes ([`Preface`]) are "pending", capped in
 //! total and per source address, and dropped after
 //! [`Limits::handshake_timeout`]; established connections are capped too.
 //! Each listener has its own caps, so a flood on the agents' port leaves
@@ -38,6 +39,18 @@ use crate::tls::{Identity, Role, Trust, fingerprint};
 /// What every HTTP/2 connection starts with (RFC 9113, 3.4).
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// What a listener expects a new connection to send first, before it
+/// counts as established.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preface {
+    /// The HTTP/2 client preface (the gRPC listeners: gRPC is HTTP/2 only,
+    /// so anything else is refused before tonic sees it).
+    Http2,
+    /// At least one byte of anything (the HTTP listener: Prometheus and
+    /// browsers speak HTTP/1.1, some HTTP/2; hyper tells them apart).
+    AnyHttp,
+}
+
 /// How many connections a listener takes, and how long a new one has to
 /// prove itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,10 +75,19 @@ impl Limits {
         handshake_timeout: Duration::from_secs(10),
     };
 
-    /// The operator API and the HTTP listener: a few people and scrapers.
+    /// The operator API: a few people and scripts.
     pub const OPERATORS: Limits = Limits {
         max_connections: 256,
         max_pending: 64,
+        max_pending_per_ip: 16,
+        handshake_timeout: Duration::from_secs(10),
+    };
+
+    /// The HTTP listener: a few scrapers (Prometheus keeps one connection
+    /// per target) and browsers (a handful of connections each).
+    pub const HTTP: Limits = Limits {
+        max_connections: 128,
+        max_pending: 32,
         max_pending_per_ip: 16,
         handshake_timeout: Duration::from_secs(10),
     };
@@ -109,8 +131,8 @@ enum Io {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// An accepted connection: its first bytes (the preface, read to check
-/// it) are replayed to tonic before the rest of the stream.
+/// An accepted connection: its first bytes (read to check them) are
+/// replayed to tonic or hyper before the rest of the stream.
 pub struct Conn {
     io: Io,
     replay: Vec<u8>,
@@ -253,14 +275,22 @@ impl Drop for PendingGuard {
     }
 }
 
+impl Conn {
+    /// Who is on the other end.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.info
+    }
+}
+
 /// Accepts on `listener` until `stop` turns true, and hands each connection
-/// that completed its handshake and preface to the returned stream (give
-/// it to tonic's `serve_with_incoming_shutdown`).
+/// that completed its handshake and sent its `preface` to the returned
+/// stream (give it to tonic's `serve_with_incoming_shutdown`, or serve it
+/// with hyper).
 pub fn incoming(
     listener: TcpListener,
     name: &'static str,
     tls: Option<TlsSetup>,
-    limits: Limits,
+    (limits, preface): (Limits, Preface),
     mut stop: watch::Receiver<bool>,
 ) -> ReceiverStream<Result<Conn, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
@@ -313,11 +343,11 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let handshake = establish(tcp, addr, acceptor, tls.as_ref());
+                let handshake = establish(tcp, addr, acceptor, tls.as_ref(), preface);
                 let conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-                    Ok(Ok((io, info))) => Conn {
+                    Ok(Ok((io, info, replay))) => Conn {
                         io,
-                        replay: H2_PREFACE.to_vec(),
+                        replay,
                         replayed: 0,
                         info,
                         _slot: slot,
@@ -327,7 +357,9 @@ pub fn incoming(
                         return;
                     }
                     Err(_) => {
-                        log::debug!("{name}: {addr}: no handshake and preface within the deadline");
+                        log::debug!(
+                            "{name}: {addr}: no handshake and first bytes within the deadline"
+                        );
                         return;
                     }
                 };
@@ -339,14 +371,15 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
-/// The TLS handshake (if any), then the HTTP/2 preface.
+/// The TLS handshake (if any), then the first bytes the listener expects
+/// (returned, to be replayed).
 async fn establish(
     tcp: TcpStream,
     addr: SocketAddr,
     acceptor: Option<TlsAcceptor>,
     tls: Option<&TlsSetup>,
-) -> io::Result<(Io, PeerInfo)> {
-    let mut preface = [0u8; 24];
+    preface: Preface,
+) -> io::Result<(Io, PeerInfo, Vec<u8>)> {
     match (acceptor, tls) {
         (Some(acceptor), Some(tls)) => {
             let mut stream = acceptor.accept(tcp).await?;
@@ -356,21 +389,49 @@ async fn establish(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| tls.trust.identify(&fingerprint(c), tls.role).ok());
-            stream.read_exact(&mut preface).await?;
-            check_preface(&preface)?;
-            Ok((Io::Tls(Box::new(stream)), PeerInfo { addr, identity }))
+            let first = read_preface(&mut stream, preface).await?;
+            Ok((
+                Io::Tls(Box::new(stream)),
+                PeerInfo { addr, identity },
+                first,
+            ))
         }
         _ => {
             let mut tcp = tcp;
-            tcp.read_exact(&mut preface).await?;
-            check_preface(&preface)?;
-            Ok((
-                Io::Plain(tcp),
-                PeerInfo {
-                    addr,
-                    identity: None,
-                },
-            ))
+            let first = read_preface(&mut tcp, preface).await?;
+            let info = PeerInfo {
+                addr,
+                identity: None,
+            };
+            Ok((Io::Plain(tcp), info, first))
+        }
+    }
+}
+
+/// Reads what a connection must send first: the whole HTTP/2 preface, or
+/// at least one byte.
+async fn read_preface(
+    stream: &mut (impl AsyncRead + Unpin),
+    preface: Preface,
+) -> io::Result<Vec<u8>> {
+    match preface {
+        Preface::Http2 => {
+            let mut got = [0u8; 24];
+            stream.read_exact(&mut got).await?;
+            check_preface(&got)?;
+            Ok(got.to_vec())
+        }
+        Preface::AnyHttp => {
+            let mut first = vec![0u8; 1024];
+            let n = stream.read(&mut first).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before sending anything",
+                ));
+            }
+            first.truncate(n);
+            Ok(first)
         }
     }
 }

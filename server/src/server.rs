@@ -23,15 +23,20 @@ use monitor::pb::collector_server::CollectorServer;
 use monitor::sd_notify::Notifier;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::Routes;
 use tonic::transport::Server;
 
 use crate::admin::AdminService;
 use crate::commands::CommandRouter;
 use crate::config::Config;
+use crate::health::{self, ReflectionGate};
+use crate::http;
 use crate::ingest::CollectorService;
-use crate::listener::{self, Limits};
+use crate::listener::{self, Limits, Preface};
 use crate::registry::Registry;
+use crate::remote_write;
 use crate::store::{SqliteConfig, Store, StoreError};
+use crate::telemetry::Telemetry;
 use crate::tls::setup::{self, SetupError};
 
 /// Longest a graceful stop waits for connections to finish.
@@ -58,6 +63,8 @@ pub enum ServerError {
     Store(StoreError),
     Tls(SetupError),
     Serve(tonic::transport::Error),
+    /// The HTTP listener's or remote-write's set-up.
+    Setup(String),
 }
 
 impl fmt::Display for ServerError {
@@ -67,6 +74,7 @@ impl fmt::Display for ServerError {
             ServerError::Store(e) => write!(f, "{e}"),
             ServerError::Tls(e) => write!(f, "{e}"),
             ServerError::Serve(e) => write!(f, "serving: {e}"),
+            ServerError::Setup(e) => write!(f, "{e}"),
         }
     }
 }
@@ -78,14 +86,17 @@ impl std::error::Error for ServerError {
             ServerError::Store(e) => Some(e),
             ServerError::Tls(e) => Some(e),
             ServerError::Serve(e) => Some(e),
+            ServerError::Setup(_) => None,
         }
     }
 }
 
-/// The two bound sockets.
+/// The bound sockets.
 pub struct Listeners {
     pub agents: TcpListener,
     pub admin: TcpListener,
+    /// `None` with `--http-listen off`.
+    pub http: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -98,6 +109,10 @@ impl Listeners {
         Ok(Listeners {
             agents: bind(config.listen).await?,
             admin: bind(config.admin_listen).await?,
+            http: match config.http_listen {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            },
         })
     }
 
@@ -107,6 +122,10 @@ impl Listeners {
 
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
         self.admin.local_addr()
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -132,6 +151,9 @@ pub async fn run(
     {
         store_config.merge_interval = Duration::from_millis(ms);
     }
+    let telemetry = Arc::new(Telemetry::new(monitor::time::now_unix_ms()));
+    let (stored_tx, stored_rx) = watch::channel(0u64);
+    store_config.observer = Some(telemetry.flush_observer(stored_tx));
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
         .map_err(|e| ServerError::Store(StoreError::Writer(std::io::Error::other(e.to_string()))))?
@@ -145,8 +167,20 @@ pub async fn run(
     // Every host starts offline: the registry only knows who connects
     // from now on; what the store knows of each host stays in the store.
     let registry = Arc::new(Registry::default());
-    let router = Arc::new(CommandRouter::new(Arc::clone(&registry), store.clone()));
+    let router = Arc::new(
+        CommandRouter::new(Arc::clone(&registry), store.clone())
+            .with_telemetry(Arc::clone(&telemetry)),
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
+    let forwarding = remote_write::start(
+        &store,
+        &config.remote_write,
+        config.remote_write_max_lag,
+        stored_rx,
+        stop_rx.clone(),
+    )
+    .await
+    .map_err(ServerError::Setup)?;
     let agents_addr = listeners.agents_addr().ok();
     let admin_addr = listeners.admin_addr().ok();
     let secured = match &config.tls {
@@ -160,8 +194,8 @@ pub async fn run(
         }
         None => {
             log::warn!(
-                "--insecure: both listeners speak plain text with no authentication; anyone \
-                 who reaches them is an agent or an operator"
+                "--insecure: every listener speaks plain text with no authentication; anyone \
+                 who reaches them is an agent or an operator, and /metrics is open"
             );
             None
         }
@@ -174,12 +208,16 @@ pub async fn run(
         max_clock_skew_ms: config.max_clock_skew.as_millis() as i64,
         stopping: stop_rx.clone(),
         enrolment: enrolment.clone(),
+        telemetry: Arc::clone(&telemetry),
     };
     let admin = AdminService {
         store: store.clone(),
         registry: Arc::clone(&registry),
         router: Arc::clone(&router),
         enrolment: enrolment.clone(),
+        telemetry: Arc::clone(&telemetry),
+        remote_write: Arc::clone(&forwarding.stats),
+        http_listen: listeners.http_addr(),
     };
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -188,16 +226,88 @@ pub async fn run(
         listeners.agents,
         "agents",
         secured.as_ref().map(|s| s.agents.clone()),
-        Limits::AGENTS,
+        (Limits::AGENTS, Preface::Http2),
         stop_rx.clone(),
     );
     let admin_incoming = listener::incoming(
         listeners.admin,
         "operator API",
         secured.as_ref().map(|s| s.admin.clone()),
-        Limits::OPERATORS,
+        (Limits::OPERATORS, Preface::Http2),
         stop_rx.clone(),
     );
+    // Health (no certificate needed) and reflection (the listener's own
+    // authentication) beside each listener's service: see health.rs.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let gate = |t: Option<&listener::TlsSetup>| ReflectionGate {
+        trust: t.map(|t| Arc::clone(&t.trust)),
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| ServerError::Setup(format!("gRPC reflection: {e}"));
+    let agent_routes = health::add_reflection(
+        Routes::new(
+            CollectorServer::new(collector).max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
+        )
+        .add_service(health_service.clone()),
+        gate(secured.as_ref().map(|s| &s.agents)),
+    )
+    .map_err(reflection_error)?;
+    let admin_routes = health::add_reflection(
+        Routes::new(AdminServer::new(admin)).add_service(health_service),
+        gate(secured.as_ref().map(|s| &s.admin)),
+    )
+    .map_err(reflection_error)?;
+    let health_watch = tokio::spawn(health::watch(
+        health_reporter,
+        Arc::clone(&telemetry),
+        stop_rx.clone(),
+    ));
+    let http = match listeners.http {
+        Some(l) => {
+            let addr = l.local_addr().ok();
+            let auth = match &secured {
+                Some(s) => {
+                    let dir = config.tls.as_ref().map(|t| t.dir.as_path());
+                    http::Auth::required(
+                        dir.unwrap_or(std::path::Path::new("tls")),
+                        config.metrics_token_file.as_deref(),
+                        Arc::clone(&s.http.trust),
+                    )
+                    .map_err(|e| ServerError::Setup(e.to_string()))?
+                }
+                None => http::Auth::open(),
+            };
+            let state = http::HttpState {
+                store: store.clone(),
+                registry: Arc::clone(&registry),
+                telemetry: Arc::clone(&telemetry),
+                remote_write: Arc::clone(&forwarding.stats),
+                auth: Arc::new(auth),
+                proc_root: "/proc".into(),
+            };
+            let incoming = listener::incoming(
+                l,
+                "HTTP",
+                secured.as_ref().map(|s| s.http.clone()),
+                (Limits::HTTP, Preface::AnyHttp),
+                stop_rx.clone(),
+            );
+            if let Some(a) = addr {
+                let how = if secured.is_some() {
+                    "https, bearer token or operator certificate"
+                } else {
+                    "plain http, no authentication"
+                };
+                log::info!("HTTP listener on {a} ({how}): /metrics");
+            }
+            Some(tokio::spawn(http::serve(
+                incoming,
+                http::router(state),
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let (keepalive_interval, keepalive_timeout) = monitor::keepalive::from_env();
     let agents = Server::builder()
         .tcp_nodelay(true)
@@ -206,13 +316,11 @@ pub async fn run(
         .max_concurrent_streams(Some(MAX_STREAMS_PER_AGENT))
         .initial_stream_window_size(Some(AGENT_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(AGENT_CONNECTION_WINDOW_BYTES))
-        .add_service(
-            CollectorServer::new(collector).max_decoding_message_size(MAX_AGENT_MESSAGE_BYTES),
-        )
+        .add_routes(agent_routes)
         .serve_with_incoming_shutdown(agents_incoming, stopped(stop_rx.clone()));
     let admin = Server::builder()
         .tcp_nodelay(true)
-        .add_service(AdminServer::new(admin))
+        .add_routes(admin_routes)
         .serve_with_incoming_shutdown(admin_incoming, stopped(stop_rx.clone()));
     let mut agents = tokio::spawn(agents);
     let mut admin = tokio::spawn(admin);
@@ -282,10 +390,40 @@ pub async fn run(
     if let Some(p) = pruner {
         p.abort();
     }
+    // The forwarders stop at their next wait; one in the middle of a
+    // request is cut off (its batches are sent again after a restart).
+    let forwarders = futures_join(forwarding.tasks);
+    if tokio::time::timeout(DRAIN_TIMEOUT, forwarders)
+        .await
+        .is_err()
+    {
+        log::warn!("remote-write still sending after {DRAIN_TIMEOUT:?}; stopped");
+    }
+    if let Some(h) = http {
+        let _ = h.await;
+    }
+    let _ = health_watch.await;
     store.close().await.map_err(ServerError::Store)?;
     log::info!("store closed");
     match serve_error {
         Some(Ok(Err(e))) => Err(ServerError::Serve(e)),
         _ => Ok(()),
+    }
+}
+
+/// Waits for every task of `tasks`, aborting those still running when the
+/// returned future is dropped.
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                t.abort();
+            }
+        }
+    }
+    let _guard = AbortOnDrop(tasks.iter().map(|t| t.abort_handle()).collect());
+    for t in tasks {
+        let _ = t.await;
     }
 }

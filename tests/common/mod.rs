@@ -41,6 +41,28 @@ pub fn bin_dir() -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "--workspace", "--bins", "--target-dir"])
             .arg(target_dir);
+        // Cargo runs this test with the variables it sets for a crate
+        // (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). Build scripts that track
+        // them (ring's does) would see them change between this build and
+        // the next `cargo test` from a shell, and both would rebuild ring
+        // and everything above it (about 40 s each time): give the inner
+        // cargo the environment a shell would.
+        for (key, _) in std::env::vars_os() {
+            let Some(k) = key.to_str() else { continue };
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_BIN_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(&key);
+            }
+        }
         // Cargo's output directory per profile: `dev` and `test` use debug/,
         // `release` and `bench` release/, a custom profile its own name.
         match profile_dir.to_str() {
@@ -328,7 +350,25 @@ impl Server {
         env: &[(&str, &str)],
         netns: Option<&str>,
     ) -> Server {
+        Server::start_wrapped(db, listen, extra, env, netns, |cmd| cmd)
+    }
+
+    /// Like [`Server::start_opts`], with the server's command passed
+    /// through `wrap` before it starts (e.g. [`under_umask`]).
+    pub fn start_wrapped(
+        db: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+        wrap: impl FnOnce(Command) -> Command,
+    ) -> Server {
         let mut cmd = command_in(netns, &bin("monitor-server"));
+        // The HTTP listener on a free port unless the test names one (its
+        // default port would clash between tests running at once).
+        if !extra.contains(&"--http-listen") {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
+        }
         cmd.args(["--listen", listen, "--admin-listen", "127.0.0.1:0", "--db"])
             .arg(db)
             .args(extra)
@@ -336,7 +376,7 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let proc = Proc::spawn(cmd, "server");
+        let proc = Proc::spawn(wrap(cmd), "server");
         let line = wait_for("the server to listen", Duration::from_secs(20), || {
             proc.stderr
                 .lines()
@@ -393,6 +433,30 @@ impl Server {
     /// The directory the test's database (and the server's `tls/`) is in.
     pub fn dir(&self) -> PathBuf {
         self.db.parent().expect("the db is in a dir").to_path_buf()
+    }
+
+    /// The HTTP listener's address (from its log line), if it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        let line = self
+            .proc
+            .stderr
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("HTTP listener on "))?;
+        line.split("HTTP listener on ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// The bearer token `/metrics` accepts (`tls/metrics.token`).
+    pub fn metrics_token(&self) -> String {
+        std::fs::read_to_string(self.dir().join("tls").join("metrics.token"))
+            .expect("the server wrote tls/metrics.token")
+            .trim()
+            .to_owned()
     }
 
     /// The local operator's credential the server wrote.
@@ -714,11 +778,45 @@ impl AgentCmd {
         self
     }
 
+    /// The same agent started under the file-creation mask `mask` (see
+    /// [`under_umask`]).
+    pub fn umask(self, mask: &str) -> AgentCmd {
+        AgentCmd {
+            cmd: under_umask(&self.cmd, mask),
+            name: self.name,
+            scratch: self.scratch,
+        }
+    }
+
     pub fn spawn(self) -> Proc {
         let mut proc = Proc::spawn(self.cmd, &format!("agent {}", self.name));
         proc.scratch = Some(self.scratch);
         proc
     }
+}
+
+/// `cmd` run through `sh -c 'umask MASK && exec ...'`: the same program,
+/// arguments and working directory under the file-creation mask `mask`
+/// (e.g. "000"), without touching this process's own umask (which every
+/// test thread shares). The wrapped command starts from an empty
+/// environment plus the variables `cmd` sets explicitly and PATH.
+pub fn under_umask(cmd: &Command, mask: &str) -> Command {
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c")
+        .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            sh.env(k, v);
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    sh
 }
 
 /// Writes an allowlist file and returns its path. Mode 0644 whatever the

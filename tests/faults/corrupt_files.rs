@@ -99,6 +99,8 @@ fn corrupt_or_truncated_database_is_a_clear_error_never_a_panic() {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--db",
         ])
         .arg(db)

@@ -71,6 +71,13 @@ pub async fn run(connector: Connector, shared: Rc<Shared>, commands: Rc<CommandC
             },
         };
         shared.connected.set(false);
+        if let Ok(Ended::Renewed) = result {
+            // A new certificate: reconnect with it at once, no backoff.
+            log::info!("reconnecting with the renewed certificate");
+            backoff.reset();
+            failures = 0;
+            continue;
+        }
         if healthy.get() {
             backoff.reset();
             failures = 0;
@@ -78,7 +85,7 @@ pub async fn run(connector: Connector, shared: Rc<Shared>, commands: Rc<CommandC
         failures += 1;
         let delay = backoff.next_delay(unit_random());
         let err = match &result {
-            Ok(()) => "session ended".to_owned(),
+            Ok(_) => "session ended".to_owned(),
             Err(e) => e.to_string(),
         };
         // The first failure after a good session is news; the rest of a
@@ -103,6 +110,14 @@ pub async fn run(connector: Connector, shared: Rc<Shared>, commands: Rc<CommandC
     }
 }
 
+/// How a session ended without an error.
+enum Ended {
+    /// A stream closed.
+    Closed,
+    /// The certificate was renewed: reconnect with it.
+    Renewed,
+}
+
 /// One session: both streams until either ends, or until the certificate
 /// is due for renewal (renewed on this connection, then the session ends
 /// so the next one uses the new certificate).
@@ -112,7 +127,7 @@ async fn session(
     shared: &Shared,
     commands: &Rc<CommandContext>,
     healthy: &Cell<bool>,
-) -> Result<(), SessionError> {
+) -> Result<Ended, SessionError> {
     let client =
         CollectorClient::new(channel.clone()).max_decoding_message_size(MAX_SERVER_MESSAGE_BYTES);
     let renewal = async {
@@ -127,8 +142,8 @@ async fn session(
         }
     };
     tokio::select! {
-        r = report::run(client.clone(), shared, healthy) => r,
-        r = commands::run(client, shared, commands, healthy) => r,
-        () = renewal => Ok(()),
+        r = report::run(client.clone(), shared, healthy) => r.map(|()| Ended::Closed),
+        r = commands::run(client, shared, commands, healthy) => r.map(|()| Ended::Closed),
+        () = renewal => Ok(Ended::Renewed),
     }
 }

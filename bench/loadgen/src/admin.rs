@@ -3,12 +3,18 @@
 //!
 //! Talks only to the server's admin listener given by the caller; never
 //! changes anything on the server beyond running `ping` and `true`.
+//! Commands other than `ping`/`info` go out signed, as monitorctl sends
+//! them, with a key made for this process (the server runs `--insecure`,
+//! so it checks only the signature; the simulated agents check nothing).
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use monitor::command::GrantTargets;
 use monitor::pb;
 use monitor::pb::admin_client::AdminClient;
 use monitor::pb::exec_event::Kind as EventKind;
+use monitor::signing::SigningKey;
 use tonic::transport::{Channel, Endpoint};
 
 /// ListHosts for 10,000+ hosts is several MB; tonic's default limit is 4.
@@ -80,6 +86,36 @@ pub struct ExecTiming {
     pub first_failure: Option<String>,
 }
 
+/// This process's signing key.
+fn signing_key() -> Result<&'static SigningKey, String> {
+    static KEY: OnceLock<SigningKey> = OnceLock::new();
+    if let Some(k) = KEY.get() {
+        return Ok(k);
+    }
+    let key = SigningKey::generate().map_err(|e| format!("signing key: {e}"))?;
+    Ok(KEY.get_or_init(|| key))
+}
+
+/// The signature `argv` needs on `hosts`/`all`, if any.
+fn signature_for(
+    hosts: &[String],
+    all: bool,
+    argv: &[String],
+    timeout_ms: u32,
+) -> Result<Option<pb::SignedCommand>, String> {
+    if monitor::command::runs_unsigned(argv) {
+        return Ok(None);
+    }
+    let targets = if all {
+        GrantTargets::All
+    } else {
+        GrantTargets::Hosts(hosts.to_vec())
+    };
+    monitor::command::sign_grant(signing_key()?, "insecure", argv, timeout_ms, &targets)
+        .map(Some)
+        .map_err(|e| format!("signing {argv:?}: {e}"))
+}
+
 /// Runs `argv` on `hosts` (or every online host) and waits for every
 /// result.
 pub async fn exec(
@@ -88,14 +124,17 @@ pub async fn exec(
     all: bool,
     argv: &[&str],
 ) -> Result<ExecTiming, String> {
+    let argv: Vec<String> = argv.iter().map(|&a| a.to_owned()).collect();
+    let timeout_ms = 10_000;
+    let signed = signature_for(&hosts, all, &argv, timeout_ms)?;
     let started = Instant::now();
     let mut stream = admin
         .exec(pb::ExecRequest {
             hosts,
             all,
-            argv: argv.iter().map(|&a| a.to_owned()).collect(),
-            timeout_ms: 10_000,
-            signed: None,
+            argv,
+            timeout_ms,
+            signed,
         })
         .await
         .map_err(|s| format!("Exec: {}: {}", s.code(), s.message()))?

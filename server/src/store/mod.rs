@@ -11,6 +11,10 @@
 //! - read: [`Store::query`] samples, [`Store::hosts`] / [`Store::host`]
 //!   (the host facts: the store is their one owner, the registry only
 //!   knows who is connected), [`Store::history`];
+//! - forward (remote-write): [`Store::forward_batch`] reads stored batches
+//!   in commit order after a cursor, [`Store::register_forwarders`] and
+//!   [`Store::set_cursor`] keep each destination's cursor in the store, so
+//!   a restart resumes where it stopped;
 //! - [`Store::close`].
 //!
 //! Records crossing it are plain structs of `records.rs`; errors are
@@ -49,6 +53,9 @@
 //! - A failed transaction (disk full, I/O error) fails every request in it
 //!   and changes nothing, in the database or in the backend's memory.
 //! - `hosts()` reflects every batch acknowledged so far.
+//! - `forward_batch` returns every stored batch exactly once across calls
+//!   that pass on the previous `through`, in commit order, and nothing a
+//!   registered destination's cursor has not passed is discarded.
 //!
 //! The store must never see protobuf types and never block the async
 //! runtime (blocking work runs on its own threads or tokio's blocking pool).
@@ -60,14 +67,15 @@ mod ticket;
 
 pub use error::StoreError;
 pub use records::{
-    CertificateRecord, CommandRecord, CommandResultRecord, Conflict, HistoryRow, HostRecord,
-    IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, SigningKeyRecord, StoredSample,
-    StoredSampleRow, SubmitOutcome, TokenRefusal,
+    CertificateRecord, CommandRecord, CommandResultRecord, Conflict, CursorRecord, FlushObserver,
+    FlushStats, ForwardBatch, ForwardRow, HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord,
+    LatestValue, SampleQuery, SigningKeyRecord, StoredSample, StoredSampleRow, SubmitOutcome,
+    TokenRefusal,
 };
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
 
-use records::{TrustAnswer, TrustWrite};
+use records::{CursorWrite, TrustAnswer, TrustWrite};
 use sqlite::SqliteStore;
 
 /// Which backend the store runs on, and its settings.
@@ -289,6 +297,60 @@ impl Store {
     pub async fn certificates(&self) -> Result<Vec<CertificateRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.certificates().await,
+        }
+    }
+
+    /// Stored batches after `after` (a cursor: a journal id, 0 for the
+    /// beginning) and up to `until` (if given), in commit order, whole, up
+    /// to `max_samples` samples (at least one batch). Pass `through` of the
+    /// answer as the next `after`.
+    pub async fn forward_batch(
+        &self,
+        after: i64,
+        until: Option<i64>,
+        max_samples: usize,
+    ) -> Result<ForwardBatch, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.forward_batch((after, until), max_samples).await,
+        }
+    }
+
+    /// Records that `destination` is about to send the batches after its
+    /// cursor up to `through` (see [`CursorRecord::sending_through`]);
+    /// [`Store::set_cursor`] clears it.
+    pub async fn set_sending(&self, destination: &str, through: i64) -> Result<(), StoreError> {
+        let write = CursorWrite::Sending {
+            destination: destination.to_owned(),
+            through,
+        };
+        match &self.backend {
+            Backend::Sqlite(s) => s.cursors(write).await.map(drop),
+        }
+    }
+
+    /// Makes `destinations` the forwarding destinations: their cursors are
+    /// kept (a new one starts at the oldest batch still held), any other
+    /// destination's cursor is deleted so it holds nothing back. Returns
+    /// every destination's cursor, in the order given.
+    pub async fn register_forwarders(
+        &self,
+        destinations: Vec<String>,
+    ) -> Result<Vec<CursorRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.cursors(CursorWrite::Register(destinations)).await,
+        }
+    }
+
+    /// Records that `destination` sent (or dropped) every batch up to
+    /// `journal_id`; a cursor never moves back. Batches every destination
+    /// passed may then be deleted.
+    pub async fn set_cursor(&self, destination: &str, journal_id: i64) -> Result<(), StoreError> {
+        let write = CursorWrite::Set {
+            destination: destination.to_owned(),
+            journal_id,
+        };
+        match &self.backend {
+            Backend::Sqlite(s) => s.cursors(write).await.map(drop),
         }
     }
 

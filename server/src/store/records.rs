@@ -339,3 +339,87 @@ mod tests {
         );
     }
 }
+
+/// Stored batches in commit order, as a forwarder (remote-write) reads
+/// them after its cursor: see [`crate::store::Store::forward_batch`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ForwardBatch {
+    /// Whole stored batches, oldest commit first.
+    pub rows: Vec<ForwardRow>,
+    /// The newest journal id read (the cursor once these are sent); the
+    /// cursor asked for when `rows` is empty.
+    pub through: i64,
+    /// The newest journal id stored so far (for the lag).
+    pub newest: i64,
+}
+
+/// One stored batch: its host and its samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForwardRow {
+    /// Its place in commit order.
+    pub journal_id: i64,
+    pub hostname: String,
+    /// Server time the batch arrived, ms since the Unix epoch.
+    pub received_unix_ms: i64,
+    /// In the order the batch held them (by sample time, then metric).
+    pub samples: Vec<StoredSample>,
+}
+
+/// Where a forwarding destination is in the commit order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CursorRecord {
+    /// The destination's name (its URL without credentials).
+    pub destination: String,
+    /// Every stored batch up to this journal id was sent (or dropped).
+    pub journal_id: i64,
+    /// A request holding the batches after `journal_id` up to this one
+    /// was being sent when the server last stopped (0: none): send exactly
+    /// those again first, so a receiver that applies a request whole (as
+    /// Prometheus does) has each of them once.
+    pub sending_through: i64,
+}
+
+/// A change to the forwarding cursors (one writer request).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CursorWrite {
+    /// These are the destinations now: cursors of others are deleted (they
+    /// must not hold the journal), missing ones start at the oldest batch
+    /// still in the journal.
+    Register(Vec<String>),
+    /// `destination` sent (or dropped) everything up to `journal_id`.
+    Set {
+        destination: String,
+        journal_id: i64,
+    },
+    /// `destination` is about to send the batches after its cursor up to
+    /// `through`.
+    Sending { destination: String, through: i64 },
+}
+
+/// What one committed flush did, for the server's own metrics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FlushStats {
+    /// The transaction failed (nothing of it stored; the other fields
+    /// are zero but `requests`).
+    pub failed: bool,
+    /// How long COMMIT took (the fsyncs).
+    pub commit: std::time::Duration,
+    /// Requests answered by the flush.
+    pub requests: usize,
+    /// Batches stored (duplicates and conflicts not counted).
+    pub batches_stored: usize,
+    /// Samples in those batches.
+    pub samples_stored: usize,
+}
+
+/// Called by the backend after each committed flush, on its writer thread:
+/// it must be cheap and never block (count, nothing more). How the server
+/// times commits without the store depending on a metrics library.
+#[derive(Clone)]
+pub struct FlushObserver(pub std::sync::Arc<dyn Fn(&FlushStats) + Send + Sync>);
+
+impl fmt::Debug for FlushObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FlushObserver")
+    }
+}

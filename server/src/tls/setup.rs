@@ -38,6 +38,9 @@ pub struct Secured {
     pub enrolment: Arc<Enrolment>,
     pub agents: TlsSetup,
     pub admin: TlsSetup,
+    /// The HTTP listener: operator certificates optional (a bearer token
+    /// does too), ALPN h2 and http/1.1.
+    pub http: TlsSetup,
     pub admin_credential: PathBuf,
 }
 
@@ -69,15 +72,37 @@ impl std::error::Error for SetupError {
     }
 }
 
-/// The admin API's URL as the credential gives it: loopback when the API
-/// listens on every address or on loopback.
-pub fn admin_url(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
+/// The address the local operator's credential names for the admin API
+/// listening on `addr`: loopback when it listens on every address.
+fn credential_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
-    };
-    format!("https://{}", SocketAddr::new(ip, addr.port()))
+    }
+}
+
+/// The admin API's URL as the credential gives it: loopback when the API
+/// listens on every address or on loopback.
+pub fn admin_url(addr: SocketAddr) -> String {
+    format!(
+        "https://{}",
+        SocketAddr::new(credential_ip(addr), addr.port())
+    )
+}
+
+/// The names in the server's certificate: the configured ones, plus the
+/// address the local operator's credential names when they lack it, so that
+/// monitorctl on this box reaches the operator API whatever `--tls-name`
+/// says (with only `--tls-name monitor.lan` it could not: its URL is
+/// https://127.0.0.1:50052).
+pub fn certificate_names(configured: &[String], admin_addr: SocketAddr) -> Vec<String> {
+    let ip = credential_ip(admin_addr);
+    let mut names = configured.to_vec();
+    if !names.iter().any(|n| n.parse::<IpAddr>() == Ok(ip)) {
+        names.push(ip.to_string());
+    }
+    names
 }
 
 /// Sets TLS up; see the module doc.
@@ -89,8 +114,9 @@ pub async fn start(
 ) -> Result<Secured, SetupError> {
     let now = monitor::time::now_unix_ms();
     let authority = Arc::new(Authority::open(&config.dir, now).map_err(SetupError::Tls)?);
+    let names = certificate_names(&config.names, admin_addr);
     let identity = authority
-        .server_identity(&config.dir, &config.names, now)
+        .server_identity(&config.dir, &names, now)
         .map_err(SetupError::Tls)?;
     let known = store.certificates().await.map_err(SetupError::Store)?;
     let trust = Arc::new(Trust::new(known.into_iter().filter_map(|c| {
@@ -140,12 +166,27 @@ pub async fn start(
         trust: Arc::clone(&trust),
         role: Role::Operator,
     };
+    let mut http = (*server_config(
+        &identity,
+        &ca,
+        Arc::clone(&trust),
+        Role::Operator,
+        ClientCert::Optional,
+    )
+    .map_err(SetupError::Rustls)?)
+    .clone();
+    http.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let http = TlsSetup {
+        config: Arc::new(http),
+        trust: Arc::clone(&trust),
+        role: Role::Operator,
+    };
     log::info!(
-        "TLS on both listeners: CA {} in {}, server certificate for {}; {} client \
+        "TLS on every listener: CA {} in {}, server certificate for {}; {} client \
          certificates known",
         super::hex(&fingerprint(&ca)[..8]),
         config.dir.display(),
-        config.names.join(", "),
+        names.join(", "),
         trust.len()
     );
     let signing_keys =
@@ -162,6 +203,7 @@ pub async fn start(
         }),
         agents,
         admin,
+        http,
         admin_credential,
     })
 }
@@ -192,7 +234,7 @@ async fn ensure_admin_credential(
                 .iter()
                 .any(|r| r.fingerprint == fp && r.not_after_unix_ms - now > third);
         if still_good {
-            return Ok(());
+            return keep_mode(path);
         }
     }
     let (issued, key) = authority
@@ -231,11 +273,7 @@ async fn ensure_admin_credential(
         "monitor operator credential of \"{LOCAL_OPERATOR}\", the server box's own operator,\n\
          for {url}. Whoever can read this file is this operator: keep it private."
     ));
-    let mode = if our_group_is(OPERATOR_GROUP, path) {
-        GROUP_SECRET_MODE
-    } else {
-        SECRET_MODE
-    };
+    let mode = credential_mode(path);
     files::write_atomic(path, text.as_bytes(), mode)
         .map_err(|e| SetupError::Tls(TlsError::File(e)))?;
     log::info!(
@@ -243,6 +281,44 @@ async fn ensure_admin_credential(
          finds it there, or with --credentials",
         path.display()
     );
+    Ok(())
+}
+
+/// The mode `admin.cred` at `path` should have: readable by the group too
+/// when that group is `monitor`.
+fn credential_mode(path: &Path) -> u32 {
+    if our_group_is(OPERATOR_GROUP, path) {
+        GROUP_SECRET_MODE
+    } else {
+        SECRET_MODE
+    }
+}
+
+/// Gives a credential that is kept its mode for the group it has now: one
+/// written 0600 before the server's group was `monitor` (an install from
+/// before the unit had `Group=monitor`, under `DynamicUser=`) becomes
+/// readable by the group, and one whose directory left the group `monitor`
+/// becomes private.
+fn keep_mode(path: &Path) -> Result<(), SetupError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = credential_mode(path);
+    let file_error = |what, source| {
+        SetupError::Tls(TlsError::File(files::FileError {
+            path: path.to_owned(),
+            what,
+            source,
+        }))
+    };
+    let now = std::fs::metadata(path)
+        .map_err(|e| file_error("read the mode of", e))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if now != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| file_error("set the mode of", e))?;
+        log::info!("{}: mode {now:o} changed to {mode:o}", path.display());
+    }
     Ok(())
 }
 
@@ -278,5 +354,49 @@ mod tests {
             admin_url("10.1.2.3:50052".parse().unwrap()),
             "https://10.1.2.3:50052"
         );
+    }
+
+    #[test]
+    fn a_kept_credential_gets_the_mode_for_its_group() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ADMIN_CREDENTIAL_FILE);
+        files::write_atomic(&path, b"x", GROUP_SECRET_MODE).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // A temporary directory's group is the test user's, not `monitor`
+        // (unless a machine names it so: then 0640 is right and stays).
+        let want = credential_mode(&path);
+        keep_mode(&path).unwrap();
+        assert_eq!(mode(&path), want);
+        if !our_group_is(OPERATOR_GROUP, &path) {
+            assert_eq!(
+                mode(&path),
+                SECRET_MODE,
+                "a credential outside the group is private"
+            );
+        }
+        let e = keep_mode(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read the mode of"), "{e}");
+    }
+
+    #[test]
+    fn the_certificate_always_names_the_credentials_address() {
+        let names = |configured: &[&str], admin: &str| {
+            let configured: Vec<String> = configured.iter().map(|n| n.to_string()).collect();
+            certificate_names(&configured, admin.parse().unwrap())
+        };
+        assert_eq!(
+            names(&["monitor.lan"], "127.0.0.1:50052"),
+            ["monitor.lan", "127.0.0.1"]
+        );
+        assert_eq!(names(&["mon", "::1"], "[::]:7"), ["mon", "::1"]);
+        assert_eq!(names(&["mon"], "[::]:7"), ["mon", "::1"]);
+        assert_eq!(
+            names(&["localhost", "127.0.0.1"], "0.0.0.0:50052"),
+            ["localhost", "127.0.0.1"]
+        );
+        assert_eq!(names(&["mon"], "10.1.2.3:50052"), ["mon", "10.1.2.3"]);
     }
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::store::error::StoreError;
+use crate::store::records::FlushObserver;
 
 /// How the store is opened and how its writer batches and prunes.
 #[derive(Clone, Debug)]
@@ -43,6 +44,9 @@ pub struct SqliteConfig {
     /// the hot pages are the newest page of each host's range of `ticks`
     /// and the tree above.
     pub cache_size_kib: u32,
+    /// Told about every committed flush (the server's metrics time
+    /// commits with it). Default none.
+    pub observer: Option<FlushObserver>,
 }
 
 impl SqliteConfig {
@@ -59,6 +63,7 @@ impl SqliteConfig {
             merge_interval: Duration::from_secs(30),
             checkpoint_interval: Duration::from_secs(10),
             cache_size_kib: 64 * 1024,
+            observer: None,
         }
     }
 

@@ -18,8 +18,10 @@ pub enum SqliteError {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    /// The database file could not be opened outside SQLite (the store
-    /// keeps a descriptor of its own to fsync it, see `checkpoint.rs`).
+    /// The database file could not be created or opened outside SQLite
+    /// (a new file is made owner-only before SQLite opens it, see
+    /// `schema.rs`; the store keeps a descriptor of its own to fsync it,
+    /// see `checkpoint.rs`).
     OpenFile {
         path: PathBuf,
         source: std::io::Error,

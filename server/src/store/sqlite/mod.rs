@@ -30,6 +30,7 @@ mod checkpoint;
 mod config;
 mod dedup;
 pub(super) mod error;
+mod forward;
 mod hosts;
 mod journal;
 mod migrate;
@@ -49,9 +50,9 @@ use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    CertificateRecord, CommandRecord, CommandResultRecord, HistoryRow, HostRecord, IncomingBatch,
-    JoinTokenRecord, SampleQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer,
-    TrustWrite,
+    CertificateRecord, CommandRecord, CommandResultRecord, CursorRecord, CursorWrite, ForwardBatch,
+    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, SampleQuery, SigningKeyRecord,
+    StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
 };
 use crate::store::ticket::Ticket;
 
@@ -187,6 +188,36 @@ impl SqliteStore {
     pub(crate) async fn trust(&self, write: TrustWrite) -> Result<TrustAnswer, StoreError> {
         let (reply, ticket) = Ticket::new();
         self.send(Request::Trust { write, reply }).await?;
+        ticket.await
+    }
+
+    /// Stored batches after journal id `after`, in commit order, up to
+    /// `max_samples` samples (whole batches, at least one).
+    pub(crate) async fn forward_batch(
+        &self,
+        after: (i64, Option<i64>),
+        max_samples: usize,
+    ) -> Result<ForwardBatch, StoreError> {
+        self.inner
+            .readers
+            .run(move |c| {
+                let tx = c
+                    .transaction()
+                    .map_err(|e| SqliteError::sql("reading the journal", e))?;
+                forward::read_after(&tx, after, max_samples)
+                    .map_err(|e| StoreError::from(SqliteError::sql("reading the journal", e)))
+            })
+            .await
+    }
+
+    /// A change to the forwarding cursors, in order with everything else;
+    /// resolves once committed.
+    pub(crate) async fn cursors(
+        &self,
+        write: CursorWrite,
+    ) -> Result<Vec<CursorRecord>, StoreError> {
+        let (reply, ticket) = Ticket::new();
+        self.send(Request::Cursors { write, reply }).await?;
         ticket.await
     }
 

@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use monitor::files::{self, SECRET_MODE};
 use rusqlite::{Connection, OpenFlags};
 
 use super::checkpoint::WAL_KEEP_BYTES;
@@ -26,6 +27,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Opens the writer's connection: creates the file if needed, switches to
 /// WAL with `synchronous=FULL`, runs `quick_check` and creates the tables.
 pub(crate) fn open_writer(path: &Path, cache_size_kib: u32) -> Result<Connection, SqliteError> {
+    // SQLite would create a new file with the process's umask (0644 under
+    // the usual 022, 0666 under 000), and its -wal and -shm files copy the
+    // database's mode: made here first, owner only, all three stay so.
+    files::create_if_missing(path, SECRET_MODE).map_err(|e| SqliteError::OpenFile {
+        path: e.path,
+        source: e.source,
+    })?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE

@@ -54,7 +54,7 @@ use super::ticks::METRICS;
 
 /// Bumped on every incompatible change of the tables below; older files
 /// are migrated at open (see `migrate.rs`).
-pub(crate) const SCHEMA_VERSION: i64 = 5;
+pub(crate) const SCHEMA_VERSION: i64 = 6;
 
 /// The column of `ticks` holding each metric, indexed by metric id.
 pub(crate) const METRIC_COLUMNS: [&str; METRICS] = [
@@ -168,6 +168,14 @@ CREATE TABLE IF NOT EXISTS operator_keys (
     operator           TEXT NOT NULL,
     registered_unix_ms INTEGER NOT NULL,
     revoked_unix_ms    INTEGER
+) WITHOUT ROWID;
+-- Schema 6: how far each remote-write destination has forwarded the
+-- journal (see forward.rs); journal rows above the lowest are kept.
+CREATE TABLE IF NOT EXISTS forward_cursors (
+    destination     TEXT PRIMARY KEY, -- its URL without credentials
+    journal_id      INTEGER NOT NULL, -- every row up to it was sent or dropped
+    sending_through INTEGER NOT NULL DEFAULT 0, -- a request in flight: rows up to it
+    updated_unix_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
 

@@ -344,3 +344,23 @@ async fn a_failing_merge_never_stops_ingest_and_is_retried() {
     );
     store.close().await.unwrap();
 }
+
+/// A new database file (and the WAL SQLite makes beside it) is the
+/// owner's only, whatever the umask would have given it.
+#[test]
+fn a_new_database_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("mode");
+    let path = dir.path().join("m.db");
+    let conn = super::schema::open_writer(&path, 1024).unwrap();
+    conn.execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
+        .unwrap();
+    for file in ["m.db", "m.db-wal"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert!(mode == 0o600, "{file} is {mode:o}, not 600");
+    }
+}

@@ -22,12 +22,12 @@ use super::memory::Memory;
 use super::merges::Merged;
 use super::requests::{Answer, Request};
 use crate::store::error::StoreError;
-use crate::store::records::{IncomingBatch, SubmitOutcome};
+use crate::store::records::{CursorRecord, CursorWrite, IncomingBatch, SubmitOutcome};
 use crate::store::sqlite::hosts::{BatchMeta, HostEntry};
-use crate::store::sqlite::journal;
 use crate::store::sqlite::runs::{self, RunCache, RunEntry, RunKey};
 use crate::store::sqlite::tables::{metric_id, u64_to_sql};
 use crate::store::sqlite::ticks::{self, PendingTick, TickRow};
+use crate::store::sqlite::{forward, journal};
 
 /// A flush that takes longer is logged at debug level.
 const SLOW_FLUSH: Duration = Duration::from_millis(100);
@@ -54,6 +54,22 @@ pub(super) struct Staged {
     stored: Vec<StoredBatch>,
     /// The ticks of the stored batches, see [`StoredBatch::rows`].
     rows: Vec<TickRow>,
+    /// Every forwarding cursor after this flush, if it changed any.
+    cursors: Option<HashMap<String, i64>>,
+    /// How long COMMIT took.
+    pub(super) commit: Duration,
+}
+
+impl Staged {
+    /// Batches and samples this flush stored.
+    pub(super) fn stored_counts(&self) -> (usize, usize) {
+        let samples = self
+            .rows
+            .iter()
+            .map(|r| r.values.iter().flatten().count())
+            .sum();
+        (self.stored.len(), samples)
+    }
 }
 
 /// A batch the flush stored.
@@ -115,6 +131,9 @@ pub(super) fn write(
                     write,
                     monitor::time::now_unix_ms(),
                 )?),
+                Request::Cursors { write, .. } => {
+                    Answer::Cursors(write_cursors(&tx, memory, &mut staged, write)?)
+                }
                 Request::Close { .. } => Answer::Done,
                 #[cfg(test)]
                 Request::SetMaxPageCount { pages, .. } => Answer::Pages(tx.query_row(
@@ -131,6 +150,7 @@ pub(super) fn write(
     let written = now.elapsed();
     tx.commit()?;
     let committed = now.elapsed() - written;
+    staged.commit = committed;
     // A slow flush delays every batch in it and behind it: say why.
     let level = if now.elapsed() >= SLOW_FLUSH {
         log::Level::Debug
@@ -150,6 +170,53 @@ pub(super) fn write(
         committed.as_micros()
     );
     Ok((answers, staged))
+}
+
+/// Writes a change of the forwarding cursors; a cursor never moves back.
+fn write_cursors(
+    tx: &Connection,
+    memory: &Memory,
+    staged: &mut Staged,
+    write: &CursorWrite,
+) -> rusqlite::Result<Vec<CursorRecord>> {
+    let now_unix_ms = monitor::time::now_unix_ms();
+    let cursors = staged.cursors.get_or_insert_with(|| memory.cursors.clone());
+    match write {
+        CursorWrite::Register(destinations) => {
+            let start = memory.merges.deleted_through;
+            let out = forward::register(tx, cursors, destinations, start, now_unix_ms)?;
+            *cursors = out
+                .iter()
+                .map(|c| (c.destination.clone(), c.journal_id))
+                .collect();
+            Ok(out)
+        }
+        CursorWrite::Set {
+            destination,
+            journal_id,
+        } => {
+            let old = cursors.get(destination).copied().unwrap_or(i64::MIN);
+            let journal_id = old.max(*journal_id);
+            forward::set(tx, destination, journal_id, now_unix_ms)?;
+            cursors.insert(destination.clone(), journal_id);
+            Ok(vec![CursorRecord {
+                destination: destination.clone(),
+                journal_id,
+                sending_through: 0,
+            }])
+        }
+        CursorWrite::Sending {
+            destination,
+            through,
+        } => {
+            forward::set_sending(tx, destination, *through)?;
+            Ok(vec![CursorRecord {
+                destination: destination.clone(),
+                journal_id: cursors.get(destination).copied().unwrap_or(0),
+                sending_through: *through,
+            }])
+        }
+    }
 }
 
 /// Stores one batch (request `index` of the flush) unless it is a
@@ -281,6 +348,10 @@ fn resolve_run<'s>(
 /// Brings memory up to a flush of `requests` that committed at `now`.
 pub(super) fn apply(memory: &mut Memory, requests: &[Request], staged: Staged, now: Instant) {
     let merges = &mut memory.merges;
+    if let Some(cursors) = staged.cursors {
+        merges.forward_hold = cursors.values().copied().min();
+        memory.cursors = cursors;
+    }
     let mut hosts = memory.hosts.lock();
     for &(host_id, through) in &staged.merged.hosts {
         if let Some(h) = hosts.get_mut(&host_id) {

@@ -16,10 +16,10 @@ use rusqlite::{Connection, params};
 use super::memory::Memory;
 use super::merges::Merges;
 use crate::store::sqlite::hosts::{HostEntry, HostTable};
-use crate::store::sqlite::journal;
 use crate::store::sqlite::runs::RunCache;
 use crate::store::sqlite::tables::u64_from_sql;
 use crate::store::sqlite::ticks::{METRICS, TickRow};
+use crate::store::sqlite::{forward, journal};
 
 /// How many of a host's newest rows are read at open for its latest value
 /// of each metric (a metric not among them shows no latest value).
@@ -51,7 +51,9 @@ pub(super) fn load(conn: &Connection, now: Instant) -> rusqlite::Result<(Memory,
         .iter()
         .map(|(&id, h)| (h.hostname.clone(), id))
         .collect();
+    let cursors = forward::load(conn)?;
     let mut merges = Merges {
+        forward_hold: cursors.values().copied().min(),
         last_journal_id: replayed.last_journal_id,
         // Rows below the journal's first are gone already: deletes start
         // there, not at id 1 (ids keep growing across restarts).
@@ -74,6 +76,7 @@ pub(super) fn load(conn: &Connection, now: Instant) -> rusqlite::Result<(Memory,
         hosts: Arc::new(HostTable::new(hosts)),
         runs,
         merges,
+        cursors,
     };
     Ok((
         memory,

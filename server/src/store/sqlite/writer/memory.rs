@@ -30,4 +30,7 @@ pub(super) struct Memory {
     /// journal row names.
     pub(super) runs: RunCache,
     pub(super) merges: Merges,
+    /// destination → its forwarding cursor (see `forward.rs`); the lowest
+    /// holds the journal back (`Merges::forward_hold`).
+    pub(super) cursors: HashMap<String, i64>,
 }

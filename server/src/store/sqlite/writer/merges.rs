@@ -64,6 +64,10 @@ pub(super) struct Merges {
     pub(super) paused_until: Option<Instant>,
     /// Unmerged ticks held in memory (for queries), all hosts together.
     pub(super) pending_ticks: usize,
+    /// The lowest forwarding cursor: journal rows above it are not
+    /// deleted, merged or not (a remote-write destination has not had
+    /// them). `None`: no destination.
+    pub(super) forward_hold: Option<i64>,
 }
 
 impl Merges {
@@ -127,7 +131,8 @@ impl Merges {
     }
 
     /// The journal rows to delete once the first `merging` hosts of `order`
-    /// are merged: those every host merged past, at most
+    /// are merged: those every host merged past and every forwarding
+    /// destination passed, at most
     /// [`JOURNAL_DELETES_PER_FLUSH`] ids on from the last delete (`None`:
     /// nothing new to delete).
     pub(super) fn deletable_through(&self, merging: usize) -> Option<i64> {
@@ -135,6 +140,7 @@ impl Merges {
             Some(id) => self.waiting.get(id)?.first_journal_id - 1,
             None => self.last_journal_id,
         };
+        let bound = bound.min(self.forward_hold.unwrap_or(i64::MAX));
         let bound = bound.min(
             self.deleted_through
                 .saturating_add(JOURNAL_DELETES_PER_FLUSH),
@@ -186,6 +192,11 @@ impl Merges {
     ) -> rusqlite::Result<Merged> {
         let mut merged = Merged::default();
         if merging.is_empty() {
+            // Forwarding cursors may have moved on: delete behind them.
+            if let Some(through) = self.deletable_through(0) {
+                journal::delete_through(tx, through)?;
+                merged.deleted_through = Some(through);
+            }
             return Ok(merged);
         }
         let mut insert_tick = tx.prepare_cached(journal::INSERT_TICK)?;
@@ -268,6 +279,12 @@ mod tests {
         assert_eq!(m.deletable_through(2), Some(3));
         m.deleted_through = 1;
         assert_eq!(m.deletable_through(1), None);
+        // A forwarding destination holds rows back, merged or not.
+        m.forward_hold = Some(2);
+        assert_eq!(m.deletable_through(2), Some(2));
+        m.forward_hold = Some(1);
+        assert_eq!(m.deletable_through(2), None);
+        m.forward_hold = None;
         // A backlog goes in bounded steps.
         m.last_journal_id = 3 * JOURNAL_DELETES_PER_FLUSH;
         assert_eq!(m.deletable_through(2), Some(1 + JOURNAL_DELETES_PER_FLUSH));

@@ -46,6 +46,7 @@ use super::error::{SqliteError, code_of};
 use super::hosts::HostTable;
 use super::schema;
 use crate::store::error::StoreError;
+use crate::store::records::FlushStats;
 use memory::Memory;
 use requests::{Answer, Limits, Next, Stops};
 use retention::Retention;
@@ -223,6 +224,16 @@ impl Writer {
         }
         match result {
             Ok((answers, staged)) => {
+                if let Some(observer) = &self.config.observer {
+                    let (batches_stored, samples_stored) = staged.stored_counts();
+                    (observer.0)(&FlushStats {
+                        failed: false,
+                        commit: staged.commit,
+                        requests: requests.len(),
+                        batches_stored,
+                        samples_stored,
+                    });
+                }
                 flush::apply(&mut self.memory, &requests, staged, now);
                 self.note_success();
                 for (request, answer) in requests.into_iter().zip(answers) {
@@ -230,6 +241,15 @@ impl Writer {
                 }
             }
             Err(e) => {
+                if let Some(observer) = &self.config.observer {
+                    (observer.0)(&FlushStats {
+                        failed: true,
+                        commit: Duration::ZERO,
+                        requests: requests.len(),
+                        batches_stored: 0,
+                        samples_stored: 0,
+                    });
+                }
                 let e = Arc::new(e);
                 self.note_failure(requests.len(), &e);
                 for request in requests {

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    CommandRecord, CommandResultRecord, IncomingBatch, SubmitOutcome, TrustAnswer, TrustWrite,
+    CommandRecord, CommandResultRecord, CursorRecord, CursorWrite, IncomingBatch, SubmitOutcome,
+    TrustAnswer, TrustWrite,
 };
 use crate::store::ticket::Reply;
 
@@ -37,6 +38,11 @@ pub(crate) enum Request {
         write: TrustWrite,
         reply: Reply<TrustAnswer>,
     },
+    /// A forwarding cursor moved, or the set of destinations changed.
+    Cursors {
+        write: CursorWrite,
+        reply: Reply<Vec<CursorRecord>>,
+    },
     /// Commit what came before, close the connection, stop.
     Close { reply: Reply<()> },
     /// Sets SQLite's `max_page_count` (within a flush of its own or with
@@ -55,6 +61,7 @@ pub(crate) enum Request {
 pub(super) enum Answer {
     Batch(SubmitOutcome),
     Trust(TrustAnswer),
+    Cursors(Vec<CursorRecord>),
     Done,
     #[cfg(test)]
     Pages(u64),
@@ -85,6 +92,13 @@ pub(super) fn answer(request: Request, answer: Answer) {
         (Request::Trust { reply, .. }, answer) => {
             let _ = reply.send(match answer {
                 Answer::Trust(a) => Ok(a),
+                Answer::Failed(e) => Err(e),
+                _ => Err(StoreError::Closed),
+            });
+        }
+        (Request::Cursors { reply, .. }, answer) => {
+            let _ = reply.send(match answer {
+                Answer::Cursors(c) => Ok(c),
                 Answer::Failed(e) => Err(e),
                 _ => Err(StoreError::Closed),
             });
