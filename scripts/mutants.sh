@@ -121,6 +121,10 @@ for group in "${groups[@]}"; do
     args=(--in-place --package "${package[$group]}" --timeout "$test_timeout" --no-shuffle)
     for f in ${files[$group]}; do args+=(--file "$f"); done
     [ -z "${names[$group]:-}" ] || args+=(--re "${names[$group]}")
+    # The test targets go to every cargo command, the build included:
+    # after `--` they would reach only `cargo test`, and each mutant would
+    # also build (and link) every other test binary of the package.
+    for t in ${tests[$group]}; do args+=("--cargo-arg=$t"); done
     group_start=$(date +%s)
     echo "=== mutants.sh: $group (${package[$group]}: ${files[$group]}; tests: ${tests[$group]}; $jobs job(s))"
     pids=()
@@ -129,9 +133,8 @@ for group in "${groups[@]}"; do
         mkdir -p "$out"
         shard=()
         [ "$jobs" -eq 1 ] || shard=(--shard "$k/$jobs" --sharding round-robin)
-        # shellcheck disable=SC2086 # the test arguments are words on purpose
         (cd "$scratch/tree-$k" && exec cargo mutants "${args[@]}" "${shard[@]}" \
-            --dir "$scratch/tree-$k" --output "$out" "${extra[@]}" -- ${tests[$group]}) \
+            --dir "$scratch/tree-$k" --output "$out" "${extra[@]}") \
             > >(if [ "$jobs" -eq 1 ]; then cat; else sed -u "s/^/[$k] /"; fi) 2>&1 &
         pids+=($!)
     done
