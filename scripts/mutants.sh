@@ -91,8 +91,12 @@ case "$jobs" in
     *) echo "mutants.sh: MUTANTS_JOBS must be 1 to 9, got '$jobs'" >&2; exit 2 ;;
 esac
 
-# Each copy holds every tracked or new (not ignored) file, with its times
-# kept so that cargo rebuilds only what changed since the last run.
+# Each copy holds every tracked or new (not ignored) file, all stamped
+# with the time of the copy, so the first build of a run rebuilds the
+# workspace's crates (not their dependencies). Kept times would be wrong:
+# the last mutant of the previous run is reverted after its build, and a
+# file given back its older time looks older than that mutated build,
+# which cargo would then take as fresh (a baseline run against a mutant).
 # Everything but the build directory is removed first, so a file deleted
 # from the work tree (or left mutated by an interrupted run) is gone.
 for ((k = 0; k < jobs; k++)); do
@@ -101,7 +105,7 @@ for ((k = 0; k < jobs; k++)); do
     find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
     (cd "$repo_dir" && git ls-files -z --cached --others --exclude-standard \
         | xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh \
-        | tar --null -T - -cf -) | tar -xpf - -C "$tree"
+        | tar --null -T - -cf -) | tar -xpmf - -C "$tree"
 done
 
 # Lines of one outcome list over a group's shards.
