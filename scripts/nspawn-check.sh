@@ -154,6 +154,9 @@ out=/var/log/monitor-nspawn-test.log
 exec >"$out" 2>&1
 host=$(hostname)
 kit=/root/monitor
+# A oneshot unit has no HOME: root, the operator here, keeps its signing key
+# where monitorctl looks by default (~/.config/monitor/signing.key).
+export HOME=/root
 say() { echo "$(date +%T) $*"; }
 finish() {
     say "RESULT: $1"

@@ -1,9 +1,17 @@
-//! The edge between protobuf and the project's own types, for batches.
+//! The edge between protobuf and the project's own types, for batches, and
+//! the size rules of every identity string on the wire.
 //!
 //! The agent turns a [`TickBatch`] into a [`pb::Batch`] only when it puts it
 //! on the wire; the server turns a [`pb::Batch`] into a [`ValidBatch`] or a
 //! [`InvalidBatch`] naming the first thing wrong. Nothing past this module
 //! looks at a prost struct for samples.
+//!
+//! Every limit a peer's message is held to lives here once: string lengths
+//! ([`MAX_ID_BYTES`], [`MAX_HOSTNAME_BYTES`]), the hostname alphabet, each
+//! metric's physical range ([`value_range`]) and the largest sequence number
+//! ([`MAX_SEQ`]). A refusal ([`InvalidBatch`], [`FieldError`]) names the
+//! field as the proto spells it and the rule it broke, and shows a peer's
+//! text only escaped and capped.
 
 use std::fmt;
 
@@ -70,6 +78,118 @@ pub const MAX_ID_BYTES: usize = 256;
 pub const MAX_SAMPLE_AFTER_SEND_MS: i64 = 60_000;
 /// Samples dated before 2000-01-01 are a clock that was never set.
 pub const MIN_SAMPLE_UNIX_MS: i64 = 946_684_800_000;
+/// Highest rate a batch may carry, in KiB/s: 1 TiB/s (2^30 KiB/s). The
+/// whole PCIe bus of a two-socket server carries about 0.5 TB/s, so no sum
+/// of disks or network adapters reaches it (a Pi's disk does 0.1 GB/s, its
+/// network 1 Gbit/s); a larger value is a broken or forged counter, and it
+/// would break every table that prints it (1e308 has 309 digits).
+pub const MAX_RATE_KIB_PER_S: f64 = 1_073_741_824.0;
+/// Highest sequence number a batch may carry: 2^32. An agent's seq grows by
+/// one per tick, at most ten a second (its shortest interval is 100 ms), so
+/// a run would need 13.6 years without a restart to get there; a larger seq
+/// can only be forged or garbage, and would open a gap of a trillion seqs in
+/// the server's de-duplication state.
+pub const MAX_SEQ: u64 = 1 << 32;
+
+/// The values a metric may take, inclusive: percentages 0 to 100, rates 0
+/// to [`MAX_RATE_KIB_PER_S`].
+pub const fn value_range(metric: Metric) -> (f64, f64) {
+    if metric.is_percent() {
+        (0.0, 100.0)
+    } else {
+        (0.0, MAX_RATE_KIB_PER_S)
+    }
+}
+
+/// A field of a request (a hello, an operator's request) that breaks its
+/// rule. The field is named as the proto spells it (`hosts[2]` for an
+/// element of a list).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FieldError {
+    /// Required, but empty.
+    Empty(String),
+    /// Longer than its limit.
+    TooLong {
+        field: String,
+        bytes: usize,
+        limit: usize,
+    },
+    /// A hostname with characters outside the alphabet.
+    BadHostname { field: String, value: String },
+    /// A list with more entries than its limit.
+    TooMany {
+        field: String,
+        count: usize,
+        limit: usize,
+    },
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::text::Escaped;
+        match self {
+            FieldError::Empty(field) => write!(f, "{field}: required, but empty"),
+            FieldError::TooLong {
+                field,
+                bytes,
+                limit,
+            } => write!(f, "{field}: {bytes} bytes long, at most {limit}"),
+            FieldError::BadHostname { field, value } => write!(
+                f,
+                "{field}: '{}' has characters other than ASCII letters, digits, '.', '-' and '_'",
+                Escaped::capped(value)
+            ),
+            FieldError::TooMany {
+                field,
+                count,
+                limit,
+            } => write!(f, "{field}: {count} entries, at most {limit}"),
+        }
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+/// `value` (the field `field`) is at most `limit` bytes long.
+pub fn check_len(field: &str, value: &str, limit: usize) -> Result<(), FieldError> {
+    if value.len() > limit {
+        return Err(FieldError::TooLong {
+            field: field.to_owned(),
+            bytes: value.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// `value` (the field `field`) is a hostname: 1 to [`MAX_HOSTNAME_BYTES`]
+/// bytes of ASCII letters, digits, '.', '-' and '_'.
+pub fn check_hostname(field: &str, value: &str) -> Result<(), FieldError> {
+    check_len(field, value, MAX_HOSTNAME_BYTES)?;
+    if value.is_empty() {
+        return Err(FieldError::Empty(field.to_owned()));
+    }
+    if !valid_hostname(value) {
+        return Err(FieldError::BadHostname {
+            field: field.to_owned(),
+            value: value.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// An agent's hello holds to the rules of the same fields of a batch:
+/// agent_id required, agent_id and agent_version at most [`MAX_ID_BYTES`],
+/// a valid hostname.
+pub fn validate_hello(h: &pb::AgentHello) -> Result<(), FieldError> {
+    check_len("agent_id", &h.agent_id, MAX_ID_BYTES)?;
+    check_len("agent_version", &h.agent_version, MAX_ID_BYTES)?;
+    check_hostname("hostname", &h.hostname)?;
+    if h.agent_id.is_empty() {
+        return Err(FieldError::Empty("agent_id".to_owned()));
+    }
+    Ok(())
+}
 
 /// A batch that passed validation, with sample times corrected for the
 /// agent's clock offset where that offset exceeded the server's threshold.
@@ -89,18 +209,26 @@ pub struct ValidBatch {
     pub samples: Vec<(i64, Metric, f64)>,
 }
 
+impl ValidBatch {
+    /// Its ticks: the distinct times of its samples, each a row the store
+    /// writes (a real agent's batch is one tick).
+    pub fn ticks(&self) -> usize {
+        let mut times: Vec<i64> = self.samples.iter().map(|s| s.0).collect();
+        times.sort_unstable();
+        times.dedup();
+        times.len()
+    }
+}
+
 /// Why a batch was refused. Each message names the field (as the proto
 /// spells it, `samples[i].field` for a sample) and the rule it broke.
 #[derive(Clone, Debug, PartialEq)]
 pub enum InvalidBatch {
-    EmptyField(&'static str),
-    TooLong {
-        field: &'static str,
-        bytes: usize,
-        limit: usize,
-    },
-    BadHostname(String),
+    /// agent_id, agent_version or hostname.
+    Field(FieldError),
     ZeroSeq,
+    /// Above [`MAX_SEQ`].
+    SeqOutOfRange(u64),
     MissingSentTime,
     TooManySamples(usize),
     HostnameMismatch {
@@ -136,18 +264,13 @@ impl fmt::Display for InvalidBatch {
         use crate::text::Escaped;
         use crate::time::Rfc3339;
         match self {
-            InvalidBatch::EmptyField(field) => write!(f, "{field}: required, but empty"),
-            InvalidBatch::TooLong {
-                field,
-                bytes,
-                limit,
-            } => write!(f, "{field}: {bytes} bytes long, at most {limit}"),
-            InvalidBatch::BadHostname(h) => write!(
-                f,
-                "hostname: '{}' has characters other than ASCII letters, digits, '.', '-' and '_'",
-                Escaped::capped(h)
-            ),
+            InvalidBatch::Field(e) => e.fmt(f),
             InvalidBatch::ZeroSeq => f.write_str("seq: must be at least 1, got 0"),
+            InvalidBatch::SeqOutOfRange(seq) => write!(
+                f,
+                "seq: {seq} is more than any agent can have produced (at most {MAX_SEQ}: 13.6 \
+                 years of batches at the fastest interval)"
+            ),
             InvalidBatch::MissingSentTime => f.write_str(
                 "sent_unix_ms: required (the agent's wall clock when it sent the batch, \
                  ms since the Unix epoch), got 0",
@@ -175,14 +298,12 @@ impl fmt::Display for InvalidBatch {
                 metric,
                 value,
             } => {
-                let rule = if metric.is_percent() {
-                    "from 0 to 100"
-                } else {
-                    "at least 0"
-                };
+                let (low, high) = value_range(*metric);
+                let unit = if metric.is_percent() { "" } else { " KiB/s" };
                 write!(
                     f,
-                    "samples[{sample}].value: {metric} = {value} is out of range (must be {rule})"
+                    "samples[{sample}].value: {metric} = {value} is out of range (must be from \
+                     {low} to {high}{unit})"
                 )
             }
             InvalidBatch::TimeAfterSend {
@@ -212,6 +333,16 @@ impl fmt::Display for InvalidBatch {
 
 impl std::error::Error for InvalidBatch {}
 
+impl InvalidBatch {
+    /// The acknowledgement code that refuses a batch for this reason.
+    pub fn ack_code(&self) -> pb::AckCode {
+        match self {
+            InvalidBatch::SeqOutOfRange(_) => pb::AckCode::SequenceOutOfRange,
+            _ => pb::AckCode::Invalid,
+        }
+    }
+}
+
 /// Whether a hostname is acceptable: DNS-ish characters plus '_'.
 pub fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
@@ -229,30 +360,18 @@ pub fn validate_batch(
     received_unix_ms: i64,
     max_clock_skew_ms: i64,
 ) -> Result<ValidBatch, InvalidBatch> {
-    for (field, value, limit) in [
-        ("agent_id", &b.agent_id, MAX_ID_BYTES),
-        ("agent_version", &b.agent_version, MAX_ID_BYTES),
-        ("hostname", &b.hostname, MAX_HOSTNAME_BYTES),
-    ] {
-        if value.len() > limit {
-            return Err(InvalidBatch::TooLong {
-                field,
-                bytes: value.len(),
-                limit,
-            });
-        }
-    }
+    check_len("agent_id", &b.agent_id, MAX_ID_BYTES).map_err(InvalidBatch::Field)?;
+    check_len("agent_version", &b.agent_version, MAX_ID_BYTES).map_err(InvalidBatch::Field)?;
+    check_len("hostname", &b.hostname, MAX_HOSTNAME_BYTES).map_err(InvalidBatch::Field)?;
     if b.agent_id.is_empty() {
-        return Err(InvalidBatch::EmptyField("agent_id"));
+        return Err(InvalidBatch::Field(FieldError::Empty("agent_id".into())));
     }
-    if b.hostname.is_empty() {
-        return Err(InvalidBatch::EmptyField("hostname"));
-    }
-    if !valid_hostname(&b.hostname) {
-        return Err(InvalidBatch::BadHostname(b.hostname));
-    }
+    check_hostname("hostname", &b.hostname).map_err(InvalidBatch::Field)?;
     if b.seq == 0 {
         return Err(InvalidBatch::ZeroSeq);
+    }
+    if b.seq > MAX_SEQ {
+        return Err(InvalidBatch::SeqOutOfRange(b.seq));
     }
     if b.sent_unix_ms == 0 {
         return Err(InvalidBatch::MissingSentTime);
@@ -278,12 +397,8 @@ pub fn validate_batch(
         if !s.value.is_finite() {
             return Err(InvalidBatch::NotFinite { sample: i, metric });
         }
-        let in_range = if metric.is_percent() {
-            (0.0..=100.0).contains(&s.value)
-        } else {
-            s.value >= 0.0
-        };
-        if !in_range {
+        let (low, high) = value_range(metric);
+        if !(low..=high).contains(&s.value) {
             return Err(InvalidBatch::OutOfRange {
                 sample: i,
                 metric,
@@ -390,17 +505,20 @@ mod tests {
         use InvalidBatch as I;
         check_invalid(
             |b| b.hostname.clear(),
-            I::EmptyField("hostname"),
+            I::Field(FieldError::Empty("hostname".into())),
             "hostname: required, but empty",
         );
         check_invalid(
             |b| b.agent_id.clear(),
-            I::EmptyField("agent_id"),
+            I::Field(FieldError::Empty("agent_id".into())),
             "agent_id: required, but empty",
         );
         check_invalid(
             |b| b.hostname = "a b\n".into(),
-            I::BadHostname("a b\n".into()),
+            I::Field(FieldError::BadHostname {
+                field: "hostname".into(),
+                value: "a b\n".into(),
+            }),
             "hostname: 'a b\\n' has characters other than ASCII letters, digits, '.', '-' and '_'",
         );
         check_invalid(|b| b.seq = 0, I::ZeroSeq, "seq: must be at least 1, got 0");
@@ -446,7 +564,8 @@ mod tests {
                 metric: Metric::NetInKbps,
                 value: -0.5,
             },
-            "samples[0].value: net_in_kbps = -0.5 is out of range (must be at least 0)",
+            "samples[0].value: net_in_kbps = -0.5 is out of range (must be from 0 to 1073741824 \
+             KiB/s)",
         );
         check_invalid(
             |b| b.samples[0].hostname = "other".into(),
@@ -473,11 +592,11 @@ mod tests {
         );
         check_invalid(
             |b| b.agent_id = "x".repeat(300),
-            I::TooLong {
-                field: "agent_id",
+            I::Field(FieldError::TooLong {
+                field: "agent_id".into(),
                 bytes: 300,
                 limit: MAX_ID_BYTES,
-            },
+            }),
             "agent_id: 300 bytes long, at most 256",
         );
     }
@@ -490,11 +609,11 @@ mod tests {
         check_valid(|b| b.agent_version = "v".repeat(MAX_ID_BYTES));
         check_invalid(
             |b| b.agent_version = "v".repeat(MAX_ID_BYTES + 1),
-            I::TooLong {
-                field: "agent_version",
+            I::Field(FieldError::TooLong {
+                field: "agent_version".into(),
                 bytes: MAX_ID_BYTES + 1,
                 limit: MAX_ID_BYTES,
-            },
+            }),
             "agent_version: 257 bytes long, at most 256",
         );
         let long_host = "h".repeat(MAX_HOSTNAME_BYTES);
@@ -504,11 +623,11 @@ mod tests {
         });
         check_invalid(
             |b| b.hostname = "h".repeat(MAX_HOSTNAME_BYTES + 1),
-            I::TooLong {
-                field: "hostname",
+            I::Field(FieldError::TooLong {
+                field: "hostname".into(),
                 bytes: MAX_HOSTNAME_BYTES + 1,
                 limit: MAX_HOSTNAME_BYTES,
-            },
+            }),
             "hostname: 254 bytes long, at most 253",
         );
         // Sample count.
@@ -546,6 +665,142 @@ mod tests {
             },
             "samples[0].time_unix_ms: 2026-11-25T12:01:00.006Z is more than 60 s after the \
              batch's sent_unix_ms (2026-11-25T12:00:00.005Z)",
+        );
+    }
+
+    #[test]
+    fn every_rate_is_capped_at_one_tib_per_second_exactly() {
+        // Finding 5 of the hostile-input review: rates up to 1e308 were
+        // stored and broke the hosts table. The bound passes, the next
+        // representable number above it fails, for every rate metric.
+        let above = f64::from_bits(MAX_RATE_KIB_PER_S.to_bits() + 1);
+        for metric in Metric::ALL.into_iter().filter(|m| !m.is_percent()) {
+            let v = check_valid(|b| {
+                b.samples[0].metric = metric.name().into();
+                b.samples[0].value = MAX_RATE_KIB_PER_S;
+            });
+            assert_eq!(v.samples[0].2, MAX_RATE_KIB_PER_S);
+            for value in [above, 1e308] {
+                check_invalid(
+                    |b| {
+                        b.samples[0].metric = metric.name().into();
+                        b.samples[0].value = value;
+                    },
+                    InvalidBatch::OutOfRange {
+                        sample: 0,
+                        metric,
+                        value,
+                    },
+                    &format!(
+                        "samples[0].value: {metric} = {value} is out of range (must be from 0 \
+                         to 1073741824 KiB/s)"
+                    ),
+                );
+            }
+        }
+        assert_eq!(value_range(Metric::MemPercent), (0.0, 100.0));
+        assert_eq!(MAX_RATE_KIB_PER_S, (1u64 << 30) as f64);
+    }
+
+    #[test]
+    fn a_seq_beyond_any_agent_is_refused_with_its_own_code() {
+        // Finding 4: a batch with seq 10^12 opened a gap of a trillion
+        // seqs in the de-duplication state.
+        let v = check_valid(|b| b.seq = MAX_SEQ);
+        assert_eq!(v.seq, MAX_SEQ);
+        for seq in [MAX_SEQ + 1, 1_000_000_000_000, u64::MAX] {
+            let mut b = batch(NOW, &[(Metric::CpuPercent, 1.0)]);
+            b.seq = seq;
+            let err = validate_batch(b, NOW, 30_000).unwrap_err();
+            assert_eq!(err, InvalidBatch::SeqOutOfRange(seq));
+            assert_eq!(err.ack_code(), pb::AckCode::SequenceOutOfRange);
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "seq: {seq} is more than any agent can have produced (at most 4294967296: \
+                     13.6 years of batches at the fastest interval)"
+                )
+            );
+        }
+        assert_eq!(InvalidBatch::ZeroSeq.ack_code(), pb::AckCode::Invalid);
+    }
+
+    fn hello() -> pb::AgentHello {
+        pb::AgentHello {
+            agent_id: "pi-1".into(),
+            hostname: "pi-1".into(),
+            agent_version: "0.1.0".into(),
+            boot_id: 7,
+            interval_ms: 5000,
+        }
+    }
+
+    fn check_hello(mutate: impl FnOnce(&mut pb::AgentHello), message: Option<&str>) {
+        let mut h = hello();
+        mutate(&mut h);
+        assert_eq!(
+            validate_hello(&h)
+                .map_err(|e| e.to_string())
+                .err()
+                .as_deref(),
+            message
+        );
+    }
+
+    #[test]
+    fn a_hello_holds_to_the_rules_of_a_batch() {
+        // Finding 2: hellos with 256 KiB agent_id and agent_version were
+        // taken, kept and logged whole.
+        check_hello(|_| {}, None);
+        check_hello(|h| h.agent_id = "a".repeat(MAX_ID_BYTES), None);
+        check_hello(|h| h.agent_version = "v".repeat(MAX_ID_BYTES), None);
+        check_hello(|h| h.agent_version.clear(), None);
+        check_hello(
+            |h| h.agent_id = "a".repeat(256 * 1024),
+            Some("agent_id: 262144 bytes long, at most 256"),
+        );
+        check_hello(
+            |h| h.agent_version = "v".repeat(MAX_ID_BYTES + 1),
+            Some("agent_version: 257 bytes long, at most 256"),
+        );
+        check_hello(
+            |h| h.agent_id.clear(),
+            Some("agent_id: required, but empty"),
+        );
+        check_hello(
+            |h| h.hostname = "pi\nINFO forged line".into(),
+            Some(
+                "hostname: 'pi\\nINFO forged line' has characters other than ASCII letters, \
+                 digits, '.', '-' and '_'",
+            ),
+        );
+        check_hello(
+            |h| h.hostname = "h".repeat(MAX_HOSTNAME_BYTES + 1),
+            Some("hostname: 254 bytes long, at most 253"),
+        );
+        check_hello(
+            |h| h.hostname.clear(),
+            Some("hostname: required, but empty"),
+        );
+    }
+
+    #[test]
+    fn a_bad_hostname_is_shown_escaped_and_capped() {
+        let long = format!("{}\x1b[2J", "x".repeat(300));
+        let e = check_hostname("hosts[3]", &long).unwrap_err();
+        assert_eq!(e.to_string(), "hosts[3]: 304 bytes long, at most 253");
+        let e = check_hostname("hosts[0]", "a\x1b]0;owned\x07").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "hosts[0]: 'a\\x1b]0;owned\\x07' has characters other than ASCII letters, digits, \
+             '.', '-' and '_'"
+        );
+        assert!(check_hostname("hostname", &"h".repeat(MAX_HOSTNAME_BYTES)).is_ok());
+        assert_eq!(
+            check_len("command_id", &"c".repeat(129), 128)
+                .unwrap_err()
+                .to_string(),
+            "command_id: 129 bytes long, at most 128"
         );
     }
 

@@ -25,7 +25,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -171,71 +170,6 @@ fn stored(server: &Server, host: &str) -> BTreeMap<(String, String, i64), f64> {
         out.insert((name.to_owned(), s.hostname.clone(), t), s.value * scale);
     }
     out
-}
-
-/// "2024-05-01T10:00:00.123Z" → ms since the epoch (the shape monitorctl
-/// prints).
-fn rfc3339_ms(s: &str) -> i64 {
-    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
-    let (y, mo, d) = (n(0..4), n(5..7), n(8..10));
-    let (h, mi, sec, ms) = (n(11..13), n(14..16), n(17..19), n(20..23));
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 86_400 + h * 3600 + mi * 60 + sec) * 1000) + ms
-}
-
-/// An HTTPS GET of the server's HTTP listener, trusting its CA.
-fn https_get(
-    server: &Server,
-    path: &str,
-    token: Option<&str>,
-    accept: Option<&str>,
-) -> (u16, String) {
-    let addr = server.http_addr().expect("the server's HTTP listener");
-    let ca_pem = std::fs::read_to_string(server.dir().join("tls").join("ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for block in monitor::pem::decode_all(&ca_pem).unwrap() {
-        roots.add(block.der.into()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        if let Some(a) = accept {
-            req.push_str(&format!("Accept: {a}\r\n"));
-        }
-        req.push_str("\r\n");
-        tls.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        // The server may close without a TLS close_notify: keep what came.
-        let _ = tls.read_to_end(&mut raw).await;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, body.to_owned())
-    })
 }
 
 /// Runs `promtool check metrics` on `body`: its exit code and output.

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use common::*;
 use monitor::pb;
-use monitor::pb::collector_client::CollectorClient;
 use monitor::pb::collector_server::{Collector, CollectorServer};
 use monitor::pb::command_request::Kind as Req;
 use monitor::pb::command_response::Kind as Resp;
@@ -431,67 +430,9 @@ async fn expiry_is_judged_on_the_agents_own_clock_whatever_the_server_says() {
     }
 }
 
-/// A batch of one sample, of host `host` in run `boot_id`, sent at the
-/// sample's time.
-fn one_sample(
-    (host, boot_id, seq): (&str, u64, u64),
-    time_unix_ms: i64,
-    metric: &str,
-    value: f64,
-) -> pb::Batch {
-    pb::Batch {
-        agent_id: host.into(),
-        boot_id,
-        seq,
-        samples: vec![pb::Sample {
-            time_unix_ms,
-            hostname: host.into(),
-            metric: metric.into(),
-            value,
-        }],
-        sent_unix_ms: time_unix_ms,
-        agent_version: "test".into(),
-        hostname: host.into(),
-        ..Default::default()
-    }
-}
-
 fn batch(seq: u64, metric: &str, value: f64) -> pb::Batch {
     let now = monitor::time::now_unix_ms();
     one_sample(("raw-1", 42, seq), now, metric, value)
-}
-
-/// Sends `batches` on one Report stream to `server` and returns the
-/// stream's sender (the stream stays open while it lives) and the first
-/// `batches.len()` acks as (seq, code, message).
-async fn report(
-    server: &Server,
-    batches: Vec<pb::Batch>,
-) -> (mpsc::Sender<pb::Batch>, Vec<(u64, i32, String)>) {
-    // A certificate for the host the batches name: the server takes the
-    // agent's identity from it.
-    let channel = server.channel(&batches[0].hostname).await;
-    let mut client = CollectorClient::new(channel);
-    let (tx, rx) = mpsc::channel(16);
-    let mut acks = client
-        .report(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let n = batches.len();
-    for b in batches {
-        tx.send(b).await.unwrap();
-    }
-    let mut got = Vec::new();
-    for _ in 0..n {
-        let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
-            .await
-            .expect("ack in time")
-            .expect("stream ok")
-            .expect("an ack");
-        got.push((ack.seq, ack.code, ack.message));
-    }
-    (tx, got)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,4 +535,163 @@ async fn server_refuses_a_batch_that_contradicts_a_stored_sample() {
     let time = monitor::time::Rfc3339(t).to_string();
     assert_eq!(values, vec![(time.as_str(), "cpu_percent", 10.0)]);
     assert!(log.contains("raw-c: refused batch 2"), "{log}");
+}
+
+/// The rogue-server findings of the hostile-input review, replayed against
+/// the real agent: a server that floods it with `collect-now` (which it
+/// cannot sign: only what an operator signed runs, at a bounded rate) and
+/// with large refused requests gets a bounded amount of work and of log
+/// out of it. Prints the agent's CPU and log growth for BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_server_flooding_commands_gets_bounded_work_and_log() {
+    use monitor_agent::session::gate::{BURST, REFILL};
+    const SIGNED: usize = 3_000;
+    const UNSIGNED: usize = 3_000;
+    const LARGE: usize = 300;
+    let rig = fake_and_agent(0).await;
+    // The agent is up and answering before the flood starts.
+    let (_, f) = outcome_of(&rig, signed_run(&rig.key, "warm", &["ping"], &["proto-1"])).await;
+    assert_eq!(f.outcome, pb::Outcome::Exited as i32);
+    let lines_before = rig.agent.stderr.lines().len();
+    let cpu_before = cpu_seconds(rig.agent.pid());
+    let started = std::time::Instant::now();
+
+    // Signed collect-now (a replayed capture of one operator's session,
+    // each id fresh): the gate's rate decides how many run. Unsigned ones
+    // with long ids, and ~56 KiB requests (just under the agent's 64 KiB
+    // message limit), are refused outright.
+    let mut ids = Vec::with_capacity(SIGNED + UNSIGNED + LARGE);
+    let big_arg = "x".repeat(1000);
+    for i in 0..SIGNED.max(UNSIGNED) {
+        if i < SIGNED {
+            let id = format!("flood-signed-{i}");
+            rig.commands
+                .send(req(signed_run(
+                    &rig.key,
+                    &id,
+                    &["collect-now"],
+                    &["proto-1"],
+                )))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        if i < UNSIGNED {
+            let id = format!("flood-unsigned-{i}-{}", "\u{1b}]0;owned\u{7}".repeat(8));
+            rig.commands
+                .send(run(
+                    &id,
+                    &["collect-now"],
+                    monitor::time::now_unix_ms() + 60_000,
+                ))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        if i < LARGE {
+            let id = format!("flood-large-{i}");
+            let argv: Vec<&str> = std::iter::once("cat")
+                .chain(std::iter::repeat_n(big_arg.as_str(), 56))
+                .collect();
+            rig.commands
+                .send(run(&id, &argv, monitor::time::now_unix_ms() + 60_000))
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+    }
+
+    // Every request gets its final answer: refused or run, none left
+    // hanging.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let finals = loop {
+        let finals: std::collections::HashMap<String, pb::Finished> = rig
+            .fake
+            .responses
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| match &r.kind {
+                Some(Resp::Finished(f)) if r.command_id.starts_with("flood-") => {
+                    Some((r.command_id.clone(), f.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if finals.len() == ids.len() {
+            break finals;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} requests answered: {}",
+            finals.len(),
+            ids.len(),
+            rig.agent.stderr.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds(rig.agent.pid()) - cpu_before;
+    let ran = finals
+        .iter()
+        .filter(|(_, f)| f.outcome == pb::Outcome::Exited as i32)
+        .count();
+    let ran_unsigned = finals
+        .iter()
+        .filter(|(id, f)| {
+            !id.starts_with("flood-signed-") && f.outcome != pb::Outcome::Rejected as i32
+        })
+        .count();
+    assert_eq!(
+        ran_unsigned, 0,
+        "an unsigned or oversized request was not refused"
+    );
+    // The burst, then one per REFILL for as long as the flood lasted.
+    let allowed =
+        BURST as usize + (elapsed.as_secs_f64() / REFILL.as_secs_f64()).ceil() as usize + 1;
+    assert!(
+        (BURST as usize..=allowed).contains(&ran),
+        "{ran} collect-now ran in {elapsed:?}: the rate allows {BURST} at once and one per {REFILL:?}"
+    );
+    let refused_rate = finals
+        .values()
+        .filter(|f| f.message.starts_with("too many collect-now"))
+        .count();
+    assert!(
+        refused_rate >= SIGNED - allowed,
+        "{refused_rate} refused for the rate"
+    );
+
+    // The log: the first refusal of the minute in full, escaped; the rest
+    // counted. Nothing of the 56 KiB requests reaches it.
+    // The harness runs agents at debug level; what the default level (info)
+    // would write is what fills an SD card.
+    let new_lines: Vec<String> = rig.agent.stderr.lines()[lines_before..]
+        .iter()
+        .filter(|l| !l.starts_with("DEBUG") && !l.starts_with("TRACE"))
+        .cloned()
+        .collect();
+    let grown: usize = new_lines.iter().map(|l| l.len() + 1).sum();
+    assert!(
+        new_lines.len() <= 4 && grown <= 4096,
+        "{} log lines ({grown} bytes) for {} hostile requests:\n{}",
+        new_lines.len(),
+        ids.len(),
+        new_lines.join("\n")
+    );
+    assert!(
+        new_lines
+            .iter()
+            .all(|l| !l.contains('\u{1b}') && !l.contains(&big_arg)),
+        "raw escape or a whole argument in the log: {new_lines:?}"
+    );
+    println!(
+        "hostile server: {} requests in {:.1} s; {ran} collect-now ran (rate {BURST} then 1/s), \
+         the rest refused; agent CPU {:.2} s ({:.0} us per request); log +{grown} bytes in {} lines at info level",
+        ids.len(),
+        elapsed.as_secs_f64(),
+        cpu,
+        cpu * 1e6 / ids.len() as f64,
+        new_lines.len()
+    );
 }

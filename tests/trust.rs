@@ -166,7 +166,7 @@ async fn list_hosts(endpoint: Endpoint) -> Call<pb::ListHostsResponse> {
         Err(e) => Call::Cut(monitor::cli::error_chain(&e)),
         Ok(ch) => Call::of(
             AdminClient::new(ch)
-                .list_hosts(pb::ListHostsRequest {})
+                .list_hosts(pb::ListHostsRequest::default())
                 .await
                 .map(tonic::Response::into_inner),
         ),
@@ -743,14 +743,15 @@ fn an_agent_cannot_write_as_another_host_nor_take_its_commands() {
     );
 
     // Batches of pi-a's carrying pi-b's agent id and run: one with a
-    // sequence number far ahead, then the next 300 of pi-b's (a minute of
-    // its batches). Stored as pi-a's own; pi-b's next batches are still
-    // stored, not taken for re-sends of these.
+    // sequence number far ahead (the furthest the wire contract takes),
+    // then the next 300 of pi-b's (a minute of its batches). Stored as
+    // pi-a's own; pi-b's next batches are still stored, not taken for
+    // re-sends of these.
     let (boot_id, high_seq) = wait_for("pi-b's run in the file", Duration::from_secs(20), || {
         latest_run(&server.db, "pi-b")
     });
     let now = monitor::time::now_unix_ms();
-    let claims: Vec<pb::Batch> = std::iter::once(1_000_000_000_000)
+    let claims: Vec<pb::Batch> = std::iter::once(monitor::wire::MAX_SEQ)
         .chain(high_seq + 1..=high_seq + 300)
         .enumerate()
         .map(|(i, seq)| {

@@ -7,9 +7,10 @@
 //! the agent is back). Nothing here allocates once the queue has grown to its
 //! working size, and it never grows past `capacity`.
 //!
-//! On each new session the sender calls [`Buffer::rewind`] and re-sends from
-//! the oldest unacknowledged batch, in order: that ordering is what lets the
-//! server de-duplicate with a per-run high-water mark.
+//! On each new session, and when the server asks it to slow down (a
+//! rate-limited acknowledgement), the sender calls [`Buffer::rewind`] and
+//! re-sends from the oldest unacknowledged batch, in order: that ordering
+//! is what lets the server de-duplicate with a per-run high-water mark.
 
 use std::collections::VecDeque;
 
@@ -75,7 +76,8 @@ impl Buffer {
         self.in_flight < self.queue.len()
     }
 
-    /// Starts a new session: everything unacknowledged is sent again.
+    /// Starts a new pass (a new session, or after a rate-limited refusal):
+    /// everything unacknowledged is sent again.
     pub fn rewind(&mut self) {
         self.in_flight = 0;
     }

@@ -75,6 +75,12 @@ struct HostLine<'a> {
     /// Batches refused since the server started as contradicting stored
     /// samples (added after the fields above; new fields go last).
     batches_conflicting_total: u64,
+    /// Batches refused since the server started as over the host's ingest
+    /// budget (to be sent again).
+    batches_rate_limited_total: u64,
+    /// Batches since the server started told apart from duplicates by
+    /// their samples (their run's gap memory was exhausted).
+    batches_checked_by_value_total: u64,
 }
 
 /// One line of `monitorctl query --json`.
@@ -129,6 +135,8 @@ pub fn host(out: &mut Vec<u8>, h: &pb::HostInfo) -> Result<(), serde_json::Error
             interval_ms: h.interval_ms,
             latest: Latest(&h.latest),
             batches_conflicting_total: h.batches_conflicting_total,
+            batches_rate_limited_total: h.batches_rate_limited_total,
+            batches_checked_by_value_total: h.batches_checked_by_value_total,
         },
     )
 }
@@ -244,6 +252,8 @@ mod tests {
             batches_stored_total: 99,
             parse_errors_total: 2,
             batches_conflicting_total: 4,
+            batches_rate_limited_total: 5,
+            batches_checked_by_value_total: 6,
         };
         assert_eq!(
             text(|o| host(o, &h)),
@@ -253,7 +263,8 @@ mod tests {
              \"dropped_batches_total\":1,\"batches_stored_total\":99,\
              \"parse_errors_total\":2,\"interval_ms\":1000,\
              \"latest\":{\"mem_percent\":40.5,\"cpu_percent\":3},\
-             \"batches_conflicting_total\":4}\n"
+             \"batches_conflicting_total\":4,\"batches_rate_limited_total\":5,\
+             \"batches_checked_by_value_total\":6}\n"
         );
         let never = pb::HostInfo {
             hostname: "new".into(),
@@ -262,7 +273,10 @@ mod tests {
         let line = text(|o| host(o, &never));
         assert!(line.contains(",\"last_seen\":null,"), "{line}");
         assert!(
-            line.ends_with(",\"latest\":{},\"batches_conflicting_total\":0}\n"),
+            line.ends_with(
+                ",\"latest\":{},\"batches_conflicting_total\":0,\"batches_rate_limited_total\":0,\
+                 \"batches_checked_by_value_total\":0}\n"
+            ),
             "{line}"
         );
     }

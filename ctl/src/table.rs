@@ -167,6 +167,7 @@ mod tests {
         let resp = pb::ListHostsResponse {
             hosts: vec![host("pi-1")],
             server_unix_ms: 12_000,
+            next_page_token: String::new(),
         };
         let table = hosts(&resp);
         let rows: Vec<&str> = table.lines().collect();
@@ -186,6 +187,7 @@ mod tests {
         let resp = pb::ListHostsResponse {
             hosts: vec![host("pi\x1b]0;owned\x07")],
             server_unix_ms: 12_000,
+            next_page_token: String::new(),
         };
         let table = hosts(&resp);
         assert!(table.contains("pi\\x1b]0;owned\\x07 "), "{table}");

@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 
-use monitor::pb;
 use monitor::time::{Rfc3339, format_duration_short};
 
 use crate::args::TopConfig;
@@ -18,10 +17,7 @@ const CLEAR_SCREEN: &str = "\x1b[H\x1b[2J";
 pub async fn top(client: &mut Client, t: TopConfig) -> Result<(), CtlError> {
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
-        let resp = client
-            .list_hosts(pb::ListHostsRequest {})
-            .await?
-            .into_inner();
+        let resp = crate::hosts::all_hosts(client).await?;
         let online = resp.hosts.iter().filter(|h| h.online).count();
         let mut frame = String::new();
         if !t.once {

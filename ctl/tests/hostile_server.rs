@@ -59,6 +59,9 @@ impl Admin for Hostile {
                 ..Default::default()
             }],
             server_unix_ms: 1000,
+            // A token that never moves forward: monitorctl must stop after
+            // asking for it once, not page forever.
+            next_page_token: EVIL_HOST.into(),
         }))
     }
 
@@ -296,6 +299,11 @@ async fn tables_and_errors_show_server_strings_escaped() {
         "{line}"
     );
     assert!(line.contains("\"peer\":\"\\u0007\""), "{line}");
+    assert_eq!(
+        line.lines().count(),
+        2,
+        "the first page and one more: {line}"
+    );
 
     let out = ctl(&url, &["query", "pi"]).await;
     assert_eq!(out.status.code(), Some(1));

@@ -7,8 +7,18 @@
 //! `ListHosts` joins the two owners of what it shows: the store for a
 //! host's facts (agent, first and last seen, counters, latest values), the
 //! registry for its liveness (online, since when, peer, clock offset,
-//! interval). It must stay fast with 10,000 hosts: both sides come sorted
-//! by hostname and are joined in one pass.
+//! interval). It must stay fast and bounded with 10,000 hosts and more: it
+//! answers one page at a time (at most [`MAX_PAGE_SIZE`] hosts, about 2.4
+//! MB at worst since every string of a host is capped), taking from each
+//! side only the page's hosts, sorted by hostname and joined in one pass.
+//! A request without paging fields (an older monitorctl) gets the first
+//! page and a `next_page_token`.
+//!
+//! Every string field of a request is checked before it is used: a
+//! hostname against the hostname rules, an id or a metric name against its
+//! length, so nothing a buggy client sends grows a log line, a lookup or an
+//! answer (the listener's decoding limit, [`MAX_REQUEST_BYTES`], bounds the
+//! message as a whole).
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -33,6 +43,18 @@ pub const INSECURE_OPERATOR: &str = "insecure";
 
 /// Samples per `QueryChunk` message (about 40 bytes each on the wire).
 const QUERY_CHUNK: usize = 4096;
+/// Hosts per `ListHosts` page when the request names no size.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+/// Most hosts per page: a larger `page_size` is taken as this. A host is at
+/// most about 1.2 KB on the wire (hostname 253, agent id and version 256
+/// each, six latest values), so a page stays under tonic's 4 MiB default
+/// decoding limit for any client.
+pub const MAX_PAGE_SIZE: usize = 2000;
+/// Largest request the operator API decodes (tonic's default, named: an
+/// `Exec` with 30,000 hostnames fits).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Longest metric name a query may give (the longest real one is 15).
+const MAX_METRIC_NAME_BYTES: usize = 64;
 /// History rows returned when the operator names no limit.
 const DEFAULT_HISTORY: usize = 50;
 
@@ -49,6 +71,11 @@ pub struct AdminService {
     pub remote_write: AllStats,
     /// The HTTP listener's address, if on (for `Status`).
     pub http_listen: Option<std::net::SocketAddr>,
+}
+
+/// A request field that breaks its rule, as INVALID_ARGUMENT.
+pub fn invalid(e: monitor::wire::FieldError) -> Status {
+    Status::invalid_argument(e.to_string())
 }
 
 /// Maps a store error to a status the operator can act on.
@@ -87,6 +114,33 @@ impl AdminService {
         })
     }
 
+    /// A certificate for an agent or an operator, made for the calling
+    /// operator.
+    async fn issue(
+        &self,
+        request: Request<pb::IssueCertificateRequest>,
+        role: Role,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let operator = self.operator(&request)?;
+        let answer = self
+            .enrolment()?
+            .issue(&operator, role, request.into_inner())
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Revokes `name`'s certificates of `role` for the calling operator:
+    /// how many, and whether it was connected.
+    async fn revoke_as<T>(
+        &self,
+        request: &Request<T>,
+        role: Role,
+        name: &str,
+    ) -> Result<(u32, bool), Status> {
+        let operator = self.operator(request)?;
+        self.enrolment()?.revoke(&operator, role, name).await
+    }
+
     /// Whether the store or the registry knows `hostname`.
     async fn is_known(&self, hostname: &str) -> Result<bool, Status> {
         if self.registry.has_connected(hostname) {
@@ -120,16 +174,21 @@ impl AdminService {
 }
 
 /// Joins the store's hosts and the registry's (both sorted by hostname,
-/// as `Store::hosts` and `Registry::snapshot` return them) into what
-/// `ListHosts` shows, in one pass. A host's facts come from the store; its
-/// liveness from the registry. The peer and clock offset are the live
-/// connection's while the host is online, else those of its latest stored
-/// batch.
-pub fn host_infos(stored: Vec<HostRecord>, live: Vec<LiveHost>) -> Vec<pb::HostInfo> {
-    let mut out = Vec::with_capacity(stored.len().max(live.len()));
+/// as `Store::hosts_page` and `Registry::page` return them) into what
+/// `ListHosts` shows, in one pass, at most `limit` of them. A host's facts
+/// come from the store; its liveness from the registry. The peer and clock
+/// offset are the live connection's while the host is online, else those
+/// of its latest stored batch.
+///
+/// When both sides are the first `limit` hosts after the same name, the
+/// first `limit` of their union are exactly the first `limit` hosts after
+/// that name: a host among them has fewer than `limit` hosts before it on
+/// either side, so it is in that side's page.
+pub fn host_infos(stored: Vec<HostRecord>, live: Vec<LiveHost>, limit: usize) -> Vec<pb::HostInfo> {
+    let mut out = Vec::with_capacity(stored.len().max(live.len()).min(limit));
     let mut stored = stored.into_iter().peekable();
     let mut live = live.into_iter().peekable();
-    loop {
+    while out.len() < limit {
         let order = match (stored.peek(), live.peek()) {
             (None, None) => break,
             (Some(_), None) => Ordering::Less,
@@ -158,6 +217,7 @@ fn host_info(stored: Option<HostRecord>, live: Option<LiveHost>) -> pb::HostInfo
         info.interval_ms = l.interval_ms;
         info.parse_errors_total = l.parse_errors_total;
         info.batches_conflicting_total = l.batches_conflicting_total;
+        info.batches_rate_limited_total = l.batches_rate_limited_total;
         info.peer = l.peer;
         info.clock_offset_ms = l.clock_offset_ms;
     }
@@ -168,6 +228,7 @@ fn host_info(stored: Option<HostRecord>, live: Option<LiveHost>) -> pb::HostInfo
         info.last_seen_unix_ms = s.last_seen_unix_ms;
         info.dropped_batches_total = s.dropped_batches_total;
         info.batches_stored_total = s.batches_stored_total;
+        info.batches_checked_by_value_total = s.batches_checked_by_value_total;
         info.latest = s
             .latest
             .iter()
@@ -203,23 +264,15 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
-        let operator = self.operator(&request)?;
-        let answer = self
-            .enrolment()?
-            .issue(&operator, Role::Agent, request.into_inner())
-            .await?;
-        Ok(Response::new(answer))
+        self.issue(request, Role::Agent).await
     }
 
     async fn revoke(
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let operator = self.operator(&request)?;
-        let hostname = request.into_inner().hostname;
         let (certificates_revoked, was_connected) = self
-            .enrolment()?
-            .revoke(&operator, Role::Agent, &hostname)
+            .revoke_as(&request, Role::Agent, &request.get_ref().hostname)
             .await?;
         Ok(Response::new(pb::RevokeResponse {
             certificates_revoked,
@@ -231,23 +284,15 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
-        let operator = self.operator(&request)?;
-        let answer = self
-            .enrolment()?
-            .issue(&operator, Role::Operator, request.into_inner())
-            .await?;
-        Ok(Response::new(answer))
+        self.issue(request, Role::Operator).await
     }
 
     async fn remove_operator(
         &self,
         request: Request<pb::RemoveOperatorRequest>,
     ) -> Result<Response<pb::RemoveOperatorResponse>, Status> {
-        let operator = self.operator(&request)?;
-        let name = request.into_inner().name;
         let (certificates_revoked, _) = self
-            .enrolment()?
-            .revoke(&operator, Role::Operator, &name)
+            .revoke_as(&request, Role::Operator, &request.get_ref().name)
             .await?;
         Ok(Response::new(pb::RemoveOperatorResponse {
             certificates_revoked,
@@ -278,10 +323,38 @@ impl Admin for AdminService {
         request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
         self.operator(&request)?;
-        let stored = self.store.hosts().await.map_err(status_of)?;
+        let req = request.into_inner();
+        let size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => usize::try_from(n)
+                .unwrap_or(MAX_PAGE_SIZE)
+                .min(MAX_PAGE_SIZE),
+        };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            monitor::wire::check_hostname("page_token", &req.page_token).map_err(invalid)?;
+            Some(req.page_token)
+        };
+        // One more than the page from each side tells whether a next page
+        // exists without asking for it.
+        let stored = self
+            .store
+            .hosts_page(after.clone(), size + 1)
+            .await
+            .map_err(status_of)?;
+        let live = self.registry.page(after.as_deref(), size + 1);
+        let mut hosts = host_infos(stored, live, size + 1);
+        let next_page_token = if hosts.len() > size {
+            hosts.truncate(size);
+            hosts.last().map(|h| h.hostname.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ListHostsResponse {
-            hosts: host_infos(stored, self.registry.snapshot()),
+            hosts,
             server_unix_ms: monitor::time::now_unix_ms(),
+            next_page_token,
         }))
     }
 
@@ -293,6 +366,8 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::QueryStream>, Status> {
         self.operator(&request)?;
         let q = request.into_inner();
+        monitor::wire::check_hostname("hostname", &q.hostname).map_err(invalid)?;
+        monitor::wire::check_len("metric", &q.metric, MAX_METRIC_NAME_BYTES).map_err(invalid)?;
         if !self.is_known(&q.hostname).await? {
             return Err(self.unknown_host(&q.hostname).await);
         }
@@ -382,6 +457,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let operator = self.operator(&request)?;
         let id = request.into_inner().command_id;
+        monitor::wire::check_len("command_id", &id, monitor::command::MAX_ID_BYTES)
+            .map_err(invalid)?;
         if !self.router.is_running(&id) {
             return Err(Status::not_found(format!(
                 "no running command with id '{}'",
@@ -438,10 +515,11 @@ impl Admin for AdminService {
         self.operator(&request)?;
         let req = request.into_inner();
         let host = (!req.hostname.is_empty()).then_some(req.hostname);
-        if let Some(h) = &host
-            && !self.is_known(h).await?
-        {
-            return Err(self.unknown_host(h).await);
+        if let Some(h) = &host {
+            monitor::wire::check_hostname("hostname", h).map_err(invalid)?;
+            if !self.is_known(h).await? {
+                return Err(self.unknown_host(h).await);
+            }
         }
         let limit = match req.limit {
             0 => DEFAULT_HISTORY,
@@ -487,6 +565,7 @@ mod tests {
             clock_offset_ms: -5,
             dropped_batches_total: 2,
             batches_stored_total: 7,
+            batches_checked_by_value_total: 0,
             latest: vec![LatestValue {
                 metric: Metric::CpuPercent,
                 time_unix_ms: 19,
@@ -505,6 +584,7 @@ mod tests {
             interval_ms: 1000,
             parse_errors_total: 3,
             batches_conflicting_total: 1,
+            batches_rate_limited_total: 4,
         }
     }
 
@@ -517,6 +597,7 @@ mod tests {
                 stored("c", "old-c"),
             ],
             vec![live("b", true), live("c", false), live("d", true)],
+            10,
         );
         let names: Vec<&str> = infos.iter().map(|h| h.hostname.as_str()).collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
@@ -541,5 +622,22 @@ mod tests {
         assert!(d.online);
         assert_eq!((d.agent_id.as_str(), d.batches_stored_total), ("", 0));
         assert!(d.latest.is_empty());
+        assert_eq!(d.batches_rate_limited_total, 4);
+    }
+
+    #[test]
+    fn a_page_joins_the_first_hosts_of_both_sides() {
+        // Each side gives its first three after the token; the union's
+        // first three are the page.
+        let infos = host_infos(
+            vec![stored("a", "p"), stored("c", "p"), stored("e", "p")],
+            vec![live("b", true), live("c", true), live("d", true)],
+            3,
+        );
+        let names: Vec<&str> = infos.iter().map(|h| h.hostname.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert!(infos[2].online);
+        assert_eq!(infos[2].agent_id, "c-agent");
+        assert!(host_infos(vec![stored("a", "p")], vec![], 0).is_empty());
     }
 }

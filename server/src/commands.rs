@@ -12,6 +12,14 @@
 //! `LostConnection` result when the command's timeout plus a grace period
 //! has passed, an agent whose stream ends gets one at once, and an operator
 //! who goes away (Ctrl-C) has the command cancelled on every host.
+//!
+//! Nothing an agent sends is forwarded or kept without a bound: output at
+//! most [`MAX_OUTPUT_PER_STREAM_BYTES`] per stream per host and
+//! [`MAX_OUTPUT_PER_COMMAND_BYTES`] per command (what is dropped beyond is
+//! counted, logged once per host, and flagged in the host's Finished
+//! event), a rejection reason or result message at most
+//! [`MAX_MESSAGE_BYTES`]. An operator's request is checked the same way:
+//! every target a hostname, at most [`MAX_TARGETS`] of them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -64,6 +72,20 @@ pub const RESULT_GRACE: Duration = Duration::from_secs(15);
 pub const REQUEST_TTL: Duration = Duration::from_secs(30);
 /// Events buffered toward a slow operator before agents' streams wait.
 const EVENT_QUEUE: usize = 1024;
+/// Output forwarded per stream (stdout, stderr) per host of one command:
+/// the agent's own default cap, so a well-behaved agent never meets it; a
+/// modified or buggy one cannot push more through the server.
+pub const MAX_OUTPUT_PER_STREAM_BYTES: u64 = 64 * 1024;
+/// Output forwarded per command, every host together: a fan-out to 250
+/// hosts that each print their 64 KiB. Beyond it every host's output is
+/// dropped (and counted), so a fan-out to the whole fleet cannot make the
+/// operator's stream, or the server, carry gigabytes.
+pub const MAX_OUTPUT_PER_COMMAND_BYTES: u64 = 16 * 1024 * 1024;
+/// Longest rejection reason or result message forwarded and recorded.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+/// Most hosts one command may name: more than the agents' listener holds
+/// connections (30,000), so a real fleet always fits.
+pub const MAX_TARGETS: usize = 30_000;
 
 /// What a request asks, once its signature (if any) is unpacked.
 struct Plan {
@@ -84,10 +106,18 @@ impl Plan {
         let grant = pb::CommandGrant::decode(signed.grant.as_slice()).map_err(|e| {
             Status::invalid_argument(format!("signed.grant: not a CommandGrant: {e}"))
         })?;
-        if grant.command_id.is_empty() || grant.command_id.len() > monitor::command::MAX_ID_BYTES {
+        // Printable ASCII only (monitorctl makes 32 hex digits): the id is
+        // written into log lines and the operator's terminal as it is.
+        if grant.command_id.is_empty()
+            || grant.command_id.len() > monitor::command::MAX_ID_BYTES
+            || !grant.command_id.bytes().all(|b| b.is_ascii_graphic())
+        {
             return Err(Status::invalid_argument(
-                "signed.grant.command_id: empty or longer than 128 bytes",
+                "signed.grant.command_id: must be 1 to 128 bytes of printable ASCII",
             ));
+        }
+        if !grant.all_hosts {
+            check_targets("signed.grant.hosts", &grant.hosts)?;
         }
         Ok(Plan {
             id: grant.command_id,
@@ -101,6 +131,9 @@ impl Plan {
 
     /// An unsigned request: only a read-only built-in.
     fn unsigned(req: &pb::ExecRequest, now_unix_ms: i64) -> Result<Plan, Status> {
+        if !req.all {
+            check_targets("hosts", &req.hosts)?;
+        }
         if !monitor::command::runs_unsigned(&req.argv) {
             return Err(Status::permission_denied(
                 "only ping and info run without an operator's signature: monitorctl signs \
@@ -121,8 +154,59 @@ impl Plan {
 struct Inflight {
     /// Hosts that have not sent their final result: host → connection id.
     pending: HashMap<String, u64>,
+    /// Output of each host so far (hosts with output only).
+    output: HashMap<String, HostOutput>,
+    /// Output forwarded so far, every host together.
+    forwarded_total: u64,
     events: EventSender,
     done: Arc<Notify>,
+}
+
+/// Bytes of one host's output for one command: [stdout, stderr].
+#[derive(Clone, Copy, Debug, Default)]
+struct HostOutput {
+    forwarded: [u64; 2],
+    dropped: [u64; 2],
+}
+
+/// How much of a `len`-byte output piece may still go to the operator,
+/// when `forwarded` of its stream and `total` of the command went already.
+fn output_room(len: usize, forwarded: u64, total: u64) -> usize {
+    let room = MAX_OUTPUT_PER_STREAM_BYTES
+        .saturating_sub(forwarded)
+        .min(MAX_OUTPUT_PER_COMMAND_BYTES.saturating_sub(total));
+    usize::try_from(room).unwrap_or(usize::MAX).min(len)
+}
+
+/// Cuts `text` to at most `max` bytes (at a character boundary), noting
+/// what was left out.
+fn cap_message(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let left_out = text.len();
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    let _ = std::fmt::Write::write_fmt(text, format_args!("…({} more bytes)", left_out - end));
+}
+
+/// Checks an operator's targets: each a hostname, at most [`MAX_TARGETS`].
+fn check_targets(field: &str, hosts: &[String]) -> Result<(), Status> {
+    if hosts.len() > MAX_TARGETS {
+        return Err(crate::admin::invalid(monitor::wire::FieldError::TooMany {
+            field: field.to_owned(),
+            count: hosts.len(),
+            limit: MAX_TARGETS,
+        }));
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        monitor::wire::check_hostname(&format!("{field}[{i}]"), h)
+            .map_err(crate::admin::invalid)?;
+    }
+    Ok(())
 }
 
 pub struct CommandRouter {
@@ -257,6 +341,8 @@ impl CommandRouter {
             let mut inflight = self.lock();
             let entry = inflight.entry(id.clone()).or_insert(Inflight {
                 pending: HashMap::new(),
+                output: HashMap::new(),
+                forwarded_total: 0,
                 events: events.clone(),
                 done: Arc::clone(&done),
             });
@@ -410,21 +496,75 @@ impl CommandRouter {
         self.lock().contains_key(id)
     }
 
-    /// A response from `hostname`'s agent on connection `conn`.
+    /// A response from `hostname`'s agent on connection `conn`: forwarded
+    /// to the operator within the output caps, its strings capped.
     pub async fn on_agent_response(&self, hostname: &str, conn: u64, resp: pb::CommandResponse) {
         let id = resp.command_id;
-        let Some(kind) = resp.kind else {
+        let Some(mut kind) = resp.kind else {
             return;
         };
+        match &mut kind {
+            AgentKind::Rejected(r) => cap_message(&mut r.reason, MAX_MESSAGE_BYTES),
+            AgentKind::Finished(f) => cap_message(&mut f.message, MAX_MESSAGE_BYTES),
+            _ => {}
+        }
         let (events, finished_all) = {
             let mut inflight = self.lock();
             let Some(entry) = inflight.get_mut(&id) else {
-                log::debug!("{hostname}: response for unknown command {id}");
+                log::debug!(
+                    "{hostname}: response for unknown command {}",
+                    monitor::text::Escaped::with_limit(&id, monitor::command::MAX_ID_BYTES)
+                );
                 return;
             };
             if entry.pending.get(hostname) != Some(&conn) {
-                log::debug!("{hostname}: response for command {id} from a stale connection");
+                log::debug!(
+                    "{hostname}: response for command {} from a stale connection",
+                    monitor::text::Escaped::capped(&id)
+                );
                 return;
+            }
+            match &mut kind {
+                AgentKind::Output(o) => {
+                    let stream = usize::from(o.stream == pb::OutputStream::Stderr as i32);
+                    let out = entry.output.entry(hostname.to_owned()).or_default();
+                    let room =
+                        output_room(o.data.len(), out.forwarded[stream], entry.forwarded_total);
+                    let dropped = o.data.len() - room;
+                    if dropped > 0 {
+                        if out.dropped == [0, 0] {
+                            log::info!(
+                                "command {id}: {hostname} sent more output than the server \
+                                 forwards ({} KiB per stream per host, {} MiB per command); \
+                                 the rest is dropped and counted",
+                                MAX_OUTPUT_PER_STREAM_BYTES / 1024,
+                                MAX_OUTPUT_PER_COMMAND_BYTES >> 20
+                            );
+                        }
+                        out.dropped[stream] += dropped as u64;
+                        o.data.truncate(room);
+                    }
+                    out.forwarded[stream] += room as u64;
+                    entry.forwarded_total += room as u64;
+                    if room == 0 {
+                        return;
+                    }
+                }
+                AgentKind::Finished(f) => {
+                    if let Some(out) = entry.output.remove(hostname)
+                        && out.dropped != [0, 0]
+                    {
+                        f.stdout_truncated |= out.dropped[0] > 0;
+                        f.stderr_truncated |= out.dropped[1] > 0;
+                        log::info!(
+                            "command {id}: {hostname}: {} bytes of stdout and {} of stderr not \
+                             forwarded",
+                            out.dropped[0],
+                            out.dropped[1]
+                        );
+                    }
+                }
+                _ => {}
             }
             let events = entry.events.clone();
             let mut finished_all = None;
@@ -469,6 +609,7 @@ impl CommandRouter {
             for (id, entry) in inflight.iter_mut() {
                 if entry.pending.get(hostname) == Some(&conn) {
                     entry.pending.remove(hostname);
+                    entry.output.remove(hostname);
                     lost.push((id.clone(), entry.events.clone()));
                     if entry.pending.is_empty() {
                         finished.push(id.clone());
@@ -507,5 +648,60 @@ impl CommandRouter {
                 log::error!("command {id}: cannot record a result: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_goes_through_up_to_the_stream_cap_then_the_command_cap() {
+        let cap = MAX_OUTPUT_PER_STREAM_BYTES;
+        // Room for all of it, for part of it, for none.
+        assert_eq!(output_room(100, 0, 0), 100);
+        assert_eq!(output_room(100, cap - 10, 0), 10);
+        assert_eq!(output_room(100, cap, 0), 0);
+        assert_eq!(output_room(100, cap + 5, 0), 0);
+        // The command's total binds before the host's own cap.
+        let total = MAX_OUTPUT_PER_COMMAND_BYTES;
+        assert_eq!(output_room(100, 0, total - 30), 30);
+        assert_eq!(output_room(100, 0, total), 0);
+        assert_eq!(output_room(0, 0, 0), 0);
+    }
+
+    #[test]
+    fn messages_are_cut_at_a_character_and_say_how_much_went() {
+        let check = |input: &str, max: usize, expected: &str| {
+            let mut s = input.to_owned();
+            cap_message(&mut s, max);
+            assert_eq!(s, expected);
+        };
+        check("short", 10, "short");
+        check("exactly10!", 10, "exactly10!");
+        check("0123456789abc", 10, "0123456789…(3 more bytes)");
+        check("ééé", 5, "éé…(2 more bytes)");
+        let mut huge = "x".repeat(10 << 20);
+        cap_message(&mut huge, MAX_MESSAGE_BYTES);
+        assert!(huge.len() < MAX_MESSAGE_BYTES + 32);
+    }
+
+    #[test]
+    fn targets_are_hostnames_and_bounded() {
+        let ok = vec!["pi-1".to_owned(), "pi.lan".to_owned()];
+        assert!(check_targets("hosts", &ok).is_ok());
+        let bad = vec!["pi-1".to_owned(), "pi\n2".to_owned()];
+        let e = check_targets("hosts", &bad).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            e.message(),
+            "hosts[1]: 'pi\\n2' has characters other than ASCII letters, digits, '.', '-' and '_'"
+        );
+        let many = vec!["h".to_owned(); MAX_TARGETS + 1];
+        let e = check_targets("signed.grant.hosts", &many).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "signed.grant.hosts: 30001 entries, at most 30000"
+        );
     }
 }

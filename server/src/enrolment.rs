@@ -214,16 +214,7 @@ impl Enrolment {
             );
             return Err(status_of_refusal(&r));
         }
-        let issued = self
-            .authority
-            .issue_from_request(
-                Role::Agent,
-                &hostname,
-                &req.certificate_request,
-                self.agent_cert_lifetime,
-                now,
-            )
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let issued = self.agent_certificate(&hostname, &req.certificate_request, now)?;
         match self
             .store
             .redeem_join_token(
@@ -246,6 +237,14 @@ impl Enrolment {
         Ok(issued_to_pb(&issued, self.authority.ca_der()))
     }
 
+    /// An agent certificate for `name` from its certificate request (a
+    /// malformed request is the caller's error).
+    fn agent_certificate(&self, name: &str, csr_der: &[u8], now: i64) -> Result<Issued, Status> {
+        self.authority
+            .issue_from_request(Role::Agent, name, csr_der, self.agent_cert_lifetime, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
     /// `Collector.Renew`: a new certificate for an enrolled agent's new key.
     pub async fn renew(
         &self,
@@ -253,16 +252,7 @@ impl Enrolment {
         req: pb::RenewRequest,
     ) -> Result<pb::IssuedCertificate, Status> {
         let now = monitor::time::now_unix_ms();
-        let issued = self
-            .authority
-            .issue_from_request(
-                Role::Agent,
-                &identity.name,
-                &req.certificate_request,
-                self.agent_cert_lifetime,
-                now,
-            )
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let issued = self.agent_certificate(&identity.name, &req.certificate_request, now)?;
         self.store
             .record_certificate(record_of(&issued, now))
             .await

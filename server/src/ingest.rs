@@ -4,7 +4,14 @@
 //! `Report` validates each batch, queues it to the store in arrival order
 //! and acknowledges it only once it is committed (or known to be a
 //! duplicate), or refuses it (invalid, or conflicting with stored samples:
-//! counted per host in the registry). At most [`MAX_PENDING`] batches per
+//! counted per host in the registry). A host that sends faster than its
+//! ingest budget (the registry's token bucket, shared by all its streams)
+//! gets `ACK_CODE_RATE_LIMITED` for the batch over budget and for the rest
+//! of that pass (the batches following it in order), until the agent's
+//! re-send starts (a batch that does not follow the previous one): so
+//! nothing after a refused batch is stored ahead of it, and the agent,
+//! which keeps the batch and re-sends from its oldest, loses nothing.
+//! Other hosts never notice. At most [`MAX_PENDING`] batches per
 //! stream wait for their commit; beyond that the handler stops reading, so a
 //! slow disk becomes HTTP/2 flow control toward the agents rather than
 //! memory on the server.
@@ -27,11 +34,16 @@
 //! certificate is revoked. Only `Enrol` takes a connection without a
 //! certificate. With `--insecure` (no TLS) the message fields are trusted,
 //! as the flag's name says.
+//!
+//! A peer's strings reach the log only escaped and capped, and the lines a
+//! peer can cause per batch (a refusal, a corrected clock, a rate limit)
+//! at most once a minute per stream or host, so a flooding client cannot
+//! fill the disk through the journal.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monitor::pb;
 use monitor::pb::collector_server::Collector;
@@ -43,9 +55,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::commands::CommandRouter;
 use crate::enrolment::Enrolment;
 use crate::listener::PeerInfo;
-use crate::registry::Registry;
+use crate::registry::{Admission, Registry};
 use crate::store::{IncomingBatch, Store, StoreError, StoredSample, SubmitOutcome};
 use crate::telemetry::{Enrolled, Refusal, Telemetry};
+use crate::throttle::LogThrottle;
 use crate::tls::{Identity, Role, Trust};
 
 /// Batches of one stream queued to the store and not yet acknowledged.
@@ -121,6 +134,16 @@ async fn stopped(mut stopping: watch::Receiver<bool>) {
 }
 
 type Pending = Pin<Box<dyn std::future::Future<Output = pb::Ack> + Send>>;
+
+/// The log lines one Report stream can cause per batch, each at most once
+/// a minute.
+#[derive(Default)]
+struct StreamLogs {
+    /// A refused (invalid) batch.
+    invalid: LogThrottle,
+    /// A clock far off, corrected.
+    clock: LogThrottle,
+}
 
 impl CollectorService {
     /// Who calls: with TLS, an enrolled, unrevoked agent, or
@@ -202,11 +225,14 @@ impl CollectorService {
                 // Refused for good: the agent frees it and logs why.
                 Ok(SubmitOutcome::Conflict(conflict)) => {
                     telemetry.refused(Refusal::Conflict);
-                    let refused = registry.batch_conflicting(&hostname);
-                    log::warn!(
-                        "{hostname}: refused batch {seq} (boot {boot_id:016x}): {conflict}; \
-                         {refused} batches of this host refused so far"
-                    );
+                    let (refused, log) = registry.batch_conflicting(&hostname, Instant::now());
+                    if let Some(n) = log {
+                        log::warn!(
+                            "{hostname}: refused batch {seq} (boot {boot_id:016x}): {conflict}; \
+                             {refused} batches of this host refused so far ({n} since the last \
+                             such line)"
+                        );
+                    }
                     ack(pb::AckCode::Conflict, conflict.to_string())
                 }
                 // Not stored: code UNAVAILABLE ends the stream (below) and
@@ -283,6 +309,11 @@ impl Collector for CollectorService {
         tokio::spawn(async move {
             let mut pending: VecDeque<Pending> = VecDeque::new();
             let mut hostname: Option<String> = None;
+            // The previous valid batch's (boot_id, seq), and whether it was
+            // refused as over budget.
+            let mut previous: Option<(u64, u64)> = None;
+            let mut limited = false;
+            let mut logs = StreamLogs::default();
             let stop = stopped(service.stopping.clone());
             tokio::pin!(stop);
             let revoked = caller.revoked();
@@ -315,55 +346,99 @@ impl Collector for CollectorService {
                         };
                         let received = monitor::time::now_unix_ms();
                         let (boot_id, seq) = (batch.boot_id, batch.seq);
-                        match validate_batch(batch, received, service.max_clock_skew_ms) {
-                            Ok(mut valid) => {
-                                if let Err(status) = caller.check_host(&valid.hostname, "batch") {
-                                    service.telemetry.refused(Refusal::WrongHost);
-                                    log::warn!("{peer}: {}", status.message());
-                                    break Err(status);
-                                }
-                                if let Some((id, _)) = &caller.identity {
-                                    // De-duplication is keyed on who the
-                                    // certificate says, not on a field.
-                                    valid.agent_id.clone_from(&id.name);
-                                }
-                                if hostname.as_deref() != Some(valid.hostname.as_str()) {
-                                    if let Some(old) = hostname.take() {
-                                        service.registry.report_closed(&old);
-                                    }
-                                    log::info!("{} ({peer}) reporting", valid.hostname);
-                                    service.registry.report_opened(&valid.hostname, &peer, received);
-                                    hostname = Some(valid.hostname.clone());
-                                }
-                                if valid.time_corrected {
+                        let refuse = |code: pb::AckCode, message: String| -> Pending {
+                            Box::pin(std::future::ready(pb::Ack {
+                                boot_id,
+                                seq,
+                                code: code as i32,
+                                message,
+                                server_unix_ms: received,
+                            }))
+                        };
+                        let mut valid = match validate_batch(batch, received, service.max_clock_skew_ms) {
+                            Ok(valid) => valid,
+                            Err(invalid) => {
+                                service.telemetry.refused(match invalid.ack_code() {
+                                    pb::AckCode::SequenceOutOfRange => Refusal::SequenceOutOfRange,
+                                    _ => Refusal::Invalid,
+                                });
+                                if let Some(n) = logs.invalid.hit(Instant::now()) {
                                     log::warn!(
-                                        "{}: clock off by {:.1}s; sample times corrected onto the server's clock",
-                                        valid.hostname,
-                                        valid.clock_offset_ms as f64 / 1000.0
+                                        "{peer}: rejected batch {seq}: {} ({n} rejected on this \
+                                         stream since the last such line)",
+                                        monitor::text::Escaped::capped(&invalid.to_string())
                                     );
                                 }
-                                match service.submit(valid, &peer, received).await {
-                                    Ok(ack) => pending.push_back(ack),
-                                    Err(e) => {
-                                        log::error!("{peer}: cannot queue batch {seq}: {e}");
-                                        break Err(Status::unavailable(format!("cannot store the batch: {e}")));
-                                    }
-                                }
+                                pending.push_back(refuse(invalid.ack_code(), invalid.to_string()));
+                                continue;
                             }
-                            Err(invalid) => {
-                                service.telemetry.refused(Refusal::Invalid);
+                        };
+                        if let Err(status) = caller.check_host(&valid.hostname, "batch") {
+                            service.telemetry.refused(Refusal::WrongHost);
+                            log::warn!("{peer}: {}", status.message());
+                            break Err(status);
+                        }
+                        if let Some((id, _)) = &caller.identity {
+                            // De-duplication is keyed on who the
+                            // certificate says, not on a field.
+                            valid.agent_id.clone_from(&id.name);
+                        }
+                        if hostname.as_deref() != Some(valid.hostname.as_str()) {
+                            if let Some(old) = hostname.take() {
+                                service.registry.report_closed(&old);
+                            }
+                            log::info!("{} ({peer}) reporting", valid.hostname);
+                            service.registry.report_opened(&valid.hostname, &peer, received);
+                            hostname = Some(valid.hostname.clone());
+                        }
+                        // The rest of a refused pass is refused too; a
+                        // batch that does not follow the previous one is
+                        // the agent's re-send (or a new run), and asks the
+                        // budget again.
+                        let follows = previous
+                            .is_some_and(|(b, s): (u64, u64)| b == boot_id && s.checked_add(1) == Some(seq));
+                        previous = Some((boot_id, seq));
+                        let now = Instant::now();
+                        let admission = if limited && follows {
+                            service.registry.refuse_batch(&valid.hostname, now)
+                        } else {
+                            service.registry.admit_batch(&valid.hostname, valid.ticks(), now)
+                        };
+                        limited = false;
+                        if let Admission::Refuse { refused_total, log } = admission {
+                            limited = true;
+                            service.telemetry.refused(Refusal::RateLimited);
+                            if let Some(n) = log {
                                 log::warn!(
-                                    "{peer}: rejected batch {seq}: {}",
-                                    monitor::text::Escaped::capped(&invalid.to_string())
+                                    "{} ({peer}): over its ingest budget ({} ticks/s, bursts of \
+                                     {}): batches refused with ACK_CODE_RATE_LIMITED, to be sent \
+                                     again ({n} since the last such line, {refused_total} since \
+                                     the server started)",
+                                    valid.hostname,
+                                    service.registry.ingest_rate().per_second,
+                                    service.registry.ingest_rate().burst,
                                 );
-                                let ack = pb::Ack {
-                                    boot_id,
-                                    seq,
-                                    code: pb::AckCode::Invalid as i32,
-                                    message: invalid.to_string(),
-                                    server_unix_ms: received,
-                                };
-                                pending.push_back(Box::pin(std::future::ready(ack)));
+                            }
+                            pending.push_back(refuse(
+                                pb::AckCode::RateLimited,
+                                "this host sends more batches than the server takes from one \
+                                 host: not stored, send it again later"
+                                    .to_owned(),
+                            ));
+                            continue;
+                        }
+                        if valid.time_corrected && logs.clock.hit(now).is_some() {
+                            log::warn!(
+                                "{}: clock off by {:.1}s; sample times corrected onto the server's clock",
+                                valid.hostname,
+                                valid.clock_offset_ms as f64 / 1000.0
+                            );
+                        }
+                        match service.submit(valid, &peer, received).await {
+                            Ok(ack) => pending.push_back(ack),
+                            Err(e) => {
+                                log::error!("{peer}: cannot queue batch {seq}: {e}");
+                                break Err(Status::unavailable(format!("cannot store the batch: {e}")));
                             }
                         }
                     }
@@ -408,16 +483,27 @@ impl Collector for CollectorService {
                 Ok(Ok(Some(pb::CommandResponse {
                     kind: Some(pb::command_response::Kind::Hello(h)),
                     ..
-                }))) if monitor::wire::valid_hostname(&h.hostname) => h,
+                }))) => h,
                 Ok(Ok(Some(_))) => {
                     let _ = tx
                         .send(Err(Status::invalid_argument(
-                            "the first message must be a hello with a valid hostname",
+                            "the first message must be a hello",
                         )))
                         .await;
                     return;
                 }
-                Ok(Ok(None) | Err(_)) => return,
+                Ok(Ok(None)) => return,
+                // Undecodable, or larger than the message limit.
+                Ok(Err(status)) => {
+                    log::debug!("{peer}: hello refused: {}", status.message());
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "hello: {}",
+                            status.message()
+                        ))))
+                        .await;
+                    return;
+                }
                 Err(_) => {
                     let _ = tx
                         .send(Err(Status::deadline_exceeded("no hello within 10s")))
@@ -425,6 +511,14 @@ impl Collector for CollectorService {
                     return;
                 }
             };
+            if let Err(e) = monitor::wire::validate_hello(&hello) {
+                // Refused before anything of it is kept or logged whole.
+                log::debug!("{peer}: hello refused: {e}");
+                let _ = tx
+                    .send(Err(Status::invalid_argument(format!("hello.{e}"))))
+                    .await;
+                return;
+            }
             if let Err(status) = caller.check_host(&hello.hostname, "hello") {
                 log::warn!("{peer}: {}", status.message());
                 let _ = tx.send(Err(status)).await;

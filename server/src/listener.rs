@@ -14,6 +14,13 @@
 //! is hit the connection is closed at once and one log line per minute
 //! says so (with how many were refused).
 //!
+//! Established connections are capped per peer too, so no single peer can
+//! hold the connection slots everyone shares: per identity (a client
+//! certificate's name: an agent uses one connection, an enrolled agent
+//! gone bad cannot open thirty thousand), and, with TLS, for connections
+//! without a certificate (they can only enrol), in total and per source
+//! address. Without TLS (`--insecure`) there is no identity to count by.
+//!
 //! A connection handed to tonic carries a [`PeerInfo`] (its address and,
 //! with TLS, the identity its client certificate proved), which every RPC
 //! finds in its request's extensions.
@@ -34,6 +41,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::throttle::LogThrottle;
 use crate::tls::{Identity, Role, Trust, fingerprint};
 
 /// What every HTTP/2 connection starts with (RFC 9113, 3.4).
@@ -63,24 +71,42 @@ pub struct Limits {
     pub max_pending_per_ip: usize,
     /// Time from accept to a complete handshake and preface.
     pub handshake_timeout: Duration,
+    /// Established connections of one identity (a certificate's name).
+    pub max_per_identity: usize,
+    /// With TLS, established connections without a client certificate.
+    pub max_anonymous: usize,
+    /// ... of them from one source address.
+    pub max_anonymous_per_ip: usize,
 }
 
 impl Limits {
     /// The agents' listener: sized past the capacity figure (19,000 agents
     /// held on 2 cores), under the unit's `LimitNOFILE=65536`.
+    /// An agent holds one connection (a few for up to a minute when it
+    /// reconnects over a flapping link before keepalives reap the old,
+    /// half-open ones); a connection without a
+    /// certificate only enrols, one request, so 16 at once from one address
+    /// is a fleet booting behind one NAT.
     pub const AGENTS: Limits = Limits {
         max_connections: 30_000,
         max_pending: 512,
         max_pending_per_ip: 64,
         handshake_timeout: Duration::from_secs(10),
+        max_per_identity: 16,
+        max_anonymous: 256,
+        max_anonymous_per_ip: 16,
     };
 
-    /// The operator API: a few people and scripts.
+    /// The operator API: a few people and scripts (who may share one
+    /// credential across scripts and terminals).
     pub const OPERATORS: Limits = Limits {
         max_connections: 256,
         max_pending: 64,
         max_pending_per_ip: 16,
         handshake_timeout: Duration::from_secs(10),
+        max_per_identity: 64,
+        max_anonymous: 16,
+        max_anonymous_per_ip: 16,
     };
 
     /// The HTTP listener: a few scrapers (Prometheus keeps one connection
@@ -90,6 +116,9 @@ impl Limits {
         max_pending: 32,
         max_pending_per_ip: 16,
         handshake_timeout: Duration::from_secs(10),
+        max_per_identity: 64,
+        max_anonymous: 128,
+        max_anonymous_per_ip: 16,
     };
 }
 
@@ -140,6 +169,8 @@ pub struct Conn {
     info: PeerInfo,
     /// Released when the connection closes.
     _slot: OwnedSemaphorePermit,
+    /// Its place among its peer's connections, released when it closes.
+    _held: Option<HeldGuard>,
 }
 
 impl Connected for Conn {
@@ -219,32 +250,23 @@ impl AsyncWrite for Conn {
 /// Refusals of one kind, logged at most once a minute with a count.
 struct Throttled {
     what: &'static str,
-    last: Option<Instant>,
-    since_last: u64,
+    log: LogThrottle,
 }
 
 impl Throttled {
-    const EVERY: Duration = Duration::from_secs(60);
-
     fn new(what: &'static str) -> Throttled {
         Throttled {
             what,
-            last: None,
-            since_last: 0,
+            log: LogThrottle::default(),
         }
     }
 
     fn hit(&mut self, listener: &str, detail: impl std::fmt::Display) {
-        self.since_last += 1;
-        let due = self.last.is_none_or(|t| t.elapsed() >= Self::EVERY);
-        if due {
+        if let Some(n) = self.log.hit(Instant::now()) {
             log::warn!(
-                "{listener}: {} ({detail}); {} refused since the last such line",
-                self.what,
-                self.since_last
+                "{listener}: {} ({detail}); {n} refused since the last such line",
+                self.what
             );
-            self.last = Some(Instant::now());
-            self.since_last = 0;
         }
     }
 }
@@ -275,6 +297,82 @@ impl Drop for PendingGuard {
     }
 }
 
+/// Established connections per peer (bounded by `max_connections`).
+#[derive(Default)]
+struct Held {
+    by_identity: HashMap<String, usize>,
+    anonymous: usize,
+    anonymous_by_ip: HashMap<IpAddr, usize>,
+}
+
+/// Whom an established connection counts against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Holder {
+    Identity(String),
+    Anonymous(IpAddr),
+}
+
+/// Releases a connection's place among its peer's when it closes.
+struct HeldGuard {
+    held: Arc<Mutex<Held>>,
+    holder: Holder,
+}
+
+impl Held {
+    /// Takes a place for `holder` within `limits`; false when its peer
+    /// holds all it may.
+    fn take(&mut self, holder: &Holder, limits: &Limits) -> bool {
+        fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K, cap: usize) -> bool {
+            let n = map.get(&key).copied().unwrap_or(0);
+            if n >= cap {
+                return false;
+            }
+            map.insert(key, n + 1);
+            true
+        }
+        match holder {
+            Holder::Identity(name) => {
+                bump(&mut self.by_identity, name.clone(), limits.max_per_identity)
+            }
+            Holder::Anonymous(ip) => {
+                if self.anonymous >= limits.max_anonymous {
+                    return false;
+                }
+                let taken = bump(&mut self.anonymous_by_ip, *ip, limits.max_anonymous_per_ip);
+                self.anonymous += usize::from(taken);
+                taken
+            }
+        }
+    }
+
+    fn release(&mut self, holder: &Holder) {
+        fn drop_one<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        match holder {
+            Holder::Identity(name) => drop_one(&mut self.by_identity, name),
+            Holder::Anonymous(ip) => {
+                self.anonymous = self.anonymous.saturating_sub(1);
+                drop_one(&mut self.anonymous_by_ip, ip);
+            }
+        }
+    }
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(&self.holder);
+    }
+}
+
 impl Conn {
     /// Who is on the other end.
     pub fn peer(&self) -> &PeerInfo {
@@ -297,11 +395,19 @@ pub fn incoming(
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let pending = Arc::new(Mutex::new(Pending::default()));
+        let held = Arc::new(Mutex::new(Held::default()));
+        let per_peer = Arc::new(Mutex::new(Throttled::new(
+            "per-peer connection limit reached: this certificate (or, without one, this \
+             address) holds all the connections it may",
+        )));
         let acceptor = tls
             .as_ref()
             .map(|t| TlsAcceptor::from(Arc::clone(&t.config)));
         let mut full = Throttled::new("connection limit reached");
-        let mut busy = Throttled::new("too many connections still in their handshake");
+        let mut busy = Throttled::new(
+            "handshake limit reached: too many connections still in their TLS handshake or \
+             before their first bytes",
+        );
         let mut errors = Throttled::new("accept failed");
         loop {
             let accepted = tokio::select! {
@@ -342,16 +448,50 @@ pub fn incoming(
             let tx = tx.clone();
             let acceptor = acceptor.clone();
             let tls = tls.clone();
+            let held = Arc::clone(&held);
+            let per_peer = Arc::clone(&per_peer);
             tokio::spawn(async move {
                 let handshake = establish(tcp, addr, acceptor, tls.as_ref(), preface);
                 let conn = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-                    Ok(Ok((io, info, replay))) => Conn {
-                        io,
-                        replay,
-                        replayed: 0,
-                        info,
-                        _slot: slot,
-                    },
+                    Ok(Ok((io, info, replay))) => {
+                        // Without TLS there is nothing to count a peer by.
+                        let holder = tls.as_ref().map(|_| match &info.identity {
+                            Some(id) => Holder::Identity(id.name.clone()),
+                            None => Holder::Anonymous(addr.ip()),
+                        });
+                        let guard = match holder {
+                            None => None,
+                            Some(holder) => {
+                                let taken = held
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .take(&holder, &limits);
+                                if !taken {
+                                    let who = match &holder {
+                                        Holder::Identity(name) => format!("last: {name}"),
+                                        Holder::Anonymous(ip) => format!("last from {ip}"),
+                                    };
+                                    per_peer
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .hit(name, who);
+                                    return;
+                                }
+                                Some(HeldGuard {
+                                    held: Arc::clone(&held),
+                                    holder,
+                                })
+                            }
+                        };
+                        Conn {
+                            io,
+                            replay,
+                            replayed: 0,
+                            info,
+                            _slot: slot,
+                            _held: guard,
+                        }
+                    }
                     Ok(Err(e)) => {
                         log::debug!("{name}: {addr}: {e}");
                         return;
@@ -444,5 +584,119 @@ fn check_preface(got: &[u8; 24]) -> io::Result<()> {
             io::ErrorKind::InvalidData,
             "not HTTP/2 (no client preface)",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio_stream::StreamExt;
+
+    const SMALL: Limits = Limits {
+        max_connections: 100,
+        max_pending: 4,
+        max_pending_per_ip: 3,
+        handshake_timeout: Duration::from_millis(1500),
+        max_per_identity: 2,
+        max_anonymous: 3,
+        max_anonymous_per_ip: 2,
+    };
+
+    async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(source.parse().unwrap(), 0))
+            .unwrap();
+        socket.connect(to).await.unwrap()
+    }
+
+    /// Whether the listener closed `s` within `within`.
+    async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(within, s.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn pending_connections_are_capped_in_total_and_per_address_until_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut conns = incoming(listener, "test", None, (SMALL, Preface::Http2), stop);
+        // Four from one address (one over its cap), two from another (one
+        // over the total cap): three and one wait, two are closed at once.
+        let mut idle = Vec::new();
+        for _ in 0..4 {
+            idle.push(connect_from("127.0.0.2", addr).await);
+        }
+        for _ in 0..2 {
+            idle.push(connect_from("127.0.0.3", addr).await);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut refused = 0;
+        for s in &mut idle {
+            if closed_within(s, Duration::from_millis(10)).await {
+                refused += 1;
+            }
+        }
+        assert_eq!(
+            refused, 2,
+            "the connections over the caps are closed at once"
+        );
+        // A real client meanwhile finds the pending slots full...
+        let mut real = connect_from("127.0.0.1", addr).await;
+        real.write_all(H2_PREFACE).await.unwrap();
+        assert!(closed_within(&mut real, Duration::from_millis(200)).await);
+        // ...until the deadline frees them, and then gets through.
+        let mut waited = 0;
+        for s in &mut idle {
+            if closed_within(s, Duration::from_secs(3)).await {
+                waited += 1;
+            }
+        }
+        assert_eq!(waited, 6, "every idle connection is closed by the deadline");
+        let mut real = connect_from("127.0.0.1", addr).await;
+        real.write_all(H2_PREFACE).await.unwrap();
+        let conn = tokio::time::timeout(Duration::from_secs(2), conns.next())
+            .await
+            .expect("the connection is handed on")
+            .expect("the stream is open")
+            .expect("a connection");
+        assert_eq!(conn.info.addr.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn established_connections_are_capped_per_identity_and_without_one() {
+        let mut held = Held::default();
+        let pi = Holder::Identity("pi".into());
+        let other = Holder::Identity("other".into());
+        assert!(held.take(&pi, &SMALL));
+        assert!(held.take(&pi, &SMALL));
+        assert!(!held.take(&pi, &SMALL), "an identity holds at most two");
+        assert!(
+            held.take(&other, &SMALL),
+            "another identity is not affected"
+        );
+        held.release(&pi);
+        assert!(held.take(&pi, &SMALL), "a closed one frees its place");
+        // Without a certificate: two per address, three in all.
+        let a = Holder::Anonymous("192.0.2.1".parse().unwrap());
+        let b = Holder::Anonymous("192.0.2.2".parse().unwrap());
+        assert!(held.take(&a, &SMALL));
+        assert!(held.take(&a, &SMALL));
+        assert!(!held.take(&a, &SMALL));
+        assert!(held.take(&b, &SMALL));
+        assert!(!held.take(&b, &SMALL), "three without a certificate in all");
+        assert_eq!(held.anonymous, 3);
+        held.release(&a);
+        assert!(held.take(&b, &SMALL));
+        for h in [&a, &b, &b, &pi, &pi, &other] {
+            held.release(h);
+        }
+        assert!(held.by_identity.is_empty() && held.anonymous_by_ip.is_empty());
+        assert_eq!(held.anonymous, 0);
     }
 }

@@ -20,21 +20,71 @@
 //! [`MAX_COMMAND_STREAMS_PER_HOST`] are kept per host; a newer one pushes
 //! the oldest out (it is told so and ends).
 //!
+//! Each host also has its ingest budget here (a token bucket: batches per
+//! second over all its streams together, see [`INGEST_RATE`]), so a host
+//! that floods is held to it however many streams it opens, and the others
+//! never notice. Budgets live beside the liveness they go with: one per
+//! host, so the table is bounded by the number of hosts.
+//!
 //! Every method takes the one lock for a few map operations and never
 //! awaits or does I/O while holding it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use monitor::pb;
 use tokio::sync::mpsc;
+
+use crate::throttle::{LogThrottle, Rate, TokenBucket};
 
 /// Where to push a host's commands.
 pub type CommandSender = mpsc::Sender<Result<pb::CommandRequest, tonic::Status>>;
 
 /// Command streams kept per host (newest gets the commands).
 pub const MAX_COMMAND_STREAMS_PER_HOST: usize = 4;
+
+/// Batches one host may send: 50 a second sustained, bursts of 600. A
+/// batch costs one per tick it holds (its distinct sample times: the rows
+/// it writes), so a forger packing 64 ticks into a batch is held to the
+/// same 50 rows a second as one sending a tick per batch; a real agent's
+/// batch is one tick.
+///
+/// Why these: a real agent produces at most 10 batches a second (its
+/// shortest interval is 100 ms; 0.2 a second by default), so 50 leaves it
+/// five times its fastest pace to catch up with. After an outage it
+/// re-sends its buffer (8,192 batches by default) 64 at a time as fast as
+/// the acks come back, thousands a second: the burst of 600 lets a short
+/// outage (a minute at 100 ms, 50 minutes at 5 s) through at full speed,
+/// and a full buffer drains in about three minutes ((8,192 − 600) / (50 −
+/// 10) s at 100 ms; 2.5 minutes at the default interval). A flooding host
+/// is held to 1/60 of the 2,945 batches a second one client managed (15 GiB
+/// of database an hour), at most 300 samples a second; the fleet's capacity
+/// (19,000 agents at one batch a second) is not dented by one such host.
+pub const INGEST_RATE: Rate = Rate {
+    per_second: 50.0,
+    burst: 600.0,
+};
+
+/// Test knob: `RATE,BURST` replacing [`INGEST_RATE`] (e.g. `3,5`), so a
+/// test can make a real agent hit the limit in seconds.
+pub const TEST_INGEST_RATE_ENV: &str = "MONITOR_TEST_INGEST_RATE";
+
+/// What the registry says to a batch that wants to be stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Within the host's budget: store it.
+    Take,
+    /// Over the budget: refuse it (ACK_CODE_RATE_LIMITED). `refused_total`
+    /// counts the host's refusals since the server started; `log` is
+    /// `Some(n)` when a log line is due (once a minute per host), standing
+    /// for `n` refusals.
+    Refuse {
+        refused_total: u64,
+        log: Option<u64>,
+    },
+}
 
 /// What this server process knows of one host's connections: the truth
 /// for liveness. Facts about the host are the store's `HostRecord`.
@@ -61,9 +111,27 @@ struct Live {
     /// Batches refused since this server started because they contradict
     /// stored samples.
     batches_conflicting_total: u64,
+    /// Batches its streams may still send (see [`INGEST_RATE`]).
+    ingest: TokenBucket,
+    /// Batches refused since this server started because the host was over
+    /// its ingest budget.
+    batches_rate_limited_total: u64,
+    /// Paces the "over its budget" log line of this host.
+    rate_log: LogThrottle,
+    /// Paces the "refused as conflicting" log line of this host.
+    conflict_log: LogThrottle,
 }
 
 impl Live {
+    /// Counts a rate-limited refusal.
+    fn refuse(&mut self, now: Instant) -> Admission {
+        self.batches_rate_limited_total = self.batches_rate_limited_total.saturating_add(1);
+        Admission::Refuse {
+            refused_total: self.batches_rate_limited_total,
+            log: self.rate_log.hit(now),
+        }
+    }
+
     fn online(&self) -> bool {
         self.report_streams > 0 || !self.commands.is_empty()
     }
@@ -95,16 +163,61 @@ pub struct LiveHost {
     pub parse_errors_total: u64,
     /// Batches refused as conflicting since this server started.
     pub batches_conflicting_total: u64,
+    /// Batches refused as over the host's budget since this server started.
+    pub batches_rate_limited_total: u64,
 }
 
 /// The live view of every host that connected since this server started.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     hosts: Mutex<HashMap<String, Live>>,
     next_conn: AtomicU64,
+    /// Every host's ingest budget.
+    ingest_rate: Rate,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry::with_ingest_rate(INGEST_RATE)
+    }
 }
 
 impl Registry {
+    /// A registry whose hosts may each send batches at `rate`.
+    pub fn with_ingest_rate(rate: Rate) -> Registry {
+        Registry {
+            hosts: Mutex::default(),
+            next_conn: AtomicU64::new(0),
+            ingest_rate: rate,
+        }
+    }
+
+    /// Every host's ingest budget.
+    pub fn ingest_rate(&self) -> Rate {
+        self.ingest_rate
+    }
+
+    /// Takes a batch of `hostname` holding `ticks` ticks (the rows it
+    /// would write, see [`INGEST_RATE`]) against its budget at `now`: all
+    /// its streams draw on the one bucket.
+    pub fn admit_batch(&self, hostname: &str, ticks: usize, now: Instant) -> Admission {
+        let rate = self.ingest_rate;
+        let mut hosts = self.lock();
+        let e = hosts.entry(hostname.to_owned()).or_default();
+        if e.ingest.take_n(rate, ticks as f64, now) {
+            return Admission::Take;
+        }
+        Live::refuse(e, now)
+    }
+
+    /// Refuses a batch of `hostname` without asking its budget (the rest
+    /// of a pass whose earlier batch was refused), counted like any
+    /// refusal.
+    pub fn refuse_batch(&self, hostname: &str, now: Instant) -> Admission {
+        let mut hosts = self.lock();
+        Live::refuse(hosts.entry(hostname.to_owned()).or_default(), now)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
         // A panic while holding the lock cannot leave an entry half-written
         // in a way that matters more than losing the whole registry would.
@@ -216,36 +329,49 @@ impl Registry {
         e.parse_errors_total = parse_errors_total;
     }
 
-    /// Counts a batch refused as conflicting; returns the host's count.
-    pub fn batch_conflicting(&self, hostname: &str) -> u64 {
+    /// Counts a batch refused as conflicting at `now`; returns the host's
+    /// count, and `Some(n)` when a log line is due (once a minute per host)
+    /// standing for `n` refusals.
+    pub fn batch_conflicting(&self, hostname: &str, now: Instant) -> (u64, Option<u64>) {
         let mut hosts = self.lock();
         let e = hosts.entry(hostname.to_owned()).or_default();
         e.batches_conflicting_total = e.batches_conflicting_total.saturating_add(1);
-        e.batches_conflicting_total
+        (e.batches_conflicting_total, e.conflict_log.hit(now))
     }
 
     /// Every host that connected since this server started, sorted by name.
     pub fn snapshot(&self) -> Vec<LiveHost> {
+        self.page(None, usize::MAX)
+    }
+
+    /// The first `limit` hosts (sorted by name) whose name sorts after
+    /// `after`, or from the first when `after` is `None`. Copies only
+    /// those: a page of 1,000 out of 30,000 hosts costs a scan, not a copy
+    /// of all.
+    pub fn page(&self, after: Option<&str>, limit: usize) -> Vec<LiveHost> {
         let hosts = self.lock();
-        let mut v: Vec<LiveHost> = hosts
-            .iter()
-            .map(|(name, e)| LiveHost {
-                hostname: name.clone(),
-                online: e.online(),
-                peer: e.peer.clone(),
-                connected_since_unix_ms: if e.online() {
-                    e.connected_since_unix_ms
-                } else {
-                    0
-                },
-                clock_offset_ms: e.clock_offset_ms,
-                interval_ms: e.interval_ms,
-                parse_errors_total: e.parse_errors_total,
-                batches_conflicting_total: e.batches_conflicting_total,
-            })
-            .collect();
-        v.sort_unstable_by(|a, b| a.hostname.cmp(&b.hostname));
-        v
+        crate::pages::first_after(
+            hosts.iter().map(|(name, e)| (name.as_str(), (name, e))),
+            after,
+            limit,
+        )
+        .into_iter()
+        .map(|(name, e)| LiveHost {
+            hostname: name.clone(),
+            online: e.online(),
+            peer: e.peer.clone(),
+            connected_since_unix_ms: if e.online() {
+                e.connected_since_unix_ms
+            } else {
+                0
+            },
+            clock_offset_ms: e.clock_offset_ms,
+            interval_ms: e.interval_ms,
+            parse_errors_total: e.parse_errors_total,
+            batches_conflicting_total: e.batches_conflicting_total,
+            batches_rate_limited_total: e.batches_rate_limited_total,
+        })
+        .collect()
     }
 }
 
@@ -341,10 +467,91 @@ mod tests {
         r.report_opened("h", "p", 10);
         r.batch_acked("h", -40, 1);
         r.batch_acked("h", 25, 3);
-        assert_eq!(r.batch_conflicting("h"), 1);
-        assert_eq!(r.batch_conflicting("h"), 2);
+        let now = Instant::now();
+        assert_eq!(r.batch_conflicting("h", now), (1, Some(1)));
+        assert_eq!(r.batch_conflicting("h", now), (2, None));
         let live = &r.snapshot()[0];
         assert_eq!((live.clock_offset_ms, live.parse_errors_total), (25, 3));
         assert_eq!(live.batches_conflicting_total, 2);
+    }
+
+    #[test]
+    fn every_stream_of_a_host_draws_on_one_budget_and_others_keep_theirs() {
+        // Finding 3 of the hostile-input review: one client sent 2,945
+        // batches a second. The budget is the host's, not the stream's:
+        // opening more streams does not multiply it, and another host is
+        // not touched.
+        let r = Registry::with_ingest_rate(Rate {
+            per_second: 10.0,
+            burst: 20.0,
+        });
+        let t0 = Instant::now();
+        let taken = (0..100)
+            .filter(|_| r.admit_batch("flood", 1, t0) == Admission::Take)
+            .count();
+        assert_eq!(taken, 20);
+        assert_eq!(r.admit_batch("quiet", 1, t0), Admission::Take);
+        // The first refusal logs; the rest of the minute is counted only.
+        let refused = r.admit_batch("flood", 1, t0);
+        assert_eq!(
+            refused,
+            Admission::Refuse {
+                refused_total: 81,
+                log: None
+            }
+        );
+        let later = t0 + std::time::Duration::from_millis(500);
+        let taken = (0..100)
+            .filter(|_| r.admit_batch("flood", 1, later) == Admission::Take)
+            .count();
+        assert_eq!(taken, 5);
+        // Refusing without the budget counts too, and takes nothing.
+        assert!(matches!(
+            r.refuse_batch("quiet", later),
+            Admission::Refuse {
+                refused_total: 1,
+                log: Some(1)
+            }
+        ));
+        assert_eq!(r.admit_batch("quiet", 1, later), Admission::Take);
+        let flood = r.page(Some("a"), 1);
+        assert_eq!(flood[0].hostname, "flood");
+        assert_eq!(flood[0].batches_rate_limited_total, 81 + 95);
+    }
+
+    #[test]
+    fn a_batch_costs_one_per_tick() {
+        let r = Registry::with_ingest_rate(Rate {
+            per_second: 10.0,
+            burst: 20.0,
+        });
+        let t0 = Instant::now();
+        assert_eq!(r.admit_batch("packed", 16, t0), Admission::Take);
+        assert!(matches!(
+            r.admit_batch("packed", 16, t0),
+            Admission::Refuse { .. }
+        ));
+        // What the refusal left: four single ticks.
+        let taken = (0..10)
+            .filter(|_| r.admit_batch("packed", 1, t0) == Admission::Take)
+            .count();
+        assert_eq!(taken, 4);
+    }
+
+    #[test]
+    fn the_first_refusal_of_a_host_is_logged() {
+        let r = Registry::with_ingest_rate(Rate {
+            per_second: 1.0,
+            burst: 1.0,
+        });
+        let t0 = Instant::now();
+        assert_eq!(r.admit_batch("h", 1, t0), Admission::Take);
+        assert_eq!(
+            r.admit_batch("h", 1, t0),
+            Admission::Refuse {
+                refused_total: 1,
+                log: Some(1)
+            }
+        );
     }
 }

@@ -33,17 +33,20 @@ use crate::health::{self, ReflectionGate};
 use crate::http;
 use crate::ingest::CollectorService;
 use crate::listener::{self, Limits, Preface};
-use crate::registry::Registry;
+use crate::registry::{INGEST_RATE, Registry, TEST_INGEST_RATE_ENV};
 use crate::remote_write;
 use crate::store::{SqliteConfig, Store, StoreError};
 use crate::telemetry::Telemetry;
+use crate::throttle::Rate;
 use crate::tls::setup::{self, SetupError};
 
 /// Longest a graceful stop waits for connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest message an agent may send (a batch is well under 2 KiB; a
-/// command's output chunk at most 16 KiB).
-pub const MAX_AGENT_MESSAGE_BYTES: usize = 256 * 1024;
+/// Largest message an agent may send (a batch is well under 2 KiB, a hello
+/// or a certificate request under 2 KiB, a command's output chunk at most
+/// 16 KiB). What a stream holds while decoding one message, so kept small:
+/// a hello flood of 256 KiB messages once took the server to 996 MiB.
+pub const MAX_AGENT_MESSAGE_BYTES: usize = 64 * 1024;
 /// Streams one agent connection may open (an agent uses two).
 pub const MAX_STREAMS_PER_AGENT: u32 = 16;
 /// HTTP/2 receive window of one agent stream: what an agent may have sent
@@ -166,7 +169,13 @@ pub async fn run(
     );
     // Every host starts offline: the registry only knows who connects
     // from now on; what the store knows of each host stays in the store.
-    let registry = Arc::new(Registry::default());
+    // For tests only: a smaller ingest budget per host (`RATE,BURST`), so
+    // a real agent meets it within seconds.
+    let ingest_rate = std::env::var(TEST_INGEST_RATE_ENV)
+        .ok()
+        .and_then(|v| Rate::parse(&v))
+        .unwrap_or(INGEST_RATE);
+    let registry = Arc::new(Registry::with_ingest_rate(ingest_rate));
     let router = Arc::new(
         CommandRouter::new(Arc::clone(&registry), store.clone())
             .with_telemetry(Arc::clone(&telemetry)),
@@ -253,7 +262,10 @@ pub async fn run(
     )
     .map_err(reflection_error)?;
     let admin_routes = health::add_reflection(
-        Routes::new(AdminServer::new(admin)).add_service(health_service),
+        Routes::new(
+            AdminServer::new(admin).max_decoding_message_size(crate::admin::MAX_REQUEST_BYTES),
+        )
+        .add_service(health_service),
         gate(secured.as_ref().map(|s| &s.admin)),
     )
     .map_err(reflection_error)?;

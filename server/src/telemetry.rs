@@ -32,15 +32,23 @@ pub enum Refusal {
     WrongHost,
     /// The store could not commit it (not acknowledged; the agent re-sends).
     Unavailable,
+    /// Its host is over its ingest budget (ACK_CODE_RATE_LIMITED; the
+    /// agent sends it again later, so one batch may count more than once).
+    RateLimited,
+    /// Its seq jumped further than any real agent's could
+    /// (ACK_CODE_SEQUENCE_OUT_OF_RANGE).
+    SequenceOutOfRange,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::Invalid,
         Refusal::Conflict,
         Refusal::Unauthenticated,
         Refusal::WrongHost,
         Refusal::Unavailable,
+        Refusal::RateLimited,
+        Refusal::SequenceOutOfRange,
     ];
 
     /// The `reason` label.
@@ -51,6 +59,8 @@ impl Refusal {
             Refusal::Unauthenticated => "unauthenticated",
             Refusal::WrongHost => "wrong_host",
             Refusal::Unavailable => "unavailable",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::SequenceOutOfRange => "sequence_out_of_range",
         }
     }
 }

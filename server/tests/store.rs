@@ -275,6 +275,85 @@ async fn check_dedup(config: fn(&TempDir) -> SqliteConfig) {
 }
 
 #[tokio::test]
+async fn a_forged_seq_jump_cannot_make_real_batches_vanish() {
+    check_forgotten_gaps(config).await;
+}
+
+#[tokio::test]
+async fn a_forged_seq_jump_cannot_make_real_batches_vanish_merging() {
+    check_forgotten_gaps(merging_config).await;
+}
+
+/// Finding 4 of the hostile-input review: a batch with a far seq opened a
+/// gap, 257 more pushed it out of the 256-gap memory, and from then on
+/// every real batch below was acknowledged as a duplicate and thrown away,
+/// counted nowhere. Now such a batch is told apart by its samples (new
+/// ones stored, known ones a duplicate, different ones a conflict) and
+/// counted, before and after a restart.
+async fn check_forgotten_gaps(config: fn(&TempDir) -> SqliteConfig) {
+    use SubmitOutcome::{Duplicate, Stored};
+    let dir = temp_dir("forgotten");
+    let base = base_ms();
+    let store = Store::open(config(&dir)).unwrap();
+    assert_eq!(
+        submit_all(&store, "pi", 7, 1..=10, base).await,
+        [Stored; 10]
+    );
+    // The forgery: a jump, then 256 more one-seq gaps.
+    let forged: Vec<u64> = (0..=256).map(|k| 1_000_000 + 2 * k).collect();
+    let outcomes = submit_all(&store, "pi", 7, forged.iter().copied(), base).await;
+    assert!(outcomes.iter().all(|o| *o == Stored));
+    // The real agent goes on: every batch stored, none taken for a
+    // duplicate.
+    assert_eq!(
+        submit_all(&store, "pi", 7, 11..=20, base).await,
+        [Stored; 10]
+    );
+    // Real duplicates (from before and after the forgery) are still
+    // recognised, by their samples.
+    assert_eq!(
+        submit_all(&store, "pi", 7, [5, 15], base).await,
+        [Duplicate; 2]
+    );
+    // A batch with the seq of a stored one but other values conflicts.
+    let mut other = batch("pi", 7, 16, base);
+    other.samples[0].value += 1.0;
+    assert!(matches!(
+        store.submit(other).await.unwrap(),
+        SubmitOutcome::Conflict(_)
+    ));
+    check(
+        &store,
+        all("pi"),
+        &rows_of((1..=20).chain(forged.iter().copied()), base, &Metric::ALL),
+    )
+    .await;
+    let host = store.host("pi").await.unwrap().unwrap();
+    assert_eq!(host.batches_checked_by_value_total, 13);
+    assert_eq!(host.batches_stored_total, 10 + 257 + 10);
+    store.close().await.unwrap();
+
+    // After a restart the store still knows it forgot: nothing below the
+    // forgotten gaps reads as stored.
+    let store = Store::open(config(&dir)).unwrap();
+    assert_eq!(
+        submit_all(&store, "pi", 7, [21, 12], base).await,
+        [Stored, Duplicate]
+    );
+    assert_eq!(
+        stored_count(&store, "pi").await,
+        (20 + 257 + 1) * Metric::ALL.len()
+    );
+    let host = store.host("pi").await.unwrap().unwrap();
+    assert_eq!(
+        host.batches_checked_by_value_total, 2,
+        "counted since the store opened"
+    );
+    store.close().await.unwrap();
+    assert_eq!(integrity_check(&dir.db()), "ok");
+}
+
+#[tokio::test]
 async fn data_and_dedup_state_survive_a_restart() {
     let dir = temp_dir("restart");
     let base = base_ms();

@@ -867,3 +867,172 @@ pub fn pid_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A batch of one sample, of host `host` in run `boot_id`, sent now (its
+/// `produced_batches_total` is its seq, as an agent's would be).
+pub fn one_sample(
+    (host, boot_id, seq): (&str, u64, u64),
+    time_unix_ms: i64,
+    metric: &str,
+    value: f64,
+) -> monitor::pb::Batch {
+    monitor::pb::Batch {
+        agent_id: host.into(),
+        boot_id,
+        seq,
+        samples: vec![monitor::pb::Sample {
+            time_unix_ms,
+            hostname: host.into(),
+            metric: metric.into(),
+            value,
+        }],
+        sent_unix_ms: monitor::time::now_unix_ms(),
+        agent_version: "test".into(),
+        hostname: host.into(),
+        produced_batches_total: seq,
+        ..Default::default()
+    }
+}
+
+/// Sends `batches` on one Report stream to `server` (with a certificate for
+/// the host the first one names: the server takes the agent's identity
+/// from it; plain text with `--insecure`) and returns the stream's sender
+/// (the stream stays open while it lives) and the first `batches.len()`
+/// acks as (seq, code, message). Any number of batches: they are sent
+/// while the acks are read.
+pub async fn report(
+    server: &Server,
+    batches: Vec<monitor::pb::Batch>,
+) -> (
+    tokio::sync::mpsc::Sender<monitor::pb::Batch>,
+    Vec<(u64, i32, String)>,
+) {
+    let channel = server.channel(&batches[0].hostname).await;
+    let mut client = monitor::pb::collector_client::CollectorClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut acks = client
+        .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let n = batches.len();
+    let sender = tx.clone();
+    tokio::spawn(async move {
+        for b in batches {
+            if sender.send(b).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let ack = tokio::time::timeout(Duration::from_secs(20), acks.message())
+            .await
+            .expect("ack in time")
+            .expect("stream ok")
+            .expect("an ack");
+        got.push((ack.seq, ack.code, ack.message));
+    }
+    (tx, got)
+}
+
+/// An HTTPS GET of the server's HTTP listener, trusting its CA.
+pub fn https_get(
+    server: &Server,
+    path: &str,
+    token: Option<&str>,
+    accept: Option<&str>,
+) -> (u16, String) {
+    let addr = server.http_addr().expect("the server's HTTP listener");
+    let ca_pem = std::fs::read_to_string(server.dir().join("tls").join("ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for block in monitor::pem::decode_all(&ca_pem).unwrap() {
+        roots.add(block.der.into()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if let Some(a) = accept {
+            req.push_str(&format!("Accept: {a}\r\n"));
+        }
+        req.push_str("\r\n");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        // The server may close without a TLS close_notify: keep what came.
+        let _ = tls.read_to_end(&mut raw).await;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, body.to_owned())
+    })
+}
+
+/// "2024-05-01T10:00:00.123Z" → ms since the epoch (the shape monitorctl
+/// prints; `monitor::time::format_rfc3339_ms` writes it).
+pub fn rfc3339_ms(s: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+    let (y, mo, d) = (n(0..4), n(5..7), n(8..10));
+    let (h, mi, sec, ms) = (n(11..13), n(14..16), n(17..19), n(20..23));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 86_400 + h * 3600 + mi * 60 + sec) * 1000) + ms
+}
+
+/// Resident memory of `pid`, KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// CPU time `pid` used so far (user + system), in seconds.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the ')' that closes the command name: state is the
+    // first, utime the 12th and stime the 13th.
+    let rest: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    ticks as f64 / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}

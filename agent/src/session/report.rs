@@ -1,17 +1,58 @@
 //! The Report stream: batches up in sequence order within the send window,
 //! acknowledgements down; an acknowledged batch is freed from the buffer
 //! (and the spool).
+//!
+//! A batch the server did not take because this host sent too much
+//! (`ACK_CODE_RATE_LIMITED`) is never freed: the stream pauses for
+//! [`RATE_LIMITED_PAUSE`], then re-sends everything unacknowledged from the
+//! oldest, as after a reconnect. The acks of the batches already sent after
+//! it are ignored (they answer a pass that was abandoned, and the server's
+//! de-duplication makes the re-send safe whatever they said), so a late
+//! "stored" for a later batch can never free the refused one.
 
 use std::cell::Cell;
+use std::time::Duration;
 
 use monitor::pb;
 use monitor::pb::collector_client::CollectorClient;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use super::{SEND_WINDOW, SessionError};
 use crate::state::Shared;
+
+/// How long the stream waits after a rate-limited refusal before it sends
+/// again: the server refills a host's budget at 50 batches a second, so a
+/// second buys a window's worth.
+pub const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
+/// At most one warning a minute about being rate limited (the rest at
+/// debug level).
+const RATE_LIMITED_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What the stream keeps between sends and acks.
+#[derive(Debug, Default)]
+struct Pacing {
+    /// Batches sent on this stream whose ack has not come yet (the server
+    /// answers each batch once, in order).
+    unanswered: usize,
+    /// Acks still to come for a pass abandoned after a rate-limited
+    /// refusal: ignored.
+    stale: usize,
+    /// Nothing is sent before this.
+    resume_at: Option<Instant>,
+    /// Rate-limited refusals on this stream, and when the last warning
+    /// about them went out.
+    limited_total: u64,
+    last_warned: Option<Instant>,
+}
+
+impl Pacing {
+    fn paused(&self, now: Instant) -> bool {
+        self.resume_at.is_some_and(|t| now < t)
+    }
+}
 
 /// The Report stream: sends buffered batches in order within the window,
 /// frees them as acknowledgements arrive.
@@ -29,11 +70,17 @@ pub(super) async fn run(
             shared.buffer.borrow().len()
         );
     }
+    let mut pacing = Pacing::default();
     loop {
+        let paused = pacing.paused(Instant::now());
         let can_send = {
             let buffer = shared.buffer.borrow();
-            buffer.has_unsent() && buffer.in_flight() < SEND_WINDOW
+            !paused
+                && buffer.has_unsent()
+                && buffer.in_flight() < SEND_WINDOW
+                && pacing.unanswered < SEND_WINDOW
         };
+        let resume_at = pacing.resume_at.unwrap_or_else(Instant::now);
         tokio::select! {
             biased;
             msg = acks.message() => {
@@ -41,7 +88,10 @@ pub(super) async fn run(
                     return Err(SessionError::Closed("report"));
                 };
                 healthy.set(true);
-                on_ack(shared, &ack);
+                on_ack(shared, &mut pacing, &ack, Instant::now());
+            }
+            () = tokio::time::sleep_until(resume_at), if paused => {
+                pacing.resume_at = None;
             }
             permit = tx.reserve(), if can_send => {
                 let Ok(permit) = permit else {
@@ -56,18 +106,31 @@ pub(super) async fn run(
                         shared.counters(),
                     );
                     permit.send(pb);
+                    pacing.unanswered += 1;
                 }
             }
-            () = shared.batch_ready.notified(), if !can_send => {}
+            () = shared.batch_ready.notified(), if !can_send && !paused => {}
         }
     }
 }
 
-fn on_ack(shared: &Shared, ack: &pb::Ack) {
+fn on_ack(shared: &Shared, pacing: &mut Pacing, ack: &pb::Ack, now: Instant) {
+    pacing.unanswered = pacing.unanswered.saturating_sub(1);
+    if pacing.stale > 0 {
+        // An answer to the abandoned pass: whatever it says, the batch is
+        // sent again (and a stored one is then acknowledged as such).
+        pacing.stale -= 1;
+        return;
+    }
     match pb::AckCode::try_from(ack.code) {
         Ok(pb::AckCode::Ok) => {}
         Ok(pb::AckCode::Invalid) => log::error!(
             "the server refused batch {} as invalid: {}",
+            ack.seq,
+            monitor::text::Escaped::capped(&ack.message)
+        ),
+        Ok(pb::AckCode::SequenceOutOfRange) => log::error!(
+            "the server refused batch {}: its seq is out of range: {}",
             ack.seq,
             monitor::text::Escaped::capped(&ack.message)
         ),
@@ -84,6 +147,11 @@ fn on_ack(shared: &Shared, ack: &pb::Ack) {
                 ack.seq,
                 monitor::text::Escaped::capped(&ack.message)
             );
+            return;
+        }
+        // Not stored: keep it, pause, and re-send from the oldest.
+        Ok(pb::AckCode::RateLimited) => {
+            rate_limited(shared, pacing, ack, now);
             return;
         }
         Err(_) => log::error!(
@@ -105,5 +173,147 @@ fn on_ack(shared: &Shared, ack: &pb::Ack) {
             ack.boot_id,
             ack.seq
         );
+    }
+}
+
+/// The server did not take batch `ack.seq` because this host sent too
+/// much: keep it, ignore the answers to what was sent after it, and send
+/// everything unacknowledged again from the oldest after a pause.
+fn rate_limited(shared: &Shared, pacing: &mut Pacing, ack: &pb::Ack, now: Instant) {
+    pacing.stale = pacing.unanswered;
+    pacing.resume_at = Some(now + RATE_LIMITED_PAUSE);
+    pacing.limited_total += 1;
+    shared.buffer.borrow_mut().rewind();
+    let due = pacing
+        .last_warned
+        .is_none_or(|t| now.saturating_duration_since(t) >= RATE_LIMITED_LOG_EVERY);
+    let line = format!(
+        "the server is rate limiting this host: batch {} not stored yet; sending again from \
+         the oldest unacknowledged batch in {:.1}s ({} times on this connection)",
+        ack.seq,
+        RATE_LIMITED_PAUSE.as_secs_f64(),
+        pacing.limited_total
+    );
+    if due {
+        pacing.last_warned = Some(now);
+        log::warn!("{line}");
+    } else {
+        log::debug!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monitor::batch::{MetricValues, TickBatch};
+    use monitor::wire::AgentIdentity;
+
+    fn shared(batches: u64) -> Shared {
+        let identity = AgentIdentity {
+            agent_id: "pi".into(),
+            hostname: "pi".into(),
+            agent_version: "0".into(),
+            boot_id: 1,
+        };
+        let shared = Shared::new(identity, 100, Duration::from_secs(1));
+        for seq in 1..=batches {
+            shared.buffer.borrow_mut().push(TickBatch {
+                boot_id: 1,
+                seq,
+                time_unix_ms: seq as i64,
+                values: MetricValues::default(),
+            });
+        }
+        shared
+    }
+
+    fn ack(seq: u64, code: pb::AckCode) -> pb::Ack {
+        pb::Ack {
+            boot_id: 1,
+            seq,
+            code: code as i32,
+            message: String::new(),
+            server_unix_ms: 0,
+        }
+    }
+
+    /// Sends `n` batches (as `run` does) and returns their seqs.
+    fn send(shared: &Shared, pacing: &mut Pacing, n: usize) -> Vec<u64> {
+        (0..n)
+            .filter_map(|_| {
+                let b = shared.buffer.borrow_mut().next_to_send()?;
+                pacing.unanswered += 1;
+                Some(b.seq)
+            })
+            .collect()
+    }
+
+    fn held(shared: &Shared) -> Vec<u64> {
+        shared.buffer.borrow().iter().map(|b| b.seq).collect()
+    }
+
+    #[test]
+    fn a_rate_limited_batch_is_kept_and_sent_again_after_a_pause() {
+        let s = shared(6);
+        let mut p = Pacing::default();
+        let now = Instant::now();
+        assert_eq!(send(&s, &mut p, 6), [1, 2, 3, 4, 5, 6]);
+        on_ack(&s, &mut p, &ack(1, pb::AckCode::Ok), now);
+        on_ack(&s, &mut p, &ack(2, pb::AckCode::RateLimited), now);
+        // Kept, and everything after it too; nothing goes out for a second.
+        assert_eq!(held(&s), [2, 3, 4, 5, 6]);
+        assert!(p.paused(now));
+        assert!(p.paused(now + Duration::from_millis(999)));
+        assert!(!p.paused(now + RATE_LIMITED_PAUSE));
+        // The answers to the abandoned pass (3 to 6) free nothing, even a
+        // late "stored" for 5 that arrives after the re-send began.
+        assert_eq!(send(&s, &mut p, 2), [2, 3]);
+        for (seq, code) in [
+            (3, pb::AckCode::RateLimited),
+            (4, pb::AckCode::Ok),
+            (5, pb::AckCode::Ok),
+            (6, pb::AckCode::Invalid),
+        ] {
+            on_ack(&s, &mut p, &ack(seq, code), now);
+        }
+        assert_eq!(held(&s), [2, 3, 4, 5, 6]);
+        assert_eq!(p.limited_total, 1, "stale refusals do not pause again");
+        // The re-send's own answers count again.
+        on_ack(&s, &mut p, &ack(2, pb::AckCode::Ok), now);
+        assert_eq!(held(&s), [3, 4, 5, 6]);
+        assert_eq!(p.unanswered, 1);
+    }
+
+    #[test]
+    fn a_refusal_of_the_re_send_pauses_again() {
+        let s = shared(3);
+        let mut p = Pacing::default();
+        let t0 = Instant::now();
+        send(&s, &mut p, 3);
+        on_ack(&s, &mut p, &ack(1, pb::AckCode::RateLimited), t0);
+        on_ack(&s, &mut p, &ack(2, pb::AckCode::RateLimited), t0);
+        on_ack(&s, &mut p, &ack(3, pb::AckCode::RateLimited), t0);
+        let t1 = t0 + RATE_LIMITED_PAUSE;
+        assert!(!p.paused(t1));
+        assert_eq!(send(&s, &mut p, 3), [1, 2, 3]);
+        on_ack(&s, &mut p, &ack(1, pb::AckCode::RateLimited), t1);
+        assert!(p.paused(t1));
+        assert_eq!(held(&s), [1, 2, 3]);
+        assert_eq!(p.limited_total, 2);
+    }
+
+    #[test]
+    fn a_seq_out_of_range_is_freed_like_an_invalid_batch() {
+        let s = shared(2);
+        let mut p = Pacing::default();
+        send(&s, &mut p, 2);
+        on_ack(
+            &s,
+            &mut p,
+            &ack(1, pb::AckCode::SequenceOutOfRange),
+            Instant::now(),
+        );
+        assert_eq!(held(&s), [2]);
+        assert!(!p.paused(Instant::now()));
     }
 }

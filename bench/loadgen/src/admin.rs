@@ -17,8 +17,11 @@ use monitor::pb::exec_event::Kind as EventKind;
 use monitor::signing::SigningKey;
 use tonic::transport::{Channel, Endpoint};
 
-/// ListHosts for 10,000+ hosts is several MB; tonic's default limit is 4.
+/// A page of ListHosts is at most a few MB (and older servers answered
+/// 10,000+ hosts in one message); tonic's default limit is 4.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+/// Hosts asked for per ListHosts page (the server's largest).
+const PAGE_SIZE: u32 = 2000;
 
 pub type Admin = AdminClient<Channel>;
 
@@ -34,14 +37,32 @@ pub async fn connect(url: &str) -> Result<Admin, String> {
     Ok(AdminClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
 }
 
+/// Every host the server knows, page after page.
+pub async fn all_hosts(admin: &mut Admin) -> Result<Vec<pb::HostInfo>, String> {
+    let mut hosts = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = admin
+            .list_hosts(pb::ListHostsRequest {
+                page_size: PAGE_SIZE,
+                page_token: token.clone(),
+            })
+            .await
+            .map_err(|s| format!("ListHosts: {}: {}", s.code(), s.message()))?
+            .into_inner();
+        hosts.extend(page.hosts);
+        // Tokens move forward (they are hostnames); one that does not
+        // would loop forever.
+        if page.next_page_token.is_empty() || page.next_page_token <= token {
+            return Ok(hosts);
+        }
+        token = page.next_page_token;
+    }
+}
+
 /// Hosts whose name starts with `prefix`: (online, batches stored in total).
 pub async fn fleet_view(admin: &mut Admin, prefix: &str) -> Result<(usize, u64), String> {
-    let hosts = admin
-        .list_hosts(pb::ListHostsRequest {})
-        .await
-        .map_err(|s| format!("ListHosts: {}: {}", s.code(), s.message()))?
-        .into_inner()
-        .hosts;
+    let hosts = all_hosts(admin).await?;
     let ours = hosts.iter().filter(|h| h.hostname.starts_with(prefix));
     let (mut online, mut stored) = (0, 0);
     for h in ours {

@@ -8,7 +8,8 @@
 //!   [`Store::enqueue_command_result`]) and get a [`Ticket`] that resolves
 //!   once the request is durable (or refused); [`Store::submit`] and the
 //!   `record_*` methods do both steps;
-//! - read: [`Store::query`] samples, [`Store::hosts`] / [`Store::host`]
+//! - read: [`Store::query`] samples, [`Store::hosts`] /
+//!   [`Store::hosts_page`] / [`Store::host`]
 //!   (the host facts: the store is their one owner, the registry only
 //!   knows who is connected), [`Store::history`];
 //! - forward (remote-write): [`Store::forward_batch`] reads stored batches
@@ -186,6 +187,18 @@ impl Store {
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.hosts().await,
+        }
+    }
+
+    /// [`Store::hosts`], one page: the first `limit` hosts whose hostname
+    /// sorts after `after` (from the first when `None`), by hostname.
+    pub async fn hosts_page(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<HostRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.hosts_page(after, limit).await,
         }
     }
 

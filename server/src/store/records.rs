@@ -149,6 +149,11 @@ pub struct HostRecord {
     pub dropped_batches_total: u64,
     /// Batches of this host ever stored (duplicates not counted).
     pub batches_stored_total: u64,
+    /// Batches since the store opened whose seq fell where the store had
+    /// forgotten which seqs of their run it holds (see
+    /// `sqlite/dedup.rs`): told apart from duplicates by their samples
+    /// instead. Not kept in the file.
+    pub batches_checked_by_value_total: u64,
     /// Newest value of each metric that has samples, in [`Metric::ALL`]
     /// order.
     pub latest: Vec<LatestValue>,

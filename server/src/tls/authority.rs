@@ -167,6 +167,27 @@ fn read_pem(path: &Path, label: &str) -> Result<Vec<u8>, TlsError> {
         .ok_or_else(|| bad_file(path, format!("no {label} block")))
 }
 
+/// Writes a private key (0600) and then its certificate: a crash between
+/// the two leaves a key without a certificate, which the next start
+/// reports, never a certificate without its key.
+fn write_pair(
+    key_path: &Path,
+    key_der: &[u8],
+    cert_path: &Path,
+    cert_der: &[u8],
+) -> Result<(), FileError> {
+    files::write_atomic(
+        key_path,
+        pem::encode("PRIVATE KEY", key_der).as_bytes(),
+        SECRET_MODE,
+    )?;
+    files::write_atomic(
+        cert_path,
+        pem::encode("CERTIFICATE", cert_der).as_bytes(),
+        PUBLIC_MODE,
+    )
+}
+
 fn random_serial() -> SerialNumber {
     let mut bytes = monitor::random::random_bytes::<16>();
     // A positive INTEGER, never a leading zero byte.
@@ -214,18 +235,7 @@ impl Authority {
         let cert = params
             .self_signed(&key)
             .map_err(make("the CA certificate"))?;
-        // The key first: a crash between the two leaves a key without a
-        // certificate, which the next start reports, never the reverse.
-        files::write_atomic(
-            &key_path,
-            pem::encode("PRIVATE KEY", key.serialized_der()).as_bytes(),
-            SECRET_MODE,
-        )?;
-        files::write_atomic(
-            &cert_path,
-            pem::encode("CERTIFICATE", cert.der()).as_bytes(),
-            PUBLIC_MODE,
-        )?;
+        write_pair(&key_path, key.serialized_der(), &cert_path, cert.der())?;
         log::info!(
             "made a new certificate authority in {} (fingerprint {})",
             dir.display(),
@@ -291,16 +301,7 @@ impl Authority {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(make("the server certificate"))?;
-        files::write_atomic(
-            &key_path,
-            pem::encode("PRIVATE KEY", key.serialized_der()).as_bytes(),
-            SECRET_MODE,
-        )?;
-        files::write_atomic(
-            &cert_path,
-            pem::encode("CERTIFICATE", cert.der()).as_bytes(),
-            PUBLIC_MODE,
-        )?;
+        write_pair(&key_path, key.serialized_der(), &cert_path, cert.der())?;
         log::info!("server certificate for {}", names.join(", "));
         Ok(ServerIdentity {
             cert_der: cert.der().to_vec(),

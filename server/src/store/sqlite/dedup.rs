@@ -14,14 +14,36 @@
 //! makes the answer exact whatever the order: 6 is a gap, so it is stored.
 //! Gaps the agent itself made (it dropped batches while its buffer was full)
 //! are never filled and cost 16 bytes each; at most [`MAX_GAPS`] are kept
-//! per run, forgetting the oldest, which only an agent that has dropped
-//! batches that many separate times and still holds the oldest could notice.
+//! per run, forgetting the oldest.
+//!
+//! Forgetting must not lose data. A real agent leaves a gap per outage in
+//! which its buffer overflowed, so it takes 257 of those in one run; but a
+//! misbehaving or forging client can make them at will (a seq far ahead,
+//! then 256 more jumps), and after that every seq below the forgotten gaps
+//! used to read as "stored": the real agent's batches there were
+//! acknowledged and dropped, counted nowhere. So the set remembers how far
+//! the forgotten gaps reached (`forgotten_through`), and a seq there that
+//! is in no remembered gap is [`Seen::Forgotten`]: neither known stored nor
+//! known missing. The writer then compares the batch's samples with the
+//! stored ones instead (and counts it): known values are a duplicate, new
+//! ones are stored.
 //!
 //! This module is pure data: no I/O, no clock. It must never decide that a
 //! seq is stored unless a committed transaction stored it.
 
 /// How many separate gaps are remembered per run.
 pub(crate) const MAX_GAPS: usize = 256;
+
+/// What the set knows of one seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// A committed transaction stored it.
+    Stored,
+    /// Not stored.
+    Missing,
+    /// Either: it lies where forgotten gaps were.
+    Forgotten,
+}
 
 /// The set of stored sequence numbers of one agent run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -31,15 +53,27 @@ pub(crate) struct SeqSet {
     /// Inclusive ranges below `high_seq` that are NOT stored, ascending and
     /// disjoint.
     gaps: Vec<(u64, u64)>,
+    /// The end of the highest gap ever forgotten (0: none): a seq up to it
+    /// that is in no remembered gap may or may not be stored. Always below
+    /// the first remembered gap.
+    forgotten_through: u64,
 }
 
 impl SeqSet {
-    /// Whether `seq` is stored.
-    pub(crate) fn contains(&self, seq: u64) -> bool {
-        seq <= self.high_seq && self.gap_index(seq).is_none()
+    /// What is known of `seq`.
+    pub(crate) fn seen(&self, seq: u64) -> Seen {
+        if seq > self.high_seq || self.gap_index(seq).is_some() {
+            Seen::Missing
+        } else if seq <= self.forgotten_through {
+            Seen::Forgotten
+        } else {
+            Seen::Stored
+        }
     }
 
-    /// Marks `seq` stored; false when it already was (a duplicate).
+    /// Marks `seq` stored; false when it already was (a duplicate) or when
+    /// it lies where gaps were forgotten (nothing to mark: it reads as
+    /// [`Seen::Forgotten`] before and after).
     pub(crate) fn insert(&mut self, seq: u64) -> bool {
         if seq > self.high_seq {
             if seq > self.high_seq + 1 {
@@ -84,33 +118,55 @@ impl SeqSet {
     fn trim(&mut self) {
         if self.gaps.len() > MAX_GAPS {
             let excess = self.gaps.len() - MAX_GAPS;
+            if let Some(&(_, hi)) = self.gaps.get(excess - 1) {
+                self.forgotten_through = self.forgotten_through.max(hi);
+            }
             self.gaps.drain(..excess);
         }
     }
 
     /// The gaps as stored in `agent_runs.gaps`: 16 bytes per gap, two
-    /// little-endian u64 (first, last).
+    /// little-endian u64 (first, last), then, once gaps were forgotten,
+    /// `forgotten_through` as 8 more bytes (so a blob of 16·n bytes, as
+    /// every server wrote before, reads as "nothing forgotten").
     pub(crate) fn encode_gaps(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.gaps.len() * 16);
+        let mut out = Vec::with_capacity(self.gaps.len() * 16 + 8);
         for &(lo, hi) in &self.gaps {
             out.extend_from_slice(&lo.to_le_bytes());
             out.extend_from_slice(&hi.to_le_bytes());
+        }
+        if self.forgotten_through > 0 {
+            out.extend_from_slice(&self.forgotten_through.to_le_bytes());
         }
         out
     }
 
     /// Rebuilds a set from its stored form; `None` when the blob is not a
     /// valid encoding (wrong length, unordered or overlapping gaps, a gap
-    /// not below `high_seq`).
-    pub(crate) fn decode(high_seq: u64, gaps: &[u8]) -> Option<SeqSet> {
-        if !gaps.len().is_multiple_of(16) {
-            return None;
-        }
+    /// not below `high_seq`, forgotten gaps not below the remembered ones).
+    pub(crate) fn decode(high_seq: u64, blob: &[u8]) -> Option<SeqSet> {
+        let (gaps, forgotten) = match blob.len() % 16 {
+            0 => (blob, None),
+            8 => {
+                let (gaps, tail) = blob.split_at(blob.len() - 8);
+                (gaps, Some(u64::from_le_bytes(tail.try_into().ok()?)))
+            }
+            _ => return None,
+        };
+        let forgotten_through = match forgotten {
+            // Written only when non-zero, and always below the top.
+            Some(f) if f == 0 || f >= high_seq => return None,
+            Some(f) => f,
+            None => 0,
+        };
         let mut set = SeqSet {
             high_seq,
             gaps: Vec::with_capacity(gaps.len() / 16),
+            forgotten_through,
         };
-        let mut floor = 1u64;
+        // Remembered gaps start above the forgotten ones (and at 1 at
+        // least: seq 0 does not exist).
+        let mut floor = forgotten_through.checked_add(1)?;
         for chunk in gaps.chunks_exact(16) {
             let (lo, hi) = chunk.split_at(8);
             let lo = u64::from_le_bytes(lo.try_into().ok()?);
@@ -135,7 +191,7 @@ mod tests {
         let mut s = SeqSet::default();
         let got: Vec<bool> = seqs.iter().map(|&q| s.insert(q)).collect();
         assert_eq!(got, new, "insert results for {seqs:?}");
-        let got_stored: Vec<u64> = (1..=upto).filter(|&q| s.contains(q)).collect();
+        let got_stored: Vec<u64> = (1..=upto).filter(|&q| s.seen(q) == Seen::Stored).collect();
         assert_eq!(got_stored, stored, "stored after {seqs:?}");
         let back = SeqSet::decode(s.high_seq(), &s.encode_gaps());
         assert_eq!(back.as_ref(), Some(&s), "encoding round trip");
@@ -178,15 +234,52 @@ mod tests {
     }
 
     #[test]
-    fn oldest_gaps_are_forgotten_beyond_the_cap() {
+    fn oldest_gaps_are_forgotten_beyond_the_cap_but_never_taken_for_stored() {
         let mut s = SeqSet::default();
         // Gaps at 1, 3, 5, ...: every odd seq below the top is missing.
-        for q in (2..=2 * (MAX_GAPS as u64 + 10)).step_by(2) {
+        let top = 2 * (MAX_GAPS as u64 + 10);
+        for q in (2..=top).step_by(2) {
             assert!(s.insert(q));
         }
         assert_eq!(s.gaps.len(), MAX_GAPS);
-        assert!(s.contains(1), "the oldest gaps are forgotten");
-        assert!(!s.contains(2 * (MAX_GAPS as u64 + 10) - 1));
+        // The ten oldest gaps (1, 3, ..., 19) are forgotten: those seqs,
+        // and the stored ones between them, are neither stored nor missing
+        // as far as the set knows.
+        assert_eq!(s.forgotten_through, 19);
+        for q in 1..=19 {
+            assert_eq!(s.seen(q), Seen::Forgotten, "seq {q}");
+        }
+        assert_eq!(s.seen(20), Seen::Stored);
+        assert_eq!(s.seen(21), Seen::Missing);
+        assert_eq!(s.seen(top - 1), Seen::Missing);
+        assert_eq!(s.seen(top), Seen::Stored);
+        // Storing a forgotten seq changes nothing and says so.
+        let before = s.clone();
+        assert!(!s.insert(7));
+        assert_eq!(s, before);
+        let back = SeqSet::decode(s.high_seq(), &s.encode_gaps());
+        assert_eq!(back.as_ref(), Some(&s), "encoding round trip");
+    }
+
+    #[test]
+    fn a_forged_jump_then_257_more_cannot_make_real_seqs_read_as_stored() {
+        // Finding 4 of the hostile-input review: seq 10^12 opened a gap,
+        // 257 more jumps pushed it out of memory, and from then on the
+        // real agent's next batches (seq 101, 102, ...) read as stored and
+        // were dropped.
+        let mut s = SeqSet::default();
+        for q in 1..=100 {
+            s.insert(q);
+        }
+        let mut q = 1_000_000_000_000u64;
+        for _ in 0..=MAX_GAPS {
+            s.insert(q);
+            q += 2;
+        }
+        for real in 101..=110 {
+            assert_eq!(s.seen(real), Seen::Forgotten, "seq {real}");
+        }
+        assert_eq!(s.seen(100), Seen::Forgotten, "stored, but in the span");
     }
 
     #[test]
@@ -202,5 +295,20 @@ mod tests {
         );
         assert_eq!(SeqSet::decode(9, &gap(0, 2)), None, "seq 0 does not exist");
         assert!(SeqSet::decode(9, &[gap(1, 2), gap(4, 5)].concat()).is_some());
+        // The forgotten mark: 8 trailing bytes, non-zero, below the top
+        // and below every remembered gap.
+        let mark = |f: u64| f.to_le_bytes().to_vec();
+        let s = SeqSet::decode(9, &[gap(4, 5), mark(2)].concat()).unwrap();
+        assert_eq!(s.seen(1), Seen::Forgotten);
+        assert_eq!(s.seen(3), Seen::Stored);
+        assert_eq!(s.seen(4), Seen::Missing);
+        assert_eq!(SeqSet::decode(9, &mark(0)), None, "zero is never written");
+        assert_eq!(SeqSet::decode(9, &mark(9)), None, "not below the top");
+        assert_eq!(
+            SeqSet::decode(9, &[gap(4, 5), mark(4)].concat()),
+            None,
+            "a remembered gap inside the forgotten span"
+        );
+        assert_eq!(SeqSet::decode(9, &[0; 20]), None);
     }
 }

@@ -54,6 +54,9 @@ pub(crate) struct HostEntry {
     pub(crate) clock_offset_ms: i64,
     pub(crate) dropped_batches_total: u64,
     pub(crate) batches_stored_total: u64,
+    /// Batches since the store opened that were told apart from duplicates
+    /// by their samples (see `dedup.rs`); memory only.
+    pub(crate) batches_checked_by_value_total: u64,
     /// Indexed by metric id.
     pub(crate) latest: [Option<Latest>; METRICS],
     /// The host's ticks still in the journal, in journal order.
@@ -77,6 +80,7 @@ impl HostEntry {
             clock_offset_ms: batch.clock_offset_ms,
             dropped_batches_total: batch.dropped_batches_total,
             batches_stored_total: 0,
+            batches_checked_by_value_total: 0,
             latest: [None; METRICS],
             pending: Vec::new(),
             merged_journal_id: 0,
@@ -124,6 +128,7 @@ impl HostEntry {
             clock_offset_ms: self.clock_offset_ms,
             dropped_batches_total: self.dropped_batches_total,
             batches_stored_total: self.batches_stored_total,
+            batches_checked_by_value_total: self.batches_checked_by_value_total,
             latest: Metric::ALL
                 .iter()
                 .zip(self.latest)
@@ -260,9 +265,22 @@ impl HostTable {
 
     /// Every host, by hostname.
     pub(crate) fn snapshot(&self) -> Vec<HostRecord> {
-        let mut out: Vec<HostRecord> = self.lock().by_id.values().map(HostEntry::record).collect();
-        out.sort_unstable_by(|a, b| a.hostname.cmp(&b.hostname));
-        out
+        self.page(None, usize::MAX)
+    }
+
+    /// The first `limit` hosts by hostname whose name sorts after `after`
+    /// (from the first when `None`): a scan of the names, a copy of only
+    /// those hosts.
+    pub(crate) fn page(&self, after: Option<&str>, limit: usize) -> Vec<HostRecord> {
+        let hosts = self.lock();
+        crate::pages::first_after(
+            hosts.ids.iter().map(|(name, id)| (name.as_str(), id)),
+            after,
+            limit,
+        )
+        .into_iter()
+        .filter_map(|id| hosts.by_id.get(id).map(HostEntry::record))
+        .collect()
     }
 
     /// The host named `hostname`, if it ever stored a batch.
@@ -286,6 +304,7 @@ mod tests {
             clock_offset_ms: 0,
             dropped_batches_total: 0,
             batches_stored_total: 0,
+            batches_checked_by_value_total: 0,
             latest: [None; METRICS],
             pending: Vec::new(),
             merged_journal_id: 0,
@@ -380,6 +399,28 @@ mod tests {
             .map(|h| h.hostname)
             .collect();
         assert_eq!(names, ["Pi-c", "pi-a", "pi-b"]);
+    }
+
+    #[test]
+    fn pages_copy_only_the_hosts_after_the_token() {
+        let mut hosts = HashMap::new();
+        for id in 0..50 {
+            hosts.insert(
+                id,
+                HostEntry {
+                    hostname: format!("pi-{:02}", 49 - id),
+                    ..entry()
+                },
+            );
+        }
+        let table = HostTable::new(hosts);
+        let names =
+            |v: Vec<HostRecord>| -> Vec<String> { v.into_iter().map(|h| h.hostname).collect() };
+        assert_eq!(names(table.page(None, 3)), ["pi-00", "pi-01", "pi-02"]);
+        assert_eq!(names(table.page(Some("pi-02"), 2)), ["pi-03", "pi-04"]);
+        assert_eq!(names(table.page(Some("pi-47"), 5)), ["pi-48", "pi-49"]);
+        assert!(table.page(Some("pi-49"), 5).is_empty());
+        assert_eq!(table.page(None, 1000).len(), 50);
     }
 
     #[test]

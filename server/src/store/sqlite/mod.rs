@@ -161,6 +161,21 @@ impl SqliteStore {
             .map_err(StoreError::Reader)
     }
 
+    pub(crate) async fn hosts_page(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<HostRecord>, StoreError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        // On the blocking pool, like `hosts()`.
+        let hosts = Arc::clone(&self.inner.hosts);
+        tokio::task::spawn_blocking(move || hosts.page(after.as_deref(), limit))
+            .await
+            .map_err(StoreError::Reader)
+    }
+
     pub(crate) async fn host(&self, hostname: String) -> Result<Option<HostRecord>, StoreError> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);

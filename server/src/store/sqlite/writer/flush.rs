@@ -2,7 +2,11 @@
 //! IMMEDIATE transaction ([`write`]), then memory brought up to what
 //! committed ([`apply`]). A batch is stored whole, or is a duplicate
 //! (its seq is stored already, see `dedup.rs`), or is refused whole as a
-//! conflict (see `conflicts.rs`).
+//! conflict (see `conflicts.rs`). A batch whose seq the run's state can no
+//! longer place (its gaps were forgotten) is told apart by its samples:
+//! every one already stored with the same value makes it a duplicate,
+//! anything new is stored; either way it is counted and logged (at most a
+//! line a minute), never dropped in silence.
 //!
 //! [`write`] reads memory but never changes it: what the flush changes (new
 //! hosts, run states, stored batches, merged hosts) is staged and applied
@@ -23,6 +27,7 @@ use super::merges::Merged;
 use super::requests::{Answer, Request};
 use crate::store::error::StoreError;
 use crate::store::records::{CursorRecord, CursorWrite, IncomingBatch, SubmitOutcome};
+use crate::store::sqlite::dedup::Seen;
 use crate::store::sqlite::hosts::{BatchMeta, HostEntry};
 use crate::store::sqlite::runs::{self, RunCache, RunEntry, RunKey};
 use crate::store::sqlite::tables::{metric_id, u64_to_sql};
@@ -54,6 +59,10 @@ pub(super) struct Staged {
     stored: Vec<StoredBatch>,
     /// The ticks of the stored batches, see [`StoredBatch::rows`].
     rows: Vec<TickRow>,
+    /// host_id → batches told apart from duplicates by their samples (see
+    /// `dedup.rs`), with the last one's (hostname, agent id, seq) for the
+    /// log.
+    checked_by_value: HashMap<i64, (u64, (String, String, u64))>,
     /// Every forwarding cursor after this flush, if it changed any.
     cursors: Option<HashMap<String, i64>>,
     /// How long COMMIT took.
@@ -240,23 +249,32 @@ fn write_batch(
         log::warn!(
             "store: {} {} seq {}: {} samples are not finite numbers; not stored",
             batch.hostname,
-            batch.agent_id,
+            monitor::text::Escaped::capped(&batch.agent_id),
             batch.seq,
             dropped.not_finite
         );
     }
     let host_id = resolve_host(tx, &memory.host_ids, staged, batch)?;
     let run = resolve_run(tx, &memory.runs, &mut staged.runs, batch, now)?;
-    if run.seqs.contains(batch.seq) {
-        return Ok(SubmitOutcome::Duplicate);
-    }
+    let by_value = match run.seqs.seen(batch.seq) {
+        Seen::Stored => return Ok(SubmitOutcome::Duplicate),
+        Seen::Missing => false,
+        Seen::Forgotten => true,
+    };
     let newest = staged
         .newest
         .get(&host_id)
         .or_else(|| memory.newest_sample_unix_ms.get(&host_id))
         .copied()
         .unwrap_or(i64::MIN);
-    if grouped.iter().any(|r| r.time_unix_ms <= newest) {
+    if by_value {
+        let counted = staged.checked_by_value.entry(host_id).or_default();
+        counted.0 += 1;
+        counted.1 = (batch.hostname.clone(), batch.agent_id.clone(), batch.seq);
+    }
+    // A batch told apart by value is checked whatever its times: its
+    // samples already stored must go, so that nothing is stored twice.
+    if by_value || grouped.iter().any(|r| r.time_unix_ms <= newest) {
         let earlier: Vec<&TickRow> = staged
             .stored
             .iter()
@@ -267,6 +285,10 @@ fn write_batch(
         if let Err(conflict) = checked {
             return Ok(SubmitOutcome::Conflict(conflict));
         }
+    }
+    if by_value && grouped.is_empty() {
+        // Every sample is stored already: the batch was.
+        return Ok(SubmitOutcome::Duplicate);
     }
     run.store(batch.seq, batch.received_unix_ms);
     let run_id = run.run_id;
@@ -403,5 +425,24 @@ pub(super) fn apply(memory: &mut Memory, requests: &[Request], staged: Staged, n
     }
     for (key, run) in staged.runs {
         memory.runs.insert(key, run);
+    }
+    let mut hosts = memory.hosts.lock();
+    for (host_id, (n, (hostname, agent_id, seq))) in staged.checked_by_value {
+        let Some(host) = hosts.get_mut(&host_id) else {
+            continue;
+        };
+        host.batches_checked_by_value_total = host.batches_checked_by_value_total.saturating_add(n);
+        if let Some(left_out) = memory.checked_by_value_log.hit(now) {
+            // Without TLS the agent id is the batch's field: shown escaped.
+            let agent_id = monitor::text::Escaped::capped(&agent_id);
+            log::warn!(
+                "store: {hostname} (agent {agent_id}) batch {seq}: its run left more than {} \
+                 separate gaps, so the store no longer knows whether this seq is stored; \
+                 compared its samples with the stored ones instead ({} such batches of this \
+                 host so far; {left_out} of all hosts since the last such line)",
+                crate::store::sqlite::dedup::MAX_GAPS,
+                host.batches_checked_by_value_total
+            );
+        }
     }
 }

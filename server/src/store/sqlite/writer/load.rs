@@ -76,6 +76,7 @@ pub(super) fn load(conn: &Connection, now: Instant) -> rusqlite::Result<(Memory,
         hosts: Arc::new(HostTable::new(hosts)),
         runs,
         merges,
+        checked_by_value_log: crate::throttle::LogThrottle::default(),
         cursors,
     };
     Ok((
@@ -106,6 +107,7 @@ fn load_hosts(conn: &Connection) -> rusqlite::Result<HashMap<i64, HostEntry>> {
                 clock_offset_ms: r.get(7)?,
                 dropped_batches_total: u64_from_sql(r.get(8)?),
                 batches_stored_total: u64_from_sql(r.get(9)?),
+                batches_checked_by_value_total: 0,
                 latest: [None; METRICS],
                 pending: Vec::new(),
                 merged_journal_id: r.get(10)?,

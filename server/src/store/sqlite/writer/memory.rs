@@ -14,6 +14,7 @@ use std::sync::Arc;
 use super::merges::Merges;
 use crate::store::sqlite::hosts::HostTable;
 use crate::store::sqlite::runs::RunCache;
+use crate::throttle::LogThrottle;
 
 /// Everything the writer holds in memory.
 pub(super) struct Memory {
@@ -30,6 +31,9 @@ pub(super) struct Memory {
     /// journal row names.
     pub(super) runs: RunCache,
     pub(super) merges: Merges,
+    /// Paces the line about batches told apart by their samples (see
+    /// `flush.rs`): a forging client sends them by the thousand.
+    pub(super) checked_by_value_log: LogThrottle,
     /// destination → its forwarding cursor (see `forward.rs`); the lowest
     /// holds the journal back (`Merges::forward_hold`).
     pub(super) cursors: HashMap<String, i64>,
