@@ -5,8 +5,13 @@
 #
 #   1. agent tick cost next to the read-only floor (cargo bench, tick);
 #      syscalls per tick (strace -c over two --count runs, the difference);
+#   1c. CPU per sample at 0.1 s and 1 s against bench/floor.c, a C program
+#      that only preads the same files on the same schedule
+#      (bench/cpu-per-sample.sh; the ratio is printed in every run);
 #   2. footprint at a 1 s interval, all at once for the same window: the
-#      agent reporting to a real server, prometheus-node-exporter (cpu,
+#      agent reporting over TLS (enrolled with a join token) to a real
+#      server, the same agent in plain text (--insecure) to another,
+#      prometheus-node-exporter (cpu,
 #      meminfo, diskstats, netdev only) scraped once a second, collectd (cpu,
 #      memory, disk, interface) sending to a UDP sink, and the course
 #      handout's shell loop (free, top, iostat, ifstat) as the baseline:
@@ -16,9 +21,16 @@
 #      scripts/arm-check.sh already built them under target/debian-cross);
 #   4. server capacity: monitor-loadgen grows a fleet of simulated agents
 #      (one HTTP/2 connection each, Report + CommandStream, 6-sample batches
-#      at 1 s) until a step is not held;
+#      at 1 s) until a step is not held; against an --insecure server, then
+#      with TLS (a client certificate per simulated agent) in the same run;
 #   5. command round trips (ping, true) with 1,000 agents connected, through
-#      the gRPC API and through monitorctl, and fan-out to all of them.
+#      the gRPC API and through monitorctl, and fan-out to all of them
+#      (--insecure server: the command path, not TLS);
+#   6. reconnection storm: 10,000 simulated agents connected, the server
+#      restarted (TERM, then started again on the same ports and database),
+#      every agent reconnecting with the agent's backoff: reconnections
+#      (with TLS: full handshakes) per second and the time until all are
+#      back, with TLS and with --insecure in the same run.
 #
 # Everything runs on loopback, on ports nobody listens on, with a fresh
 # database under the output directory; every wait is bounded and every
@@ -26,15 +38,18 @@
 # missing (idempotent).
 #
 # Usage: bench/run.sh [--quick] [--long] [--footprint-secs N]
-#                     [--steps LIST] [--only SECTIONS] [--out DIR]
+#                     [--steps LIST] [--storm-agents N] [--only SECTIONS]
+#                     [--out DIR]
 #   --quick             a short run (about 3 minutes): fewer ticks, a 15 s
 #                       footprint window, small fleets
 #   --long              a 600 s footprint window (the 10-minute RSS run)
 #   --footprint-secs N  footprint window in seconds (default 60)
 #   --steps LIST        capacity fleet sizes (default
-#                       1000,2500,5000,7500,10000,12500,15000)
+#                       1000,2500,5000,7500,10000,12500,15000), each tried
+#                       in plain text and with TLS
+#   --storm-agents N    agents in the reconnection storm (default 10000)
 #   --only SECTIONS     comma-separated subset of
-#                       tick,syscalls,footprint,size,capacity,commands
+#                       tick,syscalls,cpu,footprint,size,capacity,commands,storm
 #   --out DIR           where logs and results go (default
 #                       target/bench/run-DATE)
 # Prints the table on stdout; raw key=value results are in DIR/results.txt.
@@ -46,7 +61,8 @@ cd "$repo"
 quick=0
 footprint_secs=60
 steps=1000,2500,5000,7500,10000,12500,15000
-only=tick,syscalls,footprint,size,capacity,commands
+storm_agents=10000
+only=tick,syscalls,cpu,footprint,size,capacity,commands,storm
 out=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -54,6 +70,7 @@ while [[ $# -gt 0 ]]; do
         --long) footprint_secs=600 ;;
         --footprint-secs) footprint_secs=${2:?--footprint-secs needs seconds}; shift ;;
         --steps) steps=${2:?--steps needs a list}; shift ;;
+        --storm-agents) storm_agents=${2:?--storm-agents needs a number}; shift ;;
         --only) only=${2:?--only needs a list}; shift ;;
         --out) out=${2:?--out needs a directory}; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -64,7 +81,10 @@ done
 if [[ $quick -eq 1 ]]; then
     [[ $footprint_secs -eq 60 ]] && footprint_secs=15
     [[ $steps == 1000,2500,5000,7500,10000,12500,15000 ]] && steps=500,1000
+    [[ $storm_agents -eq 10000 ]] && storm_agents=1000
 fi
+[[ $storm_agents =~ ^[0-9]+$ && $storm_agents -ge 1 ]] \
+    || { echo "bench: --storm-agents: expected a number above 0, got '$storm_agents'" >&2; exit 2; }
 [[ $footprint_secs =~ ^[0-9]+$ && $footprint_secs -ge 5 ]] \
     || { echo "bench: --footprint-secs: expected at least 5, got '$footprint_secs'" >&2; exit 2; }
 
@@ -171,21 +191,66 @@ free_port() {
     fail "no free port found"
 }
 
-# start_server NAME: a fresh monitor-server on free loopback ports; sets
-# server_pid, server_url, admin_url.
+# start_server NAME tls|insecure: a fresh monitor-server on free loopback
+# ports, with TLS (its material in $out/NAME/tls, certificate names
+# 127.0.0.1 and localhost) or with --insecure; sets server_pid, server_url,
+# admin_url, server_cred (the operator credential; empty with --insecure)
+# and server_cmd (for restart_server).
 start_server() {
-    local name=$1 sp ap
+    local name=$1 mode=$2 sp ap scheme=https
     sp=$(free_port)
     ap=$(free_port)
     mkdir -p "$out/$name"
-    start "$name" "$server_bin" --listen "127.0.0.1:$sp" --admin-listen "127.0.0.1:$ap" \
-        --http-listen 127.0.0.1:0 \
-        --db "$out/$name/monitor.db" --log warn
+    server_cmd=("$server_bin" --listen "127.0.0.1:$sp" --admin-listen "127.0.0.1:$ap"
+        --http-listen 127.0.0.1:0 --db "$out/$name/monitor.db" --log warn)
+    server_cred=""
+    case $mode in
+        tls)
+            server_cmd+=(--tls-name 127.0.0.1 --tls-name localhost)
+            server_cred=$out/$name/tls/admin.cred
+            ;;
+        insecure)
+            server_cmd+=(--insecure)
+            scheme=http
+            ;;
+        *) fail "start_server: mode '$mode'" ;;
+    esac
+    server_name=$name
+    start "$name" "${server_cmd[@]}"
     server_pid=$last_pid
-    server_url=http://127.0.0.1:$sp
-    admin_url=http://127.0.0.1:$ap
+    server_url=$scheme://127.0.0.1:$sp
+    admin_url=$scheme://127.0.0.1:$ap
+    server_ports=("$sp" "$ap")
     wait_until "$name to listen" 30 listening_tcp "$ap"
     wait_until "$name to listen" 30 listening_tcp "$sp"
+    [[ -z $server_cred ]] || wait_until "$name's operator credential" 30 test -s "$server_cred"
+}
+
+# restart_server: stops the server start_server started last (TERM) and
+# starts it again with the same command (ports, database, TLS directory);
+# sets server_pid, and restart_stop_ms / restart_listening_ms (UNIX ms:
+# TERM sent, both listeners back).
+restart_server() {
+    restart_stop_ms=$(date +%s%3N)
+    stop "$server_pid"
+    start "$server_name-restarted" "${server_cmd[@]}"
+    server_pid=$last_pid
+    wait_until "$server_name to listen again" 60 listening_tcp "${server_ports[1]}"
+    wait_until "$server_name to listen again" 60 listening_tcp "${server_ports[0]}"
+    restart_listening_ms=$(date +%s%3N)
+}
+
+# with_tls_args: the loadgen's --credentials flag for the last server, if
+# it runs TLS (into the array loadgen_tls).
+with_tls_args() {
+    loadgen_tls=()
+    [[ -z $server_cred ]] || loadgen_tls=(--credentials "$server_cred")
+}
+
+# put_prefixed FILE FROM TO: the key=value lines of FILE into the results,
+# keys starting FROM renamed to start TO.
+put_prefixed() {
+    sed "s/^$2/$3/" "$1" >>"$results"
 }
 
 proc() { "$loadgen" proc "$@"; }
@@ -281,10 +346,10 @@ fi
 # ---------------------------------------------------------------------------
 if want syscalls; then
     log "syscalls per tick ($sys_ticks_a and $sys_ticks_b ticks at 0.1 s)"
-    start_server server-syscalls
+    start_server server-syscalls insecure
     for n in "$sys_ticks_a" "$sys_ticks_b"; do
         timeout 120 strace -c -f -o "$out/strace-count-$n.txt" \
-            "$agent_bin" --server "$server_url" --interval 0.1 --count "$n" \
+            "$agent_bin" --insecure --server "$server_url" --interval 0.1 --count "$n" \
             --hostname "bench-strace-$n" --log warn >"$out/agent-count-$n.log" 2>&1 \
             || fail "agent --count $n under strace (see $out/agent-count-$n.log)"
     done
@@ -303,17 +368,38 @@ if want syscalls; then
 fi
 
 # ---------------------------------------------------------------------------
+# 1c. CPU per sample against the C floor, at 0.1 s and 1 s, same windows.
+# ---------------------------------------------------------------------------
+if want cpu; then
+    log "CPU per sample against bench/floor.c"
+    cpu_args=()
+    [[ $quick -eq 1 ]] && cpu_args=(--secs-per-interval 0.1=10,1=20 --rounds 1)
+    bench/cpu-per-sample.sh "$agent_bin" "$server_bin" "$out/cpu" "${cpu_args[@]}" \
+        >"$out/cpu.txt" 2>"$out/cpu.log" || fail "CPU per sample (see $out/cpu.log)"
+    cat "$out/cpu.txt" >>"$results"
+fi
+
+# ---------------------------------------------------------------------------
 # 2. Footprint, side by side, same window, 1 s interval.
 # ---------------------------------------------------------------------------
 if want footprint; then
-    log "footprint: agent, node_exporter, collectd, shell baseline for ${footprint_secs}s"
-    start_server server-footprint
+    log "footprint: agent (TLS and plain), node_exporter, collectd, shell baseline for ${footprint_secs}s"
+    start_server server-footprint insecure
     footprint_server_pid=$server_pid
+    plain_url=$server_url
+    # The agent as installed: TLS, enrolled once with a join token.
+    start_server server-footprint-tls tls
+    footprint_tls_server_pid=$server_pid
+    token=$("$ctl_bin" --credentials "$server_cred" enrol bench-agent-tls 2>>"$out/monitorctl.log") \
+        || fail "monitorctl enrol bench-agent-tls (see $out/monitorctl.log)"
     iface=$(ip route show default 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }')
     iface=${iface:-lo}
 
-    start agent "$agent_bin" --server "$server_url" --interval 1 --hostname bench-agent --log warn
+    start agent "$agent_bin" --insecure --server "$plain_url" --interval 1 --hostname bench-agent --log warn
     agent_pid=$last_pid
+    start agent-tls "$agent_bin" --server "$server_url" --join "$token" --state-dir "$out/agent-tls-state" \
+        --interval 1 --hostname bench-agent-tls --log warn
+    agent_tls_pid=$last_pid
     # The same agent collecting only (--stdout into /dev/null, no network):
     # what the collection costs without gRPC.
     "$agent_bin" --stdout --interval 1 --hostname bench-collect-only --log warn >/dev/null 2>"$out/agent-stdout.log" &
@@ -360,16 +446,21 @@ EOF
     pids+=("$shell_pid")
 
     sleep 10
-    for pid in "$agent_pid" "$stdout_agent_pid" "$ne_pid" "$collectd_pid" "$shell_pid"; do
+    for pid in "$agent_pid" "$agent_tls_pid" "$stdout_agent_pid" "$ne_pid" "$collectd_pid" "$shell_pid"; do
         kill -0 "$pid" 2>/dev/null || fail "a footprint process (pid $pid) died during warm-up (see $out/*.log)"
     done
+    # The TLS agent enrolled and reports: its identity is on disk and the
+    # server lists it online.
+    wait_until "the TLS agent's identity" 30 test -s "$out/agent-tls-state/identity.pem"
+    wait_until "the TLS agent online" 30 \
+        bash -c '"$0" --credentials "$1" hosts 2>/dev/null | grep -Eq "^bench-agent-tls +online"' "$ctl_bin" "$server_cred"
 
     # Memory over time, every 10 s, for the flatness check.
     (
-        echo "unix_s agent_rss_kib collectd_rss_kib node_exporter_rss_kib"
+        echo "unix_s agent_rss_kib collectd_rss_kib node_exporter_rss_kib agent_tls_rss_kib"
         while kill -0 "$agent_pid" 2>/dev/null; do
             line="$(date +%s)"
-            for pid in "$agent_pid" "$collectd_pid" "$ne_pid"; do
+            for pid in "$agent_pid" "$collectd_pid" "$ne_pid" "$agent_tls_pid"; do
                 line+=" $(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo -)"
             done
             echo "$line"
@@ -379,10 +470,10 @@ EOF
     pids+=("$!")
 
     t0=$(date +%s%3N)
-    p0=$(proc "$agent_pid" "$stdout_agent_pid" "$ne_pid" "$collectd_pid" "$shell_pid")
+    p0=$(proc "$agent_pid" "$agent_tls_pid" "$stdout_agent_pid" "$ne_pid" "$collectd_pid" "$shell_pid")
     sleep "$footprint_secs"
     t1=$(date +%s%3N)
-    p1=$(proc "$agent_pid" "$stdout_agent_pid" "$ne_pid" "$collectd_pid" "$shell_pid")
+    p1=$(proc "$agent_pid" "$agent_tls_pid" "$stdout_agent_pid" "$ne_pid" "$collectd_pid" "$shell_pid")
     echo "$p0" >"$out/footprint-start.txt"
     echo "$p1" >"$out/footprint-end.txt"
     window_s=$(calc "($t1 - $t0) / 1000" 3)
@@ -418,11 +509,16 @@ EOF
     }
     secs=$(calc "($t1 - $t0) / 1000" 0)
     footprint agent "$agent_pid" "$secs" 0
+    footprint agent_tls "$agent_tls_pid" "$secs" 0
     footprint agent_collect_only "$stdout_agent_pid" "$secs" 0
     footprint collectd "$collectd_pid" "$secs" 0
     footprint node_exporter "$ne_pid" "$(scrapes_in "$t0" "$t1")" 0
     footprint shell "$shell_pid" "$(shell_in "$t0" "$t1")" 1
     put footprint.agent.tasks "$(ls "/proc/$agent_pid/task" | tr '\n' ' ')"
+    a=$(get footprint.agent.cpu_ms_per_sample)
+    b=$(get footprint.agent_tls.cpu_ms_per_sample)
+    put footprint.agent_tls.cpu_over_plain_percent "$(calc "($b - $a) * 100 / $a" 1)"
+    put footprint.agent_tls.rss_max_kib "$(awk 'NR > 1 && $5 != "-" { if ($5 > max) max = $5 } END { print max }' "$out/rss.tsv")"
     put footprint.node_exporter.scrape_bytes "$(tail -n 1 "$out/scrapes.txt" | cut -d' ' -f2)"
 
     # RSS drift of the agent after its first minute (or the warm-up).
@@ -435,7 +531,7 @@ EOF
     log "syscalls per sample of the agent and the peers (${strace_secs}s attached)"
     s0=$(date +%s%3N)
     tracers=()
-    for n in agent:$agent_pid collectd:$collectd_pid node_exporter:$ne_pid; do
+    for n in agent:$agent_pid agent_tls:$agent_tls_pid collectd:$collectd_pid node_exporter:$ne_pid; do
         timeout -s INT "$strace_secs" strace -c -f -p "${n#*:}" -o "$out/strace-attach-${n%%:*}.txt" \
             >/dev/null 2>&1 &
         tracers+=("$!")
@@ -447,7 +543,7 @@ EOF
     s1=$(date +%s%3N)
     ss_secs=$(calc "($s1 - $s0) / 1000" 3)
     ne_scrapes=$(scrapes_in "$s0" "$s1")
-    for n in agent collectd node_exporter; do
+    for n in agent agent_tls collectd node_exporter; do
         total=$(awk '$NF == "total" { print $4 }' "$out/strace-attach-$n.txt" 2>/dev/null || true)
         [[ -n $total ]] || { put "syscalls.$n.attached_per_sample" -; continue; }
         samples=$ss_secs
@@ -455,7 +551,8 @@ EOF
         put "syscalls.$n.attached_per_sample" "$(calc "$total / $samples" 1)"
     done
 
-    for pid in "$shell_pid" "$scraper_pid" "$collectd_pid" "$ne_pid" "$stdout_agent_pid" "$agent_pid" "$footprint_server_pid"; do
+    for pid in "$shell_pid" "$scraper_pid" "$collectd_pid" "$ne_pid" "$stdout_agent_pid" "$agent_pid" \
+        "$agent_tls_pid" "$footprint_server_pid" "$footprint_tls_server_pid"; do
         stop "$pid"
     done
 fi
@@ -488,7 +585,13 @@ fi
 # ---------------------------------------------------------------------------
 # 4. Server capacity.
 # ---------------------------------------------------------------------------
-sources=127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4
+# The simulated agents' source addresses, in turn: 1,016 loopback
+# addresses (127.0.1.1–127.0.4.254), so that ephemeral ports never run out
+# and the server's cap on connections still in their handshake per source
+# address (64) sees a few agents per address, as a real fleet's one, not
+# thousands (its total cap, 512, applies as it would to a real fleet).
+sources=$(for b in 1 2 3 4; do for c in $(seq 1 254); do printf '127.0.%d.%d,' "$b" "$c"; done; done)
+sources=${sources%,}
 if want capacity; then
     # Each simulated agent is one descriptor in the server and one in the
     # load generator; keep the fleet under the per-process limit.
@@ -496,14 +599,29 @@ if want capacity; then
     capped=$(tr ',' '\n' <<<"$steps" | awk -v m="$max_agents" '$1 <= m' | paste -sd,)
     [[ $capped == "$steps" ]] || log "steps above $max_agents agents dropped: the descriptor limit is $fd_limit"
     put capacity.max_agents_by_fd_limit "$max_agents"
-    log "server capacity: steps $capped, ${hold} each"
-    start_server server-capacity
-    timeout 3600 "$loadgen" capacity --server "$server_url" --admin "$admin_url" \
-        --server-pid "$server_pid" --steps "$capped" --hold "$hold" --warmup "$warmup" \
-        --sources "$sources" --results "$results" >"$out/capacity.txt" 2>&1 \
-        || fail "capacity run (see $out/capacity.txt)"
-    cat "$out/capacity.txt" >&2
-    stop "$server_pid"
+    # Plain text (--insecure) first, then TLS, same steps, each on a fresh
+    # server and database: capacity.* and capacity_tls.* (tls.* there is
+    # the time the agents' certificates took, before the first step).
+    for mode in insecure tls; do
+        log "server capacity ($mode): steps $capped, ${hold} each"
+        start_server "server-capacity-$mode" "$mode"
+        with_tls_args
+        : >"$out/capacity-$mode.results"
+        timeout 3600 "$loadgen" capacity --server "$server_url" --admin "$admin_url" "${loadgen_tls[@]}" \
+            --server-pid "$server_pid" --steps "$capped" --hold "$hold" --warmup "$warmup" \
+            --sources "$sources" --results "$out/capacity-$mode.results" >"$out/capacity-$mode.txt" 2>&1 \
+            || fail "capacity run, $mode (see $out/capacity-$mode.txt)"
+        cat "$out/capacity-$mode.txt" >&2
+        stop "$server_pid"
+    done
+    put_prefixed "$out/capacity-insecure.results" capacity. capacity.
+    put_prefixed "$out/capacity-tls.results" "\(capacity\|tls\)\." "capacity_tls.\1."
+    a=$(get capacity.agents_kept_pace)
+    b=$(get capacity_tls.capacity.agents_kept_pace)
+    put capacity_tls.kept_pace_of_plain_percent "$(calc "$b * 100 / ($a > 0 ? $a : 1)" 0)"
+    a=$(get capacity.agents_held)
+    b=$(get capacity_tls.capacity.agents_held)
+    put capacity_tls.held_of_plain_percent "$(calc "$b * 100 / ($a > 0 ? $a : 1)" 0)"
 fi
 
 # ---------------------------------------------------------------------------
@@ -511,7 +629,7 @@ fi
 # ---------------------------------------------------------------------------
 if want commands; then
     log "command round trips with $cmd_agents agents"
-    start_server server-commands
+    start_server server-commands insecure
     timeout 1800 "$loadgen" commands --server "$server_url" --admin "$admin_url" \
         --agents "$cmd_agents" --calls "$cmd_calls" --fanouts "$cmd_fanouts" \
         --monitorctl "$ctl_bin" --monitorctl-calls "$ctl_calls" \
@@ -519,6 +637,45 @@ if want commands; then
         || fail "command latency run (see $out/commands.txt)"
     cat "$out/commands.txt" >&2
     stop "$server_pid"
+fi
+# ---------------------------------------------------------------------------
+# 6. Reconnection storm: every agent back after a server restart.
+# ---------------------------------------------------------------------------
+if want storm; then
+    [[ $storm_agents -le $((fd_limit - 500)) ]] \
+        || fail "--storm-agents $storm_agents: the descriptor limit is $fd_limit"
+    for mode in insecure tls; do
+        log "reconnection storm ($mode): $storm_agents agents, server restarted"
+        start_server "server-storm-$mode" "$mode"
+        with_tls_args
+        : >"$out/storm-$mode.results"
+        timeout 1800 "$loadgen" reconnect --server "$server_url" --admin "$admin_url" "${loadgen_tls[@]}" \
+            --agents "$storm_agents" --sources "$sources" --results "$out/storm-$mode.results" \
+            >"$out/storm-$mode.txt" 2>&1 &
+        storm_pid=$!
+        pids+=("$storm_pid")
+        deadline=$((SECONDS + 900))
+        until grep -q '^ready:' "$out/storm-$mode.txt"; do
+            kill -0 "$storm_pid" 2>/dev/null || fail "reconnect run, $mode, ended before it was ready (see $out/storm-$mode.txt)"
+            [[ $SECONDS -lt $deadline ]] || fail "reconnect run, $mode: not ready after 900 s"
+            sleep 0.2
+        done
+        # A few seconds of steady state before the restart.
+        sleep 5
+        restart_server
+        wait "$storm_pid" || fail "reconnect run, $mode (see $out/storm-$mode.txt)"
+        cat "$out/storm-$mode.txt" >&2
+        put_prefixed "$out/storm-$mode.results" "\(storm\|tls\)\." "storm_$mode.\1."
+        put "storm_$mode.restart_stop_unix_ms" "$restart_stop_ms"
+        put "storm_$mode.restart_listening_unix_ms" "$restart_listening_ms"
+        put "storm_$mode.server_down_ms" "$((restart_listening_ms - restart_stop_ms))"
+        last=$(get "storm_$mode.storm.last_back_unix_ms")
+        if [[ $last != - ]]; then
+            put "storm_$mode.all_back_after_restart_ms" "$((last - restart_stop_ms))"
+            put "storm_$mode.all_back_after_listening_ms" "$((last - restart_listening_ms))"
+        fi
+        stop "$server_pid"
+    done
 fi
 put machine.load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -534,6 +691,7 @@ verdict() {
 ratio() { [[ $1 == - || $2 == - || $2 == 0 ]] && echo "-" || calc "$1 / $2" 0; }
 mib() { [[ $1 == - || -z $1 ]] && echo "-" || calc "$1 / 1024" 2; }
 mb() { [[ $1 == - || -z $1 ]] && echo "-" || calc "$1 / 1000000" 2; }
+secs() { [[ $1 == - || -z $1 ]] && echo "-" || calc "$1 / 1000" 2; }
 bytes_mib() { [[ $1 == - || -z $1 ]] && echo "-" || calc "$1 / 1048576" 2; }
 
 a_cpu=$(get footprint.agent.cpu_ms_per_sample)
@@ -552,6 +710,21 @@ per_agent=$(get capacity.server_kib_per_agent)
 p99=$(get commands.ping.p99_ms)
 true_p99=$(get commands.true.p99_ms)
 fan=$(get commands.fanout.max_ms)
+t_cpu=$(get footprint.agent_tls.cpu_ms_per_sample)
+t_over=$(get footprint.agent_tls.cpu_over_plain_percent)
+t_rss=$(get footprint.agent_tls.rss_kib)
+tls_pace=$(get capacity_tls.capacity.agents_kept_pace)
+tls_held=$(get capacity_tls.capacity.agents_held)
+tls_of_plain=$(get capacity_tls.kept_pace_of_plain_percent)
+# storm MODE: one line about the reconnection storm of MODE.
+storm() {
+    local k=storm_$1
+    echo "$(get "$k.storm.reconnected") of $(get "$k.storm.agents") back (all: $(get "$k.storm.all_back")); \
+$(get "$k.storm.per_s_mean")/s mean, $(get "$k.storm.per_s_peak") in the busiest second; \
+all back $(secs "$(get "$k.all_back_after_restart_ms")") s after TERM \
+($(secs "$(get "$k.all_back_after_listening_ms")") s after the server listened again; it was down $(get "$k.server_down_ms") ms); \
+$(get "$k.storm.failed_attempts") failed attempts"
+}
 
 cat <<EOF
 
@@ -563,14 +736,20 @@ Peers in the same run: $(get peers.node_exporter); $(get peers.collectd); shell 
 |---|---|---|---|---|
 | agent tick (read + parse + rates) | ≤ 1.5 × the read-only floor | $(get tick.sample_us) µs vs floor $(get tick.floor_us) µs = ${tick_ratio} × (parsers alone $(get tick.parse_us) µs) | | $(verdict "$tick_ratio" "<=" 1.5) |
 | agent CPU per sample incl. sending | ≤ 0.1 ms | $a_cpu ms ($(get footprint.agent.cpu_percent) % of a core); collecting only (--stdout) $(get footprint.agent_collect_only.cpu_ms_per_sample) ms | collectd $c_cpu ms ($(ratio "$c_cpu" "$a_cpu")×), node_exporter $n_cpu ms ($(ratio "$n_cpu" "$a_cpu")×), shell $s_cpu ms ($(ratio "$s_cpu" "$a_cpu")×) | $(verdict "$a_cpu" "<=" 0.1) |
-| agent syscalls per tick incl. sending | ≤ 20 | $a_sys ($(get syscalls.agent_breakdown)); attached at 1 s: $(get syscalls.agent.attached_per_sample) | collectd $(get syscalls.collectd.attached_per_sample), node_exporter $(get syscalls.node_exporter.attached_per_sample) per sample | $(verdict "$a_sys" "<=" 20) |
+| agent CPU per sample vs bench/floor.c (same files, same schedule) | ≤ 2 × the floor | 0.1 s: $(get cpu.0.1.agent_ms_per_sample) ms vs $(get cpu.0.1.floor_ms_per_sample) ms = $(get cpu.0.1.ratio) × (collecting only $(get cpu.0.1.collect_only_ratio) ×); 1 s: $(get cpu.1.agent_ms_per_sample) ms vs $(get cpu.1.floor_ms_per_sample) ms = $(get cpu.1.ratio) × (collecting only $(get cpu.1.collect_only_ratio) ×) | | $(verdict "$(get cpu.1.ratio)" "<=" 2) |
+| agent syscalls per tick incl. sending | ≤ 24 | $a_sys ($(get syscalls.agent_breakdown)); attached at 1 s: $(get syscalls.agent.attached_per_sample) | collectd $(get syscalls.collectd.attached_per_sample), node_exporter $(get syscalls.node_exporter.attached_per_sample) per sample | $(verdict "$a_sys" "<=" 24) |
 | agent resident memory after $(calc "$(get footprint.window_s) / 60 + 10 / 60" 1) min | ≤ 3 MiB, flat | RSS $(mib "$a_rss") MiB (HWM $(mib "$(get footprint.agent.hwm_kib)"), PSS $(mib "$(get footprint.agent.pss_kib)"), private $(mib "$(get footprint.agent.private_kib)"), anon $(mib "$(get footprint.agent.anon_kib)") MiB); RSS range $(get footprint.agent.rss_min_kib)–$(get footprint.agent.rss_max_kib) KiB | collectd $(mib "$(get footprint.collectd.rss_kib)") MiB, node_exporter $(mib "$(get footprint.node_exporter.rss_kib)") MiB | $(verdict "$(mib "$a_rss")" "<=" 3) |
 | agent threads at steady state | 1 | $(get footprint.agent.threads) | collectd $(get footprint.collectd.threads), node_exporter $(get footprint.node_exporter.threads) | $(verdict "$(get footprint.agent.threads)" "<=" 1) |
-| agent stripped binary (aarch64) | ≤ 2 MiB | aarch64 $(bytes_mib "$aarch64") MiB, armv7 $(bytes_mib "$(get size.agent_armv7_bytes)") MiB, armv6 $(bytes_mib "$(get size.agent_armv6_bytes)") MiB, x86_64 $(bytes_mib "$(get size.agent_x86_64_bytes)") MiB | node_exporter $(mb "$(get size.node_exporter_bytes)") MB, collectd + 5 plugins $(mb "$(get size.collectd_bytes)") MB | $(verdict "$(bytes_mib "$size_fig")" "<=" 2) |
+| agent with TLS: CPU per sample vs plain text, same window | ≤ +10 % | TLS $t_cpu ms vs plain $a_cpu ms: +$t_over % | | $(verdict "$t_over" "<=" 10) |
+| agent with TLS: resident memory | ≤ 3.5 MiB | RSS $(mib "$t_rss") MiB (max over the window $(mib "$(get footprint.agent_tls.rss_max_kib)"), PSS $(mib "$(get footprint.agent_tls.pss_kib)"), private $(mib "$(get footprint.agent_tls.private_kib)") MiB); plain $(mib "$a_rss") MiB | | $(verdict "$(mib "$t_rss")" "<=" 3.5) |
+| agent stripped binary (aarch64) | ≤ 2 MiB (with TLS ≤ 2.5 MiB) | aarch64 $(bytes_mib "$aarch64") MiB, armv7 $(bytes_mib "$(get size.agent_armv7_bytes)") MiB, armv6 $(bytes_mib "$(get size.agent_armv6_bytes)") MiB, x86_64 $(bytes_mib "$(get size.agent_x86_64_bytes)") MiB | node_exporter $(mb "$(get size.node_exporter_bytes)") MB, collectd + 5 plugins $(mb "$(get size.collectd_bytes)") MB | $(verdict "$(bytes_mib "$size_fig")" "<=" 2) |
 | server: agents held at 1 s, all stored | ≥ 10,000 | kept pace (all stored and acknowledged, no backlog): $pace; of those with ingest p99 ≤ 1 s: $held (tried $(get capacity.steps_tried); first not held: $(get capacity.first_not_held) — $(get capacity.first_not_held_why)); stored = acked: $(get capacity.stored_matches_acked) | | $(verdict "$pace" ">=" 10000) |
+| server: agents held at 1 s with TLS vs --insecure, same run | ≥ 80 % | TLS kept pace: $tls_pace of plain $pace = $tls_of_plain % (p99 ≤ 1 s: $tls_held of $held = $(get capacity_tls.held_of_plain_percent) %; first TLS step not held: $(get capacity_tls.capacity.first_not_held) — $(get capacity_tls.capacity.first_not_held_why)); $(get capacity_tls.tls.certificates_issued) certificates issued in $(get capacity_tls.tls.issue_s) s | | $(verdict "$tls_of_plain" ">=" 80) |
 | server memory per connected agent | ≤ 64 KiB | $per_agent KiB (RSS $(mib "$(get capacity.server_rss_kib)") MiB at $pace agents) | | $(verdict "$per_agent" "<=" 64) |
 | command round trip p99, $(get commands.agents) agents | ≤ 5 ms | ping p99 $p99 ms (p50 $(get commands.ping.p50_ms)), true p99 $true_p99 ms (p50 $(get commands.true.p50_ms)); monitorctl process p50 $(get commands.monitorctl_ping.p50_ms) ms | | $(verdict "$p99" "<=" 5) |
 | fan-out to $(get commands.agents) agents, last result back | ≤ 500 ms | median $(get commands.fanout.median_ms) ms, max $fan ms ($(get commands.fanout.runs) runs, every agent ok: $([[ $(get commands.fanout.ok_min) == "$(get commands.agents)" ]] && echo yes || echo no)) | | $(verdict "$fan" "<=" 500) |
+| reconnection storm after a server restart, TLS | (measured) | $(storm tls) | --insecure, same run: $(storm insecure) | |
+
 
 At $pace agents: $(get capacity.samples_per_s) samples stored/s, ingest→durable p50 $(get capacity.p50_ms) ms p99 $(get capacity.p99_ms) ms, server CPU $(get capacity.server_cpu_percent) % of a core ($(get capacity.server_threads) threads), load generator CPU $(get capacity.loadgen_cpu_percent) % of a core.
 Raw results: $results

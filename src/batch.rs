@@ -1,11 +1,15 @@
 //! One tick's worth of samples in the compact form the agent buffers.
 //!
 //! A batch is what the agent produced at one tick: the run's boot id, a sequence number,
-//! the wall-clock time of the tick and up to six values. It is `Copy` and 80
-//! bytes, so an hour of batches at a 5 s interval is about 50 KiB and the
-//! buffer never holds strings: hostname and agent id are added when a batch
-//! is put on the wire (see [`crate::wire`]).
+//! the wall-clock time of the tick, up to six values inline, and the health
+//! values (issue 14) in one boxed slice. It is 96 bytes plus the health
+//! slice (about 25 bytes a value; mount point labels are shared, not
+//! copied), and the buffer never holds the hostname or agent id: they are
+//! added when a batch is put on the wire (see [`crate::wire`]).
 
+use std::sync::Arc;
+
+use crate::health::HealthMetric;
 use crate::metric::Metric;
 
 /// Values for some of the six metrics, indexed by [`Metric::ALL`] order.
@@ -54,8 +58,19 @@ impl FromIterator<(Metric, f64)> for MetricValues {
     }
 }
 
+/// One health value of a tick (see [`crate::health`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthValue {
+    pub metric: HealthMetric,
+    /// The mount point (or device) of a labelled metric; empty for a
+    /// metric with one value per host. Shared with the collector's own
+    /// label, so a tick does not copy it.
+    pub device: Arc<str>,
+    pub value: f64,
+}
+
 /// A batch as the agent buffers it until the server acknowledges it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TickBatch {
     /// The agent run that produced it (a batch restored from the spool
     /// keeps the boot id of the run that took it).
@@ -65,6 +80,8 @@ pub struct TickBatch {
     /// Agent's wall clock at the tick, milliseconds since the Unix epoch.
     pub time_unix_ms: i64,
     pub values: MetricValues,
+    /// The health values (an empty slice does not allocate).
+    pub health: Box<[HealthValue]>,
 }
 
 #[cfg(test)]
@@ -88,6 +105,9 @@ mod tests {
 
     #[test]
     fn batch_stays_small() {
-        assert!(std::mem::size_of::<TickBatch>() <= 80);
+        // 80 bytes of the six and the ids, 16 of the health slice's pointer.
+        assert!(std::mem::size_of::<TickBatch>() <= 96);
+        // README's buffer size counts 32 bytes per health value.
+        assert!(std::mem::size_of::<HealthValue>() <= 32);
     }
 }

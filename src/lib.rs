@@ -15,6 +15,7 @@ pub mod credential;
 pub mod csr;
 pub mod digest;
 pub mod files;
+pub mod health;
 pub mod join;
 pub mod keepalive;
 pub mod metric;

@@ -16,6 +16,7 @@
 use std::fmt;
 
 use crate::batch::TickBatch;
+use crate::health::HealthMetric;
 use crate::metric::Metric;
 use crate::pb;
 
@@ -56,6 +57,7 @@ pub fn batch_to_pb(
                 hostname: id.hostname.clone(),
                 metric: metric.name().to_owned(),
                 value,
+                device: String::new(),
             })
             .collect(),
         sent_unix_ms,
@@ -64,6 +66,17 @@ pub fn batch_to_pb(
         hostname: id.hostname.clone(),
         produced_batches_total: counters.produced_batches_total,
         parse_errors_total: counters.parse_errors_total,
+        health_samples: batch
+            .health
+            .iter()
+            .map(|h| pb::Sample {
+                time_unix_ms: batch.time_unix_ms,
+                hostname: id.hostname.clone(),
+                metric: h.metric.name().to_owned(),
+                value: h.value,
+                device: h.device.to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -78,6 +91,10 @@ pub const MAX_ID_BYTES: usize = 256;
 pub const MAX_SAMPLE_AFTER_SEND_MS: i64 = 60_000;
 /// Samples dated before 2000-01-01 are a clock that was never set.
 pub const MIN_SAMPLE_UNIX_MS: i64 = 946_684_800_000;
+/// Most health samples a batch may carry (`Batch.health_samples`).
+pub const MAX_HEALTH_SAMPLES_PER_BATCH: usize = 64;
+/// Longest `Sample.device` (a mount point, as the agent names it).
+pub const MAX_DEVICE_BYTES: usize = 256;
 /// Highest rate a batch may carry, in KiB/s: 1 TiB/s (2^30 KiB/s). The
 /// whole PCIe bus of a two-socket server carries about 0.5 TB/s, so no sum
 /// of disks or network adapters reaches it (a Pi's disk does 0.1 GB/s, its
@@ -207,6 +224,40 @@ pub struct ValidBatch {
     pub counters: AgentCounters,
     /// (time, metric, value); the hostname is `hostname` for every sample.
     pub samples: Vec<(i64, Metric, f64)>,
+    /// The health samples, times corrected like `samples`.
+    pub health: Vec<HealthSample>,
+    /// Health samples skipped because this build does not know their
+    /// metric (an agent newer than the server).
+    pub health_skipped: usize,
+}
+
+/// One validated health sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthSample {
+    /// Sample time, ms since the Unix epoch (server-corrected if needed).
+    pub time_unix_ms: i64,
+    pub metric: HealthMetric,
+    /// The mount point (or device) for a labelled metric, else empty.
+    pub device: String,
+    pub value: f64,
+}
+
+/// What is wrong with one of `Batch.health_samples`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HealthRule {
+    HostnameMismatch(String),
+    NotFinite(HealthMetric),
+    OutOfRange(HealthMetric, f64),
+    TimeAfterSend {
+        time_unix_ms: i64,
+        sent_unix_ms: i64,
+    },
+    TimeBeforeEpoch(i64),
+    DeviceMissing(HealthMetric),
+    DeviceNotAllowed(HealthMetric),
+    DeviceTooLong(usize),
+    DeviceControl(String),
+    Duplicate(HealthMetric, String),
 }
 
 impl ValidBatch {
@@ -256,6 +307,15 @@ pub enum InvalidBatch {
     TimeBeforeEpoch {
         sample: usize,
         time_unix_ms: i64,
+    },
+    /// `samples[i].device` set: only health samples carry one.
+    DeviceOnSample {
+        sample: usize,
+    },
+    TooManyHealthSamples(usize),
+    Health {
+        sample: usize,
+        rule: HealthRule,
     },
 }
 
@@ -327,11 +387,150 @@ impl fmt::Display for InvalidBatch {
                  clock correction",
                 Rfc3339(*time_unix_ms)
             ),
+            InvalidBatch::DeviceOnSample { sample } => write!(
+                f,
+                "samples[{sample}].device: must be empty (only health_samples carry a device)"
+            ),
+            InvalidBatch::TooManyHealthSamples(n) => write!(
+                f,
+                "health_samples: {n} in one batch, at most {MAX_HEALTH_SAMPLES_PER_BATCH}"
+            ),
+            InvalidBatch::Health { sample, rule } => {
+                write!(f, "health_samples[{sample}].")?;
+                write_health_rule(f, rule)
+            }
         }
     }
 }
 
 impl std::error::Error for InvalidBatch {}
+
+/// The field and rule of a [`HealthRule`], after `health_samples[i].`.
+fn write_health_rule(f: &mut fmt::Formatter<'_>, rule: &HealthRule) -> fmt::Result {
+    use crate::text::Escaped;
+    use crate::time::Rfc3339;
+    match rule {
+        HealthRule::HostnameMismatch(got) => write!(
+            f,
+            "hostname: '{}' differs from the batch's hostname",
+            Escaped::capped(got)
+        ),
+        HealthRule::NotFinite(metric) => {
+            write!(f, "value: {metric} must be a finite number")
+        }
+        HealthRule::OutOfRange(metric, value) => {
+            let spec = metric.spec();
+            write!(
+                f,
+                "value: {metric} = {value} is out of range (must be from {} to {})",
+                spec.min, spec.max
+            )
+        }
+        HealthRule::TimeAfterSend {
+            time_unix_ms,
+            sent_unix_ms,
+        } => write!(
+            f,
+            "time_unix_ms: {} is more than {} s after the batch's sent_unix_ms ({})",
+            Rfc3339(*time_unix_ms),
+            MAX_SAMPLE_AFTER_SEND_MS / 1000,
+            Rfc3339(*sent_unix_ms)
+        ),
+        HealthRule::TimeBeforeEpoch(time_unix_ms) => write!(
+            f,
+            "time_unix_ms: {} is before 2000-01-01 even after the clock correction",
+            Rfc3339(*time_unix_ms)
+        ),
+        HealthRule::DeviceMissing(metric) => write!(
+            f,
+            "device: required for {metric} (its {})",
+            metric.spec().label.unwrap_or("device")
+        ),
+        HealthRule::DeviceNotAllowed(metric) => {
+            write!(f, "device: must be empty for {metric} (one value per host)")
+        }
+        HealthRule::DeviceTooLong(bytes) => {
+            write!(f, "device: {bytes} bytes long, at most {MAX_DEVICE_BYTES}")
+        }
+        HealthRule::DeviceControl(device) => write!(
+            f,
+            "device: '{}' has control characters",
+            Escaped::capped(device)
+        ),
+        HealthRule::Duplicate(metric, device) => write!(
+            f,
+            "metric: {metric} for device '{}' twice at the same time",
+            Escaped::capped(device)
+        ),
+    }
+}
+
+/// Validates `Batch.health_samples` (see the proto for the rules): the
+/// samples of known metrics with corrected times, and how many were skipped
+/// for naming a metric this build does not know.
+fn validate_health(
+    health_samples: Vec<pb::Sample>,
+    hostname: &str,
+    sent_unix_ms: i64,
+    shift: i64,
+) -> Result<(Vec<HealthSample>, usize), InvalidBatch> {
+    if health_samples.len() > MAX_HEALTH_SAMPLES_PER_BATCH {
+        return Err(InvalidBatch::TooManyHealthSamples(health_samples.len()));
+    }
+    let mut out: Vec<HealthSample> = Vec::with_capacity(health_samples.len());
+    let mut skipped = 0;
+    for (i, s) in health_samples.into_iter().enumerate() {
+        let refuse = |rule| InvalidBatch::Health { sample: i, rule };
+        if s.hostname != hostname {
+            return Err(refuse(HealthRule::HostnameMismatch(s.hostname)));
+        }
+        let Ok(metric) = s.metric.parse::<HealthMetric>() else {
+            skipped += 1;
+            continue;
+        };
+        let spec = metric.spec();
+        if !s.value.is_finite() {
+            return Err(refuse(HealthRule::NotFinite(metric)));
+        }
+        if !(spec.min..=spec.max).contains(&s.value) {
+            return Err(refuse(HealthRule::OutOfRange(metric, s.value)));
+        }
+        match (spec.label, s.device.is_empty()) {
+            (Some(_), true) => return Err(refuse(HealthRule::DeviceMissing(metric))),
+            (None, false) => return Err(refuse(HealthRule::DeviceNotAllowed(metric))),
+            _ => {}
+        }
+        if s.device.len() > MAX_DEVICE_BYTES {
+            return Err(refuse(HealthRule::DeviceTooLong(s.device.len())));
+        }
+        if s.device.chars().any(char::is_control) {
+            return Err(refuse(HealthRule::DeviceControl(s.device)));
+        }
+        if s.time_unix_ms > sent_unix_ms.saturating_add(MAX_SAMPLE_AFTER_SEND_MS) {
+            return Err(refuse(HealthRule::TimeAfterSend {
+                time_unix_ms: s.time_unix_ms,
+                sent_unix_ms,
+            }));
+        }
+        let time_unix_ms = s.time_unix_ms.saturating_sub(shift);
+        if time_unix_ms < MIN_SAMPLE_UNIX_MS {
+            return Err(refuse(HealthRule::TimeBeforeEpoch(time_unix_ms)));
+        }
+        if out
+            .iter()
+            .any(|o| o.time_unix_ms == time_unix_ms && o.metric == metric && o.device == s.device)
+        {
+            return Err(refuse(HealthRule::Duplicate(metric, s.device)));
+        }
+        out.push(HealthSample {
+            time_unix_ms,
+            metric,
+            device: s.device,
+            value: s.value,
+        });
+    }
+    Ok((out, skipped))
+}
 
 impl InvalidBatch {
     /// The acknowledgement code that refuses a batch for this reason.
@@ -390,6 +589,9 @@ pub fn validate_batch(
                 got: s.hostname,
             });
         }
+        if !s.device.is_empty() {
+            return Err(InvalidBatch::DeviceOnSample { sample: i });
+        }
         let metric: Metric = s.metric.parse().map_err(|_| InvalidBatch::UnknownMetric {
             sample: i,
             name: s.metric.clone(),
@@ -421,6 +623,8 @@ pub fn validate_batch(
         }
         samples.push((time, metric, s.value));
     }
+    let (health, health_skipped) =
+        validate_health(b.health_samples, &b.hostname, b.sent_unix_ms, shift)?;
     Ok(ValidBatch {
         agent_id: b.agent_id,
         hostname: b.hostname,
@@ -435,6 +639,8 @@ pub fn validate_batch(
             parse_errors_total: b.parse_errors_total,
         },
         samples,
+        health,
+        health_skipped,
     })
 }
 
@@ -460,6 +666,7 @@ mod tests {
             seq: 3,
             time_unix_ms: time,
             values: values.iter().copied().collect::<MetricValues>(),
+            health: Box::default(),
         };
         batch_to_pb(&identity(), &tick, time + 5, AgentCounters::default())
     }

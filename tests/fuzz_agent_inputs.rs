@@ -1,14 +1,14 @@
-//! Fuzz: everything the agent reads that it did not write itself — the four
-//! /proc parsers, the command allowlist parser, the spool file parser — and
-//! the collector, which turns whatever /proc holds, tick after tick, into
-//! the six values.
+//! Fuzz: everything the agent reads that it did not write itself — the
+//! /proc and /sys parsers, the command allowlist parser, the spool file
+//! parser — and the collector, which turns whatever /proc and /sys hold,
+//! tick after tick, into its metrics.
 //!
 //! Checks, for every input: no panic; no allocation out of proportion to
 //! the input (an allocator that counts bytes wraps the system one); the
 //! spool's readable prefix parses to the same batches on its own; and the
 //! collector only ever produces values the server accepts (finite,
-//! percentages within 0–100, rates ≥ 0) — one bad value would make the
-//! server reject the whole batch.
+//! percentages within 0–100, rates and counts ≥ 0; a temperature may be
+//! below 0) — one bad value would make the server reject the whole batch.
 //!
 //! Seeds are the verbatim captures in agent/tests/fixtures (x86_64,
 //! aarch64 and armv7 machines), the shipped allowlist and hand-made ones
@@ -30,6 +30,7 @@ use monitor::batch::TickBatch;
 use monitor::metric::Metric;
 use monitor_agent::collector::Collector;
 use monitor_agent::commands::policy::{Allowlist, Policy};
+use monitor_agent::hw;
 use monitor_agent::proc;
 use monitor_agent::spool::{self, Spool};
 use monitor_agent::testing::{DiskKind, FakeHost, InterfaceKind};
@@ -74,6 +75,18 @@ fn spool_seed(dir: &TempDir) -> Vec<u8> {
                 .take(seq as usize + 2)
                 .map(|m| (*m, seq as f64 * 1.5))
                 .collect(),
+            // Every other record with a health section, so the fuzzer
+            // mutates both shapes.
+            health: if seq % 2 == 0 {
+                vec![monitor::batch::HealthValue {
+                    metric: monitor::health::HealthMetric::FsUsedPercent,
+                    device: "/media/pi/USB SSD".into(),
+                    value: seq as f64,
+                }]
+                .into_boxed_slice()
+            } else {
+                Box::default()
+            },
         })
         .collect();
     for (i, b) in batches.iter().enumerate() {
@@ -108,6 +121,30 @@ fn meminfo_target(bytes: &[u8]) {
         && let Some(p) = m.used_percent()
     {
         assert!(p.is_finite() && (0.0..=100.0).contains(&p), "{p}");
+    }
+}
+
+fn small_files_target(bytes: &[u8]) {
+    let t = text(bytes);
+    let finite_non_negative = |v: f64| assert!(v.is_finite() && v >= 0.0, "{v}");
+    if let Ok(v) = proc::loadavg::parse(&t) {
+        finite_non_negative(v);
+    }
+    if let Ok(v) = proc::uptime::parse(&t) {
+        finite_non_negative(v);
+    }
+    if let Ok(v) = hw::thermal::parse_celsius(&t) {
+        assert!(v.is_finite(), "{v}");
+    }
+    let _ = hw::throttled::parse_alarm(&t);
+    let _ = hw::throttled::parse_word(&t);
+}
+
+fn mounts_target(bytes: &[u8]) {
+    let t = text(bytes);
+    for entry in proc::mounts::parse(&t).flatten() {
+        let unescaped = proc::mounts::unescape(entry.mount_point);
+        assert!(unescaped.len() <= entry.mount_point.len());
     }
 }
 
@@ -173,12 +210,21 @@ struct CollectorRig {
     values: usize,
 }
 
-const FILES: [&str; 4] = [
+const FILES: [&str; 10] = [
     "proc/stat",
     "proc/meminfo",
     "proc/diskstats",
     "proc/net/dev",
+    "proc/loadavg",
+    "proc/uptime",
+    "proc/self/mounts",
+    "sys/class/thermal/thermal_zone0/temp",
+    "sys/class/hwmon/hwmon0/in0_lcrit_alarm",
+    "sys/devices/platform/soc/soc:firmware/get_throttled",
 ];
+
+/// The first FILES have captures from every fixture machine.
+const FILES_WITH_FIXTURES: usize = 4;
 
 impl CollectorRig {
     fn new() -> CollectorRig {
@@ -187,7 +233,15 @@ impl CollectorRig {
             .add_disk("mmcblk0", DiskKind::Physical)
             .add_interface("eth0", InterfaceKind::Physical)
             .add_interface("wlan0", InterfaceKind::Physical);
-        let collector = Collector::open(&host.proc_root(), &host.sys_root(), None).unwrap();
+        host.add_thermal_zone("cpu-thermal", 48686);
+        host.add_hwmon("rpi_volt", false);
+        host.add_firmware(0x50005);
+        host.add_mount("/dev/mmcblk0p2", "/", "ext4").add_mount(
+            "/dev/mmcblk0p1",
+            "/boot/firmware",
+            "vfat",
+        );
+        let collector = Collector::open(host.collector_config()).unwrap();
         CollectorRig {
             host,
             collector,
@@ -204,6 +258,9 @@ impl CollectorRig {
             let mut s = vec![i as u8];
             s.extend(std::fs::read(self.host.root().join(f)).unwrap());
             seeds.push(s);
+            if i >= FILES_WITH_FIXTURES {
+                continue;
+            }
             for fixture in read_all(f.trim_start_matches("proc/")) {
                 let mut s = vec![i as u8];
                 s.extend(fixture);
@@ -221,12 +278,17 @@ impl CollectorRig {
             .write_raw(FILES[usize::from(which) % FILES.len()], contents);
         self.now += Duration::from_secs(1);
         let readings = self.collector.sample(self.now);
-        for (metric, value) in readings.iter() {
-            assert!(value.is_finite(), "{metric} = {value}");
-            if metric.is_percent() {
-                assert!((0.0..=100.0).contains(&value), "{metric} = {value}");
-            } else {
-                assert!(value >= 0.0, "{metric} = {value}");
+        let filesystems = readings
+            .filesystems()
+            .iter()
+            .map(|(_, v)| (monitor_agent::metrics::AgentMetric::FsUsedPercent, *v));
+        for (metric, value) in readings.iter().chain(filesystems) {
+            let name = metric.name();
+            assert!(value.is_finite(), "{name} = {value}");
+            match metric.spec().unit {
+                "%" => assert!((0.0..=100.0).contains(&value), "{name} = {value}"),
+                "°C" => {}
+                _ => assert!(value >= 0.0, "{name} = {value}"),
             }
             self.values += 1;
         }
@@ -243,7 +305,25 @@ fn fuzz_agent_parsers_spool_allowlist_and_collector() {
     ];
     allowlist_seeds.extend(ALLOWLIST_SEEDS.iter().map(|s| s.as_bytes().to_vec()));
     type Target = (&'static str, Vec<Vec<u8>>, fn(&[u8]));
-    let targets: [Target; 6] = [
+    let small_seeds: Vec<Vec<u8>> = [
+        "0.52 0.58 0.59 1/467 12345\n",
+        "10365.01 5974.08\n",
+        "48686\n",
+        "-1500\n",
+        "1\n",
+        "50005\n",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let mounts_seeds = vec![
+        b"/dev/mmcblk0p2 / ext4 rw,noatime 0 0\n/dev/mmcblk0p1 /boot/firmware vfat rw 0 2\n\
+          tmpfs /run tmpfs rw,nosuid 0 0\n/dev/sda1 /media/pi/My\\040Disk exfat rw 0 0\n"
+            .to_vec(),
+    ];
+    let targets: [Target; 8] = [
+        ("small_files", small_seeds, small_files_target),
+        ("proc_mounts", mounts_seeds, mounts_target),
         ("proc_stat", read_all("stat"), stat_target),
         ("proc_meminfo", read_all("meminfo"), meminfo_target),
         ("proc_diskstats", read_all("diskstats"), diskstats_target),

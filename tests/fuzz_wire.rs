@@ -59,6 +59,20 @@ fn seeds() -> Vec<Vec<u8>> {
         seq: 42,
         time_unix_ms: NOW_UNIX_MS - 5_000,
         values,
+        // Health samples too, so mutations reach their fields and device.
+        health: vec![
+            monitor::batch::HealthValue {
+                metric: monitor::health::HealthMetric::TempCelsius,
+                device: "".into(),
+                value: 61.3,
+            },
+            monitor::batch::HealthValue {
+                metric: monitor::health::HealthMetric::FsUsedPercent,
+                device: "/boot/firmware".into(),
+                value: 48.5,
+            },
+        ]
+        .into_boxed_slice(),
     };
     let counters = AgentCounters {
         produced_batches_total: 42,

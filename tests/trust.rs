@@ -307,6 +307,7 @@ fn batch(
             hostname: host.into(),
             metric: metric.into(),
             value,
+            ..Default::default()
         }],
         sent_unix_ms: now,
         agent_version: "test".into(),

@@ -66,7 +66,7 @@ impl Buffer {
 
     /// The next batch to send on this session, marked as in flight.
     pub fn next_to_send(&mut self) -> Option<TickBatch> {
-        let batch = self.queue.get(self.in_flight).copied()?;
+        let batch = self.queue.get(self.in_flight).cloned()?;
         self.in_flight += 1;
         Some(batch)
     }
@@ -127,6 +127,11 @@ impl Buffer {
         self.produced_total
     }
 
+    /// The batch pushed last, if still held.
+    pub fn newest(&self) -> Option<&TickBatch> {
+        self.queue.back()
+    }
+
     /// Iterates the batches held, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &TickBatch> {
         self.queue.iter()
@@ -144,6 +149,7 @@ mod tests {
             seq,
             time_unix_ms: seq as i64 * 1000,
             values: MetricValues::default(),
+            health: Box::default(),
         }
     }
 

@@ -1,71 +1,126 @@
-//! The per-tick reader: reads /proc/stat, /proc/meminfo, /proc/diskstats
-//! and /proc/net/dev under an injectable root, parses them and turns the
-//! counters into the six metrics.
+//! The per-tick reader: reads /proc/stat, /proc/meminfo, /proc/diskstats,
+//! /proc/net/dev, /proc/loadavg and /proc/uptime under an injectable root,
+//! the thermal zones and the Raspberry Pi's throttling state under /sys,
+//! and the usage of the mounted file systems; parses them and turns the
+//! counters into the metrics of [`crate::metrics`].
 //!
-//! The tick is cheap by construction: the four files stay open and are
-//! re-read with `pread` at offset 0 into buffers kept between ticks, the
-//! parsers scan bytes without allocating, per-device state is looked up by
-//! `&str`, and /sys is consulted once per device name, the first time it
-//! appears. Nothing here allocates per tick for a device it already knows.
+//! The tick is cheap by construction: the files stay open and are re-read
+//! with `pread` at offset 0 into buffers kept between ticks (one `pread`
+//! for files the kernel produces whole), the parsers scan bytes without
+//! allocating, per-device state is looked up by `&str`, /sys is consulted
+//! once per device name, the first time it appears, and the mount table is
+//! re-read only when the kernel says it changed. Nothing here allocates per
+//! tick for a device or file system it already knows.
 //!
 //! Failures never stop a tick: a malformed line is logged, counted and
 //! skipped; a file that cannot be read is reported once per change of state
 //! (not every tick), its metrics are omitted, and it is reopened on later
-//! ticks. Must never panic, never block on anything but these reads, and
-//! never read the clock itself: time is passed in.
+//! ticks. Must never panic, never block on anything but these reads and
+//! `statvfs` of local file systems, and never read the clock itself: time
+//! is passed in.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
-use monitor::metric::Metric;
+use monitor::batch::{HealthValue, MetricValues};
+use monitor::health::HealthMetric;
+use monitor::wire::MAX_HEALTH_SAMPLES_PER_BATCH;
 
-use crate::proc::{self, ParseError};
+use crate::filesystems::{Filesystems, FsChoice, FsReading, StatFs};
+use crate::metrics::{AgentMetric, Wire};
+use crate::proc::{self};
 use crate::rates::{self, DeviceTracker};
+use crate::source::{Shape, Source, report_parse_error};
 use crate::sysfs;
+use crate::thermal::{Thermal, ZoneChoice};
+use crate::throttling::Throttling;
 
-/// Initial size of each read buffer, in bytes; it grows (and stays grown)
-/// when a file is larger.
-const INITIAL_BUFFER_BYTES: usize = 4096;
+/// The empty device of one-per-host health values, shared so a tick does
+/// not allocate one per value.
+static NO_DEVICE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
-/// The six metrics of one tick; `None` where a metric could not be computed
-/// this tick (first tick for rates, unreadable file, counters reset…).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// One tick's values; a metric is absent where it could not be computed
+/// this tick (first tick for rates, unreadable file, counters reset…) or
+/// where the box has no such thing (no thermal zone, no swap, not a Pi).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Readings {
-    /// Busy share of all CPU time since the previous tick, 0 to 100.
-    pub cpu_percent: Option<f64>,
-    /// Used share of RAM now, 0 to 100.
-    pub mem_percent: Option<f64>,
-    /// KiB/s read from whole physical disks.
-    pub disk_read_kib_per_s: Option<f64>,
-    /// KiB/s written to whole physical disks.
-    pub disk_write_kib_per_s: Option<f64>,
-    /// KiB/s received on counted interfaces.
-    pub net_in_kib_per_s: Option<f64>,
-    /// KiB/s transmitted on counted interfaces.
-    pub net_out_kib_per_s: Option<f64>,
+    /// Indexed by [`AgentMetric`]; labelled metrics are never set here.
+    values: [Option<f64>; AgentMetric::COUNT],
+    /// The per-file-system values (`fs_used_percent`) and the root's inodes.
+    filesystems: FsReading,
     /// Malformed lines met in this tick.
     pub parse_errors: u32,
 }
 
 impl Readings {
-    /// The metrics that have a value, in [`Metric::ALL`] order.
-    pub fn iter(&self) -> impl Iterator<Item = (Metric, f64)> + '_ {
-        Metric::ALL.into_iter().filter_map(|metric| {
-            let value = match metric {
-                Metric::CpuPercent => self.cpu_percent,
-                Metric::MemPercent => self.mem_percent,
-                Metric::DiskReadKbps => self.disk_read_kib_per_s,
-                Metric::DiskWriteKbps => self.disk_write_kib_per_s,
-                Metric::NetInKbps => self.net_in_kib_per_s,
-                Metric::NetOutKbps => self.net_out_kib_per_s,
-            };
-            value.map(|v| (metric, v))
-        })
+    /// The value of a one-per-host metric.
+    pub fn get(&self, metric: AgentMetric) -> Option<f64> {
+        self.values[metric as usize]
+    }
+
+    /// Sets (or clears) a one-per-host metric.
+    pub fn set(&mut self, metric: AgentMetric, value: Option<f64>) {
+        self.values[metric as usize] = value;
+    }
+
+    /// The one-per-host metrics that have a value, in table order.
+    pub fn iter(&self) -> impl Iterator<Item = (AgentMetric, f64)> + '_ {
+        AgentMetric::ALL
+            .into_iter()
+            .filter_map(|m| self.get(m).map(|v| (m, v)))
+    }
+
+    /// `(mount point, fs_used_percent)` for each file system measured.
+    pub fn filesystems(&self) -> &[(Arc<str>, f64)] {
+        &self.filesystems.used_percent
+    }
+
+    /// Adds a file system's `fs_used_percent` (the collector's own path goes
+    /// through `Filesystems::sample`; this is for tests and tools).
+    pub fn add_filesystem(&mut self, mount_point: Arc<str>, used_percent: f64) {
+        self.filesystems
+            .used_percent
+            .push((mount_point, used_percent));
+    }
+
+    /// The six, in wire order.
+    pub fn wire_values(&self) -> MetricValues {
+        self.iter()
+            .filter_map(|(m, v)| match m.spec().wire {
+                Wire::Six(w) => Some((w, v)),
+                Wire::Health(_) => None,
+            })
+            .collect()
+    }
+
+    /// The health values, one-per-host ones in table order, then each file
+    /// system's; at most `MAX_HEALTH_SAMPLES_PER_BATCH` (file systems past
+    /// that are left out). One allocation per tick; labels are shared.
+    pub fn health_values(&self) -> Box<[HealthValue]> {
+        let one_per_host = self.iter().filter_map(|(m, value)| match m.spec().wire {
+            Wire::Health(metric) => Some(HealthValue {
+                metric,
+                device: Arc::clone(&NO_DEVICE),
+                value,
+            }),
+            Wire::Six(_) => None,
+        });
+        let per_fs = self
+            .filesystems()
+            .iter()
+            .map(|(mount_point, value)| HealthValue {
+                metric: HealthMetric::FsUsedPercent,
+                device: Arc::clone(mount_point),
+                value: *value,
+            });
+        one_per_host
+            .chain(per_fs)
+            .take(MAX_HEALTH_SAMPLES_PER_BATCH)
+            .collect()
     }
 }
 
@@ -96,108 +151,39 @@ impl std::error::Error for CollectorError {
     }
 }
 
-/// One kept-open /proc file and its reused buffer.
-#[derive(Debug)]
-struct Source {
-    path: PathBuf,
-    file: Option<File>,
-    /// Zero-filled once and grown when a file outgrows it; reused every tick.
-    buf: Vec<u8>,
-    /// Whether the last attempt to open or read failed (warn on changes only).
-    failing: bool,
-    /// Whether the last read had malformed lines (warn on changes only).
-    had_parse_errors: bool,
+/// Where the collector reads, and what it counts.
+#[derive(Clone, Debug)]
+pub struct CollectorConfig {
+    /// Where procfs is mounted (`/proc`).
+    pub proc_root: PathBuf,
+    /// Where sysfs is mounted (`/sys`).
+    pub sys_root: PathBuf,
+    /// The root prefix mount points are looked up under (`/`, or the
+    /// host's root seen from a container).
+    pub rootfs: PathBuf,
+    /// Interfaces the operator named; `None` means "classify from /sys".
+    pub interfaces: Option<Vec<String>>,
+    /// Which thermal zones count.
+    pub thermal_zone: ZoneChoice,
+    /// Which file systems count.
+    pub filesystems: FsChoice,
+    /// How file systems are measured (`statvfs`, or a test's fake).
+    pub statfs: StatFs,
 }
 
-impl Source {
-    fn new(path: PathBuf, file: Option<File>) -> Source {
-        Source {
-            path,
-            file,
-            buf: vec![0; INITIAL_BUFFER_BYTES],
-            failing: false,
-            had_parse_errors: false,
+impl CollectorConfig {
+    /// The defaults for the given roots: the agent's own root prefix `/`,
+    /// physical interfaces, the hottest zone, real file systems.
+    pub fn new(proc_root: &Path, sys_root: &Path) -> CollectorConfig {
+        CollectorConfig {
+            proc_root: proc_root.to_path_buf(),
+            sys_root: sys_root.to_path_buf(),
+            rootfs: PathBuf::from("/"),
+            interfaces: None,
+            thermal_zone: ZoneChoice::Hottest,
+            filesystems: FsChoice::Real,
+            statfs: crate::filesystems::statvfs,
         }
-    }
-
-    /// Opens the file, warning when that newly fails.
-    fn open(path: PathBuf) -> Source {
-        let mut source = Source::new(path, None);
-        source.reopen();
-        source
-    }
-
-    fn reopen(&mut self) {
-        match File::open(&self.path) {
-            Ok(file) => {
-                if self.failing {
-                    log::info!("{} can be opened again", self.path.display());
-                }
-                self.file = Some(file);
-                self.failing = false;
-            }
-            Err(err) => self.fail("open", &err),
-        }
-    }
-
-    fn fail(&mut self, what: &str, err: &io::Error) {
-        if !self.failing {
-            log::warn!(
-                "cannot {what} {}: {err}; its metrics are omitted until it can be read again",
-                self.path.display()
-            );
-        }
-        self.failing = true;
-        self.file = None;
-    }
-
-    /// Re-reads the whole file from offset 0 into the buffer. Returns the
-    /// text (invalid UTF-8 replaced, which then fails the number parsers on
-    /// that line only), or `None` when the file cannot be read this tick.
-    fn read(&mut self) -> Option<Cow<'_, str>> {
-        if self.file.is_none() {
-            self.reopen();
-        }
-        let file = self.file.as_ref()?;
-        let mut filled = 0;
-        let result = loop {
-            if filled == self.buf.len() {
-                self.buf.resize(self.buf.len() * 2, 0);
-            }
-            match file.read_at(&mut self.buf[filled..], filled as u64) {
-                Ok(0) => break Ok(()),
-                Ok(n) => filled += n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => break Err(err),
-            }
-        };
-        if let Err(err) = result {
-            self.fail("read", &err);
-            return None;
-        }
-        if self.failing {
-            log::info!("{} can be read again", self.path.display());
-            self.failing = false;
-        }
-        let bytes = &self.buf[..filled];
-        // The kernel prints ASCII: take the fast validation, and pay for the
-        // replacing copy only when a file really holds garbage.
-        Some(match std::str::from_utf8(bytes) {
-            Ok(text) => Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(bytes),
-        })
-    }
-}
-
-/// Logs a malformed line: a warning the first time a file goes bad, debug
-/// while it stays bad (a broken line would otherwise warn every tick).
-fn report_parse_error(already_bad: bool, err: &ParseError) {
-    if already_bad {
-        log::debug!("{err}");
-    } else {
-        log::warn!(
-            "{err}; skipping that line (further errors in this file are logged at debug level until it parses cleanly)"
-        );
     }
 }
 
@@ -209,6 +195,11 @@ pub struct Collector {
     meminfo: Source,
     diskstats: Source,
     netdev: Source,
+    loadavg: Source,
+    uptime: Source,
+    thermal: Thermal,
+    throttling: Throttling,
+    filesystems: Filesystems,
     sys_root: PathBuf,
     /// Interfaces the operator named; `None` means "classify from /sys".
     interfaces: Option<Vec<String>>,
@@ -216,53 +207,98 @@ pub struct Collector {
     disks: DeviceTracker,
     nets: DeviceTracker,
     parse_errors_total: u64,
+    /// This tick's values, kept so its vectors keep their capacity.
+    readings: Readings,
 }
 
 impl Collector {
-    /// Opens the four files under `proc_root`; `sys_root` is used to
-    /// classify devices (once per device name, cached — never a /sys read
-    /// per tick for a known device). `interfaces`, when given, is exactly
-    /// the set of interfaces counted (names that do not exist contribute
-    /// nothing).
+    /// Opens the files under `config.proc_root`; `config.sys_root` is
+    /// used to find thermal zones and the Pi's throttling state (once) and
+    /// to classify devices (once per device name, cached — never a /sys
+    /// read per tick for a known device). `interfaces`, when given, is
+    /// exactly the set of interfaces counted (names that do not exist
+    /// contribute nothing).
     ///
-    /// Fails only when `proc_root/stat` cannot be opened; a missing
-    /// meminfo, diskstats or net/dev is warned about and retried each tick.
-    pub fn open(
-        proc_root: &Path,
-        sys_root: &Path,
-        interfaces: Option<Vec<String>>,
-    ) -> Result<Collector, CollectorError> {
+    /// Fails only when `proc_root/stat` cannot be opened; any other missing
+    /// file is warned about and retried each tick, and a missing thermal
+    /// zone, hwmon device or mount table only leaves its metrics absent.
+    pub fn open(config: CollectorConfig) -> Result<Collector, CollectorError> {
+        let proc_root = &config.proc_root;
         let stat_path = proc_root.join("stat");
         let stat_file = File::open(&stat_path).map_err(|source| CollectorError::OpenProcRoot {
             path: stat_path.clone(),
             source,
         })?;
         Ok(Collector {
-            stat: Source::new(stat_path, Some(stat_file)),
-            meminfo: Source::open(proc_root.join("meminfo")),
-            diskstats: Source::open(proc_root.join("diskstats")),
-            netdev: Source::open(proc_root.join("net/dev")),
-            sys_root: sys_root.to_path_buf(),
-            interfaces,
+            stat: Source::new(stat_path, Some(stat_file), Shape::Whole),
+            meminfo: Source::open(proc_root.join("meminfo"), Shape::Whole),
+            diskstats: Source::open(proc_root.join("diskstats"), Shape::Records),
+            netdev: Source::open(proc_root.join("net/dev"), Shape::Records),
+            loadavg: Source::open(proc_root.join("loadavg"), Shape::Whole),
+            uptime: Source::open(proc_root.join("uptime"), Shape::Whole),
+            thermal: Thermal::open(&config.sys_root, &config.thermal_zone),
+            throttling: Throttling::open(&config.sys_root),
+            filesystems: Filesystems::open(
+                proc_root,
+                &config.rootfs,
+                config.filesystems,
+                config.statfs,
+            ),
+            sys_root: config.sys_root,
+            interfaces: config.interfaces,
             previous_cpu: None,
             disks: DeviceTracker::new(proc::diskstats::SECTOR_BYTES),
             nets: DeviceTracker::new(1),
             parse_errors_total: 0,
+            readings: Readings::default(),
         })
     }
 
     /// One tick at monotonic time `now`. Never panics; never allocates per
-    /// tick for known devices.
-    pub fn sample(&mut self, now: Instant) -> Readings {
-        let mut readings = Readings::default();
+    /// tick for known devices and file systems.
+    pub fn sample(&mut self, now: Instant) -> &Readings {
+        let mut readings = std::mem::take(&mut self.readings);
+        readings.values = [None; AgentMetric::COUNT];
+        readings.parse_errors = 0;
         self.sample_cpu(&mut readings);
         self.sample_mem(&mut readings);
         self.sample_disks(now, &mut readings);
         self.sample_nets(now, &mut readings);
+        self.sample_health(&mut readings);
         self.parse_errors_total = self
             .parse_errors_total
             .saturating_add(u64::from(readings.parse_errors));
-        readings
+        self.readings = readings;
+        &self.readings
+    }
+
+    /// The files a tick reads and how (for the benchmark's floor, which
+    /// reads exactly these).
+    pub fn tick_files(&self) -> Vec<(&Path, Shape)> {
+        let mut files: Vec<(&Path, Shape)> = [
+            &self.stat,
+            &self.meminfo,
+            &self.diskstats,
+            &self.netdev,
+            &self.loadavg,
+            &self.uptime,
+        ]
+        .into_iter()
+        .map(|s| (s.path(), s.shape()))
+        .collect();
+        files.extend(self.thermal.paths().map(|p| (p, Shape::Whole)));
+        files.extend(self.throttling.paths().map(|p| (p, Shape::Whole)));
+        files
+    }
+
+    /// The paths a tick measures with `statvfs`.
+    pub fn statfs_paths(&self) -> Vec<&Path> {
+        self.filesystems.paths()
+    }
+
+    /// The mount points measured each tick.
+    pub fn mount_points(&self) -> impl Iterator<Item = &str> {
+        self.filesystems.mount_points()
     }
 
     /// Lines that failed to parse since open.
@@ -271,44 +307,48 @@ impl Collector {
     }
 
     fn sample_cpu(&mut self, readings: &mut Readings) {
-        let source = &mut self.stat;
-        let Some(text) = source.read() else { return };
-        let parsed = proc::stat::parse(&text);
-        drop(text);
-        match parsed {
-            Ok(current) => {
-                source.had_parse_errors = false;
-                if let Some(previous) = &self.previous_cpu {
-                    readings.cpu_percent = rates::cpu_percent(previous, &current);
-                }
-                // Kept even when the counters went backwards, so the next
-                // tick measures from this reading, not from before a reset.
-                self.previous_cpu = Some(current);
-            }
-            Err(err) => {
-                report_parse_error(source.had_parse_errors, &err);
-                source.had_parse_errors = true;
-                readings.parse_errors += 1;
-            }
+        let Some(current) = self
+            .stat
+            .read_parsed(proc::stat::parse, &mut readings.parse_errors)
+        else {
+            return;
+        };
+        if let Some(previous) = &self.previous_cpu {
+            readings.set(
+                AgentMetric::CpuPercent,
+                rates::cpu_percent(previous, &current),
+            );
         }
+        // Kept even when the counters went backwards, so the next tick
+        // measures from this reading, not from before a reset.
+        self.previous_cpu = Some(current);
     }
 
     fn sample_mem(&mut self, readings: &mut Readings) {
-        let source = &mut self.meminfo;
-        let Some(text) = source.read() else { return };
-        let parsed = proc::meminfo::parse(&text);
-        drop(text);
-        match parsed {
-            Ok(mem) => {
-                source.had_parse_errors = false;
-                readings.mem_percent = mem.used_percent();
-            }
-            Err(err) => {
-                report_parse_error(source.had_parse_errors, &err);
-                source.had_parse_errors = true;
-                readings.parse_errors += 1;
-            }
+        let errors = &mut readings.parse_errors;
+        if let Some(mem) = self.meminfo.read_parsed(proc::meminfo::parse, errors) {
+            readings.set(AgentMetric::MemPercent, mem.used_percent());
+            readings.set(AgentMetric::SwapPercent, mem.swap_used_percent());
         }
+    }
+
+    /// Load, uptime, temperature, throttling and file systems.
+    fn sample_health(&mut self, readings: &mut Readings) {
+        let errors = &mut readings.parse_errors;
+        let load1 = self.loadavg.read_parsed(proc::loadavg::parse, errors);
+        let uptime = self.uptime.read_parsed(proc::uptime::parse, errors);
+        let temp = self.thermal.sample(errors);
+        let throttling = self.throttling.sample(errors);
+        self.filesystems.sample(&mut readings.filesystems, errors);
+        readings.set(AgentMetric::Load1, load1);
+        readings.set(AgentMetric::UptimeSeconds, uptime);
+        readings.set(AgentMetric::TempCelsius, temp);
+        readings.set(AgentMetric::UnderVoltage, throttling.under_voltage);
+        readings.set(AgentMetric::ThrottledFlags, throttling.throttled_flags);
+        readings.set(
+            AgentMetric::RootInodesUsedPercent,
+            readings.filesystems.root_inodes_used_percent,
+        );
     }
 
     fn sample_disks(&mut self, now: Instant, readings: &mut Readings) {
@@ -337,7 +377,9 @@ impl Collector {
             }
         }
         drop(text);
-        [readings.disk_read_kib_per_s, readings.disk_write_kib_per_s] = tracker.end_tick();
+        let [read, write] = tracker.end_tick();
+        readings.set(AgentMetric::DiskReadKbps, read);
+        readings.set(AgentMetric::DiskWriteKbps, write);
         source.had_parse_errors = errors > 0;
         readings.parse_errors = readings.parse_errors.saturating_add(errors);
     }
@@ -369,7 +411,9 @@ impl Collector {
             }
         }
         drop(text);
-        [readings.net_in_kib_per_s, readings.net_out_kib_per_s] = tracker.end_tick();
+        let [rx, tx] = tracker.end_tick();
+        readings.set(AgentMetric::NetInKbps, rx);
+        readings.set(AgentMetric::NetOutKbps, tx);
         source.had_parse_errors = errors > 0;
         readings.parse_errors = readings.parse_errors.saturating_add(errors);
     }

@@ -57,6 +57,19 @@ pub struct Args {
     /// where sysfs is mounted (MONITOR_SYS_ROOT; default /sys)
     #[argh(option)]
     pub sys_root: Option<PathBuf>,
+    /// root prefix mount points are measured under, like node_exporter's
+    /// --path.rootfs: the host's / seen from a container (MONITOR_ROOTFS;
+    /// default /)
+    #[argh(option)]
+    pub rootfs: Option<String>,
+    /// thermal zone for temp_celsius, by directory name (thermal_zone0) or
+    /// type (cpu-thermal) (MONITOR_THERMAL_ZONE; default: the hottest)
+    #[argh(option)]
+    pub thermal_zone: Option<String>,
+    /// comma-separated mount points for fs_used_percent, whatever their
+    /// type (MONITOR_FILESYSTEMS; default: every real local file system)
+    #[argh(option)]
+    pub filesystems: Option<String>,
     /// print each sample as a JSON line on stdout instead of sending it
     #[argh(switch)]
     pub stdout: bool,
@@ -160,6 +173,13 @@ pub struct Config {
     pub interfaces: Option<Vec<String>>,
     pub proc_root: PathBuf,
     pub sys_root: PathBuf,
+    /// Root prefix for mount points (`/` unless the agent watches a host
+    /// from a container).
+    pub rootfs: PathBuf,
+    /// `None`: the hottest zone.
+    pub thermal_zone: Option<String>,
+    /// `None`: every real local file system.
+    pub filesystems: Option<Vec<String>>,
     pub stdout: bool,
     pub count: Option<u64>,
     pub commands_file: PathBuf,
@@ -220,6 +240,15 @@ pub fn parse_server_url(raw: &str, insecure: bool) -> Result<String, String> {
         Ok(_) => Ok(url),
         Err(_) => Err(format!("a URL like {scheme}server:50051")),
     }
+}
+
+/// The non-empty items of a comma-separated list, trimmed.
+fn comma_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn kernel_hostname() -> Option<String> {
@@ -306,13 +335,7 @@ impl Config {
         };
         let interfaces = match pick(args.interfaces, "interfaces", "MONITOR_INTERFACES", env) {
             Some(raw) => {
-                let names: Vec<String> = raw
-                    .value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
+                let names = comma_list(&raw.value);
                 // Linux interface names are at most 15 bytes, no '/' or
                 // white space.
                 if names.is_empty()
@@ -332,6 +355,48 @@ impl Config {
         };
         let proc_root = path_or(args.proc_root, "MONITOR_PROC_ROOT", "/proc");
         let sys_root = path_or(args.sys_root, "MONITOR_SYS_ROOT", "/sys");
+        let rootfs = match pick(args.rootfs, "rootfs", "MONITOR_ROOTFS", env) {
+            Some(raw) => {
+                let path = PathBuf::from(raw.value.trim());
+                if !path.is_absolute() {
+                    return Err(raw.error("an absolute directory like /host"));
+                }
+                path
+            }
+            None => PathBuf::from("/"),
+        };
+        let thermal_zone = match pick(
+            args.thermal_zone,
+            "thermal-zone",
+            "MONITOR_THERMAL_ZONE",
+            env,
+        ) {
+            Some(raw) => {
+                let v = raw.value.trim();
+                // Zone directories and types are short words; no '/'.
+                if v.is_empty() || v.len() > 64 || v.contains(['/', ' ', '\t', '\n']) {
+                    return Err(raw.error("a zone name like thermal_zone0 or cpu-thermal"));
+                }
+                Some(v.to_owned())
+            }
+            None => None,
+        };
+        let filesystems = match pick(args.filesystems, "filesystems", "MONITOR_FILESYSTEMS", env) {
+            Some(raw) => {
+                let points = comma_list(&raw.value);
+                if points.is_empty()
+                    || points.iter().any(|p| {
+                        !p.starts_with('/') || p.len() > 4096 || p.split('/').any(|c| c == "..")
+                    })
+                {
+                    return Err(
+                        raw.error("comma-separated absolute mount points like /,/boot/firmware")
+                    );
+                }
+                Some(points)
+            }
+            None => None,
+        };
         let explicit_commands = args.commands_file.or_else(|| {
             env("MONITOR_COMMANDS_FILE")
                 .filter(|s| !s.is_empty())
@@ -432,6 +497,9 @@ impl Config {
             interfaces,
             proc_root,
             sys_root,
+            rootfs,
+            thermal_zone,
+            filesystems,
             stdout: args.stdout,
             count: args.count,
             commands_file,

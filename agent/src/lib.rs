@@ -1,4 +1,5 @@
-//! monitor-agent: reads the kernel's counters, turns them into six rates,
+//! monitor-agent: reads the kernel's counters and health attributes, turns
+//! them into metrics (see `metrics.rs`),
 //! streams them to monitor-server over gRPC and runs the commands the server
 //! pushes, under a strict policy, on one single-threaded tokio runtime.
 //!
@@ -10,7 +11,10 @@ pub mod collector;
 pub mod commands;
 pub mod config;
 pub mod enrol;
+pub mod filesystems;
+pub mod hw;
 pub mod identity;
+pub mod metrics;
 pub mod operators;
 pub mod proc;
 pub mod rates;
@@ -18,8 +22,11 @@ pub mod replay;
 pub mod run;
 pub mod sampler;
 pub mod session;
+pub mod source;
 pub mod spool;
 pub mod state;
 pub mod sysfs;
 #[doc(hidden)]
 pub mod testing;
+pub mod thermal;
+pub mod throttling;

@@ -12,9 +12,10 @@ use std::rc::Rc;
 
 use monitor::wire::AgentIdentity;
 
-use crate::collector::{Collector, CollectorError};
+use crate::collector::{Collector, CollectorConfig, CollectorError};
 use crate::commands::{Allowlist, AllowlistError, Limits, Policy};
 use crate::config::Config;
+use crate::filesystems::FsChoice;
 use crate::operators::Operators;
 use crate::replay::ReplayCache;
 use crate::sampler::{self, Sink};
@@ -23,6 +24,7 @@ use crate::session::gate::Gate;
 use crate::session::{CommandContext, Connector};
 use crate::spool::{Spool, SpoolError};
 use crate::state::Shared;
+use crate::thermal::ZoneChoice;
 use monitor::sd_notify::Notifier;
 
 /// Why the agent could not start.
@@ -112,15 +114,24 @@ fn load_allowlist(config: &Config) -> Result<Allowlist, AgentError> {
     }
 }
 
+/// What the collector reads, from the agent's configuration.
+pub fn collector_config(config: &Config) -> CollectorConfig {
+    let mut c = CollectorConfig::new(&config.proc_root, &config.sys_root);
+    c.rootfs = config.rootfs.clone();
+    c.interfaces = config.interfaces.clone();
+    if let Some(zone) = &config.thermal_zone {
+        c.thermal_zone = ZoneChoice::Named(zone.clone());
+    }
+    if let Some(points) = &config.filesystems {
+        c.filesystems = FsChoice::Named(points.clone());
+    }
+    c
+}
+
 /// Runs the agent until `shutdown` resolves (or `--count` ticks were sent).
 /// Must be called inside a `LocalSet`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let collector = Collector::open(
-        &config.proc_root,
-        &config.sys_root,
-        config.interfaces.clone(),
-    )
-    .map_err(AgentError::Collector)?;
+    let collector = Collector::open(collector_config(&config)).map_err(AgentError::Collector)?;
     let identity = AgentIdentity {
         agent_id: config.agent_id.clone(),
         hostname: config.hostname.clone(),

@@ -10,10 +10,11 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monitor::batch::{MetricValues, TickBatch};
+use monitor::batch::TickBatch;
 use tokio::time::Instant;
 
 use crate::collector::{Collector, Readings};
+use crate::metrics::AgentMetric;
 use crate::state::Shared;
 
 /// Where batches go.
@@ -29,34 +30,55 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
     let mut interval_rx = shared.interval.subscribe();
     let mut interval = *interval_rx.borrow_and_update();
     let mut next = Instant::now();
+    // Two timers, one armed a tick ahead of the other. Tokio wakes its I/O
+    // driver (an eventfd write, then an epoll_wait that returns at once)
+    // whenever a timer is armed earlier than every timer already armed,
+    // which a tick's timer always is once the previous tick's has fired: a
+    // write, a wasted wake-up and a second trip through the scheduler per
+    // tick, measured with strace. Armed while the tick before it is still
+    // pending, it never is.
+    let mut timer = Box::pin(tokio::time::sleep_until(next));
+    let mut ahead = Box::pin(tokio::time::sleep_until(next + interval));
+    let mut ahead_at = next + interval;
     let mut seq = 0u64;
     let mut stdout_line = String::with_capacity(512);
     loop {
         let now = std::time::Instant::now();
+        let parse_errors_before = collector.parse_errors_total();
         let readings = collector.sample(now);
         shared.last_tick.set(Some(now));
         shared
             .parse_errors_total
-            .set(collector.parse_errors_total());
+            .set(parse_errors_before.saturating_add(u64::from(readings.parse_errors)));
         seq += 1;
-        let batch = TickBatch {
-            boot_id: shared.identity.boot_id,
-            seq,
-            time_unix_ms: monitor::time::now_unix_ms(),
-            values: values_of(&readings),
-        };
+        let time_unix_ms = monitor::time::now_unix_ms();
         match sink {
             Sink::Buffer => {
+                let batch = TickBatch {
+                    boot_id: shared.identity.boot_id,
+                    seq,
+                    time_unix_ms,
+                    values: readings.wire_values(),
+                    health: readings.health_values(),
+                };
                 let dropped = shared.buffer.borrow_mut().push(batch);
                 if let Some(d) = dropped {
                     log::debug!("buffer full: dropped batch {}", d.seq);
                 }
-                shared.with_spool(|spool, buffer| spool.append(&batch, buffer.iter()));
+                shared.with_spool(|spool, buffer| match buffer.newest() {
+                    Some(batch) => spool.append(batch, buffer.iter()),
+                    None => Ok(()),
+                });
                 shared.batch_ready.notify_one();
             }
             Sink::Stdout => {
                 stdout_line.clear();
-                write_json_lines(&mut stdout_line, &shared.identity.hostname, &batch);
+                write_json_lines(
+                    &mut stdout_line,
+                    &shared.identity.hostname,
+                    time_unix_ms,
+                    readings,
+                );
                 let mut out = std::io::stdout().lock();
                 if let Err(e) = out
                     .write_all(stdout_line.as_bytes())
@@ -78,10 +100,18 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
             // missed ticks rather than bursting.
             next = now + interval;
         }
+        if ahead_at == next {
+            // The usual case: the timer armed a tick ago is the one to await.
+            std::mem::swap(&mut timer, &mut ahead);
+        } else {
+            timer.as_mut().reset(next);
+        }
+        ahead_at = next + interval;
+        ahead.as_mut().reset(ahead_at);
         // Wait for the next tick; an interval change re-plans the wait.
         loop {
             tokio::select! {
-                () = tokio::time::sleep_until(next) => break,
+                () = timer.as_mut() => break,
                 () = shared.collect_now.notified() => {
                     next = Instant::now();
                     break;
@@ -90,7 +120,7 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
                     if changed.is_err() {
                         // Cannot happen (the sender lives in `shared`, which
                         // we hold); never spin on a closed channel anyway.
-                        tokio::time::sleep_until(next).await;
+                        timer.as_mut().await;
                         break;
                     }
                     let new_interval = *interval_rx.borrow_and_update();
@@ -98,6 +128,9 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
                     // The tick already planned moves to last tick + new interval.
                     next = next - interval + new_interval;
                     interval = new_interval;
+                    timer.as_mut().reset(next);
+                    ahead_at = next + interval;
+                    ahead.as_mut().reset(ahead_at);
                 }
             }
         }
@@ -108,25 +141,51 @@ fn fmt_secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
-/// The values the collector produced, in wire order.
-pub fn values_of(r: &Readings) -> MetricValues {
-    r.iter().collect()
-}
-
 /// Appends one JSON object per sample, one per line, in the shape monitorctl
-/// prints: `{"time":"…","hostname":"…","metric":"…","value":…}`.
-pub fn write_json_lines(out: &mut String, hostname: &str, batch: &TickBatch) {
+/// prints: `{"time":"…","hostname":"…","metric":"…","value":…}`, every
+/// metric the agent computes (the wire carries a subset). A per-file-system
+/// value adds its label, e.g. `"mountpoint":"/boot/firmware"`.
+pub fn write_json_lines(out: &mut String, hostname: &str, time_unix_ms: i64, readings: &Readings) {
     use std::fmt::Write as _;
-    for (metric, value) in batch.values.iter() {
+    let time = monitor::time::Rfc3339(time_unix_ms);
+    for (metric, value) in readings.iter() {
         // Hostnames are validated to [A-Za-z0-9._-], so no escaping is needed.
         let _ = writeln!(
             out,
-            "{{\"time\":\"{}\",\"hostname\":\"{}\",\"metric\":\"{}\",\"value\":{}}}",
-            monitor::time::Rfc3339(batch.time_unix_ms),
-            hostname,
+            "{{\"time\":\"{time}\",\"hostname\":\"{hostname}\",\"metric\":\"{}\",\"value\":{}}}",
             metric.name(),
             JsonNumber(value)
         );
+    }
+    let fs = AgentMetric::FsUsedPercent.spec();
+    for (mount_point, value) in readings.filesystems() {
+        let _ = writeln!(
+            out,
+            "{{\"time\":\"{time}\",\"hostname\":\"{hostname}\",\"metric\":\"{}\",\"{}\":\"{}\",\"value\":{}}}",
+            fs.name,
+            fs.label.unwrap_or("label"),
+            JsonString(mount_point),
+            JsonNumber(*value)
+        );
+    }
+}
+
+/// A string's JSON escaping (without the quotes): mount points can hold
+/// any byte but NUL and '/'-separated names.
+struct JsonString<'a>(&'a str);
+
+impl std::fmt::Display for JsonString<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                c if (c as u32) < 0x20 || c == '\u{7f}' => write!(f, "\\u{:04x}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -147,25 +206,24 @@ impl std::fmt::Display for JsonNumber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monitor::metric::Metric;
 
     #[test]
     fn json_lines() {
-        let mut values = MetricValues::default();
-        values.set(Metric::CpuPercent, 12.345_67);
-        values.set(Metric::NetInKbps, 0.0);
-        let batch = TickBatch {
-            boot_id: 1,
-            seq: 1,
-            time_unix_ms: 1_795_608_000_123,
-            values,
-        };
+        let mut readings = Readings::default();
+        readings.set(AgentMetric::CpuPercent, Some(12.345_67));
+        readings.set(AgentMetric::NetInKbps, Some(0.0));
+        readings.set(AgentMetric::TempCelsius, Some(48.686));
+        readings.add_filesystem("/".into(), 41.5);
+        readings.add_filesystem("/media/a \"b\"\\\n".into(), 99.0);
         let mut out = String::new();
-        write_json_lines(&mut out, "pi-1", &batch);
+        write_json_lines(&mut out, "pi-1", 1_795_608_000_123, &readings);
         assert_eq!(
             out,
             "{\"time\":\"2026-11-25T12:00:00.123Z\",\"hostname\":\"pi-1\",\"metric\":\"cpu_percent\",\"value\":12.346}\n\
-             {\"time\":\"2026-11-25T12:00:00.123Z\",\"hostname\":\"pi-1\",\"metric\":\"net_in_kbps\",\"value\":0}\n"
+             {\"time\":\"2026-11-25T12:00:00.123Z\",\"hostname\":\"pi-1\",\"metric\":\"net_in_kbps\",\"value\":0}\n\
+             {\"time\":\"2026-11-25T12:00:00.123Z\",\"hostname\":\"pi-1\",\"metric\":\"temp_celsius\",\"value\":48.686}\n\
+             {\"time\":\"2026-11-25T12:00:00.123Z\",\"hostname\":\"pi-1\",\"metric\":\"fs_used_percent\",\"mountpoint\":\"/\",\"value\":41.5}\n\
+             {\"time\":\"2026-11-25T12:00:00.123Z\",\"hostname\":\"pi-1\",\"metric\":\"fs_used_percent\",\"mountpoint\":\"/media/a \\\"b\\\"\\\\\\u000a\",\"value\":99}\n"
         );
     }
 }

@@ -21,12 +21,17 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use monitor::batch::{MetricValues, TickBatch};
+use std::sync::Arc;
+
+use monitor::batch::{HealthValue, MetricValues, TickBatch};
+use monitor::health::HealthMetric;
 use monitor::metric::Metric;
+use monitor::wire::{MAX_DEVICE_BYTES, MAX_HEALTH_SAMPLES_PER_BATCH};
 
 const MAGIC: &[u8; 8] = b"MONSPL1\n";
-/// Largest payload a record may claim (a batch is at most 73 bytes).
-const MAX_PAYLOAD: usize = 1024;
+/// Largest payload a record may claim: the six and the ids take at most 73
+/// bytes, the health section at most 1 + 64 × (1 + 2 + 256 + 8).
+const MAX_PAYLOAD: usize = 32 * 1024;
 /// How often appended data is forced to the device.
 pub const SYNC_EVERY: Duration = Duration::from_secs(60);
 
@@ -101,6 +106,22 @@ fn encode(batch: &TickBatch, out: &mut Vec<u8>) {
     for (_, v) in batch.values.iter() {
         out.extend_from_slice(&v.to_le_bytes());
     }
+    // The health section (issue 14), only when there is one, so a record
+    // without health values reads the same as before it existed: a count,
+    // then per value the metric's index, the device's length (u16) and
+    // bytes, and the value. Agents before it cannot read a record that has
+    // one (they stop reading the spool there).
+    let health = &batch.health[..batch.health.len().min(MAX_HEALTH_SAMPLES_PER_BATCH)];
+    if !health.is_empty() {
+        out.push(health.len() as u8);
+        for h in health {
+            let device = &h.device.as_bytes()[..h.device.len().min(MAX_DEVICE_BYTES)];
+            out.push(h.metric as u8);
+            out.extend_from_slice(&(device.len() as u16).to_le_bytes());
+            out.extend_from_slice(device);
+            out.extend_from_slice(&h.value.to_le_bytes());
+        }
+    }
     let payload_len = (out.len() - 8) as u32;
     let crc = crc32(&out[8..]);
     out[..4].copy_from_slice(&payload_len.to_le_bytes());
@@ -125,7 +146,7 @@ fn decode(payload: &[u8]) -> Option<TickBatch> {
             rest = &rest[8..];
         }
     }
-    if !rest.is_empty() || present >> Metric::ALL.len() != 0 {
+    if present >> Metric::ALL.len() != 0 {
         return None;
     }
     Some(TickBatch {
@@ -133,7 +154,37 @@ fn decode(payload: &[u8]) -> Option<TickBatch> {
         seq,
         time_unix_ms,
         values,
+        health: decode_health(rest)?,
     })
+}
+
+/// The health section: absent (nothing left) or exactly one well-formed
+/// section.
+fn decode_health(mut rest: &[u8]) -> Option<Box<[HealthValue]>> {
+    let Some((&count, tail)) = rest.split_first() else {
+        return Some(Box::default());
+    };
+    rest = tail;
+    if count == 0 || usize::from(count) > MAX_HEALTH_SAMPLES_PER_BATCH {
+        return None;
+    }
+    let mut health = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let metric = *HealthMetric::ALL.get(usize::from(*rest.first()?))?;
+        let len = usize::from(u16::from_le_bytes(rest.get(1..3)?.try_into().ok()?));
+        if len > MAX_DEVICE_BYTES {
+            return None;
+        }
+        let device = std::str::from_utf8(rest.get(3..3 + len)?).ok()?;
+        let value = f64::from_bits(le_u64(rest.get(3 + len..)?)?);
+        health.push(HealthValue {
+            metric,
+            device: Arc::from(device),
+            value,
+        });
+        rest = &rest[3 + len + 8..];
+    }
+    rest.is_empty().then(|| health.into_boxed_slice())
 }
 
 /// Parses a whole spool file: the batches, and the length of the good
@@ -353,6 +404,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, m)| (*m, i as f64 + 0.5))
                 .collect(),
+            health: Box::default(),
         }
     }
 
@@ -387,6 +439,62 @@ mod tests {
         assert_eq!(rec.truncated_bytes, 0);
     }
 
+    fn health(values: &[(HealthMetric, &str, f64)]) -> Box<[HealthValue]> {
+        values
+            .iter()
+            .map(|&(metric, device, value)| HealthValue {
+                metric,
+                device: Arc::from(device),
+                value,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn health_values_survive_a_reopen_beside_records_without_them() {
+        let path = tmp("health");
+        let mut with_health = b(7, 2, 6);
+        with_health.health = health(&[
+            (HealthMetric::TempCelsius, "", 61.3),
+            (HealthMetric::FsUsedPercent, "/media/pi/USB SSD", 97.5),
+        ]);
+        let batches = [b(7, 1, 6), with_health, b(7, 3, 2)];
+        {
+            let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
+            for (i, x) in batches.iter().enumerate() {
+                s.append(x, batches[..=i].iter()).unwrap();
+            }
+        }
+        let (_, rec) = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(rec.batches, batches);
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn a_health_section_that_does_not_check_out_is_not_a_batch() {
+        let mut record = Vec::new();
+        let mut x = b(1, 1, 1);
+        x.health = health(&[(HealthMetric::Load1, "d", 1.0)]);
+        encode(&x, &mut record);
+        let payload = &record[8..];
+        assert_eq!(decode(payload), Some(x));
+        // Cut anywhere inside the section, a metric index past the table, a
+        // count of 0 or a trailing byte: refused, never misread.
+        let section = 8 + 8 + 8 + 1 + 8;
+        for cut in section + 1..payload.len() {
+            assert_eq!(decode(&payload[..cut]), None, "cut at {cut}");
+        }
+        let mut bad = payload.to_vec();
+        bad[section + 1] = HealthMetric::ALL.len() as u8;
+        assert_eq!(decode(&bad), None);
+        let mut bad = payload.to_vec();
+        bad[section] = 0;
+        assert_eq!(decode(&bad), None);
+        let mut bad = payload.to_vec();
+        bad.push(0);
+        assert_eq!(decode(&bad), None);
+    }
+
     #[test]
     fn clear_empties_and_appends_continue() {
         let path = tmp("clear");
@@ -413,13 +521,14 @@ mod tests {
         f.set_len(len - 5).unwrap();
         drop(f);
         let (mut s, rec) = Spool::open(&path, 1 << 20).unwrap();
-        assert_eq!(rec.batches, vec![all[0]]);
+        assert_eq!(rec.batches, vec![all[0].clone()]);
         assert!(rec.truncated_bytes > 0);
         // Appending after the cut yields a clean file.
-        s.append(&b(1, 3, 2), [all[0], b(1, 3, 2)].iter()).unwrap();
+        s.append(&b(1, 3, 2), [all[0].clone(), b(1, 3, 2)].iter())
+            .unwrap();
         drop(s);
         let (_, rec) = Spool::open(&path, 1 << 20).unwrap();
-        assert_eq!(rec.batches, vec![all[0], b(1, 3, 2)]);
+        assert_eq!(rec.batches, vec![all[0].clone(), b(1, 3, 2)]);
     }
 
     #[test]
@@ -436,7 +545,7 @@ mod tests {
         data[second] ^= 0x40;
         std::fs::write(&path, &data).unwrap();
         let (_, rec) = Spool::open(&path, 1 << 20).unwrap();
-        assert_eq!(rec.batches, vec![all[0]]);
+        assert_eq!(rec.batches, vec![all[0].clone()]);
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! A fake host for tests and benchmarks: a miniature /proc and /sys in a
-//! temporary directory, with counters the test sets and advances.
+//! A fake host for tests and benchmarks: a miniature /proc, /sys and root
+//! file system in a temporary directory, with counters the test sets and
+//! advances: CPU, memory, disks, interfaces, load, uptime, thermal zones,
+//! the Raspberry Pi's `rpi_volt` and `get_throttled`, and mounts (whose
+//! mount points are directories under `rootfs/`).
 //!
 //! Used by the collector's tests, by the end-to-end tests that run the real
 //! agent binary with `--proc-root`/`--sys-root`, and by the tick benchmark,
-//! so it depends on std only. Every setter rewrites the affected /proc file
+//! so it depends on std and this crate only. Every setter rewrites the affected file
 //! in place (truncate and write, same inode), which is what a collector
 //! holding the file open needs to see the new content.
 //!
@@ -12,6 +15,8 @@
 //! cannot build its fixture should stop loudly. It must never be used by the
 //! agent at run time.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
@@ -19,6 +24,9 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::collector::CollectorConfig;
+use crate::filesystems::FsUsage;
 
 /// How a fake block device shows up in /sys.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +106,15 @@ struct FakeInterface {
     tx_bytes: u64,
 }
 
+/// A line of the fake mount table.
+#[derive(Clone, Debug)]
+struct FakeMount {
+    source: String,
+    /// As the kernel prints it (escaped).
+    mount_point: String,
+    fs_type: String,
+}
+
 /// A miniature /proc + /sys tree under a unique temporary directory,
 /// removed on drop.
 #[derive(Debug)]
@@ -107,6 +124,9 @@ pub struct FakeHost {
     mem: FakeMem,
     disks: Vec<FakeDisk>,
     interfaces: Vec<FakeInterface>,
+    mounts: Vec<FakeMount>,
+    thermal_zones: usize,
+    hwmons: usize,
 }
 
 /// Where fake physical devices live under `sys/devices`.
@@ -136,15 +156,21 @@ impl FakeHost {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        let host = FakeHost {
+        let mut host = FakeHost {
             root,
             cpu: FakeCpu::default(),
             mem: FakeMem::default(),
             disks: Vec::new(),
             interfaces: Vec::new(),
+            mounts: Vec::new(),
+            thermal_zones: 0,
+            hwmons: 0,
         };
         for dir in [
             "proc/net",
+            "proc/self",
+            "proc/1",
+            "rootfs",
             "sys/block",
             "sys/class/net",
             "sys/class/block",
@@ -158,6 +184,9 @@ impl FakeHost {
         host.write_meminfo();
         host.write_diskstats();
         host.write_netdev();
+        host.set_loadavg("0.52 0.58 0.59 1/467 12345");
+        host.set_uptime("10365.01 5974.08");
+        host.write_mounts();
         host
     }
 
@@ -174,6 +203,138 @@ impl FakeHost {
     /// The directory to pass as the sys root.
     pub fn sys_root(&self) -> PathBuf {
         self.root.join("sys")
+    }
+
+    /// The directory to pass as the root prefix (`--rootfs`): mount points
+    /// added with [`FakeHost::add_mount`] are directories under it.
+    pub fn rootfs(&self) -> PathBuf {
+        self.root.join("rootfs")
+    }
+
+    /// A collector configuration reading only this fake host: its proc, sys
+    /// and root prefix, and [`fake_statfs`] for file system usage.
+    pub fn collector_config(&self) -> CollectorConfig {
+        let mut config = CollectorConfig::new(&self.proc_root(), &self.sys_root());
+        config.rootfs = self.rootfs();
+        config.statfs = fake_statfs;
+        config
+    }
+
+    /// Writes /proc/loadavg's line (e.g. `"0.52 0.58 0.59 1/467 12345"`).
+    pub fn set_loadavg(&mut self, line: &str) -> &mut FakeHost {
+        self.write_raw("proc/loadavg", format!("{line}\n"));
+        self
+    }
+
+    /// Writes /proc/uptime's line (e.g. `"10365.01 5974.08"`).
+    pub fn set_uptime(&mut self, line: &str) -> &mut FakeHost {
+        self.write_raw("proc/uptime", format!("{line}\n"));
+        self
+    }
+
+    /// Adds a thermal zone of type `zone_type` at `millidegrees`; returns
+    /// its index (`thermal_zoneN`).
+    pub fn add_thermal_zone(&mut self, zone_type: &str, millidegrees: i64) -> usize {
+        let index = self.thermal_zones;
+        self.thermal_zones += 1;
+        self.write_raw(
+            &format!("sys/class/thermal/thermal_zone{index}/type"),
+            format!("{zone_type}\n"),
+        );
+        self.set_thermal_temp(index, millidegrees);
+        index
+    }
+
+    /// Sets zone `index`'s temperature in millidegrees Celsius.
+    pub fn set_thermal_temp(&mut self, index: usize, millidegrees: i64) -> &mut FakeHost {
+        self.write_raw(
+            &format!("sys/class/thermal/thermal_zone{index}/temp"),
+            format!("{millidegrees}\n"),
+        );
+        self
+    }
+
+    /// Adds an hwmon device named `name` (`rpi_volt` is the Pi's
+    /// under-voltage sensor) with `in0_lcrit_alarm` = `alarm`; returns its
+    /// index (`hwmonN`).
+    pub fn add_hwmon(&mut self, name: &str, alarm: bool) -> usize {
+        let index = self.hwmons;
+        self.hwmons += 1;
+        self.write_raw(
+            &format!("sys/class/hwmon/hwmon{index}/name"),
+            format!("{name}\n"),
+        );
+        self.set_hwmon_alarm(index, alarm);
+        index
+    }
+
+    /// Sets hwmon `index`'s `in0_lcrit_alarm`.
+    pub fn set_hwmon_alarm(&mut self, index: usize, alarm: bool) -> &mut FakeHost {
+        self.write_raw(
+            &format!("sys/class/hwmon/hwmon{index}/in0_lcrit_alarm"),
+            if alarm { "1\n" } else { "0\n" },
+        );
+        self
+    }
+
+    /// Adds the Pi's firmware device with `get_throttled` = `word` (bare
+    /// hex, as the kernel prints it), bound to the `raspberrypi-firmware`
+    /// driver as on a Pi 4.
+    pub fn add_firmware(&mut self, word: u32) -> &mut FakeHost {
+        self.set_throttled(word);
+        let link = self
+            .sys_root()
+            .join("bus/platform/drivers/raspberrypi-firmware/soc:firmware");
+        self.link("../../../../devices/platform/soc/soc:firmware", &link);
+        self
+    }
+
+    /// Sets the firmware's `get_throttled` word.
+    pub fn set_throttled(&mut self, word: u32) -> &mut FakeHost {
+        self.write_raw(
+            "sys/devices/platform/soc/soc:firmware/get_throttled",
+            format!("{word:x}\n"),
+        );
+        self
+    }
+
+    /// Mounts (in the fake table) `source` of type `fs_type` on
+    /// `mount_point` (absolute, unescaped) and makes that directory under
+    /// [`FakeHost::rootfs`].
+    pub fn add_mount(&mut self, source: &str, mount_point: &str, fs_type: &str) -> &mut FakeHost {
+        let dir = self.rootfs().join(mount_point.trim_start_matches('/'));
+        must(fs::create_dir_all(&dir), "create", &dir);
+        self.add_mount_entry(source, mount_point, fs_type)
+    }
+
+    /// Adds a line to the fake mount table only: no directory under the
+    /// root prefix (a mount point that exists on the real host, say).
+    pub fn add_mount_entry(
+        &mut self,
+        source: &str,
+        mount_point: &str,
+        fs_type: &str,
+    ) -> &mut FakeHost {
+        let escaped = mount_point
+            .replace('\\', "\\134")
+            .replace(' ', "\\040")
+            .replace('\t', "\\011")
+            .replace('\n', "\\012");
+        self.mounts.push(FakeMount {
+            source: source.to_owned(),
+            mount_point: escaped,
+            fs_type: fs_type.to_owned(),
+        });
+        self.write_mounts();
+        self
+    }
+
+    /// Removes every mount on `mount_point` from the table.
+    pub fn remove_mount(&mut self, mount_point: &str) -> &mut FakeHost {
+        self.mounts
+            .retain(|m| crate::proc::mounts::unescape(&m.mount_point) != mount_point);
+        self.write_mounts();
+        self
     }
 
     /// Sets the aggregate CPU counters and rewrites /proc/stat.
@@ -358,6 +519,19 @@ impl FakeHost {
         must(symlink(target, link), "symlink", link);
     }
 
+    fn write_mounts(&self) {
+        let mut text = String::new();
+        for m in &self.mounts {
+            let _ = writeln!(
+                text,
+                "{} {} {} rw,relatime 0 0",
+                m.source, m.mount_point, m.fs_type
+            );
+        }
+        self.write_raw("proc/self/mounts", &text);
+        self.write_raw("proc/1/mounts", &text);
+    }
+
     fn write_stat(&self) {
         let c = &self.cpu;
         let mut text = format!(
@@ -426,6 +600,48 @@ impl FakeHost {
         }
         self.write_raw("proc/net/dev", text);
     }
+}
+
+thread_local! {
+    /// Usage [`fake_statfs`] answers with, by full path.
+    static FS_USAGE: RefCell<HashMap<PathBuf, FsUsage>> = RefCell::new(HashMap::new());
+    /// Every path [`fake_statfs`] and [`recording_statvfs`] were asked about.
+    static STATFS_CALLS: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Sets what [`fake_statfs`] answers for `path` (on this thread: each test
+/// runs on its own).
+pub fn set_fs_usage(path: &Path, usage: FsUsage) {
+    FS_USAGE.with(|m| m.borrow_mut().insert(path.to_path_buf(), usage));
+}
+
+/// A stand-in for `statvfs`: records the path, fails with ENOENT where
+/// nothing exists, answers what [`set_fs_usage`] set (a 1000-block, 100-inode
+/// empty file system otherwise).
+pub fn fake_statfs(path: &Path) -> io::Result<FsUsage> {
+    STATFS_CALLS.with(|c| c.borrow_mut().push(path.to_path_buf()));
+    path.symlink_metadata()?;
+    Ok(FS_USAGE
+        .with(|m| m.borrow().get(path).copied())
+        .unwrap_or(FsUsage {
+            blocks: 1000,
+            blocks_free: 1000,
+            blocks_available: 1000,
+            files: 100,
+            files_free: 100,
+        }))
+}
+
+/// The real `statvfs`, recording the path first.
+pub fn recording_statvfs(path: &Path) -> io::Result<FsUsage> {
+    STATFS_CALLS.with(|c| c.borrow_mut().push(path.to_path_buf()));
+    crate::filesystems::statvfs(path)
+}
+
+/// The paths [`fake_statfs`] and [`recording_statvfs`] were asked about on
+/// this thread, oldest first (and forgets them).
+pub fn take_statfs_calls() -> Vec<PathBuf> {
+    STATFS_CALLS.with(|c| std::mem::take(&mut *c.borrow_mut()))
 }
 
 impl Default for FakeHost {

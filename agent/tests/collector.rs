@@ -1,12 +1,13 @@
 //! The collector on fake hosts (monitor_agent::testing) and on the captured
 //! fixtures: counters advance by known amounts between ticks at injected
-//! instants, and each test asserts the exact six values.
+//! instants, and each test asserts the exact six rate and memory values
+//! (the health metrics have their own tests in tests/health.rs).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use monitor::metric::Metric;
-use monitor_agent::collector::{Collector, Readings};
+use monitor_agent::collector::{Collector, CollectorConfig, Readings};
+use monitor_agent::metrics::AgentMetric;
 use monitor_agent::testing::{DiskKind, FakeCpu, FakeHost, FakeMem, InterfaceKind};
 
 fn open(host: &FakeHost) -> Collector {
@@ -14,7 +15,9 @@ fn open(host: &FakeHost) -> Collector {
 }
 
 fn open_with(host: &FakeHost, interfaces: Option<Vec<String>>) -> Collector {
-    match Collector::open(&host.proc_root(), &host.sys_root(), interfaces) {
+    let mut config = host.collector_config();
+    config.interfaces = interfaces;
+    match Collector::open(config) {
         Ok(c) => c,
         Err(e) => panic!("open: {e}"),
     }
@@ -24,31 +27,27 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-/// Asserts every field; floats must match to 1e-9.
-fn check(got: Readings, expected: Readings) {
-    let pairs = [
-        ("cpu_percent", got.cpu_percent, expected.cpu_percent),
-        ("mem_percent", got.mem_percent, expected.mem_percent),
-        (
-            "disk_read",
-            got.disk_read_kib_per_s,
-            expected.disk_read_kib_per_s,
-        ),
-        (
-            "disk_write",
-            got.disk_write_kib_per_s,
-            expected.disk_write_kib_per_s,
-        ),
-        ("net_in", got.net_in_kib_per_s, expected.net_in_kib_per_s),
-        ("net_out", got.net_out_kib_per_s, expected.net_out_kib_per_s),
-    ];
-    for (name, g, e) in pairs {
-        match (g, e) {
+/// The six metrics these tests check, in the order `readings` takes them.
+const SIX: [AgentMetric; 6] = [
+    AgentMetric::CpuPercent,
+    AgentMetric::MemPercent,
+    AgentMetric::DiskReadKbps,
+    AgentMetric::DiskWriteKbps,
+    AgentMetric::NetInKbps,
+    AgentMetric::NetOutKbps,
+];
+
+/// Asserts the six metrics and the parse error count; floats must match to
+/// 1e-9.
+fn check(got: &Readings, expected: Readings) {
+    for metric in SIX {
+        match (got.get(metric), expected.get(metric)) {
             (Some(g), Some(e)) => assert!(
                 (g - e).abs() < 1e-9,
-                "{name}: got {g}, expected {e}\n{got:?}"
+                "{}: got {g}, expected {e}\n{got:?}",
+                metric.name()
             ),
-            (g, e) => assert_eq!(g, e, "{name}\n{got:?}"),
+            (g, e) => assert_eq!(g, e, "{}\n{got:?}", metric.name()),
         }
     }
     assert_eq!(
@@ -58,15 +57,12 @@ fn check(got: Readings, expected: Readings) {
 }
 
 fn readings(values: [Option<f64>; 6], parse_errors: u32) -> Readings {
-    Readings {
-        cpu_percent: values[0],
-        mem_percent: values[1],
-        disk_read_kib_per_s: values[2],
-        disk_write_kib_per_s: values[3],
-        net_in_kib_per_s: values[4],
-        net_out_kib_per_s: values[5],
-        parse_errors,
+    let mut r = Readings::default();
+    for (metric, value) in SIX.into_iter().zip(values) {
+        r.set(metric, value);
     }
+    r.parse_errors = parse_errors;
+    r
 }
 
 /// A Pi-like host: an SD card with two partitions, a USB disk, a loop and a
@@ -276,7 +272,10 @@ fn named_interfaces_are_exactly_the_ones_counted() {
         .set_net_bytes("docker0", 2048, 4096);
     let r = c.sample(t0 + secs(2.0));
     assert_eq!(
-        (r.net_in_kib_per_s, r.net_out_kib_per_s),
+        (
+            r.get(AgentMetric::NetInKbps),
+            r.get(AgentMetric::NetOutKbps)
+        ),
         (Some(1.0), Some(2.0))
     );
 
@@ -284,7 +283,10 @@ fn named_interfaces_are_exactly_the_ones_counted() {
     let mut c = open_with(&host, Some(vec!["wlan9".to_owned()]));
     let r = c.sample(t0);
     assert_eq!(
-        (r.net_in_kib_per_s, r.net_out_kib_per_s),
+        (
+            r.get(AgentMetric::NetInKbps),
+            r.get(AgentMetric::NetOutKbps)
+        ),
         (Some(0.0), Some(0.0))
     );
 }
@@ -350,11 +352,20 @@ fn broken_and_missing_files_omit_only_their_metrics() {
     let mut host = host;
     host.set_net_bytes("eth0", 0, 0).set_mem(FakeMem::default());
     let r = c.sample(t0 + secs(2.0));
-    assert_eq!((r.net_in_kib_per_s, r.mem_percent), (None, MEM));
+    assert_eq!(
+        (
+            r.get(AgentMetric::NetInKbps),
+            r.get(AgentMetric::MemPercent)
+        ),
+        (None, MEM)
+    );
     host.set_net_bytes("eth0", 1024, 1024);
     let r = c.sample(t0 + secs(3.0));
     assert_eq!(
-        (r.net_in_kib_per_s, r.net_out_kib_per_s),
+        (
+            r.get(AgentMetric::NetInKbps),
+            r.get(AgentMetric::NetOutKbps)
+        ),
         (Some(1.0), Some(1.0))
     );
 }
@@ -375,16 +386,19 @@ fn cpu_counters_going_backwards_omit_one_tick() {
         idle_ticks: 10,
         ..FakeCpu::default()
     });
-    assert_eq!(c.sample(t0 + secs(1.0)).cpu_percent, None);
+    assert_eq!(c.sample(t0 + secs(1.0)).get(AgentMetric::CpuPercent), None);
     host.advance_cpu(1, 3);
-    assert_eq!(c.sample(t0 + secs(2.0)).cpu_percent, Some(25.0));
+    assert_eq!(
+        c.sample(t0 + secs(2.0)).get(AgentMetric::CpuPercent),
+        Some(25.0)
+    );
 }
 
 #[test]
 fn open_fails_only_without_proc_stat_and_names_the_path() {
     let host = FakeHost::new();
     host.remove_raw("proc/stat");
-    let err = match Collector::open(&host.proc_root(), &host.sys_root(), None) {
+    let err = match Collector::open(host.collector_config()) {
         Ok(_) => panic!("open succeeded without stat"),
         Err(e) => e,
     };
@@ -403,9 +417,9 @@ fn readings_iterate_in_metric_order_skipping_missing_values() {
     assert_eq!(
         got,
         [
-            (Metric::CpuPercent, 1.0),
-            (Metric::DiskReadKbps, 3.0),
-            (Metric::NetOutKbps, 6.0)
+            (AgentMetric::CpuPercent, 1.0),
+            (AgentMetric::DiskReadKbps, 3.0),
+            (AgentMetric::NetOutKbps, 6.0)
         ]
     );
 }
@@ -419,7 +433,11 @@ fn fixture_dir(arch: &str) -> PathBuf {
 #[test]
 fn real_x86_64_capture_through_the_collector() {
     let dir = fixture_dir("x86_64");
-    let mut c = match Collector::open(&dir.join("proc"), &dir.join("sys"), None) {
+    let mut config = CollectorConfig::new(&dir.join("proc"), &dir.join("sys"));
+    // Nothing under the fixture is a file system to measure.
+    config.rootfs = dir.join("no-rootfs");
+    config.statfs = monitor_agent::testing::fake_statfs;
+    let mut c = match Collector::open(config) {
         Ok(c) => c,
         Err(e) => panic!("{e}"),
     };

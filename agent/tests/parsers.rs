@@ -164,6 +164,8 @@ fn meminfo_fixtures() {
             buffers_bytes: kib(16916),
             cached_bytes: kib(2462788),
             s_reclaimable_bytes: Some(kib(125008)),
+            swap_total_bytes: Some(0),
+            swap_free_bytes: Some(0),
         }),
     );
     check_mem(
@@ -175,6 +177,8 @@ fn meminfo_fixtures() {
             buffers_bytes: kib(61920),
             cached_bytes: kib(739096),
             s_reclaimable_bytes: Some(kib(53116)),
+            swap_total_bytes: Some(kib(204796)),
+            swap_free_bytes: Some(kib(204796)),
         }),
     );
     check_mem(
@@ -186,6 +190,8 @@ fn meminfo_fixtures() {
             buffers_bytes: kib(20764),
             cached_bytes: kib(38232),
             s_reclaimable_bytes: Some(kib(9084)),
+            swap_total_bytes: Some(kib(102396)),
+            swap_free_bytes: Some(kib(61948)),
         }),
     );
 }

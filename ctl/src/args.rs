@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use monitor::command::{self, ArgvError};
+use monitor::health::HealthMetric;
 use monitor::metric::Metric;
 use monitor::time::parse_duration;
 
@@ -78,7 +79,14 @@ pub enum CommandArgs {
     Operator(OperatorArgs),
     Key(KeyArgs),
     Status(StatusArgs),
+    Dashboard(DashboardArgs),
 }
+
+/// a one-time URL that logs a browser into the server's web dashboard
+/// (valid 60 seconds, used once) as this operator
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "dashboard")]
+pub struct DashboardArgs {}
 
 /// the server's own state: version, uptime, store queue, ingest counters,
 /// remote-write destinations
@@ -333,6 +341,7 @@ pub enum Command {
     KeyShow,
     KeyRegister,
     Status { json: bool },
+    Dashboard,
 }
 
 #[derive(Debug)]
@@ -346,8 +355,9 @@ pub struct EnrolConfig {
 #[derive(Debug)]
 pub struct QueryConfig {
     pub host: String,
-    /// `None`: every metric.
-    pub metric: Option<Metric>,
+    /// The metric's wire name, one of the six or a health metric; `None`:
+    /// every one of the six.
+    pub metric: Option<&'static str>,
     /// How far back from now.
     pub since: Duration,
     /// At most this many samples; `None`: the server's default.
@@ -404,6 +414,7 @@ impl Config {
         let command = match args.command {
             CommandArgs::Hosts(a) => Command::Hosts { json: a.json },
             CommandArgs::Status(a) => Command::Status { json: a.json },
+            CommandArgs::Dashboard(_) => Command::Dashboard,
             CommandArgs::Query(a) => Command::Query(QueryConfig::from_args(a)?),
             CommandArgs::Top(a) => Command::Top(TopConfig::from_args(a)?),
             CommandArgs::Exec(a) => Command::Exec(ExecConfig::from_args(a)?),
@@ -542,10 +553,17 @@ fn server_from(
 impl QueryConfig {
     fn from_args(a: QueryArgs) -> Result<QueryConfig, UsageError> {
         let metric = match &a.metric {
-            Some(m) => Some(
-                m.parse::<Metric>()
-                    .map_err(|e| usage(format!("--metric: {e}")))?,
-            ),
+            Some(m) => Some(match (m.parse::<Metric>(), m.parse::<HealthMetric>()) {
+                (Ok(six), _) => six.name(),
+                (_, Ok(health)) => health.name(),
+                (Err(e), Err(_)) => {
+                    let health: Vec<&str> = HealthMetric::ALL.iter().map(|h| h.name()).collect();
+                    return Err(usage(format!(
+                        "--metric: {e}; health metrics: {}",
+                        health.join(", ")
+                    )));
+                }
+            }),
             None => None,
         };
         let since = match &a.since {
@@ -773,7 +791,14 @@ mod tests {
         else {
             panic!("not query");
         };
-        assert_eq!(q.metric, Some(Metric::CpuPercent));
+        assert_eq!(q.metric, Some("cpu_percent"));
+        let Command::Query(q) = config(&["query", "pi", "--metric", "fs_used_percent"], &[])
+            .unwrap()
+            .command
+        else {
+            panic!("not query");
+        };
+        assert_eq!(q.metric, Some("fs_used_percent"));
         assert_eq!(q.since, DEFAULT_SINCE);
         assert!(usage_error(&["query", "pi", "--metric", "temp"]).starts_with("--metric: "));
         assert!(usage_error(&["query", "pi", "--since", "yesterday"]).starts_with("--since: "));

@@ -89,6 +89,10 @@ struct SampleLine<'a> {
     time: Time,
     hostname: &'a str,
     metric: &'a str,
+    /// A labelled health metric's device: fs_used_percent's mount point
+    /// (the only labelled metric), named as the agent's `--stdout` names it.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    mountpoint: &'a str,
     value: Number,
 }
 
@@ -149,6 +153,7 @@ pub fn sample(out: &mut Vec<u8>, s: &pb::Sample) -> Result<(), serde_json::Error
             time: Time(s.time_unix_ms),
             hostname: &s.hostname,
             metric: &s.metric,
+            mountpoint: &s.device,
             value: Number(s.value),
         },
     )
@@ -192,6 +197,7 @@ mod tests {
             hostname: "pi-1".into(),
             metric: "cpu_percent".into(),
             value: 12.0,
+            device: String::new(),
         };
         assert_eq!(
             text(|o| sample(o, &s)),

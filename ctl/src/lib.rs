@@ -15,6 +15,7 @@
 
 pub mod args;
 pub mod connect;
+pub mod dashboard;
 pub mod error;
 pub mod exec;
 pub mod history;
@@ -71,6 +72,7 @@ async fn run_other(
     match command {
         Command::Hosts { json } => hosts::hosts(client, json).await,
         Command::Status { json } => status::status(client, json).await,
+        Command::Dashboard => dashboard::dashboard(client).await,
         Command::Query(q) => query::query(client, q).await,
         Command::Top(t) => top::top(client, t).await,
         Command::Exec(e) => exec::exec(client, e, None).await,

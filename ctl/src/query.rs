@@ -16,7 +16,7 @@ pub async fn query(client: &mut Client, q: QueryConfig) -> Result<(), CtlError> 
     let mut stream = client
         .query(pb::QueryRequest {
             hostname: q.host.clone(),
-            metric: q.metric.map(|m| m.name().to_owned()).unwrap_or_default(),
+            metric: q.metric.unwrap_or_default().to_owned(),
             since_unix_ms: now_unix_ms().saturating_sub(since_ms),
             until_unix_ms: 0,
             limit: q.limit.unwrap_or(0),

@@ -100,12 +100,19 @@ pub fn samples_header(out: &mut String) {
 
 /// One row of the samples table.
 pub fn sample_row(out: &mut String, s: &pb::Sample) {
+    // A labelled metric shows its device the way Prometheus writes labels:
+    // fs_used_percent{mountpoint="/boot"}.
+    let metric = if s.device.is_empty() {
+        cell(&s.metric)
+    } else {
+        format!("{}{{mountpoint=\"{}\"}}", cell(&s.metric), cell(&s.device))
+    };
     let _ = writeln!(
         out,
         "{:<24} {:<20} {:<16} {:>12.3}",
         Rfc3339(s.time_unix_ms).to_string(),
         cell(&s.hostname),
-        cell(&s.metric),
+        metric,
         s.value
     );
 }
@@ -201,6 +208,7 @@ mod tests {
                 hostname: "h\r".into(),
                 metric: "m\x1b[2J".into(),
                 value: 1.0,
+                device: String::new(),
             },
         );
         assert!(rows.starts_with("1970-01-01T00:00:00.000Z "), "{rows}");

@@ -122,6 +122,16 @@ impl Admin for Hostile {
         Err(Status::unavailable("\x1b[2Jgone"))
     }
 
+    async fn dashboard_login(
+        &self,
+        _: Request<pb::DashboardLoginRequest>,
+    ) -> Result<Response<pb::DashboardLoginResponse>, Status> {
+        Ok(Response::new(pb::DashboardLoginResponse {
+            url: format!("https://{EVIL_HOST}/login?token=x"),
+            expires_unix_ms: 1,
+        }))
+    }
+
     async fn status(
         &self,
         _: Request<pb::StatusRequest>,
@@ -290,6 +300,11 @@ async fn tables_and_errors_show_server_strings_escaped() {
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains(&format!("\n{EVIL_HOST_SHOWN} ")), "{table}");
     assert!(!table.contains('\x1b'), "{table}");
+
+    let out = ctl(&url, &["dashboard"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(line, format!("https://{EVIL_HOST_SHOWN}/login?token=x\n"));
 
     let out = ctl(&url, &["hosts", "--json"]).await;
     assert_eq!(out.status.code(), Some(0));

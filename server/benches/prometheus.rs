@@ -10,6 +10,9 @@
 // A benchmark on fixtures it makes itself: a failure should stop it loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
+use common::env_or;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,13 +24,6 @@ use monitor_server::registry::Registry;
 use monitor_server::remote_write::{self, MAX_SAMPLES_PER_REQUEST};
 use monitor_server::store::{IncomingBatch, SqliteConfig, Store, StoredSample};
 use monitor_server::telemetry::Telemetry;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn batch(host: usize, seq: u64, time_unix_ms: i64) -> IncomingBatch {
     IncomingBatch {
@@ -49,6 +45,7 @@ fn batch(host: usize, seq: u64, time_unix_ms: i64) -> IncomingBatch {
                 value: ((seq as usize * 7 + host + i) % 1000) as f64 / 10.0,
             })
             .collect(),
+        health: Vec::new(),
     }
 }
 
@@ -148,6 +145,8 @@ fn main() {
             telemetry: Arc::new(Telemetry::new(0)),
             remote_write: Arc::new(Vec::new()),
             auth: Arc::new(Auth::open()),
+            sessions: Default::default(),
+            sparklines: Default::default(),
             proc_root: "/proc".into(),
         };
         let mut times = Vec::with_capacity(scrapes);

@@ -25,6 +25,9 @@
 //! measures; it must never touch anything but its own temporary directory
 //! and the prefill cache it is given.
 
+mod common;
+
+use common::env_or;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,13 +42,6 @@ use monitor_server::store::{
 /// Linux reports CPU time in USER_HZ ticks, 100 per second on every
 /// architecture the server runs on.
 const TICKS_PER_S: f64 = 100.0;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn batch(agent: usize, boot_id: u64, seq: u64, time_unix_ms: i64) -> IncomingBatch {
     IncomingBatch {
@@ -67,6 +63,7 @@ fn batch(agent: usize, boot_id: u64, seq: u64, time_unix_ms: i64) -> IncomingBat
                 value: ((seq as usize * 7 + agent + i) % 1000) as f64 / 10.0,
             })
             .collect(),
+        health: Vec::new(),
     }
 }
 

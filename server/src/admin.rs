@@ -23,6 +23,7 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
+use monitor::health::HealthMetric;
 use monitor::metric::Metric;
 use monitor::pb;
 use monitor::pb::admin_server::Admin;
@@ -31,10 +32,11 @@ use tonic::{Request, Response, Status};
 
 use crate::commands::CommandRouter;
 use crate::enrolment::Enrolment;
+use crate::http::Sessions;
 use crate::listener::PeerInfo;
 use crate::registry::{LiveHost, Registry};
 use crate::remote_write::AllStats;
-use crate::store::{HostRecord, SampleQuery, Store, StoreError};
+use crate::store::{HealthQuery, HostRecord, SampleQuery, Store, StoreError};
 use crate::telemetry::Telemetry;
 use crate::tls::Role;
 
@@ -71,6 +73,11 @@ pub struct AdminService {
     pub remote_write: AllStats,
     /// The HTTP listener's address, if on (for `Status`).
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Dashboard login tokens, shared with the HTTP listener.
+    pub sessions: Arc<Sessions>,
+    /// Where a browser finds the dashboard (`http::base_url`); `None` with
+    /// the HTTP listener off.
+    pub dashboard_url: Option<String>,
 }
 
 /// A request field that breaks its rule, as INVALID_ARGUMENT.
@@ -294,6 +301,8 @@ impl Admin for AdminService {
         let (certificates_revoked, _) = self
             .revoke_as(&request, Role::Operator, &request.get_ref().name)
             .await?;
+        // Their dashboard sessions end with their certificates.
+        self.sessions.end_all_of(&request.get_ref().name);
         Ok(Response::new(pb::RemoveOperatorResponse {
             certificates_revoked,
         }))
@@ -371,43 +380,72 @@ impl Admin for AdminService {
         if !self.is_known(&q.hostname).await? {
             return Err(self.unknown_host(&q.hostname).await);
         }
-        let metric = if q.metric.is_empty() {
-            None
-        } else {
-            Some(
-                q.metric
-                    .parse::<Metric>()
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            )
-        };
-        let rows = match self
-            .store
-            .query(SampleQuery {
+        let until_unix_ms = (q.until_unix_ms != 0).then_some(q.until_unix_ms);
+        let limit = (q.limit != 0).then(|| usize::try_from(q.limit).unwrap_or(usize::MAX));
+        // A health metric's values (issue 14) come from their own table,
+        // with their device; the six as before.
+        let samples = if let Ok(metric) = q.metric.parse::<HealthMetric>() {
+            let query = HealthQuery {
                 hostname: q.hostname.clone(),
                 metric,
                 since_unix_ms: q.since_unix_ms,
-                until_unix_ms: (q.until_unix_ms != 0).then_some(q.until_unix_ms),
-                limit: (q.limit != 0).then(|| usize::try_from(q.limit).unwrap_or(usize::MAX)),
+                until_unix_ms,
+                limit,
+            };
+            self.store.query_health(query).await.map(|rows| {
+                rows.into_iter()
+                    .map(|r| {
+                        sample_pb(
+                            r.time_unix_ms,
+                            r.hostname,
+                            r.metric.name(),
+                            r.value,
+                            r.device,
+                        )
+                    })
+                    .collect::<Vec<_>>()
             })
-            .await
-        {
-            Ok(rows) => rows,
+        } else {
+            let metric = if q.metric.is_empty() {
+                None
+            } else {
+                Some(
+                    q.metric
+                        .parse::<Metric>()
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                )
+            };
+            let query = SampleQuery {
+                hostname: q.hostname.clone(),
+                metric,
+                since_unix_ms: q.since_unix_ms,
+                until_unix_ms,
+                limit,
+            };
+            self.store.query(query).await.map(|rows| {
+                rows.into_iter()
+                    .map(|r| {
+                        sample_pb(
+                            r.time_unix_ms,
+                            r.hostname,
+                            r.metric.name(),
+                            r.value,
+                            String::new(),
+                        )
+                    })
+                    .collect()
+            })
+        };
+        let samples = match samples {
+            Ok(samples) => samples,
             Err(StoreError::UnknownHost(h)) => return Err(self.unknown_host(&h).await),
             Err(other) => return Err(status_of(other)),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            for chunk in rows.chunks(QUERY_CHUNK) {
+            for chunk in samples.chunks(QUERY_CHUNK) {
                 let msg = pb::QueryChunk {
-                    samples: chunk
-                        .iter()
-                        .map(|r| pb::Sample {
-                            time_unix_ms: r.time_unix_ms,
-                            hostname: r.hostname.clone(),
-                            metric: r.metric.name().to_owned(),
-                            value: r.value,
-                        })
-                        .collect(),
+                    samples: chunk.to_vec(),
                 };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
@@ -508,6 +546,36 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn dashboard_login(
+        &self,
+        request: Request<pb::DashboardLoginRequest>,
+    ) -> Result<Response<pb::DashboardLoginResponse>, Status> {
+        let operator = self.operator(&request)?;
+        let Some(base) = &self.dashboard_url else {
+            return Err(Status::failed_precondition(
+                "the HTTP listener is off (--http-listen off): there is no dashboard",
+            ));
+        };
+        if self.enrolment.is_none() {
+            // --insecure: the dashboard is open, no token needed.
+            return Ok(Response::new(pb::DashboardLoginResponse {
+                url: base.clone(),
+                expires_unix_ms: 0,
+            }));
+        }
+        let (token, expires_unix_ms) = self
+            .sessions
+            .issue_login(&operator, monitor::time::now_unix_ms());
+        log::info!(
+            "dashboard login URL issued to operator {}",
+            monitor::text::Escaped::capped(&operator)
+        );
+        Ok(Response::new(pb::DashboardLoginResponse {
+            url: format!("{base}login?token={token}"),
+            expires_unix_ms,
+        }))
+    }
+
     async fn history(
         &self,
         request: Request<pb::HistoryRequest>,
@@ -546,6 +614,24 @@ impl Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+}
+
+/// A stored sample (one of the six, or a health value with its device) as
+/// the Query stream carries it.
+fn sample_pb(
+    time_unix_ms: i64,
+    hostname: String,
+    metric: &str,
+    value: f64,
+    device: String,
+) -> pb::Sample {
+    pb::Sample {
+        time_unix_ms,
+        hostname,
+        metric: metric.to_owned(),
+        value,
+        device,
     }
 }
 

@@ -1,7 +1,8 @@
 //! How the six metrics are named and scaled outside the project, for
 //! Prometheus and everything that reads its formats (`/metrics`,
-//! remote-write, the Grafana dashboard): one home for the mapping, so the
-//! scrape and the remote-write stream always agree.
+//! remote-write, the Grafana dashboard), and which unit the web
+//! dashboard's API gives them: one home for the mapping, so the scrape,
+//! the remote-write stream and the dashboard always agree.
 //!
 //! Prometheus conventions: base units (ratios 0..1, bytes, seconds), the
 //! unit in the name, a `hostname` label. The store keeps the agents' units
@@ -22,10 +23,16 @@ pub struct Exported {
     pub help: &'static str,
     /// Stored value × this = exported value.
     pub scale: f64,
+    /// The unit the store keeps (and the dashboard shows): "percent" or
+    /// "KiB/s".
+    pub stored_unit: &'static str,
 }
 
 /// Bytes in a KiB: the agent reports rates in KiB/s.
 const KIB_BYTES: f64 = 1024.0;
+
+const PERCENT: &str = "percent";
+const KIB_PER_S: &str = "KiB/s";
 
 /// The exported form of `metric`.
 pub const fn exported(metric: Metric) -> Exported {
@@ -34,31 +41,37 @@ pub const fn exported(metric: Metric) -> Exported {
             name: "monitor_host_cpu_ratio",
             help: "Share of CPU time busy over the last sampling interval, 0 to 1 (all cores)",
             scale: 0.01,
+            stored_unit: PERCENT,
         },
         Metric::MemPercent => Exported {
             name: "monitor_host_memory_used_ratio",
             help: "Share of memory in use (total minus available), 0 to 1",
             scale: 0.01,
+            stored_unit: PERCENT,
         },
         Metric::DiskReadKbps => Exported {
             name: "monitor_host_disk_read_bytes_per_second",
             help: "Bytes read per second from whole physical disks",
             scale: KIB_BYTES,
+            stored_unit: KIB_PER_S,
         },
         Metric::DiskWriteKbps => Exported {
             name: "monitor_host_disk_write_bytes_per_second",
             help: "Bytes written per second to whole physical disks",
             scale: KIB_BYTES,
+            stored_unit: KIB_PER_S,
         },
         Metric::NetInKbps => Exported {
             name: "monitor_host_network_receive_bytes_per_second",
             help: "Bytes received per second on physical network interfaces",
             scale: KIB_BYTES,
+            stored_unit: KIB_PER_S,
         },
         Metric::NetOutKbps => Exported {
             name: "monitor_host_network_transmit_bytes_per_second",
             help: "Bytes transmitted per second on physical network interfaces",
             scale: KIB_BYTES,
+            stored_unit: KIB_PER_S,
         },
     }
 }

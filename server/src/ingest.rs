@@ -56,7 +56,7 @@ use crate::commands::CommandRouter;
 use crate::enrolment::Enrolment;
 use crate::listener::PeerInfo;
 use crate::registry::{Admission, Registry};
-use crate::store::{IncomingBatch, Store, StoreError, StoredSample, SubmitOutcome};
+use crate::store::{IncomingBatch, Store, StoreError, StoredHealth, StoredSample, SubmitOutcome};
 use crate::telemetry::{Enrolled, Refusal, Telemetry};
 use crate::throttle::LogThrottle;
 use crate::tls::{Identity, Role, Trust};
@@ -186,6 +186,14 @@ impl CollectorService {
         let clock_offset_ms = batch.clock_offset_ms;
         let parse_errors_total = batch.counters.parse_errors_total;
         let hostname = batch.hostname.clone();
+        if batch.health_skipped > 0 {
+            // An agent newer than this server: its other values are stored.
+            log::debug!(
+                "{}: {} health samples of metrics this server does not know skipped",
+                monitor::text::Escaped::capped(&hostname),
+                batch.health_skipped
+            );
+        }
         let incoming = IncomingBatch {
             agent_id: batch.agent_id,
             hostname: batch.hostname,
@@ -203,6 +211,16 @@ impl CollectorService {
                     time_unix_ms,
                     metric,
                     value,
+                })
+                .collect(),
+            health: batch
+                .health
+                .into_iter()
+                .map(|h| StoredHealth {
+                    time_unix_ms: h.time_unix_ms,
+                    metric: h.metric,
+                    device: h.device,
+                    value: h.value,
                 })
                 .collect(),
         };

@@ -219,6 +219,8 @@ pub async fn run(
         enrolment: enrolment.clone(),
         telemetry: Arc::clone(&telemetry),
     };
+    let sessions = Arc::new(http::Sessions::default());
+    let tls_names = config.tls.as_ref().map(|t| t.names.as_slice());
     let admin = AdminService {
         store: store.clone(),
         registry: Arc::clone(&registry),
@@ -227,6 +229,8 @@ pub async fn run(
         telemetry: Arc::clone(&telemetry),
         remote_write: Arc::clone(&forwarding.stats),
         http_listen: listeners.http_addr(),
+        sessions: Arc::clone(&sessions),
+        dashboard_url: listeners.http_addr().map(|a| http::base_url(a, tls_names)),
     };
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -284,6 +288,7 @@ pub async fn run(
                         dir.unwrap_or(std::path::Path::new("tls")),
                         config.metrics_token_file.as_deref(),
                         Arc::clone(&s.http.trust),
+                        Arc::clone(&sessions),
                     )
                     .map_err(|e| ServerError::Setup(e.to_string()))?
                 }
@@ -295,6 +300,8 @@ pub async fn run(
                 telemetry: Arc::clone(&telemetry),
                 remote_write: Arc::clone(&forwarding.stats),
                 auth: Arc::new(auth),
+                sessions: Arc::clone(&sessions),
+                sparklines: Default::default(),
                 proc_root: "/proc".into(),
             };
             let incoming = listener::incoming(
@@ -306,11 +313,15 @@ pub async fn run(
             );
             if let Some(a) = addr {
                 let how = if secured.is_some() {
-                    "https, bearer token or operator certificate"
+                    "https, bearer token, operator certificate or dashboard session"
                 } else {
                     "plain http, no authentication"
                 };
-                log::info!("HTTP listener on {a} ({how}): /metrics");
+                log::info!(
+                    "HTTP listener on {a} ({how}): /metrics, the dashboard at {} \
+                     (monitorctl dashboard prints a login URL)",
+                    http::base_url(a, tls_names)
+                );
             }
             Some(tokio::spawn(http::serve(
                 incoming,

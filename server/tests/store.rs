@@ -74,6 +74,7 @@ fn batch(hostname: &str, boot_id: u64, seq: u64, base: i64) -> IncomingBatch {
                 value: value_of(seq, i),
             })
             .collect(),
+        health: Vec::new(),
     }
 }
 
@@ -209,6 +210,133 @@ async fn submit_then_query_round_trips() {
         rows.iter()
             .all(|r| r.received_unix_ms == r.time_unix_ms + 250)
     );
+    store.close().await.unwrap();
+}
+
+/// A batch with health values: the load, and two file systems' usage.
+fn health_batch(hostname: &str, boot_id: u64, seq: u64, base: i64) -> IncomingBatch {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::StoredHealth;
+    let mut b = batch(hostname, boot_id, seq, base);
+    let time_unix_ms = b.samples[0].time_unix_ms;
+    let value = |device: &str, metric, value| StoredHealth {
+        time_unix_ms,
+        metric,
+        device: device.into(),
+        value,
+    };
+    b.health = vec![
+        value("", HealthMetric::Load1, seq as f64 / 10.0),
+        value("/", HealthMetric::FsUsedPercent, 50.0 + seq as f64),
+        value("/media/pi/USB SSD", HealthMetric::FsUsedPercent, 90.0),
+    ];
+    b
+}
+
+#[tokio::test]
+async fn health_values_are_stored_with_their_batch_and_queried_by_metric() {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::HealthQuery;
+    let dir = temp_dir("health");
+    let base = base_ms();
+    let query = |metric, limit| HealthQuery {
+        hostname: "pi-h".into(),
+        metric,
+        since_unix_ms: i64::MIN,
+        until_unix_ms: None,
+        limit,
+    };
+    let rows = |store: Store, q: HealthQuery| async move {
+        let rows: Vec<(i64, String, f64)> = store
+            .query_health(q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.time_unix_ms - base, r.device, r.value))
+            .collect();
+        (store, rows)
+    };
+    {
+        let store = Store::open(config(&dir)).unwrap();
+        for seq in 1..=2 {
+            let outcome = store
+                .submit(health_batch("pi-h", 3, seq, base))
+                .await
+                .unwrap();
+            assert_eq!(outcome, SubmitOutcome::Stored);
+        }
+        // A re-send (lost ack) is acknowledged and stores nothing twice.
+        let again = store
+            .submit(health_batch("pi-h", 3, 2, base))
+            .await
+            .unwrap();
+        assert_eq!(again, SubmitOutcome::Duplicate);
+        store.close().await.unwrap();
+    }
+    // After a restart, from the file.
+    let store = Store::open(config(&dir)).unwrap();
+    let (store, fs) = rows(store, query(HealthMetric::FsUsedPercent, None)).await;
+    assert_eq!(
+        fs,
+        vec![
+            (1000, "/".to_string(), 51.0),
+            (1000, "/media/pi/USB SSD".to_string(), 90.0),
+            (2000, "/".to_string(), 52.0),
+            (2000, "/media/pi/USB SSD".to_string(), 90.0),
+        ]
+    );
+    let (store, load) = rows(store, query(HealthMetric::Load1, Some(1))).await;
+    assert_eq!(load, vec![(1000, String::new(), 0.1)]);
+    let (store, none) = rows(store, query(HealthMetric::TempCelsius, None)).await;
+    assert!(none.is_empty());
+    // The six are unaffected by the health values beside them.
+    check(&store, all("pi-h"), &rows_of(1..=2, base, &Metric::ALL)).await;
+    let unknown = store
+        .query_health(HealthQuery {
+            hostname: "nobody".into(),
+            ..query(HealthMetric::Load1, None)
+        })
+        .await;
+    assert!(matches!(unknown, Err(StoreError::UnknownHost(h)) if h == "nobody"));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_schema_6_file_gains_the_health_table_and_keeps_its_samples() {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::HealthQuery;
+    let dir = temp_dir("schema-6");
+    let base = base_ms();
+    {
+        let store = Store::open(config(&dir)).unwrap();
+        submit_all(&store, "pi-6", 1, 1..=2, base).await;
+        store.close().await.unwrap();
+    }
+    // What a server of schema 6 (forwarding cursors, no health values)
+    // leaves behind.
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    conn.execute_batch("DROP TABLE health; PRAGMA user_version = 6;")
+        .unwrap();
+    drop(conn);
+    let store = Store::open(config(&dir)).unwrap();
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
+    check(&store, all("pi-6"), &rows_of(1..=2, base, &Metric::ALL)).await;
+    let outcome = store
+        .submit(health_batch("pi-6", 1, 3, base))
+        .await
+        .unwrap();
+    assert_eq!(outcome, SubmitOutcome::Stored);
+    let load = store
+        .query_health(HealthQuery {
+            hostname: "pi-6".into(),
+            metric: HealthMetric::Load1,
+            since_unix_ms: i64::MIN,
+            until_unix_ms: None,
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(load.len(), 1);
     store.close().await.unwrap();
 }
 
@@ -964,7 +1092,7 @@ async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
     let base = base_ms();
     write_schema_1(&dir.db(), base, 0);
     let store = Store::open(config(&dir)).unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 6);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
     assert_eq!(
         pragma(
             &dir.db(),
@@ -1400,7 +1528,7 @@ async fn a_schema_2_file_is_converted_with_its_unfolded_journal() {
         .unwrap();
     }
     let store = Store::open(merging_config(&dir)).unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 6);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
     check(&store, all("pi"), &rows_of(1..=2, base, &Metric::ALL)).await;
     let hosts = store.hosts().await.unwrap();
     assert_eq!(hosts[0].batches_stored_total, 2);

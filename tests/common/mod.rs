@@ -377,21 +377,11 @@ impl Server {
             cmd.env(k, v);
         }
         let proc = Proc::spawn(wrap(cmd), "server");
-        let line = wait_for("the server to listen", Duration::from_secs(20), || {
-            proc.stderr
-                .lines()
-                .into_iter()
-                .find(|l| l.contains("listening for agents on"))
-        });
-        let addrs: Vec<SocketAddr> = line
-            .split_whitespace()
-            .filter_map(|w| w.trim_end_matches(',').parse().ok())
-            .collect();
-        assert_eq!(addrs.len(), 2, "cannot read addresses from {line:?}");
+        let (agents_addr, admin_addr) = listening_addrs(&proc);
         let server = Server {
             proc,
-            agents_addr: addrs[0],
-            admin_addr: addrs[1],
+            agents_addr,
+            admin_addr,
             db: db.to_path_buf(),
             netns: netns.map(str::to_owned),
             tls: !extra.contains(&"--insecure"),
@@ -449,6 +439,45 @@ impl Server {
             .next()?
             .parse()
             .ok()
+    }
+
+    /// An HTTPS GET of the server's HTTP listener (HTTP/1.0, one
+    /// connection), trusting the server's CA, with `headers`.
+    pub fn https(&self, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
+        let addr = self.http_addr().expect("the server's HTTP listener");
+        let ca_pem = std::fs::read_to_string(self.dir().join("tls").join("ca.pem")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for block in monitor::pem::decode_all(&ca_pem).unwrap() {
+            roots.add(block.der.into()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let raw = rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+            for (k, v) in headers {
+                req.push_str(&format!("{k}: {v}\r\n"));
+            }
+            req.push_str("\r\n");
+            tls.write_all(req.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            // The server may close without a TLS close_notify: keep what came.
+            let _ = tls.read_to_end(&mut raw).await;
+            raw
+        });
+        HttpAnswer::parse(&raw)
     }
 
     /// The bearer token `/metrics` accepts (`tls/metrics.token`).
@@ -636,6 +665,23 @@ impl Server {
             .map(|l| JsonSample::parse(l).unwrap_or_else(|| panic!("bad json line {l:?}")))
             .collect()
     }
+}
+
+/// The (agents, admin) addresses a starting server process logs once it
+/// listens (any build of monitor-server: tests/compat.rs runs older ones).
+pub fn listening_addrs(proc: &Proc) -> (SocketAddr, SocketAddr) {
+    let line = wait_for("the server to listen", Duration::from_secs(20), || {
+        proc.stderr
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("listening for agents on"))
+    });
+    let addrs: Vec<SocketAddr> = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+        .collect();
+    assert_eq!(addrs.len(), 2, "cannot read addresses from {line:?}");
+    (addrs[0], addrs[1])
 }
 
 /// monitorctl against `admin_url` with exactly `args` (no credential
@@ -868,6 +914,52 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// An HTTP/1.x answer: status, headers (names lowercased), body bytes.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn parse(raw: &[u8]) -> HttpAnswer {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(raw.len());
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let body = raw.get(split + 4..).unwrap_or_default().to_vec();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status line in {head:?}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        HttpAnswer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The first header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
 /// A batch of one sample, of host `host` in run `boot_id`, sent now (its
 /// `produced_batches_total` is its seq, as an agent's would be).
 pub fn one_sample(
@@ -885,6 +977,7 @@ pub fn one_sample(
             hostname: host.into(),
             metric: metric.into(),
             value,
+            ..Default::default()
         }],
         sent_unix_ms: monitor::time::now_unix_ms(),
         agent_version: "test".into(),
@@ -936,52 +1029,24 @@ pub async fn report(
     (tx, got)
 }
 
-/// An HTTPS GET of the server's HTTP listener, trusting its CA.
+/// An HTTPS GET of the server's HTTP listener, trusting its CA, with a
+/// bearer token and an Accept header if given: status and body as text.
 pub fn https_get(
     server: &Server,
     path: &str,
     token: Option<&str>,
     accept: Option<&str>,
 ) -> (u16, String) {
-    let addr = server.http_addr().expect("the server's HTTP listener");
-    let ca_pem = std::fs::read_to_string(server.dir().join("tls").join("ca.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for block in monitor::pem::decode_all(&ca_pem).unwrap() {
-        roots.add(block.der.into()).unwrap();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        if let Some(a) = accept {
-            req.push_str(&format!("Accept: {a}\r\n"));
-        }
-        req.push_str("\r\n");
-        tls.write_all(req.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        // The server may close without a TLS close_notify: keep what came.
-        let _ = tls.read_to_end(&mut raw).await;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, body.to_owned())
-    })
+    if let Some(a) = accept {
+        headers.push(("Accept", a));
+    }
+    let answer = server.https(path, &headers);
+    (answer.status, answer.text())
 }
 
 /// "2024-05-01T10:00:00.123Z" → ms since the epoch (the shape monitorctl

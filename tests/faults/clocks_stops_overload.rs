@@ -197,6 +197,7 @@ async fn a_flood_without_reading_acks_is_held_back_not_buffered() {
                         hostname: name.clone(),
                         metric: "cpu_percent".into(),
                         value: 1.0,
+                        ..Default::default()
                     }],
                     sent_unix_ms: now,
                     agent_version: "flood".into(),

@@ -1,5 +1,5 @@
 //! Parser for the few /proc/meminfo keys the agent needs to compute
-//! `mem_percent`, and that computation.
+//! `mem_percent` and `swap_percent`, and those computations.
 //!
 //! The file prints sizes in "kB", which are KiB (1024 bytes); they are
 //! converted to bytes here, once. Lines for keys the agent does not use are
@@ -28,6 +28,11 @@ pub struct Meminfo {
     pub cached_bytes: u64,
     /// Reclaimable slab (`SReclaimable`, since Linux 2.6.19).
     pub s_reclaimable_bytes: Option<u64>,
+    /// Swap space configured (`SwapTotal`; 0 without swap). `None` only
+    /// when the line is missing, which no kernel does.
+    pub swap_total_bytes: Option<u64>,
+    /// Swap space unused (`SwapFree`).
+    pub swap_free_bytes: Option<u64>,
 }
 
 impl Meminfo {
@@ -54,24 +59,37 @@ impl Meminfo {
         };
         Some((used as f64 * 100.0 / total as f64).clamp(0.0, 100.0))
     }
+
+    /// Used swap as a share of `SwapTotal`, 0 to 100:
+    /// (SwapTotal − SwapFree) / SwapTotal. `None` when the box has no swap
+    /// (`SwapTotal` 0 or missing): absent, never 0 %.
+    pub fn swap_used_percent(&self) -> Option<f64> {
+        let total = self.swap_total_bytes.filter(|&t| t > 0)?;
+        let free = self.swap_free_bytes?;
+        let used = total.saturating_sub(free);
+        Some((used as f64 * 100.0 / total as f64).clamp(0.0, 100.0))
+    }
 }
 
 /// The keys we read (in the slot order of `parse`), and whether a missing
 /// key is an error.
-const KEYS: [(&str, bool); 6] = [
+const KEYS: [(&str, bool); 8] = [
     ("MemTotal", true),
     ("MemFree", true),
     ("MemAvailable", false),
     ("Buffers", true),
     ("Cached", true),
     ("SReclaimable", false),
+    ("SwapTotal", false),
+    ("SwapFree", false),
 ];
 
-/// Reads `MemTotal`, `MemFree`, `MemAvailable`, `Buffers`, `Cached` and
-/// `SReclaimable` from /proc/meminfo. `MemAvailable` and `SReclaimable` may
-/// be absent (old kernels); the others are required.
+/// Reads `MemTotal`, `MemFree`, `MemAvailable`, `Buffers`, `Cached`,
+/// `SReclaimable`, `SwapTotal` and `SwapFree` from /proc/meminfo.
+/// `MemAvailable`, `SReclaimable` and the swap keys may be absent; the
+/// others are required.
 pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
-    let mut values = [None::<u64>; 6];
+    let mut values = [None::<u64>; KEYS.len()];
     let mut found = 0;
     for (line_no, line) in Lines::new(text) {
         let Some(colon) = line.bytes().position(|b| b == b':') else {
@@ -84,6 +102,8 @@ pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
             "Buffers" => 3,
             "Cached" => 4,
             "SReclaimable" => 5,
+            "SwapTotal" => 6,
+            "SwapFree" => 7,
             _ => continue,
         };
         if values[slot].is_none() {
@@ -94,7 +114,7 @@ pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
             break;
         }
     }
-    let mut out = [0u64; 6];
+    let mut out = [0u64; KEYS.len()];
     for (i, ((name, required), value)) in KEYS.iter().zip(values).enumerate() {
         match value {
             Some(v) => out[i] = v,
@@ -111,6 +131,8 @@ pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
         buffers_bytes: out[3],
         cached_bytes: out[4],
         s_reclaimable_bytes: values[5],
+        swap_total_bytes: values[6],
+        swap_free_bytes: values[7],
     })
 }
 
@@ -163,6 +185,8 @@ mod tests {
             buffers_bytes: 10,
             cached_bytes: 20,
             s_reclaimable_bytes: Some(5),
+            swap_total_bytes: Some(0),
+            swap_free_bytes: Some(0),
         }
     }
 
@@ -180,5 +204,24 @@ mod tests {
         // No MemAvailable: 200 − 50 − 10 − 20 − 5 = 115.
         check(mem(200, 50, None), Some(57.5));
         check(mem(0, 0, Some(0)), None);
+    }
+
+    #[test]
+    fn swap_is_absent_without_swap_and_a_share_with_it() {
+        fn check(total: Option<u64>, free: Option<u64>, expected: Option<f64>) {
+            let m = Meminfo {
+                swap_total_bytes: total,
+                swap_free_bytes: free,
+                ..mem(200, 50, Some(150))
+            };
+            assert_eq!(m.swap_used_percent(), expected, "{m:?}");
+        }
+        check(Some(0), Some(0), None);
+        check(None, None, None);
+        check(Some(400), None, None);
+        check(Some(400), Some(300), Some(25.0));
+        check(Some(400), Some(400), Some(0.0));
+        // Free above total (never printed, but never a negative share).
+        check(Some(400), Some(500), Some(0.0));
     }
 }

@@ -1,5 +1,5 @@
-//! Pure parsers for the four /proc files the agent reads: `stat`, `meminfo`,
-//! `diskstats` and `net/dev`.
+//! Pure parsers for the /proc files the agent reads: `stat`, `meminfo`,
+//! `diskstats`, `net/dev`, `loadavg`, `uptime` and `self/mounts`.
 //!
 //! Every parser takes the file's text and returns typed values whose field
 //! names carry their unit, converted once at this boundary (kB become
@@ -12,9 +12,12 @@
 //! read, and they are tested on captures from other machines.
 
 pub mod diskstats;
+pub mod loadavg;
 pub mod meminfo;
+pub mod mounts;
 pub mod netdev;
 pub mod stat;
+pub mod uptime;
 
 use std::fmt;
 
@@ -51,6 +54,9 @@ pub enum ParseErrorKind {
     Overflow,
     /// A unit other than the one the kernel prints for this field.
     UnexpectedUnit { got: String },
+    /// The field does not have the shape `expected` describes (the
+    /// offending text, shortened).
+    Malformed { expected: &'static str, got: String },
 }
 
 impl ParseError {
@@ -101,6 +107,9 @@ impl fmt::Display for ParseError {
             ParseErrorKind::UnexpectedUnit { got } => {
                 write!(f, "expected unit 'kB', got '{got}'")
             }
+            ParseErrorKind::Malformed { expected, got } => {
+                write!(f, "expected {expected}, got '{got}'")
+            }
         }
     }
 }
@@ -125,6 +134,42 @@ pub(crate) fn parse_u64(s: &str) -> Option<u64> {
         value = value.checked_mul(10)?.checked_add(u64::from(digit))?;
     }
     Some(value)
+}
+
+/// An error for a field that does not have the shape `expected` describes,
+/// keeping a short excerpt of it.
+pub(crate) fn malformed(
+    file: &'static str,
+    line: Option<usize>,
+    field: &'static str,
+    expected: &'static str,
+    got: &str,
+) -> ParseError {
+    ParseError::new(
+        file,
+        line,
+        field,
+        ParseErrorKind::Malformed {
+            expected,
+            got: excerpt(got),
+        },
+    )
+}
+
+/// Parses a non-negative decimal the way the kernel prints one in
+/// /proc/loadavg and /proc/uptime: ASCII digits, optionally a `.` and more
+/// digits (`0.52`, `10365.01`). No sign, no exponent, no `inf`/`nan`, which
+/// `f64::from_str` would all accept.
+pub(crate) fn parse_decimal(s: &str) -> Option<f64> {
+    let (whole, fraction) = match s.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (s, None),
+    };
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || fraction.is_some_and(|f| !digits(f)) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// Parses `s` as field `field` of `line`, or says why it is not a number.
@@ -152,6 +197,18 @@ impl<'a> Fields<'a> {
     #[inline]
     pub(crate) fn new(text: &'a str) -> Fields<'a> {
         Fields { text, pos: 0 }
+    }
+
+    /// The next field of line `line` of `file`, or an error naming `field`
+    /// as missing.
+    pub(crate) fn required(
+        &mut self,
+        file: &'static str,
+        line: usize,
+        field: &'static str,
+    ) -> Result<&'a str, ParseError> {
+        self.next()
+            .ok_or_else(|| ParseError::new(file, Some(line), field, ParseErrorKind::Missing))
     }
 }
 
@@ -245,6 +302,26 @@ mod tests {
         check("1x", None);
         check("x1", None);
         check("１", None);
+    }
+
+    #[test]
+    fn parse_decimal_accepts_only_what_the_kernel_prints() {
+        fn check(input: &str, expected: Option<f64>) {
+            assert_eq!(parse_decimal(input), expected, "input {input:?}");
+        }
+        check("0.52", Some(0.52));
+        check("10365.01", Some(10365.01));
+        check("7", Some(7.0));
+        check("", None);
+        check(".5", None);
+        check("5.", None);
+        check("-1.0", None);
+        check("+1.0", None);
+        check("1e3", None);
+        check("inf", None);
+        check("NaN", None);
+        check("1.2.3", None);
+        check("1,5", None);
     }
 
     #[test]

@@ -222,6 +222,7 @@ mod tests {
                 seq,
                 time_unix_ms: seq as i64,
                 values: MetricValues::default(),
+                health: Box::default(),
             });
         }
         shared

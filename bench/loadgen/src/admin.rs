@@ -4,13 +4,16 @@
 //! Talks only to the server's admin listener given by the caller; never
 //! changes anything on the server beyond running `ping` and `true`.
 //! Commands other than `ping`/`info` go out signed, as monitorctl sends
-//! them, with a key made for this process (the server runs `--insecure`,
-//! so it checks only the signature; the simulated agents check nothing).
+//! them, with a key made for this process (the command benchmark runs
+//! against an `--insecure` server, which checks only the signature; the
+//! simulated agents check nothing). Against a TLS server the connection
+//! presents the operator credential given.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use monitor::command::GrantTargets;
+use monitor::credential::Credential;
 use monitor::pb;
 use monitor::pb::admin_client::AdminClient;
 use monitor::pb::exec_event::Kind as EventKind;
@@ -25,12 +28,19 @@ const PAGE_SIZE: u32 = 2000;
 
 pub type Admin = AdminClient<Channel>;
 
-/// Connects to the operator API at `url`.
-pub async fn connect(url: &str) -> Result<Admin, String> {
-    let channel = Endpoint::from_shared(url.to_owned())
+/// Connects to the operator API at `url`, presenting `credential` (an
+/// `https://` URL) or nothing (`http://`, a server run with `--insecure`).
+pub async fn connect(url: &str, credential: Option<&Credential>) -> Result<Admin, String> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| format!("admin URL '{url}': {e}"))?
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(c) = credential {
+        endpoint = endpoint
+            .tls_config(crate::tls::operator_tls(c))
+            .map_err(|e| format!("TLS settings for {url}: {e}"))?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| format!("cannot connect to the operator API at {url}: {e}"))?;

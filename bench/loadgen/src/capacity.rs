@@ -19,6 +19,10 @@
 //! acknowledgements, and compares what the agents saw acknowledged with
 //! what the server says it stored.
 //!
+//! Against a TLS server (an operator credential given), every simulated
+//! agent first gets its own certificate ([`crate::tls`]), before the first
+//! step and outside every window; how long that took is reported.
+//!
 //! Bounded in time: every wait has a deadline. Only the loopback server the
 //! caller names is contacted.
 
@@ -26,15 +30,21 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use monitor::credential::Credential;
+
 use crate::procinfo::ProcSnapshot;
 use crate::sim::{Counts, Fleet, FleetConfig};
+use crate::tls::{self, Issuance};
 use crate::{Results, admin, ms};
 
 #[derive(Clone, Debug)]
 pub struct CapacityConfig {
     pub fleet: FleetConfig,
-    /// `http://127.0.0.1:PORT` of the server's operator API.
+    /// `http(s)://127.0.0.1:PORT` of the server's operator API.
     pub admin: String,
+    /// The operator credential for a TLS server (`https://` URLs); `None`
+    /// for a server run with `--insecure`.
+    pub credential: Option<Credential>,
     /// The server's process, for its CPU and memory; `None`: not measured.
     pub server_pid: Option<u32>,
     /// Fleet sizes to try, ascending.
@@ -99,6 +109,8 @@ pub struct Capacity {
     /// Whether every sent batch was acknowledged before the end.
     pub drained: bool,
     pub first_error: Option<String>,
+    /// The agents' certificates, with TLS.
+    pub issuance: Option<Issuance>,
 }
 
 impl Capacity {
@@ -242,8 +254,12 @@ pub fn row(s: &Step) -> String {
 
 /// Runs the search; prints the table on stdout as it goes.
 pub async fn run(config: CapacityConfig) -> Result<Capacity, String> {
-    let mut admin = admin::connect(&config.admin).await?;
-    let mut fleet = Fleet::new(config.fleet.clone()).map_err(|e| e.to_string())?;
+    let mut admin = admin::connect(&config.admin, config.credential.as_ref()).await?;
+    let mut fleet_config = config.fleet.clone();
+    let most = config.steps.iter().copied().max().unwrap_or(0);
+    let issuance =
+        tls::prepare_fleet(&admin, config.credential.as_ref(), &mut fleet_config, most).await?;
+    let mut fleet = Fleet::new(fleet_config).map_err(|e| e.to_string())?;
     let me = std::process::id();
     let server_base = config.server_pid.and_then(proc_snapshot);
     if let (Some(pid), None) = (config.server_pid, &server_base) {
@@ -339,6 +355,7 @@ pub async fn run(config: CapacityConfig) -> Result<Capacity, String> {
         stored_total,
         drained,
         first_error,
+        issuance,
     })
 }
 
@@ -434,6 +451,9 @@ impl Capacity {
         r.put("capacity.drained", if self.drained { "yes" } else { "no" });
         if let Some(e) = &self.first_error {
             r.put("capacity.first_error", e);
+        }
+        if let Some(i) = &self.issuance {
+            i.results(r);
         }
     }
 }

@@ -138,7 +138,7 @@ fn monitorctl_calls(cfg: &CommandsConfig, binary: &PathBuf) -> RoundTrips {
 
 /// Connects the fleet, measures, stops the fleet.
 pub async fn run(cfg: CommandsConfig) -> Result<CommandLatency, String> {
-    let mut admin = admin::connect(&cfg.admin).await?;
+    let mut admin = admin::connect(&cfg.admin, None).await?;
     let mut fleet = Fleet::new(cfg.fleet.clone()).map_err(|e| e.to_string())?;
     let connected = fleet
         .grow_to(

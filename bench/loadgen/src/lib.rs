@@ -3,9 +3,12 @@
 //! - [`sim`]: simulated agents, each a real gRPC connection with its own
 //!   Report and CommandStream, indistinguishable from the agent on the wire;
 //! - [`capacity`]: how many of them one server holds at a 1 s interval;
+//! - [`storm`]: how fast a fleet is back after the server restarts;
 //! - [`cmdlat`]: command round trips and fan-out with a fleet connected;
 //! - [`scrape`]: a paced Prometheus-like scraper for node_exporter;
-//! - [`procinfo`]: a process's CPU, memory and threads from /proc.
+//! - [`procinfo`]: a process's CPU, memory and threads from /proc;
+//! - [`tls`]: the operator's credential and one client certificate per
+//!   simulated agent, for a server with TLS (the default).
 //!
 //! These tools measure; they must never talk to anything but loopback, and
 //! never leave a process or connection behind when they return.
@@ -17,6 +20,8 @@ pub mod histogram;
 pub mod procinfo;
 pub mod scrape;
 pub mod sim;
+pub mod storm;
+pub mod tls;
 
 use std::fmt::Display;
 use std::io::Write;
@@ -60,10 +65,13 @@ impl Results {
     }
 }
 
-/// Whether `url` is `http://` to a loopback address: the only kind of
-/// server these tools will load.
+/// Whether `url` is `http://` or `https://` to a loopback address: the
+/// only kind of server these tools will load.
 pub fn is_loopback_url(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
         return false;
     };
     let authority = rest.split('/').next().unwrap_or("");
@@ -91,7 +99,10 @@ mod tests {
         check("http://localhost:50051", true);
         check("http://10.0.0.1:50051", false);
         check("http://example.com:50051", false);
-        check("https://127.0.0.1:50051", false);
+        check("https://127.0.0.1:50051", true);
+        check("https://[::1]:50051", true);
+        check("https://10.0.0.1:50051", false);
+        check("ftp://127.0.0.1:50051", false);
         check("127.0.0.1:50051", false);
     }
 

@@ -9,11 +9,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
+use monitor::credential::Credential;
 use monitor_loadgen::capacity::{self, CapacityConfig};
 use monitor_loadgen::cmdlat::{self, CommandsConfig};
 use monitor_loadgen::procinfo::ProcSnapshot;
 use monitor_loadgen::sim::FleetConfig;
-use monitor_loadgen::{Results, is_loopback_url, scrape};
+use monitor_loadgen::storm::{self, StormConfig};
+use monitor_loadgen::{Results, is_loopback_url, scrape, tls};
 
 /// Benchmark tools for monitor (see BENCHMARKS.md). Loopback only.
 #[derive(FromArgs, Debug)]
@@ -26,6 +28,7 @@ struct Args {
 #[argh(subcommand)]
 enum Sub {
     Capacity(CapacityArgs),
+    Reconnect(ReconnectArgs),
     Commands(CommandsArgs),
     Scrape(ScrapeArgs),
     Proc(ProcArgs),
@@ -36,12 +39,17 @@ enum Sub {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "capacity")]
 struct CapacityArgs {
-    /// the server's agent listener, http://127.0.0.1:PORT
+    /// the server's agent listener, https://127.0.0.1:PORT (http:// for a
+    /// server run with --insecure)
     #[argh(option)]
     server: String,
-    /// the server's operator API, http://127.0.0.1:PORT
+    /// the server's operator API, https://127.0.0.1:PORT (or http://)
     #[argh(option)]
     admin: String,
+    /// operator credential (the server's tls/admin.cred) for https:// URLs;
+    /// every simulated agent gets its own certificate through it
+    #[argh(option)]
+    credentials: Option<PathBuf>,
     /// the server's pid, to measure its CPU and memory
     #[argh(option)]
     server_pid: Option<u32>,
@@ -82,8 +90,51 @@ struct CapacityArgs {
     results: Option<PathBuf>,
 }
 
+/// connect a fleet that reconnects like the agent, print "ready:", then
+/// measure how fast all are back once the caller restarted the server
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "reconnect")]
+struct ReconnectArgs {
+    /// the server's agent listener, https://127.0.0.1:PORT (or http://)
+    #[argh(option)]
+    server: String,
+    /// the server's operator API, https://127.0.0.1:PORT (or http://)
+    #[argh(option)]
+    admin: String,
+    /// operator credential (the server's tls/admin.cred) for https:// URLs
+    #[argh(option)]
+    credentials: Option<PathBuf>,
+    /// simulated agents (default 10000)
+    #[argh(option, default = "10000")]
+    agents: usize,
+    /// seconds between batches per agent (default 1s)
+    #[argh(option, default = "String::from(\"1s\")")]
+    interval: String,
+    /// how long to wait for the restart once ready (default 120s)
+    #[argh(option, default = "String::from(\"120s\")")]
+    restart_deadline: String,
+    /// how long to wait for every agent to be back (default 300s)
+    #[argh(option, default = "String::from(\"300s\")")]
+    back_deadline: String,
+    #[argh(option, default = "String::from(\"rc-\")")]
+    /// hostname prefix of the simulated agents (default rc-)
+    prefix: String,
+    /// comma-separated loopback source addresses (default: the kernel's)
+    #[argh(option)]
+    sources: Option<String>,
+    /// first connections set up at once (default 256)
+    #[argh(option, default = "256")]
+    connect_concurrency: usize,
+    /// runtime worker threads (default 2)
+    #[argh(option, default = "2")]
+    threads: usize,
+    /// append key=value results to this file
+    #[argh(option)]
+    results: Option<PathBuf>,
+}
+
 /// connect a fleet, then time ping/true round trips and fan-outs through
-/// the operator API
+/// the operator API of a server run with --insecure
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "commands")]
 struct CommandsArgs {
@@ -167,8 +218,29 @@ fn loopback_url(flag: &str, value: &str) -> Result<String, String> {
         Ok(value.to_owned())
     } else {
         Err(format!(
-            "--{flag}: expected http://127.0.0.1:PORT (loopback only), got '{value}'"
+            "--{flag}: expected https://127.0.0.1:PORT or http://127.0.0.1:PORT (loopback only), \
+             got '{value}'"
         ))
+    }
+}
+
+/// The operator credential, which `https://` URLs need and `http://` ones
+/// must not have (plain text is a server run with `--insecure`).
+fn credential_for(urls: &[&str], path: Option<&Path>) -> Result<Option<Credential>, Failure> {
+    let tls = urls.iter().filter(|u| u.starts_with("https://")).count();
+    match (tls, path) {
+        (0, None) => Ok(None),
+        (0, Some(_)) => Err(Failure::Usage(
+            "--credentials is for https:// URLs; these are http:// (a server run with --insecure)"
+                .to_owned(),
+        )),
+        (n, Some(p)) if n == urls.len() => tls::read_credential(p).map(Some).map_err(Failure::Run),
+        (n, None) if n == urls.len() => Err(Failure::Usage(
+            "https:// URLs need --credentials FILE (the server's tls/admin.cred)".to_owned(),
+        )),
+        _ => Err(Failure::Usage(
+            "--server and --admin must both be https:// or both http://".to_owned(),
+        )),
     }
 }
 
@@ -232,15 +304,21 @@ fn capacity_cmd(a: CapacityArgs) -> Result<(), Failure> {
         Some(v) => duration("max-p99", v).map_err(Failure::Usage)?,
         None => interval,
     };
+    let server = loopback_url("server", &a.server).map_err(Failure::Usage)?;
+    let admin = loopback_url("admin", &a.admin).map_err(Failure::Usage)?;
+    let credential = credential_for(&[&server, &admin], a.credentials.as_deref())?;
     let config = CapacityConfig {
         fleet: FleetConfig {
-            server: loopback_url("server", &a.server).map_err(Failure::Usage)?,
+            server,
             interval,
             hostname_prefix: a.prefix,
             sources: sources(a.sources.as_deref()).map_err(Failure::Usage)?,
             connect_concurrency: a.connect_concurrency,
+            tls: None,
+            reconnect: false,
         },
-        admin: loopback_url("admin", &a.admin).map_err(Failure::Usage)?,
+        admin,
+        credential,
         server_pid: a.server_pid,
         steps: steps(&a.steps).map_err(Failure::Usage)?,
         warmup: duration("warmup", &a.warmup).map_err(Failure::Usage)?,
@@ -267,16 +345,59 @@ fn capacity_cmd(a: CapacityArgs) -> Result<(), Failure> {
     save(&r, a.results.as_deref()).map_err(Failure::Run)
 }
 
+fn reconnect_cmd(a: ReconnectArgs) -> Result<(), Failure> {
+    let server = loopback_url("server", &a.server).map_err(Failure::Usage)?;
+    let admin = loopback_url("admin", &a.admin).map_err(Failure::Usage)?;
+    let credential = credential_for(&[&server, &admin], a.credentials.as_deref())?;
+    let config = StormConfig {
+        fleet: FleetConfig {
+            server,
+            interval: duration("interval", &a.interval).map_err(Failure::Usage)?,
+            hostname_prefix: a.prefix,
+            sources: sources(a.sources.as_deref()).map_err(Failure::Usage)?,
+            connect_concurrency: a.connect_concurrency,
+            tls: None,
+            reconnect: true,
+        },
+        admin,
+        credential,
+        agents: a.agents.max(1),
+        restart_deadline: duration("restart-deadline", &a.restart_deadline)
+            .map_err(Failure::Usage)?,
+        back_deadline: duration("back-deadline", &a.back_deadline).map_err(Failure::Usage)?,
+        ready: None,
+    };
+    let rt = runtime(a.threads).map_err(Failure::Run)?;
+    let result = rt.block_on(storm::run(config)).map_err(Failure::Run)?;
+    let mut r = Results::default();
+    result.results(&mut r);
+    for line in r.lines() {
+        println!("{line}");
+    }
+    save(&r, a.results.as_deref()).map_err(Failure::Run)
+}
+
 fn commands_cmd(a: CommandsArgs) -> Result<(), Failure> {
+    let server = loopback_url("server", &a.server).map_err(Failure::Usage)?;
+    let admin = loopback_url("admin", &a.admin).map_err(Failure::Usage)?;
+    if server.starts_with("https://") || admin.starts_with("https://") {
+        return Err(Failure::Usage(
+            "commands measures a server run with --insecure (http:// URLs): its signed commands \
+             need no registered operator key there"
+                .to_owned(),
+        ));
+    }
     let config = CommandsConfig {
         fleet: FleetConfig {
-            server: loopback_url("server", &a.server).map_err(Failure::Usage)?,
+            server,
             interval: duration("interval", &a.interval).map_err(Failure::Usage)?,
             hostname_prefix: a.prefix,
             sources: sources(a.sources.as_deref()).map_err(Failure::Usage)?,
             connect_concurrency: 256,
+            tls: None,
+            reconnect: false,
         },
-        admin: loopback_url("admin", &a.admin).map_err(Failure::Usage)?,
+        admin,
         agents: a.agents.max(1),
         calls: a.calls.max(1),
         fanouts: a.fanouts,
@@ -327,6 +448,7 @@ fn main() -> ExitCode {
     let args: Args = argh::from_env();
     let result = match args.command {
         Sub::Capacity(a) => capacity_cmd(a),
+        Sub::Reconnect(a) => reconnect_cmd(a),
         Sub::Commands(a) => commands_cmd(a),
         Sub::Scrape(a) => scrape_cmd(a),
         Sub::Proc(a) => proc_cmd(a),

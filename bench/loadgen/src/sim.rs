@@ -7,11 +7,19 @@
 //! (Accepted, Output "pong\n", Finished exit 0) and `true` like an
 //! allowlisted `/bin/true` (Accepted, Finished exit 0), without a process.
 //!
+//! With TLS each agent presents its own client certificate (issued by
+//! [`crate::tls`]) and checks the server against the server's CA, as the
+//! agent does; with an `http://` URL it speaks plain text, as the agent
+//! does with `--insecure`.
+//!
 //! What it does not do: read /proc (values are made up), buffer across
-//! reconnects (a failed stream is counted and the agent stays down), or
-//! wait when the server stops reading: a tick whose batch cannot be queued
-//! is counted as skipped, so a server that falls behind shows up in the
-//! numbers rather than as a slower load generator.
+//! reconnects (batches in flight when a stream fails are lost), or wait
+//! when the server stops reading: a tick whose batch cannot be queued is
+//! counted as skipped, so a server that falls behind shows up in the
+//! numbers rather than as a slower load generator. A failed stream is
+//! counted; then the agent stays down, or, when the fleet is set to
+//! reconnect, tries again after the real agent's backoff (1 s, ×1.6,
+//! ±20 %), without waiting for the other agents.
 //!
 //! Ticks are spread over the interval by a golden-ratio sequence, so the
 //! load stays even while a fleet grows. Loopback only: the server URL is
@@ -30,6 +38,7 @@ use monitor::pb::collector_client::CollectorClient;
 use monitor::pb::command_request::Kind as RequestKind;
 use monitor::pb::command_response::Kind as ResponseKind;
 use monitor::wire::{AgentCounters, AgentIdentity};
+use monitor_agent::backoff::{Backoff, unit_random};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -37,6 +46,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::histogram::Histogram;
+use crate::tls::AgentCerts;
 
 /// Batches sent and not yet acknowledged, per agent, before ticks are
 /// skipped: the real agent's send window.
@@ -53,6 +63,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Version the simulated agents claim.
 pub const AGENT_VERSION: &str = "0.1.0-loadgen";
+/// Connection times kept for [`Stats::connects_since`]: enough for every
+/// agent of the largest fleet to connect a few times.
+const CONNECT_LOG_CAPACITY: usize = 1 << 20;
 
 /// What the fleet connects to and how it behaves.
 #[derive(Clone, Debug)]
@@ -65,8 +78,15 @@ pub struct FleetConfig {
     /// Local addresses the agents' sockets bind to, in turn; empty: the
     /// kernel chooses. More addresses mean more ephemeral ports.
     pub sources: Vec<IpAddr>,
-    /// Connections being set up at once.
+    /// Connections being set up at once, for the agents' first
+    /// connection (reconnections do not wait for each other).
     pub connect_concurrency: usize,
+    /// Client certificates, agent `i` presenting the `i`-th, for an
+    /// `https://` server; `None`: plain text.
+    pub tls: Option<Arc<AgentCerts>>,
+    /// Whether an agent whose connection failed or ended tries again (after
+    /// the agent's backoff) instead of staying down.
+    pub reconnect: bool,
 }
 
 impl FleetConfig {
@@ -101,6 +121,9 @@ pub struct Stats {
     pub ack_latency: Histogram,
     /// The first error met, for the report.
     pub first_error: Mutex<Option<String>>,
+    /// When each connection came up (UNIX ms), up to
+    /// [`CONNECT_LOG_CAPACITY`] of them.
+    connect_log: Mutex<Vec<i64>>,
 }
 
 /// A copy of the counters at one moment.
@@ -140,6 +163,29 @@ impl Stats {
         if first.is_none() {
             *first = Some(error);
         }
+    }
+
+    fn note_connected(&self) {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        let mut log = self.connect_log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() < CONNECT_LOG_CAPACITY {
+            log.push(monitor::time::now_unix_ms());
+        }
+    }
+
+    /// When the connections that came up at or after `since_unix_ms` did
+    /// (UNIX ms, ascending).
+    pub fn connects_since(&self, since_unix_ms: i64) -> Vec<i64> {
+        let mut times: Vec<i64> = self
+            .connect_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .filter(|&t| t >= since_unix_ms)
+            .collect();
+        times.sort_unstable();
+        times
     }
 
     pub fn first_error(&self) -> Option<String> {
@@ -308,16 +354,32 @@ struct Session {
     acks: tonic::Streaming<pb::Ack>,
 }
 
-async fn connect(
-    index: usize,
-    shared: &Shared,
-    identity: &AgentIdentity,
-) -> Result<Session, String> {
+/// Agent `index`'s endpoint: its source address and, with TLS, its
+/// certificate.
+fn endpoint_of(index: usize, shared: &Shared) -> Result<Endpoint, String> {
     let mut endpoint = shared.endpoint.clone();
     let sources = &shared.config.sources;
     if !sources.is_empty() {
         endpoint = endpoint.local_address(Some(sources[index % sources.len()]));
     }
+    match &shared.config.tls {
+        None => Ok(endpoint),
+        Some(certs) => {
+            let tls = certs
+                .client_tls(index)
+                .ok_or_else(|| format!("no client certificate for agent {index}"))?;
+            endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS settings: {}", error_chain(&e)))
+        }
+    }
+}
+
+async fn connect(
+    endpoint: &Endpoint,
+    shared: &Shared,
+    identity: &AgentIdentity,
+) -> Result<Session, String> {
     let channel: Channel = endpoint
         .connect()
         .await
@@ -417,7 +479,8 @@ fn answer(id: &str, argv: &[String]) -> Vec<pb::CommandResponse> {
     }
 }
 
-/// One simulated agent, until the fleet stops or a stream fails.
+/// One simulated agent, until the fleet stops, or until its connection
+/// fails when the fleet does not reconnect.
 async fn agent(index: usize, shared: Arc<Shared>) {
     let stats = &shared.stats;
     let hostname = shared.config.hostname(index);
@@ -427,31 +490,82 @@ async fn agent(index: usize, shared: Arc<Shared>) {
         agent_version: AGENT_VERSION.to_owned(),
         boot_id: monitor::random::random_u64(),
     };
-    let mut stop = shared.stop.clone();
-    let session = {
-        let Ok(_permit) = shared.permits.acquire().await else {
-            return;
-        };
-        tokio::select! {
-            s = connect(index, &shared, &identity) => s,
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    };
-    let Session {
-        responses,
-        mut commands,
-        batches,
-        mut acks,
-    } = match session {
-        Ok(s) => s,
+    let endpoint = match endpoint_of(index, &shared) {
+        Ok(e) => e,
         Err(e) => {
             stats.connect_failures.fetch_add(1, Ordering::Relaxed);
             stats.note_error(format!("{}: {e}", identity.hostname));
             return;
         }
     };
-    stats.connected.fetch_add(1, Ordering::Relaxed);
+    let mut stop = shared.stop.clone();
+    let mut backoff = Backoff::default();
+    let mut seq = 0u64;
+    let mut first = true;
+    loop {
+        let session = {
+            // Only the first connections queue for a permit: agents that
+            // reconnect do not know about each other.
+            let _permit = if first {
+                match shared.permits.acquire().await {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                }
+            } else {
+                None
+            };
+            tokio::select! {
+                s = connect(&endpoint, &shared, &identity) => s,
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        };
+        first = false;
+        match session {
+            Ok(session) => {
+                stats.note_connected();
+                let ended = run_session(index, &shared, &identity, session, &mut seq).await;
+                stats.connected.fetch_sub(1, Ordering::Relaxed);
+                let Some(e) = ended else {
+                    return;
+                };
+                stats.stream_failures.fetch_add(1, Ordering::Relaxed);
+                stats.note_error(format!("{}: {e}", identity.hostname));
+                // The session was up: the next failure waits 1 s again.
+                backoff.reset();
+            }
+            Err(e) => {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                stats.note_error(format!("{}: {e}", identity.hostname));
+            }
+        }
+        if !shared.config.reconnect {
+            return;
+        }
+        let delay = backoff.next_delay(unit_random());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
 
+/// One session on connected streams, until the fleet stops (`None`) or a
+/// stream fails (why). `seq` goes on across sessions, as the agent's does.
+async fn run_session(
+    index: usize,
+    shared: &Shared,
+    identity: &AgentIdentity,
+    session: Session,
+    seq: &mut u64,
+) -> Option<String> {
+    let stats = &shared.stats;
+    let mut stop = shared.stop.clone();
+    let Session {
+        responses,
+        mut commands,
+        batches,
+        mut acks,
+    } = session;
     let interval = shared.config.interval;
     let first = shared.epoch + interval.mul_f64(phase_of(index));
     let mut now = Instant::now();
@@ -462,7 +576,6 @@ async fn agent(index: usize, shared: Arc<Shared>) {
     let mut ticks = tokio::time::interval_at(start, interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(4);
-    let mut seq = 0u64;
     let ended: Option<String> = loop {
         tokio::select! {
             biased;
@@ -517,20 +630,21 @@ async fn agent(index: usize, shared: Arc<Shared>) {
                 let time_unix_ms = monitor::time::now_unix_ms();
                 let batch = TickBatch {
                     boot_id: identity.boot_id,
-                    seq: seq + 1,
+                    seq: *seq + 1,
                     time_unix_ms,
-                    values: values(index, seq + 1),
+                    values: values(index, *seq + 1),
+                    health: Box::default(),
                 };
                 let counters = AgentCounters {
-                    produced_batches_total: seq + 1,
+                    produced_batches_total: *seq + 1,
                     dropped_batches_total: 0,
                     parse_errors_total: 0,
                 };
-                let pb = monitor::wire::batch_to_pb(&identity, &batch, time_unix_ms, counters);
+                let pb = monitor::wire::batch_to_pb(identity, &batch, time_unix_ms, counters);
                 match batches.try_send(pb) {
                     Ok(()) => {
-                        seq += 1;
-                        in_flight.push_back((seq, Instant::now()));
+                        *seq += 1;
+                        in_flight.push_back((*seq, Instant::now()));
                         stats.in_flight.fetch_add(1, Ordering::Relaxed);
                         stats.batches_sent.fetch_add(1, Ordering::Relaxed);
                     }
@@ -544,14 +658,10 @@ async fn agent(index: usize, shared: Arc<Shared>) {
             }
         }
     };
-    stats.connected.fetch_sub(1, Ordering::Relaxed);
     stats
         .in_flight
         .fetch_sub(in_flight.len() as i64, Ordering::Relaxed);
-    if let Some(e) = ended {
-        stats.stream_failures.fetch_add(1, Ordering::Relaxed);
-        stats.note_error(format!("{}: {e}", identity.hostname));
-    }
+    ended
 }
 
 #[cfg(test)]
@@ -606,6 +716,7 @@ mod tests {
                 seq,
                 time_unix_ms: now,
                 values: values(1, seq),
+                health: Box::default(),
             };
             let pb = monitor::wire::batch_to_pb(&identity, &batch, now, AgentCounters::default());
             assert_eq!(pb.samples.len(), 6);

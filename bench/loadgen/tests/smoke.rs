@@ -1,9 +1,10 @@
 //! Smoke test of the load generator against a real server run in-process
 //! on 127.0.0.1: a small fleet is held with every batch stored and
-//! acknowledged, and `ping`/`true` round trips and a fan-out come back
-//! "exited 0" from every simulated agent. Small and fast, so a plain
-//! `cargo test` proves the benchmark tools still work; the real figures
-//! come from `bench/run.sh`.
+//! acknowledged, in plain text and with TLS (a certificate per simulated
+//! agent); `ping`/`true` round trips and a fan-out come back "exited 0"
+//! from every simulated agent; a fleet comes back after the server
+//! restarts. Small and fast, so a plain `cargo test` proves the benchmark
+//! tools still work; the real figures come from `bench/run.sh`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +14,9 @@ use std::time::Duration;
 use monitor_loadgen::capacity::{self, CapacityConfig};
 use monitor_loadgen::cmdlat::{self, CommandsConfig};
 use monitor_loadgen::sim::FleetConfig;
-use monitor_server::config::Config;
+use monitor_loadgen::storm::{self, StormConfig};
+use monitor_loadgen::tls;
+use monitor_server::config::{Config, DEFAULT_AGENT_CERT_LIFETIME, TlsConfig};
 use monitor_server::server::{self, Listeners};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -28,32 +31,79 @@ fn temp_dir(tag: &str) -> TempDir {
 
 /// A running in-process server on loopback ports chosen by the kernel.
 struct TestServer {
+    config: Config,
     agents: String,
     admin: String,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A server with TLS (its material in `dir/tls`), as by default.
+fn tls_config(dir: &Path) -> Config {
+    let mut config = Config::for_tests(dir.join("monitor.db"));
+    config.tls = Some(TlsConfig {
+        dir: dir.join("tls"),
+        names: vec!["127.0.0.1".to_owned()],
+        public_url: "https://127.0.0.1:1".to_owned(),
+        agent_cert_lifetime: DEFAULT_AGENT_CERT_LIFETIME,
+    });
+    config
+}
+
 impl TestServer {
     async fn start(dir: &Path) -> TestServer {
-        let config = Config::for_tests(dir.join("monitor.db"));
+        TestServer::start_with(Config::for_tests(dir.join("monitor.db"))).await
+    }
+
+    /// Starts with `config` (its listen addresses as given: the ports of a
+    /// server stopped before, for a restart).
+    async fn start_with(mut config: Config) -> TestServer {
         let listeners = Listeners::bind(&config).await.unwrap();
-        let agents = format!("http://{}", listeners.agents_addr().unwrap());
-        let admin = format!("http://{}", listeners.admin_addr().unwrap());
+        config.listen = listeners.agents_addr().unwrap();
+        config.admin_listen = listeners.admin_addr().unwrap();
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let agents = format!("{scheme}://{}", config.listen);
+        let admin = format!("{scheme}://{}", config.admin_listen);
+        let for_run = config.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            server::run(config, listeners, async {
+            server::run(for_run, listeners, async {
                 let _ = stopped.await;
             })
             .await
             .unwrap();
         });
+        // With TLS the server makes its material as it starts: wait for
+        // the operator credential, written last (atomically).
+        if let Some(tls) = &config.tls {
+            let cred = tls.dir.join("admin.cred");
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            while !cred.exists() {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "no {} after 30 s",
+                    cred.display()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         TestServer {
+            config,
             agents,
             admin,
             stop,
             task,
         }
+    }
+
+    /// The local operator credential a TLS server wrote on its first start.
+    fn credential(&self) -> monitor::credential::Credential {
+        let dir = &self.config.tls.as_ref().unwrap().dir;
+        tls::read_credential(&dir.join("admin.cred")).unwrap()
     }
 
     async fn stop(self) {
@@ -73,6 +123,26 @@ fn fleet(server: &TestServer, prefix: &str) -> FleetConfig {
         // Two source addresses, as bench/run.sh uses for large fleets.
         sources: vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()],
         connect_concurrency: 8,
+        tls: None,
+        reconnect: false,
+    }
+}
+
+/// A short capacity search on `server` (with its operator credential when
+/// it runs TLS).
+fn small_capacity(server: &TestServer, prefix: &str, steps: Vec<usize>) -> CapacityConfig {
+    CapacityConfig {
+        fleet: fleet(server, prefix),
+        admin: server.admin.clone(),
+        credential: server.config.tls.as_ref().map(|_| server.credential()),
+        // The test process is the server's.
+        server_pid: Some(std::process::id()),
+        steps,
+        warmup: Duration::from_millis(500),
+        hold: Duration::from_secs(2),
+        // A debug build on a busy 2-core box: the latency target is
+        // bench/run.sh's business, not this smoke test's.
+        max_p99: Duration::from_secs(30),
     }
 }
 
@@ -80,19 +150,9 @@ fn fleet(server: &TestServer, prefix: &str) -> FleetConfig {
 async fn small_fleet_is_held_and_every_batch_is_stored() {
     let dir = temp_dir("capacity");
     let server = TestServer::start(dir.path()).await;
-    let result = capacity::run(CapacityConfig {
-        fleet: fleet(&server, "smoke-"),
-        admin: server.admin.clone(),
-        server_pid: Some(std::process::id()),
-        steps: vec![5, 20],
-        warmup: Duration::from_millis(500),
-        hold: Duration::from_secs(2),
-        // A debug build on a busy 2-core box: the latency target is
-        // bench/run.sh's business, not this smoke test's.
-        max_p99: Duration::from_secs(30),
-    })
-    .await
-    .unwrap();
+    let result = capacity::run(small_capacity(&server, "smoke-", vec![5, 20]))
+        .await
+        .unwrap();
     server.stop().await;
 
     assert_eq!(result.steps.len(), 2, "{result:?}");
@@ -145,4 +205,57 @@ async fn commands_come_back_from_every_simulated_agent() {
         assert_eq!((f.ok, f.failed), (10, 0), "{f:?}");
         assert!(f.first.is_some_and(|first| first <= f.last));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_fleet_is_held_with_a_certificate_per_agent() {
+    let dir = temp_dir("tls");
+    let server = TestServer::start_with(tls_config(dir.path())).await;
+    let result = capacity::run(small_capacity(&server, "smoketls-", vec![5, 10]))
+        .await
+        .unwrap();
+    server.stop().await;
+
+    let issued = result.issuance.expect("certificates were issued");
+    assert_eq!(issued.certificates, 10);
+    assert_eq!(result.first_error, None);
+    assert_eq!(result.held().map(|s| s.agents), Some(10), "{result:?}");
+    assert!(result.drained);
+    assert!(result.acked_total > 0);
+    assert_eq!(result.stored_total, Some(result.acked_total));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_fleet_comes_back_after_the_server_restarts() {
+    let dir = temp_dir("storm");
+    let server = TestServer::start_with(tls_config(dir.path())).await;
+    let ready = std::sync::Arc::new(tokio::sync::Notify::new());
+    let storm = tokio::spawn(storm::run(StormConfig {
+        fleet: fleet(&server, "smokestorm-"),
+        admin: server.admin.clone(),
+        credential: Some(server.credential()),
+        agents: 6,
+        restart_deadline: Duration::from_secs(60),
+        back_deadline: Duration::from_secs(60),
+        ready: Some(std::sync::Arc::clone(&ready)),
+    }));
+    tokio::time::timeout(Duration::from_secs(60), ready.notified())
+        .await
+        .expect("the fleet is connected within 60 s");
+    let config = server.config.clone();
+    server.stop().await;
+    let server = TestServer::start_with(config).await;
+    let result = tokio::time::timeout(Duration::from_secs(120), storm)
+        .await
+        .expect("the storm ends within its deadlines")
+        .unwrap()
+        .unwrap();
+    server.stop().await;
+
+    assert!(result.all_back(), "{result:?}");
+    assert_eq!(result.back_unix_ms.len(), 6, "{result:?}");
+    assert!(result.back_unix_ms[0] >= result.dropped_unix_ms);
+    assert!(result.acked_after > 0, "batches flow again: {result:?}");
+    assert_eq!(result.acks_failed, 0, "{result:?}");
+    assert_eq!(result.issuance.map(|i| i.certificates), Some(6));
 }

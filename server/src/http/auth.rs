@@ -5,11 +5,11 @@
 //!   (SHA-256 of both sides, then every byte);
 //! - an operator's client certificate, presented in the TLS handshake
 //!   (the listener asks for one but does not require it) and not revoked
-//!   since.
+//!   since;
+//! - a dashboard session cookie (`session.rs`: from a one-time login URL
+//!   `monitorctl dashboard` prints), naming the operator who asked.
 //!
 //! With `--insecure` the listener speaks plain HTTP and lets everyone in.
-//! A dashboard's session cookie will be one more [`Principal`] that
-//! [`Auth::check`] accepts; nothing else changes.
 //!
 //! Tokens are never logged; a refusal is a 401 that names no secret.
 
@@ -19,6 +19,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use monitor::files::{self, SECRET_MODE};
 
+use super::session::{self, Sessions};
 use crate::listener::PeerInfo;
 use crate::tls::{Role, Trust};
 
@@ -34,6 +35,8 @@ pub enum Principal {
     Token,
     /// An operator, by their client certificate's name.
     Operator(String),
+    /// An operator, by their dashboard session.
+    Session(String),
 }
 
 /// Why a request was refused (a 401 says so, without secrets).
@@ -47,8 +50,9 @@ impl Refused {
     pub fn message(self) -> &'static str {
         match self {
             Refused::NoCredentials => {
-                "authentication required: Authorization: Bearer <the server's metrics.token> \
-                 or an operator's client certificate"
+                "authentication required: Authorization: Bearer <the server's metrics.token>, \
+                 an operator's client certificate, or a dashboard session (monitorctl dashboard \
+                 prints a login URL)"
             }
             Refused::BadToken => "the bearer token is not one this server accepts",
         }
@@ -67,6 +71,7 @@ enum Mode {
         token_digests: Vec<[u8; 32]>,
         /// To refuse a certificate revoked after its handshake.
         trust: Arc<Trust>,
+        sessions: Arc<Sessions>,
     },
 }
 
@@ -103,11 +108,13 @@ impl Auth {
     }
 
     /// Tokens from `tls_dir/metrics.token` (made if missing) and from
-    /// `extra_file`; certificates checked against `trust`.
+    /// `extra_file`; certificates checked against `trust`; session cookies
+    /// against `sessions`.
     pub fn required(
         tls_dir: &Path,
         extra_file: Option<&Path>,
         trust: Arc<Trust>,
+        sessions: Arc<Sessions>,
     ) -> Result<Auth, TokenError> {
         let own = tls_dir.join(TOKEN_FILE);
         ensure_token_file(&own)?;
@@ -119,6 +126,7 @@ impl Auth {
             mode: Mode::Required {
                 token_digests,
                 trust,
+                sessions,
             },
         })
     }
@@ -133,6 +141,7 @@ impl Auth {
         let Mode::Required {
             token_digests,
             trust,
+            sessions,
         } = &self.mode
         else {
             return Ok(Principal::Anyone);
@@ -149,12 +158,26 @@ impl Auth {
                 Err(Refused::BadToken)
             };
         }
-        match peer.and_then(|p| p.identity.as_ref()) {
-            Some(id) if id.role == Role::Operator && !trust.is_revoked(&id.fingerprint) => {
-                Ok(Principal::Operator(id.name.clone()))
-            }
-            _ => Err(Refused::NoCredentials),
+        if let Some(id) = peer.and_then(|p| p.identity.as_ref())
+            && id.role == Role::Operator
+            && !trust.is_revoked(&id.fingerprint)
+        {
+            return Ok(Principal::Operator(id.name.clone()));
         }
+        let cookie = headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(session::cookie_value);
+        match cookie.and_then(|c| sessions.check(c, monitor::time::now_unix_ms())) {
+            Some(operator) => Ok(Principal::Session(operator)),
+            None => Err(Refused::NoCredentials),
+        }
+    }
+
+    /// Whether requests need no credentials (`--insecure`).
+    pub fn is_open(&self) -> bool {
+        matches!(self.mode, Mode::Open)
     }
 }
 
@@ -213,6 +236,33 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    fn sessions() -> Arc<Sessions> {
+        Arc::new(Sessions::default())
+    }
+
+    #[test]
+    fn a_session_cookie_names_its_operator_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let trust = Arc::new(Trust::new(HashMap::new()));
+        let sessions = sessions();
+        let auth = Auth::required(dir.path(), None, trust, Arc::clone(&sessions)).unwrap();
+        let now = monitor::time::now_unix_ms();
+        let (token, _) = sessions.issue_login("alice", now);
+        let s = sessions.redeem(&token, now).unwrap();
+        let mut h = HeaderMap::new();
+        let cookie = format!("theme=dark; monitor_session={}", s.cookie_value);
+        h.insert(http::header::COOKIE, cookie.parse().unwrap());
+        assert_eq!(auth.check(&h, None), Ok(Principal::Session("alice".into())));
+        sessions.end_all_of("alice");
+        assert_eq!(auth.check(&h, None), Err(Refused::NoCredentials));
+        // A login token is not a session.
+        let (token, _) = sessions.issue_login("alice", now);
+        let mut h = HeaderMap::new();
+        let cookie = format!("monitor_session={token}");
+        h.insert(http::header::COOKIE, cookie.parse().unwrap());
+        assert_eq!(auth.check(&h, None), Err(Refused::NoCredentials));
+    }
+
     fn headers(auth: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(http::header::AUTHORIZATION, auth.parse().unwrap());
@@ -223,7 +273,7 @@ mod tests {
     fn tokens_are_made_once_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let trust = Arc::new(Trust::new(HashMap::new()));
-        let auth = Auth::required(dir.path(), None, Arc::clone(&trust)).unwrap();
+        let auth = Auth::required(dir.path(), None, Arc::clone(&trust), sessions()).unwrap();
         let path = dir.path().join(TOKEN_FILE);
         let token = std::fs::read_to_string(&path).unwrap().trim().to_owned();
         assert_eq!(token.len(), 64);
@@ -233,7 +283,7 @@ mod tests {
             0o600
         );
         // A second start keeps the file.
-        Auth::required(dir.path(), None, Arc::clone(&trust)).unwrap();
+        Auth::required(dir.path(), None, Arc::clone(&trust), sessions()).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), token);
 
         assert_eq!(
@@ -268,10 +318,11 @@ mod tests {
         let trust = Arc::new(Trust::new(HashMap::new()));
         let extra = dir.path().join("extra");
         std::fs::write(&extra, "short\n").unwrap();
-        let e = Auth::required(dir.path(), Some(&extra), Arc::clone(&trust)).unwrap_err();
+        let e =
+            Auth::required(dir.path(), Some(&extra), Arc::clone(&trust), sessions()).unwrap_err();
         assert!(e.to_string().contains("at least 16"), "{e}");
         std::fs::write(&extra, "0123456789abcdef-extra\n").unwrap();
-        let auth = Auth::required(dir.path(), Some(&extra), trust).unwrap();
+        let auth = Auth::required(dir.path(), Some(&extra), trust, sessions()).unwrap();
         assert_eq!(
             auth.check(&headers("Bearer 0123456789abcdef-extra"), None),
             Ok(Principal::Token)

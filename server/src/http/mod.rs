@@ -1,26 +1,34 @@
 //! The server's HTTP listener (`--http-listen`, default 127.0.0.1:50053):
-//! `/metrics` for Prometheus today, the web dashboard's pages and JSON API
-//! next. Served from the same process with axum, through the server's own
-//! accept loop (`listener.rs`: caps, TLS, the handshake deadline), with its
-//! own limits.
+//! `/metrics` for Prometheus, the web dashboard's pages and its JSON API
+//! under `/api/`. Served from the same process with axum, through the
+//! server's own accept loop (`listener.rs`: caps, TLS, the handshake
+//! deadline), with its own limits; answers are gzipped when the client
+//! accepts it.
 //!
 //! - [`router`] builds the routes from an [`HttpState`]; tests call it with
 //!   `tower::ServiceExt::oneshot`, no socket needed.
 //! - [`serve`] runs the router on the accepted connections (HTTP/1.1 and
 //!   HTTP/2, told apart by hyper) until the server stops.
-//! - `auth.rs`: every route needs a bearer token or an operator's client
-//!   certificate (HTTPS with the server's certificate), unless the server
+//! - `auth.rs`: every route but `/login` and `/assets/` needs a bearer
+//!   token, an operator's client certificate (HTTPS with the server's
+//!   certificate) or a dashboard session (`session.rs`), unless the server
 //!   runs with `--insecure` (plain HTTP, no authentication).
 //! - `metrics.rs`, `exposition.rs`, `process.rs`: the `/metrics` body.
+//! - `pages.rs` (pages, files, `/login`, security headers), `api.rs` (the
+//!   JSON API), `plot.rs` (series laid out for a plot): the dashboard.
 //!
 //! A handler must never hold a lock of the store or the registry while it
 //! encodes (it copies, then encodes on the blocking pool), and never make
 //! the store's writer wait.
 
+pub mod api;
 pub mod auth;
 pub mod exposition;
 pub mod metrics;
+pub mod pages;
+pub mod plot;
 pub mod process;
+pub mod session;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -47,6 +55,7 @@ use crate::store::Store;
 use crate::telemetry::Telemetry;
 pub use auth::{Auth, Principal};
 use exposition::Format;
+pub use session::Sessions;
 
 /// How long a client has to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,19 +68,66 @@ pub struct HttpState {
     pub telemetry: Arc<Telemetry>,
     pub remote_write: AllStats,
     pub auth: Arc<Auth>,
+    /// Dashboard login tokens and sessions (shared with the admin API,
+    /// which issues the tokens).
+    pub sessions: Arc<Sessions>,
+    /// The fleet page's sparklines, shared by every page for a while.
+    pub sparklines: Arc<api::SparkCache>,
     /// `/proc` (a test may point elsewhere).
     pub proc_root: PathBuf,
 }
 
-/// The routes, behind authentication.
+/// The routes: everything behind authentication but the login and the
+/// static files; security headers and gzip on every answer.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let protected = Router::new()
         .route("/metrics", get(metrics_handler))
+        .route("/", get(pages::page))
+        .route("/host/{name}", get(pages::page))
+        .route("/commands", get(pages::page))
+        .route("/api/metrics", get(api::metrics))
+        .route("/api/hosts", get(api::hosts))
+        .route("/api/hosts/{name}", get(api::host))
+        .route("/api/hosts/{name}/series", get(api::series))
+        .route("/api/sparklines", get(api::sparklines))
+        .route("/api/commands", get(api::commands))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
-        ))
+        ));
+    Router::new()
+        .route("/login", get(pages::login))
+        .route("/assets/{name}", get(pages::asset))
+        .merge(protected)
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(axum::middleware::from_fn(pages::security_headers))
         .with_state(state)
+}
+
+/// The dashboard's address for a browser: `https://NAME:PORT/` where NAME
+/// is the listener's own IP when the certificate names it (the default
+/// names include 127.0.0.1 and ::1), else the certificate's first name;
+/// `http://IP:PORT/` with `--insecure` (`tls_names` `None`).
+pub fn base_url(listen: std::net::SocketAddr, tls_names: Option<&[String]>) -> String {
+    let ip = listen.ip();
+    let host = match tls_names {
+        None => ip.to_string(),
+        Some(names) => {
+            let own = ip.to_string();
+            if !ip.is_unspecified() && names.contains(&own) {
+                own
+            } else {
+                names.first().cloned().unwrap_or(own)
+            }
+        }
+    };
+    let host = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let scheme = if tls_names.is_some() { "https" } else { "http" };
+    format!("{scheme}://{host}:{}/", listen.port())
 }
 
 /// Refuses a request that proves no identity (see `auth.rs`); the
@@ -169,4 +225,34 @@ pub async fn serve(
         });
     }
     connections.abort_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dashboard_url_uses_a_name_the_certificate_holds() {
+        let names: Vec<String> = ["pi-server", "localhost", "127.0.0.1", "::1"]
+            .map(String::from)
+            .to_vec();
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert_eq!(
+            base_url(at("127.0.0.1:50053"), Some(&names)),
+            "https://127.0.0.1:50053/"
+        );
+        assert_eq!(base_url(at("[::1]:7"), Some(&names)), "https://[::1]:7/");
+        assert_eq!(
+            base_url(at("0.0.0.0:50053"), Some(&names)),
+            "https://pi-server:50053/"
+        );
+        assert_eq!(
+            base_url(at("192.0.2.9:50053"), Some(&names)),
+            "https://pi-server:50053/"
+        );
+        assert_eq!(
+            base_url(at("127.0.0.1:8080"), None),
+            "http://127.0.0.1:8080/"
+        );
+    }
 }

@@ -8,6 +8,7 @@
 
 use std::fmt;
 
+use super::series::BadSeriesQuery;
 use super::sqlite::error::SqliteError;
 
 /// Everything that can go wrong in the store.
@@ -22,6 +23,8 @@ pub enum StoreError {
     UnknownCommand(String),
     /// The store was closed (or its writer stopped): nothing was done.
     Closed,
+    /// A series query cannot be answered (empty range, too many buckets).
+    BadSeriesQuery(BadSeriesQuery),
     /// A configuration field is out of range.
     InvalidConfig {
         field: &'static str,
@@ -43,6 +46,7 @@ impl fmt::Display for StoreError {
             StoreError::UnknownHost(h) => write!(f, "unknown host '{h}'"),
             StoreError::UnknownCommand(id) => write!(f, "unknown command id '{id}'"),
             StoreError::Closed => write!(f, "the store is closed"),
+            StoreError::BadSeriesQuery(e) => e.fmt(f),
             StoreError::InvalidConfig { field, detail } => {
                 write!(f, "store configuration {field}: {detail}")
             }
@@ -61,6 +65,7 @@ impl std::error::Error for StoreError {
             StoreError::UnknownHost(_)
             | StoreError::UnknownCommand(_)
             | StoreError::Closed
+            | StoreError::BadSeriesQuery(_)
             | StoreError::InvalidConfig { .. } => None,
         }
     }

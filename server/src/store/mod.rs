@@ -8,7 +8,8 @@
 //!   [`Store::enqueue_command_result`]) and get a [`Ticket`] that resolves
 //!   once the request is durable (or refused); [`Store::submit`] and the
 //!   `record_*` methods do both steps;
-//! - read: [`Store::query`] samples, [`Store::hosts`] /
+//! - read: [`Store::query`] samples, [`Store::series`] (samples
+//!   downsampled per bucket, for plots), [`Store::hosts`] /
 //!   [`Store::hosts_page`] / [`Store::host`]
 //!   (the host facts: the store is their one owner, the registry only
 //!   knows who is connected), [`Store::history`];
@@ -54,6 +55,12 @@
 //! - A failed transaction (disk full, I/O error) fails every request in it
 //!   and changes nothing, in the database or in the backend's memory.
 //! - `hosts()` reflects every batch acknowledged so far.
+//! - `series` gives what `query` over the same range would, summarised by
+//!   the shared pure code of `series.rs`: a backend scans the host's
+//!   samples in the range oldest first (per metric) and pushes each one
+//!   into the [`Downsampler`] it is handed, nothing more (PostgreSQL can
+//!   do the same over one `SELECT ... ORDER BY time`, or aggregate in SQL
+//!   if it keeps `Bucket`'s meaning, `max_gap_ms` included).
 //! - `forward_batch` returns every stored batch exactly once across calls
 //!   that pass on the previous `through`, in commit order, and nothing a
 //!   registered destination's cursor has not passed is discarded.
@@ -63,19 +70,22 @@
 
 mod error;
 mod records;
+pub mod series;
 mod sqlite;
 mod ticket;
 
 pub use error::StoreError;
 pub use records::{
-    CertificateRecord, CommandRecord, CommandResultRecord, Conflict, CursorRecord, FlushObserver,
-    FlushStats, ForwardBatch, ForwardRow, HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord,
-    LatestValue, SampleQuery, SigningKeyRecord, StoredSample, StoredSampleRow, SubmitOutcome,
-    TokenRefusal,
+    Bucket, CertificateRecord, CommandRecord, CommandResultRecord, Conflict, CursorRecord,
+    FlushObserver, FlushStats, ForwardBatch, ForwardRow, HealthQuery, HealthRow, HistoryRow,
+    HostRecord, IncomingBatch, JoinTokenRecord, LatestValue, SampleQuery, Series, SeriesQuery,
+    SigningKeyRecord, StoredHealth, StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
 };
+pub use series::Downsampler;
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
 
+use monitor::metric::Metric;
 use records::{CursorWrite, TrustAnswer, TrustWrite};
 use sqlite::SqliteStore;
 
@@ -177,6 +187,28 @@ impl Store {
     pub async fn query(&self, q: SampleQuery) -> Result<Vec<StoredSampleRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.query(q).await,
+        }
+    }
+
+    /// The values of one health metric of a host in a time range, oldest
+    /// first (then by device), up to `q.limit`. A host that never sent a
+    /// batch is `Err(StoreError::UnknownHost)`.
+    pub async fn query_health(&self, q: HealthQuery) -> Result<Vec<HealthRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.query_health(q).await,
+        }
+    }
+
+    /// Every metric's samples of a host in `[since, until)`, downsampled
+    /// into buckets of `step_ms` (min, max, sum, count and the longest gap
+    /// per bucket holding data; see `series.rs`), in [`Metric::ALL`]
+    /// order. A host that never sent a batch is
+    /// `Err(StoreError::UnknownHost)`; an empty range or more than
+    /// [`series::MAX_BUCKETS`] buckets is `Err(StoreError::BadSeriesQuery)`.
+    pub async fn series(&self, q: SeriesQuery) -> Result<Vec<Series>, StoreError> {
+        let down = Downsampler::new(&q, &Metric::ALL).map_err(StoreError::BadSeriesQuery)?;
+        match &self.backend {
+            Backend::Sqlite(s) => s.series(q, down).await,
         }
     }
 

@@ -9,6 +9,7 @@
 use std::fmt;
 
 use monitor::command::{Finished, Outcome};
+use monitor::health::HealthMetric;
 use monitor::metric::Metric;
 use monitor::time::Rfc3339;
 
@@ -32,6 +33,44 @@ pub struct IncomingBatch {
     /// The agent's address as the server saw it, e.g. "192.0.2.7:40312".
     pub peer: String,
     pub samples: Vec<StoredSample>,
+    /// The health values (issue 14): stored beside the six, never in
+    /// conflict with them.
+    pub health: Vec<StoredHealth>,
+}
+
+/// One health value of a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredHealth {
+    /// Sample time, ms since the Unix epoch (server-corrected if needed).
+    pub time_unix_ms: i64,
+    pub metric: HealthMetric,
+    /// The mount point of a labelled metric; empty for one-per-host ones.
+    pub device: String,
+    pub value: f64,
+}
+
+/// One stored health value as queries return it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthRow {
+    /// Sample time, ms since the Unix epoch.
+    pub time_unix_ms: i64,
+    pub hostname: String,
+    pub metric: HealthMetric,
+    pub device: String,
+    pub value: f64,
+}
+
+/// Which health values of a host a query wants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthQuery {
+    pub hostname: String,
+    pub metric: HealthMetric,
+    /// Inclusive lower bound, ms since the Unix epoch.
+    pub since_unix_ms: i64,
+    /// Exclusive upper bound; `None`: no bound.
+    pub until_unix_ms: Option<i64>,
+    /// At most this many rows; `None`: all of them.
+    pub limit: Option<usize>,
 }
 
 /// One measurement of a batch.
@@ -104,6 +143,53 @@ pub struct SampleQuery {
     pub until_unix_ms: Option<i64>,
     /// At most this many rows; `None`: all of them.
     pub limit: Option<usize>,
+}
+
+/// Samples of one host in a time range, summarised per time bucket: what
+/// a plot can show at its width, without moving every sample (see
+/// [`crate::store::Store::series`] for the contract).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeriesQuery {
+    pub hostname: String,
+    /// Inclusive lower bound, ms since the Unix epoch: the first bucket
+    /// starts here.
+    pub since_unix_ms: i64,
+    /// Exclusive upper bound, ms since the Unix epoch.
+    pub until_unix_ms: i64,
+    /// Width of every bucket, ms (at least 1): bucket k holds the samples
+    /// with time in `[since + k·step, since + (k+1)·step)`.
+    pub step_ms: i64,
+}
+
+/// The buckets of one series (today: one metric; a labelled metric will
+/// add its label here, as a new field).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub metric: Metric,
+    /// The most frequent time between two consecutive samples of the
+    /// series in the range (the agent's interval, as stored), ms; `None`
+    /// with fewer than two samples.
+    pub interval_ms: Option<i64>,
+    /// The buckets holding at least one sample, oldest first.
+    pub buckets: Vec<Bucket>,
+}
+
+/// What one bucket of a series holds: enough for min, max and mean, and
+/// for telling an outage from a quiet moment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bucket {
+    /// Where the bucket starts, ms since the Unix epoch.
+    pub start_unix_ms: i64,
+    /// Samples in it (at least 1).
+    pub count: u32,
+    pub min: f64,
+    pub max: f64,
+    /// Of the samples' values (mean = sum / count).
+    pub sum: f64,
+    /// The longest time between two consecutive samples of the series
+    /// whose later one is in this bucket, ms (0 for the range's first
+    /// sample): more than two intervals means ticks are missing.
+    pub max_gap_ms: i64,
 }
 
 /// One stored sample as queries return it.

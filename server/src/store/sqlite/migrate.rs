@@ -49,7 +49,8 @@ pub(crate) fn upgrade(conn: &Connection, path: &Path, version: i64) -> Result<()
             conn.execute_batch("ALTER TABLE journal RENAME TO journal_2")?;
         }
         // New tables of later schemas (4: trust, 5: operator keys, 6:
-        // forwarding cursors) need nothing but their CREATE.
+        // forwarding cursors, 7: health values) need nothing but their
+        // CREATE.
         conn.execute_batch(CREATE_TABLES)?;
         if version == 2 {
             conn.execute_batch(

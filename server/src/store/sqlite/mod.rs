@@ -31,6 +31,7 @@ mod config;
 mod dedup;
 pub(super) mod error;
 mod forward;
+mod health;
 mod hosts;
 mod journal;
 mod migrate;
@@ -51,9 +52,10 @@ use tokio::sync::mpsc;
 use crate::store::error::StoreError;
 use crate::store::records::{
     CertificateRecord, CommandRecord, CommandResultRecord, CursorRecord, CursorWrite, ForwardBatch,
-    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, SampleQuery, SigningKeyRecord,
-    StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
+    HealthQuery, HealthRow, HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, SampleQuery,
+    Series, SeriesQuery, SigningKeyRecord, StoredSampleRow, SubmitOutcome, TrustAnswer, TrustWrite,
 };
+use crate::store::series::Downsampler;
 use crate::store::ticket::Ticket;
 
 pub use config::SqliteConfig;
@@ -146,6 +148,32 @@ impl SqliteStore {
         self.inner
             .readers
             .run(move |c| read::samples(c, &hosts, &q))
+            .await
+    }
+
+    pub(crate) async fn query_health(&self, q: HealthQuery) -> Result<Vec<HealthRow>, StoreError> {
+        self.inner
+            .readers
+            .run(move |c| {
+                let during = "querying health values";
+                let sql = |e| StoreError::from(SqliteError::sql(during, e));
+                let host_id = read::host_id(c, &q.hostname)
+                    .map_err(sql)?
+                    .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
+                health::query(c, host_id, &q).map_err(sql)
+            })
+            .await
+    }
+
+    pub(crate) async fn series(
+        &self,
+        q: SeriesQuery,
+        down: Downsampler,
+    ) -> Result<Vec<Series>, StoreError> {
+        let hosts = Arc::clone(&self.inner.hosts);
+        self.inner
+            .readers
+            .run(move |c| read::series(c, &hosts, &q, down))
             .await
     }
 

@@ -22,7 +22,8 @@ use super::schema;
 use super::tables::{METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
 use super::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
 use crate::store::error::StoreError;
-use crate::store::records::{HistoryRow, SampleQuery, StoredSampleRow};
+use crate::store::records::{HistoryRow, SampleQuery, Series, SeriesQuery, StoredSampleRow};
+use crate::store::series::Downsampler;
 
 /// Idle read connections kept for reuse; more are opened on demand.
 const MAX_IDLE_READERS: usize = 4;
@@ -90,34 +91,114 @@ fn sql(during: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |e| SqliteError::sql(during, e).into()
 }
 
-/// Samples of one host, oldest first: one range scan of the primary key
-/// (host, time, run) of `ticks`, which is already in time order, merged
-/// with the host's ticks still in the journal (from memory), unpacked into
-/// samples (see `ticks.rs`); a limit stops the scan early. With one metric,
-/// rows lacking it are skipped by SQLite and the limit is SQL's.
+/// Samples of one host, oldest first (see [`merged_ticks`]), unpacked
+/// into samples (see `ticks.rs`); a limit stops the scan early. With one
+/// metric, rows lacking it are skipped by SQLite and the limit is SQL's.
 pub(crate) fn samples(
     conn: &mut Connection,
     hosts: &HostTable,
     q: &SampleQuery,
 ) -> Result<Vec<StoredSampleRow>, StoreError> {
+    let range = TickRange {
+        hostname: &q.hostname,
+        since_unix_ms: q.since_unix_ms,
+        until_unix_ms: q.until_unix_ms.unwrap_or(i64::MAX),
+        metric_index: q.metric.map(|m| metric_id(m) as usize),
+        limit: q.limit,
+    };
+    let mut unpacker = Unpacker::new(range.metric_index, q.limit);
+    let mut unpacked = Vec::new();
+    merged_ticks(conn, hosts, &range, |tick| {
+        if unpacker.is_full() {
+            return false;
+        }
+        unpacker.push(tick, &mut unpacked);
+        !unpacker.is_full()
+    })?;
+    unpacker.finish(&mut unpacked);
+    Ok(unpacked
+        .into_iter()
+        .filter_map(|u| {
+            Some(StoredSampleRow {
+                time_unix_ms: u.time_unix_ms,
+                hostname: q.hostname.clone(),
+                metric: *Metric::ALL.get(u.metric_index)?,
+                value: u.value,
+                received_unix_ms: u.received_unix_ms,
+            })
+        })
+        .collect())
+}
+
+/// Every metric of one host in a range, downsampled: the same scan as
+/// [`samples`], each value pushed into `down` (whose series `i` is
+/// `Metric::ALL[i]`, the metric id, as the store's face builds it).
+pub(crate) fn series(
+    conn: &mut Connection,
+    hosts: &HostTable,
+    q: &SeriesQuery,
+    mut down: Downsampler,
+) -> Result<Vec<Series>, StoreError> {
+    let range = TickRange {
+        hostname: &q.hostname,
+        since_unix_ms: q.since_unix_ms,
+        until_unix_ms: q.until_unix_ms,
+        metric_index: None,
+        limit: None,
+    };
+    merged_ticks(conn, hosts, &range, |tick| {
+        for (i, v) in tick.values.iter().enumerate() {
+            if let Some(v) = v {
+                down.push(i, tick.time_unix_ms, *v);
+            }
+        }
+        true
+    })?;
+    Ok(down.finish())
+}
+
+/// Which ticks [`merged_ticks`] reads.
+struct TickRange<'a> {
+    hostname: &'a str,
+    since_unix_ms: i64,
+    /// Exclusive.
+    until_unix_ms: i64,
+    /// Only ticks holding this metric (and SQL may then apply `limit`).
+    metric_index: Option<usize>,
+    /// With a metric: at most this many rows.
+    limit: Option<usize>,
+}
+
+/// Visits a host's ticks in the range in (time, run) order until `visit`
+/// returns false: one range scan of the primary key (host, time, run) of
+/// `ticks`, which is already in time order, merged with the host's ticks
+/// still in the journal (from memory).
+fn merged_ticks(
+    conn: &mut Connection,
+    hosts: &HostTable,
+    range: &TickRange<'_>,
+    mut visit: impl FnMut(StoredTick) -> bool,
+) -> Result<(), StoreError> {
     let during = "querying samples";
     // A host's id never changes: looked up on its own, before the copy of
     // its unmerged ticks, which must come before the snapshot the scan
     // reads. Then a tick a merge moves meanwhile is in the copy, or in the
     // snapshot, or both (the same values), never in neither.
-    let host_id = host_id(conn, &q.hostname)
+    let host_id = host_id(conn, range.hostname)
         .map_err(sql(during))?
-        .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
-    let until = q.until_unix_ms.unwrap_or(i64::MAX);
-    let metric_index = q.metric.map(|m| metric_id(m) as usize);
-    let pending = hosts.pending_of(host_id, q.since_unix_ms, until, metric_index);
+        .ok_or_else(|| StoreError::UnknownHost(range.hostname.to_owned()))?;
+    let (since, until) = (range.since_unix_ms, range.until_unix_ms);
+    let metric_index = range.metric_index;
+    let pending = hosts.pending_of(host_id, since, until, metric_index);
     let tx = conn.transaction().map_err(sql(during))?;
     // Only with one metric is a row one sample, so only then can SQL apply
     // the limit (the first n samples need at most n rows of the table).
     let (filter, sql_limit) = match metric_index.and_then(|i| METRIC_COLUMNS.get(i)) {
         Some(column) => (
             format!("AND {column} IS NOT NULL"),
-            q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)),
+            range
+                .limit
+                .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX)),
         ),
         None => (String::new(), -1),
     };
@@ -132,12 +213,7 @@ pub(crate) fn samples(
         ))
         .map_err(sql(during))?;
     let mut rows = stmt
-        .query(rusqlite::params![
-            host_id,
-            q.since_unix_ms,
-            until,
-            sql_limit
-        ])
+        .query(rusqlite::params![host_id, since, until, sql_limit])
         .map_err(sql(during))?;
     let mut next_row = || -> Result<Option<StoredTick>, StoreError> {
         let Some(r) = rows.next().map_err(sql(during))? else {
@@ -154,13 +230,11 @@ pub(crate) fn samples(
         }
         Ok(Some(tick))
     };
-    let mut unpacker = Unpacker::new(metric_index, q.limit);
-    let mut unpacked = Vec::new();
     let mut stored = next_row()?;
     let mut pending = pending.into_iter().peekable();
     // Both in (time, run) order: merged; a tick in both is the stored row
     // with what the unmerged one adds (the first value stored wins).
-    while !unpacker.is_full() {
+    loop {
         let key = |t: &StoredTick| (t.time_unix_ms, t.run_id);
         let tick = match (stored, pending.peek().copied()) {
             (None, None) => break,
@@ -191,21 +265,11 @@ pub(crate) fn samples(
                 }
             },
         };
-        unpacker.push(tick, &mut unpacked);
+        if !visit(tick) {
+            break;
+        }
     }
-    unpacker.finish(&mut unpacked);
-    Ok(unpacked
-        .into_iter()
-        .filter_map(|u| {
-            Some(StoredSampleRow {
-                time_unix_ms: u.time_unix_ms,
-                hostname: q.hostname.clone(),
-                metric: *Metric::ALL.get(u.metric_index)?,
-                value: u.value,
-                received_unix_ms: u.received_unix_ms,
-            })
-        })
-        .collect())
+    Ok(())
 }
 
 /// Command history, newest command first; within a command, by hostname.

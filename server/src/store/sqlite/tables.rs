@@ -54,7 +54,7 @@ use super::ticks::METRICS;
 
 /// Bumped on every incompatible change of the tables below; older files
 /// are migrated at open (see `migrate.rs`).
-pub(crate) const SCHEMA_VERSION: i64 = 6;
+pub(crate) const SCHEMA_VERSION: i64 = 7;
 
 /// The column of `ticks` holding each metric, indexed by metric id.
 pub(crate) const METRIC_COLUMNS: [&str; METRICS] = [
@@ -105,6 +105,16 @@ CREATE TABLE IF NOT EXISTS ticks (
     net_in_kbps     REAL,
     net_out_kbps    REAL,
     PRIMARY KEY (host_id, time_unix_ms, run_id)
+) WITHOUT ROWID;
+-- Schema 7: the health metrics (issue 14), one row per value, written with
+-- the batch's journal row (see health.rs); metric is the wire name.
+CREATE TABLE IF NOT EXISTS health (
+    host_id      INTEGER NOT NULL,
+    time_unix_ms INTEGER NOT NULL,
+    metric       TEXT NOT NULL,
+    device       TEXT NOT NULL, -- '' for a one-per-host metric
+    value        REAL NOT NULL,
+    PRIMARY KEY (host_id, time_unix_ms, metric, device)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal (
     -- AUTOINCREMENT: ids never go back, even when the journal was emptied,

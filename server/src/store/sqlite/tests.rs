@@ -44,6 +44,7 @@ fn batch_of(host: &str, boot_id: u64, seq: u64, base: i64) -> IncomingBatch {
                 value: seq as f64,
             })
             .collect(),
+        health: Vec::new(),
     }
 }
 

@@ -293,6 +293,7 @@ fn write_batch(
     run.store(batch.seq, batch.received_unix_ms);
     let run_id = run.run_id;
     let journal_id = journal::append(append, (host_id, run_id), batch, grouped)?;
+    crate::store::sqlite::health::insert(tx, host_id, &batch.health)?;
     if let Some(t) = grouped.iter().map(|r| r.time_unix_ms).max() {
         staged.newest.insert(host_id, newest.max(t));
     }

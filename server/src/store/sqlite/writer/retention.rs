@@ -234,6 +234,14 @@ fn prune_step(
             floor = resume;
         }
     }
+    // The health values past the cutoff, within what is left of the step's
+    // budget; a pass's last step (no host left) always gets a share, so a
+    // backlog of them shrinks by at least that much per pass.
+    let budget = chunk_rows
+        .saturating_sub(deleted)
+        .max(chunk_rows / 4)
+        .max(1);
+    deleted += crate::store::sqlite::health::prune(&tx, cutoff, budget)?;
     tx.commit()?;
     Ok((next, deleted))
 }

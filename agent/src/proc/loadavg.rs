@@ -1,0 +1,40 @@
+//! Parser for /proc/loadavg: the one-minute load average (`load1`).
+//!
+//! The kernel prints one line, `0.52 0.58 0.59 1/467 12345`: the 1, 5 and
+//! 15 minute averages of runnable plus uninterruptible tasks, then
+//! running/total scheduling entities and the last PID. Only the first field
+//! is read; the rest must merely be there, so that a file of another shape
+//! is an error rather than a misreading.
+//!
+//! Must never do I/O and never allocate unless it returns an error.
+
+use super::{Fields, ParseError, malformed, parse_decimal};
+
+const FILE: &str = "/proc/loadavg";
+
+/// The 1-minute load average: runnable plus uninterruptible (D state)
+/// tasks, exponentially averaged over one minute. Not a percentage: a
+/// 4-core Pi is saturated at 4.0.
+pub fn parse(text: &str) -> Result<f64, ParseError> {
+    let mut fields = Fields::new(text.lines().next().unwrap_or(""));
+    let load1 = fields.required(FILE, 1, "load1")?;
+    let value = parse_decimal(load1)
+        .ok_or_else(|| malformed(FILE, Some(1), "load1", "a decimal like 0.52", load1))?;
+    for field in ["load5", "load15", "running/total"] {
+        let text = fields.required(FILE, 1, field)?;
+        let shaped = if field == "running/total" {
+            text.contains('/')
+        } else {
+            parse_decimal(text).is_some()
+        };
+        if !shaped {
+            let expected = if field == "running/total" {
+                "running/total like 1/467"
+            } else {
+                "a decimal like 0.52"
+            };
+            return Err(malformed(FILE, Some(1), field, expected, text));
+        }
+    }
+    Ok(value)
+}

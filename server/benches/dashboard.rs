@@ -1,0 +1,179 @@
+//! Figures for BENCHMARKS.md: the dashboard's host page asking for 7 days
+//! of one host at a 5 s interval (about 121,000 ticks, 726,000 samples):
+//! the store's downsampling read, the whole `/api/hosts/NAME/series`
+//! answer through the router (store read, layout, JSON, gzip), and the
+//! bytes on the wire with and without gzip.
+//!
+//! `cargo bench -p monitor-server --bench dashboard`; knobs: `DAYS` (7),
+//! `INTERVAL_MS` (5000), `RUNS` (10).
+
+// A benchmark on fixtures it makes itself: a failure should stop it loudly.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use common::env_or;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http_body_util::BodyExt;
+use monitor::metric::Metric;
+use monitor_server::http::{self, Auth, HttpState};
+use monitor_server::registry::Registry;
+use monitor_server::store::{IncomingBatch, SqliteConfig, Store, StoredSample};
+use monitor_server::telemetry::Telemetry;
+
+/// Values that look like an agent's (noisy, many decimals), so gzip gets
+/// no easier job than in real life.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let days: i64 = env_or("DAYS", 7);
+    let interval_ms: i64 = env_or("INTERVAL_MS", 5000);
+    let runs: usize = env_or("RUNS", 10);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = Store::open(SqliteConfig::new(dir.path().join("bench.db"))).expect("store");
+        let until = monitor::time::now_unix_ms();
+        let since = until - days * 86_400_000;
+        let ticks = (until - since) / interval_ms;
+        // A minute of ticks per batch, as an agent on a slow link would.
+        let per_batch = (60_000 / interval_ms).max(1);
+        let mut noise = Noise(7);
+        let started = Instant::now();
+        let mut tickets = Vec::new();
+        let mut seq = 0u64;
+        let mut t = since;
+        while t < until {
+            seq += 1;
+            let mut samples = Vec::new();
+            for k in 0..per_batch {
+                let time_unix_ms = t + k * interval_ms;
+                if time_unix_ms >= until {
+                    break;
+                }
+                for (i, &metric) in Metric::ALL.iter().enumerate() {
+                    let value = if metric.is_percent() {
+                        20.0 + 60.0 * noise.next()
+                    } else {
+                        noise.next() * 1000.0 * (i as f64)
+                    };
+                    samples.push(StoredSample {
+                        time_unix_ms,
+                        metric,
+                        value,
+                    });
+                }
+            }
+            t += per_batch * interval_ms;
+            let b = IncomingBatch {
+                agent_id: "agent-1".into(),
+                hostname: "pi-bench".into(),
+                agent_version: "0.1.0".into(),
+                boot_id: 1,
+                seq,
+                received_unix_ms: t,
+                clock_offset_ms: 0,
+                dropped_batches_total: 0,
+                peer: "127.0.0.1:1".into(),
+                samples,
+                health: Vec::new(),
+            };
+            tickets.push(store.enqueue(b).await.expect("enqueue"));
+            if tickets.len() >= 512 {
+                for t in tickets.drain(..) {
+                    t.await.expect("stored");
+                }
+            }
+        }
+        for t in tickets {
+            t.await.expect("stored");
+        }
+        println!(
+            "stored {ticks} ticks ({} samples) of one host over {days} d at {interval_ms} ms \
+             in {:.1} s",
+            ticks * Metric::ALL.len() as i64,
+            started.elapsed().as_secs_f64()
+        );
+
+        // The store's part alone.
+        let q = http::plot::query("pi-bench", since, until, http::plot::MAX_POINTS);
+        let mut store_ms = Vec::new();
+        for _ in 0..runs {
+            let started = Instant::now();
+            let series = store.series(q.clone()).await.expect("series");
+            store_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            assert_eq!(series.len(), Metric::ALL.len());
+        }
+
+        // The whole answer through the router, as a browser asks for it.
+        let state = HttpState {
+            store: store.clone(),
+            registry: Arc::new(Registry::default()),
+            telemetry: Arc::new(Telemetry::new(0)),
+            remote_write: Arc::new(Vec::new()),
+            auth: Arc::new(Auth::open()),
+            sessions: Default::default(),
+            sparklines: Default::default(),
+            proc_root: "/proc".into(),
+        };
+        let router = http::router(state);
+        // The most points the server gives, and what a 1,000-pixel-wide
+        // plot asks for.
+        for points in [http::plot::MAX_POINTS, 1000] {
+            let path =
+                format!("/api/hosts/pi-bench/series?since={since}&until={until}&points={points}");
+            let mut line = format!("series for {days} d at {points} points:");
+            for gzip in [true, false] {
+                let mut times_ms = Vec::new();
+                let mut size = 0;
+                for _ in 0..runs {
+                    let mut req = axum::http::Request::builder().uri(&path);
+                    if gzip {
+                        req = req.header("accept-encoding", "gzip");
+                    }
+                    let req = req.body(axum::body::Body::empty()).unwrap();
+                    let started = Instant::now();
+                    let resp = tower::ServiceExt::oneshot(router.clone(), req)
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    times_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                    size = body.len();
+                }
+                line.push_str(&format!(
+                    " {} {:.1} ms, {:.1} KB;",
+                    if gzip { "gzip" } else { "identity" },
+                    median_ms(times_ms),
+                    size as f64 / 1000.0
+                ));
+            }
+            println!("{line} (whole answer: store read, layout, JSON, compression)");
+        }
+        println!(
+            "store read alone (2,000 points): {:.1} ms (median of {runs})",
+            median_ms(store_ms)
+        );
+        store.close().await.expect("close");
+    });
+}

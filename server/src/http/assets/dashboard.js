@@ -1,0 +1,443 @@
+// monitor's dashboard: one script for the three pages (one HTML document;
+// the path says which page it is). Everything shown comes from /api/ on this origin.
+// Rules: strings from agents only ever go into the page with textContent
+// (never as HTML); no metric is hard-coded (/api/metrics lists them);
+// no request leaves this server.
+"use strict";
+
+(function () {
+  const POLL_HOSTS_MS = 3000;
+  const POLL_SERIES_MS = 30000;
+  const POLL_SPARKS_MS = 15000;
+  const SVG = "http://www.w3.org/2000/svg"; // a namespace name, never fetched
+  const RANGES = [["15m", "15 min"], ["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"]];
+  const HOT_PERCENT = 90;
+
+  // What the tests and a curious person can look at.
+  const state = { metrics: [], hosts: null, sparks: null, plot: null, plots: [], errors: 0 };
+  window.monitorDashboard = state;
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "class") e.className = v;
+      else if (k === "text") e.textContent = v;
+      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v);
+    }
+    for (const c of children) e.append(c);
+    return e;
+  }
+
+  function setStatus(text, bad) {
+    const s = document.getElementById("status");
+    s.textContent = text;
+    s.classList.toggle("bad", !!bad);
+  }
+
+  async function getJson(path) {
+    const r = await fetch(path, { credentials: "same-origin", cache: "no-store" });
+    if (!r.ok) {
+      let why = r.status + " " + r.statusText;
+      try { why = (await r.json()).error || why; } catch (_) { /* not JSON */ }
+      const e = new Error(why);
+      e.status = r.status;
+      throw e;
+    }
+    return r.json();
+  }
+
+  function fmtTime(ms) {
+    return ms > 0 ? new Date(ms).toLocaleString() : "never";
+  }
+
+  function fmtValue(v, unit) {
+    if (v === null || v === undefined) return "–";
+    if (unit === "percent") return (Number.isInteger(v) ? String(v) : v.toFixed(1)) + " %";
+    if (unit === "KiB/s") {
+      if (Math.abs(v) >= 1024 * 1024) return (v / 1024 / 1024).toFixed(1) + " GiB/s";
+      if (Math.abs(v) >= 1024) return (v / 1024).toFixed(1) + " MiB/s";
+      return v.toFixed(1) + " KiB/s";
+    }
+    return String(Math.round(v * 1000) / 1000) + " " + unit;
+  }
+
+  // A series' key: its metric and labels (labelled metrics will come).
+  function seriesKey(s) {
+    const labels = Object.entries(s.labels || {}).map(([k, v]) => k + "=" + v).sort();
+    return labels.length ? s.metric + "{" + labels.join(",") + "}" : s.metric;
+  }
+
+  function metricOf(key) {
+    return state.metrics.find((m) => seriesKey(m) === key);
+  }
+
+  function unitShort(unit) {
+    return unit === "percent" ? "%" : unit;
+  }
+
+  function hostState(h) {
+    if (h.online) return "online";
+    return h.last_seen_unix_ms > 0 ? "offline since " + fmtTime(h.last_seen_unix_ms) : "offline";
+  }
+
+  async function loadMetrics() {
+    state.metrics = (await getJson("/api/metrics")).metrics;
+  }
+
+  // ---- fleet page ----
+
+  // A sparkline: levels 0..100 (null: no data, a break in the line).
+  function sparkline(levels) {
+    const w = 60, h = 16;
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("class", "spark");
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    svg.setAttribute("width", String(w));
+    svg.setAttribute("height", String(h));
+    svg.setAttribute("aria-hidden", "true");
+    const step = levels.length > 1 ? w / (levels.length - 1) : w;
+    let run = [];
+    const flush = () => {
+      // A lone point is a short dash, so it shows.
+      if (run.length === 1) {
+        const [x, y] = run[0].split(",").map(Number);
+        run.push((x + 2).toFixed(1) + "," + y.toFixed(1));
+      }
+      if (run.length > 1) {
+        const line = document.createElementNS(SVG, "polyline");
+        line.setAttribute("points", run.join(" "));
+        svg.append(line);
+      }
+      run = [];
+    };
+    levels.forEach((l, i) => {
+      if (l === null) flush();
+      else run.push((i * step).toFixed(1) + "," + (h - 1 - (l / 100) * (h - 2)).toFixed(1));
+    });
+    flush();
+    return svg;
+  }
+
+  function fleetPage(main) {
+    const sort = { key: "hostname", dir: 1 };
+    const filter = el("input", {
+      type: "search", placeholder: "Filter by name", "aria-label": "Filter hosts by name",
+      oninput: () => render(),
+    });
+    const summary = el("p", { class: "summary" });
+    const table = el("table", { class: "fleet" });
+    main.append(el("h1", { text: "Fleet" }), el("div", { class: "tools" }, filter, summary),
+      el("div", { class: "scroll" }, table));
+
+    const columns = () => [
+      { key: "hostname", title: "Host" },
+      { key: "state", title: "State" },
+      ...state.metrics.map((m) => ({
+        key: seriesKey(m), title: m.metric + " (" + unitShort(m.unit) + ")", metric: m,
+      })),
+      { key: "clock_offset_ms", title: "Clock offset (ms)" },
+      { key: "dropped_batches_total", title: "Dropped batches" },
+    ];
+
+    function latest(h, key) {
+      const v = h.latest.find((l) => seriesKey(l) === key);
+      return v ? v.value : null;
+    }
+
+    function sortValue(h, c) {
+      if (c.key === "hostname") return h.hostname;
+      if (c.key === "state") return h.online ? 1 : 0;
+      if (c.metric) return latest(h, c.key) ?? -Infinity;
+      return h[c.key];
+    }
+
+    function render() {
+      if (!state.hosts) return;
+      const cols = columns();
+      const head = el("tr", {}, ...cols.map((c) => {
+        const mark = sort.key === c.key ? (sort.dir > 0 ? " ▲" : " ▼") : "";
+        return el("th", {
+          scope: "col", tabindex: "0", text: c.title + mark,
+          onclick: () => {
+            sort.dir = sort.key === c.key ? -sort.dir : 1;
+            sort.key = c.key;
+            render();
+          },
+        });
+      }));
+      const needle = filter.value.trim().toLowerCase();
+      const hosts = state.hosts.filter((h) => h.hostname.toLowerCase().includes(needle));
+      const col = cols.find((c) => c.key === sort.key) || cols[0];
+      hosts.sort((a, b) => {
+        const x = sortValue(a, col), y = sortValue(b, col);
+        return (x < y ? -1 : x > y ? 1 : 0) * sort.dir;
+      });
+      const body = el("tbody");
+      for (const h of hosts) {
+        const row = el("tr", { class: h.online ? "online" : "offline", "data-host": h.hostname });
+        for (const c of cols) {
+          const td = el("td");
+          if (c.key === "hostname") {
+            td.append(el("a", { href: "/host/" + encodeURIComponent(h.hostname), text: h.hostname }));
+          } else if (c.key === "state") {
+            td.textContent = hostState(h);
+            td.className = "state";
+          } else if (c.metric) {
+            const v = latest(h, c.key);
+            const levels = state.sparks && state.sparks[h.hostname] && state.sparks[h.hostname][c.key];
+            if (levels) td.append(sparkline(levels));
+            td.append(el("span", { text: fmtValue(v, c.metric.unit) }));
+            td.className = "num";
+            if (c.metric.percent && v !== null && v > HOT_PERCENT) td.classList.add("hot");
+          } else {
+            td.textContent = String(h[c.key]);
+            td.className = "num";
+            if (c.key === "dropped_batches_total" && h[c.key] > 0) td.classList.add("warn");
+          }
+          row.append(td);
+        }
+        body.append(row);
+      }
+      table.replaceChildren(el("thead", {}, head), body);
+      const offline = state.hosts.filter((h) => !h.online).length;
+      summary.textContent = state.hosts.length + " hosts, " + offline + " offline" +
+        (needle ? ", " + hosts.length + " shown" : "");
+    }
+
+    async function poll() {
+      try {
+        state.hosts = (await getJson("/api/hosts")).hosts;
+        render();
+        setStatus("updated " + new Date().toLocaleTimeString());
+      } catch (e) {
+        state.errors++;
+        setStatus("cannot update: " + e.message, true);
+      }
+      setTimeout(poll, POLL_HOSTS_MS);
+    }
+
+    async function pollSparks() {
+      try {
+        state.sparks = (await getJson("/api/sparklines")).hosts;
+        render();
+      } catch (e) {
+        state.errors++;
+        setStatus("cannot load the sparklines: " + e.message, true);
+      }
+      setTimeout(pollSparks, POLL_SPARKS_MS);
+    }
+    poll();
+    pollSparks();
+  }
+
+  // ---- host page ----
+
+  function cssVar(name) {
+    return getComputedStyle(document.body).getPropertyValue(name).trim();
+  }
+
+  function hostPage(main) {
+    const hostname = decodeURIComponent(location.pathname.replace(/^\/host\//, ""));
+    document.title = "monitor: " + hostname;
+    const heading = el("h1", { text: hostname });
+    const info = el("p", { class: "summary" });
+    const ranges = el("div", { class: "ranges", role: "group", "aria-label": "Time range" });
+    const plots = el("div", { class: "plots" });
+    const cmdTable = el("table", { class: "commands" });
+    main.append(heading, info, ranges, plots, el("h2", { text: "Last commands" }),
+      el("div", { class: "scroll" }, cmdTable));
+
+    let range = "1h";
+    let zoom = null; // [since_ms, until_ms] after a drag, until a range is picked
+    let charts = [];
+
+    for (const [r, label] of RANGES) {
+      ranges.append(el("button", {
+        type: "button", text: label, "data-range": r,
+        onclick: () => { range = r; zoom = null; loadSeries(); },
+      }));
+    }
+
+    function markRange() {
+      for (const b of ranges.querySelectorAll("button")) {
+        b.classList.toggle("active", !zoom && b.dataset.range === range);
+      }
+    }
+
+    function width() {
+      return Math.max(260, Math.min(plots.clientWidth || 600, 1200));
+    }
+
+    function build(answer) {
+      for (const c of charts) c.destroy();
+      charts = [];
+      plots.replaceChildren();
+      const fg = cssVar("--fg"), grid = cssVar("--grid"), line = cssVar("--line"), band = cssVar("--band");
+      const x0 = answer.times.length ? answer.times[0] : answer.since_unix_ms / 1000;
+      for (const s of answer.series) {
+        const m = metricOf(seriesKey(s));
+        const title = seriesKey(s) + " (" + unitShort(s.unit) + ")";
+        const box = el("figure", { class: "plot", "data-series": seriesKey(s) });
+        plots.append(box);
+        const unit = s.unit;
+        const opts = {
+          title,
+          width: width(),
+          height: 180,
+          // A drag asks the server for that range (setSelect below).
+          cursor: { sync: { key: "host" }, drag: { x: true, y: false, setScale: false } },
+          // From the first data (a new host is not a flat empty hour) to
+          // the end asked for, so a host that went quiet shows it.
+          scales: {
+            x: { time: true, range: () => [x0, answer.until_unix_ms / 1000] },
+            y: m && m.percent ? { range: [0, 100] } : {},
+          },
+          axes: [
+            { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid } },
+            { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid }, size: 84,
+              values: (u, vals) => vals.map((v) => fmtValue(v, unit)) },
+          ],
+          series: [
+            {},
+            { label: "mean", stroke: line, width: 1.5, value: (u, v) => fmtValue(v, unit) },
+            { label: "min", stroke: band, width: 1, value: (u, v) => fmtValue(v, unit) },
+            { label: "max", stroke: band, width: 1, value: (u, v) => fmtValue(v, unit) },
+          ],
+          bands: [{ series: [3, 2], fill: band }],
+          hooks: {
+            setSelect: [(u) => {
+              if (u.select.width < 2) return;
+              const a = u.posToVal(u.select.left, "x");
+              const b = u.posToVal(u.select.left + u.select.width, "x");
+              u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
+              zoom = [Math.floor(a * 1000), Math.ceil(b * 1000)];
+              loadSeries();
+            }],
+          },
+        };
+        const data = [answer.times, s.mean, s.min, s.max];
+        charts.push(new uPlot(opts, data, box));
+      }
+      state.plots = charts;
+    }
+
+    async function loadSeries() {
+      markRange();
+      // About one point per pixel of the plot (the server allows 2,000).
+      const points = "&points=" + Math.min(2000, Math.round(width()));
+      const q = (zoom ? "since=" + zoom[0] + "&until=" + zoom[1] : "range=" + range) + points;
+      try {
+        const answer = await getJson("/api/hosts/" + encodeURIComponent(hostname) + "/series?" + q);
+        state.plot = answer;
+        build(answer);
+        setStatus("updated " + new Date().toLocaleTimeString());
+      } catch (e) {
+        state.errors++;
+        setStatus("cannot load the plots: " + e.message, true);
+      }
+    }
+
+    async function pollHost() {
+      try {
+        const h = await getJson("/api/hosts/" + encodeURIComponent(hostname));
+        info.textContent = hostState(h) + " · agent " + (h.agent_version || "?") +
+          " · interval " + (h.interval_ms ? h.interval_ms / 1000 + " s" : "?") +
+          " · clock offset " + h.clock_offset_ms + " ms · dropped batches " + h.dropped_batches_total;
+        info.classList.toggle("bad", !h.online);
+        heading.classList.toggle("offline", !h.online);
+      } catch (e) {
+        state.errors++;
+        info.textContent = e.message;
+        info.classList.add("bad");
+      }
+      setTimeout(pollHost, POLL_HOSTS_MS);
+    }
+
+    async function loadCommands() {
+      try {
+        const rows = (await getJson("/api/commands?limit=20&host=" + encodeURIComponent(hostname))).commands;
+        cmdTable.replaceChildren(commandRows(rows, false));
+      } catch (e) {
+        state.errors++;
+        cmdTable.replaceChildren(el("caption", { text: "cannot load the commands: " + e.message }));
+      }
+    }
+
+    window.addEventListener("resize", () => {
+      for (const c of charts) c.setSize({ width: width(), height: 180 });
+    });
+    loadSeries();
+    pollHost();
+    loadCommands();
+    setInterval(() => { if (!zoom) loadSeries(); loadCommands(); }, POLL_SERIES_MS);
+  }
+
+  // ---- commands ----
+
+  function commandRows(rows, withHost) {
+    const frag = document.createDocumentFragment();
+    const cols = ["When", "Operator", ...(withHost ? ["Host"] : []), "Command", "Outcome", "Exit", "Duration"];
+    frag.append(el("thead", {}, el("tr", {}, ...cols.map((c) => el("th", { scope: "col", text: c })))));
+    const body = el("tbody");
+    if (rows.length === 0) body.append(el("tr", {}, el("td", { colspan: String(cols.length), text: "No commands yet." })));
+    for (const r of rows) {
+      const outcome = r.outcome || "pending";
+      const ok = r.outcome === "exited" && r.exit_code === 0;
+      const exit = r.exit_code !== null ? String(r.exit_code) : r.signal !== null ? "signal " + r.signal : "–";
+      const cells = [
+        fmtTime(r.time_unix_ms), r.operator, ...(withHost ? [r.hostname] : []),
+        r.argv.join(" "), outcome + (r.message ? ": " + r.message : ""), exit,
+        r.finished_unix_ms ? (r.duration_ms / 1000).toFixed(2) + " s" : "–",
+      ];
+      const row = el("tr", { class: r.outcome ? (ok ? "ok" : "failed") : "pending" });
+      cells.forEach((c, i) => {
+        const td = el("td", { text: c });
+        if (withHost && i === 2) {
+          td.textContent = "";
+          td.append(el("a", { href: "/host/" + encodeURIComponent(c), text: c }));
+        }
+        row.append(td);
+      });
+      body.append(row);
+    }
+    frag.append(body);
+    return frag;
+  }
+
+  function commandsPage(main) {
+    const table = el("table", { class: "commands" });
+    main.append(el("h1", { text: "Commands" }),
+      el("p", { class: "summary", text: "Who ran what, where, and how it ended (read-only)." }),
+      el("div", { class: "scroll" }, table));
+    async function poll() {
+      try {
+        table.replaceChildren(commandRows((await getJson("/api/commands?limit=200")).commands, true));
+        setStatus("updated " + new Date().toLocaleTimeString());
+      } catch (e) {
+        state.errors++;
+        setStatus("cannot update: " + e.message, true);
+      }
+      setTimeout(poll, POLL_SERIES_MS);
+    }
+    poll();
+  }
+
+  async function start() {
+    const main = document.getElementById("main");
+    try {
+      await loadMetrics();
+    } catch (e) {
+      const hint = e.status === 401 ? " (log in with the URL `monitorctl dashboard` prints)" : "";
+      setStatus("cannot reach the server: " + e.message + hint, true);
+      main.append(el("p", { class: "bad", text: e.message + hint }));
+      return;
+    }
+    const path = location.pathname;
+    if (path.startsWith("/host/")) hostPage(main);
+    else if (path === "/commands") { document.title = "monitor: commands"; commandsPage(main); }
+    else { document.title = "monitor: fleet"; fleetPage(main); }
+  }
+
+  start();
+})();

@@ -1,0 +1,265 @@
+//! The series answer of `/api/hosts/NAME/series`, built from the store's
+//! buckets (pure code, no I/O): which step a range gets, one time axis all
+//! series share (uPlot's aligned data), and nulls where a series has no
+//! data or ticks are missing (for more than two intervals and at least a
+//! bucket's width), so a plot shows an outage as a gap and not as a line
+//! across it.
+//!
+//! Values are rounded to 4 significant digits (a relative error of at most
+//! 0.05 %): far below what a plot shows, and it keeps a 7-day answer
+//! small.
+
+use serde::Serialize;
+
+use crate::exported::exported;
+use crate::store::{Series, SeriesQuery};
+
+/// Points per series a plot asks for, at most (about one per pixel of a
+/// wide screen).
+pub const MAX_POINTS: i64 = 2000;
+/// The smallest bucket: agents tick once a second at most.
+const MIN_STEP_MS: i64 = 1000;
+/// Ticks further apart than this many intervals (and than a bucket) mean
+/// some are missing.
+const GAP_INTERVALS: i64 = 2;
+
+/// The store query for `[since, until)` in at most `points` buckets: the
+/// step is a whole number of seconds (at least one), and the first bucket
+/// starts at a multiple of it so that bucket times stay whole seconds and
+/// a refresh finds the same buckets.
+pub fn query(hostname: &str, since_unix_ms: i64, until_unix_ms: i64, points: i64) -> SeriesQuery {
+    let points = points.clamp(1, MAX_POINTS);
+    let span_ms = until_unix_ms.saturating_sub(since_unix_ms).max(1);
+    let per_point = span_ms / points + i64::from(span_ms % points != 0);
+    // Rounded up to whole seconds.
+    let step_ms = ((per_point / 1000 + i64::from(per_point % 1000 != 0)) * 1000).max(MIN_STEP_MS);
+    let since_unix_ms = since_unix_ms.div_euclid(step_ms) * step_ms;
+    SeriesQuery {
+        hostname: hostname.to_owned(),
+        since_unix_ms,
+        until_unix_ms,
+        step_ms,
+    }
+}
+
+/// The JSON answer.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Plot {
+    pub hostname: String,
+    pub since_unix_ms: i64,
+    pub until_unix_ms: i64,
+    pub step_ms: i64,
+    /// Unix seconds (uPlot's x axis): every bucket holding data, plus one
+    /// point inside each gap where every series is null.
+    pub times: Vec<f64>,
+    pub series: Vec<PlotSeries>,
+}
+
+/// One series, aligned with [`Plot::times`].
+#[derive(Debug, Serialize, PartialEq)]
+pub struct PlotSeries {
+    pub metric: &'static str,
+    /// Empty today; a labelled metric (a mount point, a sensor) names its
+    /// label here, so a new kind of series is not a breaking change.
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub unit: &'static str,
+    /// The interval found between its samples, ms.
+    pub interval_ms: Option<i64>,
+    pub min: Vec<Option<f64>>,
+    pub max: Vec<Option<f64>>,
+    pub mean: Vec<Option<f64>>,
+}
+
+/// Lays `series` (from the store, for `q`) out for a plot.
+pub fn plot(q: &SeriesQuery, series: Vec<Series>) -> Plot {
+    // Every row: (time in ms, is it a gap marker).
+    let mut rows: Vec<i64> = Vec::new();
+    let mut gaps: Vec<i64> = Vec::new();
+    for s in &series {
+        // A hole shorter than a bucket cannot be seen at this resolution:
+        // only one of at least a bucket's width breaks the line.
+        let threshold = s.interval_ms.map(|i| (i * GAP_INTERVALS).max(q.step_ms));
+        for b in &s.buckets {
+            rows.push(b.start_unix_ms);
+            if threshold.is_some_and(|t| b.max_gap_ms > t) {
+                // Half a step before the bucket: after the previous one.
+                gaps.push(b.start_unix_ms - q.step_ms / 2);
+            }
+        }
+    }
+    rows.extend(&gaps);
+    rows.sort_unstable();
+    rows.dedup();
+    let index_of = |t: i64| rows.binary_search(&t).ok();
+    let out = series
+        .into_iter()
+        .map(|s| {
+            let mut min = vec![None; rows.len()];
+            let mut max = vec![None; rows.len()];
+            let mut mean = vec![None; rows.len()];
+            for b in &s.buckets {
+                if let Some(i) = index_of(b.start_unix_ms) {
+                    min[i] = Some(round(b.min));
+                    max[i] = Some(round(b.max));
+                    mean[i] = Some(round(b.sum / f64::from(b.count.max(1))));
+                }
+            }
+            PlotSeries {
+                metric: s.metric.name(),
+                labels: Default::default(),
+                unit: exported(s.metric).stored_unit,
+                interval_ms: s.interval_ms,
+                min,
+                max,
+                mean,
+            }
+        })
+        .collect();
+    Plot {
+        hostname: q.hostname.clone(),
+        since_unix_ms: q.since_unix_ms,
+        until_unix_ms: q.until_unix_ms,
+        step_ms: q.step_ms,
+        times: rows.iter().map(|&t| t as f64 / 1000.0).collect(),
+        series: out,
+    }
+}
+
+/// To 4 significant digits (dividing or multiplying by an exact power of
+/// ten, so the shortest decimal form is at most 4 digits long).
+fn round(v: f64) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let e = v.abs().log10().floor() as i32;
+    let k = 3 - e;
+    if k >= 0 {
+        let scale = 10f64.powi(k.min(22));
+        (v * scale).round() / scale
+    } else {
+        let scale = 10f64.powi((-k).min(22));
+        (v / scale).round() * scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Bucket, Downsampler};
+    use monitor::metric::Metric;
+
+    #[test]
+    fn steps_are_whole_seconds_and_ranges_give_at_most_max_points() {
+        let day = 86_400_000;
+        for (span, step) in [
+            (15 * 60_000, 1000),
+            (3_600_000, 2000),
+            (day, 44_000),
+            (7 * day, 303_000),
+        ] {
+            let q = query("h", 1_700_000_000_123, 1_700_000_000_123 + span, MAX_POINTS);
+            assert_eq!(q.step_ms, step, "span {span}");
+            assert_eq!(q.since_unix_ms % step, 0);
+            assert!(q.since_unix_ms <= 1_700_000_000_123);
+            let buckets = (q.until_unix_ms - q.since_unix_ms).div_euclid(step) + 1;
+            assert!(buckets <= MAX_POINTS + 1, "{buckets} for span {span}");
+        }
+        // Fewer points asked: bigger steps; nonsense is clamped.
+        assert_eq!(query("h", 0, 3_600_000, 60).step_ms, 60_000);
+        assert_eq!(query("h", 0, 3_600_000, 0).step_ms, 3_600_000);
+    }
+
+    #[test]
+    fn an_outage_is_a_null_row_and_values_keep_min_max_mean() {
+        let q = SeriesQuery {
+            hostname: "pi".into(),
+            since_unix_ms: 0,
+            until_unix_ms: 100_000,
+            step_ms: 2000,
+        };
+        let mut d = Downsampler::new(&q, &[Metric::CpuPercent, Metric::NetInKbps]).unwrap();
+        // 1 s ticks from 0 to 9 s, then nothing until 30 s.
+        let times: Vec<i64> = (0..10).chain(30..34).map(|s| s * 1000).collect();
+        for &t in &times {
+            d.push(0, t, (t / 1000) as f64 + 0.12345);
+            // The rate only from the second tick on (as after a start).
+            if t > 0 {
+                d.push(1, t, 2.0);
+            }
+        }
+        let p = plot(&q, d.finish());
+        // Buckets 0,2,4,6,8 s, a gap marker at 29 s, then 30, 32 s.
+        assert_eq!(p.times, vec![0.0, 2.0, 4.0, 6.0, 8.0, 29.0, 30.0, 32.0]);
+        let cpu = &p.series[0];
+        assert_eq!(cpu.metric, "cpu_percent");
+        assert_eq!(cpu.unit, "percent");
+        assert_eq!(cpu.interval_ms, Some(1000));
+        assert_eq!(cpu.min[1], Some(2.123));
+        assert_eq!(cpu.max[1], Some(3.123));
+        assert_eq!(cpu.mean[1], Some(2.623));
+        assert_eq!(cpu.mean[5], None, "the outage is a gap");
+        assert_eq!(cpu.mean[6], Some(30.62));
+        let net = &p.series[1];
+        assert_eq!(net.unit, "KiB/s");
+        assert_eq!(net.mean[0], Some(2.0));
+        assert_eq!(net.mean[5], None);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(r#""labels":{}"#), "{json}");
+    }
+
+    #[test]
+    fn values_keep_four_significant_digits_and_print_short() {
+        for (v, want, text) in [
+            (53.123456, 53.12, "53.12"),
+            (0.000123456, 0.0001235, "0.0001235"),
+            (123456.7, 123500.0, "123500.0"),
+            (-7.77777, -7.778, "-7.778"),
+            (0.0, 0.0, "0.0"),
+            (99.99999, 100.0, "100.0"),
+        ] {
+            assert_eq!(round(v), want, "{v}");
+            assert_eq!(serde_json::to_string(&round(v)).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn a_hole_narrower_than_a_bucket_is_no_gap() {
+        let q = SeriesQuery {
+            hostname: "pi".into(),
+            since_unix_ms: 0,
+            until_unix_ms: 60_000,
+            step_ms: 3000,
+        };
+        let mut d = Downsampler::new(&q, &[Metric::CpuPercent]).unwrap();
+        // 200 ms ticks with one 600 ms stall: three intervals, but a fifth
+        // of a bucket.
+        let mut t = 0;
+        while t < 12_000 {
+            d.push(0, t, 1.0);
+            t += if t == 5000 { 600 } else { 200 };
+        }
+        let p = plot(&q, d.finish());
+        assert_eq!(p.times, vec![0.0, 3.0, 6.0, 9.0]);
+        assert!(p.series[0].mean.iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn a_quiet_series_without_interval_has_no_gap_rows() {
+        let q = query("h", 0, 10_000, MAX_POINTS);
+        let s = vec![Series {
+            metric: Metric::MemPercent,
+            interval_ms: None,
+            buckets: vec![Bucket {
+                start_unix_ms: 5000,
+                count: 1,
+                min: 1.0,
+                max: 1.0,
+                sum: 1.0,
+                max_gap_ms: 0,
+            }],
+        }];
+        let p = plot(&q, s);
+        assert_eq!(p.times, vec![5.0]);
+        assert_eq!(p.series[0].mean, vec![Some(1.0)]);
+    }
+}

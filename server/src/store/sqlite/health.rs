@@ -1,0 +1,85 @@
+//! The health metrics of issue 14 in the file: the `health` table's rows
+//! (one per value, keyed by host, time, metric and device), written in the
+//! flush that stores their batch, read by queries, pruned by retention.
+//!
+//! Kept apart from `ticks` and the journal on purpose: the six keep their
+//! packed, journalled layout (what the server's capacity rests on), and the
+//! health values, a few per batch from the agents that send them, are plain
+//! rows. A batch's health rows are written only when the batch itself is
+//! stored (never for a duplicate or a refused one); a value already stored
+//! under the same key is kept (`INSERT OR IGNORE`: a re-send after a lost
+//! ack writes nothing twice). Must never be written outside the flush's
+//! transaction.
+
+use rusqlite::{Connection, params};
+
+use crate::store::records::{HealthQuery, HealthRow, StoredHealth};
+
+/// Writes a stored batch's health values for `host_id`.
+pub(crate) fn insert(
+    tx: &Connection,
+    host_id: i64,
+    values: &[StoredHealth],
+) -> rusqlite::Result<()> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO health (host_id, time_unix_ms, metric, device, value)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for v in values {
+        stmt.execute(params![
+            host_id,
+            v.time_unix_ms,
+            v.metric.name(),
+            v.device,
+            v.value
+        ])?;
+    }
+    Ok(())
+}
+
+/// The values of one health metric of `host_id` (named `q.hostname`), in
+/// time order then device order, up to `q.limit`. A metric name in the
+/// file that this build does not know cannot match `q.metric`, so it is
+/// never misread.
+pub(crate) fn query(
+    conn: &Connection,
+    host_id: i64,
+    q: &HealthQuery,
+) -> rusqlite::Result<Vec<HealthRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT time_unix_ms, device, value FROM health
+         WHERE host_id = ?1 AND time_unix_ms >= ?2 AND time_unix_ms < ?3 AND metric = ?4
+         ORDER BY time_unix_ms, device
+         LIMIT ?5",
+    )?;
+    let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    let until = q.until_unix_ms.unwrap_or(i64::MAX);
+    let rows = stmt.query_map(
+        params![host_id, q.since_unix_ms, until, q.metric.name(), limit],
+        |r| {
+            Ok(HealthRow {
+                time_unix_ms: r.get(0)?,
+                hostname: q.hostname.clone(),
+                metric: q.metric,
+                device: r.get(1)?,
+                value: r.get(2)?,
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+/// Deletes up to `max_rows` health values older than `cutoff` (ms since
+/// the Unix epoch); returns how many went.
+pub(crate) fn prune(tx: &Connection, cutoff: i64, max_rows: usize) -> rusqlite::Result<usize> {
+    let max_rows = i64::try_from(max_rows).unwrap_or(i64::MAX);
+    tx.prepare_cached(
+        "DELETE FROM health WHERE (host_id, time_unix_ms, metric, device) IN (
+             SELECT host_id, time_unix_ms, metric, device FROM health
+             WHERE time_unix_ms < ?1 LIMIT ?2)",
+    )?
+    .execute(params![cutoff, max_rows])
+}

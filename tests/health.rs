@@ -1,0 +1,118 @@
+//! End to end, the health metrics (issue 14): the real agent over a fake
+//! Raspberry Pi (its /proc, /sys and mount table under a temp directory,
+//! measured under `--rootfs`) reports to the real server on loopback, and
+//! `monitorctl query` returns temperature, the throttling flags, load and
+//! each real file system's usage under its mount point.
+
+// Test support code panics on purpose when the harness cannot proceed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use monitor_agent::testing::FakeHost;
+
+/// `(mountpoint or "", value)` of each line of `monitorctl query --json`
+/// for `metric`, newest last.
+fn values(server: &Server, host: &str, metric: &str) -> Vec<(String, f64)> {
+    let out = server.ctl(&["query", host, "--metric", metric, "--since", "1h", "--json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let s = JsonSample::parse(l).unwrap_or_else(|| panic!("bad json line {l:?}"));
+            assert_eq!(s.metric, metric, "{l}");
+            let mountpoint = l
+                .split("\"mountpoint\":\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("")
+                .to_owned();
+            (mountpoint, s.value)
+        })
+        .collect()
+}
+
+#[test]
+fn a_pis_health_arrives_and_is_queryable_with_its_mount_points() {
+    let mut host = FakeHost::new();
+    host.set_loadavg("0.42 0.30 0.20 1/123 4567\n");
+    host.add_thermal_zone("cpu-thermal", 61_300);
+    host.add_hwmon("rpi_volt", false);
+    host.add_firmware(0x50005);
+    host.add_mount("/dev/mmcblk0p2", "/", "ext4")
+        .add_mount("/dev/mmcblk0p1", "/boot/firmware", "vfat")
+        .add_mount("tmpfs", "/run", "tmpfs");
+
+    let dir = TempDir::new("health-e2e");
+    let server = Server::start(&dir.join("monitor.db"));
+    let agent = server
+        .agent("e2e-pi")
+        .arg("--proc-root")
+        .arg(host.proc_root())
+        .arg("--sys-root")
+        .arg(host.sys_root())
+        .arg("--rootfs")
+        .arg(host.rootfs())
+        .arg("--interval")
+        .arg("0.5")
+        .spawn();
+
+    // Both real file systems, under the mount point the table names (the
+    // tmpfs is left out); statvfs of the temp directory gives a real share.
+    let fs = wait_for(
+        "fs_used_percent of / and /boot/firmware",
+        Duration::from_secs(30),
+        || {
+            let v = values(&server, "e2e-pi", "fs_used_percent");
+            let by_mount: BTreeMap<String, f64> = v.into_iter().collect();
+            (by_mount.len() == 2).then_some(by_mount)
+        },
+    );
+    assert_eq!(
+        fs.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["/", "/boot/firmware"],
+        "{}",
+        agent.stderr.dump()
+    );
+    assert!(fs.values().all(|p| (0.0..=100.0).contains(p)), "{fs:?}");
+
+    for (metric, expected) in [
+        ("temp_celsius", 61.3),
+        ("throttled_flags", f64::from(0x50005u32)),
+        ("under_voltage", 0.0),
+        ("load1", 0.42),
+    ] {
+        let got = wait_for(metric, Duration::from_secs(10), || {
+            values(&server, "e2e-pi", metric).pop()
+        });
+        assert_eq!(got, (String::new(), expected), "{metric}");
+    }
+    // No swap in the fake meminfo: absent, not 0.
+    assert!(values(&server, "e2e-pi", "swap_percent").is_empty());
+
+    // The table shows the mount point the way Prometheus writes a label.
+    let table = server.ctl_ok(&[
+        "query",
+        "e2e-pi",
+        "--metric",
+        "fs_used_percent",
+        "--since",
+        "1h",
+    ]);
+    assert!(
+        table.contains("fs_used_percent{mountpoint=\"/boot/firmware\"}"),
+        "{table}"
+    );
+    // A name that is neither one of the six nor a health metric: a usage
+    // error naming both lists.
+    let bad = server.ctl(&["query", "e2e-pi", "--metric", "fan_rpm"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("health metrics: temp_celsius"), "{err}");
+}
