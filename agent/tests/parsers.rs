@@ -226,7 +226,7 @@ fn meminfo_unused_keys_are_never_inspected() {
 
 #[test]
 fn meminfo_scan_stops_once_every_key_is_seen() {
-    let six = "MemTotal: 100 kB\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 1 kB\nCached: 2 kB\nSReclaimable: 3 kB\n";
+    let all = "MemTotal: 100 kB\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 1 kB\nCached: 2 kB\nSReclaimable: 3 kB\nSwapTotal: 50 kB\nSwapFree: 40 kB\n";
     let expected = Meminfo {
         mem_total_bytes: kib(100),
         mem_free_bytes: kib(10),
@@ -234,16 +234,18 @@ fn meminfo_scan_stops_once_every_key_is_seen() {
         buffers_bytes: kib(1),
         cached_bytes: kib(2),
         s_reclaimable_bytes: Some(kib(3)),
+        swap_total_bytes: Some(kib(50)),
+        swap_free_bytes: Some(kib(40)),
     };
-    check_mem(six, Ok(expected));
-    // Once all six are seen, later lines are never read: a repeated key
+    check_mem(all, Ok(expected));
+    // Once all eight are seen, later lines are never read: a repeated key
     // does not win and a broken one does not fail the parse.
-    check_mem(&format!("{six}MemTotal: 5 kB\n"), Ok(expected));
-    check_mem(&format!("{six}MemAvailable: x kB\n"), Ok(expected));
+    check_mem(&format!("{all}MemTotal: 5 kB\n"), Ok(expected));
+    check_mem(&format!("{all}MemAvailable: x kB\n"), Ok(expected));
     // Before that, a repeated key is read again and the later line wins
     // (the kernel prints each key once; this pins what the scan does).
     check_mem(
-        "MemTotal: 100 kB\nMemTotal: 200 kB\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 1 kB\nCached: 2 kB\nSReclaimable: 3 kB\nMemFree: 7 kB\n",
+        "MemTotal: 100 kB\nMemTotal: 200 kB\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 1 kB\nCached: 2 kB\nSReclaimable: 3 kB\nSwapTotal: 50 kB\nSwapFree: 40 kB\nMemFree: 7 kB\n",
         Ok(Meminfo {
             mem_total_bytes: kib(200),
             ..expected
