@@ -44,7 +44,7 @@ pub fn encode(data: &[u8], alphabet: Alphabet) -> String {
             *chunk.get(1).unwrap_or(&0),
             *chunk.get(2).unwrap_or(&0),
         ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
         let chars = chunk.len() + 1;
         for i in 0..4 {
             if i < chars {
@@ -110,8 +110,9 @@ pub fn decode(text: &str, alphabet: Alphabet) -> Result<Vec<u8>, DecodeError> {
             n |= (v as u32) << (18 - 6 * i);
         }
         let produced = chunk.len() - 1;
+        // The bits below the last byte must be zero (a whole chunk has none).
         let used_bits = 8 * produced;
-        if produced < 3 && n & ((1 << (24 - used_bits)) - 1) != 0 {
+        if n & ((1 << (24 - used_bits)) - 1) != 0 {
             return Err(DecodeError::TrailingBits);
         }
         for i in 0..produced {

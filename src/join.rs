@@ -283,9 +283,38 @@ mod tests {
             JoinToken::decode(&format!("{PREFIX}%%%")),
             Err(JoinTokenError::Base64(_))
         ));
+        // The length cap is exact: at the cap the text is read (and is no
+        // token), one more character is refused before any decoding.
+        assert_eq!(
+            JoinToken::decode(&"x".repeat(MAX_TOKEN_CHARS)),
+            Err(JoinTokenError::NotAToken)
+        );
         assert_eq!(
             JoinToken::decode(&"x".repeat(MAX_TOKEN_CHARS + 1)),
             Err(JoinTokenError::TooLong(MAX_TOKEN_CHARS + 1))
         );
+    }
+
+    #[test]
+    fn a_server_url_with_a_space_or_a_control_character_is_refused() {
+        // The URL goes into the agent's settings file and its logs: a space
+        // (white space, not a control character) and an escape (a control
+        // character, not white space) are each refused on their own.
+        for url in [
+            "https://monitor.lan:50051 x",
+            "https://monitor.lan\u{1b}[2J",
+        ] {
+            let text = JoinToken {
+                server_url: url.into(),
+                ..token()
+            }
+            .encode()
+            .unwrap();
+            assert_eq!(
+                JoinToken::decode(&text),
+                Err(JoinTokenError::BadUrl),
+                "{url:?}"
+            );
+        }
     }
 }

@@ -240,6 +240,20 @@ mod tests {
     }
 
     #[test]
+    fn a_key_is_named_by_its_first_8_bytes_and_errors_by_their_message() {
+        let key: Vec<u8> = (0xa0..0xc0).collect();
+        assert_eq!(short(&key), "a0a1a2a3a4a5a6a7");
+        assert_eq!(short(&key[..3]), "a0a1a2");
+        let generated = SigningKey::generate().unwrap();
+        assert_eq!(
+            format!("{generated:?}"),
+            format!("SigningKey({})", short(&generated.public_key()))
+        );
+        let err = SigningKey::from_pkcs8(vec![1, 2, 3]).unwrap_err();
+        assert_eq!(err.to_string(), "not an Ed25519 private key (PKCS#8)");
+    }
+
+    #[test]
     fn keys_round_trip_through_pem_and_operators_files() {
         let key = SigningKey::generate().unwrap();
         let back = SigningKey::from_pem(&key.to_pem()).unwrap();

@@ -275,6 +275,61 @@ mod tests {
         check(cpu(100, 100, 0), cpu(50, 100, 0), None);
         // Busy went backwards (iowait decreased by more than idle grew).
         check(cpu(10, 10, 10), cpu(9, 20, 10), None);
+        // Tickless iowait: iowait steps back by 5 while busy grows by 10,
+        // so Δbusy (10) exceeds Δtotal (5); the share stops at 100.
+        check(cpu(0, 100, 50), cpu(10, 100, 45), Some(100.0));
+        // The same through idle stepping back.
+        check(cpu(0, 100, 0), cpu(10, 95, 0), Some(100.0));
+        // All of the interval busy is exactly 100.
+        check(cpu(0, 100, 0), cpu(40, 100, 0), Some(100.0));
+    }
+
+    #[test]
+    fn the_same_name_twice_in_one_file_counts_once_with_its_first_line() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let mut tracker = DeviceTracker::new(1);
+        tracker.begin_tick();
+        tracker.observe("eth0", [0, 0], t0, |_| true);
+        tracker.observe("eth0", [5_000, 5_000], t0, |_| true);
+        assert_eq!(tracker.end_tick(), [None, None], "first sighting");
+        assert_eq!(tracker.known_devices(), 1);
+
+        // The first line (1 KiB, 2 KiB) counts; the second is not added,
+        // and does not replace the first as the next tick's baseline.
+        tracker.begin_tick();
+        tracker.observe("eth0", [1024, 2048], t1, |_| true);
+        tracker.observe("eth0", [1024 * 100, 2048 * 100], t1, |_| true);
+        assert_eq!(tracker.end_tick(), [Some(1.0), Some(2.0)]);
+
+        tracker.begin_tick();
+        tracker.observe("eth0", [2048, 4096], t1 + Duration::from_secs(1), |_| true);
+        assert_eq!(tracker.end_tick(), [Some(1.0), Some(2.0)]);
+    }
+
+    #[test]
+    fn known_devices_counts_every_remembered_name() {
+        fn check(tracker: &DeviceTracker, expected: usize) {
+            assert_eq!(tracker.known_devices(), expected);
+        }
+        let t0 = Instant::now();
+        let mut tracker = DeviceTracker::new(1);
+        check(&tracker, 0);
+        tracker.begin_tick();
+        tracker.observe("eth0", [0, 0], t0, |_| true);
+        tracker.observe("lo", [0, 0], t0, |_| false);
+        tracker.observe("wlan0", [0, 0], t0, |_| true);
+        tracker.end_tick();
+        check(&tracker, 3);
+        tracker.begin_tick();
+        tracker.observe("wlan0", [0, 0], t0, |_| true);
+        tracker.observe("lo", [0, 0], t0, |_| false);
+        tracker.end_tick();
+        check(&tracker, 2);
+        // A tick that saw nothing (every device gone) forgets them all.
+        tracker.begin_tick();
+        assert_eq!(tracker.end_tick(), [Some(0.0), Some(0.0)]);
+        check(&tracker, 0);
     }
 
     #[test]

@@ -188,14 +188,6 @@ impl ReplayCache {
             Err(e) => log::warn!("cannot compact {}: {e}", path.display()),
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -235,7 +227,108 @@ mod tests {
         );
         // Once they expire there is room again.
         assert_eq!(c.first_sighting("new", NOW + 5000, NOW + 1000), Ok(()));
-        assert_eq!(c.len(), 1);
+        assert_eq!(c.live.len(), 1);
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        assert_eq!(
+            ReplayRefusal::Replay.to_string(),
+            "this command id was seen before (a replay?)"
+        );
+        assert_eq!(
+            ReplayRefusal::Full.to_string(),
+            format!(
+                "{CAPACITY} commands are still within their validity: refusing more until some expire"
+            )
+        );
+    }
+
+    /// A state directory whose `seen-commands` holds `expired` lines that
+    /// expired before NOW, then `live` lines valid after it.
+    fn seen_file(expired: usize, live: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::new();
+        for i in 0..expired {
+            text.push_str(&format!("{} old-{i}\n", NOW - 1));
+        }
+        for i in 0..live {
+            text.push_str(&format!("{} live-{i}\n", NOW + 10_000));
+        }
+        std::fs::write(dir.path().join(SEEN_FILE), text).unwrap();
+        dir
+    }
+
+    fn file_lines(dir: &tempfile::TempDir) -> usize {
+        std::fs::read_to_string(dir.path().join(SEEN_FILE))
+            .unwrap()
+            .lines()
+            .count()
+    }
+
+    #[test]
+    fn a_line_is_live_only_with_an_id_of_1_to_max_bytes_and_a_later_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = "m".repeat(monitor::command::MAX_ID_BYTES);
+        let long = "l".repeat(monitor::command::MAX_ID_BYTES + 1);
+        let text = format!(
+            "{later} \n{later} {long}\n{later} {max}\n{NOW} at-now\n",
+            later = NOW + 10_000
+        );
+        std::fs::write(dir.path().join(SEEN_FILE), text).unwrap();
+        let mut c = ReplayCache::open(dir.path(), NOW);
+        assert_eq!(c.live.len(), 1, "only the id of exactly the largest size");
+        assert_eq!(
+            c.first_sighting(&max, NOW + 10_000, NOW),
+            Err(ReplayRefusal::Replay)
+        );
+        assert_eq!(c.first_sighting(&long, NOW + 10_000, NOW), Ok(()));
+    }
+
+    #[test]
+    fn a_file_of_more_live_ids_than_the_capacity_loads_the_capacity() {
+        let dir = seen_file(0, CAPACITY + 1);
+        let mut c = ReplayCache::open(dir.path(), NOW);
+        assert_eq!(c.live.len(), CAPACITY);
+        assert_eq!(
+            c.first_sighting("new", NOW + 1000, NOW),
+            Err(ReplayRefusal::Full)
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_leaves_the_cache_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(SEEN_FILE)).unwrap();
+        let mut c = ReplayCache::open(dir.path(), NOW);
+        assert_eq!(c.path, None, "a directory is not a file of ids");
+        assert_eq!(c.first_sighting("a", NOW + 100, NOW), Ok(()));
+        assert_eq!(
+            c.first_sighting("a", NOW + 100, NOW),
+            Err(ReplayRefusal::Replay)
+        );
+    }
+
+    #[test]
+    fn the_file_is_rewritten_only_beyond_256_lines_and_twice_the_live_ids() {
+        // 256 lines, one live, ending in a newline (not torn): kept as is.
+        let dir = seen_file(255, 1);
+        let c = ReplayCache::open(dir.path(), NOW);
+        assert_eq!((c.live.len(), file_lines(&dir)), (1, 256));
+        // 400 lines, 300 live: fewer than twice the live ones, kept.
+        let dir = seen_file(100, 300);
+        let c = ReplayCache::open(dir.path(), NOW);
+        assert_eq!((c.live.len(), file_lines(&dir)), (300, 400));
+        // 210 lines, 10 live: each new id adds a line, and the 257th line
+        // makes the file be rewritten with the live ids only.
+        let dir = seen_file(200, 10);
+        let mut c = ReplayCache::open(dir.path(), NOW);
+        assert_eq!(file_lines(&dir), 210);
+        for i in 0..100 {
+            c.first_sighting(&format!("new-{i}"), NOW + 10_000, NOW)
+                .unwrap();
+        }
+        assert_eq!((c.live.len(), file_lines(&dir)), (110, 110));
     }
 
     #[test]
@@ -273,7 +366,7 @@ mod tests {
         let later = ReplayCache::open(dir.path(), NOW + 400);
         let lines = std::fs::read_to_string(&path).unwrap().lines().count();
         assert!(lines <= 256, "{lines} lines kept");
-        assert_eq!(later.len(), 2, "only the live ids: kept and gone");
+        assert_eq!(later.live.len(), 2, "only the live ids: kept and gone");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

@@ -89,8 +89,9 @@ fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
+/// Makes `out` the record of `batch` (its former content is dropped).
 fn encode(batch: &TickBatch, out: &mut Vec<u8>) {
-    let start = out.len();
+    out.clear();
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&batch.boot_id.to_le_bytes());
     out.extend_from_slice(&batch.seq.to_le_bytes());
@@ -121,10 +122,10 @@ fn encode(batch: &TickBatch, out: &mut Vec<u8>) {
             out.extend_from_slice(&h.value.to_le_bytes());
         }
     }
-    let payload_len = (out.len() - start - 8) as u32;
-    let crc = crc32(&out[start + 8..]);
-    out[start..start + 4].copy_from_slice(&payload_len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    let payload_len = (out.len() - 8) as u32;
+    let crc = crc32(&out[8..]);
+    out[..4].copy_from_slice(&payload_len.to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn le_u64(b: &[u8]) -> Option<u64> {
@@ -294,7 +295,6 @@ impl Spool {
         batch: &TickBatch,
         held: impl Iterator<Item = &'a TickBatch>,
     ) -> Result<(), SpoolError> {
-        self.scratch.clear();
         encode(batch, &mut self.scratch);
         if self.len + self.scratch.len() as u64 > self.max_bytes {
             return self.rewrite(held);
@@ -577,6 +577,28 @@ mod tests {
             rec.batches.iter().map(|b| b.seq).collect::<Vec<_>>(),
             expect
         );
+    }
+
+    #[test]
+    fn a_payload_is_one_batch_exactly() {
+        let mut record = Vec::new();
+        encode(&b(1, 2, 3), &mut record);
+        let payload = &record[8..];
+        assert_eq!(record[..4], (payload.len() as u32).to_le_bytes());
+        assert_eq!(decode(payload), Some(b(1, 2, 3)));
+        // A byte more than the values it announces.
+        let longer = [payload, &[0]].concat();
+        assert_eq!(decode(&longer), None);
+        // A value announced for a metric that does not exist.
+        let mut unknown = payload.to_vec();
+        unknown[24] |= 1 << Metric::ALL.len();
+        assert_eq!(decode(&unknown), None);
+    }
+
+    #[test]
+    fn a_file_of_the_magic_alone_is_an_empty_spool() {
+        assert_eq!(parse(MAGIC), Some((Vec::new(), MAGIC.len())));
+        assert_eq!(parse(&MAGIC[..7]), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod scratch;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,7 +16,16 @@ use scratch::Scratch;
 /// Exit code, stdout and stderr of `monitor-agent ARGS`, which must end
 /// within a deadline (the check starts no runtime and no connection).
 fn agent(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = match Command::new(env!("CARGO_BIN_EXE_monitor-agent"))
+    agent_as(args, None)
+}
+
+/// The same, run as user and group `uid` when given (the test must be root).
+fn agent_as(args: &[&str], uid: Option<u32>) -> (Option<i32>, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_monitor-agent"));
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    let mut child = match command
         .args(args)
         .env_clear()
         // Would make the agent itself fail: the check must not care.
@@ -128,6 +138,36 @@ fn one_entry() {
         (code, out.as_str(), err.as_str()),
         (Some(0), want.as_str(), "")
     );
+}
+
+#[test]
+fn the_user_running_the_agent_may_own_the_file() {
+    // The file belongs to the user the check runs as, who is not root: as
+    // root (CI), the file is given to `nobody` and the check runs as
+    // nobody; otherwise the test's own user does both.
+    const NOBODY: u32 = 65534;
+    let me = nix::unistd::geteuid().as_raw();
+    let user = if me == 0 { NOBODY } else { me };
+    let scratch = Scratch::new("owner");
+    // The user must be able to reach the file; the directory stays root's.
+    scratch::chmod(&scratch.0, 0o755);
+    let path = scratch.file("commands.allow", "up = /usr/bin/uptime\n", 0o644);
+    if me == 0
+        && let Err(e) = std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY))
+    {
+        panic!("chown {}: {e}", path.display());
+    }
+    let (code, out, err) = agent_as(
+        &["--check-commands", &path.to_string_lossy()],
+        (me == 0).then_some(NOBODY),
+    );
+    let want = format!(
+        "{}: valid, 1 entry (owner and permissions checked for root and uid {user}, the user \
+         running this check)\n",
+        path.display()
+    );
+    assert_eq!((code, err.as_str()), (Some(0), ""), "{out}");
+    assert!(out.starts_with(&want), "{out}");
 }
 
 #[test]

@@ -81,6 +81,17 @@ fn stat_old_kernels_and_extra_fields() {
             ..CpuTimes::default()
         }),
     );
+    // The aggregate line is `cpu` and any whitespace, a tab too.
+    check_stat(
+        "cpu0 9 9 9 9\ncpu\t1 2 3 4\n",
+        Ok(CpuTimes {
+            user_ticks: 1,
+            nice_ticks: 2,
+            system_ticks: 3,
+            idle_ticks: 4,
+            ..CpuTimes::default()
+        }),
+    );
     // A future eleventh field is ignored.
     check_stat(
         "cpu 1 2 3 4 5 6 7 8 9 10 11\n",
@@ -211,6 +222,35 @@ fn meminfo_old_kernel_without_memavailable() {
 fn meminfo_unused_keys_are_never_inspected() {
     let text = "MemTotal: 100 kB\nGarbage line\nHugePages_Total: x\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 0 kB\nCached: 0 kB\n";
     assert_eq!(meminfo::parse(text).unwrap().used_percent(), Some(40.0));
+}
+
+#[test]
+fn meminfo_scan_stops_once_every_key_is_seen() {
+    let all = "MemTotal: 100 kB\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 1 kB\nCached: 2 kB\nSReclaimable: 3 kB\nSwapTotal: 50 kB\nSwapFree: 40 kB\n";
+    let expected = Meminfo {
+        mem_total_bytes: kib(100),
+        mem_free_bytes: kib(10),
+        mem_available_bytes: Some(kib(60)),
+        buffers_bytes: kib(1),
+        cached_bytes: kib(2),
+        s_reclaimable_bytes: Some(kib(3)),
+        swap_total_bytes: Some(kib(50)),
+        swap_free_bytes: Some(kib(40)),
+    };
+    check_mem(all, Ok(expected));
+    // Once all eight are seen, later lines are never read: a repeated key
+    // does not win and a broken one does not fail the parse.
+    check_mem(&format!("{all}MemTotal: 5 kB\n"), Ok(expected));
+    check_mem(&format!("{all}MemAvailable: x kB\n"), Ok(expected));
+    // Before that, a repeated key is read again and the later line wins
+    // (the kernel prints each key once; this pins what the scan does).
+    check_mem(
+        "MemTotal: 100 kB\nMemTotal: 200 kB\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 1 kB\nCached: 2 kB\nSReclaimable: 3 kB\nSwapTotal: 50 kB\nSwapFree: 40 kB\nMemFree: 7 kB\n",
+        Ok(Meminfo {
+            mem_total_bytes: kib(200),
+            ..expected
+        }),
+    );
 }
 
 fn mem_error(line: Option<usize>, field: &'static str, kind: ParseErrorKind) -> ParseError {
@@ -390,10 +430,14 @@ fn diskstats_broken_lines_do_not_hide_the_others() {
     );
     let lossy =
         String::from_utf8_lossy(b"\x00\xff\xfe garbage\n 8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n");
-    let got: Vec<_> = diskstats::parse(&lossy).collect();
-    assert_eq!(got.len(), 2);
-    assert!(got[0].is_err());
-    assert_eq!(got[1].as_ref().map(|d| d.name), Ok("sda"));
+    // Two fields, so the first one missing is the name.
+    check_disks(
+        &lossy,
+        &[
+            Err(disk_error(1, "name", ParseErrorKind::Missing)),
+            Ok(("sda", 3, 7)),
+        ],
+    );
 }
 
 #[test]

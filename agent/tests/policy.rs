@@ -121,6 +121,18 @@ fn quotes_hold_exactly_their_text() {
 }
 
 #[test]
+fn a_quoted_argument_is_shown_with_only_its_control_characters_escaped() {
+    // --check-commands and refusals show an argument as the operator wrote
+    // it: an apostrophe or a printable non-ASCII letter inside quotes as
+    // itself (Rust's escape_debug would put a backslash before the
+    // apostrophe), only a control character as an escape.
+    check(
+        "say = /bin/echo \"don't stop\" \"caf\u{e9} \u{3bb}\" \"bell\u{7}\"",
+        Ok(&["say = /bin/echo \"don't stop\" \"caf\u{e9} \u{3bb}\" \"bell\\u{7}\""]),
+    );
+}
+
+#[test]
 fn quoted_ellipsis_in_last_position_is_a_literal() {
     let policy = policy_of(r#"dots = /bin/echo "...""#, false);
     check_resolve(&policy, &["dots"], Ok(&["/bin/echo", "..."]));

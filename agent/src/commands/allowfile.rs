@@ -360,6 +360,18 @@ mod tests {
     }
 
     #[test]
+    fn the_directory_of_a_bare_file_name_is_the_current_one() {
+        // Tests run in the package's directory, which holds Cargo.toml.
+        fn check(path: &str, expected: &[&str]) {
+            let got = directories(Path::new(path)).unwrap();
+            assert_eq!(got, expected.iter().map(PathBuf::from).collect::<Vec<_>>());
+        }
+        check("Cargo.toml", &["."]);
+        check("./Cargo.toml", &["."]);
+        check("src/lib.rs", &["src"]);
+    }
+
+    #[test]
     fn owners_and_modes() {
         let other = ProblemKind::Owner {
             uid: 1000,

@@ -198,6 +198,9 @@ mod tests {
         check(mem(200, 50, Some(150)), Some(25.0));
         // MemAvailable above MemTotal: MemFree stands in.
         check(mem(200, 50, Some(300)), Some(75.0));
+        // MemAvailable equal to MemTotal is still trusted: nothing used.
+        check(mem(200, 50, Some(200)), Some(0.0));
+        check(mem(200, 50, Some(201)), Some(75.0));
         // No MemAvailable: 200 − 50 − 10 − 20 − 5 = 115.
         check(mem(200, 50, None), Some(57.5));
         check(mem(0, 0, Some(0)), None);

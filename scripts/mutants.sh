@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Mutation testing (cargo-mutants 27) on the modules where one wrong
+# comparison loses samples or opens a hole: the /proc parsers and the rate
+# logic, the command allowlist, the spool's record framing, the replay
+# cache and the command gate, the wire validation, the signature, token and
+# base64 checks, and the store's de-duplication. Every mutant must be caught
+# by the crate's fast tests (unit tests and the crate's own quick
+# integration tests; never the end-to-end suites in tests/, which start
+# servers). A mutant that no test can tell apart from the original is
+# excluded by name, with its reason, in .cargo/mutants.toml.
+#
+# Usage: scripts/mutants.sh [GROUP...] [-- CARGO-MUTANTS-ARGS...]
+#   GROUP: parsers allowlist agent-state wire server (default: all five)
+#   e.g.   scripts/mutants.sh parsers -- --list
+#          scripts/mutants.sh -- --in-diff <(git diff main)
+#
+# The mutants are built in a disposable copy of the work tree under
+# target/mutation-testing/ (its build directory is kept between runs, so
+# only the first run builds the dependencies), never in the work tree
+# itself. Results: target/mutation-testing/GROUP/mutants.out/.
+# Exits 0 when no mutant was missed, 1 when one was (each is listed), 2 on
+# a usage or tool error. Needs cargo-mutants 27.x (`cargo install --locked
+# cargo-mutants@27`; installed here when missing).
+set -euo pipefail
+
+repo_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+scratch="$repo_dir/target/mutation-testing"
+# The tests of one mutant take a few seconds; a mutant that makes a loop
+# endless is cut off after this long and counted as a timeout (caught).
+test_timeout=${MUTANTS_TEST_TIMEOUT:-20}
+
+# Each group: the package whose files are mutated, the files, an optional
+# filter on mutant names (empty: every mutant of those files), and the
+# tests that must catch them.
+declare -A package files names tests
+package[parsers]=monitor-agent
+files[parsers]="agent/src/proc/*.rs agent/src/rates.rs"
+tests[parsers]="--lib --test parsers --test collector"
+
+package[allowlist]=monitor-agent
+files[allowlist]="agent/src/commands/policy.rs agent/src/commands/argspec.rs agent/src/commands/allowfile.rs"
+tests[allowlist]="--lib --test policy --test allowfile --test check_commands"
+
+package[agent-state]=monitor-agent
+files[agent-state]="agent/src/spool.rs agent/src/replay.rs agent/src/session/gate.rs"
+tests[agent-state]="--lib"
+
+package[wire]=monitor
+files[wire]="src/wire.rs src/signing.rs src/base64.rs src/command.rs src/join.rs"
+# command.rs: the grant check and what may run unsigned, not the outcome
+# names; join.rs: decoding a token, not making one.
+names[wire]='^src/(wire|signing|base64)\.rs:|^src/command\.rs:.*\b(check_grant|runs_unsigned|check_argv|timeout_from_ms)\b|^src/join\.rs:.*\b(JoinToken::decode|Reader)\b'
+tests[wire]="--lib"
+
+package[server]=monitor-server
+files[server]="server/src/store/sqlite/dedup.rs server/src/store/records.rs"
+# records.rs: only the join-token refusal.
+names[server]='^server/src/store/sqlite/dedup\.rs:|^server/src/store/records\.rs:.*\bJoinTokenRecord::refusal\b'
+tests[server]="--lib --test store"
+
+all_groups=(parsers allowlist agent-state wire server)
+
+groups=()
+extra=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --) shift; extra=("$@"); break ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *)
+            if [ -z "${package[$1]+x}" ]; then
+                echo "mutants.sh: unknown group '$1' (groups: ${all_groups[*]})" >&2
+                exit 2
+            fi
+            groups+=("$1"); shift ;;
+    esac
+done
+[ ${#groups[@]} -gt 0 ] || groups=("${all_groups[@]}")
+
+if ! cargo mutants --version 2>/dev/null | grep -q '^cargo-mutants 27\.'; then
+    echo "mutants.sh: installing cargo-mutants 27"
+    cargo install --locked cargo-mutants@27
+fi
+
+# Parallel jobs: each is a disposable copy of the work tree with its own
+# build directory, testing one round-robin shard of each group's mutants
+# in place (cargo-mutants' own --jobs would copy the tree afresh and
+# rebuild every dependency on each run).
+jobs=${MUTANTS_JOBS:-1}
+case "$jobs" in
+    [1-9]) ;;
+    *) echo "mutants.sh: MUTANTS_JOBS must be 1 to 9, got '$jobs'" >&2; exit 2 ;;
+esac
+
+# Each copy holds every tracked or new (not ignored) file, all stamped
+# with the time of the copy, so the first build of a run rebuilds the
+# workspace's crates (not their dependencies). Kept times would be wrong:
+# the last mutant of the previous run is reverted after its build, and a
+# file given back its older time looks older than that mutated build,
+# which cargo would then take as fresh (a baseline run against a mutant).
+# Everything but the build directory is removed first, so a file deleted
+# from the work tree (or left mutated by an interrupted run) is gone.
+for ((k = 0; k < jobs; k++)); do
+    tree="$scratch/tree-$k"
+    mkdir -p "$tree"
+    find "$tree" -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
+    (cd "$repo_dir" && git ls-files -z --cached --others --exclude-standard \
+        | xargs -0 -r sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh \
+        | tar --null -T - -cf -) | tar -xpmf - -C "$tree"
+done
+
+# Lines of one outcome list over a group's shards.
+count() {
+    local group=$1 kind=$2 n=0 k f
+    for ((k = 0; k < jobs; k++)); do
+        f="$scratch/$group/shard-$k/mutants.out/$kind.txt"
+        [ -f "$f" ] && n=$((n + $(grep -c . "$f" || true)))
+    done
+    echo "$n"
+}
+
+start=$(date +%s)
+summary=()
+missed_any=0
+for group in "${groups[@]}"; do
+    args=(--in-place --package "${package[$group]}" --timeout "$test_timeout" --no-shuffle)
+    for f in ${files[$group]}; do args+=(--file "$f"); done
+    [ -z "${names[$group]:-}" ] || args+=(--re "${names[$group]}")
+    # The test targets go to every cargo command, the build included:
+    # after `--` they would reach only `cargo test`, and each mutant would
+    # also build (and link) every other test binary of the package.
+    for t in ${tests[$group]}; do args+=("--cargo-arg=$t"); done
+    group_start=$(date +%s)
+    echo "=== mutants.sh: $group (${package[$group]}: ${files[$group]}; tests: ${tests[$group]}; $jobs job(s))"
+    pids=()
+    for ((k = 0; k < jobs; k++)); do
+        out="$scratch/$group/shard-$k"
+        mkdir -p "$out"
+        shard=()
+        [ "$jobs" -eq 1 ] || shard=(--shard "$k/$jobs" --sharding round-robin)
+        (cd "$scratch/tree-$k" && exec cargo mutants "${args[@]}" "${shard[@]}" \
+            --dir "$scratch/tree-$k" --output "$out" "${extra[@]}") \
+            > >(if [ "$jobs" -eq 1 ]; then cat; else sed -u "s/^/[$k] /"; fi) 2>&1 &
+        pids+=($!)
+    done
+    for ((k = 0; k < jobs; k++)); do
+        rc=0
+        wait "${pids[$k]}" || rc=$?
+        case "$rc" in
+            0|2|3) ;; # clean, missed mutants, timeouts
+            *)
+                echo "mutants.sh: cargo mutants failed for $group, shard $k (exit $rc);" \
+                    "see $scratch/$group/shard-$k/mutants.out/debug.log" >&2
+                exit 2 ;;
+        esac
+    done
+    caught=$(count "$group" caught) missed=$(count "$group" missed)
+    unviable=$(count "$group" unviable) timeout=$(count "$group" timeout)
+    tried=$((caught + missed + unviable + timeout))
+    summary+=("$(printf '%-12s tried %4d  caught %4d  missed %3d  unviable %3d  timeouts %2d  %5ds' \
+        "$group" "$tried" "$caught" "$missed" "$unviable" "$timeout" $(( $(date +%s) - group_start )))")
+    if [ "$missed" -gt 0 ]; then
+        missed_any=1
+        cat "$scratch/$group"/shard-*/mutants.out/missed.txt | sort -t: -k1,1 -k2,2n | sed "s/^/    missed: /"
+    fi
+done
+
+echo
+echo "=== mutants.sh: summary ($(( $(date +%s) - start ))s, $jobs job(s); load average now $(cut -d' ' -f1-3 /proc/loadavg))"
+printf '%s\n' "${summary[@]}"
+exit "$missed_any"
