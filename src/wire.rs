@@ -708,6 +708,23 @@ mod tests {
     }
 
     #[test]
+    fn ticks_are_the_distinct_times_of_the_samples() {
+        // The ingest budget charges a batch per tick it holds: one time
+        // twice is one tick, two times are two.
+        let v = check_valid(|b| {
+            let mut earlier = b.samples[0].clone();
+            earlier.time_unix_ms = NOW - 1000;
+            let mut other = earlier.clone();
+            other.metric = "mem_percent".into();
+            b.samples.push(earlier);
+            b.samples.push(other);
+        });
+        assert_eq!(v.samples.len(), 3);
+        assert_eq!(v.ticks(), 2);
+        assert_eq!(check_valid(|_| {}).ticks(), 1);
+    }
+
+    #[test]
     fn invalid_batches_are_named_by_field_and_rule() {
         use InvalidBatch as I;
         check_invalid(

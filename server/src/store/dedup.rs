@@ -311,4 +311,23 @@ mod tests {
         );
         assert_eq!(SeqSet::decode(9, &[0; 20]), None);
     }
+
+    #[test]
+    fn a_set_decoded_with_more_gaps_than_the_cap_keeps_the_newest_after_one_insert() {
+        // A blob written under a larger cap (or by hand) holds 512 gaps;
+        // the next insert trims it to the newest MAX_GAPS, forgetting the
+        // oldest 257 (the 256 extra and the one the insert adds).
+        let blob: Vec<u8> = (0..2 * MAX_GAPS as u64)
+            .flat_map(|k| [(2 * k + 1).to_le_bytes(), (2 * k + 1).to_le_bytes()].concat())
+            .collect();
+        let mut s = SeqSet::decode(1024, &blob).unwrap();
+        assert_eq!(s.gaps.len(), 2 * MAX_GAPS);
+        assert!(s.insert(1026));
+        assert_eq!(s.gaps.len(), MAX_GAPS);
+        assert_eq!(s.forgotten_through, 513);
+        assert_eq!(s.seen(513), Seen::Forgotten);
+        assert_eq!(s.seen(515), Seen::Missing);
+        assert_eq!(s.seen(1025), Seen::Missing);
+        assert_eq!(s.seen(1026), Seen::Stored);
+    }
 }
