@@ -382,6 +382,18 @@ fn the_pages_work_in_a_real_browser() {
             server.host(h).filter(|x| x.online).map(|_| ())
         });
     }
+    // Enough history that the plots' closed 1 s buckets can be compared
+    // with the store (on a busy machine the browser may otherwise fetch
+    // the series a few seconds after the first sample).
+    wait_for(
+        "15 s of pi-kitchen's cpu_percent stored",
+        Duration::from_secs(60),
+        || {
+            let cpu = stored_samples(&server, "pi-kitchen").remove("cpu_percent")?;
+            let span_ms = cpu.last()?.0 - cpu.first()?.0;
+            (span_ms >= 15_000).then_some(())
+        },
+    );
     // A command, so the pages have a history to show.
     server.ctl_ok(&["exec", "--host", "pi-kitchen", "--", "ping"]);
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
