@@ -44,14 +44,6 @@ fn tool(name: &str, package: &str, test: &str) -> Option<PathBuf> {
     found
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {

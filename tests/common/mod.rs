@@ -9,6 +9,9 @@
 
 pub mod fuzz;
 pub mod pg;
+// Used by the test crates that start Prometheus or PostgreSQL, not all.
+#[allow(unused_imports)]
+pub use pg::free_port;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

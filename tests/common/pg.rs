@@ -64,16 +64,6 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the server binds it
-/// right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 static SHARED: OnceLock<Option<Postgres>> = OnceLock::new();
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
@@ -320,4 +310,14 @@ impl Drop for Postgres {
             let _ = child.wait();
         }
     }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; whoever needs it binds
+/// it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
