@@ -159,6 +159,26 @@ fn tick_of(r: &Row) -> Result<StoredTick, tokio_postgres::Error> {
     Ok(tick)
 }
 
+/// The id of `hostname`, or `UnknownHost` for a host that never sent a
+/// batch.
+async fn host_id(
+    tx: &tokio_postgres::Transaction<'_>,
+    hostname: &str,
+    during: &impl Fn(tokio_postgres::Error) -> StoreError,
+) -> Result<i64, StoreError> {
+    match tx
+        .query_opt(
+            "SELECT host_id FROM hosts WHERE hostname = $1",
+            &[&hostname],
+        )
+        .await
+        .map_err(during)?
+    {
+        Some(r) => r.try_get(0).map_err(during),
+        None => Err(StoreError::UnknownHost(hostname.to_owned())),
+    }
+}
+
 /// Samples of one host, oldest first: one range scan of the primary key
 /// (host, time, run) over the partitions the range touches. A limit is
 /// applied in SQL to rows (each row holds at least one sample), then the
@@ -171,17 +191,7 @@ pub(crate) async fn samples(
 ) -> Result<Vec<StoredSampleRow>, StoreError> {
     let during = sql("querying samples", target);
     let tx = c.transaction().await.map_err(&during)?;
-    let host_id: i64 = match tx
-        .query_opt(
-            "SELECT host_id FROM hosts WHERE hostname = $1",
-            &[&q.hostname],
-        )
-        .await
-        .map_err(&during)?
-    {
-        Some(r) => r.try_get(0).map_err(&during)?,
-        None => return Err(StoreError::UnknownHost(q.hostname.clone())),
-    };
+    let host_id = host_id(&tx, &q.hostname, &during).await?;
     let until = q.until_unix_ms.unwrap_or(i64::MAX);
     let metric_index = q.metric.map(|m| metric_id(m) as usize);
     let filter = match metric_index.and_then(|i| METRIC_COLUMNS.get(i)) {
@@ -252,17 +262,7 @@ pub(crate) async fn series(
     use tokio_stream::StreamExt;
     let during = sql("querying a series", target);
     let tx = c.transaction().await.map_err(&during)?;
-    let host_id: i64 = match tx
-        .query_opt(
-            "SELECT host_id FROM hosts WHERE hostname = $1",
-            &[&q.hostname],
-        )
-        .await
-        .map_err(&during)?
-    {
-        Some(r) => r.try_get(0).map_err(&during)?,
-        None => return Err(StoreError::UnknownHost(q.hostname.clone())),
-    };
+    let host_id = host_id(&tx, &q.hostname, &during).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
         [&host_id, &q.since_unix_ms, &q.until_unix_ms];
     let rows = tx
