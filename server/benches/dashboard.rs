@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use monitor::metric::Metric;
 use monitor_server::http::{self, Auth, HttpState};
 use monitor_server::registry::Registry;
-use monitor_server::store::{IncomingBatch, SqliteConfig, Store, StoredSample};
+use monitor_server::store::{IncomingBatch, StoredSample};
 use monitor_server::telemetry::Telemetry;
 
 /// Values that look like an agent's (noisy, many decimals), so gzip gets
@@ -47,14 +47,8 @@ fn main() {
     let interval_ms: i64 = env_or("INTERVAL_MS", 5000);
     let runs: usize = env_or("RUNS", 10);
     let dir = tempfile::tempdir().expect("temp dir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (rt, store) = common::runtime_and_store(dir.path());
     rt.block_on(async {
-        let store = Store::open(SqliteConfig::new(dir.path().join("bench.db")))
-            .await
-            .expect("store");
         let until = monitor::time::now_unix_ms();
         let since = until - days * 86_400_000;
         let ticks = (until - since) / interval_ms;

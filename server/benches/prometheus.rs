@@ -22,7 +22,7 @@ use monitor_server::http::exposition::Format;
 use monitor_server::http::{self, Auth, HttpState};
 use monitor_server::registry::Registry;
 use monitor_server::remote_write::{self, MAX_SAMPLES_PER_REQUEST};
-use monitor_server::store::{IncomingBatch, SqliteConfig, Store, StoredSample};
+use monitor_server::store::{IncomingBatch, StoredSample};
 use monitor_server::telemetry::Telemetry;
 
 fn batch(host: usize, seq: u64, time_unix_ms: i64) -> IncomingBatch {
@@ -54,14 +54,8 @@ fn main() {
     let scrapes: usize = env_or("SCRAPES", 20);
     let ticks: u64 = env_or("TICKS", 12);
     let dir = tempfile::tempdir().expect("temp dir");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (rt, store) = common::runtime_and_store(dir.path());
     rt.block_on(async {
-        let store = Store::open(SqliteConfig::new(dir.path().join("bench.db")))
-            .await
-            .expect("store");
         let registry = Arc::new(Registry::default());
         // A destination holds the journal, as remote-write does.
         store
