@@ -567,6 +567,56 @@ fn remote_write_status(server: &Server) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
+/// Waits until VictoriaMetrics holds every sample of `store` (host `h`)
+/// and asserts it holds nothing else, each with the store's value, at
+/// most twice; returns how many it holds twice.
+fn assert_victoria_holds(
+    vm: &Victoria,
+    h: &str,
+    store: &BTreeMap<(String, String, i64), f64>,
+) -> usize {
+    let at_vm = wait_for_or(
+        &format!("{h} complete in VictoriaMetrics"),
+        Duration::from_secs(30),
+        || {
+            let got = vm.samples(h);
+            (got.len() >= store.len()).then_some(got)
+        },
+        || {
+            let got = vm.samples(h);
+            let missing: Vec<_> = store
+                .keys()
+                .filter(|k| !got.contains_key(*k))
+                .take(20)
+                .collect();
+            format!(
+                "{} of {} there; missing e.g. {missing:?}",
+                got.len(),
+                store.len()
+            )
+        },
+    );
+    let keys: BTreeSet<_> = at_vm.keys().collect();
+    assert_eq!(
+        keys,
+        store.keys().collect(),
+        "{h}: VictoriaMetrics' samples"
+    );
+    for (key, values) in &at_vm {
+        let want = store[key];
+        // VictoriaMetrics keeps 12 significant decimal digits (its
+        // documented precision), Prometheus the f64 exactly.
+        assert!(
+            values
+                .iter()
+                .all(|v| (v - want).abs() <= want.abs() * 1e-11),
+            "{key:?}: VictoriaMetrics has {values:?}, the store {want}"
+        );
+        assert!(values.len() <= 2, "{key:?}: {values:?}");
+    }
+    at_vm.values().filter(|v| v.len() > 1).count()
+}
+
 #[test]
 fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash() {
     let test = "remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash";
@@ -680,46 +730,7 @@ fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash()
             },
         );
         assert_eq!(at_prom, store, "{h}: Prometheus differs from the store");
-        let at_vm = wait_for_or(
-            &format!("{h} complete in VictoriaMetrics"),
-            Duration::from_secs(30),
-            || {
-                let got = vm.samples(h);
-                (got.len() >= store.len()).then_some(got)
-            },
-            || {
-                let got = vm.samples(h);
-                let missing: Vec<_> = store
-                    .keys()
-                    .filter(|k| !got.contains_key(*k))
-                    .take(20)
-                    .collect();
-                format!(
-                    "{} of {} there; missing e.g. {missing:?}",
-                    got.len(),
-                    store.len()
-                )
-            },
-        );
-        let keys: BTreeSet<_> = at_vm.keys().collect();
-        assert_eq!(
-            keys,
-            store.keys().collect(),
-            "{h}: VictoriaMetrics' samples"
-        );
-        for (key, values) in &at_vm {
-            let want = store[key];
-            // VictoriaMetrics keeps 12 significant decimal digits (its
-            // documented precision), Prometheus the f64 exactly.
-            assert!(
-                values
-                    .iter()
-                    .all(|v| (v - want).abs() <= want.abs() * 1e-11),
-                "{key:?}: VictoriaMetrics has {values:?}, the store {want}"
-            );
-            assert!(values.len() <= 2, "{key:?}: {values:?}");
-        }
-        let repeats = at_vm.values().filter(|v| v.len() > 1).count();
+        let repeats = assert_victoria_holds(&vm, h, &store);
         println!(
             "{h}: {} samples; VictoriaMetrics holds {repeats} twice (the request in flight at the crash)",
             store.len()
@@ -825,32 +836,7 @@ fn remote_write_from_replicas_moves_to_the_survivor_when_the_forwarding_one_is_k
     for h in hosts {
         let store = stored(&survivor, h);
         assert!(store.len() > 500, "{h}: {} samples stored", store.len());
-        let at_vm = wait_for_or(
-            &format!("{h} complete in VictoriaMetrics"),
-            Duration::from_secs(30),
-            || {
-                let got = vm.samples(h);
-                (got.len() >= store.len()).then_some(got)
-            },
-            || format!("{} of {} there", vm.samples(h).len(), store.len()),
-        );
-        let keys: BTreeSet<_> = at_vm.keys().collect();
-        assert_eq!(
-            keys,
-            store.keys().collect(),
-            "{h}: VictoriaMetrics' samples"
-        );
-        for (key, values) in &at_vm {
-            let want = store[key];
-            assert!(
-                values
-                    .iter()
-                    .all(|v| (v - want).abs() <= want.abs() * 1e-11),
-                "{key:?}: VictoriaMetrics has {values:?}, the store {want}"
-            );
-            assert!(values.len() <= 2, "{key:?}: {values:?}");
-        }
-        repeats_total += at_vm.values().filter(|v| v.len() > 1).count();
+        repeats_total += assert_victoria_holds(&vm, h, &store);
     }
     // At most one request (MAX_SAMPLES_PER_REQUEST samples) was in flight.
     assert!(repeats_total <= 10_000, "{repeats_total} samples twice");
