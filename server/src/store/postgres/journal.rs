@@ -173,8 +173,11 @@ pub(crate) async fn register(
     let mut out = Vec::with_capacity(destinations.len());
     for d in destinations {
         if let Some(found) = cursor(c, d).await.map_err(sql)? {
+            // Written only when it changed: waiting replicas call this
+            // every second.
             c.execute(
-                "UPDATE forward_cursors SET max_lag_ms = $2 WHERE destination = $1",
+                "UPDATE forward_cursors SET max_lag_ms = $2
+                 WHERE destination = $1 AND max_lag_ms <> $2",
                 &[&pg_text(d), &max_lag_ms],
             )
             .await
