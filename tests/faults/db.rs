@@ -15,15 +15,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::common::pg::Postgres;
-use crate::common::postgres_for;
 use crate::support::rows_for;
 
 /// The PostgreSQL database the test's server ran on instead of the SQLite
-/// file `db`, if it did.
+/// file `db`, if it did (the URL `postgres_for` kept beside `db`).
 pub fn postgres_url(db: &Path) -> Option<String> {
-    std::fs::read_to_string(db.with_extension("pg-url"))
-        .ok()
-        .or_else(|| postgres_for(db))
+    std::fs::read_to_string(db.with_extension("pg-url")).ok()
 }
 
 fn psql(url: &str, sql: &str) -> String {
