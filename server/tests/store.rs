@@ -2069,3 +2069,39 @@ async fn one_replica_forwards_to_a_destination_and_another_takes_over_postgres()
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
+
+/// A database of schema 1 (before the remote-write journal) gains the
+/// journal and the cursors at the next start, keeping its samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_1_database_gains_the_journal_and_keeps_its_samples_postgres() {
+    let Some(db) = TestDb::new(Kind::Postgres, "schema_1_upgrade") else {
+        return;
+    };
+    let base = base_ms();
+    let store = db.open().await;
+    submit_all(&store, "pi", 1, 1..=3, base).await;
+    store.close().await.unwrap();
+    let pg = Postgres::shared("schema_1_upgrade").unwrap();
+    let url = db.url.as_deref().unwrap();
+    // What a server of schema 1 left.
+    pg.psql(
+        url,
+        "DROP TABLE journal, forward_cursors; DROP SEQUENCE journal_ids;
+         UPDATE monitor_schema SET version = 1",
+    );
+    let store = db.open().await;
+    assert_eq!(
+        pg.psql(url, "SELECT version FROM monitor_schema").trim(),
+        "2"
+    );
+    check(&store, all("pi"), &rows_of(1..=3, base, &Metric::ALL)).await;
+    let lag = Duration::from_secs(3600);
+    store
+        .register_forwarders(vec!["d".into()], lag)
+        .await
+        .unwrap();
+    submit_all(&store, "pi", 1, 4..=5, base).await;
+    let read = store.forward_batch(0, None, 100).await.unwrap();
+    assert_eq!(read.rows.len(), 2, "the batches stored since registration");
+    store.close().await.unwrap();
+}
