@@ -12,6 +12,10 @@
   const SVG = "http://www.w3.org/2000/svg"; // a namespace name, never fetched
   const RANGES = [["15m", "15 min"], ["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"]];
   const HOT_PERCENT = 90;
+  // Fleet rows put in the table at once (more than a tall screen shows),
+  // then per later task.
+  const FIRST_ROWS = 60;
+  const CHUNK_ROWS = 250;
 
   // What the tests and a curious person can look at.
   const state = { metrics: [], hosts: null, sparks: null, plot: null, plots: [], errors: 0 };
@@ -266,6 +270,42 @@
       })));
     }
 
+    // Puts `hosts`' rows in the table in that order, each made or updated
+    // as it goes in: a screenful at once, the rest in chunks in later
+    // tasks (each chunk in one fragment). The first frame then builds,
+    // styles, lays out and paints a screenful of rows, not all 1,000 (that
+    // frame alone took a second on a loaded machine); a newer call stops
+    // an older one's chunks.
+    let inserting = 0;
+    let shown = []; // the hostnames in the table, in order, once complete
+    function insert(hosts) {
+      const generation = ++inserting;
+      shown = [];
+      let at = 0;
+      const chunk = (n) => {
+        const frag = document.createDocumentFragment();
+        for (const h of hosts.slice(at, at + n)) {
+          let r = rows.get(h.hostname);
+          if (!r) {
+            r = newRow(h);
+            rows.set(h.hostname, r);
+          }
+          update(r, h);
+          frag.append(r.tr);
+        }
+        at += n;
+        if (at >= hosts.length) shown = hosts.map((h) => h.hostname);
+        return frag;
+      };
+      body.replaceChildren(chunk(FIRST_ROWS));
+      const more = () => {
+        if (generation !== inserting) return;
+        body.append(chunk(CHUNK_ROWS));
+        if (at < hosts.length) setTimeout(more, 0);
+      };
+      if (at < hosts.length) setTimeout(more, 0);
+    }
+
     function render() {
       if (!state.hosts) return;
       renderHead();
@@ -276,15 +316,6 @@
         const x = sortValue(a, col), y = sortValue(b, col);
         return (x < y ? -1 : x > y ? 1 : 0) * sort.dir;
       });
-      const order = hosts.map((h) => {
-        let r = rows.get(h.hostname);
-        if (!r) {
-          r = newRow(h);
-          rows.set(h.hostname, r);
-        }
-        update(r, h);
-        return r.tr;
-      });
       // Hosts the server no longer lists lose their rows.
       const listed = new Set(state.hosts.map((h) => h.hostname));
       for (const [name, r] of rows) {
@@ -293,12 +324,11 @@
         near.delete(r);
         rows.delete(name);
       }
-      const now = body.children;
-      if (now.length !== order.length || order.some((tr, i) => now[i] !== tr)) {
-        // All rows in one insertion: one layout, not one per row.
-        const frag = document.createDocumentFragment();
-        for (const tr of order) frag.append(tr);
-        body.replaceChildren(frag);
+      if (shown.length === hosts.length && hosts.every((h, i) => shown[i] === h.hostname)) {
+        // The same rows in the same order: only what changed is written.
+        for (const h of hosts) update(rows.get(h.hostname), h);
+      } else {
+        insert(hosts);
       }
       for (const r of near) drawSparks(r);
       const offline = state.hosts.filter((h) => !h.online).length;
