@@ -487,3 +487,183 @@ fn postgres_restarted_under_load_loses_nothing_and_stores_nothing_twice() {
         assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
     }
 }
+
+/// A network namespace of the test's own, its loopback up, in which the
+/// name `replicas.test` has two addresses, 127.0.0.1 and ::1, for the real
+/// resolver: `ip netns exec` mounts `/etc/netns/NAME/hosts` over
+/// /etc/hosts for the processes it starts there, and nowhere else (the
+/// machine's /etc/hosts is not touched, and this box's `localhost` has only
+/// 127.0.0.1). Deleted, with that file, on drop.
+struct TwoAddressName {
+    ns: String,
+    etc: std::path::PathBuf,
+}
+
+impl TwoAddressName {
+    const NAME: &'static str = "replicas.test";
+
+    /// Root only (`ip netns add`); the error names what failed.
+    fn create() -> Result<TwoAddressName, String> {
+        let ip = common::ip_bin().ok_or("ip(8) not found")?;
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = std::process::Command::new(&ip)
+                .args(args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            out.status.success().then_some(()).ok_or_else(|| {
+                format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )
+            })
+        };
+        let ns = format!("mon-dns-{}", std::process::id() % 100_000);
+        let etc = std::path::Path::new("/etc/netns").join(&ns);
+        run(&["netns", "add", &ns])?;
+        let made = TwoAddressName { ns, etc };
+        run(&["-n", &made.ns, "link", "set", "lo", "up"])?;
+        std::fs::create_dir_all(&made.etc).map_err(|e| format!("{}: {e}", made.etc.display()))?;
+        let hosts = format!(
+            "127.0.0.1 localhost\n::1 localhost\n127.0.0.1 {n}\n::1 {n}\n",
+            n = Self::NAME
+        );
+        std::fs::write(made.etc.join("hosts"), hosts)
+            .map_err(|e| format!("{}: {e}", made.etc.display()))?;
+        Ok(made)
+    }
+}
+
+impl Drop for TwoAddressName {
+    fn drop(&mut self) {
+        if let Some(ip) = common::ip_bin() {
+            let _ = std::process::Command::new(ip)
+                .args(["netns", "del", &self.ns])
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.etc);
+        // Only if nothing else is there (another test's namespace).
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
+}
+
+/// `url` (a database of `pg`) over PostgreSQL's Unix socket, which a
+/// server in another network namespace reaches through the file system.
+fn over_socket(pg: &Postgres, url: &str) -> String {
+    let db = url.rsplit('/').next().unwrap();
+    let dir = pg.dir().display().to_string().replace('/', "%2F");
+    format!("postgres://postgres@{dir}:{}/{db}", pg.port)
+}
+
+#[test]
+fn agents_given_a_name_with_two_addresses_spread_over_both_and_fail_over() {
+    let test = "agents_given_a_name_with_two_addresses";
+    let Some(pg) = Postgres::shared(test) else {
+        return;
+    };
+    let name = match TwoAddressName::create() {
+        Ok(n) => n,
+        Err(e) => {
+            // Not a silent pass: say loudly why this test did not run.
+            eprintln!("SKIPPED {test}: network namespaces unavailable: {e}");
+            println!("SKIPPED {test}: {e}");
+            return;
+        }
+    };
+    let dir = TempDir::new("replicas-dns");
+    let url = pg.database("dns");
+    // One replica on each address of the name, the same port (a new
+    // namespace has every port free). Their certificates carry the name
+    // and 127.0.0.1 (monitorctl's way in), not ::1: an agent that checked
+    // the certificate against the address it connected to could not
+    // talk to the replica on ::1.
+    let extra = [
+        "--tls-name",
+        TwoAddressName::NAME,
+        "--tls-name",
+        "127.0.0.1",
+    ];
+    let start = |sub: &str, listen: &str| {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        let db = d.join("monitor.db");
+        std::fs::write(db.with_extension("pg-url"), over_socket(pg, &url)).unwrap();
+        Server::start_opts(&db, listen, &extra, &[], Some(&name.ns))
+    };
+    let v4 = start("v4", "127.0.0.1:50051");
+    let mut v6 = start("v6", "[::1]:50051");
+    let (v4_id, v6_id) = (replica_id(&v4), replica_id(&v6));
+
+    let ticks: u64 = 150;
+    let names: Vec<String> = (0..8).map(|i| format!("dns-{i}")).collect();
+    let server_url = format!("https://{}:50051", TwoAddressName::NAME);
+    let mut agents: Vec<Proc> = names
+        .iter()
+        .map(|n| {
+            v4.agent_at(Some(&name.ns), &server_url, n)
+                .env("MONITOR_INTERVAL", "0.1")
+                .env("MONITOR_SHUTDOWN_TIMEOUT", "90s")
+                .arg("--count")
+                .arg(ticks.to_string())
+                .spawn()
+        })
+        .collect();
+    let held = wait_for("every agent online", Duration::from_secs(60), || {
+        let h = holders(&v4);
+        names.iter().all(|n| h.contains_key(n)).then_some(h)
+    });
+    for id in [&v4_id, &v6_id] {
+        assert!(
+            held.values().any(|r| r == id),
+            "the agents did not spread over both addresses: {held:?}"
+        );
+    }
+
+    // The replica on ::1 killed: its agents move to the name's other
+    // address, and every batch is stored exactly once.
+    wait_for(
+        "a third of the batches stored",
+        Duration::from_secs(60),
+        || {
+            let s = stored(pg, &url);
+            (s.len() == names.len()
+                && s.values()
+                    .all(|h| h.batches_stored_total >= (ticks / 3) as i64))
+            .then_some(())
+        },
+    );
+    v6.proc.signal("KILL");
+    v6.proc.wait_exit(Duration::from_secs(10));
+    let moved: Vec<&String> = names.iter().filter(|n| held[*n] == v6_id).collect();
+    wait_for("the hosts view to follow", Duration::from_secs(60), || {
+        let h = holders(&v4);
+        moved
+            .iter()
+            .all(|n| h.get(*n) == Some(&v4_id))
+            .then_some(())
+    });
+    for (agent, n) in agents.iter_mut().zip(&names) {
+        wait_flushed(agent, n, Duration::from_secs(180));
+        // The log says where it went: the URL and the address.
+        if moved.contains(&n) {
+            assert!(
+                agent.stderr.contains(&format!(
+                    "https://{}:50051/ ([::1]:50051)",
+                    TwoAddressName::NAME
+                )),
+                "{n}:\n{}",
+                agent.stderr.dump()
+            );
+        }
+    }
+    let all = stored(pg, &url);
+    for n in &names {
+        let want = Stored {
+            batches_stored_total: ticks as i64,
+            times: ticks as i64,
+            rows: ticks as i64,
+            runs: 1,
+        };
+        assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
+    }
+}
