@@ -118,6 +118,58 @@ fn wait_flushed(agent: &mut Proc, name: &str, timeout: Duration) {
     );
 }
 
+/// `agent` reporting every 0.1 s until it sent `ticks` batches; then it
+/// waits up to 90 s for their acknowledgements and exits.
+fn counted(agent: common::AgentCmd, ticks: u64) -> Proc {
+    agent
+        .env("MONITOR_INTERVAL", "0.1")
+        .env("MONITOR_SHUTDOWN_TIMEOUT", "90s")
+        .arg("--count")
+        .arg(ticks.to_string())
+        .spawn()
+}
+
+/// Waits until every agent of `names` is online in `server`'s fleet-wide
+/// view and checks that they spread over every replica of `ids`; returns
+/// where each is.
+fn wait_spread(server: &Server, names: &[String], ids: &[&String]) -> BTreeMap<String, String> {
+    let held = wait_for("every agent online", Duration::from_secs(60), || {
+        let h = holders(server);
+        names.iter().all(|n| h.contains_key(n)).then_some(h)
+    });
+    for id in ids {
+        assert!(
+            held.values().any(|r| r == *id),
+            "the agents did not spread over every replica: {held:?}"
+        );
+    }
+    held
+}
+
+/// Waits until every host of `names` has at least `batches` stored.
+fn wait_stored(pg: &Postgres, url: &str, names: &[String], batches: u64) {
+    wait_for("batches stored", Duration::from_secs(60), || {
+        let s = stored(pg, url);
+        (s.len() == names.len() && s.values().all(|h| h.batches_stored_total >= batches as i64))
+            .then_some(())
+    });
+}
+
+/// Checks the database holds each of `names`' `ticks` batches exactly
+/// once, from one agent run.
+fn assert_stored_once(pg: &Postgres, url: &str, names: &[String], ticks: u64) {
+    let all = stored(pg, url);
+    for n in names {
+        let want = Stored {
+            batches_stored_total: ticks as i64,
+            times: ticks as i64,
+            rows: ticks as i64,
+            runs: 1,
+        };
+        assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
+    }
+}
+
 #[test]
 fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
     let test = "agents_fail_over_when_a_replica_is_killed";
@@ -162,41 +214,18 @@ fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
     let mut agents: Vec<Proc> = names
         .iter()
         .map(|n| {
-            servers[0]
-                .agent(n)
-                .env("MONITOR_SERVER", urls.join(","))
-                .env("MONITOR_INTERVAL", "0.1")
-                .env("MONITOR_SHUTDOWN_TIMEOUT", "90s")
-                .arg("--count")
-                .arg(ticks.to_string())
-                .spawn()
+            counted(
+                servers[0].agent(n).env("MONITOR_SERVER", urls.join(",")),
+                ticks,
+            )
         })
         .collect();
     // Where each agent is, as the first replica's fleet-wide view says.
-    let held = wait_for("every agent online", Duration::from_secs(60), || {
-        let h = holders(&servers[0]);
-        names.iter().all(|n| h.contains_key(n)).then_some(h)
-    });
-    for id in &ids {
-        assert!(
-            held.values().any(|r| r == id),
-            "the agents did not spread over every replica: {held:?}"
-        );
-    }
+    let held = wait_spread(&servers[0], &names, &ids.iter().collect::<Vec<_>>());
 
     // Kill the last replica once every agent has a good part of its
     // batches stored.
-    wait_for(
-        "a third of the batches stored",
-        Duration::from_secs(60),
-        || {
-            let s = stored(pg, &url);
-            (s.len() == names.len()
-                && s.values()
-                    .all(|h| h.batches_stored_total >= (ticks / 3) as i64))
-            .then_some(())
-        },
-    );
+    wait_stored(pg, &url, &names, ticks / 3);
     let mut killed = servers.pop().unwrap();
     let killed_id = ids.last().unwrap();
     let before = stored(pg, &url);
@@ -238,16 +267,7 @@ fn agents_fail_over_when_a_replica_is_killed_and_every_batch_is_stored_once() {
     for (agent, n) in agents.iter_mut().zip(&names) {
         wait_flushed(agent, n, Duration::from_secs(180));
     }
-    let all = stored(pg, &url);
-    for n in &names {
-        let want = Stored {
-            batches_stored_total: ticks as i64,
-            times: ticks as i64,
-            rows: ticks as i64,
-            runs: 1,
-        };
-        assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
-    }
+    assert_stored_once(pg, &url, &names, ticks);
 }
 
 /// Commands the agents in `commands_across_replicas` allow.
@@ -435,17 +455,7 @@ fn postgres_restarted_under_load_loses_nothing_and_stores_nothing_twice() {
                 .spawn()
         })
         .collect();
-    wait_for(
-        "a fifth of the batches stored",
-        Duration::from_secs(60),
-        || {
-            let s = stored(&pg, &url);
-            (s.len() == names.len()
-                && s.values()
-                    .all(|h| h.batches_stored_total >= (ticks / 5) as i64))
-            .then_some(())
-        },
-    );
+    wait_stored(&pg, &url, &names, ticks / 5);
     assert_eq!(health_of(&server), 1, "SERVING before");
 
     // Down: nothing acknowledged, one clear line, health says so.
@@ -476,16 +486,7 @@ fn postgres_restarted_under_load_loses_nothing_and_stores_nothing_twice() {
     for (agent, n) in agents.iter_mut().zip(&names) {
         wait_flushed(agent, n, Duration::from_secs(180));
     }
-    let all = stored(&pg, &url);
-    for n in &names {
-        let want = Stored {
-            batches_stored_total: ticks as i64,
-            times: ticks as i64,
-            rows: ticks as i64,
-            runs: 1,
-        };
-        assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
-    }
+    assert_stored_once(&pg, &url, &names, ticks);
 }
 
 /// A network namespace of the test's own, its loopback up, in which the
@@ -599,39 +600,13 @@ fn agents_given_a_name_with_two_addresses_spread_over_both_and_fail_over() {
     let server_url = format!("https://{}:50051", TwoAddressName::NAME);
     let mut agents: Vec<Proc> = names
         .iter()
-        .map(|n| {
-            v4.agent_at(Some(&name.ns), &server_url, n)
-                .env("MONITOR_INTERVAL", "0.1")
-                .env("MONITOR_SHUTDOWN_TIMEOUT", "90s")
-                .arg("--count")
-                .arg(ticks.to_string())
-                .spawn()
-        })
+        .map(|n| counted(v4.agent_at(Some(&name.ns), &server_url, n), ticks))
         .collect();
-    let held = wait_for("every agent online", Duration::from_secs(60), || {
-        let h = holders(&v4);
-        names.iter().all(|n| h.contains_key(n)).then_some(h)
-    });
-    for id in [&v4_id, &v6_id] {
-        assert!(
-            held.values().any(|r| r == id),
-            "the agents did not spread over both addresses: {held:?}"
-        );
-    }
+    let held = wait_spread(&v4, &names, &[&v4_id, &v6_id]);
 
     // The replica on ::1 killed: its agents move to the name's other
     // address, and every batch is stored exactly once.
-    wait_for(
-        "a third of the batches stored",
-        Duration::from_secs(60),
-        || {
-            let s = stored(pg, &url);
-            (s.len() == names.len()
-                && s.values()
-                    .all(|h| h.batches_stored_total >= (ticks / 3) as i64))
-            .then_some(())
-        },
-    );
+    wait_stored(pg, &url, &names, ticks / 3);
     v6.proc.signal("KILL");
     v6.proc.wait_exit(Duration::from_secs(10));
     let moved: Vec<&String> = names.iter().filter(|n| held[*n] == v6_id).collect();
@@ -656,14 +631,5 @@ fn agents_given_a_name_with_two_addresses_spread_over_both_and_fail_over() {
             );
         }
     }
-    let all = stored(pg, &url);
-    for n in &names {
-        let want = Stored {
-            batches_stored_total: ticks as i64,
-            times: ticks as i64,
-            rows: ticks as i64,
-            runs: 1,
-        };
-        assert_eq!(all.get(n.as_str()), Some(&want), "{n}: {all:?}");
-    }
+    assert_stored_once(pg, &url, &names, ticks);
 }
