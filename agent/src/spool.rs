@@ -471,6 +471,42 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_record_encode_can_write_survives_a_reopen() {
+        // Every health value a batch may carry, each with the longest
+        // device name: a record of about 17 KiB, which MAX_PAYLOAD admits.
+        let path = tmp("largest");
+        let device = "d".repeat(MAX_DEVICE_BYTES);
+        let mut big = b(7, 1, 6);
+        big.health = health(
+            &[(HealthMetric::FsUsedPercent, device.as_str(), 99.5); MAX_HEALTH_SAMPLES_PER_BATCH],
+        );
+        let mut record = Vec::new();
+        encode(&big, &mut record);
+        assert!(record.len() > 16 * 1024, "{} bytes", record.len());
+        let batches = [big, b(7, 2, 6)];
+        {
+            let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
+            for (i, x) in batches.iter().enumerate() {
+                s.append(x, batches[..=i].iter()).unwrap();
+            }
+        }
+        let (_, rec) = Spool::open(&path, 1 << 20).unwrap();
+        assert_eq!(rec.batches, batches);
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn an_error_names_the_spool_and_keeps_its_cause() {
+        use std::error::Error;
+        let e = SpoolError {
+            path: PathBuf::from("/var/lib/monitor/spool"),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, "denied"),
+        };
+        assert_eq!(e.to_string(), "spool /var/lib/monitor/spool: denied");
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("denied"));
+    }
+
+    #[test]
     fn a_health_section_that_does_not_check_out_is_not_a_batch() {
         let mut record = Vec::new();
         let mut x = b(1, 1, 1);
