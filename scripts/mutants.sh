@@ -93,6 +93,15 @@ case "$jobs" in
     *) echo "mutants.sh: MUTANTS_JOBS must be 1 to 9, got '$jobs'" >&2; exit 2 ;;
 esac
 
+# One run at a time: a second one would copy the tree afresh under the
+# first one's mutants (and `--list` copies it too).
+mkdir -p "$scratch"
+exec 9>"$scratch/lock"
+if ! flock -n 9; then
+    echo "mutants.sh: another run is using $scratch; wait for it to end" >&2
+    exit 2
+fi
+
 # Each copy holds every tracked or new (not ignored) file, all stamped
 # with the time of the copy, so the first build of a run rebuilds the
 # workspace's crates (not their dependencies). Kept times would be wrong:

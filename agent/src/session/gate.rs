@@ -302,39 +302,11 @@ impl Default for RefusalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_log::take_lines;
     use monitor::signing::SigningKey;
-    use std::sync::Mutex;
 
     const NOW_MS: i64 = 1_800_000_000_000;
     const HOST: &str = "pi-1";
-
-    /// The lines logged by this test's thread (tests run in parallel, each
-    /// on its own thread).
-    struct Captured;
-    static LOGGER: Captured = Captured;
-    static INSTALLED: Mutex<bool> = Mutex::new(false);
-    thread_local! {
-        static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-    }
-    impl log::Log for Captured {
-        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-            true
-        }
-        fn log(&self, record: &log::Record<'_>) {
-            LINES.with(|l| l.borrow_mut().push(record.args().to_string()));
-        }
-        fn flush(&self) {}
-    }
-    fn take_lines() -> Vec<String> {
-        let mut installed = INSTALLED.lock().unwrap();
-        if !*installed {
-            // Nothing else in this crate's tests installs a logger.
-            log::set_logger(&LOGGER).unwrap();
-            log::set_max_level(log::LevelFilter::Warn);
-            *installed = true;
-        }
-        LINES.with(|l| std::mem::take(&mut *l.borrow_mut()))
-    }
 
     struct Fixture {
         gate: Gate,
