@@ -32,3 +32,4 @@ mod test_log;
 pub mod testing;
 pub mod thermal;
 pub mod throttling;
+pub mod ticker;

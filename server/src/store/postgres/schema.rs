@@ -23,6 +23,9 @@
 //!   table is the truth): see `replicas.rs`.
 //! - `host_latest` keeps each host's newest value per metric, so `hosts()`
 //!   never scans samples.
+//! - `journal` (schema 2) is the change feed remote-write forwards from:
+//!   one row per stored batch, ids in commit order, written only while a
+//!   destination has a cursor in `forward_cursors`; see `journal.rs`.
 //!
 //! Metric ids and columns come from `store/encoding.rs`. Never change a
 //! table below in place: add a migration step and bump [`SCHEMA_VERSION`].
@@ -33,13 +36,23 @@ use super::error::PostgresError;
 use crate::store::encoding::METRIC_COLUMNS;
 
 /// The version of the tables below.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+pub(crate) const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock keys of this schema (one namespace: "monitor" in
 /// ASCII, then a number per purpose).
 pub(crate) const LOCK_MIGRATE: i64 = 0x6d6f_6e69_746f_7201;
 /// Taken while partitions are created or dropped.
 pub(crate) const LOCK_PARTITIONS: i64 = 0x6d6f_6e69_746f_7202;
+/// Held (per transaction) from allocating journal ids to commit: ids in
+/// commit order (see `journal.rs`).
+pub(crate) const LOCK_JOURNAL: i64 = 0x6d6f_6e69_746f_7203;
+/// Shared by every flush while it decides whether to journal, exclusive
+/// while a destination is registered (see `journal.rs`).
+pub(crate) const LOCK_JOURNAL_GATE: i64 = 0x6d6f_6e69_746f_7204;
+/// The first key of a forwarding destination's session lock (the
+/// two-`int4` form, a key space apart from the `bigint` keys above): its
+/// second key is the destination's `forward_cursors.lock_id`.
+pub(crate) const LOCK_FORWARD_CLASS: i32 = 0x6d6f_6e69;
 
 /// The tables of version 1. `{METRICS}` is replaced by one nullable
 /// `double precision` column per metric.
@@ -165,6 +178,26 @@ CREATE TABLE operator_keys (
 );
 ";
 
+/// Version 2: the change feed remote-write forwards from (`journal.rs`).
+/// `record` is the journal record of SQLite's journal (`ticks::encode_rows`).
+const CREATE_V2: &str = "
+CREATE SEQUENCE journal_ids AS bigint;
+CREATE TABLE journal (
+    journal_id       bigint PRIMARY KEY,
+    host_id          bigint NOT NULL,
+    received_unix_ms bigint NOT NULL,
+    record           bytea NOT NULL
+);
+CREATE TABLE forward_cursors (
+    destination     text PRIMARY KEY,
+    lock_id         integer GENERATED ALWAYS AS IDENTITY UNIQUE,
+    journal_id      bigint NOT NULL,
+    sending_through bigint NOT NULL,
+    max_lag_ms      bigint NOT NULL,
+    updated_unix_ms bigint NOT NULL
+);
+";
+
 /// What the schema says once it is up to date.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Schema {
@@ -198,8 +231,8 @@ pub(crate) async fn migrate(
             .await
             .map_err(sql)?;
         tx.execute(
-            "INSERT INTO monitor_schema (version, partition_width_ms) VALUES ($1, $2)",
-            &[&SCHEMA_VERSION, &partition_width_ms],
+            "INSERT INTO monitor_schema (version, partition_width_ms) VALUES (1, $1)",
+            &[&partition_width_ms],
         )
         .await
         .map_err(sql)?;
@@ -221,6 +254,15 @@ pub(crate) async fn migrate(
             found: version,
             known: SCHEMA_VERSION,
         });
+    }
+    if version < 2 {
+        tx.batch_execute(CREATE_V2).await.map_err(sql)?;
+        tx.execute("UPDATE monitor_schema SET version = 2", &[])
+            .await
+            .map_err(sql)?;
+        if exists {
+            log::info!("store: schema {version} upgraded to 2 (the remote-write journal)");
+        }
     }
     if width <= 0 {
         return Err(PostgresError::BadValue(format!(
