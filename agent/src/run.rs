@@ -21,7 +21,7 @@ use crate::replay::ReplayCache;
 use crate::sampler::{self, Sink};
 use crate::session;
 use crate::session::gate::Gate;
-use crate::session::{CommandContext, Connector, first_server};
+use crate::session::{CommandContext, Connector, Targets};
 use crate::spool::{Spool, SpoolError};
 use crate::state::Shared;
 use crate::thermal::ZoneChoice;
@@ -200,24 +200,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         limits,
         gate,
     ));
-    let endpoints = config
-        .servers
-        .iter()
-        .map(|url| session::endpoint(url))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(AgentError::Endpoint)?;
+    let targets = Targets::new(&config.servers, &config.hostname).map_err(AgentError::Endpoint)?;
     let servers = config.servers.join(", ");
-    let first = first_server(&config.hostname, endpoints.len());
     let connector = if config.insecure {
         log::warn!(
             "--insecure: talking to {servers} in plain text with no certificates; anyone on \
              the network path can read and forge samples and commands"
         );
-        Connector::insecure(endpoints, first)
+        Connector::insecure(targets)
     } else {
         Connector::tls(
-            endpoints,
-            first,
+            targets,
             config.state_dir.clone(),
             config.join.clone(),
             config.hostname.clone(),
