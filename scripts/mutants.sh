@@ -53,10 +53,12 @@ names[wire]='^src/(wire|signing|base64)\.rs:|^src/command\.rs:.*\b(check_grant|r
 tests[wire]="--lib"
 
 package[server]=monitor-server
-files[server]="server/src/store/sqlite/dedup.rs server/src/store/records.rs"
-# records.rs: only the join-token refusal.
-names[server]='^server/src/store/sqlite/dedup\.rs:|^server/src/store/records\.rs:.*\bJoinTokenRecord::refusal\b'
-tests[server]="--lib --test store"
+files[server]="server/src/store/dedup.rs server/src/store/records.rs server/src/enrolment.rs server/src/tls/trust.rs"
+# records.rs: only the join-token refusal; enrolment.rs: the signed-exec
+# check, the name check and what a token refusal becomes; tls/trust.rs: who
+# a certificate is (not the webpki calls it forwards).
+names[server]='^server/src/store/dedup\.rs:|^server/src/store/records\.rs:.*\bJoinTokenRecord::refusal\b|^server/src/enrolment\.rs:.*\b(signed_by|checked_name|status_of_refusal)\b|^server/src/tls/trust\.rs:.*\b(Trust::(add|identify|revoke|sync|is_revoked|prune|len|is_empty)|verify_client_cert)\b'
+tests[server]="--lib"
 
 all_groups=(parsers allowlist agent-state wire server)
 
@@ -90,6 +92,15 @@ case "$jobs" in
     [1-9]) ;;
     *) echo "mutants.sh: MUTANTS_JOBS must be 1 to 9, got '$jobs'" >&2; exit 2 ;;
 esac
+
+# One run at a time: a second one would copy the tree afresh under the
+# first one's mutants (and `--list` copies it too).
+mkdir -p "$scratch"
+exec 9>"$scratch/lock"
+if ! flock -n 9; then
+    echo "mutants.sh: another run is using $scratch; wait for it to end" >&2
+    exit 2
+fi
 
 # Each copy holds every tracked or new (not ignored) file, all stamped
 # with the time of the copy, so the first build of a run rebuilds the

@@ -26,6 +26,8 @@ pub mod source;
 pub mod spool;
 pub mod state;
 pub mod sysfs;
+#[cfg(test)]
+mod test_log;
 #[doc(hidden)]
 pub mod testing;
 pub mod thermal;

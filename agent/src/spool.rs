@@ -450,15 +450,10 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn health_values_survive_a_reopen_beside_records_without_them() {
-        let path = tmp("health");
-        let mut with_health = b(7, 2, 6);
-        with_health.health = health(&[
-            (HealthMetric::TempCelsius, "", 61.3),
-            (HealthMetric::FsUsedPercent, "/media/pi/USB SSD", 97.5),
-        ]);
-        let batches = [b(7, 1, 6), with_health, b(7, 3, 2)];
+    /// Appends `batches` to a new spool, one by one, and checks that a
+    /// reopen gives them all back.
+    fn survive_a_reopen(tag: &str, batches: &[TickBatch]) {
+        let path = tmp(tag);
         {
             let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
             for (i, x) in batches.iter().enumerate() {
@@ -468,6 +463,40 @@ mod tests {
         let (_, rec) = Spool::open(&path, 1 << 20).unwrap();
         assert_eq!(rec.batches, batches);
         assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn health_values_survive_a_reopen_beside_records_without_them() {
+        let mut with_health = b(7, 2, 6);
+        with_health.health = health(&[
+            (HealthMetric::TempCelsius, "", 61.3),
+            (HealthMetric::FsUsedPercent, "/media/pi/USB SSD", 97.5),
+        ]);
+        survive_a_reopen("health", &[b(7, 1, 6), with_health, b(7, 3, 2)]);
+    }
+
+    #[test]
+    fn the_largest_record_encode_can_write_survives_a_reopen() {
+        // Every health value a batch may carry, each with the longest
+        // device name: a record of about 17 KiB, which MAX_PAYLOAD admits.
+        let device = "d".repeat(MAX_DEVICE_BYTES);
+        let mut big = b(7, 1, 6);
+        big.health = health(
+            &[(HealthMetric::FsUsedPercent, device.as_str(), 99.5); MAX_HEALTH_SAMPLES_PER_BATCH],
+        );
+        assert!(record_len(&big) > 16 * 1024, "{} bytes", record_len(&big));
+        survive_a_reopen("largest", &[big, b(7, 2, 6)]);
+    }
+
+    #[test]
+    fn an_error_names_the_spool_and_keeps_its_cause() {
+        use std::error::Error;
+        let e = SpoolError {
+            path: PathBuf::from("/var/lib/monitor/spool"),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, "denied"),
+        };
+        assert_eq!(e.to_string(), "spool /var/lib/monitor/spool: denied");
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("denied"));
     }
 
     #[test]
@@ -577,6 +606,123 @@ mod tests {
             rec.batches.iter().map(|b| b.seq).collect::<Vec<_>>(),
             expect
         );
+    }
+
+    fn record_len(batch: &TickBatch) -> u64 {
+        let mut record = Vec::new();
+        encode(batch, &mut record);
+        record.len() as u64
+    }
+
+    /// A batch whose record is exactly `want` bytes long (padded with
+    /// health values of chosen device lengths).
+    fn batch_of_record_len(seq: u64, want: u64) -> TickBatch {
+        let mut batch = b(1, seq, 6);
+        let per_value = 1 + 2 + 8;
+        let rest = (want - record_len(&batch) - 1) as usize;
+        let k = rest.div_ceil(per_value + MAX_DEVICE_BYTES);
+        let devices = rest - k * per_value;
+        let lens: Vec<usize> = (0..k)
+            .map(|i| devices / k + usize::from(i < devices % k))
+            .collect();
+        let names: Vec<String> = lens.iter().map(|&n| "d".repeat(n)).collect();
+        let values: Vec<(HealthMetric, &str, f64)> = names
+            .iter()
+            .map(|n| (HealthMetric::FsUsedPercent, n.as_str(), 50.0))
+            .collect();
+        batch.health = health(&values);
+        assert_eq!(record_len(&batch), want);
+        batch
+    }
+
+    #[test]
+    fn a_batch_that_fills_the_cap_exactly_is_appended_and_one_more_rewrites_to_half() {
+        let path = tmp("exact");
+        let cap = 4096;
+        let (mut s, _) = Spool::open(&path, cap).unwrap();
+        assert_eq!(s.len_bytes(), MAGIC.len() as u64);
+        let first = b(1, 1, 6);
+        s.append(&first, [&first].into_iter()).unwrap();
+        assert_eq!(s.len_bytes(), MAGIC.len() as u64 + record_len(&first));
+        let filler = batch_of_record_len(2, cap - s.len_bytes());
+        let all = [first, filler, b(1, 3, 6)];
+        s.append(&all[1], all[..2].iter()).unwrap();
+        assert_eq!(s.len_bytes(), cap, "appended, not rewritten");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), cap);
+        drop(s);
+        let (mut s, rec) = Spool::open(&path, cap).unwrap();
+        assert_eq!(rec.batches, all[..2]);
+        // Over the cap: rewritten with the newest records that fit in half
+        // of it (the filler does not), and said so.
+        crate::test_log::take_lines();
+        s.append(&all[2], all.iter()).unwrap();
+        assert_eq!(s.len_bytes(), MAGIC.len() as u64 + record_len(&all[2]));
+        let lines = crate::test_log::take_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].ends_with("full: kept the newest 1 batches on disk"),
+            "{lines:?}"
+        );
+        drop(s);
+        let (_, rec) = Spool::open(&path, cap).unwrap();
+        assert_eq!(rec.batches, all[2..]);
+    }
+
+    #[test]
+    fn a_rewrite_keeps_every_held_batch_that_fits_in_half_the_cap() {
+        // Everything held fits: all of it is kept, and no warning.
+        let path = tmp("acked");
+        let cap = 4096;
+        let (mut s, _) = Spool::open(&path, cap).unwrap();
+        let filler = batch_of_record_len(1, cap - MAGIC.len() as u64);
+        s.append(&filler, [&filler].into_iter()).unwrap();
+        assert_eq!(s.len_bytes(), cap);
+        // The filler was acknowledged meanwhile: only these are held.
+        let held = [b(1, 2, 6), b(1, 3, 6)];
+        crate::test_log::take_lines();
+        s.append(&held[1], held.iter()).unwrap();
+        let r = record_len(&held[0]);
+        assert_eq!(record_len(&held[1]), r);
+        assert_eq!(s.len_bytes(), MAGIC.len() as u64 + 2 * r);
+        assert!(crate::test_log::take_lines().is_empty());
+        drop(s);
+        let (_, rec) = Spool::open(&path, cap).unwrap();
+        assert_eq!(rec.batches, held);
+
+        // More held than fits: as many of the newest as fit in half.
+        let path = tmp("half");
+        let (mut s, _) = Spool::open(&path, cap).unwrap();
+        let all: Vec<TickBatch> = (1..=200).map(|i| b(1, i, 6)).collect();
+        let mut i = 0;
+        while s.len_bytes() + r <= cap {
+            s.append(&all[i], all[..=i].iter()).unwrap();
+            i += 1;
+        }
+        s.append(&all[i], all[..=i].iter()).unwrap();
+        let fit = (cap / 2 - MAGIC.len() as u64) / r;
+        assert!(fit > 2 && fit < i as u64, "{fit} of {i}");
+        assert_eq!(s.len_bytes(), MAGIC.len() as u64 + fit * r);
+        drop(s);
+        let (_, rec) = Spool::open(&path, cap).unwrap();
+        assert_eq!(rec.batches, all[i + 1 - fit as usize..=i]);
+    }
+
+    #[test]
+    fn appends_are_synced_once_a_minute_not_each() {
+        let path = tmp("sync");
+        let (mut s, _) = Spool::open(&path, 1 << 20).unwrap();
+        s.append(&b(1, 1, 6), [b(1, 1, 6)].iter()).unwrap();
+        assert!(s.dirty, "a fresh append waits for the minute");
+        s.sync().unwrap();
+        assert!(!s.dirty);
+        // A minute after the last sync, the next append syncs.
+        let Some(a_minute_ago) = Instant::now().checked_sub(SYNC_EVERY) else {
+            return; // a machine up for less than a minute
+        };
+        s.last_sync = a_minute_ago;
+        s.append(&b(1, 2, 6), [b(1, 2, 6)].iter()).unwrap();
+        assert!(!s.dirty);
+        assert!(s.last_sync > a_minute_ago);
     }
 
     #[test]

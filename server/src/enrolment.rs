@@ -95,6 +95,33 @@ fn checked_name<'a>(what: &str, name: &'a str) -> Result<&'a str, Status> {
     }
 }
 
+/// The check of [`Enrolment::check_signed`] against a key table (operator,
+/// revoked) by public key: a function of its own so that it is tested
+/// without a store.
+fn signed_by(
+    keys: &HashMap<[u8; 32], (String, bool)>,
+    operator: &str,
+    signed: &pb::SignedCommand,
+) -> Result<(), Status> {
+    if !monitor::signing::verify(&signed.public_key, &signed.grant, &signed.signature) {
+        return Err(Status::invalid_argument(
+            "signed: the signature does not match the grant",
+        ));
+    }
+    let key: [u8; 32] = signed.public_key.as_slice().try_into().unwrap_or([0; 32]);
+    match keys.get(&key) {
+        Some((owner, false)) if owner == operator => Ok(()),
+        Some((_, true)) => Err(Status::permission_denied(
+            "this signing key was revoked with its operator",
+        )),
+        _ => Err(Status::permission_denied(format!(
+            "signing key {} is not registered to operator {operator}: run 'monitorctl key \
+             register'",
+            monitor::signing::short(&key)
+        ))),
+    }
+}
+
 impl Enrolment {
     fn keys(&self) -> std::sync::RwLockReadGuard<'_, HashMap<[u8; 32], (String, bool)>> {
         self.signing_keys.read().unwrap_or_else(|p| p.into_inner())
@@ -142,23 +169,7 @@ impl Enrolment {
     /// again, against keys the server does not control; this only refuses
     /// early, with a clear message, what they would refuse.
     pub fn check_signed(&self, operator: &str, signed: &pb::SignedCommand) -> Result<(), Status> {
-        if !monitor::signing::verify(&signed.public_key, &signed.grant, &signed.signature) {
-            return Err(Status::invalid_argument(
-                "signed: the signature does not match the grant",
-            ));
-        }
-        let key: [u8; 32] = signed.public_key.as_slice().try_into().unwrap_or([0; 32]);
-        match self.keys().get(&key) {
-            Some((owner, false)) if owner == operator => Ok(()),
-            Some((_, true)) => Err(Status::permission_denied(
-                "this signing key was revoked with its operator",
-            )),
-            _ => Err(Status::permission_denied(format!(
-                "signing key {} is not registered to operator {operator}: run 'monitorctl key \
-                 register'",
-                monitor::signing::short(&key)
-            ))),
-        }
+        signed_by(&self.keys(), operator, signed)
     }
 
     /// The unrevoked signing keys, which join tokens carry.
@@ -454,6 +465,92 @@ impl std::fmt::Display for TokenRefusal {
                 "join token is for host '{}', not this one",
                 Escaped::capped(token_hostname)
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monitor::signing::SigningKey;
+    use tonic::Code;
+
+    fn signed(key: &SigningKey, grant: &[u8]) -> pb::SignedCommand {
+        pb::SignedCommand {
+            grant: grant.to_vec(),
+            signature: key.sign(grant).unwrap().to_vec(),
+            public_key: key.public_key().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_signed_exec_needs_a_good_signature_by_an_unrevoked_key_of_its_operator() {
+        let alice = SigningKey::generate().unwrap();
+        let bob = SigningKey::generate().unwrap();
+        let carol = SigningKey::generate().unwrap();
+        let keys = HashMap::from([
+            (alice.public_key(), ("alice".to_owned(), false)),
+            (bob.public_key(), ("bob".to_owned(), true)),
+        ]);
+        let good = signed(&alice, b"grant");
+        assert!(signed_by(&keys, "alice", &good).is_ok());
+
+        let mut forged = good.clone();
+        forged.grant = b"grunt".to_vec();
+        let e = signed_by(&keys, "alice", &forged).unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("signature does not match"), "{e:?}");
+
+        let e = signed_by(&keys, "mallory", &good).unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(
+            e.message().contains("not registered to operator mallory"),
+            "{e:?}"
+        );
+
+        let e = signed_by(&keys, "bob", &signed(&bob, b"grant")).unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(e.message().contains("revoked"), "{e:?}");
+
+        let e = signed_by(&keys, "carol", &signed(&carol, b"grant")).unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(e.message().contains("not registered"), "{e:?}");
+    }
+
+    #[test]
+    fn a_name_is_kept_when_valid_and_refused_with_what_it_was_for() {
+        assert_eq!(checked_name("hostname", "pi-1.lan").unwrap(), "pi-1.lan");
+        let e = checked_name("hostname", "pi 1\n").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().starts_with("hostname: 'pi 1\\n' has"), "{e:?}");
+    }
+
+    #[test]
+    fn each_token_refusal_has_its_own_status() {
+        let cases = [
+            (TokenRefusal::Unknown, Code::NotFound),
+            (
+                TokenRefusal::Used {
+                    at_unix_ms: 0,
+                    by: "127.0.0.1:1".into(),
+                },
+                Code::FailedPrecondition,
+            ),
+            (
+                TokenRefusal::Expired { at_unix_ms: 0 },
+                Code::FailedPrecondition,
+            ),
+            (
+                TokenRefusal::WrongHost {
+                    token_hostname: "pi-1".into(),
+                },
+                Code::PermissionDenied,
+            ),
+        ];
+        for (refusal, code) in cases {
+            let status = status_of_refusal(&refusal);
+            assert_eq!(status.code(), code, "{refusal:?}");
+            assert_eq!(status.message(), refusal.to_string());
         }
     }
 }

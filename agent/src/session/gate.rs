@@ -298,3 +298,343 @@ impl Default for RefusalLog {
         RefusalLog::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_log::take_lines;
+    use monitor::signing::SigningKey;
+
+    const NOW_MS: i64 = 1_800_000_000_000;
+    const HOST: &str = "pi-1";
+
+    struct Fixture {
+        gate: Gate,
+        key: SigningKey,
+        _state: tempfile::TempDir,
+    }
+
+    fn fixture(allow_unsigned: bool) -> Fixture {
+        let state = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate().unwrap();
+        let operators = Operators::default();
+        operators
+            .add_enrolled(state.path(), &[key.public_key()])
+            .unwrap();
+        let gate = Gate::new(
+            Rc::new(operators),
+            ReplayCache::in_memory(),
+            HOST.into(),
+            allow_unsigned,
+        );
+        Fixture {
+            gate,
+            key,
+            _state: state,
+        }
+    }
+
+    fn unsigned(id: &str, argv: &[&str], expires_unix_ms: i64) -> pb::RunCommand {
+        pb::RunCommand {
+            command_id: id.into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            timeout_ms: 5_000,
+            expires_unix_ms,
+            signed: None,
+        }
+    }
+
+    fn grant(id: &str, argv: &[&str]) -> pb::CommandGrant {
+        pb::CommandGrant {
+            command_id: id.into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            timeout_ms: 5_000,
+            issued_unix_ms: NOW_MS - 1_000,
+            expires_unix_ms: NOW_MS + 60_000,
+            hosts: vec![HOST.into()],
+            all_hosts: false,
+            operator: "alice".into(),
+        }
+    }
+
+    /// A request carrying `grant` signed by `key`, its fields copied.
+    fn signed(key: &SigningKey, grant: &pb::CommandGrant) -> pb::RunCommand {
+        let bytes = grant.encode_to_vec();
+        pb::RunCommand {
+            command_id: grant.command_id.clone(),
+            argv: grant.argv.clone(),
+            timeout_ms: grant.timeout_ms,
+            expires_unix_ms: grant.expires_unix_ms,
+            signed: Some(pb::SignedCommand {
+                signature: key.sign(&bytes).unwrap().to_vec(),
+                grant: bytes,
+                public_key: key.public_key().to_vec(),
+            }),
+        }
+    }
+
+    #[test]
+    fn an_id_must_be_one_to_max_id_bytes_long() {
+        let f = fixture(false);
+        let now = Instant::now();
+        let decide = |id: &str| {
+            f.gate
+                .decide(&unsigned(id, &["ping"], NOW_MS + 1), NOW_MS, now)
+        };
+        assert_eq!(decide(""), Err(Refusal::BadId));
+        assert_eq!(decide(&"x".repeat(MAX_ID_BYTES + 1)), Err(Refusal::BadId));
+        assert!(decide(&"x".repeat(MAX_ID_BYTES)).is_ok());
+        assert!(decide("a").is_ok());
+    }
+
+    #[test]
+    fn unsigned_only_ping_and_info_run_unless_allowed_and_never_after_expiry() {
+        let f = fixture(false);
+        let now = Instant::now();
+        let run = unsigned("1", &["ping"], NOW_MS + 1);
+        assert_eq!(
+            f.gate.decide(&run, NOW_MS, now),
+            Ok(Approved {
+                id: "1".into(),
+                argv: vec!["ping".into()],
+                timeout_ms: 5_000,
+                signer: None,
+            })
+        );
+        assert!(
+            f.gate
+                .decide(&unsigned("2", &["info"], NOW_MS + 1), NOW_MS, now)
+                .is_ok()
+        );
+        assert_eq!(
+            f.gate
+                .decide(&unsigned("3", &["uptime"], NOW_MS + 1), NOW_MS, now),
+            Err(Refusal::Unsigned)
+        );
+        assert_eq!(
+            f.gate
+                .decide(&unsigned("4", &["ping"], NOW_MS), NOW_MS, now),
+            Err(Refusal::Expired { ago_ms: 0 })
+        );
+        assert_eq!(
+            f.gate
+                .decide(&unsigned("5", &["ping"], NOW_MS - 7), NOW_MS, now),
+            Err(Refusal::Expired { ago_ms: 7 })
+        );
+
+        let allowed = fixture(true);
+        assert!(
+            allowed
+                .gate
+                .decide(&unsigned("3", &["uptime"], NOW_MS + 1), NOW_MS, now)
+                .is_ok()
+        );
+        assert_eq!(
+            allowed
+                .gate
+                .decide(&unsigned("4", &["uptime"], NOW_MS), NOW_MS, now),
+            Err(Refusal::Expired { ago_ms: 0 })
+        );
+    }
+
+    #[test]
+    fn an_id_runs_once() {
+        let f = fixture(false);
+        let now = Instant::now();
+        let run = unsigned("once", &["ping"], NOW_MS + 1_000);
+        assert!(f.gate.decide(&run, NOW_MS, now).is_ok());
+        assert_eq!(
+            f.gate.decide(&run, NOW_MS + 1, now),
+            Err(Refusal::Replay(ReplayRefusal::Replay))
+        );
+        let g = grant("signed-once", &["uptime"]);
+        assert!(f.gate.decide(&signed(&f.key, &g), NOW_MS, now).is_ok());
+        assert_eq!(
+            f.gate.decide(&signed(&f.key, &g), NOW_MS, now),
+            Err(Refusal::Replay(ReplayRefusal::Replay))
+        );
+    }
+
+    #[test]
+    fn a_signed_grant_runs_what_the_operator_signed_and_nothing_else() {
+        let f = fixture(false);
+        let now = Instant::now();
+        let g = grant("g1", &["uptime"]);
+        assert_eq!(
+            f.gate.decide(&signed(&f.key, &g), NOW_MS, now),
+            Ok(Approved {
+                id: "g1".into(),
+                argv: vec!["uptime".into()],
+                timeout_ms: 5_000,
+                signer: Some("enrolled-1".into()),
+            })
+        );
+
+        let stranger = SigningKey::generate().unwrap();
+        assert_eq!(
+            f.gate
+                .decide(&signed(&stranger, &grant("g2", &["uptime"])), NOW_MS, now),
+            Err(Refusal::UntrustedKey {
+                key: monitor::signing::short(&stranger.public_key())
+            })
+        );
+
+        let mut forged = signed(&f.key, &grant("g3", &["uptime"]));
+        let other = grant("g3", &["reboot"]).encode_to_vec();
+        forged.signed.as_mut().unwrap().grant = other;
+        forged.argv = vec!["reboot".into()];
+        assert_eq!(
+            f.gate.decide(&forged, NOW_MS, now),
+            Err(Refusal::BadSignature)
+        );
+
+        let mut garbage = signed(&f.key, &grant("g4", &["uptime"]));
+        let s = garbage.signed.as_mut().unwrap();
+        s.grant = vec![0xff; 8];
+        s.signature = f.key.sign(&s.grant).unwrap().to_vec();
+        assert_eq!(
+            f.gate.decide(&garbage, NOW_MS, now),
+            Err(Refusal::Undecodable)
+        );
+
+        let mut elsewhere = grant("g5", &["uptime"]);
+        elsewhere.hosts = vec!["pi-2".into()];
+        assert_eq!(
+            f.gate.decide(&signed(&f.key, &elsewhere), NOW_MS, now),
+            Err(Refusal::Grant(GrantRefusal::NotForThisHost))
+        );
+
+        let base = signed(&f.key, &grant("g6", &["uptime"]));
+        let mut id = base.clone();
+        id.command_id = "g7".into();
+        assert_eq!(
+            f.gate.decide(&id, NOW_MS, now),
+            Err(Refusal::Mismatch("command id"))
+        );
+        let mut argv = base.clone();
+        argv.argv = vec!["reboot".into()];
+        assert_eq!(
+            f.gate.decide(&argv, NOW_MS, now),
+            Err(Refusal::Mismatch("argv"))
+        );
+        let mut timeout = base.clone();
+        timeout.timeout_ms += 1;
+        assert_eq!(
+            f.gate.decide(&timeout, NOW_MS, now),
+            Err(Refusal::Mismatch("timeout"))
+        );
+        // None of the refusals used up the id.
+        assert!(f.gate.decide(&base, NOW_MS, now).is_ok());
+    }
+
+    #[test]
+    fn the_builtins_that_change_the_agent_are_rate_limited_and_no_others() {
+        let f = fixture(false);
+        let t0 = Instant::now();
+        let mut n = 0;
+        let mut decide = |argv: &[&str], at: Instant| {
+            n += 1;
+            let g = grant(&format!("r{n}"), argv);
+            f.gate.decide(&signed(&f.key, &g), NOW_MS, at)
+        };
+        for _ in 0..BURST + 2 {
+            assert!(decide(&["ping"], t0).is_ok(), "ping is never limited");
+        }
+        for i in 0..BURST {
+            let argv: &[&str] = if i % 2 == 0 {
+                &["collect-now"]
+            } else {
+                &["set-interval", "5"]
+            };
+            assert!(decide(argv, t0).is_ok(), "{i} of the burst");
+        }
+        assert_eq!(decide(&["collect-now"], t0), Err(Refusal::RateLimited));
+        assert_eq!(
+            decide(&["set-interval", "5"], t0),
+            Err(Refusal::RateLimited)
+        );
+        // Half a refill later: still nothing (and the half is not lost).
+        let half = t0 + REFILL / 2;
+        assert_eq!(decide(&["collect-now"], half), Err(Refusal::RateLimited));
+        assert!(decide(&["collect-now"], t0 + REFILL).is_ok());
+        assert_eq!(
+            decide(&["collect-now"], t0 + REFILL),
+            Err(Refusal::RateLimited)
+        );
+        // A long pause refills the burst, not more.
+        let later = t0 + REFILL * 100;
+        for _ in 0..BURST {
+            assert!(decide(&["collect-now"], later).is_ok());
+        }
+        assert_eq!(decide(&["collect-now"], later), Err(Refusal::RateLimited));
+    }
+
+    #[test]
+    fn refusals_are_logged_once_a_minute_with_a_count_of_the_rest() {
+        take_lines();
+        let mut log = RefusalLog::default();
+        assert_eq!(log.suppressed(), 0);
+        let t0 = Instant::now();
+        log.refused("c1", &Refusal::Unsigned, t0);
+        let lines = take_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with("command c1: refused: not signed"),
+            "{lines:?}"
+        );
+        log.refused("c2", &Refusal::BadId, t0 + Duration::from_secs(1));
+        log.refused(
+            "c3",
+            &Refusal::BadId,
+            t0 + REFUSAL_LOG_EVERY - Duration::from_millis(1),
+        );
+        assert_eq!(log.suppressed(), 2);
+        assert!(take_lines().is_empty());
+        // The next minute starts exactly REFUSAL_LOG_EVERY after the first.
+        let t1 = t0 + REFUSAL_LOG_EVERY;
+        log.refused("c4", &Refusal::BadSignature, t1);
+        let lines = take_lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("2 more commands refused"), "{lines:?}");
+        assert!(lines[1].starts_with("command c4: refused"), "{lines:?}");
+        assert_eq!(log.suppressed(), 0);
+        // A minute with only its first refusal has no summary line.
+        log.refused("c5", &Refusal::BadId, t1 + REFUSAL_LOG_EVERY);
+        let lines = take_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+    }
+
+    #[test]
+    fn every_refusal_says_what_was_wrong() {
+        let cases = [
+            (Refusal::BadId, "unusable command id"),
+            (Refusal::RateLimited, "too many collect-now"),
+            (Refusal::Unsigned, "not signed by an operator"),
+            (
+                Refusal::UntrustedKey { key: "abcd".into() },
+                "signed by a key this host does not trust (abcd…)",
+            ),
+            (Refusal::BadSignature, "the signature does not match"),
+            (Refusal::Undecodable, "the signed grant cannot be read"),
+            (
+                Refusal::Grant(GrantRefusal::NotForThisHost),
+                "the operator's grant is not for this host",
+            ),
+            (
+                Refusal::Mismatch("argv"),
+                "the request's argv differs from what the operator signed",
+            ),
+            (Refusal::Expired { ago_ms: 2_000 }, "request expired 2s ago"),
+            (
+                Refusal::Replay(ReplayRefusal::Replay),
+                "this command id was seen before",
+            ),
+        ];
+        for (refusal, text) in cases {
+            assert!(
+                refusal.to_string().starts_with(text),
+                "{refusal:?}: {refusal}"
+            );
+        }
+    }
+}

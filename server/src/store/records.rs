@@ -481,6 +481,42 @@ mod tests {
              values 10 and 20.5"
         );
     }
+
+    fn token(used: Option<(i64, &str)>) -> JoinTokenRecord {
+        JoinTokenRecord {
+            secret_sha256: [7; 32],
+            hostname: "pi-1".into(),
+            created_unix_ms: 1_000,
+            expires_unix_ms: 2_000,
+            created_by: "alice".into(),
+            used_unix_ms: used.map(|(at, _)| at),
+            used_by: used.map(|(_, by)| by.to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_join_token_enrols_its_own_host_until_the_millisecond_before_it_expires() {
+        let t = token(None);
+        assert_eq!(t.refusal("pi-1", 1_999), None);
+        assert_eq!(
+            t.refusal("pi-1", 2_000),
+            Some(TokenRefusal::Expired { at_unix_ms: 2_000 })
+        );
+        assert_eq!(
+            t.refusal("pi-2", 1_500),
+            Some(TokenRefusal::WrongHost {
+                token_hostname: "pi-1".into()
+            })
+        );
+        // Spent is said first, even after the expiry or for another host.
+        let spent = Some(TokenRefusal::Used {
+            at_unix_ms: 1_200,
+            by: "127.0.0.1:4000".into(),
+        });
+        let t = token(Some((1_200, "127.0.0.1:4000")));
+        assert_eq!(t.refusal("pi-1", 1_500), spent);
+        assert_eq!(t.refusal("pi-2", 3_000), spent);
+    }
 }
 
 /// Stored batches in commit order, as a forwarder (remote-write) reads

@@ -285,4 +285,59 @@ mod tests {
         assert_eq!(t.prune(1001), 3);
         assert!(t.is_empty());
     }
+
+    #[test]
+    fn revoke_counts_only_the_live_certificates_of_that_role_and_name() {
+        let t = Trust::new([
+            ([1; 32], known(Role::Agent, "pi-1")),
+            ([2; 32], known(Role::Operator, "pi-1")),
+            ([3; 32], known(Role::Agent, "pi-2")),
+        ]);
+        assert_eq!(t.len(), 3);
+        assert!(!t.is_empty());
+        let seen = t.revocations();
+        assert_eq!(t.revoke(Role::Agent, "pi-1"), 1);
+        assert!(seen.has_changed().unwrap());
+        assert_eq!(t.revoke(Role::Agent, "pi-1"), 0, "already revoked");
+        assert!(t.is_revoked(&[1; 32]));
+        assert!(!t.is_revoked(&[2; 32]) && !t.is_revoked(&[3; 32]));
+        assert_eq!(t.identify(&[3; 32], Role::Agent).unwrap().name, "pi-2");
+    }
+
+    #[test]
+    fn sync_adds_what_is_new_and_revokes_what_the_store_revoked() {
+        let t = Trust::new([
+            ([1; 32], known(Role::Agent, "pi-1")),
+            ([2; 32], known(Role::Agent, "pi-2")),
+        ]);
+        let mut seen = t.revocations();
+        let revoked = KnownCert {
+            revoked: true,
+            ..known(Role::Agent, "pi-1")
+        };
+        // Nothing new: no revocation is announced.
+        assert_eq!(t.sync([([2; 32], known(Role::Agent, "pi-2"))]), (0, 0));
+        assert!(!seen.has_changed().unwrap());
+        assert_eq!(
+            t.sync([
+                ([1; 32], revoked.clone()),
+                ([2; 32], known(Role::Agent, "pi-2")),
+                ([3; 32], known(Role::Agent, "pi-3")),
+                ([4; 32], known(Role::Operator, "alice")),
+            ]),
+            (2, 1)
+        );
+        assert!(seen.has_changed().unwrap());
+        seen.mark_unchanged();
+        assert_eq!(t.identify(&[1; 32], Role::Agent), Err(Refused::Revoked));
+        assert_eq!(t.identify(&[3; 32], Role::Agent).unwrap().name, "pi-3");
+        assert_eq!(t.len(), 4);
+        // Revoked twice counts once; a live copy never un-revokes.
+        assert_eq!(
+            t.sync([([1; 32], revoked), ([1; 32], known(Role::Agent, "pi-1"))]),
+            (0, 0)
+        );
+        assert!(!seen.has_changed().unwrap());
+        assert!(t.is_revoked(&[1; 32]));
+    }
 }
