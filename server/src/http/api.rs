@@ -46,10 +46,57 @@ const SPARK_RANGE_MS: i64 = 15 * 60_000;
 const SPARK_POINTS: i64 = 30;
 const SPARK_CACHE: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The last sparklines answer and when it was made: one computation at a
-/// time (the lock is held while computing), shared by every page.
+/// The last sparklines answer, shared by every page. One computation at a
+/// time (`computing`); a page is answered from the last one while the next
+/// is made in the background, so no page waits on a large fleet's
+/// computation but the very first. A computation that took T is not
+/// started again within 4 T: however large the fleet, sparklines cost at
+/// most a quarter of a core.
 #[derive(Default)]
-pub struct SparkCache(tokio::sync::Mutex<Option<(std::time::Instant, axum::body::Bytes)>>);
+pub struct SparkCache {
+    last: std::sync::Mutex<Option<SparkAnswer>>,
+    computing: tokio::sync::Mutex<()>,
+}
+
+/// One computed sparklines answer.
+#[derive(Clone)]
+struct SparkAnswer {
+    made: std::time::Instant,
+    took: std::time::Duration,
+    body: axum::body::Bytes,
+}
+
+impl SparkAnswer {
+    fn fresh(&self) -> bool {
+        self.made.elapsed() < SPARK_CACHE.max(self.took * 4)
+    }
+}
+
+impl SparkCache {
+    fn last(&self) -> Option<SparkAnswer> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Computes a new answer unless another computation runs (then waits
+    /// for it) or the last one is fresh.
+    async fn refresh(&self, state: &HttpState) -> Result<SparkAnswer, ApiError> {
+        let _one_at_a_time = self.computing.lock().await;
+        if let Some(last) = self.last()
+            && last.fresh()
+        {
+            return Ok(last);
+        }
+        let started = std::time::Instant::now();
+        let body = compute_sparklines(state).await?;
+        let answer = SparkAnswer {
+            made: std::time::Instant::now(),
+            took: started.elapsed(),
+            body,
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer.clone());
+        Ok(answer)
+    }
+}
 
 /// An error answer: `{"error": "..."}` with its status.
 pub struct ApiError(StatusCode, String);
@@ -288,14 +335,28 @@ pub struct SparklinesAnswer {
     pub hosts: BTreeMap<String, BTreeMap<&'static str, Vec<Option<u8>>>>,
 }
 
-/// `GET /api/sparklines`.
+/// `GET /api/sparklines`: the last answer (a new one made in the
+/// background when it is stale), or the first one made now.
 pub async fn sparklines(State(state): State<HttpState>) -> Result<Response, ApiError> {
-    let mut slot = state.sparklines.0.lock().await;
-    if let Some((at, body)) = &*slot
-        && at.elapsed() < SPARK_CACHE
-    {
-        return Ok(json_bytes(body.clone()));
+    let cache = state.sparklines.clone();
+    match cache.last() {
+        Some(last) => {
+            if !last.fresh() && cache.computing.try_lock().is_ok() {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = cache.refresh(&state).await {
+                        log::warn!("dashboard: sparklines not computed: {}", e.1);
+                    }
+                });
+            }
+            Ok(json_bytes(last.body))
+        }
+        None => Ok(json_bytes(cache.refresh(&state).await?.body)),
     }
+}
+
+/// Every host's sparklines, encoded.
+async fn compute_sparklines(state: &HttpState) -> Result<axum::body::Bytes, ApiError> {
     let now = monitor::time::now_unix_ms();
     let grid = plot::query("", now - SPARK_RANGE_MS, now, SPARK_POINTS);
     let buckets = usize::try_from((now - grid.since_unix_ms) / grid.step_ms + 1).unwrap_or(0);
@@ -342,12 +403,10 @@ pub async fn sparklines(State(state): State<HttpState>) -> Result<Response, ApiE
         step_ms: grid.step_ms,
         hosts,
     };
-    let body = axum::body::Bytes::from(
+    Ok(axum::body::Bytes::from(
         serde_json::to_vec(&answer)
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-    );
-    *slot = Some((std::time::Instant::now(), body.clone()));
-    Ok(json_bytes(body))
+    ))
 }
 
 fn json_bytes(body: axum::body::Bytes) -> Response {
