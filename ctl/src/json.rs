@@ -248,11 +248,13 @@ mod tests {
                     metric: "mem_percent".into(),
                     value: 40.5,
                     time_unix_ms: 1_000,
+                    ..Default::default()
                 },
                 pb::MetricValue {
                     metric: "cpu_percent".into(),
                     value: 3.0,
                     time_unix_ms: 1_000,
+                    ..Default::default()
                 },
             ],
             clock_offset_ms: -20,
@@ -264,6 +266,7 @@ mod tests {
             batches_rate_limited_total: 5,
             batches_checked_by_value_total: 6,
             replica: "r-2".into(),
+            ..Default::default()
         };
         assert_eq!(
             text(|o| host(o, &h)),

@@ -162,6 +162,7 @@ mod tests {
                 metric: "cpu_percent".into(),
                 value: 12.34,
                 time_unix_ms: 9_000,
+                ..Default::default()
             }],
             clock_offset_ms: -1500,
             dropped_batches_total: 7,

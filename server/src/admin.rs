@@ -263,8 +263,20 @@ fn host_info(stored: Option<HostRecord>, live: Option<LiveHost>) -> pb::HostInfo
                 metric: v.metric.name().to_owned(),
                 value: v.value,
                 time_unix_ms: v.time_unix_ms,
+                device: String::new(),
             })
             .collect();
+        info.health = s
+            .health
+            .iter()
+            .map(|v| pb::MetricValue {
+                metric: v.metric.name().to_owned(),
+                value: v.value,
+                time_unix_ms: v.time_unix_ms,
+                device: v.device.clone(),
+            })
+            .collect();
+        info.health_series_over_cap_total = s.health_series_over_cap_total;
         if !online {
             info.peer = s.peer;
             info.clock_offset_ms = s.clock_offset_ms;
@@ -681,6 +693,8 @@ mod tests {
                 time_unix_ms: 19,
                 value: 12.5,
             }],
+            health: Vec::new(),
+            health_series_over_cap_total: 0,
         }
     }
 

@@ -71,6 +71,7 @@
 mod dedup;
 mod encoding;
 mod error;
+mod latest_health;
 mod postgres;
 mod records;
 mod requests;
@@ -80,13 +81,14 @@ mod ticket;
 mod ticks;
 
 pub use error::StoreError;
+pub use latest_health::MAX_HEALTH_SERIES_PER_HOST;
 pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
     AuthorityRecord, Bucket, CertificateRecord, CommandRecord, CommandResultRecord, Conflict,
     CursorRecord, FlushObserver, FlushStats, ForwardBatch, ForwardRow, HealthQuery, HealthRow,
-    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, LatestValue, RelayKind, RelayRecord,
-    SampleQuery, Series, SeriesQuery, SessionRecord, SigningKeyRecord, StoredHealth, StoredSample,
-    StoredSampleRow, SubmitOutcome, TokenRefusal,
+    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, LatestHealth, LatestValue, RelayKind,
+    RelayRecord, SampleQuery, Series, SeriesQuery, SessionRecord, SigningKeyRecord, StoredHealth,
+    StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
 };
 pub use series::Downsampler;
 pub use sqlite::{SqliteConfig, SqliteError};
@@ -362,10 +364,7 @@ impl Store {
     pub async fn query_health(&self, q: HealthQuery) -> Result<Vec<HealthRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.query_health(q).await,
-            Backend::Postgres(_) => Err(StoreError::Unsupported {
-                what: "the health metrics (temperature, throttling, file systems, load)",
-                backend: "PostgreSQL",
-            }),
+            Backend::Postgres(s) => s.query_health(q).await,
         }
     }
 

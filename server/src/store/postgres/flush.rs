@@ -67,6 +67,8 @@ struct Writes {
     ticks: BTreeMap<(i64, i64, i64), Staged>,
     /// (host_id, metric id) → (time, run, value) of the newest value.
     latest: HashMap<(i64, usize), (i64, i64, f64)>,
+    /// The stored batches' health values.
+    health: super::health::HealthWrites,
     /// Batches whose seq fell where their run's gaps were forgotten, told
     /// apart by their samples (see `store/dedup.rs`).
     checked_by_value: Vec<CheckedByValue>,
@@ -170,6 +172,7 @@ pub(crate) async fn write(
     write_runs(&tx, &runs).await?;
     write_hosts(&tx, requests, &hosts).await?;
     write_latest(&tx, &writes, horizon_unix_ms).await?;
+    super::health::write(&tx, &writes.health, horizon_unix_ms).await?;
     let committing = std::time::Instant::now();
     tx.commit().await?;
     Ok(Flushed {
@@ -356,6 +359,7 @@ async fn write_batch(
     run.changed = true;
     host.stored += 1;
     host.last = Some(index);
+    writes.health.stage(host.host_id, &batch.health);
     for row in &rows {
         host.newest = host.newest.max(row.time_unix_ms);
         let key = (host.host_id, row.time_unix_ms, run.run_id);

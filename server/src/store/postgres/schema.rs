@@ -23,6 +23,12 @@
 //!   table is the truth): see `replicas.rs`.
 //! - `host_latest` keeps each host's newest value per metric, so `hosts()`
 //!   never scans samples.
+//! - `health` (schema 2) holds the health values (issue 14), one row per
+//!   (host, metric, time, device), written in the flush that stores their
+//!   batch; `host_health_latest` each host's newest per (metric, device),
+//!   bounded as `store/latest_health.rs` says. Retention deletes them by
+//!   time when it drops a `ticks` partition, to the same boundary (see
+//!   `partitions.rs`).
 //!
 //! Metric ids and columns come from `store/encoding.rs`. Never change a
 //! table below in place: add a migration step and bump [`SCHEMA_VERSION`].
@@ -33,7 +39,7 @@ use super::error::PostgresError;
 use crate::store::encoding::METRIC_COLUMNS;
 
 /// The version of the tables below.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+pub(crate) const SCHEMA_VERSION: i32 = 2;
 
 /// The advisory lock keys of this schema (one namespace: "monitor" in
 /// ASCII, then a number per purpose).
@@ -165,6 +171,34 @@ CREATE TABLE operator_keys (
 );
 ";
 
+/// The steps from one version to the next: (version reached, SQL), in
+/// order. A new database is made at version 1 and goes through them all.
+const UPGRADES: &[(i32, &str)] = &[(2, UPGRADE_V2)];
+
+/// Version 2: the health metrics. Deleted by time (not partitioned like
+/// `ticks`): a few rows per batch, and a delete to the boundary of each
+/// dropped `ticks` partition keeps one retention schedule for both.
+const UPGRADE_V2: &str = "
+CREATE TABLE health (
+    host_id      bigint NOT NULL,
+    metric       text NOT NULL,
+    time_unix_ms bigint NOT NULL,
+    device       text NOT NULL,  -- '' for a one-per-host metric
+    value        double precision NOT NULL,
+    PRIMARY KEY (host_id, metric, time_unix_ms, device)
+);
+CREATE INDEX health_by_time ON health (time_unix_ms);
+CREATE TABLE host_health_latest (
+    host_id      bigint NOT NULL,
+    metric       text NOT NULL,
+    device       text NOT NULL,
+    time_unix_ms bigint NOT NULL,
+    value        double precision NOT NULL,
+    PRIMARY KEY (host_id, metric, device)
+);
+ALTER TABLE hosts ADD COLUMN health_series_over_cap_total bigint NOT NULL DEFAULT 0;
+";
+
 /// What the schema says once it is up to date.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Schema {
@@ -199,12 +233,12 @@ pub(crate) async fn migrate(
             .map_err(sql)?;
         tx.execute(
             "INSERT INTO monitor_schema (version, partition_width_ms) VALUES ($1, $2)",
-            &[&SCHEMA_VERSION, &partition_width_ms],
+            &[&1i32, &partition_width_ms],
         )
         .await
         .map_err(sql)?;
         log::info!(
-            "store: made the tables (schema {SCHEMA_VERSION}, partitions of {} s)",
+            "store: made the tables (schema 1, partitions of {} s)",
             partition_width_ms / 1000
         );
     }
@@ -221,6 +255,15 @@ pub(crate) async fn migrate(
             found: version,
             known: SCHEMA_VERSION,
         });
+    }
+    for &(to, step) in UPGRADES {
+        if version < to {
+            tx.batch_execute(step).await.map_err(sql)?;
+            tx.execute("UPDATE monitor_schema SET version = $1", &[&to])
+                .await
+                .map_err(sql)?;
+            log::info!("store: upgraded the tables to schema {to}");
+        }
     }
     if width <= 0 {
         return Err(PostgresError::BadValue(format!(

@@ -11,9 +11,17 @@
 //! ack writes nothing twice). Must never be written outside the flush's
 //! transaction.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, params};
 
 use crate::store::records::{HealthQuery, HealthRow, StoredHealth};
+use crate::store::sqlite::hosts::HostEntry;
+
+/// How many of a host's newest health rows are read at open for its latest
+/// values: a (metric, device) pair not among them shows no latest value
+/// until the host sends it again (four full batches' worth).
+const LATEST_SCAN_ROWS: i64 = 4 * crate::store::MAX_HEALTH_SERIES_PER_HOST as i64;
 
 /// Writes a stored batch's health values for `host_id`.
 pub(crate) fn insert(
@@ -82,4 +90,28 @@ pub(crate) fn prune(tx: &Connection, cutoff: i64, max_rows: usize) -> rusqlite::
              WHERE time_unix_ms < ?1 LIMIT ?2)",
     )?
     .execute(params![cutoff, max_rows])
+}
+
+/// Fills each host's latest health values from its newest rows: one short
+/// range scan of the primary key per host, once at open. A metric name this
+/// build does not know is skipped.
+pub(crate) fn load_latest(
+    conn: &Connection,
+    hosts: &mut HashMap<i64, HostEntry>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT time_unix_ms, metric, device, value FROM health
+         WHERE host_id = ?1 ORDER BY time_unix_ms DESC LIMIT ?2",
+    )?;
+    for (&host_id, host) in hosts.iter_mut() {
+        let mut rows = stmt.query(params![host_id, LATEST_SCAN_ROWS])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(1)?;
+            let Ok(metric) = name.parse() else { continue };
+            let device: String = r.get(2)?;
+            host.health.note(metric, &device, r.get(0)?, r.get(3)?);
+        }
+        host.health.clear_over_cap();
+    }
+    Ok(())
 }
