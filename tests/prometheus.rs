@@ -190,6 +190,11 @@ fn promtool_check(promtool: &Path, body: &str) -> (i32, String) {
 
 const HOSTS: [&str; 3] = ["prom-a", "prom-b", "prom-c"];
 
+/// A regex of the six metrics' exported names (the agents on this machine
+/// send health metrics too, exported under other names).
+const SIX: &str = "monitor_host_(cpu_ratio|memory_used_ratio|disk_(read|write)_bytes_per_second\
+                   |network_(receive|transmit)_bytes_per_second)";
+
 #[test]
 fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series() {
     let test = "prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series";
@@ -278,10 +283,8 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
     // Every sample Prometheus holds is the one the store holds for that
     // host, metric and time, in exported units, exactly.
     for h in HOSTS {
-        let scraped = prometheus_samples(
-            &prom,
-            &format!("{{__name__=~\"monitor_host_.*_(ratio|per_second)\",hostname=\"{h}\"}}"),
-        );
+        let scraped =
+            prometheus_samples(&prom, &format!("{{__name__=~\"{SIX}\",hostname=\"{h}\"}}"));
         let names: BTreeSet<&str> = scraped.keys().map(|k| k.0.as_str()).collect();
         assert_eq!(names.len(), 6, "{h}: {names:?}");
         let store = stored(&server, h);
@@ -379,6 +382,126 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
     }
     drop(agents);
     assert!(server.proc.wait_exit(Duration::from_secs(20)).success());
+}
+
+/// A fake Raspberry Pi's health (issue 14) through `/metrics`: promtool
+/// finds nothing to say, and a real Prometheus scraping it holds the
+/// temperature, one 0/1 series per throttling flag, each file system's
+/// usage under its `mountpoint` and the load, in exported units.
+#[test]
+fn prometheus_scrapes_a_pis_health_series() {
+    let test = "prometheus_scrapes_a_pis_health_series";
+    let (Some(prometheus), Some(promtool)) = (
+        tool("prometheus", "prometheus", test),
+        tool("promtool", "prometheus", test),
+    ) else {
+        return;
+    };
+    let mut host = monitor_agent::testing::FakeHost::new();
+    host.set_loadavg("0.42 0.30 0.20 1/123 4567\n");
+    host.add_thermal_zone("cpu-thermal", 61_300);
+    host.add_hwmon("rpi_volt", false);
+    host.add_firmware(0x50005);
+    host.add_mount("/dev/mmcblk0p2", "/", "ext4").add_mount(
+        "/dev/mmcblk0p1",
+        "/boot/firmware",
+        "vfat",
+    );
+    let dir = TempDir::new("prom-health");
+    let server = Server::start(&dir.join("monitor.db"));
+    let _agent = server
+        .agent("pi-health")
+        .arg("--proc-root")
+        .arg(host.proc_root())
+        .arg("--sys-root")
+        .arg(host.sys_root())
+        .arg("--rootfs")
+        .arg(host.rootfs())
+        .arg("--interval")
+        .arg("0.5")
+        .spawn();
+    let token = server.metrics_token();
+    let token_file = dir.join("metrics.token");
+    std::fs::write(&token_file, &token).unwrap();
+    let text = wait_for(
+        "the Pi's health in /metrics",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = https_get(&server, "/metrics", Some(&token), None);
+            (body.contains("monitor_host_temperature_celsius{hostname=\"pi-health\"}")
+                && body.contains("mountpoint=\"/boot/firmware\""))
+            .then_some(body)
+        },
+    );
+    let (code, said) = promtool_check(&promtool, &text);
+    assert_eq!((code, said.as_str()), (0, ""), "promtool on:\n{text}");
+    for line in [
+        "# TYPE monitor_host_temperature_celsius gauge",
+        "# HELP monitor_host_throttled ",
+        "monitor_host_throttled{hostname=\"pi-health\",flag=\"under_voltage\"} 1 ",
+        "monitor_host_throttled{hostname=\"pi-health\",flag=\"arm_frequency_capped\"} 0 ",
+        "monitor_host_throttled_since_agent_start{hostname=\"pi-health\",flag=\"throttled\"} 1 ",
+        "monitor_host_under_voltage{hostname=\"pi-health\"} 0 ",
+        "monitor_host_load1{hostname=\"pi-health\"} 0.42 ",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+
+    let ca = server.dir().join("tls").join("ca.pem");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n\
+         - job_name: monitor\n  scheme: https\n  tls_config:\n    ca_file: {ca}\n  \
+         authorization:\n    credentials_file: {tok}\n  static_configs:\n  - targets: ['{target}']\n",
+        ca = ca.display(),
+        tok = token_file.display(),
+        target = server.http_addr().unwrap()
+    );
+    let prom = Prometheus::start(&prometheus, &dir.join("prometheus"), &config, false);
+    let pi = "hostname=\"pi-health\"";
+    wait_for(
+        "Prometheus holds the Pi's health",
+        Duration::from_secs(60),
+        || {
+            prom.scalar(&format!("monitor_host_temperature_celsius{{{pi}}}"))
+                .is_some()
+                .then_some(())
+        },
+    );
+    for (promql, want) in [
+        (format!("monitor_host_temperature_celsius{{{pi}}}"), 61.3),
+        (
+            format!("monitor_host_throttled{{{pi},flag=\"under_voltage\"}}"),
+            1.0,
+        ),
+        (
+            format!("monitor_host_throttled{{{pi},flag=\"throttled\"}}"),
+            1.0,
+        ),
+        (
+            format!("monitor_host_throttled{{{pi},flag=\"soft_temperature_limit\"}}"),
+            0.0,
+        ),
+        (format!("count(monitor_host_throttled{{{pi}}})"), 4.0),
+        (format!("monitor_host_load1{{{pi}}}"), 0.42),
+        (
+            format!("count(monitor_host_filesystem_used_ratio{{{pi}}})"),
+            2.0,
+        ),
+    ] {
+        assert_eq!(prom.scalar(&promql), Some(want), "{promql}");
+    }
+    // The file systems' ratios, by mount point, between 0 and 1.
+    let fs = prom.query(&format!("monitor_host_filesystem_used_ratio{{{pi}}}"));
+    let mut mounts: Vec<&str> = fs
+        .iter()
+        .map(|s| s["metric"]["mountpoint"].as_str().unwrap())
+        .collect();
+    mounts.sort_unstable();
+    assert_eq!(mounts, ["/", "/boot/firmware"]);
+    for s in &fs {
+        let v: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{s}");
+    }
 }
 
 /// Health without a client certificate on the agents' listener; reflection
