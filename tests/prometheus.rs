@@ -164,6 +164,29 @@ fn stored(server: &Server, host: &str) -> BTreeMap<(String, String, i64), f64> {
     out
 }
 
+/// What the store holds of a host's series, exported: (name, hostname,
+/// time ms) → value.
+type Oracle = fn(&Server, &str) -> BTreeMap<(String, String, i64), f64>;
+
+/// What the store holds of `host`'s load1 (a health metric every Linux box
+/// has), exported: (name, hostname, time ms) → value.
+fn stored_load1(server: &Server, host: &str) -> BTreeMap<(String, String, i64), f64> {
+    let out = server.ctl_ok(&[
+        "query", host, "--metric", "load1", "--since", "10m", "--json",
+    ]);
+    out.lines()
+        .map(|l| {
+            let s = JsonSample::parse(l).unwrap_or_else(|| panic!("bad json line {l:?}"));
+            let key = (
+                "monitor_host_load1".to_owned(),
+                s.hostname,
+                rfc3339_ms(&s.time),
+            );
+            (key, s.value)
+        })
+        .collect()
+}
+
 /// Runs `promtool check metrics` on `body`: its exit code and output.
 fn promtool_check(promtool: &Path, body: &str) -> (i32, String) {
     let mut child = Command::new(promtool)
@@ -643,10 +666,10 @@ impl Victoria {
         assert!(self._proc.wait_exit(Duration::from_secs(30)).success());
     }
 
-    /// Every raw sample of `host`, repeats kept: (name, host, time) →
-    /// values.
-    fn samples(&self, host: &str) -> BTreeMap<(String, String, i64), Vec<f64>> {
-        let m = url_encode(&format!("{{hostname=\"{host}\"}}"));
+    /// Every raw sample of `host` among the series `names` (a regex)
+    /// selects, repeats kept: (name, host, time) → values.
+    fn samples(&self, host: &str, names: &str) -> BTreeMap<(String, String, i64), Vec<f64>> {
+        let m = url_encode(&format!("{{__name__=~\"{names}\",hostname=\"{host}\"}}"));
         let (status, body) = http_get(self.addr, &format!("/api/v1/export?match[]={m}")).unwrap();
         assert_eq!(status, 200, "{body}");
         let mut out: BTreeMap<_, Vec<f64>> = BTreeMap::new();
@@ -790,15 +813,22 @@ fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash()
     let status = remote_write_status(&server);
     assert_eq!(status[&vm_url]["too_old_samples"], 0);
 
-    // Every stored sample, once, with its value and time.
-    for h in HOSTS {
-        let store = stored(&server, h);
-        assert!(store.len() > 100, "{h}: {} samples stored", store.len());
+    // Every stored sample, once, with its value and time: the six, and a
+    // health metric (through the same journal).
+    let oracles: [(&str, Oracle); 2] = [(SIX, stored), ("monitor_host_load1", stored_load1)];
+    for (h, (names, oracle)) in HOSTS.iter().flat_map(|h| oracles.map(|o| (h, o))) {
+        let store = oracle(&server, h);
+        // Ten seconds or more of samples (load1 is one a tick, the six six).
+        let least = if names == SIX { 100 } else { 15 };
+        assert!(store.len() > least, "{h} {names}: {} stored", store.len());
         let at_prom = wait_for(
             &format!("{h} complete in Prometheus"),
             Duration::from_secs(30),
             || {
-                let got = prometheus_samples(&prom, &format!("{{hostname=\"{h}\"}}"));
+                let got = prometheus_samples(
+                    &prom,
+                    &format!("{{__name__=~\"{names}\",hostname=\"{h}\"}}"),
+                );
                 (got.len() >= store.len()).then_some(got)
             },
         );
@@ -807,11 +837,11 @@ fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash()
             &format!("{h} complete in VictoriaMetrics"),
             Duration::from_secs(30),
             || {
-                let got = vm.samples(h);
+                let got = vm.samples(h, names);
                 (got.len() >= store.len()).then_some(got)
             },
             || {
-                let got = vm.samples(h);
+                let got = vm.samples(h, names);
                 let missing: Vec<_> = store
                     .keys()
                     .filter(|k| !got.contains_key(*k))
@@ -844,7 +874,7 @@ fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash()
         }
         let repeats = at_vm.values().filter(|v| v.len() > 1).count();
         println!(
-            "{h}: {} samples; VictoriaMetrics holds {repeats} twice (the request in flight at the crash)",
+            "{h} {names}: {} samples; VictoriaMetrics holds {repeats} twice (the request in flight at the crash)",
             store.len()
         );
     }

@@ -12,11 +12,11 @@
 //! The health metrics (issue 14) are data too: [`HEALTH_FAMILIES`] says
 //! for each one its series name, HELP, scale and how a stored value
 //! becomes series ([`Shape`]: one value, one per device with the device
-//! label of `monitor::health`, or one 0/1 series per bit of a flag word,
-//! as node_exporter exports flag sets). A new health metric is a line
+//! label of `monitor::health`, or one 0/1 series per throttling condition
+//! labelled `flag`, as node_exporter exports flag sets). A new health metric is a line
 //! there.
 
-use monitor::health::HealthMetric;
+use monitor::health::{HealthMetric, THROTTLE_FLAGS};
 use monitor::metric::Metric;
 
 /// The label every host series carries.
@@ -100,9 +100,11 @@ pub enum Shape {
     /// One series per device, labelled with the metric's label
     /// (`HealthSpec::label`, e.g. `mountpoint`).
     PerDevice,
-    /// One 0/1 series per listed bit of the stored word: (bit, value of
-    /// the [`FLAG_LABEL`] label).
-    Bits(&'static [(u32, &'static str)]),
+    /// One 0/1 series per condition of the throttling word
+    /// (`monitor::health::THROTTLE_FLAGS`), its name as the [`FLAG_LABEL`]
+    /// label: whether it holds now, or (`occurred`) held since the agent
+    /// started.
+    Flags { occurred: bool },
 }
 
 /// One exported family of a health metric.
@@ -113,25 +115,10 @@ pub struct HealthFamily {
     pub name: &'static str,
     /// Its HELP text.
     pub help: &'static str,
-    /// Stored value × this = exported value (not used by `Bits`).
+    /// Stored value × this = exported value (not used by `Flags`).
     pub scale: f64,
     pub shape: Shape,
 }
-
-/// The four conditions of the Pi firmware's throttling word, bits 0-3
-/// (now) and 16-19 (since the agent started: see README's metrics).
-const THROTTLED_NOW: &[(u32, &str)] = &[
-    (0, "under_voltage"),
-    (1, "arm_frequency_capped"),
-    (2, "throttled"),
-    (3, "soft_temperature_limit"),
-];
-const THROTTLED_OCCURRED: &[(u32, &str)] = &[
-    (16, "under_voltage"),
-    (17, "arm_frequency_capped"),
-    (18, "throttled"),
-    (19, "soft_temperature_limit"),
-];
 
 /// Every exported health family, in [`HealthMetric::ALL`] order.
 pub const HEALTH_FAMILIES: &[HealthFamily] = &[
@@ -154,14 +141,14 @@ pub const HEALTH_FAMILIES: &[HealthFamily] = &[
         name: "monitor_host_throttled",
         help: "1 while the Raspberry Pi firmware reports the condition now, else 0",
         scale: 1.0,
-        shape: Shape::Bits(THROTTLED_NOW),
+        shape: Shape::Flags { occurred: false },
     },
     HealthFamily {
         metric: HealthMetric::ThrottledFlags,
         name: "monitor_host_throttled_since_agent_start",
         help: "1 if the Raspberry Pi firmware reported the condition since the agent started",
         scale: 1.0,
-        shape: Shape::Bits(THROTTLED_OCCURRED),
+        shape: Shape::Flags { occurred: true },
     },
     HealthFamily {
         metric: HealthMetric::Load1,
@@ -212,23 +199,24 @@ impl HealthFamily {
         device: &'a str,
         stored: f64,
     ) -> impl Iterator<Item = (HealthLabel<'a>, f64)> + 'a {
-        let (one, bits) = match self.shape {
-            Shape::Plain => (Some((None, stored * self.scale)), &[][..]),
+        let (one, flags) = match self.shape {
+            Shape::Plain => (Some((None, stored * self.scale)), None),
             Shape::PerDevice => (
                 Some((
                     self.metric.spec().label.map(|l| (l, device)),
                     stored * self.scale,
                 )),
-                &[][..],
+                None,
             ),
-            Shape::Bits(bits) => (None, bits),
+            Shape::Flags { occurred } => (None, Some(occurred)),
         };
-        // The word is validated as 0..=u32::MAX on the wire.
-        let word = stored as u64;
-        one.into_iter().chain(
-            bits.iter()
-                .map(move |&(bit, flag)| (Some((FLAG_LABEL, flag)), ((word >> bit) & 1) as f64)),
-        )
+        let flags = flags.into_iter().flat_map(move |occurred| {
+            THROTTLE_FLAGS.iter().map(move |f| {
+                let set = f.is_set(stored, occurred);
+                (Some((FLAG_LABEL, f.name)), f64::from(u8::from(set)))
+            })
+        });
+        one.into_iter().chain(flags)
     }
 }
 

@@ -71,6 +71,7 @@
 mod dedup;
 mod encoding;
 mod error;
+mod journal_record;
 mod latest_health;
 mod postgres;
 mod records;

@@ -524,6 +524,8 @@ pub struct ForwardRow {
     pub received_unix_ms: i64,
     /// In the order the batch held them (by sample time, then metric).
     pub samples: Vec<StoredSample>,
+    /// The batch's health values, in the order it held them.
+    pub health: Vec<StoredHealth>,
 }
 
 /// Where a forwarding destination is in the commit order.

@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::encoding::metric_from_id;
 use crate::store::records::{CursorRecord, ForwardBatch, ForwardRow, StoredSample};
-use crate::store::ticks::{self, METRICS};
+use crate::store::ticks::METRICS;
 
 /// Journal rows read after `after` (up to `until`, if given), oldest
 /// first, as many whole rows as fit in `max_samples` samples (at least one
@@ -59,7 +59,7 @@ pub(crate) fn read_after(
             out.through = journal_id;
             continue;
         };
-        let ticks = ticks::decode_rows(&blob).ok_or_else(|| {
+        let record = crate::store::journal_record::decode(&blob).ok_or_else(|| {
             rusqlite::Error::FromSqlConversionFailure(
                 3,
                 rusqlite::types::Type::Blob,
@@ -70,9 +70,10 @@ pub(crate) fn read_after(
             journal_id,
             hostname: r.get(1)?,
             received_unix_ms: r.get(2)?,
-            samples: Vec::with_capacity(ticks.len() * METRICS),
+            samples: Vec::with_capacity(record.ticks.len() * METRICS),
+            health: record.health,
         };
-        for t in &ticks {
+        for t in &record.ticks {
             for (id, v) in t.values.iter().enumerate() {
                 let (Some(value), Some(metric)) = (*v, metric_from_id(id as i64)) else {
                     continue;
@@ -84,10 +85,11 @@ pub(crate) fn read_after(
                 });
             }
         }
-        if !out.rows.is_empty() && samples + row.samples.len() > max_samples {
+        let n = row.samples.len() + row.health.len();
+        if !out.rows.is_empty() && samples + n > max_samples {
             break;
         }
-        samples += row.samples.len();
+        samples += n;
         out.through = journal_id;
         out.rows.push(row);
     }
