@@ -841,6 +841,64 @@ fn a_host_packing_ticks_into_its_batches_is_charged_per_tick() {
 }
 
 #[test]
+fn a_host_sending_only_health_values_is_charged_for_them() {
+    // Issue 14: health values are rows too. A batch of 64 of them and no
+    // sample costs 64 / 8 = 8 ticks of the budget (registry::batch_cost),
+    // so sending them alone cannot get around the limit.
+    let dir = TempDir::new("health-flood");
+    let server = Server::start(&dir.join("m.db"));
+    let host = "health-flooder";
+    let per_batch = monitor::wire::MAX_HEALTH_SAMPLES_PER_BATCH;
+    let base = monitor::time::now_unix_ms() - 3_600_000;
+    let batches: Vec<pb::Batch> = (1..=200u64)
+        .map(|seq| {
+            let time = base + seq as i64 * 1000;
+            let mut b = one_sample((host, 3, seq), time, "cpu_percent", 1.0);
+            b.samples.clear();
+            b.health_samples = (0..per_batch)
+                .map(|i| pb::Sample {
+                    time_unix_ms: time,
+                    hostname: host.into(),
+                    metric: "fs_used_percent".into(),
+                    value: 50.0,
+                    device: format!("/mnt/{i}"),
+                })
+                .collect();
+            b
+        })
+        .collect();
+    let rt = runtime();
+    let started = Instant::now();
+    let (_open, got) = rt.block_on(report(&server, batches));
+    let elapsed = started.elapsed().as_secs_f64();
+    let stored = got.iter().filter(|a| a.1 == pb::AckCode::Ok as i32).count();
+    let limited = got
+        .iter()
+        .filter(|a| a.1 == pb::AckCode::RateLimited as i32)
+        .count();
+    assert_eq!(stored + limited, got.len(), "{got:?}");
+    // The burst holds 75 such batches; free, it would be all 200.
+    let budget = INGEST_BURST + INGEST_PER_SECOND * (elapsed + 1.0);
+    assert!(stored >= 70, "{stored} stored: {got:?}");
+    assert!(
+        (stored * per_batch) as f64 / 8.0 <= budget,
+        "{stored} batches of {per_batch} health values stored in {elapsed:.1} s, \
+         budget {budget:.0} ticks"
+    );
+    assert!(limited > 0, "{got:?}");
+    let rows = server.ctl_ok(&[
+        "query",
+        host,
+        "--metric",
+        "fs_used_percent",
+        "--since",
+        "2h",
+        "--json",
+    ]);
+    assert_eq!(rows.lines().count(), stored * per_batch);
+}
+
+#[test]
 fn a_real_agent_catching_up_meets_the_limit_and_loses_nothing() {
     // The agent's side of finding 3: a batch refused as rate limited is
     // kept and sent again, never freed. A small budget (3 a second, bursts
