@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use monitor_agent::testing::FakeHost;
 
 /// `(mountpoint or "", value)` of each line of `monitorctl query --json`
 /// for `metric`, newest last.
@@ -40,28 +39,10 @@ fn values(server: &Server, host: &str, metric: &str) -> Vec<(String, f64)> {
 
 #[test]
 fn a_pis_health_arrives_and_is_queryable_with_its_mount_points() {
-    let mut host = FakeHost::new();
-    host.set_loadavg("0.42 0.30 0.20 1/123 4567\n");
-    host.add_thermal_zone("cpu-thermal", 61_300);
-    host.add_hwmon("rpi_volt", false);
-    host.add_firmware(0x50005);
-    host.add_mount("/dev/mmcblk0p2", "/", "ext4")
-        .add_mount("/dev/mmcblk0p1", "/boot/firmware", "vfat")
-        .add_mount("tmpfs", "/run", "tmpfs");
-
+    let host = fake_pi();
     let dir = TempDir::new("health-e2e");
     let server = Server::start(&dir.join("monitor.db"));
-    let agent = server
-        .agent("e2e-pi")
-        .arg("--proc-root")
-        .arg(host.proc_root())
-        .arg("--sys-root")
-        .arg(host.sys_root())
-        .arg("--rootfs")
-        .arg(host.rootfs())
-        .arg("--interval")
-        .arg("0.5")
-        .spawn();
+    let agent = fake_pi_agent(&server, &host, "e2e-pi").spawn();
 
     // Both real file systems, under the mount point the table names (the
     // tmpfs is left out); statvfs of the temp directory gives a real share.

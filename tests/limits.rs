@@ -796,6 +796,25 @@ fn a_host_flooding_batches_is_held_to_its_budget_and_others_keep_reporting() {
     assert_eq!(refused_total(server, "rate_limited"), limited as u64);
 }
 
+/// Reports `batches` on one stream: (stored, rate limited, seconds taken,
+/// every ack); every ack is one of the two.
+fn report_counted(
+    server: &Server,
+    batches: Vec<pb::Batch>,
+) -> (usize, usize, f64, Vec<(u64, i32, String)>) {
+    let rt = runtime();
+    let started = Instant::now();
+    let (_open, got) = rt.block_on(report(server, batches));
+    let elapsed = started.elapsed().as_secs_f64();
+    let stored = got.iter().filter(|a| a.1 == pb::AckCode::Ok as i32).count();
+    let limited = got
+        .iter()
+        .filter(|a| a.1 == pb::AckCode::RateLimited as i32)
+        .count();
+    assert_eq!(stored + limited, got.len(), "{got:?}");
+    (stored, limited, elapsed, got)
+}
+
 #[test]
 fn a_host_packing_ticks_into_its_batches_is_charged_per_tick() {
     // Finding 3's row budget: 64 ticks in one batch write 64 rows, so they
@@ -819,16 +838,7 @@ fn a_host_packing_ticks_into_its_batches_is_charged_per_tick() {
             b
         })
         .collect();
-    let rt = runtime();
-    let started = Instant::now();
-    let (_open, got) = rt.block_on(report(&server, batches));
-    let elapsed = started.elapsed().as_secs_f64();
-    let stored = got.iter().filter(|a| a.1 == pb::AckCode::Ok as i32).count();
-    let limited = got
-        .iter()
-        .filter(|a| a.1 == pb::AckCode::RateLimited as i32)
-        .count();
-    assert_eq!(stored + limited, got.len(), "{got:?}");
+    let (stored, limited, elapsed, got) = report_counted(&server, batches);
     // The burst holds nine such batches; a tick per batch it would be all.
     let budget = INGEST_BURST + INGEST_PER_SECOND * (elapsed + 1.0);
     assert!(stored >= 9, "{got:?}");
@@ -867,16 +877,7 @@ fn a_host_sending_only_health_values_is_charged_for_them() {
             b
         })
         .collect();
-    let rt = runtime();
-    let started = Instant::now();
-    let (_open, got) = rt.block_on(report(&server, batches));
-    let elapsed = started.elapsed().as_secs_f64();
-    let stored = got.iter().filter(|a| a.1 == pb::AckCode::Ok as i32).count();
-    let limited = got
-        .iter()
-        .filter(|a| a.1 == pb::AckCode::RateLimited as i32)
-        .count();
-    assert_eq!(stored + limited, got.len(), "{got:?}");
+    let (stored, limited, elapsed, got) = report_counted(&server, batches);
     // The burst holds 75 such batches; free, it would be all 200.
     let budget = INGEST_BURST + INGEST_PER_SECOND * (elapsed + 1.0);
     assert!(stored >= 70, "{stored} stored: {got:?}");

@@ -420,29 +420,10 @@ fn prometheus_scrapes_a_pis_health_series() {
     ) else {
         return;
     };
-    let mut host = monitor_agent::testing::FakeHost::new();
-    host.set_loadavg("0.42 0.30 0.20 1/123 4567\n");
-    host.add_thermal_zone("cpu-thermal", 61_300);
-    host.add_hwmon("rpi_volt", false);
-    host.add_firmware(0x50005);
-    host.add_mount("/dev/mmcblk0p2", "/", "ext4").add_mount(
-        "/dev/mmcblk0p1",
-        "/boot/firmware",
-        "vfat",
-    );
+    let host = fake_pi();
     let dir = TempDir::new("prom-health");
     let server = Server::start(&dir.join("monitor.db"));
-    let _agent = server
-        .agent("pi-health")
-        .arg("--proc-root")
-        .arg(host.proc_root())
-        .arg("--sys-root")
-        .arg(host.sys_root())
-        .arg("--rootfs")
-        .arg(host.rootfs())
-        .arg("--interval")
-        .arg("0.5")
-        .spawn();
+    let _agent = fake_pi_agent(&server, &host, "pi-health").spawn();
     let token = server.metrics_token();
     let token_file = dir.join("metrics.token");
     std::fs::write(&token_file, &token).unwrap();

@@ -275,25 +275,21 @@ fn host_info(stored: Option<HostRecord>, live: Option<LiveHost>) -> pb::HostInfo
         info.dropped_batches_total = s.dropped_batches_total;
         info.batches_stored_total = s.batches_stored_total;
         info.batches_checked_by_value_total = s.batches_checked_by_value_total;
+        let value = |metric: &str, device: &str, time_unix_ms, value| pb::MetricValue {
+            metric: metric.to_owned(),
+            value,
+            time_unix_ms,
+            device: device.to_owned(),
+        };
         info.latest = s
             .latest
             .iter()
-            .map(|v| pb::MetricValue {
-                metric: v.metric.name().to_owned(),
-                value: v.value,
-                time_unix_ms: v.time_unix_ms,
-                device: String::new(),
-            })
+            .map(|v| value(v.metric.name(), "", v.time_unix_ms, v.value))
             .collect();
         info.health = s
             .health
             .iter()
-            .map(|v| pb::MetricValue {
-                metric: v.metric.name().to_owned(),
-                value: v.value,
-                time_unix_ms: v.time_unix_ms,
-                device: v.device.clone(),
-            })
+            .map(|v| value(v.metric.name(), &v.device, v.time_unix_ms, v.value))
             .collect();
         info.health_series_over_cap_total = s.health_series_over_cap_total;
         if !online {

@@ -60,6 +60,19 @@ pub struct HealthRow {
     pub value: f64,
 }
 
+impl HealthQuery {
+    /// A row this query found: (time, device, value).
+    pub(crate) fn row(&self, (time_unix_ms, device, value): (i64, String, f64)) -> HealthRow {
+        HealthRow {
+            time_unix_ms,
+            hostname: self.hostname.clone(),
+            metric: self.metric,
+            device,
+            value,
+        }
+    }
+}
+
 /// Which health values of a host a query wants.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthQuery {

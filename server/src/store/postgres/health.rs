@@ -198,15 +198,7 @@ pub(crate) async fn query(
         )
         .await?;
     rows.iter()
-        .map(|r| {
-            Ok(HealthRow {
-                time_unix_ms: r.try_get(0)?,
-                hostname: q.hostname.clone(),
-                metric: q.metric,
-                device: r.try_get(1)?,
-                value: r.try_get(2)?,
-            })
-        })
+        .map(|r| Ok(q.row((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))))
         .collect()
 }
 

@@ -67,15 +67,7 @@ pub(crate) fn query(
     let until = q.until_unix_ms.unwrap_or(i64::MAX);
     let rows = stmt.query_map(
         params![host_id, q.since_unix_ms, until, q.metric.name(), limit],
-        |r| {
-            Ok(HealthRow {
-                time_unix_ms: r.get(0)?,
-                hostname: q.hostname.clone(),
-                metric: q.metric,
-                device: r.get(1)?,
-                value: r.get(2)?,
-            })
-        },
+        |r| Ok(q.row((r.get(0)?, r.get(1)?, r.get(2)?))),
     )?;
     rows.collect()
 }
