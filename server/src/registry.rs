@@ -67,19 +67,25 @@ pub const INGEST_RATE: Rate = Rate {
     burst: 600.0,
 };
 
-/// Health values (issue 14) that cost one tick of the ingest budget: each
-/// is a row of the store's `health` table, smaller than a tick's row. A
-/// Pi's batch (one tick, about ten health values) costs 2.25, so an agent
-/// at its fastest (10 batches a second) stays under [`INGEST_RATE`]; a
-/// host sending health values alone is held to 400 a second.
+/// Health values (issue 14) a batch carries without paying for them: a
+/// Pi sends about ten a tick (eight metrics, a few file systems), so a
+/// real agent's batch costs one tick, as before they existed, and its
+/// catch-up after an outage is as fast.
+pub const HEALTH_VALUES_FREE_PER_BATCH: usize = 16;
+/// Health values past the free ones that cost one tick of the budget: each
+/// is a row of the store's `health` table, smaller than a tick's.
 pub const HEALTH_VALUES_PER_TICK: f64 = 8.0;
 
 /// What a batch of `ticks` ticks and `health_values` health values costs
-/// against its host's budget: at least one, since every stored batch is
-/// written (a journal row, its host's counters) whatever it holds, so no
-/// batch is free, health-only and empty ones included.
+/// against its host's budget: at least one tick, since every stored batch
+/// is written (a journal row, its host's counters) whatever it holds, so
+/// no batch is free (health-only and empty ones included), plus one per
+/// [`HEALTH_VALUES_PER_TICK`] health values past the free ones. A host is
+/// so held to 16 health values per tick of its budget (800 a second at
+/// [`INGEST_RATE`]), however it packs them.
 pub fn batch_cost(ticks: usize, health_values: usize) -> f64 {
-    (ticks as f64 + health_values as f64 / HEALTH_VALUES_PER_TICK).max(1.0)
+    let paid = health_values.saturating_sub(HEALTH_VALUES_FREE_PER_BATCH);
+    ticks.max(1) as f64 + paid as f64 / HEALTH_VALUES_PER_TICK
 }
 
 /// Test knob: `RATE,BURST` replacing [`INGEST_RATE`] (e.g. `3,5`), so a
@@ -495,8 +501,14 @@ mod tests {
         assert_eq!(batch_cost(1, 0), 1.0);
         assert_eq!(batch_cost(0, 0), 1.0, "an empty batch is written too");
         assert_eq!(batch_cost(0, 1), 1.0, "a health-only batch is not free");
-        assert_eq!(batch_cost(1, 10), 2.25);
-        assert_eq!(batch_cost(0, 64), 8.0);
+        assert_eq!(batch_cost(1, 10), 1.0, "a Pi's batch costs what it did");
+        assert_eq!(batch_cost(3, 16), 3.0);
+        assert_eq!(batch_cost(0, 24), 2.0);
+        assert_eq!(batch_cost(0, 64), 7.0);
+        // At most 16 health values per tick of budget, however packed.
+        for h in 0..=64 {
+            assert!(h as f64 / batch_cost(0, h) <= 16.0, "{h}");
+        }
         // A host sending only health values, as many as a batch holds, is
         // held to the budget's worth of them.
         let r = Registry::with_ingest_rate(Rate {
@@ -508,12 +520,12 @@ mod tests {
         let taken = (0..1000)
             .filter(|_| r.admit_batch("hostile", full, t0) == Admission::Take)
             .count();
-        assert_eq!(taken, 75, "600 / 8: 4,800 health values in the burst");
+        assert_eq!(taken, 85, "600 / 7");
         let later = t0 + std::time::Duration::from_secs(1);
         let taken = (0..1000)
             .filter(|_| r.admit_batch("hostile", full, later) == Admission::Take)
             .count();
-        assert_eq!(taken, 6, "50 / 8 a second: 400 health values");
+        assert_eq!(taken, 7, "(5 left + 50) / 7");
     }
 
     #[test]

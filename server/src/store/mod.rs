@@ -386,7 +386,10 @@ impl Store {
     /// Every host ever stored, by hostname, with its latest value per metric
     /// (among what is stored: values older than the retention are gone; and
     /// after a restart, a metric missing from a host's newest ten ticks
-    /// shows none). Reflects every batch acknowledged so far.
+    /// shows none) and per health metric and device (bounded, see
+    /// `latest_health.rs`; on SQLite after a restart, a pair missing from
+    /// the host's newest 256 health rows shows none). Reflects every batch
+    /// acknowledged so far.
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.hosts().await,

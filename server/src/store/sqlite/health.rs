@@ -1,11 +1,15 @@
 //! The health metrics of issue 14 in the file: the `health` table's rows
 //! (one per value, keyed by host, time, metric and device), written in the
-//! flush that stores their batch, read by queries, pruned by retention.
+//! flush that stores their batch, read by queries and (each host's newest,
+//! at open) by the host table's latest values, pruned by retention. The
+//! journal row of their batch carries them too (`store/journal_record.rs`),
+//! for remote-write.
 //!
-//! Kept apart from `ticks` and the journal on purpose: the six keep their
-//! packed, journalled layout (what the server's capacity rests on), and the
-//! health values, a few per batch from the agents that send them, are plain
-//! rows. A batch's health rows are written only when the batch itself is
+//! Kept apart from `ticks` on purpose: the six keep their packed,
+//! journalled layout (what the server's capacity rests on), and the health
+//! values, a few per batch from the agents that send them, are plain rows
+//! written at once (the journal's copy is only read by the forwarder, never
+//! merged). A batch's health rows are written only when the batch itself is
 //! stored (never for a duplicate or a refused one); a value already stored
 //! under the same key is kept (`INSERT OR IGNORE`: a re-send after a lost
 //! ack writes nothing twice). Must never be written outside the flush's
