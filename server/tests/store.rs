@@ -552,6 +552,58 @@ async fn check_health_cap(db: TestDb) {
     store.close().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_1_postgres_database_gains_the_health_tables_and_keeps_its_samples() {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::HealthQuery;
+    let Some(db) = TestDb::new(Kind::Postgres, "pg_schema_1") else {
+        return;
+    };
+    let base = base_ms();
+    {
+        let store = db.open().await;
+        submit_all(&store, "pi-v1", 1, 1..=2, base).await;
+        store.close().await.unwrap();
+    }
+    // What a server of schema 1 (no health values) leaves behind.
+    let (client, connection) =
+        tokio_postgres::connect(db.url.as_deref().unwrap(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "DROP TABLE health; DROP TABLE host_health_latest;
+             ALTER TABLE hosts DROP COLUMN health_series_over_cap_total;
+             UPDATE monitor_schema SET version = 1;",
+        )
+        .await
+        .unwrap();
+    let store = db.open().await;
+    let version: i32 = client
+        .query_one("SELECT version FROM monitor_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    check(&store, all("pi-v1"), &rows_of(1..=2, base, &Metric::ALL)).await;
+    let outcome = store.submit(health_batch("pi-v1", 1, 3, base)).await;
+    assert_eq!(outcome.unwrap(), SubmitOutcome::Stored);
+    let load = store
+        .query_health(HealthQuery {
+            hostname: "pi-v1".into(),
+            metric: HealthMetric::Load1,
+            since_unix_ms: i64::MIN,
+            until_unix_ms: None,
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(load.len(), 1);
+    assert_eq!(store.host("pi-v1").await.unwrap().unwrap().health.len(), 3);
+    store.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_schema_6_file_gains_the_health_table_and_keeps_its_samples() {
     use monitor::health::HealthMetric;
