@@ -4,12 +4,19 @@
 #      ticks): server time and bytes on the wire (cargo bench --bench
 #      dashboard, through the real router, gzip on);
 #   2. the fleet page with 1,000 hosts (simulated agents from
-#      monitor-loadgen): first render in headless Chromium;
-#   3. ingest capacity with no page open, then with 10 fleet pages open
-#      (each polling /api/hosts every 3 s), same server build, same steps.
+#      monitor-loadgen): first render in headless Chromium, median of RUNS
+#      (bench/dashboard_render.py); OLD_SERVER=path/to/monitor-server
+#      measures that build's page too, in the same run (before/after);
+#   3. ingest capacity without and with 10 fleet pages open, alternating,
+#      ROUNDS times, same build. The pages' requests are replayed by a
+#      light client (bench/dashboard_replay.py), not by browsers: browsers
+#      run on the viewers' machines, and on this box they would take the
+#      server's cores;
+#   4. the server's CPU per poll of 10 pages with 1,000 and 5,000 hosts
+#      held at 1 s (windows alternating without and with the replay).
 # Needs Debian's chromium and Playwright from PyPI (see .ci/run); loopback
 # only. Usage: bench/dashboard.sh [--steps 2500,5000] [--hold 20s]
-# (SKIP_SERIES=1 skips the first part).
+# (SKIP_SERIES=1 skips the first part; RUNS=5, ROUNDS=3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=2500,5000
@@ -81,26 +88,50 @@ start_server() {
     wait_until "the server" 30 listening "$hp"
 }
 
-log "fleet page with 1,000 hosts"
-start_server render
-"$loadgen" capacity --server "http://127.0.0.1:$sp" --admin "http://127.0.0.1:$ap" \
-    --steps 1000 --hold 120s --warmup 5s --sources "$sources" >"$out/render-fleet.txt" 2>&1 &
-pids+=($!)
-wait_until "1,000 hosts in /api/hosts" 120 hosts_listed 1000
-"$python" bench/dashboard_render.py "http://127.0.0.1:$hp/" 1000
-kill "$server_pid"
-
-for pages in 0 10; do
-    log "ingest capacity with $pages dashboard pages open (steps $steps, $hold each)"
-    start_server "capacity-$pages"
-    if [[ $pages -gt 0 ]]; then
-        # Its own process group: the browser goes with it.
-        setsid "$python" bench/dashboard_render.py "http://127.0.0.1:$hp/" 0 --hold "$pages" \
-            100000 >"$out/pages-$pages.txt" 2>&1 &
-        pids+=("-$!")
-        wait_until "the pages" 60 grep -q holding "$out/pages-$pages.txt"
-    fi
+fleet() { # fleet N: loadgen holding N agents at 1 s against the running server
     "$loadgen" capacity --server "http://127.0.0.1:$sp" --admin "http://127.0.0.1:$ap" \
-        --server-pid "$server_pid" --steps "$steps" --hold "$hold" --warmup 5s --sources "$sources"
-    kill "$server_pid"
+        --steps "$1" --hold 900s --warmup 5s --sources "$sources" >"$out/fleet-$1.txt" 2>&1 &
+    fleet_pid=$!
+    pids+=("$fleet_pid")
+    wait_until "$1 hosts in /api/hosts" 180 hosts_listed "$1"
+}
+
+for build in "$server_bin" ${OLD_SERVER:+"$OLD_SERVER"}; do
+    log "fleet page with 1,000 hosts ($build)"
+    server_bin=$build start_server "render-$RANDOM"
+    fleet 1000
+    "$python" bench/dashboard_render.py "http://127.0.0.1:$hp/" 1000 "${RUNS:-5}"
+    kill "$fleet_pid" "$server_pid"
 done
+
+for round in $(seq "${ROUNDS:-3}"); do
+    for pages in 0 10; do
+        log "round $round: ingest capacity with $pages fleet pages replayed (steps $steps, $hold each)"
+        start_server "capacity-$round-$pages"
+        if [[ $pages -gt 0 ]]; then
+            "$python" bench/dashboard_replay.py "http://127.0.0.1:$hp" --pages "$pages" \
+                >"$out/replay-$round.txt" 2>&1 &
+            replay_pid=$!
+            pids+=("$replay_pid")
+        fi
+        "$loadgen" capacity --server "http://127.0.0.1:$sp" --admin "http://127.0.0.1:$ap" \
+            --server-pid "$server_pid" --steps "$steps" --hold "$hold" --warmup 5s \
+            --sources "$sources" | tee "$out/capacity-$round-$pages.txt"
+        [[ $pages -gt 0 ]] && kill "$replay_pid"
+        kill "$server_pid"
+        echo "round $round, $pages pages: $(grep -h 'capacity.agents_held' "$out/capacity-$round-$pages.txt")" \
+            >>"$out/summary.txt"
+    done
+done
+
+for hosts in 1000 5000; do
+    log "server CPU per poll of 10 pages, $hosts hosts held at 1 s"
+    start_server "cpu-$hosts"
+    fleet "$hosts"
+    sleep 10 # past the fleet's connection burst
+    "$python" bench/dashboard_replay.py "http://127.0.0.1:$hp" --pages 10 --pid "$server_pid" \
+        --windows "${WINDOWS:-6}" --window 15 | tee -a "$out/summary.txt"
+    kill "$fleet_pid" "$server_pid"
+done
+log "summary"
+cat "$out/summary.txt"

@@ -39,7 +39,7 @@
 #
 # Usage: bench/run.sh [--quick] [--long] [--footprint-secs N]
 #                     [--steps LIST] [--storm-agents N] [--only SECTIONS]
-#                     [--out DIR]
+#                     [--replica-steps LIST] [--out DIR]
 #   --quick             a short run (about 3 minutes): fewer ticks, a 15 s
 #                       footprint window, small fleets
 #   --long              a 600 s footprint window (the 10-minute RSS run)
@@ -48,8 +48,11 @@
 #                       1000,2500,5000,7500,10000,12500,15000), each tried
 #                       in plain text and with TLS
 #   --storm-agents N    agents in the reconnection storm (default 10000)
+#   --replica-steps LIST  fleet sizes of replicas-capacity (default
+#                       1000,2500,5000), the same at 1 s and at 5 s
 #   --only SECTIONS     comma-separated subset of
-#                       tick,syscalls,cpu,footprint,size,capacity,commands,storm
+#                       tick,syscalls,cpu,footprint,size,capacity,commands,storm,
+#                       replicas,replicas-capacity
 #   --out DIR           where logs and results go (default
 #                       target/bench/run-DATE)
 # Prints the table on stdout; raw key=value results are in DIR/results.txt.
@@ -62,7 +65,8 @@ quick=0
 footprint_secs=60
 steps=1000,2500,5000,7500,10000,12500,15000
 storm_agents=10000
-only=tick,syscalls,cpu,footprint,size,capacity,commands,storm
+replica_steps=1000,2500,5000
+only=tick,syscalls,cpu,footprint,size,capacity,commands,storm,replicas,replicas-capacity
 out=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -71,6 +75,7 @@ while [[ $# -gt 0 ]]; do
         --footprint-secs) footprint_secs=${2:?--footprint-secs needs seconds}; shift ;;
         --steps) steps=${2:?--steps needs a list}; shift ;;
         --storm-agents) storm_agents=${2:?--storm-agents needs a number}; shift ;;
+        --replica-steps) replica_steps=${2:?--replica-steps needs a list}; shift ;;
         --only) only=${2:?--only needs a list}; shift ;;
         --out) out=${2:?--out needs a directory}; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -82,6 +87,7 @@ if [[ $quick -eq 1 ]]; then
     [[ $footprint_secs -eq 60 ]] && footprint_secs=15
     [[ $steps == 1000,2500,5000,7500,10000,12500,15000 ]] && steps=500,1000
     [[ $storm_agents -eq 10000 ]] && storm_agents=1000
+    [[ $replica_steps == 1000,2500,5000 ]] && replica_steps=200,500
 fi
 [[ $storm_agents =~ ^[0-9]+$ && $storm_agents -ge 1 ]] \
     || { echo "bench: --storm-agents: expected a number above 0, got '$storm_agents'" >&2; exit 2; }
@@ -92,9 +98,12 @@ fi
 if [[ $quick -eq 1 ]]; then
     sys_ticks_a=50 sys_ticks_b=150 strace_secs=5 hold=5s warmup=2s
     cmd_agents=200 cmd_calls=200 cmd_fanouts=3 ctl_calls=3
+    replica_hold=5s replica_warmup=2s
 else
     sys_ticks_a=100 sys_ticks_b=300 strace_secs=20 hold=20s warmup=5s
     cmd_agents=1000 cmd_calls=1000 cmd_fanouts=10 ctl_calls=10
+    # Six searches (1, 2, 3 replicas at 1 s and 5 s) within 10 minutes.
+    replica_hold=10s replica_warmup=3s
 fi
 
 out=${out:-$repo/target/bench/run-$(date +%Y%m%d-%H%M%S)}
@@ -127,8 +136,13 @@ field() { tr ' ' '\n' <<<"$2" | awk -F= -v k="$1" '$1 == k { print $2 }'; }
 # KILL after 5 s), never by name.
 # ---------------------------------------------------------------------------
 pids=()
+pg_pid=""
+pg_dir=""
 cleanup() {
     local status=$? pid
+    # PostgreSQL: a fast shutdown (INT), not the smart one TERM asks for,
+    # which would wait for its clients.
+    [[ -z $pg_pid ]] || kill -INT "$pg_pid" 2>/dev/null || true
     for pid in "${pids[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -139,6 +153,7 @@ cleanup() {
         done
         kill -KILL "$pid" 2>/dev/null || true
     done
+    [[ -z $pg_dir ]] || rm -rf "$pg_dir"
     exit "$status"
 }
 trap cleanup EXIT
@@ -191,18 +206,20 @@ free_port() {
     fail "no free port found"
 }
 
-# start_server NAME tls|insecure: a fresh monitor-server on free loopback
-# ports, with TLS (its material in $out/NAME/tls, certificate names
-# 127.0.0.1 and localhost) or with --insecure; sets server_pid, server_url,
-# admin_url, server_cred (the operator credential; empty with --insecure)
-# and server_cmd (for restart_server).
+# start_server NAME tls|insecure [DB]: a fresh monitor-server on free
+# loopback ports, with TLS (its material in $out/NAME/tls, certificate names
+# 127.0.0.1 and localhost) or with --insecure, on a fresh SQLite file or on
+# DB (a postgres:// URL: a replica); sets server_pid, server_url, admin_url,
+# server_cred (the operator credential; empty with --insecure) and
+# server_cmd (for restart_server).
 start_server() {
     local name=$1 mode=$2 sp ap scheme=https
     sp=$(free_port)
     ap=$(free_port)
     mkdir -p "$out/$name"
     server_cmd=("$server_bin" --listen "127.0.0.1:$sp" --admin-listen "127.0.0.1:$ap"
-        --http-listen 127.0.0.1:0 --db "$out/$name/monitor.db" --log warn)
+        --http-listen 127.0.0.1:0 --db "${3:-$out/$name/monitor.db}" --tls-dir "$out/$name/tls"
+        --log warn)
     server_cred=""
     case $mode in
         tls)
@@ -238,6 +255,49 @@ restart_server() {
     wait_until "$server_name to listen again" 60 listening_tcp "${server_ports[1]}"
     wait_until "$server_name to listen again" 60 listening_tcp "${server_ports[0]}"
     restart_listening_ms=$(date +%s%3N)
+}
+
+# start_postgres: PostgreSQL of this run's own (initdb in a temp dir,
+# 127.0.0.1 on a free port, the settings BENCHMARKS.md names), run as the
+# postgres user when this runs as root (PostgreSQL refuses root); sets
+# pg_pid, pg_port, pg_dir. Stopped (and its directory removed) by
+# stop_postgres or on exit.
+pg_bin=""
+start_postgres() {
+    local d
+    for d in /usr/lib/postgresql/*/bin; do [[ -x $d/initdb ]] && pg_bin=$d; done
+    [[ -n $pg_bin ]] || fail "PostgreSQL is not installed (apt install postgresql-15)"
+    pg_dir=$(mktemp -d /tmp/monitor-bench-pg.XXXXXX)
+    pg_as=()
+    if [[ $(id -u) -eq 0 ]]; then
+        chown postgres: "$pg_dir"
+        pg_as=(setpriv --reuid=postgres --regid=postgres --clear-groups --)
+    fi
+    "${pg_as[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 \
+        --no-sync >"$out/pg-initdb.log" 2>&1 || fail "initdb (see $out/pg-initdb.log)"
+    pg_port=$(free_port)
+    start postgres "${pg_as[@]}" "$pg_bin/postgres" -D "$pg_dir/data" -p "$pg_port" -k "$pg_dir" \
+        -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB
+    pg_pid=$last_pid
+    wait_until "PostgreSQL to accept connections" 60 \
+        "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$pg_port"
+    put pg.version "$("$pg_bin/postgres" --version)"
+}
+
+stop_postgres() {
+    [[ -n $pg_pid ]] || return 0
+    kill -INT "$pg_pid" 2>/dev/null || true
+    stop "$pg_pid"
+    pg_pid=""
+    rm -rf "$pg_dir"
+    pg_dir=""
+}
+
+# pg_database NAME: a new empty database; prints its URL.
+pg_database() {
+    "$pg_bin/psql" -X -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres \
+        -c "CREATE DATABASE \"$1\"" >>"$out/pg-psql.log" 2>&1 || fail "CREATE DATABASE $1"
+    echo "postgres://postgres@127.0.0.1:$pg_port/$1"
 }
 
 # with_tls_args: the loadgen's --credentials flag for the last server, if
@@ -677,6 +737,69 @@ if want storm; then
         stop "$server_pid"
     done
 fi
+# ---------------------------------------------------------------------------
+# 7. Commands across replicas: the fleet on B, calls through B and A.
+# ---------------------------------------------------------------------------
+if want replicas; then
+    log "command round trips across replicas with $cmd_agents agents on replica B"
+    start_postgres
+    db=$(pg_database replicas_commands)
+    put replicas_commands.load_at_start "$(cut -d' ' -f1-3 /proc/loadavg)"
+    start_server replica-cmd-a insecure "$db"
+    a_pid=$server_pid a_admin=$admin_url
+    start_server replica-cmd-b insecure "$db"
+    timeout 600 "$loadgen" commands --server "$server_url" --admin "$admin_url" \
+        --cross-admin "$a_admin" --agents "$cmd_agents" --calls "$cmd_calls" \
+        --fanouts "$cmd_fanouts" --sources "$sources" --prefix rcmd- \
+        --results "$out/replicas-commands.results" >"$out/replicas-commands.txt" 2>&1 \
+        || fail "command latency across replicas (see $out/replicas-commands.txt)"
+    cat "$out/replicas-commands.txt" >&2
+    put_prefixed "$out/replicas-commands.results" commands. replicas_commands.
+    put replicas_commands.load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+    for q in p50 p99; do
+        l=$(get "replicas_commands.ping.${q}_ms")
+        c=$(get "replicas_commands.cross.ping.${q}_ms")
+        [[ $l == - || $c == - ]] || put "replicas_commands.cross_over_local_ping_$q" "$(calc "$c / $l" 2)"
+    done
+    stop "$server_pid"
+    stop "$a_pid"
+    stop_postgres
+fi
+
+# ---------------------------------------------------------------------------
+# 8. Capacity with 1, 2 and 3 replicas on one PostgreSQL.
+# ---------------------------------------------------------------------------
+if want replicas-capacity; then
+    start_postgres
+    for interval in 1s 5s; do
+        for n in 1 2 3; do
+            log "capacity with $n replica(s) on PostgreSQL, agents at $interval: steps $replica_steps"
+            key=replicas_capacity.$interval.$n
+            db=$(pg_database "capacity_${interval}_$n")
+            urls=() rpids=()
+            for r in $(seq "$n"); do
+                start_server "replica-cap-$interval-$n-$r" insecure "$db"
+                urls+=("$server_url")
+                rpids+=(--server-pid "$server_pid")
+                [[ $r -eq 1 ]] && first_admin=$admin_url
+            done
+            put "$key.load_at_start" "$(cut -d' ' -f1-3 /proc/loadavg)"
+            : >"$out/$key.results"
+            timeout 600 "$loadgen" capacity --server "$(IFS=,; echo "${urls[*]}")" \
+                --admin "$first_admin" "${rpids[@]}" --steps "$replica_steps" \
+                --interval "$interval" --hold "$replica_hold" --warmup "$replica_warmup" \
+                --prefix "rc$n-" --sources "$sources" --results "$out/$key.results" \
+                >"$out/$key.txt" 2>&1 || fail "capacity with $n replicas at $interval (see $out/$key.txt)"
+            cat "$out/$key.txt" >&2
+            put_prefixed "$out/$key.results" capacity. "$key."
+            put "$key.load_at_end" "$(cut -d' ' -f1-3 /proc/loadavg)"
+            for pid in "${rpids[@]}"; do
+                [[ $pid == --server-pid ]] || stop "$pid"
+            done
+        done
+    done
+    stop_postgres
+fi
 put machine.load_at_end "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---------------------------------------------------------------------------
@@ -726,6 +849,16 @@ all back $(secs "$(get "$k.all_back_after_restart_ms")") s after TERM \
 $(get "$k.storm.failed_attempts") failed attempts"
 }
 
+# replicas_row INTERVAL: held (kept pace) with 1, 2, 3 replicas.
+replicas_row() {
+    local n k out=""
+    for n in 1 2 3; do
+        k=replicas_capacity.$1.$n
+        out+="$n: $(get "$k.agents_held") ($(get "$k.agents_kept_pace"); p99 $(get "$k.p99_ms") ms, replicas' CPU $(get "$k.server_cpu_percent") %); "
+    done
+    echo "${out%; } of steps $replica_steps"
+}
+
 cat <<EOF
 
 ## monitor benchmarks — $(get run.mode) run, $(get run.date)
@@ -749,6 +882,9 @@ Peers in the same run: $(get peers.node_exporter); $(get peers.collectd); shell 
 | command round trip p99, $(get commands.agents) agents | ≤ 5 ms | ping p99 $p99 ms (p50 $(get commands.ping.p50_ms)), true p99 $true_p99 ms (p50 $(get commands.true.p50_ms)); monitorctl process p50 $(get commands.monitorctl_ping.p50_ms) ms | | $(verdict "$p99" "<=" 5) |
 | fan-out to $(get commands.agents) agents, last result back | ≤ 500 ms | median $(get commands.fanout.median_ms) ms, max $fan ms ($(get commands.fanout.runs) runs, every agent ok: $([[ $(get commands.fanout.ok_min) == "$(get commands.agents)" ]] && echo yes || echo no)) | | $(verdict "$fan" "<=" 500) |
 | reconnection storm after a server restart, TLS | (measured) | $(storm tls) | --insecure, same run: $(storm insecure) | |
+| command round trip across replicas p99, $(get replicas_commands.agents) agents on replica B, calls through A | ≤ 20 ms | ping p99 $(get replicas_commands.cross.ping.p99_ms) ms (p50 $(get replicas_commands.cross.ping.p50_ms)), true p99 $(get replicas_commands.cross.true.p99_ms) ms; fan-out through A: median $(get replicas_commands.cross.fanout.median_ms) ms, max $(get replicas_commands.cross.fanout.max_ms) ms | through B itself (local routing), same run: ping p99 $(get replicas_commands.ping.p99_ms) ms (p50 $(get replicas_commands.ping.p50_ms)), fan-out median $(get replicas_commands.fanout.median_ms) ms; across / local p99 $(get replicas_commands.cross_over_local_ping_p99) × | $(verdict "$(get replicas_commands.cross.ping.p99_ms)" "<=" 20) |
+| agents held with 1 / 2 / 3 replicas on one PostgreSQL, 1 s | (measured; one box) | $(replicas_row 1s) | | |
+| agents held with 1 / 2 / 3 replicas on one PostgreSQL, 5 s | (measured; one box) | $(replicas_row 5s) | | |
 
 
 At $pace agents: $(get capacity.samples_per_s) samples stored/s, ingest→durable p50 $(get capacity.p50_ms) ms p99 $(get capacity.p99_ms) ms, server CPU $(get capacity.server_cpu_percent) % of a core ($(get capacity.server_threads) threads), load generator CPU $(get capacity.loadgen_cpu_percent) % of a core.

@@ -694,6 +694,57 @@ fn remote_write_status(server: &Server) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
+/// Waits until VictoriaMetrics holds every sample of `store` (host `h`)
+/// and asserts it holds nothing else, each with the store's value, at
+/// most twice; returns how many it holds twice.
+fn assert_victoria_holds(
+    vm: &Victoria,
+    h: &str,
+    names: &str,
+    store: &BTreeMap<(String, String, i64), f64>,
+) -> usize {
+    let at_vm = wait_for_or(
+        &format!("{h} complete in VictoriaMetrics"),
+        Duration::from_secs(30),
+        || {
+            let got = vm.samples(h, names);
+            (got.len() >= store.len()).then_some(got)
+        },
+        || {
+            let got = vm.samples(h, names);
+            let missing: Vec<_> = store
+                .keys()
+                .filter(|k| !got.contains_key(*k))
+                .take(20)
+                .collect();
+            format!(
+                "{} of {} there; missing e.g. {missing:?}",
+                got.len(),
+                store.len()
+            )
+        },
+    );
+    let keys: BTreeSet<_> = at_vm.keys().collect();
+    assert_eq!(
+        keys,
+        store.keys().collect(),
+        "{h}: VictoriaMetrics' samples"
+    );
+    for (key, values) in &at_vm {
+        let want = store[key];
+        // VictoriaMetrics keeps 12 significant decimal digits (its
+        // documented precision), Prometheus the f64 exactly.
+        assert!(
+            values
+                .iter()
+                .all(|v| (v - want).abs() <= want.abs() * 1e-11),
+            "{key:?}: VictoriaMetrics has {values:?}, the store {want}"
+        );
+        assert!(values.len() <= 2, "{key:?}: {values:?}");
+    }
+    at_vm.values().filter(|v| v.len() > 1).count()
+}
+
 #[test]
 fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash() {
     let test = "remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash";
@@ -814,50 +865,118 @@ fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash()
             },
         );
         assert_eq!(at_prom, store, "{h}: Prometheus differs from the store");
-        let at_vm = wait_for_or(
-            &format!("{h} complete in VictoriaMetrics"),
-            Duration::from_secs(30),
-            || {
-                let got = vm.samples(h, names);
-                (got.len() >= store.len()).then_some(got)
-            },
-            || {
-                let got = vm.samples(h, names);
-                let missing: Vec<_> = store
-                    .keys()
-                    .filter(|k| !got.contains_key(*k))
-                    .take(20)
-                    .collect();
-                format!(
-                    "{} of {} there; missing e.g. {missing:?}",
-                    got.len(),
-                    store.len()
-                )
-            },
-        );
-        let keys: BTreeSet<_> = at_vm.keys().collect();
-        assert_eq!(
-            keys,
-            store.keys().collect(),
-            "{h}: VictoriaMetrics' samples"
-        );
-        for (key, values) in &at_vm {
-            let want = store[key];
-            // VictoriaMetrics keeps 12 significant decimal digits (its
-            // documented precision), Prometheus the f64 exactly.
-            assert!(
-                values
-                    .iter()
-                    .all(|v| (v - want).abs() <= want.abs() * 1e-11),
-                "{key:?}: VictoriaMetrics has {values:?}, the store {want}"
-            );
-            assert!(values.len() <= 2, "{key:?}: {values:?}");
-        }
-        let repeats = at_vm.values().filter(|v| v.len() > 1).count();
+        let repeats = assert_victoria_holds(&vm, h, names, &store);
         println!(
             "{h} {names}: {} samples; VictoriaMetrics holds {repeats} twice (the request in flight at the crash)",
             store.len()
         );
     }
+    drop(vm);
+}
+
+/// Two replicas on one PostgreSQL database, both configured with one
+/// `--remote-write` to VictoriaMetrics: exactly one forwards (a session
+/// lock in the database); `kill -9` of that one hands the destination to
+/// the other, which resumes at the stored cursor, sending again first the
+/// request that was in flight. The receiver ends with every sample the
+/// store holds, with its value and time; a sample it holds twice can only
+/// be of that one request (VictoriaMetrics keeps identical samples twice
+/// unless `-dedup.minScrapeInterval` is set, and its `/api/v1/export`
+/// shows the raw samples, repeats included, which is what is counted).
+#[test]
+fn remote_write_from_replicas_moves_to_the_survivor_when_the_forwarding_one_is_killed() {
+    let test = "remote_write_from_replicas_moves_to_the_survivor";
+    let Some(victoria) = tool("victoria-metrics", "victoria-metrics", test) else {
+        return;
+    };
+    let Some(pg) = common::pg::Postgres::shared(test) else {
+        return;
+    };
+    let dir = TempDir::new("rw-replicas");
+    let url = pg.database("rw_replicas");
+    let vm_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let vm = Victoria::start(&victoria, &dir.join("victoria"), vm_addr);
+    let vm_url = format!("http://{vm_addr}/api/v1/write");
+    let flags = ["--remote-write", vm_url.as_str()];
+    let mut servers: Vec<Server> = ["a", "b"]
+        .iter()
+        .map(|r| Server::start_replica(&dir.join(r), &url, &flags))
+        .collect();
+    let forwarding = |s: &Server| {
+        s.proc
+            .stderr
+            .contains(&format!("remote-write to {vm_url} from"))
+    };
+    let holder = wait_for("one replica forwarding", Duration::from_secs(30), || {
+        servers.iter().position(forwarding)
+    });
+    let other = 1 - holder;
+    let waiting = format!("remote-write {vm_url}: another replica forwards to it");
+    wait_for("the other replica waiting", Duration::from_secs(30), || {
+        servers[other].proc.stderr.contains(&waiting).then_some(())
+    });
+    assert!(!forwarding(&servers[other]), "both replicas forward");
+
+    let hosts = ["rw-1", "rw-2", "rw-3"];
+    let urls = format!("{},{}", servers[0].url(), servers[1].url());
+    let mut agents: Vec<Proc> = hosts
+        .iter()
+        .map(|h| {
+            servers[holder]
+                .agent(h)
+                .env("MONITOR_SERVER", &urls)
+                .env("MONITOR_INTERVAL", "0.2")
+                .env("MONITOR_SHUTDOWN_TIMEOUT", "90s")
+                .arg("--count")
+                .arg("150")
+                .spawn()
+        })
+        .collect();
+    let sent = |s: &Server| {
+        remote_write_status(s)
+            .get(&vm_url)
+            .map_or(0, |d| d["sent_samples"].as_u64().unwrap())
+    };
+    wait_for("samples forwarded", Duration::from_secs(60), || {
+        (sent(&servers[holder]) > 100).then_some(())
+    });
+    assert_eq!(sent(&servers[other]), 0, "only the holder sends");
+
+    // The forwarding replica dies; the other takes the destination over.
+    servers[holder].proc.signal("KILL");
+    servers[holder].proc.wait_exit(Duration::from_secs(10));
+    let survivor = servers.remove(other);
+    wait_for("the survivor forwarding", Duration::from_secs(30), || {
+        (forwarding(&survivor) && sent(&survivor) > 0).then_some(())
+    });
+    for (agent, h) in agents.iter_mut().zip(hosts) {
+        let status = agent.wait_exit(Duration::from_secs(120));
+        assert!(status.success(), "{h}: {status}\n{}", agent.stderr.dump());
+        assert!(
+            !agent.stderr.contains("not acknowledged by the server"),
+            "{h} lost batches:\n{}",
+            agent.stderr.dump()
+        );
+    }
+    wait_for("the survivor caught up", Duration::from_secs(60), || {
+        let s = remote_write_status(&survivor);
+        let d = &s[&vm_url];
+        (d["cursor"] == d["newest"] && d["lag_seconds"].as_f64() == Some(0.0)).then_some(())
+    });
+    let status = remote_write_status(&survivor);
+    assert_eq!(status[&vm_url]["too_old_samples"], 0);
+    assert_eq!(status[&vm_url]["refused_samples"], 0);
+
+    let mut repeats_total = 0;
+    for h in hosts {
+        let store = stored(&survivor, h);
+        assert!(store.len() > 500, "{h}: {} samples stored", store.len());
+        repeats_total += assert_victoria_holds(&vm, h, SIX, &store);
+    }
+    // At most one request (MAX_SAMPLES_PER_REQUEST samples) was in flight.
+    assert!(repeats_total <= 10_000, "{repeats_total} samples twice");
+    println!(
+        "VictoriaMetrics holds {repeats_total} samples twice (the request in flight at the kill)"
+    );
     drop(vm);
 }

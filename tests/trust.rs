@@ -619,8 +619,24 @@ fn a_join_token_enrols_once_and_each_refusal_stops_the_agent_with_its_reason() {
 }
 
 /// The boot id and highest stored seq of `agent_id`'s latest run, read
-/// from the server's file (as of its host's latest merge).
+/// from the server's database (on SQLite as of its host's latest merge).
 fn latest_run(db: &Path, agent_id: &str) -> Option<(u64, u64)> {
+    if let Some(url) = postgres_for(db) {
+        let pg = pg::Postgres::shared("latest_run")?;
+        let line = pg.psql(
+            &url,
+            &format!(
+                "SELECT boot_id, high_seq FROM agent_runs WHERE agent_id = '{agent_id}'
+                 ORDER BY run_id DESC LIMIT 1"
+            ),
+        );
+        let (boot, seq) = line.trim().split_once('|')?;
+        // The store keeps the u64 bit patterns in i64s.
+        return Some((
+            boot.parse::<i64>().ok()? as u64,
+            seq.parse::<i64>().ok()? as u64,
+        ));
+    }
     let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .ok()?;
     c.query_row(
@@ -649,9 +665,10 @@ fn over(cmd: AgentCmd, host: &FakeHost) -> AgentCmd {
 #[test]
 fn an_agent_cannot_write_as_another_host_nor_take_its_commands() {
     let dir = TempDir::new("identity");
-    // Merged often, so the test can read pi-b's run from the file.
+    // Merged often (on SQLite), so the test can read pi-b's run from the
+    // database.
     let server = Server::start_opts(
-        common::sqlite_only(&dir.join("m.db")),
+        &dir.join("m.db"),
         "127.0.0.1:0",
         &[],
         &[("MONITOR_TEST_MERGE_INTERVAL_MS", "200")],
@@ -1300,6 +1317,8 @@ fn operators_need_a_credential_of_their_own_and_history_names_them() {
 fn secret_files_are_private_whatever_the_umask() {
     let dir = TempDir::new("umask");
     let db = dir.join("m.db");
+    // SQLite only on any MONITOR_TEST_DB: the database file and its WAL
+    // are among the files whose modes are checked.
     let server = Server::start_wrapped(
         common::sqlite_only(&db),
         "127.0.0.1:0",

@@ -21,7 +21,8 @@ use monitor::config::{Env, pick};
 /// description; the flag wins.
 #[derive(FromArgs, Debug, Default)]
 pub struct Args {
-    /// server URL, or several replicas' URLs separated by commas
+    /// server URL, or several replicas' URLs separated by commas; a DNS
+    /// name with several addresses counts as a list of them
     /// (MONITOR_SERVER; default: the join token's, else
     /// https://127.0.0.1:50051)
     #[argh(option)]
@@ -160,7 +161,8 @@ impl Mode {
 pub struct Config {
     /// URLs of the servers' agent listeners (replicas sharing one store):
     /// https://, or http:// with `insecure`. At least one, at most
-    /// [`MAX_SERVERS`].
+    /// [`MAX_SERVERS`]; a host that is a DNS name is resolved at each
+    /// connection attempt (`session/targets.rs`).
     pub servers: Vec<String>,
     /// Plain text, no certificates (`--insecure`).
     pub insecure: bool,

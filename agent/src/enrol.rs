@@ -73,13 +73,20 @@ impl EnrolError {
     }
 }
 
-/// The TLS settings that check the server against `ca_der` and, when
-/// given, present `identity`.
-pub fn client_tls(ca_der: &[u8], identity: Option<&Identity>) -> ClientTlsConfig {
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(monitor::pem::encode(
-        "CERTIFICATE",
-        ca_der,
-    )));
+/// The TLS settings that check the server against `ca_der`, under the
+/// name `server_name` (the host of the URL the agent was given, never the
+/// address a name resolved to) and, when given, present `identity`.
+pub fn client_tls(
+    ca_der: &[u8],
+    identity: Option<&Identity>,
+    server_name: &str,
+) -> ClientTlsConfig {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(monitor::pem::encode(
+            "CERTIFICATE",
+            ca_der,
+        )))
+        .domain_name(server_name);
     match identity {
         Some(id) => {
             let c = id.credential();
@@ -116,14 +123,16 @@ fn identity_from(
 }
 
 /// Enrols `hostname` with `token` at the agent listener `endpoint`
-/// (already configured for its URL; TLS is added here).
+/// (already configured for its address; TLS is added here, checking the
+/// server under `server_name`).
 pub async fn enrol(
     endpoint: Endpoint,
+    server_name: &str,
     token: &JoinToken,
     hostname: &str,
 ) -> Result<Identity, EnrolError> {
     let endpoint = endpoint
-        .tls_config(client_tls(&token.ca_der, None))
+        .tls_config(client_tls(&token.ca_der, None, server_name))
         .map_err(|e| EnrolError::Unreachable(format!("TLS settings: {e}")))?;
     let channel = endpoint
         .connect()

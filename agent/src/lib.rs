@@ -30,3 +30,4 @@ pub mod sysfs;
 pub mod testing;
 pub mod thermal;
 pub mod throttling;
+pub mod ticker;

@@ -21,10 +21,11 @@ use crate::replay::ReplayCache;
 use crate::sampler::{self, Sink};
 use crate::session;
 use crate::session::gate::Gate;
-use crate::session::{CommandContext, Connector, first_server};
+use crate::session::{CommandContext, Connector, Targets};
 use crate::spool::{Spool, SpoolError};
 use crate::state::Shared;
 use crate::thermal::ZoneChoice;
+use crate::ticker::Ticker;
 use monitor::sd_notify::Notifier;
 
 /// Why the agent could not start.
@@ -36,6 +37,8 @@ pub enum AgentError {
     Spool(SpoolError),
     Identity(crate::identity::IdentityError),
     Operators(crate::operators::OperatorsError),
+    /// The tick timer could not be made (no descriptor left).
+    Timer(std::io::Error),
     /// The agent cannot get or use a certificate, and retrying cannot
     /// change that (not enrolled, join token refused).
     NotEnrolled(String),
@@ -62,6 +65,7 @@ impl fmt::Display for AgentError {
             AgentError::Spool(e) => write!(f, "{e}"),
             AgentError::Identity(e) => write!(f, "{e}"),
             AgentError::Operators(e) => write!(f, "operator keys: {e}"),
+            AgentError::Timer(e) => write!(f, "tick timer: {e}"),
             AgentError::NotEnrolled(why) => f.write_str(why),
         }
     }
@@ -76,6 +80,7 @@ impl std::error::Error for AgentError {
             AgentError::Spool(e) => Some(e),
             AgentError::Identity(e) => Some(e),
             AgentError::Operators(e) => Some(e),
+            AgentError::Timer(e) => Some(e),
             AgentError::NotEnrolled(_) => None,
         }
     }
@@ -132,6 +137,7 @@ pub fn collector_config(config: &Config) -> CollectorConfig {
 /// Must be called inside a `LocalSet`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let collector = Collector::open(collector_config(&config)).map_err(AgentError::Collector)?;
+    let ticker = Ticker::new().map_err(AgentError::Timer)?;
     let identity = AgentIdentity {
         agent_id: config.agent_id.clone(),
         hostname: config.hostname.clone(),
@@ -146,7 +152,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     if config.stdout {
         tokio::select! {
-            () = sampler::run(Rc::clone(&shared), collector, Sink::Stdout, config.count) => {}
+            () = sampler::run(Rc::clone(&shared), collector, ticker, Sink::Stdout, config.count) => {}
             () = shutdown => {}
         }
         return Ok(());
@@ -194,24 +200,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         limits,
         gate,
     ));
-    let endpoints = config
-        .servers
-        .iter()
-        .map(|url| session::endpoint(url))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(AgentError::Endpoint)?;
+    let targets = Targets::new(&config.servers, &config.hostname).map_err(AgentError::Endpoint)?;
     let servers = config.servers.join(", ");
-    let first = first_server(&config.hostname, endpoints.len());
     let connector = if config.insecure {
         log::warn!(
             "--insecure: talking to {servers} in plain text with no certificates; anyone on \
              the network path can read and forge samples and commands"
         );
-        Connector::insecure(endpoints, first)
+        Connector::insecure(targets)
     } else {
         Connector::tls(
-            endpoints,
-            first,
+            targets,
             config.state_dir.clone(),
             config.join.clone(),
             config.hostname.clone(),
@@ -269,6 +268,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let sampler = tokio::task::spawn_local(sampler::run(
         Rc::clone(&shared),
         collector,
+        ticker,
         Sink::Buffer,
         config.count,
     ));

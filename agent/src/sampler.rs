@@ -1,7 +1,8 @@
 //! The tick loop: read the kernel's counters, build a batch, hand it on.
 //!
-//! Ticks follow a fixed schedule (start + n × interval) so they do not drift
-//! with the tick's own cost; a late tick is not made up with a burst.
+//! Ticks follow a fixed schedule (start + n × interval, kept by the
+//! kernel's timer: `ticker.rs`) so they do not drift with the tick's own
+//! cost; a late tick is not made up with a burst.
 //! `set-interval` takes effect from the next tick, `collect-now` adds a tick
 //! at once. The loop never awaits anything but its timer and those two
 //! signals, so a slow server or a long command never delays sampling.
@@ -10,12 +11,11 @@ use std::io::Write;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monitor::batch::TickBatch;
-use tokio::time::Instant;
-
 use crate::collector::{Collector, Readings};
 use crate::metrics::AgentMetric;
 use crate::state::Shared;
+use crate::ticker::{self, Ticker};
+use monitor::batch::TickBatch;
 
 /// Where batches go.
 pub enum Sink {
@@ -25,24 +25,24 @@ pub enum Sink {
     Stdout,
 }
 
-/// Runs ticks until `count` ticks were taken (or forever).
-pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count: Option<u64>) {
+/// Runs ticks on `ticker` until `count` ticks were taken (or forever).
+pub async fn run(
+    shared: Rc<Shared>,
+    mut collector: Collector,
+    ticker: Ticker,
+    sink: Sink,
+    count: Option<u64>,
+) {
     let mut interval_rx = shared.interval.subscribe();
     let mut interval = *interval_rx.borrow_and_update();
-    let mut next = Instant::now();
-    // Two timers, one armed a tick ahead of the other. Tokio wakes its I/O
-    // driver (an eventfd write, then an epoll_wait that returns at once)
-    // whenever a timer is armed earlier than every timer already armed,
-    // which a tick's timer always is once the previous tick's has fired: a
-    // write, a wasted wake-up and a second trip through the scheduler per
-    // tick, measured with strace. Armed while the tick before it is still
-    // pending, it never is.
-    let mut timer = Box::pin(tokio::time::sleep_until(next));
-    let mut ahead = Box::pin(tokio::time::sleep_until(next + interval));
-    let mut ahead_at = next + interval;
+    // The kernel keeps the schedule (see ticker.rs for why not tokio's
+    // timer): the first tick now, the next one an interval later.
+    let mut last_tick = ticker::now();
+    plan(&ticker, last_tick + interval, interval).await;
     let mut seq = 0u64;
     let mut stdout_line = String::with_capacity(512);
     loop {
+        last_tick = ticker::now();
         let now = std::time::Instant::now();
         let parse_errors_before = collector.parse_errors_total();
         let readings = collector.sample(now);
@@ -93,47 +93,48 @@ pub async fn run(shared: Rc<Shared>, mut collector: Collector, sink: Sink, count
         if count.is_some_and(|c| seq >= c) {
             return;
         }
-        next += interval;
-        let now = Instant::now();
-        if next < now {
-            // Late (suspended, or the machine is overloaded): skip the
-            // missed ticks rather than bursting.
-            next = now + interval;
-        }
-        if ahead_at == next {
-            // The usual case: the timer armed a tick ago is the one to await.
-            std::mem::swap(&mut timer, &mut ahead);
-        } else {
-            timer.as_mut().reset(next);
-        }
-        ahead_at = next + interval;
-        ahead.as_mut().reset(ahead_at);
         // Wait for the next tick; an interval change re-plans the wait.
         loop {
             tokio::select! {
-                () = timer.as_mut() => break,
+                ticked = ticker.tick() => {
+                    if let Err(e) = ticked {
+                        // Cannot happen with a timerfd the agent made; if
+                        // it did, keep sampling at the interval regardless.
+                        log::error!("tick timer: {e}");
+                        tokio::time::sleep(interval).await;
+                    }
+                    break;
+                }
                 () = shared.collect_now.notified() => {
-                    next = Instant::now();
+                    // A tick now; the schedule goes on from it.
+                    plan(&ticker, ticker::now() + interval, interval).await;
                     break;
                 }
                 changed = interval_rx.changed() => {
                     if changed.is_err() {
                         // Cannot happen (the sender lives in `shared`, which
                         // we hold); never spin on a closed channel anyway.
-                        timer.as_mut().await;
+                        let _ = ticker.tick().await;
                         break;
                     }
                     let new_interval = *interval_rx.borrow_and_update();
                     log::info!("interval changed to {}", fmt_secs(new_interval));
-                    // The tick already planned moves to last tick + new interval.
-                    next = next - interval + new_interval;
+                    // The next tick moves to last tick + new interval.
                     interval = new_interval;
-                    timer.as_mut().reset(next);
-                    ahead_at = next + interval;
-                    ahead.as_mut().reset(ahead_at);
+                    plan(&ticker, last_tick + interval, interval).await;
                 }
             }
         }
+    }
+}
+
+/// Schedules the next tick at `first`, then one every `every`. A timer
+/// that cannot be set (it cannot fail with the values the sampler passes)
+/// is logged and the tick taken after a plain sleep, so sampling goes on.
+async fn plan(ticker: &Ticker, first: Duration, every: Duration) {
+    if let Err(e) = ticker.schedule(first, every) {
+        log::error!("tick timer: {e}");
+        tokio::time::sleep(first.saturating_sub(ticker::now())).await;
     }
 }
 

@@ -133,9 +133,10 @@ fn main() {
             proc_root: "/proc".into(),
         };
         let router = http::router(state);
-        // The most points the server gives, and what a 1,000-pixel-wide
-        // plot asks for.
-        for points in [http::plot::MAX_POINTS, 1000] {
+        // The most points the server gives, the most the host page asks
+        // for (one per pixel, its plots are at most 1,200 px wide), and
+        // what a 1,000-pixel-wide plot asks for.
+        for points in [http::plot::MAX_POINTS, 1200, 1000] {
             let path =
                 format!("/api/hosts/pi-bench/series?since={since}&until={until}&points={points}");
             let mut line = format!("series for {days} d at {points} points:");

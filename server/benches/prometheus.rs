@@ -59,7 +59,10 @@ fn main() {
         let registry = Arc::new(Registry::default());
         // A destination holds the journal, as remote-write does.
         store
-            .register_forwarders(vec!["bench".into()])
+            .register_forwarders(
+                vec!["bench".into()],
+                monitor_server::remote_write::DEFAULT_MAX_LAG,
+            )
             .await
             .expect("cursor");
         let t0 = monitor::time::now_unix_ms() - 120_000;

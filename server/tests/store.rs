@@ -553,10 +553,10 @@ async fn check_health_cap(db: TestDb) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schema_1_postgres_database_gains_the_health_tables_and_keeps_its_samples() {
+async fn a_schema_2_postgres_database_gains_the_health_tables_and_keeps_its_samples() {
     use monitor::health::HealthMetric;
     use monitor_server::store::HealthQuery;
-    let Some(db) = TestDb::new(Kind::Postgres, "pg_schema_1") else {
+    let Some(db) = TestDb::new(Kind::Postgres, "pg_schema_2") else {
         return;
     };
     let base = base_ms();
@@ -565,7 +565,8 @@ async fn a_schema_1_postgres_database_gains_the_health_tables_and_keeps_its_samp
         submit_all(&store, "pi-v1", 1, 1..=2, base).await;
         store.close().await.unwrap();
     }
-    // What a server of schema 1 (no health values) leaves behind.
+    // What a server of schema 2 (the journal, no health values) leaves
+    // behind.
     let (client, connection) =
         tokio_postgres::connect(db.url.as_deref().unwrap(), tokio_postgres::NoTls)
             .await
@@ -575,7 +576,7 @@ async fn a_schema_1_postgres_database_gains_the_health_tables_and_keeps_its_samp
         .batch_execute(
             "DROP TABLE health; DROP TABLE host_health_latest;
              ALTER TABLE hosts DROP COLUMN health_series_over_cap_total;
-             UPDATE monitor_schema SET version = 1;",
+             UPDATE monitor_schema SET version = 2;",
         )
         .await
         .unwrap();
@@ -585,7 +586,7 @@ async fn a_schema_1_postgres_database_gains_the_health_tables_and_keeps_its_samp
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     check(&store, all("pi-v1"), &rows_of(1..=2, base, &Metric::ALL)).await;
     let outcome = store.submit(health_batch("pi-v1", 1, 3, base)).await;
     assert_eq!(outcome.unwrap(), SubmitOutcome::Stored);
@@ -2070,5 +2071,214 @@ async fn series_downsample_every_metric(db: TestDb) {
         Err(StoreError::UnknownHost(h)) => assert_eq!(h, "nope"),
         other => panic!("expected UnknownHost, got {other:?}"),
     }
+    store.close().await.unwrap();
+}
+
+on_every_backend!(check_feed:
+    the_feed_gives_each_batch_once_in_commit_order_sqlite => Sqlite,
+    the_feed_gives_each_batch_once_in_commit_order_merging => SqliteMerging,
+    the_feed_gives_each_batch_once_in_commit_order_postgres => Postgres,
+);
+
+/// Remote-write's change feed while two handles write at once (on
+/// PostgreSQL two replicas; SQLite has one writer per file, so both use
+/// it): a reader that follows its cursor the whole time, moving it as a
+/// forwarder does, gets every stored batch exactly once, in increasing
+/// journal ids. On PostgreSQL, an id taken in sequence order rather than
+/// commit order would let the cursor pass a batch committed late.
+async fn check_feed(db: TestDb) {
+    let small_flushes = |k: &mut Knobs| k.flush_max_batches = 3;
+    let a = Store::open(db.tuned(small_flushes)).await.unwrap();
+    let b = match db.kind {
+        Kind::Postgres => Store::open(db.tuned(small_flushes)).await.unwrap(),
+        Kind::Sqlite | Kind::SqliteMerging => a.clone(),
+    };
+    let lag = Duration::from_secs(3600);
+    let cursors = a
+        .register_forwarders(vec!["dest".into()], lag)
+        .await
+        .unwrap();
+    assert_eq!(cursors.len(), 1);
+    let mut claim = a.forward_claim("dest", lag);
+    let start = claim.take().await.unwrap().expect("the only forwarder");
+    assert_eq!(start.sending_through, 0);
+    let base = base_ms();
+    const SEQS: u64 = 60;
+    let mut writers = Vec::new();
+    for (store, hosts) in [(a.clone(), ["a-1", "a-2"]), (b.clone(), ["b-1", "b-2"])] {
+        writers.push(tokio::spawn(async move {
+            for seq in 1..=SEQS {
+                let mut tickets = Vec::new();
+                for h in hosts {
+                    tickets.push(store.enqueue(batch(h, 1, seq, base)).await.unwrap());
+                }
+                for t in tickets {
+                    assert_eq!(t.await.unwrap(), SubmitOutcome::Stored);
+                }
+            }
+        }));
+    }
+    // Follows the feed while the writers run, then once more after.
+    let mut got: Vec<(String, i64)> = Vec::new();
+    let mut cursor = start.journal_id;
+    let mut last_id = start.journal_id;
+    let mut done = false;
+    loop {
+        let finished = writers.iter().all(|w| w.is_finished());
+        loop {
+            let read = a.forward_batch(cursor, None, 30).await.unwrap();
+            if read.rows.is_empty() {
+                break;
+            }
+            for row in &read.rows {
+                assert!(
+                    row.journal_id > last_id,
+                    "ids go up: {} after {last_id}",
+                    row.journal_id
+                );
+                last_id = row.journal_id;
+                assert_eq!(row.samples.len(), Metric::ALL.len());
+                got.push((row.hostname.clone(), row.samples[0].time_unix_ms));
+            }
+            claim.set_sending(read.through).await.unwrap();
+            claim.set_cursor(read.through).await.unwrap();
+            cursor = read.through;
+        }
+        if done {
+            break;
+        }
+        done = finished;
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut expected: Vec<(String, i64)> = Vec::new();
+    for h in ["a-1", "a-2", "b-1", "b-2"] {
+        for seq in 1..=SEQS {
+            expected.push((h.to_owned(), base + seq as i64 * 1000));
+        }
+    }
+    got.sort();
+    expected.sort();
+    assert_eq!(got.len(), expected.len(), "every batch once");
+    assert_eq!(got, expected);
+    // A restart resumes at the stored cursor, with nothing after it.
+    let again = claim.take().await.unwrap().unwrap();
+    assert_eq!(again.journal_id, cursor);
+    assert_eq!(again.sending_through, 0);
+    assert!(
+        a.forward_batch(cursor, None, 30)
+            .await
+            .unwrap()
+            .rows
+            .is_empty()
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+/// One forwarder per destination across replicas: while one replica holds
+/// the destination's claim, another's take gives `None`; when the holder
+/// goes (its connection closes, as when it is killed), the other takes
+/// it, at the cursor the first stored. The journal is written only while
+/// a destination is registered, and emptied behind the cursors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_forwards_to_a_destination_and_another_takes_over_postgres() {
+    let Some(db) = TestDb::new(Kind::Postgres, "forward_claims") else {
+        return;
+    };
+    let fast_retention = |k: &mut Knobs| k.retention_interval = Duration::from_millis(200);
+    let a = Store::open(db.tuned(fast_retention)).await.unwrap();
+    let b = Store::open(db.tuned(fast_retention)).await.unwrap();
+    let pg = Postgres::shared("forward_claims").unwrap();
+    let url = db.url.as_deref().unwrap();
+    let base = base_ms();
+    // No destination yet: nothing journalled.
+    submit_all(&a, "pi", 1, 1..=3, base).await;
+    assert_eq!(pg.psql(url, "SELECT count(*) FROM journal").trim(), "0");
+    let lag = Duration::from_secs(3600);
+    a.register_forwarders(vec!["dest".into()], lag)
+        .await
+        .unwrap();
+    b.register_forwarders(vec!["dest".into()], lag)
+        .await
+        .unwrap();
+    submit_all(&b, "pi", 1, 4..=9, base).await;
+    let mut first = a.forward_claim("dest", lag);
+    let mut second = b.forward_claim("dest", lag);
+    let start = first.take().await.unwrap().expect("free");
+    assert!(second.take().await.unwrap().is_none(), "held by the first");
+    let read = a.forward_batch(start.journal_id, None, 24).await.unwrap();
+    assert_eq!(read.rows.len(), 4, "whole batches within 24 samples");
+    first.set_sending(read.through).await.unwrap();
+    first.set_cursor(read.through).await.unwrap();
+    first.set_sending(read.newest).await.unwrap();
+    drop(first);
+    let until = Instant::now() + Duration::from_secs(10);
+    let taken = loop {
+        if let Some(c) = second.take().await.unwrap() {
+            break Some(c);
+        }
+        assert!(Instant::now() < until, "the second replica never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let taken = taken.unwrap();
+    assert_eq!(taken.journal_id, read.through);
+    assert_eq!(taken.sending_through, read.newest, "the request in flight");
+    let rest = b
+        .forward_batch(taken.journal_id, Some(taken.sending_through), 1000)
+        .await
+        .unwrap();
+    let times: Vec<i64> = rest
+        .rows
+        .iter()
+        .map(|r| r.samples[0].time_unix_ms)
+        .collect();
+    assert_eq!(times, (8..=9).map(|s| base + s * 1000).collect::<Vec<_>>());
+    second.set_cursor(rest.through).await.unwrap();
+    eventually(
+        "the journal emptied behind the cursor",
+        Duration::from_secs(10),
+        || async { pg.psql(url, "SELECT count(*) FROM journal").trim() == "0" },
+    )
+    .await;
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+/// A database of schema 1 (before the remote-write journal) gains the
+/// journal and the cursors at the next start, keeping its samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_1_database_gains_the_journal_and_keeps_its_samples_postgres() {
+    let Some(db) = TestDb::new(Kind::Postgres, "schema_1_upgrade") else {
+        return;
+    };
+    let base = base_ms();
+    let store = db.open().await;
+    submit_all(&store, "pi", 1, 1..=3, base).await;
+    store.close().await.unwrap();
+    let pg = Postgres::shared("schema_1_upgrade").unwrap();
+    let url = db.url.as_deref().unwrap();
+    // What a server of schema 1 left.
+    pg.psql(
+        url,
+        "DROP TABLE journal, forward_cursors; DROP SEQUENCE journal_ids;
+         UPDATE monitor_schema SET version = 1",
+    );
+    let store = db.open().await;
+    assert_eq!(
+        pg.psql(url, "SELECT version FROM monitor_schema").trim(),
+        "3"
+    );
+    check(&store, all("pi"), &rows_of(1..=3, base, &Metric::ALL)).await;
+    let lag = Duration::from_secs(3600);
+    store
+        .register_forwarders(vec!["d".into()], lag)
+        .await
+        .unwrap();
+    submit_all(&store, "pi", 1, 4..=5, base).await;
+    let read = store.forward_batch(0, None, 100).await.unwrap();
+    assert_eq!(read.rows.len(), 2, "the batches stored since registration");
     store.close().await.unwrap();
 }

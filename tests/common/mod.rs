@@ -337,14 +337,14 @@ pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
 /// (see `pg.rs`) instead of the SQLite file `db`: one database per `db`
 /// path, so a server restarted on the same path finds its data. Its URL is
 /// kept in a file beside `db` (which [`Server::start_replica`] writes
-/// itself). Tests that read the SQLite file themselves stay on SQLite:
-/// `tests/faults/` all, others through [`sqlite_only`].
+/// itself). Tests about SQLite's file itself stay on SQLite through
+/// [`sqlite_only`].
 pub fn postgres_for(db: &Path) -> Option<String> {
     let kept = db.with_extension("pg-url");
     if let Ok(url) = std::fs::read_to_string(&kept) {
         return Some(url);
     }
-    if !on_postgres() || db.with_extension("sqlite-only").exists() || in_faults() {
+    if !on_postgres() || db.with_extension("sqlite-only").exists() {
         return None;
     }
     let pg = pg::Postgres::shared("MONITOR_TEST_DB=postgres")
@@ -364,18 +364,6 @@ pub fn postgres_for(db: &Path) -> Option<String> {
 pub fn sqlite_only(db: &Path) -> &Path {
     std::fs::write(db.with_extension("sqlite-only"), "").unwrap();
     db
-}
-
-/// Whether this is the fault tests' binary: they judge "stored exactly
-/// once" from the SQLite file itself, so they always run on SQLite.
-fn in_faults() -> bool {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().starts_with("faults"))
-        })
-        .unwrap_or(false)
 }
 
 /// Whether the end-to-end tests run on PostgreSQL (see [`postgres_for`]).

@@ -170,7 +170,18 @@ def run(browser, args, out, report):
         values = [v for v in s["mean"] if v is not None]
         check(values, f"series {s['metric']} has no values")
         if s["metric"] in ("cpu_percent", "mem_percent"):
-            check(drawn[i] > 20, f"plot {s['metric']} shows no line ({drawn[i]} pixels)")
+            # A line needs points: one bucket is a dot. tests/dashboard.rs
+            # waits for 15 s of history (five 3 s buckets) before this
+            # runs; fewer means the page was loaded too early, not that it
+            # drew badly (on PostgreSQL under load, the agents were online
+            # seconds before their first batches were committed).
+            check(len(values) >= 3, f"plot {s['metric']}: only {len(values)} buckets with "
+                  f"data (step {answer['step_ms']} ms): the host page was loaded too early")
+            check(drawn[i] > 20, f"plot {s['metric']} shows no line ({drawn[i]} pixels; "
+                  f"{len(values)} values in {len(answer['times'])} rows, step "
+                  f"{answer['step_ms']} ms, interval {s['interval_ms']} ms, values {values[:8]}, "
+                  f"times {answer['times'][:8]}, since {answer['since_unix_ms']}, "
+                  f"until {answer['until_unix_ms']})")
     with open(os.path.join(out, f"series-{host}.json"), "w") as f:
         json.dump(answer, f)
     report["series_file"] = os.path.join(out, f"series-{host}.json")

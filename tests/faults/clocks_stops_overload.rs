@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::db::{read_hosts, stored};
+use crate::db::{newest_sample_times, stored};
 use crate::support::{agent, fake_host, free_url, lone_agent, wait_flushed};
 
 #[test]
@@ -38,15 +38,8 @@ fn a_far_off_agent_clock_is_corrected_and_a_near_one_kept() {
     assert!(table.contains("-3600."), "{table}");
     assert!(table.contains("+10.") || table.contains("+9."), "{table}");
     // Newest stored sample time of each, against this process's clock.
-    let c = rusqlite::Connection::open(&db).unwrap();
-    let file = read_hosts(&c);
-    let newest = |h: &str| -> i64 {
-        let host = file
-            .values()
-            .find(|x| x.name == h)
-            .expect("host in the file");
-        *host.times.keys().next_back().expect("a stored tick")
-    };
+    let newest_times = newest_sample_times(&db);
+    let newest = |h: &str| -> i64 { *newest_times.get(h).expect("a stored tick") };
     let now = monitor::time::now_unix_ms();
     let behind_lag = now - newest("clk-behind");
     let ahead_lag = now - newest("clk-ahead");

@@ -1,15 +1,96 @@
-//! The database checker: opens the server's SQLite file itself (no code of
-//! the store's), runs `PRAGMA integrity_check`, and counts per host what
-//! was stored, in the merged tables and in the journal alike, so "stored
-//! exactly once" is judged from the file, not from what the server says.
+//! The database checker: reads what the server stored itself (no code of
+//! the store's), from whichever backend the test's server ran on, so
+//! "stored exactly once" is judged from the database, not from what the
+//! server says:
+//! - SQLite: opens the file, runs `PRAGMA integrity_check`, and counts per
+//!   host in the merged tables and in the journal alike;
+//! - PostgreSQL (`MONITOR_TEST_DB=postgres`): the same counts from
+//!   `hosts`, `ticks` and `agent_runs` with psql (PostgreSQL checks its
+//!   own pages).
 //!
-//! It must never write to the file beyond what opening it does (SQLite
-//! replaying a WAL left by kill -9, as the server would).
+//! It must never write to the database beyond what opening a SQLite file
+//! does (SQLite replaying a WAL left by kill -9, as the server would).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use crate::common::pg::Postgres;
 use crate::support::rows_for;
+
+/// The PostgreSQL database the test's server ran on instead of the SQLite
+/// file `db`, if it did (the URL `postgres_for` kept beside `db`).
+pub fn postgres_url(db: &Path) -> Option<String> {
+    std::fs::read_to_string(db.with_extension("pg-url")).ok()
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    Postgres::shared("the fault tests' database checker")
+        .expect("the PostgreSQL the servers ran on")
+        .psql(url, sql)
+}
+
+/// [`stored`] on PostgreSQL: the counters from `hosts`, and per sample
+/// time how many `ticks` rows (one per run) and values it has.
+fn stored_postgres(url: &str) -> BTreeMap<String, StoredHost> {
+    let mut out: BTreeMap<String, StoredHost> = BTreeMap::new();
+    for line in psql(
+        url,
+        "SELECT hostname, batches_stored_total, dropped_batches_total FROM hosts",
+    )
+    .lines()
+    {
+        let f: Vec<&str> = line.split('|').collect();
+        out.insert(
+            f[0].to_owned(),
+            StoredHost {
+                batches_stored_total: f[1].parse::<i64>().unwrap() as u64,
+                dropped_batches_total: f[2].parse::<i64>().unwrap() as u64,
+                ..StoredHost::default()
+            },
+        );
+    }
+    let per_time = psql(
+        url,
+        "SELECT h.hostname, count(*),
+                sum((cpu_percent IS NOT NULL)::int + (mem_percent IS NOT NULL)::int
+                    + (disk_read_kbps IS NOT NULL)::int + (disk_write_kbps IS NOT NULL)::int
+                    + (net_in_kbps IS NOT NULL)::int + (net_out_kbps IS NOT NULL)::int)
+         FROM ticks t JOIN hosts h USING (host_id) GROUP BY h.hostname, t.time_unix_ms",
+    );
+    for line in per_time.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        let h = out.get_mut(f[0]).expect("a tick of a known host");
+        let (rows_at_time, values): (u64, u64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        h.batch_times += 1;
+        h.rows += values;
+        if rows_at_time > 1 {
+            h.duplicate_keys += 1;
+        }
+    }
+    out
+}
+
+/// The newest stored sample time of each host.
+pub fn newest_sample_times(db: &Path) -> BTreeMap<String, i64> {
+    if let Some(url) = postgres_url(db) {
+        return psql(
+            &url,
+            "SELECT h.hostname, max(t.time_unix_ms) FROM ticks t JOIN hosts h USING (host_id)
+             GROUP BY h.hostname",
+        )
+        .lines()
+        .map(|l| {
+            let (name, t) = l.split_once('|').unwrap();
+            (name.to_owned(), t.parse().unwrap())
+        })
+        .collect();
+    }
+    let c = rusqlite::Connection::open(db).unwrap();
+    read_hosts(&c)
+        .into_values()
+        .filter_map(|h| Some((h.name, *h.times.keys().next_back()?)))
+        .collect()
+}
 
 /// What the database holds for one host, read by the test itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +116,9 @@ pub struct StoredHost {
 /// LE, a presence byte, the present values f64 LE), so it checks the file
 /// without the store's code.
 pub fn stored(db: &Path) -> BTreeMap<String, StoredHost> {
+    if let Some(url) = postgres_url(db) {
+        return stored_postgres(&url);
+    }
     let c = rusqlite::Connection::open(db).expect("open the database");
     let check: Vec<String> = c
         .prepare("PRAGMA integrity_check")
@@ -179,6 +263,31 @@ pub fn read_hosts(c: &rusqlite::Connection) -> BTreeMap<i64, FileHost> {
 /// its de-duplication state (`agent_runs`: the high-water mark and the gaps
 /// below it, two little-endian u64 per gap).
 pub fn stored_seqs(db: &Path, agent_id: &str) -> Vec<BTreeSet<u64>> {
+    if let Some(url) = postgres_url(db) {
+        assert!(
+            agent_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        );
+        let runs = psql(
+            &url,
+            &format!(
+                "SELECT high_seq, encode(gaps, 'hex') FROM agent_runs
+                 WHERE agent_id = '{agent_id}' ORDER BY run_id"
+            ),
+        );
+        return runs
+            .lines()
+            .map(|l| {
+                let (high, hex) = l.split_once('|').unwrap();
+                let gaps: Vec<u8> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                    .collect();
+                seqs_of(high.parse::<i64>().unwrap() as u64, &gaps)
+            })
+            .collect();
+    }
     let c = rusqlite::Connection::open(db).expect("open the database");
     let mut stmt = c
         .prepare("SELECT high_seq, gaps FROM agent_runs WHERE agent_id = ?1 ORDER BY run_id")
@@ -190,15 +299,7 @@ pub fn stored_seqs(db: &Path, agent_id: &str) -> Vec<BTreeSet<u64>> {
         .unwrap()
         .map(|row| {
             let (high, gaps) = row.unwrap();
-            let mut seqs: BTreeSet<u64> = (1..=high).collect();
-            for g in gaps.chunks_exact(16) {
-                let lo = u64::from_le_bytes(g[..8].try_into().unwrap());
-                let hi = u64::from_le_bytes(g[8..].try_into().unwrap());
-                for s in lo..=hi {
-                    seqs.remove(&s);
-                }
-            }
-            seqs
+            seqs_of(high, &gaps)
         })
         .collect::<Vec<_>>();
     {
@@ -223,6 +324,20 @@ pub fn stored_seqs(db: &Path, agent_id: &str) -> Vec<BTreeSet<u64>> {
         }
     }
     runs
+}
+
+/// The seqs of a run: 1 to `high` but those in `gaps` (two little-endian
+/// u64 per gap, both ends in it), as both backends keep them.
+fn seqs_of(high: u64, gaps: &[u8]) -> BTreeSet<u64> {
+    let mut seqs: BTreeSet<u64> = (1..=high).collect();
+    for g in gaps.chunks_exact(16) {
+        let lo = u64::from_le_bytes(g[..8].try_into().unwrap());
+        let hi = u64::from_le_bytes(g[8..].try_into().unwrap());
+        for s in lo..=hi {
+            seqs.remove(&s);
+        }
+    }
+    seqs
 }
 
 /// Asserts the store holds exactly `ticks` batches of `host`, each once.

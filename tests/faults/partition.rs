@@ -29,8 +29,10 @@ fn network_partition_loses_nothing_and_reconnects_within_the_backoff() {
     let db = dir.join("m.db");
     let host = fake_host();
     let keepalive = [("MONITOR_KEEPALIVE", "1s")];
+    // SQLite only on any MONITOR_TEST_DB: the server runs in its own network
+    // namespace, whose loopback does not reach the tests' PostgreSQL.
     let server = Server::start_opts(
-        &db,
+        sqlite_only(&db),
         &format!("{SERVER_IP}:50051"),
         // Agents reach it at SERVER_IP, monitorctl (in its namespace) at
         // loopback: its certificate names both.

@@ -1,7 +1,8 @@
 //! What the next session connects with: plain text (only with
 //! `--insecure`), or TLS with the agent's identity, enrolling first when
 //! there is none (or a new join token was given), and renewing it before it
-//! expires.
+//! expires. Where it connects is [`Targets`]'s business; the server's
+//! certificate is always checked against the URL's host it names.
 //!
 //! Enrolment failures come in two kinds: the server is not there yet
 //! (retried with the session's backoff, sampling goes on into the buffer),
@@ -15,6 +16,7 @@ use std::time::Duration;
 use monitor::join::JoinToken;
 use tonic::transport::{Channel, Endpoint};
 
+use super::targets::Targets;
 use crate::enrol;
 use crate::identity::{Identity, IdentityError, token_digest};
 use crate::operators::Operators;
@@ -48,41 +50,25 @@ struct Tls {
 }
 
 pub struct Connector {
-    /// The servers (replicas sharing one store), tried in turn.
-    bases: Vec<Endpoint>,
-    /// The one the next session connects to.
-    current: Cell<usize>,
+    /// The servers (replicas sharing one store) and their addresses,
+    /// tried in turn.
+    targets: Targets,
     mode: Mode,
 }
 
-/// Which of `n` servers the agent named `hostname` tries first: a hash of
-/// the name, so a fleet spreads evenly across replicas and one agent
-/// comes back to the same one after a restart.
-pub fn first_server(hostname: &str, n: usize) -> usize {
-    // FNV-1a: stable across builds and platforms (std's hasher is not).
-    let hash = hostname.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    usize::try_from(hash % n.max(1) as u64).unwrap_or(0)
-}
-
 impl Connector {
-    /// Plain text to the servers `bases` (at least one), starting at
-    /// `first`.
-    pub fn insecure(bases: Vec<Endpoint>, first: usize) -> Connector {
+    /// Plain text to `targets`.
+    pub fn insecure(targets: Targets) -> Connector {
         Connector {
-            current: Cell::new(first % bases.len().max(1)),
-            bases,
+            targets,
             mode: Mode::Insecure,
         }
     }
 
-    /// TLS to the servers `bases` (at least one), starting at `first`,
-    /// with the identity in `state_dir` (enrolling with `join` first if
-    /// needed).
+    /// TLS to `targets`, with the identity in `state_dir` (enrolling with
+    /// `join` first if needed).
     pub fn tls(
-        bases: Vec<Endpoint>,
-        first: usize,
+        targets: Targets,
         state_dir: PathBuf,
         join: Option<JoinToken>,
         hostname: String,
@@ -100,8 +86,7 @@ impl Connector {
             );
         }
         Ok(Connector {
-            current: Cell::new(first % bases.len().max(1)),
-            bases,
+            targets,
             mode: Mode::Tls(Box::new(Tls {
                 operators,
                 state_dir,
@@ -113,22 +98,22 @@ impl Connector {
         })
     }
 
-    /// The server the next session connects to.
-    fn base(&self) -> &Endpoint {
-        // In range: `current` is always taken modulo the length.
-        &self.bases[self.current.get() % self.bases.len()]
+    /// What the last session connected to (the URL, and the address when
+    /// it names a host), for the log.
+    pub fn last_target(&self) -> String {
+        self.targets.last()
     }
 
-    pub fn uri(&self) -> &tonic::codegen::http::Uri {
-        self.base().uri()
+    /// The URL the next session goes to.
+    pub fn next_url(&self) -> String {
+        self.targets.next_url()
     }
 
-    /// After a failed or ended session: the next server in the list
-    /// (failover to another replica); `false` when there is only one.
+    /// After a failed or ended session: the next server in the list, or
+    /// the name's next address (failover to another replica); `false`
+    /// when there is nowhere else.
     pub fn next_server(&self) -> bool {
-        let n = self.bases.len();
-        self.current.set((self.current.get() + 1) % n.max(1));
-        n > 1
+        self.targets.advance()
     }
 
     /// Whether a start without a token would have nothing to connect with.
@@ -141,8 +126,13 @@ impl Connector {
 
     /// The endpoint for the next session.
     pub async fn endpoint(&self) -> Result<Endpoint, ConnectError> {
+        let target = self
+            .targets
+            .next()
+            .await
+            .map_err(|e| ConnectError::Retry(e.to_string()))?;
         let Mode::Tls(tls) = &self.mode else {
-            return Ok(self.base().clone());
+            return Ok(target.endpoint);
         };
         let Tls {
             operators,
@@ -174,7 +164,9 @@ impl Connector {
                 )));
             }
             log::info!("enrolling as '{hostname}' with the join token");
-            let id = match enrol::enrol(self.base().clone(), token, hostname).await {
+            let id = match enrol::enrol(target.endpoint.clone(), &target.tls_name, token, hostname)
+                .await
+            {
                 Ok(id) => id,
                 Err(e) if e.is_retryable() => {
                     return Err(ConnectError::Retry(format!("enrolment: {e}")));
@@ -199,9 +191,9 @@ impl Connector {
         let Some(id) = identity.as_ref() else {
             return Err(ConnectError::Fatal("no identity".into()));
         };
-        self.base()
-            .clone()
-            .tls_config(enrol::client_tls(&id.ca_der, Some(id)))
+        target
+            .endpoint
+            .tls_config(enrol::client_tls(&id.ca_der, Some(id), &target.tls_name))
             .map_err(|e| ConnectError::Fatal(format!("TLS settings: {e}")))
     }
 
@@ -276,35 +268,29 @@ impl Connector {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_fleet_spreads_over_the_servers_and_each_agent_keeps_its_first() {
-        assert_eq!(first_server("pi-1", 1), 0);
-        assert_eq!(first_server("pi-1", 0), 0);
-        // The same name, the same server, every time (a restart comes back).
-        assert_eq!(first_server("pi-1", 3), first_server("pi-1", 3));
-        let mut per_server = [0usize; 3];
-        for i in 0..300 {
-            per_server[first_server(&format!("pi-{i}"), 3)] += 1;
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_a_failure_the_next_server_is_tried_then_the_first_again() {
+        let urls: Vec<String> = [
+            "http://127.0.0.1:1",
+            "http://127.0.0.2:2",
+            "http://127.0.0.3:3",
+        ]
+        .iter()
+        .map(|u| (*u).to_owned())
+        .collect();
+        let first = super::super::targets::first_server("pi-2", 3);
+        let c = Connector::insecure(Targets::new(&urls, "pi-2").unwrap());
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(c.endpoint().await.unwrap().uri().to_string());
+            assert!(c.next_server());
         }
-        for n in per_server {
-            assert!((70..=130).contains(&n), "uneven spread: {per_server:?}");
-        }
-    }
-
-    #[test]
-    fn after_a_failure_the_next_server_is_tried_then_the_first_again() {
-        let bases: Vec<Endpoint> = ["http://a:1", "http://b:2", "http://c:3"]
-            .iter()
-            .map(|u| Endpoint::from_static(u))
+        let expected: Vec<String> = (0..4)
+            .map(|k| format!("{}/", urls[(first + k) % 3]))
             .collect();
-        let c = Connector::insecure(bases, 2);
-        assert_eq!(c.uri().to_string(), "http://c:3/");
-        assert!(c.next_server());
-        assert_eq!(c.uri().to_string(), "http://a:1/");
-        assert!(c.next_server());
-        assert_eq!(c.uri().to_string(), "http://b:2/");
-        let one = Connector::insecure(vec![Endpoint::from_static("http://a:1")], 5);
+        assert_eq!(seen, expected);
+        let one = Connector::insecure(Targets::new(&urls[..1], "pi-2").unwrap());
         assert!(!one.next_server());
-        assert_eq!(one.uri().to_string(), "http://a:1/");
+        assert_eq!(one.next_url(), "http://127.0.0.1:1/");
     }
 }

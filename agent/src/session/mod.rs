@@ -17,17 +17,18 @@ mod connector;
 mod error;
 pub mod gate;
 mod report;
+mod targets;
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use monitor::pb::collector_client::CollectorClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use commands::CommandContext;
-pub use connector::{ConnectError, Connector, first_server};
+pub use connector::{ConnectError, Connector};
 pub use error::SessionError;
+pub use targets::{Targets, first_server};
 
 use crate::backoff::{Backoff, unit_random};
 use crate::state::Shared;
@@ -36,23 +37,11 @@ use crate::state::Shared;
 /// cover the round trip while catching up after an outage, small enough to
 /// bound what is re-sent after a drop.
 pub const SEND_WINDOW: usize = 64;
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message the agent accepts from the server: a command is at most
 /// 8 KiB of argv plus its signed grant, an ack a few dozen bytes. A
 /// server that sends more (a security review saw 4 MiB requests fill a
 /// Pi's log) ends the session instead.
 pub const MAX_SERVER_MESSAGE_BYTES: usize = 64 * 1024;
-
-/// The endpoint with the connection settings every session uses.
-pub fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let (interval, timeout) = monitor::keepalive::from_env();
-    Ok(Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(interval)
-        .keep_alive_timeout(timeout)
-        .keep_alive_while_idle(true))
-}
 
 /// Connects and reconnects forever; returns only when the agent cannot go
 /// on (its join token was refused, its identity cannot be used): the
@@ -93,23 +82,24 @@ pub async fn run(connector: Connector, shared: Rc<Shared>, commands: Rc<CommandC
         if failures == 1 {
             log::warn!(
                 "{}: {err}; retrying in {:.1}s ({} batches buffered)",
-                connector.uri(),
+                connector.last_target(),
                 delay.as_secs_f64(),
                 shared.buffer.borrow().len()
             );
         } else {
             log::info!(
                 "{}: {err}; retry {failures} in {:.1}s ({} batches buffered, {} dropped)",
-                connector.uri(),
+                connector.last_target(),
                 delay.as_secs_f64(),
                 shared.buffer.borrow().len(),
                 shared.buffer.borrow().dropped_total()
             );
         }
-        // With several servers (replicas), the next try goes to the next
-        // one: an agent whose server died fails over after one backoff.
+        // With several servers (replicas), or a name with several
+        // addresses, the next try goes to the next one: an agent whose
+        // server died fails over after one backoff.
         if connector.next_server() {
-            log::info!("next server: {}", connector.uri());
+            log::info!("next server: {}", connector.next_url());
         }
         tokio::time::sleep(delay).await;
     }

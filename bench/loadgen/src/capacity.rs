@@ -45,8 +45,9 @@ pub struct CapacityConfig {
     /// The operator credential for a TLS server (`https://` URLs); `None`
     /// for a server run with `--insecure`.
     pub credential: Option<Credential>,
-    /// The server's process, for its CPU and memory; `None`: not measured.
-    pub server_pid: Option<u32>,
+    /// The server's process (or the replicas' processes, summed), for its
+    /// CPU and memory; empty: not measured.
+    pub server_pids: Vec<u32>,
     /// Fleet sizes to try, ascending.
     pub steps: Vec<usize>,
     /// Time after the last agent connected before the window opens.
@@ -58,7 +59,8 @@ pub struct CapacityConfig {
     pub max_p99: Duration,
 }
 
-/// The server's use of the machine over one window.
+/// The server's use of the machine over one window (with replicas, the
+/// sum over their processes).
 #[derive(Clone, Copy, Debug)]
 pub struct ServerUse {
     /// Percent of one core.
@@ -127,6 +129,33 @@ impl Capacity {
 
 fn proc_snapshot(pid: u32) -> Option<ProcSnapshot> {
     ProcSnapshot::read(Path::new("/proc"), pid).ok()
+}
+
+/// Every server process's snapshot, or `None` if any cannot be read (or
+/// there are none).
+fn server_snapshots(pids: &[u32]) -> Option<Vec<ProcSnapshot>> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| proc_snapshot(p)).collect()
+}
+
+/// The servers' use over a window from `s0` to `s1` (same processes, same
+/// order), memory per agent counted from `base`, the empty servers.
+fn server_use(
+    base: &[ProcSnapshot],
+    s0: &[ProcSnapshot],
+    s1: &[ProcSnapshot],
+    agents: usize,
+) -> ServerUse {
+    let rss_kib: u64 = s1.iter().map(|s| s.status.rss_kib).sum();
+    let base_kib: u64 = base.iter().map(|s| s.status.rss_kib).sum();
+    ServerUse {
+        cpu_percent: s1.iter().zip(s0).map(|(b, a)| b.cpu_percent_since(a)).sum(),
+        rss_kib,
+        rss_per_agent_kib: rss_kib.saturating_sub(base_kib) as f64 / agents.max(1) as f64,
+        threads: s1.iter().map(|s| s.status.threads).sum(),
+    }
 }
 
 /// Time allowed for a step's new agents to connect.
@@ -261,9 +290,12 @@ pub async fn run(config: CapacityConfig) -> Result<Capacity, String> {
         tls::prepare_fleet(&admin, config.credential.as_ref(), &mut fleet_config, most).await?;
     let mut fleet = Fleet::new(fleet_config).map_err(|e| e.to_string())?;
     let me = std::process::id();
-    let server_base = config.server_pid.and_then(proc_snapshot);
-    if let (Some(pid), None) = (config.server_pid, &server_base) {
-        return Err(format!("cannot read /proc/{pid}: is the server running?"));
+    let server_base = server_snapshots(&config.server_pids);
+    if !config.server_pids.is_empty() && server_base.is_none() {
+        return Err(format!(
+            "cannot read /proc of the server pids {:?}: is every server running?",
+            config.server_pids
+        ));
     }
     let interval = config.fleet.interval;
     println!("{}", header());
@@ -274,13 +306,13 @@ pub async fn run(config: CapacityConfig) -> Result<Capacity, String> {
         tokio::time::sleep(config.warmup).await;
         let stats = fleet.stats();
         let c0 = stats.counts();
-        let server0 = config.server_pid.and_then(proc_snapshot);
+        let server0 = server_snapshots(&config.server_pids);
         let me0 = proc_snapshot(me);
         let _ = stats.ack_latency.take();
         tokio::time::sleep(config.hold).await;
         let c1 = stats.counts();
         let latency = stats.ack_latency.take();
-        let server1 = config.server_pid.and_then(proc_snapshot);
+        let server1 = server_snapshots(&config.server_pids);
         let me1 = proc_snapshot(me);
         let window = match (&me0, &me1) {
             (Some(a), Some(b)) => b.at.duration_since(a.at),
@@ -297,13 +329,7 @@ pub async fn run(config: CapacityConfig) -> Result<Capacity, String> {
             ..Counts::default()
         };
         let server = match (&server_base, &server0, &server1) {
-            (Some(base), Some(s0), Some(s1)) => Some(ServerUse {
-                cpu_percent: s1.cpu_percent_since(s0),
-                rss_kib: s1.status.rss_kib,
-                rss_per_agent_kib: s1.status.rss_kib.saturating_sub(base.status.rss_kib) as f64
-                    / agents.max(1) as f64,
-                threads: s1.status.threads,
-            }),
+            (Some(base), Some(s0), Some(s1)) => Some(server_use(base, s0, s1, agents)),
             _ => None,
         };
         let mut step = Step {

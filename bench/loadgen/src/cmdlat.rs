@@ -10,6 +10,12 @@
 //! through the real `monitorctl` binary show what a person at a shell
 //! waits. Every call must come back "exited 0": a failure is counted and
 //! reported, never timed as a success.
+//!
+//! With replicas (`cross_admin`): the fleet connects to one replica, and
+//! every call and fan-out goes through that replica's operator API (local
+//! routing) and through another replica's (relayed across the shared
+//! store), alternating call by call, so both see the same load and the
+//! ratio of the two is a same-run figure.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -21,8 +27,12 @@ use crate::{Results, admin, ms};
 #[derive(Clone, Debug)]
 pub struct CommandsConfig {
     pub fleet: FleetConfig,
-    /// `http://127.0.0.1:PORT` of the server's operator API.
+    /// `http://127.0.0.1:PORT` of the server's operator API (the replica
+    /// the fleet connects to).
     pub admin: String,
+    /// Another replica's operator API, timed too (commands relayed across
+    /// replicas); `None`: one server.
+    pub cross_admin: Option<String>,
     pub agents: usize,
     /// Round trips timed per command.
     pub calls: usize,
@@ -75,35 +85,51 @@ pub struct Fanout {
     pub failed: usize,
 }
 
-#[derive(Clone, Debug)]
-pub struct CommandLatency {
-    pub agents_online: usize,
+/// What was measured through one operator API.
+#[derive(Clone, Debug, Default)]
+pub struct Route {
     pub ping: RoundTrips,
     pub true_: RoundTrips,
     pub fanouts: Vec<Fanout>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CommandLatency {
+    pub agents_online: usize,
+    /// Through the replica holding the agents.
+    pub local: Route,
+    /// Through another replica, when one was given.
+    pub cross: Option<Route>,
     pub monitorctl: RoundTrips,
 }
 
+/// `calls` round trips of `argv` through each of `admins`, alternating
+/// call by call (host `i` through every admin before host `i + 1`); one
+/// [`RoundTrips`] per admin.
 async fn round_trips(
-    admin: &mut admin::Admin,
+    admins: &mut [admin::Admin],
     cfg: &CommandsConfig,
     argv: &[&str],
     calls: usize,
-) -> RoundTrips {
-    let mut rt = RoundTrips::default();
+) -> Vec<RoundTrips> {
+    let mut rts = vec![RoundTrips::default(); admins.len()];
     for i in 0..calls {
         let host = cfg.fleet.hostname(i % cfg.agents.max(1));
-        match admin::exec(admin, vec![host.clone()], false, argv).await {
-            Ok(t) if t.ok == 1 && t.failed == 0 => rt.push(t.total),
-            Ok(t) => rt.fail(
-                t.first_failure
-                    .unwrap_or_else(|| format!("{host}: no result")),
-            ),
-            Err(e) => rt.fail(e),
+        for (admin, rt) in admins.iter_mut().zip(&mut rts) {
+            match admin::exec(admin, vec![host.clone()], false, argv).await {
+                Ok(t) if t.ok == 1 && t.failed == 0 => rt.push(t.total),
+                Ok(t) => rt.fail(
+                    t.first_failure
+                        .unwrap_or_else(|| format!("{host}: no result")),
+                ),
+                Err(e) => rt.fail(e),
+            }
         }
     }
-    rt.finish();
-    rt
+    for rt in &mut rts {
+        rt.finish();
+    }
+    rts
 }
 
 /// `monitorctl --server ADMIN exec --host H -- ping`, timed as a process.
@@ -138,7 +164,10 @@ fn monitorctl_calls(cfg: &CommandsConfig, binary: &PathBuf) -> RoundTrips {
 
 /// Connects the fleet, measures, stops the fleet.
 pub async fn run(cfg: CommandsConfig) -> Result<CommandLatency, String> {
-    let mut admin = admin::connect(&cfg.admin, None).await?;
+    let mut admins = vec![admin::connect(&cfg.admin, None).await?];
+    if let Some(url) = &cfg.cross_admin {
+        admins.push(admin::connect(url, None).await?);
+    }
     let mut fleet = Fleet::new(cfg.fleet.clone()).map_err(|e| e.to_string())?;
     let connected = fleet
         .grow_to(
@@ -146,13 +175,19 @@ pub async fn run(cfg: CommandsConfig) -> Result<CommandLatency, String> {
             Duration::from_secs(60) + Duration::from_millis(cfg.agents as u64 * 5),
         )
         .await;
-    let online = admin::wait_online(
-        &mut admin,
-        &cfg.fleet.hostname_prefix,
-        cfg.agents,
-        Duration::from_secs(60),
-    )
-    .await?;
+    // Every operator API must see the whole fleet online (another
+    // replica through the shared store's sessions).
+    let mut online = cfg.agents;
+    for admin in &mut admins {
+        let seen = admin::wait_online(
+            admin,
+            &cfg.fleet.hostname_prefix,
+            cfg.agents,
+            Duration::from_secs(60),
+        )
+        .await?;
+        online = online.min(seen);
+    }
     if online < cfg.agents {
         let why = fleet.stats().first_error().unwrap_or_default();
         fleet.stop(Duration::from_secs(10)).await;
@@ -162,18 +197,30 @@ pub async fn run(cfg: CommandsConfig) -> Result<CommandLatency, String> {
         ));
     }
     // Warm up: connections, the router's maps, the store's command tables.
-    let _ = round_trips(&mut admin, &cfg, &["ping"], 50.min(cfg.calls)).await;
-    let ping = round_trips(&mut admin, &cfg, &["ping"], cfg.calls).await;
-    let true_ = round_trips(&mut admin, &cfg, &["true"], cfg.calls).await;
-    let mut fanouts = Vec::new();
+    let _ = round_trips(&mut admins, &cfg, &["ping"], 50.min(cfg.calls)).await;
+    let mut routes = vec![Route::default(); admins.len()];
+    for (route, rt) in routes
+        .iter_mut()
+        .zip(round_trips(&mut admins, &cfg, &["ping"], cfg.calls).await)
+    {
+        route.ping = rt;
+    }
+    for (route, rt) in routes
+        .iter_mut()
+        .zip(round_trips(&mut admins, &cfg, &["true"], cfg.calls).await)
+    {
+        route.true_ = rt;
+    }
     for _ in 0..cfg.fanouts {
-        let t = admin::exec(&mut admin, Vec::new(), true, &["ping"]).await?;
-        fanouts.push(Fanout {
-            last: t.total,
-            first: t.first_result,
-            ok: t.ok,
-            failed: t.failed,
-        });
+        for (admin, route) in admins.iter_mut().zip(&mut routes) {
+            let t = admin::exec(admin, Vec::new(), true, &["ping"]).await?;
+            route.fanouts.push(Fanout {
+                last: t.total,
+                first: t.first_result,
+                ok: t.ok,
+                failed: t.failed,
+            });
+        }
     }
     let monitorctl = match &cfg.monitorctl {
         Some(binary) => {
@@ -186,11 +233,11 @@ pub async fn run(cfg: CommandsConfig) -> Result<CommandLatency, String> {
         None => RoundTrips::default(),
     };
     fleet.stop(Duration::from_secs(30)).await;
+    let mut routes = routes.into_iter();
     Ok(CommandLatency {
         agents_online: online,
-        ping,
-        true_,
-        fanouts,
+        local: routes.next().unwrap_or_default(),
+        cross: routes.next(),
         monitorctl,
     })
 }
@@ -216,51 +263,71 @@ impl CommandLatency {
                 println!("    first failure: {f}");
             }
         };
-        line("ping (gRPC client)", &self.ping);
-        line("true (gRPC client)", &self.true_);
+        let route = |via: &str, r: &Route| {
+            line(&format!("ping (gRPC{via})"), &r.ping);
+            line(&format!("true (gRPC{via})"), &r.true_);
+            for (i, f) in r.fanouts.iter().enumerate() {
+                println!(
+                    "  fan-out {}{via} to all: last result {} ms, first {} ms, {} ok, {} failed",
+                    i + 1,
+                    ms(f.last),
+                    f.first.map_or_else(|| "-".to_owned(), ms),
+                    f.ok,
+                    f.failed
+                );
+            }
+        };
+        route("", &self.local);
+        if let Some(cross) = &self.cross {
+            route(", other replica", cross);
+        }
         if !self.monitorctl.sorted.is_empty() || self.monitorctl.failed > 0 {
             line("ping (monitorctl proc)", &self.monitorctl);
         }
-        for (i, f) in self.fanouts.iter().enumerate() {
-            println!(
-                "  fan-out {} to all: last result {} ms, first {} ms, {} ok, {} failed",
-                i + 1,
-                ms(f.last),
-                f.first.map_or_else(|| "-".to_owned(), ms),
-                f.ok,
-                f.failed
-            );
-        }
     }
 
-    /// The summary lines (`commands.*`) for bench/run.sh.
+    /// The summary lines for bench/run.sh: `commands.*` through the
+    /// replica holding the agents, `commands.cross.*` through the other.
     pub fn results(&self, r: &mut Results) {
         r.put("commands.agents", self.agents_online);
-        for (name, rt) in [
-            ("ping", &self.ping),
-            ("true", &self.true_),
-            ("monitorctl_ping", &self.monitorctl),
-        ] {
-            r.put(&format!("commands.{name}.calls"), rt.sorted.len());
-            r.put(&format!("commands.{name}.failed"), rt.failed);
-            for (label, q) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
-                if let Some(d) = rt.quantile(q) {
-                    r.put(&format!("commands.{name}.{label}_ms"), ms(d));
-                }
-            }
+        self.local.results("commands", r);
+        if let Some(cross) = &self.cross {
+            cross.results("commands.cross", r);
         }
+        round_trip_results(r, "commands.monitorctl_ping", &self.monitorctl);
+    }
+}
+
+fn round_trip_results(r: &mut Results, prefix: &str, rt: &RoundTrips) {
+    r.put(&format!("{prefix}.calls"), rt.sorted.len());
+    r.put(&format!("{prefix}.failed"), rt.failed);
+    for (label, q) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+        if let Some(d) = rt.quantile(q) {
+            r.put(&format!("{prefix}.{label}_ms"), ms(d));
+        }
+    }
+}
+
+impl Route {
+    /// `PREFIX.ping.*`, `PREFIX.true.*`, `PREFIX.fanout.*`.
+    fn results(&self, prefix: &str, r: &mut Results) {
+        round_trip_results(r, &format!("{prefix}.ping"), &self.ping);
+        round_trip_results(r, &format!("{prefix}.true"), &self.true_);
         if !self.fanouts.is_empty() {
             let mut last: Vec<Duration> = self.fanouts.iter().map(|f| f.last).collect();
             last.sort();
-            r.put("commands.fanout.runs", last.len());
-            r.put("commands.fanout.median_ms", ms(last[last.len() / 2]));
-            r.put("commands.fanout.max_ms", ms(last[last.len() - 1]));
+            r.put(&format!("{prefix}.fanout.runs"), last.len());
             r.put(
-                "commands.fanout.ok_min",
+                &format!("{prefix}.fanout.median_ms"),
+                ms(last[last.len() / 2]),
+            );
+            r.put(&format!("{prefix}.fanout.max_ms"), ms(last[last.len() - 1]));
+            r.put(
+                &format!("{prefix}.fanout.ok_min"),
                 self.fanouts.iter().map(|f| f.ok).min().unwrap_or(0),
             );
             r.put(
-                "commands.fanout.failed_total",
+                &format!("{prefix}.fanout.failed_total"),
                 self.fanouts.iter().map(|f| f.failed).sum::<usize>(),
             );
         }

@@ -40,7 +40,8 @@ enum Sub {
 #[argh(subcommand, name = "capacity")]
 struct CapacityArgs {
     /// the server's agent listener, https://127.0.0.1:PORT (http:// for a
-    /// server run with --insecure)
+    /// server run with --insecure), or several replicas' separated by
+    /// commas (each agent picks one as the agent does)
     #[argh(option)]
     server: String,
     /// the server's operator API, https://127.0.0.1:PORT (or http://)
@@ -50,9 +51,10 @@ struct CapacityArgs {
     /// every simulated agent gets its own certificate through it
     #[argh(option)]
     credentials: Option<PathBuf>,
-    /// the server's pid, to measure its CPU and memory
+    /// the server's pid, to measure its CPU and memory (repeated for
+    /// replicas: their sum)
     #[argh(option)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// fleet sizes, ascending (default 1000,2500,5000,7500,10000,12500,15000)
     #[argh(
         option,
@@ -95,7 +97,8 @@ struct CapacityArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "reconnect")]
 struct ReconnectArgs {
-    /// the server's agent listener, https://127.0.0.1:PORT (or http://)
+    /// the server's agent listener, https://127.0.0.1:PORT (or http://),
+    /// or several replicas' separated by commas
     #[argh(option)]
     server: String,
     /// the server's operator API, https://127.0.0.1:PORT (or http://)
@@ -138,12 +141,19 @@ struct ReconnectArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "commands")]
 struct CommandsArgs {
-    /// the server's agent listener, http://127.0.0.1:PORT
+    /// the server's agent listener, http://127.0.0.1:PORT (the agents
+    /// connect there)
     #[argh(option)]
     server: String,
-    /// the server's operator API, http://127.0.0.1:PORT
+    /// the server's operator API, http://127.0.0.1:PORT (the replica that
+    /// holds the agents: local routing)
     #[argh(option)]
     admin: String,
+    /// another replica's operator API, http://127.0.0.1:PORT: every call
+    /// is timed through it too, alternating with --admin, so the command
+    /// relay across replicas is compared with local routing in one run
+    #[argh(option)]
+    cross_admin: Option<String>,
     /// simulated agents connected while measuring (default 1000)
     #[argh(option, default = "1000")]
     agents: usize,
@@ -213,6 +223,22 @@ fn duration(flag: &str, value: &str) -> Result<Duration, String> {
     }
 }
 
+/// A comma-separated list of [`loopback_url`]s (replicas).
+fn loopback_urls(flag: &str, value: &str) -> Result<Vec<String>, String> {
+    let urls = value
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| loopback_url(flag, u))
+        .collect::<Result<Vec<_>, _>>()?;
+    if urls.is_empty() {
+        return Err(format!(
+            "--{flag}: expected at least one URL, got '{value}'"
+        ));
+    }
+    Ok(urls)
+}
+
 fn loopback_url(flag: &str, value: &str) -> Result<String, String> {
     if is_loopback_url(value) {
         Ok(value.to_owned())
@@ -222,6 +248,15 @@ fn loopback_url(flag: &str, value: &str) -> Result<String, String> {
              got '{value}'"
         ))
     }
+}
+
+/// The servers' URLs and the admin URL, as [`credential_for`] takes them.
+fn urls<'a>(servers: &'a [String], admin: &'a str) -> Vec<&'a str> {
+    servers
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(admin))
+        .collect()
 }
 
 /// The operator credential, which `https://` URLs need and `http://` ones
@@ -239,7 +274,7 @@ fn credential_for(urls: &[&str], path: Option<&Path>) -> Result<Option<Credentia
             "https:// URLs need --credentials FILE (the server's tls/admin.cred)".to_owned(),
         )),
         _ => Err(Failure::Usage(
-            "--server and --admin must both be https:// or both http://".to_owned(),
+            "--server and --admin must all be https:// or all http://".to_owned(),
         )),
     }
 }
@@ -304,12 +339,12 @@ fn capacity_cmd(a: CapacityArgs) -> Result<(), Failure> {
         Some(v) => duration("max-p99", v).map_err(Failure::Usage)?,
         None => interval,
     };
-    let server = loopback_url("server", &a.server).map_err(Failure::Usage)?;
+    let servers = loopback_urls("server", &a.server).map_err(Failure::Usage)?;
     let admin = loopback_url("admin", &a.admin).map_err(Failure::Usage)?;
-    let credential = credential_for(&[&server, &admin], a.credentials.as_deref())?;
+    let credential = credential_for(&urls(&servers, &admin), a.credentials.as_deref())?;
     let config = CapacityConfig {
         fleet: FleetConfig {
-            server,
+            servers,
             interval,
             hostname_prefix: a.prefix,
             sources: sources(a.sources.as_deref()).map_err(Failure::Usage)?,
@@ -319,7 +354,7 @@ fn capacity_cmd(a: CapacityArgs) -> Result<(), Failure> {
         },
         admin,
         credential,
-        server_pid: a.server_pid,
+        server_pids: a.server_pid,
         steps: steps(&a.steps).map_err(Failure::Usage)?,
         warmup: duration("warmup", &a.warmup).map_err(Failure::Usage)?,
         hold: duration("hold", &a.hold).map_err(Failure::Usage)?,
@@ -346,12 +381,12 @@ fn capacity_cmd(a: CapacityArgs) -> Result<(), Failure> {
 }
 
 fn reconnect_cmd(a: ReconnectArgs) -> Result<(), Failure> {
-    let server = loopback_url("server", &a.server).map_err(Failure::Usage)?;
+    let servers = loopback_urls("server", &a.server).map_err(Failure::Usage)?;
     let admin = loopback_url("admin", &a.admin).map_err(Failure::Usage)?;
-    let credential = credential_for(&[&server, &admin], a.credentials.as_deref())?;
+    let credential = credential_for(&urls(&servers, &admin), a.credentials.as_deref())?;
     let config = StormConfig {
         fleet: FleetConfig {
-            server,
+            servers,
             interval: duration("interval", &a.interval).map_err(Failure::Usage)?,
             hostname_prefix: a.prefix,
             sources: sources(a.sources.as_deref()).map_err(Failure::Usage)?,
@@ -380,7 +415,17 @@ fn reconnect_cmd(a: ReconnectArgs) -> Result<(), Failure> {
 fn commands_cmd(a: CommandsArgs) -> Result<(), Failure> {
     let server = loopback_url("server", &a.server).map_err(Failure::Usage)?;
     let admin = loopback_url("admin", &a.admin).map_err(Failure::Usage)?;
-    if server.starts_with("https://") || admin.starts_with("https://") {
+    let cross_admin = a
+        .cross_admin
+        .as_deref()
+        .map(|u| loopback_url("cross-admin", u))
+        .transpose()
+        .map_err(Failure::Usage)?;
+    if [Some(&server), Some(&admin), cross_admin.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|u| u.starts_with("https://"))
+    {
         return Err(Failure::Usage(
             "commands measures a server run with --insecure (http:// URLs): its signed commands \
              need no registered operator key there"
@@ -389,7 +434,7 @@ fn commands_cmd(a: CommandsArgs) -> Result<(), Failure> {
     }
     let config = CommandsConfig {
         fleet: FleetConfig {
-            server,
+            servers: vec![server],
             interval: duration("interval", &a.interval).map_err(Failure::Usage)?,
             hostname_prefix: a.prefix,
             sources: sources(a.sources.as_deref()).map_err(Failure::Usage)?,
@@ -398,6 +443,7 @@ fn commands_cmd(a: CommandsArgs) -> Result<(), Failure> {
             reconnect: false,
         },
         admin,
+        cross_admin,
         agents: a.agents.max(1),
         calls: a.calls.max(1),
         fanouts: a.fanouts,

@@ -22,8 +22,12 @@
 //! ±20 %), without waiting for the other agents.
 //!
 //! Ticks are spread over the interval by a golden-ratio sequence, so the
-//! load stays even while a fleet grows. Loopback only: the server URL is
+//! load stays even while a fleet grows. Loopback only: the server URLs are
 //! the caller's, and the tools that use this module refuse anything else.
+//!
+//! Given several servers (replicas on one shared store), each agent picks
+//! its first as the real agent does (`first_server`, a hash of its name)
+//! and, when it reconnects, moves on to the next.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -39,6 +43,7 @@ use monitor::pb::command_request::Kind as RequestKind;
 use monitor::pb::command_response::Kind as ResponseKind;
 use monitor::wire::{AgentCounters, AgentIdentity};
 use monitor_agent::backoff::{Backoff, unit_random};
+use monitor_agent::session::first_server;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -70,8 +75,9 @@ const CONNECT_LOG_CAPACITY: usize = 1 << 20;
 /// What the fleet connects to and how it behaves.
 #[derive(Clone, Debug)]
 pub struct FleetConfig {
-    /// `http://127.0.0.1:PORT` of the server's agent listener.
-    pub server: String,
+    /// `http://127.0.0.1:PORT` of the server's agent listener, or of
+    /// several replicas' (at least one).
+    pub servers: Vec<String>,
     pub interval: Duration,
     /// Agent `i` is named `{hostname_prefix}{i:05}`.
     pub hostname_prefix: String,
@@ -199,7 +205,8 @@ impl Stats {
 /// What every agent task shares.
 struct Shared {
     config: FleetConfig,
-    endpoint: Endpoint,
+    /// One per server, in the order of `config.servers`.
+    endpoints: Vec<Endpoint>,
     stats: Arc<Stats>,
     permits: Semaphore,
     /// Ticks are planned from here.
@@ -219,39 +226,60 @@ pub struct Fleet {
 /// Why a fleet could not be set up.
 #[derive(Debug)]
 pub struct BadServerUrl {
+    /// Empty when no URL was given at all.
     pub url: String,
-    pub source: tonic::transport::Error,
+    pub source: Option<tonic::transport::Error>,
 }
 
 impl std::fmt::Display for BadServerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "server URL '{}' is not usable", self.url)
+        if self.url.is_empty() {
+            f.write_str("no server URL given")
+        } else {
+            write!(f, "server URL '{}' is not usable", self.url)
+        }
     }
 }
 
 impl std::error::Error for BadServerUrl {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+        self.source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
 impl Fleet {
     pub fn new(config: FleetConfig) -> Result<Fleet, BadServerUrl> {
-        let endpoint = Endpoint::from_shared(config.server.clone())
-            .map_err(|source| BadServerUrl {
-                url: config.server.clone(),
-                source,
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+        let endpoints = config
+            .servers
+            .iter()
+            .map(|url| {
+                Endpoint::from_shared(url.clone())
+                    .map_err(|source| BadServerUrl {
+                        url: url.clone(),
+                        source: Some(source),
+                    })
+                    .map(|e| {
+                        e.connect_timeout(CONNECT_TIMEOUT)
+                            .tcp_nodelay(true)
+                            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                            .keep_alive_while_idle(true)
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(BadServerUrl {
+                url: String::new(),
+                source: None,
+            });
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             permits: Semaphore::new(config.connect_concurrency.max(1)),
             config,
-            endpoint,
+            endpoints,
             stats: Arc::new(Stats::default()),
             epoch: Instant::now(),
             paused: AtomicBool::new(false),
@@ -354,10 +382,13 @@ struct Session {
     acks: tonic::Streaming<pb::Ack>,
 }
 
-/// Agent `index`'s endpoint: its source address and, with TLS, its
-/// certificate.
-fn endpoint_of(index: usize, shared: &Shared) -> Result<Endpoint, String> {
-    let mut endpoint = shared.endpoint.clone();
+/// Agent `index`'s endpoint for its `attempt`-th connection: the server
+/// the real agent would pick (its name's hash first, then the next one
+/// after each failure), its source address and, with TLS, its certificate.
+fn endpoint_of(index: usize, attempt: usize, shared: &Shared) -> Result<Endpoint, String> {
+    let n = shared.endpoints.len();
+    let first = first_server(&shared.config.hostname(index), n);
+    let mut endpoint = shared.endpoints[(first + attempt) % n.max(1)].clone();
     let sources = &shared.config.sources;
     if !sources.is_empty() {
         endpoint = endpoint.local_address(Some(sources[index % sources.len()]));
@@ -490,19 +521,19 @@ async fn agent(index: usize, shared: Arc<Shared>) {
         agent_version: AGENT_VERSION.to_owned(),
         boot_id: monitor::random::random_u64(),
     };
-    let endpoint = match endpoint_of(index, &shared) {
-        Ok(e) => e,
-        Err(e) => {
-            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-            stats.note_error(format!("{}: {e}", identity.hostname));
-            return;
-        }
-    };
     let mut stop = shared.stop.clone();
     let mut backoff = Backoff::default();
     let mut seq = 0u64;
     let mut first = true;
-    loop {
+    for attempt in 0.. {
+        let endpoint = match endpoint_of(index, attempt, &shared) {
+            Ok(e) => e,
+            Err(e) => {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                stats.note_error(format!("{}: {e}", identity.hostname));
+                return;
+            }
+        };
         let session = {
             // Only the first connections queue for a permit: agents that
             // reconnect do not know about each other.

@@ -117,7 +117,7 @@ impl TestServer {
 
 fn fleet(server: &TestServer, prefix: &str) -> FleetConfig {
     FleetConfig {
-        server: server.agents.clone(),
+        servers: vec![server.agents.clone()],
         interval: Duration::from_millis(200),
         hostname_prefix: prefix.to_owned(),
         // Two source addresses, as bench/run.sh uses for large fleets.
@@ -136,7 +136,7 @@ fn small_capacity(server: &TestServer, prefix: &str, steps: Vec<usize>) -> Capac
         admin: server.admin.clone(),
         credential: server.config.tls.as_ref().map(|_| server.credential()),
         // The test process is the server's.
-        server_pid: Some(std::process::id()),
+        server_pids: vec![std::process::id()],
         steps,
         warmup: Duration::from_millis(500),
         hold: Duration::from_secs(2),
@@ -184,6 +184,7 @@ async fn commands_come_back_from_every_simulated_agent() {
     let result = cmdlat::run(CommandsConfig {
         fleet: fleet(&server, "smokecmd-"),
         admin: server.admin.clone(),
+        cross_admin: None,
         agents: 10,
         calls: 20,
         fanouts: 2,
@@ -195,13 +196,14 @@ async fn commands_come_back_from_every_simulated_agent() {
     server.stop().await;
 
     assert_eq!(result.agents_online, 10);
-    for rt in [&result.ping, &result.true_] {
+    assert!(result.cross.is_none());
+    for rt in [&result.local.ping, &result.local.true_] {
         assert_eq!(rt.failed, 0, "{:?}", rt.first_failure);
         assert_eq!(rt.sorted.len(), 20);
         assert!(rt.quantile(0.5) <= rt.quantile(0.99));
     }
-    assert_eq!(result.fanouts.len(), 2);
-    for f in &result.fanouts {
+    assert_eq!(result.local.fanouts.len(), 2);
+    for f in &result.local.fanouts {
         assert_eq!((f.ok, f.failed), (10, 0), "{f:?}");
         assert!(f.first.is_some_and(|first| first <= f.last));
     }

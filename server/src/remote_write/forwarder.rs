@@ -13,10 +13,16 @@
 //!   without sending (a receiver that was down for longer would refuse
 //!   them anyway, and the journal must not grow without bound).
 //!
+//! On a store several replicas share, every replica runs this loop for
+//! each destination it is configured with, but only the one holding the
+//! destination's claim (`store/claim.rs`) forwards; the others wait to
+//! take over when it dies, from the cursor it stored.
+//!
 //! The loop never holds anything the store's writer waits for: it reads on
 //! the store's read connections and moves its cursor through the writer's
-//! queue like any request. It must never move a cursor past a batch that
-//! was neither accepted nor counted as dropped.
+//! queue (SQLite) or the claim's own connection (PostgreSQL). It must
+//! never move a cursor past a batch that was neither accepted nor counted
+//! as dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,13 +35,16 @@ use super::Stats;
 use super::client::{Client, Sent};
 use super::destination::Destination;
 use super::proto;
-use crate::store::{CursorRecord, ForwardRow, Store, StoreError};
+use crate::store::{CursorRecord, ForwardClaim, ForwardRow, Store, StoreError};
 
 /// Most samples in one request (Prometheus' own sender sends 2,000 by
 /// default; receivers take far more; fewer requests cost less CPU).
 pub const MAX_SAMPLES_PER_REQUEST: usize = 10_000;
 /// While caught up, how often the journal is read when no flush woke us.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// While another replica forwards to the destination, how often this one
+/// tries to take it over.
+const CLAIM_POLL: Duration = Duration::from_secs(1);
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A failing destination is logged at most this often.
@@ -105,10 +114,24 @@ enum Delivery {
     Stopped,
 }
 
+/// How a forwarding step ended.
+enum Step {
+    /// The cursor is here now.
+    Moved(i64),
+    /// The server stops: the cursor stays.
+    Stopped,
+    /// Another replica forwards to the destination now: this one's claim
+    /// went with its connection to the store.
+    Lost,
+}
+
 impl Forwarder {
-    /// Runs until the server stops, starting at the cursor `start` (and
-    /// the request in flight when the server last stopped, if any).
-    pub async fn run(mut self, start: CursorRecord) {
+    /// Runs until the server stops: takes the destination's claim (at once
+    /// on a store of one server; on a shared store when no other replica
+    /// holds it), then forwards from its cursor (first the request in
+    /// flight when the last forwarder stopped, if any), and takes the
+    /// claim again if it is lost.
+    pub async fn run(mut self) {
         let url = self.destination.url.clone();
         let mut client = match Client::new(self.destination.clone()) {
             Ok(c) => c,
@@ -117,22 +140,86 @@ impl Forwarder {
                 return;
             }
         };
+        let mut claim = self.store.forward_claim(&url, self.max_lag);
+        let mut logs = Logs::default();
+        let mut told_waiting = false;
+        loop {
+            if *self.stop.borrow() {
+                break;
+            }
+            let start = match claim.take().await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    if !told_waiting {
+                        told_waiting = true;
+                        log::info!(
+                            "remote-write {url}: another replica forwards to it; this one \
+                             takes over if that one stops"
+                        );
+                    }
+                    if self.pause(CLAIM_POLL).await {
+                        break;
+                    }
+                    continue;
+                }
+                Err(StoreError::Closed) => break,
+                Err(e) => {
+                    if let Some(n) = logs.read_errors.due() {
+                        log::error!(
+                            "remote-write {url}: cannot take the destination's cursor: {e} \
+                             ({n} more)"
+                        );
+                    }
+                    if self.pause(CLAIM_POLL).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            told_waiting = false;
+            log::info!(
+                "remote-write to {url} from journal id {} (max lag {:?})",
+                start.journal_id,
+                self.max_lag
+            );
+            match self
+                .forward_from(&mut client, &mut claim, start, &mut logs)
+                .await
+            {
+                Step::Lost => log::warn!(
+                    "remote-write {url}: this server lost the destination to another replica \
+                     (its claim's connection to the store closed); taking it again once free"
+                ),
+                Step::Stopped | Step::Moved(_) => break,
+            }
+        }
+    }
+
+    /// Forwards from the cursor `start` while the claim is held.
+    async fn forward_from(
+        &mut self,
+        client: &mut Client,
+        claim: &mut ForwardClaim,
+        start: CursorRecord,
+        logs: &mut Logs,
+    ) -> Step {
+        let url = self.destination.url.clone();
         let mut cursor = start.journal_id;
         self.stats.cursor.store(cursor, Ordering::Relaxed);
-        let mut logs = Logs::default();
         // Exactly the request in flight at the last stop, alone: a receiver
         // that applies requests whole then has each sample once (or
         // refuses this one as already had: logged, counted as refused).
         let mut until = (start.sending_through > cursor).then_some(start.sending_through);
         if let Some(u) = until {
             log::info!(
-                "remote-write {url}: sending again the request in flight when the server                  stopped (journal ids {} to {u})",
+                "remote-write {url}: sending again the request in flight when the last \
+                 forwarder stopped (journal ids {} to {u})",
                 cursor + 1
             );
         }
         loop {
             if *self.stop.borrow() {
-                break;
+                return Step::Stopped;
             }
             let read = self
                 .store
@@ -140,56 +227,53 @@ impl Forwarder {
                 .await;
             let batch = match read {
                 Ok(b) => b,
-                Err(StoreError::Closed) => break,
+                Err(StoreError::Closed) => return Step::Stopped,
                 Err(e) => {
                     if let Some(n) = logs.read_errors.due() {
                         log::error!("remote-write {url}: cannot read the store: {e} ({n} more)");
                     }
                     if self.pause(IDLE_POLL).await {
-                        break;
+                        return Step::Stopped;
                     }
                     continue;
                 }
             };
             self.stats.newest.store(batch.newest, Ordering::Relaxed);
-            if let Some(u) = until.take() {
+            let step = if let Some(u) = until.take() {
                 // Rows the journal no longer holds were dropped already.
-                match self.forward(&mut client, batch.rows, u, &mut logs).await {
-                    Some(c) => cursor = c,
-                    None => break,
-                }
-                continue;
-            }
-            if batch.rows.is_empty() {
+                self.forward(client, claim, batch.rows, u, logs).await
+            } else if batch.rows.is_empty() {
                 self.stats.oldest_unsent_unix_ms.store(0, Ordering::Relaxed);
-                if batch.through > cursor {
-                    cursor = self.advance(batch.through).await;
+                let step = if batch.through > cursor {
+                    self.advance(claim, batch.through).await
+                } else {
+                    Step::Moved(cursor)
+                };
+                if matches!(step, Step::Moved(_)) && self.idle().await {
+                    return Step::Stopped;
                 }
-                if self.idle().await {
-                    break;
-                }
-                continue;
-            }
-            match self
-                .forward(&mut client, batch.rows, batch.through, &mut logs)
-                .await
-            {
-                Some(c) => cursor = c,
-                None => break,
+                step
+            } else {
+                self.forward(client, claim, batch.rows, batch.through, logs)
+                    .await
+            };
+            match step {
+                Step::Moved(c) => cursor = c,
+                other => return other,
             }
         }
     }
 
     /// Sends `rows` (the batches after the cursor up to `through`) or drops
-    /// them, then moves the cursor to `through`. `None`: the server stops
-    /// (the cursor stays).
+    /// them, then moves the cursor to `through`.
     async fn forward(
         &mut self,
         client: &mut Client,
+        claim: &mut ForwardClaim,
         rows: Vec<ForwardRow>,
         through: i64,
         logs: &mut Logs,
-    ) -> Option<i64> {
+    ) -> Step {
         let first_received = rows.first().map_or(0, |r| r.received_unix_ms);
         self.stats
             .oldest_unsent_unix_ms
@@ -201,11 +285,15 @@ impl Forwarder {
             self.drop_too_old(&old, &mut logs.too_old);
         }
         if !fresh.is_empty() {
-            // The request is noted before it leaves, so a restart sends
-            // exactly it again, never a mix of it and newer batches.
-            while let Err(e) = self.store.set_sending(&self.destination.url, through).await {
+            // The request is noted before it leaves, so a restart (or the
+            // replica taking over) sends exactly it again, never a mix of
+            // it and newer batches.
+            while let Err(e) = claim.set_sending(through).await {
                 if matches!(e, StoreError::Closed) || self.pause(IDLE_POLL).await {
-                    return None;
+                    return Step::Stopped;
+                }
+                if !claim.is_held() {
+                    return Step::Lost;
                 }
                 if let Some(n) = logs.read_errors.due() {
                     log::error!(
@@ -216,10 +304,10 @@ impl Forwarder {
             }
             match self.deliver(client, &fresh, logs).await {
                 Delivery::Accepted | Delivery::Dropped => {}
-                Delivery::Stopped => return None,
+                Delivery::Stopped => return Step::Stopped,
             }
         }
-        Some(self.advance(through).await)
+        self.advance(claim, through).await
     }
 
     /// Sends `rows` until the receiver takes them, refuses them, they grow
@@ -328,19 +416,23 @@ impl Forwarder {
     }
 
     /// Moves the cursor to `through` in memory and in the store. A failed
-    /// store write is not fatal: the next one carries it (after a restart
-    /// the batches since the last stored cursor are sent again).
-    async fn advance(&self, through: i64) -> i64 {
+    /// store write is not fatal while the claim holds: the next one
+    /// carries it (after a restart the batches since the last stored
+    /// cursor are sent again). `Lost` if the claim went meanwhile.
+    async fn advance(&self, claim: &mut ForwardClaim, through: i64) -> Step {
         self.stats.cursor.store(through, Ordering::Relaxed);
-        if let Err(e) = self.store.set_cursor(&self.destination.url, through).await
-            && !matches!(e, StoreError::Closed)
-        {
-            log::warn!(
-                "remote-write {}: cannot store the cursor: {e}",
-                self.destination.url
-            );
+        if let Err(e) = claim.set_cursor(through).await {
+            if !claim.is_held() {
+                return Step::Lost;
+            }
+            if !matches!(e, StoreError::Closed) {
+                log::warn!(
+                    "remote-write {}: cannot store the cursor: {e}",
+                    self.destination.url
+                );
+            }
         }
-        through
+        Step::Moved(through)
     }
 
     /// Waits for a flush that stored batches, at most [`IDLE_POLL`]; true

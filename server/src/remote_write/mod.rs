@@ -96,8 +96,9 @@ pub struct Started {
 }
 
 /// Reads each destination's files, registers the destinations' cursors in
-/// the store (dropping those of destinations no longer configured) and
-/// starts one forwarder per destination. An unreadable file or a store
+/// the store (on SQLite dropping those of destinations no longer
+/// configured) and starts one forwarder per destination (on a shared
+/// store, one replica of the cluster forwards to each at a time). An unreadable file or a store
 /// error stops the server from starting: the operator asked for every
 /// sample to go there.
 pub async fn start(
@@ -111,20 +112,18 @@ pub async fn start(
         .iter()
         .map(Destination::load)
         .collect::<Result<Vec<_>, _>>()?;
-    let cursors = store
-        .register_forwarders(destinations.iter().map(|d| d.url.clone()).collect())
+    store
+        .register_forwarders(
+            destinations.iter().map(|d| d.url.clone()).collect(),
+            max_lag,
+        )
         .await
         .map_err(|e| format!("remote-write cursors: {e}"))?;
     let mut stats = Vec::with_capacity(destinations.len());
     let mut tasks = Vec::with_capacity(destinations.len());
-    for (destination, cursor) in destinations.into_iter().zip(cursors) {
+    for destination in destinations {
         let s = Arc::new(Stats::new(&destination.url));
         stats.push(Arc::clone(&s));
-        log::info!(
-            "remote-write to {} from journal id {} (max lag {max_lag:?})",
-            destination.url,
-            cursor.journal_id
-        );
         let forwarder = Forwarder {
             store: store.clone(),
             destination,
@@ -133,7 +132,7 @@ pub async fn start(
             stored: stored.clone(),
             stop: stop.clone(),
         };
-        tasks.push(tokio::spawn(forwarder.run(cursor)));
+        tasks.push(tokio::spawn(forwarder.run()));
     }
     Ok(Started {
         stats: Arc::new(stats),

@@ -28,6 +28,9 @@ pub enum StoreError {
     UnknownCommand(String),
     /// The store was closed (or its writer stopped): nothing was done.
     Closed,
+    /// A remote-write destination has no cursor in the store (it was not
+    /// registered).
+    UnknownDestination(String),
     /// A series query cannot be answered (empty range, too many buckets).
     BadSeriesQuery(BadSeriesQuery),
     /// A configuration field is out of range.
@@ -57,6 +60,9 @@ impl fmt::Display for StoreError {
             StoreError::UnknownHost(h) => write!(f, "unknown host '{h}'"),
             StoreError::UnknownCommand(id) => write!(f, "unknown command id '{id}'"),
             StoreError::Closed => write!(f, "the store is closed"),
+            StoreError::UnknownDestination(d) => {
+                write!(f, "remote-write destination {d} has no cursor in the store")
+            }
             StoreError::BadSeriesQuery(e) => e.fmt(f),
             StoreError::InvalidConfig { field, detail } => {
                 write!(f, "store configuration {field}: {detail}")
@@ -80,6 +86,7 @@ impl std::error::Error for StoreError {
             StoreError::UnknownHost(_)
             | StoreError::UnknownCommand(_)
             | StoreError::Closed
+            | StoreError::UnknownDestination(_)
             | StoreError::BadSeriesQuery(_)
             | StoreError::InvalidConfig { .. }
             | StoreError::Unsupported { .. } => None,

@@ -14,9 +14,11 @@
 //!   (the host facts: the store is their one owner, the registry only
 //!   knows who is connected), [`Store::history`];
 //! - forward (remote-write): [`Store::forward_batch`] reads stored batches
-//!   in commit order after a cursor, [`Store::register_forwarders`] and
-//!   [`Store::set_cursor`] keep each destination's cursor in the store, so
-//!   a restart resumes where it stopped;
+//!   in commit order after a cursor, [`Store::register_forwarders`] keeps
+//!   each destination's cursor in the store (a restart resumes where it
+//!   stopped), and a [`ForwardClaim`] ([`Store::forward_claim`]) says
+//!   whether this server is the one forwarding to a destination and moves
+//!   its cursor;
 //! - [`Store::close`].
 //!
 //! Records crossing it are plain structs of `records.rs`; errors are
@@ -62,15 +64,21 @@
 //!   do the same over one `SELECT ... ORDER BY time`, or aggregate in SQL
 //!   if it keeps `Bucket`'s meaning, `max_gap_ms` included).
 //! - `forward_batch` returns every stored batch exactly once across calls
-//!   that pass on the previous `through`, in commit order, and nothing a
-//!   registered destination's cursor has not passed is discarded.
+//!   that pass on the previous `through`, in commit order (also while
+//!   several handles write at once), and nothing a registered
+//!   destination's cursor has not passed is discarded (but, on a shared
+//!   store, rows older than every destination's maximum lag).
+//! - At most one [`ForwardClaim`] of a destination is held at a time,
+//!   across every server sharing the store.
 //!
 //! The store must never see protobuf types and never block the async
 //! runtime (blocking work runs on its own threads or tokio's blocking pool).
 
+mod claim;
 mod dedup;
 mod encoding;
 mod error;
+mod feed;
 mod journal_record;
 mod latest_health;
 mod postgres;
@@ -81,6 +89,7 @@ mod sqlite;
 mod ticket;
 mod ticks;
 
+pub use claim::ForwardClaim;
 pub use error::StoreError;
 pub use latest_health::MAX_HEALTH_SERIES_PER_HOST;
 pub use postgres::{PostgresConfig, PostgresError};
@@ -95,6 +104,8 @@ pub use series::Downsampler;
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
 
+use std::time::Duration;
+
 use monitor::metric::Metric;
 use postgres::PostgresStore;
 use records::{CursorWrite, TrustAnswer, TrustWrite};
@@ -104,14 +115,6 @@ use sqlite::SqliteStore;
 /// Expired join tokens and certificates stay this long (30 days) in every
 /// backend, so an agent told "expired" can still be told so, then go.
 pub(crate) const TRUST_KEPT_AFTER_EXPIRY_MS: i64 = 30 * 86_400_000;
-
-/// Remote-write reads the batches back in commit order from SQLite's
-/// journal; the PostgreSQL backend keeps no such journal yet, so a server
-/// on PostgreSQL refuses `--remote-write` at start with this error.
-pub(crate) const NO_FORWARDING: StoreError = StoreError::Unsupported {
-    what: "remote-write forwarding",
-    backend: "PostgreSQL",
-};
 
 /// Which backend the store runs on, and its settings.
 #[derive(Clone, Debug)]
@@ -144,6 +147,11 @@ impl From<SqliteConfig> for StoreConfig {
     fn from(c: SqliteConfig) -> StoreConfig {
         StoreConfig::Sqlite(c)
     }
+}
+
+/// `d` in ms, saturated.
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The store's handle. Cheap to clone; every clone reaches the same
@@ -210,17 +218,10 @@ impl Store {
 
     /// Renews this replica's lease on a shared store (its sessions count
     /// as live until it runs out); a store of one server has no replicas.
-    pub async fn heartbeat(
-        &self,
-        replica: &str,
-        lease: std::time::Duration,
-    ) -> Result<(), StoreError> {
+    pub async fn heartbeat(&self, replica: &str, lease: Duration) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(_) => Ok(()),
-            Backend::Postgres(s) => {
-                let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-                s.heartbeat(replica, lease_ms).await
-            }
+            Backend::Postgres(s) => s.heartbeat(replica, ms(lease)).await,
         }
     }
 
@@ -547,51 +548,37 @@ impl Store {
     ) -> Result<ForwardBatch, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.forward_batch((after, until), max_samples).await,
-            Backend::Postgres(_) => Err(NO_FORWARDING),
-        }
-    }
-
-    /// Records that `destination` is about to send the batches after its
-    /// cursor up to `through` (see [`CursorRecord::sending_through`]);
-    /// [`Store::set_cursor`] clears it.
-    pub async fn set_sending(&self, destination: &str, through: i64) -> Result<(), StoreError> {
-        let write = CursorWrite::Sending {
-            destination: destination.to_owned(),
-            through,
-        };
-        match &self.backend {
-            Backend::Sqlite(s) => s.cursors(write).await.map(drop),
-            Backend::Postgres(_) => Err(NO_FORWARDING),
+            Backend::Postgres(s) => s.forward_batch((after, until), max_samples).await,
         }
     }
 
     /// Makes `destinations` the forwarding destinations: their cursors are
-    /// kept (a new one starts at the oldest batch still held), any other
-    /// destination's cursor is deleted so it holds nothing back. Returns
-    /// every destination's cursor, in the order given.
+    /// kept (a new one starts at the oldest batch still held). Returns
+    /// every destination's cursor, in the order given. On SQLite any other
+    /// destination's cursor is deleted so it holds nothing back; on a
+    /// shared store other replicas may forward to others, so theirs stay
+    /// until nobody moved them for longer than `max_lag`, the most a
+    /// destination may fall behind.
     pub async fn register_forwarders(
         &self,
         destinations: Vec<String>,
+        max_lag: Duration,
     ) -> Result<Vec<CursorRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.cursors(CursorWrite::Register(destinations)).await,
-            // Nothing to forward: no cursor to keep.
-            Backend::Postgres(_) if destinations.is_empty() => Ok(Vec::new()),
-            Backend::Postgres(_) => Err(NO_FORWARDING),
+            Backend::Postgres(s) => s.register_forwarders(destinations, ms(max_lag)).await,
         }
     }
 
-    /// Records that `destination` sent (or dropped) every batch up to
-    /// `journal_id`; a cursor never moves back. Batches every destination
-    /// passed may then be deleted.
-    pub async fn set_cursor(&self, destination: &str, journal_id: i64) -> Result<(), StoreError> {
-        let write = CursorWrite::Set {
-            destination: destination.to_owned(),
-            journal_id,
-        };
+    /// This server's claim to forward to `destination` (registered by
+    /// [`Store::register_forwarders`]), not taken yet: see
+    /// [`ForwardClaim::take`].
+    pub fn forward_claim(&self, destination: &str, max_lag: Duration) -> ForwardClaim {
         match &self.backend {
-            Backend::Sqlite(s) => s.cursors(write).await.map(drop),
-            Backend::Postgres(_) => Err(NO_FORWARDING),
+            Backend::Sqlite(s) => ForwardClaim::sqlite(s.clone(), destination),
+            Backend::Postgres(s) => {
+                ForwardClaim::postgres(s.forward_lock(destination, ms(max_lag)), destination)
+            }
         }
     }
 

@@ -12,7 +12,9 @@
 //! request in queue order, deciding its answer against what is committed
 //! plus what earlier requests of this flush stage; then the staged rows,
 //! runs, hosts and latest values in one statement each (multi-row
-//! `INSERT ... SELECT FROM unnest`).
+//! `INSERT ... SELECT FROM unnest`); last, the stored batches' journal
+//! rows for remote-write, whose lock is then held only for the COMMIT
+//! (see `journal.rs`).
 //!
 //! Nothing here keeps state between flushes: a failed transaction leaves
 //! nothing behind but its error.
@@ -22,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio_postgres::{Client, Transaction};
 
 use super::error::PostgresError;
+use super::journal;
 use super::text::pg_text;
 use super::trust;
 use crate::store::dedup::{Seen, SeqSet};
@@ -72,6 +75,9 @@ struct Writes {
     /// Batches whose seq fell where their run's gaps were forgotten, told
     /// apart by their samples (see `store/dedup.rs`).
     checked_by_value: Vec<CheckedByValue>,
+    /// The stored batches' journal rows, in queue order (written only if a
+    /// remote-write destination has a cursor: see `journal.rs`).
+    journal: Vec<journal::Entry>,
 }
 
 /// A batch the flush told apart by its samples: (hostname, agent id, seq).
@@ -159,8 +165,12 @@ pub(crate) async fn write(
             Request::Trust { write, .. } => {
                 Answer::Trust(trust::write(&tx, write, monitor::time::now_unix_ms()).await?)
             }
-            // The face never queues these for PostgreSQL.
-            Request::Cursors { .. } => Answer::Failed(crate::store::NO_FORWARDING),
+            // The face never queues these for PostgreSQL: its cursors move
+            // on the forwarding lock's connection (journal.rs).
+            Request::Cursors { .. } => Answer::Failed(StoreError::Unsupported {
+                what: "cursor writes through the writer",
+                backend: "PostgreSQL",
+            }),
             // Handled by the writer: nothing to write.
             Request::Close { .. } => Answer::Done,
             #[cfg(test)]
@@ -173,6 +183,8 @@ pub(crate) async fn write(
     write_hosts(&tx, requests, &hosts).await?;
     write_latest(&tx, &writes, horizon_unix_ms).await?;
     super::health::write(&tx, &writes.health, horizon_unix_ms).await?;
+    // Last: it may take the lock that orders the replicas' commits.
+    journal::append(&tx, &writes.journal).await?;
     let committing = std::time::Instant::now();
     tx.commit().await?;
     Ok(Flushed {
@@ -354,6 +366,11 @@ async fn write_batch(
         // Every sample is stored already: the batch was.
         return Ok(SubmitOutcome::Duplicate);
     }
+    writes.journal.push(journal::Entry {
+        host_id: host.host_id,
+        received_unix_ms: batch.received_unix_ms,
+        record: crate::store::journal_record::encode(&rows, &batch.health),
+    });
     run.seqs.insert(batch.seq);
     run.last_seen_unix_ms = run.last_seen_unix_ms.max(batch.received_unix_ms);
     run.changed = true;

@@ -13,7 +13,10 @@
 //! Files, from the bottom: `text.rs` (text without NUL), `config.rs`,
 //! `error.rs`, `schema.rs` (tables, migration under an advisory lock),
 //! `partitions.rs` (time partitions of `ticks`, retention by dropping
-//! them), `trust.rs`, `health.rs` (the health metrics), `flush.rs`, `read.rs`, `writer.rs`, and this handle.
+//! them), `trust.rs`, `health.rs` (the health metrics), `journal.rs`
+//! (remote-write's change feed in commit order, one forwarder per
+//! destination in the cluster), `flush.rs`, `read.rs`, `writer.rs`, and
+//! this handle.
 //!
 //! On top of the face's contract (see `store/mod.rs`): the de-duplication
 //! state of a run commits in the same transaction as its samples, with
@@ -26,6 +29,7 @@ mod config;
 pub(super) mod error;
 mod flush;
 mod health;
+pub(super) mod journal;
 mod partitions;
 mod read;
 mod replicas;
@@ -44,8 +48,9 @@ use tokio_postgres::NoTls;
 
 use crate::store::error::StoreError;
 use crate::store::records::{
-    AuthorityRecord, CertificateRecord, HistoryRow, HostRecord, JoinTokenRecord, RelayRecord,
-    SampleQuery, Series, SeriesQuery, SessionRecord, SigningKeyRecord, StoredSampleRow,
+    AuthorityRecord, CertificateRecord, CursorRecord, ForwardBatch, HistoryRow, HostRecord,
+    JoinTokenRecord, RelayRecord, SampleQuery, Series, SeriesQuery, SessionRecord,
+    SigningKeyRecord, StoredSampleRow,
 };
 use crate::store::requests::Request;
 use crate::store::ticket::Ticket;
@@ -343,6 +348,39 @@ impl PostgresStore {
                 tokio::time::sleep(LISTEN_RETRY).await;
             }
         });
+    }
+
+    /// Stored batches after journal id `after`, in commit order (see
+    /// `journal.rs`).
+    pub(crate) async fn forward_batch(
+        &self,
+        after: (i64, Option<i64>),
+        max_samples: usize,
+    ) -> Result<ForwardBatch, StoreError> {
+        let c = self.reader().await?;
+        Ok(journal::read_after(&**c, &self.inner.target, after, max_samples).await?)
+    }
+
+    /// Makes the cursors of `destinations` (kept if they exist).
+    pub(crate) async fn register_forwarders(
+        &self,
+        destinations: Vec<String>,
+        max_lag_ms: i64,
+    ) -> Result<Vec<CursorRecord>, StoreError> {
+        let mut c = self.reader().await?;
+        let cursors =
+            journal::register(&mut **c, &self.inner.target, &destinations, max_lag_ms).await?;
+        Ok(cursors.into_iter().map(|(_, c)| c).collect())
+    }
+
+    /// This replica's (not yet taken) claim to forward to `destination`.
+    pub(crate) fn forward_lock(&self, destination: &str, max_lag_ms: i64) -> journal::ForwardLock {
+        journal::ForwardLock::new(
+            self.inner.pg.clone(),
+            self.inner.target.clone(),
+            destination.to_owned(),
+            max_lag_ms,
+        )
     }
 
     pub(crate) async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {

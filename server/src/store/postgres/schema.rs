@@ -23,7 +23,10 @@
 //!   table is the truth): see `replicas.rs`.
 //! - `host_latest` keeps each host's newest value per metric, so `hosts()`
 //!   never scans samples.
-//! - `health` (schema 2) holds the health values (issue 14), one row per
+//! - `journal` (schema 2) is the change feed remote-write forwards from:
+//!   one row per stored batch, ids in commit order, written only while a
+//!   destination has a cursor in `forward_cursors`; see `journal.rs`.
+//! - `health` (schema 3) holds the health values (issue 14), one row per
 //!   (host, metric, time, device), written in the flush that stores their
 //!   batch; `host_health_latest` each host's newest per (metric, device),
 //!   bounded as `store/latest_health.rs` says. Retention deletes them by
@@ -39,13 +42,23 @@ use super::error::PostgresError;
 use crate::store::encoding::METRIC_COLUMNS;
 
 /// The version of the tables below.
-pub(crate) const SCHEMA_VERSION: i32 = 2;
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 /// The advisory lock keys of this schema (one namespace: "monitor" in
 /// ASCII, then a number per purpose).
 pub(crate) const LOCK_MIGRATE: i64 = 0x6d6f_6e69_746f_7201;
 /// Taken while partitions are created or dropped.
 pub(crate) const LOCK_PARTITIONS: i64 = 0x6d6f_6e69_746f_7202;
+/// Held (per transaction) from allocating journal ids to commit: ids in
+/// commit order (see `journal.rs`).
+pub(crate) const LOCK_JOURNAL: i64 = 0x6d6f_6e69_746f_7203;
+/// Shared by every flush while it decides whether to journal, exclusive
+/// while a destination is registered (see `journal.rs`).
+pub(crate) const LOCK_JOURNAL_GATE: i64 = 0x6d6f_6e69_746f_7204;
+/// The first key of a forwarding destination's session lock (the
+/// two-`int4` form, a key space apart from the `bigint` keys above): its
+/// second key is the destination's `forward_cursors.lock_id`.
+pub(crate) const LOCK_FORWARD_CLASS: i32 = 0x6d6f_6e69;
 
 /// The tables of version 1. `{METRICS}` is replaced by one nullable
 /// `double precision` column per metric.
@@ -171,15 +184,37 @@ CREATE TABLE operator_keys (
 );
 ";
 
+/// Version 2: the change feed remote-write forwards from (`journal.rs`).
+/// `record` is the journal record of SQLite's journal (`journal_record.rs`).
+const CREATE_V2: &str = "
+CREATE SEQUENCE journal_ids AS bigint;
+CREATE TABLE journal (
+    journal_id       bigint PRIMARY KEY,
+    host_id          bigint NOT NULL,
+    received_unix_ms bigint NOT NULL,
+    record           bytea NOT NULL
+);
+CREATE TABLE forward_cursors (
+    destination     text PRIMARY KEY,
+    lock_id         integer GENERATED ALWAYS AS IDENTITY UNIQUE,
+    journal_id      bigint NOT NULL,
+    sending_through bigint NOT NULL,
+    max_lag_ms      bigint NOT NULL,
+    updated_unix_ms bigint NOT NULL
+);
+";
+
 /// The steps from one version to the next: (version reached, SQL), in
 /// order. A new database is made at version 1 and goes through them all.
-const UPGRADES: &[(i32, &str)] = &[(2, UPGRADE_V2)];
+const UPGRADES: &[(i32, &str)] = &[(2, CREATE_V2), (3, UPGRADE_V3)];
 
-/// Version 2: the health metrics. Deleted by time (not partitioned like
+/// Version 3: the health metrics. Deleted by time (not partitioned like
 /// `ticks`): a few rows per batch, and a delete to the boundary of each
-/// dropped `ticks` partition keeps one retention schedule for both.
-const UPGRADE_V2: &str = "
-CREATE TABLE health (
+/// dropped `ticks` partition keeps one retention schedule for both. Each
+/// statement may run again (`IF NOT EXISTS`), so a database a test took
+/// back to an older version upgrades all the same.
+const UPGRADE_V3: &str = "
+CREATE TABLE IF NOT EXISTS health (
     host_id      bigint NOT NULL,
     metric       text NOT NULL,
     time_unix_ms bigint NOT NULL,
@@ -187,8 +222,8 @@ CREATE TABLE health (
     value        double precision NOT NULL,
     PRIMARY KEY (host_id, metric, time_unix_ms, device)
 );
-CREATE INDEX health_by_time ON health (time_unix_ms);
-CREATE TABLE host_health_latest (
+CREATE INDEX IF NOT EXISTS health_by_time ON health (time_unix_ms);
+CREATE TABLE IF NOT EXISTS host_health_latest (
     host_id      bigint NOT NULL,
     metric       text NOT NULL,
     device       text NOT NULL,
@@ -196,7 +231,7 @@ CREATE TABLE host_health_latest (
     value        double precision NOT NULL,
     PRIMARY KEY (host_id, metric, device)
 );
-ALTER TABLE hosts ADD COLUMN health_series_over_cap_total bigint NOT NULL DEFAULT 0;
+ALTER TABLE hosts ADD COLUMN IF NOT EXISTS health_series_over_cap_total bigint NOT NULL DEFAULT 0;
 ";
 
 /// What the schema says once it is up to date.
@@ -232,8 +267,8 @@ pub(crate) async fn migrate(
             .await
             .map_err(sql)?;
         tx.execute(
-            "INSERT INTO monitor_schema (version, partition_width_ms) VALUES ($1, $2)",
-            &[&1i32, &partition_width_ms],
+            "INSERT INTO monitor_schema (version, partition_width_ms) VALUES (1, $1)",
+            &[&partition_width_ms],
         )
         .await
         .map_err(sql)?;
@@ -262,7 +297,9 @@ pub(crate) async fn migrate(
             tx.execute("UPDATE monitor_schema SET version = $1", &[&to])
                 .await
                 .map_err(sql)?;
-            log::info!("store: upgraded the tables to schema {to}");
+            if exists {
+                log::info!("store: upgraded the tables to schema {to}");
+            }
         }
     }
     if width <= 0 {

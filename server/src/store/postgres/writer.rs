@@ -23,6 +23,7 @@ use tokio_postgres::{Client, NoTls};
 use super::config::PostgresConfig;
 use super::error::{PostgresError, is_connection_error, is_retryable};
 use super::flush;
+use super::journal;
 use super::partitions;
 use super::schema::Schema;
 use super::trust;
@@ -392,7 +393,7 @@ impl Writer {
     }
 
     /// Drops expired partitions, forgets stale runs and expired trust
-    /// rows. A failure is logged and waits for the next pass.
+    /// rows, deletes the journal rows every remote-write cursor passed. A failure is logged and waits for the next pass.
     async fn retention(&mut self) {
         let now = monitor::time::now_unix_ms();
         let cutoff = now.saturating_sub(self.config.retention_ms());
@@ -411,10 +412,22 @@ impl Writer {
                 .await?;
             let trust =
                 trust::prune(&*client, now.saturating_sub(TRUST_KEPT_AFTER_EXPIRY_MS)).await?;
-            Ok::<_, tokio_postgres::Error>((dropped, runs, trust))
+            let journal = journal::prune(client, now).await?;
+            Ok::<_, tokio_postgres::Error>((dropped, runs, trust, journal))
         };
         match pass.await {
-            Ok((dropped, runs, trust)) => {
+            Ok((dropped, runs, trust, journal)) => {
+                if journal.cursors > 0 {
+                    log::warn!(
+                        "store: deleted {} remote-write cursors no replica moved for longer \
+                         than their maximum lag (no replica forwards to them any more)",
+                        journal.cursors
+                    );
+                }
+                log::debug!(
+                    "store: {} journal rows every cursor passed deleted",
+                    journal.rows
+                );
                 for k in &dropped {
                     self.partitions.remove(k);
                 }

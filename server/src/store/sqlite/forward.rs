@@ -17,9 +17,8 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::store::encoding::metric_from_id;
-use crate::store::records::{CursorRecord, ForwardBatch, ForwardRow, StoredSample};
-use crate::store::ticks::METRICS;
+use crate::store::feed;
+use crate::store::records::{CursorRecord, ForwardBatch};
 
 /// Journal rows read after `after` (up to `until`, if given), oldest
 /// first, as many whole rows as fit in `max_samples` samples (at least one
@@ -38,62 +37,35 @@ pub(crate) fn read_after(
         )
         .optional()?
         .unwrap_or(0);
-    let mut out = ForwardBatch {
-        rows: Vec::new(),
-        through: after,
-        newest,
-    };
-    // A batch holds one tick of at most six samples: this many rows cover
-    // `max_samples` (one more tells whether the next would overflow).
-    let row_limit = i64::try_from(max_samples / METRICS + 1).unwrap_or(i64::MAX);
+    let mut gather = feed::Gather::new(after, newest, max_samples);
     let mut stmt = conn.prepare_cached(
         "SELECT j.journal_id, h.hostname, j.received_unix_ms, j.ticks
          FROM journal j JOIN hosts h ON h.host_id = j.host_id
          WHERE j.journal_id > ?1 AND j.journal_id <= ?3 ORDER BY j.journal_id LIMIT ?2",
     )?;
-    let mut rows = stmt.query(params![after, row_limit, until.unwrap_or(i64::MAX)])?;
-    let mut samples = 0usize;
+    let mut rows = stmt.query(params![
+        after,
+        gather.row_limit(),
+        until.unwrap_or(i64::MAX)
+    ])?;
     while let Some(r) = rows.next()? {
         let journal_id: i64 = r.get(0)?;
         let Some(blob) = r.get::<_, Option<Vec<u8>>>(3)? else {
-            out.through = journal_id;
+            gather.pass_over(journal_id);
             continue;
         };
-        let record = crate::store::journal_record::decode(&blob).ok_or_else(|| {
+        let row = feed::forward_row(journal_id, r.get(1)?, r.get(2)?, &blob).ok_or_else(|| {
             rusqlite::Error::FromSqlConversionFailure(
                 3,
                 rusqlite::types::Type::Blob,
                 format!("journal row {journal_id}: invalid ticks blob").into(),
             )
         })?;
-        let mut row = ForwardRow {
-            journal_id,
-            hostname: r.get(1)?,
-            received_unix_ms: r.get(2)?,
-            samples: Vec::with_capacity(record.ticks.len() * METRICS),
-            health: record.health,
-        };
-        for t in &record.ticks {
-            for (id, v) in t.values.iter().enumerate() {
-                let (Some(value), Some(metric)) = (*v, metric_from_id(id as i64)) else {
-                    continue;
-                };
-                row.samples.push(StoredSample {
-                    time_unix_ms: t.time_unix_ms,
-                    metric,
-                    value,
-                });
-            }
-        }
-        let n = row.samples.len() + row.health.len();
-        if !out.rows.is_empty() && samples + n > max_samples {
+        if !gather.push(row) {
             break;
         }
-        samples += n;
-        out.through = journal_id;
-        out.rows.push(row);
     }
-    Ok(out)
+    Ok(gather.finish())
 }
 
 /// Every cursor in the file.
@@ -170,4 +142,22 @@ pub(crate) fn set(
     )?
     .execute(params![destination, journal_id, now_unix_ms])?;
     Ok(())
+}
+
+/// `destination`'s cursor as committed (`None`: not registered).
+pub(crate) fn cursor(
+    conn: &Connection,
+    destination: &str,
+) -> rusqlite::Result<Option<CursorRecord>> {
+    conn.prepare_cached(
+        "SELECT journal_id, sending_through FROM forward_cursors WHERE destination = ?1",
+    )?
+    .query_row([destination], |r| {
+        Ok(CursorRecord {
+            destination: destination.to_owned(),
+            journal_id: r.get(0)?,
+            sending_through: r.get(1)?,
+        })
+    })
+    .optional()
 }

@@ -218,6 +218,20 @@ impl SqliteStore {
             .await
     }
 
+    /// `destination`'s cursor as committed (`None`: not registered).
+    pub(crate) async fn cursor(
+        &self,
+        destination: String,
+    ) -> Result<Option<CursorRecord>, StoreError> {
+        self.inner
+            .readers
+            .run(move |c| {
+                forward::cursor(c, &destination)
+                    .map_err(|e| StoreError::from(SqliteError::sql("reading a cursor", e)))
+            })
+            .await
+    }
+
     /// A change to the forwarding cursors, in order with everything else;
     /// resolves once committed.
     pub(crate) async fn cursors(
