@@ -368,11 +368,17 @@ impl CommandRouter {
             let mut online = self.registry.online_hosts();
             // Fleet-wide: the hosts other replicas hold too.
             if let Some(relay) = &self.relay {
-                let mut elsewhere: Vec<String> = relay
-                    .holders()
-                    .await
-                    .map(|h| h.into_keys().collect())
-                    .unwrap_or_default();
+                // Without the sessions table nobody can tell which hosts
+                // the other replicas hold: refuse rather than silently
+                // run on this replica's part of the fleet only.
+                let mut elsewhere: Vec<String> = match relay.holders().await {
+                    Ok(h) => h.into_keys().collect(),
+                    Err(e) => {
+                        return Err(Status::unavailable(format!(
+                            "cannot tell which hosts the other replicas hold: {e}"
+                        )));
+                    }
+                };
                 elsewhere.retain(|h| !online.contains(h));
                 online.extend(elsewhere);
                 online.sort();

@@ -99,10 +99,12 @@ pub async fn run(
         relay.id,
         LEASE.as_secs()
     );
-    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    // The lease is renewed in a task of its own: delivering a long run of
+    // relayed messages must never hold a renewal past the lease, or the
+    // other replicas would take this one's agents for offline.
+    let lease = tokio::spawn(renew_lease(store.clone(), relay.id.clone(), stop.clone()));
     let mut sync = tokio::time::interval(SYNC_EVERY);
     let mut sessions = Sessions::default();
-    let mut lease_failing = false;
     loop {
         tokio::select! {
             r = stop.changed() => {
@@ -110,18 +112,6 @@ pub async fn run(
                     break;
                 }
             }
-            _ = heartbeat.tick() => match store.heartbeat(&relay.id, LEASE).await {
-                Ok(()) if lease_failing => {
-                    lease_failing = false;
-                    log::info!("replica {}: lease renewed again", relay.id);
-                }
-                Ok(()) => {}
-                Err(e) if !lease_failing => {
-                    lease_failing = true;
-                    log::warn!("replica {}: cannot renew its lease: {e}", relay.id);
-                }
-                Err(_) => {}
-            },
             _ = sync.tick() => {
                 sessions.sync(&store, &relay.id, &registry).await;
                 deliver(&relay, &router).await;
@@ -129,7 +119,37 @@ pub async fn run(
             Some(()) = bell.recv() => deliver(&relay, &router).await,
         }
     }
+    let _ = lease.await;
     sessions.release_all(&store, &relay.id).await;
+}
+
+/// Renews replica `id`'s lease every [`HEARTBEAT_EVERY`] until `stop`
+/// turns true; logs once when renewing starts failing and once when it
+/// works again.
+async fn renew_lease(store: Store, id: String, mut stop: watch::Receiver<bool>) {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    return;
+                }
+            }
+            _ = heartbeat.tick() => match store.heartbeat(&id, LEASE).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    log::info!("replica {id}: lease renewed again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    log::warn!("replica {id}: cannot renew its lease: {e}");
+                }
+                Err(_) => {}
+            },
+        }
+    }
 }
 
 /// Handles every message left for this replica.

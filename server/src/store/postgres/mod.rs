@@ -323,13 +323,25 @@ impl PostgresStore {
     }
 
     pub(crate) async fn relay(&self, to: &str, message: &RelayRecord) -> Result<(), StoreError> {
-        let c = self.reader().await?;
-        Ok(replicas::send(&**c, &self.inner.target, to, message).await?)
+        let mut c = self.reader().await?;
+        let target = &self.inner.target;
+        let fail = |e| PostgresError::of("relaying to another replica", target, e);
+        let tx = (**c).transaction().await.map_err(fail)?;
+        replicas::without_flush_wait(&tx, target).await?;
+        replicas::send(&tx, target, to, message).await?;
+        tx.commit().await.map_err(fail)?;
+        Ok(())
     }
 
     pub(crate) async fn take_relayed(&self, replica: &str) -> Result<Vec<RelayRecord>, StoreError> {
-        let c = self.reader().await?;
-        Ok(replicas::take(&**c, &self.inner.target, replica).await?)
+        let mut c = self.reader().await?;
+        let target = &self.inner.target;
+        let fail = |e| PostgresError::of("taking relayed messages", target, e);
+        let tx = (**c).transaction().await.map_err(fail)?;
+        replicas::without_flush_wait(&tx, target).await?;
+        let taken = replicas::take(&tx, target, replica).await?;
+        tx.commit().await.map_err(fail)?;
+        Ok(taken)
     }
 
     /// Rings `doorbell` whenever a message is left for `replica`: a

@@ -141,6 +141,21 @@ pub(crate) async fn sessions(
         .collect())
 }
 
+/// Lets the current transaction commit without waiting for its WAL to
+/// reach the disk (`synchronous_commit = off`, this transaction only).
+/// For the relay's messages only: they live for milliseconds, and one lost
+/// in a database crash costs its command a "lost connection" or its time
+/// limit, never a sample or a history row; waiting for two flushes a hop
+/// was most of a relayed command's round trip (BENCHMARKS.md).
+pub(crate) async fn without_flush_wait(
+    c: &impl GenericClient,
+    target: &str,
+) -> Result<(), PostgresError> {
+    c.batch_execute("SET LOCAL synchronous_commit = off")
+        .await
+        .map_err(sql("relaying without waiting for the disk", target))
+}
+
 /// Leaves `message` for replica `to` and rings its bell.
 pub(crate) async fn send(
     c: &impl GenericClient,
