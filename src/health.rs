@@ -67,6 +67,55 @@ health_table! {
     RootInodesUsedPercent { name: "root_inodes_used_percent", min: 0.0, max: 100.0, label: None }
 }
 
+/// One condition of the Raspberry Pi firmware's throttling word
+/// (`throttled_flags`): bit [`ThrottleFlag::bit`] while it holds now, bit
+/// `bit + THROTTLE_OCCURRED_SHIFT` once it held since the agent started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottleFlag {
+    pub bit: u32,
+    /// Its name (a Prometheus label value, a JSON key).
+    pub name: &'static str,
+    /// Its letter in a terminal's compact column.
+    pub letter: char,
+}
+
+/// The four conditions, in bit order.
+pub const THROTTLE_FLAGS: [ThrottleFlag; 4] = [
+    ThrottleFlag {
+        bit: 0,
+        name: "under_voltage",
+        letter: 'U',
+    },
+    ThrottleFlag {
+        bit: 1,
+        name: "arm_frequency_capped",
+        letter: 'F',
+    },
+    ThrottleFlag {
+        bit: 2,
+        name: "throttled",
+        letter: 'T',
+    },
+    ThrottleFlag {
+        bit: 3,
+        name: "soft_temperature_limit",
+        letter: 'S',
+    },
+];
+
+/// From a condition's "now" bit to its "since the agent started" bit.
+pub const THROTTLE_OCCURRED_SHIFT: u32 = 16;
+
+impl ThrottleFlag {
+    /// Whether the condition holds in `word` now, or (`occurred`) held
+    /// since the agent started.
+    pub fn is_set(self, word: f64, occurred: bool) -> bool {
+        let shift = if occurred { THROTTLE_OCCURRED_SHIFT } else { 0 };
+        // The word is validated as 0..=u32::MAX on the wire.
+        (word as u64 >> (self.bit + shift)) & 1 == 1
+    }
+}
+
 impl HealthMetric {
     /// The name used on the wire (see [`HealthSpec::name`]).
     pub const fn name(self) -> &'static str {

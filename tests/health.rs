@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use monitor_agent::testing::FakeHost;
 
 /// `(mountpoint or "", value)` of each line of `monitorctl query --json`
 /// for `metric`, newest last.
@@ -40,28 +39,10 @@ fn values(server: &Server, host: &str, metric: &str) -> Vec<(String, f64)> {
 
 #[test]
 fn a_pis_health_arrives_and_is_queryable_with_its_mount_points() {
-    let mut host = FakeHost::new();
-    host.set_loadavg("0.42 0.30 0.20 1/123 4567\n");
-    host.add_thermal_zone("cpu-thermal", 61_300);
-    host.add_hwmon("rpi_volt", false);
-    host.add_firmware(0x50005);
-    host.add_mount("/dev/mmcblk0p2", "/", "ext4")
-        .add_mount("/dev/mmcblk0p1", "/boot/firmware", "vfat")
-        .add_mount("tmpfs", "/run", "tmpfs");
-
+    let host = fake_pi();
     let dir = TempDir::new("health-e2e");
     let server = Server::start(&dir.join("monitor.db"));
-    let agent = server
-        .agent("e2e-pi")
-        .arg("--proc-root")
-        .arg(host.proc_root())
-        .arg("--sys-root")
-        .arg(host.sys_root())
-        .arg("--rootfs")
-        .arg(host.rootfs())
-        .arg("--interval")
-        .arg("0.5")
-        .spawn();
+    let agent = fake_pi_agent(&server, &host, "e2e-pi").spawn();
 
     // Both real file systems, under the mount point the table names (the
     // tmpfs is left out); statvfs of the temp directory gives a real share.
@@ -109,6 +90,42 @@ fn a_pis_health_arrives_and_is_queryable_with_its_mount_points() {
         table.contains("fs_used_percent{mountpoint=\"/boot/firmware\"}"),
         "{table}"
     );
+    // `monitorctl hosts`: the compact health columns; `--json`: every
+    // latest health value, with its mount point.
+    let table = wait_for("the health columns", Duration::from_secs(10), || {
+        let t = server.ctl_ok(&["hosts"]);
+        t.contains("61.3").then_some(t)
+    });
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("TEMP") && header.contains("THROTTLE") && header.contains("FULLEST FS"),
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    // 0x50005: under-voltage and throttling now; then the fullest of the
+    // two file systems, under its mount point.
+    let at = row.iter().position(|c| *c == "61.3").unwrap();
+    assert_eq!(row[at + 1], "UT", "{table}");
+    assert!(row[at + 2].ends_with('%'), "{table}");
+    assert!(["/", "/boot/firmware"].contains(&row[at + 3]), "{table}");
+    let json = server.ctl_ok(&["hosts", "--json"]);
+    let host: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let health = host["health"].as_array().unwrap();
+    let named = |metric: &str, mountpoint: Option<&str>| {
+        health
+            .iter()
+            .find(|v| v["metric"] == metric && v["mountpoint"].as_str() == mountpoint)
+            .unwrap_or_else(|| panic!("{metric} {mountpoint:?} in {json}"))["value"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(named("temp_celsius", None), 61.3);
+    assert_eq!(named("throttled_flags", None), f64::from(0x50005u32));
+    assert_eq!(named("load1", None), 0.42);
+    assert!((0.0..=100.0).contains(&named("fs_used_percent", Some("/boot/firmware"))));
+    assert!((0.0..=100.0).contains(&named("fs_used_percent", Some("/"))));
+    assert_eq!(host["health_series_over_cap_total"], 0);
+
     // A name that is neither one of the six nor a health metric: a usage
     // error naming both lists.
     let bad = server.ctl(&["query", "e2e-pi", "--metric", "fan_rpm"]);

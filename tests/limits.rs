@@ -796,6 +796,25 @@ fn a_host_flooding_batches_is_held_to_its_budget_and_others_keep_reporting() {
     assert_eq!(refused_total(server, "rate_limited"), limited as u64);
 }
 
+/// Reports `batches` on one stream: (stored, rate limited, seconds taken,
+/// every ack); every ack is one of the two.
+fn report_counted(
+    server: &Server,
+    batches: Vec<pb::Batch>,
+) -> (usize, usize, f64, Vec<(u64, i32, String)>) {
+    let rt = runtime();
+    let started = Instant::now();
+    let (_open, got) = rt.block_on(report(server, batches));
+    let elapsed = started.elapsed().as_secs_f64();
+    let stored = got.iter().filter(|a| a.1 == pb::AckCode::Ok as i32).count();
+    let limited = got
+        .iter()
+        .filter(|a| a.1 == pb::AckCode::RateLimited as i32)
+        .count();
+    assert_eq!(stored + limited, got.len(), "{got:?}");
+    (stored, limited, elapsed, got)
+}
+
 #[test]
 fn a_host_packing_ticks_into_its_batches_is_charged_per_tick() {
     // Finding 3's row budget: 64 ticks in one batch write 64 rows, so they
@@ -819,16 +838,7 @@ fn a_host_packing_ticks_into_its_batches_is_charged_per_tick() {
             b
         })
         .collect();
-    let rt = runtime();
-    let started = Instant::now();
-    let (_open, got) = rt.block_on(report(&server, batches));
-    let elapsed = started.elapsed().as_secs_f64();
-    let stored = got.iter().filter(|a| a.1 == pb::AckCode::Ok as i32).count();
-    let limited = got
-        .iter()
-        .filter(|a| a.1 == pb::AckCode::RateLimited as i32)
-        .count();
-    assert_eq!(stored + limited, got.len(), "{got:?}");
+    let (stored, limited, elapsed, got) = report_counted(&server, batches);
     // The burst holds nine such batches; a tick per batch it would be all.
     let budget = INGEST_BURST + INGEST_PER_SECOND * (elapsed + 1.0);
     assert!(stored >= 9, "{got:?}");
@@ -838,6 +848,56 @@ fn a_host_packing_ticks_into_its_batches_is_charged_per_tick() {
     );
     assert!(limited > 0, "{got:?}");
     assert_eq!(server.samples(host, "2h").len(), stored * ticks);
+}
+
+#[test]
+fn a_host_sending_only_health_values_is_charged_for_them() {
+    // Issue 14: health values are rows too. A batch of 64 of them and no
+    // sample costs 1 + (64 - 16) / 8 = 7 ticks of the budget
+    // (registry::batch_cost), so sending them alone cannot get around the
+    // limit.
+    let dir = TempDir::new("health-flood");
+    let server = Server::start(&dir.join("m.db"));
+    let host = "health-flooder";
+    let per_batch = monitor::wire::MAX_HEALTH_SAMPLES_PER_BATCH;
+    let base = monitor::time::now_unix_ms() - 3_600_000;
+    let batches: Vec<pb::Batch> = (1..=400u64)
+        .map(|seq| {
+            let time = base + seq as i64 * 1000;
+            let mut b = one_sample((host, 3, seq), time, "cpu_percent", 1.0);
+            b.samples.clear();
+            b.health_samples = (0..per_batch)
+                .map(|i| pb::Sample {
+                    time_unix_ms: time,
+                    hostname: host.into(),
+                    metric: "fs_used_percent".into(),
+                    value: 50.0,
+                    device: format!("/mnt/{i}"),
+                })
+                .collect();
+            b
+        })
+        .collect();
+    let (stored, limited, elapsed, got) = report_counted(&server, batches);
+    // The burst holds 85 such batches; free, it would be all 400.
+    let budget = INGEST_BURST + INGEST_PER_SECOND * (elapsed + 1.0);
+    assert!(stored >= 85, "{stored} stored: {got:?}");
+    assert!(
+        (stored * 7) as f64 <= budget,
+        "{stored} batches of {per_batch} health values stored in {elapsed:.1} s, \
+         budget {budget:.0} ticks"
+    );
+    assert!(limited > 0, "{got:?}");
+    let rows = server.ctl_ok(&[
+        "query",
+        host,
+        "--metric",
+        "fs_used_percent",
+        "--since",
+        "2h",
+        "--json",
+    ]);
+    assert_eq!(rows.lines().count(), stored * per_batch);
 }
 
 #[test]

@@ -164,6 +164,29 @@ fn stored(server: &Server, host: &str) -> BTreeMap<(String, String, i64), f64> {
     out
 }
 
+/// What the store holds of a host's series, exported: (name, hostname,
+/// time ms) → value.
+type Oracle = fn(&Server, &str) -> BTreeMap<(String, String, i64), f64>;
+
+/// What the store holds of `host`'s load1 (a health metric every Linux box
+/// has), exported: (name, hostname, time ms) → value.
+fn stored_load1(server: &Server, host: &str) -> BTreeMap<(String, String, i64), f64> {
+    let out = server.ctl_ok(&[
+        "query", host, "--metric", "load1", "--since", "10m", "--json",
+    ]);
+    out.lines()
+        .map(|l| {
+            let s = JsonSample::parse(l).unwrap_or_else(|| panic!("bad json line {l:?}"));
+            let key = (
+                "monitor_host_load1".to_owned(),
+                s.hostname,
+                rfc3339_ms(&s.time),
+            );
+            (key, s.value)
+        })
+        .collect()
+}
+
 /// Runs `promtool check metrics` on `body`: its exit code and output.
 fn promtool_check(promtool: &Path, body: &str) -> (i32, String) {
     let mut child = Command::new(promtool)
@@ -189,6 +212,11 @@ fn promtool_check(promtool: &Path, body: &str) -> (i32, String) {
 }
 
 const HOSTS: [&str; 3] = ["prom-a", "prom-b", "prom-c"];
+
+/// A regex of the six metrics' exported names (the agents on this machine
+/// send health metrics too, exported under other names).
+const SIX: &str = "monitor_host_(cpu_ratio|memory_used_ratio|disk_(read|write)_bytes_per_second\
+                   |network_(receive|transmit)_bytes_per_second)";
 
 #[test]
 fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series() {
@@ -278,10 +306,8 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
     // Every sample Prometheus holds is the one the store holds for that
     // host, metric and time, in exported units, exactly.
     for h in HOSTS {
-        let scraped = prometheus_samples(
-            &prom,
-            &format!("{{__name__=~\"monitor_host_.*_(ratio|per_second)\",hostname=\"{h}\"}}"),
-        );
+        let scraped =
+            prometheus_samples(&prom, &format!("{{__name__=~\"{SIX}\",hostname=\"{h}\"}}"));
         let names: BTreeSet<&str> = scraped.keys().map(|k| k.0.as_str()).collect();
         assert_eq!(names.len(), 6, "{h}: {names:?}");
         let store = stored(&server, h);
@@ -379,6 +405,107 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
     }
     drop(agents);
     assert!(server.proc.wait_exit(Duration::from_secs(20)).success());
+}
+
+/// A fake Raspberry Pi's health (issue 14) through `/metrics`: promtool
+/// finds nothing to say, and a real Prometheus scraping it holds the
+/// temperature, one 0/1 series per throttling flag, each file system's
+/// usage under its `mountpoint` and the load, in exported units.
+#[test]
+fn prometheus_scrapes_a_pis_health_series() {
+    let test = "prometheus_scrapes_a_pis_health_series";
+    let (Some(prometheus), Some(promtool)) = (
+        tool("prometheus", "prometheus", test),
+        tool("promtool", "prometheus", test),
+    ) else {
+        return;
+    };
+    let host = fake_pi();
+    let dir = TempDir::new("prom-health");
+    let server = Server::start(&dir.join("monitor.db"));
+    let _agent = fake_pi_agent(&server, &host, "pi-health").spawn();
+    let token = server.metrics_token();
+    let token_file = dir.join("metrics.token");
+    std::fs::write(&token_file, &token).unwrap();
+    let text = wait_for(
+        "the Pi's health in /metrics",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = https_get(&server, "/metrics", Some(&token), None);
+            (body.contains("monitor_host_temperature_celsius{hostname=\"pi-health\"}")
+                && body.contains("mountpoint=\"/boot/firmware\""))
+            .then_some(body)
+        },
+    );
+    let (code, said) = promtool_check(&promtool, &text);
+    assert_eq!((code, said.as_str()), (0, ""), "promtool on:\n{text}");
+    for line in [
+        "# TYPE monitor_host_temperature_celsius gauge",
+        "# HELP monitor_host_throttled ",
+        "monitor_host_throttled{hostname=\"pi-health\",flag=\"under_voltage\"} 1 ",
+        "monitor_host_throttled{hostname=\"pi-health\",flag=\"arm_frequency_capped\"} 0 ",
+        "monitor_host_throttled_since_agent_start{hostname=\"pi-health\",flag=\"throttled\"} 1 ",
+        "monitor_host_under_voltage{hostname=\"pi-health\"} 0 ",
+        "monitor_host_load1{hostname=\"pi-health\"} 0.42 ",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+
+    let ca = server.dir().join("tls").join("ca.pem");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n\
+         - job_name: monitor\n  scheme: https\n  tls_config:\n    ca_file: {ca}\n  \
+         authorization:\n    credentials_file: {tok}\n  static_configs:\n  - targets: ['{target}']\n",
+        ca = ca.display(),
+        tok = token_file.display(),
+        target = server.http_addr().unwrap()
+    );
+    let prom = Prometheus::start(&prometheus, &dir.join("prometheus"), &config, false);
+    let pi = "hostname=\"pi-health\"";
+    wait_for(
+        "Prometheus holds the Pi's health",
+        Duration::from_secs(60),
+        || {
+            prom.scalar(&format!("monitor_host_temperature_celsius{{{pi}}}"))
+                .is_some()
+                .then_some(())
+        },
+    );
+    for (promql, want) in [
+        (format!("monitor_host_temperature_celsius{{{pi}}}"), 61.3),
+        (
+            format!("monitor_host_throttled{{{pi},flag=\"under_voltage\"}}"),
+            1.0,
+        ),
+        (
+            format!("monitor_host_throttled{{{pi},flag=\"throttled\"}}"),
+            1.0,
+        ),
+        (
+            format!("monitor_host_throttled{{{pi},flag=\"soft_temperature_limit\"}}"),
+            0.0,
+        ),
+        (format!("count(monitor_host_throttled{{{pi}}})"), 4.0),
+        (format!("monitor_host_load1{{{pi}}}"), 0.42),
+        (
+            format!("count(monitor_host_filesystem_used_ratio{{{pi}}})"),
+            2.0,
+        ),
+    ] {
+        assert_eq!(prom.scalar(&promql), Some(want), "{promql}");
+    }
+    // The file systems' ratios, by mount point, between 0 and 1.
+    let fs = prom.query(&format!("monitor_host_filesystem_used_ratio{{{pi}}}"));
+    let mut mounts: Vec<&str> = fs
+        .iter()
+        .map(|s| s["metric"]["mountpoint"].as_str().unwrap())
+        .collect();
+    mounts.sort_unstable();
+    assert_eq!(mounts, ["/", "/boot/firmware"]);
+    for s in &fs {
+        let v: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{s}");
+    }
 }
 
 /// Health without a client certificate on the agents' listener; reflection
@@ -520,10 +647,10 @@ impl Victoria {
         assert!(self._proc.wait_exit(Duration::from_secs(30)).success());
     }
 
-    /// Every raw sample of `host`, repeats kept: (name, host, time) →
-    /// values.
-    fn samples(&self, host: &str) -> BTreeMap<(String, String, i64), Vec<f64>> {
-        let m = url_encode(&format!("{{hostname=\"{host}\"}}"));
+    /// Every raw sample of `host` among the series `names` (a regex)
+    /// selects, repeats kept: (name, host, time) → values.
+    fn samples(&self, host: &str, names: &str) -> BTreeMap<(String, String, i64), Vec<f64>> {
+        let m = url_encode(&format!("{{__name__=~\"{names}\",hostname=\"{host}\"}}"));
         let (status, body) = http_get(self.addr, &format!("/api/v1/export?match[]={m}")).unwrap();
         assert_eq!(status, 200, "{body}");
         let mut out: BTreeMap<_, Vec<f64>> = BTreeMap::new();
@@ -573,17 +700,18 @@ fn remote_write_status(server: &Server) -> BTreeMap<String, serde_json::Value> {
 fn assert_victoria_holds(
     vm: &Victoria,
     h: &str,
+    names: &str,
     store: &BTreeMap<(String, String, i64), f64>,
 ) -> usize {
     let at_vm = wait_for_or(
         &format!("{h} complete in VictoriaMetrics"),
         Duration::from_secs(30),
         || {
-            let got = vm.samples(h);
+            let got = vm.samples(h, names);
             (got.len() >= store.len()).then_some(got)
         },
         || {
-            let got = vm.samples(h);
+            let got = vm.samples(h, names);
             let missing: Vec<_> = store
                 .keys()
                 .filter(|k| !got.contains_key(*k))
@@ -717,22 +845,29 @@ fn remote_write_delivers_every_stored_sample_once_across_an_outage_and_a_crash()
     let status = remote_write_status(&server);
     assert_eq!(status[&vm_url]["too_old_samples"], 0);
 
-    // Every stored sample, once, with its value and time.
-    for h in HOSTS {
-        let store = stored(&server, h);
-        assert!(store.len() > 100, "{h}: {} samples stored", store.len());
+    // Every stored sample, once, with its value and time: the six, and a
+    // health metric (through the same journal).
+    let oracles: [(&str, Oracle); 2] = [(SIX, stored), ("monitor_host_load1", stored_load1)];
+    for (h, (names, oracle)) in HOSTS.iter().flat_map(|h| oracles.map(|o| (h, o))) {
+        let store = oracle(&server, h);
+        // Ten seconds or more of samples (load1 is one a tick, the six six).
+        let least = if names == SIX { 100 } else { 15 };
+        assert!(store.len() > least, "{h} {names}: {} stored", store.len());
         let at_prom = wait_for(
             &format!("{h} complete in Prometheus"),
             Duration::from_secs(30),
             || {
-                let got = prometheus_samples(&prom, &format!("{{hostname=\"{h}\"}}"));
+                let got = prometheus_samples(
+                    &prom,
+                    &format!("{{__name__=~\"{names}\",hostname=\"{h}\"}}"),
+                );
                 (got.len() >= store.len()).then_some(got)
             },
         );
         assert_eq!(at_prom, store, "{h}: Prometheus differs from the store");
-        let repeats = assert_victoria_holds(&vm, h, &store);
+        let repeats = assert_victoria_holds(&vm, h, names, &store);
         println!(
-            "{h}: {} samples; VictoriaMetrics holds {repeats} twice (the request in flight at the crash)",
+            "{h} {names}: {} samples; VictoriaMetrics holds {repeats} twice (the request in flight at the crash)",
             store.len()
         );
     }
@@ -836,7 +971,7 @@ fn remote_write_from_replicas_moves_to_the_survivor_when_the_forwarding_one_is_k
     for h in hosts {
         let store = stored(&survivor, h);
         assert!(store.len() > 500, "{h}: {} samples stored", store.len());
-        repeats_total += assert_victoria_holds(&vm, h, &store);
+        repeats_total += assert_victoria_holds(&vm, h, SIX, &store);
     }
     // At most one request (MAX_SAMPLES_PER_REQUEST samples) was in flight.
     assert!(repeats_total <= 10_000, "{repeats_total} samples twice");

@@ -83,6 +83,22 @@ struct HostLine<'a> {
     batches_checked_by_value_total: u64,
     /// The replica holding the host, with several servers ("" otherwise).
     replica: &'a str,
+    /// The latest value of each health metric, by metric then mount point.
+    health: Vec<HealthValue<'a>>,
+    /// New (metric, device) pairs that met the host's full table of
+    /// latest health values on the server.
+    health_series_over_cap_total: u64,
+}
+
+/// One latest health value of `hosts --json`.
+#[derive(serde::Serialize)]
+struct HealthValue<'a> {
+    metric: &'a str,
+    /// fs_used_percent's mount point (as in `query --json`).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    mountpoint: &'a str,
+    value: Number,
+    time: Time,
 }
 
 /// One line of `monitorctl query --json`.
@@ -144,6 +160,17 @@ pub fn host(out: &mut Vec<u8>, h: &pb::HostInfo) -> Result<(), serde_json::Error
             batches_rate_limited_total: h.batches_rate_limited_total,
             batches_checked_by_value_total: h.batches_checked_by_value_total,
             replica: &h.replica,
+            health: h
+                .health
+                .iter()
+                .map(|v| HealthValue {
+                    metric: &v.metric,
+                    mountpoint: &v.device,
+                    value: Number(v.value),
+                    time: Time(v.time_unix_ms),
+                })
+                .collect(),
+            health_series_over_cap_total: h.health_series_over_cap_total,
         },
     )
 }
@@ -248,11 +275,13 @@ mod tests {
                     metric: "mem_percent".into(),
                     value: 40.5,
                     time_unix_ms: 1_000,
+                    ..Default::default()
                 },
                 pb::MetricValue {
                     metric: "cpu_percent".into(),
                     value: 3.0,
                     time_unix_ms: 1_000,
+                    ..Default::default()
                 },
             ],
             clock_offset_ms: -20,
@@ -264,6 +293,21 @@ mod tests {
             batches_rate_limited_total: 5,
             batches_checked_by_value_total: 6,
             replica: "r-2".into(),
+            health: vec![
+                pb::MetricValue {
+                    metric: "temp_celsius".into(),
+                    value: 61.3,
+                    time_unix_ms: 1_000,
+                    device: String::new(),
+                },
+                pb::MetricValue {
+                    metric: "fs_used_percent".into(),
+                    value: 93.0,
+                    time_unix_ms: 1_000,
+                    device: "/media/\"usb\"\u{1b}".into(),
+                },
+            ],
+            health_series_over_cap_total: 7,
         };
         assert_eq!(
             text(|o| host(o, &h)),
@@ -274,7 +318,11 @@ mod tests {
              \"parse_errors_total\":2,\"interval_ms\":1000,\
              \"latest\":{\"mem_percent\":40.5,\"cpu_percent\":3},\
              \"batches_conflicting_total\":4,\"batches_rate_limited_total\":5,\
-             \"batches_checked_by_value_total\":6,\"replica\":\"r-2\"}\n"
+             \"batches_checked_by_value_total\":6,\"replica\":\"r-2\",\
+             \"health\":[{\"metric\":\"temp_celsius\",\"value\":61.3,\
+             \"time\":\"1970-01-01T00:00:01.000Z\"},{\"metric\":\"fs_used_percent\",\
+             \"mountpoint\":\"/media/\\\"usb\\\"\\u001b\",\"value\":93,\
+             \"time\":\"1970-01-01T00:00:01.000Z\"}],\"health_series_over_cap_total\":7}\n"
         );
         let never = pb::HostInfo {
             hostname: "new".into(),
@@ -285,7 +333,8 @@ mod tests {
         assert!(
             line.ends_with(
                 ",\"latest\":{},\"batches_conflicting_total\":0,\"batches_rate_limited_total\":0,\
-                 \"batches_checked_by_value_total\":0,\"replica\":\"\"}\n"
+                 \"batches_checked_by_value_total\":0,\"replica\":\"\",\"health\":[],\
+                 \"health_series_over_cap_total\":0}\n"
             ),
             "{line}"
         );

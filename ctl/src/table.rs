@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use monitor::command::{MAX_ARGS, MAX_ARGV_BYTES};
+use monitor::health::{HealthMetric, THROTTLE_FLAGS};
 use monitor::metric::Metric;
 use monitor::pb;
 use monitor::text::Escaped;
@@ -39,6 +40,69 @@ fn latest_of(h: &pb::HostInfo, m: Metric) -> Option<f64> {
         .map(|v| v.value)
 }
 
+fn health_of(h: &pb::HostInfo, m: HealthMetric) -> impl Iterator<Item = &pb::MetricValue> {
+    h.health.iter().filter(move |v| v.metric == m.name())
+}
+
+/// Longest mount point shown in the hosts table, in bytes (escaped).
+const MOUNTPOINT_CELL_BYTES: usize = 16;
+
+/// The TEMP cell: the latest temperature, "-" without one.
+fn temp_cell(h: &pb::HostInfo) -> String {
+    fmt_opt(
+        health_of(h, HealthMetric::TempCelsius)
+            .next()
+            .map(|v| v.value),
+    )
+}
+
+/// The THROTTLE cell: "ok" when the Pi's firmware reports nothing; else a
+/// letter per condition (`THROTTLE_FLAGS`), upper case while it holds now,
+/// lower case when it only held since the agent started ("U" under-voltage
+/// now, "ut" both earlier); "-" on a box that is not a Pi.
+fn throttle_cell(h: &pb::HostInfo) -> String {
+    let Some(word) = health_of(h, HealthMetric::ThrottledFlags)
+        .next()
+        .map(|v| v.value)
+    else {
+        return "-".into();
+    };
+    let letters: String = THROTTLE_FLAGS
+        .iter()
+        .filter_map(|f| {
+            if f.is_set(word, false) {
+                Some(f.letter)
+            } else if f.is_set(word, true) {
+                Some(f.letter.to_ascii_lowercase())
+            } else {
+                None
+            }
+        })
+        .collect();
+    if letters.is_empty() {
+        "ok".into()
+    } else {
+        letters
+    }
+}
+
+/// The FULLEST FS cell: the file system with the highest use, "93% /data"
+/// (its mount point escaped and capped); "-" without one.
+fn fullest_fs_cell(h: &pb::HostInfo) -> String {
+    health_of(h, HealthMetric::FsUsedPercent)
+        .max_by(|a, b| a.value.total_cmp(&b.value))
+        .map_or_else(
+            || "-".into(),
+            |v| {
+                format!(
+                    "{:.0}% {}",
+                    v.value,
+                    Escaped::with_limit(&v.device, MOUNTPOINT_CELL_BYTES)
+                )
+            },
+        )
+}
+
 fn fmt_opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into())
 }
@@ -49,7 +113,7 @@ pub fn hosts(resp: &pb::ListHostsResponse) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<7} {:>10} {:>6} {:>6} {:>17} {:>17} {:>8} {:>8}",
+        "{:<20} {:<7} {:>10} {:>6} {:>6} {:>17} {:>17} {:>8} {:>8} {:>6} {:<8} {:<24}",
         "HOST",
         "STATE",
         "LAST SEEN",
@@ -58,7 +122,10 @@ pub fn hosts(resp: &pb::ListHostsResponse) -> String {
         "DISK R/W KiB/s",
         "NET IN/OUT KiB/s",
         "CLOCK",
-        "DROPPED"
+        "DROPPED",
+        "TEMP",
+        "THROTTLE",
+        "FULLEST FS"
     );
     for h in &resp.hosts {
         let disk = format!(
@@ -74,7 +141,7 @@ pub fn hosts(resp: &pb::ListHostsResponse) -> String {
         let clock = format!("{:+.1}s", h.clock_offset_ms as f64 / 1000.0);
         let _ = writeln!(
             out,
-            "{:<20} {:<7} {:>10} {:>6} {:>6} {:>17} {:>17} {:>8} {:>8}",
+            "{:<20} {:<7} {:>10} {:>6} {:>6} {:>17} {:>17} {:>8} {:>8} {:>6} {:<8} {:<24}",
             cell(&h.hostname),
             if h.online { "online" } else { "offline" },
             ago(now, h.last_seen_unix_ms),
@@ -83,7 +150,10 @@ pub fn hosts(resp: &pb::ListHostsResponse) -> String {
             disk,
             net,
             clock,
-            h.dropped_batches_total
+            h.dropped_batches_total,
+            temp_cell(h),
+            throttle_cell(h),
+            fullest_fs_cell(h)
         );
     }
     out
@@ -162,6 +232,7 @@ mod tests {
                 metric: "cpu_percent".into(),
                 value: 12.34,
                 time_unix_ms: 9_000,
+                ..Default::default()
             }],
             clock_offset_ms: -1500,
             dropped_batches_total: 7,
@@ -184,9 +255,61 @@ mod tests {
         assert_eq!(
             cells,
             [
-                "pi-1", "online", "3s", "ago", "12.3", "-", "-/-", "-/-", "-1.5s", "7"
+                "pi-1", "online", "3s", "ago", "12.3", "-", "-/-", "-/-", "-1.5s", "7", "-", "-",
+                "-"
             ]
         );
+    }
+
+    #[test]
+    fn the_hosts_table_shows_temperature_throttling_and_the_fullest_file_system() {
+        let value = |metric: &str, device: &str, value| pb::MetricValue {
+            metric: metric.into(),
+            value,
+            time_unix_ms: 9_000,
+            device: device.into(),
+        };
+        let cells = |health: Vec<pb::MetricValue>| -> Vec<String> {
+            let resp = pb::ListHostsResponse {
+                hosts: vec![pb::HostInfo {
+                    health,
+                    ..host("pi")
+                }],
+                server_unix_ms: 12_000,
+                next_page_token: String::new(),
+            };
+            let table = hosts(&resp);
+            let row = table.lines().nth(1).unwrap().to_owned();
+            row.split_whitespace().skip(10).map(str::to_owned).collect()
+        };
+        // Under-voltage and throttling now, both also earlier: "UT".
+        assert_eq!(
+            cells(vec![
+                value("temp_celsius", "", 81.3),
+                value("throttled_flags", "", f64::from(0x50005)),
+                value("fs_used_percent", "/", 40.0),
+                value("fs_used_percent", "/media/usb", 93.4),
+            ]),
+            ["81.3", "UT", "93%", "/media/usb"]
+        );
+        // Only earlier: lower case; nothing: "ok".
+        assert_eq!(
+            cells(vec![value("throttled_flags", "", f64::from(0x10000))])[1],
+            "u"
+        );
+        assert_eq!(cells(vec![value("throttled_flags", "", 0.0)])[1], "ok");
+        // An agent's mount point is escaped and capped.
+        let long = cells(vec![value(
+            "fs_used_percent",
+            "/mnt/\x1b]0;owned\x07/a-very-long-directory-name",
+            95.0,
+        )]);
+        assert_eq!(long[2], "95%");
+        assert!(
+            !long[3].contains('\x1b') && long[3].starts_with("/mnt/\\x1b"),
+            "{long:?}"
+        );
+        assert!(long[3].len() < 30, "{long:?}");
     }
 
     #[test]

@@ -48,10 +48,15 @@ const QUERY_CHUNK: usize = 4096;
 /// Hosts per `ListHosts` page when the request names no size.
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
 /// Most hosts per page: a larger `page_size` is taken as this. A host is at
-/// most about 1.2 KB on the wire (hostname 253, agent id and version 256
-/// each, six latest values), so a page stays under tonic's 4 MiB default
-/// decoding limit for any client.
+/// most about 1.2 KB on the wire without health values (hostname 253, agent
+/// id and version 256 each, six latest values); with up to 64 health values
+/// of up to 256-byte mount points it can reach about 20 KB, so a page is
+/// also cut at [`MAX_PAGE_BYTES`].
 pub const MAX_PAGE_SIZE: usize = 2000;
+/// Most bytes of hosts per page: the page ends before the host that would
+/// pass this, so it stays under tonic's 4 MiB default decoding limit for
+/// any client (at least one host per page: one host is far smaller).
+pub const MAX_PAGE_BYTES: usize = 3 << 20;
 /// Largest request the operator API decodes (tonic's default, named: an
 /// `Exec` with 30,000 hostnames fits).
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
@@ -212,6 +217,20 @@ pub fn host_infos(stored: Vec<HostRecord>, live: Vec<LiveHost>, limit: usize) ->
     out
 }
 
+/// How many of `hosts`, from the first, fit in `max_bytes` on the wire (at
+/// least one).
+fn fitting(hosts: &[pb::HostInfo], max_bytes: usize) -> usize {
+    let mut bytes = 0usize;
+    hosts
+        .iter()
+        .take_while(|h| {
+            bytes = bytes.saturating_add(prost::Message::encoded_len(*h) + 4);
+            bytes <= max_bytes
+        })
+        .count()
+        .max(1)
+}
+
 /// Fleet-wide liveness on a store several replicas share: a host another
 /// live replica holds is online there; a host this one (`me`) holds names
 /// it.
@@ -256,15 +275,23 @@ fn host_info(stored: Option<HostRecord>, live: Option<LiveHost>) -> pb::HostInfo
         info.dropped_batches_total = s.dropped_batches_total;
         info.batches_stored_total = s.batches_stored_total;
         info.batches_checked_by_value_total = s.batches_checked_by_value_total;
+        let value = |metric: &str, device: &str, time_unix_ms, value| pb::MetricValue {
+            metric: metric.to_owned(),
+            value,
+            time_unix_ms,
+            device: device.to_owned(),
+        };
         info.latest = s
             .latest
             .iter()
-            .map(|v| pb::MetricValue {
-                metric: v.metric.name().to_owned(),
-                value: v.value,
-                time_unix_ms: v.time_unix_ms,
-            })
+            .map(|v| value(v.metric.name(), "", v.time_unix_ms, v.value))
             .collect();
+        info.health = s
+            .health
+            .iter()
+            .map(|v| value(v.metric.name(), &v.device, v.time_unix_ms, v.value))
+            .collect();
+        info.health_series_over_cap_total = s.health_series_over_cap_total;
         if !online {
             info.peer = s.peer;
             info.clock_offset_ms = s.clock_offset_ms;
@@ -374,8 +401,9 @@ impl Admin for AdminService {
             .map_err(status_of)?;
         let live = self.registry.page(after.as_deref(), size + 1);
         let mut hosts = host_infos(stored, live, size + 1);
-        let next_page_token = if hosts.len() > size {
-            hosts.truncate(size);
+        let fit = fitting(&hosts, MAX_PAGE_BYTES);
+        let next_page_token = if hosts.len() > size || fit < hosts.len() {
+            hosts.truncate(size.min(fit));
             hosts.last().map(|h| h.hostname.clone()).unwrap_or_default()
         } else {
             String::new()
@@ -681,7 +709,32 @@ mod tests {
                 time_unix_ms: 19,
                 value: 12.5,
             }],
+            health: Vec::new(),
+            health_series_over_cap_total: 0,
         }
+    }
+
+    #[test]
+    fn a_page_is_cut_before_the_host_that_would_pass_its_bytes() {
+        let heavy = |name: &str| pb::HostInfo {
+            hostname: name.into(),
+            health: (0..64)
+                .map(|i| pb::MetricValue {
+                    metric: "fs_used_percent".into(),
+                    device: format!("/{i}/{}", "x".repeat(250)),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let hosts: Vec<pb::HostInfo> = (0..300).map(|i| heavy(&format!("h{i:03}"))).collect();
+        let one = prost::Message::encoded_len(&hosts[0]) + 4;
+        assert!(one > 16_000, "{one}");
+        let n = fitting(&hosts, MAX_PAGE_BYTES);
+        assert_eq!(n, MAX_PAGE_BYTES / one);
+        assert!(n < hosts.len());
+        assert_eq!(fitting(&hosts[..3], MAX_PAGE_BYTES), 3);
+        assert_eq!(fitting(&hosts, 10), 1, "at least one host");
     }
 
     fn live(hostname: &str, online: bool) -> LiveHost {

@@ -420,7 +420,11 @@ impl Collector for CollectorService {
                         let admission = if limited && follows {
                             service.registry.refuse_batch(&valid.hostname, now)
                         } else {
-                            service.registry.admit_batch(&valid.hostname, valid.ticks(), now)
+                            service.registry.admit_batch(
+                                &valid.hostname,
+                                crate::registry::batch_cost(valid.ticks(), valid.health.len()),
+                                now,
+                            )
                         };
                         limited = false;
                         if let Admission::Refuse { refused_total, log } = admission {

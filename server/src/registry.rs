@@ -67,6 +67,27 @@ pub const INGEST_RATE: Rate = Rate {
     burst: 600.0,
 };
 
+/// Health values (issue 14) a batch carries without paying for them: a
+/// Pi sends about ten a tick (eight metrics, a few file systems), so a
+/// real agent's batch costs one tick, as before they existed, and its
+/// catch-up after an outage is as fast.
+pub const HEALTH_VALUES_FREE_PER_BATCH: usize = 16;
+/// Health values past the free ones that cost one tick of the budget: each
+/// is a row of the store's `health` table, smaller than a tick's.
+pub const HEALTH_VALUES_PER_TICK: f64 = 8.0;
+
+/// What a batch of `ticks` ticks and `health_values` health values costs
+/// against its host's budget: at least one tick, since every stored batch
+/// is written (a journal row, its host's counters) whatever it holds, so
+/// no batch is free (health-only and empty ones included), plus one per
+/// [`HEALTH_VALUES_PER_TICK`] health values past the free ones. A host is
+/// so held to 16 health values per tick of its budget (800 a second at
+/// [`INGEST_RATE`]), however it packs them.
+pub fn batch_cost(ticks: usize, health_values: usize) -> f64 {
+    let paid = health_values.saturating_sub(HEALTH_VALUES_FREE_PER_BATCH);
+    ticks.max(1) as f64 + paid as f64 / HEALTH_VALUES_PER_TICK
+}
+
 /// Test knob: `RATE,BURST` replacing [`INGEST_RATE`] (e.g. `3,5`), so a
 /// test can make a real agent hit the limit in seconds.
 pub const TEST_INGEST_RATE_ENV: &str = "MONITOR_TEST_INGEST_RATE";
@@ -197,14 +218,14 @@ impl Registry {
         self.ingest_rate
     }
 
-    /// Takes a batch of `hostname` holding `ticks` ticks (the rows it
-    /// would write, see [`INGEST_RATE`]) against its budget at `now`: all
-    /// its streams draw on the one bucket.
-    pub fn admit_batch(&self, hostname: &str, ticks: usize, now: Instant) -> Admission {
+    /// Takes a batch of `hostname` costing `cost` ticks (the rows it
+    /// would write, see [`batch_cost`] and [`INGEST_RATE`]) against its
+    /// budget at `now`: all its streams draw on the one bucket.
+    pub fn admit_batch(&self, hostname: &str, cost: f64, now: Instant) -> Admission {
         let rate = self.ingest_rate;
         let mut hosts = self.lock();
         let e = hosts.entry(hostname.to_owned()).or_default();
-        if e.ingest.take_n(rate, ticks as f64, now) {
+        if e.ingest.take_n(rate, cost, now) {
             return Admission::Take;
         }
         Live::refuse(e, now)
@@ -476,6 +497,38 @@ mod tests {
     }
 
     #[test]
+    fn health_values_cost_budget_and_no_batch_is_free() {
+        assert_eq!(batch_cost(1, 0), 1.0);
+        assert_eq!(batch_cost(0, 0), 1.0, "an empty batch is written too");
+        assert_eq!(batch_cost(0, 1), 1.0, "a health-only batch is not free");
+        assert_eq!(batch_cost(1, 10), 1.0, "a Pi's batch costs what it did");
+        assert_eq!(batch_cost(3, 16), 3.0);
+        assert_eq!(batch_cost(0, 24), 2.0);
+        assert_eq!(batch_cost(0, 64), 7.0);
+        // At most 16 health values per tick of budget, however packed.
+        for h in 0..=64 {
+            assert!(h as f64 / batch_cost(0, h) <= 16.0, "{h}");
+        }
+        // A host sending only health values, as many as a batch holds, is
+        // held to the budget's worth of them.
+        let r = Registry::with_ingest_rate(Rate {
+            per_second: 50.0,
+            burst: 600.0,
+        });
+        let t0 = Instant::now();
+        let full = batch_cost(0, 64);
+        let taken = (0..1000)
+            .filter(|_| r.admit_batch("hostile", full, t0) == Admission::Take)
+            .count();
+        assert_eq!(taken, 85, "600 / 7");
+        let later = t0 + std::time::Duration::from_secs(1);
+        let taken = (0..1000)
+            .filter(|_| r.admit_batch("hostile", full, later) == Admission::Take)
+            .count();
+        assert_eq!(taken, 7, "(5 left + 50) / 7");
+    }
+
+    #[test]
     fn every_stream_of_a_host_draws_on_one_budget_and_others_keep_theirs() {
         // Finding 3 of the hostile-input review: one client sent 2,945
         // batches a second. The budget is the host's, not the stream's:
@@ -487,12 +540,12 @@ mod tests {
         });
         let t0 = Instant::now();
         let taken = (0..100)
-            .filter(|_| r.admit_batch("flood", 1, t0) == Admission::Take)
+            .filter(|_| r.admit_batch("flood", 1.0, t0) == Admission::Take)
             .count();
         assert_eq!(taken, 20);
-        assert_eq!(r.admit_batch("quiet", 1, t0), Admission::Take);
+        assert_eq!(r.admit_batch("quiet", 1.0, t0), Admission::Take);
         // The first refusal logs; the rest of the minute is counted only.
-        let refused = r.admit_batch("flood", 1, t0);
+        let refused = r.admit_batch("flood", 1.0, t0);
         assert_eq!(
             refused,
             Admission::Refuse {
@@ -502,7 +555,7 @@ mod tests {
         );
         let later = t0 + std::time::Duration::from_millis(500);
         let taken = (0..100)
-            .filter(|_| r.admit_batch("flood", 1, later) == Admission::Take)
+            .filter(|_| r.admit_batch("flood", 1.0, later) == Admission::Take)
             .count();
         assert_eq!(taken, 5);
         // Refusing without the budget counts too, and takes nothing.
@@ -513,7 +566,7 @@ mod tests {
                 log: Some(1)
             }
         ));
-        assert_eq!(r.admit_batch("quiet", 1, later), Admission::Take);
+        assert_eq!(r.admit_batch("quiet", 1.0, later), Admission::Take);
         let flood = r.page(Some("a"), 1);
         assert_eq!(flood[0].hostname, "flood");
         assert_eq!(flood[0].batches_rate_limited_total, 81 + 95);
@@ -526,14 +579,14 @@ mod tests {
             burst: 20.0,
         });
         let t0 = Instant::now();
-        assert_eq!(r.admit_batch("packed", 16, t0), Admission::Take);
+        assert_eq!(r.admit_batch("packed", 16.0, t0), Admission::Take);
         assert!(matches!(
-            r.admit_batch("packed", 16, t0),
+            r.admit_batch("packed", 16.0, t0),
             Admission::Refuse { .. }
         ));
         // What the refusal left: four single ticks.
         let taken = (0..10)
-            .filter(|_| r.admit_batch("packed", 1, t0) == Admission::Take)
+            .filter(|_| r.admit_batch("packed", 1.0, t0) == Admission::Take)
             .count();
         assert_eq!(taken, 4);
     }
@@ -545,9 +598,9 @@ mod tests {
             burst: 1.0,
         });
         let t0 = Instant::now();
-        assert_eq!(r.admit_batch("h", 1, t0), Admission::Take);
+        assert_eq!(r.admit_batch("h", 1.0, t0), Admission::Take);
         assert_eq!(
-            r.admit_batch("h", 1, t0),
+            r.admit_batch("h", 1.0, t0),
             Admission::Refuse {
                 refused_total: 1,
                 log: Some(1)

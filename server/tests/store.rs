@@ -395,11 +395,18 @@ fn health_batch(hostname: &str, boot_id: u64, seq: u64, base: i64) -> IncomingBa
     b
 }
 
-#[tokio::test]
-async fn health_values_are_stored_with_their_batch_and_queried_by_metric() {
+on_every_backend!(check_health:
+    health_values_are_stored_queried_and_latest_sqlite => Sqlite,
+    health_values_are_stored_queried_and_latest_merging => SqliteMerging,
+    health_values_are_stored_queried_and_latest_postgres => Postgres,
+);
+
+/// Health values are stored exactly once with their batch, queried by
+/// metric, and each host shows its newest per (metric, device), after a
+/// restart too.
+async fn check_health(db: TestDb) {
     use monitor::health::HealthMetric;
     use monitor_server::store::HealthQuery;
-    let dir = temp_dir("health");
     let base = base_ms();
     let query = |metric, limit| HealthQuery {
         hostname: "pi-h".into(),
@@ -419,7 +426,7 @@ async fn health_values_are_stored_with_their_batch_and_queried_by_metric() {
         (store, rows)
     };
     {
-        let store = Store::open(config(&dir)).await.unwrap();
+        let store = db.open().await;
         for seq in 1..=2 {
             let outcome = store
                 .submit(health_batch("pi-h", 3, seq, base))
@@ -436,7 +443,7 @@ async fn health_values_are_stored_with_their_batch_and_queried_by_metric() {
         store.close().await.unwrap();
     }
     // After a restart, from the file.
-    let store = Store::open(config(&dir)).await.unwrap();
+    let store = db.open().await;
     let (store, fs) = rows(store, query(HealthMetric::FsUsedPercent, None)).await;
     assert_eq!(
         fs,
@@ -453,6 +460,42 @@ async fn health_values_are_stored_with_their_batch_and_queried_by_metric() {
     assert!(none.is_empty());
     // The six are unaffected by the health values beside them.
     check(&store, all("pi-h"), &rows_of(1..=2, base, &Metric::ALL)).await;
+    // The newest value per (metric, device), in table then device order.
+    let latest = |h: &monitor_server::store::HostRecord| -> Vec<(&'static str, String, i64, f64)> {
+        h.health
+            .iter()
+            .map(|l| {
+                (
+                    l.metric.name(),
+                    l.device.clone(),
+                    l.time_unix_ms - base,
+                    l.value,
+                )
+            })
+            .collect()
+    };
+    let want = vec![
+        ("load1", String::new(), 2000, 0.2),
+        ("fs_used_percent", "/".to_string(), 2000, 52.0),
+        (
+            "fs_used_percent",
+            "/media/pi/USB SSD".to_string(),
+            2000,
+            90.0,
+        ),
+    ];
+    let host = store.host("pi-h").await.unwrap().unwrap();
+    assert_eq!(latest(&host), want);
+    assert_eq!(host.health_series_over_cap_total, 0);
+    // An older batch (a late re-send of another run) changes no latest value.
+    assert_eq!(
+        store
+            .submit(health_batch("pi-h", 4, 1, base - 5000))
+            .await
+            .unwrap(),
+        SubmitOutcome::Stored
+    );
+    assert_eq!(latest(&store.hosts().await.unwrap()[0]), want);
     let unknown = store
         .query_health(HealthQuery {
             hostname: "nobody".into(),
@@ -460,6 +503,105 @@ async fn health_values_are_stored_with_their_batch_and_queried_by_metric() {
         })
         .await;
     assert!(matches!(unknown, Err(StoreError::UnknownHost(h)) if h == "nobody"));
+    store.close().await.unwrap();
+}
+
+on_every_backend!(check_health_cap:
+    latest_health_is_capped_per_host_sqlite => Sqlite,
+    latest_health_is_capped_per_host_postgres => Postgres,
+);
+
+/// A host naming more devices than the cap keeps the cap's worth of latest
+/// values, counts the rest, and every value is still stored.
+async fn check_health_cap(db: TestDb) {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::{HealthQuery, MAX_HEALTH_SERIES_PER_HOST, StoredHealth};
+    let store = db.open().await;
+    let base = base_ms();
+    let cap = MAX_HEALTH_SERIES_PER_HOST as u64;
+    // Two batches of `cap` distinct mount points each, the second newer.
+    for seq in 1..=2u64 {
+        let mut b = batch("pi-many", 1, seq, base);
+        let time_unix_ms = b.samples[0].time_unix_ms;
+        b.health = (0..cap)
+            .map(|i| StoredHealth {
+                time_unix_ms,
+                metric: HealthMetric::FsUsedPercent,
+                device: format!("/mnt/{seq}-{i}"),
+                value: i as f64,
+            })
+            .collect();
+        assert_eq!(store.submit(b).await.unwrap(), SubmitOutcome::Stored);
+    }
+    let host = store.host("pi-many").await.unwrap().unwrap();
+    assert_eq!(host.health.len(), MAX_HEALTH_SERIES_PER_HOST);
+    // The newer batch's devices replaced the older ones, each counted.
+    assert!(host.health.iter().all(|l| l.device.starts_with("/mnt/2-")));
+    assert_eq!(host.health_series_over_cap_total, cap);
+    let stored = store
+        .query_health(HealthQuery {
+            hostname: "pi-many".into(),
+            metric: HealthMetric::FsUsedPercent,
+            since_unix_ms: i64::MIN,
+            until_unix_ms: None,
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored.len() as u64, 2 * cap);
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_2_postgres_database_gains_the_health_tables_and_keeps_its_samples() {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::HealthQuery;
+    let Some(db) = TestDb::new(Kind::Postgres, "pg_schema_2") else {
+        return;
+    };
+    let base = base_ms();
+    {
+        let store = db.open().await;
+        submit_all(&store, "pi-v1", 1, 1..=2, base).await;
+        store.close().await.unwrap();
+    }
+    // What a server of schema 2 (the journal, no health values) leaves
+    // behind.
+    let (client, connection) =
+        tokio_postgres::connect(db.url.as_deref().unwrap(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "DROP TABLE health; DROP TABLE host_health_latest;
+             ALTER TABLE hosts DROP COLUMN health_series_over_cap_total;
+             UPDATE monitor_schema SET version = 2;",
+        )
+        .await
+        .unwrap();
+    let store = db.open().await;
+    let version: i32 = client
+        .query_one("SELECT version FROM monitor_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 3);
+    check(&store, all("pi-v1"), &rows_of(1..=2, base, &Metric::ALL)).await;
+    let outcome = store.submit(health_batch("pi-v1", 1, 3, base)).await;
+    assert_eq!(outcome.unwrap(), SubmitOutcome::Stored);
+    let load = store
+        .query_health(HealthQuery {
+            hostname: "pi-v1".into(),
+            metric: HealthMetric::Load1,
+            since_unix_ms: i64::MIN,
+            until_unix_ms: None,
+            limit: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(load.len(), 1);
+    assert_eq!(store.host("pi-v1").await.unwrap().unwrap().health.len(), 3);
     store.close().await.unwrap();
 }
 
@@ -748,6 +890,41 @@ async fn check_retention(db: TestDb) {
     submit_all(&store, "pi", 1, 1..=5, old).await;
     submit_all(&store, "pi", 1, 6..=8, recent - 6000).await;
     submit_all(&store, "other", 1, 1..=2, old).await;
+    // Old health values go too (rows and latest), recent ones stay.
+    for (seq, base) in [(9, old), (10, recent - 6000)] {
+        let mut b = health_batch("pi", 1, seq, base);
+        b.samples.clear();
+        let outcome = store.submit(b).await;
+        assert_eq!(outcome.unwrap(), SubmitOutcome::Stored);
+    }
+    let load1 = || monitor_server::store::HealthQuery {
+        hostname: "pi".into(),
+        metric: monitor::health::HealthMetric::Load1,
+        since_unix_ms: i64::MIN,
+        until_unix_ms: None,
+        limit: None,
+    };
+    eventually(
+        "old health values pruned",
+        Duration::from_secs(10),
+        || async { store.query_health(load1()).await.unwrap().len() == 1 },
+    )
+    .await;
+    let kept = store.query_health(load1()).await.unwrap();
+    assert_eq!(kept[0].time_unix_ms, recent - 6000 + 10_000);
+    eventually(
+        "old latest health dropped",
+        Duration::from_secs(10),
+        || async {
+            let hosts = store.hosts().await.unwrap();
+            hosts[1]
+                .health
+                .iter()
+                .all(|l| l.time_unix_ms == recent - 6000 + 10_000)
+                && hosts[1].health.len() == 3
+        },
+    )
+    .await;
     eventually("old samples pruned", Duration::from_secs(10), || async {
         stored_count(&store, "pi").await == 3 * 6 && stored_count(&store, "other").await == 0
     })
@@ -2092,7 +2269,7 @@ async fn a_schema_1_database_gains_the_journal_and_keeps_its_samples_postgres() 
     let store = db.open().await;
     assert_eq!(
         pg.psql(url, "SELECT version FROM monitor_schema").trim(),
-        "2"
+        "3"
     );
     check(&store, all("pi"), &rows_of(1..=3, base, &Metric::ALL)).await;
     let lag = Duration::from_secs(3600);

@@ -914,6 +914,41 @@ impl AgentCmd {
     }
 }
 
+/// A fake Raspberry Pi for the health metrics (issue 14): load 0.42, one
+/// thermal zone at 61.3 °C, `rpi_volt` without alarm, the firmware word
+/// 0x50005 (under-voltage and throttling now and since start), and two real
+/// file systems (`/`, `/boot/firmware`) beside a tmpfs.
+pub fn fake_pi() -> monitor_agent::testing::FakeHost {
+    let mut host = monitor_agent::testing::FakeHost::new();
+    host.set_loadavg("0.42 0.30 0.20 1/123 4567\n");
+    host.add_thermal_zone("cpu-thermal", 61_300);
+    host.add_hwmon("rpi_volt", false);
+    host.add_firmware(0x50005);
+    host.add_mount("/dev/mmcblk0p2", "/", "ext4")
+        .add_mount("/dev/mmcblk0p1", "/boot/firmware", "vfat")
+        .add_mount("tmpfs", "/run", "tmpfs");
+    host
+}
+
+/// `server.agent(name)` reading `pi` (its /proc, /sys and file systems
+/// under `--rootfs`), every 0.5 s.
+pub fn fake_pi_agent(
+    server: &Server,
+    pi: &monitor_agent::testing::FakeHost,
+    name: &str,
+) -> AgentCmd {
+    server
+        .agent(name)
+        .arg("--proc-root")
+        .arg(pi.proc_root())
+        .arg("--sys-root")
+        .arg(pi.sys_root())
+        .arg("--rootfs")
+        .arg(pi.rootfs())
+        .arg("--interval")
+        .arg("0.5")
+}
+
 /// `cmd` run through `sh -c 'umask MASK && exec ...'`: the same program,
 /// arguments and working directory under the file-creation mask `mask`
 /// (e.g. "000"), without touching this process's own umask (which every

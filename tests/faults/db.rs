@@ -242,6 +242,11 @@ pub fn read_hosts(c: &rusqlite::Connection) -> BTreeMap<i64, FileHost> {
             assert!(blob.len() >= 9, "journal row {journal_id}: torn ticks blob");
             let time = i64::from_le_bytes(blob[..8].try_into().unwrap());
             let present = blob[8];
+            // 0x80 opens the batch's health values (server/src/store/
+            // journal_record.rs), which are not among the six counted here.
+            if present == 0x80 {
+                break;
+            }
             let values = u64::from(present.count_ones());
             assert!(
                 blob.len() >= 9 + 8 * values as usize,

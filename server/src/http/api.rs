@@ -5,7 +5,8 @@
 //! - `/api/metrics`: which series exist and their units (the pages hard-code
 //!   no metric);
 //! - `/api/hosts`, `/api/hosts/NAME`: the operator API's `ListHosts` join
-//!   (`admin::host_infos`: store facts, registry liveness) as JSON;
+//!   (`admin::host_infos`: store facts, registry liveness) as JSON, with
+//!   each host's latest health values and the throttling it reports now;
 //! - `/api/hosts/NAME/series?range=1h` (or `since`/`until` in ms, and
 //!   `points`): downsampled min/max/mean (`plot.rs`);
 //! - `/api/sparklines`: every host's last 15 minutes per series, as shapes
@@ -21,6 +22,7 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use monitor::health::{HealthMetric, THROTTLE_FLAGS};
 use monitor::metric::Metric;
 use monitor::pb;
 use serde::Serialize;
@@ -187,6 +189,13 @@ pub struct HostJson {
     pub dropped_batches_total: u64,
     pub batches_stored_total: u64,
     pub latest: Vec<LatestJson>,
+    /// The latest health values (issue 14), a file system's mount point as
+    /// the `mountpoint` label (escaped and capped like every agent string).
+    pub health: Vec<LatestJson>,
+    /// The names (`monitor::health::THROTTLE_FLAGS`) of the throttling
+    /// conditions the Pi's firmware reports now; empty when none or not a
+    /// Pi.
+    pub throttled_now: Vec<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -199,6 +208,36 @@ pub struct LatestJson {
 
 fn host_json(h: pb::HostInfo) -> HostJson {
     let capped = |s: String| monitor::text::Escaped::capped(&s).to_string();
+    let throttled_now = h
+        .health
+        .iter()
+        .find(|v| v.metric == HealthMetric::ThrottledFlags.name())
+        .map(|v| {
+            THROTTLE_FLAGS
+                .iter()
+                .filter(|f| f.is_set(v.value, false))
+                .map(|f| f.name)
+                .collect()
+        })
+        .unwrap_or_default();
+    let health = h
+        .health
+        .into_iter()
+        .map(|v| {
+            let label = HealthMetric::ALL
+                .into_iter()
+                .find(|m| m.name() == v.metric)
+                .and_then(|m| m.spec().label);
+            LatestJson {
+                metric: v.metric,
+                labels: label
+                    .map(|l| BTreeMap::from([(l.to_owned(), capped(v.device))]))
+                    .unwrap_or_default(),
+                value: v.value,
+                time_unix_ms: v.time_unix_ms,
+            }
+        })
+        .collect();
     HostJson {
         hostname: h.hostname,
         online: h.online,
@@ -220,6 +259,8 @@ fn host_json(h: pb::HostInfo) -> HostJson {
                 time_unix_ms: v.time_unix_ms,
             })
             .collect(),
+        health,
+        throttled_now,
     }
 }
 
@@ -554,5 +595,34 @@ mod tests {
         assert_eq!(p.get("bad"), Some("%zz"));
         assert_eq!(p.get("end"), Some("%4"));
         assert_eq!(p.get("none"), None);
+    }
+
+    #[test]
+    fn hosts_carry_their_health_with_labels_and_throttling_now() {
+        let value = |metric: &str, device: &str, value| pb::MetricValue {
+            metric: metric.into(),
+            value,
+            time_unix_ms: 5,
+            device: device.into(),
+        };
+        let h = host_json(pb::HostInfo {
+            hostname: "pi".into(),
+            health: vec![
+                value("temp_celsius", "", 82.0),
+                value("throttled_flags", "", f64::from(0x50005)),
+                value("fs_used_percent", "/media/\u{1b}[2J", 95.0),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(h.throttled_now, ["under_voltage", "throttled"]);
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["health"][0]["metric"], "temp_celsius");
+        assert_eq!(json["health"][0]["labels"], serde_json::json!({}));
+        assert_eq!(
+            json["health"][2]["labels"],
+            serde_json::json!({"mountpoint": "/media/\\x1b[2J"})
+        );
+        let none = host_json(pb::HostInfo::default());
+        assert!(none.health.is_empty() && none.throttled_now.is_empty());
     }
 }

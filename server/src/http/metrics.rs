@@ -5,6 +5,9 @@
 //!   `exported.rs`), stamped with the sample's own time: Prometheus stores
 //!   exactly what the agent measured, when it measured it, whatever the
 //!   scrape interval. An offline host's stale values are not exported.
+//!   The same for each latest health value (temperature, throttling, file
+//!   systems, load...), as `exported::HEALTH_FAMILIES` names and shapes
+//!   them.
 //! - Per host known to the store or the registry: `monitor_host_up` (1/0),
 //!   `monitor_host_last_seen_timestamp_seconds`, and the agent's dropped
 //!   batches (`monitor_host_dropped_batches_total`, a counter that restarts
@@ -91,6 +94,21 @@ fn hosts(w: &mut Writer, snap: &Snapshot) {
                     exported::value(metric, v.value),
                     v.time_unix_ms,
                 );
+            }
+        }
+    }
+    // The health metrics, as `exported.rs` shapes them.
+    for family in exported::HEALTH_FAMILIES {
+        w.family(family.name, Kind::Gauge, family.help);
+        for h in snap.hosts.iter().filter(|h| online(&h.hostname)) {
+            for v in h.health.iter().filter(|v| v.metric == family.metric) {
+                for (label, value) in family.samples(&v.device, v.value) {
+                    let host = (HOSTNAME_LABEL, h.hostname.as_str());
+                    match label {
+                        Some(l) => w.sample_at(family.name, &[host, l], value, v.time_unix_ms),
+                        None => w.sample_at(family.name, &[host], value, v.time_unix_ms),
+                    }
+                }
             }
         }
     }

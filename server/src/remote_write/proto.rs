@@ -50,42 +50,58 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
+/// A series' extra label beside `hostname` (a health metric's device or
+/// flag), if any.
+type Extra<'a> = crate::exported::HealthLabel<'a>;
+
 /// The request holding every sample of `rows`, in exported names and
-/// units, one series per (metric, host), each in time order.
+/// units, one series per (metric, host, device or flag), each in time
+/// order; health values shaped as `/metrics` shapes them
+/// (`exported::HEALTH_FAMILIES`).
 pub fn write_request(rows: &[ForwardRow]) -> WriteRequest {
-    let mut series: BTreeMap<(&'static str, &str), Vec<Sample>> = BTreeMap::new();
+    let mut series: BTreeMap<(&'static str, &str, Extra<'_>), Vec<Sample>> = BTreeMap::new();
     for row in rows {
         for s in &row.samples {
             let name = exported::exported(s.metric).name;
             series
-                .entry((name, row.hostname.as_str()))
+                .entry((name, row.hostname.as_str(), None))
                 .or_default()
                 .push(Sample {
                     value: exported::value(s.metric, s.value),
                     timestamp: s.time_unix_ms,
                 });
         }
+        for h in &row.health {
+            for family in exported::health_families(h.metric) {
+                for (extra, value) in family.samples(&h.device, h.value) {
+                    series
+                        .entry((family.name, row.hostname.as_str(), extra))
+                        .or_default()
+                        .push(Sample {
+                            value,
+                            timestamp: h.time_unix_ms,
+                        });
+                }
+            }
+        }
     }
     WriteRequest {
         timeseries: series
             .into_iter()
-            .map(|((name, host), mut samples)| {
+            .map(|((name, host, extra), mut samples)| {
                 // Stable: the commit order stays among equal times (which
                 // the store's one-value rule makes equal samples anyway).
                 samples.sort_by_key(|s| s.timestamp);
-                TimeSeries {
-                    labels: vec![
-                        Label {
-                            name: "__name__".into(),
-                            value: name.into(),
-                        },
-                        Label {
-                            name: HOSTNAME_LABEL.into(),
-                            value: host.into(),
-                        },
-                    ],
-                    samples,
-                }
+                let label = |name: &str, value: &str| Label {
+                    name: name.into(),
+                    value: value.into(),
+                };
+                let mut labels = vec![label(HOSTNAME_LABEL, host)];
+                labels.extend(extra.map(|(n, v)| label(n, v)));
+                // Sorted by name, `__name__` first (it sorts first anyway).
+                labels.sort_by(|a, b| a.name.cmp(&b.name));
+                labels.insert(0, label("__name__", name));
+                TimeSeries { labels, samples }
             })
             .collect(),
     }
@@ -108,6 +124,7 @@ mod tests {
             journal_id: id,
             hostname: host.into(),
             received_unix_ms: 0,
+            health: Vec::new(),
             samples: samples
                 .iter()
                 .map(|&(time_unix_ms, metric, value)| StoredSample {
@@ -152,5 +169,56 @@ mod tests {
             .find(|t| t.labels[0].value == "monitor_host_disk_read_bytes_per_second")
             .unwrap();
         assert_eq!(disk.samples[0].value, 2048.0);
+    }
+
+    #[test]
+    fn health_values_become_labelled_series_with_sorted_labels() {
+        use crate::store::StoredHealth;
+        use monitor::health::HealthMetric;
+        let mut r = row(1, "pi", &[]);
+        let at = |time_unix_ms, metric, device: &str, value| StoredHealth {
+            time_unix_ms,
+            metric,
+            device: device.into(),
+            value,
+        };
+        r.health = vec![
+            at(2000, HealthMetric::FsUsedPercent, "/boot", 50.0),
+            at(1000, HealthMetric::FsUsedPercent, "/boot", 40.0),
+            at(1000, HealthMetric::ThrottledFlags, "", f64::from(0x4_0004)),
+        ];
+        let req = write_request(&[r]);
+        let find = |labels: &[(&str, &str)]| {
+            req.timeseries
+                .iter()
+                .find(|t| {
+                    t.labels
+                        .iter()
+                        .map(|l| (l.name.as_str(), l.value.as_str()))
+                        .eq(labels.iter().copied())
+                })
+                .unwrap_or_else(|| panic!("no series {labels:?} in {req:?}"))
+        };
+        let fs = find(&[
+            ("__name__", "monitor_host_filesystem_used_ratio"),
+            ("hostname", "pi"),
+            ("mountpoint", "/boot"),
+        ]);
+        let got: Vec<(i64, f64)> = fs.samples.iter().map(|s| (s.timestamp, s.value)).collect();
+        assert_eq!(got, [(1000, 0.4), (2000, 0.5)]);
+        let throttled = find(&[
+            ("__name__", "monitor_host_throttled"),
+            ("flag", "throttled"),
+            ("hostname", "pi"),
+        ]);
+        assert_eq!(throttled.samples[0].value, 1.0);
+        let capped = find(&[
+            ("__name__", "monitor_host_throttled"),
+            ("flag", "arm_frequency_capped"),
+            ("hostname", "pi"),
+        ]);
+        assert_eq!(capped.samples[0].value, 0.0);
+        // 1 file system series, 4 flags now, 4 since the agent started.
+        assert_eq!(req.timeseries.len(), 9);
     }
 }

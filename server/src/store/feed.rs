@@ -1,6 +1,7 @@
 //! The change feed as a forwarder (remote-write) reads it: one stored
 //! batch's journal record, the blob both backends' journals hold (written
-//! by `ticks::encode_rows` in the flush that stored the batch), turned
+//! by `journal_record::encode` in the flush that stored the batch: its
+//! ticks and its health values), turned
 //! into a [`ForwardRow`]. One home for both backends (SQLite's
 //! `sqlite/forward.rs`, PostgreSQL's `postgres/journal.rs`), so the same
 //! batch forwards the same samples whichever backend stored it.
@@ -9,7 +10,7 @@
 
 use crate::store::encoding::metric_from_id;
 use crate::store::records::{ForwardBatch, ForwardRow, StoredSample};
-use crate::store::ticks::{self, METRICS};
+use crate::store::ticks::METRICS;
 
 /// The row of journal record `record` (`None`: the blob is not a journal
 /// record this server can read).
@@ -19,14 +20,15 @@ pub(crate) fn forward_row(
     received_unix_ms: i64,
     record: &[u8],
 ) -> Option<ForwardRow> {
-    let ticks = ticks::decode_rows(record)?;
+    let record = crate::store::journal_record::decode(record)?;
     let mut row = ForwardRow {
         journal_id,
         hostname,
         received_unix_ms,
-        samples: Vec::with_capacity(ticks.len() * METRICS),
+        samples: Vec::with_capacity(record.ticks.len() * METRICS),
+        health: record.health,
     };
-    for t in &ticks {
+    for t in &record.ticks {
         for (id, v) in t.values.iter().enumerate() {
             let (Some(value), Some(metric)) = (*v, metric_from_id(id as i64)) else {
                 continue;
@@ -78,10 +80,11 @@ impl Gather {
 
     /// Adds `row` if it fits; `false` (nothing added): stop reading.
     pub(crate) fn push(&mut self, row: ForwardRow) -> bool {
-        if !self.out.rows.is_empty() && self.samples + row.samples.len() > self.max_samples {
+        let n = row.samples.len() + row.health.len();
+        if !self.out.rows.is_empty() && self.samples + n > self.max_samples {
             return false;
         }
-        self.samples += row.samples.len();
+        self.samples += n;
         self.out.through = row.journal_id;
         self.out.rows.push(row);
         true

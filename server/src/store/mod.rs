@@ -79,6 +79,8 @@ mod dedup;
 mod encoding;
 mod error;
 mod feed;
+mod journal_record;
+mod latest_health;
 mod postgres;
 mod records;
 mod requests;
@@ -89,13 +91,14 @@ mod ticks;
 
 pub use claim::ForwardClaim;
 pub use error::StoreError;
+pub use latest_health::MAX_HEALTH_SERIES_PER_HOST;
 pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
     AuthorityRecord, Bucket, CertificateRecord, CommandRecord, CommandResultRecord, Conflict,
     CursorRecord, FlushObserver, FlushStats, ForwardBatch, ForwardRow, HealthQuery, HealthRow,
-    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, LatestValue, RelayKind, RelayRecord,
-    SampleQuery, Series, SeriesQuery, SessionRecord, SigningKeyRecord, StoredHealth, StoredSample,
-    StoredSampleRow, SubmitOutcome, TokenRefusal,
+    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, LatestHealth, LatestValue, RelayKind,
+    RelayRecord, SampleQuery, Series, SeriesQuery, SessionRecord, SigningKeyRecord, StoredHealth,
+    StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
 };
 pub use series::Downsampler;
 pub use sqlite::{SqliteConfig, SqliteError};
@@ -363,10 +366,7 @@ impl Store {
     pub async fn query_health(&self, q: HealthQuery) -> Result<Vec<HealthRow>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.query_health(q).await,
-            Backend::Postgres(_) => Err(StoreError::Unsupported {
-                what: "the health metrics (temperature, throttling, file systems, load)",
-                backend: "PostgreSQL",
-            }),
+            Backend::Postgres(s) => s.query_health(q).await,
         }
     }
 
@@ -387,7 +387,10 @@ impl Store {
     /// Every host ever stored, by hostname, with its latest value per metric
     /// (among what is stored: values older than the retention are gone; and
     /// after a restart, a metric missing from a host's newest ten ticks
-    /// shows none). Reflects every batch acknowledged so far.
+    /// shows none) and per health metric and device (bounded, see
+    /// `latest_health.rs`; on SQLite after a restart, a pair missing from
+    /// the host's newest 256 health rows shows none). Reflects every batch
+    /// acknowledged so far.
     pub async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.hosts().await,

@@ -60,6 +60,19 @@ pub struct HealthRow {
     pub value: f64,
 }
 
+impl HealthQuery {
+    /// A row this query found: (time, device, value).
+    pub(crate) fn row(&self, (time_unix_ms, device, value): (i64, String, f64)) -> HealthRow {
+        HealthRow {
+            time_unix_ms,
+            hostname: self.hostname.clone(),
+            metric: self.metric,
+            device,
+            value,
+        }
+    }
+}
+
 /// Which health values of a host a query wants.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HealthQuery {
@@ -243,6 +256,24 @@ pub struct HostRecord {
     /// Newest value of each metric that has samples, in [`Metric::ALL`]
     /// order.
     pub latest: Vec<LatestValue>,
+    /// Newest value of each health metric (and device) the host sent, in
+    /// [`HealthMetric::ALL`] order then by device; at most
+    /// `MAX_HEALTH_SERIES_PER_HOST` of them (see `latest_health.rs`).
+    pub health: Vec<LatestHealth>,
+    /// New (metric, device) pairs that met the host's full table of latest
+    /// health values (see `latest_health.rs`).
+    pub health_series_over_cap_total: u64,
+}
+
+/// The newest stored value of one health metric (and device) of a host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatestHealth {
+    pub metric: HealthMetric,
+    /// The mount point of a labelled metric; empty for one-per-host ones.
+    pub device: String,
+    /// Sample time, ms since the Unix epoch.
+    pub time_unix_ms: i64,
+    pub value: f64,
 }
 
 /// An operator command, recorded when it is sent.
@@ -542,6 +573,8 @@ pub struct ForwardRow {
     pub received_unix_ms: i64,
     /// In the order the batch held them (by sample time, then metric).
     pub samples: Vec<StoredSample>,
+    /// The batch's health values, in the order it held them.
+    pub health: Vec<StoredHealth>,
 }
 
 /// Where a forwarding destination is in the commit order.

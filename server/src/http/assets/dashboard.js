@@ -123,6 +123,36 @@
     return svg;
   }
 
+  // The health columns of the fleet page (issue 14): temperature (hot over
+  // 80 °C or while the Pi's firmware throttles) and the fullest file
+  // system (hot over 90 %). Each gives { value (for sorting), text, hot }.
+  const HOT_CELSIUS = 80;
+  const HEALTH_COLUMNS = [
+    {
+      key: "temp_celsius", title: "Temp (°C)",
+      health: (h) => {
+        const t = (h.health || []).find((v) => v.metric === "temp_celsius");
+        const throttled = h.throttled_now || [];
+        const text = (t ? t.value.toFixed(1) : "–") +
+          (throttled.length ? " ⚠ " + throttled.join(", ") : "");
+        return { value: t ? t.value : null, text, hot: (t && t.value > HOT_CELSIUS) || throttled.length > 0 };
+      },
+    },
+    {
+      key: "fullest_fs", title: "Fullest FS (%)",
+      health: (h) => {
+        const fs = (h.health || []).filter((v) => v.metric === "fs_used_percent");
+        if (!fs.length) return { value: null, text: "–", hot: false };
+        const top = fs.reduce((a, b) => (b.value > a.value ? b : a));
+        return {
+          value: top.value,
+          text: top.value.toFixed(0) + " % " + (top.labels.mountpoint || ""),
+          hot: top.value > HOT_PERCENT,
+        };
+      },
+    },
+  ];
+
   function fleetPage(main, firstHosts) {
     const sort = { key: "hostname", dir: 1 };
     const filter = el("input", {
@@ -142,6 +172,7 @@
       ...state.metrics.map((m) => ({
         key: seriesKey(m), title: m.metric + " (" + unitShort(m.unit) + ")", metric: m,
       })),
+      ...HEALTH_COLUMNS,
       { key: "clock_offset_ms", title: "Clock offset (ms)" },
       { key: "dropped_batches_total", title: "Dropped batches" },
     ];
@@ -189,6 +220,7 @@
       if (c.key === "hostname") return h.hostname;
       if (c.key === "state") return h.online ? 1 : 0;
       if (c.metric) return latest(h, c.key) ?? -Infinity;
+      if (c.health) return c.health(h).value ?? -Infinity;
       return h[c.key];
     }
 
@@ -235,6 +267,10 @@
           const v = latest(h, c.key);
           setText(r, i, td.lastChild, fmtValue(v, c.metric.unit));
           td.className = c.metric.percent && v !== null && v > HOT_PERCENT ? "num hot" : "num";
+        } else if (c.health) {
+          const cell = c.health(h);
+          setText(r, i, td, cell.text);
+          td.className = cell.hot ? "num hot" : "num";
         } else {
           setText(r, i, td, String(h[c.key]));
           td.className = c.key === "dropped_batches_total" && h[c.key] > 0 ? "num warn" : "num";

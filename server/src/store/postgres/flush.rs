@@ -70,6 +70,8 @@ struct Writes {
     ticks: BTreeMap<(i64, i64, i64), Staged>,
     /// (host_id, metric id) → (time, run, value) of the newest value.
     latest: HashMap<(i64, usize), (i64, i64, f64)>,
+    /// The stored batches' health values.
+    health: super::health::HealthWrites,
     /// Batches whose seq fell where their run's gaps were forgotten, told
     /// apart by their samples (see `store/dedup.rs`).
     checked_by_value: Vec<CheckedByValue>,
@@ -180,6 +182,7 @@ pub(crate) async fn write(
     write_runs(&tx, &runs).await?;
     write_hosts(&tx, requests, &hosts).await?;
     write_latest(&tx, &writes, horizon_unix_ms).await?;
+    super::health::write(&tx, &writes.health, horizon_unix_ms).await?;
     // Last: it may take the lock that orders the replicas' commits.
     journal::append(&tx, &writes.journal).await?;
     let committing = std::time::Instant::now();
@@ -366,13 +369,14 @@ async fn write_batch(
     writes.journal.push(journal::Entry {
         host_id: host.host_id,
         received_unix_ms: batch.received_unix_ms,
-        record: ticks::encode_rows(&rows),
+        record: crate::store::journal_record::encode(&rows, &batch.health),
     });
     run.seqs.insert(batch.seq);
     run.last_seen_unix_ms = run.last_seen_unix_ms.max(batch.received_unix_ms);
     run.changed = true;
     host.stored += 1;
     host.last = Some(index);
+    writes.health.stage(host.host_id, &batch.health);
     for row in &rows {
         host.newest = host.newest.max(row.time_unix_ms);
         let key = (host.host_id, row.time_unix_ms, run.run_id);

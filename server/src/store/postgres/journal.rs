@@ -71,7 +71,7 @@ const GRACE_MS: i64 = 10 * 60_000;
 pub(crate) struct Entry {
     pub(crate) host_id: i64,
     pub(crate) received_unix_ms: i64,
-    /// The journal record (`ticks::encode_rows`, as SQLite's journal).
+    /// The journal record (`journal_record::encode`, as SQLite's journal).
     pub(crate) record: Vec<u8>,
 }
 

@@ -13,9 +13,10 @@
 //! Files, from the bottom: `text.rs` (text without NUL), `config.rs`,
 //! `error.rs`, `schema.rs` (tables, migration under an advisory lock),
 //! `partitions.rs` (time partitions of `ticks`, retention by dropping
-//! them), `trust.rs`, `journal.rs` (remote-write's change feed in commit
-//! order, one forwarder per destination in the cluster), `flush.rs`,
-//! `read.rs`, `writer.rs`, and this handle.
+//! them), `trust.rs`, `health.rs` (the health metrics), `journal.rs`
+//! (remote-write's change feed in commit order, one forwarder per
+//! destination in the cluster), `flush.rs`, `read.rs`, `writer.rs`, and
+//! this handle.
 //!
 //! On top of the face's contract (see `store/mod.rs`): the de-duplication
 //! state of a run commits in the same transaction as its samples, with
@@ -27,6 +28,7 @@
 mod config;
 pub(super) mod error;
 mod flush;
+mod health;
 pub(super) mod journal;
 mod partitions;
 mod read;
@@ -219,6 +221,14 @@ impl PostgresStore {
     pub(crate) async fn query(&self, q: SampleQuery) -> Result<Vec<StoredSampleRow>, StoreError> {
         let mut c = self.reader().await?;
         read::samples(&mut **c, &self.inner.target, &q).await
+    }
+
+    pub(crate) async fn query_health(
+        &self,
+        q: crate::store::records::HealthQuery,
+    ) -> Result<Vec<crate::store::records::HealthRow>, StoreError> {
+        let mut c = self.reader().await?;
+        read::health(&mut **c, &self.inner.target, &q).await
     }
 
     pub(crate) async fn series(

@@ -130,6 +130,15 @@ pub(crate) async fn drop_expired(
             &[&gone_before],
         )
         .await?;
+        // The health values go to the same boundary (deleted by time: see
+        // schema.rs).
+        for table in ["health", "host_health_latest"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE time_unix_ms < $1"),
+                &[&gone_before],
+            )
+            .await?;
+        }
     }
     tx.commit().await?;
     Ok(dropped)

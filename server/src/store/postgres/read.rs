@@ -28,7 +28,8 @@ fn sql(during: &'static str, target: &str) -> impl Fn(tokio_postgres::Error) -> 
 }
 
 const HOST_COLUMNS: &str = "host_id, hostname, agent_id, agent_version, peer, first_seen_unix_ms,
-    last_seen_unix_ms, clock_offset_ms, dropped_batches_total, batches_stored_total";
+    last_seen_unix_ms, clock_offset_ms, dropped_batches_total, batches_stored_total,
+    health_series_over_cap_total";
 
 fn host_of(r: &Row) -> Result<(i64, HostRecord), tokio_postgres::Error> {
     Ok((
@@ -46,6 +47,8 @@ fn host_of(r: &Row) -> Result<(i64, HostRecord), tokio_postgres::Error> {
             // Counted in the handle's memory (see `writer.rs`).
             batches_checked_by_value_total: 0,
             latest: Vec::new(),
+            health: Vec::new(),
+            health_series_over_cap_total: u64_from_sql(r.try_get(10)?),
         },
     ))
 }
@@ -117,6 +120,9 @@ pub(crate) async fn hosts(
         .collect::<Result<Vec<_>, _>>()
         .map_err(&during)?;
     add_latest(&tx, &mut hosts).await.map_err(&during)?;
+    super::health::add_latest(&tx, &mut hosts)
+        .await
+        .map_err(&during)?;
     tx.commit().await.map_err(&during)?;
     Ok(hosts.into_iter().map(|(_, h)| h).collect())
 }
@@ -141,6 +147,9 @@ pub(crate) async fn host(
     };
     let mut one = [host_of(&row).map_err(&during)?];
     add_latest(&tx, &mut one).await.map_err(&during)?;
+    super::health::add_latest(&tx, &mut one)
+        .await
+        .map_err(&during)?;
     tx.commit().await.map_err(&during)?;
     let [(_, h)] = one;
     Ok(Some(h))
@@ -375,4 +384,20 @@ fn history_row(r: &Row) -> Result<HistoryRow, RowError> {
         operator: r.try_get(13)?,
         command_id,
     })
+}
+
+/// The values of one health metric of a host (see `health.rs`).
+pub(crate) async fn health(
+    c: &mut impl GenericClient,
+    target: &str,
+    q: &crate::store::records::HealthQuery,
+) -> Result<Vec<crate::store::records::HealthRow>, StoreError> {
+    let during = sql("querying health values", target);
+    let tx = c.transaction().await.map_err(&during)?;
+    let host_id = host_id(&tx, &q.hostname, &during).await?;
+    let rows = super::health::query(&tx, host_id, q)
+        .await
+        .map_err(&during)?;
+    tx.commit().await.map_err(&during)?;
+    Ok(rows)
 }

@@ -26,6 +26,12 @@
 //! - `journal` (schema 2) is the change feed remote-write forwards from:
 //!   one row per stored batch, ids in commit order, written only while a
 //!   destination has a cursor in `forward_cursors`; see `journal.rs`.
+//! - `health` (schema 3) holds the health values (issue 14), one row per
+//!   (host, metric, time, device), written in the flush that stores their
+//!   batch; `host_health_latest` each host's newest per (metric, device),
+//!   bounded as `store/latest_health.rs` says. Retention deletes them by
+//!   time when it drops a `ticks` partition, to the same boundary (see
+//!   `partitions.rs`).
 //!
 //! Metric ids and columns come from `store/encoding.rs`. Never change a
 //! table below in place: add a migration step and bump [`SCHEMA_VERSION`].
@@ -36,7 +42,7 @@ use super::error::PostgresError;
 use crate::store::encoding::METRIC_COLUMNS;
 
 /// The version of the tables below.
-pub(crate) const SCHEMA_VERSION: i32 = 2;
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 /// The advisory lock keys of this schema (one namespace: "monitor" in
 /// ASCII, then a number per purpose).
@@ -179,7 +185,7 @@ CREATE TABLE operator_keys (
 ";
 
 /// Version 2: the change feed remote-write forwards from (`journal.rs`).
-/// `record` is the journal record of SQLite's journal (`ticks::encode_rows`).
+/// `record` is the journal record of SQLite's journal (`journal_record.rs`).
 const CREATE_V2: &str = "
 CREATE SEQUENCE journal_ids AS bigint;
 CREATE TABLE journal (
@@ -196,6 +202,36 @@ CREATE TABLE forward_cursors (
     max_lag_ms      bigint NOT NULL,
     updated_unix_ms bigint NOT NULL
 );
+";
+
+/// The steps from one version to the next: (version reached, SQL), in
+/// order. A new database is made at version 1 and goes through them all.
+const UPGRADES: &[(i32, &str)] = &[(2, CREATE_V2), (3, UPGRADE_V3)];
+
+/// Version 3: the health metrics. Deleted by time (not partitioned like
+/// `ticks`): a few rows per batch, and a delete to the boundary of each
+/// dropped `ticks` partition keeps one retention schedule for both. Each
+/// statement may run again (`IF NOT EXISTS`), so a database a test took
+/// back to an older version upgrades all the same.
+const UPGRADE_V3: &str = "
+CREATE TABLE IF NOT EXISTS health (
+    host_id      bigint NOT NULL,
+    metric       text NOT NULL,
+    time_unix_ms bigint NOT NULL,
+    device       text NOT NULL,  -- '' for a one-per-host metric
+    value        double precision NOT NULL,
+    PRIMARY KEY (host_id, metric, time_unix_ms, device)
+);
+CREATE INDEX IF NOT EXISTS health_by_time ON health (time_unix_ms);
+CREATE TABLE IF NOT EXISTS host_health_latest (
+    host_id      bigint NOT NULL,
+    metric       text NOT NULL,
+    device       text NOT NULL,
+    time_unix_ms bigint NOT NULL,
+    value        double precision NOT NULL,
+    PRIMARY KEY (host_id, metric, device)
+);
+ALTER TABLE hosts ADD COLUMN IF NOT EXISTS health_series_over_cap_total bigint NOT NULL DEFAULT 0;
 ";
 
 /// What the schema says once it is up to date.
@@ -237,7 +273,7 @@ pub(crate) async fn migrate(
         .await
         .map_err(sql)?;
         log::info!(
-            "store: made the tables (schema {SCHEMA_VERSION}, partitions of {} s)",
+            "store: made the tables (schema 1, partitions of {} s)",
             partition_width_ms / 1000
         );
     }
@@ -255,13 +291,15 @@ pub(crate) async fn migrate(
             known: SCHEMA_VERSION,
         });
     }
-    if version < 2 {
-        tx.batch_execute(CREATE_V2).await.map_err(sql)?;
-        tx.execute("UPDATE monitor_schema SET version = 2", &[])
-            .await
-            .map_err(sql)?;
-        if exists {
-            log::info!("store: schema {version} upgraded to 2 (the remote-write journal)");
+    for &(to, step) in UPGRADES {
+        if version < to {
+            tx.batch_execute(step).await.map_err(sql)?;
+            tx.execute("UPDATE monitor_schema SET version = $1", &[&to])
+                .await
+                .map_err(sql)?;
+            if exists {
+                log::info!("store: upgraded the tables to schema {to}");
+            }
         }
     }
     if width <= 0 {

@@ -1,19 +1,31 @@
 //! The health metrics of issue 14 in the file: the `health` table's rows
 //! (one per value, keyed by host, time, metric and device), written in the
-//! flush that stores their batch, read by queries, pruned by retention.
+//! flush that stores their batch, read by queries and (each host's newest,
+//! at open) by the host table's latest values, pruned by retention. The
+//! journal row of their batch carries them too (`store/journal_record.rs`),
+//! for remote-write.
 //!
-//! Kept apart from `ticks` and the journal on purpose: the six keep their
-//! packed, journalled layout (what the server's capacity rests on), and the
-//! health values, a few per batch from the agents that send them, are plain
-//! rows. A batch's health rows are written only when the batch itself is
+//! Kept apart from `ticks` on purpose: the six keep their packed,
+//! journalled layout (what the server's capacity rests on), and the health
+//! values, a few per batch from the agents that send them, are plain rows
+//! written at once (the journal's copy is only read by the forwarder, never
+//! merged). A batch's health rows are written only when the batch itself is
 //! stored (never for a duplicate or a refused one); a value already stored
 //! under the same key is kept (`INSERT OR IGNORE`: a re-send after a lost
 //! ack writes nothing twice). Must never be written outside the flush's
 //! transaction.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, params};
 
 use crate::store::records::{HealthQuery, HealthRow, StoredHealth};
+use crate::store::sqlite::hosts::HostEntry;
+
+/// How many of a host's newest health rows are read at open for its latest
+/// values: a (metric, device) pair not among them shows no latest value
+/// until the host sends it again (four full batches' worth).
+const LATEST_SCAN_ROWS: i64 = 4 * crate::store::MAX_HEALTH_SERIES_PER_HOST as i64;
 
 /// Writes a stored batch's health values for `host_id`.
 pub(crate) fn insert(
@@ -59,15 +71,7 @@ pub(crate) fn query(
     let until = q.until_unix_ms.unwrap_or(i64::MAX);
     let rows = stmt.query_map(
         params![host_id, q.since_unix_ms, until, q.metric.name(), limit],
-        |r| {
-            Ok(HealthRow {
-                time_unix_ms: r.get(0)?,
-                hostname: q.hostname.clone(),
-                metric: q.metric,
-                device: r.get(1)?,
-                value: r.get(2)?,
-            })
-        },
+        |r| Ok(q.row((r.get(0)?, r.get(1)?, r.get(2)?))),
     )?;
     rows.collect()
 }
@@ -82,4 +86,28 @@ pub(crate) fn prune(tx: &Connection, cutoff: i64, max_rows: usize) -> rusqlite::
              WHERE time_unix_ms < ?1 LIMIT ?2)",
     )?
     .execute(params![cutoff, max_rows])
+}
+
+/// Fills each host's latest health values from its newest rows: one short
+/// range scan of the primary key per host, once at open. A metric name this
+/// build does not know is skipped.
+pub(crate) fn load_latest(
+    conn: &Connection,
+    hosts: &mut HashMap<i64, HostEntry>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT time_unix_ms, metric, device, value FROM health
+         WHERE host_id = ?1 ORDER BY time_unix_ms DESC LIMIT ?2",
+    )?;
+    for (&host_id, host) in hosts.iter_mut() {
+        let mut rows = stmt.query(params![host_id, LATEST_SCAN_ROWS])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(1)?;
+            let Ok(metric) = name.parse() else { continue };
+            let device: String = r.get(2)?;
+            host.health.note(metric, &device, r.get(0)?, r.get(3)?);
+        }
+        host.health.clear_over_cap();
+    }
+    Ok(())
 }

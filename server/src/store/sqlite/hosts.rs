@@ -24,7 +24,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use monitor::metric::Metric;
 
-use crate::store::records::{HostRecord, IncomingBatch, LatestValue};
+use crate::store::latest_health::LatestHealthTable;
+use crate::store::records::{HostRecord, IncomingBatch, LatestValue, StoredHealth};
 use crate::store::ticks::{METRICS, PendingTick, StoredTick, TickRow};
 
 /// The newest stored value of one metric of a host.
@@ -59,6 +60,8 @@ pub(crate) struct HostEntry {
     pub(crate) batches_checked_by_value_total: u64,
     /// Indexed by metric id.
     pub(crate) latest: [Option<Latest>; METRICS],
+    /// The newest health value per (metric, device), bounded.
+    pub(crate) health: LatestHealthTable,
     /// The host's ticks still in the journal, in journal order.
     pub(crate) pending: Vec<PendingTick>,
     /// The newest journal row the `hosts` row includes (see `journal.rs`).
@@ -82,9 +85,18 @@ impl HostEntry {
             batches_stored_total: 0,
             batches_checked_by_value_total: 0,
             latest: [None; METRICS],
+            health: LatestHealthTable::default(),
             pending: Vec::new(),
             merged_journal_id: 0,
             applied_journal_id: 0,
+        }
+    }
+
+    /// Takes a stored batch's health values as latest where they are newer.
+    pub(crate) fn note_health(&mut self, values: &[StoredHealth]) {
+        for v in values {
+            self.health
+                .note(v.metric, &v.device, v.time_unix_ms, v.value);
         }
     }
 
@@ -140,6 +152,8 @@ impl HostEntry {
                     })
                 })
                 .collect(),
+            health: self.health.records(),
+            health_series_over_cap_total: self.health.over_cap_total(),
         }
     }
 }
@@ -306,6 +320,7 @@ mod tests {
             batches_stored_total: 0,
             batches_checked_by_value_total: 0,
             latest: [None; METRICS],
+            health: LatestHealthTable::default(),
             pending: Vec::new(),
             merged_journal_id: 0,
             applied_journal_id: 0,

@@ -58,7 +58,7 @@ pub(crate) fn append(
         u64_to_sql(batch.dropped_batches_total),
         batch.agent_version,
         batch.peer,
-        ticks::encode_rows(rows),
+        crate::store::journal_record::encode(rows, &batch.health),
     ])
 }
 
@@ -169,8 +169,11 @@ pub(crate) fn replay(
         let pending_before = host.pending.len();
         // NULL: a schema 2 row, whose ticks are in `ticks` already.
         if let Some(blob) = r.get::<_, Option<Vec<u8>>>(9)? {
-            let rows = ticks::decode_rows(&blob)
-                .ok_or_else(|| corrupt(journal_id, "invalid ticks blob".into()))?;
+            // The health values are in `health` already (written in the
+            // same transaction), which the load reads.
+            let rows = crate::store::journal_record::decode(&blob)
+                .ok_or_else(|| corrupt(journal_id, "invalid ticks blob".into()))?
+                .ticks;
             for row in rows {
                 host.note_values(run_id, &row);
                 host.pending.push(PendingTick {

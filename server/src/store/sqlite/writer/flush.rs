@@ -399,6 +399,7 @@ pub(super) fn apply(memory: &mut Memory, requests: &[Request], staged: Staged, n
         let rows = staged.rows.get(stored.rows.clone()).unwrap_or_default();
         if let Some(host) = hosts.get_mut(&stored.host_id) {
             host.count_batch(BatchMeta::of(batch));
+            host.note_health(&batch.health);
             host.applied_journal_id = stored.journal_id;
             merges.pending_ticks += rows.len();
             for row in rows {

@@ -16,6 +16,7 @@ use rusqlite::{Connection, params};
 use super::memory::Memory;
 use super::merges::Merges;
 use crate::store::encoding::u64_from_sql;
+use crate::store::latest_health::LatestHealthTable;
 use crate::store::sqlite::hosts::{HostEntry, HostTable};
 use crate::store::sqlite::runs::RunCache;
 use crate::store::sqlite::{forward, journal};
@@ -40,6 +41,7 @@ pub(super) fn load(conn: &Connection, now: Instant) -> rusqlite::Result<(Memory,
     let mut runs = RunCache::default();
     let replayed = journal::replay(conn, &mut hosts, &mut runs)?;
     let mut newest_sample_unix_ms = load_latest(conn, &mut hosts)?;
+    crate::store::sqlite::health::load_latest(conn, &mut hosts)?;
     // The replayed ticks are stored too (in the journal).
     for (&host_id, host) in &hosts {
         if let Some(t) = host.pending.iter().map(|p| p.row.time_unix_ms).max() {
@@ -109,6 +111,7 @@ fn load_hosts(conn: &Connection) -> rusqlite::Result<HashMap<i64, HostEntry>> {
                 batches_stored_total: u64_from_sql(r.get(9)?),
                 batches_checked_by_value_total: 0,
                 latest: [None; METRICS],
+                health: LatestHealthTable::default(),
                 pending: Vec::new(),
                 merged_journal_id: r.get(10)?,
                 applied_journal_id: r.get(10)?,

@@ -126,6 +126,7 @@ impl Retention {
                         *l = None;
                     }
                 }
+                host.health.forget_older(cutoff);
             }
             // Tokens and certificates expired a month ago open nothing
             // and are forgotten (the trust table forgets them at expiry).

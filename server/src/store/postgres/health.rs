@@ -1,0 +1,219 @@
+//! The health metrics of issue 14 in PostgreSQL: the `health` rows and
+//! each host's latest values (`host_health_latest`), written by the flush
+//! that stores their batch, in its transaction, and read by queries and
+//! `hosts()`.
+//!
+//! A batch's health rows are staged only when the batch itself is stored
+//! (never for a duplicate or a refused one), so the run's de-duplication
+//! state covers them: exactly once, across replicas. A value already
+//! stored under the same key is kept (`ON CONFLICT DO NOTHING`). The
+//! latest values follow `store/latest_health.rs` (the same rule and cap as
+//! SQLite), merged under the host row's lock the flush holds. Must never
+//! write outside the flush's transaction.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tokio_postgres::{GenericClient, Transaction};
+
+use super::text::pg_text;
+use crate::store::latest_health::LatestHealthTable;
+use monitor::health::HealthMetric;
+
+use crate::store::records::{HealthQuery, HealthRow, HostRecord, StoredHealth};
+
+/// A staged row: (host_id, metric name, time, device) and (metric, value).
+type Row<'a> = (
+    &'a (i64, &'static str, i64, String),
+    &'a (HealthMetric, f64),
+);
+
+/// The health values a flush stores: (host_id, metric name, time, device)
+/// → value; the first value of a key stays, as in the table.
+#[derive(Default)]
+pub(crate) struct HealthWrites {
+    rows: BTreeMap<(i64, &'static str, i64, String), (HealthMetric, f64)>,
+}
+
+impl HealthWrites {
+    /// Stages a stored batch's health values for `host_id`.
+    pub(crate) fn stage(&mut self, host_id: i64, values: &[StoredHealth]) {
+        for v in values {
+            let key = (host_id, v.metric.name(), v.time_unix_ms, pg_text(&v.device));
+            self.rows.entry(key).or_insert((v.metric, v.value));
+        }
+    }
+}
+
+/// Writes the staged rows (those at or after `horizon_unix_ms`: older
+/// ones fall in dropped partitions' time) and merges them into the hosts'
+/// latest values.
+pub(crate) async fn write(
+    tx: &Transaction<'_>,
+    writes: &HealthWrites,
+    horizon_unix_ms: i64,
+) -> Result<(), tokio_postgres::Error> {
+    let live: Vec<Row<'_>> = writes
+        .rows
+        .iter()
+        .filter(|((_, _, t, _), _)| *t >= horizon_unix_ms)
+        .collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    let hosts: Vec<i64> = live.iter().map(|((h, ..), _)| *h).collect();
+    let metrics: Vec<&str> = live.iter().map(|((_, m, ..), _)| *m).collect();
+    let times: Vec<i64> = live.iter().map(|((_, _, t, _), _)| *t).collect();
+    let devices: Vec<&str> = live.iter().map(|((.., d), _)| d.as_str()).collect();
+    let values: Vec<f64> = live.iter().map(|(_, (_, v))| *v).collect();
+    tx.execute(
+        "INSERT INTO health (host_id, metric, time_unix_ms, device, value)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::float8[])
+         ON CONFLICT DO NOTHING",
+        &[&hosts, &metrics, &times, &devices, &values],
+    )
+    .await?;
+    write_latest(tx, &live).await
+}
+
+/// Merges the flush's values into `host_health_latest` through
+/// [`LatestHealthTable`]: reads the hosts' rows (locked with their host
+/// rows by the flush), notes the new values, writes what changed.
+async fn write_latest(tx: &Transaction<'_>, live: &[Row<'_>]) -> Result<(), tokio_postgres::Error> {
+    let mut ids: Vec<i64> = live.iter().map(|((h, ..), _)| *h).collect();
+    ids.dedup();
+    let mut tables = load_tables(tx, &ids).await?;
+    let before: HashMap<i64, LatestHealthTable> = tables.clone();
+    for ((h, _, time, device), (metric, value)) in live {
+        tables
+            .entry(*h)
+            .or_default()
+            .note(*metric, device, *time, *value);
+    }
+    let (mut up_h, mut up_m, mut up_d, mut up_t, mut up_v) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut del_h, mut del_m, mut del_d) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cap_h, mut cap_n) = (Vec::new(), Vec::new());
+    for (&h, table) in &tables {
+        let old = before
+            .get(&h)
+            .map(LatestHealthTable::records)
+            .unwrap_or_default();
+        let new = table.records();
+        for o in &old {
+            if !table.holds(o.metric, &o.device) {
+                del_h.push(h);
+                del_m.push(o.metric.name());
+                del_d.push(o.device.clone());
+            }
+        }
+        for n in new {
+            if !old.contains(&n) {
+                up_h.push(h);
+                up_m.push(n.metric.name());
+                up_d.push(n.device);
+                up_t.push(n.time_unix_ms);
+                up_v.push(n.value);
+            }
+        }
+        let over =
+            table.over_cap_total() - before.get(&h).map_or(0, LatestHealthTable::over_cap_total);
+        if over > 0 {
+            cap_h.push(h);
+            cap_n.push(i64::try_from(over).unwrap_or(i64::MAX));
+        }
+    }
+    if !del_h.is_empty() {
+        tx.execute(
+            "DELETE FROM host_health_latest l
+             USING unnest($1::bigint[], $2::text[], $3::text[]) AS u(h, m, d)
+             WHERE l.host_id = u.h AND l.metric = u.m AND l.device = u.d",
+            &[&del_h, &del_m, &del_d],
+        )
+        .await?;
+    }
+    if !up_h.is_empty() {
+        tx.execute(
+            "INSERT INTO host_health_latest (host_id, metric, device, time_unix_ms, value)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[],
+                 $5::float8[])
+             ON CONFLICT (host_id, metric, device) DO UPDATE SET
+                 time_unix_ms = EXCLUDED.time_unix_ms, value = EXCLUDED.value",
+            &[&up_h, &up_m, &up_d, &up_t, &up_v],
+        )
+        .await?;
+    }
+    if !cap_h.is_empty() {
+        tx.execute(
+            "UPDATE hosts SET health_series_over_cap_total = health_series_over_cap_total + u.n
+             FROM unnest($1::bigint[], $2::bigint[]) AS u(h, n) WHERE hosts.host_id = u.h",
+            &[&cap_h, &cap_n],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The latest health values of the hosts `ids`, as tables. A metric name
+/// this build does not know is skipped.
+async fn load_tables(
+    c: &impl GenericClient,
+    ids: &[i64],
+) -> Result<HashMap<i64, LatestHealthTable>, tokio_postgres::Error> {
+    let mut tables: HashMap<i64, LatestHealthTable> = HashMap::new();
+    for r in c
+        .query(
+            "SELECT host_id, metric, device, time_unix_ms, value FROM host_health_latest
+             WHERE host_id = ANY($1)",
+            &[&ids],
+        )
+        .await?
+    {
+        let Ok(metric) = r.try_get::<_, &str>(1)?.parse() else {
+            continue;
+        };
+        let device: &str = r.try_get(2)?;
+        tables
+            .entry(r.try_get(0)?)
+            .or_default()
+            .note(metric, device, r.try_get(3)?, r.try_get(4)?);
+    }
+    Ok(tables)
+}
+
+/// The values of one health metric of `host_id`, in time then device
+/// order, up to `q.limit`: one range scan of the primary key.
+pub(crate) async fn query(
+    c: &impl GenericClient,
+    host_id: i64,
+    q: &HealthQuery,
+) -> Result<Vec<HealthRow>, tokio_postgres::Error> {
+    let until = q.until_unix_ms.unwrap_or(i64::MAX);
+    let limit: Option<i64> = q.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    let rows = c
+        .query(
+            "SELECT time_unix_ms, device, value FROM health
+             WHERE host_id = $1 AND metric = $2 AND time_unix_ms >= $3 AND time_unix_ms < $4
+             ORDER BY time_unix_ms, device LIMIT $5",
+            &[&host_id, &q.metric.name(), &q.since_unix_ms, &until, &limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| Ok(q.row((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))))
+        .collect()
+}
+
+/// Fills each host's latest health values (and its over-cap count, read
+/// with the host's row) from `host_health_latest`.
+pub(crate) async fn add_latest(
+    c: &impl GenericClient,
+    hosts: &mut [(i64, HostRecord)],
+) -> Result<(), tokio_postgres::Error> {
+    let ids: Vec<i64> = hosts.iter().map(|(id, _)| *id).collect();
+    let tables = load_tables(c, &ids).await?;
+    for (id, host) in hosts.iter_mut() {
+        if let Some(t) = tables.get(id) {
+            host.health = t.records();
+        }
+    }
+    Ok(())
+}
