@@ -439,6 +439,14 @@ impl CommandRouter {
         };
         let mut unreachable = Vec::new();
         let mut no_stream = Vec::new();
+        // Which replica holds each target this one has no stream for, read
+        // before anything goes out: every target is pending before the
+        // first can answer. (Marking relayed targets pending one by one as
+        // their requests went out let the first answers empty the pending
+        // set and end an `--all` before the rest were sent: fan-outs
+        // reached 47 or 268 of 1,000 agents, with no error.)
+        let holders = self.holders_of(&id, &targets).await;
+        let mut to_relay = Vec::new();
         {
             let mut inflight = self.lock();
             let entry = inflight.entry(id.clone()).or_insert(Inflight {
@@ -467,11 +475,18 @@ impl CommandRouter {
                             Finished::without_process(Outcome::LostConnection, "lost connection"),
                         )),
                     },
-                    None => no_stream.push(host.clone()),
+                    None => match holders.get(host) {
+                        Some(replica) => {
+                            entry.pending.insert(host.clone(), RELAYED);
+                            entry.remote.insert(host.clone(), replica.clone());
+                            to_relay.push((host.clone(), replica.clone()));
+                        }
+                        None => no_stream.push(host.clone()),
+                    },
                 }
             }
         }
-        let no_stream = self.relay_to_holders(&id, &run, no_stream).await;
+        no_stream.extend(self.relay_run(&id, &run, to_relay).await);
         {
             let mut inflight = self.lock();
             if inflight.get(&id).is_some_and(|e| e.pending.is_empty()) {
@@ -608,42 +623,46 @@ impl CommandRouter {
         }
     }
 
-    /// Sends `run` to the targets `hosts` another live replica holds;
-    /// returns the hosts no replica holds.
-    async fn relay_to_holders(
-        &self,
-        id: &str,
-        run: &pb::CommandRequest,
-        hosts: Vec<String>,
-    ) -> Vec<String> {
+    /// Which live replica holds each of `targets` that this replica has
+    /// no command stream for: empty without replicas, when every target is
+    /// here, or when the store cannot tell (those targets are then
+    /// unreachable, and the log says why).
+    async fn holders_of(&self, id: &str, targets: &[String]) -> HashMap<String, String> {
         let Some(relay) = &self.relay else {
-            return hosts;
+            return HashMap::new();
         };
-        if hosts.is_empty() {
-            return hosts;
+        if targets
+            .iter()
+            .all(|h| self.registry.command_sender(h).is_some())
+        {
+            return HashMap::new();
         }
-        let holders = match relay.holders().await {
+        match relay.holders().await {
             Ok(h) => h,
             Err(e) => {
                 log::warn!("command {id}: cannot look up which replica holds its targets: {e}");
-                return hosts;
+                HashMap::new()
             }
+        }
+    }
+
+    /// Sends `run` to the replica holding each of `targets` (host,
+    /// replica), every one already pending; returns the hosts it could not
+    /// be sent for, no longer pending.
+    async fn relay_run(
+        &self,
+        id: &str,
+        run: &pb::CommandRequest,
+        targets: Vec<(String, String)>,
+    ) -> Vec<String> {
+        let Some(relay) = &self.relay else {
+            return targets.into_iter().map(|(host, _)| host).collect();
         };
         let body = run.encode_to_vec();
         let mut left = Vec::new();
-        for host in hosts {
-            let Some(replica) = holders.get(&host) else {
-                left.push(host);
-                continue;
-            };
-            // Pending before the request goes out: the answer may come
-            // back at once.
-            if let Some(e) = self.lock().get_mut(id) {
-                e.pending.insert(host.clone(), RELAYED);
-                e.remote.insert(host.clone(), replica.clone());
-            }
+        for (host, replica) in targets {
             if let Err(e) = relay
-                .send(replica, RelayKind::Run, &host, id, body.clone())
+                .send(&replica, RelayKind::Run, &host, id, body.clone())
                 .await
             {
                 log::warn!("command {id}: cannot relay to replica {replica} for {host}: {e}");
