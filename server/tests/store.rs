@@ -554,17 +554,9 @@ async fn check_health_cap(db: TestDb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_2_postgres_database_gains_the_health_tables_and_keeps_its_samples() {
-    use monitor::health::HealthMetric;
-    use monitor_server::store::HealthQuery;
-    let Some(db) = TestDb::new(Kind::Postgres, "pg_schema_2") else {
+    let Some((db, base)) = postgres_with_samples("pg_schema_2", "pi-v1", 1..=2).await else {
         return;
     };
-    let base = base_ms();
-    {
-        let store = db.open().await;
-        submit_all(&store, "pi-v1", 1, 1..=2, base).await;
-        store.close().await.unwrap();
-    }
     // What a server of schema 2 (the journal, no health values) leaves
     // behind.
     let (client, connection) =
@@ -588,11 +580,35 @@ async fn a_schema_2_postgres_database_gains_the_health_tables_and_keeps_its_samp
         .get(0);
     assert_eq!(version, 3);
     check(&store, all("pi-v1"), &rows_of(1..=2, base, &Metric::ALL)).await;
-    let outcome = store.submit(health_batch("pi-v1", 1, 3, base)).await;
+    health_is_stored_and_queried(&store, "pi-v1", base).await;
+    assert_eq!(store.host("pi-v1").await.unwrap().unwrap().health.len(), 3);
+    store.close().await.unwrap();
+}
+
+/// A PostgreSQL database of the tests' own named `name`, holding `host`'s
+/// batches `seqs` (closed again); None (skipped) without PostgreSQL.
+async fn postgres_with_samples(
+    name: &str,
+    host: &str,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> Option<(TestDb, i64)> {
+    let db = TestDb::new(Kind::Postgres, name)?;
+    let base = base_ms();
+    let store = db.open().await;
+    submit_all(&store, host, 1, seqs, base).await;
+    store.close().await.unwrap();
+    Some((db, base))
+}
+
+/// An upgraded store takes `host`'s health values and answers for them.
+async fn health_is_stored_and_queried(store: &Store, host: &str, base: i64) {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::HealthQuery;
+    let outcome = store.submit(health_batch(host, 1, 3, base)).await;
     assert_eq!(outcome.unwrap(), SubmitOutcome::Stored);
     let load = store
         .query_health(HealthQuery {
-            hostname: "pi-v1".into(),
+            hostname: host.into(),
             metric: HealthMetric::Load1,
             since_unix_ms: i64::MIN,
             until_unix_ms: None,
@@ -601,14 +617,10 @@ async fn a_schema_2_postgres_database_gains_the_health_tables_and_keeps_its_samp
         .await
         .unwrap();
     assert_eq!(load.len(), 1);
-    assert_eq!(store.host("pi-v1").await.unwrap().unwrap().health.len(), 3);
-    store.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_schema_6_file_gains_the_health_table_and_keeps_its_samples() {
-    use monitor::health::HealthMetric;
-    use monitor_server::store::HealthQuery;
     let dir = temp_dir("schema-6");
     let base = base_ms();
     {
@@ -625,22 +637,7 @@ async fn a_schema_6_file_gains_the_health_table_and_keeps_its_samples() {
     let store = Store::open(config(&dir)).await.unwrap();
     assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
     check(&store, all("pi-6"), &rows_of(1..=2, base, &Metric::ALL)).await;
-    let outcome = store
-        .submit(health_batch("pi-6", 1, 3, base))
-        .await
-        .unwrap();
-    assert_eq!(outcome, SubmitOutcome::Stored);
-    let load = store
-        .query_health(HealthQuery {
-            hostname: "pi-6".into(),
-            metric: HealthMetric::Load1,
-            since_unix_ms: i64::MIN,
-            until_unix_ms: None,
-            limit: None,
-        })
-        .await
-        .unwrap();
-    assert_eq!(load.len(), 1);
+    health_is_stored_and_queried(&store, "pi-6", base).await;
     store.close().await.unwrap();
 }
 
@@ -2251,13 +2248,9 @@ async fn one_replica_forwards_to_a_destination_and_another_takes_over_postgres()
 /// journal and the cursors at the next start, keeping its samples.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_1_database_gains_the_journal_and_keeps_its_samples_postgres() {
-    let Some(db) = TestDb::new(Kind::Postgres, "schema_1_upgrade") else {
+    let Some((db, base)) = postgres_with_samples("schema_1_upgrade", "pi", 1..=3).await else {
         return;
     };
-    let base = base_ms();
-    let store = db.open().await;
-    submit_all(&store, "pi", 1, 1..=3, base).await;
-    store.close().await.unwrap();
     let pg = Postgres::shared("schema_1_upgrade").unwrap();
     let url = db.url.as_deref().unwrap();
     // What a server of schema 1 left.
