@@ -58,7 +58,9 @@ pub(crate) fn expired(k: i64, width_ms: i64, cutoff_unix_ms: i64) -> bool {
 }
 
 /// The partitions of `ticks` that exist now.
-pub(crate) async fn existing(client: &Client) -> Result<BTreeSet<i64>, tokio_postgres::Error> {
+pub(crate) async fn existing(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<BTreeSet<i64>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT c.relname FROM pg_inherits i
@@ -104,20 +106,12 @@ pub(crate) async fn drop_expired(
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_PARTITIONS])
         .await?;
-    let rows = tx
-        .query(
-            "SELECT c.relname FROM pg_inherits i
-             JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = 'ticks'::regclass",
-            &[],
-        )
-        .await?;
-    let mut dropped: Vec<i64> = rows
-        .iter()
-        .filter_map(|r| index_of_name(r.get::<_, &str>(0)))
+    // In index order (a BTreeSet): the newest dropped is the last.
+    let dropped: Vec<i64> = existing(&tx)
+        .await?
+        .into_iter()
         .filter(|&k| expired(k, width_ms, cutoff_unix_ms))
         .collect();
-    dropped.sort_unstable();
     for &k in &dropped {
         tx.batch_execute(&format!("DROP TABLE IF EXISTS {}", name_of(k)))
             .await?;
