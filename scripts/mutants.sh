@@ -14,10 +14,13 @@
 #   e.g.   scripts/mutants.sh parsers -- --list
 #          scripts/mutants.sh -- --in-diff <(git diff main)
 #
-# The mutants are built in a disposable copy of the work tree under
-# target/mutation-testing/ (its build directory is kept between runs, so
-# only the first run builds the dependencies), never in the work tree
-# itself. Results: target/mutation-testing/GROUP/mutants.out/.
+# MUTANTS_JOBS: parallel jobs (default one per core, at most 4), each in
+# its own disposable copy of the work tree under target/mutation-testing/
+# with its own build directory, kept between runs (so only the first run
+# builds the dependencies; a new job's starts as a copy of job 0's), never
+# in the work tree itself. Results: target/mutation-testing/GROUP/shard-K/
+# mutants.out/. The summary gives each group's median build and test
+# seconds per mutant (where the time goes).
 # Exits 0 when no mutant was missed, 1 when one was (each is listed), 2 on
 # a usage or tool error. Needs cargo-mutants 27.x (`cargo install --locked
 # cargo-mutants@27`; installed here when missing).
