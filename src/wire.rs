@@ -1115,18 +1115,18 @@ mod tests {
             metric: metric.into(),
             value,
             device: device.into(),
-            ..Default::default()
         }
     }
 
-    /// The default batch with `samples` as its health samples: the valid
-    /// ones, or the refusal of sample `i` for `rule` with its whole message.
+    /// Validates the default batch with `samples` as its health samples.
     fn check_health(samples: Vec<pb::Sample>) -> Result<ValidBatch, InvalidBatch> {
         let mut b = batch(NOW, &[(Metric::CpuPercent, 1.0)]);
         b.health_samples = samples;
         validate_batch(b, NOW, 30_000)
     }
 
+    /// The default batch with `samples` must be refused for sample `i`'s
+    /// `rule`, with exactly `message`.
     fn check_health_refused(samples: Vec<pb::Sample>, i: usize, rule: HealthRule, message: &str) {
         let err = check_health(samples).unwrap_err();
         assert_eq!(err, InvalidBatch::Health { sample: i, rule });
