@@ -166,10 +166,10 @@ fn the_agent_stops_without_waiting_for_a_held_ack_and_loses_nothing() {
     assert!(!log.contains("retrying"), "{log}");
     // Six distinct ticks stored, each once.
     let samples = server.samples("pi-count", "10m");
-    let mut times: Vec<i64> = samples
+    let mut times: Vec<&str> = samples
         .iter()
         .filter(|s| s.metric == "mem_percent")
-        .map(|s| s.time_unix_ms)
+        .map(|s| s.time.as_str())
         .collect();
     times.dedup();
     assert_eq!(times.len(), 6, "{samples:?}");

@@ -4,8 +4,9 @@
 //! `Report` validates each batch, queues it to the store in arrival order
 //! and acknowledges it only once it is committed (or known to be a
 //! duplicate; an agent that announces its window gets one cumulative ack
-//! for several stored batches, see [`crate::ack_hold`]), or refuses it (invalid, or conflicting with stored samples:
-//! counted per host in the registry). A host that sends faster than its
+//! for several stored batches, see [`crate::ack_hold`]), or refuses it
+//! (invalid, or conflicting with stored samples: counted per host in the
+//! registry). A host that sends faster than its
 //! ingest budget (the registry's token bucket, shared by all its streams)
 //! gets `ACK_CODE_RATE_LIMITED` for the batch over budget and for the rest
 //! of that pass (the batches following it in order), until the agent's
