@@ -48,6 +48,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
+use crate::store::health_series::HealthDownsampler;
 use crate::store::records::{
     CertificateRecord, CursorRecord, CursorWrite, ForwardBatch, HealthQuery, HealthRow, HistoryRow,
     HostRecord, JoinTokenRecord, SampleQuery, Series, SeriesQuery, SigningKeyRecord,
@@ -134,6 +135,25 @@ impl SqliteStore {
                     .map_err(sql)?
                     .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
                 health::query(c, host_id, &q).map_err(sql)
+            })
+            .await
+    }
+
+    pub(crate) async fn health_series(
+        &self,
+        q: SeriesQuery,
+        mut down: HealthDownsampler,
+    ) -> Result<HealthDownsampler, StoreError> {
+        self.inner
+            .readers
+            .run(move |c| {
+                let during = "querying health series";
+                let sql = |e| StoreError::from(SqliteError::sql(during, e));
+                let host_id = read::host_id(c, &q.hostname)
+                    .map_err(sql)?
+                    .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
+                health::scan(c, host_id, &q, &mut down).map_err(sql)?;
+                Ok(down)
             })
             .await
     }
