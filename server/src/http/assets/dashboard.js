@@ -515,6 +515,10 @@
       ];
     }
 
+    function short(text, n) {
+      return text.length > n ? text.slice(0, n - 1) + "…" : text;
+    }
+
     // The n-th of several lines in one plot: hues apart, readable on both
     // backgrounds.
     function lineColour(n) {
@@ -565,10 +569,11 @@
           chart(healthPlots, hm.metric, {
             ...common, title: hm.metric + " (up: held during the bucket)", lines: lanes,
             y: { range: [-0.2, series.length] },
+            // Lane names cut to the axis' width (the legend has them whole),
+            // so this plot's time axis lines up with the others'.
             yAxis: {
               splits: () => series.map((s, i) => i),
-              values: (u, vals) => vals.map((v) => (series[v] ? nameOf(series[v]) : "")),
-              size: 150,
+              values: (u, vals) => vals.map((v) => (series[v] ? short(nameOf(series[v]), 11) : "")),
             },
           });
         } else if (series.length === 1 && !hm.label) {
