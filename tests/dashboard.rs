@@ -590,16 +590,11 @@ fn the_health_api_serves_a_pis_labelled_series_downsampled() {
     wait_for("three seconds of silence", Duration::from_secs(10), || {
         (monitor::time::now_unix_ms() - silent_since > 3000).then_some(())
     });
-    let _back = AgentCmd::with_identity(&server.url(), "api-pi", &state_dir)
-        .arg("--proc-root")
-        .arg(pi.proc_root())
-        .arg("--sys-root")
-        .arg(pi.sys_root())
-        .arg("--rootfs")
-        .arg(pi.rootfs())
-        .arg("--interval")
-        .arg("0.5")
-        .spawn();
+    let _back = reading(
+        AgentCmd::with_identity(&server.url(), "api-pi", &state_dir),
+        &pi,
+    )
+    .spawn();
     wait_for("api-pi back with a gap", Duration::from_secs(30), || {
         let a = json(&get(
             "/api/hosts/api-pi/health?metric=temp_celsius&range=2m",

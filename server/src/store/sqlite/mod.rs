@@ -130,11 +130,8 @@ impl SqliteStore {
             .readers
             .run(move |c| {
                 let during = "querying health values";
-                let sql = |e| StoreError::from(SqliteError::sql(during, e));
-                let host_id = read::host_id(c, &q.hostname)
-                    .map_err(sql)?
-                    .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
-                health::query(c, host_id, &q).map_err(sql)
+                let host_id = read::known_host_id(c, &q.hostname, during)?;
+                health::query(c, host_id, &q).map_err(read::sql(during))
             })
             .await
     }
@@ -148,11 +145,8 @@ impl SqliteStore {
             .readers
             .run(move |c| {
                 let during = "querying health series";
-                let sql = |e| StoreError::from(SqliteError::sql(during, e));
-                let host_id = read::host_id(c, &q.hostname)
-                    .map_err(sql)?
-                    .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
-                health::scan(c, host_id, &q, &mut down).map_err(sql)?;
+                let host_id = read::known_host_id(c, &q.hostname, during)?;
+                health::scan(c, host_id, &q, &mut down).map_err(read::sql(during))?;
                 Ok(down)
             })
             .await
