@@ -80,7 +80,8 @@ impl HealthDownsampler {
     /// Adds one stored value. Rows of a metric not asked for, out of the
     /// range or not finite are ignored, as is a device over the cap.
     pub fn push(&mut self, metric: HealthMetric, device: &str, time_unix_ms: i64, value: f64) {
-        if !self.wants(metric) {
+        // Checked here, before a series is made for the row.
+        if !self.wants(metric) || !value.is_finite() {
             return;
         }
         if metric == HealthMetric::ThrottledFlags {
@@ -93,7 +94,7 @@ impl HealthDownsampler {
                 })[0];
                 Some(first)
             });
-            if let (Some(first), true) = (first, value.is_finite()) {
+            if let Some(first) = first {
                 for (i, f) in THROTTLE_FLAGS.iter().enumerate() {
                     let set = f64::from(u8::from(f.is_set(value, false)));
                     self.down.push(first + i, time_unix_ms, set);
@@ -194,6 +195,8 @@ mod tests {
         use HealthMetric::{FsUsedPercent, Load1, TempCelsius};
         let mut d =
             HealthDownsampler::new(&query(0, 10_000, 5000), &[FsUsedPercent, TempCelsius]).unwrap();
+        // Not finite: no series made for it.
+        d.push(FsUsedPercent, "/nan", 0, f64::NAN);
         // The SQLite order: time, then metric, then device.
         for t in [0, 1000, 2000, 6000] {
             d.push(FsUsedPercent, "/boot", t, 20.0);
