@@ -154,8 +154,9 @@ fn main() {
                 .await
                 .expect("health series");
             health_store_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            // 7 one-per-host series, the word's 4 conditions, 2 mounts.
-            assert_eq!(found.series.len(), 12);
+            // 5 one-per-host series (no swap), the word's 4 conditions,
+            // 2 mount points.
+            assert_eq!(found.series.len(), 11);
         }
 
         // The whole answer through the router, as a browser asks for it.

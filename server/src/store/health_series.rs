@@ -17,8 +17,6 @@
 //! nothing more. Must never do I/O or allocate per row: memory is the
 //! buckets plus one key per series.
 
-use std::collections::HashMap;
-
 use monitor::health::{HealthMetric, THROTTLE_FLAGS};
 
 use super::records::{HealthSeriesKey, Series, SeriesQuery};
@@ -49,10 +47,11 @@ pub struct HealthSeries {
 #[derive(Debug)]
 pub struct HealthDownsampler {
     down: Downsampler<HealthSeriesKey>,
-    wanted: Vec<HealthMetric>,
-    /// Per metric: (device, series index); a flag word's devices are its
-    /// conditions, in bit order, all under the device "".
-    index: HashMap<HealthMetric, Vec<(String, usize)>>,
+    /// By `HealthMetric as usize` (no hashing per row).
+    wanted: [bool; HealthMetric::ALL.len()],
+    /// By `HealthMetric as usize`: (device, series index); a flag word's
+    /// first condition's index under the device "" (the others follow it).
+    index: [Vec<(String, usize)>; HealthMetric::ALL.len()],
     left_out: Vec<(HealthMetric, String)>,
 }
 
@@ -63,10 +62,14 @@ impl HealthDownsampler {
         q: &SeriesQuery,
         metrics: &[HealthMetric],
     ) -> Result<HealthDownsampler, BadSeriesQuery> {
+        let mut wanted = [false; HealthMetric::ALL.len()];
+        for &m in metrics {
+            wanted[m as usize] = true;
+        }
         Ok(HealthDownsampler {
             down: Downsampler::new(q, &[])?,
-            wanted: metrics.to_vec(),
-            index: HashMap::new(),
+            wanted,
+            index: Default::default(),
             left_out: Vec::new(),
         })
     }
@@ -74,7 +77,7 @@ impl HealthDownsampler {
     /// Whether rows of `metric` are wanted (a backend may skip the others
     /// before reading their device).
     pub fn wants(&self, metric: HealthMetric) -> bool {
-        self.wanted.contains(&metric)
+        self.wanted[metric as usize]
     }
 
     /// Adds one stored value. Rows of a metric not asked for, out of the
@@ -103,7 +106,7 @@ impl HealthDownsampler {
             return;
         }
         let label = metric.spec().label;
-        let devices = self.index.get(&metric).map_or(0, Vec::len);
+        let devices = self.index[metric as usize].len();
         let full = label.is_some() && devices >= MAX_DEVICES_PER_METRIC;
         let index = self.first_index(metric, device, |down| {
             (!full).then(|| {
@@ -136,7 +139,7 @@ impl HealthDownsampler {
         device: &str,
         add: impl FnOnce(&mut Downsampler<HealthSeriesKey>) -> Option<usize>,
     ) -> Option<usize> {
-        let known = self.index.entry(metric).or_default();
+        let known = &mut self.index[metric as usize];
         if let Some((_, i)) = known.iter().find(|(d, _)| d == device) {
             return Some(*i);
         }

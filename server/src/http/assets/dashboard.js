@@ -441,6 +441,7 @@
     let range = "1h";
     let zoom = null; // [since_ms, until_ms] after a drag, until a range is picked
     let charts = [];
+    let loads = 0; // which loadSeries() is the newest
 
     for (const [r, label] of RANGES) {
       ranges.append(el("button", {
@@ -525,14 +526,19 @@
       return n === 0 ? cssVar("--line") : "hsl(" + ((n * 137 + 30) % 360) + " 70% 50%)";
     }
 
-    function build(answer, health) {
+    // The x range every plot of an answer shares: [first data, end asked].
+    let xRange = null;
+
+    function build(answer) {
       for (const c of charts) c.destroy();
       charts = [];
       plots.replaceChildren();
       healthPlots.replaceChildren();
-      const firsts = [answer, health].filter((a) => a && a.times.length).map((a) => a.times[0]);
-      const x0 = firsts.length ? Math.min(...firsts) : answer.since_unix_ms / 1000;
+      healthHead.hidden = true;
+      healthNote.textContent = "";
+      const x0 = answer.times.length ? answer.times[0] : answer.since_unix_ms / 1000;
       const until = answer.until_unix_ms / 1000;
+      xRange = [x0, until];
       for (const s of answer.series) {
         const m = metricOf(seriesKey(s));
         chart(plots, seriesKey(s), {
@@ -541,7 +547,6 @@
           y: m && m.percent ? { range: [0, 100] } : null,
         });
       }
-      if (health) buildHealth(health, x0, until);
       state.plots = charts;
     }
 
@@ -551,7 +556,8 @@
     // min and max; several (a mount point each): one line each, named in
     // the legend; conditions (0/1): a stepped lane each, up while the
     // condition held at any time in the bucket (its max).
-    function buildHealth(health, x0, until) {
+    function buildHealth(health) {
+      const [x0, until] = xRange;
       let shown = 0;
       for (const hm of state.health) {
         const series = health.series.filter((s) => s.metric === hm.metric);
@@ -590,6 +596,7 @@
           });
         }
       }
+      state.plots = charts;
       const left = health.devices_left_out;
       healthHead.hidden = shown === 0;
       healthNote.textContent = left ? left + " more devices not shown (at most 16 per metric)" : "";
@@ -601,12 +608,21 @@
       const points = "&points=" + Math.min(2000, Math.round(width()));
       const q = (zoom ? "since=" + zoom[0] + "&until=" + zoom[1] : "range=" + range) + points;
       const base = "/api/hosts/" + encodeURIComponent(hostname);
+      // Both asked at once; the six are drawn as soon as they come (a long
+      // range's health answer can take longer), the health section after
+      // them, unless a newer load started meanwhile.
+      const generation = ++loads;
+      const healthAnswer = getJson(base + "/health?" + q);
+      healthAnswer.catch(() => {}); // reported below
       try {
-        const [answer, health] = await Promise.all([
-          getJson(base + "/series?" + q), getJson(base + "/health?" + q)]);
+        const answer = await getJson(base + "/series?" + q);
+        if (generation !== loads) return;
         state.plot = answer;
+        build(answer);
+        const health = await healthAnswer;
+        if (generation !== loads) return;
         state.healthPlot = health;
-        build(answer, health);
+        buildHealth(health);
         setStatus("updated " + new Date().toLocaleTimeString());
       } catch (e) {
         state.errors++;
