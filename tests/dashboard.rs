@@ -5,11 +5,17 @@
 //!   headers, gzip; series whose buckets hold exactly the min, max and
 //!   mean of the stored samples in them; an agent's outage as a null row;
 //!   unknown hosts 404, bad ranges 400; the command history;
+//! - the health series (`/api/hosts/NAME/health`) of a fake Raspberry Pi
+//!   whose temperature and throttling change: a series per metric, mount
+//!   point and throttling condition, compared bucket by bucket with the
+//!   store, an outage as a gap, none of what a fake VM lacks, bad input
+//!   named;
 //! - the pages in a real browser (Debian's `chromium`, driven by Playwright
 //!   from PyPI: `tests/dashboard/browser.py`): three hosts with values, a
-//!   host page's plots drawn from what the store holds, a killed agent
-//!   offline on the open page, no console error, no request off
-//!   127.0.0.1, phone width, dark mode. Screenshots are kept under
+//!   host page's plots drawn from what the store holds, a fake Pi's
+//!   temperature plot from its health series and none on a fake VM's page,
+//!   a killed agent offline on the open page, no console error, no request
+//!   off 127.0.0.1, phone width, dark mode. Screenshots are kept under
 //!   `target/tmp/dashboard/` (the paths are printed). Without chromium or
 //!   Playwright it prints one `skipped:` line and passes.
 
