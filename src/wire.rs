@@ -77,6 +77,8 @@ pub fn batch_to_pb(
                 device: h.device.to_string(),
             })
             .collect(),
+        // Set by the agent's Report stream, which knows its window.
+        ack_window: 0,
     }
 }
 
