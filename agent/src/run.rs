@@ -9,6 +9,7 @@
 use std::fmt;
 use std::future::Future;
 use std::rc::Rc;
+use std::time::Duration;
 
 use monitor::wire::AgentIdentity;
 
@@ -23,6 +24,7 @@ use crate::session;
 use crate::session::gate::Gate;
 use crate::session::{CommandContext, Connector, Targets};
 use crate::spool::{Spool, SpoolError};
+use crate::startup_pages::StartupMappings;
 use crate::state::Shared;
 use crate::thermal::ZoneChoice;
 use crate::ticker::Ticker;
@@ -134,8 +136,14 @@ pub fn collector_config(config: &Config) -> CollectorConfig {
 }
 
 /// Runs the agent until `shutdown` resolves (or `--count` ticks were sent).
-/// Must be called inside a `LocalSet`.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+/// Must be called inside a `LocalSet`. `at_start` is the process's mappings
+/// as `main` began: their start-up-only pages are given back once the agent
+/// is in steady state (`startup_pages.rs`).
+pub async fn run(
+    config: Config,
+    at_start: StartupMappings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let collector = Collector::open(collector_config(&config)).map_err(AgentError::Collector)?;
     let ticker = Ticker::new().map_err(AgentError::Timer)?;
     let identity = AgentIdentity {
@@ -151,10 +159,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
 
     if config.stdout {
+        let release = tokio::task::spawn_local(release_startup_pages(
+            Rc::clone(&shared),
+            at_start,
+            |s: &Shared| s.last_tick.get().is_some(),
+        ));
         tokio::select! {
             () = sampler::run(Rc::clone(&shared), collector, ticker, Sink::Stdout, config.count) => {}
             () = shutdown => {}
         }
+        release.abort();
         return Ok(());
     }
 
@@ -273,6 +287,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.count,
     ));
     let mut connection = tokio::task::spawn_local(session::run(connector, Rc::clone(&shared), ctx));
+    let release = tokio::task::spawn_local(release_startup_pages(
+        Rc::clone(&shared),
+        at_start,
+        |s: &Shared| s.connected.get(),
+    ));
     let notifier = Rc::new(Notifier::from_env());
     notifier.ready();
     let watchdog = notifier.watchdog_interval().map(|every| {
@@ -291,6 +310,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         why = &mut connection => Some(why.unwrap_or_else(|e| format!("connection task: {e}"))),
     };
+    release.abort();
     if let Some(why) = fatal {
         sampler.abort();
         notifier.stopping();
@@ -327,6 +347,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Gives back the start-up-only pages (`startup_pages.rs`) once the agent
+/// is in steady state: `settled` (the session with the server is up, or in
+/// `--stdout` mode the sampler has ticked) held at two checks in a row, so
+/// the enrolment, the TLS handshake, the first reports and
+/// acknowledgements and the command stream's set-up are behind it. Checks
+/// every 5 s, less often while not settled (at most once a minute); ends
+/// after the one release. Pages a later reconnection touches stay.
+async fn release_startup_pages(
+    shared: Rc<Shared>,
+    at_start: StartupMappings,
+    settled: impl Fn(&Shared) -> bool,
+) {
+    const FIRST_CHECK: Duration = Duration::from_secs(5);
+    const LONGEST_CHECK: Duration = Duration::from_secs(60);
+    let mut wait = FIRST_CHECK;
+    let mut was_settled = false;
+    loop {
+        tokio::time::sleep(wait).await;
+        let now_settled = settled(&shared);
+        if now_settled && was_settled {
+            break;
+        }
+        if !now_settled {
+            wait = (wait * 2).min(LONGEST_CHECK);
+        }
+        was_settled = now_settled;
+    }
+    // Outside the macro: `log` skips its arguments below the level.
+    let released = at_start.release();
+    log::info!("{released}");
 }
 
 /// Pings systemd's watchdog while the sampler keeps its schedule: a wedged
