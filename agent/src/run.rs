@@ -357,9 +357,10 @@ pub async fn run(
 /// it. Then again each time a later session has settled after one ended:
 /// reconnecting (backoff, resolution, a new handshake, the warnings)
 /// touches code the steady state does not, 0.5 MiB of it measured after a
-/// server restart. Checks less often while not settled (at most once a
-/// minute) and once every five minutes when nothing is due, so the steady
-/// state pays a wake-up every few minutes, not per tick.
+/// server restart (with TLS that put the agent 4 KiB over 3.5 MiB until
+/// the next release). Checks less often while not settled, and once a
+/// minute when nothing is due: the steady state pays tokio's timer a few
+/// wake-ups a minute, not per tick.
 async fn release_startup_pages(
     shared: Rc<Shared>,
     at_start: StartupMappings,
@@ -394,8 +395,9 @@ struct ReleaseSchedule {
 
 impl ReleaseSchedule {
     const SETTLE_CHECK: Duration = Duration::from_secs(5);
+    /// The longest wait between checks: while not settled (growing to it)
+    /// and whenever nothing is due.
     const LONGEST_CHECK: Duration = Duration::from_secs(60);
-    const IDLE_CHECK: Duration = Duration::from_secs(300);
 
     /// The schedule before the first check, which comes after
     /// [`Self::SETTLE_CHECK`].
@@ -412,7 +414,7 @@ impl ReleaseSchedule {
     fn check(&mut self, ended: u64, settled: bool) -> (bool, Duration) {
         let (release, wait) = if self.released_at == Some(ended) {
             self.settled_at = None;
-            (false, Self::IDLE_CHECK)
+            (false, Self::LONGEST_CHECK)
         } else if !settled {
             self.settled_at = None;
             let longer = (self.last_wait * 2).clamp(Self::SETTLE_CHECK, Self::LONGEST_CHECK);
@@ -420,7 +422,7 @@ impl ReleaseSchedule {
         } else if self.settled_at == Some(ended) {
             self.released_at = Some(ended);
             self.settled_at = None;
-            (true, Self::IDLE_CHECK)
+            (true, Self::LONGEST_CHECK)
         } else {
             self.settled_at = Some(ended);
             (false, Self::SETTLE_CHECK)
@@ -454,7 +456,7 @@ mod tests {
     use super::*;
 
     const SETTLE: Duration = ReleaseSchedule::SETTLE_CHECK;
-    const IDLE: Duration = ReleaseSchedule::IDLE_CHECK;
+    const IDLE: Duration = ReleaseSchedule::LONGEST_CHECK;
 
     /// Runs `checks` (sessions ended, settled) through one schedule and
     /// compares each answer.
