@@ -34,7 +34,11 @@
 //! or a refused `madvise` only leaves the pages where they are.
 
 use std::fmt;
+use std::io::BufRead;
 use std::ptr::NonNull;
+
+/// The read buffer for /proc/self/smaps (a few entries at a time).
+const SMAPS_BUFFER_BYTES: usize = 4096;
 
 /// One line of `/proc/self/maps` (or the header line of an smaps entry):
 /// the fields that identify a mapping.
@@ -97,10 +101,13 @@ pub struct Resident {
     pub anonymous_kib: Option<u64>,
 }
 
-/// The entries of a `/proc/PID/smaps` text.
-pub fn parse_smaps(text: &str) -> Vec<Resident> {
+/// The entries of a `/proc/PID/smaps` text, given line by line (the agent
+/// reads the file through a small buffer: taking it whole would grow the
+/// heap by the file's 30 KiB for good).
+pub fn parse_smaps<L: AsRef<str>>(lines: impl IntoIterator<Item = L>) -> Vec<Resident> {
     let mut out: Vec<Resident> = Vec::new();
-    for line in text.lines() {
+    for line in lines {
+        let line = line.as_ref();
         if let Some(mapping) = parse_header(line) {
             out.push(Resident {
                 mapping,
@@ -179,14 +186,19 @@ impl StartupMappings {
     /// once start-up is over; it never fails, a mapping it cannot check or
     /// release is left alone.
     pub fn release(&self) -> Released {
-        let text = match std::fs::read_to_string("/proc/self/smaps") {
-            Ok(t) => t,
+        let file = match std::fs::File::open("/proc/self/smaps") {
+            Ok(f) => f,
             Err(e) => {
                 log::debug!("/proc/self/smaps: {e}: start-up pages stay resident");
                 return Released::default();
             }
         };
-        let now = parse_smaps(&text);
+        // A line that cannot be read ends the list: its mapping (and those
+        // after it) are only not released.
+        let lines = std::io::BufReader::with_capacity(SMAPS_BUFFER_BYTES, file)
+            .lines()
+            .map_while(Result::ok);
+        let now = parse_smaps(lines);
         let mut released = Released::default();
         for r in releasable(&self.0, &now) {
             if dont_need(&r.mapping) {
@@ -273,7 +285,7 @@ Anonymous:             0 kB
     }
 
     fn check(at_start: &[Mapping], smaps: &str, expected_starts: &[u64]) {
-        let now = parse_smaps(smaps);
+        let now = parse_smaps(smaps.lines());
         let got: Vec<u64> = releasable(at_start, &now)
             .iter()
             .map(|r| r.mapping.start)
@@ -283,7 +295,7 @@ Anonymous:             0 kB
 
     #[test]
     fn smaps_entries_carry_their_rss_and_anonymous_sizes() {
-        let now = parse_smaps(SMAPS);
+        let now = parse_smaps(SMAPS.lines());
         assert_eq!(now.len(), 7);
         assert_eq!(
             now[1],
@@ -299,7 +311,10 @@ Anonymous:             0 kB
 
     #[test]
     fn only_clean_read_only_file_mappings_from_start_up_are_released() {
-        let at_start: Vec<Mapping> = parse_smaps(SMAPS).into_iter().map(|r| r.mapping).collect();
+        let at_start: Vec<Mapping> = parse_smaps(SMAPS.lines())
+            .into_iter()
+            .map(|r| r.mapping)
+            .collect();
         // The binary's read-only data and text, libc's text: not the RELRO
         // (anonymous), the data and heap (writable), nor the vDSO (no file).
         check(
@@ -311,8 +326,10 @@ Anonymous:             0 kB
 
     #[test]
     fn a_mapping_not_there_at_start_or_changed_since_is_left_alone() {
-        let mut at_start: Vec<Mapping> =
-            parse_smaps(SMAPS).into_iter().map(|r| r.mapping).collect();
+        let mut at_start: Vec<Mapping> = parse_smaps(SMAPS.lines())
+            .into_iter()
+            .map(|r| r.mapping)
+            .collect();
         // libc's text was not mapped yet when main began (a library
         // dlopened later), and the binary's text has another extent.
         at_start.retain(|m| m.inode != 1053826);
@@ -359,7 +376,7 @@ zz-10 r--p 0 fe:00 1
         // Code and read-only data come back from the file as they run
         // (reading and parsing smaps again, formatting, allocating), but
         // far from all of what was resident before.
-        let again = parse_smaps(&std::fs::read_to_string("/proc/self/smaps").unwrap());
+        let again = parse_smaps(std::fs::read_to_string("/proc/self/smaps").unwrap().lines());
         let back_kib: u64 = releasable(&at_start.0, &again)
             .iter()
             .map(|r| r.rss_kib)
