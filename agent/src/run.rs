@@ -1,5 +1,7 @@
 //! The agent's top level: wire the sampler, the connection and the command
-//! session together on the current thread, and stop them in order.
+//! session together on the current thread, and stop them in order. Once a
+//! session has settled, give back the pages only start-up touched
+//! (`startup_pages.rs`).
 //!
 //! Shutdown in three steps: notice (the `shutdown` future: SIGTERM/SIGINT
 //! from `main`, or a test's trigger), tell (stop the sampler), wait (keep the
