@@ -24,6 +24,7 @@ pub mod sampler;
 pub mod session;
 pub mod source;
 pub mod spool;
+pub mod startup_pages;
 pub mod state;
 pub mod sysfs;
 #[cfg(test)]

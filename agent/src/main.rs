@@ -10,6 +10,9 @@ use std::process::ExitCode;
 use monitor_agent::config::{Args, Mode};
 
 fn main() -> ExitCode {
+    // First, while this is the only thread and every library is loaded:
+    // which mappings the start-up pages may later be given back from.
+    let at_start = monitor_agent::startup_pages::StartupMappings::snapshot();
     let mode = match monitor::cli::config_or_exit(
         "monitor-agent",
         monitor_agent::run::VERSION,
@@ -47,7 +50,7 @@ fn main() -> ExitCode {
                 return Err(None);
             }
         };
-        monitor_agent::run::run(config, shutdown)
+        monitor_agent::run::run(config, at_start, shutdown)
             .await
             .map_err(Some)
     }));

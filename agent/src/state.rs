@@ -32,6 +32,9 @@ pub struct Shared {
     pub started: Instant,
     /// Whether a session with the server is up.
     pub connected: Cell<bool>,
+    /// Sessions (or attempts) that ended since start: a reconnection
+    /// touched code the steady state does not (`run.rs` releases it).
+    pub sessions_ended_total: Cell<u64>,
     /// The on-disk copy of `buffer`, when `--spool` is set.
     pub spool: RefCell<Option<Spool>>,
     /// Spool errors since start (logged once per burst, never fatal).
@@ -55,6 +58,7 @@ impl Shared {
             last_tick: Cell::new(None),
             started: Instant::now(),
             connected: Cell::new(false),
+            sessions_ended_total: Cell::new(0),
             spool: RefCell::new(None),
             spool_errors_total: Cell::new(0),
             sampling_done: Cell::new(false),

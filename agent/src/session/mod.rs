@@ -60,6 +60,9 @@ pub async fn run(connector: Connector, shared: Rc<Shared>, commands: Rc<CommandC
             },
         };
         shared.connected.set(false);
+        shared
+            .sessions_ended_total
+            .set(shared.sessions_ended_total.get() + 1);
         if let Ok(Ended::Renewed) = result {
             // A new certificate: reconnect with it at once, no backoff.
             log::info!("reconnecting with the renewed certificate");
