@@ -95,10 +95,11 @@ pub use latest_health::MAX_HEALTH_SERIES_PER_HOST;
 pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
     AuthorityRecord, Bucket, CertificateRecord, CommandRecord, CommandResultRecord, Conflict,
-    CursorRecord, FlushObserver, FlushStats, ForwardBatch, ForwardRow, HealthQuery, HealthRow,
-    HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, LatestHealth, LatestValue, RelayKind,
-    RelayRecord, SampleQuery, Series, SeriesQuery, SessionRecord, SigningKeyRecord, StoredHealth,
-    StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
+    CursorRecord, FleetSeriesQuery, FlushObserver, FlushStats, ForwardBatch, ForwardRow,
+    HealthQuery, HealthRow, HistoryRow, HostRecord, HostSeries, IncomingBatch, JoinTokenRecord,
+    LatestHealth, LatestValue, RelayKind, RelayRecord, SampleQuery, Series, SeriesQuery,
+    SessionRecord, SigningKeyRecord, StoredHealth, StoredSample, StoredSampleRow, SubmitOutcome,
+    TokenRefusal,
 };
 pub use series::Downsampler;
 pub use sqlite::{SqliteConfig, SqliteError};
@@ -381,6 +382,19 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => s.series(q, down).await,
             Backend::Postgres(s) => s.series(q, down).await,
+        }
+    }
+
+    /// [`Store::series`] for every host at once, by hostname, in one read
+    /// of the backend (the dashboard's sparklines: one query, not one per
+    /// host). Every host ever stored is listed, one without a sample in the
+    /// range with empty series; the same refusals as [`Store::series`].
+    pub async fn fleet_series(&self, q: FleetSeriesQuery) -> Result<Vec<HostSeries>, StoreError> {
+        let down =
+            Downsampler::new(&q.for_host(""), &Metric::ALL).map_err(StoreError::BadSeriesQuery)?;
+        match &self.backend {
+            Backend::Sqlite(s) => s.fleet_series(q, down).await,
+            Backend::Postgres(s) => s.fleet_series(q, down).await,
         }
     }
 

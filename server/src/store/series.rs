@@ -32,8 +32,9 @@ impl std::fmt::Display for BadSeriesQuery {
     }
 }
 
-/// Builds the [`Series`] of one query from its samples.
-#[derive(Debug)]
+/// Builds the [`Series`] of one query from its samples. A clone made
+/// before the first sample serves the same query for another host.
+#[derive(Clone, Debug)]
 pub struct Downsampler {
     since_unix_ms: i64,
     until_unix_ms: i64,
@@ -41,7 +42,7 @@ pub struct Downsampler {
     series: Vec<SeriesState>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct SeriesState {
     metric: Metric,
     buckets: Vec<Bucket>,
@@ -133,6 +134,16 @@ impl Downsampler {
                 sum: value,
                 max_gap_ms: gap_ms,
             }),
+        }
+    }
+
+    /// Adds the values of one tick: `values[i]` (when there is one) to
+    /// series `i`, as [`Downsampler::push`] does.
+    pub fn push_tick(&mut self, time_unix_ms: i64, values: &[Option<f64>]) {
+        for (i, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                self.push(i, time_unix_ms, *v);
+            }
         }
     }
 
