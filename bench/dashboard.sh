@@ -17,7 +17,8 @@
 #      OLD_SERVER, that build's too, in the same run).
 # Needs Debian's chromium and Playwright from PyPI (see .ci/run); loopback
 # only. Usage: bench/dashboard.sh [--steps 2500,5000] [--hold 20s]
-# (SKIP_SERIES=1 skips the first part; RUNS=5, ROUNDS=3).
+# (SKIP_SERIES=1 skips the first part, SKIP_RENDER=1 the second,
+# ROUNDS=0 the third; RUNS=5, ROUNDS=3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=2500,5000
@@ -97,7 +98,9 @@ fleet() { # fleet N: loadgen holding N agents at 1 s against the running server
     wait_until "$1 hosts in /api/hosts" 180 hosts_listed "$1"
 }
 
-for build in "$server_bin" ${OLD_SERVER:+"$OLD_SERVER"}; do
+render_builds=("$server_bin" ${OLD_SERVER:+"$OLD_SERVER"})
+[[ -n ${SKIP_RENDER:-} ]] && render_builds=()
+for build in "${render_builds[@]}"; do
     log "fleet page with 1,000 hosts ($build)"
     server_bin=$build start_server "render-$RANDOM"
     fleet 1000

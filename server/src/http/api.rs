@@ -51,6 +51,13 @@ const MAX_MESSAGE_BYTES: usize = 1024;
 const SPARK_RANGE_MS: i64 = 15 * 60_000;
 const SPARK_POINTS: i64 = 30;
 const SPARK_PERIOD: Duration = Duration::from_secs(15);
+/// A sparklines bucket that ended this long ago is taken as final: agents
+/// send within seconds, so the next computation reads only the samples
+/// after it (15 s of the fleet, not 15 minutes).
+const SPARK_SETTLE_MS: i64 = 30_000;
+/// Every so often the whole 15 minutes are read again, so samples that
+/// came late (an agent's buffer after an outage) show within this time.
+const SPARK_FULL_READ_MS: i64 = 5 * 60_000;
 /// How long one `/api/hosts` answer serves every page: the period the
 /// pages poll at (they read it from the answer's `poll_ms`).
 const HOSTS_PERIOD: Duration = Duration::from_secs(3);
@@ -65,6 +72,8 @@ pub struct SharedAnswers {
     /// next is made in the background, so no page waits on a large fleet's
     /// computation but the very first.
     sparklines: SharedAnswer,
+    /// What the last sparklines read found (`SparkMemory`).
+    spark_memory: std::sync::Mutex<Option<SparkMemory>>,
 }
 
 impl Default for SharedAnswers {
@@ -72,6 +81,7 @@ impl Default for SharedAnswers {
         SharedAnswers {
             hosts: SharedAnswer::new("hosts", HOSTS_PERIOD),
             sparklines: SharedAnswer::new("sparklines", SPARK_PERIOD),
+            spark_memory: std::sync::Mutex::new(None),
         }
     }
 }
@@ -414,58 +424,140 @@ pub async fn sparklines(
     Ok(answer.respond(&headers))
 }
 
-/// Every host's sparklines, encoded: one store read for the whole fleet.
+/// One host's bucket means per series (in [`Metric::ALL`] order): (bucket
+/// start, mean), oldest first.
+type Means = Vec<Vec<(i64, f64)>>;
+
+/// What the last sparklines read found: each host's bucket means, and up
+/// to where they are final (see [`SPARK_SETTLE_MS`]).
+struct SparkMemory {
+    step_ms: i64,
+    settled_until_unix_ms: i64,
+    /// When the whole range was last read.
+    full_read_unix_ms: i64,
+    hosts: BTreeMap<String, Means>,
+}
+
+/// Every host's sparklines, encoded: one store read for the whole fleet,
+/// from where the last read's buckets were final (or, every
+/// [`SPARK_FULL_READ_MS`], the whole range).
 async fn compute_sparklines(state: &HttpState) -> Result<Built, ApiError> {
     let now = monitor::time::now_unix_ms();
     let grid = plot::query("", now - SPARK_RANGE_MS, now, SPARK_POINTS);
-    let fleet = state
+    let memory = state
+        .answers
+        .spark_memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .filter(|m| {
+            m.step_ms == grid.step_ms
+                && m.settled_until_unix_ms > grid.since_unix_ms
+                && m.settled_until_unix_ms <= now
+                && now - m.full_read_unix_ms < SPARK_FULL_READ_MS
+        });
+    let from_unix_ms = memory
+        .as_ref()
+        .map_or(grid.since_unix_ms, |m| m.settled_until_unix_ms);
+    let fresh = state
         .store
         .fleet_series(crate::store::FleetSeriesQuery {
-            since_unix_ms: grid.since_unix_ms,
+            since_unix_ms: from_unix_ms,
             until_unix_ms: grid.until_unix_ms,
             step_ms: grid.step_ms,
         })
         .await?;
-    tokio::task::spawn_blocking(move || {
+    let (built, memory) = tokio::task::spawn_blocking(move || {
+        let full_read_unix_ms = memory.as_ref().map_or(now, |m| m.full_read_unix_ms);
+        let hosts = join_means(
+            memory.map(|m| m.hosts).unwrap_or_default(),
+            fresh,
+            grid.since_unix_ms,
+            from_unix_ms,
+        );
         let answer = SparklinesAnswer {
             since_unix_ms: grid.since_unix_ms,
             step_ms: grid.step_ms,
-            hosts: fleet
-                .into_iter()
-                .map(|h| (h.hostname, spark_levels(&grid, &h.series)))
+            hosts: hosts
+                .iter()
+                .map(|(name, means)| (name.clone(), spark_levels(&grid, means)))
                 .collect(),
         };
         let json = serde_json::to_vec(&answer).map_err(internal)?;
-        Ok(Built { json, tag_from: 0 })
+        let memory = SparkMemory {
+            step_ms: grid.step_ms,
+            settled_until_unix_ms: (now - SPARK_SETTLE_MS).div_euclid(grid.step_ms) * grid.step_ms,
+            full_read_unix_ms,
+            hosts,
+        };
+        Ok::<_, ApiError>((Built { json, tag_from: 0 }, memory))
     })
     .await
-    .map_err(internal)?
+    .map_err(internal)??;
+    *state
+        .answers
+        .spark_memory
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(memory);
+    Ok(built)
 }
 
-/// One host's sparklines on `grid`: per series, each bucket's mean as a
-/// level from 0 (the series' lowest mean in the range) to 100 (its
-/// highest), `None` for a bucket without samples.
+/// Each host of `fresh` (read from `from_unix_ms` on) with the means `kept`
+/// holds for it in [`since_unix_ms`, `from_unix_ms`) before its own: the
+/// hosts are those of `fresh` (every host the store knows).
+fn join_means(
+    mut kept: BTreeMap<String, Means>,
+    fresh: Vec<crate::store::HostSeries>,
+    since_unix_ms: i64,
+    from_unix_ms: i64,
+) -> BTreeMap<String, Means> {
+    fresh
+        .into_iter()
+        .map(|h| {
+            let mut old = kept.remove(&h.hostname).unwrap_or_default();
+            let means = h
+                .series
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let mut m: Vec<(i64, f64)> = old
+                        .get_mut(i)
+                        .map(std::mem::take)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|&(t, _)| t >= since_unix_ms && t < from_unix_ms)
+                        .collect();
+                    m.extend(
+                        s.buckets
+                            .iter()
+                            .map(|b| (b.start_unix_ms, b.sum / f64::from(b.count.max(1)))),
+                    );
+                    m
+                })
+                .collect();
+            (h.hostname, means)
+        })
+        .collect()
+}
+
+/// One host's sparklines on `grid`: per series (named in [`Metric::ALL`]
+/// order), each bucket's mean as a level from 0 (the series' lowest mean
+/// in the range) to 100 (its highest), `None` for a bucket without
+/// samples.
 fn spark_levels(
     grid: &crate::store::SeriesQuery,
-    series: &[crate::store::Series],
+    means: &Means,
 ) -> BTreeMap<&'static str, Vec<Option<u8>>> {
     let buckets =
         usize::try_from((grid.until_unix_ms - grid.since_unix_ms) / grid.step_ms + 1).unwrap_or(0);
     let mut per = BTreeMap::new();
-    for s in series {
-        let means: Vec<(usize, f64)> = s
-            .buckets
-            .iter()
-            .filter_map(|b| {
-                let k = usize::try_from((b.start_unix_ms - grid.since_unix_ms) / grid.step_ms);
-                Some((k.ok()?, b.sum / f64::from(b.count.max(1))))
-            })
-            .collect();
+    for (metric, means) in Metric::ALL.iter().zip(means) {
         let lo = means.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
         let hi = means.iter().map(|m| m.1).fold(f64::NEG_INFINITY, f64::max);
         let mut levels = vec![None; buckets];
-        for (k, m) in means {
-            if let Some(l) = levels.get_mut(k) {
+        for &(start, m) in means {
+            let k = usize::try_from((start - grid.since_unix_ms) / grid.step_ms).ok();
+            if let Some(l) = k.and_then(|k| levels.get_mut(k)) {
                 let level = if hi > lo {
                     (m - lo) / (hi - lo) * 100.0
                 } else {
@@ -474,7 +566,7 @@ fn spark_levels(
                 *l = Some(level.round().clamp(0.0, 100.0) as u8);
             }
         }
-        per.insert(s.metric.name(), levels);
+        per.insert(metric.name(), levels);
     }
     per
 }
@@ -620,6 +712,55 @@ mod tests {
         assert_eq!(p.get("bad"), Some("%zz"));
         assert_eq!(p.get("end"), Some("%4"));
         assert_eq!(p.get("none"), None);
+    }
+
+    #[test]
+    fn sparklines_keep_final_buckets_and_take_the_rest_from_the_new_read() {
+        use crate::store::{Bucket, HostSeries, Series};
+        let bucket = |start_unix_ms, sum| Bucket {
+            start_unix_ms,
+            count: 2,
+            min: 0.0,
+            max: 0.0,
+            sum,
+            max_gap_ms: 0,
+        };
+        let host = |name: &str, buckets: Vec<Bucket>| HostSeries {
+            hostname: name.into(),
+            series: Metric::ALL
+                .iter()
+                .map(|&metric| Series {
+                    metric,
+                    interval_ms: None,
+                    buckets: buckets.clone(),
+                })
+                .collect(),
+        };
+        let kept_means = vec![vec![(0, 1.0), (30_000, 2.0), (60_000, 9.0)]; Metric::ALL.len()];
+        let kept = BTreeMap::from([
+            ("a".to_owned(), kept_means.clone()),
+            ("gone".to_owned(), kept_means),
+        ]);
+        // Read from 60 s on; the range now starts at 30 s.
+        let fresh = vec![
+            host("a", vec![bucket(60_000, 8.0)]),
+            host("b", vec![bucket(90_000, 2.0)]),
+        ];
+        let joined = join_means(kept, fresh, 30_000, 60_000);
+        assert_eq!(joined.keys().collect::<Vec<_>>(), ["a", "b"]);
+        // Before the range: dropped; final: kept; from the read on: new.
+        assert_eq!(joined["a"][0], [(30_000, 2.0), (60_000, 4.0)]);
+        assert_eq!(joined["b"][5], [(90_000, 1.0)]);
+
+        let grid = plot::query("", 30_000, 120_000, 3);
+        assert_eq!((grid.since_unix_ms, grid.step_ms), (30_000, 30_000));
+        let levels = spark_levels(&grid, &joined["a"]);
+        assert_eq!(levels.len(), Metric::ALL.len());
+        assert_eq!(levels["cpu_percent"], [Some(0), Some(100), None, None]);
+        assert_eq!(
+            spark_levels(&grid, &joined["b"])["cpu_percent"][2],
+            Some(50)
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   once the request is durable (or refused); [`Store::submit`] and the
 //!   `record_*` methods do both steps;
 //! - read: [`Store::query`] samples, [`Store::series`] (samples
-//!   downsampled per bucket, for plots), [`Store::hosts`] /
+//!   downsampled per bucket, for plots; [`Store::fleet_series`] for every
+//!   host at once), [`Store::hosts`] /
 //!   [`Store::hosts_page`] / [`Store::host`]
 //!   (the host facts: the store is their one owner, the registry only
 //!   knows who is connected), [`Store::history`];
@@ -63,6 +64,9 @@
 //!   into the [`Downsampler`] it is handed, nothing more (PostgreSQL can
 //!   do the same over one `SELECT ... ORDER BY time`, or aggregate in SQL
 //!   if it keeps `Bucket`'s meaning, `max_gap_ms` included).
+//! - `fleet_series` gives each host exactly what `series` gives it, in
+//!   one read of the backend for every host (one statement, one
+//!   snapshot), never one query per host.
 //! - `forward_batch` returns every stored batch exactly once across calls
 //!   that pass on the previous `through`, in commit order (also while
 //!   several handles write at once), and nothing a registered
