@@ -5,11 +5,17 @@
 //!   headers, gzip; series whose buckets hold exactly the min, max and
 //!   mean of the stored samples in them; an agent's outage as a null row;
 //!   unknown hosts 404, bad ranges 400; the command history;
+//! - the health series (`/api/hosts/NAME/health`) of a fake Raspberry Pi
+//!   whose temperature and throttling change: a series per metric, mount
+//!   point and throttling condition, compared bucket by bucket with the
+//!   store, an outage as a gap, none of what a fake VM lacks, bad input
+//!   named;
 //! - the pages in a real browser (Debian's `chromium`, driven by Playwright
 //!   from PyPI: `tests/dashboard/browser.py`): three hosts with values, a
-//!   host page's plots drawn from what the store holds, a killed agent
-//!   offline on the open page, no console error, no request off
-//!   127.0.0.1, phone width, dark mode. Screenshots are kept under
+//!   host page's plots drawn from what the store holds, a fake Pi's
+//!   temperature plot from its health series and none on a fake VM's page,
+//!   a killed agent offline on the open page, no console error, no request
+//!   off 127.0.0.1, phone width, dark mode. Screenshots are kept under
 //!   `target/tmp/dashboard/` (the paths are printed). Without chromium or
 //!   Playwright it prints one `skipped:` line and passes.
 
@@ -57,7 +63,7 @@ fn check_series_against_store(
         .collect();
     let mut compared = 0;
     for s in answer["series"].as_array().unwrap() {
-        let metric = s["metric"].as_str().unwrap();
+        let metric = &series_key(s);
         let samples = stored.get(metric).cloned().unwrap_or_default();
         let col = |name: &str| -> Vec<Option<f64>> {
             s[name]
@@ -103,6 +109,62 @@ fn check_series_against_store(
         }
     }
     compared
+}
+
+/// A series' name in an answer: its metric, with its labels if it has
+/// any (`fs_used_percent{mountpoint=/boot}`).
+fn series_key(s: &Value) -> String {
+    let metric = s["metric"].as_str().unwrap();
+    let labels: Vec<String> = s["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect();
+    if labels.is_empty() {
+        metric.to_owned()
+    } else {
+        format!("{metric}{{{}}}", labels.join(","))
+    }
+}
+
+/// The throttling conditions and their bits (the firmware's word, as
+/// README's metrics table documents it).
+const FLAGS: [(&str, u32); 4] = [
+    ("under_voltage", 0),
+    ("arm_frequency_capped", 1),
+    ("throttled", 2),
+    ("soft_temperature_limit", 3),
+];
+
+/// monitorctl's values of health metric `metric` of `host` in the last 10
+/// minutes, keyed as [`series_key`] names the API's series (the
+/// throttling word as its four conditions, 0 or 1): (ms, value).
+fn stored_health(server: &Server, host: &str, metric: &str) -> BTreeMap<String, Vec<(i64, f64)>> {
+    let out = server.ctl(&[
+        "query", host, "--metric", metric, "--since", "10m", "--json",
+    ]);
+    let mut by: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let t = rfc3339_ms(v["time"].as_str().unwrap());
+        let value = v["value"].as_f64().unwrap();
+        if metric == "throttled_flags" {
+            for (flag, bit) in FLAGS {
+                let set = f64::from((value as u32 >> bit) & 1);
+                by.entry(format!("{metric}{{flag={flag}}}"))
+                    .or_default()
+                    .push((t, set));
+            }
+        } else {
+            let key = match v["mountpoint"].as_str() {
+                Some(m) => format!("{metric}{{mountpoint={m}}}"),
+                None => metric.to_owned(),
+            };
+            by.entry(key).or_default().push((t, value));
+        }
+    }
+    by
 }
 
 fn json(answer: &HttpAnswer) -> Value {
@@ -398,6 +460,208 @@ fn the_api_serves_the_store_downsampled_to_anyone_with_a_way_in_and_nobody_else(
     );
 }
 
+/// The health series API (issue 14) against a fake Raspberry Pi whose
+/// temperature and throttling change while it reports, and a fake VM with
+/// neither: one series per metric, per mount point and per throttling
+/// condition, each bucket the min, max and mean of what the store holds;
+/// an outage as a null row; only what the host has; bad input named.
+#[test]
+fn the_health_api_serves_a_pis_labelled_series_downsampled() {
+    let dir = TempDir::new("dash-health");
+    let server = Server::start(&dir.join("monitor.db"));
+    let mut pi = fake_pi();
+    let mut pi_agent = fake_pi_agent(&server, &pi, "api-pi").spawn();
+    let vm = monitor_agent::testing::FakeHost::new();
+    let _vm_agent = fake_pi_agent(&server, &vm, "api-vm").spawn();
+    let token = server.metrics_token();
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    let get = |path: &str| server.https(path, &auth);
+
+    // The temperature swings and the throttling changes every few ticks
+    // (0.5 s) until the store holds 15 s of them, so buckets hold
+    // different values.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    for n in 0u32.. {
+        pi.set_thermal_temp(0, 40_000 + i64::from(n % 7) * 5_000);
+        pi.set_throttled(if n % 5 < 2 { 0x50005 } else { 0x50000 });
+        if n % 10 == 9 {
+            let temp = stored_health(&server, "api-pi", "temp_celsius")
+                .remove("temp_celsius")
+                .unwrap_or_default();
+            let span_ms = temp.last().map_or(0, |l| l.0) - temp.first().map_or(0, |f| f.0);
+            if span_ms >= 15_000 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 15 s of api-pi's temperature stored in 90 s"
+        );
+        // Pacing the fake sensor's changes, not waiting for an outcome.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_for("api-vm online", Duration::from_secs(30), || {
+        server.host("api-vm").filter(|x| x.online).map(|_| ())
+    });
+
+    // Bad input first: each refusal names what was wrong.
+    assert_eq!(server.https("/api/hosts/api-pi/health", &[]).status, 401);
+    let unknown = get("/api/hosts/nobody/health?range=1h");
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    assert_eq!(json(&unknown)["error"], "unknown host 'nobody'");
+    for (bad, says) in [
+        ("metric=fan_rpm", "unknown health metric 'fan_rpm'"),
+        ("metric=cpu_percent", "one of the six"),
+        ("range=soon", "range"),
+        ("since=10&until=5", "non-empty"),
+        ("points=2001", "points"),
+    ] {
+        let a = get(&format!("/api/hosts/api-pi/health?{bad}"));
+        assert_eq!(a.status, 400, "{bad}: {}", a.text());
+        let error = json(&a)["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(says), "{bad}: {error}");
+    }
+
+    // Everything of the last minute in 3 s buckets, compared with the store.
+    let until = monitor::time::now_unix_ms();
+    let since = until - 60_000;
+    let a = get(&format!(
+        "/api/hosts/api-pi/health?since={since}&until={until}&points=20"
+    ));
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(a.header("server-timing").is_some());
+    let answer = json(&a);
+    assert_eq!(answer["step_ms"], 3000);
+    assert_eq!(answer["devices_left_out"], 0);
+    let keys: Vec<String> = answer["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(series_key)
+        .collect();
+    for want in [
+        "temp_celsius",
+        "under_voltage",
+        "throttled_flags{flag=under_voltage}",
+        "throttled_flags{flag=arm_frequency_capped}",
+        "throttled_flags{flag=throttled}",
+        "throttled_flags{flag=soft_temperature_limit}",
+        "load1",
+        "fs_used_percent{mountpoint=/}",
+        "fs_used_percent{mountpoint=/boot/firmware}",
+    ] {
+        assert!(keys.iter().any(|k| k == want), "{want} not in {keys:?}");
+    }
+    assert_eq!(answer["series"][0]["unit"], "°C");
+    let mut stored = BTreeMap::new();
+    for metric in [
+        "temp_celsius",
+        "throttled_flags",
+        "fs_used_percent",
+        "load1",
+    ] {
+        stored.extend(stored_health(&server, "api-pi", metric));
+    }
+    let only_stored = serde_json::json!({
+        "step_ms": answer["step_ms"],
+        "since_unix_ms": answer["since_unix_ms"],
+        "until_unix_ms": answer["until_unix_ms"],
+        "times": answer["times"],
+        "series": answer["series"].as_array().unwrap().iter()
+            .filter(|s| stored.contains_key(&series_key(s)))
+            .collect::<Vec<_>>(),
+    });
+    let compared = check_series_against_store(&only_stored, &stored, 2000);
+    // 12 s of closed 3 s buckets at least, for 8 series.
+    assert!(compared >= 8 * 3, "only {compared} buckets compared");
+    // Downsampling kept the swings: some temperature bucket spans
+    // several degrees, and the under-voltage lane both held and cleared.
+    let temp = &answer["series"][0];
+    let spread = temp["min"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(temp["max"].as_array().unwrap())
+        .filter_map(|(lo, hi)| Some(hi.as_f64()? - lo.as_f64()?))
+        .fold(0.0, f64::max);
+    assert!(spread >= 5.0, "{temp}");
+    let uv = answer["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| series_key(s) == "throttled_flags{flag=under_voltage}")
+        .unwrap();
+    let maxes: Vec<f64> = uv["max"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    assert!(maxes.contains(&1.0), "{uv}");
+    assert!(
+        uv["min"].as_array().unwrap().contains(&Value::from(0)),
+        "{uv}"
+    );
+
+    // One metric asked for: the two mount points only.
+    let fs = json(&get(
+        "/api/hosts/api-pi/health?metric=fs_used_percent&range=5m",
+    ));
+    let keys: Vec<String> = fs["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(series_key)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "fs_used_percent{mountpoint=/}",
+            "fs_used_percent{mountpoint=/boot/firmware}"
+        ]
+    );
+    // A VM without a thermal zone or firmware: no such series at all.
+    let vm_answer = json(&get("/api/hosts/api-vm/health?range=5m"));
+    let vm_keys: Vec<String> = vm_answer["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(series_key)
+        .collect();
+    assert!(vm_keys.iter().any(|k| k == "load1"), "{vm_keys:?}");
+    assert!(
+        !vm_keys
+            .iter()
+            .any(|k| k.starts_with("temp_celsius") || k.starts_with("throttled_flags")),
+        "{vm_keys:?}"
+    );
+
+    // An outage is a gap: the Pi's agent killed, silent for a few
+    // seconds, started again with its identity.
+    let state_dir = server.agent_state_dir("api-pi");
+    pi_agent.signal("KILL");
+    pi_agent.wait_exit(Duration::from_secs(10));
+    let silent_since = monitor::time::now_unix_ms();
+    wait_for("three seconds of silence", Duration::from_secs(10), || {
+        (monitor::time::now_unix_ms() - silent_since > 3000).then_some(())
+    });
+    let _back = reading(
+        AgentCmd::with_identity(&server.url(), "api-pi", &state_dir),
+        &pi,
+    )
+    .spawn();
+    wait_for("api-pi back with a gap", Duration::from_secs(30), || {
+        let a = json(&get(
+            "/api/hosts/api-pi/health?metric=temp_celsius&range=2m",
+        ));
+        let temp = a["series"][0]["mean"].as_array()?.clone();
+        (1..temp.len().saturating_sub(1))
+            .find(|&i| temp[i].is_null() && !temp[i - 1].is_null() && !temp[i + 1].is_null())
+            .map(|_| ())
+    });
+}
+
 /// A Python with Playwright (the CI venv, or the one on PATH).
 fn playwright_python() -> Option<PathBuf> {
     ["/tmp/monitor-ci-venv/bin/python3", "python3"]
@@ -427,7 +691,14 @@ fn the_pages_work_in_a_real_browser() {
     let server = Server::start(&dir.join("monitor.db"));
     let hosts = ["pi-kitchen", "pi-garage", "pi-attic"];
     let agents: Vec<Proc> = hosts.iter().map(|h| server.agent(h).spawn()).collect();
-    for h in hosts {
+    // A fake Raspberry Pi (thermal zone, firmware, two file systems) and a
+    // fake VM with none of them, for the host page's health section.
+    let (pi_host, plain_host) = ("pi-health", "vm-plain");
+    let pi = fake_pi();
+    let vm = monitor_agent::testing::FakeHost::new();
+    let _pi_agent = fake_pi_agent(&server, &pi, pi_host).spawn();
+    let _vm_agent = fake_pi_agent(&server, &vm, plain_host).spawn();
+    for h in hosts.iter().chain([&pi_host, &plain_host]) {
         wait_for(&format!("{h} online"), Duration::from_secs(30), || {
             server.host(h).filter(|x| x.online).map(|_| ())
         });
@@ -444,6 +715,14 @@ fn the_pages_work_in_a_real_browser() {
             (span_ms >= 15_000).then_some(())
         },
     );
+    wait_for(
+        "12 s of pi-health's temperature stored",
+        Duration::from_secs(60),
+        || {
+            let temp = stored_health(&server, pi_host, "temp_celsius").remove("temp_celsius")?;
+            (temp.last()?.0 - temp.first()?.0 >= 12_000).then_some(())
+        },
+    );
     // A command, so the pages have a history to show.
     server.ctl_ok(&["exec", "--host", "pi-kitchen", "--", "ping"]);
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
@@ -454,6 +733,8 @@ fn the_pages_work_in_a_real_browser() {
         "hosts": hosts,
         "kill_host": "pi-attic",
         "kill_pid": agents[2].pid(),
+        "pi_host": pi_host,
+        "plain_host": plain_host,
         "out_dir": out_dir,
     });
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard/browser.py");
@@ -484,5 +765,27 @@ fn the_pages_work_in_a_real_browser() {
     let compared =
         check_series_against_store(&answer, &stored_samples(&server, "pi-kitchen"), 2000);
     assert!(compared >= 6, "only {compared} buckets compared");
+    // And the Pi's temperature plot came from the store too.
+    let file = report["health_file"].as_str().unwrap();
+    let health: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let mut temp = health.clone();
+    temp["series"] = Value::from(
+        health["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["metric"] == "temp_celsius")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let compared = check_series_against_store(
+        &temp,
+        &stored_health(&server, pi_host, "temp_celsius"),
+        2000,
+    );
+    assert!(
+        compared >= 2,
+        "only {compared} temperature buckets compared"
+    );
     drop(agents);
 }

@@ -5,7 +5,8 @@
 //! - Prometheus scrapes `/metrics` over HTTPS with the server's CA and the
 //!   bearer token; the values match `monitorctl query`; `promtool check
 //!   metrics` finds nothing to say; every PromQL of the shipped Grafana
-//!   dashboard parses and returns series for the test hosts;
+//!   dashboard parses and returns series for the test hosts (the health
+//!   panels' for a fake Raspberry Pi);
 //! - remote-write to Prometheus and VictoriaMetrics: every stored sample
 //!   arrives once with its value and time, across a receiver outage and a
 //!   `kill -9` of the server;
@@ -331,14 +332,10 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
         "{text}"
     );
 
-    // Every query of the shipped dashboard parses and returns series.
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/grafana-monitor.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    // Every query of the shipped dashboard parses and returns series (the
+    // health panels' only where the hosts have those values: they are
+    // checked against a fake Pi in `prometheus_scrapes_a_pis_health_series`).
+    let dashboard = shipped_dashboard();
     let variable = dashboard["templating"]["list"][0]["query"]["query"]
         .as_str()
         .unwrap();
@@ -354,26 +351,13 @@ fn prometheus_scrapes_metrics_over_https_and_the_dashboard_queries_return_series
     for h in HOSTS {
         assert!(body.contains(&format!("\"{h}\"")), "{body}");
     }
-    let mut exprs = Vec::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            exprs.push(target["expr"].as_str().unwrap().to_owned());
-        }
-    }
-    assert!(exprs.len() >= 15, "{exprs:?}");
+    let exprs = dashboard_exprs(&dashboard);
+    assert!(exprs.len() >= 23, "{exprs:?}");
     for expr in &exprs {
-        let q = expr
-            .replace("$hostname", "prom-a")
-            .replace("$__rate_interval", "1m");
-        let result = wait_for(&format!("series for {q}"), Duration::from_secs(30), || {
-            let r = prom.query(&q);
-            (!r.is_empty()).then_some(r)
-        });
-        if expr.contains("$hostname") {
-            assert!(
-                result.iter().all(|s| s["metric"]["hostname"] == "prom-a"),
-                "{q}: {result:?}"
-            );
+        if is_health(expr) {
+            prom.query(&instantiate(expr, "prom-a"));
+        } else {
+            check_panel_query(&prom, expr, "prom-a");
         }
     }
 
@@ -505,6 +489,81 @@ fn prometheus_scrapes_a_pis_health_series() {
     for s in &fs {
         let v: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
         assert!((0.0..=1.0).contains(&v), "{s}");
+    }
+    // The shipped dashboard's health panels: each query returns the Pi's
+    // series (there are panels for temperature, throttling, file systems
+    // and load, fleet-wide and per host).
+    let health: Vec<String> = dashboard_exprs(&shipped_dashboard())
+        .into_iter()
+        .filter(|e| is_health(e))
+        .collect();
+    for family in [
+        "monitor_host_temperature_celsius",
+        "monitor_host_throttled",
+        "monitor_host_filesystem_used_ratio",
+        "monitor_host_load1",
+    ] {
+        let panels = health.iter().filter(|e| e.contains(family)).count();
+        assert!(
+            panels >= 2,
+            "{family}: {panels} panel queries in {health:?}"
+        );
+    }
+    for expr in &health {
+        check_panel_query(&prom, expr, "pi-health");
+    }
+}
+
+/// The Grafana dashboard shipped in `dashboards/`.
+fn shipped_dashboard() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/grafana-monitor.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Every panel query of `dashboard`.
+fn dashboard_exprs(dashboard: &serde_json::Value) -> Vec<String> {
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    exprs
+}
+
+/// The health series (issue 14) a dashboard panel may ask for; only hosts
+/// with the sensors have them.
+const HEALTH_SERIES: [&str; 5] = [
+    "monitor_host_temperature_celsius",
+    "monitor_host_throttled",
+    "monitor_host_under_voltage",
+    "monitor_host_filesystem_used_ratio",
+    "monitor_host_load1",
+];
+
+fn is_health(expr: &str) -> bool {
+    HEALTH_SERIES.iter().any(|s| expr.contains(s))
+}
+
+/// A panel query as Grafana sends it with `host` picked.
+fn instantiate(expr: &str, host: &str) -> String {
+    expr.replace("$hostname", host)
+        .replace("$__rate_interval", "1m")
+}
+
+/// Waits until the panel query `expr` (for `host`) returns series, and
+/// checks that a per-host panel's are all of `host`.
+fn check_panel_query(prom: &Prometheus, expr: &str, host: &str) {
+    let q = instantiate(expr, host);
+    let result = wait_for(&format!("series for {q}"), Duration::from_secs(30), || {
+        let r = prom.query(&q);
+        (!r.is_empty()).then_some(r)
+    });
+    if expr.contains("$hostname") {
+        assert!(
+            result.iter().all(|s| s["metric"]["hostname"] == host),
+            "{q}: {result:?}"
+        );
     }
 }
 

@@ -1,8 +1,9 @@
 //! Figures for BENCHMARKS.md: the dashboard's host page asking for 7 days
-//! of one host at a 5 s interval (about 121,000 ticks, 726,000 samples):
-//! the store's downsampling read, the whole `/api/hosts/NAME/series`
-//! answer through the router (store read, layout, JSON, gzip), and the
-//! bytes on the wire with and without gzip.
+//! of one host at a 5 s interval (about 121,000 ticks, 726,000 samples,
+//! and a Raspberry Pi's 8 health values per tick: 968,000 health rows):
+//! the store's downsampling read, the whole `/api/hosts/NAME/series` and
+//! `/api/hosts/NAME/health` answers through the router (store read,
+//! layout, JSON, gzip), and the bytes on the wire with and without gzip.
 //!
 //! `cargo bench -p monitor-server --bench dashboard`; knobs: `DAYS` (7),
 //! `INTERVAL_MS` (5000), `RUNS` (10).
@@ -17,10 +18,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http_body_util::BodyExt;
+use monitor::health::HealthMetric;
 use monitor::metric::Metric;
 use monitor_server::http::{self, Auth, HttpState};
 use monitor_server::registry::Registry;
-use monitor_server::store::{IncomingBatch, StoredSample};
+use monitor_server::store::{IncomingBatch, StoredHealth, StoredSample};
 use monitor_server::telemetry::Telemetry;
 
 /// Values that look like an agent's (noisy, many decimals), so gzip gets
@@ -62,10 +64,34 @@ fn main() {
         while t < until {
             seq += 1;
             let mut samples = Vec::new();
+            let mut health = Vec::new();
             for k in 0..per_batch {
                 let time_unix_ms = t + k * interval_ms;
                 if time_unix_ms >= until {
                     break;
+                }
+                // A Pi's health values: what `health_series` reads.
+                let throttled = if noise.next() < 0.01 { 0x50005 } else { 0 };
+                for (metric, device, value) in [
+                    (HealthMetric::TempCelsius, "", 40.0 + 30.0 * noise.next()),
+                    (HealthMetric::UnderVoltage, "", f64::from(throttled & 1)),
+                    (HealthMetric::ThrottledFlags, "", f64::from(throttled)),
+                    (HealthMetric::Load1, "", 4.0 * noise.next()),
+                    (
+                        HealthMetric::UptimeSeconds,
+                        "",
+                        ((time_unix_ms - since) / 1000) as f64,
+                    ),
+                    (HealthMetric::FsUsedPercent, "/", 60.0 + noise.next()),
+                    (HealthMetric::FsUsedPercent, "/boot/firmware", 20.0),
+                    (HealthMetric::RootInodesUsedPercent, "", 10.0 + noise.next()),
+                ] {
+                    health.push(StoredHealth {
+                        time_unix_ms,
+                        metric,
+                        device: device.into(),
+                        value,
+                    });
                 }
                 for (i, &metric) in Metric::ALL.iter().enumerate() {
                     let value = if metric.is_percent() {
@@ -92,7 +118,7 @@ fn main() {
                 dropped_batches_total: 0,
                 peer: "127.0.0.1:1".into(),
                 samples,
-                health: Vec::new(),
+                health,
             };
             tickets.push(store.enqueue(b).await.expect("enqueue"));
             if tickets.len() >= 512 {
@@ -120,6 +146,18 @@ fn main() {
             store_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(series.len(), Metric::ALL.len());
         }
+        let mut health_store_ms = Vec::new();
+        for _ in 0..runs {
+            let started = Instant::now();
+            let found = store
+                .health_series(q.clone(), &HealthMetric::ALL)
+                .await
+                .expect("health series");
+            health_store_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            // 5 one-per-host series (no swap), the word's 4 conditions,
+            // 2 mount points.
+            assert_eq!(found.series.len(), 11);
+        }
 
         // The whole answer through the router, as a browser asks for it.
         let state = HttpState {
@@ -136,10 +174,14 @@ fn main() {
         // The most points the server gives, the most the host page asks
         // for (one per pixel, its plots are at most 1,200 px wide), and
         // what a 1,000-pixel-wide plot asks for.
-        for points in [http::plot::MAX_POINTS, 1200, 1000] {
+        let answers = [http::plot::MAX_POINTS, 1200, 1000]
+            .map(|p| ("series", p))
+            .into_iter()
+            .chain([("health", 1200), ("health", http::plot::MAX_POINTS)]);
+        for (what, points) in answers {
             let path =
-                format!("/api/hosts/pi-bench/series?since={since}&until={until}&points={points}");
-            let mut line = format!("series for {days} d at {points} points:");
+                format!("/api/hosts/pi-bench/{what}?since={since}&until={until}&points={points}");
+            let mut line = format!("{what} for {days} d at {points} points:");
             for gzip in [true, false] {
                 let mut times_ms = Vec::new();
                 let mut size = 0;
@@ -168,8 +210,9 @@ fn main() {
             println!("{line} (whole answer: store read, layout, JSON, compression)");
         }
         println!(
-            "store read alone (2,000 points): {:.1} ms (median of {runs})",
-            median_ms(store_ms)
+            "store read alone (2,000 points): series {:.1} ms, health {:.1} ms (median of {runs})",
+            median_ms(store_ms),
+            median_ms(health_store_ms)
         );
         store.close().await.expect("close");
     });

@@ -39,7 +39,10 @@ pub struct Exported {
 /// Bytes in a KiB: the agent reports rates in KiB/s.
 const KIB_BYTES: f64 = 1024.0;
 
-const PERCENT: &str = "percent";
+/// The unit of a percentage (the store's and the web dashboard's).
+pub const PERCENT: &str = "percent";
+/// The unit of a condition's series on the web dashboard: 0 or 1.
+pub const FLAG_UNIT: &str = "0/1";
 const KIB_PER_S: &str = "KiB/s";
 
 /// The exported form of `metric`.
@@ -217,6 +220,21 @@ impl HealthFamily {
             })
         });
         one.into_iter().chain(flags)
+    }
+}
+
+/// The unit of a health metric's series on the web dashboard, as the
+/// store keeps the values (the throttling word as its conditions, 0 or 1
+/// each: see `store/health_series.rs`).
+pub const fn health_unit(metric: HealthMetric) -> &'static str {
+    match metric {
+        HealthMetric::TempCelsius => "°C",
+        HealthMetric::UnderVoltage | HealthMetric::ThrottledFlags => FLAG_UNIT,
+        HealthMetric::Load1 => "tasks",
+        HealthMetric::UptimeSeconds => "s",
+        HealthMetric::SwapPercent
+        | HealthMetric::FsUsedPercent
+        | HealthMetric::RootInodesUsedPercent => PERCENT,
     }
 }
 

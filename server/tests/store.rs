@@ -506,6 +506,116 @@ async fn check_health(db: TestDb) {
     store.close().await.unwrap();
 }
 
+on_every_backend!(check_health_series:
+    health_series_are_downsampled_per_device_sqlite => Sqlite,
+    health_series_are_downsampled_per_device_merging => SqliteMerging,
+    health_series_are_downsampled_per_device_postgres => Postgres,
+);
+
+/// `health_series` gives one series per metric and per device, each
+/// bucket the min, max, sum and count of the stored values in it, only
+/// for the metrics asked for.
+async fn check_health_series(db: TestDb) {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::SeriesQuery;
+    let base = base_ms();
+    let store = db.open().await;
+    for seq in 1..=5 {
+        let b = health_batch("pi-s", 3, seq, base);
+        assert_eq!(store.submit(b).await.unwrap(), SubmitOutcome::Stored);
+    }
+    let q = SeriesQuery {
+        hostname: "pi-s".into(),
+        since_unix_ms: base,
+        until_unix_ms: base + 10_000,
+        step_ms: 2000,
+    };
+    let all = [
+        HealthMetric::Load1,
+        HealthMetric::FsUsedPercent,
+        HealthMetric::TempCelsius,
+    ];
+    let found = store.health_series(q.clone(), &all).await.unwrap();
+    // (metric, label, [(bucket start, count, min, max, sum)]).
+    let got: Vec<_> = found
+        .series
+        .iter()
+        .map(|s| {
+            let label = s.metric.label.as_ref().map(|(k, v)| format!("{k}={v}"));
+            let buckets: Vec<_> = s
+                .buckets
+                .iter()
+                .map(|b| (b.start_unix_ms - base, b.count, b.min, b.max, b.sum))
+                .collect();
+            (s.metric.metric.name(), label, buckets)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "load1",
+                None,
+                vec![
+                    (0, 1, 0.1, 0.1, 0.1),
+                    (2000, 2, 0.2, 0.3, 0.5),
+                    (4000, 2, 0.4, 0.5, 0.9),
+                ]
+            ),
+            (
+                "fs_used_percent",
+                Some("mountpoint=/".into()),
+                vec![
+                    (0, 1, 51.0, 51.0, 51.0),
+                    (2000, 2, 52.0, 53.0, 105.0),
+                    (4000, 2, 54.0, 55.0, 109.0),
+                ]
+            ),
+            (
+                "fs_used_percent",
+                Some("mountpoint=/media/pi/USB SSD".into()),
+                vec![
+                    (0, 1, 90.0, 90.0, 90.0),
+                    (2000, 2, 90.0, 90.0, 180.0),
+                    (4000, 2, 90.0, 90.0, 180.0),
+                ]
+            ),
+        ]
+    );
+    assert_eq!(found.series[0].interval_ms, Some(1000));
+    assert_eq!(found.devices_left_out, 0);
+    // Only what is asked for.
+    let load = store
+        .health_series(q.clone(), &[HealthMetric::Load1])
+        .await
+        .unwrap();
+    assert_eq!(load.series.len(), 1);
+    let unknown = store
+        .health_series(
+            SeriesQuery {
+                hostname: "nobody".into(),
+                ..q.clone()
+            },
+            &all,
+        )
+        .await;
+    assert!(matches!(unknown, Err(StoreError::UnknownHost(h)) if h == "nobody"));
+    let empty = store
+        .health_series(
+            SeriesQuery {
+                until_unix_ms: base,
+                ..q
+            },
+            &all,
+        )
+        .await;
+    assert!(
+        matches!(empty, Err(StoreError::BadSeriesQuery(_))),
+        "{empty:?}"
+    );
+    store.close().await.unwrap();
+}
+
 on_every_backend!(check_health_cap:
     latest_health_is_capped_per_host_sqlite => Sqlite,
     latest_health_is_capped_per_host_postgres => Postgres,

@@ -937,8 +937,13 @@ pub fn fake_pi_agent(
     pi: &monitor_agent::testing::FakeHost,
     name: &str,
 ) -> AgentCmd {
-    server
-        .agent(name)
+    reading(server.agent(name), pi)
+}
+
+/// `agent` reading `pi` (its /proc, /sys and file systems under
+/// `--rootfs`), every 0.5 s.
+pub fn reading(agent: AgentCmd, pi: &monitor_agent::testing::FakeHost) -> AgentCmd {
+    agent
         .arg("--proc-root")
         .arg(pi.proc_root())
         .arg("--sys-root")

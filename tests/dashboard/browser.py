@@ -3,16 +3,20 @@ Playwright from PyPI), against a real server with real agents that
 tests/dashboard.rs started. One JSON argument:
 
   {"login_url": ..., "hosts": [...], "kill_host": ..., "kill_pid": ...,
-   "out_dir": ...}
+   "pi_host": ..., "plain_host": ..., "out_dir": ...}
 
 It logs in with the one-time URL, then checks: the fleet page lists every
 host with values and a sparkline per metric; a host page draws one plot per series with the line
 actually drawn (pixels of the line colour on every canvas); the killed
-agent's row turns offline on the open fleet page without a reload; the
+agent's row turns offline on the open fleet page without a reload; a
+fake Raspberry Pi's host page has a health section with a temperature plot
+drawn from /api/hosts/NAME/health and its file systems named in a legend,
+and a plain host's has no temperature plot; the
 commands page loads; phone width needs no sideways scrolling; dark mode
 changes the colours; no console error and no request to anything but
 127.0.0.1. It writes screenshots and the series answers the host page
-fetched (series-HOST.json, which the Rust side compares with the store)
+fetched (series-HOST.json and the Pi's health-HOST.json, which the Rust
+side compares with the store)
 into out_dir, and prints one JSON line: {"ok": true, ...} or
 {"ok": false, "why": ...}. Exit 0 only when ok.
 """
@@ -92,15 +96,20 @@ def shot(page, out, name, report):
     report["screenshots"].append(path)
 
 
-def line_pixels(page):
-    """Per plot canvas: how many pixels have the mean line's colour."""
-    return page.evaluate("""() => {
+# The six core plots (the health plots are in div.plots.health).
+CORE = "div.plots:not(.health) figure.plot"
+
+
+def line_pixels(page, selector=CORE):
+    """Per plot canvas under `selector`: how many pixels have the mean
+    line's colour."""
+    return page.evaluate("""(selector) => {
         const probe = document.createElement('div');
         probe.style.color = getComputedStyle(document.body).getPropertyValue('--line').trim();
         document.body.append(probe);
         const [r, g, b] = getComputedStyle(probe).color.match(/\\d+/g).map(Number);
         probe.remove();
-        return [...document.querySelectorAll('figure.plot canvas')].map((c) => {
+        return [...document.querySelectorAll(selector + ' canvas')].map((c) => {
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             let n = 0;
             for (let i = 0; i < d.length; i += 4) {
@@ -109,7 +118,52 @@ def line_pixels(page):
             }
             return n;
         });
-    }""")
+    }""", selector)
+
+
+def pi_and_plain_health(context, args, out, report):
+    """The fake Pi's host page: a health section with a temperature plot
+    (its line drawn) from the health answer it fetched, and a file system
+    plot whose legend names both mount points; the plain host's: no
+    temperature plot."""
+    base = args["login_url"].split("/login")[0]
+    pi = args["pi_host"]
+    page = context.new_page()
+    answers = []
+    page.on("response", lambda r: answers.append(r.json())
+            if "/health?" in r.url and r.status == 200 else None)
+    page.goto(base + "/host/" + pi)
+    temp = 'div.plots.health figure.plot[data-series="temp_celsius"]'
+    page.wait_for_selector(temp + " canvas", timeout=WAIT_MS)
+    check(answers, "the Pi's host page fetched no health series")
+    answer = answers[-1]
+    check(answer["hostname"] == pi, "health series of the wrong host")
+    temps = [s for s in answer["series"] if s["metric"] == "temp_celsius"]
+    check(len(temps) == 1, f"{len(temps)} temperature series")
+    values = [v for v in temps[0]["mean"] if v is not None]
+    check(len(values) >= 3, f"only {len(values)} temperature buckets")
+    drawn = line_pixels(page, temp)
+    check(drawn and drawn[0] > 20, f"the temperature plot shows no line ({drawn})")
+    fs = page.inner_text('figure.plot[data-series="fs_used_percent"] .u-legend')
+    check("/boot/firmware" in fs, "the file systems' legend names no mount point: " + fs)
+    check(page.query_selector('figure.plot[data-series="throttled_flags"] canvas'),
+          "no throttling plot")
+    with open(os.path.join(out, f"health-{pi}.json"), "w") as f:
+        json.dump(answer, f)
+    report["health_file"] = os.path.join(out, f"health-{pi}.json")
+    shot(page, out, "host-pi.png", report)
+    page.close()
+
+    plain = context.new_page()
+    plain.goto(base + "/host/" + args["plain_host"])
+    plain.wait_for_function("() => window.monitorDashboard.healthPlot !== null",
+                            timeout=WAIT_MS)
+    plain.wait_for_selector(CORE + " canvas", timeout=WAIT_MS)
+    check(not plain.query_selector('figure.plot[data-series="temp_celsius"]'),
+          "a host without a thermal zone shows a temperature plot")
+    check(not plain.query_selector('figure.plot[data-series="throttled_flags"]'),
+          "a host without the Pi's firmware shows a throttling plot")
+    plain.close()
 
 
 def run(browser, args, out, report):
@@ -154,10 +208,10 @@ def run(browser, args, out, report):
 
     host_page.on("response", on_response)
     host_page.goto(args["login_url"].split("/login")[0] + "/host/" + host)
-    host_page.wait_for_selector("figure.plot canvas", timeout=WAIT_MS)
+    host_page.wait_for_selector(CORE + " canvas", timeout=WAIT_MS)
     host_page.wait_for_function(
-        "() => window.monitorDashboard.plot && document.querySelectorAll('figure.plot').length"
-        " === window.monitorDashboard.plot.series.length", timeout=WAIT_MS)
+        "(core) => window.monitorDashboard.plot && document.querySelectorAll(core).length"
+        " === window.monitorDashboard.plot.series.length", arg=CORE, timeout=WAIT_MS)
     check(answers, "the host page fetched no series")
     answer = answers[-1]
     check(answer["hostname"] == host, "series of the wrong host")
@@ -196,6 +250,8 @@ def run(browser, args, out, report):
     check(len(answers) > n, "picking 15 min fetched nothing")
     check(answers[-1]["step_ms"] == 1000, "15 min is not at 1 s steps")
 
+    pi_and_plain_health(context, args, out, report)
+
     # The killed agent turns offline on the open fleet page, no reload.
     page.bring_to_front()
     page.evaluate("() => { window.notReloaded = true; }")
@@ -220,7 +276,7 @@ def run(browser, args, out, report):
     watch(phone, report, problems)
     p2 = phone.new_page()
     p2.goto(args["login_url"].split("/login")[0] + "/host/" + host)
-    p2.wait_for_selector("figure.plot canvas", timeout=WAIT_MS)
+    p2.wait_for_selector(CORE + " canvas", timeout=WAIT_MS)
     overflow = p2.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
     check(overflow <= 1, f"the host page is {overflow}px wider than a phone")
     dark_bg = p2.evaluate("() => getComputedStyle(document.body).backgroundColor")

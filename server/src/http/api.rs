@@ -10,6 +10,9 @@
 //!   (`/api/hosts`: one answer per 3 s shared by every page, `shared.rs`);
 //! - `/api/hosts/NAME/series?range=1h` (or `since`/`until` in ms, and
 //!   `points`): downsampled min/max/mean (`plot.rs`);
+//! - `/api/hosts/NAME/health?metric=a,b&range=1h`: the health metrics the
+//!   same way, one series per metric, mount point or throttling
+//!   condition (`store/health_series.rs`);
 //! - `/api/sparklines`: every host's last 15 minutes per series, as shapes
 //!   for the fleet page's sparklines (one store read for the whole fleet,
 //!   at most every 15 s, shared);
@@ -34,7 +37,7 @@ use super::HttpState;
 use super::plot;
 use super::shared::{Built, SharedAnswer, SharedError};
 use crate::admin::host_infos;
-use crate::exported::exported;
+use crate::exported::{FLAG_LABEL, FLAG_UNIT, PERCENT, exported, health_unit};
 use crate::store::{HistoryRow, StoreError};
 
 /// Command history rows when the request names no limit, and the most it
@@ -141,6 +144,35 @@ fn bad_request(what: String) -> ApiError {
 #[derive(Serialize)]
 pub struct MetricsAnswer {
     pub metrics: Vec<MetricJson>,
+    /// The health metrics (issue 14) `/api/hosts/NAME/health` serves.
+    pub health: Vec<HealthMetricJson>,
+}
+
+#[derive(Serialize)]
+pub struct HealthMetricJson {
+    pub metric: &'static str,
+    /// The label naming its series, if it has several: `mountpoint`, or
+    /// `flag` for the throttling conditions.
+    pub label: Option<&'static str>,
+    pub unit: &'static str,
+    /// Values are 0..=100.
+    pub percent: bool,
+    /// Values are 0 or 1 (a condition): a step plot.
+    pub flag: bool,
+}
+
+fn health_metric_json(m: HealthMetric) -> HealthMetricJson {
+    let unit = health_unit(m);
+    HealthMetricJson {
+        metric: m.name(),
+        label: match m {
+            HealthMetric::ThrottledFlags => Some(FLAG_LABEL),
+            _ => m.spec().label,
+        },
+        unit,
+        percent: unit == PERCENT,
+        flag: unit == FLAG_UNIT,
+    }
 }
 
 #[derive(Serialize)]
@@ -163,6 +195,10 @@ pub async fn metrics() -> Json<MetricsAnswer> {
                 unit: exported(m).stored_unit,
                 percent: m.is_percent(),
             })
+            .collect(),
+        health: HealthMetric::ALL
+            .into_iter()
+            .map(health_metric_json)
             .collect(),
     })
 }
@@ -327,6 +363,16 @@ pub async fn series(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(raw.as_deref().unwrap_or(""));
+    let q = series_query(&hostname, &params)?;
+    let started = std::time::Instant::now();
+    let series = state.store.series(q.clone()).await?;
+    let read_ms = started.elapsed().as_millis();
+    timed_json(started, read_ms, move || plot::plot(&q, series)).await
+}
+
+/// The downsampling of a series request's `range` (or `since`/`until`, ms)
+/// and `points`.
+fn series_query(hostname: &str, params: &Params) -> Result<crate::store::SeriesQuery, ApiError> {
     let now = monitor::time::now_unix_ms();
     let until = match params.get("until") {
         Some(v) => parse_ms("until", v)?,
@@ -363,15 +409,21 @@ pub async fn series(
             })?,
         None => plot::MAX_POINTS,
     };
-    let q = plot::query(&hostname, since, until, points);
-    let started = std::time::Instant::now();
-    let series = state.store.series(q.clone()).await?;
-    let read_ms = started.elapsed().as_millis();
-    let answer = tokio::task::spawn_blocking(move || serde_json::to_vec(&plot::plot(&q, series)))
+    Ok(plot::query(hostname, since, until, points))
+}
+
+/// `make()`'s answer encoded off the async threads, with a Server-Timing
+/// header: what the store read took (`read_ms`; the bench reports it) and
+/// the whole since `started`.
+async fn timed_json<T: Serialize + Send + 'static>(
+    started: std::time::Instant,
+    read_ms: u128,
+    make: impl FnOnce() -> T + Send + 'static,
+) -> Result<Response, ApiError> {
+    let answer = tokio::task::spawn_blocking(move || serde_json::to_vec(&make()))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    // Server-Timing: what the store read took (the bench reports it).
     Ok((
         [
             (http::header::CONTENT_TYPE, "application/json".to_owned()),
@@ -386,6 +438,68 @@ pub async fn series(
         answer,
     )
         .into_response())
+}
+
+/// The answer of `/api/hosts/NAME/health`: a series answer, plus how many
+/// devices the per-metric cap left out.
+#[derive(Serialize)]
+pub struct HealthAnswer {
+    #[serde(flatten)]
+    pub plot: plot::Plot,
+    /// Devices (e.g. mount points) with values in the range but not among
+    /// the series: a labelled metric gives at most
+    /// `store::health_series::MAX_DEVICES_PER_METRIC` series.
+    pub devices_left_out: usize,
+}
+
+/// `GET /api/hosts/NAME/health?metric=temp_celsius,fs_used_percent&range=1h`
+/// (the range as for `series`): the health metrics named (every one
+/// without `metric`) downsampled the same way, one series per metric, per
+/// mount point and per throttling condition; only those with values in
+/// the range.
+pub async fn health(
+    State(state): State<HttpState>,
+    Path(hostname): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(raw.as_deref().unwrap_or(""));
+    let metrics = match params.get("metric") {
+        None => HealthMetric::ALL.to_vec(),
+        Some(list) => health_metrics(list)?,
+    };
+    let q = series_query(&hostname, &params)?;
+    let started = std::time::Instant::now();
+    let found = state.store.health_series(q.clone(), &metrics).await?;
+    let read_ms = started.elapsed().as_millis();
+    timed_json(started, read_ms, move || HealthAnswer {
+        plot: plot::plot(&q, found.series),
+        devices_left_out: found.devices_left_out,
+    })
+    .await
+}
+
+/// A `metric=` list (comma-separated health metric names), each once.
+fn health_metrics(list: &str) -> Result<Vec<HealthMetric>, ApiError> {
+    let mut metrics = Vec::new();
+    for name in list.split(',') {
+        let metric = name.parse::<HealthMetric>().map_err(|_| {
+            let known: Vec<&str> = HealthMetric::ALL.iter().map(|m| m.name()).collect();
+            let six = if name.parse::<Metric>().is_ok() {
+                " (one of the six: see /api/hosts/NAME/series)"
+            } else {
+                ""
+            };
+            bad_request(format!(
+                "metric: unknown health metric '{}'{six}; known: {}",
+                monitor::text::Escaped::capped(name),
+                known.join(", ")
+            ))
+        })?;
+        if !metrics.contains(&metric) {
+            metrics.push(metric);
+        }
+    }
+    Ok(metrics)
 }
 
 #[derive(Serialize)]
@@ -793,5 +907,37 @@ mod tests {
         );
         let none = host_json(pb::HostInfo::default());
         assert!(none.health.is_empty() && none.throttled_now.is_empty());
+    }
+
+    #[test]
+    fn health_metric_lists_are_checked_and_named_in_the_error() {
+        let m = health_metrics("temp_celsius,fs_used_percent,temp_celsius")
+            .ok()
+            .unwrap();
+        assert_eq!(m, [HealthMetric::TempCelsius, HealthMetric::FsUsedPercent]);
+        for (bad, says) in [
+            (
+                "fan_rpm",
+                "unknown health metric 'fan_rpm'; known: temp_celsius, ",
+            ),
+            ("cpu_percent", "one of the six: see /api/hosts/NAME/series"),
+            ("load1,", "unknown health metric ''"),
+            ("\u{1b}[2J", "'\\x1b[2J'"),
+        ] {
+            let e = health_metrics(bad).err().unwrap();
+            assert_eq!(e.0, StatusCode::BAD_REQUEST);
+            assert!(e.1.contains(says), "{bad}: {}", e.1);
+        }
+        let all: Vec<_> = HealthMetric::ALL
+            .into_iter()
+            .map(health_metric_json)
+            .collect();
+        let fs = all.iter().find(|m| m.metric == "fs_used_percent").unwrap();
+        assert_eq!(
+            (fs.label, fs.percent, fs.flag),
+            (Some("mountpoint"), true, false)
+        );
+        let t = all.iter().find(|m| m.metric == "throttled_flags").unwrap();
+        assert_eq!((t.label, t.unit, t.flag), (Some("flag"), "0/1", true));
     }
 }

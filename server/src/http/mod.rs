@@ -93,6 +93,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/hosts", get(api::hosts))
         .route("/api/hosts/{name}", get(api::host))
         .route("/api/hosts/{name}/series", get(api::series))
+        .route("/api/hosts/{name}/health", get(api::health))
         .route("/api/sparklines", get(api::sparklines))
         .route("/api/commands", get(api::commands))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -1,5 +1,5 @@
-//! The series answer of `/api/hosts/NAME/series`, built from the store's
-//! buckets (pure code, no I/O): which step a range gets, one time axis all
+//! The series answers of `/api/hosts/NAME/series` and `/health`, built
+//! from the store's buckets (pure code, no I/O): which step a range gets, one time axis all
 //! series share (uPlot's aligned data), and nulls where a series has no
 //! data or ticks are missing (for more than two intervals and at least a
 //! bucket's width), so a plot shows an outage as a gap and not as a line
@@ -12,8 +12,12 @@
 
 use serde::{Serialize, Serializer};
 
-use crate::exported::exported;
-use crate::store::{Series, SeriesQuery};
+use std::collections::BTreeMap;
+
+use monitor::metric::Metric;
+
+use crate::exported::{exported, health_unit};
+use crate::store::{HealthSeriesKey, Series, SeriesQuery};
 
 /// Points per series a plot asks for, at most (about one per pixel of a
 /// wide screen).
@@ -43,6 +47,50 @@ pub fn query(hostname: &str, since_unix_ms: i64, until_unix_ms: i64, points: i64
     }
 }
 
+/// What an answer says of what a series is of.
+pub trait PlotKey {
+    /// The metric's name.
+    fn metric(&self) -> &'static str;
+    /// Its labels (an agent's string escaped and capped).
+    fn labels(&self) -> BTreeMap<String, String>;
+    /// The unit of its values, as the store keeps them.
+    fn unit(&self) -> &'static str;
+}
+
+impl PlotKey for Metric {
+    fn metric(&self) -> &'static str {
+        self.name()
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn unit(&self) -> &'static str {
+        exported(*self).stored_unit
+    }
+}
+
+impl PlotKey for HealthSeriesKey {
+    fn metric(&self) -> &'static str {
+        self.metric.name()
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        self.label
+            .iter()
+            .map(|(k, v)| {
+                let v = monitor::text::Escaped::capped(v).to_string();
+                ((*k).to_owned(), v)
+            })
+            .collect()
+    }
+
+    fn unit(&self) -> &'static str {
+        health_unit(self.metric)
+    }
+}
+
 /// The JSON answer.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Plot {
@@ -61,9 +109,9 @@ pub struct Plot {
 #[derive(Debug, Serialize, PartialEq)]
 pub struct PlotSeries {
     pub metric: &'static str,
-    /// Empty today; a labelled metric (a mount point, a sensor) names its
-    /// label here, so a new kind of series is not a breaking change.
-    pub labels: std::collections::BTreeMap<String, String>,
+    /// Empty for one of the six; a labelled health metric's mount point
+    /// (`mountpoint`) or throttling condition (`flag`).
+    pub labels: BTreeMap<String, String>,
     pub unit: &'static str,
     /// The interval found between its samples, ms.
     pub interval_ms: Option<i64>,
@@ -99,7 +147,7 @@ fn compact_values<S: Serializer>(v: &[Option<f64>], s: S) -> Result<S::Ok, S::Er
 }
 
 /// Lays `series` (from the store, for `q`) out for a plot.
-pub fn plot(q: &SeriesQuery, series: Vec<Series>) -> Plot {
+pub fn plot<K: PlotKey>(q: &SeriesQuery, series: Vec<Series<K>>) -> Plot {
     // Every row: (time in ms, is it a gap marker).
     let mut rows: Vec<i64> = Vec::new();
     let mut gaps: Vec<i64> = Vec::new();
@@ -133,9 +181,9 @@ pub fn plot(q: &SeriesQuery, series: Vec<Series>) -> Plot {
                 }
             }
             PlotSeries {
-                metric: s.metric.name(),
-                labels: Default::default(),
-                unit: exported(s.metric).stored_unit,
+                metric: s.metric.metric(),
+                labels: s.metric.labels(),
+                unit: s.metric.unit(),
                 interval_ms: s.interval_ms,
                 min,
                 max,
@@ -293,5 +341,47 @@ mod tests {
         let p = plot(&q, s);
         assert_eq!(p.times, vec![5.0]);
         assert_eq!(p.series[0].mean, vec![Some(1.0)]);
+    }
+
+    #[test]
+    fn health_series_carry_their_escaped_label_and_unit() {
+        use crate::store::HealthSeriesKey;
+        use monitor::health::HealthMetric;
+        let q = query("pi", 0, 10_000, MAX_POINTS);
+        let bucket = |v: f64| Bucket {
+            start_unix_ms: 0,
+            count: 1,
+            min: v,
+            max: v,
+            sum: v,
+            max_gap_ms: 0,
+        };
+        let s = vec![
+            Series {
+                metric: HealthSeriesKey {
+                    metric: HealthMetric::TempCelsius,
+                    label: None,
+                },
+                interval_ms: None,
+                buckets: vec![bucket(61.3)],
+            },
+            Series {
+                metric: HealthSeriesKey {
+                    metric: HealthMetric::FsUsedPercent,
+                    label: Some(("mountpoint", "/media/\u{1b}[2J".to_owned())),
+                },
+                interval_ms: None,
+                buckets: vec![bucket(93.0)],
+            },
+        ];
+        let json = serde_json::to_value(plot(&q, s)).unwrap();
+        assert_eq!(json["series"][0]["unit"], "°C");
+        assert_eq!(json["series"][0]["labels"], serde_json::json!({}));
+        assert_eq!(json["series"][1]["unit"], "percent");
+        assert_eq!(
+            json["series"][1]["labels"],
+            serde_json::json!({"mountpoint": "/media/\\x1b[2J"})
+        );
+        assert_eq!(json["series"][1]["mean"], serde_json::json!([93]));
     }
 }

@@ -83,6 +83,7 @@ mod dedup;
 mod encoding;
 mod error;
 mod feed;
+pub mod health_series;
 mod journal_record;
 mod latest_health;
 mod postgres;
@@ -95,15 +96,16 @@ mod ticks;
 
 pub use claim::ForwardClaim;
 pub use error::StoreError;
+pub use health_series::{HealthDownsampler, HealthSeries};
 pub use latest_health::MAX_HEALTH_SERIES_PER_HOST;
 pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
     AuthorityRecord, Bucket, CertificateRecord, CommandRecord, CommandResultRecord, Conflict,
     CursorRecord, FleetSeriesQuery, FlushObserver, FlushStats, ForwardBatch, ForwardRow,
-    HealthQuery, HealthRow, HistoryRow, HostRecord, HostSeries, IncomingBatch, JoinTokenRecord,
-    LatestHealth, LatestValue, RelayKind, RelayRecord, SampleQuery, Series, SeriesQuery,
-    SessionRecord, SigningKeyRecord, StoredHealth, StoredSample, StoredSampleRow, SubmitOutcome,
-    TokenRefusal,
+    HealthQuery, HealthRow, HealthSeriesKey, HistoryRow, HostRecord, HostSeries, IncomingBatch,
+    JoinTokenRecord, LatestHealth, LatestValue, RelayKind, RelayRecord, SampleQuery, Series,
+    SeriesQuery, SessionRecord, SigningKeyRecord, StoredHealth, StoredSample, StoredSampleRow,
+    SubmitOutcome, TokenRefusal,
 };
 pub use series::Downsampler;
 pub use sqlite::{SqliteConfig, SqliteError};
@@ -111,6 +113,7 @@ pub use ticket::Ticket;
 
 use std::time::Duration;
 
+use monitor::health::HealthMetric;
 use monitor::metric::Metric;
 use postgres::PostgresStore;
 use records::{CursorWrite, TrustAnswer, TrustWrite};
@@ -400,6 +403,23 @@ impl Store {
             Backend::Sqlite(s) => s.fleet_series(q, down).await,
             Backend::Postgres(s) => s.fleet_series(q, down).await,
         }
+    }
+
+    /// The `metrics` (health metrics) of a host in `[since, until)`,
+    /// downsampled like [`Store::series`] into one series per metric, per
+    /// device of a labelled one (capped) and per throttling condition (see
+    /// `health_series.rs`). Errors as [`Store::series`].
+    pub async fn health_series(
+        &self,
+        q: SeriesQuery,
+        metrics: &[HealthMetric],
+    ) -> Result<HealthSeries, StoreError> {
+        let down = HealthDownsampler::new(&q, metrics).map_err(StoreError::BadSeriesQuery)?;
+        let down = match &self.backend {
+            Backend::Sqlite(s) => s.health_series(q, down).await?,
+            Backend::Postgres(s) => s.health_series(q, down).await?,
+        };
+        Ok(down.finish())
     }
 
     /// Every host ever stored, by hostname, with its latest value per metric

@@ -208,17 +208,28 @@ pub struct HostSeries {
     pub series: Vec<Series>,
 }
 
-/// The buckets of one series (today: one metric; a labelled metric will
-/// add its label here, as a new field).
+/// The buckets of one series: of one of the six metrics, or (`K` =
+/// [`HealthSeriesKey`]) of a health metric with its label.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Series {
-    pub metric: Metric,
+pub struct Series<K = Metric> {
+    /// What the series is of.
+    pub metric: K,
     /// The most frequent time between two consecutive samples of the
     /// series in the range (the agent's interval, as stored), ms; `None`
     /// with fewer than two samples.
     pub interval_ms: Option<i64>,
     /// The buckets holding at least one sample, oldest first.
     pub buckets: Vec<Bucket>,
+}
+
+/// What a health series is of: its metric and, for a labelled one, its
+/// label: a file system's mount point (`("mountpoint", "/boot")`, as the
+/// agent sent it), or one condition of the throttling word (`("flag",
+/// "under_voltage")`, its values 0 or 1); see `health_series.rs`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HealthSeriesKey {
+    pub metric: HealthMetric,
+    pub label: Option<(&'static str, String)>,
 }
 
 /// What one bucket of a series holds: enough for min, max and mean, and

@@ -32,29 +32,31 @@ impl std::fmt::Display for BadSeriesQuery {
     }
 }
 
-/// Builds the [`Series`] of one query from its samples. A clone made
-/// before the first sample serves the same query for another host.
+/// Builds the [`Series`] of one query from its samples. `K` names a
+/// series: one of the six [`Metric`]s, or a health metric with its label
+/// (`health_series.rs`). A clone made before the first sample serves the
+/// same query for another host.
 #[derive(Clone, Debug)]
-pub struct Downsampler {
+pub struct Downsampler<K = Metric> {
     since_unix_ms: i64,
     until_unix_ms: i64,
     step_ms: i64,
-    series: Vec<SeriesState>,
+    series: Vec<SeriesState<K>>,
 }
 
 #[derive(Clone, Debug)]
-struct SeriesState {
-    metric: Metric,
+struct SeriesState<K> {
+    key: K,
     buckets: Vec<Bucket>,
     last_time_unix_ms: Option<i64>,
     /// Gap (ms) → how many times it was seen.
     gaps: HashMap<i64, u32>,
 }
 
-impl Downsampler {
-    /// A downsampler for `q` whose series `i` is `metrics[i]`; refuses an
+impl<K: Clone> Downsampler<K> {
+    /// A downsampler for `q` whose series `i` is `keys[i]`; refuses an
     /// empty range, a step under 1 ms or more than [`MAX_BUCKETS`] buckets.
-    pub fn new(q: &SeriesQuery, metrics: &[Metric]) -> Result<Downsampler, BadSeriesQuery> {
+    pub fn new(q: &SeriesQuery, keys: &[K]) -> Result<Downsampler<K>, BadSeriesQuery> {
         if q.until_unix_ms <= q.since_unix_ms {
             return Err(BadSeriesQuery(format!(
                 "the range is empty: until ({}) must be after since ({})",
@@ -78,16 +80,28 @@ impl Downsampler {
             since_unix_ms: q.since_unix_ms,
             until_unix_ms: q.until_unix_ms,
             step_ms: q.step_ms,
-            series: metrics
-                .iter()
-                .map(|&metric| SeriesState {
-                    metric,
-                    buckets: Vec::new(),
-                    last_time_unix_ms: None,
-                    gaps: HashMap::new(),
-                })
-                .collect(),
-        })
+            series: Vec::new(),
+        }
+        .with(keys))
+    }
+
+    fn with(mut self, keys: &[K]) -> Downsampler<K> {
+        for k in keys {
+            self.add(k.clone());
+        }
+        self
+    }
+
+    /// Adds a series named `key` (for series found while scanning) and
+    /// returns its index for [`Downsampler::push`].
+    pub fn add(&mut self, key: K) -> usize {
+        self.series.push(SeriesState {
+            key,
+            buckets: Vec::new(),
+            last_time_unix_ms: None,
+            gaps: HashMap::new(),
+        });
+        self.series.len() - 1
     }
 
     /// Adds one sample of series `index`. Samples of a series come oldest
@@ -147,12 +161,13 @@ impl Downsampler {
         }
     }
 
-    /// The series, in the order of `metrics` given to [`Downsampler::new`].
-    pub fn finish(self) -> Vec<Series> {
+    /// The series, in the order of their keys (given to
+    /// [`Downsampler::new`], then added).
+    pub fn finish(self) -> Vec<Series<K>> {
         self.series
             .into_iter()
             .map(|s| Series {
-                metric: s.metric,
+                metric: s.key,
                 // The most frequent gap; the smaller one on a tie.
                 interval_ms: s
                     .gaps

@@ -18,7 +18,10 @@
   const CHUNK_ROWS = 250;
 
   // What the tests and a curious person can look at.
-  const state = { metrics: [], hosts: null, sparks: null, plot: null, plots: [], errors: 0 };
+  const state = {
+    metrics: [], health: [], hosts: null, sparks: null, plot: null, healthPlot: null, plots: [],
+    errors: 0,
+  };
   window.monitorDashboard = state;
 
   function el(tag, attrs, ...children) {
@@ -97,7 +100,9 @@
   }
 
   async function loadMetrics() {
-    state.metrics = (await getJson("/api/metrics")).metrics;
+    const answer = await getJson("/api/metrics");
+    state.metrics = answer.metrics;
+    state.health = answer.health || [];
   }
 
   // ---- fleet page ----
@@ -444,13 +449,18 @@
     const info = el("p", { class: "summary" });
     const ranges = el("div", { class: "ranges", role: "group", "aria-label": "Time range" });
     const plots = el("div", { class: "plots" });
+    const healthHead = el("h2", { text: "Health" });
+    healthHead.hidden = true;
+    const healthNote = el("p", { class: "summary" });
+    const healthPlots = el("div", { class: "plots health" });
     const cmdTable = el("table", { class: "commands" });
-    main.append(heading, info, ranges, plots, el("h2", { text: "Last commands" }),
-      el("div", { class: "scroll" }, cmdTable));
+    main.append(heading, info, ranges, plots, healthHead, healthNote, healthPlots,
+      el("h2", { text: "Last commands" }), el("div", { class: "scroll" }, cmdTable));
 
     let range = "1h";
     let zoom = null; // [since_ms, until_ms] after a drag, until a range is picked
     let charts = [];
+    let loads = 0; // which loadSeries() is the newest
 
     for (const [r, label] of RANGES) {
       ranges.append(el("button", {
@@ -469,57 +479,146 @@
       return Math.max(260, Math.min(plots.clientWidth || 600, 1200));
     }
 
+    // One plot in a new figure (`key` names it for tests) of `lines` (each
+    // { label, values, stroke, width, value, step }) over `times`; `band`
+    // fills between two of its series (uPlot indices). Every plot of the
+    // page has the same x range from `x0`, hover (values formatted in
+    // `unit`, times in the viewer's zone), cursor sync and drag-to-zoom
+    // (a drag asks the server for that range).
+    function chart(into, key, { title, unit, times, x0, until, lines, band, y, yAxis }) {
+      const fg = cssVar("--fg"), grid = cssVar("--grid");
+      const box = el("figure", { class: "plot", "data-series": key });
+      into.append(box);
+      const axisValues = (u, vals) => vals.map((v) => fmtValue(v, unit));
+      const opts = {
+        title,
+        width: width(),
+        height: 180,
+        cursor: { sync: { key: "host" }, drag: { x: true, y: false, setScale: false } },
+        // From the first data (a new host is not a flat empty hour) to
+        // the end asked for, so a host that went quiet shows it.
+        scales: { x: { time: true, range: () => [x0, until] }, y: y || {} },
+        axes: [
+          { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid } },
+          Object.assign({ stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid }, size: 84,
+            values: axisValues }, yAxis || {}),
+        ],
+        series: [{}, ...lines.map((l) => ({
+          label: l.label, stroke: l.stroke, width: l.width || 1.5,
+          value: l.value || ((u, v) => fmtValue(v, unit)),
+          ...(l.step ? { paths: uPlot.paths.stepped({ align: 1 }) } : {}),
+        }))],
+        bands: band ? [{ series: band, fill: cssVar("--band") }] : [],
+        hooks: {
+          setSelect: [(u) => {
+            if (u.select.width < 2) return;
+            const a = u.posToVal(u.select.left, "x");
+            const b = u.posToVal(u.select.left + u.select.width, "x");
+            u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
+            zoom = [Math.floor(a * 1000), Math.ceil(b * 1000)];
+            loadSeries();
+          }],
+        },
+      };
+      const c = new uPlot(opts, [times, ...lines.map((l) => l.values)], box);
+      charts.push(c);
+      return c;
+    }
+
+    // A series' mean as a line with its min and max as a band.
+    function meanBand(s) {
+      const band = cssVar("--band");
+      return [
+        { label: "mean", values: s.mean, stroke: cssVar("--line") },
+        { label: "min", values: s.min, stroke: band, width: 1 },
+        { label: "max", values: s.max, stroke: band, width: 1 },
+      ];
+    }
+
+    function short(text, n) {
+      return text.length > n ? text.slice(0, n - 1) + "…" : text;
+    }
+
+    // The n-th of several lines in one plot: hues apart, readable on both
+    // backgrounds.
+    function lineColour(n) {
+      return n === 0 ? cssVar("--line") : "hsl(" + ((n * 137 + 30) % 360) + " 70% 50%)";
+    }
+
+    // The x range every plot of an answer shares: [first data, end asked].
+    let xRange = null;
+
     function build(answer) {
       for (const c of charts) c.destroy();
       charts = [];
       plots.replaceChildren();
-      const fg = cssVar("--fg"), grid = cssVar("--grid"), line = cssVar("--line"), band = cssVar("--band");
+      healthPlots.replaceChildren();
+      healthHead.hidden = true;
+      healthNote.textContent = "";
       const x0 = answer.times.length ? answer.times[0] : answer.since_unix_ms / 1000;
+      const until = answer.until_unix_ms / 1000;
+      xRange = [x0, until];
       for (const s of answer.series) {
         const m = metricOf(seriesKey(s));
-        const title = seriesKey(s) + " (" + unitShort(s.unit) + ")";
-        const box = el("figure", { class: "plot", "data-series": seriesKey(s) });
-        plots.append(box);
-        const unit = s.unit;
-        const opts = {
-          title,
-          width: width(),
-          height: 180,
-          // A drag asks the server for that range (setSelect below).
-          cursor: { sync: { key: "host" }, drag: { x: true, y: false, setScale: false } },
-          // From the first data (a new host is not a flat empty hour) to
-          // the end asked for, so a host that went quiet shows it.
-          scales: {
-            x: { time: true, range: () => [x0, answer.until_unix_ms / 1000] },
-            y: m && m.percent ? { range: [0, 100] } : {},
-          },
-          axes: [
-            { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid } },
-            { stroke: fg, grid: { stroke: grid }, ticks: { stroke: grid }, size: 84,
-              values: (u, vals) => vals.map((v) => fmtValue(v, unit)) },
-          ],
-          series: [
-            {},
-            { label: "mean", stroke: line, width: 1.5, value: (u, v) => fmtValue(v, unit) },
-            { label: "min", stroke: band, width: 1, value: (u, v) => fmtValue(v, unit) },
-            { label: "max", stroke: band, width: 1, value: (u, v) => fmtValue(v, unit) },
-          ],
-          bands: [{ series: [3, 2], fill: band }],
-          hooks: {
-            setSelect: [(u) => {
-              if (u.select.width < 2) return;
-              const a = u.posToVal(u.select.left, "x");
-              const b = u.posToVal(u.select.left + u.select.width, "x");
-              u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
-              zoom = [Math.floor(a * 1000), Math.ceil(b * 1000)];
-              loadSeries();
-            }],
-          },
-        };
-        const data = [answer.times, s.mean, s.min, s.max];
-        charts.push(new uPlot(opts, data, box));
+        chart(plots, seriesKey(s), {
+          title: seriesKey(s) + " (" + unitShort(s.unit) + ")", unit: s.unit,
+          times: answer.times, x0, until, lines: meanBand(s), band: [3, 2],
+          y: m && m.percent ? { range: [0, 100] } : null,
+        });
       }
       state.plots = charts;
+    }
+
+    // The health section (issue 14): a plot per health metric the host has
+    // values of in the range (a VM without a thermal zone gets no
+    // temperature plot), in /api/metrics' order. One series: its mean with
+    // min and max; several (a mount point each): one line each, named in
+    // the legend; conditions (0/1): a stepped lane each, up while the
+    // condition held at any time in the bucket (its max).
+    function buildHealth(health) {
+      const [x0, until] = xRange;
+      let shown = 0;
+      for (const hm of state.health) {
+        const series = health.series.filter((s) => s.metric === hm.metric);
+        if (!series.length) continue;
+        shown++;
+        const nameOf = (s) => (hm.label && s.labels[hm.label]) || hm.metric;
+        const common = { unit: hm.unit, times: health.times, x0, until };
+        if (hm.flag) {
+          // Lane i: i while clear, i + 0.8 while the condition held.
+          const lanes = series.map((s, i) => ({
+            label: nameOf(s), stroke: lineColour(i), step: true,
+            values: s.max.map((v) => (v === null ? null : i + 0.8 * v)),
+            value: (u, v) => (v === null || v === undefined ? "–" : v - i > 0.4 ? "yes" : "no"),
+          }));
+          chart(healthPlots, hm.metric, {
+            ...common, title: hm.metric + " (up: held during the bucket)", lines: lanes,
+            y: { range: [-0.2, series.length] },
+            // Lane names cut to the axis' width (the legend has them whole),
+            // so this plot's time axis lines up with the others'.
+            yAxis: {
+              splits: () => series.map((s, i) => i),
+              values: (u, vals) => vals.map((v) => (series[v] ? short(nameOf(series[v]), 11) : "")),
+            },
+          });
+        } else if (series.length === 1 && !hm.label) {
+          chart(healthPlots, hm.metric, {
+            ...common, title: hm.metric + " (" + unitShort(hm.unit) + ")",
+            lines: meanBand(series[0]), band: [3, 2],
+            y: hm.percent ? { range: [0, 100] } : null,
+          });
+        } else {
+          chart(healthPlots, hm.metric, {
+            ...common, title: hm.metric + " (" + unitShort(hm.unit) + ", mean)",
+            lines: series.map((s, i) => ({ label: nameOf(s), values: s.mean, stroke: lineColour(i) })),
+            y: hm.percent ? { range: [0, 100] } : null,
+          });
+        }
+      }
+      state.plots = charts;
+      const left = health.devices_left_out;
+      healthHead.hidden = shown === 0;
+      healthNote.textContent = left ? left + " more devices not shown (at most 16 per metric)" : "";
     }
 
     async function loadSeries() {
@@ -527,10 +626,22 @@
       // About one point per pixel of the plot (the server allows 2,000).
       const points = "&points=" + Math.min(2000, Math.round(width()));
       const q = (zoom ? "since=" + zoom[0] + "&until=" + zoom[1] : "range=" + range) + points;
+      const base = "/api/hosts/" + encodeURIComponent(hostname);
+      // Both asked at once; the six are drawn as soon as they come (a long
+      // range's health answer can take longer), the health section after
+      // them, unless a newer load started meanwhile.
+      const generation = ++loads;
+      const healthAnswer = getJson(base + "/health?" + q);
+      healthAnswer.catch(() => {}); // reported below
       try {
-        const answer = await getJson("/api/hosts/" + encodeURIComponent(hostname) + "/series?" + q);
+        const answer = await getJson(base + "/series?" + q);
+        if (generation !== loads) return;
         state.plot = answer;
         build(answer);
+        const health = await healthAnswer;
+        if (generation !== loads) return;
+        state.healthPlot = health;
+        buildHealth(health);
         setStatus("updated " + new Date().toLocaleTimeString());
       } catch (e) {
         state.errors++;

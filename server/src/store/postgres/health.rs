@@ -19,7 +19,8 @@ use super::text::pg_text;
 use crate::store::latest_health::LatestHealthTable;
 use monitor::health::HealthMetric;
 
-use crate::store::records::{HealthQuery, HealthRow, HostRecord, StoredHealth};
+use crate::store::health_series::HealthDownsampler;
+use crate::store::records::{HealthQuery, HealthRow, HostRecord, SeriesQuery, StoredHealth};
 
 /// A staged row: (host_id, metric name, time, device) and (metric, value).
 type Row<'a> = (
@@ -200,6 +201,43 @@ pub(crate) async fn query(
     rows.iter()
         .map(|r| Ok(q.row((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))))
         .collect()
+}
+
+/// Pushes the values of the health metrics `down` wants of `host_id` in
+/// `q`'s range into it, streamed: one range scan of the primary key
+/// (host, metric, time, device) per metric, so each series comes oldest
+/// first. A name this build does not know cannot be asked for.
+pub(crate) async fn scan(
+    c: &impl GenericClient,
+    host_id: i64,
+    q: &SeriesQuery,
+    down: &mut HealthDownsampler,
+) -> Result<(), tokio_postgres::Error> {
+    use tokio_stream::StreamExt;
+    let metrics: Vec<&str> = HealthMetric::ALL
+        .into_iter()
+        .filter(|&m| down.wants(m))
+        .map(HealthMetric::name)
+        .collect();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&host_id, &metrics, &q.since_unix_ms, &q.until_unix_ms];
+    let rows = c
+        .query_raw(
+            "SELECT metric, device, time_unix_ms, value FROM health
+             WHERE host_id = $1 AND metric = ANY($2)
+                 AND time_unix_ms >= $3 AND time_unix_ms < $4
+             ORDER BY metric, time_unix_ms, device",
+            params,
+        )
+        .await?;
+    tokio::pin!(rows);
+    while let Some(row) = rows.next().await {
+        let row = row?;
+        if let Ok(metric) = row.try_get::<_, &str>(0)?.parse() {
+            down.push(metric, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        }
+    }
+    Ok(())
 }
 
 /// Fills each host's latest health values (and its over-cap count, read

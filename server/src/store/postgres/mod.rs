@@ -231,6 +231,15 @@ impl PostgresStore {
         read::health(&mut **c, &self.inner.target, &q).await
     }
 
+    pub(crate) async fn health_series(
+        &self,
+        q: SeriesQuery,
+        down: crate::store::health_series::HealthDownsampler,
+    ) -> Result<crate::store::health_series::HealthDownsampler, StoreError> {
+        let mut c = self.reader().await?;
+        read::health_series(&mut **c, &self.inner.target, &q, down).await
+    }
+
     pub(crate) async fn series(
         &self,
         q: SeriesQuery,

@@ -461,3 +461,21 @@ pub(crate) async fn health(
     tx.commit().await.map_err(&during)?;
     Ok(rows)
 }
+
+/// The health series of one host (`health.rs`'s scan), in one read-only
+/// snapshot.
+pub(crate) async fn health_series(
+    c: &mut impl GenericClient,
+    target: &str,
+    q: &SeriesQuery,
+    mut down: crate::store::health_series::HealthDownsampler,
+) -> Result<crate::store::health_series::HealthDownsampler, StoreError> {
+    let during = sql("querying health series", target);
+    let tx = c.transaction().await.map_err(&during)?;
+    let host_id = host_id(&tx, &q.hostname, &during).await?;
+    super::health::scan(&tx, host_id, q, &mut down)
+        .await
+        .map_err(&during)?;
+    tx.commit().await.map_err(&during)?;
+    Ok(down)
+}

@@ -19,7 +19,8 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, params};
 
-use crate::store::records::{HealthQuery, HealthRow, StoredHealth};
+use crate::store::health_series::HealthDownsampler;
+use crate::store::records::{HealthQuery, HealthRow, SeriesQuery, StoredHealth};
 use crate::store::sqlite::hosts::HostEntry;
 
 /// How many of a host's newest health rows are read at open for its latest
@@ -74,6 +75,40 @@ pub(crate) fn query(
         |r| Ok(q.row((r.get(0)?, r.get(1)?, r.get(2)?))),
     )?;
     rows.collect()
+}
+
+/// Pushes every health value of `host_id` in `q`'s range into `down`: one
+/// range scan of the primary key (host, time, metric, device), so each
+/// series comes oldest first; a metric `down` does not want is skipped
+/// before its device is read, and a name this build does not know too.
+pub(crate) fn scan(
+    conn: &Connection,
+    host_id: i64,
+    q: &SeriesQuery,
+    down: &mut HealthDownsampler,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT time_unix_ms, metric, device, value FROM health
+         WHERE host_id = ?1 AND time_unix_ms >= ?2 AND time_unix_ms < ?3
+         ORDER BY time_unix_ms, metric, device",
+    )?;
+    let mut rows = stmt.query(params![host_id, q.since_unix_ms, q.until_unix_ms])?;
+    while let Some(r) = rows.next()? {
+        let Ok(metric) = text_at(r, 1)?.parse() else {
+            continue;
+        };
+        if down.wants(metric) {
+            down.push(metric, text_at(r, 2)?, r.get(0)?, r.get(3)?);
+        }
+    }
+    Ok(())
+}
+
+/// Column `i` of `r` as text, borrowed (no copy per row).
+fn text_at<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
+    r.get_ref(i)?.as_str().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 /// Deletes up to `max_rows` health values older than `cutoff` (ms since

@@ -48,6 +48,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc;
 
 use crate::store::error::StoreError;
+use crate::store::health_series::HealthDownsampler;
 use crate::store::records::{
     CertificateRecord, CursorRecord, CursorWrite, FleetSeriesQuery, ForwardBatch, HealthQuery,
     HealthRow, HistoryRow, HostRecord, HostSeries, JoinTokenRecord, SampleQuery, Series,
@@ -129,11 +130,24 @@ impl SqliteStore {
             .readers
             .run(move |c| {
                 let during = "querying health values";
-                let sql = |e| StoreError::from(SqliteError::sql(during, e));
-                let host_id = read::host_id(c, &q.hostname)
-                    .map_err(sql)?
-                    .ok_or_else(|| StoreError::UnknownHost(q.hostname.clone()))?;
-                health::query(c, host_id, &q).map_err(sql)
+                let host_id = read::known_host_id(c, &q.hostname, during)?;
+                health::query(c, host_id, &q).map_err(read::sql(during))
+            })
+            .await
+    }
+
+    pub(crate) async fn health_series(
+        &self,
+        q: SeriesQuery,
+        mut down: HealthDownsampler,
+    ) -> Result<HealthDownsampler, StoreError> {
+        self.inner
+            .readers
+            .run(move |c| {
+                let during = "querying health series";
+                let host_id = read::known_host_id(c, &q.hostname, during)?;
+                health::scan(c, host_id, &q, &mut down).map_err(read::sql(during))?;
+                Ok(down)
             })
             .await
     }

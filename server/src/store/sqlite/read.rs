@@ -88,7 +88,7 @@ impl Readers {
     }
 }
 
-fn sql(during: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+pub(crate) fn sql(during: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |e| SqliteError::sql(during, e).into()
 }
 
@@ -440,6 +440,18 @@ fn history_row(r: &rusqlite::Row<'_>, targets: Vec<String>) -> rusqlite::Result<
 }
 
 /// Looks up a host's id.
+/// The id of `hostname`: `Err(StoreError::UnknownHost)` if it never stored
+/// a batch, a failed statement an error while `during`.
+pub(crate) fn known_host_id(
+    conn: &Connection,
+    hostname: &str,
+    during: &'static str,
+) -> Result<i64, StoreError> {
+    host_id(conn, hostname)
+        .map_err(sql(during))?
+        .ok_or_else(|| StoreError::UnknownHost(hostname.to_owned()))
+}
+
 pub(crate) fn host_id(conn: &Connection, hostname: &str) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached("SELECT host_id FROM hosts WHERE hostname = ?1")?
         .query_row([hostname], |r| r.get(0))
