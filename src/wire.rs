@@ -77,6 +77,8 @@ pub fn batch_to_pb(
                 device: h.device.to_string(),
             })
             .collect(),
+        // Set by the agent's Report stream, which knows its window.
+        ack_window: 0,
     }
 }
 
@@ -1105,5 +1107,169 @@ mod tests {
         let v = validate_batch(b, NOW + 2000, 30_000).unwrap();
         assert!(!v.time_corrected);
         assert_eq!(v.samples[0].0, NOW - 1000);
+    }
+
+    /// A health sample of the default batch's host at `NOW`.
+    fn health(metric: &str, device: &str, value: f64) -> pb::Sample {
+        pb::Sample {
+            time_unix_ms: NOW,
+            hostname: "pi-1".into(),
+            metric: metric.into(),
+            value,
+            device: device.into(),
+        }
+    }
+
+    /// Validates the default batch with `samples` as its health samples.
+    fn check_health(samples: Vec<pb::Sample>) -> Result<ValidBatch, InvalidBatch> {
+        let mut b = batch(NOW, &[(Metric::CpuPercent, 1.0)]);
+        b.health_samples = samples;
+        validate_batch(b, NOW, 30_000)
+    }
+
+    /// The default batch with `samples` must be refused for sample `i`'s
+    /// `rule`, with exactly `message`.
+    fn check_health_refused(samples: Vec<pb::Sample>, i: usize, rule: HealthRule, message: &str) {
+        let err = check_health(samples).unwrap_err();
+        assert_eq!(err, InvalidBatch::Health { sample: i, rule });
+        assert_eq!(err.to_string(), message);
+    }
+
+    #[test]
+    fn health_samples_hold_to_their_rules_at_each_edge() {
+        use HealthMetric as H;
+        let ok = health("temp_celsius", "", 48.5);
+        let mount = |device: &str| health("fs_used_percent", device, 0.0);
+        // Valid samples come back in order with their device; unknown
+        // metrics (a newer agent's) are skipped and counted.
+        let v = check_health(vec![
+            ok.clone(),
+            health("from_a_newer_agent", "", 1.0),
+            mount("/"),
+            mount("/boot"),
+            health("also_newer", "x", 2.0),
+        ])
+        .unwrap();
+        let got: Vec<(H, &str, f64)> = v
+            .health
+            .iter()
+            .map(|h| (h.metric, h.device.as_str(), h.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (H::TempCelsius, "", 48.5),
+                (H::FsUsedPercent, "/", 0.0),
+                (H::FsUsedPercent, "/boot", 0.0)
+            ]
+        );
+        assert_eq!(v.health[0].time_unix_ms, NOW);
+        assert_eq!(v.health_skipped, 2);
+        assert_eq!(check_health(vec![]).unwrap().health_skipped, 0);
+
+        // Count: the limit passes, one more fails (one sample a second).
+        let seconds = |n: usize| -> Vec<pb::Sample> {
+            (0..n)
+                .map(|i| pb::Sample {
+                    time_unix_ms: NOW - 1000 * i as i64,
+                    ..health("load1", "", 0.5)
+                })
+                .collect()
+        };
+        let full = check_health(seconds(MAX_HEALTH_SAMPLES_PER_BATCH));
+        assert_eq!(full.unwrap().health.len(), MAX_HEALTH_SAMPLES_PER_BATCH);
+        let err = check_health(seconds(MAX_HEALTH_SAMPLES_PER_BATCH + 1)).unwrap_err();
+        assert_eq!(
+            err,
+            InvalidBatch::TooManyHealthSamples(MAX_HEALTH_SAMPLES_PER_BATCH + 1)
+        );
+        assert_eq!(
+            err.to_string(),
+            "health_samples: 65 in one batch, at most 64"
+        );
+
+        let mut other_host = ok.clone();
+        other_host.hostname = "pi-2".into();
+        check_health_refused(
+            vec![ok.clone(), other_host],
+            1,
+            HealthRule::HostnameMismatch("pi-2".into()),
+            "health_samples[1].hostname: 'pi-2' differs from the batch's hostname",
+        );
+        check_health_refused(
+            vec![health("load1", "", f64::NAN)],
+            0,
+            HealthRule::NotFinite(H::Load1),
+            "health_samples[0].value: load1 must be a finite number",
+        );
+        // Both ends of the range pass; just outside fails.
+        for value in [0.0, 100.0] {
+            assert!(check_health(vec![health("swap_percent", "", value)]).is_ok());
+        }
+        check_health_refused(
+            vec![health("swap_percent", "", 100.5)],
+            0,
+            HealthRule::OutOfRange(H::SwapPercent, 100.5),
+            "health_samples[0].value: swap_percent = 100.5 is out of range (must be from 0 to 100)",
+        );
+        check_health_refused(
+            vec![mount("")],
+            0,
+            HealthRule::DeviceMissing(H::FsUsedPercent),
+            "health_samples[0].device: required for fs_used_percent (its mountpoint)",
+        );
+        check_health_refused(
+            vec![health("temp_celsius", "zone0", 40.0)],
+            0,
+            HealthRule::DeviceNotAllowed(H::TempCelsius),
+            "health_samples[0].device: must be empty for temp_celsius (one value per host)",
+        );
+        // Device length: the limit passes, one more byte fails.
+        assert!(check_health(vec![mount(&"d".repeat(MAX_DEVICE_BYTES))]).is_ok());
+        check_health_refused(
+            vec![mount(&"d".repeat(MAX_DEVICE_BYTES + 1))],
+            0,
+            HealthRule::DeviceTooLong(MAX_DEVICE_BYTES + 1),
+            "health_samples[0].device: 257 bytes long, at most 256",
+        );
+        // Time: exactly 60 s after the send time passes, 1 ms more fails;
+        // 2000-01-01 passes, 1 ms earlier fails.
+        let sent = NOW + 5;
+        let at = |time_unix_ms: i64| pb::Sample {
+            time_unix_ms,
+            ..ok.clone()
+        };
+        let v = check_health(vec![
+            at(sent + MAX_SAMPLE_AFTER_SEND_MS),
+            at(MIN_SAMPLE_UNIX_MS),
+        ]);
+        let times: Vec<i64> = v.unwrap().health.iter().map(|h| h.time_unix_ms).collect();
+        assert_eq!(times, [sent + MAX_SAMPLE_AFTER_SEND_MS, MIN_SAMPLE_UNIX_MS]);
+        check_health_refused(
+            vec![at(sent + MAX_SAMPLE_AFTER_SEND_MS + 1)],
+            0,
+            HealthRule::TimeAfterSend {
+                time_unix_ms: sent + MAX_SAMPLE_AFTER_SEND_MS + 1,
+                sent_unix_ms: sent,
+            },
+            "health_samples[0].time_unix_ms: 2026-11-25T12:01:00.006Z is more than 60 s after \
+             the batch's sent_unix_ms (2026-11-25T12:00:00.005Z)",
+        );
+        check_health_refused(
+            vec![at(MIN_SAMPLE_UNIX_MS - 1)],
+            0,
+            HealthRule::TimeBeforeEpoch(MIN_SAMPLE_UNIX_MS - 1),
+            "health_samples[0].time_unix_ms: 1999-12-31T23:59:59.999Z is before 2000-01-01 \
+             even after the clock correction",
+        );
+        // A duplicate is the same time, metric and device; any one of
+        // them differing is another sample (above: "/" and "/boot").
+        check_health_refused(
+            vec![mount("/"), mount("/boot"), mount("/")],
+            2,
+            HealthRule::Duplicate(H::FsUsedPercent, "/".into()),
+            "health_samples[2].metric: fs_used_percent for device '/' twice at the same time",
+        );
+        assert!(check_health(vec![ok.clone(), at(NOW - 1000), health("load1", "", 1.0)]).is_ok());
     }
 }

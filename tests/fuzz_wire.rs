@@ -149,6 +149,7 @@ fn seeds() -> Vec<Vec<u8>> {
         message: "samples[0].value: mem_percent = 250 is out of range (must be from 0 to 100)"
             .into(),
         server_unix_ms: NOW_UNIX_MS,
+        batches: 0,
     };
     let mut seeds = vec![
         batch.encode_to_vec(),

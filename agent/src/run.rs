@@ -298,6 +298,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     sampler.abort();
     notifier.stopping();
+    shared.sampling_done.set(true);
+    shared.batch_ready.notify_one();
     if let Some(w) = watchdog {
         w.abort();
     }

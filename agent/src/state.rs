@@ -36,6 +36,10 @@ pub struct Shared {
     pub spool: RefCell<Option<Spool>>,
     /// Spool errors since start (logged once per burst, never fatal).
     pub spool_errors_total: Cell<u64>,
+    /// The sampler has stopped (shutdown, or `--count` reached): once
+    /// everything is sent, the Report stream ends its half, so that the
+    /// server answers at once what it holds for a cumulative ack.
+    pub sampling_done: Cell<bool>,
 }
 
 impl Shared {
@@ -53,6 +57,7 @@ impl Shared {
             connected: Cell::new(false),
             spool: RefCell::new(None),
             spool_errors_total: Cell::new(0),
+            sampling_done: Cell::new(false),
         }
     }
 

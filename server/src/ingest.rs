@@ -3,8 +3,10 @@
 //!
 //! `Report` validates each batch, queues it to the store in arrival order
 //! and acknowledges it only once it is committed (or known to be a
-//! duplicate), or refuses it (invalid, or conflicting with stored samples:
-//! counted per host in the registry). A host that sends faster than its
+//! duplicate; an agent that announces its window gets one cumulative ack
+//! for several stored batches, see [`crate::ack_hold`]), or refuses it
+//! (invalid, or conflicting with stored samples: counted per host in the
+//! registry). A host that sends faster than its
 //! ingest budget (the registry's token bucket, shared by all its streams)
 //! gets `ACK_CODE_RATE_LIMITED` for the batch over budget and for the rest
 //! of that pass (the batches following it in order), until the agent's
@@ -52,6 +54,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::ack_hold::AckHold;
 use crate::commands::CommandRouter;
 use crate::enrolment::Enrolment;
 use crate::listener::PeerInfo;
@@ -232,6 +235,7 @@ impl CollectorService {
                 code: code as i32,
                 message,
                 server_unix_ms: monitor::time::now_unix_ms(),
+                batches: 0,
             };
             match ticket.await {
                 // The batch's facts are the store's now; the registry only
@@ -332,6 +336,9 @@ impl Collector for CollectorService {
             let mut previous: Option<(u64, u64)> = None;
             let mut limited = false;
             let mut logs = StreamLogs::default();
+            // Stored batches' acks waiting to go out as one (agents that
+            // announce a window only).
+            let mut hold = AckHold::default();
             let stop = stopped(service.stopping.clone());
             tokio::pin!(stop);
             let revoked = caller.revoked();
@@ -347,9 +354,29 @@ impl Collector for CollectorService {
                         let msg = ack.message.clone();
                         if failed {
                             log::error!("{peer}: cannot store batch {}: {msg}", ack.seq);
+                            // The held ones were stored: say so first.
+                            if let Some(held) = hold.take() {
+                                let _ = tx.try_send(Ok(held));
+                            }
                             break Err(Status::unavailable(format!("cannot store the batch: {msg}")));
                         }
-                        if tx.send(Ok(ack)).await.is_err() {
+                        let mut gone = false;
+                        for ready in hold.push(ack, Instant::now()).into_iter().flatten() {
+                            if tx.send(Ok(ready)).await.is_err() {
+                                gone = true;
+                                break;
+                            }
+                        }
+                        if gone {
+                            break Ok(());
+                        }
+                    }
+                    () = tokio::time::sleep_until(hold.deadline().unwrap_or_else(Instant::now).into()),
+                        if hold.deadline().is_some() =>
+                    {
+                        if let Some(held) = hold.take()
+                            && tx.send(Ok(held)).await.is_err()
+                        {
                             break Ok(());
                         }
                     }
@@ -364,6 +391,7 @@ impl Collector for CollectorService {
                         };
                         let received = monitor::time::now_unix_ms();
                         let (boot_id, seq) = (batch.boot_id, batch.seq);
+                        hold.set_window(batch.ack_window);
                         let refuse = |code: pb::AckCode, message: String| -> Pending {
                             Box::pin(std::future::ready(pb::Ack {
                                 boot_id,
@@ -371,6 +399,7 @@ impl Collector for CollectorService {
                                 code: code as i32,
                                 message,
                                 server_unix_ms: received,
+                                batches: 0,
                             }))
                         };
                         let mut valid = match validate_batch(batch, received, service.max_clock_skew_ms) {
@@ -474,6 +503,12 @@ impl Collector for CollectorService {
             // an agent that does not read its acks only gets them again as
             // duplicates, it never holds this task.
             let mut acking = end.is_ok();
+            if acking
+                && let Some(held) = hold.take()
+                && tx.try_send(Ok(held)).is_err()
+            {
+                acking = false;
+            }
             while let Some(ack) = pending.pop_front() {
                 let ack = ack.await;
                 acking &= ack.code != pb::AckCode::Unavailable as i32;

@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the code map.
 
+pub mod ack_hold;
 pub mod admin;
 pub mod commands;
 pub mod config;

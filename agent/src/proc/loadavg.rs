@@ -38,3 +38,25 @@ pub fn parse(text: &str) -> Result<f64, ParseError> {
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_field_is_the_value_and_the_rest_must_have_their_shape() {
+        assert_eq!(parse("0.52 0.58 0.59 1/467 12345\n"), Ok(0.52));
+        assert_eq!(parse("12.25 3.00 1.00 9/100 7"), Ok(12.25));
+        // A field of the wrong shape is named with what it should look like.
+        let err = |text: &str| parse(text).unwrap_err().to_string();
+        assert_eq!(
+            err("0.52 0.58 0.59 1467 12345"),
+            "/proc/loadavg line 1: field running/total: expected running/total like 1/467, \
+             got '1467'"
+        );
+        assert_eq!(
+            err("0.52 x 0.59 1/467 12345"),
+            "/proc/loadavg line 1: field load5: expected a decimal like 0.52, got 'x'"
+        );
+    }
+}

@@ -94,6 +94,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_line_is_an_entry_with_its_three_fields() {
+        let text = "/dev/mmcblk0p2 / ext4 rw,noatime 0 0\n\nproc /proc proc rw 0 0\n";
+        let entries: Vec<_> = parse(text).collect();
+        assert_eq!(
+            entries,
+            [
+                Ok(MountEntry {
+                    source: "/dev/mmcblk0p2",
+                    mount_point: "/",
+                    fs_type: "ext4",
+                }),
+                Ok(MountEntry {
+                    source: "proc",
+                    mount_point: "/proc",
+                    fs_type: "proc",
+                }),
+            ]
+        );
+    }
+
+    #[test]
     fn unescape_turns_octal_escapes_back_into_bytes() {
         fn check(input: &str, expected: &str) {
             assert_eq!(unescape(input), expected, "input {input:?}");

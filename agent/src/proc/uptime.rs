@@ -23,3 +23,17 @@ pub fn parse(text: &str) -> Result<f64, ParseError> {
     next("idle")?;
     Ok(uptime)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_field_is_the_value_and_the_idle_time_must_be_there() {
+        assert_eq!(parse("10365.01 5974.08\n"), Ok(10365.01));
+        assert_eq!(
+            parse("10365.01\n").unwrap_err().to_string(),
+            "/proc/uptime line 1: field idle: missing (line too short)"
+        );
+    }
+}

@@ -9,6 +9,14 @@
 //! it are ignored (they answer a pass that was abandoned, and the server's
 //! de-duplication makes the re-send safe whatever they said), so a late
 //! "stored" for a later batch can never free the refused one.
+//!
+//! Every batch announces the send window (`Batch.ack_window`), so a server
+//! that knows cumulative acks answers several stored batches with one ack
+//! (`Ack.batches`): at 1 s ticks the agent then wakes for an answer every
+//! few seconds instead of at every tick. An older server answers each
+//! batch, which reads the same way. Once the sampler has stopped and
+//! everything is sent, the stream ends its half, so the server sends what
+//! it holds at once and a shutdown waits for no hold.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -27,6 +35,9 @@ use crate::state::Shared;
 /// again: the server refills a host's budget at 50 batches a second, so a
 /// second buys a window's worth.
 pub const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
+/// The window every batch announces (`Batch.ack_window`): the server holds
+/// the acks of at most half of it.
+const ACK_WINDOW: u32 = SEND_WINDOW as u32;
 /// At most one warning a minute about being rate limited (the rest at
 /// debug level).
 const RATE_LIMITED_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -34,11 +45,12 @@ const RATE_LIMITED_LOG_EVERY: Duration = Duration::from_secs(60);
 /// What the stream keeps between sends and acks.
 #[derive(Debug, Default)]
 struct Pacing {
-    /// Batches sent on this stream whose ack has not come yet (the server
-    /// answers each batch once, in order).
+    /// Batches sent on this stream whose answer has not come yet (the
+    /// server answers each batch once, in order; one ack may answer
+    /// several, see [`answered`]).
     unanswered: usize,
-    /// Acks still to come for a pass abandoned after a rate-limited
-    /// refusal: ignored.
+    /// Batches whose answers are still to come for a pass abandoned after
+    /// a rate-limited refusal: ignored.
     stale: usize,
     /// Nothing is sent before this.
     resume_at: Option<Instant>,
@@ -72,6 +84,20 @@ pub(super) async fn run(
     }
     let mut pacing = Pacing::default();
     loop {
+        if shared.sampling_done.get() && !shared.buffer.borrow().has_unsent() {
+            // Nothing more will be sent: end the request stream, then read
+            // the answers to what is in flight until the server ends too.
+            drop(tx);
+            while !shared.buffer.borrow().is_empty() {
+                let Some(ack) = acks.message().await? else {
+                    return Err(SessionError::Closed("report"));
+                };
+                healthy.set(true);
+                on_ack(shared, &mut pacing, &ack, Instant::now());
+            }
+            // All acknowledged: the agent is stopping and ends this task.
+            return std::future::pending().await;
+        }
         let paused = pacing.paused(Instant::now());
         let can_send = {
             let buffer = shared.buffer.borrow();
@@ -99,12 +125,13 @@ pub(super) async fn run(
                 };
                 let next = shared.buffer.borrow_mut().next_to_send();
                 if let Some(batch) = next {
-                    let pb = monitor::wire::batch_to_pb(
+                    let mut pb = monitor::wire::batch_to_pb(
                         &shared.identity,
                         &batch,
                         monitor::time::now_unix_ms(),
                         shared.counters(),
                     );
+                    pb.ack_window = ACK_WINDOW;
                     permit.send(pb);
                     pacing.unanswered += 1;
                 }
@@ -114,12 +141,22 @@ pub(super) async fn run(
     }
 }
 
+/// How many sent batches `ack` answers: several for a cumulative ack,
+/// else one (`batches` is 0 from servers before cumulative acks).
+fn answered(ack: &pb::Ack) -> usize {
+    usize::try_from(ack.batches).unwrap_or(usize::MAX).max(1)
+}
+
 fn on_ack(shared: &Shared, pacing: &mut Pacing, ack: &pb::Ack, now: Instant) {
-    pacing.unanswered = pacing.unanswered.saturating_sub(1);
+    let answered = answered(ack);
+    pacing.unanswered = pacing.unanswered.saturating_sub(answered);
     if pacing.stale > 0 {
         // An answer to the abandoned pass: whatever it says, the batch is
-        // sent again (and a stored one is then acknowledged as such).
-        pacing.stale -= 1;
+        // sent again (and a stored one is then acknowledged as such). The
+        // server never lets one ack span the end of a pass (a refusal
+        // goes out alone); if one did, freeing nothing is still safe: a
+        // later ack frees every batch before its own.
+        pacing.stale = pacing.stale.saturating_sub(answered);
         return;
     }
     match pb::AckCode::try_from(ack.code) {
@@ -235,6 +272,7 @@ mod tests {
             code: code as i32,
             message: String::new(),
             server_unix_ms: 0,
+            batches: 0,
         }
     }
 
@@ -301,6 +339,52 @@ mod tests {
         assert!(p.paused(t1));
         assert_eq!(held(&s), [1, 2, 3]);
         assert_eq!(p.limited_total, 2);
+    }
+
+    fn cumulative(seq: u64, batches: u32) -> pb::Ack {
+        pb::Ack {
+            batches,
+            ..ack(seq, pb::AckCode::Ok)
+        }
+    }
+
+    #[test]
+    fn a_cumulative_ack_answers_and_frees_every_batch_it_covers() {
+        let s = shared(6);
+        let mut p = Pacing::default();
+        let now = Instant::now();
+        assert_eq!(send(&s, &mut p, 6), [1, 2, 3, 4, 5, 6]);
+        on_ack(&s, &mut p, &cumulative(4, 4), now);
+        assert_eq!(held(&s), [5, 6]);
+        assert_eq!(p.unanswered, 2, "four answered by one ack");
+        assert_eq!(s.buffer.borrow().in_flight(), 2);
+        // An older server's ack (batches 0) answers its batch alone.
+        on_ack(&s, &mut p, &ack(5, pb::AckCode::Ok), now);
+        assert_eq!(held(&s), [6]);
+        assert_eq!(p.unanswered, 1);
+        // A server cannot make the count go below zero.
+        on_ack(&s, &mut p, &cumulative(6, 1000), now);
+        assert!(held(&s).is_empty());
+        assert_eq!(p.unanswered, 0);
+    }
+
+    #[test]
+    fn cumulative_acks_of_an_abandoned_pass_free_nothing() {
+        let s = shared(6);
+        let mut p = Pacing::default();
+        let now = Instant::now();
+        send(&s, &mut p, 6);
+        on_ack(&s, &mut p, &cumulative(1, 1), now);
+        on_ack(&s, &mut p, &ack(2, pb::AckCode::RateLimited), now);
+        assert_eq!(p.stale, 4);
+        // One ack for the four of the abandoned pass: ignored whole.
+        on_ack(&s, &mut p, &cumulative(6, 4), now);
+        assert_eq!(held(&s), [2, 3, 4, 5, 6]);
+        assert_eq!((p.stale, p.unanswered), (0, 0));
+        // The re-send's cumulative ack counts again.
+        assert_eq!(send(&s, &mut p, 5), [2, 3, 4, 5, 6]);
+        on_ack(&s, &mut p, &cumulative(6, 5), now);
+        assert!(held(&s).is_empty());
     }
 
     #[test]
