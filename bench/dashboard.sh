@@ -13,10 +13,12 @@
 #      run on the viewers' machines, and on this box they would take the
 #      server's cores;
 #   4. the server's CPU per poll of 10 pages with 1,000 and 5,000 hosts
-#      held at 1 s (windows alternating without and with the replay).
+#      held at 1 s (windows alternating without and with the replay; with
+#      OLD_SERVER, that build's too, in the same run).
 # Needs Debian's chromium and Playwright from PyPI (see .ci/run); loopback
 # only. Usage: bench/dashboard.sh [--steps 2500,5000] [--hold 20s]
-# (SKIP_SERIES=1 skips the first part; RUNS=5, ROUNDS=3).
+# (SKIP_SERIES=1 skips the first part, SKIP_RENDER=1 the second,
+# ROUNDS=0 the third; RUNS=5, ROUNDS=3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=2500,5000
@@ -96,7 +98,9 @@ fleet() { # fleet N: loadgen holding N agents at 1 s against the running server
     wait_until "$1 hosts in /api/hosts" 180 hosts_listed "$1"
 }
 
-for build in "$server_bin" ${OLD_SERVER:+"$OLD_SERVER"}; do
+render_builds=("$server_bin" ${OLD_SERVER:+"$OLD_SERVER"})
+[[ -n ${SKIP_RENDER:-} ]] && render_builds=()
+for build in "${render_builds[@]}"; do
     log "fleet page with 1,000 hosts ($build)"
     server_bin=$build start_server "render-$RANDOM"
     fleet 1000
@@ -125,13 +129,16 @@ for round in $(seq "${ROUNDS:-3}"); do
 done
 
 for hosts in 1000 5000; do
-    log "server CPU per poll of 10 pages, $hosts hosts held at 1 s"
-    start_server "cpu-$hosts"
-    fleet "$hosts"
-    sleep 10 # past the fleet's connection burst
-    "$python" bench/dashboard_replay.py "http://127.0.0.1:$hp" --pages 10 --pid "$server_pid" \
-        --windows "${WINDOWS:-6}" --window 15 | tee -a "$out/summary.txt"
-    kill "$fleet_pid" "$server_pid"
+    for build in "$server_bin" ${OLD_SERVER:+"$OLD_SERVER"}; do
+        log "server CPU per poll of 10 pages, $hosts hosts held at 1 s ($build)"
+        echo "$hosts hosts, $build, $(uptime)" >>"$out/summary.txt"
+        server_bin=$build start_server "cpu-$hosts-$RANDOM"
+        fleet "$hosts"
+        sleep 10 # past the fleet's connection burst
+        "$python" bench/dashboard_replay.py "http://127.0.0.1:$hp" --pages 10 --pid "$server_pid" \
+            --windows "${WINDOWS:-6}" --window 15 | tee -a "$out/summary.txt"
+        kill "$fleet_pid" "$server_pid"
+    done
 done
 log "summary"
 cat "$out/summary.txt"

@@ -1,10 +1,11 @@
 """What open fleet pages cost the SERVER, without running browsers on its
 cores: replays the requests a fleet page makes (recorded with Playwright's
 request log: GET /api/hosts 3 s after each answer, GET /api/sparklines
-15 s after each answer; the page and its assets once, then cached), for
-PAGES pages, with a light HTTP client (keep-alive, gzip asked for as a
-browser does, bodies read and dropped: parsing and drawing happen on the
-viewers' machines). For BENCHMARKS.md (bench/dashboard.sh).
+15 s after each answer, each with If-None-Match: the ETag of the answer
+the page holds; the page and its assets once, then cached), for PAGES
+pages, with a light HTTP client (keep-alive, gzip asked for as a browser
+does, bodies read and dropped: parsing and drawing happen on the viewers'
+machines). For BENCHMARKS.md (bench/dashboard.sh).
 
   dashboard_replay.py BASE_URL --pages N
       replays until killed (while monitor-loadgen measures capacity);
@@ -40,19 +41,27 @@ class Page(threading.Thread):
         self.host, self.port, self.offset_s = host, port, offset_s
         self.on, self.stop, self.counts, self.lock = on, stop, counts, lock
         self.conn = None
+        self.etags = {}
 
     def get(self, path):
         for _ in range(2):
             try:
                 if self.conn is None:
                     self.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-                self.conn.request("GET", path, headers={"Accept-Encoding": "gzip"})
+                headers = {"Accept-Encoding": "gzip"}
+                if path in self.etags:
+                    headers["If-None-Match"] = self.etags[path]
+                self.conn.request("GET", path, headers=headers)
                 r = self.conn.getresponse()
                 body = r.read()
+                if r.status == 200 and r.getheader("ETag"):
+                    self.etags[path] = r.getheader("ETag")
                 with self.lock:
                     self.counts[path] = self.counts.get(path, 0) + 1
                     self.counts["bytes"] = self.counts.get("bytes", 0) + len(body)
-                    if r.status != 200:
+                    if r.status == 304:
+                        self.counts["not_modified"] = self.counts.get("not_modified", 0) + 1
+                    elif r.status != 200:
                         self.counts["errors"] = self.counts.get("errors", 0) + 1
                 return
             except (OSError, http.client.HTTPException):
@@ -68,6 +77,7 @@ class Page(threading.Thread):
             if not self.on.is_set():
                 # A page opened anew when the replay resumes.
                 next_hosts = next_sparks = time.monotonic() + self.offset_s
+                self.etags = {}
                 continue
             now = time.monotonic()
             if now >= next_hosts:
@@ -137,6 +147,7 @@ def main():
         rows.append((replay, pct, hosts_req, made.get("/api/sparklines", 0), made.get("errors", 0)))
         print(f"window {w + 1}: replay {'on ' if replay else 'off'} server CPU {pct:5.1f} % of a core, "
               f"/api/hosts {hosts_req}, /api/sparklines {made.get('/api/sparklines', 0)}, "
+              f"304s {made.get('not_modified', 0)}, bytes {made.get('bytes', 0)}, "
               f"errors {made.get('errors', 0)}", flush=True)
     stop.set()
     off, onm = statistics.median(off_pct), statistics.median(on_pct)

@@ -241,6 +241,33 @@ fn the_api_serves_the_store_downsampled_to_anyone_with_a_way_in_and_nobody_else(
         assert_eq!(h["online"], true);
         assert!(!h["latest"].as_array().unwrap().is_empty());
     }
+    // One answer per period shared by every page (`poll_ms`), with an
+    // ETag: sent back, it gets 304 and no body, or (a row changed) a new
+    // answer with a new tag, never the same tag again; gzip when asked,
+    // the same JSON.
+    let first = server.https("/api/hosts", &auth);
+    let etag = first
+        .header("etag")
+        .expect("an ETag on /api/hosts")
+        .to_owned();
+    assert_eq!(json(&first)["poll_ms"], 3000);
+    let again = server.https("/api/hosts", &[auth[0], ("If-None-Match", &etag)]);
+    match again.status {
+        304 => assert!(again.body.is_empty(), "{}", again.text()),
+        200 => assert_ne!(again.header("etag"), Some(etag.as_str())),
+        other => panic!("If-None-Match: status {other}: {}", again.text()),
+    }
+    let gz = server.https("/api/hosts", &[auth[0], ("Accept-Encoding", "gzip")]);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&gz.body[..]),
+        &mut unzipped,
+    )
+    .unwrap();
+    let unzipped: Value = serde_json::from_slice(&unzipped).unwrap();
+    assert_eq!(unzipped["hosts"].as_array().unwrap().len(), 2);
+
     let one = server.https("/api/hosts/dash-a", &auth);
     assert_eq!(json(&one)["hostname"], "dash-a");
     let unknown = server.https("/api/hosts/nobody", &auth);
@@ -367,6 +394,29 @@ fn the_api_serves_the_store_downsampled_to_anyone_with_a_way_in_and_nobody_else(
     wait_for("dash-b offline", Duration::from_secs(30), || {
         server.host("dash-b").filter(|x| !x.online).map(|_| ())
     });
+    // The shared /api/hosts answer turns too: no answer served was built
+    // more than its period (3 s, plus a second for the build) before it
+    // was asked for.
+    wait_for(
+        "dash-b offline in /api/hosts",
+        Duration::from_secs(30),
+        || {
+            let asked_ms = monitor::time::now_unix_ms();
+            let a = json(&server.https("/api/hosts", &auth));
+            let built_ms = a["server_unix_ms"].as_i64().unwrap();
+            assert!(
+                asked_ms - built_ms <= 4000,
+                "an answer built {} ms before it was asked for",
+                asked_ms - built_ms
+            );
+            let b = a["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h["hostname"] == "dash-b");
+            (b.unwrap()["online"] == false).then_some(())
+        },
+    );
     let silent_since = monitor::time::now_unix_ms();
     wait_for("two seconds of silence", Duration::from_secs(10), || {
         (monitor::time::now_unix_ms() - silent_since > 2000).then_some(())

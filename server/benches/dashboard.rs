@@ -167,7 +167,7 @@ fn main() {
             remote_write: Arc::new(Vec::new()),
             auth: Arc::new(Auth::open()),
             sessions: Default::default(),
-            sparklines: Default::default(),
+            answers: Default::default(),
             proc_root: "/proc".into(),
         };
         let router = http::router(state);

@@ -145,7 +145,7 @@ fn main() {
             remote_write: Arc::new(Vec::new()),
             auth: Arc::new(Auth::open()),
             sessions: Default::default(),
-            sparklines: Default::default(),
+            answers: Default::default(),
             proc_root: "/proc".into(),
         };
         let mut times = Vec::with_capacity(scrapes);

@@ -311,7 +311,7 @@ pub async fn run(
                 remote_write: Arc::clone(&forwarding.stats),
                 auth: Arc::new(auth),
                 sessions: Arc::clone(&sessions),
-                sparklines: Default::default(),
+                answers: Default::default(),
                 proc_root: "/proc".into(),
             };
             let incoming = listener::incoming(

@@ -2181,6 +2181,56 @@ async fn series_downsample_every_metric(db: TestDb) {
     store.close().await.unwrap();
 }
 
+on_every_backend!(fleet_series_match_each_hosts_series:
+    fleet_series_match_each_hosts_series_sqlite => Sqlite,
+    fleet_series_match_each_hosts_series_merging => SqliteMerging,
+    fleet_series_match_each_hosts_series_postgres => Postgres,
+);
+
+/// The dashboard's sparklines read every host at once: the same series as
+/// one query per host gives, every host listed by name (one without a
+/// sample in the range with empty series), a bad range refused.
+async fn fleet_series_match_each_hosts_series(db: TestDb) {
+    use monitor_server::store::FleetSeriesQuery;
+    let store = db.open().await;
+    let base = base_ms() - base_ms() % 3000;
+    // Sent out of name order; pi-c only outside the range.
+    submit_all(&store, "pi-b", 1, 3..=9, base - 1000).await;
+    submit_all(&store, "pi-a", 1, 1..=6, base - 1000).await;
+    submit_all(&store, "pi-c", 1, 20..=21, base - 1000).await;
+    let q = FleetSeriesQuery {
+        since_unix_ms: base,
+        until_unix_ms: base + 6000,
+        step_ms: 3000,
+    };
+    let fleet = store.fleet_series(q.clone()).await.unwrap();
+    let names: Vec<&str> = fleet.iter().map(|h| h.hostname.as_str()).collect();
+    assert_eq!(names, ["pi-a", "pi-b", "pi-c"]);
+    for h in &fleet {
+        let alone = store.series(q.for_host(&h.hostname)).await.unwrap();
+        assert_eq!(h.series, alone, "{}", h.hostname);
+        assert_eq!(h.series.len(), Metric::ALL.len());
+    }
+    let counts =
+        |i: usize| -> Vec<u32> { fleet[i].series[0].buckets.iter().map(|b| b.count).collect() };
+    assert_eq!(counts(0), [3, 3]);
+    assert_eq!(counts(1), [1, 3]);
+    assert!(fleet[2].series.iter().all(|s| s.buckets.is_empty()));
+    let sum: f64 = (4..=6).map(|seq| value_of(seq, 0)).sum();
+    assert!((fleet[1].series[0].buckets[1].sum - sum).abs() < 1e-9);
+    match store
+        .fleet_series(FleetSeriesQuery {
+            until_unix_ms: base,
+            ..q
+        })
+        .await
+    {
+        Err(StoreError::BadSeriesQuery(_)) => {}
+        other => panic!("expected BadSeriesQuery, got {other:?}"),
+    }
+    store.close().await.unwrap();
+}
+
 on_every_backend!(check_feed:
     the_feed_gives_each_batch_once_in_commit_order_sqlite => Sqlite,
     the_feed_gives_each_batch_once_in_commit_order_merging => SqliteMerging,

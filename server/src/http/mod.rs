@@ -15,7 +15,9 @@
 //!   runs with `--insecure` (plain HTTP, no authentication).
 //! - `metrics.rs`, `exposition.rs`, `process.rs`: the `/metrics` body.
 //! - `pages.rs` (pages, files, `/login`, security headers), `api.rs` (the
-//!   JSON API), `plot.rs` (series laid out for a plot): the dashboard.
+//!   JSON API), `plot.rs` (series laid out for a plot), `shared.rs`
+//!   (answers every open page shares: one build per period, gzipped once,
+//!   ETag and 304): the dashboard.
 //!
 //! A handler must never hold a lock of the store or the registry while it
 //! encodes (it copies, then encodes on the blocking pool), and never make
@@ -29,6 +31,7 @@ pub mod pages;
 pub mod plot;
 pub mod process;
 pub mod session;
+pub mod shared;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -71,8 +74,9 @@ pub struct HttpState {
     /// Dashboard login tokens and sessions (shared with the admin API,
     /// which issues the tokens).
     pub sessions: Arc<Sessions>,
-    /// The fleet page's sparklines, shared by every page for a while.
-    pub sparklines: Arc<api::SparkCache>,
+    /// The fleet page's answers (hosts, sparklines), shared by every page
+    /// for a while.
+    pub answers: Arc<api::SharedAnswers>,
     /// `/proc` (a test may point elsewhere).
     pub proc_root: PathBuf,
 }

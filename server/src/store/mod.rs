@@ -9,7 +9,8 @@
 //!   once the request is durable (or refused); [`Store::submit`] and the
 //!   `record_*` methods do both steps;
 //! - read: [`Store::query`] samples, [`Store::series`] (samples
-//!   downsampled per bucket, for plots), [`Store::hosts`] /
+//!   downsampled per bucket, for plots; [`Store::fleet_series`] for every
+//!   host at once), [`Store::hosts`] /
 //!   [`Store::hosts_page`] / [`Store::host`]
 //!   (the host facts: the store is their one owner, the registry only
 //!   knows who is connected), [`Store::history`];
@@ -63,6 +64,9 @@
 //!   into the [`Downsampler`] it is handed, nothing more (PostgreSQL can
 //!   do the same over one `SELECT ... ORDER BY time`, or aggregate in SQL
 //!   if it keeps `Bucket`'s meaning, `max_gap_ms` included).
+//! - `fleet_series` gives each host exactly what `series` gives it, in
+//!   one read of the backend for every host (one statement, one
+//!   snapshot), never one query per host.
 //! - `forward_batch` returns every stored batch exactly once across calls
 //!   that pass on the previous `through`, in commit order (also while
 //!   several handles write at once), and nothing a registered
@@ -97,10 +101,11 @@ pub use latest_health::MAX_HEALTH_SERIES_PER_HOST;
 pub use postgres::{PostgresConfig, PostgresError};
 pub use records::{
     AuthorityRecord, Bucket, CertificateRecord, CommandRecord, CommandResultRecord, Conflict,
-    CursorRecord, FlushObserver, FlushStats, ForwardBatch, ForwardRow, HealthQuery, HealthRow,
-    HealthSeriesKey, HistoryRow, HostRecord, IncomingBatch, JoinTokenRecord, LatestHealth,
-    LatestValue, RelayKind, RelayRecord, SampleQuery, Series, SeriesQuery, SessionRecord,
-    SigningKeyRecord, StoredHealth, StoredSample, StoredSampleRow, SubmitOutcome, TokenRefusal,
+    CursorRecord, FleetSeriesQuery, FlushObserver, FlushStats, ForwardBatch, ForwardRow,
+    HealthQuery, HealthRow, HealthSeriesKey, HistoryRow, HostRecord, HostSeries, IncomingBatch,
+    JoinTokenRecord, LatestHealth, LatestValue, RelayKind, RelayRecord, SampleQuery, Series,
+    SeriesQuery, SessionRecord, SigningKeyRecord, StoredHealth, StoredSample, StoredSampleRow,
+    SubmitOutcome, TokenRefusal,
 };
 pub use series::Downsampler;
 pub use sqlite::{SqliteConfig, SqliteError};
@@ -384,6 +389,19 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => s.series(q, down).await,
             Backend::Postgres(s) => s.series(q, down).await,
+        }
+    }
+
+    /// [`Store::series`] for every host at once, by hostname, in one read
+    /// of the backend (the dashboard's sparklines: one query, not one per
+    /// host). Every host ever stored is listed, one without a sample in the
+    /// range with empty series; the same refusals as [`Store::series`].
+    pub async fn fleet_series(&self, q: FleetSeriesQuery) -> Result<Vec<HostSeries>, StoreError> {
+        let down =
+            Downsampler::new(&q.for_host(""), &Metric::ALL).map_err(StoreError::BadSeriesQuery)?;
+        match &self.backend {
+            Backend::Sqlite(s) => s.fleet_series(q, down).await,
+            Backend::Postgres(s) => s.fleet_series(q, down).await,
         }
     }
 

@@ -174,6 +174,40 @@ pub struct SeriesQuery {
     pub step_ms: i64,
 }
 
+/// Every host's samples in a time range, summarised per time bucket as
+/// [`SeriesQuery`] does for one (see [`crate::store::Store::fleet_series`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetSeriesQuery {
+    /// Inclusive lower bound, ms since the Unix epoch: the first bucket
+    /// starts here.
+    pub since_unix_ms: i64,
+    /// Exclusive upper bound, ms since the Unix epoch.
+    pub until_unix_ms: i64,
+    /// Width of every bucket, ms (at least 1).
+    pub step_ms: i64,
+}
+
+impl FleetSeriesQuery {
+    /// The same range and buckets for one host.
+    pub fn for_host(&self, hostname: &str) -> SeriesQuery {
+        SeriesQuery {
+            hostname: hostname.to_owned(),
+            since_unix_ms: self.since_unix_ms,
+            until_unix_ms: self.until_unix_ms,
+            step_ms: self.step_ms,
+        }
+    }
+}
+
+/// One host's series in a [`FleetSeriesQuery`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostSeries {
+    pub hostname: String,
+    /// In [`Metric::ALL`] order; a series without a sample in the range
+    /// has no buckets.
+    pub series: Vec<Series>,
+}
+
 /// The buckets of one series: of one of the six metrics, or (`K` =
 /// [`HealthSeriesKey`]) of a health metric with its label.
 #[derive(Clone, Debug, PartialEq)]

@@ -34,8 +34,9 @@ impl std::fmt::Display for BadSeriesQuery {
 
 /// Builds the [`Series`] of one query from its samples. `K` names a
 /// series: one of the six [`Metric`]s, or a health metric with its label
-/// (`health_series.rs`).
-#[derive(Debug)]
+/// (`health_series.rs`). A clone made before the first sample serves the
+/// same query for another host.
+#[derive(Clone, Debug)]
 pub struct Downsampler<K = Metric> {
     since_unix_ms: i64,
     until_unix_ms: i64,
@@ -43,7 +44,7 @@ pub struct Downsampler<K = Metric> {
     series: Vec<SeriesState<K>>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct SeriesState<K> {
     key: K,
     buckets: Vec<Bucket>,
@@ -147,6 +148,16 @@ impl<K: Clone> Downsampler<K> {
                 sum: value,
                 max_gap_ms: gap_ms,
             }),
+        }
+    }
+
+    /// Adds the values of one tick: `values[i]` (when there is one) to
+    /// series `i`, as [`Downsampler::push`] does.
+    pub fn push_tick(&mut self, time_unix_ms: i64, values: &[Option<f64>]) {
+        for (i, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                self.push(i, time_unix_ms, *v);
+            }
         }
     }
 

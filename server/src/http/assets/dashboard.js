@@ -42,8 +42,16 @@
     s.classList.toggle("bad", !!bad);
   }
 
-  async function getJson(path) {
-    const r = await fetch(path, { credentials: "same-origin", cache: "no-store" });
+  // Answers every page shares (/api/hosts, /api/sparklines) carry an
+  // ETag: the page sends back the one it holds and gets 304, no body,
+  // when nothing changed; then it gets the very object it had.
+  const held = new Map(); // path -> { etag, answer }
+
+  async function getJson(path, shared) {
+    const h = shared ? held.get(path) : undefined;
+    const headers = h ? { "If-None-Match": h.etag } : {};
+    const r = await fetch(path, { credentials: "same-origin", cache: "no-store", headers });
+    if (r.status === 304 && h) return h.answer;
     if (!r.ok) {
       let why = r.status + " " + r.statusText;
       try { why = (await r.json()).error || why; } catch (_) { /* not JSON */ }
@@ -51,7 +59,10 @@
       e.status = r.status;
       throw e;
     }
-    return r.json();
+    const answer = await r.json();
+    const etag = r.headers.get("ETag");
+    if (shared && etag) held.set(path, { etag, answer });
+    return answer;
   }
 
   function fmtTime(ms) {
@@ -378,14 +389,22 @@
     }
 
     let painted = false;
+    let shownAnswer = null;
+    let pollMs = POLL_HOSTS_MS;
     async function poll() {
       try {
         performance.mark("hosts-asked");
-        const answer = firstHosts ? await firstHosts : await getJson("/api/hosts");
+        const answer = firstHosts ? await firstHosts : await getJson("/api/hosts", true);
         firstHosts = null;
-        state.hosts = answer.hosts;
+        // The server says how often its answer changes.
+        if (answer.poll_ms > 0) pollMs = answer.poll_ms;
         performance.mark("hosts-parsed");
-        render();
+        // A 304 gives the answer already shown: nothing to write.
+        if (answer !== shownAnswer) {
+          shownAnswer = answer;
+          state.hosts = answer.hosts;
+          render();
+        }
         performance.mark("hosts-rendered");
         if (!painted) {
           painted = true;
@@ -399,12 +418,12 @@
         state.errors++;
         setStatus("cannot update: " + e.message, true);
       }
-      setTimeout(poll, POLL_HOSTS_MS);
+      setTimeout(poll, pollMs);
     }
 
     async function pollSparks() {
       try {
-        state.sparks = (await getJson("/api/sparklines")).hosts;
+        state.sparks = (await getJson("/api/sparklines", true)).hosts;
         for (const r of near) drawSparks(r);
         performance.mark("sparks-drawn");
       } catch (e) {
@@ -722,7 +741,7 @@
     // metrics, not after them: one round trip fewer before the table.
     const path = location.pathname;
     const page = path.startsWith("/host/") ? "host" : path === "/commands" ? "commands" : "fleet";
-    const firstHosts = page === "fleet" ? getJson("/api/hosts") : null;
+    const firstHosts = page === "fleet" ? getJson("/api/hosts", true) : null;
     // Its failure is the first poll's to report (it awaits this promise).
     if (firstHosts) firstHosts.catch(() => {});
     try {

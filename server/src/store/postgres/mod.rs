@@ -249,6 +249,15 @@ impl PostgresStore {
         read::series(&mut **c, &self.inner.target, &q, down).await
     }
 
+    pub(crate) async fn fleet_series(
+        &self,
+        q: crate::store::records::FleetSeriesQuery,
+        down: crate::store::series::Downsampler,
+    ) -> Result<Vec<crate::store::records::HostSeries>, StoreError> {
+        let mut c = self.reader().await?;
+        read::fleet_series(&mut **c, &self.inner.target, &q, &down).await
+    }
+
     pub(crate) async fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
         self.hosts_page(None, usize::MAX).await
     }

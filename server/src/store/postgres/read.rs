@@ -16,7 +16,8 @@ use super::error::PostgresError;
 use crate::store::encoding::{METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
 use crate::store::error::StoreError;
 use crate::store::records::{
-    HistoryRow, HostRecord, LatestValue, SampleQuery, Series, SeriesQuery, StoredSampleRow,
+    FleetSeriesQuery, HistoryRow, HostRecord, HostSeries, LatestValue, SampleQuery, Series,
+    SeriesQuery, StoredSampleRow,
 };
 use crate::store::series::Downsampler;
 use crate::store::ticks::{METRICS, StoredTick, Unpacker};
@@ -289,14 +290,73 @@ pub(crate) async fn series(
     tokio::pin!(rows);
     while let Some(row) = rows.next().await {
         let tick = tick_of(&row.map_err(&during)?).map_err(&during)?;
-        for (i, v) in tick.values.iter().enumerate() {
-            if let Some(v) = v {
-                down.push(i, tick.time_unix_ms, *v);
-            }
-        }
+        down.push_tick(tick.time_unix_ms, &tick.values);
     }
     tx.commit().await.map_err(&during)?;
     Ok(down.finish())
+}
+
+/// Every host's metrics in a range, downsampled (`down` cloned for each),
+/// by hostname: ONE statement over `ticks` for every host, streamed in
+/// (host, time, run) order (never all held at once), in the transaction
+/// that lists the hosts. A host without a sample in the range has empty
+/// series.
+pub(crate) async fn fleet_series(
+    c: &mut impl GenericClient,
+    target: &str,
+    q: &FleetSeriesQuery,
+    down: &Downsampler,
+) -> Result<Vec<HostSeries>, StoreError> {
+    use tokio_stream::StreamExt;
+    let during = sql("querying every host's samples", target);
+    let tx = c.transaction().await.map_err(&during)?;
+    let mut hosts: Vec<(i64, String, Downsampler)> = tx
+        .query("SELECT host_id, hostname FROM hosts ORDER BY host_id", &[])
+        .await
+        .map_err(&during)?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, down.clone())))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(&during)?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+        [&q.since_unix_ms, &q.until_unix_ms];
+    let rows = tx
+        .query_raw(
+            &format!(
+                "SELECT time_unix_ms, run_id, receive_lag_ms, {}, host_id FROM ticks
+                 WHERE time_unix_ms >= $1 AND time_unix_ms < $2
+                 ORDER BY host_id, time_unix_ms, run_id",
+                METRIC_COLUMNS.join(", ")
+            ),
+            params,
+        )
+        .await
+        .map_err(&during)?;
+    tokio::pin!(rows);
+    // Both by host id; a row of a host added since the list was read (the
+    // snapshot holds none) is passed over.
+    let mut at = 0;
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(&during)?;
+        let host_id: i64 = row.try_get(3 + METRICS).map_err(&during)?;
+        while hosts.get(at).is_some_and(|h| h.0 < host_id) {
+            at += 1;
+        }
+        if let Some((_, _, host_down)) = hosts.get_mut(at).filter(|h| h.0 == host_id) {
+            let tick = tick_of(&row).map_err(&during)?;
+            host_down.push_tick(tick.time_unix_ms, &tick.values);
+        }
+    }
+    tx.commit().await.map_err(&during)?;
+    let mut out: Vec<HostSeries> = hosts
+        .into_iter()
+        .map(|(_, hostname, d)| HostSeries {
+            hostname,
+            series: d.finish(),
+        })
+        .collect();
+    out.sort_unstable_by(|a, b| a.hostname.cmp(&b.hostname));
+    Ok(out)
 }
 
 /// Command history, newest command first; within a command, by hostname.

@@ -92,6 +92,16 @@ impl HostEntry {
         }
     }
 
+    /// The host's ticks still in the journal with a sample time in
+    /// [since, until), in journal order.
+    fn pending_in(&self, since_unix_ms: i64, until_unix_ms: i64) -> Vec<StoredTick> {
+        self.pending
+            .iter()
+            .filter(|p| (since_unix_ms..until_unix_ms).contains(&p.row.time_unix_ms))
+            .map(PendingTick::stored)
+            .collect()
+    }
+
     /// Takes a stored batch's health values as latest where they are newer.
     pub(crate) fn note_health(&mut self, values: &[StoredHealth]) {
         for v in values {
@@ -259,22 +269,44 @@ impl HostTable {
         until_unix_ms: i64,
         metric_index: Option<usize>,
     ) -> Vec<StoredTick> {
-        let ticks: Vec<StoredTick> = self
+        let ticks = self
             .lock()
             .get(&host_id)
-            .map(|h| {
-                h.pending
-                    .iter()
-                    .filter(|p| (since_unix_ms..until_unix_ms).contains(&p.row.time_unix_ms))
-                    .map(PendingTick::stored)
-                    .collect()
-            })
+            .map(|h| h.pending_in(since_unix_ms, until_unix_ms))
             .unwrap_or_default();
         let mut ticks = crate::store::ticks::combine_pending(ticks);
         if let Some(i) = metric_index {
             ticks.retain(|t| t.values.get(i).is_some_and(Option::is_some));
         }
         ticks
+    }
+
+    /// Every host's id and name, by id, each with its pending ticks in
+    /// [since, until) as [`HostTable::pending_of`] gives them: one copy
+    /// under one lock, for a read of every host.
+    pub(crate) fn every_pending(
+        &self,
+        since_unix_ms: i64,
+        until_unix_ms: i64,
+    ) -> Vec<(i64, String, Vec<StoredTick>)> {
+        let copied: Vec<(i64, String, Vec<StoredTick>)> = self
+            .lock()
+            .by_id
+            .iter()
+            .map(|(&id, h)| {
+                (
+                    id,
+                    h.hostname.clone(),
+                    h.pending_in(since_unix_ms, until_unix_ms),
+                )
+            })
+            .collect();
+        let mut out: Vec<_> = copied
+            .into_iter()
+            .map(|(id, name, ticks)| (id, name, crate::store::ticks::combine_pending(ticks)))
+            .collect();
+        out.sort_unstable_by_key(|h| h.0);
+        out
     }
 
     /// Every host, by hostname.

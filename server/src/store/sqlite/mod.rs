@@ -50,9 +50,9 @@ use tokio::sync::mpsc;
 use crate::store::error::StoreError;
 use crate::store::health_series::HealthDownsampler;
 use crate::store::records::{
-    CertificateRecord, CursorRecord, CursorWrite, ForwardBatch, HealthQuery, HealthRow, HistoryRow,
-    HostRecord, JoinTokenRecord, SampleQuery, Series, SeriesQuery, SigningKeyRecord,
-    StoredSampleRow,
+    CertificateRecord, CursorRecord, CursorWrite, FleetSeriesQuery, ForwardBatch, HealthQuery,
+    HealthRow, HistoryRow, HostRecord, HostSeries, JoinTokenRecord, SampleQuery, Series,
+    SeriesQuery, SigningKeyRecord, StoredSampleRow,
 };
 use crate::store::series::Downsampler;
 use crate::store::ticket::Ticket;
@@ -161,6 +161,18 @@ impl SqliteStore {
         self.inner
             .readers
             .run(move |c| read::series(c, &hosts, &q, down))
+            .await
+    }
+
+    pub(crate) async fn fleet_series(
+        &self,
+        q: FleetSeriesQuery,
+        down: Downsampler,
+    ) -> Result<Vec<HostSeries>, StoreError> {
+        let hosts = Arc::clone(&self.inner.hosts);
+        self.inner
+            .readers
+            .run(move |c| read::fleet_series(c, &hosts, &q, &down))
             .await
     }
 

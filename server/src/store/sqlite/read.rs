@@ -20,7 +20,9 @@ use super::hosts::HostTable;
 use super::schema;
 use crate::store::encoding::{METRIC_COLUMNS, decode_argv, metric_id, u64_from_sql};
 use crate::store::error::StoreError;
-use crate::store::records::{HistoryRow, SampleQuery, Series, SeriesQuery, StoredSampleRow};
+use crate::store::records::{
+    FleetSeriesQuery, HistoryRow, HostSeries, SampleQuery, Series, SeriesQuery, StoredSampleRow,
+};
 use crate::store::series::Downsampler;
 use crate::store::ticks::{METRICS, StoredTick, Unpacker, fill_missing};
 
@@ -134,11 +136,7 @@ pub(crate) fn series(
         limit: None,
     };
     merged_ticks(conn, hosts, &range, |tick| {
-        for (i, v) in tick.values.iter().enumerate() {
-            if let Some(v) = v {
-                down.push(i, tick.time_unix_ms, *v);
-            }
-        }
+        down.push_tick(tick.time_unix_ms, &tick.values);
         true
     })?;
     Ok(down.finish())
@@ -164,7 +162,7 @@ fn merged_ticks(
     conn: &mut Connection,
     hosts: &HostTable,
     range: &TickRange<'_>,
-    mut visit: impl FnMut(StoredTick) -> bool,
+    visit: impl FnMut(StoredTick) -> bool,
 ) -> Result<(), StoreError> {
     let during = "querying samples";
     // A host's id never changes: looked up on its own, before the copy of
@@ -202,31 +200,48 @@ fn merged_ticks(
     let mut rows = stmt
         .query(rusqlite::params![host_id, since, until, sql_limit])
         .map_err(sql(during))?;
-    let mut next_row = || -> Result<Option<StoredTick>, StoreError> {
-        let Some(r) = rows.next().map_err(sql(during))? else {
-            return Ok(None);
-        };
-        let mut tick = StoredTick {
-            time_unix_ms: r.get(0).map_err(sql(during))?,
-            run_id: r.get(1).map_err(sql(during))?,
-            receive_lag_ms: r.get(2).map_err(sql(during))?,
-            values: [None; METRICS],
-        };
-        for (i, v) in tick.values.iter_mut().enumerate() {
-            *v = r.get(3 + i).map_err(sql(during))?;
-        }
-        Ok(Some(tick))
+    merge(
+        || match rows.next().map_err(sql(during))? {
+            Some(r) => tick_of(r, 0).map(Some).map_err(sql(during)),
+            None => Ok(None),
+        },
+        pending,
+        visit,
+    )
+}
+
+/// A `ticks` row's tick, its columns from `first` on: time, run, receive
+/// lag, then one per metric.
+fn tick_of(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<StoredTick> {
+    let mut tick = StoredTick {
+        time_unix_ms: r.get(first)?,
+        run_id: r.get(first + 1)?,
+        receive_lag_ms: r.get(first + 2)?,
+        values: [None; METRICS],
     };
-    let mut stored = next_row()?;
+    for (i, v) in tick.values.iter_mut().enumerate() {
+        *v = r.get(first + 3 + i)?;
+    }
+    Ok(tick)
+}
+
+/// Visits one host's stored ticks (`next_stored`, in (time, run) order)
+/// merged with its unmerged ones (`pending`, in the same order) until
+/// `visit` returns false: a tick in both is the stored row with what the
+/// unmerged one adds (the first value stored wins).
+fn merge(
+    mut next_stored: impl FnMut() -> Result<Option<StoredTick>, StoreError>,
+    pending: Vec<StoredTick>,
+    mut visit: impl FnMut(StoredTick) -> bool,
+) -> Result<(), StoreError> {
+    let mut stored = next_stored()?;
     let mut pending = pending.into_iter().peekable();
-    // Both in (time, run) order: merged; a tick in both is the stored row
-    // with what the unmerged one adds (the first value stored wins).
     loop {
         let key = |t: &StoredTick| (t.time_unix_ms, t.run_id);
         let tick = match (stored, pending.peek().copied()) {
             (None, None) => break,
             (Some(s), None) => {
-                stored = next_row()?;
+                stored = next_stored()?;
                 s
             }
             (None, Some(p)) => {
@@ -235,7 +250,7 @@ fn merged_ticks(
             }
             (Some(s), Some(p)) => match key(&s).cmp(&key(&p)) {
                 std::cmp::Ordering::Less => {
-                    stored = next_row()?;
+                    stored = next_stored()?;
                     s
                 }
                 std::cmp::Ordering::Greater => {
@@ -243,7 +258,7 @@ fn merged_ticks(
                     p
                 }
                 std::cmp::Ordering::Equal => {
-                    stored = next_row()?;
+                    stored = next_stored()?;
                     pending.next();
                     StoredTick {
                         values: fill_missing(s.values, p.values).merged,
@@ -257,6 +272,80 @@ fn merged_ticks(
         }
     }
     Ok(())
+}
+
+/// Every host's metrics in a range, downsampled (`down` cloned for each):
+/// ONE range scan of `ticks` for every host (SQLite seeks each host's
+/// range of the primary key), in (host, time, run) order, each host's rows
+/// merged with its ticks still in the journal as [`merged_ticks`] does.
+/// Hosts are in hostname order; a host without a sample in the range has
+/// empty series.
+pub(crate) fn fleet_series(
+    conn: &mut Connection,
+    hosts: &HostTable,
+    q: &FleetSeriesQuery,
+    down: &Downsampler,
+) -> Result<Vec<HostSeries>, StoreError> {
+    let during = "querying every host's samples";
+    // The unmerged ticks are copied before the snapshot the scan reads
+    // (see `merged_ticks`).
+    let every = hosts.every_pending(q.since_unix_ms, q.until_unix_ms);
+    let tx = conn.transaction().map_err(sql(during))?;
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT host_id, time_unix_ms, run_id, receive_lag_ms, cpu_percent, mem_percent,
+                 disk_read_kbps, disk_write_kbps, net_in_kbps, net_out_kbps
+             FROM ticks
+             WHERE host_id IN (SELECT host_id FROM hosts)
+                 AND time_unix_ms >= ?1 AND time_unix_ms < ?2
+             ORDER BY host_id, time_unix_ms, run_id",
+        )
+        .map_err(sql(during))?;
+    let mut rows = stmt
+        .query(rusqlite::params![q.since_unix_ms, q.until_unix_ms])
+        .map_err(sql(during))?;
+    let mut next_row = || -> Result<Option<(i64, StoredTick)>, StoreError> {
+        match rows.next().map_err(sql(during))? {
+            Some(r) => {
+                let host_id: i64 = r.get(0).map_err(sql(during))?;
+                Ok(Some((host_id, tick_of(r, 1).map_err(sql(during))?)))
+            }
+            None => Ok(None),
+        }
+    };
+    let mut peeked = next_row()?;
+    let mut out = Vec::with_capacity(every.len());
+    // Both by host id: the rows of a host the table does not list (none
+    // should be) are passed over.
+    for (host_id, hostname, pending) in every {
+        while peeked.as_ref().is_some_and(|(id, _)| *id < host_id) {
+            peeked = next_row()?;
+        }
+        let mut host_down = down.clone();
+        merge(
+            || match peeked.take() {
+                Some((id, tick)) if id == host_id => {
+                    peeked = next_row()?;
+                    Ok(Some(tick))
+                }
+                other => {
+                    peeked = other;
+                    Ok(None)
+                }
+            },
+            pending,
+            |tick| {
+                host_down.push_tick(tick.time_unix_ms, &tick.values);
+                true
+            },
+        )?;
+        out.push(HostSeries {
+            hostname,
+            series: host_down.finish(),
+        });
+    }
+    out.sort_unstable_by(|a, b| a.hostname.cmp(&b.hostname));
+    Ok(out)
 }
 
 /// Command history, newest command first; within a command, by hostname.
