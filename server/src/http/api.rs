@@ -27,7 +27,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use monitor::health::{HealthMetric, THROTTLE_FLAGS};
 use monitor::metric::Metric;
 use monitor::pb;
@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use super::HttpState;
 use super::plot;
-use super::shared::{Built, SharedAnswer, SharedError};
+use super::shared::{self, Built, SharedAnswer, SharedError};
 use crate::admin::host_infos;
 use crate::exported::{FLAG_LABEL, FLAG_UNIT, PERCENT, exported, health_unit};
 use crate::store::{HistoryRow, StoreError};
@@ -54,6 +54,10 @@ const MAX_MESSAGE_BYTES: usize = 1024;
 const SPARK_RANGE_MS: i64 = 15 * 60_000;
 const SPARK_POINTS: i64 = 30;
 const SPARK_PERIOD: Duration = Duration::from_secs(15);
+/// How long a page waits for the very first sparklines: past it, it is
+/// answered `pending` and the read goes on (at 5,000 hosts with 15 minutes
+/// of history the first read took over 30 s and pages timed out).
+const SPARK_FIRST_WAIT: Duration = Duration::from_secs(2);
 /// A sparklines bucket that ended this long ago is taken as final: agents
 /// send within seconds, so the next computation reads only the samples
 /// after it (15 s of the fleet, not 15 minutes).
@@ -510,6 +514,10 @@ pub struct SparklinesAnswer {
     /// per bucket from `since`: 0 (the series' lowest mean in the range) to
     /// 100 (its highest), `null` without samples. Shapes, not values.
     pub hosts: BTreeMap<String, BTreeMap<&'static str, Vec<Option<u8>>>>,
+    /// The first sparklines are still being made (a large fleet's first
+    /// read takes longer than [`SPARK_FIRST_WAIT`]): ask again soon.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// `GET /api/sparklines`: the last answer (a new one made in the
@@ -536,9 +544,40 @@ pub async fn sparklines(
             }
             last
         }
-        None => shared.current(|| compute_sparklines(&state)).await?,
+        None if shared.is_building() => return Ok(pending_sparklines()),
+        None => {
+            let first = {
+                let state = state.clone();
+                async move {
+                    let shared = &state.answers.sparklines;
+                    shared.current(|| compute_sparklines(&state)).await
+                }
+            };
+            match shared::within(SPARK_FIRST_WAIT, first).await {
+                Some(done) => done.map_err(internal)??,
+                None => return Ok(pending_sparklines()),
+            }
+        }
     };
     Ok(answer.respond(&headers))
+}
+
+/// The answer while the first sparklines are still being made: no hosts,
+/// `pending`, and nothing a page may keep (no tag, `no-store`).
+fn pending_sparklines() -> Response {
+    let now = monitor::time::now_unix_ms();
+    let grid = plot::query("", now - SPARK_RANGE_MS, now, SPARK_POINTS);
+    let answer = SparklinesAnswer {
+        since_unix_ms: grid.since_unix_ms,
+        step_ms: grid.step_ms,
+        hosts: BTreeMap::new(),
+        pending: true,
+    };
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(answer),
+    )
+        .into_response()
 }
 
 /// One host's bucket means per series (in [`Metric::ALL`] order): (bucket
@@ -599,6 +638,7 @@ async fn compute_sparklines(state: &HttpState) -> Result<Built, ApiError> {
                 .iter()
                 .map(|(name, means)| (name.clone(), spark_levels(&grid, means)))
                 .collect(),
+            pending: false,
         };
         let json = serde_json::to_vec(&answer).map_err(internal)?;
         let memory = SparkMemory {

@@ -229,6 +229,18 @@ impl SharedAnswer {
     }
 }
 
+/// Runs `work` as its own task and waits for it at most `wait`: `None`
+/// when it is not done by then (it goes on, and what it makes is there for
+/// the next request), else its result (`Err` if it panicked). So a first
+/// answer that takes long (the sparklines of a large fleet) keeps no page
+/// waiting past `wait`.
+pub async fn within<T: Send + 'static>(
+    wait: Duration,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    tokio::time::timeout(wait, tokio::spawn(work)).await.ok()
+}
+
 /// Gzip at the fastest level: an answer is compressed once per period for
 /// every page, and on a LAN a few more bytes cost less than the CPU.
 fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -263,6 +275,33 @@ mod tests {
     async fn body_of(r: Response) -> Vec<u8> {
         use http_body_util::BodyExt;
         r.into_body().collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_first_build_answers_nothing_in_time_and_goes_on() {
+        let shared = Arc::new(SharedAnswer::new("t", Duration::from_secs(15)));
+        let slow = {
+            let shared = Arc::clone(&shared);
+            async move {
+                shared
+                    .current(|| async {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        built("[1]")
+                    })
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(within(Duration::from_secs(2), slow).await.is_none());
+        assert!(shared.last().is_none());
+        assert!(shared.is_building());
+        // The build went on without the request that started it.
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        let answer = shared.last().expect("the build finished on its own");
+        assert_eq!(answer.json().as_ref(), b"[1]");
+        // A quick one is answered.
+        let quick = within(Duration::from_secs(2), async { 7 }).await;
+        assert_eq!(quick.map(Result::unwrap), Some(7));
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@
   const POLL_HOSTS_MS = 3000;
   const POLL_SERIES_MS = 30000;
   const POLL_SPARKS_MS = 15000;
+  const POLL_SPARKS_PENDING_MS = 2000;
   const SVG = "http://www.w3.org/2000/svg"; // a namespace name, never fetched
   const RANGES = [["15m", "15 min"], ["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"]];
   const HOT_PERCENT = 90;
@@ -422,15 +423,19 @@
     }
 
     async function pollSparks() {
+      let next = POLL_SPARKS_MS;
       try {
-        state.sparks = (await getJson("/api/sparklines", true)).hosts;
+        const answer = await getJson("/api/sparklines", true);
+        // Still being made (a large fleet's first read): ask again soon.
+        if (answer.pending) next = POLL_SPARKS_PENDING_MS;
+        state.sparks = answer.hosts;
         for (const r of near) drawSparks(r);
-        performance.mark("sparks-drawn");
+        if (!answer.pending) performance.mark("sparks-drawn");
       } catch (e) {
         state.errors++;
         setStatus("cannot load the sparklines: " + e.message, true);
       }
-      setTimeout(pollSparks, POLL_SPARKS_MS);
+      setTimeout(pollSparks, next);
     }
     poll();
     pollSparks();
