@@ -18,7 +18,8 @@
 # Needs Debian's chromium and Playwright from PyPI (see .ci/run); loopback
 # only. Usage: bench/dashboard.sh [--steps 2500,5000] [--hold 20s]
 # (SKIP_SERIES=1 skips the first part, SKIP_RENDER=1 the second,
-# ROUNDS=0 the third; RUNS=5, ROUNDS=3).
+# ROUNDS=0 the third; RUNS=5, ROUNDS=3; the fourth part: CPU_HOSTS="1000
+# 5000", CPU_HOLD_SECS=10 before its WINDOWS=6 windows of WINDOW_SECS=15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps=2500,5000
@@ -141,15 +142,17 @@ for round in $(seq "${ROUNDS:-3}"); do
     done
 done
 
-for hosts in 1000 5000; do
+for hosts in ${CPU_HOSTS:-1000 5000}; do
     for build in "$server_bin" ${OLD_SERVER:+"$OLD_SERVER"}; do
         log "server CPU per poll of 10 pages, $hosts hosts held at 1 s ($build)"
         echo "$hosts hosts, $build, $(uptime)" >>"$out/summary.txt"
         server_bin=$build start_server "cpu-$hosts-$RANDOM"
         fleet "$hosts"
-        sleep 10 # past the fleet's connection burst
+        # Past the fleet's connection burst; CPU_HOLD_SECS=960 gives the
+        # sparklines their whole 15 minutes of history first.
+        sleep "${CPU_HOLD_SECS:-10}"
         "$python" bench/dashboard_replay.py "http://127.0.0.1:$hp" --pages 10 --pid "$server_pid" \
-            --windows "${WINDOWS:-6}" --window 15 | tee -a "$out/summary.txt"
+            --windows "${WINDOWS:-6}" --window "${WINDOW_SECS:-15}" | tee -a "$out/summary.txt"
         stop "$fleet_pid" "$server_pid"
     done
 done

@@ -150,6 +150,11 @@ def main():
               f"304s {made.get('not_modified', 0)}, bytes {made.get('bytes', 0)}, "
               f"errors {made.get('errors', 0)}", flush=True)
     stop.set()
+    # The mean counts what happens once in a while (the sparklines' whole
+    # 15-minute read), which the median leaves out.
+    print(f"mean server CPU: {statistics.mean(off_pct):.1f} % without, "
+          f"{statistics.mean(on_pct):.1f} % with {a.pages} pages "
+          f"(+{statistics.mean(on_pct) - statistics.mean(off_pct):.1f} % of a core)")
     off, onm = statistics.median(off_pct), statistics.median(on_pct)
     hosts_per_s = statistics.median(r[2] for r in rows if r[0]) / a.window
     extra_pct = onm - off
