@@ -106,7 +106,7 @@ start_server() {
 
 fleet() { # fleet N: loadgen holding N agents at 1 s against the running server
     "$loadgen" capacity --server "http://127.0.0.1:$sp" --admin "http://127.0.0.1:$ap" \
-        --steps "$1" --hold 900s --warmup 5s --sources "$sources" >"$out/fleet-$1.txt" 2>&1 &
+        --steps "$1" --hold "$((${CPU_HOLD_SECS:-10} + ${WINDOWS:-6} * ${WINDOW_SECS:-15} + 900))s" --warmup 5s --sources "$sources" >"$out/fleet-$1.txt" 2>&1 &
     fleet_pid=$!
     pids+=("$fleet_pid")
     wait_until "$1 hosts in /api/hosts" 180 hosts_listed "$1"
