@@ -4,9 +4,9 @@
 # logic, the command allowlist, the spool's record framing, the replay
 # cache and the command gate, the wire validation, the signature, token and
 # base64 checks, and the store's de-duplication. Every mutant must be caught
-# by the crate's fast tests (unit tests and the crate's own quick
-# integration tests; never the end-to-end suites in tests/, which start
-# servers). A mutant that no test can tell apart from the original is
+# by its crate's unit tests (`--lib`: one rustc call and one link per
+# mutant; never the integration or end-to-end suites, whose binaries cargo
+# would build again for every mutant). A mutant that no test can tell apart from the original is
 # excluded by name, with its reason, in .cargo/mutants.toml.
 #
 # Usage: scripts/mutants.sh [GROUP...] [-- CARGO-MUTANTS-ARGS...]
@@ -37,15 +37,15 @@ test_timeout=${MUTANTS_TEST_TIMEOUT:-20}
 # that must catch them, and the unit tests it skips: the slow ones (0.3 to
 # 1.5 s of each mutant's test phase) of modules that cannot see the
 # group's mutants.
-declare -A package files names tests skips
+declare -A package files names tests skips unused_dev_deps
 package[parsers]=monitor-agent
 files[parsers]="agent/src/proc/*.rs agent/src/rates.rs"
-tests[parsers]="--lib --test parsers --test collector"
+tests[parsers]="--lib"
 skips[parsers]="replay:: ticker::"
 
 package[allowlist]=monitor-agent
 files[allowlist]="agent/src/commands/policy.rs agent/src/commands/argspec.rs agent/src/commands/allowfile.rs"
-tests[allowlist]="--lib --test policy --test allowfile --test check_commands"
+tests[allowlist]="--lib"
 skips[allowlist]="replay:: ticker::"
 
 package[agent-state]=monitor-agent
@@ -59,6 +59,13 @@ files[wire]="src/wire.rs src/signing.rs src/base64.rs src/command.rs src/join.rs
 # names; join.rs: decoding a token, not making one.
 names[wire]='^src/(wire|signing|base64)\.rs:|^src/command\.rs:.*\b(check_grant|runs_unsigned|check_argv|timeout_from_ms)\b|^src/join\.rs:.*\b(JoinToken::decode|Reader)\b'
 tests[wire]="--lib"
+# `cargo test --lib` builds a package's dev-dependencies too, and the root
+# package's include the agent (for the end-to-end tests in tests/), which
+# depends on `monitor`: every wire mutant would also rebuild the agent's
+# library. Its unit tests cannot use the agent (that would be a second copy
+# of `monitor`), so the group's copies of the tree drop that line of the
+# root Cargo.toml for its run (and put it back after).
+unused_dev_deps[wire]='monitor-agent = { path = "agent" }'
 
 package[server]=monitor-server
 files[server]="server/src/store/dedup.rs server/src/store/records.rs server/src/enrolment.rs server/src/tls/trust.rs"
@@ -190,6 +197,18 @@ for group in "${groups[@]}"; do
         args+=(--cargo-test-arg=--)
         for t in ${skips[$group]}; do args+=(--cargo-test-arg=--skip "--cargo-test-arg=$t"); done
     fi
+    if [ -n "${unused_dev_deps[$group]:-}" ]; then
+        for ((k = 0; k < jobs; k++)); do
+            tree="$scratch/tree-$k"
+            cp -p "$tree/Cargo.toml" "$tree/.Cargo.toml.kept"
+            cp -p "$tree/Cargo.lock" "$tree/.Cargo.lock.kept"
+            grep -vxF "${unused_dev_deps[$group]}" "$tree/.Cargo.toml.kept" > "$tree/Cargo.toml" || true
+            if cmp -s "$tree/Cargo.toml" "$tree/.Cargo.toml.kept"; then
+                echo "mutants.sh: $group: no line '${unused_dev_deps[$group]}' in Cargo.toml;" \
+                    "its mutants rebuild that dev-dependency too" >&2
+            fi
+        done
+    fi
     group_start=$(date +%s)
     echo "=== mutants.sh: $group (${package[$group]}: ${files[$group]}; tests: ${tests[$group]}; $jobs job(s))"
     pids=()
@@ -214,6 +233,12 @@ for group in "${groups[@]}"; do
                 exit 2 ;;
         esac
     done
+    if [ -n "${unused_dev_deps[$group]:-}" ]; then
+        for ((k = 0; k < jobs; k++)); do
+            mv "$scratch/tree-$k/.Cargo.toml.kept" "$scratch/tree-$k/Cargo.toml"
+            mv "$scratch/tree-$k/.Cargo.lock.kept" "$scratch/tree-$k/Cargo.lock"
+        done
+    fi
     caught=$(count "$group" caught) missed=$(count "$group" missed)
     unviable=$(count "$group" unviable) timeout=$(count "$group" timeout)
     tried=$((caught + missed + unviable + timeout))

@@ -418,3 +418,6 @@ impl Collector {
         readings.parse_errors = readings.parse_errors.saturating_add(errors);
     }
 }
+
+#[cfg(test)]
+mod tests;

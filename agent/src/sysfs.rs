@@ -74,6 +74,8 @@ fn resolves_under_virtual(link: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sysfs;
+    use crate::testing::fixture_dir;
 
     #[test]
     fn emmc_hardware_partitions_are_recognised_by_name() {
@@ -94,5 +96,61 @@ mod tests {
         assert!(!is_physical_disk(root, "../../etc"));
         assert!(!is_physical_interface(root, ".."));
         assert!(!is_physical_interface(root, ""));
+    }
+
+    // The captures in tests/fixtures (x86_64, aarch64, armv7; its README.md
+    // says where each came from) and broken input: every error must name the
+    // file, the 1-based line and the field, and nothing may panic.
+
+    fn check_disk_class(arch: &str, name: &str, expected: bool) {
+        assert_eq!(
+            sysfs::is_physical_disk(&fixture_dir(arch).join("sys"), name),
+            expected,
+            "{arch}: disk {name}"
+        );
+    }
+
+    fn check_net_class(arch: &str, name: &str, expected: bool) {
+        assert_eq!(
+            sysfs::is_physical_interface(&fixture_dir(arch).join("sys"), name),
+            expected,
+            "{arch}: interface {name}"
+        );
+    }
+
+    #[test]
+    fn sysfs_classification_on_fixtures() {
+        check_disk_class("x86_64", "vda", true);
+        check_disk_class("x86_64", "loop0", false);
+        check_disk_class("x86_64", "zram0", false);
+        check_disk_class("x86_64", "vda1", false);
+        check_net_class("x86_64", "eth0", true);
+        check_net_class("x86_64", "lo", false);
+        check_net_class("x86_64", "ifb0", false);
+
+        check_disk_class("aarch64", "mmcblk0", true);
+        check_disk_class("aarch64", "mmcblk0p1", false);
+        check_disk_class("aarch64", "mmcblk0p2", false);
+        check_disk_class("aarch64", "mmcblk0boot0", false);
+        check_disk_class("aarch64", "mmcblk0boot1", false);
+        check_disk_class("aarch64", "zram0", false);
+        check_disk_class("aarch64", "ram0", false);
+        check_disk_class("aarch64", "loop1", false);
+        check_disk_class("aarch64", "sda", true);
+        check_disk_class("aarch64", "sda1", false);
+        check_net_class("aarch64", "eth0", true);
+        check_net_class("aarch64", "wlan0", true);
+        check_net_class("aarch64", "docker0", false);
+        check_net_class("aarch64", "veth1a2b3c4", false);
+        check_net_class("aarch64", "lo", false);
+
+        check_disk_class("armv7", "mmcblk0", true);
+        check_disk_class("armv7", "mmcblk0p2", false);
+        check_disk_class("armv7", "sdb", true);
+        check_disk_class("armv7", "sdb1", false);
+        check_disk_class("armv7", "loop7", false);
+        check_net_class("armv7", "eth0", true);
+        check_net_class("armv7", "wlan0", true);
+        check_net_class("armv7", "lo", false);
     }
 }

@@ -28,6 +28,23 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::collector::CollectorConfig;
 use crate::filesystems::FsUsage;
 
+pub mod scratch;
+
+/// The captured /proc and /sys of the machine `arch` (`x86_64`, `aarch64`,
+/// `armv7`, `pi5`) under agent/tests/fixtures; its README.md says where
+/// each capture came from.
+pub fn fixture_dir(arch: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(arch)
+}
+
+/// The text of the captured `file` (e.g. `proc/stat`) of the machine `arch`.
+pub fn fixture(arch: &str, file: &str) -> String {
+    let path = fixture_dir(arch).join(file);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// How a fake block device shows up in /sys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DiskKind {

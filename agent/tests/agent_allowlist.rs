@@ -4,16 +4,14 @@
 //! parse stops it with every error's line and column. No server is needed:
 //! the agent talks plain text to a port nothing listens on.
 
-mod scratch;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use monitor_agent::testing::scratch::Scratch;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use scratch::Scratch;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 

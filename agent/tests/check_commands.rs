@@ -3,15 +3,13 @@
 //! with its line and column and exit 1 for a broken or unsafe one, exit 2
 //! for a usage error, and nothing of the agent started meanwhile.
 
-mod scratch;
-
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use monitor_agent::commands::allowfile;
-use scratch::Scratch;
+use monitor_agent::testing::scratch::Scratch;
 
 /// Exit code, stdout and stderr of `monitor-agent ARGS`, which must end
 /// within a deadline (the check starts no runtime and no connection).

@@ -930,3 +930,6 @@ impl Entry {
         lines
     }
 }
+
+#[cfg(test)]
+mod tests;

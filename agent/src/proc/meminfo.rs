@@ -176,6 +176,8 @@ fn parse_kib(rest: &str, line: usize, field: &'static str) -> Result<u64, ParseE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::meminfo;
+    use crate::testing::fixture;
 
     fn mem(total: u64, free: u64, available: Option<u64>) -> Meminfo {
         Meminfo {
@@ -223,5 +225,174 @@ mod tests {
         check(Some(400), Some(400), Some(0.0));
         // Free above total (never printed, but never a negative share).
         check(Some(400), Some(500), Some(0.0));
+    }
+
+    // The captures in tests/fixtures (x86_64, aarch64, armv7; its README.md
+    // says where each came from) and broken input: every error must name the
+    // file, the 1-based line and the field, and nothing may panic.
+
+    fn kib(n: u64) -> u64 {
+        n * 1024
+    }
+
+    fn check_mem(input: &str, expected: Result<Meminfo, ParseError>) {
+        assert_eq!(meminfo::parse(input), expected, "input:\n{input}");
+    }
+
+    #[test]
+    fn meminfo_fixtures() {
+        check_mem(
+            &fixture("x86_64", "proc/meminfo"),
+            Ok(Meminfo {
+                mem_total_bytes: kib(24683656),
+                mem_free_bytes: kib(21855224),
+                mem_available_bytes: Some(kib(24172528)),
+                buffers_bytes: kib(16916),
+                cached_bytes: kib(2462788),
+                s_reclaimable_bytes: Some(kib(125008)),
+                swap_total_bytes: Some(0),
+                swap_free_bytes: Some(0),
+            }),
+        );
+        check_mem(
+            &fixture("aarch64", "proc/meminfo"),
+            Ok(Meminfo {
+                mem_total_bytes: kib(3885396),
+                mem_free_bytes: kib(2612408),
+                mem_available_bytes: Some(kib(3338132)),
+                buffers_bytes: kib(61920),
+                cached_bytes: kib(739096),
+                s_reclaimable_bytes: Some(kib(53116)),
+                swap_total_bytes: Some(kib(204796)),
+                swap_free_bytes: Some(kib(204796)),
+            }),
+        );
+        check_mem(
+            &fixture("armv7", "proc/meminfo"),
+            Ok(Meminfo {
+                mem_total_bytes: kib(245724),
+                mem_free_bytes: kib(146968),
+                mem_available_bytes: Some(kib(160988)),
+                buffers_bytes: kib(20764),
+                cached_bytes: kib(38232),
+                s_reclaimable_bytes: Some(kib(9084)),
+                swap_total_bytes: Some(kib(102396)),
+                swap_free_bytes: Some(kib(61948)),
+            }),
+        );
+    }
+
+    #[test]
+    fn mem_percent_on_fixtures() {
+        fn check(arch: &str, expected: f64) {
+            let m = meminfo::parse(&fixture(arch, "proc/meminfo")).unwrap();
+            let got = m.used_percent().unwrap();
+            assert!((got - expected).abs() < 1e-9, "{arch}: {got} != {expected}");
+        }
+        check("x86_64", (24683656.0 - 24172528.0) / 24683656.0 * 100.0);
+        check("aarch64", (3885396.0 - 3338132.0) / 3885396.0 * 100.0);
+        // The Pi Zero: 245724 − 160988 = 84736 KiB used, 34.48 %.
+        check("armv7", (245724.0 - 160988.0) / 245724.0 * 100.0);
+    }
+
+    #[test]
+    fn meminfo_old_kernel_without_memavailable() {
+        // Linux 3.2-style: no MemAvailable; SReclaimable present.
+        let text = "MemTotal:        1000 kB\nMemFree:          100 kB\nBuffers:          50 kB\nCached:          300 kB\nSwapCached:        0 kB\nSReclaimable:     50 kB\n";
+        let m = meminfo::parse(text).unwrap();
+        assert_eq!(m.mem_available_bytes, None);
+        assert_eq!(m.used_percent(), Some(50.0));
+    }
+
+    #[test]
+    fn meminfo_unused_keys_are_never_inspected() {
+        let text = "MemTotal: 100 kB\nGarbage line\nHugePages_Total: x\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 0 kB\nCached: 0 kB\n";
+        assert_eq!(meminfo::parse(text).unwrap().used_percent(), Some(40.0));
+    }
+
+    #[test]
+    fn meminfo_scan_stops_once_every_key_is_seen() {
+        let all = "MemTotal: 100 kB\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 1 kB\nCached: 2 kB\nSReclaimable: 3 kB\nSwapTotal: 50 kB\nSwapFree: 40 kB\n";
+        let expected = Meminfo {
+            mem_total_bytes: kib(100),
+            mem_free_bytes: kib(10),
+            mem_available_bytes: Some(kib(60)),
+            buffers_bytes: kib(1),
+            cached_bytes: kib(2),
+            s_reclaimable_bytes: Some(kib(3)),
+            swap_total_bytes: Some(kib(50)),
+            swap_free_bytes: Some(kib(40)),
+        };
+        check_mem(all, Ok(expected));
+        // Once all eight are seen, later lines are never read: a repeated key
+        // does not win and a broken one does not fail the parse.
+        check_mem(&format!("{all}MemTotal: 5 kB\n"), Ok(expected));
+        check_mem(&format!("{all}MemAvailable: x kB\n"), Ok(expected));
+        // Before that, a repeated key is read again and the later line wins
+        // (the kernel prints each key once; this pins what the scan does).
+        check_mem(
+            "MemTotal: 100 kB\nMemTotal: 200 kB\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 1 kB\nCached: 2 kB\nSReclaimable: 3 kB\nSwapTotal: 50 kB\nSwapFree: 40 kB\nMemFree: 7 kB\n",
+            Ok(Meminfo {
+                mem_total_bytes: kib(200),
+                ..expected
+            }),
+        );
+    }
+
+    fn mem_error(line: Option<usize>, field: &'static str, kind: ParseErrorKind) -> ParseError {
+        ParseError {
+            file: "/proc/meminfo",
+            line,
+            field,
+            kind,
+        }
+    }
+
+    #[test]
+    fn meminfo_broken_inputs() {
+        check_mem(
+            "",
+            Err(mem_error(None, "MemTotal", ParseErrorKind::NotFound)),
+        );
+        check_mem(
+            "MemTotal: 100 kB\nMemFree: 5 kB\nCached: 1 kB\n",
+            Err(mem_error(None, "Buffers", ParseErrorKind::NotFound)),
+        );
+        check_mem(
+            "MemTotal: 1O0 kB\n",
+            Err(mem_error(
+                Some(1),
+                "MemTotal",
+                ParseErrorKind::NotAnUnsignedInteger { got: "1O0".into() },
+            )),
+        );
+        check_mem(
+            "MemTotal: 100 kB\nMemFree:\n",
+            Err(mem_error(Some(2), "MemFree", ParseErrorKind::Missing)),
+        );
+        check_mem(
+            "MemTotal: 100 MB\n",
+            Err(mem_error(
+                Some(1),
+                "MemTotal",
+                ParseErrorKind::UnexpectedUnit { got: "MB".into() },
+            )),
+        );
+        check_mem(
+            "MemTotal: 18446744073709551615 kB\n",
+            Err(mem_error(Some(1), "MemTotal", ParseErrorKind::Overflow)),
+        );
+        let lossy =
+            String::from_utf8_lossy(b"MemTotal: 100 kB\n\xc3\x28\x00\x01\nMemFree: \xff kB\n");
+        check_mem(
+            &lossy,
+            Err(mem_error(
+                Some(3),
+                "MemFree",
+                ParseErrorKind::NotAnUnsignedInteger {
+                    got: "\u{fffd}".into(),
+                },
+            )),
+        );
     }
 }

@@ -95,6 +95,8 @@ pub fn parse_line(line: &str, line_no: usize) -> Result<NetDevStat<'_>, ParseErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::netdev;
+    use crate::testing::fixture;
 
     #[test]
     fn no_space_after_the_colon() {
@@ -109,5 +111,102 @@ mod tests {
     fn truncated_line_names_the_first_missing_field() {
         let err = parse_line("eth0: 1 2 3 4 5 6 7 8 9", 5).unwrap_err();
         assert_eq!((err.line, err.field), (Some(5), "tx_packets"));
+    }
+
+    // The captures in tests/fixtures (x86_64, aarch64, armv7; its README.md
+    // says where each came from) and broken input: every error must name the
+    // file, the 1-based line and the field, and nothing may panic.
+
+    fn check_net(input: &str, expected: &[Result<(&str, u64, u64), ParseError>]) {
+        let got: Vec<_> = netdev::parse(input)
+            .map(|r| r.map(|n: NetDevStat<'_>| (n.name, n.rx_bytes, n.tx_bytes)))
+            .collect();
+        assert_eq!(got, expected, "input:\n{input}");
+    }
+
+    #[test]
+    fn netdev_fixtures() {
+        check_net(
+            &fixture("x86_64", "proc/net/dev"),
+            &[
+                Ok(("lo", 3193, 3193)),
+                Ok(("ifb0", 0, 0)),
+                Ok(("ifb1", 0, 0)),
+                Ok(("eth0", 433239882, 555656)),
+            ],
+        );
+        check_net(
+            &fixture("aarch64", "proc/net/dev"),
+            &[
+                Ok(("lo", 98712, 98712)),
+                Ok(("eth0", 812736211, 41293015)),
+                Ok(("wlan0", 3312092, 712944)),
+                Ok(("docker0", 0, 0)),
+                Ok(("veth1a2b3c4", 18212, 40119)),
+            ],
+        );
+        check_net(
+            &fixture("armv7", "proc/net/dev"),
+            &[
+                Ok(("lo", 391828, 391828)),
+                Ok(("eth0", 4294966784, 1863412264)),
+                Ok(("wlan0", 0, 0)),
+            ],
+        );
+    }
+
+    const NET_HEADER: &str = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n";
+
+    fn net_error(line: usize, field: &'static str, kind: ParseErrorKind) -> ParseError {
+        ParseError {
+            file: "/proc/net/dev",
+            line: Some(line),
+            field,
+            kind,
+        }
+    }
+
+    #[test]
+    fn netdev_old_kernel_without_space_after_the_colon() {
+        check_net(
+            &format!(
+                "{NET_HEADER}  eth0:1234567890 1 0 0 0 0 0 0 42 1 0 0 0 0 0 0\n    lo:0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 17\n"
+            ),
+            &[Ok(("eth0", 1234567890, 42)), Ok(("lo", 0, 0))],
+        );
+    }
+
+    #[test]
+    fn netdev_broken_lines_do_not_hide_the_others() {
+        let nan = |got: &str| ParseErrorKind::NotAnUnsignedInteger { got: got.into() };
+        check_net("", &[]);
+        check_net(NET_HEADER, &[]);
+        check_net(
+            &format!(
+                "{NET_HEADER}  eth0: 1 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\n\
+                 wlan0 1 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\n\
+                 usb0: 1 0 0\n\
+                 eth1: ten 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\n\
+                 eth2: 1 0 0 0 0 0 0 0 2e3 0 0 0 0 0 0 0\n\
+                 \n\
+                 eth3: 5 0 0 0 0 0 0 0 6 0 0 0 0 0 0 0\n"
+            ),
+            &[
+                Ok(("eth0", 1, 2)),
+                Err(net_error(4, "interface", ParseErrorKind::Missing)),
+                Err(net_error(5, "rx_drop", ParseErrorKind::Missing)),
+                Err(net_error(6, "rx_bytes", nan("ten"))),
+                Err(net_error(7, "tx_bytes", nan("2e3"))),
+                Ok(("eth3", 5, 6)),
+            ],
+        );
+        let lossy = String::from_utf8_lossy(b"h1\nh2\n\xff\xff: 1 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\neth0: \xff 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\n");
+        check_net(
+            &lossy,
+            &[
+                Ok(("\u{fffd}\u{fffd}", 1, 2)),
+                Err(net_error(4, "rx_bytes", nan("\u{fffd}"))),
+            ],
+        );
     }
 }

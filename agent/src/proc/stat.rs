@@ -119,6 +119,8 @@ fn parse_cpu_line(rest: &str, line: usize) -> Result<CpuTimes, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::stat;
+    use crate::testing::fixture;
 
     #[test]
     fn guest_time_is_not_added_twice() {
@@ -131,5 +133,127 @@ mod tests {
     fn per_cpu_lines_are_not_the_aggregate() {
         let cpu = parse("cpu0 1 1 1 1\ncpu 2 0 0 8\n").unwrap();
         assert_eq!(cpu.user_ticks, 2);
+    }
+
+    // The captures in tests/fixtures (x86_64, aarch64, armv7; its README.md
+    // says where each came from) and broken input: every error must name the
+    // file, the 1-based line and the field, and nothing may panic.
+
+    fn check_stat(input: &str, expected: Result<CpuTimes, ParseError>) {
+        assert_eq!(stat::parse(input), expected, "input:\n{input}");
+    }
+
+    fn cpu(fields: [u64; 10]) -> CpuTimes {
+        CpuTimes {
+            user_ticks: fields[0],
+            nice_ticks: fields[1],
+            system_ticks: fields[2],
+            idle_ticks: fields[3],
+            iowait_ticks: Some(fields[4]),
+            irq_ticks: Some(fields[5]),
+            softirq_ticks: Some(fields[6]),
+            steal_ticks: Some(fields[7]),
+            guest_ticks: Some(fields[8]),
+            guest_nice_ticks: Some(fields[9]),
+        }
+    }
+
+    #[test]
+    fn stat_fixtures() {
+        check_stat(
+            &fixture("x86_64", "proc/stat"),
+            Ok(cpu([48277, 0, 5889, 100400, 886, 0, 205, 213, 0, 0])),
+        );
+        check_stat(
+            &fixture("aarch64", "proc/stat"),
+            Ok(cpu([
+                184391, 2301, 61428, 11890211, 10924, 0, 3851, 0, 0, 0,
+            ])),
+        );
+        check_stat(
+            &fixture("armv7", "proc/stat"),
+            Ok(cpu([
+                2254371, 1320, 611544, 90355876, 41287, 0, 12603, 0, 0, 0,
+            ])),
+        );
+    }
+
+    #[test]
+    fn stat_old_kernels_and_extra_fields() {
+        // Linux 2.4: four fields; later fields are None.
+        check_stat(
+            "cpu  10 20 30 40\ncpu0 10 20 30 40\n",
+            Ok(CpuTimes {
+                user_ticks: 10,
+                nice_ticks: 20,
+                system_ticks: 30,
+                idle_ticks: 40,
+                ..CpuTimes::default()
+            }),
+        );
+        // The aggregate line is `cpu` and any whitespace, a tab too.
+        check_stat(
+            "cpu0 9 9 9 9\ncpu\t1 2 3 4\n",
+            Ok(CpuTimes {
+                user_ticks: 1,
+                nice_ticks: 2,
+                system_ticks: 3,
+                idle_ticks: 4,
+                ..CpuTimes::default()
+            }),
+        );
+        // A future eleventh field is ignored.
+        check_stat(
+            "cpu 1 2 3 4 5 6 7 8 9 10 11\n",
+            Ok(cpu([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])),
+        );
+    }
+
+    fn stat_error(line: Option<usize>, field: &'static str, kind: ParseErrorKind) -> ParseError {
+        ParseError {
+            file: "/proc/stat",
+            line,
+            field,
+            kind,
+        }
+    }
+
+    #[test]
+    fn stat_broken_inputs() {
+        let not_a_number = |got: &str| ParseErrorKind::NotAnUnsignedInteger { got: got.into() };
+        check_stat("", Err(stat_error(None, "cpu", ParseErrorKind::NotFound)));
+        check_stat(
+            "cpu0 1 2 3 4\nintr 5\n",
+            Err(stat_error(None, "cpu", ParseErrorKind::NotFound)),
+        );
+        check_stat(
+            "cpu  1 2 3\n",
+            Err(stat_error(Some(1), "idle", ParseErrorKind::Missing)),
+        );
+        check_stat(
+            "\ncpu  1 2 x3 4\n",
+            Err(stat_error(Some(2), "system", not_a_number("x3"))),
+        );
+        check_stat(
+            "cpu  1 2 3 4 -5\n",
+            Err(stat_error(Some(1), "iowait", not_a_number("-5"))),
+        );
+        check_stat(
+            "cpu  1 2 3 99999999999999999999\n",
+            Err(stat_error(
+                Some(1),
+                "idle",
+                not_a_number("99999999999999999999"),
+            )),
+        );
+        let lossy = String::from_utf8_lossy(b"cpu  1 2 \xff\xfe 4\n");
+        check_stat(
+            &lossy,
+            Err(stat_error(
+                Some(1),
+                "system",
+                not_a_number("\u{fffd}\u{fffd}"),
+            )),
+        );
     }
 }

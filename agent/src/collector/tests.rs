@@ -1,14 +1,13 @@
-//! The collector on fake hosts (monitor_agent::testing) and on the captured
+//! The collector on fake hosts (`crate::testing`) and on the captured
 //! fixtures: counters advance by known amounts between ticks at injected
 //! instants, and each test asserts the exact six rate and memory values
 //! (the health metrics have their own tests in tests/health.rs).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use monitor_agent::collector::{Collector, CollectorConfig, Readings};
-use monitor_agent::metrics::AgentMetric;
-use monitor_agent::testing::{DiskKind, FakeCpu, FakeHost, FakeMem, InterfaceKind};
+use super::{Collector, CollectorConfig, Readings};
+use crate::metrics::AgentMetric;
+use crate::testing::{DiskKind, FakeCpu, FakeHost, FakeMem, InterfaceKind, fixture_dir};
 
 fn open(host: &FakeHost) -> Collector {
     open_with(host, None)
@@ -424,19 +423,13 @@ fn readings_iterate_in_metric_order_skipping_missing_values() {
     );
 }
 
-fn fixture_dir(arch: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(arch)
-}
-
 #[test]
 fn real_x86_64_capture_through_the_collector() {
     let dir = fixture_dir("x86_64");
     let mut config = CollectorConfig::new(&dir.join("proc"), &dir.join("sys"));
     // Nothing under the fixture is a file system to measure.
     config.rootfs = dir.join("no-rootfs");
-    config.statfs = monitor_agent::testing::fake_statfs;
+    config.statfs = crate::testing::fake_statfs;
     let mut c = match Collector::open(config) {
         Ok(c) => c,
         Err(e) => panic!("{e}"),

@@ -1,5 +1,8 @@
-//! A scratch directory for the allowlist tests, with the permissions the
-//! agent's checks look at set explicitly (never left to the umask).
+//! A scratch directory for the allowlist tests (the unit tests of
+//! `commands::allowfile` and the binary's `--check-commands` tests), with
+//! the permissions the agent's checks look at set explicitly (never left to
+//! the umask). Test support only, like the rest of `testing`: it panics
+//! naming the path when the file system fails.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -31,7 +34,6 @@ impl Scratch {
     }
 
     /// Makes the directory `name` (mode 0755) and returns its path.
-    #[allow(dead_code)] // Not every test file makes directories.
     pub fn dir(&self, name: &str) -> PathBuf {
         let path = self.0.join(name);
         if let Err(e) = std::fs::create_dir(&path) {
@@ -48,6 +50,7 @@ impl Drop for Scratch {
     }
 }
 
+/// Sets `path`'s permission bits to `mode`.
 pub fn chmod(path: &Path, mode: u32) {
     if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
         panic!("chmod {}: {e}", path.display());

@@ -3,18 +3,17 @@
 //! that are not files (a FIFO must not hang the agent), `/dev/null`, size
 //! and encoding limits, and the error chain each failure gives.
 
-mod scratch;
-
 use std::error::Error as _;
 use std::os::unix::fs::symlink;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use scratch::{Scratch, chmod};
-
-use monitor_agent::commands::allowfile::{
-    self, AllowlistError, MAX_ALLOWLIST_BYTES, PermissionProblem, ProblemKind,
+use super::{
+    AllowlistError, MAX_ALLOWLIST_BYTES, PermissionProblem, ProblemKind, check_owner_and_mode,
+    directories,
 };
-use monitor_agent::commands::{Allowlist, IfMissing, Policy};
+use crate::commands::allowfile;
+use crate::commands::{Allowlist, IfMissing, Policy};
+use crate::testing::scratch::{Scratch, chmod};
 
 fn load(path: &Path) -> Result<Allowlist, AllowlistError> {
     Allowlist::load(path, IfMissing::Error)
@@ -379,4 +378,75 @@ fn inspection_lists_permissions_and_parse_errors_together() {
     }
     // load refuses on permissions before looking at the text.
     assert!(matches!(load_error(&path), AllowlistError::Unsafe { .. }));
+}
+
+// The owner and mode rules alone, and the directories a path depends on.
+
+const AGENT: u32 = 990;
+
+fn check(uid: u32, gid: u32, mode: u32, directory: bool, want: &[ProblemKind]) {
+    assert_eq!(
+        check_owner_and_mode(uid, gid, mode, directory, AGENT),
+        want,
+        "uid {uid} gid {gid} mode {mode:o} directory {directory}"
+    );
+}
+
+#[test]
+fn the_directory_of_a_bare_file_name_is_the_current_one() {
+    // Tests run in the package's directory, which holds Cargo.toml.
+    fn check(path: &str, expected: &[&str]) {
+        let got = directories(Path::new(path)).unwrap();
+        assert_eq!(got, expected.iter().map(PathBuf::from).collect::<Vec<_>>());
+    }
+    check("Cargo.toml", &["."]);
+    check("./Cargo.toml", &["."]);
+    check("src/lib.rs", &["src"]);
+}
+
+#[test]
+fn owners_and_modes() {
+    let other = ProblemKind::Owner {
+        uid: 1000,
+        agent_uid: AGENT,
+    };
+    for directory in [false, true] {
+        check(0, 0, 0o644, directory, &[]);
+        check(AGENT, AGENT, 0o600, directory, &[]);
+        check(0, 0, 0o664, directory, &[]);
+        check(1000, 0, 0o644, directory, &[other]);
+        check(
+            0,
+            7,
+            0o664,
+            directory,
+            &[ProblemKind::GroupWritable { gid: 7 }],
+        );
+        check(0, 0, 0o646, directory, &[ProblemKind::WorldWritable]);
+        check(
+            1000,
+            7,
+            0o666,
+            directory,
+            &[
+                other,
+                ProblemKind::GroupWritable { gid: 7 },
+                ProblemKind::WorldWritable,
+            ],
+        );
+    }
+    // The sticky bit protects a directory's entries, not a file.
+    check(0, 0, 0o1777, true, &[]);
+    check(0, 7, 0o1777, true, &[]);
+    check(1000, 7, 0o1777, true, &[other]);
+    check(
+        0,
+        7,
+        0o1666,
+        false,
+        &[
+            ProblemKind::GroupWritable { gid: 7 },
+            ProblemKind::WorldWritable,
+        ],
+    );
 }

@@ -8,8 +8,8 @@
 
 use std::path::Path;
 
-use monitor_agent::commands::policy::MAX_REPORTED_ERRORS;
-use monitor_agent::commands::{
+use super::MAX_REPORTED_ERRORS;
+use crate::commands::{
     Allowlist, ArgSpec, Count, Entry, MAX_ARGV_BYTES, MAX_EXTRA_ARGS, ParseErrors, Policy,
     RESERVED_NAMES,
 };
@@ -1355,9 +1355,7 @@ fn random_input_never_panics_nor_makes_options() {
             let fixed_options = entry
                 .args
                 .iter()
-                .filter(
-                    |a| matches!(a, monitor_agent::commands::Arg::Fixed(t) if t.starts_with('-')),
-                )
+                .filter(|a| matches!(a, crate::commands::Arg::Fixed(t) if t.starts_with('-')))
                 .count();
             for _ in 0..8 {
                 let mut argv = vec![entry.name.clone()];
