@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use monitor_agent::commands::allowfile;
-use monitor_agent::testing::scratch::Scratch;
+use monitor_agent::testing::scratch::{self, Scratch};
 
 /// Exit code, stdout and stderr of `monitor-agent ARGS`, which must end
 /// within a deadline (the check starts no runtime and no connection).
