@@ -31,6 +31,10 @@ scratch="$repo_dir/target/mutation-testing"
 # The tests of one mutant take a few seconds; a mutant that makes a loop
 # endless is cut off after this long and counted as a timeout (caught).
 test_timeout=${MUTANTS_TEST_TIMEOUT:-20}
+# A caught mutant fails dozens of tests at once, and a backtrace for each
+# panic (RUST_BACKTRACE=1 in the environment) costs symbolizing time that
+# no one reads; the mutant's output in mutants.out still names each test.
+export RUST_BACKTRACE=0
 
 # Each group: the package whose files are mutated, the files, an optional
 # filter on mutant names (empty: every mutant of those files), the tests

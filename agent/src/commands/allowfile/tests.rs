@@ -5,6 +5,7 @@
 
 use std::error::Error as _;
 use std::os::unix::fs::symlink;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 
 use super::{
@@ -448,5 +449,49 @@ fn owners_and_modes() {
             ProblemKind::GroupWritable { gid: 7 },
             ProblemKind::WorldWritable,
         ],
+    );
+}
+
+/// Set in the child copy of this test binary that
+/// `agent_uid_is_the_effective_user` starts as another user: the uid its
+/// `agent_uid()` must return.
+const EXPECTED_UID_ENV: &str = "MONITOR_TEST_EXPECTED_AGENT_UID";
+
+#[test]
+fn agent_uid_is_the_effective_user() {
+    if let Ok(expected) = std::env::var(EXPECTED_UID_ENV) {
+        // The child: it runs as the user the parent chose.
+        assert_eq!(allowfile::agent_uid().to_string(), expected);
+        return;
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    assert_eq!(allowfile::agent_uid(), me);
+    if me != 0 {
+        return; // Only root can start the child as another user.
+    }
+    // As root, uid 0 is also what a function that ignores the user would
+    // say: run this test again as `nobody`, in a child process.
+    const NOBODY: u32 = 65534;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => panic!("current_exe: {e}"),
+    };
+    let name = "commands::allowfile::tests::agent_uid_is_the_effective_user";
+    let out = match std::process::Command::new(&exe)
+        .args(["--exact", name, "--test-threads", "1"])
+        .env(EXPECTED_UID_ENV, NOBODY.to_string())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => panic!("{} as nobody: {e}", exe.display()),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
 }
