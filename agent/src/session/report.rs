@@ -10,6 +10,12 @@
 //! de-duplication makes the re-send safe whatever they said), so a late
 //! "stored" for a later batch can never free the refused one.
 //!
+//! Batches go out when a write is due (`flush.rs`): at a short interval
+//! the ticks of one flush interval are handed over together, and tonic
+//! encodes them into one DATA frame; the stream then sends until nothing
+//! is left unsent (within the window), so a backlog after a reconnect goes
+//! out at once.
+//!
 //! Every batch announces the send window (`Batch.ack_window`), so a server
 //! that knows cumulative acks answers several stored batches with one ack
 //! (`Ack.batches`): at 1 s ticks the agent then wakes for an answer every
@@ -73,7 +79,10 @@ pub(super) async fn run(
     shared: &Shared,
     healthy: &Cell<bool>,
 ) -> Result<(), SessionError> {
-    let (tx, rx) = mpsc::channel::<pb::Batch>(8);
+    // Room for a whole window: the batches of one write must all be in the
+    // channel before tonic's encoder runs, which takes every ready message
+    // into one buffer (one DATA frame, one write).
+    let (tx, rx) = mpsc::channel::<pb::Batch>(SEND_WINDOW);
     shared.buffer.borrow_mut().rewind();
     let mut acks = client.report(ReceiverStream::new(rx)).await?.into_inner();
     if !shared.connected.replace(true) {
@@ -83,6 +92,10 @@ pub(super) async fn run(
         );
     }
     let mut pacing = Pacing::default();
+    // A write under way: it began when one was due (`Shared::write_due`)
+    // and goes on until nothing is left unsent.
+    let mut writing = false;
+    let mut write_first: Option<u64> = None;
     loop {
         if shared.sampling_done.get() && !shared.buffer.borrow().has_unsent() {
             // Nothing more will be sent: end the request stream, then read
@@ -99,9 +112,14 @@ pub(super) async fn run(
             return std::future::pending().await;
         }
         let paused = pacing.paused(Instant::now());
+        if !writing && shared.write_due() {
+            writing = true;
+            shared.flush_now.set(false);
+        }
         let can_send = {
             let buffer = shared.buffer.borrow();
             !paused
+                && writing
                 && buffer.has_unsent()
                 && buffer.in_flight() < SEND_WINDOW
                 && pacing.unanswered < SEND_WINDOW
@@ -134,6 +152,16 @@ pub(super) async fn run(
                     pb.ack_window = ACK_WINDOW;
                     permit.send(pb);
                     pacing.unanswered += 1;
+                    write_first.get_or_insert(batch.seq);
+                    if !shared.buffer.borrow().has_unsent() {
+                        writing = false;
+                        if let Some(first) = write_first.take() {
+                            log::debug!(
+                                "batches {first} to {} handed to the connection together",
+                                batch.seq
+                            );
+                        }
+                    }
                 }
             }
             () = shared.batch_ready.notified(), if !can_send && !paused => {}
