@@ -16,7 +16,8 @@
 //! is left unsent (within the window), so a backlog after a reconnect goes
 //! out at once.
 //!
-//! Every batch announces the send window (`Batch.ack_window`), so a server
+//! Every batch announces the window (`Batch.ack_window`: the send window, or
+//! the buffer when that is smaller), so a server
 //! that knows cumulative acks answers several stored batches with one ack
 //! (`Ack.batches`): at 1 s ticks the agent then wakes for an answer every
 //! few seconds instead of at every tick. An older server answers each
@@ -42,8 +43,14 @@ use crate::state::Shared;
 /// second buys a window's worth.
 pub const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
 /// The window every batch announces (`Batch.ack_window`): the server holds
-/// the acks of at most half of it.
-const ACK_WINDOW: u32 = SEND_WINDOW as u32;
+/// the acks of at most half of it. It is the send window, or the buffer if
+/// that is smaller: a server holding the acks of more batches than the
+/// buffer keeps would make the buffer drop batches that were stored but
+/// not yet acknowledged (with `--buffer-batches 20` at 0.1 s, a 2.5 s hold
+/// is 25 batches).
+fn ack_window(buffer_capacity: usize) -> u32 {
+    u32::try_from(SEND_WINDOW.min(buffer_capacity)).unwrap_or(u32::MAX)
+}
 /// At most one warning a minute about being rate limited (the rest at
 /// debug level).
 const RATE_LIMITED_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -149,7 +156,7 @@ pub(super) async fn run(
                         monitor::time::now_unix_ms(),
                         shared.counters(),
                     );
-                    pb.ack_window = ACK_WINDOW;
+                    pb.ack_window = ack_window(shared.buffer.borrow().capacity());
                     permit.send(pb);
                     pacing.unanswered += 1;
                     write_first.get_or_insert(batch.seq);
@@ -413,6 +420,14 @@ mod tests {
         assert_eq!(send(&s, &mut p, 5), [2, 3, 4, 5, 6]);
         on_ack(&s, &mut p, &cumulative(6, 5), now);
         assert!(held(&s).is_empty());
+    }
+
+    #[test]
+    fn the_window_announced_is_never_more_than_the_buffer_holds() {
+        assert_eq!(ack_window(8192), SEND_WINDOW as u32);
+        assert_eq!(ack_window(SEND_WINDOW), SEND_WINDOW as u32);
+        assert_eq!(ack_window(20), 20);
+        assert_eq!(ack_window(1), 1);
     }
 
     #[test]
