@@ -13,8 +13,8 @@
 //! Batches go out when a write is due (`flush.rs`): at a short interval
 //! the ticks of one flush interval are handed over together, and tonic
 //! encodes them into one DATA frame; the stream then sends until nothing
-//! is left unsent (within the window), so a backlog after a reconnect goes
-//! out at once.
+//! is left unsent (within the window). What is buffered when the stream
+//! opens (the first tick, or a backlog after a reconnect) goes out at once.
 //!
 //! Every batch announces the window (`Batch.ack_window`: the send window, or
 //! the buffer when that is smaller), so a server
@@ -100,8 +100,11 @@ pub(super) async fn run(
     }
     let mut pacing = Pacing::default();
     // A write under way: it began when one was due (`Shared::write_due`)
-    // and goes on until nothing is left unsent.
-    let mut writing = false;
+    // and goes on until nothing is left unsent. The first one starts with
+    // the stream: what is buffered when it opens (the first tick, or a
+    // backlog after a reconnect) goes out at once, so a host the server
+    // sees online has its values a moment later, not a flush interval later.
+    let mut writing = shared.buffer.borrow().has_unsent();
     let mut write_first: Option<u64> = None;
     loop {
         if shared.sampling_done.get() && !shared.buffer.borrow().has_unsent() {
