@@ -140,7 +140,7 @@ for round in $(seq "${ROUNDS:-3}"); do
             --sources "$sources" | tee "$out/capacity-$round-$pages.txt"
         [[ $pages -gt 0 ]] && stop "$replay_pid"
         stop "$server_pid"
-        echo "round $round, $pages pages: $(grep -h 'capacity.agents_held' "$out/capacity-$round-$pages.txt")" \
+        echo "round $round, $pages pages: $(grep -h '^held:' "$out/capacity-$round-$pages.txt")" \
             >>"$out/summary.txt"
     done
 done
