@@ -14,7 +14,10 @@
 #      server's cores;
 #   4. the server's CPU per poll of 10 pages with 1,000 and 5,000 hosts
 #      held at 1 s (windows alternating without and with the replay; with
-#      OLD_SERVER, that build's too, in the same run).
+#      OLD_SERVER, that build's too, in the same run); PROFILE_SECS=30
+#      then records the server with perf while the 10 pages run on
+#      (`perf record -g`; the bench profile keeps the symbols) and keeps
+#      the report in the output directory.
 # Needs Debian's chromium and Playwright from PyPI (see .ci/run); loopback
 # only. Usage: bench/dashboard.sh [--steps 2500,5000] [--hold 20s]
 # (SKIP_SERIES=1 skips the first part, SKIP_RENDER=1 the second,
@@ -137,7 +140,7 @@ for round in $(seq "${ROUNDS:-3}"); do
             --sources "$sources" | tee "$out/capacity-$round-$pages.txt"
         [[ $pages -gt 0 ]] && stop "$replay_pid"
         stop "$server_pid"
-        echo "round $round, $pages pages: $(grep -h 'capacity.agents_held' "$out/capacity-$round-$pages.txt")" \
+        echo "round $round, $pages pages: $(grep -h '^held:' "$out/capacity-$round-$pages.txt")" \
             >>"$out/summary.txt"
     done
 done
@@ -153,6 +156,23 @@ for hosts in ${CPU_HOSTS:-1000 5000}; do
         sleep "${CPU_HOLD_SECS:-10}"
         "$python" bench/dashboard_replay.py "http://127.0.0.1:$hp" --pages 10 --pid "$server_pid" \
             --windows "${WINDOWS:-6}" --window "${WINDOW_SECS:-15}" | tee -a "$out/summary.txt"
+        if [[ -n ${PROFILE_SECS:-} ]]; then
+            log "perf profile with 10 pages, $hosts hosts ($build)"
+            "$python" bench/dashboard_replay.py "http://127.0.0.1:$hp" --pages 10 \
+                >"$out/profile-replay.txt" 2>&1 &
+            replay_pid=$!
+            pids+=("$replay_pid")
+            profile=$out/perf-$hosts-$(basename "$build")
+            perf record -F 499 -g -p "$server_pid" -o "$profile.data" -- sleep "$PROFILE_SECS" \
+                2>"$profile.log" || true
+            stop "$replay_pid"
+            # Self time, then time including callees (where a handler's
+            # share shows).
+            { perf report -i "$profile.data" --no-children -g none --percent-limit 0.5 --stdio
+              perf report -i "$profile.data" --children -g none --percent-limit 1 --stdio
+            } 2>/dev/null | grep -v '^$' >"$profile.txt" || true
+            echo "perf report: $profile.txt" >>"$out/summary.txt"
+        fi
         stop "$fleet_pid" "$server_pid"
     done
 done

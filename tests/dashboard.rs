@@ -268,6 +268,55 @@ fn the_api_serves_the_store_downsampled_to_anyone_with_a_way_in_and_nobody_else(
     let unzipped: Value = serde_json::from_slice(&unzipped).unwrap();
     assert_eq!(unzipped["hosts"].as_array().unwrap().len(), 2);
 
+    // The fleet page's compact form: the same hosts, one array each, the
+    // latest values rounded to a tenth in the order `latest` names; its
+    // own tag; an unknown form named.
+    let full = json(&server.https("/api/hosts", &auth));
+    let rows = server.https("/api/hosts?form=rows", &auth);
+    assert!(rows.header("etag").unwrap().starts_with("\"rows-"));
+    let rows = json(&rows);
+    assert_eq!(rows["form"], "rows");
+    assert_eq!(rows["poll_ms"], 3000);
+    let names: Vec<&str> = rows["latest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 6);
+    let listed = rows["hosts"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    for (row, name) in listed.iter().zip(hosts) {
+        assert_eq!(row[0], name);
+        assert_eq!(row[1], true);
+        assert!(row[2].is_null(), "last seen while online: {row}");
+        let host = full["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["hostname"] == name)
+            .unwrap();
+        // Both answers may be a few seconds apart: the values present
+        // are the same metrics, each a tenth at most.
+        for (i, metric) in names.iter().enumerate() {
+            let had = host["latest"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["metric"] == *metric);
+            assert_eq!(!row[5][i].is_null(), had, "{name} {metric}: {row}");
+            if let Some(v) = row[5][i].as_f64() {
+                assert!(((v * 10.0).round() - v * 10.0).abs() < 1e-6, "{v}");
+            }
+        }
+    }
+    let bad = server.https("/api/hosts?form=xml", &auth);
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        json(&bad)["error"],
+        "form: expected 'full' or 'rows', got 'xml'"
+    );
+
     let one = server.https("/api/hosts/dash-a", &auth);
     assert_eq!(json(&one)["hostname"], "dash-a");
     let unknown = server.https("/api/hosts/nobody", &auth);
@@ -660,6 +709,63 @@ fn the_health_api_serves_a_pis_labelled_series_downsampled() {
             .find(|&i| temp[i].is_null() && !temp[i - 1].is_null() && !temp[i + 1].is_null())
             .map(|_| ())
     });
+}
+
+/// The sparklines read each stretch of the fleet's samples once, then only
+/// what came since; a sample older than that (an agent's buffer after an
+/// outage) must still show, by the next computation, not after the next
+/// whole read 15 minutes later.
+#[test]
+fn a_late_sample_shows_in_the_sparklines() {
+    let dir = TempDir::new("dash-late");
+    let server = Server::start(&dir.join("monitor.db"));
+    let bearer = format!("Bearer {}", server.metrics_token());
+    let auth = [("Authorization", bearer.as_str())];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let now = monitor::time::now_unix_ms();
+    // A host with a sample a minute ago, in a range the first read covers.
+    let (stream, acks) = rt.block_on(report(
+        &server,
+        vec![one_sample(
+            ("late-1", 5, 1),
+            now - 60_000,
+            "cpu_percent",
+            10.0,
+        )],
+    ));
+    assert_eq!(acks[0].1, monitor::pb::AckCode::Ok as i32, "{acks:?}");
+    drop(stream);
+    let level_at = |sparks: &Value, t: i64| {
+        let k =
+            (t - sparks["since_unix_ms"].as_i64().unwrap()) / sparks["step_ms"].as_i64().unwrap();
+        sparks["hosts"]["late-1"]["cpu_percent"][k as usize].as_u64()
+    };
+    wait_for("the first sparklines", Duration::from_secs(60), || {
+        let sparks = json(&server.https("/api/sparklines", &auth));
+        level_at(&sparks, now - 60_000).map(|_| ())
+    });
+    // Now a sample five minutes old: before every edge a read has passed.
+    let late_unix_ms = now - 300_000;
+    let (stream, acks) = rt.block_on(report(
+        &server,
+        vec![one_sample(
+            ("late-1", 6, 1),
+            late_unix_ms,
+            "cpu_percent",
+            90.0,
+        )],
+    ));
+    assert_eq!(acks[0].1, monitor::pb::AckCode::Ok as i32, "{acks:?}");
+    drop(stream);
+    // Shared answers are made at most every 15 s (in the background after
+    // the first): a minute is several computations.
+    let sparks = wait_for("the late sample's bucket", Duration::from_secs(60), || {
+        let sparks = json(&server.https("/api/sparklines", &auth));
+        level_at(&sparks, late_unix_ms).map(|_| sparks)
+    });
+    // Its mean is the host's highest, the other its lowest.
+    assert_eq!(level_at(&sparks, late_unix_ms), Some(100));
+    assert_eq!(level_at(&sparks, now - 60_000), Some(0));
 }
 
 /// A Python with Playwright (the CI venv, or the one on PATH).

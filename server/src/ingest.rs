@@ -189,6 +189,10 @@ impl CollectorService {
         let clock_offset_ms = batch.clock_offset_ms;
         let parse_errors_total = batch.counters.parse_errors_total;
         let hostname = batch.hostname.clone();
+        // The dashboard's sparklines re-read a host whose samples come
+        // later than their last read (`store/late.rs`).
+        let oldest_unix_ms = batch.samples.iter().map(|s| s.0).min();
+        let store = self.store.clone();
         if batch.health_skipped > 0 {
             // An agent newer than this server: its other values are stored.
             log::debug!(
@@ -237,7 +241,11 @@ impl CollectorService {
                 server_unix_ms: monitor::time::now_unix_ms(),
                 batches: 0,
             };
-            match ticket.await {
+            let outcome = ticket.await;
+            if let (Ok(SubmitOutcome::Stored), Some(oldest)) = (&outcome, oldest_unix_ms) {
+                store.note_stored(&hostname, oldest);
+            }
+            match outcome {
                 // The batch's facts are the store's now; the registry only
                 // keeps what the live connection tells.
                 Ok(SubmitOutcome::Stored | SubmitOutcome::Duplicate) => {

@@ -7,15 +7,18 @@
 //! - `/api/hosts`, `/api/hosts/NAME`: the operator API's `ListHosts` join
 //!   (`admin::host_infos`: store facts, registry liveness) as JSON, with
 //!   each host's latest health values and the throttling it reports now
-//!   (`/api/hosts`: one answer per 3 s shared by every page, `shared.rs`);
+//!   (`/api/hosts`: one answer per 3 s shared by every page, `shared.rs`;
+//!   `/api/hosts?form=rows`: what the fleet page shows, one array per
+//!   host, values rounded to a tenth);
 //! - `/api/hosts/NAME/series?range=1h` (or `since`/`until` in ms, and
 //!   `points`): downsampled min/max/mean (`plot.rs`);
 //! - `/api/hosts/NAME/health?metric=a,b&range=1h`: the health metrics the
 //!   same way, one series per metric, mount point or throttling
 //!   condition (`store/health_series.rs`);
 //! - `/api/sparklines`: every host's last 15 minutes per series, as shapes
-//!   for the fleet page's sparklines (one store read for the whole fleet,
-//!   at most every 15 s, shared);
+//!   for the fleet page's sparklines (at most every 15 s, shared: one
+//!   store read of the whole fleet's range first, then only of what came
+//!   since, and of the hosts whose samples came late);
 //! - `/api/commands?host=NAME&limit=N`: the command history.
 //!
 //! Every string an agent sent goes out as a JSON string (serde escapes it)
@@ -58,16 +61,21 @@ const SPARK_PERIOD: Duration = Duration::from_secs(15);
 /// answered `pending` and the read goes on (at 5,000 hosts with 15 minutes
 /// of history the first read took over 30 s and pages timed out).
 const SPARK_FIRST_WAIT: Duration = Duration::from_secs(2);
-/// A sparklines bucket that ended this long ago is taken as final: agents
-/// send within seconds, so the next computation reads only the samples
-/// after it (15 s of the fleet, not 15 minutes).
-const SPARK_SETTLE_MS: i64 = 30_000;
-/// Once per range the whole 15 minutes are read again, so samples that
-/// came late (an agent's buffer after an outage) show within this time.
-/// A full read is the expensive one: at 5,000 hosts with 15 minutes of
-/// history (4.8 million ticks) it took over 30 s on this loaded 2-core
-/// machine, so it is not made more often than it must.
-const SPARK_FULL_READ_MS: i64 = SPARK_RANGE_MS;
+/// A sparklines read stops this long before now: samples reach the store
+/// within a few seconds of their time, so the next read, which starts
+/// where this one stopped, finds them. One that comes later than that
+/// (an agent's buffer after an outage, a clock behind the server's) is
+/// noted by the store (`store/late.rs`) and its host alone is read again.
+const SPARK_LAG_MS: i64 = 5_000;
+/// Where reads start and stop: multiples of this, which divides the
+/// sparklines' bucket width (30 s), so the short buckets of a read each
+/// lie within one of the sparklines'.
+const SPARK_EDGE_MS: i64 = 5_000;
+/// On a store several servers share, this server cannot see the others'
+/// late samples, so it reads the whole range again this often. A whole
+/// read is the expensive one: at 5,000 hosts with 15 minutes of history
+/// (4.8 million ticks) it took over 30 s on this loaded 2-core machine.
+const SPARK_SHARED_FULL_READ_MS: i64 = SPARK_RANGE_MS;
 /// How long one `/api/hosts` answer serves every page: the period the
 /// pages poll at (they read it from the answer's `poll_ms`).
 const HOSTS_PERIOD: Duration = Duration::from_secs(3);
@@ -78,6 +86,8 @@ pub struct SharedAnswers {
     /// `/api/hosts`: built again when a page asks past its period (the
     /// pages must see a host go offline).
     hosts: SharedAnswer,
+    /// `/api/hosts?form=rows`, the same for the fleet page's compact form.
+    host_rows: SharedAnswer,
     /// `/api/sparklines`: a page is answered from the last one while the
     /// next is made in the background, so no page waits on a large fleet's
     /// computation but the very first.
@@ -90,6 +100,7 @@ impl Default for SharedAnswers {
     fn default() -> SharedAnswers {
         SharedAnswers {
             hosts: SharedAnswer::new("hosts", HOSTS_PERIOD),
+            host_rows: SharedAnswer::new("rows", HOSTS_PERIOD),
             sparklines: SharedAnswer::new("sparklines", SPARK_PERIOD),
             spark_memory: std::sync::Mutex::new(None),
         }
@@ -297,37 +308,140 @@ fn host_json(h: pb::HostInfo) -> HostJson {
 }
 
 /// `GET /api/hosts`: every host, by name, as
-/// `{"server_unix_ms": N, "poll_ms": N, "hosts": [HostJson...]}`: one
-/// answer per [`HOSTS_PERIOD`] shared by every page, gzipped once, with an
-/// ETag that changes only when a host's row does (`If-None-Match` gets a
-/// 304, and the page keeps what it has).
+/// `{"server_unix_ms": N, "poll_ms": N, "hosts": [HostJson...]}`; with
+/// `?form=rows`, the fleet page's compact form ([`HostRow`]). One answer
+/// of each form per [`HOSTS_PERIOD`] shared by every page, gzipped once,
+/// with an ETag that changes only when a host's row does
+/// (`If-None-Match` gets a 304, and the page keeps what it has).
 pub async fn hosts(
     State(state): State<HttpState>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let answer = state.answers.hosts.current(|| build_hosts(&state)).await?;
+    let params = Params::parse(raw.as_deref().unwrap_or(""));
+    let (shared, form) = match params.get("form") {
+        None | Some("full") => (&state.answers.hosts, HostsForm::Full),
+        Some("rows") => (&state.answers.host_rows, HostsForm::Rows),
+        Some(other) => {
+            return Err(bad_request(format!(
+                "form: expected 'full' or 'rows', got '{}'",
+                monitor::text::Escaped::capped(other)
+            )));
+        }
+    };
+    let answer = shared
+        .current(|| build_hosts(&state, form, shared.period_now()))
+        .await?;
     Ok(answer.respond(&headers))
 }
 
-/// The `/api/hosts` JSON: copies of the store's host table and the
-/// registry, joined and encoded on the blocking pool.
-async fn build_hosts(state: &HttpState) -> Result<Built, ApiError> {
+/// The forms of `/api/hosts`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HostsForm {
+    /// Every fact of every host ([`HostJson`]).
+    Full,
+    /// What the fleet page shows, one array per host ([`HostRow`]).
+    Rows,
+}
+
+/// One host in `/api/hosts?form=rows`, an array: hostname, online, last
+/// seen (ms; `null` while online: the page shows it only offline), clock
+/// offset (ms), dropped batches, the latest values in the order of the
+/// answer's `latest` names (`null`: none), the temperature (°C or
+/// `null`), each file system as `[mount point, used %]`, the throttling
+/// conditions now. Values are rounded to a tenth, what the page shows: at
+/// 5,000 hosts it is about a sixth of the full form's bytes, and an
+/// answer whose shown values did not change keeps its tag.
+#[derive(Debug, PartialEq, Serialize)]
+pub struct HostRow(
+    pub String,
+    pub bool,
+    pub Option<i64>,
+    pub i64,
+    pub u64,
+    pub Vec<Option<f64>>,
+    pub Option<f64>,
+    pub Vec<(String, f64)>,
+    pub Vec<&'static str>,
+);
+
+/// A value as the fleet page shows it (a tenth at most).
+fn shown(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+fn host_row(h: pb::HostInfo) -> HostRow {
+    let full = host_json(h);
+    let latest = Metric::ALL
+        .iter()
+        .map(|m| {
+            full.latest
+                .iter()
+                .find(|v| v.metric == m.name())
+                .map(|v| shown(v.value))
+        })
+        .collect();
+    let temp = full
+        .health
+        .iter()
+        .find(|v| v.metric == HealthMetric::TempCelsius.name())
+        .map(|v| shown(v.value));
+    let file_systems = full
+        .health
+        .iter()
+        .filter(|v| v.metric == HealthMetric::FsUsedPercent.name())
+        .map(|v| {
+            let mount = v.labels.values().next().cloned().unwrap_or_default();
+            (mount, shown(v.value))
+        })
+        .collect();
+    HostRow(
+        full.hostname,
+        full.online,
+        (!full.online).then_some(full.last_seen_unix_ms),
+        full.clock_offset_ms,
+        full.dropped_batches_total,
+        latest,
+        temp,
+        file_systems,
+        full.throttled_now,
+    )
+}
+
+/// The `/api/hosts` JSON in `form`: copies of the store's host table and
+/// the registry, joined and encoded on the blocking pool.
+async fn build_hosts(
+    state: &HttpState,
+    form: HostsForm,
+    poll: Duration,
+) -> Result<Built, ApiError> {
     let stored = state.store.hosts().await?;
     let live = state.registry.snapshot();
     tokio::task::spawn_blocking(move || {
-        let hosts: Vec<HostJson> = host_infos(stored, live, usize::MAX)
-            .into_iter()
-            .map(host_json)
-            .collect();
+        let infos = host_infos(stored, live, usize::MAX);
         // The time of the build is left out of the tag: the rows decide.
         let mut json = format!(
-            "{{\"server_unix_ms\":{},\"poll_ms\":{},\"hosts\":",
+            "{{\"server_unix_ms\":{},\"poll_ms\":{},",
             monitor::time::now_unix_ms(),
-            HOSTS_PERIOD.as_millis()
+            poll.as_millis()
         )
         .into_bytes();
         let tag_from = json.len();
-        serde_json::to_writer(&mut json, &hosts).map_err(internal)?;
+        match form {
+            HostsForm::Full => {
+                let hosts: Vec<HostJson> = infos.into_iter().map(host_json).collect();
+                json.extend_from_slice(b"\"hosts\":");
+                serde_json::to_writer(&mut json, &hosts).map_err(internal)?;
+            }
+            HostsForm::Rows => {
+                let names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+                let rows: Vec<HostRow> = infos.into_iter().map(host_row).collect();
+                json.extend_from_slice(b"\"form\":\"rows\",\"latest\":");
+                serde_json::to_writer(&mut json, &names).map_err(internal)?;
+                json.extend_from_slice(b",\"hosts\":");
+                serde_json::to_writer(&mut json, &rows).map_err(internal)?;
+            }
+        }
         json.push(b'}');
         Ok(Built { json, tag_from })
     })
@@ -580,26 +694,39 @@ fn pending_sparklines() -> Response {
         .into_response()
 }
 
-/// One host's bucket means per series (in [`Metric::ALL`] order): (bucket
-/// start, mean), oldest first.
-type Means = Vec<Vec<(i64, f64)>>;
+/// One host's bucket sums per series (in [`Metric::ALL`] order): (bucket
+/// start, sum of the values, count), oldest first. Sums, not means, so
+/// that a bucket read in two parts (before and after a read's edge) adds
+/// up.
+type Sums = Vec<Vec<(i64, f64, u64)>>;
 
-/// What the last sparklines read found: each host's bucket means, and up
-/// to where they are final (see [`SPARK_SETTLE_MS`]).
+/// What the last sparklines read found: each host's bucket sums, and up
+/// to where every host's samples were read.
 struct SparkMemory {
     step_ms: i64,
-    settled_until_unix_ms: i64,
+    /// Every sample before this was read (or is noted late); a multiple
+    /// of [`SPARK_EDGE_MS`].
+    read_until_unix_ms: i64,
     /// When the whole range was last read.
     full_read_unix_ms: i64,
-    hosts: BTreeMap<String, Means>,
+    hosts: BTreeMap<String, Sums>,
 }
 
-/// Every host's sparklines, encoded: one store read for the whole fleet,
-/// from where the last read's buckets were final (or, every
-/// [`SPARK_FULL_READ_MS`], the whole range).
+/// Every host's sparklines, encoded. The first read covers the whole
+/// range; every later one only what came since the last one (the fleet's
+/// last 15 s, not 15 minutes), plus a re-read of just the hosts whose
+/// samples came late (`store/late.rs`; when more were late than it names,
+/// every host from the oldest late sample on). The whole range is read
+/// again only when no page asked for a whole range, or, on a store
+/// several servers share (whose late samples this server cannot see),
+/// every [`SPARK_SHARED_FULL_READ_MS`].
 async fn compute_sparklines(state: &HttpState) -> Result<Built, ApiError> {
     let now = monitor::time::now_unix_ms();
     let grid = plot::query("", now - SPARK_RANGE_MS, now, SPARK_POINTS);
+    let until_unix_ms = (now - SPARK_LAG_MS).div_euclid(SPARK_EDGE_MS) * SPARK_EDGE_MS;
+    // Before the reads: a sample stored after this that the reads cannot
+    // have seen is noted for the next computation.
+    let late = state.store.advance_late(until_unix_ms);
     let memory = state
         .answers
         .spark_memory
@@ -608,42 +735,100 @@ async fn compute_sparklines(state: &HttpState) -> Result<Built, ApiError> {
         .take()
         .filter(|m| {
             m.step_ms == grid.step_ms
-                && m.settled_until_unix_ms > grid.since_unix_ms
-                && m.settled_until_unix_ms <= now
-                && now - m.full_read_unix_ms < SPARK_FULL_READ_MS
+                && grid.step_ms % SPARK_EDGE_MS == 0
+                && m.read_until_unix_ms > grid.since_unix_ms
+                && m.read_until_unix_ms <= until_unix_ms
+                && (!state.store.is_shared()
+                    || now - m.full_read_unix_ms < SPARK_SHARED_FULL_READ_MS)
         });
-    let from_unix_ms = memory
-        .as_ref()
-        .map_or(grid.since_unix_ms, |m| m.settled_until_unix_ms);
-    let fresh = state
-        .store
-        .fleet_series(crate::store::FleetSeriesQuery {
-            since_unix_ms: from_unix_ms,
-            until_unix_ms: grid.until_unix_ms,
-            step_ms: grid.step_ms,
+    // Where this read starts: where the last one stopped; or, when more
+    // hosts were late than could be named, at the grid's bucket of the
+    // oldest late sample (every host's buckets from there are read again).
+    let memory = memory
+        .map(|m| {
+            let from = match (late.overflowed, late.oldest_unix_ms) {
+                (false, _) => m.read_until_unix_ms,
+                (true, Some(oldest)) => m.read_until_unix_ms.min(
+                    grid.since_unix_ms
+                        + (oldest - grid.since_unix_ms).div_euclid(grid.step_ms) * grid.step_ms,
+                ),
+                (true, None) => grid.since_unix_ms,
+            };
+            (m, from)
         })
-        .await?;
+        .filter(|&(_, from)| from > grid.since_unix_ms);
+    let (hosts, full_read_unix_ms) = match memory {
+        None => {
+            let fresh = state
+                .store
+                .fleet_series(crate::store::FleetSeriesQuery {
+                    since_unix_ms: grid.since_unix_ms,
+                    until_unix_ms,
+                    step_ms: grid.step_ms,
+                })
+                .await?;
+            let grid = grid.clone();
+            let hosts = tokio::task::spawn_blocking(move || {
+                join_sums(BTreeMap::new(), fresh, &grid, grid.since_unix_ms)
+            })
+            .await
+            .map_err(internal)?;
+            (hosts, now)
+        }
+        Some((m, from)) => {
+            let mut hosts = if from < until_unix_ms {
+                // Buckets of the edge's width, so each lies in one of the
+                // grid's and adds to what the last read left in it.
+                let fresh = state
+                    .store
+                    .fleet_series(crate::store::FleetSeriesQuery {
+                        since_unix_ms: from,
+                        until_unix_ms,
+                        step_ms: SPARK_EDGE_MS,
+                    })
+                    .await?;
+                let grid = grid.clone();
+                tokio::task::spawn_blocking(move || join_sums(m.hosts, fresh, &grid, from))
+                    .await
+                    .map_err(internal)?
+            } else {
+                m.hosts
+            };
+            // The late hosts' whole range again, one host at a time
+            // (at most `MAX_LATE_HOSTS`).
+            for hostname in late.hosts {
+                let q = crate::store::SeriesQuery {
+                    hostname: hostname.clone(),
+                    since_unix_ms: grid.since_unix_ms,
+                    until_unix_ms,
+                    step_ms: grid.step_ms,
+                };
+                match state.store.series(q).await {
+                    Ok(series) => {
+                        hosts.insert(hostname, sums_of(&series));
+                    }
+                    // Gone meanwhile: the next fleet read drops it.
+                    Err(crate::store::StoreError::UnknownHost(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            (hosts, m.full_read_unix_ms)
+        }
+    };
     let (built, memory) = tokio::task::spawn_blocking(move || {
-        let full_read_unix_ms = memory.as_ref().map_or(now, |m| m.full_read_unix_ms);
-        let hosts = join_means(
-            memory.map(|m| m.hosts).unwrap_or_default(),
-            fresh,
-            grid.since_unix_ms,
-            from_unix_ms,
-        );
         let answer = SparklinesAnswer {
             since_unix_ms: grid.since_unix_ms,
             step_ms: grid.step_ms,
             hosts: hosts
                 .iter()
-                .map(|(name, means)| (name.clone(), spark_levels(&grid, means)))
+                .map(|(name, sums)| (name.clone(), spark_levels(&grid, sums)))
                 .collect(),
             pending: false,
         };
         let json = serde_json::to_vec(&answer).map_err(internal)?;
         let memory = SparkMemory {
             step_ms: grid.step_ms,
-            settled_until_unix_ms: (now - SPARK_SETTLE_MS).div_euclid(grid.step_ms) * grid.step_ms,
+            read_until_unix_ms: until_unix_ms,
             full_read_unix_ms,
             hosts,
         };
@@ -659,40 +844,62 @@ async fn compute_sparklines(state: &HttpState) -> Result<Built, ApiError> {
     Ok(built)
 }
 
-/// Each host of `fresh` (read from `from_unix_ms` on) with the means `kept`
-/// holds for it in [`since_unix_ms`, `from_unix_ms`) before its own: the
-/// hosts are those of `fresh` (every host the store knows).
-fn join_means(
-    mut kept: BTreeMap<String, Means>,
+/// A store read's series as bucket sums.
+fn sums_of(series: &[crate::store::Series]) -> Sums {
+    series
+        .iter()
+        .map(|s| {
+            s.buckets
+                .iter()
+                .map(|b| (b.start_unix_ms, b.sum, u64::from(b.count)))
+                .collect()
+        })
+        .collect()
+}
+
+/// Each host of `fresh` (read from `from_unix_ms` on, in buckets that each
+/// lie within one of `grid`'s) with the sums `kept` holds for it from the
+/// grid's start, `fresh`'s added into the grid's buckets: the hosts are
+/// those of `fresh` (every host the store knows).
+fn join_sums(
+    mut kept: BTreeMap<String, Sums>,
     fresh: Vec<crate::store::HostSeries>,
-    since_unix_ms: i64,
+    grid: &crate::store::SeriesQuery,
     from_unix_ms: i64,
-) -> BTreeMap<String, Means> {
+) -> BTreeMap<String, Sums> {
+    let grid_start = |t: i64| {
+        grid.since_unix_ms + (t - grid.since_unix_ms).div_euclid(grid.step_ms) * grid.step_ms
+    };
     fresh
         .into_iter()
         .map(|h| {
             let mut old = kept.remove(&h.hostname).unwrap_or_default();
-            let means = h
+            let sums = h
                 .series
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let mut m: Vec<(i64, f64)> = old
+                    let mut m: Vec<(i64, f64, u64)> = old
                         .get_mut(i)
                         .map(std::mem::take)
                         .unwrap_or_default()
                         .into_iter()
-                        .filter(|&(t, _)| t >= since_unix_ms && t < from_unix_ms)
+                        .filter(|&(t, _, _)| t >= grid.since_unix_ms && t < from_unix_ms)
                         .collect();
-                    m.extend(
-                        s.buckets
-                            .iter()
-                            .map(|b| (b.start_unix_ms, b.sum / f64::from(b.count.max(1)))),
-                    );
+                    for b in &s.buckets {
+                        let start = grid_start(b.start_unix_ms);
+                        match m.last_mut() {
+                            Some(last) if last.0 == start => {
+                                last.1 += b.sum;
+                                last.2 += u64::from(b.count);
+                            }
+                            _ => m.push((start, b.sum, u64::from(b.count))),
+                        }
+                    }
                     m
                 })
                 .collect();
-            (h.hostname, means)
+            (h.hostname, sums)
         })
         .collect()
 }
@@ -703,16 +910,20 @@ fn join_means(
 /// samples.
 fn spark_levels(
     grid: &crate::store::SeriesQuery,
-    means: &Means,
+    sums: &Sums,
 ) -> BTreeMap<&'static str, Vec<Option<u8>>> {
     let buckets =
         usize::try_from((grid.until_unix_ms - grid.since_unix_ms) / grid.step_ms + 1).unwrap_or(0);
     let mut per = BTreeMap::new();
-    for (metric, means) in Metric::ALL.iter().zip(means) {
+    for (metric, sums) in Metric::ALL.iter().zip(sums) {
+        let means: Vec<(i64, f64)> = sums
+            .iter()
+            .map(|&(start, sum, count)| (start, sum / count.max(1) as f64))
+            .collect();
         let lo = means.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
         let hi = means.iter().map(|m| m.1).fold(f64::NEG_INFINITY, f64::max);
         let mut levels = vec![None; buckets];
-        for &(start, m) in means {
+        for &(start, m) in &means {
             let k = usize::try_from((start - grid.since_unix_ms) / grid.step_ms).ok();
             if let Some(l) = k.and_then(|k| levels.get_mut(k)) {
                 let level = if hi > lo {
@@ -872,7 +1083,7 @@ mod tests {
     }
 
     #[test]
-    fn sparklines_keep_final_buckets_and_take_the_rest_from_the_new_read() {
+    fn sparklines_add_a_read_into_what_the_last_left_in_each_bucket() {
         use crate::store::{Bucket, HostSeries, Series};
         let bucket = |start_unix_ms, sum| Bucket {
             start_unix_ms,
@@ -893,31 +1104,114 @@ mod tests {
                 })
                 .collect(),
         };
-        let kept_means = vec![vec![(0, 1.0), (30_000, 2.0), (60_000, 9.0)]; Metric::ALL.len()];
+        // Means 1, 2 and 3 (the last bucket read up to 65 s only).
+        let kept_sums =
+            vec![vec![(0, 2.0, 2), (30_000, 4.0, 2), (60_000, 6.0, 2)]; Metric::ALL.len()];
         let kept = BTreeMap::from([
-            ("a".to_owned(), kept_means.clone()),
-            ("gone".to_owned(), kept_means),
+            ("a".to_owned(), kept_sums.clone()),
+            ("gone".to_owned(), kept_sums),
         ]);
-        // Read from 60 s on; the range now starts at 30 s.
-        let fresh = vec![
-            host("a", vec![bucket(60_000, 8.0)]),
-            host("b", vec![bucket(90_000, 2.0)]),
-        ];
-        let joined = join_means(kept, fresh, 30_000, 60_000);
-        assert_eq!(joined.keys().collect::<Vec<_>>(), ["a", "b"]);
-        // Before the range: dropped; final: kept; from the read on: new.
-        assert_eq!(joined["a"][0], [(30_000, 2.0), (60_000, 4.0)]);
-        assert_eq!(joined["b"][5], [(90_000, 1.0)]);
-
+        // The range now starts at 30 s; read from 65 s on in 5 s buckets.
         let grid = plot::query("", 30_000, 120_000, 3);
         assert_eq!((grid.since_unix_ms, grid.step_ms), (30_000, 30_000));
+        let fresh = vec![
+            host(
+                "a",
+                vec![
+                    bucket(65_000, 8.0),
+                    bucket(85_000, 2.0),
+                    bucket(90_000, 20.0),
+                ],
+            ),
+            host("b", vec![bucket(95_000, 2.0)]),
+        ];
+        let joined = join_sums(kept, fresh, &grid, 65_000);
+        assert_eq!(joined.keys().collect::<Vec<_>>(), ["a", "b"]);
+        // Before the range: dropped; before the edge: kept, and the new
+        // read's buckets added into the grid's bucket each lies in.
+        assert_eq!(
+            joined["a"][0],
+            [(30_000, 4.0, 2), (60_000, 16.0, 6), (90_000, 20.0, 2)]
+        );
+        assert_eq!(joined["b"][5], [(90_000, 2.0, 2)]);
+
         let levels = spark_levels(&grid, &joined["a"]);
         assert_eq!(levels.len(), Metric::ALL.len());
-        assert_eq!(levels["cpu_percent"], [Some(0), Some(100), None, None]);
+        // Means 2, 2.67 and 10.
+        assert_eq!(levels["cpu_percent"], [Some(0), Some(8), Some(100), None]);
         assert_eq!(
             spark_levels(&grid, &joined["b"])["cpu_percent"][2],
             Some(50)
         );
+        // A late host's whole range read again replaces what was kept.
+        let series = vec![
+            Series {
+                metric: Metric::ALL[0],
+                interval_ms: None,
+                buckets: vec![bucket(30_000, 7.0)],
+            };
+            Metric::ALL.len()
+        ];
+        assert_eq!(sums_of(&series)[0], [(30_000, 7.0, 2)]);
+    }
+
+    #[test]
+    fn a_host_row_holds_what_the_fleet_page_shows_rounded() {
+        let value = |metric: &str, device: &str, value| pb::MetricValue {
+            metric: metric.into(),
+            value,
+            time_unix_ms: 5,
+            device: device.into(),
+        };
+        let info = pb::HostInfo {
+            hostname: "pi".into(),
+            online: true,
+            last_seen_unix_ms: 77,
+            clock_offset_ms: -3,
+            dropped_batches_total: 2,
+            latest: vec![
+                value("mem_percent", "", 40.04),
+                value("cpu_percent", "", 12.36),
+            ],
+            health: vec![
+                value("temp_celsius", "", 82.25),
+                value("throttled_flags", "", f64::from(0x50005)),
+                value("fs_used_percent", "/", 95.0),
+                value("fs_used_percent", "/media/\u{1b}[2J", 10.0),
+            ],
+            ..Default::default()
+        };
+        let row = host_row(info.clone());
+        let mut latest = vec![None; Metric::ALL.len()];
+        latest[0] = Some(12.4);
+        latest[1] = Some(40.0);
+        assert_eq!(Metric::ALL[0].name(), "cpu_percent");
+        assert_eq!(Metric::ALL[1].name(), "mem_percent");
+        assert_eq!(
+            row,
+            HostRow(
+                "pi".into(),
+                true,
+                None,
+                -3,
+                2,
+                latest,
+                Some(82.3),
+                vec![("/".into(), 95.0), ("/media/\\x1b[2J".into(), 10.0)],
+                vec!["under_voltage", "throttled"],
+            )
+        );
+        let json = serde_json::to_string(&row).unwrap();
+        assert!(
+            json.starts_with(r#"["pi",true,null,-3,2,[12.4,40.0,null"#),
+            "{json}"
+        );
+        // Offline: when it was last seen.
+        let offline = host_row(pb::HostInfo {
+            online: false,
+            ..info
+        });
+        assert_eq!(offline.2, Some(77));
     }
 
     #[test]

@@ -179,7 +179,20 @@ impl SharedAnswer {
     }
 
     fn fresh(&self, m: &Made) -> bool {
-        m.made.elapsed() < self.period.max(m.took * 4)
+        m.made.elapsed() < self.lifetime(m)
+    }
+
+    fn lifetime(&self, m: &Made) -> Duration {
+        self.period.max(m.took * 4)
+    }
+
+    /// How long the next answer will likely serve: the period, or four
+    /// times what the last build took if that is longer. Pages poll at it
+    /// (`poll_ms`): asking more often would only get the same answer.
+    pub fn period_now(&self) -> Duration {
+        self.lock()
+            .as_ref()
+            .map_or(self.period, |m| self.lifetime(m))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Made>> {
@@ -312,6 +325,7 @@ mod tests {
             builds.fetch_add(1, Ordering::SeqCst);
             async move { built(json) }
         };
+        assert_eq!(shared.period_now(), Duration::from_secs(3));
         let a = shared.current(|| build("[1]")).await.unwrap();
         // Within the period: the same answer, no build.
         tokio::time::advance(Duration::from_millis(2900)).await;
@@ -343,6 +357,7 @@ mod tests {
             })
             .await
             .unwrap();
+        assert_eq!(shared.period_now(), Duration::from_secs(8));
         tokio::time::advance(Duration::from_millis(7900)).await;
         assert!(shared.is_fresh());
         tokio::time::advance(Duration::from_millis(200)).await;

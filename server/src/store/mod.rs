@@ -85,6 +85,7 @@ mod error;
 mod feed;
 pub mod health_series;
 mod journal_record;
+pub mod late;
 mod latest_health;
 mod postgres;
 mod records;
@@ -111,6 +112,7 @@ pub use series::Downsampler;
 pub use sqlite::{SqliteConfig, SqliteError};
 pub use ticket::Ticket;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use monitor::health::HealthMetric;
@@ -167,6 +169,9 @@ fn ms(d: Duration) -> i64 {
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// Hosts whose samples came later than the dashboard's last read
+    /// (`late.rs`).
+    late: Arc<late::LateSamples>,
 }
 
 #[derive(Clone, Debug)]
@@ -189,7 +194,23 @@ impl Store {
             ),
             StoreConfig::Postgres(c) => Backend::Postgres(PostgresStore::open(c).await?),
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            late: Arc::default(),
+        })
+    }
+
+    /// Ingest: a batch of `hostname` whose oldest sample is at
+    /// `oldest_unix_ms` is stored and visible to readers (see `late.rs`).
+    pub fn note_stored(&self, hostname: &str, oldest_unix_ms: i64) {
+        self.late.note(hostname, oldest_unix_ms);
+    }
+
+    /// The dashboard's sparklines: samples older than `watermark_unix_ms`
+    /// stored from now on are late; returns the hosts that had late ones
+    /// since the last call (see `late.rs`).
+    pub fn advance_late(&self, watermark_unix_ms: i64) -> late::LateHosts {
+        self.late.advance(watermark_unix_ms)
     }
 
     /// When the backend stopped answering, if it did (ms since the Unix
