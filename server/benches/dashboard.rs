@@ -21,10 +21,9 @@ use std::time::Instant;
 use http_body_util::BodyExt;
 use monitor::health::HealthMetric;
 use monitor::metric::Metric;
-use monitor_server::http::{self, Auth, HttpState};
+use monitor_server::http;
 use monitor_server::registry::Registry;
-use monitor_server::store::{IncomingBatch, StoredHealth, StoredSample};
-use monitor_server::telemetry::Telemetry;
+use monitor_server::store::{IncomingBatch, SeriesQuery, StoredHealth, StoredSample};
 
 /// Values that look like an agent's (noisy, many decimals), so gzip gets
 /// no easier job than in real life.
@@ -178,50 +177,33 @@ fn main() {
             store_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(series.len(), Metric::ALL.len());
         }
-        let mut health_store_ms = Vec::new();
-        for _ in 0..runs {
-            let started = Instant::now();
-            let found = store
-                .health_series(q.clone(), &HealthMetric::ALL)
-                .await
-                .expect("health series");
-            health_store_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            // 5 one-per-host series (no swap), the word's 4 conditions,
-            // 2 mount points.
-            assert_eq!(found.series.len(), 11);
-        }
         // The raw read the rollup replaced: main's 303 s buckets (2,000
         // points, whole seconds) do not hold whole minutes, so the same
         // store reads every raw row for them.
         let raw_step_ms = 303_000;
-        let raw_q = monitor_server::store::SeriesQuery {
+        let raw_q = SeriesQuery {
             hostname: "pi-bench".into(),
             since_unix_ms: since.div_euclid(raw_step_ms) * raw_step_ms,
             until_unix_ms: until,
             step_ms: raw_step_ms,
         };
-        let mut health_raw_ms = Vec::new();
-        for _ in 0..runs {
-            let started = Instant::now();
-            let found = store
-                .health_series(raw_q.clone(), &HealthMetric::ALL)
-                .await
-                .expect("health series");
-            health_raw_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            assert_eq!(found.series.len(), 11);
+        let (mut health_store_ms, mut health_raw_ms) = (Vec::new(), Vec::new());
+        for (query, times_ms) in [(&q, &mut health_store_ms), (&raw_q, &mut health_raw_ms)] {
+            for _ in 0..runs {
+                let started = Instant::now();
+                let found = store
+                    .health_series(query.clone(), &HealthMetric::ALL)
+                    .await
+                    .expect("health series");
+                times_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                // 5 one-per-host series (no swap), the word's 4 conditions,
+                // 2 mount points.
+                assert_eq!(found.series.len(), 11);
+            }
         }
 
         // The whole answer through the router, as a browser asks for it.
-        let state = HttpState {
-            store: store.clone(),
-            registry: Arc::new(Registry::default()),
-            telemetry: Arc::new(Telemetry::new(0)),
-            remote_write: Arc::new(Vec::new()),
-            auth: Arc::new(Auth::open()),
-            sessions: Default::default(),
-            answers: Default::default(),
-            proc_root: "/proc".into(),
-        };
+        let state = common::http_state(&store, &Arc::new(Registry::default()));
         let router = http::router(state);
         // The most points the server gives, the most the host page asks
         // for (one per pixel, its plots are at most 1,200 px wide), and

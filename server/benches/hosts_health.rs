@@ -22,13 +22,12 @@ use std::time::Instant;
 use http_body_util::BodyExt;
 use monitor::health::HealthMetric;
 use monitor::metric::Metric;
+use monitor_server::http;
 use monitor_server::http::exposition::Format;
-use monitor_server::http::{self, Auth, HttpState};
 use monitor_server::registry::Registry;
 use monitor_server::store::{
     IncomingBatch, MAX_HEALTH_SERIES_PER_HOST, StoredHealth, StoredSample,
 };
-use monitor_server::telemetry::Telemetry;
 
 /// One batch of host `h` holding the cap's worth of health values.
 fn batch(h: usize, time_unix_ms: i64) -> IncomingBatch {
@@ -141,16 +140,7 @@ fn main() {
             bytes as f64 / 1000.0
         );
 
-        let state = HttpState {
-            store: store.clone(),
-            registry: Arc::clone(&registry),
-            telemetry: Arc::new(Telemetry::new(0)),
-            remote_write: Arc::new(Vec::new()),
-            auth: Arc::new(Auth::open()),
-            sessions: Default::default(),
-            answers: Default::default(),
-            proc_root: "/proc".into(),
-        };
+        let state = common::http_state(&store, &registry);
         let (ms, max_ms, bytes) = timed(runs, || async {
             let snap = http::metrics::snapshot(&state).await.expect("snapshot");
             http::metrics::encode(&snap, &state.telemetry, &[], Format::Text).len()

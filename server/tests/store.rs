@@ -184,6 +184,16 @@ impl TestDb {
         Store::open(self.config()).await.unwrap()
     }
 
+    /// The store keeping an hour, its retention running every 20 ms.
+    async fn open_with_hour_retention(&self) -> Store {
+        Store::open(self.tuned(|k| {
+            k.retention = Duration::from_secs(3600);
+            k.retention_interval = Duration::from_millis(20);
+        }))
+        .await
+        .unwrap()
+    }
+
     /// SQLite's `integrity_check` of the file (PostgreSQL keeps its own).
     fn check_integrity(&self) {
         if self.kind != Kind::Postgres {
@@ -985,12 +995,7 @@ on_every_backend!(check_retention:
 /// (SQLite deletes in chunks smaller than one host's old ticks, so a pass
 /// takes several steps; PostgreSQL drops whole partitions.)
 async fn check_retention(db: TestDb) {
-    let store = Store::open(db.tuned(|k| {
-        k.retention = Duration::from_secs(3600);
-        k.retention_interval = Duration::from_millis(20);
-    }))
-    .await
-    .unwrap();
+    let store = db.open_with_hour_retention().await;
     let now = monitor::time::now_unix_ms();
     let old = now - 2 * 3_600_000;
     let recent = now - 60_000;
@@ -2684,12 +2689,7 @@ on_every_backend!(check_health_rollup_retention:
 async fn check_health_rollup_retention(db: TestDb) {
     use monitor::health::HealthMetric;
     use monitor_server::store::SeriesQuery;
-    let store = Store::open(db.tuned(|k| {
-        k.retention = Duration::from_secs(3600);
-        k.retention_interval = Duration::from_millis(20);
-    }))
-    .await
-    .unwrap();
+    let store = db.open_with_hour_retention().await;
     let now = monitor::time::now_unix_ms();
     let old = (now - 2 * 3_600_000).div_euclid(60_000) * 60_000;
     let recent = (now - 10 * 60_000).div_euclid(60_000) * 60_000;

@@ -314,15 +314,7 @@ impl<'r> Reader<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn query(since: i64, until: i64, step: i64) -> SeriesQuery {
-        SeriesQuery {
-            hostname: "pi".into(),
-            since_unix_ms: since,
-            until_unix_ms: until,
-            step_ms: step,
-        }
-    }
+    use crate::store::health_series::tests::query;
 
     #[test]
     fn only_whole_minute_buckets_below_the_edge_are_rolled() {

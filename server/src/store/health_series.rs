@@ -205,10 +205,11 @@ impl HealthDownsampler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn query(since: i64, until: i64, step: i64) -> SeriesQuery {
+    /// A query of host "pi" (also `health_rollup.rs`'s tests).
+    pub(crate) fn query(since: i64, until: i64, step: i64) -> SeriesQuery {
         SeriesQuery {
             hostname: "pi".into(),
             since_unix_ms: since,

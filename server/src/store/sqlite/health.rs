@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 
+use monitor::health::HealthMetric;
 use rusqlite::{Connection, params};
 
 use crate::store::health_rollup::{self, HEALTH_ROLLUP_MS, RollupBuilder};
@@ -142,31 +143,57 @@ fn scan_minutes(
     Ok(Ok(()))
 }
 
-/// Pushes the raw rows of `host_id` in `[from, until)` into `down`: one
-/// range scan of the primary key (host, time, metric, device), so each
-/// series comes oldest first; a metric `down` does not want is skipped
-/// before its device is read, and a name this build does not know too.
+/// Pushes the raw rows of `host_id` in `[from, until)` into `down` (see
+/// [`each_raw`]).
 fn scan_raw(
     conn: &Connection,
     host_id: i64,
-    (from, until): (i64, i64),
+    span: (i64, i64),
     down: &mut HealthDownsampler,
 ) -> rusqlite::Result<()> {
+    // By `HealthMetric as usize`: no borrow of `down` while it is pushed to.
+    let wanted = HealthMetric::ALL.map(|m| down.wants(m));
+    each_raw(
+        conn,
+        host_id,
+        span,
+        |m| wanted[m as usize],
+        |m, d, t, v| {
+            down.push(m, d, t, v);
+        },
+    )
+    .map(|_| ())
+}
+
+/// Gives `f` each raw row of `host_id` in `[from, until)` whose metric
+/// `wants`: one range scan of the primary key (host, time, metric,
+/// device), so each series comes oldest first; a metric not wanted is
+/// skipped before its device is read, and a name this build does not know
+/// too. Returns the rows read.
+fn each_raw(
+    conn: &Connection,
+    host_id: i64,
+    (from, until): (i64, i64),
+    wants: impl Fn(HealthMetric) -> bool,
+    mut f: impl FnMut(HealthMetric, &str, i64, f64),
+) -> rusqlite::Result<usize> {
     let mut stmt = conn.prepare_cached(
         "SELECT time_unix_ms, metric, device, value FROM health
          WHERE host_id = ?1 AND time_unix_ms >= ?2 AND time_unix_ms < ?3
          ORDER BY time_unix_ms, metric, device",
     )?;
     let mut rows = stmt.query(params![host_id, from, until])?;
+    let mut read = 0;
     while let Some(r) = rows.next()? {
+        read += 1;
         let Ok(metric) = text_at(r, 1)?.parse() else {
             continue;
         };
-        if down.wants(metric) {
-            down.push(metric, text_at(r, 2)?, r.get(0)?, r.get(3)?);
+        if wants(metric) {
+            f(metric, text_at(r, 2)?, r.get(0)?, r.get(3)?);
         }
     }
-    Ok(())
+    Ok(read)
 }
 
 /// The host's rolled edge: every minute before it has its row in
@@ -212,21 +239,15 @@ pub(crate) fn roll(
     )?
     .execute(params![host_id, from, until])?;
     let mut builder = RollupBuilder::default();
-    let mut read = 0;
-    {
-        let mut stmt = tx.prepare_cached(
-            "SELECT time_unix_ms, metric, device, value FROM health
-             WHERE host_id = ?1 AND time_unix_ms >= ?2 AND time_unix_ms < ?3
-             ORDER BY time_unix_ms, metric, device",
-        )?;
-        let mut rows = stmt.query(params![host_id, from, until])?;
-        while let Some(r) = rows.next()? {
-            read += 1;
-            if let Ok(metric) = text_at(r, 1)?.parse() {
-                builder.push(metric, text_at(r, 2)?, r.get(0)?, r.get(3)?);
-            }
-        }
-    }
+    let read = each_raw(
+        tx,
+        host_id,
+        (from, until),
+        |_| true,
+        |m, d, t, v| {
+            builder.push(m, d, t, v);
+        },
+    )?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO health_minutes (host_id, minute_unix_ms, series) VALUES (?1, ?2, ?3)",
     )?;
