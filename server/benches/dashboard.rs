@@ -7,7 +7,8 @@
 //! layout, JSON, gzip), and the bytes on the wire with and without gzip.
 //!
 //! `cargo bench -p monitor-server --bench dashboard`; knobs: `DAYS` (7),
-//! `INTERVAL_MS` (5000), `RUNS` (10).
+//! `INTERVAL_MS` (5000), `RUNS` (10), `PG_URL` (a PostgreSQL database to
+//! run on, without host "pi-bench"; default a new SQLite file).
 
 // A benchmark on fixtures it makes itself: a failure should stop it loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -48,8 +49,21 @@ fn main() {
     let days: i64 = env_or("DAYS", 7);
     let interval_ms: i64 = env_or("INTERVAL_MS", 5000);
     let runs: usize = env_or("RUNS", 10);
+    // A PostgreSQL database to run on instead of a new SQLite file (one
+    // holding no host "pi-bench" yet).
+    let pg_url: Option<String> = std::env::var("PG_URL").ok();
     let dir = tempfile::tempdir().expect("temp dir");
     let (rt, store) = common::runtime_and_store(dir.path());
+    let store = match &pg_url {
+        None => store,
+        Some(url) => {
+            rt.block_on(store.close()).expect("close");
+            rt.block_on(monitor_server::store::Store::open(
+                monitor_server::store::PostgresConfig::new(url.clone()),
+            ))
+            .expect("PostgreSQL store")
+        }
+    };
     rt.block_on(async {
         let until = monitor::time::now_unix_ms();
         let since = until - days * 86_400_000;
@@ -141,19 +155,29 @@ fn main() {
         // bounded number of minutes per flush: wait until the closed ones
         // are (the newest minute is open and read raw).
         let rolled_started = Instant::now();
-        let db = rusqlite::Connection::open_with_flags(
-            dir.path().join("bench.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("open the bench's file");
         let newest = since + (until - since - 1) / interval_ms * interval_ms;
         let closed = newest.div_euclid(60_000) * 60_000 - 60_000;
+        let sql = "SELECT max(minute_unix_ms) FROM health_minutes";
         loop {
-            let newest: Option<i64> = db
-                .query_row("SELECT max(minute_unix_ms) FROM health_minutes", [], |r| {
-                    r.get(0)
-                })
-                .expect("health_minutes");
+            let newest: Option<i64> = match &pg_url {
+                None => rusqlite::Connection::open_with_flags(
+                    dir.path().join("bench.db"),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .and_then(|db| db.query_row(sql, [], |r| r.get(0)))
+                .expect("health_minutes"),
+                Some(url) => {
+                    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                        .await
+                        .expect("connect");
+                    tokio::spawn(conn);
+                    client
+                        .query_one(sql, &[])
+                        .await
+                        .expect("health_minutes")
+                        .get(0)
+                }
+            };
             if newest.is_some_and(|m| m >= closed) {
                 break;
             }

@@ -317,9 +317,10 @@ async fn scan_raw(
     Ok(())
 }
 
-/// Minutes one flush rolls up, all hosts together (a steady fleet closes
-/// one minute per host per minute; an upgraded database is rolled up this
-/// much at a time, oldest first, so no flush stalls behind it).
+/// Minutes one flush rolls up beyond those it stored values in, all hosts
+/// together (a steady fleet closes one minute per host per minute; an
+/// upgraded database is rolled up this much at a time, oldest first, so
+/// no flush stalls behind it).
 const ROLL_MINUTES_PER_FLUSH: i64 = 240;
 
 /// Rolls up, in the flush's transaction and under its host row locks, the
@@ -368,7 +369,12 @@ pub(crate) async fn roll(
         )
         .await?;
     let mut spans: Vec<(i64, i64, i64)> = Vec::new();
-    let mut budget = ROLL_MINUTES_PER_FLUSH;
+    // Plus the minutes this flush stored values in: rolls only happen in
+    // flushes holding the host, so a flush must roll at least as many
+    // minutes as it may close, or a backlog would wait for more batches.
+    let stored_minutes: usize = flushed.values().map(|(_, m)| m.len()).sum();
+    let mut budget =
+        ROLL_MINUTES_PER_FLUSH.saturating_add(i64::try_from(stored_minutes).unwrap_or(i64::MAX));
     for r in rows {
         let (h, edge, first): (i64, Option<i64>, Option<i64>) =
             (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
