@@ -3,15 +3,27 @@
 # here with cc) preads the same files and statvfs()es the same file systems
 # as the agent's collector, on the same schedule, and does nothing else. In
 # the same window, side by side: the agent reporting to a real server on
-# loopback, the agent collecting only (--stdout into /dev/null), and the
-# floor. CPU is the sum of every thread's /proc/PID/task/*/schedstat
-# (nanoseconds) over the window; per sample = CPU / (window / interval).
-# Each interval is measured ROUNDS times and the median ratio is printed
+# loopback, the agent collecting only (--stdout into /dev/null), the floor,
+# and the floor that also writes NET_BYTES to a loopback TCP connection per
+# tick ("floor_net": what one send per tick costs the kernel with no
+# protocol in user space; on loopback the receiver's TCP path runs in the
+# sender's context). With --tls the agents also report over TLS to a
+# second server (enrolled once with a join token); with --baseline
+# NAME=BIN another agent binary (e.g. main's) runs beside this one, plain
+# and TLS, in the same windows. CPU is the sum of every thread's
+# /proc/PID/task/*/schedstat (nanoseconds) over the window; per sample =
+# CPU / (window / interval). Each interval is measured ROUNDS times
+# (consecutive windows after a warm-up that covers the agents' start-up
+# page release) and the median of each kind and of each ratio is printed
 # (the machine is shared and noisy: only ratios within one window count).
 #
 # Usage: bench/cpu-per-sample.sh AGENT_BIN SERVER_BIN OUT_DIR
 #            [--intervals 0.1,1] [--secs-per-interval 0.1=20,1=60]
-#            [--rounds 3]
+#            [--rounds 3] [--warmup-secs 15] [--tls MONITORCTL_BIN]
+#            [--baseline NAME=AGENT_BIN]... [--net-bytes 700]
+#            [--agent-args "ARGS"]
+# --agent-args: extra arguments for AGENT_BIN's reporting agents (not the
+# baselines'), e.g. "--flush-interval 5".
 # The floor's file list comes from the tick benchmark
 # (TICK_BENCH_FLOOR_ARGS=1), which asks the collector itself what it reads.
 # Prints key=value lines (cpu.INTERVAL.*) on stdout; logs go to OUT_DIR.
@@ -25,25 +37,41 @@ shift 3
 intervals=0.1,1
 secs_spec=0.1=20,1=60
 rounds=3
+warmup=15
+ctl_bin=""
+net_bytes=700
+agent_args=""
+baselines=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --intervals) intervals=${2:?}; shift ;;
         --secs-per-interval) secs_spec=${2:?}; shift ;;
         --rounds) rounds=${2:?}; shift ;;
+        --warmup-secs) warmup=${2:?}; shift ;;
+        --tls) ctl_bin=${2:?}; shift ;;
+        --baseline) baselines+=("${2:?}"); shift ;;
+        --net-bytes) net_bytes=${2:?}; shift ;;
+        --agent-args) agent_args=${2?}; shift ;;
         *) echo "cpu-per-sample: unknown argument '$1'" >&2; exit 2 ;;
     esac
     shift
 done
 mkdir -p "$out"
+read -r -a extra_args <<<"$agent_args"
 
 log() { echo "cpu-per-sample: $*" >&2; }
 fail() { echo "cpu-per-sample: FAIL: $*" >&2; exit 1; }
 
 pids=()
-cleanup() {
-    local status=$? pid
+stop_all() {
+    local pid
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}
+cleanup() {
+    local status=$?
+    stop_all
     exit "$status"
 }
 trap cleanup EXIT
@@ -75,54 +103,144 @@ cpu_ns() {
     done
     echo "$total"
 }
+# Bytes PID passed to write-like system calls (sockets included).
+wchar() { awk '$1 == "wchar:" { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.4f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-sp=$(free_port)
-ap=$(free_port)
-"$server_bin" --insecure --listen "127.0.0.1:$sp" --admin-listen "127.0.0.1:$ap" \
-    --db "$out/server.db" --log warn >"$out/server.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 300); do [[ -n $(ss -Htln "sport = :$sp") ]] && break; sleep 0.1; done
-[[ -n $(ss -Htln "sport = :$sp") ]] || fail "server did not listen (see $out/server.log)"
+# start_server NAME insecure|tls: sets server_url (and server_cred for TLS).
+start_server() {
+    local name=$1 mode=$2 sp ap
+    sp=$(free_port)
+    ap=$(free_port)
+    local cmd=("$server_bin" --listen "127.0.0.1:$sp" --admin-listen "127.0.0.1:$ap" --http-listen 127.0.0.1:0
+        --db "$out/$name.db" --tls-dir "$out/$name-tls" --log warn)
+    if [[ $mode == insecure ]]; then
+        cmd+=(--insecure)
+        server_url=http://127.0.0.1:$sp
+    else
+        cmd+=(--tls-name 127.0.0.1)
+        server_url=https://127.0.0.1:$sp
+        server_cred=$out/$name-tls/admin.cred
+    fi
+    "${cmd[@]}" >"$out/$name.log" 2>&1 &
+    pids+=("$!")
+    for _ in $(seq 300); do [[ -n $(ss -Htln "sport = :$sp") ]] && break; sleep 0.1; done
+    [[ -n $(ss -Htln "sport = :$sp") ]] || fail "$name did not listen (see $out/$name.log)"
+    if [[ $mode == tls ]]; then
+        for _ in $(seq 300); do [[ -s $server_cred ]] && break; sleep 0.1; done
+        [[ -s $server_cred ]] || fail "$name wrote no operator credential"
+    fi
+}
+
+start_server server-plain insecure
+plain_url=$server_url
+tls_url=""
+if [[ -n $ctl_bin ]]; then
+    start_server server-tls tls
+    tls_url=$server_url
+fi
+
+# The agents measured: this one, then each baseline (NAME=BIN).
+agent_names=(agent)
+agent_bins=("$agent_bin")
+for b in "${baselines[@]}"; do
+    agent_names+=("${b%%=*}")
+    agent_bins+=("${b#*=}")
+done
+
+# col KIND FILE: the column KIND of a rounds file (a header line of kinds,
+# then one line per window).
+col() { awk -v k="$1" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == k) c = i; next } c { print $c }' "$2"; }
+# ratio_col KIND OTHER: KIND / OTHER in each window of this interval.
+ratio_col() {
+    awk -v k="$1" -v d="$2" 'NR == 1 { for (i = 1; i <= NF; i++) { if ($i == k) c = i; if ($i == d) e = i }; next }
+        c && e { printf "%.3f\n", $c / $e }' "$out/rounds-$interval.txt"
+}
 
 IFS=, read -r -a interval_list <<<"$intervals"
 for interval in "${interval_list[@]}"; do
     secs=$(tr ',' '\n' <<<"$secs_spec" | awk -F= -v i="$interval" '$1 == i { print $2 }')
     secs=${secs:-30}
     interval_ms=$(awk -v i="$interval" 'BEGIN { printf "%d", i * 1000 }')
-    : >"$out/rounds-$interval.txt"
-    for round in $(seq "$rounds"); do
-        "$agent_bin" --insecure --server "http://127.0.0.1:$sp" --interval "$interval" \
-            --hostname "cpu-bench-$round" --log warn >"$out/agent-$interval-$round.log" 2>&1 &
-        agent=$!
-        pids+=("$agent")
-        "$agent_bin" --stdout --interval "$interval" --hostname cpu-bench-stdout --log warn \
-            >/dev/null 2>"$out/agent-stdout-$interval-$round.log" &
-        collect=$!
-        pids+=("$collect")
-        "$out/floor" "$interval_ms" 0 "${floor_args[@]}" 2>"$out/floor-$interval-$round.log" &
-        floor=$!
-        pids+=("$floor")
-        sleep 3
-        for p in "$agent" "$collect" "$floor"; do
-            kill -0 "$p" 2>/dev/null || fail "a process died during warm-up (see $out/*-$interval-$round.log)"
-        done
-        a0=$(cpu_ns "$agent"); c0=$(cpu_ns "$collect"); f0=$(cpu_ns "$floor"); t0=$(date +%s%N)
-        sleep "$secs"
-        a1=$(cpu_ns "$agent"); c1=$(cpu_ns "$collect"); f1=$(cpu_ns "$floor"); t1=$(date +%s%N)
-        kill -TERM "$agent" "$collect" "$floor" 2>/dev/null || true
-        wait "$agent" "$collect" "$floor" 2>/dev/null || true
-        awk -v a=$((a1 - a0)) -v c=$((c1 - c0)) -v f=$((f1 - f0)) -v t=$((t1 - t0)) -v i="$interval" '
-            BEGIN {
-                n = t / 1e9 / i
-                printf "%.4f %.4f %.4f %.2f %.2f %d\n", a / n / 1e6, c / n / 1e6, f / n / 1e6, a / f, c / f, n
-            }' >>"$out/rounds-$interval.txt"
-        log "interval $interval round $round: $(tail -n 1 "$out/rounds-$interval.txt") (agent ms, collect-only ms, floor ms, ratios, samples)"
+    kinds=() kind_pids=()
+    for k in "${!agent_names[@]}"; do
+        name=${agent_names[$k]} bin=${agent_bins[$k]}
+        args=()
+        [[ $k -gt 0 ]] || args=("${extra_args[@]}")
+        "$bin" --insecure --server "$plain_url" --interval "$interval" "${args[@]}" \
+            --hostname "cpu-$name-$interval_ms" --log warn >"$out/$name-$interval.log" 2>&1 &
+        pids+=("$!") kinds+=("$name") kind_pids+=("$!")
+        if [[ -n $tls_url ]]; then
+            # Enrolled once per binary and interval; the identity is kept
+            # in its state directory.
+            host=cpu-$name-tls-$interval_ms
+            token=$("$ctl_bin" --credentials "$server_cred" enrol "$host" 2>>"$out/monitorctl.log") \
+                || fail "monitorctl enrol $host (see $out/monitorctl.log)"
+            "$bin" --server "$tls_url" --join "$token" --state-dir "$out/state-$host" \
+                --interval "$interval" "${args[@]}" --hostname "$host" --log warn \
+                >"$out/$name-tls-$interval.log" 2>&1 &
+            pids+=("$!") kinds+=("${name}_tls") kind_pids+=("$!")
+        fi
     done
-    echo "cpu.$interval.agent_ms_per_sample=$(awk '{ print $1 }' "$out/rounds-$interval.txt" | median)"
-    echo "cpu.$interval.collect_only_ms_per_sample=$(awk '{ print $2 }' "$out/rounds-$interval.txt" | median)"
-    echo "cpu.$interval.floor_ms_per_sample=$(awk '{ print $3 }' "$out/rounds-$interval.txt" | median)"
-    echo "cpu.$interval.ratio=$(awk '{ print $4 }' "$out/rounds-$interval.txt" | median)"
-    echo "cpu.$interval.collect_only_ratio=$(awk '{ print $5 }' "$out/rounds-$interval.txt" | median)"
-    echo "cpu.$interval.rounds=$(awk '{ printf "%s%s", sep, $4; sep = " " }' "$out/rounds-$interval.txt")"
+    "$agent_bin" --stdout --interval "$interval" --hostname cpu-bench-stdout --log warn \
+        >/dev/null 2>"$out/agent-stdout-$interval.log" &
+    pids+=("$!") kinds+=(collect_only) kind_pids+=("$!")
+    "$out/floor" "$interval_ms" 0 "${floor_args[@]}" 2>"$out/floor-$interval.log" &
+    pids+=("$!") kinds+=(floor) kind_pids+=("$!")
+    "$out/floor" "$interval_ms" 0 "${floor_args[@]}" -n "$net_bytes" 2>"$out/floor-net-$interval.log" &
+    pids+=("$!") kinds+=(floor_net) kind_pids+=("$!")
+    sleep "$warmup"
+    for i in "${!kind_pids[@]}"; do
+        kill -0 "${kind_pids[$i]}" 2>/dev/null \
+            || fail "${kinds[$i]} died during warm-up (see $out/*-$interval.log)"
+    done
+    echo "${kinds[*]}" >"$out/rounds-$interval.txt"
+    : >"$out/bytes-$interval.txt"
+    for round in $(seq "$rounds"); do
+        c0=() w0=()
+        for p in "${kind_pids[@]}"; do c0+=("$(cpu_ns "$p")") w0+=("$(wchar "$p")"); done
+        t0=$(date +%s%N)
+        sleep "$secs"
+        c1=() w1=()
+        for p in "${kind_pids[@]}"; do c1+=("$(cpu_ns "$p")") w1+=("$(wchar "$p")"); done
+        t1=$(date +%s%N)
+        line="" bytes=""
+        for i in "${!kind_pids[@]}"; do
+            line+=" $(awk -v c=$((c1[i] - c0[i])) -v t=$((t1 - t0)) -v i="$interval" \
+                'BEGIN { printf "%.4f", c / (t / 1e9 / i) / 1e6 }')"
+            bytes+=" $(awk -v w=$((w1[i] - w0[i])) -v t=$((t1 - t0)) -v i="$interval" \
+                'BEGIN { printf "%.0f", w / (t / 1e9 / i) }')"
+        done
+        echo "${line# }" >>"$out/rounds-$interval.txt"
+        echo "${bytes# }" >>"$out/bytes-$interval.txt"
+        log "interval $interval round $round (ms per sample): $(paste -d= <(tr ' ' '\n' <<<"${kinds[*]}") <(tr ' ' '\n' <<<"${line# }") | tr '\n' ' ')(load $(cut -d' ' -f1 /proc/loadavg))"
+    done
+    for p in "${kind_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${kind_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    for k in "${kinds[@]}"; do
+        echo "cpu.$interval.${k}_ms_per_sample=$(col "$k" "$out/rounds-$interval.txt" | median)"
+        [[ $k == floor ]] && continue
+        echo "cpu.$interval.${k}_ratio=$(ratio_col "$k" floor | median)"
+        echo "cpu.$interval.${k}_rounds=$(ratio_col "$k" floor | tr '\n' ' ' | sed 's/ $//')"
+    done
+    # Bytes written per sample (the agents' batches on the wire).
+    awk -v names="${kinds[*]}" 'BEGIN { n = split(names, k, " ") }
+        { for (i = 1; i <= n; i++) s[i] += $i; rows++ }
+        END { for (i = 1; i <= n; i++) if (k[i] != "collect_only" && k[i] != "floor") printf "%s %.0f\n", k[i], s[i] / rows }' \
+        "$out/bytes-$interval.txt" | while read -r k b; do echo "cpu.$interval.${k}_bytes_per_sample=$b"; done
+    # The names bench/run.sh and BENCHMARKS.md have always used.
+    echo "cpu.$interval.ratio=$(ratio_col agent floor | median)"
+    echo "cpu.$interval.collect_only_ratio=$(ratio_col collect_only floor | median)"
+    echo "cpu.$interval.rounds=$(ratio_col agent floor | tr '\n' ' ' | sed 's/ $//')"
+    if [[ -n $tls_url ]]; then
+        for name in "${agent_names[@]}"; do
+            echo "cpu.$interval.${name}_tls_over_plain_percent=$(ratio_col "${name}_tls" "$name" | awk '{ printf "%.1f\n", ($1 - 1) * 100 }' | median)"
+        done
+    fi
+    for name in "${agent_names[@]:1}"; do
+        echo "cpu.$interval.agent_over_${name}_percent=$(ratio_col agent "$name" | awk '{ printf "%.1f\n", ($1 - 1) * 100 }' | median)"
+        if [[ -n $tls_url ]]; then
+            echo "cpu.$interval.agent_tls_over_${name}_tls_percent=$(ratio_col agent_tls "${name}_tls" | awk '{ printf "%.1f\n", ($1 - 1) * 100 }' | median)"
+        fi
+    done
 done

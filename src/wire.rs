@@ -74,7 +74,9 @@ pub fn batch_to_pb(
                 hostname: id.hostname.clone(),
                 metric: h.metric.name().to_owned(),
                 value: h.value,
-                device: h.device.to_string(),
+                // `str`'s copy, not `to_string` (which formats an
+                // `Arc<str>` through `Display` on every tick).
+                device: String::from(&*h.device),
             })
             .collect(),
         // Set by the agent's Report stream, which knows its window.

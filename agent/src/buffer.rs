@@ -76,6 +76,11 @@ impl Buffer {
         self.in_flight < self.queue.len()
     }
 
+    /// How many batches wait to be sent on this session.
+    pub fn unsent(&self) -> usize {
+        self.queue.len().saturating_sub(self.in_flight)
+    }
+
     /// Starts a new pass (a new session, or after a rate-limited refusal):
     /// everything unacknowledged is sent again.
     pub fn rewind(&mut self) {

@@ -42,6 +42,11 @@ pub struct Args {
     /// seconds between samples, fractions allowed (MONITOR_INTERVAL; default 5)
     #[argh(option)]
     pub interval: Option<String>,
+    /// longest a sample waits before it is sent: at shorter intervals the
+    /// ticks of one flush interval go out in one write, 0 sends each tick
+    /// at once (MONITOR_FLUSH_INTERVAL; default 1s, up to 60s)
+    #[argh(option)]
+    pub flush_interval: Option<String>,
     /// name samples are reported under (MONITOR_HOSTNAME; default: the
     /// kernel hostname)
     #[argh(option)]
@@ -171,6 +176,8 @@ pub struct Config {
     /// A join token to enrol with (used once; see `identity.rs`).
     pub join: Option<monitor::join::JoinToken>,
     pub interval: Duration,
+    /// Longest a batch waits before it is sent (`flush.rs`).
+    pub flush_interval: Duration,
     pub hostname: String,
     pub agent_id: String,
     /// `None`: every physical interface.
@@ -328,6 +335,15 @@ impl Config {
         let interval = match pick(args.interval, "interval", "MONITOR_INTERVAL", env) {
             Some(raw) => raw.duration(MIN_INTERVAL, MAX_INTERVAL)?,
             None => DEFAULT_INTERVAL,
+        };
+        let flush_interval = match pick(
+            args.flush_interval,
+            "flush-interval",
+            "MONITOR_FLUSH_INTERVAL",
+            env,
+        ) {
+            Some(raw) => raw.duration(Duration::ZERO, crate::flush::MAX_FLUSH_INTERVAL)?,
+            None => crate::flush::DEFAULT_FLUSH_INTERVAL,
         };
         let hostname = match pick(args.hostname, "hostname", "MONITOR_HOSTNAME", env) {
             Some(raw) if monitor::wire::valid_hostname(raw.value.trim()) => {
@@ -514,6 +530,7 @@ impl Config {
             state_dir,
             join,
             interval,
+            flush_interval,
             hostname,
             agent_id,
             interfaces,
@@ -579,7 +596,24 @@ mod tests {
         assert!(!c.allow_any_command);
         assert_eq!(c.max_commands, 2);
         assert_eq!(c.buffer_batches, 8192);
+        assert_eq!(c.flush_interval, Duration::from_secs(1));
         assert_eq!(c.log_level, log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn flush_interval_from_zero_to_a_minute() {
+        let c = parse(&["--hostname", "h", "--flush-interval", "0"], &[]).unwrap();
+        assert_eq!(c.flush_interval, Duration::ZERO);
+        let env: &'static [(&'static str, &'static str)] = &[("MONITOR_FLUSH_INTERVAL", "2.5")];
+        let c = parse(&["--hostname", "h"], env).unwrap();
+        assert_eq!(c.flush_interval, Duration::from_millis(2500));
+        let err = parse(&["--hostname", "h", "--flush-interval", "61"], &[])
+            .expect_err("past a minute")
+            .to_string();
+        assert!(
+            err.starts_with("--flush-interval: expected a duration"),
+            "{err}"
+        );
     }
 
     #[test]

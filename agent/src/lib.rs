@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod enrol;
 pub mod filesystems;
+pub mod flush;
 pub mod hw;
 pub mod identity;
 pub mod metrics;

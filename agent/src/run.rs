@@ -154,11 +154,9 @@ pub async fn run(
         agent_version: VERSION.to_owned(),
         boot_id: monitor::random::random_u64(),
     };
-    let shared = Rc::new(Shared::new(
-        identity,
-        config.buffer_batches,
-        config.interval,
-    ));
+    let mut shared = Shared::new(identity, config.buffer_batches, config.interval);
+    shared.flush_interval = config.flush_interval;
+    let shared = Rc::new(shared);
 
     if config.stdout {
         let release = tokio::task::spawn_local(release_startup_pages(

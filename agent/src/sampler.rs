@@ -4,8 +4,10 @@
 //! kernel's timer: `ticker.rs`) so they do not drift with the tick's own
 //! cost; a late tick is not made up with a burst.
 //! `set-interval` takes effect from the next tick, `collect-now` adds a tick
-//! at once. The loop never awaits anything but its timer and those two
-//! signals, so a slow server or a long command never delays sampling.
+//! at once (and sends it at once, whatever the flush interval). The sender
+//! is woken only when a write is due (`flush.rs`). The loop never awaits
+//! anything but its timer and those two signals, so a slow server or a long
+//! command never delays sampling.
 
 use std::io::Write;
 use std::rc::Rc;
@@ -41,6 +43,8 @@ pub async fn run(
     plan(&ticker, last_tick + interval, interval).await;
     let mut seq = 0u64;
     let mut stdout_line = String::with_capacity(512);
+    // Whether this tick is a `collect-now` one: sent at once.
+    let mut asked = false;
     loop {
         last_tick = ticker::now();
         let now = std::time::Instant::now();
@@ -69,7 +73,14 @@ pub async fn run(
                     Some(batch) => spool.append(batch, buffer.iter()),
                     None => Ok(()),
                 });
-                shared.batch_ready.notify_one();
+                // The sender sleeps until a write is due (`flush.rs`): a
+                // tick that does not complete one wakes nothing.
+                if std::mem::take(&mut asked) {
+                    shared.flush_now.set(true);
+                }
+                if shared.write_due() {
+                    shared.batch_ready.notify_one();
+                }
             }
             Sink::Stdout => {
                 stdout_line.clear();
@@ -106,7 +117,8 @@ pub async fn run(
                     break;
                 }
                 () = shared.collect_now.notified() => {
-                    // A tick now; the schedule goes on from it.
+                    // A tick now, sent at once; the schedule goes on from it.
+                    asked = true;
                     plan(&ticker, ticker::now() + interval, interval).await;
                     break;
                 }

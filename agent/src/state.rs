@@ -17,8 +17,17 @@ pub struct Shared {
     pub identity: AgentIdentity,
     /// Batches not yet acknowledged by the server.
     pub buffer: RefCell<Buffer>,
-    /// The sampler pushed a batch (wakes the sender).
+    /// A write is due (`write_due`): wakes the sender. The sampler
+    /// notifies only then, so between writes the sender sleeps through
+    /// the ticks.
     pub batch_ready: Notify,
+    /// Longest a batch waits before it is sent (`--flush-interval`,
+    /// `flush.rs`).
+    pub flush_interval: Duration,
+    /// Send what waits now, whatever the flush interval (a `collect-now`
+    /// tick): set by the sampler, cleared by the sender when it starts the
+    /// write.
+    pub flush_now: Cell<bool>,
     /// The buffer shrank (acks): wakes whoever waits for it to drain.
     pub buffer_drained: Notify,
     /// Current sampling interval; `set-interval` writes it.
@@ -51,6 +60,8 @@ impl Shared {
             identity,
             buffer: RefCell::new(Buffer::new(buffer_batches)),
             batch_ready: Notify::new(),
+            flush_interval: crate::flush::DEFAULT_FLUSH_INTERVAL,
+            flush_now: Cell::new(false),
             buffer_drained: Notify::new(),
             interval: watch::Sender::new(interval),
             collect_now: Notify::new(),
@@ -88,6 +99,24 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether the batches waiting should go out now: a flush interval's
+    /// worth of ticks waits (`flush.rs`), a `collect-now` tick asked for it,
+    /// or the sampler has stopped.
+    pub fn write_due(&self) -> bool {
+        let buffer = self.buffer.borrow();
+        if !buffer.has_unsent() {
+            return false;
+        }
+        self.flush_now.get()
+            || self.sampling_done.get()
+            || buffer.unsent()
+                >= crate::flush::ticks_per_write(
+                    self.flush_interval,
+                    *self.interval.borrow(),
+                    buffer.capacity(),
+                )
     }
 
     /// The running totals that travel with every batch.

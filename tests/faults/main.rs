@@ -28,7 +28,7 @@
 //! These tests must never touch the machine's clock, real interfaces or
 //! any address outside loopback and their own namespaces.
 //!
-//! One module per kind of fault (sections 1 to 7 below); `support` holds
+//! One module per kind of fault (sections 1 to 8 below); `support` holds
 //! the fake host and the agent helpers, `db` reads the server's file,
 //! `netns` builds the namespaces for the partition test.
 
@@ -56,3 +56,5 @@ mod spool_restart;
 mod corrupt_files;
 // 7. clocks, clean stops, overload
 mod clocks_stops_overload;
+// 8. ticks sent together (--flush-interval), kill -9 of the agent
+mod flush;

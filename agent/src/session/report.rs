@@ -10,7 +10,14 @@
 //! de-duplication makes the re-send safe whatever they said), so a late
 //! "stored" for a later batch can never free the refused one.
 //!
-//! Every batch announces the send window (`Batch.ack_window`), so a server
+//! Batches go out when a write is due (`flush.rs`): at a short interval
+//! the ticks of one flush interval are handed over together, and tonic
+//! encodes them into one DATA frame; the stream then sends until nothing
+//! is left unsent (within the window). What is buffered when the stream
+//! opens (the first tick, or a backlog after a reconnect) goes out at once.
+//!
+//! Every batch announces the window (`Batch.ack_window`: the send window, or
+//! the buffer when that is smaller), so a server
 //! that knows cumulative acks answers several stored batches with one ack
 //! (`Ack.batches`): at 1 s ticks the agent then wakes for an answer every
 //! few seconds instead of at every tick. An older server answers each
@@ -36,8 +43,14 @@ use crate::state::Shared;
 /// second buys a window's worth.
 pub const RATE_LIMITED_PAUSE: Duration = Duration::from_secs(1);
 /// The window every batch announces (`Batch.ack_window`): the server holds
-/// the acks of at most half of it.
-const ACK_WINDOW: u32 = SEND_WINDOW as u32;
+/// the acks of at most half of it. It is the send window, or the buffer if
+/// that is smaller: a server holding the acks of more batches than the
+/// buffer keeps would make the buffer drop batches that were stored but
+/// not yet acknowledged (with `--buffer-batches 20` at 0.1 s, a 2.5 s hold
+/// is 25 batches).
+fn ack_window(buffer_capacity: usize) -> u32 {
+    u32::try_from(SEND_WINDOW.min(buffer_capacity)).unwrap_or(u32::MAX)
+}
 /// At most one warning a minute about being rate limited (the rest at
 /// debug level).
 const RATE_LIMITED_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -73,7 +86,10 @@ pub(super) async fn run(
     shared: &Shared,
     healthy: &Cell<bool>,
 ) -> Result<(), SessionError> {
-    let (tx, rx) = mpsc::channel::<pb::Batch>(8);
+    // Room for a whole window: the batches of one write must all be in the
+    // channel before tonic's encoder runs, which takes every ready message
+    // into one buffer (one DATA frame, one write).
+    let (tx, rx) = mpsc::channel::<pb::Batch>(SEND_WINDOW);
     shared.buffer.borrow_mut().rewind();
     let mut acks = client.report(ReceiverStream::new(rx)).await?.into_inner();
     if !shared.connected.replace(true) {
@@ -83,6 +99,13 @@ pub(super) async fn run(
         );
     }
     let mut pacing = Pacing::default();
+    // A write under way: it began when one was due (`Shared::write_due`)
+    // and goes on until nothing is left unsent. The first one starts with
+    // the stream: what is buffered when it opens (the first tick, or a
+    // backlog after a reconnect) goes out at once, so a host the server
+    // sees online has its values a moment later, not a flush interval later.
+    let mut writing = shared.buffer.borrow().has_unsent();
+    let mut write_first: Option<u64> = None;
     loop {
         if shared.sampling_done.get() && !shared.buffer.borrow().has_unsent() {
             // Nothing more will be sent: end the request stream, then read
@@ -99,9 +122,14 @@ pub(super) async fn run(
             return std::future::pending().await;
         }
         let paused = pacing.paused(Instant::now());
+        if !writing && shared.write_due() {
+            writing = true;
+            shared.flush_now.set(false);
+        }
         let can_send = {
             let buffer = shared.buffer.borrow();
             !paused
+                && writing
                 && buffer.has_unsent()
                 && buffer.in_flight() < SEND_WINDOW
                 && pacing.unanswered < SEND_WINDOW
@@ -131,9 +159,19 @@ pub(super) async fn run(
                         monitor::time::now_unix_ms(),
                         shared.counters(),
                     );
-                    pb.ack_window = ACK_WINDOW;
+                    pb.ack_window = ack_window(shared.buffer.borrow().capacity());
                     permit.send(pb);
                     pacing.unanswered += 1;
+                    write_first.get_or_insert(batch.seq);
+                    if !shared.buffer.borrow().has_unsent() {
+                        writing = false;
+                        if let Some(first) = write_first.take() {
+                            log::debug!(
+                                "batches {first} to {} handed to the connection together",
+                                batch.seq
+                            );
+                        }
+                    }
                 }
             }
             () = shared.batch_ready.notified(), if !can_send && !paused => {}
@@ -385,6 +423,14 @@ mod tests {
         assert_eq!(send(&s, &mut p, 5), [2, 3, 4, 5, 6]);
         on_ack(&s, &mut p, &cumulative(6, 5), now);
         assert!(held(&s).is_empty());
+    }
+
+    #[test]
+    fn the_window_announced_is_never_more_than_the_buffer_holds() {
+        assert_eq!(ack_window(8192), SEND_WINDOW as u32);
+        assert_eq!(ack_window(SEND_WINDOW), SEND_WINDOW as u32);
+        assert_eq!(ack_window(20), 20);
+        assert_eq!(ack_window(1), 1);
     }
 
     #[test]
