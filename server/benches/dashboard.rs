@@ -1,12 +1,14 @@
 //! Figures for BENCHMARKS.md: the dashboard's host page asking for 7 days
 //! of one host at a 5 s interval (about 121,000 ticks, 726,000 samples,
 //! and a Raspberry Pi's 8 health values per tick: 968,000 health rows):
-//! the store's downsampling read, the whole `/api/hosts/NAME/series` and
+//! the store's downsampling read (health: from the per-minute rollup, and
+//! from the raw rows as before it), the whole `/api/hosts/NAME/series` and
 //! `/api/hosts/NAME/health` answers through the router (store read,
 //! layout, JSON, gzip), and the bytes on the wire with and without gzip.
 //!
 //! `cargo bench -p monitor-server --bench dashboard`; knobs: `DAYS` (7),
-//! `INTERVAL_MS` (5000), `RUNS` (10).
+//! `INTERVAL_MS` (5000), `RUNS` (10), `PG_URL` (a PostgreSQL database to
+//! run on, without host "pi-bench"; default a new SQLite file).
 
 // A benchmark on fixtures it makes itself: a failure should stop it loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -20,10 +22,9 @@ use std::time::Instant;
 use http_body_util::BodyExt;
 use monitor::health::HealthMetric;
 use monitor::metric::Metric;
-use monitor_server::http::{self, Auth, HttpState};
+use monitor_server::http;
 use monitor_server::registry::Registry;
-use monitor_server::store::{IncomingBatch, StoredHealth, StoredSample};
-use monitor_server::telemetry::Telemetry;
+use monitor_server::store::{IncomingBatch, SeriesQuery, StoredHealth, StoredSample};
 
 /// Values that look like an agent's (noisy, many decimals), so gzip gets
 /// no easier job than in real life.
@@ -48,8 +49,21 @@ fn main() {
     let days: i64 = env_or("DAYS", 7);
     let interval_ms: i64 = env_or("INTERVAL_MS", 5000);
     let runs: usize = env_or("RUNS", 10);
+    // A PostgreSQL database to run on instead of a new SQLite file (one
+    // holding no host "pi-bench" yet).
+    let pg_url: Option<String> = std::env::var("PG_URL").ok();
     let dir = tempfile::tempdir().expect("temp dir");
     let (rt, store) = common::runtime_and_store(dir.path());
+    let store = match &pg_url {
+        None => store,
+        Some(url) => {
+            rt.block_on(store.close()).expect("close");
+            rt.block_on(monitor_server::store::Store::open(
+                monitor_server::store::PostgresConfig::new(url.clone()),
+            ))
+            .expect("PostgreSQL store")
+        }
+    };
     rt.block_on(async {
         let until = monitor::time::now_unix_ms();
         let since = until - days * 86_400_000;
@@ -137,6 +151,47 @@ fn main() {
             started.elapsed().as_secs_f64()
         );
 
+        // The health values are rolled up per minute by the writer, a
+        // bounded number of minutes per flush: wait until the closed ones
+        // are (the newest minute is open and read raw).
+        let rolled_started = Instant::now();
+        let newest = since + (until - since - 1) / interval_ms * interval_ms;
+        let closed = newest.div_euclid(60_000) * 60_000 - 60_000;
+        let sql = "SELECT max(minute_unix_ms) FROM health_minutes";
+        loop {
+            let newest: Option<i64> = match &pg_url {
+                None => rusqlite::Connection::open_with_flags(
+                    dir.path().join("bench.db"),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .and_then(|db| db.query_row(sql, [], |r| r.get(0)))
+                .expect("health_minutes"),
+                Some(url) => {
+                    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                        .await
+                        .expect("connect");
+                    tokio::spawn(conn);
+                    client
+                        .query_one(sql, &[])
+                        .await
+                        .expect("health_minutes")
+                        .get(0)
+                }
+            };
+            if newest.is_some_and(|m| m >= closed) {
+                break;
+            }
+            assert!(
+                rolled_started.elapsed().as_secs() < 600,
+                "the health rollup did not catch up in 10 minutes"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        println!(
+            "health values rolled up per minute {:.1} s after the last batch was stored",
+            rolled_started.elapsed().as_secs_f64()
+        );
+
         // The store's part alone.
         let q = http::plot::query("pi-bench", since, until, http::plot::MAX_POINTS);
         let mut store_ms = Vec::new();
@@ -146,30 +201,33 @@ fn main() {
             store_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(series.len(), Metric::ALL.len());
         }
-        let mut health_store_ms = Vec::new();
-        for _ in 0..runs {
-            let started = Instant::now();
-            let found = store
-                .health_series(q.clone(), &HealthMetric::ALL)
-                .await
-                .expect("health series");
-            health_store_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            // 5 one-per-host series (no swap), the word's 4 conditions,
-            // 2 mount points.
-            assert_eq!(found.series.len(), 11);
+        // The raw read the rollup replaced: main's 303 s buckets (2,000
+        // points, whole seconds) do not hold whole minutes, so the same
+        // store reads every raw row for them.
+        let raw_step_ms = 303_000;
+        let raw_q = SeriesQuery {
+            hostname: "pi-bench".into(),
+            since_unix_ms: since.div_euclid(raw_step_ms) * raw_step_ms,
+            until_unix_ms: until,
+            step_ms: raw_step_ms,
+        };
+        let (mut health_store_ms, mut health_raw_ms) = (Vec::new(), Vec::new());
+        for (query, times_ms) in [(&q, &mut health_store_ms), (&raw_q, &mut health_raw_ms)] {
+            for _ in 0..runs {
+                let started = Instant::now();
+                let found = store
+                    .health_series(query.clone(), &HealthMetric::ALL)
+                    .await
+                    .expect("health series");
+                times_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                // 5 one-per-host series (no swap), the word's 4 conditions,
+                // 2 mount points.
+                assert_eq!(found.series.len(), 11);
+            }
         }
 
         // The whole answer through the router, as a browser asks for it.
-        let state = HttpState {
-            store: store.clone(),
-            registry: Arc::new(Registry::default()),
-            telemetry: Arc::new(Telemetry::new(0)),
-            remote_write: Arc::new(Vec::new()),
-            auth: Arc::new(Auth::open()),
-            sessions: Default::default(),
-            answers: Default::default(),
-            proc_root: "/proc".into(),
-        };
+        let state = common::http_state(&store, &Arc::new(Registry::default()));
         let router = http::router(state);
         // The most points the server gives, the most the host page asks
         // for (one per pixel, its plots are at most 1,200 px wide), and
@@ -210,9 +268,13 @@ fn main() {
             println!("{line} (whole answer: store read, layout, JSON, compression)");
         }
         println!(
-            "store read alone (2,000 points): series {:.1} ms, health {:.1} ms (median of {runs})",
+            "store read alone (2,000 points asked, step {} s): series {:.1} ms, health {:.1} ms \
+             (rolled up); health from the raw rows (303 s buckets, main's read) {:.1} ms \
+             (median of {runs})",
+            q.step_ms / 1000,
             median_ms(store_ms),
-            median_ms(health_store_ms)
+            median_ms(health_store_ms),
+            median_ms(health_raw_ms)
         );
         store.close().await.expect("close");
     });

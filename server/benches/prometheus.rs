@@ -18,12 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use monitor::metric::Metric;
+use monitor_server::http;
 use monitor_server::http::exposition::Format;
-use monitor_server::http::{self, Auth, HttpState};
 use monitor_server::registry::Registry;
 use monitor_server::remote_write::{self, MAX_SAMPLES_PER_REQUEST};
 use monitor_server::store::{IncomingBatch, StoredSample};
-use monitor_server::telemetry::Telemetry;
 
 fn batch(host: usize, seq: u64, time_unix_ms: i64) -> IncomingBatch {
     IncomingBatch {
@@ -138,16 +137,7 @@ fn main() {
                 }
             })
         };
-        let state = HttpState {
-            store: store.clone(),
-            registry: Arc::clone(&registry),
-            telemetry: Arc::new(Telemetry::new(0)),
-            remote_write: Arc::new(Vec::new()),
-            auth: Arc::new(Auth::open()),
-            sessions: Default::default(),
-            answers: Default::default(),
-            proc_root: "/proc".into(),
-        };
+        let state = common::http_state(&store, &registry);
         let mut times = Vec::with_capacity(scrapes);
         let mut size = 0;
         let ingest_started = Instant::now();

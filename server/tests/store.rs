@@ -184,6 +184,16 @@ impl TestDb {
         Store::open(self.config()).await.unwrap()
     }
 
+    /// The store keeping an hour, its retention running every 20 ms.
+    async fn open_with_hour_retention(&self) -> Store {
+        Store::open(self.tuned(|k| {
+            k.retention = Duration::from_secs(3600);
+            k.retention_interval = Duration::from_millis(20);
+        }))
+        .await
+        .unwrap()
+    }
+
     /// SQLite's `integrity_check` of the file (PostgreSQL keeps its own).
     fn check_integrity(&self) {
         if self.kind != Kind::Postgres {
@@ -688,7 +698,7 @@ async fn a_schema_2_postgres_database_gains_the_health_tables_and_keeps_its_samp
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     check(&store, all("pi-v1"), &rows_of(1..=2, base, &Metric::ALL)).await;
     health_is_stored_and_queried(&store, "pi-v1", base).await;
     assert_eq!(store.host("pi-v1").await.unwrap().unwrap().health.len(), 3);
@@ -745,7 +755,7 @@ async fn a_schema_6_file_gains_the_health_table_and_keeps_its_samples() {
         .unwrap();
     drop(conn);
     let store = Store::open(config(&dir)).await.unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 8);
     check(&store, all("pi-6"), &rows_of(1..=2, base, &Metric::ALL)).await;
     health_is_stored_and_queried(&store, "pi-6", base).await;
     store.close().await.unwrap();
@@ -985,12 +995,7 @@ on_every_backend!(check_retention:
 /// (SQLite deletes in chunks smaller than one host's old ticks, so a pass
 /// takes several steps; PostgreSQL drops whole partitions.)
 async fn check_retention(db: TestDb) {
-    let store = Store::open(db.tuned(|k| {
-        k.retention = Duration::from_secs(3600);
-        k.retention_interval = Duration::from_millis(20);
-    }))
-    .await
-    .unwrap();
+    let store = db.open_with_hour_retention().await;
     let now = monitor::time::now_unix_ms();
     let old = now - 2 * 3_600_000;
     let recent = now - 60_000;
@@ -1569,7 +1574,7 @@ async fn a_schema_1_file_is_converted_with_every_sample_and_seq() {
     let base = base_ms();
     write_schema_1(&dir.db(), base, 0);
     let store = Store::open(config(&dir)).await.unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 8);
     assert_eq!(
         pragma(
             &dir.db(),
@@ -2005,7 +2010,7 @@ async fn a_schema_2_file_is_converted_with_its_unfolded_journal() {
         .unwrap();
     }
     let store = Store::open(merging_config(&dir)).await.unwrap();
-    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 7);
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 8);
     check(&store, all("pi"), &rows_of(1..=2, base, &Metric::ALL)).await;
     let hosts = store.hosts().await.unwrap();
     assert_eq!(hosts[0].batches_stored_total, 2);
@@ -2422,7 +2427,7 @@ async fn a_schema_1_database_gains_the_journal_and_keeps_its_samples_postgres() 
     let store = db.open().await;
     assert_eq!(
         pg.psql(url, "SELECT version FROM monitor_schema").trim(),
-        "3"
+        "4"
     );
     check(&store, all("pi"), &rows_of(1..=3, base, &Metric::ALL)).await;
     let lag = Duration::from_secs(3600);
@@ -2433,5 +2438,346 @@ async fn a_schema_1_database_gains_the_journal_and_keeps_its_samples_postgres() 
     submit_all(&store, "pi", 1, 4..=5, base).await;
     let read = store.forward_batch(0, None, 100).await.unwrap();
     assert_eq!(read.rows.len(), 2, "the batches stored since registration");
+    store.close().await.unwrap();
+}
+
+// The health rollup (store/health_rollup.rs): a whole-minute query below a
+// host's rolled edge is answered from its minute rows, and must give what
+// the raw rows give, bucket by bucket.
+
+/// A batch of `host` holding the health values of its agent's minute
+/// `minute` after `base` (ticks every 5 s, some a few ms late): the
+/// temperature, load, the throttling word, `/` and (from minute 5) `/boot`.
+fn health_minute_batch(host: &str, seq: u64, base: i64, minute: i64) -> IncomingBatch {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::StoredHealth;
+    let mut b = batch(host, 7, seq, base);
+    b.samples.clear();
+    for k in 0..12 {
+        let time_unix_ms = base + minute * 60_000 + k * 5000 + i64::from(k % 5 == 2) * 3;
+        let x = (minute * 12 + k) as f64;
+        let word = if (minute * 12 + k) % 17 == 0 {
+            0x5_0005
+        } else {
+            0
+        };
+        let mut one = |metric, device: &str, value| {
+            b.health.push(StoredHealth {
+                time_unix_ms,
+                metric,
+                device: device.into(),
+                value,
+            });
+        };
+        one(HealthMetric::TempCelsius, "", 40.0 + (x * 0.37).sin() * 9.1);
+        one(HealthMetric::Load1, "", (x * 0.11).cos().abs());
+        one(HealthMetric::ThrottledFlags, "", f64::from(word));
+        one(HealthMetric::FsUsedPercent, "/", 60.0 + x / 1000.0);
+        if minute >= 5 {
+            one(HealthMetric::FsUsedPercent, "/boot", 20.5);
+        }
+    }
+    b
+}
+
+/// What the raw rows give for `q`: every stored value of each metric (as
+/// `query_health` returns them) through the same downsampler.
+async fn raw_health_series(
+    store: &Store,
+    q: &monitor_server::store::SeriesQuery,
+) -> monitor_server::store::HealthSeries {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::{HealthDownsampler, HealthQuery};
+    let mut down = HealthDownsampler::new(q, &HealthMetric::ALL).unwrap();
+    for metric in HealthMetric::ALL {
+        let rows = store
+            .query_health(HealthQuery {
+                hostname: q.hostname.clone(),
+                metric,
+                since_unix_ms: q.since_unix_ms,
+                until_unix_ms: Some(q.until_unix_ms),
+                limit: None,
+            })
+            .await
+            .unwrap();
+        for r in rows {
+            down.push(metric, &r.device, r.time_unix_ms, r.value);
+        }
+    }
+    down.finish()
+}
+
+/// `got` is `want` bucket by bucket: counts, min, max, longest gaps,
+/// intervals, labels, devices left out exactly; sums to rounding (a
+/// minute row adds its values first).
+fn assert_same_health(
+    got: &monitor_server::store::HealthSeries,
+    want: &monitor_server::store::HealthSeries,
+) {
+    assert_eq!(got.devices_left_out, want.devices_left_out);
+    let keys = |h: &monitor_server::store::HealthSeries| -> Vec<_> {
+        h.series.iter().map(|s| s.metric.clone()).collect()
+    };
+    assert_eq!(keys(got), keys(want));
+    for (a, b) in got.series.iter().zip(&want.series) {
+        assert_eq!(a.interval_ms, b.interval_ms, "{:?}", a.metric);
+        assert_eq!(a.buckets.len(), b.buckets.len(), "{:?}", a.metric);
+        for (x, y) in a.buckets.iter().zip(&b.buckets) {
+            assert!(
+                (x.sum - y.sum).abs() <= 1e-9 * y.sum.abs().max(1.0),
+                "{:?}: {x:?} vs {y:?}",
+                a.metric
+            );
+            assert_eq!(
+                (x.start_unix_ms, x.count, x.min, x.max, x.max_gap_ms),
+                (y.start_unix_ms, y.count, y.min, y.max, y.max_gap_ms),
+                "{:?}",
+                a.metric
+            );
+        }
+    }
+}
+
+impl TestDb {
+    /// How many minute rows of the health rollup start before
+    /// `before_unix_ms`, and the newest one's start, read from the
+    /// database itself.
+    async fn rolled_minutes(&self, before_unix_ms: i64) -> (i64, Option<i64>) {
+        let sql = "SELECT count(*) FILTER (WHERE minute_unix_ms < $1), max(minute_unix_ms)
+                   FROM health_minutes";
+        match &self.url {
+            None => {
+                let c = rusqlite::Connection::open_with_flags(
+                    self.dir.db(),
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap();
+                c.query_row(&sql.replace("$1", "?1"), [before_unix_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .unwrap()
+            }
+            Some(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                let r = client.query_one(sql, &[&before_unix_ms]).await.unwrap();
+                (r.get(0), r.get(1))
+            }
+        }
+    }
+
+    /// Waits until the rollup's newest minute row is at least `minute`.
+    async fn wait_rolled(&self, minute: i64) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while self
+            .rolled_minutes(i64::MAX)
+            .await
+            .1
+            .is_none_or(|m| m < minute)
+        {
+            assert!(
+                Instant::now() < until,
+                "the rollup never reached minute {minute}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+on_every_backend!(check_health_rollup:
+    health_rollup_answers_as_the_raw_rows_sqlite => Sqlite,
+    health_rollup_answers_as_the_raw_rows_merging => SqliteMerging,
+    health_rollup_answers_as_the_raw_rows_postgres => Postgres,
+);
+
+/// Closed minutes are rolled up, and a whole-minute query answers from
+/// them exactly what the raw rows give: with an outage, two mount points
+/// (one appearing later), throttling, and values arriving late into
+/// rolled minutes (one into a minute that had none).
+async fn check_health_rollup(db: TestDb) {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::{SeriesQuery, StoredHealth};
+    let store = db.open().await;
+    let base = base_ms().div_euclid(60_000) * 60_000;
+    let mut seq = 0;
+    // Minutes 0-29, without 10-14 (an outage).
+    for minute in (0..30).filter(|m| !(10..15).contains(m)) {
+        seq += 1;
+        let b = health_minute_batch("pi-r", seq, base, minute);
+        assert_eq!(store.submit(b).await.unwrap(), SubmitOutcome::Stored);
+    }
+    // Minute 29 is open (the newest value is in it).
+    db.wait_rolled(base + 28 * 60_000).await;
+    let (before_29, newest) = db.rolled_minutes(base + 29 * 60_000).await;
+    assert_eq!(newest, Some(base + 28 * 60_000));
+    assert_eq!(before_29, 24, "one row per closed minute with values");
+    // Late values: into rolled minute 3 (between its ticks) and into the
+    // outage.
+    let mut late = batch("pi-r", 7, 1000, base);
+    late.samples.clear();
+    for (time_unix_ms, value) in [
+        (base + 3 * 60_000 + 2500, 99.5),
+        (base + 12 * 60_000 + 1, 1.5),
+    ] {
+        for device in ["/", "/late"] {
+            late.health.push(StoredHealth {
+                time_unix_ms,
+                metric: HealthMetric::FsUsedPercent,
+                device: device.into(),
+                value,
+            });
+        }
+    }
+    assert_eq!(store.submit(late).await.unwrap(), SubmitOutcome::Stored);
+    assert_eq!(db.rolled_minutes(base + 29 * 60_000).await.0, 25);
+    let query = |step_ms, until_unix_ms| SeriesQuery {
+        hostname: "pi-r".into(),
+        since_unix_ms: base,
+        until_unix_ms,
+        step_ms,
+    };
+    let end = base + 30 * 60_000;
+    for q in [
+        query(60_000, end),
+        query(120_000, end),
+        query(300_000, end + 7),
+        query(420_000, base + 20 * 60_000 + 30_000),
+        // Not whole minutes: read raw.
+        query(44_000, end),
+    ] {
+        let got = store
+            .health_series(q.clone(), &HealthMetric::ALL)
+            .await
+            .unwrap();
+        let want = raw_health_series(&store, &q).await;
+        // Temperature, load, 4 conditions, `/`, `/boot`, `/late`.
+        assert_eq!(want.series.len(), 9, "{q:?}");
+        assert!(
+            want.series
+                .iter()
+                .any(|s| s.buckets.iter().any(|b| b.max_gap_ms > 5 * 60_000))
+        );
+        assert_same_health(&got, &want);
+    }
+    // After a restart the edge is read from the file, and a new minute is
+    // rolled on from it.
+    store.close().await.unwrap();
+    let store = db.open().await;
+    seq += 1;
+    let b = health_minute_batch("pi-r", seq + 2000, base, 30);
+    assert_eq!(store.submit(b).await.unwrap(), SubmitOutcome::Stored);
+    db.wait_rolled(base + 29 * 60_000).await;
+    let q = query(60_000, end + 60_000);
+    let got = store
+        .health_series(q.clone(), &HealthMetric::ALL)
+        .await
+        .unwrap();
+    assert_same_health(&got, &raw_health_series(&store, &q).await);
+    store.close().await.unwrap();
+    db.check_integrity();
+}
+
+on_every_backend!(check_health_rollup_retention:
+    health_rollup_goes_with_retention_sqlite => Sqlite,
+    health_rollup_goes_with_retention_postgres => Postgres,
+);
+
+/// Retention deletes minute rows with the raw values, and the answers
+/// stay those of the raw rows.
+async fn check_health_rollup_retention(db: TestDb) {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::SeriesQuery;
+    let store = db.open_with_hour_retention().await;
+    let now = monitor::time::now_unix_ms();
+    let old = (now - 2 * 3_600_000).div_euclid(60_000) * 60_000;
+    let recent = (now - 10 * 60_000).div_euclid(60_000) * 60_000;
+    let mut seq = 0;
+    for (base, minutes) in [(old, 0..3), (recent, 0..3)] {
+        for minute in minutes {
+            seq += 1;
+            let b = health_minute_batch("pi-rr", seq, base, minute);
+            assert_eq!(store.submit(b).await.unwrap(), SubmitOutcome::Stored);
+        }
+    }
+    db.wait_rolled(recent + 60_000).await;
+    let q = SeriesQuery {
+        hostname: "pi-rr".into(),
+        since_unix_ms: old,
+        until_unix_ms: recent + 3 * 60_000,
+        step_ms: 60_000,
+    };
+    // Until a pass is complete, the oldest minutes may be half deleted.
+    let cutoff = now - 3_600_000;
+    eventually(
+        "old values and minute rows pruned",
+        Duration::from_secs(20),
+        || async {
+            let want = raw_health_series(&store, &q).await;
+            db.rolled_minutes(cutoff).await.0 == 0
+                && want
+                    .series
+                    .iter()
+                    .all(|s| s.buckets.iter().all(|b| b.start_unix_ms >= recent))
+        },
+    )
+    .await;
+    assert_eq!(db.rolled_minutes(i64::MAX).await.0, 2);
+    let got = store
+        .health_series(q.clone(), &HealthMetric::ALL)
+        .await
+        .unwrap();
+    let want = raw_health_series(&store, &q).await;
+    assert_eq!(want.series.len(), 7);
+    assert_same_health(&got, &want);
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_schema_7_file_gains_the_health_rollup_and_rolls_up_its_old_values() {
+    use monitor::health::HealthMetric;
+    use monitor_server::store::SeriesQuery;
+    let dir = temp_dir("schema-7");
+    let base = base_ms().div_euclid(60_000) * 60_000;
+    {
+        let store = Store::open(config(&dir)).await.unwrap();
+        for minute in 0..4 {
+            let b = health_minute_batch("pi-7", minute as u64 + 1, base, minute);
+            assert_eq!(store.submit(b).await.unwrap(), SubmitOutcome::Stored);
+        }
+        store.close().await.unwrap();
+    }
+    // What a server of schema 7 (health values, no rollup) leaves behind.
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    conn.execute_batch("DROP TABLE health_minutes; PRAGMA user_version = 7;")
+        .unwrap();
+    drop(conn);
+    let store = Store::open(config(&dir)).await.unwrap();
+    assert_eq!(pragma(&dir.db(), "PRAGMA user_version"), 8);
+    let q = SeriesQuery {
+        hostname: "pi-7".into(),
+        since_unix_ms: base,
+        until_unix_ms: base + 4 * 60_000,
+        step_ms: 120_000,
+    };
+    // Rolled up at open (minutes 0-2: 3 is open), and the same answer.
+    let rows = || {
+        let c = rusqlite::Connection::open(dir.db()).unwrap();
+        c.query_row("SELECT count(*) FROM health_minutes", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap()
+    };
+    eventually("old values rolled up", Duration::from_secs(10), || async {
+        rows() == 3
+    })
+    .await;
+    let got = store
+        .health_series(q.clone(), &HealthMetric::ALL)
+        .await
+        .unwrap();
+    assert_same_health(&got, &raw_health_series(&store, &q).await);
+    assert_eq!(got.series.len(), 7);
     store.close().await.unwrap();
 }

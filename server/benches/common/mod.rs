@@ -29,3 +29,23 @@ pub fn runtime_and_store(
         .expect("store");
     (rt, store)
 }
+
+/// The HTTP listener's state over `store` and `registry`, open to all (no
+/// authentication), as the benches that go through the router need it.
+#[allow(dead_code)]
+pub fn http_state(
+    store: &monitor_server::store::Store,
+    registry: &std::sync::Arc<monitor_server::registry::Registry>,
+) -> monitor_server::http::HttpState {
+    use std::sync::Arc;
+    monitor_server::http::HttpState {
+        store: store.clone(),
+        registry: Arc::clone(registry),
+        telemetry: Arc::new(monitor_server::telemetry::Telemetry::new(0)),
+        remote_write: Arc::new(Vec::new()),
+        auth: Arc::new(monitor_server::http::Auth::open()),
+        sessions: Default::default(),
+        answers: Default::default(),
+        proc_root: "/proc".into(),
+    }
+}

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use monitor::metric::Metric;
 
 use crate::exported::{exported, health_unit};
-use crate::store::{HealthSeriesKey, Series, SeriesQuery};
+use crate::store::{HEALTH_ROLLUP_MS, HealthSeriesKey, Series, SeriesQuery};
 
 /// Points per series a plot asks for, at most (about one per pixel of a
 /// wide screen).
@@ -29,15 +29,24 @@ const MIN_STEP_MS: i64 = 1000;
 const GAP_INTERVALS: i64 = 2;
 
 /// The store query for `[since, until)` in at most `points` buckets: the
-/// step is a whole number of seconds (at least one), and the first bucket
-/// starts at a multiple of it so that bucket times stay whole seconds and
-/// a refresh finds the same buckets.
+/// step is a whole number of seconds (at least one), of minutes once a
+/// point spans more than half a minute, and the first bucket starts at a
+/// multiple of it so that bucket times stay whole seconds and a refresh
+/// finds the same buckets. Whole minutes let the store answer a long
+/// health range from its per-minute rollup (`store::HEALTH_ROLLUP_MS`):
+/// 7 days read ~10,000 minute rows instead of ~968,000 raw ones.
 pub fn query(hostname: &str, since_unix_ms: i64, until_unix_ms: i64, points: i64) -> SeriesQuery {
     let points = points.clamp(1, MAX_POINTS);
     let span_ms = until_unix_ms.saturating_sub(since_unix_ms).max(1);
     let per_point = span_ms / points + i64::from(span_ms % points != 0);
-    // Rounded up to whole seconds.
-    let step_ms = ((per_point / 1000 + i64::from(per_point % 1000 != 0)) * 1000).max(MIN_STEP_MS);
+    let unit_ms = if per_point > HEALTH_ROLLUP_MS / 2 {
+        HEALTH_ROLLUP_MS
+    } else {
+        1000
+    };
+    // Rounded up to whole units.
+    let step_ms =
+        ((per_point / unit_ms + i64::from(per_point % unit_ms != 0)) * unit_ms).max(MIN_STEP_MS);
     let since_unix_ms = since_unix_ms.div_euclid(step_ms) * step_ms;
     SeriesQuery {
         hostname: hostname.to_owned(),
@@ -230,8 +239,11 @@ mod tests {
         for (span, step) in [
             (15 * 60_000, 1000),
             (3_600_000, 2000),
-            (day, 44_000),
-            (7 * day, 303_000),
+            (16 * 3_600_000, 29_000),
+            // Over half a minute a point: whole minutes.
+            (17 * 3_600_000, 60_000),
+            (day, 60_000),
+            (7 * day, 360_000),
         ] {
             let q = query("h", 1_700_000_000_123, 1_700_000_000_123 + span, MAX_POINTS);
             assert_eq!(q.step_ms, step, "span {span}");

@@ -14,11 +14,14 @@
 //!
 //! A backend scans the host's health rows in the range, each series' rows
 //! oldest first, and hands every row to [`HealthDownsampler::push`],
-//! nothing more. Must never do I/O or allocate per row: memory is the
+//! nothing more; or, for the part of the range the per-minute rollup
+//! answers (`health_rollup.rs`), each minute's row to
+//! [`HealthDownsampler::push_minute`] first, then the raw rows after it. Must never do I/O or allocate per row: memory is the
 //! buckets plus one key per series.
 
 use monitor::health::{HealthMetric, THROTTLE_FLAGS};
 
+use super::health_rollup::{MinuteSeries, each_series};
 use super::records::{HealthSeriesKey, Series, SeriesQuery};
 use super::series::{BadSeriesQuery, Downsampler};
 use crate::exported::FLAG_LABEL;
@@ -43,8 +46,9 @@ pub struct HealthSeries {
     pub devices_left_out: usize,
 }
 
-/// Builds the [`HealthSeries`] of one query from its rows.
-#[derive(Debug)]
+/// Builds the [`HealthSeries`] of one query from its rows (a clone made
+/// before the first row starts the query over).
+#[derive(Clone, Debug)]
 pub struct HealthDownsampler {
     down: Downsampler<HealthSeriesKey>,
     /// By `HealthMetric as usize` (no hashing per row).
@@ -87,8 +91,49 @@ impl HealthDownsampler {
         if !self.wants(metric) || !value.is_finite() {
             return;
         }
+        let Some(first) = self.series_index(metric, device) else {
+            return;
+        };
+        let down = &mut self.down;
+        each_series(metric, device, value, |offset, _, v| {
+            down.push(first + offset, time_unix_ms, v);
+        });
+    }
+
+    /// Adds one minute of the host's values as the rollup stored it
+    /// (`health_rollup.rs`): its series in the order their first samples
+    /// came, so the device cap keeps the same devices as
+    /// [`HealthDownsampler::push`] given the minute's rows. `minute` is
+    /// reordered.
+    pub(crate) fn push_minute(&mut self, minute: &mut [MinuteSeries<&str>]) {
+        minute
+            .sort_by(|a, b| (a.agg.first_unix_ms, a.series).cmp(&(b.agg.first_unix_ms, b.series)));
+        for s in minute.iter() {
+            if !self.wants(s.metric) {
+                continue;
+            }
+            // A throttling condition is found by its name under the word's
+            // series; anything else is its device's series.
+            let (device, offset) = if s.metric == HealthMetric::ThrottledFlags {
+                match THROTTLE_FLAGS.iter().position(|f| f.name == s.series) {
+                    Some(i) => ("", i),
+                    None => continue,
+                }
+            } else {
+                (s.series, 0)
+            };
+            if let Some(first) = self.series_index(s.metric, device) {
+                self.down.push_rolled(first + offset, &s.agg);
+            }
+        }
+    }
+
+    /// The index of the (first) series of (`metric`, `device`), made the
+    /// first time: all of a throttling word's conditions at once; none for
+    /// a device over the cap (counted as left out).
+    fn series_index(&mut self, metric: HealthMetric, device: &str) -> Option<usize> {
         if metric == HealthMetric::ThrottledFlags {
-            let first = self.first_index(metric, "", |down| {
+            return self.first_index(metric, "", |down| {
                 let first = THROTTLE_FLAGS.map(|f| {
                     down.add(HealthSeriesKey {
                         metric,
@@ -97,13 +142,6 @@ impl HealthDownsampler {
                 })[0];
                 Some(first)
             });
-            if let Some(first) = first {
-                for (i, f) in THROTTLE_FLAGS.iter().enumerate() {
-                    let set = f64::from(u8::from(f.is_set(value, false)));
-                    self.down.push(first + i, time_unix_ms, set);
-                }
-            }
-            return;
         }
         let label = metric.spec().label;
         let devices = self.index[metric as usize].len();
@@ -116,19 +154,16 @@ impl HealthDownsampler {
                 })
             })
         });
-        match index {
-            Some(i) => self.down.push(i, time_unix_ms, value),
-            None => {
-                if self.left_out.len() < MAX_LEFT_OUT
-                    && !self
-                        .left_out
-                        .iter()
-                        .any(|(m, d)| *m == metric && d == device)
-                {
-                    self.left_out.push((metric, device.to_owned()));
-                }
-            }
+        if index.is_none()
+            && self.left_out.len() < MAX_LEFT_OUT
+            && !self
+                .left_out
+                .iter()
+                .any(|(m, d)| *m == metric && d == device)
+        {
+            self.left_out.push((metric, device.to_owned()));
         }
+        index
     }
 
     /// The series index of (`metric`, `device`), made by `add` (which may
@@ -170,10 +205,11 @@ impl HealthDownsampler {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn query(since: i64, until: i64, step: i64) -> SeriesQuery {
+    /// A query of host "pi" (also `health_rollup.rs`'s tests).
+    pub(crate) fn query(since: i64, until: i64, step: i64) -> SeriesQuery {
         SeriesQuery {
             hostname: "pi".into(),
             since_unix_ms: since,
@@ -268,6 +304,135 @@ mod tests {
         assert_eq!(h.series.len(), MAX_DEVICES_PER_METRIC);
         assert_eq!(h.devices_left_out, 3);
         assert_eq!(keys(&h)[0].1, Some(("mountpoint", "/m00")));
+    }
+
+    /// A Pi's values over `minutes` minutes every 5 s, with an outage,
+    /// two mount points (one only later), throttling now and then, and a
+    /// value that is not finite: (metric, device, time, value), each
+    /// series oldest first.
+    fn pi_rows(since: i64, minutes: i64) -> Vec<(HealthMetric, &'static str, i64, f64)> {
+        use HealthMetric::{FsUsedPercent, Load1, TempCelsius, ThrottledFlags};
+        let mut rows = Vec::new();
+        let mut x = 7u64;
+        let mut noise = || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for k in 0..minutes * 12 {
+            // A 7-minute outage, and ticks 1-3 ms late now and then.
+            let t = since + k * 5000 + i64::from(k % 7 == 3) * (1 + k % 3);
+            if (40 * 12..47 * 12).contains(&k) {
+                continue;
+            }
+            let word = if noise() < 0.05 { 0x5_0005 } else { 0 };
+            rows.push((TempCelsius, "", t, 40.0 + 30.0 * noise()));
+            rows.push((Load1, "", t, if k == 100 { f64::NAN } else { noise() }));
+            rows.push((ThrottledFlags, "", t, f64::from(word)));
+            rows.push((FsUsedPercent, "/", t, 60.0 + noise()));
+            if k > 300 {
+                rows.push((FsUsedPercent, "/mnt/usb", t, 90.0));
+            }
+        }
+        rows
+    }
+
+    /// Every bucket the same as from the raw rows: sums to rounding.
+    pub(crate) fn assert_same(rolled: &HealthSeries, raw: &HealthSeries) {
+        assert_eq!(rolled.devices_left_out, raw.devices_left_out);
+        assert_eq!(keys(rolled), keys(raw));
+        for (a, b) in rolled.series.iter().zip(&raw.series) {
+            assert_eq!(a.interval_ms, b.interval_ms, "{:?}", a.metric);
+            assert_eq!(a.buckets.len(), b.buckets.len(), "{:?}", a.metric);
+            for (x, y) in a.buckets.iter().zip(&b.buckets) {
+                let same_sum = (x.sum - y.sum).abs() <= 1e-9 * y.sum.abs().max(1.0);
+                assert!(same_sum, "{:?}: {x:?} vs {y:?}", a.metric);
+                assert_eq!(
+                    (x.start_unix_ms, x.count, x.min, x.max, x.max_gap_ms),
+                    (y.start_unix_ms, y.count, y.min, y.max, y.max_gap_ms),
+                    "{:?}",
+                    a.metric
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rolled_minutes_give_the_raw_rows_series() {
+        use crate::store::health_rollup::{RollupBuilder, decode_minute, rolled_part};
+        let minute = 60_000;
+        let since = 1_700_000_000_000 / minute * minute;
+        let rows = pi_rows(since, 120);
+        let all = HealthMetric::ALL;
+        for (step, edge) in [
+            (minute, 100),
+            (2 * minute, 100),
+            (10 * minute, 37),
+            (7 * minute, 120),
+        ] {
+            let q = query(since, since + 120 * minute, step);
+            let edge = since + edge * minute;
+            let mut raw = HealthDownsampler::new(&q, &all).unwrap();
+            for &(m, d, t, v) in &rows {
+                raw.push(m, d, t, v);
+            }
+            let mut builder = RollupBuilder::default();
+            for &(m, d, t, v) in rows.iter().filter(|r| r.2 < edge) {
+                builder.push(m, d, t, v);
+            }
+            let split = rolled_part(&q, Some(edge));
+            assert_eq!(split, edge);
+            let mut rolled = HealthDownsampler::new(&q, &all).unwrap();
+            for (start, row) in builder.finish() {
+                let mut out = Vec::new();
+                decode_minute(start, &row, &mut out).unwrap();
+                rolled.push_minute(&mut out);
+            }
+            for &(m, d, t, v) in rows.iter().filter(|r| r.2 >= split) {
+                rolled.push(m, d, t, v);
+            }
+            let (rolled, raw) = (rolled.finish(), raw.finish());
+            assert_eq!(raw.series.len(), 8);
+            assert!(
+                raw.series
+                    .iter()
+                    .any(|s| s.buckets.iter().any(|b| b.max_gap_ms > 400_000))
+            );
+            assert_same(&rolled, &raw);
+        }
+    }
+
+    #[test]
+    fn rolled_minutes_keep_the_same_devices_under_the_cap() {
+        use crate::store::health_rollup::{RollupBuilder, decode_minute};
+        let q = query(0, 120_000, 60_000);
+        let mut rows = Vec::new();
+        for t in [0, 30_000, 60_000] {
+            // Devices met late in the minute sort first by name: the cap
+            // keeps those met first in time.
+            for i in 0..MAX_DEVICES_PER_METRIC + 2 {
+                let late = i64::from(i < 3) * 20_000;
+                rows.push((t + late, format!("/m{i:02}")));
+            }
+        }
+        rows.sort();
+        let mut raw = HealthDownsampler::new(&q, &[HealthMetric::FsUsedPercent]).unwrap();
+        let mut builder = RollupBuilder::default();
+        for (t, d) in &rows {
+            raw.push(HealthMetric::FsUsedPercent, d, *t, 1.0);
+            builder.push(HealthMetric::FsUsedPercent, d, *t, 1.0);
+        }
+        let mut rolled = HealthDownsampler::new(&q, &[HealthMetric::FsUsedPercent]).unwrap();
+        for (start, row) in builder.finish() {
+            let mut out = Vec::new();
+            decode_minute(start, &row, &mut out).unwrap();
+            rolled.push_minute(&mut out);
+        }
+        let (rolled, raw) = (rolled.finish(), raw.finish());
+        assert_eq!(raw.devices_left_out, 2);
+        let kept = keys(&raw);
+        assert!(kept.contains(&("fs_used_percent", Some(("mountpoint", "/m00")))));
+        assert!(!kept.contains(&("fs_used_percent", Some(("mountpoint", "/m01")))));
+        assert_same(&rolled, &raw);
     }
 
     #[test]

@@ -83,6 +83,7 @@ mod dedup;
 mod encoding;
 mod error;
 mod feed;
+mod health_rollup;
 pub mod health_series;
 mod journal_record;
 pub mod late;
@@ -97,6 +98,7 @@ mod ticks;
 
 pub use claim::ForwardClaim;
 pub use error::StoreError;
+pub use health_rollup::HEALTH_ROLLUP_MS;
 pub use health_series::{HealthDownsampler, HealthSeries};
 pub use latest_health::MAX_HEALTH_SERIES_PER_HOST;
 pub use postgres::{PostgresConfig, PostgresError};

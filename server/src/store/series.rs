@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use monitor::metric::Metric;
 
+use super::health_rollup::MinuteAgg;
 use super::records::{Bucket, Series, SeriesQuery};
 
 /// Distinct gaps counted per series to find its interval. Agents tick on a
@@ -51,6 +52,37 @@ struct SeriesState<K> {
     last_time_unix_ms: Option<i64>,
     /// Gap (ms) → how many times it was seen.
     gaps: HashMap<i64, u32>,
+}
+
+impl<K> SeriesState<K> {
+    /// Counts `n` more gaps of `gap_ms` (a positive one) towards the
+    /// series' interval.
+    fn note_gap(&mut self, gap_ms: i64, n: u32) {
+        if gap_ms <= 0 {
+            return;
+        }
+        let known = self.gaps.len();
+        if let Some(c) = self.gaps.get_mut(&gap_ms) {
+            *c = c.saturating_add(n);
+        } else if known < MAX_DISTINCT_GAPS {
+            self.gaps.insert(gap_ms, n);
+        }
+    }
+
+    /// Adds `part` (samples of one bucket, newer than those in it) to the
+    /// bucket starting at `start_unix_ms`.
+    fn add_to(&mut self, start_unix_ms: i64, part: &Bucket) {
+        match self.buckets.last_mut() {
+            Some(b) if b.start_unix_ms == start_unix_ms => {
+                b.count = b.count.saturating_add(part.count);
+                b.min = b.min.min(part.min);
+                b.max = b.max.max(part.max);
+                b.sum += part.sum;
+                b.max_gap_ms = b.max_gap_ms.max(part.max_gap_ms);
+            }
+            _ => self.buckets.push(*part),
+        }
+    }
 }
 
 impl<K: Clone> Downsampler<K> {
@@ -114,6 +146,7 @@ impl<K: Clone> Downsampler<K> {
         if !value.is_finite() {
             return;
         }
+        let start_unix_ms = self.bucket_of(time_unix_ms);
         let Some(s) = self.series.get_mut(index) else {
             return;
         };
@@ -122,33 +155,63 @@ impl<K: Clone> Downsampler<K> {
             None => 0,
         };
         s.last_time_unix_ms = Some(time_unix_ms);
-        if gap_ms > 0 {
-            let known = s.gaps.len();
-            if let Some(n) = s.gaps.get_mut(&gap_ms) {
-                *n = n.saturating_add(1);
-            } else if known < MAX_DISTINCT_GAPS {
-                s.gaps.insert(gap_ms, 1);
-            }
-        }
-        let k = (time_unix_ms - self.since_unix_ms) / self.step_ms;
-        let start_unix_ms = self.since_unix_ms + k * self.step_ms;
-        match s.buckets.last_mut() {
-            Some(b) if b.start_unix_ms == start_unix_ms => {
-                b.count = b.count.saturating_add(1);
-                b.min = b.min.min(value);
-                b.max = b.max.max(value);
-                b.sum += value;
-                b.max_gap_ms = b.max_gap_ms.max(gap_ms);
-            }
-            _ => s.buckets.push(Bucket {
+        s.note_gap(gap_ms, 1);
+        s.add_to(
+            start_unix_ms,
+            &Bucket {
                 start_unix_ms,
                 count: 1,
                 min: value,
                 max: value,
                 sum: value,
                 max_gap_ms: gap_ms,
-            }),
+            },
+        );
+    }
+
+    /// Adds one minute of series `index` as summed up by the health rollup
+    /// (`health_rollup.rs`): the same buckets, gaps and interval as pushing
+    /// its samples one by one (the sum grouped by minute). The minute must
+    /// lie inside one bucket of the range, after the series' earlier
+    /// samples; one that does not is ignored (callers only push whole
+    /// minutes of whole-minute buckets).
+    pub(crate) fn push_rolled(&mut self, index: usize, agg: &MinuteAgg) {
+        let start_unix_ms = self.bucket_of(agg.first_unix_ms);
+        if agg.first_unix_ms < self.since_unix_ms
+            || agg.last_unix_ms >= self.until_unix_ms
+            || self.bucket_of(agg.last_unix_ms) != start_unix_ms
+        {
+            return;
         }
+        let Some(s) = self.series.get_mut(index) else {
+            return;
+        };
+        let gap_ms = match s.last_time_unix_ms {
+            Some(last) => (agg.first_unix_ms - last).max(0),
+            None => 0,
+        };
+        s.last_time_unix_ms = Some(agg.last_unix_ms);
+        s.note_gap(gap_ms, 1);
+        for &(gap, n) in &agg.gaps {
+            s.note_gap(gap, n);
+        }
+        s.add_to(
+            start_unix_ms,
+            &Bucket {
+                start_unix_ms,
+                count: agg.count,
+                min: agg.min,
+                max: agg.max,
+                sum: agg.sum,
+                max_gap_ms: gap_ms.max(agg.max_gap_ms),
+            },
+        );
+    }
+
+    /// The start of the bucket holding `time_unix_ms` (in the range).
+    fn bucket_of(&self, time_unix_ms: i64) -> i64 {
+        let k = (time_unix_ms - self.since_unix_ms) / self.step_ms;
+        self.since_unix_ms + k * self.step_ms
     }
 
     /// Adds the values of one tick: `values[i]` (when there is one) to

@@ -183,6 +183,7 @@ pub(crate) async fn write(
     write_hosts(&tx, requests, &hosts).await?;
     write_latest(&tx, &writes, horizon_unix_ms).await?;
     super::health::write(&tx, &writes.health, horizon_unix_ms).await?;
+    super::health::roll(&tx, &writes.health, horizon_unix_ms).await?;
     // Last: it may take the lock that orders the replicas' commits.
     journal::append(&tx, &writes.journal).await?;
     let committing = std::time::Instant::now();

@@ -125,11 +125,17 @@ pub(crate) async fn drop_expired(
         )
         .await?;
         // The health values go to the same boundary (deleted by time: see
-        // schema.rs).
-        for table in ["health", "host_health_latest"] {
+        // schema.rs); the raw ones and their minute rows by whole minutes,
+        // so a minute row never sums up values that are gone.
+        let minute = crate::store::health_rollup::minute_of(gone_before);
+        for (table, column, before) in [
+            ("health", "time_unix_ms", minute),
+            ("health_minutes", "minute_unix_ms", minute),
+            ("host_health_latest", "time_unix_ms", gone_before),
+        ] {
             tx.execute(
-                &format!("DELETE FROM {table} WHERE time_unix_ms < $1"),
-                &[&gone_before],
+                &format!("DELETE FROM {table} WHERE {column} < $1"),
+                &[&before],
             )
             .await?;
         }

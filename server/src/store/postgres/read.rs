@@ -471,7 +471,12 @@ pub(crate) async fn health_series(
     mut down: crate::store::health_series::HealthDownsampler,
 ) -> Result<crate::store::health_series::HealthDownsampler, StoreError> {
     let during = sql("querying health series", target);
+    // One snapshot: the rollup's edge, its minute rows and the raw rows
+    // after it (see `health.rs`).
     let tx = c.transaction().await.map_err(&during)?;
+    tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(&during)?;
     let host_id = host_id(&tx, &q.hostname, &during).await?;
     super::health::scan(&tx, host_id, q, &mut down)
         .await

@@ -52,6 +52,9 @@ pub(crate) fn upgrade(conn: &Connection, path: &Path, version: i64) -> Result<()
         // New tables of later schemas (4: trust, 5: operator keys, 6:
         // forwarding cursors, 7: health values) need nothing but their
         // CREATE.
+        // Schema 8 only adds `health_minutes`: an older file's health values
+        // are read raw until the writer has rolled them up, oldest first,
+        // a bounded number of minutes per flush (see `writer/rollups.rs`).
         conn.execute_batch(CREATE_TABLES)?;
         if version == 2 {
             conn.execute_batch(

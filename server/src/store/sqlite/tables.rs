@@ -49,7 +49,7 @@
 
 /// Bumped on every incompatible change of the tables below; older files
 /// are migrated at open (see `migrate.rs`).
-pub(crate) const SCHEMA_VERSION: i64 = 7;
+pub(crate) const SCHEMA_VERSION: i64 = 8;
 
 /// `hosts` rows hold each host's state up to `merged_journal_id`,
 /// `agent_runs` rows each run's as of its last merge; `journal` holds every
@@ -100,6 +100,17 @@ CREATE TABLE IF NOT EXISTS health (
     device       TEXT NOT NULL, -- '' for a one-per-host metric
     value        REAL NOT NULL,
     PRIMARY KEY (host_id, time_unix_ms, metric, device)
+) WITHOUT ROWID;
+-- Schema 8: the health values rolled up per host and minute (see
+-- health.rs and store/health_rollup.rs): one row per minute below the
+-- host's rolled edge that holds values. A Pi's row (~500 bytes) is more
+-- than a 1 KiB page keeps of a WITHOUT ROWID row: its tail sits in an
+-- overflow page, read with it.
+CREATE TABLE IF NOT EXISTS health_minutes (
+    host_id        INTEGER NOT NULL,
+    minute_unix_ms INTEGER NOT NULL,
+    series         BLOB NOT NULL, -- see store/health_rollup.rs
+    PRIMARY KEY (host_id, minute_unix_ms)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal (
     -- AUTOINCREMENT: ids never go back, even when the journal was emptied,

@@ -28,6 +28,7 @@ use super::requests::{Answer, Request};
 use crate::store::dedup::Seen;
 use crate::store::encoding::{metric_id, u64_to_sql};
 use crate::store::error::StoreError;
+use crate::store::health_rollup::{HEALTH_ROLLUP_MS, minute_of};
 use crate::store::records::{CursorRecord, CursorWrite, IncomingBatch, SubmitOutcome};
 use crate::store::sqlite::hosts::{BatchMeta, HostEntry};
 use crate::store::sqlite::runs::{self, RunCache, RunEntry, RunKey};
@@ -41,6 +42,8 @@ const SLOW_FLUSH: Duration = Duration::from_millis(100);
 pub(super) struct Plan<'a> {
     /// Hosts to merge: the first of `Merges::order`.
     pub(super) merging: &'a [i64],
+    /// Hosts whose closed health minutes to roll up (`Rollups::next`).
+    pub(super) rolling: &'a [i64],
     /// Ticks older than this (ms since the Unix epoch) are not merged:
     /// retention would delete them.
     pub(super) retention_cutoff: i64,
@@ -55,6 +58,8 @@ pub(super) struct Staged {
     /// host_id → the newest sample time stored so far, this flush included.
     newest: HashMap<i64, i64>,
     merged: Merged,
+    /// (host_id, its new rolled edge) of the hosts rolled up.
+    rolled: Vec<(i64, i64)>,
     /// The batches stored, in commit order.
     stored: Vec<StoredBatch>,
     /// The ticks of the stored batches, see [`StoredBatch::rows`].
@@ -111,6 +116,7 @@ pub(super) fn write(
         (&memory.hosts, &memory.runs),
         plan.retention_cutoff,
     )?;
+    staged.rolled = memory.rollups.write(&tx, plan.rolling)?;
     let mut answers = Vec::with_capacity(requests.len());
     let mut grouped = Vec::new();
     {
@@ -294,6 +300,9 @@ fn write_batch(
     let run_id = run.run_id;
     let journal_id = journal::append(append, (host_id, run_id), batch, grouped)?;
     crate::store::sqlite::health::insert(tx, host_id, &batch.health)?;
+    if !batch.health.is_empty() {
+        reroll_late_minutes(tx, memory, staged, host_id, batch)?;
+    }
     if let Some(t) = grouped.iter().map(|r| r.time_unix_ms).max() {
         staged.newest.insert(host_id, newest.max(t));
     }
@@ -307,6 +316,40 @@ fn write_batch(
         rows: start..staged.rows.len(),
     });
     Ok(SubmitOutcome::Stored)
+}
+
+/// Makes again the rollup rows of the minutes below the host's rolled
+/// edge that `batch` stored health values in (a late batch, an agent's
+/// clock stepped back): the rollup must sum every raw value of a rolled
+/// minute (see `rollups.rs`).
+fn reroll_late_minutes(
+    tx: &Connection,
+    memory: &Memory,
+    staged: &Staged,
+    host_id: i64,
+    batch: &IncomingBatch,
+) -> rusqlite::Result<()> {
+    let edge = staged
+        .rolled
+        .iter()
+        .find(|(h, _)| *h == host_id)
+        .map(|(_, e)| *e)
+        .or_else(|| memory.rollups.rolled_until(host_id));
+    let Some(edge) = edge else {
+        return Ok(());
+    };
+    let mut minutes: Vec<i64> = batch
+        .health
+        .iter()
+        .filter(|v| v.time_unix_ms < edge)
+        .map(|v| minute_of(v.time_unix_ms))
+        .collect();
+    minutes.sort_unstable();
+    minutes.dedup();
+    for m in minutes {
+        crate::store::sqlite::health::roll(tx, host_id, (m, m + HEALTH_ROLLUP_MS))?;
+    }
+    Ok(())
 }
 
 /// The host id of a batch's hostname, inserting the host on first sight.
@@ -388,6 +431,7 @@ pub(super) fn apply(memory: &mut Memory, requests: &[Request], staged: Staged, n
     if let Some(through) = staged.merged.deleted_through {
         merges.deleted_through = through;
     }
+    memory.rollups.done(&staged.rolled);
     for (id, entry) in staged.new_hosts {
         memory.host_ids.insert(entry.hostname.clone(), id);
         hosts.insert(id, entry);
@@ -397,6 +441,9 @@ pub(super) fn apply(memory: &mut Memory, requests: &[Request], staged: Staged, n
             continue;
         };
         let rows = staged.rows.get(stored.rows.clone()).unwrap_or_default();
+        if let Some(t) = batch.health.iter().map(|v| v.time_unix_ms).max() {
+            memory.rollups.note_value(stored.host_id, t);
+        }
         if let Some(host) = hosts.get_mut(&stored.host_id) {
             host.count_batch(BatchMeta::of(batch));
             host.note_health(&batch.health);

@@ -1,7 +1,7 @@
 //! The writer's memory rebuilt from the file at open: the `hosts` table,
 //! the journal a crash (or a clean close) left unmerged replayed over it,
-//! each host's latest values read from its newest rows, and the merge
-//! schedule of the replayed hosts.
+//! each host's latest values read from its newest rows, the merge
+//! schedule of the replayed hosts, and each host's health rollup edge.
 //!
 //! After loading, memory must be exactly what the writer held when it last
 //! committed: queries, `hosts()` and de-duplication see exactly what was
@@ -15,6 +15,7 @@ use rusqlite::{Connection, params};
 
 use super::memory::Memory;
 use super::merges::Merges;
+use super::rollups::Rollups;
 use crate::store::encoding::u64_from_sql;
 use crate::store::latest_health::LatestHealthTable;
 use crate::store::sqlite::hosts::{HostEntry, HostTable};
@@ -72,7 +73,9 @@ pub(super) fn load(conn: &Connection, now: Instant) -> rusqlite::Result<(Memory,
     for u in replayed.unmerged {
         merges.enqueue(u.host_id, (now, u.first_journal_id), &u.runs, u.ticks);
     }
+    let rollups = Rollups::load(conn, hosts.keys().copied())?;
     let memory = Memory {
+        rollups,
         host_ids,
         newest_sample_unix_ms,
         hosts: Arc::new(HostTable::new(hosts)),

@@ -1,7 +1,7 @@
 //! The writer's memory: what it knows without reading the file. Host ids
 //! by name with their newest sample time, the host table it shares with
-//! readers, the dedup state of recent runs, and which hosts wait for a
-//! merge.
+//! readers, the dedup state of recent runs, which hosts wait for a
+//! merge, and which for their health rollup.
 //!
 //! Memory is changed only after a commit succeeded (a flush works on
 //! staged copies and applies them after COMMIT, see `flush.rs`), or from
@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::merges::Merges;
+use super::rollups::Rollups;
 use crate::store::sqlite::hosts::HostTable;
 use crate::store::sqlite::runs::RunCache;
 use crate::throttle::LogThrottle;
@@ -31,6 +32,8 @@ pub(super) struct Memory {
     /// journal row names.
     pub(super) runs: RunCache,
     pub(super) merges: Merges,
+    /// Which hosts' closed minutes of health values wait for their rollup.
+    pub(super) rollups: Rollups,
     /// Paces the line about batches told apart by their samples (see
     /// `flush.rs`): a forging client sends them by the thousand.
     pub(super) checked_by_value_log: LogThrottle,

@@ -8,6 +8,7 @@
 //! - `conflicts.rs`: refusing a batch that contradicts stored samples;
 //! - `merges.rs`: which hosts' journal rows are merged when, and the merge;
 //! - `retention.rs`: pruning old samples and runs between flushes;
+//! - `rollups.rs`: which hosts' health minutes wait for their rollup;
 //! - `load.rs`: the writer's memory rebuilt from the file at open;
 //! - `memory.rs`: what that memory is; `commands.rs`: the history's writes.
 //!
@@ -28,6 +29,7 @@ mod memory;
 mod merges;
 mod requests;
 mod retention;
+mod rollups;
 pub(crate) mod trust;
 
 use std::path::PathBuf;
@@ -154,7 +156,11 @@ impl Writer {
         };
         let interval = self.config.merge_interval;
         loop {
-            let wait = self.retention.wait().min(self.memory.merges.wait(interval));
+            let wait = self
+                .retention
+                .wait()
+                .min(self.memory.merges.wait(interval))
+                .min(self.memory.rollups.wait(Instant::now()));
             let gathered = match requests::next(rt, &mut rx, wait) {
                 Next::Request(first) => {
                     requests::gather(rt, &mut rx, first, &mut pending, limits, &mut stops);
@@ -164,7 +170,10 @@ impl Writer {
                 Next::Disconnected => break, // every store handle is gone
             };
             let budget = self.memory.merges.budget(Instant::now(), interval);
-            if gathered || self.memory.merges.wait(interval).is_zero() {
+            if gathered
+                || self.memory.merges.wait(interval).is_zero()
+                || self.memory.rollups.is_due(Instant::now())
+            {
                 self.flush(std::mem::take(&mut pending), budget);
             }
             #[cfg(test)]
@@ -202,24 +211,28 @@ impl Writer {
             .memory
             .merges
             .due(now, self.config.merge_interval, merge_budget);
-        if requests.is_empty() && merging.is_empty() {
+        let mut rolling = self.memory.rollups.next(now);
+        if requests.is_empty() && merging.is_empty() && rolling.is_empty() {
             return;
         }
-        let mut result = self.write(&requests, &merging);
+        let mut result = self.write(&requests, &merging, &rolling);
         if let Err(e) = &result
-            && !merging.is_empty()
+            && !(merging.is_empty() && rolling.is_empty())
         {
             log::warn!(
-                "store: a flush of {} requests with {} host merges failed: {e}; retrying it \
-                 without merges, which pause for {:?}",
+                "store: a flush of {} requests with {} host merges and {} health rollups \
+                 failed: {e}; retrying it without them, which pause for {:?}",
                 requests.len(),
                 merging.len(),
+                rolling.len(),
                 MERGE_PAUSE_AFTER_FAILURE
             );
             self.memory.merges.paused_until = Some(now + MERGE_PAUSE_AFTER_FAILURE);
+            self.memory.rollups.paused_until = Some(now + MERGE_PAUSE_AFTER_FAILURE);
             merging.clear();
+            rolling.clear();
             if !requests.is_empty() {
-                result = self.write(&requests, &merging);
+                result = self.write(&requests, &merging, &rolling);
             }
         }
         match result {
@@ -264,9 +277,11 @@ impl Writer {
         &mut self,
         requests: &[Request],
         merging: &[i64],
+        rolling: &[i64],
     ) -> rusqlite::Result<(Vec<Answer>, flush::Staged)> {
         let plan = flush::Plan {
             merging,
+            rolling,
             retention_cutoff: now_unix_ms().saturating_sub(self.config.retention_ms()),
         };
         flush::write(&mut self.conn, &self.memory, &plan, requests)
