@@ -21,13 +21,10 @@ use std::time::Instant;
 
 use http_body_util::BodyExt;
 use monitor::health::HealthMetric;
-use monitor::metric::Metric;
 use monitor_server::http;
 use monitor_server::http::exposition::Format;
 use monitor_server::registry::Registry;
-use monitor_server::store::{
-    IncomingBatch, MAX_HEALTH_SERIES_PER_HOST, StoredHealth, StoredSample,
-};
+use monitor_server::store::{IncomingBatch, MAX_HEALTH_SERIES_PER_HOST, StoredHealth};
 
 /// One batch of host `h` holding the cap's worth of health values.
 fn batch(h: usize, time_unix_ms: i64) -> IncomingBatch {
@@ -53,24 +50,8 @@ fn batch(h: usize, time_unix_ms: i64) -> IncomingBatch {
         i += 1;
     }
     IncomingBatch {
-        agent_id: format!("agent-{h:05}"),
-        hostname: format!("pi-{h:05}"),
-        agent_version: "0.1.0".into(),
-        boot_id: 1,
-        seq: 1,
-        received_unix_ms: time_unix_ms + 3,
-        clock_offset_ms: -3,
-        dropped_batches_total: 0,
-        peer: "127.0.0.1:1".into(),
-        samples: Metric::ALL
-            .iter()
-            .map(|&metric| StoredSample {
-                time_unix_ms,
-                metric,
-                value: 12.5,
-            })
-            .collect(),
         health,
+        ..common::six_batch(h, format!("pi-{h:05}"), 1, time_unix_ms, |_| 12.5)
     }
 }
 

@@ -22,30 +22,12 @@ use monitor_server::http;
 use monitor_server::http::exposition::Format;
 use monitor_server::registry::Registry;
 use monitor_server::remote_write::{self, MAX_SAMPLES_PER_REQUEST};
-use monitor_server::store::{IncomingBatch, StoredSample};
+use monitor_server::store::IncomingBatch;
 
 fn batch(host: usize, seq: u64, time_unix_ms: i64) -> IncomingBatch {
-    IncomingBatch {
-        agent_id: format!("agent-{host:05}"),
-        hostname: format!("host-{host:05}"),
-        agent_version: "0.1.0".into(),
-        boot_id: 1,
-        seq,
-        received_unix_ms: time_unix_ms + 3,
-        clock_offset_ms: -3,
-        dropped_batches_total: 0,
-        peer: "127.0.0.1:1".into(),
-        samples: Metric::ALL
-            .iter()
-            .enumerate()
-            .map(|(i, &metric)| StoredSample {
-                time_unix_ms,
-                metric,
-                value: ((seq as usize * 7 + host + i) % 1000) as f64 / 10.0,
-            })
-            .collect(),
-        health: Vec::new(),
-    }
+    common::six_batch(host, format!("host-{host:05}"), seq, time_unix_ms, |i| {
+        ((seq as usize * 7 + host + i) % 1000) as f64 / 10.0
+    })
 }
 
 fn main() {

@@ -49,3 +49,39 @@ pub fn http_state(
         proc_root: "/proc".into(),
     }
 }
+
+/// A batch of the six metrics from simulated host number `host`, named
+/// `hostname`, sample `i` valued `value(i)`, no health values: the
+/// benches' one way to make a batch to store.
+#[allow(dead_code)]
+pub fn six_batch(
+    host: usize,
+    hostname: String,
+    seq: u64,
+    time_unix_ms: i64,
+    value: impl Fn(usize) -> f64,
+) -> monitor_server::store::IncomingBatch {
+    use monitor::metric::Metric;
+    use monitor_server::store::{IncomingBatch, StoredSample};
+    IncomingBatch {
+        agent_id: format!("agent-{host:05}"),
+        hostname,
+        agent_version: "0.1.0".into(),
+        boot_id: 1,
+        seq,
+        received_unix_ms: time_unix_ms + 3,
+        clock_offset_ms: -3,
+        dropped_batches_total: 0,
+        peer: "127.0.0.1:1".into(),
+        samples: Metric::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &metric)| StoredSample {
+                time_unix_ms,
+                metric,
+                value: value(i),
+            })
+            .collect(),
+        health: Vec::new(),
+    }
+}
