@@ -35,35 +35,20 @@ use std::time::{Duration, Instant};
 use monitor::metric::Metric;
 use monitor_server::admin::host_infos;
 use monitor_server::registry::Registry;
-use monitor_server::store::{
-    IncomingBatch, SampleQuery, SqliteConfig, Store, StoredSample, SubmitOutcome,
-};
+use monitor_server::store::{IncomingBatch, SampleQuery, SqliteConfig, Store, SubmitOutcome};
 
 /// Linux reports CPU time in USER_HZ ticks, 100 per second on every
 /// architecture the server runs on.
 const TICKS_PER_S: f64 = 100.0;
 
 fn batch(agent: usize, boot_id: u64, seq: u64, time_unix_ms: i64) -> IncomingBatch {
+    let name = format!("host-{agent:05}");
     IncomingBatch {
-        agent_id: format!("agent-{agent:05}"),
-        hostname: format!("host-{agent:05}"),
-        agent_version: "0.1.0".into(),
         boot_id,
-        seq,
-        received_unix_ms: time_unix_ms + 3,
-        clock_offset_ms: -3,
-        dropped_batches_total: 0,
         peer: format!("127.0.0.1:{}", 20_000 + agent % 40_000),
-        samples: Metric::ALL
-            .iter()
-            .enumerate()
-            .map(|(i, &metric)| StoredSample {
-                time_unix_ms,
-                metric,
-                value: ((seq as usize * 7 + agent + i) % 1000) as f64 / 10.0,
-            })
-            .collect(),
-        health: Vec::new(),
+        ..common::six_batch(agent, name, seq, time_unix_ms, |i| {
+            ((seq as usize * 7 + agent + i) % 1000) as f64 / 10.0
+        })
     }
 }
 
