@@ -1,8 +1,10 @@
 //! The edge between protobuf and the project's own types, for batches, and
 //! the size rules of every identity string on the wire.
 //!
-//! The agent turns a [`TickBatch`] into a [`pb::Batch`] only when it puts it
-//! on the wire; the server turns a [`pb::Batch`] into a [`ValidBatch`] or a
+//! The agent writes a [`TickBatch`] straight into the bytes of a
+//! [`pb::Batch`] when it puts it on the wire ([`encode_batch`], in
+//! `wire/encode.rs`: the same bytes as prost's encoding of [`batch_to_pb`],
+//! which tests and the load generator use); the server turns a [`pb::Batch`] into a [`ValidBatch`] or a
 //! [`InvalidBatch`] naming the first thing wrong. Nothing past this module
 //! looks at a prost struct for samples.
 //!
@@ -14,6 +16,9 @@
 //! text only escaped and capped.
 
 use std::fmt;
+
+mod encode;
+pub use encode::{Envelope, encode_batch};
 
 use crate::batch::TickBatch;
 use crate::health::HealthMetric;

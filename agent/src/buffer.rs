@@ -64,9 +64,10 @@ impl Buffer {
         self.queue.push_back(batch);
     }
 
-    /// The next batch to send on this session, marked as in flight.
-    pub fn next_to_send(&mut self) -> Option<TickBatch> {
-        let batch = self.queue.get(self.in_flight).cloned()?;
+    /// The next batch to send on this session, marked as in flight. Lent,
+    /// not copied: the sender encodes it in place (`wire::encode_batch`).
+    pub fn next_to_send(&mut self) -> Option<&TickBatch> {
+        let batch = self.queue.get(self.in_flight)?;
         self.in_flight += 1;
         Some(batch)
     }
@@ -220,9 +221,8 @@ mod tests {
             buf.restore(TickBatch { boot_id: 7, ..b(s) });
         }
         buf.push(b(1));
-        let sent: Vec<(u64, u64)> = std::iter::from_fn(|| buf.next_to_send())
-            .map(|b| (b.boot_id, b.seq))
-            .collect();
+        let sent: Vec<(u64, u64)> =
+            std::iter::from_fn(|| buf.next_to_send().map(|b| (b.boot_id, b.seq))).collect();
         assert_eq!(sent, vec![(7, 40), (7, 41), (1, 1)]);
         assert_eq!(buf.ack(7, 40), 1);
         // An ack for the current run's batch covers the older ones.

@@ -142,7 +142,7 @@ async fn session(
         }
     };
     tokio::select! {
-        r = report::run(client.clone(), shared, healthy) => r.map(|()| Ended::Closed),
+        r = report::run(channel.clone(), shared, healthy) => r.map(|()| Ended::Closed),
         r = commands::run(client, shared, commands, healthy) => r.map(|()| Ended::Closed),
         () = renewal => Ok(Ended::Renewed),
     }

@@ -28,15 +28,28 @@
 use std::cell::Cell;
 use std::time::Duration;
 
+use monitor::codec::PreEncodedCodec;
 use monitor::pb;
-use monitor::pb::collector_client::CollectorClient;
+use monitor::wire::{Envelope, encode_batch};
+use prost::bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::Streaming;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
-use super::{SEND_WINDOW, SessionError};
+use super::{MAX_SERVER_MESSAGE_BYTES, SEND_WINDOW, SessionError};
 use crate::state::Shared;
+
+/// The Report call's path (`/package.Service/Method`, as the generated
+/// client spells it; a test checks it against the generated service name).
+const REPORT_PATH: &str = "/monitor.v1.Collector/Report";
+/// The service `REPORT_PATH` calls.
+const SERVICE: &str = monitor::pb::collector_server::SERVICE_NAME;
+/// The encoding buffer's first size: a 1 s tick's batch is about 700
+/// bytes, so one write's batches fit without growing it at 1 s.
+const ENCODE_BUFFER_BYTES: usize = 4096;
 
 /// How long the stream waits after a rate-limited refusal before it sends
 /// again: the server refills a host's budget at 50 batches a second, so a
@@ -82,16 +95,21 @@ impl Pacing {
 /// The Report stream: sends buffered batches in order within the window,
 /// frees them as acknowledgements arrive.
 pub(super) async fn run(
-    mut client: CollectorClient<Channel>,
+    channel: Channel,
     shared: &Shared,
     healthy: &Cell<bool>,
 ) -> Result<(), SessionError> {
     // Room for a whole window: the batches of one write must all be in the
     // channel before tonic's encoder runs, which takes every ready message
     // into one buffer (one DATA frame, one write).
-    let (tx, rx) = mpsc::channel::<pb::Batch>(SEND_WINDOW);
+    let (tx, rx) = mpsc::channel::<Bytes>(SEND_WINDOW);
     shared.buffer.borrow_mut().rewind();
-    let mut acks = client.report(ReceiverStream::new(rx)).await?.into_inner();
+    let mut acks = open(channel, rx).await?;
+    // Batches are encoded here, each split off as its own `Bytes`: tonic
+    // copies it into the stream's buffer at once, so by the next write the
+    // space is this buffer's alone again and is reused, not reallocated.
+    let mut encoded = BytesMut::with_capacity(ENCODE_BUFFER_BYTES);
+    let window = ack_window(shared.buffer.borrow().capacity());
     if !shared.connected.replace(true) {
         log::info!(
             "connected to the server ({} batches to send)",
@@ -151,24 +169,24 @@ pub(super) async fn run(
                 let Ok(permit) = permit else {
                     return Err(SessionError::Closed("report"));
                 };
-                let next = shared.buffer.borrow_mut().next_to_send();
-                if let Some(batch) = next {
-                    let mut pb = monitor::wire::batch_to_pb(
-                        &shared.identity,
-                        &batch,
-                        monitor::time::now_unix_ms(),
-                        shared.counters(),
-                    );
-                    pb.ack_window = ack_window(shared.buffer.borrow().capacity());
-                    permit.send(pb);
+                let envelope = Envelope {
+                    id: &shared.identity,
+                    sent_unix_ms: monitor::time::now_unix_ms(),
+                    counters: shared.counters(),
+                    ack_window: window,
+                };
+                let mut buffer = shared.buffer.borrow_mut();
+                if let Some(batch) = buffer.next_to_send() {
+                    let seq = batch.seq;
+                    encode_batch(&envelope, batch, &mut encoded);
+                    permit.send(encoded.split().freeze());
                     pacing.unanswered += 1;
-                    write_first.get_or_insert(batch.seq);
-                    if !shared.buffer.borrow().has_unsent() {
+                    write_first.get_or_insert(seq);
+                    if !buffer.has_unsent() {
                         writing = false;
                         if let Some(first) = write_first.take() {
                             log::debug!(
-                                "batches {first} to {} handed to the connection together",
-                                batch.seq
+                                "batches {first} to {seq} handed to the connection together"
                             );
                         }
                     }
@@ -177,6 +195,31 @@ pub(super) async fn run(
             () = shared.batch_ready.notified(), if !can_send && !paused => {}
         }
     }
+}
+
+/// Opens the Report stream: requests are the batches `rx` carries, already
+/// encoded (`wire::encode_batch`), answers the server's acks.
+async fn open(
+    channel: Channel,
+    rx: mpsc::Receiver<Bytes>,
+) -> Result<Streaming<pb::Ack>, SessionError> {
+    let mut grpc =
+        tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_SERVER_MESSAGE_BYTES);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {e}")))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new(SERVICE, "Report"));
+    let response = grpc
+        .streaming(
+            request,
+            PathAndQuery::from_static(REPORT_PATH),
+            PreEncodedCodec::<pb::Ack>::default(),
+        )
+        .await?;
+    Ok(response.into_inner())
 }
 
 /// How many sent batches `ack` answers: several for a cumulative ack,
@@ -318,9 +361,9 @@ mod tests {
     fn send(shared: &Shared, pacing: &mut Pacing, n: usize) -> Vec<u64> {
         (0..n)
             .filter_map(|_| {
-                let b = shared.buffer.borrow_mut().next_to_send()?;
+                let seq = shared.buffer.borrow_mut().next_to_send()?.seq;
                 pacing.unanswered += 1;
-                Some(b.seq)
+                Some(seq)
             })
             .collect()
     }
@@ -423,6 +466,11 @@ mod tests {
         assert_eq!(send(&s, &mut p, 5), [2, 3, 4, 5, 6]);
         on_ack(&s, &mut p, &cumulative(6, 5), now);
         assert!(held(&s).is_empty());
+    }
+
+    #[test]
+    fn the_report_path_is_the_generated_service_s() {
+        assert_eq!(REPORT_PATH, format!("/{SERVICE}/Report"));
     }
 
     #[test]
