@@ -26,7 +26,7 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// minute late is as stale as a monitor may let it get.
 pub const MAX_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 /// Most batches one write carries: half the Report stream's send window
-/// (`session::SEND_WINDOW`, which checks this at compile time), so that a
+/// (`outbox::SEND_WINDOW`, which checks this at compile time), so that a
 /// whole write is always in flight at once, and the server (which holds its
 /// cumulative acknowledgements for at most half the window) can answer it.
 pub const MAX_TICKS_PER_WRITE: usize = 32;

@@ -17,6 +17,7 @@ pub mod hw;
 pub mod identity;
 pub mod metrics;
 pub mod operators;
+pub mod outbox;
 pub mod proc;
 pub mod rates;
 pub mod replay;

@@ -4,8 +4,9 @@
 //! kernel's timer: `ticker.rs`) so they do not drift with the tick's own
 //! cost; a late tick is not made up with a burst.
 //! `set-interval` takes effect from the next tick, `collect-now` adds a tick
-//! at once (and sends it at once, whatever the flush interval). The sender
-//! is woken only when a write is due (`flush.rs`). The loop never awaits
+//! at once (and sends it at once, whatever the flush interval). A tick that
+//! completes a write (`flush.rs`) puts it on the open stream itself
+//! (`outbox.rs`: no await, no task woken but tonic's). The loop never awaits
 //! anything but its timer and those two signals, so a slow server or a long
 //! command never delays sampling.
 
@@ -73,14 +74,13 @@ pub async fn run(
                     Some(batch) => spool.append(batch, buffer.iter()),
                     None => Ok(()),
                 });
-                // The sender sleeps until a write is due (`flush.rs`): a
-                // tick that does not complete one wakes nothing.
+                // A tick that completes a write (`flush.rs`) hands it to
+                // the connection itself (`outbox.rs`); the others send
+                // nothing and wake nothing.
                 if std::mem::take(&mut asked) {
                     shared.flush_now.set(true);
                 }
-                if shared.write_due() {
-                    shared.batch_ready.notify_one();
-                }
+                shared.send_due();
             }
             Sink::Stdout => {
                 stdout_line.clear();

@@ -11,15 +11,19 @@ use monitor::wire::{AgentCounters, AgentIdentity};
 use tokio::sync::{Notify, watch};
 
 use crate::buffer::Buffer;
+use crate::outbox::Outbox;
 use crate::spool::Spool;
 
 pub struct Shared {
     pub identity: AgentIdentity,
     /// Batches not yet acknowledged by the server.
     pub buffer: RefCell<Buffer>,
-    /// A write is due (`write_due`): wakes the sender. The sampler
-    /// notifies only then, so between writes the sender sleeps through
-    /// the ticks.
+    /// The open Report stream's sending side (`outbox.rs`), while a
+    /// stream is open: whoever makes a write due sends it through
+    /// [`Shared::send_due`], so no task is woken only to pass it on.
+    pub outbox: RefCell<Option<Outbox>>,
+    /// The sampler has stopped (`sampling_done`): wakes the Report task,
+    /// which then ends its half of the stream once everything is sent.
     pub batch_ready: Notify,
     /// Longest a batch waits before it is sent (`--flush-interval`,
     /// `flush.rs`).
@@ -59,6 +63,7 @@ impl Shared {
         Shared {
             identity,
             buffer: RefCell::new(Buffer::new(buffer_batches)),
+            outbox: RefCell::new(None),
             batch_ready: Notify::new(),
             flush_interval: crate::flush::DEFAULT_FLUSH_INTERVAL,
             flush_now: Cell::new(false),
@@ -117,6 +122,32 @@ impl Shared {
                     *self.interval.borrow(),
                     buffer.capacity(),
                 )
+    }
+
+    /// Sends what is due on the open Report stream, if one is open: starts
+    /// a write when one is due (`write_due`), then sends while the write
+    /// lasts and the window and pacing allow (`Outbox::send`). Called by
+    /// the sampler after each tick and by the Report task when an ack or
+    /// the end of a pause makes room.
+    pub fn send_due(&self) {
+        let mut outbox = self.outbox.borrow_mut();
+        let Some(outbox) = outbox.as_mut() else {
+            return;
+        };
+        if !outbox.writing() {
+            if !self.write_due() {
+                return;
+            }
+            outbox.start_write();
+            self.flush_now.set(false);
+        }
+        let counters = self.counters();
+        outbox.send(
+            &mut self.buffer.borrow_mut(),
+            &self.identity,
+            counters,
+            tokio::time::Instant::now(),
+        );
     }
 
     /// The running totals that travel with every batch.

@@ -33,12 +33,6 @@ pub use targets::{Targets, first_server};
 use crate::backoff::{Backoff, unit_random};
 use crate::state::Shared;
 
-/// Most batches sent and not yet acknowledged on one session: enough to
-/// cover the round trip while catching up after an outage, small enough to
-/// bound what is re-sent after a drop.
-pub const SEND_WINDOW: usize = 64;
-// A write of the most ticks fits in the window (`flush.rs`).
-const _: () = assert!(crate::flush::MAX_TICKS_PER_WRITE <= SEND_WINDOW / 2);
 /// Largest message the agent accepts from the server: a command is at most
 /// 8 KiB of argv plus its signed grant, an ack a few dozen bytes. A
 /// server that sends more (a security review saw 4 MiB requests fill a

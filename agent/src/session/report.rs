@@ -15,6 +15,9 @@
 //! encodes them into one DATA frame; the stream then sends until nothing
 //! is left unsent (within the window). What is buffered when the stream
 //! opens (the first tick, or a backlog after a reconnect) goes out at once.
+//! The sending itself is the stream's [`Outbox`], done by whoever makes a
+//! write due: the sampler, or this task when an ack makes room, so at 1 s
+//! this task sleeps from one ack to the next instead of waking every tick.
 //!
 //! Every batch announces the window (`Batch.ack_window`: the send window, or
 //! the buffer when that is smaller), so a server
@@ -30,8 +33,7 @@ use std::time::Duration;
 
 use monitor::codec::PreEncodedCodec;
 use monitor::pb;
-use monitor::wire::{Envelope, encode_batch};
-use prost::bytes::{Bytes, BytesMut};
+use prost::bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -39,7 +41,8 @@ use tonic::codec::Streaming;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
-use super::{MAX_SERVER_MESSAGE_BYTES, SEND_WINDOW, SessionError};
+use super::{MAX_SERVER_MESSAGE_BYTES, SessionError};
+use crate::outbox::{Outbox, Pacing, SEND_WINDOW};
 use crate::state::Shared;
 
 /// The Report call's path (`/package.Service/Method`, as the generated
@@ -47,9 +50,6 @@ use crate::state::Shared;
 const REPORT_PATH: &str = "/monitor.v1.Collector/Report";
 /// The service `REPORT_PATH` calls.
 const SERVICE: &str = monitor::pb::collector_server::SERVICE_NAME;
-/// The encoding buffer's first size: a 1 s tick's batch is about 700
-/// bytes, so one write's batches fit without growing it at 1 s.
-const ENCODE_BUFFER_BYTES: usize = 4096;
 
 /// How long the stream waits after a rate-limited refusal before it sends
 /// again: the server refills a host's budget at 50 batches a second, so a
@@ -68,32 +68,22 @@ fn ack_window(buffer_capacity: usize) -> u32 {
 /// debug level).
 const RATE_LIMITED_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// What the stream keeps between sends and acks.
-#[derive(Debug, Default)]
-struct Pacing {
-    /// Batches sent on this stream whose answer has not come yet (the
-    /// server answers each batch once, in order; one ack may answer
-    /// several, see [`answered`]).
-    unanswered: usize,
-    /// Batches whose answers are still to come for a pass abandoned after
-    /// a rate-limited refusal: ignored.
-    stale: usize,
-    /// Nothing is sent before this.
-    resume_at: Option<Instant>,
-    /// Rate-limited refusals on this stream, and when the last warning
-    /// about them went out.
-    limited_total: u64,
-    last_warned: Option<Instant>,
-}
+/// Holds the stream's [`Outbox`] in `Shared::outbox` while this stream is
+/// open, and takes it out however the stream ends (an error, or the
+/// session dropping it), so nothing is sent into a closed stream and the
+/// next stream starts afresh.
+struct Installed<'a>(&'a Shared);
 
-impl Pacing {
-    fn paused(&self, now: Instant) -> bool {
-        self.resume_at.is_some_and(|t| now < t)
+impl Drop for Installed<'_> {
+    fn drop(&mut self) {
+        self.0.outbox.borrow_mut().take();
     }
 }
 
 /// The Report stream: sends buffered batches in order within the window,
-/// frees them as acknowledgements arrive.
+/// frees them as acknowledgements arrive. The sampler sends the writes it
+/// makes due itself (`Shared::send_due`); this task wakes for acks, the
+/// end of a pause, and the sampler's stop.
 pub(super) async fn run(
     channel: Channel,
     shared: &Shared,
@@ -105,30 +95,27 @@ pub(super) async fn run(
     let (tx, rx) = mpsc::channel::<Bytes>(SEND_WINDOW);
     shared.buffer.borrow_mut().rewind();
     let mut acks = open(channel, rx).await?;
-    // Batches are encoded here, each split off as its own `Bytes`: tonic
-    // copies it into the stream's buffer at once, so by the next write the
-    // space is this buffer's alone again and is reused, not reallocated.
-    let mut encoded = BytesMut::with_capacity(ENCODE_BUFFER_BYTES);
-    let window = ack_window(shared.buffer.borrow().capacity());
     if !shared.connected.replace(true) {
         log::info!(
             "connected to the server ({} batches to send)",
             shared.buffer.borrow().len()
         );
     }
-    let mut pacing = Pacing::default();
-    // A write under way: it began when one was due (`Shared::write_due`)
-    // and goes on until nothing is left unsent. The first one starts with
-    // the stream: what is buffered when it opens (the first tick, or a
-    // backlog after a reconnect) goes out at once, so a host the server
-    // sees online has its values a moment later, not a flush interval later.
-    let mut writing = shared.buffer.borrow().has_unsent();
-    let mut write_first: Option<u64> = None;
+    let window = ack_window(shared.buffer.borrow().capacity());
+    // What is buffered when the stream opens (the first tick, or a backlog
+    // after a reconnect) goes out at once.
+    let backlog = shared.buffer.borrow().has_unsent();
+    *shared.outbox.borrow_mut() = Some(Outbox::new(tx, window, backlog));
+    let installed = Installed(shared);
+    shared.send_due();
     loop {
         if shared.sampling_done.get() && !shared.buffer.borrow().has_unsent() {
-            // Nothing more will be sent: end the request stream, then read
-            // the answers to what is in flight until the server ends too.
-            drop(tx);
+            // Nothing more will be sent: end the request stream (dropping
+            // its sender), then read the answers to what is in flight
+            // until the server ends too.
+            let outbox = shared.outbox.borrow_mut().take();
+            drop(installed);
+            let mut pacing = outbox.map(Outbox::close).unwrap_or_default();
             while !shared.buffer.borrow().is_empty() {
                 let Some(ack) = acks.message().await? else {
                     return Err(SessionError::Closed("report"));
@@ -139,20 +126,11 @@ pub(super) async fn run(
             // All acknowledged: the agent is stopping and ends this task.
             return std::future::pending().await;
         }
-        let paused = pacing.paused(Instant::now());
-        if !writing && shared.write_due() {
-            writing = true;
-            shared.flush_now.set(false);
-        }
-        let can_send = {
-            let buffer = shared.buffer.borrow();
-            !paused
-                && writing
-                && buffer.has_unsent()
-                && buffer.in_flight() < SEND_WINDOW
-                && pacing.unanswered < SEND_WINDOW
-        };
-        let resume_at = pacing.resume_at.unwrap_or_else(Instant::now);
+        let resume_at = shared
+            .outbox
+            .borrow()
+            .as_ref()
+            .and_then(|o| o.pacing.resume_at);
         tokio::select! {
             biased;
             msg = acks.message() => {
@@ -160,40 +138,28 @@ pub(super) async fn run(
                     return Err(SessionError::Closed("report"));
                 };
                 healthy.set(true);
-                on_ack(shared, &mut pacing, &ack, Instant::now());
-            }
-            () = tokio::time::sleep_until(resume_at), if paused => {
-                pacing.resume_at = None;
-            }
-            permit = tx.reserve(), if can_send => {
-                let Ok(permit) = permit else {
-                    return Err(SessionError::Closed("report"));
-                };
-                let envelope = Envelope {
-                    id: &shared.identity,
-                    sent_unix_ms: monitor::time::now_unix_ms(),
-                    counters: shared.counters(),
-                    ack_window: window,
-                };
-                let mut buffer = shared.buffer.borrow_mut();
-                if let Some(batch) = buffer.next_to_send() {
-                    let seq = batch.seq;
-                    encode_batch(&envelope, batch, &mut encoded);
-                    permit.send(encoded.split().freeze());
-                    pacing.unanswered += 1;
-                    write_first.get_or_insert(seq);
-                    if !buffer.has_unsent() {
-                        writing = false;
-                        if let Some(first) = write_first.take() {
-                            log::debug!(
-                                "batches {first} to {seq} handed to the connection together"
-                            );
-                        }
-                    }
+                if let Some(outbox) = shared.outbox.borrow_mut().as_mut() {
+                    on_ack(shared, &mut outbox.pacing, &ack, Instant::now());
                 }
+                // An ack may have made room in the window.
+                shared.send_due();
             }
-            () = shared.batch_ready.notified(), if !can_send && !paused => {}
+            () = sleep_until_some(resume_at) => {
+                if let Some(outbox) = shared.outbox.borrow_mut().as_mut() {
+                    outbox.pacing.resume_at = None;
+                }
+                shared.send_due();
+            }
+            () = shared.batch_ready.notified() => shared.send_due(),
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
