@@ -16,7 +16,7 @@
 //! with prost and must read the same batch; the tests compare the bytes.
 
 use prost::bytes::BufMut;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encode_key, encode_varint};
 
 use super::{AgentCounters, AgentIdentity};
 use crate::batch::TickBatch;
@@ -51,11 +51,6 @@ const SAMPLE_METRIC: u32 = 3;
 const SAMPLE_VALUE: u32 = 4;
 const SAMPLE_DEVICE: u32 = 5;
 
-/// Every tag here is below 16, so every key is one byte.
-const KEY_BYTES: usize = 1;
-/// A double on the wire (wire type I64).
-const DOUBLE_BYTES: usize = 8;
-
 /// Writes `batch` as the protobuf bytes of `pb::Batch` (no gRPC framing):
 /// exactly the bytes prost writes for `batch_to_pb(envelope.id, batch,
 /// envelope.sent_unix_ms, envelope.counters)` with `ack_window` set.
@@ -68,15 +63,17 @@ pub fn encode_batch(envelope: &Envelope<'_>, batch: &TickBatch, buf: &mut impl B
         buf.put_u64_le(batch.boot_id);
     }
     varint(BATCH_SEQ, batch.seq, buf);
+    // Every sample of the batch starts with the same two fields (the
+    // tick's time, then the hostname): encoded once, copied into each.
+    let mut common = Small::default();
+    common.varint_field(SAMPLE_TIME_UNIX_MS, batch.time_unix_ms as u64);
+    common.string_head(SAMPLE_HOSTNAME, host);
+    let common = Common {
+        head: common,
+        hostname: host,
+    };
     for (metric, value) in batch.values.iter() {
-        let sample = Sample {
-            time_unix_ms: batch.time_unix_ms,
-            hostname: host,
-            metric: metric.name(),
-            value,
-            device: "",
-        };
-        sample.encode(BATCH_SAMPLES, buf);
+        common.sample(BATCH_SAMPLES, metric.name(), value, "", buf);
     }
     varint(BATCH_SENT_UNIX_MS, envelope.sent_unix_ms as u64, buf);
     let counters = envelope.counters;
@@ -94,55 +91,122 @@ pub fn encode_batch(envelope: &Envelope<'_>, batch: &TickBatch, buf: &mut impl B
     );
     varint(BATCH_PARSE_ERRORS_TOTAL, counters.parse_errors_total, buf);
     for health in &batch.health {
-        let sample = Sample {
-            time_unix_ms: batch.time_unix_ms,
-            hostname: host,
-            metric: health.metric.name(),
-            value: health.value,
-            device: &health.device,
-        };
-        sample.encode(BATCH_HEALTH_SAMPLES, buf);
+        common.sample(
+            BATCH_HEALTH_SAMPLES,
+            health.metric.name(),
+            health.value,
+            &health.device,
+            buf,
+        );
     }
     varint(BATCH_ACK_WINDOW, u64::from(envelope.ack_window), buf);
 }
 
-/// One `Sample`, borrowed from the batch and the identity.
-struct Sample<'a> {
-    time_unix_ms: i64,
+/// What every sample of one batch starts with: its time field and the
+/// hostname's key and length (`head`), then the hostname.
+struct Common<'a> {
+    head: Small,
     hostname: &'a str,
-    metric: &'a str,
-    value: f64,
-    device: &'a str,
 }
 
-impl Sample<'_> {
-    /// The length of the sample's own fields (what its length prefix says).
-    fn body_len(&self) -> usize {
-        varint_len(self.time_unix_ms as u64)
-            + string_len(self.hostname)
-            + string_len(self.metric)
-            + if self.value != 0.0 {
-                KEY_BYTES + DOUBLE_BYTES
-            } else {
-                0
-            }
-            + string_len(self.device)
-    }
-
-    /// Writes the sample as field `tag` of the batch: key, length, fields.
-    fn encode(&self, tag: u32, buf: &mut impl BufMut) {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(self.body_len() as u64, buf);
-        varint(SAMPLE_TIME_UNIX_MS, self.time_unix_ms as u64, buf);
-        string(SAMPLE_HOSTNAME, self.hostname, buf);
-        string(SAMPLE_METRIC, self.metric, buf);
+impl Common<'_> {
+    /// Writes one `Sample` as field `tag` of the batch: key, length, then
+    /// its fields in tag order, each left out when it holds its default.
+    /// A few copies of small pieces built on the stack rather than a call
+    /// per byte: this runs for every sample of every tick.
+    fn sample(&self, tag: u32, metric: &str, value: f64, device: &str, buf: &mut impl BufMut) {
+        let mut metric_head = Small::default();
+        metric_head.string_head(SAMPLE_METRIC, metric);
+        let mut tail = Small::default();
         // prost leaves out a proto3 double equal to 0.0 (so -0.0 too);
         // NaN is not equal to it and is written.
-        if self.value != 0.0 {
-            encode_key(SAMPLE_VALUE, WireType::SixtyFourBit, buf);
-            buf.put_f64_le(self.value);
+        if value != 0.0 {
+            tail.key(SAMPLE_VALUE, WireType::SixtyFourBit);
+            tail.extend(&value.to_le_bytes());
         }
-        string(SAMPLE_DEVICE, self.device, buf);
+        tail.string_head(SAMPLE_DEVICE, device);
+        let body_len = self.head.len()
+            + self.hostname.len()
+            + metric_head.len()
+            + metric.len()
+            + tail.len()
+            + device.len();
+        let mut head = Small::default();
+        head.key(tag, WireType::LengthDelimited);
+        head.varint(body_len as u64);
+        buf.put_slice(head.bytes());
+        buf.put_slice(self.head.bytes());
+        buf.put_slice(self.hostname.as_bytes());
+        buf.put_slice(metric_head.bytes());
+        buf.put_slice(metric.as_bytes());
+        buf.put_slice(tail.bytes());
+        buf.put_slice(device.as_bytes());
+    }
+}
+
+/// A few encoded bytes built on the stack: keys, varints, a double, at
+/// most [`Small::CAPACITY`] bytes (what the pieces above need at most).
+struct Small {
+    bytes: [u8; Small::CAPACITY],
+    len: usize,
+}
+
+impl Default for Small {
+    fn default() -> Small {
+        Small {
+            bytes: [0; Small::CAPACITY],
+            len: 0,
+        }
+    }
+}
+
+impl Small {
+    /// Two keys, two varints of 10 bytes and a double (the value and the
+    /// device's head; the time and the hostname's head), with room left.
+    const CAPACITY: usize = 48;
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.bytes[self.len] = (value as u8) | 0x80;
+            self.len += 1;
+            value >>= 7;
+        }
+        self.bytes[self.len] = value as u8;
+        self.len += 1;
+    }
+
+    fn key(&mut self, tag: u32, wire_type: WireType) {
+        self.varint(u64::from((tag << 3) | wire_type as u32));
+    }
+
+    /// A varint field, left out when 0.
+    fn varint_field(&mut self, tag: u32, value: u64) {
+        if value != 0 {
+            self.key(tag, WireType::Varint);
+            self.varint(value);
+        }
+    }
+
+    /// A string field's key and length (its bytes follow), left out when
+    /// the string is empty.
+    fn string_head(&mut self, tag: u32, value: &str) {
+        if !value.is_empty() {
+            self.key(tag, WireType::LengthDelimited);
+            self.varint(value.len() as u64);
+        }
     }
 }
 
@@ -155,28 +219,12 @@ fn varint(tag: u32, value: u64, buf: &mut impl BufMut) {
     }
 }
 
-fn varint_len(value: u64) -> usize {
-    if value == 0 {
-        0
-    } else {
-        KEY_BYTES + encoded_len_varint(value)
-    }
-}
-
 /// A string field, left out when empty.
 fn string(tag: u32, value: &str, buf: &mut impl BufMut) {
     if !value.is_empty() {
         encode_key(tag, WireType::LengthDelimited, buf);
         encode_varint(value.len() as u64, buf);
         buf.put_slice(value.as_bytes());
-    }
-}
-
-fn string_len(value: &str) -> usize {
-    if value.is_empty() {
-        0
-    } else {
-        KEY_BYTES + encoded_len_varint(value.len() as u64) + value.len()
     }
 }
 

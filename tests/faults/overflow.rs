@@ -121,7 +121,7 @@ fn buffer_overflow_across_a_kill_9_accounts_for_every_seq() {
     assert_eq!(h.dropped_batches_total, dropped_seqs.len() as u64, "{h:?}");
     let both = stored_set.intersection(&dropped_seqs).count() as u64;
     assert!(
-        both <= monitor_agent::session::SEND_WINDOW as u64,
+        both <= monitor_agent::outbox::SEND_WINDOW as u64,
         "{both} batches both stored and dropped"
     );
     assert_eq!(h.dropped_batches_total, ticks - stored_n + both);
