@@ -26,9 +26,12 @@ use crate::buffer::Buffer;
 pub const SEND_WINDOW: usize = 64;
 // A write of the most ticks fits in the window (`flush.rs`).
 const _: () = assert!(crate::flush::MAX_TICKS_PER_WRITE <= SEND_WINDOW / 2);
-/// The encoding buffer's first size: a 1 s tick's batch is about 700
-/// bytes, so a few writes' batches fit before it is reused.
-const ENCODE_BUFFER_BYTES: usize = 4096;
+/// The encoding buffer's size: a whole write's batches must fit, since
+/// they are all in the channel at once (ten batches of about 700 bytes at
+/// 0.1 s with the default flush interval). Once tonic has copied them out,
+/// the space is reused (`BytesMut::reserve` takes back a buffer no `Bytes`
+/// shares any more): no allocation per write in the steady state.
+const ENCODE_BUFFER_BYTES: usize = 8192;
 
 /// What the stream keeps between sends and acks.
 #[derive(Debug, Default)]
