@@ -74,7 +74,9 @@ impl Fuzzer {
         }
     }
 
-    fn next(&mut self) -> u64 {
+    /// The next number of the seeded sequence (also for tests that draw
+    /// their own random inputs, e.g. `tests/wire_encode.rs`).
+    pub fn next(&mut self) -> u64 {
         // xorshift64*
         self.state ^= self.state >> 12;
         self.state ^= self.state << 25;
@@ -82,7 +84,8 @@ impl Fuzzer {
         self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
         if n == 0 {
             0
         } else {
