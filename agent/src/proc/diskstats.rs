@@ -66,13 +66,25 @@ pub struct DiskStat<'a> {
 /// Parses every non-blank line of /proc/diskstats; line numbers in errors
 /// are 1-based and count blank lines too.
 pub fn parse(text: &[u8]) -> impl Iterator<Item = Result<DiskStat<'_>, ParseError>> + '_ {
-    Lines::new(text)
-        .filter(|(_, line)| !line.trim_ascii().is_empty())
-        .map(|(line_no, line)| parse_line(line, line_no))
+    // A blank line is one whose first field is missing: found by the one
+    // scan that splits the line, not by a trim before it.
+    Lines::new(text).filter_map(|(line_no, line)| parse_fields(line, line_no))
 }
 
 /// Parses one line (`line_no` is 1-based, for errors).
 pub fn parse_line(line: &[u8], line_no: usize) -> Result<DiskStat<'_>, ParseError> {
+    parse_fields(line, line_no).unwrap_or_else(|| {
+        Err(ParseError::new(
+            FILE,
+            Some(line_no),
+            FIELDS[0],
+            ParseErrorKind::Missing,
+        ))
+    })
+}
+
+/// One line's fields, or `None` when it is blank.
+fn parse_fields(line: &[u8], line_no: usize) -> Option<Result<DiskStat<'_>, ParseError>> {
     // Fields past the fourteenth are never scanned: only their presence
     // or absence matters, and 14 already says "modern line".
     let mut tokens = Fields::new(line);
@@ -82,6 +94,18 @@ pub fn parse_line(line: &[u8], line_no: usize) -> Result<DiskStat<'_>, ParseErro
         *slot = token;
         count += 1;
     }
+    if count == 0 {
+        return None;
+    }
+    Some(parse_counted(&fields, count, line_no))
+}
+
+/// The values of a line split into its first `count` (1 to 14) fields.
+fn parse_counted<'a>(
+    fields: &[&'a [u8]; 14],
+    count: usize,
+    line_no: usize,
+) -> Result<DiskStat<'a>, ParseError> {
     let (read_index, written_index) = match count {
         7 => (4, 6),
         n if n >= 14 => (5, 9),

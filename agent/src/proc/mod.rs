@@ -127,6 +127,17 @@ pub(crate) fn parse_u64(bytes: &[u8]) -> Option<u64> {
         return None;
     }
     let mut value: u64 = 0;
+    if bytes.len() <= SAFE_U64_DIGITS {
+        // Cannot overflow: the checks below are only for longer fields.
+        for &b in bytes {
+            let digit = b.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            value = value * 10 + u64::from(digit);
+        }
+        return Some(value);
+    }
     for &b in bytes {
         let digit = b.wrapping_sub(b'0');
         if digit > 9 {
@@ -136,6 +147,9 @@ pub(crate) fn parse_u64(bytes: &[u8]) -> Option<u64> {
     }
     Some(value)
 }
+
+/// Decimal digits that always fit in a `u64` (10^19 − 1 < 2^64).
+const SAFE_U64_DIGITS: usize = 19;
 
 /// An error for a field that does not have the shape `expected` describes,
 /// keeping a short excerpt of it.
@@ -200,8 +214,6 @@ const POWERS_OF_TEN: [f64; EXACT_DIGITS + 1] = [
 /// byte of text where a byte loop pays four or five.
 #[inline]
 pub(crate) fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
     let pattern = ONES * u64::from(needle);
     let mut chunks = haystack.chunks_exact(8);
     let mut offset = 0;
@@ -287,6 +299,8 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
 /// Iterates the lines of a file as `(1-based line number, line)`, without
 /// the newline, finding each end with [`find_byte`]. The kernel never
 /// prints `\r`, so unlike `str::lines` none is stripped.
@@ -383,6 +397,82 @@ mod tests {
             let ours: Vec<_> = Fields::new(input.as_bytes()).collect();
             let std: Vec<_> = input.split_ascii_whitespace().map(str::as_bytes).collect();
             assert_eq!(ours, std, "input {input:?}");
+        }
+        // Long runs of spaces and long tokens (passed a word at a time),
+        // with a tab, a form feed, a carriage return, a vertical tab (not
+        // white space), a control byte and a `!` (just above a space) at
+        // every offset of a word.
+        let specials = ["\t", "\x0c", "\r", "\x0b", "\x01", "!", " ", "\n"];
+        for special in specials {
+            for at in 0..20 {
+                for (token, gap) in [("1234567890123", "          "), ("7", " "), ("", "   ")] {
+                    let mut input = format!("{gap}{token}{gap}{token}{gap}{token}");
+                    input.insert_str(at.min(input.len()), special);
+                    let ours: Vec<_> = Fields::new(input.as_bytes()).collect();
+                    let std: Vec<_> = input.split_ascii_whitespace().map(str::as_bytes).collect();
+                    assert_eq!(ours, std, "input {input:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fields_split_any_bytes_like_the_standard_split() {
+        // Pseudo-random lines of 0 to 200 bytes (past three 64-byte
+        // blocks) from an alphabet of every white space byte, the control
+        // and high bytes around them, and runs of spaces and digits.
+        let alphabet: &[&[u8]] = &[
+            b" ",
+            b"   ",
+            b"        ",
+            b"\t",
+            b"\n",
+            b"\x0b",
+            b"\x0c",
+            b"\r",
+            b"\x00",
+            b"\x1f",
+            b"!",
+            b"\x80",
+            b"\xff",
+            b"7",
+            b"1234567890123",
+            b"eth0:",
+            b"\xa0",
+        ];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5_000 {
+            let target = (next() % 200) as usize;
+            let mut line = Vec::new();
+            while line.len() < target {
+                line.extend_from_slice(alphabet[(next() % alphabet.len() as u64) as usize]);
+            }
+            let ours: Vec<_> = Fields::new(&line).collect();
+            let std: Vec<_> = line
+                .split(u8::is_ascii_whitespace)
+                .filter(|field| !field.is_empty())
+                .collect();
+            assert_eq!(ours, std, "line {line:?}");
+        }
+    }
+
+    #[test]
+    fn parse_u64_overflows_only_past_u64_max() {
+        for digits in 1..=22 {
+            let input = "9".repeat(digits);
+            assert_eq!(
+                parse_u64(input.as_bytes()),
+                input.parse::<u64>().ok(),
+                "input {input}"
+            );
+            let input = format!("1{}", "0".repeat(digits - 1));
+            assert_eq!(parse_u64(input.as_bytes()), input.parse::<u64>().ok());
         }
     }
 

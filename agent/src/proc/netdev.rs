@@ -58,7 +58,7 @@ pub struct NetDevStat<'a> {
 pub fn parse(text: &[u8]) -> impl Iterator<Item = Result<NetDevStat<'_>, ParseError>> + '_ {
     Lines::new(text)
         .skip(HEADER_LINES)
-        .filter(|(_, line)| !line.trim_ascii().is_empty())
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
         .map(|(line_no, line)| parse_line(line, line_no))
 }
 
