@@ -136,6 +136,7 @@ fn parse_counted<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::check_named_counters;
     use crate::proc::diskstats;
     use crate::testing::fixture;
 
@@ -162,28 +163,13 @@ mod tests {
     // says where each came from) and broken input: every error must name the
     // file, the 1-based line and the field, and nothing may panic.
 
-    /// Names are compared as text, invalid UTF-8 shown as U+FFFD.
     fn check_disks(input: impl AsRef<[u8]>, expected: &[Result<(&str, u64, u64), ParseError>]) {
         let input = input.as_ref();
-        let got: Vec<_> = diskstats::parse(input)
-            .map(|r| {
-                r.map(|d: DiskStat<'_>| {
-                    (
-                        String::from_utf8_lossy(d.name),
-                        d.read_sectors,
-                        d.written_sectors,
-                    )
-                })
-            })
-            .collect();
-        let expected: Vec<_> = expected
-            .iter()
-            .map(|r| {
-                r.clone()
-                    .map(|(n, r, w)| (std::borrow::Cow::Borrowed(n), r, w))
-            })
-            .collect();
-        assert_eq!(got, expected, "input:\n{}", String::from_utf8_lossy(input));
+        check_named_counters(
+            input,
+            diskstats::parse(input).map(|r| r.map(|d| (d.name, d.read_sectors, d.written_sectors))),
+            expected,
+        );
     }
 
     #[test]

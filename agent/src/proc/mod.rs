@@ -351,9 +351,39 @@ fn excerpt(got: &[u8]) -> String {
     }
 }
 
+/// Test support for the per-line parsers of named counters (diskstats,
+/// net/dev): compares `(name, counter, counter)` per line with `expected`,
+/// names as text with invalid UTF-8 shown as U+FFFD.
+#[cfg(test)]
+pub(crate) fn check_named_counters<'a>(
+    input: &'a [u8],
+    got: impl Iterator<Item = Result<(&'a [u8], u64, u64), ParseError>>,
+    expected: &[Result<(&str, u64, u64), ParseError>],
+) {
+    let got: Vec<_> = got
+        .map(|r| r.map(|(name, a, b)| (String::from_utf8_lossy(name).into_owned(), a, b)))
+        .collect();
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|r| r.clone().map(|(name, a, b)| (name.to_owned(), a, b)))
+        .collect();
+    assert_eq!(got, expected, "input:\n{}", String::from_utf8_lossy(input));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fixed pseudo-random sequence (xorshift64): the same inputs every
+    /// run, with no dependency.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
 
     #[test]
     fn parse_u64_accepts_only_what_the_kernel_prints() {
@@ -440,13 +470,7 @@ mod tests {
             b"eth0:",
             b"\xa0",
         ];
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..5_000 {
             let target = (next() % 200) as usize;
             let mut line = Vec::new();
@@ -565,13 +589,7 @@ mod tests {
         // A fixed pseudo-random sequence (no dependency, the same every
         // run): whole parts of 1 to 10 digits, fractions of 0 to 9 digits,
         // leading zeros too; plus the long ones that take the slow path.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let mut inputs: Vec<String> = [
             "0",
             "0.0",

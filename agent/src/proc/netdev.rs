@@ -98,6 +98,7 @@ pub fn parse_line(line: &[u8], line_no: usize) -> Result<NetDevStat<'_>, ParseEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::check_named_counters;
     use crate::proc::netdev;
     use crate::testing::fixture;
 
@@ -120,22 +121,13 @@ mod tests {
     // says where each came from) and broken input: every error must name the
     // file, the 1-based line and the field, and nothing may panic.
 
-    /// Names are compared as text, invalid UTF-8 shown as U+FFFD.
     fn check_net(input: impl AsRef<[u8]>, expected: &[Result<(&str, u64, u64), ParseError>]) {
         let input = input.as_ref();
-        let got: Vec<_> = netdev::parse(input)
-            .map(|r| {
-                r.map(|n: NetDevStat<'_>| (String::from_utf8_lossy(n.name), n.rx_bytes, n.tx_bytes))
-            })
-            .collect();
-        let expected: Vec<_> = expected
-            .iter()
-            .map(|r| {
-                r.clone()
-                    .map(|(n, rx, tx)| (std::borrow::Cow::Borrowed(n), rx, tx))
-            })
-            .collect();
-        assert_eq!(got, expected, "input:\n{}", String::from_utf8_lossy(input));
+        check_named_counters(
+            input,
+            netdev::parse(input).map(|r| r.map(|n| (n.name, n.rx_bytes, n.tx_bytes))),
+            expected,
+        );
     }
 
     #[test]
