@@ -16,6 +16,10 @@
 # (consecutive windows after a warm-up that covers the agents' start-up
 # page release) and the median of each kind and of each ratio is printed
 # (the machine is shared and noisy: only ratios within one window count).
+# For each reporting agent it also prints *_less_send_ratio: the agent's
+# CPU less what the floor's one bare TCP write per tick added to the floor,
+# in floors (how far the agent is from 2x once the kernel's send, which
+# no sender avoids, is taken out).
 #
 # Usage: bench/cpu-per-sample.sh AGENT_BIN SERVER_BIN OUT_DIR
 #            [--intervals 0.1,1] [--secs-per-interval 0.1=20,1=60]
@@ -222,6 +226,20 @@ for interval in "${interval_list[@]}"; do
         [[ $k == floor ]] && continue
         echo "cpu.$interval.${k}_ratio=$(ratio_col "$k" floor | median)"
         echo "cpu.$interval.${k}_rounds=$(ratio_col "$k" floor | tr '\n' ' ' | sed 's/ $//')"
+    done
+    # What a reporting agent costs beyond the kernel's part of one bare
+    # send per tick, in floors: (agent - (floor_net - floor)) / floor, per
+    # window. floor_net - floor is what one write to a loopback TCP socket
+    # costs the sender (on loopback that includes the receiver's TCP path
+    # and waking it), which no sender can avoid; what is left is the
+    # floor's reads plus the agent's own work (user space, extra wake-ups
+    # and system calls). Printed for every kind that sends.
+    for k in "${kinds[@]}"; do
+        case $k in collect_only | floor | floor_net) continue ;; esac
+        less_send=$(awk -v k="$k" 'NR == 1 { for (i = 1; i <= NF; i++) { if ($i == k) c = i; if ($i == "floor") f = i; if ($i == "floor_net") n = i }; next }
+            c && f && n { printf "%.3f\n", ($c - ($n - $f)) / $f }' "$out/rounds-$interval.txt")
+        echo "cpu.$interval.${k}_less_send_ratio=$(median <<<"$less_send")"
+        echo "cpu.$interval.${k}_less_send_rounds=$(tr '\n' ' ' <<<"$less_send" | sed 's/ $//')"
     done
     # Bytes written per sample (the agents' batches on the wire).
     awk -v names="${kinds[*]}" 'BEGIN { n = split(names, k, " ") }

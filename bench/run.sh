@@ -23,6 +23,8 @@
 #      (one HTTP/2 connection each, Report + CommandStream, 6-sample batches
 #      at 1 s) until a step is not held; against an --insecure server, then
 #      with TLS (a client certificate per simulated agent) in the same run;
+#      then (capacity-pi) plain text with a Raspberry Pi's health values in
+#      every batch (7 one-per-host values and 3 file systems);
 #   5. command round trips (ping, true) with 1,000 agents connected, through
 #      the gRPC API and through monitorctl, and fan-out to all of them
 #      (--insecure server: the command path, not TLS);
@@ -51,8 +53,8 @@
 #   --replica-steps LIST  fleet sizes of replicas-capacity (default
 #                       1000,2500,5000), the same at 1 s and at 5 s
 #   --only SECTIONS     comma-separated subset of
-#                       tick,syscalls,cpu,footprint,size,capacity,commands,storm,
-#                       replicas,replicas-capacity
+#                       tick,syscalls,cpu,footprint,size,capacity,capacity-pi,
+#                       commands,storm,replicas,replicas-capacity
 #   --out DIR           where logs and results go (default
 #                       target/bench/run-DATE)
 # Prints the table on stdout; raw key=value results are in DIR/results.txt.
@@ -66,7 +68,7 @@ footprint_secs=60
 steps=1000,2500,5000,7500,10000,12500,15000
 storm_agents=10000
 replica_steps=1000,2500,5000
-only=tick,syscalls,cpu,footprint,size,capacity,commands,storm,replicas,replicas-capacity
+only=tick,syscalls,cpu,footprint,size,capacity,capacity-pi,commands,storm,replicas,replicas-capacity
 out=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -653,7 +655,7 @@ fi
 # thousands (its total cap, 512, applies as it would to a real fleet).
 sources=$(for b in 1 2 3 4; do for c in $(seq 1 254); do printf '127.0.%d.%d,' "$b" "$c"; done; done)
 sources=${sources%,}
-if want capacity; then
+if want capacity || want capacity-pi; then
     # Each simulated agent is one descriptor in the server and one in the
     # load generator; keep the fleet under the per-process limit.
     max_agents=$((fd_limit - 500))
@@ -663,26 +665,40 @@ if want capacity; then
     # Plain text (--insecure) first, then TLS, same steps, each on a fresh
     # server and database: capacity.* and capacity_tls.* (tls.* there is
     # the time the agents' certificates took, before the first step).
-    for mode in insecure tls; do
+    # capacity-pi: plain text again, every batch also carrying a
+    # Raspberry Pi's health values (7 one-per-host values and 3 file
+    # systems): capacity_pi.*, against the six-only run before it.
+    modes=()
+    if want capacity; then modes+=(insecure tls); fi
+    if want capacity-pi; then modes+=(pi); fi
+    for mode in "${modes[@]}"; do
+        server_mode=$mode pi_args=()
+        if [[ $mode == pi ]]; then server_mode=insecure pi_args=(--pi-health 3); fi
         log "server capacity ($mode): steps $capped, ${hold} each"
-        start_server "server-capacity-$mode" "$mode"
+        start_server "server-capacity-$mode" "$server_mode"
         with_tls_args
         : >"$out/capacity-$mode.results"
         timeout 3600 "$loadgen" capacity --server "$server_url" --admin "$admin_url" "${loadgen_tls[@]}" \
             --server-pid "$server_pid" --steps "$capped" --hold "$hold" --warmup "$warmup" \
-            --sources "$sources" --results "$out/capacity-$mode.results" >"$out/capacity-$mode.txt" 2>&1 \
+            --sources "$sources" "${pi_args[@]}" --results "$out/capacity-$mode.results" \
+            >"$out/capacity-$mode.txt" 2>&1 \
             || fail "capacity run, $mode (see $out/capacity-$mode.txt)"
         cat "$out/capacity-$mode.txt" >&2
         stop "$server_pid"
     done
-    put_prefixed "$out/capacity-insecure.results" capacity. capacity.
-    put_prefixed "$out/capacity-tls.results" "\(capacity\|tls\)\." "capacity_tls.\1."
-    a=$(get capacity.agents_kept_pace)
-    b=$(get capacity_tls.capacity.agents_kept_pace)
-    put capacity_tls.kept_pace_of_plain_percent "$(calc "$b * 100 / ($a > 0 ? $a : 1)" 0)"
-    a=$(get capacity.agents_held)
-    b=$(get capacity_tls.capacity.agents_held)
-    put capacity_tls.held_of_plain_percent "$(calc "$b * 100 / ($a > 0 ? $a : 1)" 0)"
+    if want capacity; then
+        put_prefixed "$out/capacity-insecure.results" capacity. capacity.
+        put_prefixed "$out/capacity-tls.results" "\(capacity\|tls\)\." "capacity_tls.\1."
+        a=$(get capacity.agents_kept_pace)
+        b=$(get capacity_tls.capacity.agents_kept_pace)
+        put capacity_tls.kept_pace_of_plain_percent "$(calc "$b * 100 / ($a > 0 ? $a : 1)" 0)"
+        a=$(get capacity.agents_held)
+        b=$(get capacity_tls.capacity.agents_held)
+        put capacity_tls.held_of_plain_percent "$(calc "$b * 100 / ($a > 0 ? $a : 1)" 0)"
+    fi
+    if want capacity-pi; then
+        put_prefixed "$out/capacity-pi.results" capacity. capacity_pi.
+    fi
 fi
 
 # ---------------------------------------------------------------------------
@@ -872,7 +888,7 @@ Peers in the same run: $(get peers.node_exporter); $(get peers.collectd); shell 
 |---|---|---|---|---|
 | agent tick (read + parse + rates) | ≤ 1.5 × the read-only floor | $(get tick.sample_us) µs vs floor $(get tick.floor_us) µs = ${tick_ratio} × (parsers alone $(get tick.parse_us) µs) | | $(verdict "$tick_ratio" "<=" 1.5) |
 | agent CPU per sample incl. sending | ≤ 0.1 ms | $a_cpu ms ($(get footprint.agent.cpu_percent) % of a core); collecting only (--stdout) $(get footprint.agent_collect_only.cpu_ms_per_sample) ms | collectd $c_cpu ms ($(ratio "$c_cpu" "$a_cpu")×), node_exporter $n_cpu ms ($(ratio "$n_cpu" "$a_cpu")×), shell $s_cpu ms ($(ratio "$s_cpu" "$a_cpu")×) | $(verdict "$a_cpu" "<=" 0.1) |
-| agent CPU per sample vs bench/floor.c (same files, same schedule) | ≤ 2 × the floor | 0.1 s: $(get cpu.0.1.agent_ms_per_sample) ms vs $(get cpu.0.1.floor_ms_per_sample) ms = $(get cpu.0.1.ratio) × (collecting only $(get cpu.0.1.collect_only_ratio) ×); 1 s: $(get cpu.1.agent_ms_per_sample) ms vs $(get cpu.1.floor_ms_per_sample) ms = $(get cpu.1.ratio) × (collecting only $(get cpu.1.collect_only_ratio) ×); TLS $(get cpu.0.1.agent_tls_ratio) × at 0.1 s, $(get cpu.1.agent_tls_ratio) × at 1 s | the floor plus one loopback TCP write per tick: $(get cpu.0.1.floor_net_ratio) × at 0.1 s, $(get cpu.1.floor_net_ratio) × at 1 s | $(verdict "$(get cpu.1.ratio)" "<=" 2) |
+| agent CPU per sample vs bench/floor.c (same files, same schedule) | ≤ 2 × the floor | 0.1 s: $(get cpu.0.1.agent_ms_per_sample) ms vs $(get cpu.0.1.floor_ms_per_sample) ms = $(get cpu.0.1.ratio) × (collecting only $(get cpu.0.1.collect_only_ratio) ×); 1 s: $(get cpu.1.agent_ms_per_sample) ms vs $(get cpu.1.floor_ms_per_sample) ms = $(get cpu.1.ratio) × (collecting only $(get cpu.1.collect_only_ratio) ×); TLS $(get cpu.0.1.agent_tls_ratio) × at 0.1 s, $(get cpu.1.agent_tls_ratio) × at 1 s | the floor plus one loopback TCP write per tick: $(get cpu.0.1.floor_net_ratio) × at 0.1 s, $(get cpu.1.floor_net_ratio) × at 1 s; the agent less that bare send: $(get cpu.0.1.agent_less_send_ratio) × at 0.1 s, $(get cpu.1.agent_less_send_ratio) × at 1 s (TLS $(get cpu.0.1.agent_tls_less_send_ratio) ×, $(get cpu.1.agent_tls_less_send_ratio) ×) | $(verdict "$(get cpu.1.ratio)" "<=" 2) |
 | agent syscalls per tick incl. sending | ≤ 24 | $a_sys ($(get syscalls.agent_breakdown)); attached at 1 s: $(get syscalls.agent.attached_per_sample) | collectd $(get syscalls.collectd.attached_per_sample), node_exporter $(get syscalls.node_exporter.attached_per_sample) per sample | $(verdict "$a_sys" "<=" 24) |
 | agent resident memory after $(calc "$(get footprint.window_s) / 60 + 10 / 60" 1) min | ≤ 3 MiB, flat | RSS $(mib "$a_rss") MiB (HWM $(mib "$(get footprint.agent.hwm_kib)"), PSS $(mib "$(get footprint.agent.pss_kib)"), private $(mib "$(get footprint.agent.private_kib)"), anon $(mib "$(get footprint.agent.anon_kib)") MiB); RSS range $(get footprint.agent.rss_min_kib)–$(get footprint.agent.rss_max_kib) KiB | collectd $(mib "$(get footprint.collectd.rss_kib)") MiB, node_exporter $(mib "$(get footprint.node_exporter.rss_kib)") MiB | $(verdict "$(mib "$a_rss")" "<=" 3) |
 | agent threads at steady state | 1 | $(get footprint.agent.threads) | collectd $(get footprint.collectd.threads), node_exporter $(get footprint.node_exporter.threads) | $(verdict "$(get footprint.agent.threads)" "<=" 1) |
@@ -881,6 +897,7 @@ Peers in the same run: $(get peers.node_exporter); $(get peers.collectd); shell 
 | agent stripped binary (aarch64) | ≤ 2 MiB (with TLS ≤ 2.5 MiB) | aarch64 $(bytes_mib "$aarch64") MiB, armv7 $(bytes_mib "$(get size.agent_armv7_bytes)") MiB, armv6 $(bytes_mib "$(get size.agent_armv6_bytes)") MiB, x86_64 $(bytes_mib "$(get size.agent_x86_64_bytes)") MiB | node_exporter $(mb "$(get size.node_exporter_bytes)") MB, collectd + 5 plugins $(mb "$(get size.collectd_bytes)") MB | $(verdict "$(bytes_mib "$size_fig")" "<=" 2) |
 | server: agents held at 1 s, all stored | ≥ 10,000 | kept pace (all stored and acknowledged, no backlog): $pace; of those with ingest p99 ≤ 1 s: $held (tried $(get capacity.steps_tried); first not held: $(get capacity.first_not_held) — $(get capacity.first_not_held_why)); stored = acked: $(get capacity.stored_matches_acked) | | $(verdict "$pace" ">=" 10000) |
 | server: agents held at 1 s with TLS vs --insecure, same run | ≥ 80 % | TLS kept pace: $tls_pace of plain $pace = $tls_of_plain % (p99 ≤ 1 s: $tls_held of $held = $(get capacity_tls.held_of_plain_percent) %; first TLS step not held: $(get capacity_tls.capacity.first_not_held) — $(get capacity_tls.capacity.first_not_held_why)); $(get capacity_tls.tls.certificates_issued) certificates issued in $(get capacity_tls.tls.issue_s) s | | $(verdict "$tls_of_plain" ">=" 80) |
+| server: agents held at 1 s with a Pi's health values in every batch (7 + 3 file systems), --insecure | (measured) | kept pace: $(get capacity_pi.agents_kept_pace); of those with ingest p99 ≤ 1 s: $(get capacity_pi.agents_held) (first not held: $(get capacity_pi.first_not_held) — $(get capacity_pi.first_not_held_why)); stored = acked: $(get capacity_pi.stored_matches_acked); server CPU $(get capacity_pi.server_cpu_percent) % at the last step held | the six only, same run: kept pace $pace, held $held; server CPU $(get capacity.server_cpu_percent) % at its last step held | |
 | server memory per connected agent | ≤ 64 KiB | $per_agent KiB (RSS $(mib "$(get capacity.server_rss_kib)") MiB at $pace agents) | | $(verdict "$per_agent" "<=" 64) |
 | command round trip p99, $(get commands.agents) agents | ≤ 5 ms | ping p99 $p99 ms (p50 $(get commands.ping.p50_ms)), true p99 $true_p99 ms (p50 $(get commands.true.p50_ms)); monitorctl process p50 $(get commands.monitorctl_ping.p50_ms) ms | | $(verdict "$p99" "<=" 5) |
 | fan-out to $(get commands.agents) agents, last result back | ≤ 500 ms | median $(get commands.fanout.median_ms) ms, max $fan ms ($(get commands.fanout.runs) runs, every agent ok: $([[ $(get commands.fanout.ok_min) == "$(get commands.agents)" ]] && echo yes || echo no)) | | $(verdict "$fan" "<=" 500) |

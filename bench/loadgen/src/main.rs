@@ -87,6 +87,11 @@ struct CapacityArgs {
     /// runtime worker threads (default 2)
     #[argh(option, default = "2")]
     threads: usize,
+    /// send with every batch the health values of a Raspberry Pi with this
+    /// many file systems (7 + MOUNTS values: temperature, throttling, load,
+    /// uptime, swap, root inodes, fs_used_percent per mount; default: none)
+    #[argh(option)]
+    pi_health: Option<usize>,
     /// append key=value results to this file
     #[argh(option)]
     results: Option<PathBuf>,
@@ -279,6 +284,18 @@ fn credential_for(urls: &[&str], path: Option<&Path>) -> Result<Option<Credentia
     }
 }
 
+/// `--pi-health MOUNTS`: the 7 one-per-host health values and one per
+/// mount must fit a batch's health samples.
+fn pi_health(mounts: Option<usize>) -> Result<Option<usize>, String> {
+    let most = monitor::wire::MAX_HEALTH_SAMPLES_PER_BATCH - 7;
+    match mounts {
+        Some(m) if m > most => Err(format!(
+            "--pi-health: at most {most} file systems fit a batch, got {m}"
+        )),
+        other => Ok(other),
+    }
+}
+
 fn sources(value: Option<&str>) -> Result<Vec<IpAddr>, String> {
     let Some(value) = value else {
         return Ok(Vec::new());
@@ -351,6 +368,7 @@ fn capacity_cmd(a: CapacityArgs) -> Result<(), Failure> {
             connect_concurrency: a.connect_concurrency,
             tls: None,
             reconnect: false,
+            pi_health_mounts: pi_health(a.pi_health).map_err(Failure::Usage)?,
         },
         admin,
         credential,
@@ -393,6 +411,7 @@ fn reconnect_cmd(a: ReconnectArgs) -> Result<(), Failure> {
             connect_concurrency: a.connect_concurrency,
             tls: None,
             reconnect: true,
+            pi_health_mounts: None,
         },
         admin,
         credential,
@@ -441,6 +460,7 @@ fn commands_cmd(a: CommandsArgs) -> Result<(), Failure> {
             connect_concurrency: 256,
             tls: None,
             reconnect: false,
+            pi_health_mounts: None,
         },
         admin,
         cross_admin,

@@ -35,7 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use monitor::batch::{MetricValues, TickBatch};
+use monitor::batch::{HealthValue, MetricValues, TickBatch};
+use monitor::health::HealthMetric;
 use monitor::metric::Metric;
 use monitor::pb;
 use monitor::pb::collector_client::CollectorClient;
@@ -93,6 +94,10 @@ pub struct FleetConfig {
     /// Whether an agent whose connection failed or ended tries again (after
     /// the agent's backoff) instead of staying down.
     pub reconnect: bool,
+    /// Health values each batch carries besides the six: `Some(m)` sends
+    /// what a Raspberry Pi's agent sends with `m` file systems (see
+    /// [`pi_health`]); `None` sends none.
+    pub pi_health_mounts: Option<usize>,
 }
 
 impl FleetConfig {
@@ -214,6 +219,8 @@ struct Shared {
     /// While true, ticks send nothing (to let in-flight batches drain).
     paused: AtomicBool,
     stop: watch::Receiver<bool>,
+    /// The labels of the health values, when the fleet sends them.
+    pi_labels: Option<PiLabels>,
 }
 
 /// A growing set of simulated agents on the current tokio runtime.
@@ -278,6 +285,7 @@ impl Fleet {
         let (stop_tx, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             permits: Semaphore::new(config.connect_concurrency.max(1)),
+            pi_labels: config.pi_health_mounts.map(PiLabels::new),
             config,
             endpoints,
             stats: Arc::new(Stats::default()),
@@ -468,6 +476,68 @@ fn values(index: usize, seq: u64) -> MetricValues {
     v.set(Metric::NetInKbps, wobble * 11.0);
     v.set(Metric::NetOutKbps, wobble * 13.0);
     v
+}
+
+/// The labels of a simulated Pi's health values, made once per fleet and
+/// shared by every batch, as the agent shares its own.
+#[derive(Debug)]
+pub struct PiLabels {
+    /// The empty label of one-per-host values.
+    none: Arc<str>,
+    /// `/`, `/boot/firmware`, then `/mnt/data1`, `/mnt/data2`…
+    mounts: Vec<Arc<str>>,
+}
+
+impl PiLabels {
+    /// The labels of a Pi with `mounts` file systems.
+    pub fn new(mounts: usize) -> PiLabels {
+        PiLabels {
+            none: Arc::from(""),
+            mounts: (0..mounts)
+                .map(|i| match i {
+                    0 => Arc::from("/"),
+                    1 => Arc::from("/boot/firmware"),
+                    _ => Arc::from(format!("/mnt/data{}", i - 1)),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The health values a Raspberry Pi's agent sends per tick: temperature,
+/// under-voltage, the throttling word, load, uptime, swap, the root's
+/// inodes, and one `fs_used_percent` per mount point (7 + mounts values);
+/// made-up but valid values that change from tick to tick.
+fn pi_health(index: usize, seq: u64, labels: &PiLabels) -> Box<[HealthValue]> {
+    let wobble = ((seq as usize * 7 + index) % 1000) as f64 / 10.0;
+    let one = |metric, value| HealthValue {
+        metric,
+        device: Arc::clone(&labels.none),
+        value,
+    };
+    // The firmware's "throttled now and since boot" bits, now and then.
+    let throttled = if wobble > 90.0 { 0x4_0004 } else { 0 };
+    let mut health = vec![
+        one(HealthMetric::TempCelsius, 40.0 + wobble / 5.0),
+        one(HealthMetric::UnderVoltage, 0.0),
+        one(HealthMetric::ThrottledFlags, f64::from(throttled)),
+        one(HealthMetric::Load1, wobble / 25.0),
+        one(HealthMetric::UptimeSeconds, 1_000.0 + seq as f64),
+        one(HealthMetric::SwapPercent, wobble / 10.0),
+        one(HealthMetric::RootInodesUsedPercent, 12.5),
+    ];
+    health.extend(
+        labels
+            .mounts
+            .iter()
+            .zip(0u32..)
+            .map(|(mount, i)| HealthValue {
+                metric: HealthMetric::FsUsedPercent,
+                device: Arc::clone(mount),
+                value: (wobble + f64::from(i) * 10.0).min(100.0),
+            }),
+    );
+    health.into_boxed_slice()
 }
 
 /// The answer a real agent gives to `argv`, without running anything.
@@ -664,7 +734,10 @@ async fn run_session(
                     seq: *seq + 1,
                     time_unix_ms,
                     values: values(index, *seq + 1),
-                    health: Box::default(),
+                    health: match &shared.pi_labels {
+                        Some(labels) => pi_health(index, *seq + 1, labels),
+                        None => Box::default(),
+                    },
                 };
                 let counters = AgentCounters {
                     produced_batches_total: *seq + 1,
@@ -730,6 +803,36 @@ mod tests {
         assert!(
             matches!(&other[1].kind, Some(ResponseKind::Finished(f)) if f.outcome == pb::Outcome::Rejected as i32)
         );
+    }
+
+    #[test]
+    fn pi_health_values_are_valid_for_the_server() {
+        let identity = AgentIdentity {
+            agent_id: "lg-00002".into(),
+            hostname: "lg-00002".into(),
+            agent_version: AGENT_VERSION.into(),
+            boot_id: 7,
+        };
+        let labels = PiLabels::new(3);
+        for seq in [1u64, 2, 13, 500] {
+            let now = monitor::time::now_unix_ms();
+            let batch = TickBatch {
+                boot_id: 7,
+                seq,
+                time_unix_ms: now,
+                values: values(2, seq),
+                health: pi_health(2, seq, &labels),
+            };
+            let pb = monitor::wire::batch_to_pb(&identity, &batch, now, AgentCounters::default());
+            assert_eq!(pb.health_samples.len(), 10);
+            let devices: Vec<&str> = pb.health_samples[7..]
+                .iter()
+                .map(|s| s.device.as_str())
+                .collect();
+            assert_eq!(devices, ["/", "/boot/firmware", "/mnt/data1"]);
+            let valid = monitor::wire::validate_batch(pb, now, 30_000).unwrap();
+            assert_eq!(valid.health.len(), 10, "seq {seq}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use monitor_loadgen::storm::{self, StormConfig};
 use monitor_loadgen::tls;
 use monitor_server::config::{Config, DEFAULT_AGENT_CERT_LIFETIME, TlsConfig};
 use monitor_server::server::{self, Listeners};
+use monitor_server::store::{SqliteConfig, Store};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -125,6 +126,7 @@ fn fleet(server: &TestServer, prefix: &str) -> FleetConfig {
         connect_concurrency: 8,
         tls: None,
         reconnect: false,
+        pi_health_mounts: None,
     }
 }
 
@@ -175,6 +177,51 @@ async fn small_fleet_is_held_and_every_batch_is_stored() {
     assert!(result.acked_total > 0);
     assert_eq!(result.stored_total, Some(result.acked_total));
     assert_eq!(result.first_error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_pis_gets_its_health_values_stored() {
+    let dir = temp_dir("pihealth");
+    let server = TestServer::start(dir.path()).await;
+    let mut config = small_capacity(&server, "smokepi-", vec![4]);
+    config.fleet.pi_health_mounts = Some(3);
+    let result = capacity::run(config).await.unwrap();
+    let db = server.config.db.clone();
+    server.stop().await;
+
+    assert_eq!(result.held().map(|s| s.agents), Some(4), "{result:?}");
+    assert_eq!(result.stored_total, Some(result.acked_total));
+    let monitor_server::config::Database::Sqlite(path) = db else {
+        panic!("the smoke server runs on SQLite");
+    };
+    let store = Store::open(SqliteConfig::new(path)).await.unwrap();
+    let hosts = store.hosts().await.unwrap();
+    assert_eq!(hosts.len(), 4, "{hosts:?}");
+    for host in &hosts {
+        let mut health: Vec<(&str, &str)> = host
+            .health
+            .iter()
+            .map(|h| (h.metric.name(), h.device.as_str()))
+            .collect();
+        health.sort_unstable();
+        assert_eq!(
+            health,
+            [
+                ("fs_used_percent", "/"),
+                ("fs_used_percent", "/boot/firmware"),
+                ("fs_used_percent", "/mnt/data1"),
+                ("load1", ""),
+                ("root_inodes_used_percent", ""),
+                ("swap_percent", ""),
+                ("temp_celsius", ""),
+                ("throttled_flags", ""),
+                ("under_voltage", ""),
+                ("uptime_seconds", ""),
+            ],
+            "{}",
+            host.hostname
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
