@@ -57,6 +57,8 @@ fn read_all(relative: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The /proc parsers take the bytes as read; the sysfs attributes, the
+/// mount table and the allowlist are text.
 fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(bytes)
 }
@@ -111,13 +113,13 @@ fn spool_target(bytes: &[u8]) {
 }
 
 fn stat_target(bytes: &[u8]) {
-    if let Ok(cpu) = proc::stat::parse(&text(bytes)) {
+    if let Ok(cpu) = proc::stat::parse(bytes) {
         let _ = (cpu.total_ticks(), cpu.busy_ticks());
     }
 }
 
 fn meminfo_target(bytes: &[u8]) {
-    if let Ok(m) = proc::meminfo::parse(&text(bytes))
+    if let Ok(m) = proc::meminfo::parse(bytes)
         && let Some(p) = m.used_percent()
     {
         assert!(p.is_finite() && (0.0..=100.0).contains(&p), "{p}");
@@ -127,10 +129,10 @@ fn meminfo_target(bytes: &[u8]) {
 fn small_files_target(bytes: &[u8]) {
     let t = text(bytes);
     let finite_non_negative = |v: f64| assert!(v.is_finite() && v >= 0.0, "{v}");
-    if let Ok(v) = proc::loadavg::parse(&t) {
+    if let Ok(v) = proc::loadavg::parse(bytes) {
         finite_non_negative(v);
     }
-    if let Ok(v) = proc::uptime::parse(&t) {
+    if let Ok(v) = proc::uptime::parse(bytes) {
         finite_non_negative(v);
     }
     if let Ok(v) = hw::thermal::parse_celsius(&t) {
@@ -149,15 +151,13 @@ fn mounts_target(bytes: &[u8]) {
 }
 
 fn diskstats_target(bytes: &[u8]) {
-    let t = text(bytes);
-    for line in proc::diskstats::parse(&t) {
+    for line in proc::diskstats::parse(bytes) {
         let _ = line;
     }
 }
 
 fn netdev_target(bytes: &[u8]) {
-    let t = text(bytes);
-    for line in proc::netdev::parse(&t) {
+    for line in proc::netdev::parse(bytes) {
         let _ = line;
     }
 }

@@ -108,10 +108,10 @@ impl Floor {
         Ok(total)
     }
 
-    /// The text of file `index` as last read.
-    fn text(&self, index: usize) -> &str {
+    /// The bytes of file `index` as last read.
+    fn text(&self, index: usize) -> &[u8] {
         let (_, _, buf, len) = &self.files[index];
-        std::str::from_utf8(&buf[..*len]).unwrap_or("")
+        &buf[..*len]
     }
 }
 

@@ -7,7 +7,8 @@
 //! The tick is cheap by construction: the files stay open and are re-read
 //! with `pread` at offset 0 into buffers kept between ticks (one `pread`
 //! for files the kernel produces whole), the parsers scan bytes without
-//! allocating, per-device state is looked up by `&str`, /sys is consulted
+//! allocating or checking UTF-8, per-device state is found in file order
+//! (no hashing), /sys is consulted
 //! once per device name, the first time it appears, and the mount table is
 //! re-read only when the kernel says it changed. Nothing here allocates per
 //! tick for a device or file system it already knows.
@@ -362,13 +363,17 @@ impl Collector {
         let Some(text) = source.read() else { return };
         let mut errors = 0u32;
         tracker.begin_tick();
-        for line in proc::diskstats::parse(&text) {
+        for line in proc::diskstats::parse(text) {
             match line {
                 Ok(disk) => tracker.observe(
                     disk.name,
                     [disk.read_sectors, disk.written_sectors],
                     now,
-                    |name| sysfs::is_physical_disk(sys_root, name),
+                    // A name that is not UTF-8 names no disk of ours.
+                    |name| {
+                        std::str::from_utf8(name)
+                            .is_ok_and(|n| sysfs::is_physical_disk(sys_root, n))
+                    },
                 ),
                 Err(err) => {
                     report_parse_error(was_bad || errors > 0, &err);
@@ -376,7 +381,6 @@ impl Collector {
                 }
             }
         }
-        drop(text);
         let [read, write] = tracker.end_tick();
         readings.set(AgentMetric::DiskReadKbps, read);
         readings.set(AgentMetric::DiskWriteKbps, write);
@@ -396,12 +400,15 @@ impl Collector {
         let Some(text) = source.read() else { return };
         let mut errors = 0u32;
         tracker.begin_tick();
-        for line in proc::netdev::parse(&text) {
+        for line in proc::netdev::parse(text) {
             match line {
                 Ok(net) => tracker.observe(net.name, [net.rx_bytes, net.tx_bytes], now, |name| {
                     match interfaces {
-                        Some(named) => named.iter().any(|n| n == name),
-                        None => sysfs::is_physical_interface(sys_root, name),
+                        Some(named) => named.iter().any(|n| n.as_bytes() == name),
+                        // A name that is not UTF-8 is no interface /sys
+                        // could tell us about under a path we can build.
+                        None => std::str::from_utf8(name)
+                            .is_ok_and(|n| sysfs::is_physical_interface(sys_root, n)),
                     }
                 }),
                 Err(err) => {
@@ -410,7 +417,6 @@ impl Collector {
                 }
             }
         }
-        drop(text);
         let [rx, tx] = tracker.end_tick();
         readings.set(AgentMetric::NetInKbps, rx);
         readings.set(AgentMetric::NetOutKbps, tx);

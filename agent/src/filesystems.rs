@@ -179,8 +179,8 @@ struct Selected {
 enum Watch {
     /// procfs: POLLPRI on the open file.
     Poll(File),
-    /// Anything else: re-read and compare the text.
-    Compare(String),
+    /// Anything else: re-read and compare the bytes.
+    Compare(Vec<u8>),
 }
 
 /// The selected file systems and the mount table they come from.
@@ -310,10 +310,10 @@ impl Filesystems {
                 }
             }
             Some(Watch::Compare(last)) => {
-                let Some(text) = self.table.read() else {
+                let Some(bytes) = self.table.read() else {
                     return true;
                 };
-                *last != *text
+                *last != *bytes
             }
         }
     }
@@ -328,7 +328,8 @@ impl Filesystems {
             self.root = None;
             return;
         };
-        let text = text.into_owned();
+        let raw = text.to_vec();
+        let text = String::from_utf8_lossy(&raw).into_owned();
         let was_bad = self.table.had_parse_errors;
         let mut errors = 0u32;
         let mut selected = Vec::new();
@@ -368,7 +369,7 @@ impl Filesystems {
         self.table.had_parse_errors = errors > 0;
         *parse_errors = parse_errors.saturating_add(errors);
         if let Some(Watch::Compare(last)) = &mut self.watch {
-            *last = text;
+            *last = raw;
         }
         self.root = selected.iter().position(|s| &*s.label == "/");
         let names: Vec<&str> = selected.iter().map(|s| &*s.label).collect();
@@ -400,7 +401,7 @@ impl Filesystems {
             );
             Watch::Poll(file)
         } else {
-            Watch::Compare(String::new())
+            Watch::Compare(Vec::new())
         })
     }
 

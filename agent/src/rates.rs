@@ -19,9 +19,12 @@
 //!   disks and short-lived interfaces do not grow state forever.
 //!
 //! Must never read a clock itself, do I/O, or allocate per tick for a device
-//! it already knows (state is looked up by `&str`).
+//! it already knows. Devices are kept in a `Vec` in the file's order: the
+//! kernel lists them in the same order every tick, so the next device is
+//! almost always in the slot after the last one found, and a tick costs one
+//! name comparison per device (no hashing); a device out of place is found
+//! by a search of at most the devices known.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::proc::stat::CpuTimes;
@@ -110,8 +113,11 @@ impl RateSum {
 }
 
 /// What the tracker keeps per device name.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct DeviceState {
+    /// The name as the kernel prints it (bytes: /proc never promises UTF-8,
+    /// and the name is only compared and, once, looked up in /sys).
+    name: Box<[u8]>,
     /// Whether the device counts towards the metrics (decided once).
     qualifies: bool,
     /// The counters at the last reading, in the file's own units.
@@ -120,6 +126,29 @@ struct DeviceState {
     read_at: Instant,
     /// The tick that last saw this device.
     seen_in_tick: u64,
+    /// Where in that tick's file it was met (0 for the first device).
+    order: usize,
+}
+
+/// The time between two readings, worked out once per tick: every device
+/// of a file is read at the same instant, and was last read at the same one.
+#[derive(Debug, Default)]
+struct ElapsedMemo {
+    last: Option<(Instant, Instant, Option<Duration>)>,
+}
+
+impl ElapsedMemo {
+    /// `now - read_at`, or `None` when time went backwards.
+    fn between(&mut self, read_at: Instant, now: Instant) -> Option<Duration> {
+        match self.last {
+            Some((from, to, elapsed)) if from == read_at && to == now => elapsed,
+            _ => {
+                let elapsed = now.checked_duration_since(read_at);
+                self.last = Some((read_at, now, elapsed));
+                elapsed
+            }
+        }
+    }
 }
 
 /// Per-device counters of one file (/proc/diskstats or /proc/net/dev), two
@@ -131,10 +160,20 @@ struct DeviceState {
 /// the devices that were not observed and returns the two metrics.
 #[derive(Debug)]
 pub struct DeviceTracker {
-    devices: HashMap<String, DeviceState>,
+    /// Known devices, in the order of the file when they were first seen.
+    devices: Vec<DeviceState>,
+    /// Where the next observed device is expected: the slot after the last
+    /// one found this tick.
+    cursor: usize,
     /// Bytes per unit of the counters (512 for sectors, 1 for bytes).
     unit_bytes: u64,
     tick: u64,
+    /// Devices observed this tick (duplicates not counted).
+    observed: usize,
+    /// Whether a device was added this tick or one was met out of place:
+    /// then `end_tick` puts them back in this tick's file order.
+    reorder: bool,
+    elapsed: ElapsedMemo,
     sums: [RateSum; 2],
 }
 
@@ -142,9 +181,13 @@ impl DeviceTracker {
     /// A tracker whose counters count units of `unit_bytes` bytes.
     pub fn new(unit_bytes: u64) -> DeviceTracker {
         DeviceTracker {
-            devices: HashMap::new(),
+            devices: Vec::new(),
+            cursor: 0,
             unit_bytes,
             tick: 0,
+            observed: 0,
+            reorder: false,
+            elapsed: ElapsedMemo::default(),
             sums: [RateSum::default(); 2],
         }
     }
@@ -152,48 +195,75 @@ impl DeviceTracker {
     /// Starts a tick (a successful read of the file).
     pub fn begin_tick(&mut self) {
         self.tick += 1;
+        self.cursor = 0;
+        self.observed = 0;
+        self.reorder = false;
         self.sums = [RateSum::default(); 2];
+    }
+
+    /// The slot of device `name`: the expected one first, else a search.
+    fn find(&self, name: &[u8]) -> Option<usize> {
+        if self
+            .devices
+            .get(self.cursor)
+            .is_some_and(|d| *d.name == *name)
+        {
+            return Some(self.cursor);
+        }
+        self.devices.iter().position(|d| *d.name == *name)
     }
 
     /// Records the counters of device `name` read at `now`. `qualifies` is
     /// called only the first time a name is seen (it may read /sys).
     pub fn observe(
         &mut self,
-        name: &str,
+        name: &[u8],
         counters: [u64; 2],
         now: Instant,
-        qualifies: impl FnOnce(&str) -> bool,
+        qualifies: impl FnOnce(&[u8]) -> bool,
     ) {
         let tick = self.tick;
-        let Some(state) = self.devices.get_mut(name) else {
+        let order = self.observed;
+        let Some(slot) = self.find(name) else {
             let qualifies = qualifies(name);
             if qualifies {
                 for sum in &mut self.sums {
                     sum.devices += 1;
                 }
             }
-            self.devices.insert(
-                name.to_owned(),
-                DeviceState {
-                    qualifies,
-                    counters,
-                    read_at: now,
-                    seen_in_tick: tick,
-                },
-            );
+            // Appended, then put in file order by `end_tick`.
+            self.devices.push(DeviceState {
+                name: name.into(),
+                qualifies,
+                counters,
+                read_at: now,
+                seen_in_tick: tick,
+                order,
+            });
+            self.observed += 1;
+            self.reorder = true;
+            self.cursor = self.devices.len();
             return;
         };
+        let state = &mut self.devices[slot];
         if state.seen_in_tick == tick {
-            // The same name twice in one file: keep the first line.
+            // The same name twice in one file: keep the first line (and
+            // the cursor, which still points at the next device).
             return;
         }
+        if slot != self.cursor {
+            self.reorder = true;
+        }
+        self.cursor = slot + 1;
+        self.observed += 1;
         state.seen_in_tick = tick;
+        state.order = order;
         let previous = std::mem::replace(&mut state.counters, counters);
-        let elapsed = now.checked_duration_since(state.read_at);
-        state.read_at = now;
+        let read_at = std::mem::replace(&mut state.read_at, now);
         if !state.qualifies {
             return;
         }
+        let elapsed = self.elapsed.between(read_at, now);
         for ((sum, before), after) in self.sums.iter_mut().zip(previous).zip(counters) {
             sum.devices += 1;
             let (Some(delta), Some(elapsed)) = (counter_delta(before, after).value(), elapsed)
@@ -208,11 +278,20 @@ impl DeviceTracker {
         }
     }
 
-    /// Ends the tick: forgets devices not observed in it and returns the two
-    /// rate metrics (first counter, second counter).
+    /// Ends the tick: forgets devices not observed in it, puts the rest in
+    /// this tick's file order when it changed, and returns the two rate
+    /// metrics (first counter, second counter).
     pub fn end_tick(&mut self) -> [Option<f64>; 2] {
         let tick = self.tick;
-        self.devices.retain(|_, state| state.seen_in_tick == tick);
+        if self.observed != self.devices.len() {
+            self.devices.retain(|state| state.seen_in_tick == tick);
+        }
+        if self.reorder {
+            // Every device left was seen this tick, so the keys are
+            // distinct and an unstable sort (which does not allocate) is
+            // exact.
+            self.devices.sort_unstable_by_key(|state| state.order);
+        }
         [self.sums[0].value(), self.sums[1].value()]
     }
 
@@ -290,20 +369,20 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         let mut tracker = DeviceTracker::new(1);
         tracker.begin_tick();
-        tracker.observe("eth0", [0, 0], t0, |_| true);
-        tracker.observe("eth0", [5_000, 5_000], t0, |_| true);
+        tracker.observe(b"eth0", [0, 0], t0, |_| true);
+        tracker.observe(b"eth0", [5_000, 5_000], t0, |_| true);
         assert_eq!(tracker.end_tick(), [None, None], "first sighting");
         assert_eq!(tracker.known_devices(), 1);
 
         // The first line (1 KiB, 2 KiB) counts; the second is not added,
         // and does not replace the first as the next tick's baseline.
         tracker.begin_tick();
-        tracker.observe("eth0", [1024, 2048], t1, |_| true);
-        tracker.observe("eth0", [1024 * 100, 2048 * 100], t1, |_| true);
+        tracker.observe(b"eth0", [1024, 2048], t1, |_| true);
+        tracker.observe(b"eth0", [1024 * 100, 2048 * 100], t1, |_| true);
         assert_eq!(tracker.end_tick(), [Some(1.0), Some(2.0)]);
 
         tracker.begin_tick();
-        tracker.observe("eth0", [2048, 4096], t1 + Duration::from_secs(1), |_| true);
+        tracker.observe(b"eth0", [2048, 4096], t1 + Duration::from_secs(1), |_| true);
         assert_eq!(tracker.end_tick(), [Some(1.0), Some(2.0)]);
     }
 
@@ -316,14 +395,14 @@ mod tests {
         let mut tracker = DeviceTracker::new(1);
         check(&tracker, 0);
         tracker.begin_tick();
-        tracker.observe("eth0", [0, 0], t0, |_| true);
-        tracker.observe("lo", [0, 0], t0, |_| false);
-        tracker.observe("wlan0", [0, 0], t0, |_| true);
+        tracker.observe(b"eth0", [0, 0], t0, |_| true);
+        tracker.observe(b"lo", [0, 0], t0, |_| false);
+        tracker.observe(b"wlan0", [0, 0], t0, |_| true);
         tracker.end_tick();
         check(&tracker, 3);
         tracker.begin_tick();
-        tracker.observe("wlan0", [0, 0], t0, |_| true);
-        tracker.observe("lo", [0, 0], t0, |_| false);
+        tracker.observe(b"wlan0", [0, 0], t0, |_| true);
+        tracker.observe(b"lo", [0, 0], t0, |_| false);
         tracker.end_tick();
         check(&tracker, 2);
         // A tick that saw nothing (every device gone) forgets them all.
@@ -336,11 +415,11 @@ mod tests {
     fn tracker_aggregates_and_forgets() {
         let t0 = Instant::now();
         let mut tracker = DeviceTracker::new(512);
-        let yes = |_: &str| true;
+        let yes = |_: &[u8]| true;
 
         tracker.begin_tick();
-        tracker.observe("sda", [0, 0], t0, yes);
-        tracker.observe("sdb", [100, 0], t0, yes);
+        tracker.observe(b"sda", [0, 0], t0, yes);
+        tracker.observe(b"sdb", [100, 0], t0, yes);
         assert_eq!(
             tracker.end_tick(),
             [None, None],
@@ -350,13 +429,13 @@ mod tests {
         // 2 s later: sda read 2048 sectors (1 MiB → 512 KiB/s); sdb's read
         // counter was reset (dropped), its write counter still counts.
         tracker.begin_tick();
-        tracker.observe("sda", [2048, 0], t0 + Duration::from_secs(2), yes);
-        tracker.observe("sdb", [0, 0], t0 + Duration::from_secs(2), yes);
+        tracker.observe(b"sda", [2048, 0], t0 + Duration::from_secs(2), yes);
+        tracker.observe(b"sdb", [0, 0], t0 + Duration::from_secs(2), yes);
         assert_eq!(tracker.end_tick(), [Some(512.0), Some(0.0)]);
 
         // sdb vanishes and is forgotten; a classifier is not asked again for sda.
         tracker.begin_tick();
-        tracker.observe("sda", [2048, 0], t0 + Duration::from_secs(3), |_| {
+        tracker.observe(b"sda", [2048, 0], t0 + Duration::from_secs(3), |_| {
             panic!("sda is already classified")
         });
         assert_eq!(tracker.end_tick(), [Some(0.0), Some(0.0)]);
@@ -364,7 +443,7 @@ mod tests {
 
         // No qualifying device at all: 0, not omitted.
         tracker.begin_tick();
-        tracker.observe("loop0", [1, 1], t0 + Duration::from_secs(4), |_| false);
+        tracker.observe(b"loop0", [1, 1], t0 + Duration::from_secs(4), |_| false);
         assert_eq!(tracker.end_tick(), [Some(0.0), Some(0.0)]);
         assert_eq!(tracker.known_devices(), 1, "sda gone, loop0 remembered");
     }
@@ -374,13 +453,13 @@ mod tests {
         let t0 = Instant::now();
         let mut tracker = DeviceTracker::new(1);
         tracker.begin_tick();
-        tracker.observe("eth0", [10_000, 10_000], t0, |_| true);
-        tracker.observe("wlan0", [10_000, 10_000], t0, |_| true);
+        tracker.observe(b"eth0", [10_000, 10_000], t0, |_| true);
+        tracker.observe(b"wlan0", [10_000, 10_000], t0, |_| true);
         tracker.end_tick();
         tracker.begin_tick();
         let t1 = t0 + Duration::from_millis(500);
-        tracker.observe("eth0", [10_000 + 1024, 10_000 + 2048], t1, |_| true);
-        tracker.observe("wlan0", [3, 3], t1, |_| true);
+        tracker.observe(b"eth0", [10_000 + 1024, 10_000 + 2048], t1, |_| true);
+        tracker.observe(b"wlan0", [3, 3], t1, |_| true);
         assert_eq!(tracker.end_tick(), [Some(2.0), Some(4.0)]);
     }
 
@@ -390,13 +469,50 @@ mod tests {
         let later = t0 + Duration::from_secs(1);
         let mut tracker = DeviceTracker::new(1);
         tracker.begin_tick();
-        tracker.observe("eth0", [0, 0], later, |_| true);
+        tracker.observe(b"eth0", [0, 0], later, |_| true);
         tracker.end_tick();
         tracker.begin_tick();
-        tracker.observe("eth0", [10, 10], later, |_| true);
+        tracker.observe(b"eth0", [10, 10], later, |_| true);
         assert_eq!(tracker.end_tick(), [None, None]);
         tracker.begin_tick();
-        tracker.observe("eth0", [20, 20], t0, |_| true);
+        tracker.observe(b"eth0", [20, 20], t0, |_| true);
         assert_eq!(tracker.end_tick(), [None, None]);
+    }
+
+    #[test]
+    fn devices_that_move_appear_or_vanish_are_still_found_once() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut tracker = DeviceTracker::new(1);
+        tracker.begin_tick();
+        for name in [&b"a"[..], b"b", b"c"] {
+            tracker.observe(name, [0, 0], at(0), |_| true);
+        }
+        tracker.end_tick();
+
+        // The file's order changes and a device appears in the middle:
+        // each known device gives its rate once, the new one none yet.
+        tracker.begin_tick();
+        tracker.observe(b"c", [1024, 0], at(1), |_| panic!("c is known"));
+        tracker.observe(b"new", [9, 9], at(1), |_| true);
+        tracker.observe(b"a", [2048, 0], at(1), |_| panic!("a is known"));
+        tracker.observe(b"b", [4096, 0], at(1), |_| panic!("b is known"));
+        assert_eq!(tracker.end_tick(), [Some(7.0), Some(0.0)]);
+        assert_eq!(tracker.known_devices(), 4);
+
+        // In that new order again; "a" vanishes and is forgotten.
+        tracker.begin_tick();
+        tracker.observe(b"c", [2048, 0], at(2), |_| panic!("c is known"));
+        tracker.observe(b"new", [9 + 1024, 9], at(2), |_| panic!("new is known"));
+        tracker.observe(b"b", [4096, 0], at(2), |_| panic!("b is known"));
+        assert_eq!(tracker.end_tick(), [Some(2.0), Some(0.0)]);
+        assert_eq!(tracker.known_devices(), 3);
+
+        // "a" comes back: a new device again, classified again.
+        tracker.begin_tick();
+        tracker.observe(b"a", [0, 0], at(3), |_| true);
+        tracker.observe(b"c", [2048, 0], at(3), |_| panic!("c is known"));
+        assert_eq!(tracker.end_tick(), [Some(0.0), Some(0.0)]);
+        assert_eq!(tracker.known_devices(), 2);
     }
 }

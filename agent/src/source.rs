@@ -6,7 +6,6 @@
 //! metrics are omitted meanwhile. Must never panic and never allocate per
 //! tick once the buffer has grown to the file's size.
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -113,10 +112,11 @@ impl Source {
         self.file = None;
     }
 
-    /// Re-reads the whole file from offset 0 into the buffer. Returns the
-    /// text (invalid UTF-8 replaced, which then fails the number parsers on
-    /// that line only), or `None` when the file cannot be read this tick.
-    pub fn read(&mut self) -> Option<Cow<'_, str>> {
+    /// Re-reads the whole file from offset 0 into the buffer. Returns its
+    /// bytes as read (the parsers take bytes: the kernel prints ASCII, so
+    /// the whole file is never checked for UTF-8), or `None` when the file
+    /// cannot be read this tick.
+    pub fn read(&mut self) -> Option<&[u8]> {
         if self.file.is_none() {
             self.reopen();
         }
@@ -146,13 +146,7 @@ impl Source {
             log::info!("{} can be read again", self.path.display());
             self.failing = false;
         }
-        let bytes = &self.buf[..filled];
-        // The kernel prints ASCII: take the fast validation, and pay for the
-        // replacing copy only when a file really holds garbage.
-        Some(match std::str::from_utf8(bytes) {
-            Ok(text) => Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(bytes),
-        })
+        self.buf.get(..filled)
     }
 
     /// Reads and parses the file in one step: the parsed value, or `None`
@@ -160,12 +154,10 @@ impl Source {
     /// `parse_errors`).
     pub fn read_parsed<T>(
         &mut self,
-        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+        parse: impl FnOnce(&[u8]) -> Result<T, ParseError>,
         parse_errors: &mut u32,
     ) -> Option<T> {
-        let text = self.read()?;
-        let parsed = parse(&text);
-        drop(text);
+        let parsed = parse(self.read()?);
         match parsed {
             Ok(value) => {
                 self.had_parse_errors = false;
@@ -179,6 +171,15 @@ impl Source {
             }
         }
     }
+}
+
+/// A parser of a few bytes of text (a sysfs attribute) as a parser of the
+/// bytes read: invalid UTF-8 is replaced (so the value fails its parser),
+/// which costs a copy only then.
+pub fn text<T>(
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> impl FnOnce(&[u8]) -> Result<T, ParseError> {
+    move |bytes| parse(&String::from_utf8_lossy(bytes))
 }
 
 /// Logs a malformed line: a warning the first time a file goes bad, debug

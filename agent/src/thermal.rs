@@ -14,7 +14,7 @@
 use std::path::Path;
 
 use crate::hw::thermal;
-use crate::source::Source;
+use crate::source::{Source, text};
 
 /// Which zones count.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl Thermal {
     pub fn sample(&mut self, parse_errors: &mut u32) -> Option<f64> {
         let mut hottest: Option<f64> = None;
         for zone in &mut self.zones {
-            if let Some(celsius) = zone.read_parsed(thermal::parse_celsius, parse_errors) {
+            if let Some(celsius) = zone.read_parsed(text(thermal::parse_celsius), parse_errors) {
                 hottest = Some(hottest.map_or(celsius, |h| h.max(celsius)));
             }
         }

@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::hw::throttled::{self, Latch};
-use crate::source::Source;
+use crate::source::{Source, text};
 
 /// The two Pi attributes read every tick, where they exist.
 #[derive(Debug)]
@@ -64,14 +64,14 @@ impl Throttling {
         let alarm = self
             .alarm
             .as_mut()
-            .and_then(|s| s.read_parsed(throttled::parse_alarm, parse_errors));
+            .and_then(|s| s.read_parsed(text(throttled::parse_alarm), parse_errors));
         if let Some(alarm) = alarm {
             self.latch.observe_under_voltage(alarm);
         }
         let word = self
             .firmware
             .as_mut()
-            .and_then(|s| s.read_parsed(throttled::parse_word, parse_errors));
+            .and_then(|s| s.read_parsed(text(throttled::parse_word), parse_errors));
         ThrottlingReading {
             under_voltage: alarm.map(|a| if a { 1.0 } else { 0.0 }),
             throttled_flags: word.map(|w| f64::from(self.latch.observe(w))),

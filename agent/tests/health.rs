@@ -57,7 +57,7 @@ fn check<T: PartialEq + std::fmt::Debug>(
 
 #[test]
 fn loadavg_on_captures_and_broken_input() {
-    let c = |input: &str, expected| check(input, loadavg::parse(input), expected);
+    let c = |input: &str, expected| check(input, loadavg::parse(input.as_bytes()), expected);
     let f = "/proc/loadavg";
     c(&fixture("x86_64", "proc/loadavg"), Ok(14.89));
     c(&fixture("aarch64", "proc/loadavg"), Ok(0.41));
@@ -75,7 +75,7 @@ fn loadavg_on_captures_and_broken_input() {
 
 #[test]
 fn uptime_on_captures_and_broken_input() {
-    let c = |input: &str, expected| check(input, uptime::parse(input), expected);
+    let c = |input: &str, expected| check(input, uptime::parse(input.as_bytes()), expected);
     let f = "/proc/uptime";
     c(&fixture("x86_64", "proc/uptime"), Ok(11468.24));
     c(&fixture("aarch64", "proc/uptime"), Ok(864213.57));

@@ -19,9 +19,17 @@ pub fn parse_celsius(text: &str) -> Result<f64, ParseError> {
         Some(rest) => (true, rest),
         None => (false, value),
     };
-    let millidegrees = parse_u64(digits)
+    let millidegrees = parse_u64(digits.as_bytes())
         .and_then(|m| i64::try_from(m).ok())
-        .ok_or_else(|| malformed(FILE, Some(1), "temp", "millidegrees like 48686", value))?;
+        .ok_or_else(|| {
+            malformed(
+                FILE,
+                Some(1),
+                "temp",
+                "millidegrees like 48686",
+                value.as_bytes(),
+            )
+        })?;
     let signed = if negative {
         -millidegrees
     } else {

@@ -45,7 +45,7 @@ pub fn parse_alarm(text: &str) -> Result<bool, ParseError> {
             Some(1),
             "in0_lcrit_alarm",
             "0 or 1",
-            other,
+            other.as_bytes(),
         )),
     }
 }
@@ -68,7 +68,7 @@ pub fn parse_word(text: &str) -> Result<u32, ParseError> {
             Some(1),
             "get_throttled",
             "a 32-bit hex word like 50005",
-            value,
+            value.as_bytes(),
         )
     })
 }

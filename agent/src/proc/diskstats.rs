@@ -51,8 +51,10 @@ pub const SECTOR_BYTES: u64 = 512;
 pub struct DiskStat<'a> {
     pub major: u32,
     pub minor: u32,
-    /// Kernel name, e.g. `mmcblk0`, `mmcblk0p2`, `sda`, `loop0`.
-    pub name: &'a str,
+    /// Kernel name, e.g. `mmcblk0`, `mmcblk0p2`, `sda`, `loop0`, as the
+    /// kernel's bytes (never checked for UTF-8 on the tick: the name is
+    /// only compared, and looked up in /sys once).
+    pub name: &'a [u8],
     /// Sectors read since boot, in 512-byte units (wraps at 2^32 on 32-bit
     /// kernels).
     pub read_sectors: u64,
@@ -63,23 +65,47 @@ pub struct DiskStat<'a> {
 
 /// Parses every non-blank line of /proc/diskstats; line numbers in errors
 /// are 1-based and count blank lines too.
-pub fn parse(text: &str) -> impl Iterator<Item = Result<DiskStat<'_>, ParseError>> + '_ {
-    Lines::new(text)
-        .filter(|(_, line)| !line.trim_ascii().is_empty())
-        .map(|(line_no, line)| parse_line(line, line_no))
+pub fn parse(text: &[u8]) -> impl Iterator<Item = Result<DiskStat<'_>, ParseError>> + '_ {
+    // A blank line is one whose first field is missing: found by the one
+    // scan that splits the line, not by a trim before it.
+    Lines::new(text).filter_map(|(line_no, line)| parse_fields(line, line_no))
 }
 
 /// Parses one line (`line_no` is 1-based, for errors).
-pub fn parse_line(line: &str, line_no: usize) -> Result<DiskStat<'_>, ParseError> {
+pub fn parse_line(line: &[u8], line_no: usize) -> Result<DiskStat<'_>, ParseError> {
+    parse_fields(line, line_no).unwrap_or_else(|| {
+        Err(ParseError::new(
+            FILE,
+            Some(line_no),
+            FIELDS[0],
+            ParseErrorKind::Missing,
+        ))
+    })
+}
+
+/// One line's fields, or `None` when it is blank.
+fn parse_fields(line: &[u8], line_no: usize) -> Option<Result<DiskStat<'_>, ParseError>> {
     // Fields past the fourteenth are never scanned: only their presence
     // or absence matters, and 14 already says "modern line".
     let mut tokens = Fields::new(line);
-    let mut fields = [""; 14];
+    let mut fields: [&[u8]; 14] = [b""; 14];
     let mut count = 0;
     for (slot, token) in fields.iter_mut().zip(tokens.by_ref()) {
         *slot = token;
         count += 1;
     }
+    if count == 0 {
+        return None;
+    }
+    Some(parse_counted(&fields, count, line_no))
+}
+
+/// The values of a line split into its first `count` (1 to 14) fields.
+fn parse_counted<'a>(
+    fields: &[&'a [u8]; 14],
+    count: usize,
+    line_no: usize,
+) -> Result<DiskStat<'a>, ParseError> {
     let (read_index, written_index) = match count {
         7 => (4, 6),
         n if n >= 14 => (5, 9),
@@ -110,23 +136,24 @@ pub fn parse_line(line: &str, line_no: usize) -> Result<DiskStat<'_>, ParseError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::check_named_counters;
     use crate::proc::diskstats;
     use crate::testing::fixture;
 
     #[test]
     fn old_partition_lines_map_their_sectors() {
-        let d = parse_line("   3    1 hda1 35486 38030 38030 38030", 1).unwrap();
+        let d = parse_line(b"   3    1 hda1 35486 38030 38030 38030", 1).unwrap();
         assert_eq!(
             (d.name, d.read_sectors, d.written_sectors),
-            ("hda1", 38030, 38030)
+            (&b"hda1"[..], 38030, 38030)
         );
-        let d = parse_line("   3    1 hda1 1 2 3 4", 1).unwrap();
+        let d = parse_line(b"   3    1 hda1 1 2 3 4", 1).unwrap();
         assert_eq!((d.read_sectors, d.written_sectors), (2, 4));
     }
 
     #[test]
     fn a_short_line_names_the_first_missing_field() {
-        let err = parse_line(" 8 0 sda 1 2 3 4 5 6", 4).unwrap_err();
+        let err = parse_line(b" 8 0 sda 1 2 3 4 5 6", 4).unwrap_err();
         assert_eq!(err.line, Some(4));
         assert_eq!(err.field, "sectors_written");
         assert_eq!(err.kind, ParseErrorKind::Missing);
@@ -136,11 +163,13 @@ mod tests {
     // says where each came from) and broken input: every error must name the
     // file, the 1-based line and the field, and nothing may panic.
 
-    fn check_disks(input: &str, expected: &[Result<(&str, u64, u64), ParseError>]) {
-        let got: Vec<_> = diskstats::parse(input)
-            .map(|r| r.map(|d: DiskStat<'_>| (d.name, d.read_sectors, d.written_sectors)))
-            .collect();
-        assert_eq!(got, expected, "input:\n{input}");
+    fn check_disks(input: impl AsRef<[u8]>, expected: &[Result<(&str, u64, u64), ParseError>]) {
+        let input = input.as_ref();
+        check_named_counters(
+            input,
+            diskstats::parse(input).map(|r| r.map(|d| (d.name, d.read_sectors, d.written_sectors))),
+            expected,
+        );
     }
 
     #[test]
@@ -160,10 +189,10 @@ mod tests {
         let mut x86 = loops.clone();
         x86.push(Ok(("vda", 5598642, 7145256)));
         x86.push(Ok(("zram0", 0, 0)));
-        check_disks(&fixture("x86_64", "proc/diskstats"), &x86);
+        check_disks(fixture("x86_64", "proc/diskstats"), &x86);
 
         check_disks(
-            &fixture("aarch64", "proc/diskstats"),
+            fixture("aarch64", "proc/diskstats"),
             &[
                 Ok(("ram0", 0, 0)),
                 Ok(("ram1", 0, 0)),
@@ -192,7 +221,7 @@ mod tests {
             Ok(("sdb", 727476416, 404215912)),
             Ok(("sdb1", 727475192, 404215912)),
         ]);
-        check_disks(&fixture("armv7", "proc/diskstats"), &armv7);
+        check_disks(fixture("armv7", "proc/diskstats"), &armv7);
     }
 
     #[test]
@@ -253,11 +282,9 @@ mod tests {
                 Err(disk_error(2, "sectors_written", ParseErrorKind::Missing)),
             ],
         );
-        let lossy =
-            String::from_utf8_lossy(b"\x00\xff\xfe garbage\n 8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n");
         // Two fields, so the first one missing is the name.
         check_disks(
-            &lossy,
+            b"\x00\xff\xfe garbage\n 8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n",
             &[
                 Err(disk_error(1, "name", ParseErrorKind::Missing)),
                 Ok(("sda", 3, 7)),
@@ -267,7 +294,7 @@ mod tests {
 
     #[test]
     fn diskstats_error_message_is_the_documented_one() {
-        let err = diskstats::parse(" 8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n 8 0 sdb 1 2 3 4 5 6 7 8 9 10 11\n 8 0 sdc 1 2 x1 4 5 6 7 8 9 10 11\n")
+        let err = diskstats::parse(b" 8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n 8 0 sdb 1 2 3 4 5 6 7 8 9 10 11\n 8 0 sdc 1 2 x1 4 5 6 7 8 9 10 11\n")
             .nth(2)
             .unwrap()
             .unwrap_err();

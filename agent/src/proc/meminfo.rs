@@ -8,7 +8,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{Fields, Lines, ParseError, ParseErrorKind, field_u64};
+use super::{Fields, Lines, ParseError, ParseErrorKind, field_u64, find_byte};
 
 const FILE: &str = "/proc/meminfo";
 
@@ -88,22 +88,27 @@ const KEYS: [(&str, bool); 8] = [
 /// `SReclaimable`, `SwapTotal` and `SwapFree` from /proc/meminfo.
 /// `MemAvailable`, `SReclaimable` and the swap keys may be absent; the
 /// others are required.
-pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
+pub fn parse(text: &[u8]) -> Result<Meminfo, ParseError> {
     let mut values = [None::<u64>; KEYS.len()];
     let mut found = 0;
     for (line_no, line) in Lines::new(text) {
-        let Some(colon) = line.bytes().position(|b| b == b':') else {
+        // Every key we read starts with one of these: the other lines
+        // (most of the file) are passed over without looking for a colon.
+        if !matches!(line.first(), Some(b'M' | b'B' | b'C' | b'S')) {
+            continue;
+        }
+        let Some(colon) = find_byte(b':', line) else {
             continue;
         };
         let slot = match &line[..colon] {
-            "MemTotal" => 0,
-            "MemFree" => 1,
-            "MemAvailable" => 2,
-            "Buffers" => 3,
-            "Cached" => 4,
-            "SReclaimable" => 5,
-            "SwapTotal" => 6,
-            "SwapFree" => 7,
+            b"MemTotal" => 0,
+            b"MemFree" => 1,
+            b"MemAvailable" => 2,
+            b"Buffers" => 3,
+            b"Cached" => 4,
+            b"SReclaimable" => 5,
+            b"SwapTotal" => 6,
+            b"SwapFree" => 7,
             _ => continue,
         };
         if values[slot].is_none() {
@@ -137,7 +142,7 @@ pub fn parse(text: &str) -> Result<Meminfo, ParseError> {
 }
 
 /// `"   12345 kB"` → 12345 × 1024 bytes.
-fn parse_kib(rest: &str, line: usize, field: &'static str) -> Result<u64, ParseError> {
+fn parse_kib(rest: &[u8], line: usize, field: &'static str) -> Result<u64, ParseError> {
     let mut tokens = Fields::new(rest);
     let Some(number) = tokens.next() else {
         return Err(ParseError::new(
@@ -149,14 +154,14 @@ fn parse_kib(rest: &str, line: usize, field: &'static str) -> Result<u64, ParseE
     };
     let kib = field_u64(FILE, line, field, number)?;
     match tokens.next() {
-        Some("kB") => {}
+        Some(b"kB") => {}
         Some(other) => {
             return Err(ParseError::new(
                 FILE,
                 Some(line),
                 field,
                 ParseErrorKind::UnexpectedUnit {
-                    got: other.chars().take(16).collect(),
+                    got: String::from_utf8_lossy(other).chars().take(16).collect(),
                 },
             ));
         }
@@ -236,7 +241,11 @@ mod tests {
     }
 
     fn check_mem(input: &str, expected: Result<Meminfo, ParseError>) {
-        assert_eq!(meminfo::parse(input), expected, "input:\n{input}");
+        assert_eq!(
+            meminfo::parse(input.as_bytes()),
+            expected,
+            "input:\n{input}"
+        );
     }
 
     #[test]
@@ -285,7 +294,7 @@ mod tests {
     #[test]
     fn mem_percent_on_fixtures() {
         fn check(arch: &str, expected: f64) {
-            let m = meminfo::parse(&fixture(arch, "proc/meminfo")).unwrap();
+            let m = meminfo::parse(fixture(arch, "proc/meminfo").as_bytes()).unwrap();
             let got = m.used_percent().unwrap();
             assert!((got - expected).abs() < 1e-9, "{arch}: {got} != {expected}");
         }
@@ -299,7 +308,7 @@ mod tests {
     fn meminfo_old_kernel_without_memavailable() {
         // Linux 3.2-style: no MemAvailable; SReclaimable present.
         let text = "MemTotal:        1000 kB\nMemFree:          100 kB\nBuffers:          50 kB\nCached:          300 kB\nSwapCached:        0 kB\nSReclaimable:     50 kB\n";
-        let m = meminfo::parse(text).unwrap();
+        let m = meminfo::parse(text.as_bytes()).unwrap();
         assert_eq!(m.mem_available_bytes, None);
         assert_eq!(m.used_percent(), Some(50.0));
     }
@@ -307,7 +316,10 @@ mod tests {
     #[test]
     fn meminfo_unused_keys_are_never_inspected() {
         let text = "MemTotal: 100 kB\nGarbage line\nHugePages_Total: x\nMemFree: 10 kB\nMemAvailable: 60 kB\nBuffers: 0 kB\nCached: 0 kB\n";
-        assert_eq!(meminfo::parse(text).unwrap().used_percent(), Some(40.0));
+        assert_eq!(
+            meminfo::parse(text.as_bytes()).unwrap().used_percent(),
+            Some(40.0)
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{Fields, Lines, ParseError, ParseErrorKind, field_u64};
+use super::{Fields, Lines, ParseError, ParseErrorKind, field_u64, find_byte};
 
 const FILE: &str = "/proc/net/dev";
 
@@ -41,8 +41,11 @@ const FIELDS: [&str; 16] = [
 /// The byte counters of one interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetDevStat<'a> {
-    /// Interface name, e.g. `eth0`, `wlan0`, `lo`.
-    pub name: &'a str,
+    /// Interface name, e.g. `eth0`, `wlan0`, `lo`, as the kernel's bytes
+    /// (any but `/`, `:` and whitespace: not necessarily UTF-8, and never
+    /// checked on the tick; the name is only compared, and looked up in
+    /// /sys once).
+    pub name: &'a [u8],
     /// Bytes received since the interface appeared (may wrap at 2^32 on
     /// 32-bit kernels with drivers that keep `unsigned long` counters).
     pub rx_bytes: u64,
@@ -52,16 +55,16 @@ pub struct NetDevStat<'a> {
 
 /// Parses every interface line of /proc/net/dev (after the two header
 /// lines, blank lines skipped); line numbers in errors are 1-based.
-pub fn parse(text: &str) -> impl Iterator<Item = Result<NetDevStat<'_>, ParseError>> + '_ {
+pub fn parse(text: &[u8]) -> impl Iterator<Item = Result<NetDevStat<'_>, ParseError>> + '_ {
     Lines::new(text)
         .skip(HEADER_LINES)
-        .filter(|(_, line)| !line.trim_ascii().is_empty())
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
         .map(|(line_no, line)| parse_line(line, line_no))
 }
 
 /// Parses one interface line (`line_no` is 1-based, for errors).
-pub fn parse_line(line: &str, line_no: usize) -> Result<NetDevStat<'_>, ParseError> {
-    let Some(colon) = line.bytes().position(|b| b == b':') else {
+pub fn parse_line(line: &[u8], line_no: usize) -> Result<NetDevStat<'_>, ParseError> {
+    let Some(colon) = find_byte(b':', line) else {
         return Err(ParseError::new(
             FILE,
             Some(line_no),
@@ -71,7 +74,7 @@ pub fn parse_line(line: &str, line_no: usize) -> Result<NetDevStat<'_>, ParseErr
     };
     let (name, numbers) = (&line[..colon], &line[colon + 1..]);
     let mut tokens = Fields::new(numbers);
-    let mut fields = [""; 16];
+    let mut fields: [&[u8]; 16] = [b""; 16];
     let mut count = 0;
     for (slot, token) in fields.iter_mut().zip(tokens.by_ref()) {
         *slot = token;
@@ -95,21 +98,22 @@ pub fn parse_line(line: &str, line_no: usize) -> Result<NetDevStat<'_>, ParseErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proc::check_named_counters;
     use crate::proc::netdev;
     use crate::testing::fixture;
 
     #[test]
     fn no_space_after_the_colon() {
-        let s = parse_line("  eth0:4294967295 1 0 0 0 0 0 0 77 1 0 0 0 0 0 0", 3).unwrap();
+        let s = parse_line(b"  eth0:4294967295 1 0 0 0 0 0 0 77 1 0 0 0 0 0 0", 3).unwrap();
         assert_eq!(
             (s.name, s.rx_bytes, s.tx_bytes),
-            ("eth0", 4_294_967_295, 77)
+            (&b"eth0"[..], 4_294_967_295, 77)
         );
     }
 
     #[test]
     fn truncated_line_names_the_first_missing_field() {
-        let err = parse_line("eth0: 1 2 3 4 5 6 7 8 9", 5).unwrap_err();
+        let err = parse_line(b"eth0: 1 2 3 4 5 6 7 8 9", 5).unwrap_err();
         assert_eq!((err.line, err.field), (Some(5), "tx_packets"));
     }
 
@@ -117,17 +121,19 @@ mod tests {
     // says where each came from) and broken input: every error must name the
     // file, the 1-based line and the field, and nothing may panic.
 
-    fn check_net(input: &str, expected: &[Result<(&str, u64, u64), ParseError>]) {
-        let got: Vec<_> = netdev::parse(input)
-            .map(|r| r.map(|n: NetDevStat<'_>| (n.name, n.rx_bytes, n.tx_bytes)))
-            .collect();
-        assert_eq!(got, expected, "input:\n{input}");
+    fn check_net(input: impl AsRef<[u8]>, expected: &[Result<(&str, u64, u64), ParseError>]) {
+        let input = input.as_ref();
+        check_named_counters(
+            input,
+            netdev::parse(input).map(|r| r.map(|n| (n.name, n.rx_bytes, n.tx_bytes))),
+            expected,
+        );
     }
 
     #[test]
     fn netdev_fixtures() {
         check_net(
-            &fixture("x86_64", "proc/net/dev"),
+            fixture("x86_64", "proc/net/dev"),
             &[
                 Ok(("lo", 3193, 3193)),
                 Ok(("ifb0", 0, 0)),
@@ -136,7 +142,7 @@ mod tests {
             ],
         );
         check_net(
-            &fixture("aarch64", "proc/net/dev"),
+            fixture("aarch64", "proc/net/dev"),
             &[
                 Ok(("lo", 98712, 98712)),
                 Ok(("eth0", 812736211, 41293015)),
@@ -146,7 +152,7 @@ mod tests {
             ],
         );
         check_net(
-            &fixture("armv7", "proc/net/dev"),
+            fixture("armv7", "proc/net/dev"),
             &[
                 Ok(("lo", 391828, 391828)),
                 Ok(("eth0", 4294966784, 1863412264)),
@@ -169,7 +175,7 @@ mod tests {
     #[test]
     fn netdev_old_kernel_without_space_after_the_colon() {
         check_net(
-            &format!(
+            format!(
                 "{NET_HEADER}  eth0:1234567890 1 0 0 0 0 0 0 42 1 0 0 0 0 0 0\n    lo:0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 17\n"
             ),
             &[Ok(("eth0", 1234567890, 42)), Ok(("lo", 0, 0))],
@@ -182,7 +188,7 @@ mod tests {
         check_net("", &[]);
         check_net(NET_HEADER, &[]);
         check_net(
-            &format!(
+            format!(
                 "{NET_HEADER}  eth0: 1 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\n\
                  wlan0 1 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\n\
                  usb0: 1 0 0\n\
@@ -200,9 +206,8 @@ mod tests {
                 Ok(("eth3", 5, 6)),
             ],
         );
-        let lossy = String::from_utf8_lossy(b"h1\nh2\n\xff\xff: 1 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\neth0: \xff 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\n");
         check_net(
-            &lossy,
+            b"h1\nh2\n\xff\xff: 1 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\neth0: \xff 0 0 0 0 0 0 0 2 0 0 0 0 0 0 0\n",
             &[
                 Ok(("\u{fffd}\u{fffd}", 1, 2)),
                 Err(net_error(4, "rx_bytes", nan("\u{fffd}"))),

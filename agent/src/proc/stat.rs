@@ -79,13 +79,13 @@ impl CpuTimes {
 /// Reads the aggregate `cpu` line of /proc/stat. Fields after `guest_nice`
 /// are ignored; fields absent on old kernels are `None`; `user`, `nice`,
 /// `system` and `idle` are required.
-pub fn parse(text: &str) -> Result<CpuTimes, ParseError> {
+pub fn parse(text: &[u8]) -> Result<CpuTimes, ParseError> {
     for (line_no, line) in Lines::new(text) {
-        let Some(rest) = line.strip_prefix("cpu") else {
+        let Some(rest) = line.strip_prefix(b"cpu") else {
             continue;
         };
         // `cpu0 ...` is a per-CPU line; the aggregate is `cpu` + whitespace.
-        if !rest.starts_with([' ', '\t']) {
+        if !matches!(rest.first(), Some(b' ' | b'\t')) {
             continue;
         }
         return parse_cpu_line(rest, line_no);
@@ -93,7 +93,7 @@ pub fn parse(text: &str) -> Result<CpuTimes, ParseError> {
     Err(ParseError::new(FILE, None, "cpu", ParseErrorKind::NotFound))
 }
 
-fn parse_cpu_line(rest: &str, line: usize) -> Result<CpuTimes, ParseError> {
+fn parse_cpu_line(rest: &[u8], line: usize) -> Result<CpuTimes, ParseError> {
     let mut values = [None::<u64>; 10];
     for (slot, (name, token)) in values.iter_mut().zip(FIELDS.iter().zip(Fields::new(rest))) {
         *slot = Some(field_u64(FILE, line, name, token)?);
@@ -124,14 +124,14 @@ mod tests {
 
     #[test]
     fn guest_time_is_not_added_twice() {
-        let cpu = parse("cpu  100 10 50 800 40 5 5 2 30 3\n").unwrap();
+        let cpu = parse(b"cpu  100 10 50 800 40 5 5 2 30 3\n").unwrap();
         assert_eq!(cpu.total_ticks(), 100 + 10 + 50 + 800 + 40 + 5 + 5 + 2);
         assert_eq!(cpu.busy_ticks(), 100 + 10 + 50 + 5 + 5 + 2);
     }
 
     #[test]
     fn per_cpu_lines_are_not_the_aggregate() {
-        let cpu = parse("cpu0 1 1 1 1\ncpu 2 0 0 8\n").unwrap();
+        let cpu = parse(b"cpu0 1 1 1 1\ncpu 2 0 0 8\n").unwrap();
         assert_eq!(cpu.user_ticks, 2);
     }
 
@@ -139,8 +139,14 @@ mod tests {
     // says where each came from) and broken input: every error must name the
     // file, the 1-based line and the field, and nothing may panic.
 
-    fn check_stat(input: &str, expected: Result<CpuTimes, ParseError>) {
-        assert_eq!(stat::parse(input), expected, "input:\n{input}");
+    fn check_stat(input: impl AsRef<[u8]>, expected: Result<CpuTimes, ParseError>) {
+        let input = input.as_ref();
+        assert_eq!(
+            stat::parse(input),
+            expected,
+            "input:\n{}",
+            String::from_utf8_lossy(input)
+        );
     }
 
     fn cpu(fields: [u64; 10]) -> CpuTimes {
@@ -161,17 +167,17 @@ mod tests {
     #[test]
     fn stat_fixtures() {
         check_stat(
-            &fixture("x86_64", "proc/stat"),
+            fixture("x86_64", "proc/stat"),
             Ok(cpu([48277, 0, 5889, 100400, 886, 0, 205, 213, 0, 0])),
         );
         check_stat(
-            &fixture("aarch64", "proc/stat"),
+            fixture("aarch64", "proc/stat"),
             Ok(cpu([
                 184391, 2301, 61428, 11890211, 10924, 0, 3851, 0, 0, 0,
             ])),
         );
         check_stat(
-            &fixture("armv7", "proc/stat"),
+            fixture("armv7", "proc/stat"),
             Ok(cpu([
                 2254371, 1320, 611544, 90355876, 41287, 0, 12603, 0, 0, 0,
             ])),
@@ -246,9 +252,8 @@ mod tests {
                 not_a_number("99999999999999999999"),
             )),
         );
-        let lossy = String::from_utf8_lossy(b"cpu  1 2 \xff\xfe 4\n");
         check_stat(
-            &lossy,
+            b"cpu  1 2 \xff\xfe 4\n",
             Err(stat_error(
                 Some(1),
                 "system",

@@ -7,13 +7,13 @@
 //!
 //! Must never do I/O and never allocate unless it returns an error.
 
-use super::{Fields, ParseError, malformed, parse_decimal};
+use super::{Fields, ParseError, first_line, malformed, parse_decimal};
 
 const FILE: &str = "/proc/uptime";
 
 /// Seconds since boot, to the hundredth the kernel prints.
-pub fn parse(text: &str) -> Result<f64, ParseError> {
-    let mut fields = Fields::new(text.lines().next().unwrap_or(""));
+pub fn parse(text: &[u8]) -> Result<f64, ParseError> {
+    let mut fields = Fields::new(first_line(text));
     let mut next = |field: &'static str| -> Result<f64, ParseError> {
         let text = fields.required(FILE, 1, field)?;
         parse_decimal(text)
@@ -30,9 +30,9 @@ mod tests {
 
     #[test]
     fn the_first_field_is_the_value_and_the_idle_time_must_be_there() {
-        assert_eq!(parse("10365.01 5974.08\n"), Ok(10365.01));
+        assert_eq!(parse(b"10365.01 5974.08\n"), Ok(10365.01));
         assert_eq!(
-            parse("10365.01\n").unwrap_err().to_string(),
+            parse(b"10365.01\n").unwrap_err().to_string(),
             "/proc/uptime line 1: field idle: missing (line too short)"
         );
     }
