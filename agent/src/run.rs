@@ -319,7 +319,7 @@ pub async fn run(
     sampler.abort();
     notifier.stopping();
     shared.sampling_done.set(true);
-    shared.batch_ready.notify_one();
+    shared.sampler_stopped.notify_one();
     if let Some(w) = watchdog {
         w.abort();
     }

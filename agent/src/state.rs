@@ -24,7 +24,7 @@ pub struct Shared {
     pub outbox: RefCell<Option<Outbox>>,
     /// The sampler has stopped (`sampling_done`): wakes the Report task,
     /// which then ends its half of the stream once everything is sent.
-    pub batch_ready: Notify,
+    pub sampler_stopped: Notify,
     /// Longest a batch waits before it is sent (`--flush-interval`,
     /// `flush.rs`).
     pub flush_interval: Duration,
@@ -64,7 +64,7 @@ impl Shared {
             identity,
             buffer: RefCell::new(Buffer::new(buffer_batches)),
             outbox: RefCell::new(None),
-            batch_ready: Notify::new(),
+            sampler_stopped: Notify::new(),
             flush_interval: crate::flush::DEFAULT_FLUSH_INTERVAL,
             flush_now: Cell::new(false),
             buffer_drained: Notify::new(),

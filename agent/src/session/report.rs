@@ -150,7 +150,7 @@ pub(super) async fn run(
                 }
                 shared.send_due();
             }
-            () = shared.batch_ready.notified() => shared.send_due(),
+            () = shared.sampler_stopped.notified() => shared.send_due(),
         }
     }
 }
