@@ -12,9 +12,12 @@
 # NAME=BIN another agent binary (e.g. main's) runs beside this one, plain
 # and TLS, in the same windows. CPU is the sum of every thread's
 # /proc/PID/task/*/schedstat (nanoseconds) over the window; per sample =
-# CPU / (window / interval). Each interval is measured ROUNDS times
-# (consecutive windows after a warm-up that covers the agents' start-up
-# page release) and the median of each kind and of each ratio is printed
+# CPU / (window / interval). Each interval is measured ROUNDS times, each
+# round with every process started afresh, one every interval/n in an
+# order rotated from round to round (so no two tick at once and none is
+# always started first), and a window after a warm-up that covers the
+# agents' start-up page release; the median of each kind and of each ratio
+# is printed
 # (the machine is shared and noisy: only ratios within one window count).
 # For each reporting agent it also prints *_less_send_ratio: the agent's
 # CPU less what the floor's one bare TCP write per tick added to the floor,
@@ -161,46 +164,89 @@ ratio_col() {
         c && e { printf "%.3f\n", $c / $e }' "$out/rounds-$interval.txt"
 }
 
+# start_kind KIND: starts one process of KIND at $interval (sets
+# started_pid). A TLS agent is enrolled with a join token the first time
+# its host name starts; its identity stays in its state directory, so
+# later rounds start it without one.
+declare -A enrolled=()
+start_kind() {
+    local kind=$1 k name bin host
+    local args=()
+    case $kind in
+        collect_only)
+            "$agent_bin" --stdout --interval "$interval" --hostname cpu-bench-stdout --log warn \
+                >/dev/null 2>>"$out/agent-stdout-$interval.log" &
+            ;;
+        floor)
+            "$out/floor" "$interval_ms" 0 "${floor_args[@]}" 2>>"$out/floor-$interval.log" &
+            ;;
+        floor_net)
+            "$out/floor" "$interval_ms" 0 "${floor_args[@]}" -n "$net_bytes" \
+                2>>"$out/floor-net-$interval.log" &
+            ;;
+        *)
+            name=${kind%_tls}
+            for k in "${!agent_names[@]}"; do [[ ${agent_names[$k]} == "$name" ]] && break; done
+            bin=${agent_bins[$k]}
+            [[ $k -gt 0 ]] || args=("${extra_args[@]}")
+            if [[ $kind == "$name" ]]; then
+                "$bin" --insecure --server "$plain_url" --interval "$interval" "${args[@]}" \
+                    --hostname "cpu-$name-$interval_ms" --log warn >>"$out/$name-$interval.log" 2>&1 &
+            else
+                host=cpu-$name-tls-$interval_ms
+                if [[ -z ${enrolled[$host]:-} ]]; then
+                    token=$("$ctl_bin" --credentials "$server_cred" enrol "$host" 2>>"$out/monitorctl.log") \
+                        || fail "monitorctl enrol $host (see $out/monitorctl.log)"
+                    args+=(--join "$token")
+                    enrolled[$host]=1
+                fi
+                "$bin" --server "$tls_url" --state-dir "$out/state-$host" \
+                    --interval "$interval" "${args[@]}" --hostname "$host" --log warn \
+                    >>"$out/$name-tls-$interval.log" 2>&1 &
+            fi
+            ;;
+    esac
+    started_pid=$!
+    pids+=("$started_pid")
+}
+
 IFS=, read -r -a interval_list <<<"$intervals"
 for interval in "${interval_list[@]}"; do
     secs=$(tr ',' '\n' <<<"$secs_spec" | awk -F= -v i="$interval" '$1 == i { print $2 }')
     secs=${secs:-30}
     interval_ms=$(awk -v i="$interval" 'BEGIN { printf "%d", i * 1000 }')
-    kinds=() kind_pids=()
-    for k in "${!agent_names[@]}"; do
-        name=${agent_names[$k]} bin=${agent_bins[$k]}
-        args=()
-        [[ $k -gt 0 ]] || args=("${extra_args[@]}")
-        "$bin" --insecure --server "$plain_url" --interval "$interval" "${args[@]}" \
-            --hostname "cpu-$name-$interval_ms" --log warn >"$out/$name-$interval.log" 2>&1 &
-        pids+=("$!") kinds+=("$name") kind_pids+=("$!")
-        if [[ -n $tls_url ]]; then
-            # Enrolled once per binary and interval; the identity is kept
-            # in its state directory.
-            host=cpu-$name-tls-$interval_ms
-            token=$("$ctl_bin" --credentials "$server_cred" enrol "$host" 2>>"$out/monitorctl.log") \
-                || fail "monitorctl enrol $host (see $out/monitorctl.log)"
-            "$bin" --server "$tls_url" --join "$token" --state-dir "$out/state-$host" \
-                --interval "$interval" "${args[@]}" --hostname "$host" --log warn \
-                >"$out/$name-tls-$interval.log" 2>&1 &
-            pids+=("$!") kinds+=("${name}_tls") kind_pids+=("$!")
-        fi
+    # The kinds measured, in the rounds file's column order.
+    kinds=()
+    for name in "${agent_names[@]}"; do
+        kinds+=("$name")
+        [[ -z $tls_url ]] || kinds+=("${name}_tls")
     done
-    "$agent_bin" --stdout --interval "$interval" --hostname cpu-bench-stdout --log warn \
-        >/dev/null 2>"$out/agent-stdout-$interval.log" &
-    pids+=("$!") kinds+=(collect_only) kind_pids+=("$!")
-    "$out/floor" "$interval_ms" 0 "${floor_args[@]}" 2>"$out/floor-$interval.log" &
-    pids+=("$!") kinds+=(floor) kind_pids+=("$!")
-    "$out/floor" "$interval_ms" 0 "${floor_args[@]}" -n "$net_bytes" 2>"$out/floor-net-$interval.log" &
-    pids+=("$!") kinds+=(floor_net) kind_pids+=("$!")
-    sleep "$warmup"
-    for i in "${!kind_pids[@]}"; do
-        kill -0 "${kind_pids[$i]}" 2>/dev/null \
-            || fail "${kinds[$i]} died during warm-up (see $out/*-$interval.log)"
-    done
+    kinds+=(collect_only floor floor_net)
+    n=${#kinds[@]}
+    # Each round starts every kind afresh, in an order rotated by n/rounds
+    # places from the last round's, one every interval/n: processes started
+    # together tick together (each plans its ticks from its own start), and
+    # in that crowd the first started was the dearest of its kind (branch
+    # send's runs: +12 to +40 %); spread over the interval, each wakes
+    # alone, as an agent on its own box does, and no kind is always first.
+    stagger=$(awk -v i="$interval" -v n="$n" 'BEGIN { printf "%.3f", i / n }')
     echo "${kinds[*]}" >"$out/rounds-$interval.txt"
     : >"$out/bytes-$interval.txt"
     for round in $(seq "$rounds"); do
+        shift_by=$(((round - 1) * n / rounds))
+        kind_pids=()
+        for j in $(seq 0 $((n - 1))); do kind_pids+=(""); done
+        for j in $(seq 0 $((n - 1))); do
+            i=$(((j + shift_by) % n))
+            start_kind "${kinds[$i]}"
+            kind_pids[i]=$started_pid
+            sleep "$stagger"
+        done
+        sleep "$warmup"
+        for i in "${!kind_pids[@]}"; do
+            kill -0 "${kind_pids[$i]}" 2>/dev/null \
+                || fail "${kinds[$i]} died during warm-up (see $out/*-$interval.log)"
+        done
         c0=() w0=()
         for p in "${kind_pids[@]}"; do c0+=("$(cpu_ns "$p")") w0+=("$(wchar "$p")"); done
         t0=$(date +%s%N)
@@ -217,10 +263,10 @@ for interval in "${interval_list[@]}"; do
         done
         echo "${line# }" >>"$out/rounds-$interval.txt"
         echo "${bytes# }" >>"$out/bytes-$interval.txt"
-        log "interval $interval round $round (ms per sample): $(paste -d= <(tr ' ' '\n' <<<"${kinds[*]}") <(tr ' ' '\n' <<<"${line# }") | tr '\n' ' ')(load $(cut -d' ' -f1 /proc/loadavg))"
+        log "interval $interval round $round, first started ${kinds[$shift_by]} (ms per sample): $(paste -d= <(tr ' ' '\n' <<<"${kinds[*]}") <(tr ' ' '\n' <<<"${line# }") | tr '\n' ' ')(load $(cut -d' ' -f1 /proc/loadavg))"
+        for p in "${kind_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+        for p in "${kind_pids[@]}"; do wait "$p" 2>/dev/null || true; done
     done
-    for p in "${kind_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${kind_pids[@]}"; do wait "$p" 2>/dev/null || true; done
     for k in "${kinds[@]}"; do
         echo "cpu.$interval.${k}_ms_per_sample=$(col "$k" "$out/rounds-$interval.txt" | median)"
         [[ $k == floor ]] && continue
