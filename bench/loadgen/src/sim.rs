@@ -805,56 +805,55 @@ mod tests {
         );
     }
 
-    #[test]
-    fn pi_health_values_are_valid_for_the_server() {
+    /// Agent `index`'s batch `seq`, as the fleet makes it (with a Pi's
+    /// health values when `labels` is given), through `batch_to_pb` and
+    /// the server's validation.
+    fn sent_and_validated(
+        index: usize,
+        seq: u64,
+        labels: Option<&PiLabels>,
+    ) -> (pb::Batch, monitor::wire::ValidBatch) {
+        let name = format!("lg-{index:05}");
         let identity = AgentIdentity {
-            agent_id: "lg-00002".into(),
-            hostname: "lg-00002".into(),
+            agent_id: name.clone(),
+            hostname: name,
             agent_version: AGENT_VERSION.into(),
             boot_id: 7,
         };
+        let now = monitor::time::now_unix_ms();
+        let batch = TickBatch {
+            boot_id: 7,
+            seq,
+            time_unix_ms: now,
+            values: values(index, seq),
+            health: labels.map_or_else(Box::default, |l| pi_health(index, seq, l)),
+        };
+        let pb = monitor::wire::batch_to_pb(&identity, &batch, now, AgentCounters::default());
+        let valid = monitor::wire::validate_batch(pb.clone(), now, 30_000).unwrap();
+        (pb, valid)
+    }
+
+    #[test]
+    fn pi_health_values_are_valid_for_the_server() {
         let labels = PiLabels::new(3);
         for seq in [1u64, 2, 13, 500] {
-            let now = monitor::time::now_unix_ms();
-            let batch = TickBatch {
-                boot_id: 7,
-                seq,
-                time_unix_ms: now,
-                values: values(2, seq),
-                health: pi_health(2, seq, &labels),
-            };
-            let pb = monitor::wire::batch_to_pb(&identity, &batch, now, AgentCounters::default());
+            let (pb, valid) = sent_and_validated(2, seq, Some(&labels));
             assert_eq!(pb.health_samples.len(), 10);
             let devices: Vec<&str> = pb.health_samples[7..]
                 .iter()
                 .map(|s| s.device.as_str())
                 .collect();
             assert_eq!(devices, ["/", "/boot/firmware", "/mnt/data1"]);
-            let valid = monitor::wire::validate_batch(pb, now, 30_000).unwrap();
             assert_eq!(valid.health.len(), 10, "seq {seq}");
         }
     }
 
     #[test]
     fn batches_are_valid_for_the_server() {
-        let identity = AgentIdentity {
-            agent_id: "lg-00001".into(),
-            hostname: "lg-00001".into(),
-            agent_version: AGENT_VERSION.into(),
-            boot_id: 7,
-        };
         for seq in [1u64, 2, 500, 9_999] {
-            let now = monitor::time::now_unix_ms();
-            let batch = TickBatch {
-                boot_id: 7,
-                seq,
-                time_unix_ms: now,
-                values: values(1, seq),
-                health: Box::default(),
-            };
-            let pb = monitor::wire::batch_to_pb(&identity, &batch, now, AgentCounters::default());
+            let (pb, valid) = sent_and_validated(1, seq, None);
             assert_eq!(pb.samples.len(), 6);
-            let valid = monitor::wire::validate_batch(pb, now, 30_000).unwrap();
+            assert!(pb.health_samples.is_empty());
             assert_eq!(valid.samples.len(), 6);
         }
     }
